@@ -1,0 +1,136 @@
+"""Counted compilation: every jitted step says how often it traced and compiled, and how long.
+
+`CountedJit(fn)` behaves like `jax.jit(fn)`, but it lowers and compiles ahead of time, once per
+input signature (the pytree structure plus each leaf's shape and dtype), and keeps a
+`CompileRecord` per signature: the traces of `fn` (counted inside the traced function, so a
+silent retrace shows up), the compiles, and the seconds spent tracing/lowering and compiling,
+plus XLA's memory analysis of the compiled step. `compile(*args)` accepts `jax.ShapeDtypeStruct`s,
+so a strategy's shapes can all be compiled before the timer starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class CompileRecord:
+  """One input signature of a counted function."""
+
+  label: str
+  traces: int = 0
+  compiles: int = 0
+  lower_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  temp_bytes: int | None = None        # XLA's scratch memory for one call
+  argument_bytes: int | None = None
+  output_bytes: int | None = None
+
+  @property
+  def seconds(self) -> float:
+    return self.lower_seconds + self.compile_seconds
+
+
+def _leaf_signature(x) -> tuple:
+  if isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) or hasattr(x, "aval"):
+    return (tuple(x.shape), np.dtype(x.dtype).str, bool(getattr(x, "weak_type", False)))
+  if isinstance(x, (np.generic,)):
+    return ((), x.dtype.str, False)
+  raise TypeError(f"CountedJit takes arrays only (got {type(x).__name__}); make Python values "
+                  f"static fields of a pytree, or wrap them with jnp.asarray.")
+
+
+def signature(args: Sequence[Any]) -> tuple:
+  leaves, treedef = jax.tree.flatten(args)
+  return (treedef, tuple(_leaf_signature(x) for x in leaves))
+
+
+class CountedJit:
+  """`jax.jit(fn, donate_argnums=...)` that counts traces and compiles per input signature.
+
+  Args:
+    fn: the pure function to jit.
+    name: how reports call it.
+    donate_argnums: as for `jax.jit` (e.g. the train state).
+    label_fn: args -> a short label for the signature in reports (default: the shapes of the
+      leaves of the argument at `label_argnum`).
+  """
+
+  def __init__(self, fn: Callable, *, name: str, donate_argnums: Sequence[int] = (),
+               label_argnum: int = 1):
+    self.fn = fn
+    self.name = name
+    self.label_argnum = label_argnum
+    self.records: dict[tuple, CompileRecord] = {}
+    self._executables: dict[tuple, Any] = {}
+    self._tracing: CompileRecord | None = None
+    self._jitted = jax.jit(self._traced, donate_argnums=tuple(donate_argnums))
+
+  def _traced(self, *args):
+    if self._tracing is not None:
+      self._tracing.traces += 1
+    return self.fn(*args)
+
+  def _label(self, args) -> str:
+    arg = args[self.label_argnum] if len(args) > self.label_argnum else args
+    shapes = sorted({tuple(x.shape) for x in jax.tree.leaves(arg)}, key=lambda s: (-len(s), s))
+    return "x".join(map(str, shapes[0])) if shapes else "()"
+
+  def compile(self, *args) -> Any:
+    """Compiles for the signature of `args` (arrays or ShapeDtypeStructs) unless already done."""
+    key = signature(args)
+    exe = self._executables.get(key)
+    if exe is not None:
+      return exe
+    rec = self.records.setdefault(key, CompileRecord(label=self._label(args)))
+    self._tracing = rec
+    try:
+      t0 = time.perf_counter()
+      lowered = self._jitted.lower(*args)
+      t1 = time.perf_counter()
+      exe = lowered.compile()
+      t2 = time.perf_counter()
+    finally:
+      self._tracing = None
+    rec.compiles += 1
+    rec.lower_seconds += t1 - t0
+    rec.compile_seconds += t2 - t1
+    mem = exe.memory_analysis()
+    if mem is not None:
+      rec.temp_bytes = int(mem.temp_size_in_bytes)
+      rec.argument_bytes = int(mem.argument_size_in_bytes)
+      rec.output_bytes = int(mem.output_size_in_bytes)
+    self._executables[key] = exe
+    return exe
+
+  def __call__(self, *args):
+    return self.compile(*args)(*args)
+
+  # --- reporting -----------------------------------------------------------------------------
+  @property
+  def traces(self) -> int:
+    return sum(r.traces for r in self.records.values())
+
+  @property
+  def compiles(self) -> int:
+    return sum(r.compiles for r in self.records.values())
+
+  @property
+  def compile_seconds(self) -> float:
+    return sum(r.seconds for r in self.records.values())
+
+  def summary(self) -> dict:
+    return dict(name=self.name, traces=self.traces, compiles=self.compiles,
+                compile_seconds=self.compile_seconds,
+                per_shape={r.label: dict(traces=r.traces, compiles=r.compiles,
+                                         seconds=round(r.seconds, 4), temp_bytes=r.temp_bytes)
+                           for r in self.records.values()})
+
+  def __repr__(self) -> str:
+    return (f"CountedJit({self.name}: {self.compiles} compiles, {self.traces} traces, "
+            f"{self.compile_seconds:.2f}s)")

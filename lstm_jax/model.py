@@ -1,0 +1,255 @@
+"""A masked, resettable LSTM scanned over time with `flax.linen.scan`, and the heads on top of it.
+
+Parameters of layer k (`params["layer_{k}"]`, or `params["lstm"]["layer_{k}"]` in the heads):
+
+    kernel            <float32>[F, 4H]   input weights   (F = H for layers above the first)
+    recurrent_kernel  <float32>[H, 4H]   recurrent weights
+    bias              <float32>[4H]      one bias (PyTorch's bias_ih + bias_hh folded into one)
+
+The 4H axis holds the gates in the order i, f, g, o (input, forget, cell candidate, output): the
+layout of PyTorch's `nn.LSTM` (transposed) and of Keras' `LSTM`, so weights convert both ways
+exactly. One step, for a row whose step t is real (mask[b, t] is True):
+
+    c, h = (0, 0) if resets[b, t] else (c, h)       # a reset restores the zero state first
+    i, f, g, o = split(x_t @ kernel + h @ recurrent_kernel + bias, 4)
+    c = sigmoid(f) * c + sigmoid(i) * tanh(g);   h = sigmoid(o) * tanh(c)
+
+At a padded step (mask False) the state does not move and the output is 0, so a sequence's
+outputs, final state and gradients do not depend on the padding after it or on what else shares
+its row (after a reset) or its batch.
+
+The input projection `x @ kernel + bias` runs inside the scanned step ("in_step") or as one matmul
+over all steps before the scan ("hoisted", what cuDNN does). "auto" picks per backend: in_step on
+the CPU, where it measured faster, hoisted elsewhere. Both give the same numbers to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.errors import DataError, ConfigError
+
+Array = jax.Array
+Carry = tuple[tuple[Array, Array], ...]  # per layer (c, h), each <float32>[B, H]
+
+INPUT_PROJECTIONS = ("auto", "in_step", "hoisted")
+
+
+def resolve_input_projection(input_projection: str, backend: str | None = None) -> str:
+  """"in_step" or "hoisted": "auto" resolves per backend (in_step on CPU, hoisted on GPU/TPU)."""
+  if input_projection not in INPUT_PROJECTIONS:
+    raise ConfigError(f"input_projection must be one of {INPUT_PROJECTIONS}, got "
+                      f"{input_projection!r}.")
+  if input_projection != "auto":
+    return input_projection
+  return "in_step" if (backend or jax.default_backend()) == "cpu" else "hoisted"
+
+
+def forget_bias_init(value: float = 1.0):
+  """Zero bias with `value` on the forget gate (the second quarter), as Keras' unit_forget_bias."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    h = shape[0] // 4
+    return jnp.zeros(shape, dtype).at[h:2 * h].set(value)
+  return init
+
+
+def zero_carry(batch_size: int, hidden_size: int, num_layers: int = 1) -> Carry:
+  """The zero state: per layer (c, h), each <float32>[batch_size, hidden_size]."""
+  z = jnp.zeros((batch_size, hidden_size), jnp.float32)
+  return tuple((z, z) for _ in range(num_layers))
+
+
+class _MaskedStep(nn.Module):
+  """One time step for a whole batch. Owns no parameters: the weights come in broadcast."""
+
+  in_step_projection: bool
+
+  @nn.compact
+  def __call__(self, carry, xs, kernel, recurrent_kernel, bias):
+    x_t, mask_t, reset_t = xs            # [B, F] (or [B, 4H] pre-projected), [B], [B]
+    c, h = carry
+    keep = ~reset_t[:, None]
+    c = jnp.where(keep, c, 0.0)
+    h = jnp.where(keep, h, 0.0)
+    if self.in_step_projection:
+      gates = x_t @ kernel + h @ recurrent_kernel + bias
+    else:
+      gates = x_t + h @ recurrent_kernel
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
+    m = mask_t[:, None]
+    c = jnp.where(m, new_c, c)
+    h = jnp.where(m, new_h, h)
+    return (c, h), jnp.where(m, new_h, 0.0)
+
+
+class LSTMLayer(nn.Module):
+  """One LSTM layer over a whole batch of sequences. See the module docstring."""
+
+  hidden_size: int
+  input_projection: str = "auto"
+  unroll: int = 1
+  kernel_init: Any = nn.initializers.glorot_uniform()
+  recurrent_init: Any = nn.initializers.orthogonal()
+  bias_init: Any = forget_bias_init(1.0)
+
+  @nn.compact
+  def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array,
+               carry: tuple[Array, Array]) -> tuple[Array, tuple[Array, Array]]:
+    features, hidden = x_BxTxF.shape[-1], self.hidden_size
+    if self.has_variable("params", "kernel"):
+      expected = self.get_variable("params", "kernel").shape[0]
+      if expected != features:
+        raise DataError(f"{self.name}: the inputs have {features} features per step but the model "
+                        f"was initialised for {expected}; re-initialise the model for {features} "
+                        f"features or feed it {expected}-feature inputs.")
+    kernel = self.param("kernel", self.kernel_init, (features, 4 * hidden), jnp.float32)
+    recurrent_kernel = self.param("recurrent_kernel", self.recurrent_init, (hidden, 4 * hidden),
+                                  jnp.float32)
+    bias = self.param("bias", self.bias_init, (4 * hidden,), jnp.float32)
+
+    in_step = resolve_input_projection(self.input_projection) == "in_step"
+    xs_TxBx = jnp.swapaxes(x_BxTxF, 0, 1)
+    if not in_step:
+      xs_TxBx = xs_TxBx @ kernel + bias  # one [T*B, F] x [F, 4H] matmul before the scan
+    scan = nn.scan(_MaskedStep, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), out_axes=0,
+                   unroll=self.unroll)
+    carry, ys_TxBxH = scan(in_step_projection=in_step, name="scan")(
+        carry, (xs_TxBx, mask_BxT.T, resets_BxT.T), kernel, recurrent_kernel, bias)
+    return jnp.swapaxes(ys_TxBxH, 0, 1), carry
+
+
+class LSTM(nn.Module):
+  """A stack of `num_layers` masked LSTM layers.
+
+  `outputs, carry = LSTM(H).apply(variables, inputs, mask=None, resets=None, initial_carry=None)`
+
+  Args:
+    inputs: <float32>[B, T, F].
+    mask: <bool>[B, T], True at real steps; None means every step is real.
+    resets: <bool>[B, T], True where a new sequence starts: the state is reset to zero before that
+      step. None means no resets.
+    initial_carry: per layer (c, h), each <float32>[B, H]: the state the scan starts from (the
+      previous chunk's state in truncated BPTT); None means zeros.
+  Returns:
+    outputs: <float32>[B, T, H], the top layer's h, zero at masked steps.
+    carry: per layer (c, h) after each row's last real step.
+  """
+
+  hidden_size: int
+  num_layers: int = 1
+  input_projection: str = "auto"
+  unroll: int = 1
+
+  def zero_carry(self, batch_size: int) -> Carry:
+    return zero_carry(batch_size, self.hidden_size, self.num_layers)
+
+  @nn.compact
+  def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
+               initial_carry: Carry | None = None) -> tuple[Array, Carry]:
+    mask, resets = _check_inputs(inputs, mask, resets)
+    batch = inputs.shape[0]
+    carry = self.zero_carry(batch) if initial_carry is None else initial_carry
+    if len(carry) != self.num_layers:
+      raise ValueError(f"initial_carry has {len(carry)} layers, the model {self.num_layers}; pass "
+                       f"one (c, h) pair per layer, e.g. model.zero_carry(batch_size).")
+    x, new_carry = inputs, []
+    for k in range(self.num_layers):
+      x, layer_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
+                                 name=f"layer_{k}")(x, mask, resets, carry[k])
+      new_carry.append(layer_carry)
+    return x, tuple(new_carry)
+
+
+class SequenceModel(nn.Module):
+  """Embedding (token inputs) or features -> LSTM -> a Dense head at every step.
+
+  Returns (predictions <float32>[B, T, num_outputs], carry); predictions are zero at masked steps.
+  The one head serves every task through the batch's loss weights: per-step regression or
+  classification (next-token logits with `vocab_size` set), and sequence classification, whose
+  weight sits on each sequence's last real step, so its logits are those of that step.
+  """
+
+  hidden_size: int
+  num_outputs: int
+  num_layers: int = 1
+  vocab_size: int | None = None
+  embed_dim: int = 64
+  input_projection: str = "auto"
+  unroll: int = 1
+
+  def zero_carry(self, batch_size: int) -> Carry:
+    return zero_carry(batch_size, self.hidden_size, self.num_layers)
+
+  @nn.compact
+  def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
+               initial_carry: Carry | None = None) -> tuple[Array, Carry]:
+    if self.vocab_size is not None:
+      if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
+        raise DataError(f"a token model (vocab_size={self.vocab_size}) takes <int32>[B, T] token "
+                        f"ids, got {inputs.dtype}{list(inputs.shape)}.")
+      x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(inputs)
+    else:
+      x = inputs
+    outputs, carry = LSTM(self.hidden_size, self.num_layers, self.input_projection, self.unroll,
+                          name="lstm")(x, mask, resets, initial_carry)
+    preds = nn.Dense(self.num_outputs, name="head")(outputs)
+    if mask is not None:
+      preds = jnp.where(mask[..., None], preds, 0.0)
+    return preds, carry
+
+
+class SequenceClassifier(nn.Module):
+  """Logits <float32>[B, num_classes] from each sequence's last real step (one sequence per row)."""
+
+  hidden_size: int
+  num_classes: int
+  num_layers: int = 1
+  input_projection: str = "auto"
+
+  @nn.compact
+  def __call__(self, inputs: Array, mask: Array | None = None) -> Array:
+    outputs, _ = LSTM(self.hidden_size, self.num_layers, self.input_projection,
+                      name="lstm")(inputs, mask)
+    return nn.Dense(self.num_classes, name="head")(last_real_step(outputs, mask))
+
+
+def last_real_step(x_BxTxD: Array, mask_BxT: Array | None) -> Array:
+  """x at each row's last real step, <...>[B, D]; rows without a real step give x[:, 0]."""
+  if mask_BxT is None:
+    return x_BxTxD[:, -1]
+  t = x_BxTxD.shape[1]
+  last = t - 1 - jnp.argmax(mask_BxT[:, ::-1], axis=1)
+  last = jnp.where(mask_BxT.any(axis=1), last, 0)
+  return jnp.take_along_axis(x_BxTxD, last[:, None, None], axis=1)[:, 0]
+
+
+def _check_inputs(inputs: Array, mask: Array | None, resets: Array | None):
+  if inputs.ndim != 3 or not jnp.issubdtype(inputs.dtype, jnp.floating):
+    raise DataError(f"LSTM inputs must be <float>[B, T, F], got {inputs.dtype}{list(inputs.shape)}; "
+                    f"for token ids use SequenceModel(vocab_size=...), which embeds them first.")
+  bt = inputs.shape[:2]
+  mask = jnp.ones(bt, bool) if mask is None else mask
+  resets = jnp.zeros(bt, bool) if resets is None else resets
+  for name, a in (("mask", mask), ("resets", resets)):
+    if tuple(a.shape) != tuple(bt) or a.dtype != jnp.bool_:
+      raise DataError(f"{name} must be <bool>{list(bt)} to match inputs {list(inputs.shape)}, got "
+                      f"{a.dtype}{list(a.shape)}.")
+  return mask, resets
+
+
+def num_params(params: Any) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def layer_params(params: Any) -> Sequence[dict]:
+  """The per-layer dicts (kernel, recurrent_kernel, bias), from LSTM or SequenceModel params."""
+  lstm = params.get("lstm", params)
+  return [lstm[f"layer_{k}"] for k in range(len([k for k in lstm if k.startswith("layer_")]))]

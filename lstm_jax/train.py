@@ -1,0 +1,260 @@
+"""Training: a train state, pure jitted steps with counted compiles, and the `fit` loop.
+
+    state, metrics, carry = train_step(state, batch, carry)
+    metrics, carry = eval_step(state, batch, carry)
+
+The loss of a batch is sum(weights * per_step_loss) / sum(weights); metrics come back as sums
+(`loss_sum`, `weight_sum`, `correct_sum`, `real_tokens`) so they add up exactly across batches
+(never an average of batch means). The incoming carry's gradient is stopped, which is what
+truncated BPTT needs; strategies that do not carry state pass the zero carry.
+
+`fit` runs one strategy for N epochs or a budget of real tokens through `StepFunctions`, whose
+`CountedJit`s record the traces, compiles and compile seconds per batch shape. It compiles every
+shape of an epoch before that epoch's first step, dispatches step n+1 before fetching step n's
+metrics (so the host never idles the device), and records per step: loss, real tokens, computed
+tokens and the seconds between consecutive step completions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+
+from lstm_jax.batching import Batch, Strategy
+from lstm_jax.compiles import CountedJit
+from lstm_jax.data import RaggedDataset
+from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.model import Carry, SequenceModel, layer_params
+
+LOSS_KINDS = ("classification", "regression")
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState plus the (static) model and loss kind, so steps need nothing else."""
+
+  model: nn.Module = struct.field(pytree_node=False, default=None)
+  loss_kind: str = struct.field(pytree_node=False, default="classification")
+
+
+def loss_kind_of(dataset: RaggedDataset) -> str:
+  return "classification" if dataset.is_classification else "regression"
+
+
+def create_train_state(model: SequenceModel, optimizer: optax.GradientTransformation,
+                       dataset: RaggedDataset, seed: int = 0) -> TrainState:
+  """Initialises `model` for `dataset`'s inputs and pairs it with `optimizer`."""
+  check_model_fits_data(model, dataset)
+  if dataset.is_tokens:
+    example = jnp.zeros((1, 1), jnp.int32)
+  else:
+    example = jnp.zeros((1, 1, dataset.num_features), jnp.float32)
+  params = model.init(jax.random.key(seed), example)["params"]
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=optimizer, model=model,
+                            loss_kind=loss_kind_of(dataset))
+  return state.replace(step=jnp.asarray(0, jnp.int32))  # an array: one signature from step 0 on
+
+
+def check_model_fits_data(model: SequenceModel, dataset: RaggedDataset,
+                          params: Any | None = None) -> None:
+  """Raises DataError, before any compile, if the data cannot feed the model or its head."""
+  if dataset.is_tokens != (model.vocab_size is not None):
+    raise DataError(
+        f"the data holds {'token ids' if dataset.is_tokens else 'float features'} but the model "
+        f"{'embeds tokens' if model.vocab_size is not None else 'takes float features'}; set "
+        f"SequenceModel(vocab_size=...) for token data and leave it None for features.")
+  if dataset.is_tokens and dataset.vocab_size > model.vocab_size:
+    raise DataError(f"the data's vocabulary has {dataset.vocab_size} tokens, the model's embedding "
+                    f"{model.vocab_size}; raise the model's vocab_size.")
+  if params is not None and not dataset.is_tokens:
+    expected = layer_params(params)[0]["kernel"].shape[0]
+    if expected != dataset.num_features:
+      raise DataError(f"the data has {dataset.num_features} features per step but the model was "
+                      f"initialised for {expected}; re-initialise the model for this data.")
+  if dataset.is_classification:
+    top = int(dataset.targets.max())
+    if top >= model.num_outputs:
+      raise DataError(f"label {top} is out of range for a head with {model.num_outputs} outputs "
+                      f"(classes 0..{model.num_outputs - 1}); set num_outputs >= "
+                      f"{dataset.num_classes} (the data's num_classes).")
+  elif dataset.target_dim != model.num_outputs:
+    raise DataError(f"the regression targets have {dataset.target_dim} dims per step but the head "
+                    f"has {model.num_outputs} outputs; set num_outputs={dataset.target_dim}.")
+
+
+def per_step_loss(preds, targets, loss_kind: str):
+  """(loss, correct) per step, each <float32>[B, T]; correct is 0 for regression."""
+  if loss_kind == "classification":
+    loss = optax.softmax_cross_entropy_with_integer_labels(preds, targets)
+    correct = (jnp.argmax(preds, axis=-1) == targets).astype(jnp.float32)
+    return loss, correct
+  if loss_kind == "regression":
+    return jnp.mean(jnp.square(preds - targets), axis=-1), jnp.zeros(preds.shape[:2], jnp.float32)
+  raise ConfigError(f"loss_kind must be one of {LOSS_KINDS}, got {loss_kind!r}.")
+
+
+def _forward(params, state: TrainState, batch: Batch, carry: Carry):
+  carry = jax.lax.stop_gradient(carry)
+  preds, new_carry = state.apply_fn({"params": params}, batch.inputs, mask=batch.mask,
+                                    resets=batch.resets, initial_carry=carry)
+  loss, correct = per_step_loss(preds, batch.targets, state.loss_kind)
+  metrics = dict(loss_sum=jnp.sum(batch.weights * loss), weight_sum=jnp.sum(batch.weights),
+                 correct_sum=jnp.sum(batch.weights * correct),
+                 real_tokens=jnp.sum(batch.mask, dtype=jnp.int32))
+  mean_loss = metrics["loss_sum"] / jnp.maximum(metrics["weight_sum"], 1e-12)
+  return mean_loss, (metrics, new_carry)
+
+
+def train_step(state: TrainState, batch: Batch, carry: Carry):
+  """One optimizer step on the batch's weighted mean loss. Returns (state, metrics, carry)."""
+  grads, (metrics, carry) = jax.grad(_forward, has_aux=True)(state.params, state, batch, carry)
+  return state.apply_gradients(grads=grads), metrics, carry
+
+
+def eval_step(state: TrainState, batch: Batch, carry: Carry):
+  """Metrics (sums) of one batch without updating. Returns (metrics, carry)."""
+  _, (metrics, carry) = _forward(state.params, state, batch, carry)
+  return metrics, carry
+
+
+@dataclasses.dataclass
+class StepFunctions:
+  """The jitted train and eval steps, each counting its traces and compiles per shape."""
+
+  train: CountedJit
+  eval: CountedJit
+
+  @classmethod
+  def create(cls) -> StepFunctions:
+    return cls(train=CountedJit(train_step, name="train_step", donate_argnums=(0,)),
+               eval=CountedJit(eval_step, name="eval_step"))
+
+  def summary(self) -> dict:
+    return dict(train=self.train.summary(), eval=self.eval.summary())
+
+
+def _abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
+  b, t = shape
+  sds = jax.ShapeDtypeStruct
+  inputs = (sds((b, t), jnp.int32) if dataset.is_tokens
+            else sds((b, t, dataset.num_features), jnp.float32))
+  targets = (sds((b, t), jnp.int32) if dataset.is_classification
+             else sds((b, t, dataset.target_dim), jnp.float32))
+  return Batch(inputs=inputs, targets=targets, weights=sds((b, t), jnp.float32),
+               mask=sds((b, t), jnp.bool_), resets=sds((b, t), jnp.bool_))
+
+
+def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int = 0) -> None:
+  """Compiles `fn` (train or eval step) for every shape `strategy` emits in `epoch`."""
+  for b, t in sorted({p.shape for p in strategy.plan(epoch)}):
+    carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         state.model.zero_carry(b))
+    fn.compile(state, _abstract_batch(strategy.dataset, (b, t)), carry)
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  history: list[dict]       # one record per step
+  steps: StepFunctions
+  carry: Carry | None       # the last carry (strategies that carry state)
+  real_tokens: int
+  epochs_started: int
+
+
+def _batch_loss(m: dict) -> float:
+  w = float(m["weight_sum"])
+  return float(m["loss_sum"]) / w if w > 0 else math.nan
+
+
+def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
+        max_real_tokens: int | None = None, steps: StepFunctions | None = None,
+        callback: Callable[[dict], None] | None = None) -> FitResult:
+  """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
+
+  With both given, stops at whichever comes first. `callback(record)` is called per step.
+  """
+  if epochs is None and max_real_tokens is None:
+    raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
+  if epochs is not None and epochs < 1:
+    raise ConfigError(f"epochs must be >= 1, got {epochs}.")
+  if max_real_tokens is not None and max_real_tokens < 1:
+    raise ConfigError(f"max_real_tokens must be >= 1, got {max_real_tokens}.")
+  check_model_fits_data(state.model, strategy.dataset, state.params)
+  steps = steps or StepFunctions.create()
+  history: list[dict] = []
+  zeros: dict[int, Carry] = {}
+  zero_carry = lambda b: zeros.setdefault(b, state.model.zero_carry(b))
+  real_total, step, epoch, carry, pending = 0, int(state.step), 0, None, None
+  t_last = None
+
+  def finish(item):
+    nonlocal t_last
+    record, metrics = item
+    m = jax.device_get(metrics)
+    now = time.perf_counter()
+    record.update(loss=_batch_loss(m), weight_sum=float(m["weight_sum"]),
+                  correct_sum=float(m["correct_sum"]), step_seconds=now - t_last)
+    t_last = now
+    history.append(record)
+    if callback is not None:
+      callback(record)
+
+  done = False
+  while not done:
+    precompile(steps.train, state, strategy, epoch)
+    if t_last is None:
+      t_last = time.perf_counter()
+    carry = zero_carry(strategy.plan(epoch)[0].batch_size) if strategy.carries_state else None
+    for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
+      step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
+      state, metrics, new_carry = steps.train(state, batch, step_carry)
+      if strategy.carries_state:
+        carry = new_carry
+      step += 1
+      real_total += plan.real_tokens
+      if pending is not None:
+        finish(pending)
+      pending = (dict(step=step, epoch=epoch, shape=f"{plan.batch_size}x{plan.length}",
+                      real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens),
+                 metrics)
+      if max_real_tokens is not None and real_total >= max_real_tokens:
+        done = True
+        break
+    epoch += 1
+    if epochs is not None and epoch >= epochs:
+      done = True
+  if pending is not None:
+    finish(pending)
+  return FitResult(state=state, history=history, steps=steps, carry=carry,
+                   real_tokens=real_total, epochs_started=epoch)
+
+
+def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None = None,
+             epoch: int = 0) -> dict:
+  """Weighted mean loss (and accuracy for classification) over one epoch of `strategy`."""
+  check_model_fits_data(state.model, strategy.dataset, state.params)
+  steps = steps or StepFunctions.create()
+  precompile(steps.eval, state, strategy, epoch)
+  carry, per_batch = None, []
+  for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
+    if carry is None or not strategy.carries_state:
+      carry = state.model.zero_carry(plan.batch_size)
+    metrics, carry = steps.eval(state, batch, carry)
+    per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
+  per_batch = jax.device_get(per_batch)
+  totals = {k: float(np.sum([m[k] for m in per_batch], dtype=np.float64)) for k in per_batch[0]}
+  out = dict(loss=totals["loss_sum"] / totals["weight_sum"], weight_sum=totals["weight_sum"],
+             real_tokens=int(totals["real_tokens"]))
+  if state.loss_kind == "classification":
+    out["accuracy"] = totals["correct_sum"] / totals["weight_sum"]
+  return out
