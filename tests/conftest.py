@@ -1,0 +1,50 @@
+"""Shared helpers: small ragged datasets and exact comparisons."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import pytest
+
+from lstm_jax.data import RaggedDataset
+
+
+def ragged_features(lengths, num_features=3, seed=0, target_level="step") -> RaggedDataset:
+  """Random float features with per-step (or per-sequence) 2-dim regression targets."""
+  rng = np.random.default_rng(seed)
+  lengths = np.asarray(lengths, np.int64)
+  total = int(lengths.sum())
+  values = rng.normal(size=(total, num_features)).astype(np.float32)
+  n = total if target_level == "step" else len(lengths)
+  targets = rng.normal(size=(n, 2)).astype(np.float32)
+  return RaggedDataset(values, lengths, targets, target_level=target_level, name="random")
+
+
+def identity_dataset(lengths, target_level="step") -> RaggedDataset:
+  """values[:, 0] = sequence index, values[:, 1] = step within the sequence: every step unique."""
+  lengths = np.asarray(lengths, np.int64)
+  seq = np.repeat(np.arange(len(lengths)), lengths)
+  step = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+  values = np.stack([seq, step], axis=1).astype(np.float32)
+  if target_level == "step":
+    targets = (seq * 1000 + step).astype(np.int32)
+    num_classes = int(targets.max()) + 1
+  else:
+    targets = np.arange(len(lengths), dtype=np.int32)
+    num_classes = len(lengths)
+  return RaggedDataset(values, lengths, targets, target_level=target_level,
+                       num_classes=num_classes, name="identity")
+
+
+def max_rel_err(a, b) -> float:
+  """max |a - b| / max |b| over a pytree: a relative error robust to entries near zero."""
+  errs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y)))
+                                         / max(float(np.max(np.abs(np.asarray(y)))), 1e-30)), a, b)
+  return max(jax.tree.leaves(errs))
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(1234)

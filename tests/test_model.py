@@ -1,0 +1,268 @@
+"""The masked LSTM: its math (gate order i, f, g, o), and exactness under padding, bucketing,
+packing and truncated BPTT. "Exact" here means equal to float32 rounding: <= 1e-5 relative
+(max |a - b| / max |b|) for outputs at real steps, the final carry and the parameter gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import max_rel_err, ragged_features
+from lstm_jax import batching, train
+from lstm_jax.errors import DataError
+from lstm_jax.model import (LSTM, SequenceClassifier, SequenceModel, last_real_step,
+                            layer_params, resolve_input_projection)
+
+TOL = 1e-5
+LENGTHS = [1, 7, 3, 12, 5, 7, 3, 12, 1, 5, 7, 3]   # a length-1, repeats, a repeated maximum
+H = 8
+
+
+def numpy_lstm(x_TxF, layers):
+  """Float64 reference: gates in the order i, f, g, o; returns (outputs [T, H], [(c, h)])."""
+  sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+  x = np.asarray(x_TxF, np.float64)
+  carry = []
+  for p in layers:
+    w, u, b = (np.asarray(p[k], np.float64) for k in ("kernel", "recurrent_kernel", "bias"))
+    hid = u.shape[0]
+    c, h, out = np.zeros(hid), np.zeros(hid), []
+    for t in range(x.shape[0]):
+      z = x[t] @ w + h @ u + b
+      i, f, g, o = z[:hid], z[hid:2 * hid], z[2 * hid:3 * hid], z[3 * hid:]
+      c = sig(f) * c + sig(i) * np.tanh(g)
+      h = sig(o) * np.tanh(c)
+      out.append(h)
+    x = np.stack(out)
+    carry.append((c, h))
+  return x, carry
+
+
+@pytest.fixture(scope="module")
+def setup():
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  model = SequenceModel(hidden_size=H, num_outputs=2, num_layers=2)
+  state = train.create_train_state(model, optax.sgd(0.1), ds, seed=0)
+  return ds, model, state
+
+
+def _lstm(model, projection=None):
+  return LSTM(model.hidden_size, model.num_layers,
+              projection or model.input_projection)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _alone_jit(model, params, x, y):
+  out, carry = _lstm(model).apply({"params": params["lstm"]}, x[None])
+  def loss(p):
+    preds, _ = model.apply({"params": p}, x[None])
+    return jnp.sum(jnp.mean(jnp.square(preds[0] - y), axis=-1))
+  return out[0], carry, jax.grad(loss)(params)
+
+
+_ALONE_CACHE = {}
+
+
+def _alone(ds, model, state, i, projection=None):
+  """Sequence i run by itself at its exact length, without mask or resets (unpadded):
+  (outputs [L, H], carry, gradient of its summed loss). One compile per distinct length."""
+  model = model.clone(input_projection=projection or model.input_projection)
+  key = (model, i)
+  if key not in _ALONE_CACHE:
+    x, y = ds.sequence(i)
+    _ALONE_CACHE[key] = _alone_jit(model, state.params, x, y)
+  return _ALONE_CACHE[key]
+
+
+@jax.jit
+def _summed_loss_grad(state, batch, carry):
+  """Gradient of sum(weights * per_step_loss) through the train step's own forward."""
+  f = lambda p: train._forward(p, state, batch, carry)[1][0]["loss_sum"]
+  return jax.grad(f)(state.params)
+
+
+_forward_jit = jax.jit(train._forward)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _lstm_apply(lstm, params, inputs, mask, resets, carry):
+  return lstm.apply({"params": params}, inputs, mask=mask, resets=resets, initial_carry=carry)
+
+
+def test_forward_matches_numpy_reference_gate_order_ifgo(setup):
+  ds, model, state = setup
+  layers = layer_params(state.params)
+  for i in (0, 3, 9):
+    x, _ = ds.sequence(i)
+    ref_out, ref_carry = numpy_lstm(x, layers)
+    out, carry = _lstm(model).apply({"params": state.params["lstm"]}, x[None])
+    assert np.allclose(out[0], ref_out, rtol=1e-5, atol=1e-6)
+    for (c, h), (rc, rh) in zip(carry, ref_carry):
+      assert np.allclose(c[0], rc, rtol=1e-5, atol=1e-6)
+      assert np.allclose(h[0], rh, rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_layout(setup):
+  _, _, state = setup
+  l0, l1 = layer_params(state.params)
+  assert l0["kernel"].shape == (3, 4 * H) and l1["kernel"].shape == (H, 4 * H)
+  assert l0["recurrent_kernel"].shape == (H, 4 * H) and l0["bias"].shape == (4 * H,)
+  # unit forget bias: ones on the second quarter (the f gate) only
+  assert np.array_equal(np.asarray(l0["bias"]), np.repeat([0.0, 1.0, 0.0, 0.0], H))
+
+
+@pytest.mark.parametrize("projection", ["in_step", "hoisted"])
+@pytest.mark.parametrize("strategy", [
+    lambda ds: batching.Pad(ds, batch_size=5, max_length=17),
+    lambda ds: batching.Bucket(ds, batch_size=3, boundaries=[4, 8, 12, 20]),
+    lambda ds: batching.Pack(ds, batch_size=2, row_length=15),
+], ids=["pad", "bucket", "pack"])
+def test_mask_invariance_outputs_carry_gradients(setup, strategy, projection):
+  """Alone at exact length == padded longer == in a bucket == packed in a row with others."""
+  ds, model, state = setup
+  model = model.clone(input_projection=projection)
+  state = state.replace(apply_fn=model.apply, model=model)
+  lstm = _lstm(model)
+  alone = [_alone(ds, model, state, i, projection) for i in range(len(ds))]
+  strat = strategy(ds)
+  grad_sum, seen = None, set()
+  for plan, batch in zip(strat.plan(0), strat.batches(0)):
+    out, carry = _lstm_apply(lstm, state.params["lstm"], batch.inputs, batch.mask, batch.resets,
+                             model.zero_carry(plan.batch_size))
+    out = np.asarray(out)
+    assert np.all(out[~batch.mask] == 0.0), "outputs at padded steps must be exactly zero"
+    for r, row in enumerate(plan.rows):
+      for seq, start, pos, n in row:
+        assert start == 0 and n == LENGTHS[seq]
+        assert max_rel_err(out[r, pos:pos + n], alone[seq][0]) <= TOL
+        seen.add(seq)
+      last_seq = row[-1][0]   # the row's carry is the state after its last sequence
+      row_carry = jax.tree.map(lambda a: a[r], carry)
+      assert max_rel_err(row_carry, jax.tree.map(lambda a: a[0], alone[last_seq][1])) <= TOL
+    g = _summed_loss_grad(state, batch, model.zero_carry(plan.batch_size))
+    grad_sum = g if grad_sum is None else jax.tree.map(jnp.add, grad_sum, g)
+  assert seen == set(range(len(ds)))
+  alone_sum = jax.tree.map(lambda *gs: sum(gs), *[a[2] for a in alone])
+  assert max_rel_err(grad_sum, alone_sum) <= TOL
+
+
+def test_in_step_and_hoisted_projection_agree(setup):
+  ds, model, state = setup
+  batch = next(batching.Pad(ds, batch_size=6).batches(0))
+  args = (batch.inputs,)
+  kw = dict(mask=batch.mask, resets=batch.resets)
+  a = _lstm(model, "in_step").apply({"params": state.params["lstm"]}, *args, **kw)
+  b = _lstm(model, "hoisted").apply({"params": state.params["lstm"]}, *args, **kw)
+  assert max_rel_err(a, b) <= TOL
+  assert resolve_input_projection("auto", "cpu") == "in_step"
+  assert resolve_input_projection("auto", "gpu") == "hoisted"
+
+
+def _tbptt_outputs(ds, model, state, num_streams, chunk):
+  """Per-sequence outputs gathered from chunks, the carry handed from chunk to chunk."""
+  lstm = _lstm(model)
+  strat = batching.TBPTT(ds, num_streams=num_streams, chunk_length=chunk)
+  pieces = {i: [] for i in range(len(ds))}
+  carry = model.zero_carry(num_streams)
+  for plan, batch in zip(strat.plan(0), strat.batches(0)):
+    out, carry = _lstm_apply(lstm, state.params["lstm"], batch.inputs, batch.mask, batch.resets,
+                             carry)
+    for r, row in enumerate(plan.rows):
+      for seq, start, pos, n in row:
+        pieces[seq].append((start, np.asarray(out[r, pos:pos + n])))
+  return {i: np.concatenate([o for _, o in sorted(p, key=lambda t: t[0])]) for i, p in pieces.items()}
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 9, 100])
+def test_tbptt_forward_equals_full_forward_for_any_chunk_length(setup, chunk):
+  ds, model, state = setup
+  outs = _tbptt_outputs(ds, model, state, num_streams=3, chunk=chunk)
+  for i in range(len(ds)):
+    assert max_rel_err(outs[i], _alone(ds, model, state, i)[0]) <= TOL
+
+
+def _tbptt_grad(ds, state, num_streams, chunk):
+  strat = batching.TBPTT(ds, num_streams=num_streams, chunk_length=chunk)
+  carry, total = state.model.zero_carry(num_streams), None
+  for batch in strat.batches(0):
+    g = _summed_loss_grad(state, batch, carry)
+    _, (_, carry) = _forward_jit(state.params, state, batch, carry)
+    total = g if total is None else jax.tree.map(jnp.add, total, g)
+  return total, strat
+
+
+def test_tbptt_gradients_equal_full_bptt_when_chunks_cover_sequences(setup):
+  ds, model, state = setup
+  full = jax.tree.map(lambda *gs: sum(gs), *[_alone(ds, model, state, i)[2] for i in range(len(ds))])
+  # One stream per sequence and a chunk as long as the longest sequence: nothing is truncated.
+  g, strat = _tbptt_grad(ds, state, num_streams=len(ds), chunk=max(LENGTHS))
+  assert len(strat.plan(0)) == 1
+  assert max_rel_err(g, full) <= TOL
+  # Several sequences per stream, one chunk holding each whole stream: resets separate them.
+  loads = [sum(s[3] for s in row) for row in batching.TBPTT(ds, 3, 1000).plan(0)[0].rows]
+  g, _ = _tbptt_grad(ds, state, num_streams=3, chunk=max(loads))
+  assert max_rel_err(g, full) <= TOL
+  # Short chunks do truncate the gradient: the comparison above is able to fail.
+  g, _ = _tbptt_grad(ds, state, num_streams=3, chunk=2)
+  assert max_rel_err(g, full) > 1e-3
+
+
+def test_incoming_carry_gradient_is_stopped(setup):
+  ds, model, state = setup
+  batch = next(batching.TBPTT(ds, num_streams=3, chunk_length=4).batches(0))
+  carry = jax.tree.map(lambda z: z + 0.5, model.zero_carry(3))
+  g = jax.grad(lambda c: train._forward(state.params, state, batch, c)[0])(carry)
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g))
+
+
+def test_resets_restore_zero_state_mid_row(setup):
+  ds, model, state = setup
+  x1, x2 = ds.sequence(3)[0], ds.sequence(5)[0]
+  row = np.concatenate([x1, x2])[None]
+  resets = np.zeros(row.shape[:2], bool)
+  resets[0, len(x1)] = True
+  out, _ = _lstm(model).apply({"params": state.params["lstm"]}, row, resets=resets)
+  alone2, _ = _lstm(model).apply({"params": state.params["lstm"]}, x2[None])
+  assert max_rel_err(out[0, len(x1):], alone2[0]) <= TOL
+  no_reset, _ = _lstm(model).apply({"params": state.params["lstm"]}, row)
+  assert max_rel_err(no_reset[0, len(x1):], alone2[0]) > 1e-3
+
+
+def test_sequence_classifier_reads_last_real_step():
+  x = jax.random.normal(jax.random.key(0), (4, 9, 3))
+  mask = np.arange(9)[None, :] < np.array([[9], [1], [5], [7]])
+  clf = SequenceClassifier(hidden_size=H, num_classes=5)
+  v = clf.init(jax.random.key(1), x, mask)
+  logits = clf.apply(v, x, mask)
+  for b, n in enumerate([9, 1, 5, 7]):
+    alone = clf.apply(v, x[b:b + 1, :n])
+    assert max_rel_err(logits[b], alone[0]) <= TOL
+  out, carry = LSTM(H).apply({"params": v["params"]["lstm"]}, x, mask)
+  assert max_rel_err(last_real_step(out, mask), carry[0][1]) <= TOL
+
+
+def test_token_model_embeds_ids():
+  model = SequenceModel(hidden_size=H, num_outputs=11, vocab_size=11, embed_dim=4)
+  ids = jnp.array([[1, 2, 3], [4, 5, 0]], jnp.int32)
+  v = model.init(jax.random.key(0), ids)
+  preds, carry = model.apply(v, ids, mask=jnp.array([[True] * 3, [True, True, False]]))
+  assert preds.shape == (2, 3, 11) and float(jnp.abs(preds[1, 2]).max()) == 0.0
+  with pytest.raises(DataError, match="token ids"):
+    model.apply(v, jnp.zeros((2, 3, 4)))
+
+
+def test_feature_size_mismatch_is_a_clear_error(setup):
+  ds, model, state = setup
+  with pytest.raises(DataError, match="4 features per step but the model was initialised for 3"):
+    model.apply({"params": state.params}, jnp.zeros((2, 5, 4)))
+
+
+def test_wrong_input_dtype_and_mask_shape_are_clear_errors():
+  lstm = LSTM(H)
+  with pytest.raises(DataError, match="float"):
+    lstm.init(jax.random.key(0), jnp.zeros((2, 5, 3), jnp.int32))
+  with pytest.raises(DataError, match="mask must be <bool>"):
+    lstm.init(jax.random.key(0), jnp.zeros((2, 5, 3)), mask=jnp.ones((2, 4), bool))
