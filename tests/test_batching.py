@@ -1,0 +1,185 @@
+"""Batching strategies: the batch contract, every real step exactly once per epoch, listed shapes,
+seeded shuffling, optimal bucket boundaries, packing, and clear errors on bad settings."""
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import identity_dataset
+from lstm_jax import batching
+from lstm_jax.errors import ConfigError, DataError
+
+LENGTHS = np.random.default_rng(7).integers(1, 40, size=57)
+
+STRATEGIES = {
+    "pad": lambda ds, seed=0: batching.Pad(ds, batch_size=8, seed=seed),
+    "bucket": lambda ds, seed=0: batching.Bucket(ds, batch_size=8, num_buckets=4, seed=seed),
+    "bucket_tokens": lambda ds, seed=0: batching.Bucket(ds, tokens_per_batch=128,
+                                                        boundaries=[10, 20, 40], seed=seed),
+    "tbptt": lambda ds, seed=0: batching.TBPTT(ds, num_streams=5, chunk_length=7, seed=seed),
+    "pack": lambda ds, seed=0: batching.Pack(ds, batch_size=4, row_length=50, seed=seed),
+    "pad_batch_max": lambda ds, seed=0: batching.PadBatchMax(ds, batch_size=8, seed=seed),
+}
+
+
+def _visited_steps(strategy, epoch=0):
+  """(sequence, step) of every real step emitted in one epoch, checking the contract as it goes."""
+  ds, visited = strategy.dataset, []
+  shapes = set()
+  for batch in strategy.batches(epoch):
+    shapes.add(batch.shape)
+    b, t = batch.shape
+    assert batch.inputs.shape == (b, t, 2) and batch.inputs.dtype == np.float32
+    assert batch.mask.dtype == bool and batch.resets.dtype == bool
+    assert batch.weights.dtype == np.float32 and batch.targets.dtype == np.int32
+    assert not np.any(batch.resets & ~batch.mask), "a reset only on a real step"
+    assert np.all(batch.inputs[~batch.mask] == 0) and np.all(batch.weights[~batch.mask] == 0)
+    seq = batch.inputs[..., 0][batch.mask].astype(int)
+    step = batch.inputs[..., 1][batch.mask].astype(int)
+    # resets exactly where a sequence starts
+    assert np.array_equal(batch.resets[batch.mask], step == 0)
+    # step-level targets travel with their step
+    if ds.target_level == "step":
+      assert np.array_equal(batch.targets[batch.mask], seq * 1000 + step)
+      assert np.all(batch.weights[batch.mask] == 1.0)
+    else:  # the sequence's label sits on its last step, weight 1 there only
+      last = step == ds.lengths[seq] - 1
+      assert np.array_equal(batch.weights[batch.mask], last.astype(np.float32))
+      assert np.array_equal(batch.targets[batch.mask][last], seq[last])
+    visited += zip(seq.tolist(), step.tolist())
+  return visited, shapes
+
+
+@pytest.mark.parametrize("target_level", ["step", "sequence"])
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_real_step_exactly_once_per_epoch(name, target_level):
+  ds = identity_dataset(LENGTHS, target_level=target_level)
+  strategy = STRATEGIES[name](ds)
+  expected = Counter((i, t) for i, n in enumerate(LENGTHS) for t in range(n))
+  for epoch in (0, 1):
+    visited, shapes = _visited_steps(strategy, epoch)
+    assert Counter(visited) == expected
+    assert shapes <= set(strategy.shapes(num_epochs=2))
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_shapes_are_listed_before_running(name):
+  ds = identity_dataset(LENGTHS)
+  strategy = STRATEGIES[name](ds)
+  emitted = sorted({b.shape for b in strategy.batches(0)})
+  assert strategy.shapes() == emitted
+  stats = strategy.stats()
+  assert stats["real_tokens"] == LENGTHS.sum()
+  assert stats["computed_tokens"] == sum(b * t for b, t in (p.shape for p in strategy.plan(0)))
+
+
+def test_shape_counts_per_strategy():
+  ds = identity_dataset(LENGTHS)
+  assert STRATEGIES["pad"](ds).shapes() == [(8, int(LENGTHS.max()))]
+  assert STRATEGIES["tbptt"](ds).shapes() == [(5, 7)]
+  assert STRATEGIES["pack"](ds).shapes() == [(4, 50)]
+  bucket = STRATEGIES["bucket"](ds)
+  assert bucket.shapes() == [(8, b) for b in bucket.boundaries]
+  assert STRATEGIES["bucket_tokens"](ds).shapes() == sorted([(12, 10), (6, 20), (3, 40)])
+  pbm = STRATEGIES["pad_batch_max"](ds)
+  maxima = {int(LENGTHS[[s[0] for row in p.rows for s in row]].max()) for p in pbm.plan(0)}
+  assert pbm.shapes() == sorted((8, m) for m in maxima)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_shuffling_is_seeded(name):
+  ds = identity_dataset(LENGTHS)
+  order = lambda s, e: [np.asarray(b.inputs).tobytes() for b in s.batches(e)]
+  a, b, c = STRATEGIES[name](ds, seed=3), STRATEGIES[name](ds, seed=3), STRATEGIES[name](ds, seed=4)
+  assert order(a, 0) == order(b, 0)
+  assert order(a, 0) != order(a, 1), "each epoch reshuffles"
+  assert order(a, 0) != order(c, 0), "the seed changes the order"
+
+
+def test_tbptt_streams_are_balanced_and_only_the_tail_is_padded():
+  ds = identity_dataset(LENGTHS)
+  strategy = batching.TBPTT(ds, num_streams=5, chunk_length=7)
+  plans = strategy.plan(0)
+  loads = Counter()
+  for p in plans:
+    for r, row in enumerate(p.rows):
+      loads[r] += sum(s[3] for s in row)
+  # greedy least-loaded placement: streams end within one sequence of each other
+  assert max(loads.values()) - min(loads.values()) <= LENGTHS.max()
+  # every chunk but the last few is full: padding only where streams run out
+  full = [p.real_tokens == 5 * 7 for p in plans]
+  assert all(full[:-((LENGTHS.max() // 7) + 2)])
+
+
+def test_optimal_boundaries_match_brute_force():
+  rng = np.random.default_rng(0)
+  for _ in range(60):
+    lengths = rng.integers(1, 30, size=rng.integers(1, 20))
+    k = int(rng.integers(1, 5))
+    got = batching.optimal_boundaries(lengths, k)
+    u = np.unique(lengths)
+    best = min(batching.padded_steps(lengths, list(c) + [u[-1]])
+               for r in range(k) for c in itertools.combinations(u[:-1], r))
+    assert batching.padded_steps(lengths, got) == best
+    assert len(got) <= k and got[-1] == lengths.max() and got == sorted(set(got))
+
+
+def test_first_fit_decreasing_packs_within_capacity():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 60, size=500)
+  bins = batching.first_fit_decreasing(lengths, 64, rng)
+  assert sorted(i for b in bins for i in b) == list(range(500))
+  assert all(lengths[b].sum() <= 64 for b in bins)
+  # FFD uses at most 11/9 OPT + 1 bins; OPT >= total / capacity
+  assert len(bins) <= 11 / 9 * np.ceil(lengths.sum() / 64) + 1
+
+
+def test_pack_rows_hold_several_sequences_with_resets():
+  ds = identity_dataset(LENGTHS)
+  batch = next(batching.Pack(ds, batch_size=4, row_length=50).batches(0))
+  assert (batch.resets.sum(axis=1) >= 2).any()
+
+
+# --- bad settings ------------------------------------------------------------------------------
+def test_sequence_longer_than_largest_bucket():
+  ds = identity_dataset([3, 5, 30])
+  with pytest.raises(DataError, match=r"longer than the largest bucket boundary \(20\).*sequence 2 "
+                                      r"with 30 steps.*Add a boundary"):
+    batching.Bucket(ds, batch_size=2, boundaries=[10, 20])
+
+
+@pytest.mark.parametrize("chunk", [0, -3])
+def test_chunk_length_below_one(chunk):
+  with pytest.raises(ConfigError, match="chunk_length must be an integer >= 1"):
+    batching.TBPTT(identity_dataset([3, 5]), num_streams=2, chunk_length=chunk)
+
+
+def test_sequence_longer_than_pad_or_pack_length():
+  ds = identity_dataset([3, 5, 30])
+  with pytest.raises(DataError, match=r"longer than the padded length max_length \(10\)"):
+    batching.Pad(ds, batch_size=2, max_length=10)
+  with pytest.raises(DataError, match=r"longer than the row length \(10\)"):
+    batching.Pack(ds, batch_size=2, row_length=10)
+
+
+def test_bucket_boundaries_must_increase():
+  with pytest.raises(ConfigError, match="strictly increasing"):
+    batching.Bucket(identity_dataset([3, 5]), batch_size=2, boundaries=[8, 8, 16])
+
+
+def test_bucket_needs_one_batch_size_rule():
+  with pytest.raises(ConfigError, match="exactly one of batch_size or tokens_per_batch"):
+    batching.Bucket(identity_dataset([3, 5]), batch_size=2, tokens_per_batch=64, num_buckets=2)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_batch_size_must_be_positive_integer(bad):
+  with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+    batching.Pad(identity_dataset([3, 5]), batch_size=bad)
+
+
+def test_unknown_strategy_name():
+  with pytest.raises(ConfigError, match=r"unknown strategy 'padd'; choose one of"):
+    batching.make_strategy("padd", identity_dataset([3, 5]), batch_size=2)

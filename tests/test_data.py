@@ -1,0 +1,155 @@
+"""Ragged datasets (validation, saving, splitting) and the synthetic tasks' known answers."""
+
+import numpy as np
+import pytest
+
+from conftest import identity_dataset, ragged_features
+from lstm_jax import tasks
+from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
+from lstm_jax.errors import ConfigError, DataError
+
+
+def _values(n, f=2):
+  return np.zeros((n, f), np.float32)
+
+
+# --- bad input: one test per case, each message names the problem ----------------------------
+def test_empty_sequence():
+  with pytest.raises(DataError, match=r"sequence 1 is empty \(length 0\).*drop empty sequences"):
+    RaggedDataset(_values(5), np.array([2, 0, 3]), np.zeros(5, np.float32))
+
+
+def test_empty_sequence_from_list():
+  with pytest.raises(DataError, match=r"sequence 2 is empty"):
+    from_sequences([_values(2), _values(1), _values(0)], [np.zeros(2), np.zeros(1), np.zeros(0)])
+
+
+def test_empty_dataset():
+  with pytest.raises(DataError, match="the dataset is empty"):
+    RaggedDataset(_values(0), np.zeros(0, np.int64), np.zeros(0, np.float32))
+  with pytest.raises(DataError, match="the dataset is empty"):
+    from_sequences([], [])
+
+
+def test_negative_length():
+  with pytest.raises(DataError, match=r"sequence 1 has a negative length \(-2\)"):
+    RaggedDataset(_values(1), np.array([3, -2]), np.zeros(1, np.float32))
+
+
+@pytest.mark.parametrize("bad,kind", [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")])
+def test_non_finite_inputs(bad, kind):
+  values = _values(6)
+  values[4, 1] = bad
+  with pytest.raises(DataError, match=rf"{kind} in the inputs at step 1 of sequence 1"):
+    RaggedDataset(values, np.array([3, 3]), np.zeros(6, np.float32))
+
+
+def test_labels_out_of_range():
+  with pytest.raises(DataError, match=r"label 5 at step 2 of sequence 1 is out of range \[0, 3\)"):
+    RaggedDataset(_values(6), np.array([3, 3]), np.array([0, 1, 2, 0, 1, 5]), num_classes=3)
+  with pytest.raises(DataError, match=r"label -1 at sequence 0 is out of range"):
+    RaggedDataset(_values(6), np.array([3, 3]), np.array([-1, 1]), target_level="sequence",
+                  num_classes=3)
+
+
+def test_targets_length_differs_from_inputs():
+  with pytest.raises(DataError, match=r"step-level targets must have one row per step \(6\)"):
+    RaggedDataset(_values(6), np.array([3, 3]), np.zeros(5, np.float32))
+
+
+def test_values_do_not_match_lengths():
+  with pytest.raises(DataError, match="values has 5 steps but the lengths add up to 6"):
+    RaggedDataset(_values(5), np.array([3, 3]), np.zeros(5, np.float32))
+
+
+def test_wrong_dtype_of_features():
+  with pytest.raises(DataError, match=r"must be floating point.*vocab_size"):
+    RaggedDataset(np.zeros((6, 2), np.int64), np.array([3, 3]), np.zeros(6, np.float32))
+
+
+def test_features_must_be_two_dimensional():
+  with pytest.raises(DataError, match=r"must be 2-D \[steps, features\].*values\[:, None\]"):
+    RaggedDataset(np.zeros(6, np.float32), np.array([3, 3]), np.zeros(6, np.float32))
+
+
+def test_token_out_of_vocabulary():
+  with pytest.raises(DataError, match=r"token 9 at step 0 of sequence 1 is out of range \[0, 5\)"):
+    next_token_dataset([np.array([1, 2, 3]), np.array([9, 1])], vocab_size=5)
+
+
+# --- behaviour ---------------------------------------------------------------------------------
+def test_npz_round_trip(tmp_path):
+  for ds in (ragged_features([3, 1, 4], target_level="sequence"), identity_dataset([2, 5, 1]),
+             next_token_dataset([np.arange(5), np.arange(3)], vocab_size=8)):
+    path = tmp_path / "d.npz"
+    ds.save(path)
+    back = RaggedDataset.load(path)
+    for a in ("values", "lengths", "targets"):
+      assert np.array_equal(getattr(back, a), getattr(ds, a))
+    assert (back.target_level, back.num_classes, back.vocab_size) == (
+        ds.target_level, ds.num_classes, ds.vocab_size)
+    assert back.fingerprint() == ds.fingerprint()
+
+
+def test_load_names_missing_file_and_arrays(tmp_path):
+  with pytest.raises(DataError, match="no such dataset file"):
+    RaggedDataset.load(tmp_path / "nope.npz")
+  np.savez(tmp_path / "bad.npz", values=np.zeros((2, 1), np.float32), lengths=np.array([2]))
+  with pytest.raises(DataError, match=r"lacks the array\(s\) \['targets'\]"):
+    RaggedDataset.load(tmp_path / "bad.npz")
+
+
+def test_split_is_seeded_disjoint_and_complete():
+  ds = identity_dataset(np.arange(1, 41))
+  train, ev = ds.split(0.25, seed=3)
+  ids = lambda d: set(d.values[:, 0][d.values[:, 1] == 0].astype(int))
+  assert len(ev) == 10 and len(train) == 30
+  assert ids(train) | ids(ev) == set(range(40)) and not ids(train) & ids(ev)
+  train2, ev2 = ds.split(0.25, seed=3)
+  assert ids(ev2) == ids(ev)
+  assert ids(ds.split(0.25, seed=4)[1]) != ids(ev)
+  # whole sequences move together, targets with them
+  assert np.array_equal(train.targets, (train.values[:, 0] * 1000 + train.values[:, 1]).astype(int))
+
+
+def test_split_that_would_leave_a_side_empty():
+  with pytest.raises(DataError, match="leaves an empty eval split"):
+    identity_dataset([3, 4]).split(0.1, seed=0)
+
+
+def test_fingerprint_changes_with_content():
+  a = ragged_features([3, 4], seed=0)
+  assert a.fingerprint() == ragged_features([3, 4], seed=0).fingerprint()
+  assert a.fingerprint() != ragged_features([3, 4], seed=1).fingerprint()
+
+
+def test_adding_problem_targets_are_the_sum_of_marked_values():
+  ds = tasks.adding_problem(50, tasks.LengthDistribution("uniform", 2, 30), seed=0)
+  for i in range(len(ds)):
+    x, y = ds.sequence(i)
+    assert x[:, 1].sum() == 2.0
+    assert np.isclose(y[0], x[x[:, 1] == 1.0, 0].sum())
+  assert ds.target_level == "sequence" and ds.target_dim == 1
+
+
+def test_running_parity_targets():
+  ds = tasks.running_parity(30, [1, 5, 17], seed=0)
+  for i in range(len(ds)):
+    x, y = ds.sequence(i)
+    assert np.array_equal(y, np.cumsum(x[:, 0].astype(int)) % 2)
+  assert list(ds.lengths[:3]) == [1, 5, 17]
+
+
+def test_length_distributions():
+  rng = np.random.default_rng(0)
+  u = tasks.sample_lengths(tasks.LengthDistribution("uniform", 3, 9), 1000, rng)
+  assert u.min() == 3 and u.max() == 9
+  ln = tasks.sample_lengths(tasks.LengthDistribution("lognormal", 8, 512, median=64, sigma=1.0),
+                            5000, rng)
+  assert ln.min() >= 8 and ln.max() <= 512 and 50 < np.median(ln) < 80
+  assert list(tasks.sample_lengths(tasks.LengthDistribution("list", values=(4, 2)), 5, rng)) == [
+      4, 2, 4, 2, 4]
+  with pytest.raises(ConfigError, match="unknown length distribution"):
+    tasks.LengthDistribution("zipf")
+  with pytest.raises(ConfigError, match="lengths >= 2"):
+    tasks.adding_problem(5, [1, 3])

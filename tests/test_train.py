@@ -1,0 +1,164 @@
+"""Training: compile counts per strategy, the step updates every parameter, learning a task with a
+known answer, losses accumulated as sums, determinism, and clear errors when data and model
+disagree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import ragged_features
+from lstm_jax import batching, tasks, train
+from lstm_jax.compiles import CountedJit
+from lstm_jax.data import next_token_dataset
+from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.model import SequenceModel
+
+LENGTHS = np.random.default_rng(3).integers(1, 25, size=40)
+
+
+@pytest.fixture(scope="module")
+def data():
+  return ragged_features(LENGTHS, num_features=3, seed=0)
+
+
+def _state(ds, hidden=8, lr=1e-2, seed=0, **kw):
+  model = SequenceModel(hidden_size=hidden, num_outputs=ds.target_dim or ds.num_classes, **kw)
+  return train.create_train_state(model, optax.adam(lr), ds, seed=seed)
+
+
+def test_compile_counts_per_strategy(data):
+  """pad, tbptt, pack: one train compile for two epochs of mixed lengths; bucket: one per
+  bucket; pad_batch_max: one per distinct batch maximum. Traces equal compiles (no retrace)."""
+  cases = {
+      "pad": (batching.Pad(data, batch_size=8), 1),
+      "tbptt": (batching.TBPTT(data, num_streams=4, chunk_length=6), 1),
+      "pack": (batching.Pack(data, batch_size=4, row_length=30), 1),
+      "bucket": (batching.Bucket(data, batch_size=8, boundaries=[6, 12, 18, 24]), 4),
+  }
+  pbm = batching.PadBatchMax(data, batch_size=8)
+  cases["pad_batch_max"] = (pbm, len(pbm.shapes(num_epochs=2)))
+  assert cases["pad_batch_max"][1] > 1
+  for name, (strategy, expected) in cases.items():
+    result = train.fit(_state(data), strategy, epochs=2)
+    steps = result.steps.train
+    assert steps.compiles == expected, name
+    assert steps.traces == expected, name
+    assert len(result.history) == len(strategy.plan(0)) + len(strategy.plan(1)), name
+    assert steps.compile_seconds > 0
+    assert all(r.temp_bytes is not None for r in steps.records.values())
+    ev = train.StepFunctions.create()
+    train.evaluate(result.state, strategy, ev)
+    train.evaluate(result.state, strategy, ev)
+    assert ev.eval.compiles == len(strategy.shapes()), name
+
+
+def test_counted_jit_counts_a_new_shape_and_never_repeats():
+  f = CountedJit(lambda a, b: (a * b).sum(), name="f", label_argnum=0)
+  for n in (3, 3, 4, 3, 4):
+    f(jnp.ones(n), jnp.ones(n))
+  assert f.compiles == 2 and f.traces == 2
+  assert sorted(f.summary()["per_shape"]) == ["3", "4"]
+
+
+def test_every_parameter_changes_after_one_step(data):
+  state = _state(data, num_layers=2)
+  before = jax.tree.map(np.asarray, state.params)
+  result = train.fit(state, batching.Pad(data, batch_size=40), epochs=1)
+  after = result.state.params
+  flat_before = jax.tree_util.tree_flatten_with_path(before)[0]
+  unchanged = [jax.tree_util.keystr(path) for (path, a), b in zip(flat_before, jax.tree.leaves(after))
+               if np.any(np.asarray(a) == np.asarray(b))]  # every single entry must move
+  assert int(result.state.step) == 1
+  assert not unchanged, f"entries that did not move: {unchanged}"
+
+
+def test_learns_the_adding_problem_well_below_the_trivial_baseline():
+  ds = tasks.adding_problem(3000, tasks.LengthDistribution("uniform", 4, 16), seed=0)
+  tr, ev = ds.split(0.1, seed=0)
+  state = _state(tr, hidden=32, lr=1e-2)
+  result = train.fit(state, batching.Bucket(tr, batch_size=32, num_buckets=3), epochs=8)
+  loss = train.evaluate(result.state, batching.Pad(ev, batch_size=100))["loss"]
+  assert loss < 0.1 * tasks.ADDING_BASELINE_MSE, loss
+
+
+def test_losses_accumulate_as_sums_not_means_of_batches(data):
+  state = _state(data)
+  a = train.evaluate(state, batching.Pad(data, batch_size=7))
+  b = train.evaluate(state, batching.Bucket(data, batch_size=3, num_buckets=5))
+  c = train.evaluate(state, batching.TBPTT(data, num_streams=3, chunk_length=5))
+  # reference: every real step's squared error averaged over all real steps, from one batch
+  # holding the whole data set (padding invariance itself is tested in test_model.py)
+  whole = next(batching.Pad(data, batch_size=len(data)).batches(0))
+  preds, _ = state.apply_fn({"params": state.params}, whole.inputs, mask=whole.mask)
+  per_step, _ = train.per_step_loss(preds, whole.targets, "regression")
+  ref = float(np.asarray(per_step, np.float64)[whole.mask].mean())
+  for r in (a, b, c):
+    assert r["weight_sum"] == LENGTHS.sum() and r["real_tokens"] == LENGTHS.sum()
+    assert abs(r["loss"] - ref) <= 1e-5 * ref
+
+
+def test_same_seed_same_numbers(data):
+  runs = []
+  for _ in range(2):
+    r = train.fit(_state(data, seed=5), batching.TBPTT(data, num_streams=4, chunk_length=6,
+                                                       seed=5), epochs=2)
+    runs.append(([h["loss"] for h in r.history], jax.tree.map(np.asarray, r.state.params)))
+  assert runs[0][0] == runs[1][0]
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0][1]),
+                                                  jax.tree.leaves(runs[1][1])))
+  other = train.fit(_state(data, seed=6), batching.TBPTT(data, 4, 6, seed=5), epochs=1)
+  assert [h["loss"] for h in other.history] != runs[0][0][:len(other.history)]
+
+
+def test_fit_records_each_step_and_stops_at_a_token_budget(data):
+  result = train.fit(_state(data), batching.Pad(data, batch_size=8), max_real_tokens=100)
+  assert result.real_tokens >= 100 and result.real_tokens - result.history[-1]["real_tokens"] < 100
+  for key in ("step", "epoch", "loss", "real_tokens", "computed_tokens", "step_seconds", "shape"):
+    assert key in result.history[0]
+  assert all(h["computed_tokens"] == 8 * LENGTHS.max() for h in result.history)
+
+
+def test_tbptt_carry_is_handed_on_within_an_epoch(data):
+  strategy = batching.TBPTT(data, num_streams=4, chunk_length=6)
+  result = train.fit(_state(data), strategy, epochs=1)
+  assert result.carry is not None and float(jnp.abs(result.carry[0][1]).max()) > 0
+
+
+def test_token_language_model_trains():
+  rng = np.random.default_rng(0)
+  ds = next_token_dataset([rng.integers(0, 12, size=n) for n in rng.integers(2, 30, 20)], 12)
+  state = _state(ds, num_layers=2, vocab_size=12, embed_dim=8)
+  result = train.fit(state, batching.Pack(ds, batch_size=4), epochs=2)
+  assert result.steps.train.compiles == 1
+  assert np.isfinite(result.history[-1]["loss"])
+  assert 0.0 <= train.evaluate(result.state, batching.Pad(ds, 20))["accuracy"] <= 1.0
+
+
+# --- data that does not fit the model: caught before any compile -----------------------------
+def test_labels_out_of_range_for_the_head():
+  ds = tasks.running_parity(10, [3, 4], seed=0)  # 2 classes
+  model = SequenceModel(hidden_size=4, num_outputs=1)
+  with pytest.raises(DataError, match=r"label 1 is out of range for a head with 1 outputs"):
+    train.create_train_state(model, optax.adam(1e-3), ds)
+
+
+def test_feature_size_differs_from_the_model(data):
+  state = _state(data)
+  other = ragged_features(LENGTHS, num_features=5)
+  steps = train.StepFunctions.create()
+  with pytest.raises(DataError, match="5 features per step but the model was initialised for 3"):
+    train.fit(state, batching.Pad(other, batch_size=8), epochs=1, steps=steps)
+  assert steps.train.compiles == 0
+
+
+def test_token_data_into_a_feature_model(data):
+  ds = next_token_dataset([np.arange(5), np.arange(4)], vocab_size=6)
+  with pytest.raises(DataError, match="the data holds token ids but the model takes float features"):
+    train.create_train_state(SequenceModel(4, num_outputs=6), optax.adam(1e-3), ds)
+
+
+def test_fit_needs_a_stopping_rule(data):
+  with pytest.raises(ConfigError, match="epochs or max_real_tokens"):
+    train.fit(_state(data), batching.Pad(data, batch_size=8))
