@@ -108,6 +108,10 @@ class CountedJit:
     self._executables[key] = exe
     return exe
 
+  def is_compiled(self, *args) -> bool:
+    """Whether a call with `args` would run without compiling."""
+    return signature(args) in self._executables
+
   def __call__(self, *args):
     return self.compile(*args)(*args)
 

@@ -178,10 +178,16 @@ def _batch_loss(m: dict) -> float:
 
 def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
         max_real_tokens: int | None = None, steps: StepFunctions | None = None,
-        callback: Callable[[dict], None] | None = None) -> FitResult:
+        callback: Callable[[dict], None] | None = None, precompile_shapes: bool = True,
+        eval_every_tokens: int | None = None,
+        on_eval: Callable[[TrainState, int], None] | None = None) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
+  precompile_shapes: compile every shape of an epoch before its first step (ahead of time); if
+    False, a step compiles when it meets a new shape, and its record says `compiled: True`.
+  on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
+    been trained on; its time is not counted in any step's `step_seconds`.
   """
   if epochs is None and max_real_tokens is None:
     raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
@@ -204,19 +210,30 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     now = time.perf_counter()
     record.update(loss=_batch_loss(m), weight_sum=float(m["weight_sum"]),
                   correct_sum=float(m["correct_sum"]), step_seconds=now - t_last)
+    if not math.isfinite(float(m["loss_sum"])):
+      raise FloatingPointError(
+          f"the loss became {float(m['loss_sum'])} at step {record['step']} (epoch "
+          f"{record['epoch']}, batch shape {record['shape']}); lower the learning rate or add "
+          f"gradient clipping (optax.clip_by_global_norm).")
     t_last = now
     history.append(record)
     if callback is not None:
       callback(record)
 
   done = False
+  next_eval = eval_every_tokens if (eval_every_tokens and on_eval) else None
   while not done:
-    precompile(steps.train, state, strategy, epoch)
+    if precompile_shapes:
+      precompile(steps.train, state, strategy, epoch)
     if t_last is None:
       t_last = time.perf_counter()
     carry = zero_carry(strategy.plan(epoch)[0].batch_size) if strategy.carries_state else None
     for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
       step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
+      compiles_before = steps.train.compiles
+      if pending is not None and not steps.train.is_compiled(state, batch, step_carry):
+        finish(pending)  # close the previous step first: the compile belongs to this one
+        pending = None
       state, metrics, new_carry = steps.train(state, batch, step_carry)
       if strategy.carries_state:
         carry = new_carry
@@ -225,8 +242,15 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
       if pending is not None:
         finish(pending)
       pending = (dict(step=step, epoch=epoch, shape=f"{plan.batch_size}x{plan.length}",
-                      real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens),
-                 metrics)
+                      real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens,
+                      compiled=steps.train.compiles > compiles_before), metrics)
+      if next_eval is not None and real_total >= next_eval:
+        finish(pending)
+        pending = None
+        on_eval(state, real_total)
+        t_last = time.perf_counter()  # evaluation time belongs to no step
+        while next_eval <= real_total:
+          next_eval += eval_every_tokens
       if max_real_tokens is not None and real_total >= max_real_tokens:
         done = True
         break

@@ -1,0 +1,33 @@
+"""Trains one LSTM under every batching strategy and reports them side by side.
+
+    python experiments/compare_strategies.py --workdir runs/compare
+    python experiments/compare_strategies.py --config configs/compare.py:smoke --workdir /tmp/smoke
+
+See configs/compare.py for the presets and settings; any can be overridden, e.g.
+--config.model.hidden_size=256 --config.seeds=3.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from lstm_jax import experiment  # noqa: E402
+
+_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config (file:preset).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results, report and plots go.",
+                               required=True)
+
+
+def main(argv):
+  del argv
+  experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

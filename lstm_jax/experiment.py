@@ -1,0 +1,223 @@
+"""The experiment runner: one model, one data split, one optimizer and seed, trained under each
+batching strategy on the same number of real tokens, evaluated the same exact way.
+
+`train_and_evaluate(config, workdir)` is the whole job (experiments/compare_strategies.py is only
+argument parsing around it). Per strategy and seed it records compiles and compile seconds,
+real and computed tokens, padding, steady-state real tokens/s, wall seconds, the eval curve
+against wall time and tokens, the final eval loss and metric, XLA's memory for the train step and
+the process's peak RSS; `lstm_jax.report` writes the files, table and plots.
+
+Every strategy is evaluated on the held-out split with one fixed evaluator: buckets chosen on the
+eval lengths, whole sequences, masked: exact, so what truncated BPTT's truncation costs in quality
+shows up in the eval loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+import importlib.metadata
+
+from lstm_jax import batching, report, sources, train
+from lstm_jax.data import RaggedDataset
+from lstm_jax.errors import ConfigError
+from lstm_jax.model import SequenceModel
+
+LN2 = math.log(2.0)
+
+
+def versions() -> dict:
+  return dict(python=sys.version.split()[0], jax=jax.__version__, jaxlib=importlib.metadata.version("jaxlib"),
+              flax=flax.__version__, optax=optax.__version__, numpy=np.__version__,
+              backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
+              machine=platform.machine(), cpu_count=os.cpu_count(), platform=platform.platform())
+
+
+def metric_of(dataset: RaggedDataset) -> str:
+  """The task's headline metric: bits per byte for byte LMs, accuracy for classification, MSE."""
+  if dataset.is_tokens and dataset.vocab_size == 256 and dataset.target_level == "step":
+    return "bits_per_byte"
+  return "accuracy" if dataset.is_classification else "mse"
+
+
+def metric_value(name: str, result: dict) -> float:
+  return {"bits_per_byte": lambda r: r["loss"] / LN2, "accuracy": lambda r: r["accuracy"],
+          "mse": lambda r: r["loss"]}[name](result)
+
+
+def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> SequenceModel:
+  m = cfg.model
+  num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
+  return SequenceModel(hidden_size=m.hidden_size, num_outputs=num_outputs,
+                       num_layers=m.num_layers, vocab_size=dataset.vocab_size,
+                       embed_dim=m.embed_dim, input_projection=m.input_projection)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = cfg.optimizer
+  tx = optax.adam(o.learning_rate)
+  if o.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  return tx
+
+
+def make_strategy(name: str, dataset: RaggedDataset, cfg: ml_collections.ConfigDict,
+                  seed: int) -> batching.Strategy:
+  """The strategy `name` with its settings from cfg.strategy[name] (see configs/compare.py)."""
+  if name not in cfg.strategy:
+    raise ConfigError(f"strategy {name!r} has no settings under config.strategy; known: "
+                      f"{sorted(cfg.strategy)}.")
+  kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
+            if v is not None and v != 0}  # None (or 0 for a length) means "unset"
+  return batching.make_strategy(name, dataset, seed=seed, **kwargs)
+
+
+def eval_strategy(dataset: RaggedDataset, cfg: ml_collections.ConfigDict) -> batching.Strategy:
+  """The one evaluator for every row: whole sequences in buckets, masked (exact)."""
+  return batching.Bucket(dataset, tokens_per_batch=cfg.eval.tokens_per_batch,
+                         num_buckets=cfg.eval.num_buckets, seed=0)
+
+
+def split_data(cfg: ml_collections.ConfigDict):
+  dataset, identity = sources.load_source(cfg.data)
+  if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:
+    keep = np.random.default_rng(cfg.data.split_seed).choice(len(dataset), cfg.data.max_sequences,
+                                                            replace=False)
+    dataset = dataset.subset(np.sort(keep), name=dataset.name)
+    identity["subsampled_to"] = int(cfg.data.max_sequences)
+  train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
+  if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
+    eval_ds = eval_ds.subset(np.arange(cfg.eval.max_sequences), name=eval_ds.name)
+  identity.update(train_sequences=len(train_ds), train_steps=train_ds.num_steps,
+                  eval_sequences=len(eval_ds), eval_steps=eval_ds.num_steps,
+                  train_fingerprint=train_ds.fingerprint(), eval_fingerprint=eval_ds.fingerprint())
+  return train_ds, eval_ds, identity
+
+
+def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
+                 cfg: ml_collections.ConfigDict, seed: int, log) -> tuple[dict, list, list]:
+  """Trains and evaluates one strategy. Returns (row, step records, eval curve)."""
+  strategy = make_strategy(name, train_ds, cfg, seed)
+  evaluator = eval_strategy(eval_ds, cfg)
+  model = make_model(cfg, train_ds)
+  state = train.create_train_state(model, make_optimizer(cfg), train_ds, seed=seed)
+  steps = train.StepFunctions.create()
+  metric = metric_of(train_ds)
+  curve: list[dict] = []
+  clock = dict(train_seconds=0.0)
+
+  def on_step(rec):
+    clock["train_seconds"] += rec["step_seconds"]
+    rec["train_seconds"] = clock["train_seconds"]
+    log.step(rec)
+
+  def on_eval(st, real_tokens):
+    t0 = time.perf_counter()
+    r = train.evaluate(st, evaluator, steps)
+    curve.append(dict(real_tokens=real_tokens, train_seconds=clock["train_seconds"],
+                      eval_loss=r["loss"], eval_metric=metric_value(metric, r),
+                      eval_seconds=time.perf_counter() - t0))
+    log.eval(curve[-1])
+
+  log.start(name, seed, cfg.train.real_tokens, strategy)
+  on_eval(state, 0)
+  result = train.fit(state, strategy, epochs=cfg.train.epochs or None,
+                     max_real_tokens=cfg.train.real_tokens or None, steps=steps,
+                     callback=on_step, precompile_shapes=False,
+                     eval_every_tokens=cfg.train.eval_every_tokens, on_eval=on_eval)
+  if not curve or curve[-1]["real_tokens"] != result.real_tokens:
+    on_eval(result.state, result.real_tokens)
+  log.end()
+  hist = result.history
+  steady = [h for h in hist[1:] if not h["compiled"]]  # warm-up step and compiling steps excluded
+  steady_seconds = sum(h["step_seconds"] for h in steady)
+  computed = sum(h["computed_tokens"] for h in hist)
+  train_rec = list(steps.train.records.values())
+  row = dict(
+      strategy=name, seed=seed,
+      compiles=dict(train=steps.train.compiles, eval=steps.eval.compiles),
+      compile_seconds=steps.train.compile_seconds,
+      eval_compile_seconds=steps.eval.compile_seconds,
+      shapes=len(strategy.shapes()), steps=len(hist),
+      real_tokens=result.real_tokens, computed_tokens=computed,
+      padding_fraction=1.0 - result.real_tokens / computed,
+      tokens_per_second=(sum(h["real_tokens"] for h in steady) / steady_seconds
+                         if steady_seconds > 0 else float("nan")),
+      wall_seconds=clock["train_seconds"],
+      eval_loss=curve[-1]["eval_loss"], eval_metric=curve[-1]["eval_metric"], metric=metric,
+      step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
+      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      devices=jax.device_count())
+  return row, hist, curve
+
+
+def time_to_target(curve: list[dict], target: float) -> float | None:
+  """Train seconds (compiles included) at the first evaluation at or below `target`."""
+  for point in curve:
+    if point["eval_loss"] <= target:
+      return point["train_seconds"]
+  return None
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> list[dict]:
+  """Runs every strategy in cfg.strategies for each seed; writes the report into `workdir`."""
+  validate_config(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  train_ds, eval_ds, identity = split_data(cfg)
+  log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl"), quiet=quiet)
+  runs, curves = [], {}
+  started = time.time()
+  for s in range(cfg.seeds):
+    seed = cfg.seed + s
+    for name in cfg.strategies:
+      row, _, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log)
+      runs.append(row)
+      curves[(name, seed)] = curve
+  # A target every strategy reaches by its end unless one is set: the worst final eval loss.
+  for s in range(cfg.seeds):
+    seed = cfg.seed + s
+    seed_rows = [r for r in runs if r["seed"] == seed]
+    target = cfg.target_eval_loss or max(r["eval_loss"] for r in seed_rows)
+    for r in seed_rows:
+      r["target_eval_loss"] = target
+      r["time_to_target_seconds"] = time_to_target(curves[(r["strategy"], seed)], target)
+  meta = dict(versions=versions(), data=identity, config=json.loads(cfg.to_json_best_effort()),
+              started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+              total_seconds=time.time() - started,
+              length_histogram=dict(lengths=train_ds.lengths.tolist()),
+              bucket_boundaries=make_strategy("bucket", train_ds, cfg, cfg.seed).boundaries
+              if "bucket" in cfg.strategy else [])
+  summary = report.write_all(workdir, runs, curves, meta)
+  if not quiet:
+    print(report.table(summary))
+  return summary
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Catches bad settings before any data is loaded or anything compiles."""
+  unknown = [s for s in cfg.strategies if s not in batching.STRATEGIES]
+  if unknown:
+    raise ConfigError(f"unknown strategy name(s) {unknown} in config.strategies; choose from "
+                      f"{sorted(batching.STRATEGIES)}.")
+  if cfg.seeds < 1:
+    raise ConfigError(f"config.seeds must be >= 1, got {cfg.seeds}.")
+  if not (cfg.train.real_tokens or cfg.train.epochs):
+    raise ConfigError("set config.train.real_tokens or config.train.epochs (> 0) to say when "
+                      "training stops.")
+  if cfg.data.source not in sources.SOURCES:
+    raise ConfigError(f"unknown data.source {cfg.data.source!r}; choose one of "
+                      f"{list(sources.SOURCES)}.")

@@ -1,0 +1,253 @@
+"""Reporting for the experiment runner: progress, files, the table and the plots.
+
+Files written into the workdir:
+  metrics.jsonl   one line per logged step (and per evaluation), with its strategy and seed
+  runs.json       one row per (strategy, seed)
+  summary.json    one row per strategy (mean over seeds, plus `<key>_std` for the spread)
+  summary.csv     the same rows, flat
+  meta.json       versions, data identity, config, bucket boundaries
+  report.md       the table and the plots, readable on its own
+  *.png           eval loss vs wall time and vs real tokens, tokens/s, padding and compiles,
+                  the length histogram with the bucket boundaries
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+NUMERIC_KEYS = ("compile_seconds", "eval_compile_seconds", "real_tokens", "computed_tokens",
+                "padding_fraction", "tokens_per_second", "wall_seconds", "time_to_target_seconds",
+                "eval_loss", "eval_metric", "step_memory_bytes", "peak_rss_bytes", "steps",
+                "target_eval_loss")
+PLOTS = ("eval_loss_vs_time.png", "eval_loss_vs_tokens.png", "tokens_per_second.png",
+         "padding_and_compiles.png", "length_histogram.png")
+
+
+class ProgressLog:
+  """A progress line per strategy (tokens, tokens/s, loss) and the metrics.jsonl file."""
+
+  def __init__(self, path: str, quiet: bool = False, stream=None):
+    self.file = open(path, "a", encoding="utf-8")
+    self.quiet = quiet
+    self.stream = stream or sys.stderr
+    self.tty = getattr(self.stream, "isatty", lambda: False)()
+    self.name, self.seed, self.total, self.last_draw = "", 0, 1, 0.0
+    self.tokens, self.seconds, self.loss, self.eval_loss = 0, 0.0, math.nan, math.nan
+    self.next_line = 0.0
+
+  def start(self, name: str, seed: int, total_tokens: int, strategy) -> None:
+    self.name, self.seed = name, seed
+    self.total = total_tokens or sum(p.real_tokens for p in strategy.plan(0))
+    self.tokens, self.seconds, self.next_line = 0, 0.0, 0.0
+
+  def _write(self, rec: dict) -> None:
+    self.file.write(json.dumps(dict(strategy=self.name, seed=self.seed, **rec)) + "\n")
+
+  def step(self, rec: dict) -> None:
+    self._write(dict(kind="train", **rec))
+    self.tokens += rec["real_tokens"]
+    self.seconds += rec["step_seconds"]
+    self.loss = rec["loss"]
+    self._draw()
+
+  def eval(self, rec: dict) -> None:
+    self._write(dict(kind="eval", **rec))
+    self.eval_loss = rec["eval_loss"]
+
+  def _draw(self, final: bool = False) -> None:
+    if self.quiet:
+      return
+    frac = min(1.0, self.tokens / max(self.total, 1))
+    now = time.perf_counter()
+    if self.tty and not final and now - self.last_draw < 0.2:
+      return
+    if not self.tty and not final and frac < self.next_line:
+      return
+    self.next_line = frac + 0.25
+    self.last_draw = now
+    bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
+    line = (f"{self.name:>13} s{self.seed} [{bar}] {100 * frac:5.1f}% "
+            f"{self.tokens / 1e3:8.1f}k tok {self.tokens / max(self.seconds, 1e-9):9.0f} tok/s "
+            f"loss {self.loss:7.4f} eval {self.eval_loss:7.4f}")
+    self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+    self.stream.flush()
+
+  def end(self) -> None:
+    self._draw(final=True)
+    if self.tty and not self.quiet:
+      self.stream.write("\n")
+    self.file.flush()
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+  """One row per strategy: means over seeds, `<key>_std` spreads, compiles from the first seed."""
+  rows = []
+  for name in dict.fromkeys(r["strategy"] for r in runs):
+    group = [r for r in runs if r["strategy"] == name]
+    row = dict(strategy=name, seeds=len(group), metric=group[0]["metric"],
+               compiles=group[0]["compiles"], shapes=group[0]["shapes"],
+               devices=group[0]["devices"])
+    for k in NUMERIC_KEYS:
+      vals = [r[k] for r in group if r.get(k) is not None]
+      row[k] = float(np.mean(vals)) if vals else None
+      row[f"{k}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
+    row["time_to_target_reached"] = sum(r.get("time_to_target_seconds") is not None for r in group)
+    rows.append(row)
+  return rows
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    if math.isnan(v):
+      return "nan"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{nd}f}"
+  return str(v)
+
+
+COLUMNS = (("strategy", "strategy"), ("compiles", "compiles (train/eval)"),
+           ("compile_seconds", "compile s"), ("padding_fraction", "padding"),
+           ("tokens_per_second", "real tok/s"), ("wall_seconds", "wall s"),
+           ("time_to_target_seconds", "s to target"), ("eval_loss", "eval loss"),
+           ("eval_metric", "metric"), ("step_memory_bytes", "step MiB"))
+
+
+def _cells(row: dict) -> list[str]:
+  out = []
+  for key, _ in COLUMNS:
+    v = row.get(key)
+    if key == "compiles":
+      out.append(f"{v['train']}/{v['eval']}" if isinstance(v, dict) else str(v))
+    elif key == "step_memory_bytes":
+      out.append(_fmt(v / 2**20, 1) if v else "-")
+    elif key == "padding_fraction":
+      out.append(f"{100 * v:.1f}%")
+    elif key == "eval_metric":
+      std = row.get("eval_metric_std")
+      out.append(f"{v:.3f} {row['metric']}" + (f" ±{std:.3f}" if std else ""))
+    elif key in ("eval_loss", "tokens_per_second", "wall_seconds") and row.get(f"{key}_std"):
+      out.append(f"{_fmt(v)} ±{_fmt(row[key + '_std'])}")
+    else:
+      out.append(_fmt(v, 2 if key.endswith("seconds") else 3))
+  return out
+
+
+def table(rows: list[dict], markdown: bool = False) -> str:
+  """The summary table, for the terminal or (markdown=True) for report.md."""
+  heads = [h for _, h in COLUMNS]
+  cells = [_cells(r) for r in rows]
+  if markdown:
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+  widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+  fmt = lambda cs: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))
+  return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells])
+
+
+def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[dict]:
+  """Writes runs.json, summary.json/.csv, meta.json, the plots and report.md; returns summary."""
+  summary = aggregate(runs)
+  dump = lambda name, obj: json.dump(obj, open(os.path.join(workdir, name), "w"), indent=1)
+  dump("runs.json", runs)
+  dump("summary.json", summary)
+  dump("curves.json", [dict(strategy=k[0], seed=k[1], points=v) for k, v in curves.items()])
+  lengths = meta.pop("length_histogram")["lengths"]
+  dump("meta.json", meta)
+  with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
+    flat = [dict(r, compiles=r["compiles"]["train"], eval_compiles=r["compiles"]["eval"])
+            for r in summary]
+    writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+  plot_all(workdir, summary, curves, lengths, meta.get("bucket_boundaries", []))
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(markdown_report(summary, meta))
+  return summary
+
+
+def markdown_report(summary: list[dict], meta: dict) -> str:
+  v, d, cfg = meta["versions"], meta["data"], meta["config"]
+  target = summary[0].get("target_eval_loss")
+  lines = [
+      f"# Strategy comparison: {d.get('source')} ({meta['started']})", "",
+      f"Same model (LSTM H={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layer(s)), "
+      f"optimizer (Adam {cfg['optimizer']['learning_rate']}), data split and seed for every row; "
+      f"each trained on {cfg['train']['real_tokens'] or 'all'} real tokens "
+      f"({cfg['train']['epochs'] or '-'} epochs max), {cfg['seeds']} seed(s); evaluated on the "
+      f"held-out split with the same exact masked forward.", "",
+      table(summary, markdown=True), "",
+      f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
+      f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
+      f"*s to target*: wall seconds until the eval loss first reached {target:.4f}"
+      f" (the worst final eval loss unless configured). *step MiB*: XLA temp memory of the "
+      f"largest train step. Peak RSS of the process: "
+      f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.", "",
+      "![eval loss vs wall time](eval_loss_vs_time.png)",
+      "![eval loss vs real tokens](eval_loss_vs_tokens.png)", "",
+      "![tokens per second](tokens_per_second.png)",
+      "![padding and compiles](padding_and_compiles.png)", "",
+      "![length histogram](length_histogram.png)", "",
+      "## Data", "", "```", json.dumps(d, indent=1), "```", "",
+      "## Versions", "", "```", json.dumps(v, indent=1), "```", "",
+      f"Run time: {meta['total_seconds']:.0f} s.", ""]
+  return "\n".join(lines)
+
+
+def plot_all(workdir: str, summary: list[dict], curves: dict, lengths: list[int],
+             boundaries: list[int]) -> None:
+  import logging
+
+  import matplotlib
+  matplotlib.use("Agg")
+  logging.getLogger("matplotlib").setLevel(logging.WARNING)
+  import matplotlib.pyplot as plt
+
+  names = [r["strategy"] for r in summary]
+  colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+  save = lambda fig, name: (fig.tight_layout(), fig.savefig(os.path.join(workdir, name), dpi=110),
+                            plt.close(fig))
+  for key, fname, xlabel in (("train_seconds", PLOTS[0], "train wall seconds (compiles included)"),
+                             ("real_tokens", PLOTS[1], "real tokens trained on")):
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for (name, seed), pts in curves.items():
+      ax.plot([p[key] for p in pts], [p["eval_loss"] for p in pts], marker="o", ms=3,
+              color=colors[name], alpha=1.0 if seed == min(s for _, s in curves) else 0.4,
+              label=name if seed == min(s for _, s in curves) else None)
+    if summary and summary[0].get("target_eval_loss"):
+      ax.axhline(summary[0]["target_eval_loss"], color="grey", ls=":", lw=1, label="target")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("eval loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, fname)
+  fig, ax = plt.subplots(figsize=(6.4, 3.6))
+  tps = [r["tokens_per_second"] or 0 for r in summary]
+  ax.bar(names, tps, yerr=[r.get("tokens_per_second_std") or 0 for r in summary],
+         color=[colors[n] for n in names])
+  ax.set_ylabel("real tokens / s (steady state)")
+  save(fig, PLOTS[2])
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+  a1.bar(names, [100 * r["padding_fraction"] for r in summary], color=[colors[n] for n in names])
+  a1.set_ylabel("padding (% of computed steps)")
+  a2.bar(names, [r["compiles"]["train"] for r in summary], color=[colors[n] for n in names])
+  a2.set_ylabel("train-step compiles")
+  for a in (a1, a2):
+    a.tick_params(axis="x", rotation=30)
+  save(fig, PLOTS[3])
+  fig, ax = plt.subplots(figsize=(6.4, 3.6))
+  ax.hist(lengths, bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60), color="0.6")
+  ax.set_xscale("log")
+  for b in boundaries:
+    ax.axvline(b, color="tab:red", lw=1)
+  ax.set_xlabel("sequence length (steps); red: bucket boundaries")
+  ax.set_ylabel("sequences")
+  save(fig, PLOTS[4])

