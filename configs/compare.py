@@ -50,7 +50,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
                                            input_projection="auto"))
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(real_tokens=600_000, epochs=0,
-                                           eval_every_tokens=100_000))
+                                           eval_every_tokens=50_000))
   c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4,
                                           max_sequences=400))
   # ~8k real tokens per step each (mean function length ~330 bytes)

@@ -166,10 +166,15 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
 
 
 def time_to_target(curve: list[dict], target: float) -> float | None:
-  """Train seconds (compiles included) at the first evaluation at or below `target`."""
-  for point in curve:
+  """Train seconds (compiles included) when the eval loss first reaches `target`, interpolated
+  linearly between the two evaluations around the crossing; None if it never does."""
+  for i, point in enumerate(curve):
     if point["eval_loss"] <= target:
-      return point["train_seconds"]
+      if i == 0:
+        return point["train_seconds"]
+      prev = curve[i - 1]
+      frac = (prev["eval_loss"] - target) / (prev["eval_loss"] - point["eval_loss"])
+      return prev["train_seconds"] + frac * (point["train_seconds"] - prev["train_seconds"])
   return None
 
 

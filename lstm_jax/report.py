@@ -188,7 +188,7 @@ def markdown_report(summary: list[dict], meta: dict) -> str:
       f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
       f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
       f"*s to target*: wall seconds until the eval loss first reached {target:.4f}"
-      f" (the worst final eval loss unless configured). *step MiB*: XLA temp memory of the "
+      f" (the worst final eval loss unless configured), interpolated between evaluations. *step MiB*: XLA temp memory of the "
       f"largest train step. Peak RSS of the process: "
       f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.", "",
       "![eval loss vs wall time](eval_loss_vs_time.png)",
@@ -224,6 +224,10 @@ def plot_all(workdir: str, summary: list[dict], curves: dict, lengths: list[int]
               label=name if seed == min(s for _, s in curves) else None)
     if summary and summary[0].get("target_eval_loss"):
       ax.axhline(summary[0]["target_eval_loss"], color="grey", ls=":", lw=1, label="target")
+    later = [p["eval_loss"] for pts in curves.values() for p in pts[1:]]
+    if later:  # the untrained first point would squash the curves: leave it above the frame
+      ax.set_ylim(min(later) - 0.02 * (max(later) - min(later)),
+                  max(later) + 0.05 * (max(later) - min(later) + 1e-9))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("eval loss")
     ax.legend()

