@@ -10,7 +10,7 @@ See configs/compare.py for the presets and settings; any can be overridden, e.g.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -26,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where results, report and plots
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the output
   experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

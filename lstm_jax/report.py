@@ -191,6 +191,7 @@ def markdown_report(summary: list[dict], meta: dict) -> str:
       f" (the worst final eval loss unless configured), interpolated between evaluations. *step MiB*: XLA temp memory of the "
       f"largest train step. Peak RSS of the process: "
       f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.", "",
+      "## Reading", "", *reading(summary), "",
       "![eval loss vs wall time](eval_loss_vs_time.png)",
       "![eval loss vs real tokens](eval_loss_vs_tokens.png)", "",
       "![tokens per second](tokens_per_second.png)",
@@ -200,6 +201,42 @@ def markdown_report(summary: list[dict], meta: dict) -> str:
       "## Versions", "", "```", json.dumps(v, indent=1), "```", "",
       f"Run time: {meta['total_seconds']:.0f} s.", ""]
   return "\n".join(lines)
+
+
+def reading(summary: list[dict]) -> list[str]:
+  """What the numbers say, as bullet points generated from the summary rows."""
+  by = {r["strategy"]: r for r in summary}
+  out = []
+  reached = sorted((r for r in summary if r.get("time_to_target_seconds") is not None),
+                   key=lambda r: r["time_to_target_seconds"])
+  if reached:
+    best = reached[0]
+    others = ", ".join(f"{r['strategy']} {r['time_to_target_seconds']:.1f} s "
+                       f"({r['time_to_target_seconds'] / best['time_to_target_seconds']:.1f}x)"
+                       for r in reached[1:])
+    out.append(f"- Time to quality: **{best['strategy']}** reached the target eval loss "
+               f"{best['target_eval_loss']:.4f} first, in {best['time_to_target_seconds']:.1f} s "
+               f"of training (compiles included); then {others or 'no other'}.")
+  fast = max(summary, key=lambda r: r["tokens_per_second"] or 0)
+  out.append(f"- Throughput: {fast['strategy']} trained fastest at "
+             f"{fast['tokens_per_second']:,.0f} real tokens/s; " + ", ".join(
+                 f"{r['strategy']} {r['tokens_per_second']:,.0f}" for r in summary
+                 if r is not fast) + ". Padding explains most of the gap: " + ", ".join(
+                 f"{r['strategy']} {100 * r['padding_fraction']:.1f}%" for r in summary) + ".")
+  if "pad_batch_max" in by:
+    r = by["pad_batch_max"]
+    out.append(f"- The trap: pad_batch_max compiled its train step {r['compiles']['train']} "
+               f"times, {r['compile_seconds']:.0f} s of its {r['wall_seconds']:.0f} s "
+               f"({100 * r['compile_seconds'] / max(r['wall_seconds'], 1e-9):.0f}%).")
+  lo = min(summary, key=lambda r: r["eval_loss"])
+  hi = max(summary, key=lambda r: r["eval_loss"])
+  spread = max((r.get("eval_loss_std") or 0) for r in summary)
+  out.append(f"- Quality at equal real tokens: eval losses range from {lo['eval_loss']:.4f} "
+             f"({lo['strategy']}) to {hi['eval_loss']:.4f} ({hi['strategy']})" + (
+                 f"; the largest spread across seeds is ±{spread:.4f}, so differences smaller "
+                 f"than that are noise." if spread else
+                 "; with one seed, small differences may be noise (run with --config.seeds=3)."))
+  return out
 
 
 def plot_all(workdir: str, summary: list[dict], curves: dict, lengths: list[int],
