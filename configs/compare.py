@@ -77,10 +77,26 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.data.update(source="stdlib_files", min_length=256, max_length=0)
     c.strategies = ("tbptt", "pack")
     c.strategy.pack.row_length = 0  # 0: the longest file
-  elif arg in ("digits", "gene_families"):
+  elif arg == "digits":
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)
-    c.train.update(real_tokens=0, epochs=5, eval_every_tokens=0)
-    c.optimizer.learning_rate = 1e-2
+    c.model.hidden_size = 64
+    c.train.update(real_tokens=0, epochs=10, eval_every_tokens=100_000)
+    c.eval.update(tokens_per_batch=8192, max_sequences=0)
+    c.strategy.pad.batch_size = 32
+    c.strategy.bucket.update(tokens_per_batch=1024, num_buckets=4)
+    c.strategy.tbptt.update(num_streams=32, chunk_length=16)
+    c.strategy.pack.update(batch_size=16, row_length=0)
+    c.strategy.pad_batch_max.batch_size = 32
+  elif arg == "gene_families":
+    # lengths 5 to 18,921: padding everything to the longest is hopeless here, so no pad rows.
+    c.data.update(source=arg, max_length=0, eval_fraction=0.2)
+    c.strategies = ("bucket", "tbptt", "pack")
+    c.model.hidden_size = 64
+    c.train.update(real_tokens=2_000_000, eval_every_tokens=500_000)
+    c.eval.update(tokens_per_batch=65536, num_buckets=6, max_sequences=300)
+    c.strategy.bucket.update(tokens_per_batch=16384, num_buckets=8)
+    c.strategy.tbptt.update(num_streams=32, chunk_length=256)
+    c.strategy.pack.update(batch_size=4, row_length=0)
   elif arg in ("adding", "parity"):
     c.data.source = arg
     c.model.hidden_size = 64

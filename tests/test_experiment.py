@@ -145,3 +145,17 @@ def test_time_to_target_interpolates_between_evaluations():
   assert experiment.time_to_target(curve, 2.5) == pytest.approx(15.0)
   assert experiment.time_to_target(curve, 3.0) == pytest.approx(10.0)
   assert experiment.time_to_target(curve, 1.0) is None
+
+
+def test_npz_source_takes_common_key_names(tmp_path):
+  x = np.arange(14, dtype=np.float32).reshape(7, 2)
+  np.savez(tmp_path / "r.npz", X=x, lengths=np.array([3, 4]), y=np.array([1, 0]))
+  ds, ident = sources.load_npz(str(tmp_path / "r.npz"))
+  assert ds.target_level == "sequence" and ds.num_classes == 2 and ds.num_features == 2
+  np.savez(tmp_path / "s.npz", values=np.array([1, 2, 3, 4, 5]), lengths=np.array([2, 3]),
+           labels=np.array([0.5, 1, 2, 3, 4], np.float32))
+  ds, _ = sources.load_npz(str(tmp_path / "s.npz"))
+  assert ds.target_level == "step" and ds.vocab_size == 6 and ds.target_dim == 1
+  np.savez(tmp_path / "t.npz", X=x, lengths=np.array([3, 4]))
+  with pytest.raises(DataError, match=r"has no targets array \(looked for \['targets', 'labels', 'y'\]"):
+    sources.load_npz(str(tmp_path / "t.npz"))
