@@ -203,7 +203,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
   meta = dict(versions=versions(), data=identity, config=json.loads(cfg.to_json_best_effort()),
               started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
               total_seconds=time.time() - started,
-              length_histogram=dict(lengths=train_ds.lengths.tolist()),
+              length_histogram=dict(zip(("lengths", "counts"), (
+                  a.tolist() for a in np.unique(train_ds.lengths, return_counts=True)))),
               bucket_boundaries=make_strategy("bucket", train_ds, cfg, cfg.seed).boundaries
               if "bucket" in cfg.strategy else [])
   summary = report.write_all(workdir, runs, curves, meta)

@@ -135,7 +135,8 @@ def _cells(row: dict) -> list[str]:
       std = row.get("eval_metric_std")
       out.append(f"{v:.3f} {row['metric']}" + (f" ±{std:.3f}" if std else ""))
     elif key in ("eval_loss", "tokens_per_second", "wall_seconds") and row.get(f"{key}_std"):
-      out.append(f"{_fmt(v)} ±{_fmt(row[key + '_std'])}")
+      nd = {"eval_loss": 3, "tokens_per_second": 0, "wall_seconds": 1}[key]
+      out.append(f"{v:,.{nd}f} ±{row[key + '_std']:,.{nd}f}")
     else:
       out.append(_fmt(v, 2 if key.endswith("seconds") else 3))
   return out
@@ -160,7 +161,6 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
   dump("runs.json", runs)
   dump("summary.json", summary)
   dump("curves.json", [dict(strategy=k[0], seed=k[1], points=v) for k, v in curves.items()])
-  lengths = meta.pop("length_histogram")["lengths"]
   dump("meta.json", meta)
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
     flat = [dict(r, compiles=r["compiles"]["train"], eval_compiles=r["compiles"]["eval"])
@@ -168,13 +168,22 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
     writer = csv.DictWriter(f, fieldnames=list(flat[0]))
     writer.writeheader()
     writer.writerows(flat)
-  plot_all(workdir, summary, curves, lengths, meta.get("bucket_boundaries", []))
+  plot_all(workdir, summary, curves, meta["length_histogram"], meta.get("bucket_boundaries", []))
+  notes_path = os.path.join(workdir, "notes.md")  # a hand-written reading, kept on re-rendering
+  notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(markdown_report(summary, meta))
+    f.write(markdown_report(summary, meta, notes))
   return summary
 
 
-def markdown_report(summary: list[dict], meta: dict) -> str:
+def rerender(workdir: str) -> list[dict]:
+  """Rewrites summary, report and plots from runs.json, curves.json and meta.json (no training)."""
+  load = lambda name: json.load(open(os.path.join(workdir, name)))
+  curves = {(c["strategy"], c["seed"]): c["points"] for c in load("curves.json")}
+  return write_all(workdir, load("runs.json"), curves, load("meta.json"))
+
+
+def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
   v, d, cfg = meta["versions"], meta["data"], meta["config"]
   target = summary[0].get("target_eval_loss")
   lines = [
@@ -191,7 +200,7 @@ def markdown_report(summary: list[dict], meta: dict) -> str:
       f" (the worst final eval loss unless configured), interpolated between evaluations. *step MiB*: XLA temp memory of the "
       f"largest train step. Peak RSS of the process: "
       f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.", "",
-      "## Reading", "", *reading(summary), "",
+      "## Reading", "", *reading(summary), "", *([notes.strip(), ""] if notes else []),
       "![eval loss vs wall time](eval_loss_vs_time.png)",
       "![eval loss vs real tokens](eval_loss_vs_tokens.png)", "",
       "![tokens per second](tokens_per_second.png)",
@@ -239,7 +248,7 @@ def reading(summary: list[dict]) -> list[str]:
   return out
 
 
-def plot_all(workdir: str, summary: list[dict], curves: dict, lengths: list[int],
+def plot_all(workdir: str, summary: list[dict], curves: dict, histogram: dict,
              boundaries: list[int]) -> None:
   import logging
 
@@ -285,7 +294,9 @@ def plot_all(workdir: str, summary: list[dict], curves: dict, lengths: list[int]
     a.tick_params(axis="x", rotation=30)
   save(fig, PLOTS[3])
   fig, ax = plt.subplots(figsize=(6.4, 3.6))
-  ax.hist(lengths, bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60), color="0.6")
+  lengths, counts = histogram["lengths"], histogram["counts"]
+  ax.hist(lengths, weights=counts, bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60),
+          color="0.6")
   ax.set_xscale("log")
   for b in boundaries:
     ax.axvline(b, color="tab:red", lw=1)
