@@ -270,16 +270,18 @@ class Bucket(Strategy):
   """Sequences grouped by length, each bucket padded to its boundary: one compile per bucket.
 
   Boundaries are given (increasing) or chosen by `optimal_boundaries` for `num_buckets`. Batch
-  size is fixed (`batch_size`) or follows a token budget (`tokens_per_batch`: B_k = budget // T_k)
-  so every step does similar work. Buckets that hold no sequence emit nothing.
+  size is fixed (`batch_size`) or follows a token budget (`tokens_per_batch`: B_k = budget // T_k,
+  rounded down to a multiple of `batch_multiple`, e.g. the device count) so every step does
+  similar work. Buckets that hold no sequence emit nothing.
   """
 
   name = "bucket"
 
   def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
                boundaries: Sequence[int] | None = None, num_buckets: int | None = None,
-               tokens_per_batch: int | None = None, seed: int = 0):
+               tokens_per_batch: int | None = None, batch_multiple: int = 1, seed: int = 0):
     super().__init__(dataset, seed)
+    batch_multiple = _check_batch_size(batch_multiple, "batch_multiple")
     if (batch_size is None) == (tokens_per_batch is None):
       raise ConfigError("bucket needs exactly one of batch_size or tokens_per_batch.")
     if (boundaries is None) == (num_buckets is None):
@@ -296,7 +298,8 @@ class Bucket(Strategy):
     self.bucket_of = np.searchsorted(self.boundaries, dataset.lengths)  # bucket index per sequence
     if tokens_per_batch is not None:
       tokens_per_batch = _check_batch_size(tokens_per_batch, "tokens_per_batch")
-      self.batch_sizes = [max(1, tokens_per_batch // b) for b in self.boundaries]
+      self.batch_sizes = [max(batch_multiple, tokens_per_batch // b // batch_multiple
+                              * batch_multiple) for b in self.boundaries]
     else:
       self.batch_sizes = [_check_batch_size(batch_size)] * len(self.boundaries)
 

@@ -57,19 +57,19 @@ class CountedJit:
     fn: the pure function to jit.
     name: how reports call it.
     donate_argnums: as for `jax.jit` (e.g. the train state).
-    label_fn: args -> a short label for the signature in reports (default: the shapes of the
-      leaves of the argument at `label_argnum`).
+    label_argnum: which argument's largest leaf shape labels a signature in reports.
+    **jit_kwargs: passed on to `jax.jit` (e.g. in_shardings / out_shardings).
   """
 
   def __init__(self, fn: Callable, *, name: str, donate_argnums: Sequence[int] = (),
-               label_argnum: int = 1):
+               label_argnum: int = 1, **jit_kwargs):
     self.fn = fn
     self.name = name
     self.label_argnum = label_argnum
     self.records: dict[tuple, CompileRecord] = {}
     self._executables: dict[tuple, Any] = {}
     self._tracing: CompileRecord | None = None
-    self._jitted = jax.jit(self._traced, donate_argnums=tuple(donate_argnums))
+    self._jitted = jax.jit(self._traced, donate_argnums=tuple(donate_argnums), **jit_kwargs)
 
   def _traced(self, *args):
     if self._tracing is not None:

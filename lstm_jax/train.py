@@ -30,6 +30,9 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from jax.sharding import Mesh
+
+from lstm_jax import sharding
 from lstm_jax.batching import Batch, Strategy
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
@@ -133,10 +136,32 @@ class StepFunctions:
   train: CountedJit
   eval: CountedJit
 
+  mesh: Mesh | None = None
+
   @classmethod
-  def create(cls) -> StepFunctions:
-    return cls(train=CountedJit(train_step, name="train_step", donate_argnums=(0,)),
-               eval=CountedJit(eval_step, name="eval_step"))
+  def create(cls, mesh: Mesh | None = None) -> StepFunctions:
+    """The steps; with a mesh, jitted with shardings: state and metrics replicated, batch and
+    carry split along the mesh's data axis (XLA adds the gradient all-reduce)."""
+    if mesh is None:
+      return cls(train=CountedJit(train_step, name="train_step", donate_argnums=(0,)),
+                 eval=CountedJit(eval_step, name="eval_step"))
+    rep, split = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return cls(
+        train=CountedJit(train_step, name="train_step", donate_argnums=(0,),
+                         in_shardings=(rep, split, split), out_shardings=(rep, rep, split)),
+        eval=CountedJit(eval_step, name="eval_step", in_shardings=(rep, split, split),
+                        out_shardings=(rep, split)),
+        mesh=mesh)
+
+  def prepare(self, strategy: Strategy, plan, batch: Batch) -> Batch:
+    """The batch as the steps take it: numpy as it is, or split over the mesh."""
+    if self.mesh is None:
+      return batch
+    return sharding.shard_batch(strategy.dataset, plan, self.mesh, local=batch)
+
+  def zero_carry(self, model, batch_size: int):
+    carry = model.zero_carry(batch_size)
+    return carry if self.mesh is None else sharding.shard_carry(carry, self.mesh)
 
   def summary(self) -> dict:
     return dict(train=self.train.summary(), eval=self.eval.summary())
@@ -199,7 +224,11 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
   steps = steps or StepFunctions.create()
   history: list[dict] = []
   zeros: dict[int, Carry] = {}
-  zero_carry = lambda b: zeros.setdefault(b, state.model.zero_carry(b))
+  zero_carry = lambda b: zeros.setdefault(b, steps.zero_carry(state.model, b))
+  if steps.mesh is not None:
+    for b, _ in strategy.shapes():
+      sharding.check_divisible(b, steps.mesh)
+    state = sharding.replicate(state, steps.mesh)
   real_total, step, epoch, carry, pending = 0, int(state.step), 0, None, None
   t_last = None
 
@@ -229,6 +258,7 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
       t_last = time.perf_counter()
     carry = zero_carry(strategy.plan(epoch)[0].batch_size) if strategy.carries_state else None
     for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
+      batch = steps.prepare(strategy, plan, batch)
       step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
       compiles_before = steps.train.compiles
       if pending is not None and not steps.train.is_compiled(state, batch, step_carry):
@@ -269,11 +299,13 @@ def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None 
   check_model_fits_data(state.model, strategy.dataset, state.params)
   steps = steps or StepFunctions.create()
   precompile(steps.eval, state, strategy, epoch)
+  if steps.mesh is not None:
+    state = sharding.replicate(state, steps.mesh)
   carry, per_batch = None, []
   for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
     if carry is None or not strategy.carries_state:
-      carry = state.model.zero_carry(plan.batch_size)
-    metrics, carry = steps.eval(state, batch, carry)
+      carry = steps.zero_carry(state.model, plan.batch_size)
+    metrics, carry = steps.eval(state, steps.prepare(strategy, plan, batch), carry)
     per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
   per_batch = jax.device_get(per_batch)
   totals = {k: float(np.sum([m[k] for m in per_batch], dtype=np.float64)) for k in per_batch[0]}

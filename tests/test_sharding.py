@@ -1,0 +1,59 @@
+"""Data parallel on 4 CPU devices (forced with XLA_FLAGS, in a subprocess so this process keeps
+its one device): 1 device and 4 devices give the same losses and parameters for every strategy,
+the batch really is split, compile counts do not change."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def result():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), str(HERE)],
+                        capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+STRATEGIES = ["pad", "bucket", "tbptt", "pack", "pad_batch_max"]
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_one_and_four_devices_give_the_same_losses_and_params(result, name):
+  assert result["devices"] == 4
+  one, four, plain = result[name]["1"], result[name]["4"], result[name]["none"]
+  assert len(one["losses"]) == len(four["losses"]) > 1
+  assert _rel(four["losses"], one["losses"]) <= 1e-5
+  assert _rel(one["losses"], plain["losses"]) <= 1e-5
+  for a, b in zip(four["params"], one["params"]):
+    assert _rel(a, b) <= 1e-5
+  assert abs(four["eval_loss"] - one["eval_loss"]) <= 1e-5 * abs(one["eval_loss"])
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_batch_is_split_and_compiles_unchanged(result, name):
+  four, one = result[name]["4"], result[name]["1"]
+  assert len(four["shards"]) == 4
+  rows = {s[0] for s in four["shards"]}
+  assert len(rows) == 1 and 4 * rows.pop() == sum(s[0] for s in one["shards"])
+  assert "data" in four["spec"] and "data" in four["batch_in_sharding"]
+  assert four["compiles"] == one["compiles"] == result[name]["none"]["compiles"]
+
+
+def test_batch_that_does_not_divide_by_devices(result):
+  assert "batch size 6 does not divide by the 4 devices" in result["indivisible_error"]
