@@ -1,0 +1,32 @@
+"""Config for experiments/benchmark.py: training throughput on the fixed workload W.
+
+    python experiments/benchmark.py --out BENCHMARKS.md        # about 5 minutes on 2 CPU cores
+    python experiments/benchmark.py --config configs/benchmark.py:quick --out /tmp/b.md
+
+W: 4096 sequences, log-normal lengths clipped to [8, 512] with median 64, F = 32 features,
+H = 256, one layer, batch 64, Adam, per-step MSE on real steps.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      preset=arg or "default",
+      seed=0, num_sequences=4096, min_length=8, max_length=512, median_length=64.0, sigma=1.0,
+      features=32, hidden_size=256, batch_size=64, learning_rate=1e-3,
+      repeats=3,                     # timed passes after one warm-up pass; the median is reported
+      tokens_per_pass=100_000,       # real tokens per timed pass
+      num_buckets=8, tbptt_chunk=64, pack_row_length=512,
+      input_projections=("in_step", "hoisted"),
+      peers=("flax_rnn_pad512", "flax_rnn_pow2", "torch_packed", "torch_batch_max"),
+  ))
+  if arg == "quick":  # for tests: tiny and fast
+    c.update(num_sequences=256, max_length=64, median_length=16.0, features=4, hidden_size=16,
+             batch_size=16, repeats=1, tokens_per_pass=2000, num_buckets=3, tbptt_chunk=16,
+             pack_row_length=64, input_projections=("in_step",),
+             peers=("flax_rnn_pow2", "torch_packed"))
+  elif arg not in ("", "default"):
+    raise ValueError(f"unknown preset {arg!r}; use default or quick.")
+  c.lock()
+  return c

@@ -1,0 +1,235 @@
+"""Training-throughput benchmark on a fixed workload W (see configs/benchmark.py).
+
+For each of our strategies, and for peers measured in the same run (Flax `nn.RNN` with
+`OptimizedLSTMCell`; PyTorch `nn.LSTM` when torch is installed): real (non-padding) tokens per
+second of training (forward + backward + Adam), as the median of `repeats` timed passes after a
+warm-up pass; compile seconds (ahead of time, before any timer); padding; and % of the GEMM
+roofline. The roofline is the float32 matmul rate measured in the same run
+([4096, F+H] x [F+H, 4H] through jax) divided by the LSTM's 3 x 2 x 4H(F+H) FLOPs per real token.
+
+A pass is the first batches of an epoch (shuffled, so every bucket shows up) holding at least
+`tokens_per_pass` real tokens. Batches are assembled on the host before timing and fed as numpy
+arrays, so the timing covers host-to-device transfer and the step, not batch assembly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lstm_jax import batching, tasks, train
+from lstm_jax.data import RaggedDataset
+from lstm_jax.model import SequenceModel
+
+
+def workload(cfg) -> RaggedDataset:
+  """W: log-normal lengths clipped to [min, max], F random features, one per-step target."""
+  rng = np.random.default_rng(cfg.seed)
+  dist = tasks.LengthDistribution("lognormal", cfg.min_length, cfg.max_length,
+                                  median=cfg.median_length, sigma=cfg.sigma)
+  lengths = tasks.sample_lengths(dist, cfg.num_sequences, rng)
+  total = int(lengths.sum())
+  values = rng.normal(size=(total, cfg.features)).astype(np.float32)
+  targets = rng.normal(size=(total, 1)).astype(np.float32)
+  return RaggedDataset(values, lengths, targets, target_level="step", name="W")
+
+
+def flops_per_token(features: int, hidden: int) -> float:
+  """Forward + backward of one LSTM step: 3 x (2 x 4H x (F + H))."""
+  return 3 * 2 * 4 * hidden * (features + hidden)
+
+
+def gemm_rate(features: int, hidden: int, repeats: int = 20) -> float:
+  """Float32 GEMM FLOP/s of [4096, F+H] x [F+H, 4H] through jax (median of `repeats`)."""
+  k = features + hidden
+  a = jax.random.normal(jax.random.key(0), (4096, k), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (k, 4 * hidden), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * 4096 * k * 4 * hidden / statistics.median(times)
+
+
+def _pass_batches(strategy: batching.Strategy, tokens_per_pass: int):
+  plans, out, real = strategy.plan(0), [], 0
+  for p in plans:
+    out.append((p, batching.assemble(strategy.dataset, p)))
+    real += p.real_tokens
+    if real >= tokens_per_pass:
+      break
+  return out
+
+
+@dataclasses.dataclass
+class Timing:
+  name: str
+  tokens_per_second: float
+  pass_seconds: list[float]
+  real_tokens: int
+  computed_tokens: int
+  compile_seconds: float
+  compiles: int
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def padding_fraction(self) -> float:
+    return 1.0 - self.real_tokens / self.computed_tokens
+
+
+def _time_passes(run_pass: Callable[[], None], real: int, repeats: int) -> tuple[float, list[float]]:
+  run_pass()  # warm-up
+  secs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run_pass()
+    secs.append(time.perf_counter() - t0)
+  return real / statistics.median(secs), secs
+
+
+def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str = "auto",
+              unroll: int = 1) -> Timing:
+  """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes."""
+  ds = strategy.dataset
+  model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1,
+                        input_projection=input_projection, unroll=unroll)
+  state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
+  steps = train.StepFunctions.create()
+  train.precompile(steps.train, state, strategy, 0)
+  batches = _pass_batches(strategy, cfg.tokens_per_pass)
+  zeros = {p.batch_size: model.zero_carry(p.batch_size) for p, _ in batches}
+  box = [state]
+
+  def run_pass():
+    st, carry = box[0], None
+    for p, b in batches:
+      c = carry if strategy.carries_state and carry is not None else zeros[p.batch_size]
+      st, _, carry = steps.train(st, b, c)
+    jax.block_until_ready(st)
+    box[0] = st
+
+  real = sum(p.real_tokens for p, _ in batches)
+  tps, secs = _time_passes(run_pass, real, cfg.repeats)
+  return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
+                steps.train.compile_seconds, steps.train.compiles,
+                dict(shapes=len(strategy.shapes()), input_projection=input_projection,
+                     unroll=unroll))
+
+
+class _FlaxRNNModel(nn.Module):
+  """The peer: flax.linen.RNN(OptimizedLSTMCell) with seq_lengths, and a Dense head."""
+
+  hidden_size: int
+
+  @nn.compact
+  def __call__(self, x, seq_lengths):
+    h = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size))(x, seq_lengths=seq_lengths)
+    return nn.Dense(1)(h)
+
+
+def time_flax_rnn(name: str, strategy: batching.Strategy, cfg) -> Timing:
+  """Flax's own nn.RNN on the same batches (right-padded, seq_lengths from the mask)."""
+  ds = strategy.dataset
+  model = _FlaxRNNModel(cfg.hidden_size)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1, ds.num_features)), jnp.ones(1, jnp.int32))
+  tx = optax.adam(cfg.learning_rate)
+
+  def step(params, opt_state, inputs, targets, weights, mask):
+    def loss_fn(p):
+      preds = model.apply(p, inputs, mask.sum(axis=1))
+      err = jnp.mean(jnp.square(preds - targets), axis=-1)
+      return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  jitted = jax.jit(step, donate_argnums=(0, 1))
+  batches = _pass_batches(strategy, cfg.tokens_per_pass)
+  opt_state = tx.init(params)
+  compiled, t0 = {}, time.perf_counter()
+  for b, t in strategy.shapes():
+    sds = lambda *s, d=jnp.float32: jax.ShapeDtypeStruct(s, d)
+    compiled[(b, t)] = jitted.lower(params, opt_state, sds(b, t, ds.num_features),
+                                    sds(b, t, 1), sds(b, t), sds(b, t, d=jnp.bool_)).compile()
+  compile_seconds = time.perf_counter() - t0
+  box = [params, opt_state]
+
+  def run_pass():
+    p, o = box
+    for plan, bt in batches:
+      p, o = compiled[plan.shape](p, o, bt.inputs, bt.targets, bt.weights, bt.mask)
+    jax.block_until_ready(p)
+    box[:] = [p, o]
+
+  real = sum(p.real_tokens for p, _ in batches)
+  tps, secs = _time_passes(run_pass, real, cfg.repeats)
+  return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
+                compile_seconds, len(compiled), dict(shapes=len(compiled)))
+
+
+def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Timing | None:
+  """PyTorch nn.LSTM on the same batches: pack_padded_sequence, or padded to the batch max."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  torch.set_num_threads(max(1, torch.get_num_threads()))
+  ds = strategy.dataset
+  lstm = torch.nn.LSTM(ds.num_features, cfg.hidden_size, batch_first=True)
+  head = torch.nn.Linear(cfg.hidden_size, 1)
+  opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=cfg.learning_rate)
+  batches = []
+  for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
+    rows = b.mask.any(axis=1)
+    t_max = int(b.mask.sum(axis=1).max())
+    batches.append((plan, torch.from_numpy(b.inputs[rows, :t_max]),
+                    torch.from_numpy(b.targets[rows, :t_max]),
+                    torch.from_numpy(b.weights[rows, :t_max]),
+                    torch.from_numpy(b.mask[rows].sum(axis=1))))
+
+  def run_pass():
+    for _, x, y, w, lengths in batches:
+      opt.zero_grad()
+      if packed:
+        seq = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                      enforce_sorted=False)
+        out, _ = lstm(seq)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                        total_length=x.shape[1])
+      else:
+        out, _ = lstm(x)
+      err = ((head(out) - y) ** 2).mean(-1)
+      ((w * err).sum() / w.sum()).backward()
+      opt.step()
+
+  real = sum(p.real_tokens for p, *_ in batches)
+  computed = sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
+  tps, secs = _time_passes(run_pass, real, cfg.repeats)
+  return Timing(name, tps, secs, real, computed, 0.0, 0, dict(torch=torch.__version__))
+
+
+def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> list[dict]:
+  """XLA temp memory of one compiled train step against T (pad/bucket), and for tbptt's chunk."""
+  model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1)
+  state = train.create_train_state(model, optax.adam(cfg.learning_rate), dataset, seed=0)
+  rows = []
+  for t in lengths:
+    fn = train.StepFunctions.create().train
+    carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         model.zero_carry(cfg.batch_size))
+    fn.compile(state, train._abstract_batch(dataset, (cfg.batch_size, t)), carry)
+    rec = next(iter(fn.records.values()))
+    rows.append(dict(batch=cfg.batch_size, length=t, temp_bytes=rec.temp_bytes))
+  return rows

@@ -1,0 +1,43 @@
+"""The throughput benchmark's machinery on a tiny workload (its figures come from the real run:
+experiments/benchmark.py; no test here times anything)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lstm_jax import bench, bench_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs import benchmark as benchmark_config  # noqa: E402
+
+
+def test_workload_matches_its_spec():
+  cfg = benchmark_config.get_config()
+  ds = bench.workload(cfg)
+  assert len(ds) == 4096 and ds.lengths.min() >= 8 and ds.lengths.max() <= 512
+  assert 55 <= np.median(ds.lengths) <= 75 and ds.num_features == 32
+  assert bench.flops_per_token(32, 256) == 3 * 2 * 4 * 256 * 288
+
+
+def test_quick_benchmark_writes_rows_and_files(tmp_path):
+  cfg = benchmark_config.get_config("quick")
+  result = bench_report.run(cfg, str(tmp_path / "BENCHMARKS.md"))
+  saved = json.loads((tmp_path / "benchmark.json").read_text())
+  names = [r["name"] for r in saved["rows"]]
+  for s in ("pad", "bucket", "tbptt", "pack"):
+    assert any(n.startswith(f"lstm_jax {s} ") for n in names), s
+  assert "flax nn.RNN pow2 buckets" in names
+  has_torch = importlib.util.find_spec("torch") is not None
+  assert ("torch nn.LSTM packed" in names) == has_torch
+  rows = {r["name"]: r for r in saved["rows"]}
+  assert rows["lstm_jax pad (in_step)"]["compiles"] == 1
+  assert rows["lstm_jax tbptt (in_step)"]["compiles"] == 1
+  assert rows["lstm_jax bucket (in_step)"]["compiles"] == len(saved["bucket_boundaries"])
+  assert all(r["tokens_per_second"] > 0 and len(r["pass_seconds"]) == cfg.repeats
+             for r in saved["rows"])
+  assert result["roofline_tokens_per_second"] > 0
+  assert [m["length"] for m in saved["memory"]] == [64]
+  assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
