@@ -46,6 +46,11 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       lengths=ml_collections.ConfigDict(dict(kind="lognormal", min_length=2, max_length=200,
                                              median=40.0, sigma=0.8, values=(0,))),
   ))
+  # Data parallel: a mesh over this many local devices (0: all); batches must divide by it.
+  c.mesh = ml_collections.ConfigDict(dict(num_devices=0))
+  # Multi-host: every process runs the same command with its own process_id.
+  c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator="localhost:12355",
+                                                 num_processes=1, process_id=0))
   c.model = ml_collections.ConfigDict(dict(hidden_size=128, num_layers=1, embed_dim=32,
                                            input_projection="auto"))
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))

@@ -32,7 +32,7 @@ import optax
 
 import importlib.metadata
 
-from lstm_jax import batching, report, sources, train
+from lstm_jax import batching, report, sharding, sources, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
@@ -76,20 +76,26 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 
 def make_strategy(name: str, dataset: RaggedDataset, cfg: ml_collections.ConfigDict,
-                  seed: int) -> batching.Strategy:
-  """The strategy `name` with its settings from cfg.strategy[name] (see configs/compare.py)."""
+                  seed: int, batch_multiple: int = 1) -> batching.Strategy:
+  """The strategy `name` with its settings from cfg.strategy[name] (see configs/compare.py).
+
+  batch_multiple: the device count; token-budget bucket batch sizes are rounded to it.
+  """
   if name not in cfg.strategy:
     raise ConfigError(f"strategy {name!r} has no settings under config.strategy; known: "
                       f"{sorted(cfg.strategy)}.")
   kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
             if v is not None and v != 0}  # None (or 0 for a length) means "unset"
+  if name == "bucket":
+    kwargs["batch_multiple"] = batch_multiple
   return batching.make_strategy(name, dataset, seed=seed, **kwargs)
 
 
-def eval_strategy(dataset: RaggedDataset, cfg: ml_collections.ConfigDict) -> batching.Strategy:
+def eval_strategy(dataset: RaggedDataset, cfg: ml_collections.ConfigDict,
+                  batch_multiple: int = 1) -> batching.Strategy:
   """The one evaluator for every row: whole sequences in buckets, masked (exact)."""
   return batching.Bucket(dataset, tokens_per_batch=cfg.eval.tokens_per_batch,
-                         num_buckets=cfg.eval.num_buckets, seed=0)
+                         num_buckets=cfg.eval.num_buckets, batch_multiple=batch_multiple, seed=0)
 
 
 def split_data(cfg: ml_collections.ConfigDict):
@@ -109,13 +115,15 @@ def split_data(cfg: ml_collections.ConfigDict):
 
 
 def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
-                 cfg: ml_collections.ConfigDict, seed: int, log) -> tuple[dict, list, list]:
+                 cfg: ml_collections.ConfigDict, seed: int, log,
+                 mesh: jax.sharding.Mesh | None = None) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve)."""
-  strategy = make_strategy(name, train_ds, cfg, seed)
-  evaluator = eval_strategy(eval_ds, cfg)
+  devices = 1 if mesh is None else int(mesh.devices.size)
+  strategy = make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
+  evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   model = make_model(cfg, train_ds)
   state = train.create_train_state(model, make_optimizer(cfg), train_ds, seed=seed)
-  steps = train.StepFunctions.create()
+  steps = train.StepFunctions.create(mesh)
   metric = metric_of(train_ds)
   curve: list[dict] = []
   clock = dict(train_seconds=0.0)
@@ -161,7 +169,7 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
       eval_loss=curve[-1]["eval_loss"], eval_metric=curve[-1]["eval_metric"], metric=metric,
       step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
       peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      devices=jax.device_count())
+      devices=devices, processes=jax.process_count())
   return row, hist, curve
 
 
@@ -181,15 +189,23 @@ def time_to_target(curve: list[dict], target: float) -> float | None:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> list[dict]:
   """Runs every strategy in cfg.strategies for each seed; writes the report into `workdir`."""
   validate_config(cfg)
-  os.makedirs(workdir, exist_ok=True)
+  d = cfg.distributed
+  if d.enabled:  # before anything touches the JAX backend
+    sharding.initialize(d.coordinator, d.num_processes, d.process_id)
+  mesh = sharding.make_mesh(cfg.mesh.num_devices)
+  writer = jax.process_index() == 0  # one process writes the files
+  quiet = quiet or not writer
+  if writer:
+    os.makedirs(workdir, exist_ok=True)
   train_ds, eval_ds, identity = split_data(cfg)
-  log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl"), quiet=quiet)
+  log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl") if writer else os.devnull,
+                           quiet=quiet)
   runs, curves = [], {}
   started = time.time()
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     for name in cfg.strategies:
-      row, _, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log)
+      row, _, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh)
       runs.append(row)
       curves[(name, seed)] = curve
   # A target every strategy reaches by its end unless one is set: the worst final eval loss.
@@ -207,6 +223,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
                   a.tolist() for a in np.unique(train_ds.lengths, return_counts=True)))),
               bucket_boundaries=make_strategy("bucket", train_ds, cfg, cfg.seed).boundaries
               if "bucket" in cfg.strategy else [])
+  if not writer:
+    return report.aggregate(runs)
   summary = report.write_all(workdir, runs, curves, meta)
   if not quiet:
     print(report.table(summary))

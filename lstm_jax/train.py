@@ -33,7 +33,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from lstm_jax import sharding
-from lstm_jax.batching import Batch, Strategy
+from lstm_jax.batching import Batch, Strategy, assemble
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
@@ -153,11 +153,12 @@ class StepFunctions:
                         out_shardings=(rep, split)),
         mesh=mesh)
 
-  def prepare(self, strategy: Strategy, plan, batch: Batch) -> Batch:
-    """The batch as the steps take it: numpy as it is, or split over the mesh."""
+  def batch(self, dataset: RaggedDataset, plan) -> Batch:
+    """The batch as the steps take it: numpy arrays, or (with a mesh) a global array split over
+    the data axis, of which this process assembles only its own rows."""
     if self.mesh is None:
-      return batch
-    return sharding.shard_batch(strategy.dataset, plan, self.mesh, local=batch)
+      return assemble(dataset, plan)
+    return sharding.shard_batch(dataset, plan, self.mesh)
 
   def zero_carry(self, model, batch_size: int):
     carry = model.zero_carry(batch_size)
@@ -257,8 +258,8 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     if t_last is None:
       t_last = time.perf_counter()
     carry = zero_carry(strategy.plan(epoch)[0].batch_size) if strategy.carries_state else None
-    for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
-      batch = steps.prepare(strategy, plan, batch)
+    for plan in strategy.plan(epoch):
+      batch = steps.batch(strategy.dataset, plan)
       step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
       compiles_before = steps.train.compiles
       if pending is not None and not steps.train.is_compiled(state, batch, step_carry):
@@ -302,10 +303,10 @@ def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None 
   if steps.mesh is not None:
     state = sharding.replicate(state, steps.mesh)
   carry, per_batch = None, []
-  for plan, batch in zip(strategy.plan(epoch), strategy.batches(epoch)):
+  for plan in strategy.plan(epoch):
     if carry is None or not strategy.carries_state:
       carry = steps.zero_carry(state.model, plan.batch_size)
-    metrics, carry = steps.eval(state, steps.prepare(strategy, plan, batch), carry)
+    metrics, carry = steps.eval(state, steps.batch(strategy.dataset, plan), carry)
     per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
   per_batch = jax.device_get(per_batch)
   totals = {k: float(np.sum([m[k] for m in per_batch], dtype=np.float64)) for k in per_batch[0]}

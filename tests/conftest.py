@@ -1,6 +1,9 @@
 """Shared helpers: small ragged datasets and exact comparisons."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -48,3 +51,26 @@ def max_rel_err(a, b) -> float:
 @pytest.fixture
 def rng():
   return np.random.default_rng(1234)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_smoke(workdir, devices: int = 1, *extra: str) -> subprocess.CompletedProcess:
+  """The runner's smoke preset through the real command line, in a subprocess."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"),
+       "--config", f"{ROOT / 'configs' / 'compare.py'}:smoke", "--workdir", str(workdir), *extra],
+      capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+  """(workdir, process) of one smoke run on one device, shared by the tests that read it."""
+  workdir = tmp_path_factory.mktemp("smoke")
+  return workdir, run_smoke(workdir)

@@ -33,7 +33,7 @@ for name, make in STRATEGIES.items():
     seen = []
     if mesh is not None:  # what the step receives: the batch split over the data axis
       plan = strategy.plan(0)[0]
-      b = steps.prepare(strategy, plan, next(strategy.batches(0)))
+      b = steps.batch(strategy.dataset, plan)
       seen = [list(s.data.shape) for s in b.inputs.addressable_shards]
       spec = str(b.inputs.sharding.spec)
     r = train.fit(state, strategy, epochs=1, steps=steps)

@@ -25,17 +25,6 @@ SUMMARY_KEYS = ("strategy", "compiles", "compile_seconds", "real_tokens", "compu
                 "devices")
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("smoke")
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"),
-       "--config", f"{ROOT / 'configs' / 'compare.py'}:smoke", "--workdir", str(workdir)],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
-
-
 def test_smoke_writes_every_file_and_key(smoke_run):
   workdir, proc = smoke_run
   for name in ("metrics.jsonl", "summary.json", "summary.csv", "report.md", "runs.json",

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from conftest import run_smoke  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,21 @@ def test_batch_is_split_and_compiles_unchanged(result, name):
 
 def test_batch_that_does_not_divide_by_devices(result):
   assert "batch size 6 does not divide by the 4 devices" in result["indivisible_error"]
+
+
+def test_runner_uses_all_local_devices_and_matches_one_device(smoke_run, tmp_path):
+  """The same smoke command on 4 devices: rows say devices=4; strategies with fixed batch sizes
+  give the one-device numbers; token-budget bucket batches are rounded to multiples of 4."""
+  one_dir, _ = smoke_run
+  run_smoke(tmp_path, 4)
+  one = {r["strategy"]: r for r in json.loads((one_dir / "summary.json").read_text())}
+  four = {r["strategy"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+  assert all(r["devices"] == 4 for r in four.values())
+  assert all(r["devices"] == 1 for r in one.values())
+  for name in ("pad", "tbptt", "pack", "pad_batch_max"):
+    assert abs(four[name]["eval_loss"] - one[name]["eval_loss"]) <= 1e-5 * one[name]["eval_loss"]
+    assert four[name]["compiles"] == one[name]["compiles"]
+    assert four[name]["real_tokens"] == one[name]["real_tokens"]
+  shapes = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+            if '"bucket"' in l and '"shape"' in l]
+  assert shapes and all(int(json.loads(l)["shape"].split("x")[0]) % 4 == 0 for l in shapes)
