@@ -34,9 +34,12 @@ DATA = "data"
 
 
 def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
-  """jax.distributed.initialize, with CPU collectives over gloo so CPU-only hosts work too."""
-  if jax.default_backend() == "cpu" or not jax.devices():
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  """jax.distributed.initialize, with CPU collectives over gloo so CPU-only hosts work too.
+
+  Must run before anything starts JAX's backend (even jax.devices()). The gloo setting only
+  affects the CPU backend.
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                              process_id=process_id)
 

@@ -28,6 +28,7 @@ def result():
 
 
 STRATEGIES = ["pad", "bucket", "tbptt", "pack", "pad_batch_max"]
+MULTIHOST_LENGTHS = [3, 9, 1, 12, 7, 5, 11, 2, 8, 6, 4, 10, 9, 3, 7, 12]
 
 
 def _rel(a, b):
@@ -77,3 +78,32 @@ def test_runner_uses_all_local_devices_and_matches_one_device(smoke_run, tmp_pat
   shapes = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
             if '"bucket"' in l and '"shape"' in l]
   assert shapes and all(int(json.loads(l)["shape"].split("x")[0]) % 4 == 0 for l in shapes)
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+  """Multi-host on the CPU: two processes (one device each, gloo collectives) joined by
+  jax.distributed give the losses of one process with one device."""
+  import socket
+  import optax
+  from conftest import ragged_features
+  from lstm_jax import batching, train
+  from lstm_jax.model import SequenceModel
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_check.py"), str(HERE),
+                             str(port), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env) for i in (0, 1)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+  got = json.loads([l for l in outs[0][0].splitlines() if l.startswith("RESULT ")][-1][7:])
+  assert got["processes"] == 2 and got["devices"] == 2
+  ds = ragged_features(MULTIHOST_LENGTHS, num_features=3, seed=0)
+  for name, strategy in (("pad", batching.Pad(ds, batch_size=8)),
+                         ("tbptt", batching.TBPTT(ds, num_streams=8, chunk_length=5))):
+    state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
+    want = [h["loss"] for h in train.fit(state, strategy, epochs=1).history]
+    assert len(got[name]) == len(want) and _rel(got[name], want) <= 1e-5, name
