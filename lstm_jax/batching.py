@@ -165,6 +165,15 @@ def _check_batch_size(batch_size: int, what: str = "batch_size") -> int:
   return int(batch_size)
 
 
+def _check_not_larger_than_data(batch_size: int, available: int, what: str, unit: str,
+                                fix: str) -> None:
+  """A batch wider than the data would be mostly empty rows on every step: refuse it."""
+  if batch_size > available:
+    raise DataError(f"{what} {batch_size} is larger than the data, which has only {available} "
+                    f"{unit}; every step would compute {batch_size - available} or more empty "
+                    f"rows. {fix}")
+
+
 def _check_fits(dataset: RaggedDataset, limit: int, what: str, fix: str) -> None:
   too_long = np.flatnonzero(dataset.lengths > limit)
   if len(too_long):
@@ -193,6 +202,8 @@ class Pad(Strategy):
                seed: int = 0):
     super().__init__(dataset, seed)
     self.batch_size = _check_batch_size(batch_size)
+    _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
+                                f"Lower batch_size to at most {len(dataset)}.")
     self.length = dataset.max_length if max_length is None else int(max_length)
     _check_fits(dataset, self.length, "padded length max_length",
                 "Raise max_length, or use 'bucket' or 'tbptt' for long sequences.")
@@ -213,6 +224,8 @@ class PadBatchMax(Strategy):
   def __init__(self, dataset: RaggedDataset, batch_size: int, seed: int = 0):
     super().__init__(dataset, seed)
     self.batch_size = _check_batch_size(batch_size)
+    _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
+                                f"Lower batch_size to at most {len(dataset)}.")
 
   def _plan(self, epoch, rng):
     return _fixed_batches(rng.permutation(len(self.dataset)), self.dataset.lengths,
@@ -302,6 +315,9 @@ class Bucket(Strategy):
                               * batch_multiple) for b in self.boundaries]
     else:
       self.batch_sizes = [_check_batch_size(batch_size)] * len(self.boundaries)
+      _check_not_larger_than_data(self.batch_sizes[0], len(dataset), "batch_size", "sequences",
+                                  f"Lower batch_size to at most {len(dataset)}, or use "
+                                  f"tokens_per_batch.")
 
   def _plan(self, epoch, rng):
     plans = []
@@ -363,6 +379,9 @@ class Pack(Strategy):
                 "Raise row_length, or use 'tbptt', which splits long sequences.")
     self.bins = first_fit_decreasing(dataset.lengths, self.length,
                                      np.random.default_rng([self.seed, 1]))  # packing: its own stream
+    _check_not_larger_than_data(self.batch_size, len(self.bins), "batch_size", "packed rows of "
+                                f"{self.length} steps", f"Lower batch_size to at most "
+                                f"{len(self.bins)}, or shorten row_length.")
 
   def _plan(self, epoch, rng):
     lengths = self.dataset.lengths
@@ -392,6 +411,8 @@ class TBPTT(Strategy):
   def __init__(self, dataset: RaggedDataset, num_streams: int, chunk_length: int, seed: int = 0):
     super().__init__(dataset, seed)
     self.num_streams = _check_batch_size(num_streams, "num_streams")
+    _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
+                                f"Lower num_streams to at most {len(dataset)}.")
     if not isinstance(chunk_length, (int, np.integer)) or chunk_length < 1:
       raise ConfigError(f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
                         f"number of steps backpropagated through per train step.")

@@ -256,7 +256,9 @@ def _check_targets(ds: RaggedDataset) -> np.ndarray:
   if ds.num_classes is not None:
     if not np.issubdtype(targets.dtype, np.integer) or targets.ndim != 1:
       raise DataError(f"classification targets (num_classes={ds.num_classes}) must be a 1-D "
-                      f"integer array, got dtype {targets.dtype} shape {targets.shape}.")
+                      f"integer array, got dtype {targets.dtype} shape {targets.shape}; give one "
+                      f"integer class id per {'sequence' if ds.target_level == 'sequence' else 'step'}"
+                      f" (not one-hot rows: use targets.argmax(-1)).")
     bad = (targets < 0) | (targets >= ds.num_classes)
     if bad.any():
       j = int(np.argmax(bad))

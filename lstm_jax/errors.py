@@ -10,3 +10,7 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A setting is invalid: an unknown name, a value out of range, an impossible combination."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged, or was written by a different run."""

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from typing import Any
@@ -32,7 +33,8 @@ import optax
 
 import importlib.metadata
 
-from lstm_jax import batching, report, sharding, sources, train
+from lstm_jax import batching, config, report, sharding, sources, train
+from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
@@ -81,11 +83,7 @@ def make_strategy(name: str, dataset: RaggedDataset, cfg: ml_collections.ConfigD
 
   batch_multiple: the device count; token-budget bucket batch sizes are rounded to it.
   """
-  if name not in cfg.strategy:
-    raise ConfigError(f"strategy {name!r} has no settings under config.strategy; known: "
-                      f"{sorted(cfg.strategy)}.")
-  kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
-            if v is not None and v != 0}  # None (or 0 for a length) means "unset"
+  kwargs = config.strategy_kwargs(name, cfg)
   if name == "bucket":
     kwargs["batch_multiple"] = batch_multiple
   return batching.make_strategy(name, dataset, seed=seed, **kwargs)
@@ -114,10 +112,38 @@ def split_data(cfg: ml_collections.ConfigDict):
   return train_ds, eval_ds, identity
 
 
+def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
+  """Where one (strategy, seed) keeps its checkpoints (kind="checkpoints") or its finished
+  result (kind="results")."""
+  return os.path.join(workdir, kind, f"{name}-seed{seed}")
+
+
+def _write_json_atomically(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
 def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
                  cfg: ml_collections.ConfigDict, seed: int, log,
-                 mesh: jax.sharding.Mesh | None = None) -> tuple[dict, list, list]:
-  """Trains and evaluates one strategy. Returns (row, step records, eval curve)."""
+                 mesh: jax.sharding.Mesh | None = None,
+                 workdir: str | None = None) -> tuple[dict, list, list]:
+  """Trains and evaluates one strategy. Returns (row, step records, eval curve).
+
+  With a workdir, training checkpoints into workdir/checkpoints/<name>-seed<seed> and resumes
+  from there (config.resume); a finished run's result goes to workdir/results/<name>-seed<seed>
+  .json, and a rerun with resume on reads it back instead of training again.
+  """
+  result_path = run_dir(workdir, "results", name, seed) + ".json" if workdir else None
+  if result_path and cfg.resume and os.path.exists(result_path):
+    with open(result_path, encoding="utf-8") as f:
+      done = json.load(f)
+    log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
+    return done["row"], done["history"], done["curve"]
   devices = 1 if mesh is None else int(mesh.devices.size)
   strategy = make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
@@ -127,6 +153,9 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
   metric = metric_of(train_ds)
   curve: list[dict] = []
   clock = dict(train_seconds=0.0)
+  checkpointer = (Checkpointer(run_dir(workdir, "checkpoints", name, seed),
+                               every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep)
+                  if workdir and cfg.checkpoint.enabled else None)
 
   def on_step(rec):
     clock["train_seconds"] += rec["step_seconds"]
@@ -141,12 +170,20 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
                       eval_seconds=time.perf_counter() - t0))
     log.eval(curve[-1])
 
+  def on_restore(stream):
+    curve[:] = stream["curve"]
+    clock["train_seconds"] = stream["train_seconds"]
+    log.resumed(stream["real_tokens"], clock["train_seconds"])
+
   log.start(name, seed, cfg.train.real_tokens, strategy)
-  on_eval(state, 0)
+  if checkpointer is None or checkpointer.latest_step() is None:
+    on_eval(state, 0)
   result = train.fit(state, strategy, epochs=cfg.train.epochs or None,
                      max_real_tokens=cfg.train.real_tokens or None, steps=steps,
                      callback=on_step, precompile_shapes=False,
-                     eval_every_tokens=cfg.train.eval_every_tokens, on_eval=on_eval)
+                     eval_every_tokens=cfg.train.eval_every_tokens, on_eval=on_eval,
+                     checkpointer=checkpointer, on_restore=on_restore,
+                     checkpoint_extra=lambda: dict(curve=curve, **clock))
   if not curve or curve[-1]["real_tokens"] != result.real_tokens:
     on_eval(result.state, result.real_tokens)
   log.end()
@@ -169,7 +206,9 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
       eval_loss=curve[-1]["eval_loss"], eval_metric=curve[-1]["eval_metric"], metric=metric,
       step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
       peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      devices=devices, processes=jax.process_count())
+      devices=devices, processes=jax.process_count(), resumed_from_step=result.resumed_from)
+  if result_path and jax.process_index() == 0:
+    _write_json_atomically(result_path, dict(row=row, history=hist, curve=curve))
   return row, hist, curve
 
 
@@ -188,7 +227,7 @@ def time_to_target(curve: list[dict], target: float) -> float | None:
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> list[dict]:
   """Runs every strategy in cfg.strategies for each seed; writes the report into `workdir`."""
-  validate_config(cfg)
+  config.validate_config(cfg)
   d = cfg.distributed
   if d.enabled:  # before anything touches the JAX backend
     sharding.initialize(d.coordinator, d.num_processes, d.process_id)
@@ -197,17 +236,25 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
   quiet = quiet or not writer
   if writer:
     os.makedirs(workdir, exist_ok=True)
+    if not cfg.resume:  # start over: what an earlier run left would be mixed in otherwise
+      for kind in ("checkpoints", "results"):
+        shutil.rmtree(os.path.join(workdir, kind), ignore_errors=True)
+      if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        os.remove(os.path.join(workdir, "metrics.jsonl"))
   train_ds, eval_ds, identity = split_data(cfg)
+  devices = 1 if mesh is None else int(mesh.devices.size)
+  for name in cfg.strategies:  # the data's own checks for every strategy, before any compile
+    make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
   log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl") if writer else os.devnull,
                            quiet=quiet)
-  runs, curves = [], {}
+  runs, curves, histories = [], {}, {}
   started = time.time()
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     for name in cfg.strategies:
-      row, _, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh)
+      row, hist, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh, workdir)
       runs.append(row)
-      curves[(name, seed)] = curve
+      curves[(name, seed)], histories[(name, seed)] = curve, hist
   # A target every strategy reaches by its end unless one is set: the worst final eval loss.
   for s in range(cfg.seeds):
     seed = cfg.seed + s
@@ -225,23 +272,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
               if "bucket" in cfg.strategy else [])
   if not writer:
     return report.aggregate(runs)
+  log.file.close()
+  report.write_metrics(os.path.join(workdir, "metrics.jsonl"), histories, curves)
   summary = report.write_all(workdir, runs, curves, meta)
   if not quiet:
     print(report.table(summary))
   return summary
-
-
-def validate_config(cfg: ml_collections.ConfigDict) -> None:
-  """Catches bad settings before any data is loaded or anything compiles."""
-  unknown = [s for s in cfg.strategies if s not in batching.STRATEGIES]
-  if unknown:
-    raise ConfigError(f"unknown strategy name(s) {unknown} in config.strategies; choose from "
-                      f"{sorted(batching.STRATEGIES)}.")
-  if cfg.seeds < 1:
-    raise ConfigError(f"config.seeds must be >= 1, got {cfg.seeds}.")
-  if not (cfg.train.real_tokens or cfg.train.epochs):
-    raise ConfigError("set config.train.real_tokens or config.train.epochs (> 0) to say when "
-                      "training stops.")
-  if cfg.data.source not in sources.SOURCES:
-    raise ConfigError(f"unknown data.source {cfg.data.source!r}; choose one of "
-                      f"{list(sources.SOURCES)}.")

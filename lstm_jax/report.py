@@ -80,11 +80,37 @@ class ProgressLog:
     self.stream.write(("\r" + line) if self.tty else (line + "\n"))
     self.stream.flush()
 
+  def resumed(self, real_tokens: int, seconds: float) -> None:
+    """Training picked up from a checkpoint: the bar continues from there."""
+    self.tokens, self.seconds = real_tokens, seconds
+    self._write(dict(kind="resume", real_tokens=real_tokens))
+    self.note(f"{self.name} seed {self.seed}: resumed from a checkpoint at "
+              f"{real_tokens:,} real tokens")
+
+  def note(self, text: str) -> None:
+    if not self.quiet:
+      self.stream.write(text + "\n")
+      self.stream.flush()
+
   def end(self) -> None:
     self._draw(final=True)
     if self.tty and not self.quiet:
       self.stream.write("\n")
     self.file.flush()
+
+
+def write_metrics(path: str, histories: dict, curves: dict) -> None:
+  """Rewrites metrics.jsonl from whole histories: one line per step and per evaluation, exactly
+  once each, also when a run was killed and resumed (the live file may repeat the steps between
+  the last checkpoint and the kill)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for (name, seed), hist in histories.items():
+      for rec in hist:
+        f.write(json.dumps(dict(strategy=name, seed=seed, kind="train", **rec)) + "\n")
+      for rec in curves[(name, seed)]:
+        f.write(json.dumps(dict(strategy=name, seed=seed, kind="eval", **rec)) + "\n")
+  os.replace(tmp, path)
 
 
 def aggregate(runs: list[dict]) -> list[dict]:

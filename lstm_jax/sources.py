@@ -101,7 +101,9 @@ def load_text(path: str, one_per_line: bool, min_length: int = 2, max_length: in
               suffix: str = ".txt") -> tuple[RaggedDataset, dict]:
   """Byte-level LM on a directory of text files (one sequence each) or a file's lines.
 
-  Bytes are modelled as they are, so any encoding (or none) works; nothing is decoded.
+  Bytes are modelled as they are, so any encoding (or none) works; nothing is decoded. A file
+  that is not valid UTF-8 is not an error: its bytes train like any other's, and the identity's
+  `non_utf8_files` counts such files so a report can say so.
   """
   p = Path(path)
   if not p.exists():
@@ -114,11 +116,16 @@ def load_text(path: str, one_per_line: bool, min_length: int = 2, max_length: in
     if not files:
       raise DataError(f"{path} holds no *{suffix} files; set data.suffix to match your files.")
     chunks = [f.read_bytes() for f in files]
-  h = hashlib.sha256()
+  h, non_utf8 = hashlib.sha256(), 0
   for f in files:
-    h.update(f.read_bytes())
+    content = f.read_bytes()
+    h.update(content)
+    try:
+      content.decode("utf-8")
+    except UnicodeDecodeError:
+      non_utf8 += 1
   identity = dict(source="text_lines" if one_per_line else "text_dir", path=str(p.resolve()),
-                  files=len(files), content_sha256=h.hexdigest()[:16])
+                  files=len(files), content_sha256=h.hexdigest()[:16], non_utf8_files=non_utf8)
   return _bytes_dataset(chunks, p.name, min_length, max_length, identity)
 
 
@@ -218,7 +225,7 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
   if source in ("adding", "parity"):
     dist = tasks.LengthDistribution(cfg.lengths.kind, cfg.lengths.min_length,
                                     cfg.lengths.max_length, cfg.lengths.median, cfg.lengths.sigma,
-                                    tuple(cfg.lengths.values))
+                                    tuple(cfg.lengths["values"]))
     make = tasks.adding_problem if source == "adding" else tasks.running_parity
     ds = make(cfg.num_sequences, dist, seed=cfg.seed)
     return ds, dict(source=source, num_sequences=cfg.num_sequences, seed=cfg.seed,

@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 
 from lstm_jax import sharding
 from lstm_jax.batching import Batch, Strategy, assemble
+from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
@@ -47,6 +48,7 @@ class TrainState(train_state.TrainState):
 
   model: nn.Module = struct.field(pytree_node=False, default=None)
   loss_kind: str = struct.field(pytree_node=False, default="classification")
+  rng: Any = None  # <uint32>[2] the training key; a step's randomness is fold_in(rng, step)
 
 
 def loss_kind_of(dataset: RaggedDataset) -> str:
@@ -63,7 +65,8 @@ def create_train_state(model: SequenceModel, optimizer: optax.GradientTransforma
     example = jnp.zeros((1, 1, dataset.num_features), jnp.float32)
   params = model.init(jax.random.key(seed), example)["params"]
   state = TrainState.create(apply_fn=model.apply, params=params, tx=optimizer, model=model,
-                            loss_kind=loss_kind_of(dataset))
+                            loss_kind=loss_kind_of(dataset),
+                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
   return state.replace(step=jnp.asarray(0, jnp.int32))  # an array: one signature from step 0 on
 
 
@@ -195,6 +198,7 @@ class FitResult:
   carry: Carry | None       # the last carry (strategies that carry state)
   real_tokens: int
   epochs_started: int
+  resumed_from: int | None = None  # the checkpoint step training resumed from, if any
 
 
 def _batch_loss(m: dict) -> float:
@@ -202,11 +206,22 @@ def _batch_loss(m: dict) -> float:
   return float(m["loss_sum"]) / w if w > 0 else math.nan
 
 
+def stream_identity(strategy: Strategy) -> dict:
+  """What a checkpoint must share with a run to resume it: strategy, seed, data and plan."""
+  plans = strategy.plan(0)
+  return dict(strategy=strategy.name, seed=strategy.seed,
+              data_fingerprint=strategy.dataset.fingerprint(),
+              plan=f"{len(plans)} batches of {strategy.shapes()}")
+
+
 def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
         max_real_tokens: int | None = None, steps: StepFunctions | None = None,
         callback: Callable[[dict], None] | None = None, precompile_shapes: bool = True,
         eval_every_tokens: int | None = None,
-        on_eval: Callable[[TrainState, int], None] | None = None) -> FitResult:
+        on_eval: Callable[[TrainState, int], None] | None = None,
+        checkpointer: Checkpointer | None = None,
+        checkpoint_extra: Callable[[], dict] | None = None,
+        on_restore: Callable[[dict], None] | None = None) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
@@ -214,6 +229,11 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     False, a step compiles when it meets a new shape, and its record says `compiled: True`.
   on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
     been trained on; its time is not counted in any step's `step_seconds`.
+  checkpointer: if given, training resumes from its newest readable checkpoint (which must come
+    from the same strategy, seed, data and plan), saves every `checkpointer.every_steps` steps
+    (after that step's loss is checked to be finite, and after any evaluation due at it) and once
+    at the end. `checkpoint_extra()` adds the caller's JSON to each save; on resuming,
+    `on_restore(stream)` hands it back (with `history`, `real_tokens`, `epoch`, `index`).
   """
   if epochs is None and max_real_tokens is None:
     raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
@@ -230,7 +250,21 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     for b, _ in strategy.shapes():
       sharding.check_divisible(b, steps.mesh)
     state = sharding.replicate(state, steps.mesh)
-  real_total, step, epoch, carry, pending = 0, int(state.step), 0, None, None
+  stream_batch = strategy.plan(0)[0].batch_size
+  saved_carry = lambda c: c if strategy.carries_state else jnp.zeros((), jnp.float32)
+  real_total, epoch, first_index, carry, pending, resumed_from = 0, 0, 0, None, None, None
+  identity = stream_identity(strategy) if checkpointer is not None else {}
+  if checkpointer is not None:
+    restored = checkpointer.restore(state, saved_carry(zero_carry(stream_batch)), identity)
+    if restored is not None:
+      state, resumed_from = restored.state, restored.step
+      pos = restored.stream
+      epoch, first_index, real_total = pos["epoch"], pos["index"], pos["real_tokens"]
+      history = list(pos["history"])
+      carry = restored.carry if strategy.carries_state else None
+      if on_restore is not None:
+        on_restore(pos)
+  step = int(state.step)
   t_last = None
 
   def finish(item):
@@ -244,54 +278,84 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
       raise FloatingPointError(
           f"the loss became {float(m['loss_sum'])} at step {record['step']} (epoch "
           f"{record['epoch']}, batch shape {record['shape']}); lower the learning rate or add "
-          f"gradient clipping (optax.clip_by_global_norm).")
+          f"gradient clipping (optax.clip_by_global_norm)."
+          + (f" The last good checkpoint is in {checkpointer.directory}." if checkpointer else ""))
     t_last = now
     history.append(record)
     if callback is not None:
       callback(record)
 
-  done = False
-  next_eval = eval_every_tokens if (eval_every_tokens and on_eval) else None
-  while not done:
-    if precompile_shapes:
-      precompile(steps.train, state, strategy, epoch)
-    if t_last is None:
-      t_last = time.perf_counter()
-    carry = zero_carry(strategy.plan(epoch)[0].batch_size) if strategy.carries_state else None
-    for plan in strategy.plan(epoch):
-      batch = steps.batch(strategy.dataset, plan)
-      step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
-      compiles_before = steps.train.compiles
-      if pending is not None and not steps.train.is_compiled(state, batch, step_carry):
-        finish(pending)  # close the previous step first: the compile belongs to this one
-        pending = None
-      state, metrics, new_carry = steps.train(state, batch, step_carry)
-      if strategy.carries_state:
-        carry = new_carry
-      step += 1
-      real_total += plan.real_tokens
-      if pending is not None:
-        finish(pending)
-      pending = (dict(step=step, epoch=epoch, shape=f"{plan.batch_size}x{plan.length}",
-                      real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens,
-                      compiled=steps.train.compiles > compiles_before), metrics)
-      if next_eval is not None and real_total >= next_eval:
-        finish(pending)
-        pending = None
-        on_eval(state, real_total)
-        t_last = time.perf_counter()  # evaluation time belongs to no step
-        while next_eval <= real_total:
-          next_eval += eval_every_tokens
-      if max_real_tokens is not None and real_total >= max_real_tokens:
+  def save(next_epoch: int, next_index: int, force: bool = False) -> None:
+    n = len(strategy.plan(next_epoch))
+    if next_index >= n:
+      next_epoch, next_index = next_epoch + 1, 0
+    stream = dict(identity, epoch=next_epoch, index=next_index, real_tokens=real_total,
+                  history=history, **(checkpoint_extra() if checkpoint_extra else {}))
+    checkpointer.save(step, state, saved_carry(carry), stream, force=force)
+
+  done = ((epochs is not None and epoch >= epochs)
+          or (max_real_tokens is not None and real_total >= max_real_tokens))
+  last = (epoch, first_index - 1)  # (epoch, index) of the last batch trained
+  next_eval = None
+  if eval_every_tokens and on_eval:
+    next_eval = (real_total // eval_every_tokens + 1) * eval_every_tokens
+  try:
+    while not done:
+      plans = strategy.plan(epoch)
+      if precompile_shapes:
+        precompile(steps.train, state, strategy, epoch)
+      if t_last is None:
+        t_last = time.perf_counter()
+      if carry is None or first_index == 0:
+        carry = zero_carry(plans[0].batch_size) if strategy.carries_state else None
+      for index in range(first_index, len(plans)):
+        plan = plans[index]
+        batch = steps.batch(strategy.dataset, plan)
+        step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
+        compiles_before = steps.train.compiles
+        if pending is not None and not steps.train.is_compiled(state, batch, step_carry):
+          finish(pending)  # close the previous step first: the compile belongs to this one
+          pending = None
+        state, metrics, new_carry = steps.train(state, batch, step_carry)
+        if strategy.carries_state:
+          carry = new_carry
+        step += 1
+        real_total += plan.real_tokens
+        last = (epoch, index)
+        if pending is not None:
+          finish(pending)
+        pending = (dict(step=step, epoch=epoch, shape=f"{plan.batch_size}x{plan.length}",
+                        real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens,
+                        compiled=steps.train.compiles > compiles_before), metrics)
+        if next_eval is not None and real_total >= next_eval:
+          finish(pending)
+          pending = None
+          on_eval(state, real_total)
+          t_last = time.perf_counter()  # evaluation time belongs to no step
+          while next_eval <= real_total:
+            next_eval += eval_every_tokens
+        if checkpointer is not None and checkpointer.due(step):
+          if pending is not None:
+            finish(pending)  # never save a state whose loss was not checked
+            pending = None
+          save(last[0], last[1] + 1)
+          t_last = time.perf_counter()  # the save's blocking part belongs to no step
+        if max_real_tokens is not None and real_total >= max_real_tokens:
+          done = True
+          break
+      first_index = 0
+      epoch += 1
+      if epochs is not None and epoch >= epochs:
         done = True
-        break
-    epoch += 1
-    if epochs is not None and epoch >= epochs:
-      done = True
-  if pending is not None:
-    finish(pending)
+    if pending is not None:
+      finish(pending)
+    if checkpointer is not None:
+      save(last[0], last[1] + 1, force=True)
+  finally:
+    if checkpointer is not None:
+      checkpointer.wait()
   return FitResult(state=state, history=history, steps=steps, carry=carry,
-                   real_tokens=real_total, epochs_started=epoch)
+                   real_tokens=real_total, epochs_started=epoch, resumed_from=resumed_from)
 
 
 def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None = None,

@@ -99,7 +99,10 @@ def test_text_sources(tmp_path):
   (tmp_path / "a.txt").write_bytes("héllo wörld\n".encode())
   (tmp_path / "b.txt").write_bytes(b"\xff\xfe not utf-8 bytes are modelled as they are")
   ds, ident = sources.load_text(str(tmp_path), one_per_line=False)
-  assert len(ds) == 2 and ident["files"] == 2
+  assert len(ds) == 2 and ident["files"] == 2 and ident["non_utf8_files"] == 1
+  raw = b"\xff\xfe not utf-8 bytes are modelled as they are"  # the bytes, not decoded
+  assert any(np.array_equal(ds.sequence(i)[0], np.frombuffer(raw[:-1], np.uint8))
+             for i in range(len(ds)))
   lines = tmp_path / "lines.txt"
   lines.write_text("first line\nsecond\n\nthird one\n")
   ds, _ = sources.load_text(str(lines), one_per_line=True)
@@ -148,3 +151,10 @@ def test_npz_source_takes_common_key_names(tmp_path):
   np.savez(tmp_path / "t.npz", X=x, lengths=np.array([3, 4]))
   with pytest.raises(DataError, match=r"has no targets array \(looked for \['targets', 'labels', 'y'\]"):
     sources.load_npz(str(tmp_path / "t.npz"))
+
+
+@pytest.mark.parametrize("preset", ["adding", "parity"])
+def test_synthetic_presets_load(preset):
+  ds, identity = sources.load_source(compare.get_config(preset).data)
+  assert len(ds) == identity["num_sequences"] == 4000
+  assert identity["lengths"]["kind"] == "lognormal"

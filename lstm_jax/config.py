@@ -1,0 +1,176 @@
+"""The runner's settings: `base_config()` is the schema (every key, its type and default) that
+configs/compare.py's presets start from, and `validate_config` checks a config against it before
+any data is loaded or anything compiles: unknown keys, wrong types, impossible values, and every
+strategy's settings. Errors are `ConfigError`s naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from lstm_jax import batching
+from lstm_jax.errors import ConfigError, DataError
+
+STRATEGIES = ("pad", "bucket", "tbptt", "pack", "pad_batch_max")
+INPUT_PROJECTIONS = ("auto", "in_step", "hoisted")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every setting the runner reads, with its default (the "default" preset), unlocked."""
+  c = ml_collections.ConfigDict()
+  c.preset = "default"
+  c.seed = 0
+  c.seeds = 1                        # seeds seed, seed+1, ...; reported as mean and spread
+  c.strategies = STRATEGIES
+  c.target_eval_loss = 0.0           # 0: the worst final eval loss among the strategies
+  # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
+  c.resume = True
+  c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=50, keep=3))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="stdlib_functions",     # see lstm_jax.sources.SOURCES
+      path="",                       # text_dir / text_lines / npz
+      suffix=".txt",                 # text_dir: which files
+      min_length=16, max_length=1024,  # bytes per sequence kept (max_length 0: no limit)
+      include_tests=False,           # stdlib: also the test folders
+      max_sequences=0,               # subsample (seeded by split_seed) before the split
+      eval_fraction=0.05, split_seed=0,
+      num_sequences=4000, seed=0,    # synthetic tasks
+      lengths=ml_collections.ConfigDict(dict(kind="lognormal", min_length=2, max_length=200,
+                                             median=40.0, sigma=0.8, values=(0,))),
+  ))
+  # Data parallel: a mesh over this many local devices (0: all); batches must divide by it.
+  c.mesh = ml_collections.ConfigDict(dict(num_devices=0))
+  # Multi-host: every process runs the same command with its own process_id.
+  c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator="localhost:12355",
+                                                 num_processes=1, process_id=0))
+  c.model = ml_collections.ConfigDict(dict(hidden_size=128, num_layers=1, embed_dim=32,
+                                           input_projection="auto"))
+  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
+  c.train = ml_collections.ConfigDict(dict(real_tokens=600_000, epochs=0,
+                                           eval_every_tokens=50_000))
+  c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4,
+                                          max_sequences=400))
+  # ~8k real tokens per step each (mean function length ~330 bytes)
+  c.strategy = ml_collections.ConfigDict(dict(
+      pad=dict(batch_size=24, max_length=placeholder(int)),
+      bucket=dict(tokens_per_batch=8192, batch_size=placeholder(int), num_buckets=8,
+                  boundaries=placeholder(tuple)),
+      tbptt=dict(num_streams=32, chunk_length=256),
+      # row_length None: the longest sequence
+      pack=dict(batch_size=8, row_length=ml_collections.FieldReference(1024, field_type=int)),
+      pad_batch_max=dict(batch_size=24),
+  ))
+
+  return c
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first bad setting: before any data is loaded or compiled."""
+  _check_schema(cfg, base_config(), "config")
+  unknown = [s for s in cfg.strategies if s not in batching.STRATEGIES]
+  if unknown:
+    raise ConfigError(f"unknown strategy name(s) {unknown} in config.strategies; choose from "
+                      f"{sorted(batching.STRATEGIES)}.")
+  if not cfg.strategies:
+    raise ConfigError("config.strategies is empty; name at least one of "
+                      f"{sorted(batching.STRATEGIES)}.")
+  _at_least(cfg, "seeds", 1)
+  if not (cfg.train.real_tokens or cfg.train.epochs):
+    raise ConfigError("set config.train.real_tokens or config.train.epochs (> 0) to say when "
+                      "training stops.")
+  for key in ("train.real_tokens", "train.epochs", "train.eval_every_tokens",
+              "data.max_sequences", "eval.max_sequences", "checkpoint.every_steps",
+              "mesh.num_devices"):
+    _at_least(cfg, key, 0)
+  for key in ("model.hidden_size", "model.num_layers", "model.embed_dim", "eval.tokens_per_batch",
+              "eval.num_buckets", "checkpoint.keep"):
+    _at_least(cfg, key, 1)
+  if not 0 < cfg.data.eval_fraction < 1:
+    raise ConfigError(f"config.data.eval_fraction must be in (0, 1), got {cfg.data.eval_fraction}.")
+  if cfg.optimizer.learning_rate <= 0:
+    raise ConfigError(f"config.optimizer.learning_rate must be > 0, got "
+                      f"{cfg.optimizer.learning_rate}.")
+  _at_least(cfg, "optimizer.grad_clip", 0)
+  if cfg.model.input_projection not in INPUT_PROJECTIONS:
+    raise ConfigError(f"config.model.input_projection must be one of {INPUT_PROJECTIONS}, got "
+                      f"{cfg.model.input_projection!r}.")
+  for name in cfg.strategies:
+    check_strategy_settings(name, cfg)
+
+
+def strategy_kwargs(name: str, cfg: ml_collections.ConfigDict) -> dict:
+  """cfg.strategy[name] as keyword arguments: None means unset (left out)."""
+  if name not in cfg.strategy:
+    raise ConfigError(f"strategy {name!r} has no settings under config.strategy; known: "
+                      f"{sorted(cfg.strategy)}.")
+  return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
+          if v is not None}
+
+
+def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
+  """Runs the strategy's own checks of its settings on a one-step stand-in dataset, so a zero
+  token budget or boundaries that do not increase fail before the data is even loaded. (Checks
+  that need the real data, such as a sequence longer than the largest bucket, run once it is
+  loaded, still before any compile.)"""
+  kwargs = strategy_kwargs(name, cfg)
+  for k, v in kwargs.items():
+    if isinstance(v, bool) or (isinstance(v, int) and v < 1):
+      raise ConfigError(f"config.strategy.{name}.{k} must be >= 1, got {v!r} (leave it None to "
+                        f"unset it; 0 does not mean unset).")
+  import numpy as np  # local: only this stand-in needs it
+  from lstm_jax.data import RaggedDataset
+  stand_in = RaggedDataset(np.zeros((1, 1), np.float32), np.ones(1, np.int64),
+                           np.zeros((1, 1), np.float32), name="stand-in")
+  try:
+    batching.make_strategy(name, stand_in, **kwargs)
+  except ConfigError as e:
+    raise ConfigError(f"config.strategy.{name}: {e}") from None
+  except DataError:
+    pass  # about the stand-in data, not the settings
+
+
+def _at_least(cfg: ml_collections.ConfigDict, key: str, low: int) -> None:
+  value = cfg
+  for part in key.split("."):
+    value = value[part]
+  if value < low:
+    raise ConfigError(f"config.{key} must be >= {low}, got {value!r}.")
+
+
+def _type_name(t) -> str:
+  return getattr(t, "__name__", str(t))
+
+
+def _check_schema(cfg, ref, path: str) -> None:
+  """Every key of cfg exists in ref, with a value of ref's type (int accepted for float, None
+  where ref allows it, tuple and list alike)."""
+  for key in cfg.keys():
+    where = f"{path}.{key}"
+    if key not in ref:
+      close = difflib.get_close_matches(key, list(ref.keys()), n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ConfigError(f"unknown config key {where}.{hint} Known keys here: {sorted(ref.keys())}.")
+    value, want = cfg[key], ref[key]
+    if isinstance(want, ml_collections.ConfigDict):
+      if not isinstance(value, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"{where} must be a section (ConfigDict), got {type(value).__name__}.")
+      _check_schema(ml_collections.ConfigDict(value) if isinstance(value, dict) else value, want,
+                    where)
+      continue
+    expected = ref.get_type(key)
+    if value is None:
+      continue  # unset; whether that is allowed is checked where the value is used
+    ok = isinstance(value, expected) if expected is not type(None) else True
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+      ok = True
+    if expected in (tuple, list) and isinstance(value, (tuple, list)):
+      ok = True
+    if expected is int and isinstance(value, bool):
+      ok = False
+    if not ok:
+      raise ConfigError(f"{where} must be {_type_name(expected)}, got {type(value).__name__} "
+                        f"{value!r}.")

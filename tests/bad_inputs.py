@@ -1,0 +1,209 @@
+"""Every bad input lstm_jax refuses, with the message it gets: the source of docs/errors.md.
+
+    python tests/bad_inputs.py > docs/errors.md
+
+tests/test_bad_inputs.py checks that each case raises a ValueError (or, for a loss that blows
+up, a FloatingPointError) matching its pattern, and that docs/errors.md is what this prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import ml_collections  # noqa: E402
+import optax  # noqa: E402
+
+from configs import compare  # noqa: E402
+from conftest import identity_dataset, ragged_features  # noqa: E402
+from lstm_jax import batching, config, sources, tasks, train  # noqa: E402
+from lstm_jax.checkpoint import Checkpointer  # noqa: E402
+from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
+from lstm_jax.model import SequenceModel  # noqa: E402
+
+TMP = Path(tempfile.gettempdir()) / "lstm_jax_bad_inputs"
+
+
+@dataclasses.dataclass
+class Case:
+  area: str
+  what: str
+  run: Callable[[], object]   # must raise
+  pattern: str                # the message must match (re.search)
+  error: type = ValueError
+
+
+def _floats(n, f=2):
+  return np.zeros((n, f), np.float32)
+
+
+def _cfg(**changes):
+  """The smoke preset as a plain dict (as from JSON or YAML), with `changes` at dotted keys."""
+  d = compare.get_config("smoke").to_dict()
+  for key, value in changes.items():
+    *path, last = key.split(".")
+    node = d
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return ml_collections.ConfigDict(d)
+
+
+def _npz_without_lengths():
+  TMP.mkdir(parents=True, exist_ok=True)
+  np.savez(TMP / "no_lengths.npz", values=_floats(4), targets=np.zeros(2, np.int64))
+  return sources.load_npz(str(TMP / "no_lengths.npz"))
+
+
+def _nan_at_step():
+  targets = np.zeros((16, 1), np.float32)
+  targets[12:] = 1e30  # squares to inf in the loss
+  ds = RaggedDataset(_floats(16), np.full(4, 4), targets, name="blows-up")
+  state = train.create_train_state(SequenceModel(4, num_outputs=1), optax.adam(1e-2), ds)
+  train.fit(state, batching.Pad(ds, batch_size=1, seed=0), epochs=1)
+
+
+def _damaged_checkpoints():
+  ds = ragged_features([3, 4, 5, 6], num_features=2)
+  strategy = batching.Pad(ds, batch_size=2)
+  state = lambda: train.create_train_state(SequenceModel(4, num_outputs=2), optax.adam(1e-2), ds)
+  directory = TMP / "checkpoints"
+  shutil.rmtree(directory, ignore_errors=True)
+  train.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=1))
+  fresh = TMP / "checkpoints-copy"  # a copy: this process's read cache has not seen its files
+  shutil.rmtree(fresh, ignore_errors=True)
+  shutil.copytree(directory, fresh)
+  for f in fresh.rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(b"")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    train.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(fresh))
+
+
+CASES = [
+    # data
+    Case("data", "an empty sequence",
+         lambda: RaggedDataset(_floats(5), np.array([2, 0, 3]), np.zeros(5, np.float32)),
+         r"sequence 1 is empty"),
+    Case("data", "no sequences at all", lambda: from_sequences([], []), "the dataset is empty"),
+    Case("data", "a negative length",
+         lambda: RaggedDataset(_floats(1), np.array([3, -2]), np.zeros(1, np.float32)),
+         r"negative length"),
+    Case("data", "NaN or inf in the inputs",
+         lambda: RaggedDataset(np.array([[0.0], [np.nan], [1.0]], np.float32), np.array([1, 2]),
+                               np.zeros(3, np.float32)), r"NaN in the inputs at step 0 of sequence 1"),
+    Case("data", "integer features (wrong dtype)",
+         lambda: RaggedDataset(np.zeros((3, 2), np.int64), np.array([3]), np.zeros(3, np.float32)),
+         r"must be floating point"),
+    Case("data", "labels out of range",
+         lambda: RaggedDataset(_floats(4), np.array([2, 2]), np.array([0, 1, 2, 5]), num_classes=3),
+         r"label 5 .* out of range"),
+    Case("data", "labels of the wrong shape",
+         lambda: RaggedDataset(_floats(4), np.array([2, 2]), np.zeros((2, 3), np.int64),
+                               target_level="sequence", num_classes=2),
+         r"must be a 1-D .* one integer class id per sequence"),
+    Case("data", "targets whose length differs from the inputs'",
+         lambda: RaggedDataset(_floats(6), np.array([3, 3]), np.zeros(5, np.float32)),
+         r"one row per step \(6\)"),
+    Case("data", "an .npz missing an array", _npz_without_lengths, r"has no lengths array"),
+    Case("data", "a token outside the vocabulary",
+         lambda: RaggedDataset(np.array([1, 9], np.int32), np.array([2]), np.zeros(2, np.int32),
+                               num_classes=2, vocab_size=5), r"token 9 .* out of range"),
+    # data against the strategy or the model
+    Case("batching", "a sequence longer than the largest bucket",
+         lambda: batching.Bucket(identity_dataset([3, 30]), batch_size=1, boundaries=[10, 20]),
+         r"longer than the largest bucket boundary"),
+    Case("batching", "a batch size larger than the data",
+         lambda: batching.Pad(identity_dataset([3, 5, 4]), batch_size=8),
+         r"batch_size 8 is larger than the data"),
+    Case("batching", "more TBPTT streams than sequences",
+         lambda: batching.TBPTT(identity_dataset([3, 5]), num_streams=4, chunk_length=2),
+         r"num_streams 4 is larger than the data"),
+    Case("batching", "a chunk length < 1",
+         lambda: batching.TBPTT(identity_dataset([3, 5]), num_streams=2, chunk_length=0),
+         r"chunk_length must be an integer >= 1"),
+    Case("model", "a feature size that differs from the model's",
+         lambda: train.fit(train.create_train_state(SequenceModel(4, num_outputs=2),
+                                                    optax.adam(1e-2), ragged_features([3, 4])),
+                           batching.Pad(ragged_features([3, 4], num_features=5), batch_size=2),
+                           epochs=1), r"5 features per step but the model was initialised for 3"),
+    Case("model", "labels out of range for the head",
+         lambda: train.create_train_state(SequenceModel(4, num_outputs=1), optax.adam(1e-3),
+                                          tasks.running_parity(4, [3, 4], seed=0)),
+         r"out of range for a head with 1 outputs"),
+    # config
+    Case("config", "an unknown (misspelt) key",
+         lambda: config.validate_config(_cfg(**{"model.hiden_size": 64})),
+         r"unknown config key config.model.hiden_size. Did you mean 'hidden_size'"),
+    Case("config", "a wrong type",
+         lambda: config.validate_config(_cfg(**{"model.hidden_size": "128"})),
+         r"config.model.hidden_size must be int, got str"),
+    Case("config", "a strategy that does not exist",
+         lambda: config.validate_config(_cfg(strategies=("pad", "bucketing"))),
+         r"unknown strategy name\(s\) \['bucketing'\]"),
+    Case("config", "bucket boundaries that do not increase",
+         lambda: config.validate_config(_cfg(**{"strategy.bucket.boundaries": (64, 32, 128),
+                                               "strategy.bucket.num_buckets": None})),
+         r"boundaries must be positive and strictly increasing"),
+    Case("config", "a token budget of zero",
+         lambda: config.validate_config(_cfg(**{"strategy.bucket.tokens_per_batch": 0})),
+         r"tokens_per_batch must be >= 1, got 0"),
+    Case("config", "no rule for when to stop",
+         lambda: config.validate_config(_cfg(**{"train.epochs": 0, "train.real_tokens": 0})),
+         r"set config.train.real_tokens or config.train.epochs"),
+    # training and checkpoints
+    Case("training", "a loss that becomes NaN or inf", _nan_at_step,
+         r"the loss became inf at step 4", FloatingPointError),
+    Case("checkpoint", "every checkpoint damaged (truncated files)", _damaged_checkpoints,
+         r"(?s)every checkpoint in .* is damaged or incomplete.*resume=False"),
+]
+
+
+def raised(case: Case) -> Exception:
+  """The exception `case` raises (AssertionError if none, or not of its kind)."""
+  try:
+    case.run()
+  except case.error as e:
+    return e
+  raise AssertionError(f"{case.what}: no {case.error.__name__} was raised")
+
+
+def render() -> str:
+  lines = ["# Bad input and the messages it gets", "",
+           "Generated by `python tests/bad_inputs.py > docs/errors.md`; "
+           "`tests/test_bad_inputs.py` checks that each case still raises this message and that "
+           "this file is current. Every error is a `ValueError` subclass (`DataError`, "
+           "`ConfigError`, `CheckpointError` from `lstm_jax.errors`), except a loss that stops "
+           "being finite, a `FloatingPointError`. Paths under the temporary directory are shown "
+           "as `<tmp>`, orbax's hashed file names as `<hash>`, and the array whose read failed "
+           "first (reads run concurrently) as `<array>`.", "",
+           "| area | bad input | error | message |", "| --- | --- | --- | --- |"]
+  for case in CASES:
+    e = raised(case)
+    text = re.sub(r"\s+", " ", str(e).replace(str(TMP), "<tmp>")).replace("|", "\\|")
+    text = re.sub(r"[0-9a-f]{32}", "<hash>", text)  # orbax's file names differ run to run
+    text = re.sub(r'Error reading "[^"]*"', 'Error reading "<array>"', text)  # concurrent reads:
+    # which array's read fails first varies
+    lines.append(f"| {case.area} | {case.what} | `{type(e).__name__}` | {text} |")
+  lines += ["", "Not an error: a text file that is not valid UTF-8. The byte-level sources "
+            "(`text_dir`, `text_lines`, the standard library) model raw bytes and never decode, "
+            "so any encoding trains as it is; the data's identity in `meta.json` counts the files "
+            "that are not valid UTF-8 (`non_utf8_files`).", ""]
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  print(render(), end="")

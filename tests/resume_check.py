@@ -1,0 +1,53 @@
+"""Run by tests/test_checkpoint.py: the runner's smoke preset on the running-parity task and the
+named strategies, trained for two epochs with a checkpoint every 3 steps. With a kill step, the process SIGKILLs itself (no
+clean-up, no atexit, as a machine failure would) once that train step has been logged and at
+least one checkpoint is complete.
+
+    python tests/resume_check.py WORKDIR STRATEGIES [KILL_AT_STEP [fresh]]
+
+KILL_AT_STEP 0: no kill; "fresh": --config.resume=False.
+"""
+
+import os
+import signal
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from configs import compare  # noqa: E402
+from lstm_jax import experiment, report  # noqa: E402
+
+workdir, strategies = sys.argv[1], tuple(sys.argv[2].split(","))
+kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+fresh = sys.argv[4:] == ["fresh"]
+
+cfg = compare.get_config("smoke")
+cfg.strategies = strategies
+cfg.train.epochs = 2
+cfg.data.update(source="parity", num_sequences=300)  # synthetic: no time spent parsing files
+cfg.data.lengths.update(min_length=2, max_length=80, median=24.0)
+cfg.checkpoint.every_steps = 3
+cfg.resume = not fresh
+
+if kill_at:
+  log_step = report.ProgressLog.step
+
+  def step_then_die(self, rec):
+    log_step(self, rec)
+    if rec["step"] >= kill_at:
+      # Die once at least one checkpoint is complete (orbax writes in a background thread, so
+      # the newest may still be half-written: that is part of what is tested).
+      ckpt_dir = os.path.join(workdir, "checkpoints", f"{self.name}-seed{self.seed}")
+      for _ in range(300):
+        if any(d.isdigit() for d in os.listdir(ckpt_dir)):
+          break
+        time.sleep(0.1)
+      self.file.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  report.ProgressLog.step = step_then_die
+
+experiment.train_and_evaluate(cfg, workdir, quiet=True)
+print("FINISHED")
