@@ -44,11 +44,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.pad.batch_size = 32
     c.strategy.bucket.update(tokens_per_batch=2048, num_buckets=3)
     c.strategy.tbptt.update(num_streams=16, chunk_length=64)
+    c.strategy.vbptt.update(num_streams=16, base_length=64)
     c.strategy.pack.update(batch_size=8, row_length=160)
     c.strategy.pad_batch_max.batch_size = 64
   elif arg == "files":
     c.data.update(source="stdlib_files", min_length=256, max_length=0)
-    c.strategies = ("tbptt", "pack")
+    c.strategies = ("tbptt", "vbptt", "pack")
     c.strategy.pack.row_length = None  # the longest file
   elif arg == "digits":
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)
@@ -58,12 +59,13 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.pad.batch_size = 32
     c.strategy.bucket.update(tokens_per_batch=1024, num_buckets=4)
     c.strategy.tbptt.update(num_streams=32, chunk_length=16)
+    c.strategy.vbptt.update(num_streams=32, base_length=16)
     c.strategy.pack.update(batch_size=16, row_length=None)
     c.strategy.pad_batch_max.batch_size = 32
   elif arg == "gene_families":
     # lengths 5 to 18,921: padding everything to the longest is hopeless here, so no pad rows.
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)
-    c.strategies = ("bucket", "tbptt", "pack")
+    c.strategies = ("bucket", "tbptt", "vbptt", "pack")
     c.model.hidden_size = 64
     c.train.update(real_tokens=2_000_000, eval_every_tokens=500_000)
     c.eval.update(tokens_per_batch=65536, num_buckets=6, max_sequences=300)
@@ -77,6 +79,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.pad.batch_size = 64
     c.strategy.bucket.update(tokens_per_batch=2048)
     c.strategy.tbptt.update(num_streams=32, chunk_length=32)
+    c.strategy.vbptt.update(num_streams=32, base_length=32)
     c.strategy.pack.update(batch_size=16, row_length=200)
     c.strategy.pad_batch_max.batch_size = 64
   elif arg != "default":

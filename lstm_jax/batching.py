@@ -18,6 +18,7 @@ short of sequences is filled with empty rows (mask all False), so shapes never c
 from __future__ import annotations
 
 import abc
+import bisect
 import dataclasses
 import heapq
 from typing import ClassVar, Iterator, Sequence
@@ -63,6 +64,7 @@ class BatchPlan:
   batch_size: int
   length: int
   rows: tuple[tuple[Segment, ...], ...]
+  lr_scale: float = 1.0  # the step's learning-rate factor (variable-length BPTT)
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -286,13 +288,21 @@ class Bucket(Strategy):
   size is fixed (`batch_size`) or follows a token budget (`tokens_per_batch`: B_k = budget // T_k,
   rounded down to a multiple of `batch_multiple`, e.g. the device count) so every step does
   similar work. Buckets that hold no sequence emit nothing.
+
+  pack_rows: a row of bucket k may hold several sequences back to back (a reset at each start),
+  filled by `best_fit_rows`: the padding left is only the rows' unfilled ends, instead of every
+  sequence's distance to its boundary, for the same number of shapes (and compiles). Rows are
+  built once (seeded); each epoch shuffles the rows, the order within each row, and the batches.
+  As each bucket's row count is then known, its batch size is balanced: the fewest batches of at
+  most B_k rows, split evenly (70 rows at B=64: two batches of 35, not 64 + 6 and 58 empty rows).
   """
 
   name = "bucket"
 
   def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
                boundaries: Sequence[int] | None = None, num_buckets: int | None = None,
-               tokens_per_batch: int | None = None, batch_multiple: int = 1, seed: int = 0):
+               tokens_per_batch: int | None = None, batch_multiple: int = 1, seed: int = 0,
+               pack_rows: bool = False):
     super().__init__(dataset, seed)
     batch_multiple = _check_batch_size(batch_multiple, "batch_multiple")
     if (batch_size is None) == (tokens_per_batch is None):
@@ -318,13 +328,78 @@ class Bucket(Strategy):
       _check_not_larger_than_data(self.batch_sizes[0], len(dataset), "batch_size", "sequences",
                                   f"Lower batch_size to at most {len(dataset)}, or use "
                                   f"tokens_per_batch.")
+    self.pack_rows = bool(pack_rows)
+    self.rows = None
+    if self.pack_rows:
+      self.rows = best_fit_rows(dataset.lengths, self.boundaries,
+                                np.random.default_rng([self.seed, 1]))
+      per_bucket = np.bincount([k for k, _ in self.rows], minlength=len(self.boundaries))
+      self.batch_sizes = [_balanced(int(n), b, batch_multiple)
+                          for n, b in zip(per_bucket, self.batch_sizes)]
 
   def _plan(self, epoch, rng):
     plans = []
+    lengths = self.dataset.lengths
     for k, (b, t) in enumerate(zip(self.batch_sizes, self.boundaries)):
-      members = rng.permutation(np.flatnonzero(self.bucket_of == k))
-      plans += _fixed_batches(members, self.dataset.lengths, b, t)
+      if not self.pack_rows:
+        members = rng.permutation(np.flatnonzero(self.bucket_of == k))
+        plans += _fixed_batches(members, lengths, b, t)
+        continue
+      rows = [r for bucket, r in self.rows if bucket == k]
+      laid = []
+      for i in rng.permutation(len(rows)):
+        pos, row = 0, []
+        for j in rng.permutation(rows[i]):
+          row.append((int(j), 0, pos, int(lengths[j])))
+          pos += int(lengths[j])
+        laid.append(tuple(row))
+      plans += [BatchPlan(b, t, tuple(laid[s:s + b])) for s in range(0, len(laid), b)]
     return [plans[i] for i in rng.permutation(len(plans))]
+
+
+def _balanced(rows: int, most: int, multiple: int = 1) -> int:
+  """The batch size that splits `rows` into as many batches as `most` rows each would need, but
+  evenly, so no batch is left mostly empty (rounded up to `multiple`)."""
+  if rows == 0:
+    return most
+  batches = -(-rows // most)
+  size = -(-rows // batches)
+  return -(-size // multiple) * multiple
+
+
+def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int],
+                  rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+  """Rows of bucket lengths, each holding sequences back to back: (bucket index, members).
+
+  Best-fit decreasing over bins of several capacities: sequences, longest first (ties broken by
+  `rng`), go into the open row with the least free space that still fits them; when none fits, a
+  new row opens at the smallest boundary >= the sequence's length. Long sequences so open the
+  long rows and short ones fill their ends; every row is a bucket shape, so the compiles do not
+  change.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  order = np.lexsort((rng.permutation(len(lengths)), -lengths))
+  top = int(boundaries[-1])
+  count = np.zeros(top + 1, np.int64)          # open rows per free space
+  by_free: dict[int, list[int]] = {}
+  rows: list[tuple[int, list[int]]] = []
+  for idx in order:
+    need = int(lengths[idx])
+    fits = np.flatnonzero(count[need:])
+    if len(fits):
+      free = need + int(fits[0])
+      r = by_free[free].pop()
+      count[free] -= 1
+    else:
+      k = int(np.searchsorted(boundaries, need))
+      rows.append((k, []))
+      r, free = len(rows) - 1, int(boundaries[k])
+    rows[r][1].append(int(idx))
+    left = free - need
+    if left > 0:
+      by_free.setdefault(left, []).append(r)
+      count[left] += 1
+  return rows
 
 
 def first_fit_decreasing(lengths: np.ndarray, capacity: int, rng: np.random.Generator) -> list[list[int]]:
@@ -411,33 +486,106 @@ class TBPTT(Strategy):
   def __init__(self, dataset: RaggedDataset, num_streams: int, chunk_length: int, seed: int = 0):
     super().__init__(dataset, seed)
     self.num_streams = _check_batch_size(num_streams, "num_streams")
-    _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
-                                f"Lower num_streams to at most {len(dataset)}.")
     if not isinstance(chunk_length, (int, np.integer)) or chunk_length < 1:
       raise ConfigError(f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
                         f"number of steps backpropagated through per train step.")
     self.chunk_length = int(chunk_length)
+    _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
+                                f"Lower num_streams to at most {len(dataset)}.")
 
   def _plan(self, epoch, rng):
-    lengths, k = self.dataset.lengths, self.chunk_length
-    heap = [(0, s) for s in range(self.num_streams)]
-    placed = []  # (stream, sequence, position in stream)
-    for i in rng.permutation(len(lengths)):
-      load, s = heapq.heappop(heap)
-      placed.append((s, int(i), load))
-      heapq.heappush(heap, (load + int(lengths[i]), s))
-    num_chunks = -(-max(load for load, _ in heap) // k)
-    rows = [[[] for _ in range(self.num_streams)] for _ in range(num_chunks)]
-    for s, i, p in placed:
-      end = p + int(lengths[i])
-      for c in range(p // k, (end - 1) // k + 1):
-        lo, hi = max(p, c * k), min(end, (c + 1) * k)
-        rows[c][s].append((i, lo - p, lo - c * k, hi - lo))
-    return [BatchPlan(self.num_streams, k, tuple(tuple(r) for r in chunk)) for chunk in rows]
+    placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
+    k = self.chunk_length
+    starts = list(range(0, total, k))
+    return _cut_chunks(self.dataset.lengths, self.num_streams, placed, starts, [k] * len(starts),
+                       [k] * len(starts))
+
+
+def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator):
+  """Shuffled sequences laid end to end, each in the stream with the least work so far.
+  Returns ([(stream, sequence, position in stream)], the longest stream's length)."""
+  heap = [(0, s) for s in range(num_streams)]
+  placed = []
+  for i in rng.permutation(len(lengths)):
+    load, s = heapq.heappop(heap)
+    placed.append((s, int(i), load))
+    heapq.heappush(heap, (load + int(lengths[i]), s))
+  return placed, max(load for load, _ in heap)
+
+
+def _cut_chunks(lengths, num_streams: int, placed, starts: list[int], spans: list[int],
+                shapes: list[int], lr_scales: list[float] | None = None) -> list[BatchPlan]:
+  """Batches of the streams' steps [starts[c], starts[c] + spans[c]), each padded to shapes[c]."""
+  rows = [[[] for _ in range(num_streams)] for _ in starts]
+  for s, i, p in placed:
+    end = p + int(lengths[i])
+    for c in range(bisect.bisect_right(starts, p) - 1, bisect.bisect_right(starts, end - 1)):
+      lo, hi = max(p, starts[c]), min(end, starts[c] + spans[c])
+      if hi > lo:
+        rows[c][s].append((i, lo - p, lo - starts[c], hi - lo))
+  scales = lr_scales or [1.0] * len(starts)
+  return [BatchPlan(num_streams, t, tuple(tuple(r) for r in chunk), lr_scale=a)
+          for chunk, t, a in zip(rows, shapes, scales)]
+
+
+class VariableTBPTT(Strategy):
+  """Truncated BPTT with a random chunk length per step, as AWD-LSTM trains (Merity et al. 2018).
+
+  Streams as in `TBPTT`. Each step's length is drawn: `base_length` with probability 0.95, else
+  base_length / 2; then from a normal around it with sigma 5; at least 5, at most the largest
+  chunk shape. The chunk is padded (masked) up to the smallest of `chunk_shapes` that holds it,
+  so jit compiles at most len(chunk_shapes) (default 4) times, and the step's learning rate is
+  scaled by length / base_length (`BatchPlan.lr_scale`, applied by the train step to the
+  optimizer's update), so a short chunk moves the weights less.
+
+  Default shapes for base b: b/2 + 10, b, b + 10, b + 20 (draws above b + 20 are clipped to it;
+  AWD-LSTM clips at b + 40).
+  """
+
+  name = "vbptt"
+  carries_state = True
+
+  def __init__(self, dataset: RaggedDataset, num_streams: int, base_length: int,
+               chunk_shapes: Sequence[int] | None = None, p_base: float = 0.95,
+               sigma: float = 5.0, min_length: int = 5, seed: int = 0):
+    super().__init__(dataset, seed)
+    self.num_streams = _check_batch_size(num_streams, "num_streams")
+    self.base_length = _check_batch_size(base_length, "base_length")
+    if self.base_length < 2 * min_length:
+      raise ConfigError(f"base_length must be >= {2 * min_length} (twice min_length), got "
+                        f"{base_length}.")
+    b = self.base_length
+    shapes = chunk_shapes if chunk_shapes is not None else (b // 2 + 10, b, b + 10, b + 20)
+    self.chunk_shapes = sorted({_check_batch_size(int(t), "chunk shape") for t in shapes})
+    if self.chunk_shapes[-1] < b:
+      raise ConfigError(f"the largest chunk shape ({self.chunk_shapes[-1]}) must be >= "
+                        f"base_length ({b}).")
+    self.p_base, self.sigma, self.min_length = float(p_base), float(sigma), int(min_length)
+    _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
+                                f"Lower num_streams to at most {len(dataset)}.")
+
+  def draw_length(self, rng: np.random.Generator) -> int:
+    """One chunk length, AWD-LSTM's rule, clipped to [min_length, largest shape]."""
+    mean = self.base_length if rng.random() < self.p_base else self.base_length / 2
+    return int(np.clip(round(rng.normal(mean, self.sigma)), self.min_length,
+                       self.chunk_shapes[-1]))
+
+  def _plan(self, epoch, rng):
+    placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
+    starts, spans = [], []
+    pos = 0
+    while pos < total:
+      n = self.draw_length(rng)
+      starts.append(pos)
+      spans.append(n)
+      pos += n
+    shapes = [self.chunk_shapes[bisect.bisect_left(self.chunk_shapes, n)] for n in spans]
+    return _cut_chunks(self.dataset.lengths, self.num_streams, placed, starts, spans, shapes,
+                       [n / self.base_length for n in spans])
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Pad, Bucket, TBPTT, Pack, PadBatchMax)}
+    cls.name: cls for cls in (Pad, Bucket, TBPTT, VariableTBPTT, Pack, PadBatchMax)}
 
 
 def make_strategy(name: str, dataset: RaggedDataset, **kwargs) -> Strategy:

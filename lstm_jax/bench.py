@@ -15,8 +15,14 @@ arrays, so the timing covers host-to-device transfer and the step, not batch ass
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import types
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -60,6 +66,71 @@ def gemm_rate(features: int, hidden: int, repeats: int = 20) -> float:
     f(a, b).block_until_ready()
     times.append(time.perf_counter() - t0)
   return 2 * 4096 * k * 4 * hidden / statistics.median(times)
+
+
+def scan_gemm_floor(cfg, steps: int = 64, repeats: int = 7) -> float:
+  """Real tokens/s if a train step did nothing but its three GEMMs per time step, in a scan.
+
+  The forward [B, F+H] x [F+H, 4H] plus the backward's two of the same size (input/recurrent
+  gradient and weight gradient), each time step in `lax.scan` at the benchmark's batch B: the
+  ceiling for any scan-based LSTM at this batch size on this machine, below the big-GEMM roofline
+  because a [64, 288] operand cannot keep the cores as busy as a [4096, 288] one.
+  """
+  b, k, n = cfg.batch_size, cfg.features + cfg.hidden_size, 4 * cfg.hidden_size
+  w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.01
+  x = jax.random.normal(jax.random.key(1), (steps, b, k), jnp.float32)
+
+  def three_gemms(w, x):
+    def step(acc, x_t):
+      z = x_t @ w
+      return acc + x_t.T @ z, z @ w.T
+    return jax.lax.scan(step, jnp.zeros_like(w), x)
+
+  f = jax.jit(three_gemms)
+  jax.block_until_ready(f(w, x))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(w, x))
+    times.append(time.perf_counter() - t0)
+  return steps * b / statistics.median(times)
+
+
+def compile_probe(cfg_dict: dict, cache_dir: str) -> dict:
+  """In a fresh process (see `compile_cache_probe`): compiles the train step for every shape of
+  the bucket strategy with the persistent cache in `cache_dir`; returns the seconds."""
+  from lstm_jax import compiles
+  compiles.enable_persistent_cache(cache_dir)
+  cfg = types.SimpleNamespace(**cfg_dict)
+  ds = workload(cfg)
+  strategy = batching.Bucket(ds, batch_size=cfg.batch_size, num_buckets=cfg.num_buckets)
+  model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1)
+  state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
+  steps = train.StepFunctions.create()
+  train.precompile(steps.train, state, strategy, 0)
+  recs = steps.train.records.values()
+  return dict(compiles=steps.train.compiles, seconds=steps.train.compile_seconds,
+              trace_lower_seconds=sum(r.lower_seconds for r in recs),
+              xla_seconds=sum(r.compile_seconds for r in recs))
+
+
+def compile_cache_probe(cfg) -> dict:
+  """The bucket strategy's compile seconds in two fresh processes sharing one persistent cache
+  directory: the first fills it, the second loads from it."""
+  runs = []
+  with tempfile.TemporaryDirectory() as cache_dir:
+    for _ in range(2):
+      code = ("import json, sys; from lstm_jax import bench; "
+              "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2])))")
+      proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict()), cache_dir],
+                            capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+      if proc.returncode != 0:
+        raise RuntimeError(f"compile probe failed: {proc.stderr[-2000:]}")
+      line = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1]
+      runs.append(json.loads(line[6:]))
+  return dict(first=runs[0], second=runs[1], ratio=runs[1]["seconds"] / runs[0]["seconds"],
+              xla_ratio=runs[1]["xla_seconds"] / runs[0]["xla_seconds"])
 
 
 def _pass_batches(strategy: batching.Strategy, tokens_per_pass: int):
@@ -115,7 +186,7 @@ def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str
     st, carry = box[0], None
     for p, b in batches:
       c = carry if strategy.carries_state and carry is not None else zeros[p.batch_size]
-      st, _, carry = steps.train(st, b, c)
+      st, _, carry = steps.train(st, b, c, np.float32(p.lr_scale))
     jax.block_until_ready(st)
     box[0] = st
 
@@ -230,7 +301,8 @@ def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> li
     fn = train.StepFunctions.create().train
     carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                          model.zero_carry(cfg.batch_size))
-    fn.compile(state, train._abstract_batch(dataset, (cfg.batch_size, t)), carry)
+    fn.compile(state, train._abstract_batch(dataset, (cfg.batch_size, t)), carry,
+               jax.ShapeDtypeStruct((), jnp.float32))
     rec = next(iter(fn.records.values()))
     rows.append(dict(batch=cfg.batch_size, length=t, temp_bytes=rec.temp_bytes))
   return rows

@@ -20,6 +20,8 @@ def _strategies(ds, cfg) -> dict[str, batching.Strategy]:
       "bucket": batching.Bucket(ds, tokens_per_batch=b * int(cfg.median_length) * 2,
                                 num_buckets=cfg.num_buckets),
       "bucket_fixed_batch": batching.Bucket(ds, batch_size=b, num_buckets=cfg.num_buckets),
+      "bucket_packed_rows": batching.Bucket(ds, batch_size=b, num_buckets=cfg.num_buckets,
+                                            pack_rows=True),
       "tbptt": batching.TBPTT(ds, num_streams=b, chunk_length=cfg.tbptt_chunk),
       "pack": batching.Pack(ds, batch_size=max(1, b * int(cfg.median_length) // cfg.pack_row_length
                                                * 2), row_length=cfg.pack_row_length),
@@ -28,9 +30,10 @@ def _strategies(ds, cfg) -> dict[str, batching.Strategy]:
 
 def run(cfg, out_md: str) -> dict:
   ds = bench.workload(cfg)
-  rate = bench.gemm_rate(cfg.features, cfg.hidden_size)
-  roofline = rate / bench.flops_per_token(cfg.features, cfg.hidden_size)
-  print(f"GEMM {rate / 1e9:.1f} GFLOP/s -> roofline {roofline:,.0f} real tokens/s", flush=True)
+  rates = [bench.gemm_rate(cfg.features, cfg.hidden_size)]  # again at the end: the machine is
+  print(f"GEMM {rates[0] / 1e9:.1f} GFLOP/s", flush=True)  # shared, its speed drifts
+  floor = bench.scan_gemm_floor(cfg)
+  print(f"three GEMMs per step in a scan at B={cfg.batch_size}: {floor:,.0f} tokens/s", flush=True)
   strategies = _strategies(ds, cfg)
   rows: list[bench.Timing] = []
 
@@ -64,6 +67,15 @@ def run(cfg, out_md: str) -> dict:
       add(bench.time_flax_rnn(label, strategy, cfg), "peer")
     else:
       add(bench.time_torch(label, strategy, cfg, packed=peer == "torch_packed"), "peer")
+  cache = bench.compile_cache_probe(cfg) if cfg.compile_cache_probe else None
+  if cache:
+    print(f"  persistent cache: {cache['first']['seconds']:.2f}s then "
+          f"{cache['second']['seconds']:.2f}s ({100 * cache['ratio']:.0f}%)", flush=True)
+  rates.append(bench.gemm_rate(cfg.features, cfg.hidden_size))
+  rate = max(rates)  # the machine's best: a % of roofline is never flattered by a slow moment
+  roofline = rate / bench.flops_per_token(cfg.features, cfg.hidden_size)
+  print(f"GEMM {rates[1] / 1e9:.1f} GFLOP/s at the end; roofline {roofline:,.0f} real tokens/s",
+        flush=True)
   memory = bench.memory_table(cfg, ds, [t for t in (64, 128, 256, 512) if t <= cfg.max_length])
   lengths = ds.lengths
   result = dict(
@@ -71,7 +83,8 @@ def run(cfg, out_md: str) -> dict:
       workload=dict(sequences=len(ds), real_tokens=int(lengths.sum()), fingerprint=ds.fingerprint(),
                     lengths_min_median_max=[int(lengths.min()), float(np.median(lengths)),
                                             int(lengths.max())]),
-      gemm_flops_per_second=rate, roofline_tokens_per_second=roofline,
+      gemm_flops_per_second=rate, gemm_samples=rates, roofline_tokens_per_second=roofline,
+      scan_gemm_floor_tokens_per_second=floor, compile_cache=cache,
       rows=[dict(dataclasses.asdict(t), padding_fraction=t.padding_fraction,
                  roofline_fraction=t.tokens_per_second / roofline) for t in rows],
       memory=memory,
@@ -95,8 +108,14 @@ def markdown(r: dict) -> str:
       f"Machine: {v['cpu_count']} CPU cores, backend {v['backend']}; Python {v['python']}, "
       f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}.", "",
       f"GEMM rate {r['gemm_flops_per_second'] / 1e9:.1f} GFLOP/s (float32 "
-      f"[4096, F+H] x [F+H, 4H]), so the roofline is "
+      f"[4096, F+H] x [F+H, 4H]; the better of "
+      f"{', '.join(f'{x / 1e9:.0f}' for x in r.get('gemm_samples', [r['gemm_flops_per_second']]))}"
+      f" GFLOP/s measured before and after the runs), so the roofline is "
       f"{r['roofline_tokens_per_second']:,.0f} real tokens/s.", "",
+      f"A scan doing only the three GEMMs of each time step ([{r['config']['batch_size']}, F+H] "
+      f"operands, forward and backward) runs at {r['scan_gemm_floor_tokens_per_second']:,.0f} "
+      f"tokens/s ({100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}% "
+      f"of the roofline): the ceiling for a scanned LSTM at this batch size here.", "",
       "| run | real tok/s (median) | % roofline | padding | compiles | compile s | passes (s) |",
       "|---|---|---|---|---|---|---|"]
   for row in sorted(r["rows"], key=lambda x: -x["tokens_per_second"]):
@@ -110,4 +129,51 @@ def markdown(r: dict) -> str:
             f"{r['config']['batch_size']}); truncated BPTT's step is the T = chunk row whatever "
             "the data's length:", "", "| T | temp MiB |", "|---|---|"]
   lines += [f"| {m['length']} | {m['temp_bytes'] / 2**20:.1f} |" for m in r["memory"]]
+  c = r.get("compile_cache")
+  if c:
+    lines += ["", f"Persistent compilation cache (`jax_compilation_cache_dir`): the bucket "
+              f"strategy's {c['first']['compiles']} train-step shapes compiled in a fresh process "
+              f"took {c['first']['seconds']:.2f} s ({c['first']['xla_seconds']:.2f} s in XLA, "
+              f"{c['first']['trace_lower_seconds']:.2f} s tracing and lowering); a second fresh "
+              f"process with the same cache took {c['second']['seconds']:.2f} s "
+              f"({c['second']['xla_seconds']:.2f} s + {c['second']['trace_lower_seconds']:.2f} s): "
+              f"{100 * c['ratio']:.0f}% of the first run in all, {100 * c['xla_ratio']:.0f}% of "
+              f"its XLA time. The cache serves XLA's compile; tracing and lowering run again."]
+  lines += ["", "## Targets (issue 4), checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
+
+
+def targets(r: dict) -> list[str]:
+  """Each target with the figures from this run and whether they meet it."""
+  rows = r["rows"]
+  ours = [x for x in rows if x["extra"].get("kind") == "ours"]
+  peers = [x for x in rows if x["extra"].get("kind") == "peer"]
+  best = max(ours, key=lambda x: x["tokens_per_second"])
+  out = ["| target | this run | met |", "|---|---|---|"]
+  mark = lambda ok: "yes" if ok else "**no**"
+  if peers:
+    top = max(peers, key=lambda x: x["tokens_per_second"])
+    ratio = best["tokens_per_second"] / top["tokens_per_second"]
+    out.append(f"| best strategy >= 2x the best peer | {best['name']} {ratio:.2f}x "
+               f"{top['name']} | {mark(ratio >= 2)} |")
+  packed = [x for x in peers if x["name"] == "torch nn.LSTM packed"]
+  if packed:
+    ratio = best["tokens_per_second"] / packed[0]["tokens_per_second"]
+    out.append(f"| >= 10x PyTorch packed | {ratio:.1f}x | {mark(ratio >= 10)} |")
+  frac = best["roofline_fraction"]
+  out.append(f"| best strategy >= 50% of the GEMM roofline | {100 * frac:.1f}% (the scan-GEMM "
+             f"ceiling is {100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}%) "
+             f"| {mark(frac >= 0.5)} |")
+  buckets = [x for x in ours if "bucket" in x["name"]]
+  ok = [x for x in buckets if x["padding_fraction"] <= 0.03 and x["compiles"] <= 8]
+  shown = min(buckets, key=lambda x: x["padding_fraction"]) if buckets else None
+  if shown:
+    out.append(f"| bucketing <= 3% padding with <= 8 compiles | {shown['name']}: "
+               f"{100 * shown['padding_fraction']:.1f}%, {shown['compiles']} compiles | "
+               f"{mark(bool(ok))} |")
+  c = r.get("compile_cache")
+  if c:
+    out.append(f"| second run with the persistent cache <= 10% of the first's compile seconds | "
+               f"{100 * c['ratio']:.0f}% ({100 * c['xla_ratio']:.0f}% of XLA time) | "
+               f"{mark(c['ratio'] <= 0.10)} |")
+  return out

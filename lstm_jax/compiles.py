@@ -11,11 +11,26 @@ so a strategy's shapes can all be compiled before the timer starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+
+
+def enable_persistent_cache(directory: str) -> None:
+  """Turns on JAX's persistent compilation cache in `directory`, for every compile from now on.
+
+  Each compiled executable is written there, keyed by its HLO, options and backend, and a later
+  process (or this one) that compiles the same step loads it instead of compiling again. The
+  thresholds are set to zero so that every step is cached, the small ones included. Call it
+  before the first compile: JAX sets the cache up once per process.
+  """
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @dataclasses.dataclass
@@ -69,12 +84,12 @@ class CountedJit:
     self.records: dict[tuple, CompileRecord] = {}
     self._executables: dict[tuple, Any] = {}
     self._tracing: CompileRecord | None = None
-    self._jitted = jax.jit(self._traced, donate_argnums=tuple(donate_argnums), **jit_kwargs)
-
-  def _traced(self, *args):
-    if self._tracing is not None:
-      self._tracing.traces += 1
-    return self.fn(*args)
+    def traced(*args):
+      if self._tracing is not None:
+        self._tracing.traces += 1
+      return self.fn(*args)
+    traced.__name__ = traced.__qualname__ = name  # HLO module and cache entries say jit_<name>
+    self._jitted = jax.jit(traced, donate_argnums=tuple(donate_argnums), **jit_kwargs)
 
   def _label(self, args) -> str:
     arg = args[self.label_argnum] if len(args) > self.label_argnum else args

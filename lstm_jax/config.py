@@ -14,7 +14,7 @@ from ml_collections.config_dict import placeholder
 from lstm_jax import batching
 from lstm_jax.errors import ConfigError, DataError
 
-STRATEGIES = ("pad", "bucket", "tbptt", "pack", "pad_batch_max")
+STRATEGIES = ("pad", "bucket", "tbptt", "vbptt", "pack", "pad_batch_max")
 INPUT_PROJECTIONS = ("auto", "in_step", "hoisted")
 
 
@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seeds = 1                        # seeds seed, seed+1, ...; reported as mean and spread
   c.strategies = STRATEGIES
   c.target_eval_loss = 0.0           # 0: the worst final eval loss among the strategies
+  # JAX's persistent compilation cache ("" : off): a rerun loads compiled steps from here.
+  c.compile_cache_dir = ""
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
   c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=50, keep=3))
@@ -47,8 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Multi-host: every process runs the same command with its own process_id.
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator="localhost:12355",
                                                  num_processes=1, process_id=0))
+  # Dropout: between layers, and variational (one mask per sequence) on the LSTM's inputs and
+  # outputs; off in evaluation, seeded from the step.
   c.model = ml_collections.ConfigDict(dict(hidden_size=128, num_layers=1, embed_dim=32,
-                                           input_projection="auto"))
+                                           input_projection="auto", dropout_rate=0.0,
+                                           input_dropout=0.0, output_dropout=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(real_tokens=600_000, epochs=0,
                                            eval_every_tokens=50_000))
@@ -57,9 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
   # ~8k real tokens per step each (mean function length ~330 bytes)
   c.strategy = ml_collections.ConfigDict(dict(
       pad=dict(batch_size=24, max_length=placeholder(int)),
+      # pack_rows: several sequences per bucket row (resets between): less padding, same shapes
       bucket=dict(tokens_per_batch=8192, batch_size=placeholder(int), num_buckets=8,
-                  boundaries=placeholder(tuple)),
+                  boundaries=placeholder(tuple), pack_rows=False),
       tbptt=dict(num_streams=32, chunk_length=256),
+      # AWD-LSTM's variable-length BPTT around base_length; chunk_shapes None: 4 shapes
+      vbptt=dict(num_streams=32, base_length=256, chunk_shapes=placeholder(tuple)),
       # row_length None: the longest sequence
       pack=dict(batch_size=8, row_length=ml_collections.FieldReference(1024, field_type=int)),
       pad_batch_max=dict(batch_size=24),
@@ -95,6 +103,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.optimizer.learning_rate must be > 0, got "
                       f"{cfg.optimizer.learning_rate}.")
   _at_least(cfg, "optimizer.grad_clip", 0)
+  for key in ("dropout_rate", "input_dropout", "output_dropout"):
+    if not 0.0 <= cfg.model[key] < 1.0:
+      raise ConfigError(f"config.model.{key} must be in [0, 1), got {cfg.model[key]}.")
   if cfg.model.input_projection not in INPUT_PROJECTIONS:
     raise ConfigError(f"config.model.input_projection must be one of {INPUT_PROJECTIONS}, got "
                       f"{cfg.model.input_projection!r}.")
@@ -118,7 +129,7 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
   loaded, still before any compile.)"""
   kwargs = strategy_kwargs(name, cfg)
   for k, v in kwargs.items():
-    if isinstance(v, bool) or (isinstance(v, int) and v < 1):
+    if isinstance(v, int) and not isinstance(v, bool) and v < 1:
       raise ConfigError(f"config.strategy.{name}.{k} must be >= 1, got {v!r} (leave it None to "
                         f"unset it; 0 does not mean unset).")
   import numpy as np  # local: only this stand-in needs it

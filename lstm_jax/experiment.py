@@ -33,7 +33,7 @@ import optax
 
 import importlib.metadata
 
-from lstm_jax import batching, config, report, sharding, sources, train
+from lstm_jax import batching, compiles, config, report, sharding, sources, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError
@@ -66,7 +66,9 @@ def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> Sequen
   num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
   return SequenceModel(hidden_size=m.hidden_size, num_outputs=num_outputs,
                        num_layers=m.num_layers, vocab_size=dataset.vocab_size,
-                       embed_dim=m.embed_dim, input_projection=m.input_projection)
+                       embed_dim=m.embed_dim, input_projection=m.input_projection,
+                       dropout_rate=m.dropout_rate, input_dropout=m.input_dropout,
+                       output_dropout=m.output_dropout)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -228,6 +230,8 @@ def time_to_target(curve: list[dict], target: float) -> float | None:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> list[dict]:
   """Runs every strategy in cfg.strategies for each seed; writes the report into `workdir`."""
   config.validate_config(cfg)
+  if cfg.compile_cache_dir:
+    compiles.enable_persistent_cache(cfg.compile_cache_dir)
   d = cfg.distributed
   if d.enabled:  # before anything touches the JAX backend
     sharding.initialize(d.coordinator, d.num_processes, d.process_id)

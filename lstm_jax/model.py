@@ -145,22 +145,34 @@ class LSTM(nn.Module):
       step. None means no resets.
     initial_carry: per layer (c, h), each <float32>[B, H]: the state the scan starts from (the
       previous chunk's state in truncated BPTT); None means zeros.
+    deterministic: True turns dropout off (evaluation); training passes False and a "dropout"
+      rng.
   Returns:
     outputs: <float32>[B, T, H], the top layer's h, zero at masked steps.
     carry: per layer (c, h) after each row's last real step.
+
+  Dropout (all 0 by default): `dropout_rate` between stacked layers (a fresh mask per step);
+  `input_dropout` and `output_dropout` variational (Gal & Ghahramani: one mask per sequence and
+  feature, the same at every time step) on the inputs and on the top layer's outputs. Dropout
+  draws depend on the batch's shape, so with dropout on, padded and unpadded runs no longer give
+  the same numbers; exactness holds with deterministic=True.
   """
 
   hidden_size: int
   num_layers: int = 1
   input_projection: str = "auto"
   unroll: int = 1
+  dropout_rate: float = 0.0
+  input_dropout: float = 0.0
+  output_dropout: float = 0.0
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers)
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
-               initial_carry: Carry | None = None) -> tuple[Array, Carry]:
+               initial_carry: Carry | None = None, deterministic: bool = True
+               ) -> tuple[Array, Carry]:
     mask, resets = _check_inputs(inputs, mask, resets)
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
@@ -168,10 +180,17 @@ class LSTM(nn.Module):
       raise ValueError(f"initial_carry has {len(carry)} layers, the model {self.num_layers}; pass "
                        f"one (c, h) pair per layer, e.g. model.zero_carry(batch_size).")
     x, new_carry = inputs, []
+    variational = lambda rate, name: nn.Dropout(rate, broadcast_dims=(1,), name=name)
+    if self.input_dropout > 0:
+      x = variational(self.input_dropout, "input_dropout")(x, deterministic=deterministic)
     for k in range(self.num_layers):
+      if k > 0 and self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, name=f"dropout_{k}")(x, deterministic=deterministic)
       x, layer_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
                                  name=f"layer_{k}")(x, mask, resets, carry[k])
       new_carry.append(layer_carry)
+    if self.output_dropout > 0:
+      x = variational(self.output_dropout, "output_dropout")(x, deterministic=deterministic)
     return x, tuple(new_carry)
 
 
@@ -191,13 +210,20 @@ class SequenceModel(nn.Module):
   embed_dim: int = 64
   input_projection: str = "auto"
   unroll: int = 1
+  dropout_rate: float = 0.0     # see LSTM: between layers,
+  input_dropout: float = 0.0    # variational on the LSTM's inputs (after the embedding),
+  output_dropout: float = 0.0   # and on its outputs (before the head)
+  bidirectional: bool = False   # BidirectionalLSTM (whole-sequence strategies only)
 
   def zero_carry(self, batch_size: int) -> Carry:
+    if self.bidirectional:
+      return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
     return zero_carry(batch_size, self.hidden_size, self.num_layers)
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
-               initial_carry: Carry | None = None) -> tuple[Array, Carry]:
+               initial_carry: Carry | None = None, deterministic: bool = True
+               ) -> tuple[Array, Carry]:
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
         raise DataError(f"a token model (vocab_size={self.vocab_size}) takes <int32>[B, T] token "
@@ -205,8 +231,16 @@ class SequenceModel(nn.Module):
       x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(inputs)
     else:
       x = inputs
-    outputs, carry = LSTM(self.hidden_size, self.num_layers, self.input_projection, self.unroll,
-                          name="lstm")(x, mask, resets, initial_carry)
+    if self.bidirectional:
+      if self.input_dropout > 0 or self.output_dropout > 0 or self.dropout_rate > 0:
+        raise ConfigError("dropout is not implemented for the bidirectional LSTM yet; set the "
+                          "dropout rates to 0 or bidirectional=False.")
+      outputs, carry = BidirectionalLSTM(self.hidden_size, self.num_layers, self.input_projection,
+                                         self.unroll, name="lstm")(x, mask, resets, initial_carry)
+    else:
+      outputs, carry = LSTM(self.hidden_size, self.num_layers, self.input_projection, self.unroll,
+                            self.dropout_rate, self.input_dropout, self.output_dropout,
+                            name="lstm")(x, mask, resets, initial_carry, deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if mask is not None:
       preds = jnp.where(mask[..., None], preds, 0.0)
@@ -257,6 +291,75 @@ def num_params(params: Any) -> int:
 
 
 def layer_params(params: Any) -> Sequence[dict]:
-  """The per-layer dicts (kernel, recurrent_kernel, bias), from LSTM or SequenceModel params."""
+  """The per-layer dicts (kernel, recurrent_kernel, bias), from LSTM or SequenceModel params
+  (for a bidirectional LSTM, the forward direction's)."""
   lstm = params.get("lstm", params)
-  return [lstm[f"layer_{k}"] for k in range(len([k for k in lstm if k.startswith("layer_")]))]
+  prefix = "layer_" if any(k.startswith("layer_") for k in lstm) else "forward_"
+  return [lstm[f"{prefix}{k}"] for k in range(len([k for k in lstm if k.startswith(prefix)]))]
+
+
+def segment_reverse_index(mask_BxT: Array, resets_BxT: Array) -> Array:
+  """<int32>[B, T]: for each real step, the step it maps to when every sequence in the row is
+  reversed within its own extent (a sequence starts at t = 0 or at a reset and ends at its last
+  real step); padded steps map to themselves. The map is its own inverse."""
+  b, t = mask_BxT.shape
+  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  starts = resets_BxT | (pos == 0)
+  start_pos = jax.lax.cummax(jnp.where(starts, pos, 0), axis=1)
+  after = jnp.concatenate([starts[:, 1:] | ~mask_BxT[:, 1:], jnp.ones((b, 1), bool)], axis=1)
+  is_last = mask_BxT & after
+  end_pos = jax.lax.cummin(jnp.where(is_last, pos, t), axis=1, reverse=True)
+  return jnp.where(mask_BxT, start_pos + end_pos - pos, pos)
+
+
+def bidirectional_zero_carry(batch_size: int, hidden_size: int, num_layers: int = 1):
+  """Per layer (forward (c, h), backward (c, h)), all zeros <float32>[batch_size, hidden_size]."""
+  return tuple(zip(zero_carry(batch_size, hidden_size, num_layers),
+                   zero_carry(batch_size, hidden_size, num_layers)))
+
+
+class BidirectionalLSTM(nn.Module):
+  """A stack of bidirectional LSTM layers over rows that hold whole sequences.
+
+  `outputs, carry = BidirectionalLSTM(H).apply(variables, inputs, mask, resets, initial_carry)`
+
+  Each layer runs one LSTM forward and one over every sequence reversed within its own length
+  (padding stays where it is, after the sequence; in a packed row each sequence, delimited by
+  resets, is reversed in place), and concatenates them: outputs <float32>[B, T, 2H], zero at
+  masked steps. Layer k's parameters are `forward_{k}` and `backward_{k}`, each an LSTM layer's
+  (kernel, recurrent_kernel, bias); layers above the first take 2H features.
+
+  It needs whole sequences in a row: pad, bucket and pack batches. Truncated BPTT's chunks cut
+  sequences, whose reversal would then be wrong, so `train.fit` refuses that pairing. carry: per
+  layer (forward (c, h), backward (c, h)): the forward state after each row's last real step; the
+  backward state after the row's last sequence read backwards (ending at its first step, as
+  PyTorch's h_n for the reverse direction). initial_carry (optional, same structure) is where
+  both directions start.
+  """
+
+  hidden_size: int
+  num_layers: int = 1
+  input_projection: str = "auto"
+  unroll: int = 1
+
+  def zero_carry(self, batch_size: int):
+    return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
+
+  @nn.compact
+  def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
+               initial_carry=None, deterministic: bool = True):
+    del deterministic  # no dropout here (use SequenceModel's dropout around it)
+    mask, resets = _check_inputs(inputs, mask, resets)
+    carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
+    rev = segment_reverse_index(mask, resets)
+    flip = lambda a: jnp.take_along_axis(a, rev.reshape(rev.shape + (1,) * (a.ndim - 2)), axis=1)
+    starts = (resets | (jnp.arange(mask.shape[1]) == 0)[None]) & mask  # reversed starts: same place
+    x, new_carry = inputs, []
+    for k in range(self.num_layers):
+      fwd, fwd_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
+                                 name=f"forward_{k}")(x, mask, resets, carry[k][0])
+      bwd, bwd_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
+                                 name=f"backward_{k}")(flip(x), mask, starts, carry[k][1])
+      x = jnp.concatenate([fwd, flip(bwd)], axis=-1)
+      new_carry.append((fwd_carry, bwd_carry))
+    return x, tuple(new_carry)

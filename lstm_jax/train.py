@@ -108,10 +108,13 @@ def per_step_loss(preds, targets, loss_kind: str):
   raise ConfigError(f"loss_kind must be one of {LOSS_KINDS}, got {loss_kind!r}.")
 
 
-def _forward(params, state: TrainState, batch: Batch, carry: Carry):
+def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bool = False):
   carry = jax.lax.stop_gradient(carry)
+  kwargs = {}
+  if training:  # dropout on, its masks seeded by the step: fold_in(rng, step)
+    kwargs = dict(deterministic=False, rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
   preds, new_carry = state.apply_fn({"params": params}, batch.inputs, mask=batch.mask,
-                                    resets=batch.resets, initial_carry=carry)
+                                    resets=batch.resets, initial_carry=carry, **kwargs)
   loss, correct = per_step_loss(preds, batch.targets, state.loss_kind)
   metrics = dict(loss_sum=jnp.sum(batch.weights * loss), weight_sum=jnp.sum(batch.weights),
                  correct_sum=jnp.sum(batch.weights * correct),
@@ -120,10 +123,20 @@ def _forward(params, state: TrainState, batch: Batch, carry: Carry):
   return mean_loss, (metrics, new_carry)
 
 
-def train_step(state: TrainState, batch: Batch, carry: Carry):
-  """One optimizer step on the batch's weighted mean loss. Returns (state, metrics, carry)."""
-  grads, (metrics, carry) = jax.grad(_forward, has_aux=True)(state.params, state, batch, carry)
-  return state.apply_gradients(grads=grads), metrics, carry
+def train_step(state: TrainState, batch: Batch, carry: Carry, lr_scale=1.0):
+  """One optimizer step on the batch's weighted mean loss. Returns (state, metrics, carry).
+
+  lr_scale: multiplies the optimizer's update, i.e. the learning rate for optimizers whose update
+    is linear in it (Adam, SGD, ...): variable-length BPTT scales it by chunk length / base.
+    1.0 leaves the update exactly as it is (x * 1.0 == x in floating point).
+  """
+  grads, (metrics, carry) = jax.grad(_forward, has_aux=True)(state.params, state, batch, carry,
+                                                              training=True)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+  return state, metrics, carry
 
 
 def eval_step(state: TrainState, batch: Batch, carry: Carry):
@@ -151,7 +164,7 @@ class StepFunctions:
     rep, split = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     return cls(
         train=CountedJit(train_step, name="train_step", donate_argnums=(0,),
-                         in_shardings=(rep, split, split), out_shardings=(rep, rep, split)),
+                         in_shardings=(rep, split, split, rep), out_shardings=(rep, rep, split)),
         eval=CountedJit(eval_step, name="eval_step", in_shardings=(rep, split, split),
                         out_shardings=(rep, split)),
         mesh=mesh)
@@ -187,7 +200,8 @@ def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int
   for b, t in sorted({p.shape for p in strategy.plan(epoch)}):
     carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                          state.model.zero_carry(b))
-    fn.compile(state, _abstract_batch(strategy.dataset, (b, t)), carry)
+    extra = (jax.ShapeDtypeStruct((), jnp.float32),) if fn.name == "train_step" else ()
+    fn.compile(state, _abstract_batch(strategy.dataset, (b, t)), carry, *extra)
 
 
 @dataclasses.dataclass
@@ -242,6 +256,9 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
   if max_real_tokens is not None and max_real_tokens < 1:
     raise ConfigError(f"max_real_tokens must be >= 1, got {max_real_tokens}.")
   check_model_fits_data(state.model, strategy.dataset, state.params)
+  if getattr(state.model, "bidirectional", False) and strategy.carries_state:
+    raise ConfigError(f"a bidirectional model needs whole sequences in each row, and "
+                      f"{strategy.name} cuts them into chunks; use pad, bucket or pack.")
   steps = steps or StepFunctions.create()
   history: list[dict] = []
   zeros: dict[int, Carry] = {}
@@ -313,10 +330,11 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
         batch = steps.batch(strategy.dataset, plan)
         step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
         compiles_before = steps.train.compiles
-        if pending is not None and not steps.train.is_compiled(state, batch, step_carry):
+        lr_scale = np.float32(plan.lr_scale)
+        if pending is not None and not steps.train.is_compiled(state, batch, step_carry, lr_scale):
           finish(pending)  # close the previous step first: the compile belongs to this one
           pending = None
-        state, metrics, new_carry = steps.train(state, batch, step_carry)
+        state, metrics, new_carry = steps.train(state, batch, step_carry, lr_scale)
         if strategy.carries_state:
           carry = new_carry
         step += 1

@@ -18,7 +18,11 @@ STRATEGIES = {
     "bucket": lambda ds, seed=0: batching.Bucket(ds, batch_size=8, num_buckets=4, seed=seed),
     "bucket_tokens": lambda ds, seed=0: batching.Bucket(ds, tokens_per_batch=128,
                                                         boundaries=[10, 20, 40], seed=seed),
+    "bucket_packed": lambda ds, seed=0: batching.Bucket(ds, batch_size=3, boundaries=[10, 20, 40],
+                                                        pack_rows=True, seed=seed),
     "tbptt": lambda ds, seed=0: batching.TBPTT(ds, num_streams=5, chunk_length=7, seed=seed),
+    "vbptt": lambda ds, seed=0: batching.VariableTBPTT(ds, num_streams=5, base_length=12,
+                                                       seed=seed),
     "pack": lambda ds, seed=0: batching.Pack(ds, batch_size=4, row_length=50, seed=seed),
     "pad_batch_max": lambda ds, seed=0: batching.PadBatchMax(ds, batch_size=8, seed=seed),
 }
@@ -134,6 +138,45 @@ def test_first_fit_decreasing_packs_within_capacity():
   assert all(lengths[b].sum() <= 64 for b in bins)
   # FFD uses at most 11/9 OPT + 1 bins; OPT >= total / capacity
   assert len(bins) <= 11 / 9 * np.ceil(lengths.sum() / 64) + 1
+
+
+def test_variable_bptt_draws_follow_awd_lstm():
+  ds = identity_dataset(np.full(400, 50))
+  strat = batching.VariableTBPTT(ds, num_streams=4, base_length=70, seed=0)
+  assert strat.chunk_shapes == [45, 70, 80, 90]
+  rng = np.random.default_rng(0)
+  draws = np.array([strat.draw_length(rng) for _ in range(20000)])
+  assert draws.min() >= 5 and draws.max() <= 90
+  near_base = np.abs(draws - 70) <= 20
+  assert 0.93 < near_base.mean() < 0.97            # base with probability 0.95
+  assert 3 < draws[near_base].std() < 6            # sigma 5 (clipped at 90)
+  plans = strat.plan(0)
+  assert len({p.shape for p in plans}) <= 4
+  for p in plans[:-1]:  # each chunk's real span sets its lr scale; the shape holds it
+    span = max(seg[2] + seg[3] for row in p.rows for seg in row)
+    assert span <= p.length and p.lr_scale == pytest.approx(span / 70)
+
+
+def test_best_fit_rows_fill_bucket_rows_within_their_boundary():
+  rng = np.random.default_rng(0)
+  lengths = np.clip(rng.lognormal(np.log(64), 1.0, size=2000).astype(int), 8, 512)
+  boundaries = batching.optimal_boundaries(lengths, 8)
+  rows = batching.best_fit_rows(lengths, boundaries, rng)
+  assert sorted(i for _, r in rows for i in r) == list(range(2000))
+  assert all(lengths[r].sum() <= boundaries[k] for k, r in rows)
+  assert all(lengths[r].max() > (boundaries[k - 1] if k else 0) for k, r in rows)  # row's bucket
+  unfilled = sum(boundaries[k] - lengths[r].sum() for k, r in rows) / lengths.sum()
+  plain = sum(boundaries[np.searchsorted(boundaries, n)] - n for n in lengths) / lengths.sum()
+  assert unfilled < 0.03 < 0.10 < plain  # same shapes, a fraction of the padding
+
+
+def test_bucket_with_packed_rows_keeps_the_shapes_and_cuts_padding():
+  ds = identity_dataset(np.random.default_rng(2).integers(1, 64, size=300))
+  plain = batching.Bucket(ds, batch_size=8, boundaries=[8, 16, 32, 64])
+  packed = batching.Bucket(ds, batch_size=8, boundaries=[8, 16, 32, 64], pack_rows=True)
+  assert {t for _, t in packed.shapes()} <= {t for _, t in plain.shapes()}
+  assert packed.stats()["padding_fraction"] < plain.stats()["padding_fraction"] / 2
+  assert any(len(row) > 1 for p in packed.plan(0) for row in p.rows)
 
 
 def test_pack_rows_hold_several_sequences_with_resets():

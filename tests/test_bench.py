@@ -41,3 +41,27 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert result["roofline_tokens_per_second"] > 0
   assert [m["length"] for m in saved["memory"]] == [64]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
+  assert "## Targets (issue 4)" in (tmp_path / "BENCHMARKS.md").read_text()
+  assert result["scan_gemm_floor_tokens_per_second"] > 0
+  assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
+
+
+def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
+  """Two fresh processes compile the same steps with one cache directory: the first writes the
+  executables, the second finds them all there (no new entries). Times are the benchmark's."""
+  import os
+  import subprocess
+  cfg = benchmark_config.get_config("quick").to_dict()
+  code = ("import json, sys; from lstm_jax import bench; "
+          "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2])))")
+  entries = []
+  for _ in range(2):
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg), str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads([l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1][6:])
+    assert got["compiles"] == cfg["num_buckets"]
+    entries.append(sorted(p.name for p in (tmp_path / "cache").iterdir()))
+  assert any("train_step" in e for e in entries[0])
+  assert entries[1] == entries[0]  # every step was found in the cache, none compiled anew

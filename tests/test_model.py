@@ -119,7 +119,8 @@ def test_parameter_layout(setup):
     lambda ds: batching.Pad(ds, batch_size=5, max_length=17),
     lambda ds: batching.Bucket(ds, batch_size=3, boundaries=[4, 8, 12, 20]),
     lambda ds: batching.Pack(ds, batch_size=2, row_length=15),
-], ids=["pad", "bucket", "pack"])
+    lambda ds: batching.Bucket(ds, batch_size=2, boundaries=[8, 20], pack_rows=True),
+], ids=["pad", "bucket", "pack", "bucket_packed"])
 def test_mask_invariance_outputs_carry_gradients(setup, strategy, projection):
   """Alone at exact length == padded longer == in a bucket == packed in a row with others."""
   ds, model, state = setup
@@ -161,10 +162,10 @@ def test_in_step_and_hoisted_projection_agree(setup):
   assert resolve_input_projection("auto", "gpu") == "hoisted"
 
 
-def _tbptt_outputs(ds, model, state, num_streams, chunk):
+def _tbptt_outputs(ds, model, state, num_streams, chunk, strat=None):
   """Per-sequence outputs gathered from chunks, the carry handed from chunk to chunk."""
   lstm = _lstm(model)
-  strat = batching.TBPTT(ds, num_streams=num_streams, chunk_length=chunk)
+  strat = strat or batching.TBPTT(ds, num_streams=num_streams, chunk_length=chunk)
   pieces = {i: [] for i in range(len(ds))}
   carry = model.zero_carry(num_streams)
   for plan, batch in zip(strat.plan(0), strat.batches(0)):
@@ -180,6 +181,17 @@ def _tbptt_outputs(ds, model, state, num_streams, chunk):
 def test_tbptt_forward_equals_full_forward_for_any_chunk_length(setup, chunk):
   ds, model, state = setup
   outs = _tbptt_outputs(ds, model, state, num_streams=3, chunk=chunk)
+  for i in range(len(ds)):
+    assert max_rel_err(outs[i], _alone(ds, model, state, i)[0]) <= TOL
+
+
+@pytest.mark.parametrize("base", [10, 16])
+def test_variable_length_bptt_forward_equals_full_forward(setup, base):
+  """Chunks of random lengths, each padded (masked) to one of 4 shapes: the same outputs."""
+  ds, model, state = setup
+  strat = batching.VariableTBPTT(ds, num_streams=3, base_length=base, seed=1)
+  assert len({p.length for p in strat.plan(0)}) > 1  # several shapes really are used
+  outs = _tbptt_outputs(ds, model, state, 3, None, strat)
   for i in range(len(ds)):
     assert max_rel_err(outs[i], _alone(ds, model, state, i)[0]) <= TOL
 

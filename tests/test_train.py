@@ -36,7 +36,12 @@ def test_compile_counts_per_strategy(data):
       "tbptt": (batching.TBPTT(data, num_streams=4, chunk_length=6), 1),
       "pack": (batching.Pack(data, batch_size=4, row_length=30), 1),
       "bucket": (batching.Bucket(data, batch_size=8, boundaries=[6, 12, 18, 24]), 4),
+      "bucket_packed": (batching.Bucket(data, batch_size=4, boundaries=[6, 12, 18, 24],
+                                        pack_rows=True), 4),
   }
+  vbptt = batching.VariableTBPTT(data, num_streams=4, base_length=12)
+  cases["vbptt"] = (vbptt, len(vbptt.shapes(num_epochs=2)))
+  assert 1 < cases["vbptt"][1] <= 4  # at most its 4 chunk shapes
   pbm = batching.PadBatchMax(data, batch_size=8)
   cases["pad_batch_max"] = (pbm, len(pbm.shapes(num_epochs=2)))
   assert cases["pad_batch_max"][1] > 1
@@ -52,6 +57,20 @@ def test_compile_counts_per_strategy(data):
     train.evaluate(result.state, strategy, ev)
     train.evaluate(result.state, strategy, ev)
     assert ev.eval.compiles == len(strategy.shapes()), name
+
+
+def test_lr_scale_scales_the_update_exactly(data):
+  """SGD: a step with lr_scale 0.5 moves every parameter half as far; 1.0 is plain SGD."""
+  state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.sgd(0.1), data)
+  batch = next(batching.Pad(data, batch_size=8).batches(0))
+  carry = state.model.zero_carry(8)
+  start = jax.tree.map(np.asarray, state.params)
+  grads = jax.grad(lambda p: train._forward(p, state, batch, carry, training=True)[0])(state.params)
+  full, _, _ = jax.jit(train.train_step)(state, batch, carry, np.float32(1.0))
+  half, _, _ = jax.jit(train.train_step)(state, batch, carry, np.float32(0.5))
+  for p0, g, f, h in zip(*(jax.tree.leaves(t) for t in (start, grads, full.params, half.params))):
+    np.testing.assert_allclose(np.asarray(f), p0 - 0.1 * np.asarray(g), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(h), p0 - 0.05 * np.asarray(g), rtol=1e-6, atol=1e-7)
 
 
 def test_counted_jit_counts_a_new_shape_and_never_repeats():
