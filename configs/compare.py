@@ -1,6 +1,6 @@
 """Config for experiments/compare_strategies.py: every batching strategy, side by side.
 
-    python experiments/compare_strategies.py --workdir runs/compare            # default, ~5 min
+    python experiments/compare_strategies.py --workdir runs/compare            # default, ~6 min
     python experiments/compare_strategies.py --config configs/compare.py:smoke --workdir /tmp/s
     python experiments/compare_strategies.py --workdir runs/c3 --config.seeds=3 \
         --config.model.hidden_size=256

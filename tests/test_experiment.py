@@ -65,6 +65,8 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
   assert summary["bucket"]["compiles"]["train"] == len(bucket.shapes()) == 3
   pbm = experiment.make_strategy("pad_batch_max", train_ds, cfg, cfg.seed)
   assert summary["pad_batch_max"]["compiles"]["train"] == len(pbm.shapes())
+  vbptt = experiment.make_strategy("vbptt", train_ds, cfg, cfg.seed)  # one epoch in smoke
+  assert 1 < summary["vbptt"]["compiles"]["train"] == len(vbptt.shapes()) <= 4
   evaluator = experiment.eval_strategy(eval_ds, cfg)
   assert all(r["compiles"]["eval"] == len(evaluator.shapes()) for r in summary.values())
   # padding: bucket below pad, tbptt and pack far below
