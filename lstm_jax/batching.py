@@ -195,6 +195,21 @@ def _fixed_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int,
   return plans
 
 
+def _packed_batches(bins: Sequence[Sequence[int]], lengths: np.ndarray, batch_size: int,
+                    length: int, rng: np.random.Generator) -> list[BatchPlan]:
+  """Rows of sequences laid back to back, `batch_size` rows per batch: the rows in a shuffled
+  order, each row's members in a shuffled order (Pack, and Bucket with packed rows)."""
+  rows = []
+  for b in rng.permutation(len(bins)):
+    pos, row = 0, []
+    for i in rng.permutation(bins[b]):
+      row.append((int(i), 0, pos, int(lengths[i])))
+      pos += int(lengths[i])
+    rows.append(tuple(row))
+  return [BatchPlan(batch_size, length, tuple(rows[s:s + batch_size]))
+          for s in range(0, len(rows), batch_size)]
+
+
 class Pad(Strategy):
   """Every batch padded to one length: the data's longest sequence, or `max_length`."""
 
@@ -345,15 +360,7 @@ class Bucket(Strategy):
         members = rng.permutation(np.flatnonzero(self.bucket_of == k))
         plans += _fixed_batches(members, lengths, b, t)
         continue
-      rows = [r for bucket, r in self.rows if bucket == k]
-      laid = []
-      for i in rng.permutation(len(rows)):
-        pos, row = 0, []
-        for j in rng.permutation(rows[i]):
-          row.append((int(j), 0, pos, int(lengths[j])))
-          pos += int(lengths[j])
-        laid.append(tuple(row))
-      plans += [BatchPlan(b, t, tuple(laid[s:s + b])) for s in range(0, len(laid), b)]
+      plans += _packed_batches([r for bucket, r in self.rows if bucket == k], lengths, b, t, rng)
     return [plans[i] for i in rng.permutation(len(plans))]
 
 
@@ -459,16 +466,7 @@ class Pack(Strategy):
                                 f"{len(self.bins)}, or shorten row_length.")
 
   def _plan(self, epoch, rng):
-    lengths = self.dataset.lengths
-    rows = []
-    for b in rng.permutation(len(self.bins)):
-      members, pos, row = rng.permutation(self.bins[b]), 0, []
-      for i in members:
-        row.append((int(i), 0, pos, int(lengths[i])))
-        pos += int(lengths[i])
-      rows.append(tuple(row))
-    return [BatchPlan(self.batch_size, self.length, tuple(rows[s:s + self.batch_size]))
-            for s in range(0, len(rows), self.batch_size)]
+    return _packed_batches(self.bins, self.dataset.lengths, self.batch_size, self.length, rng)
 
 
 class TBPTT(Strategy):

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -114,21 +114,23 @@ def compile_probe(cfg_dict: dict, cache_dir: str) -> dict:
               xla_seconds=sum(r.compile_seconds for r in recs))
 
 
+def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str) -> dict:
+  """`compile_probe` in a fresh Python process (so nothing is compiled or cached in memory)."""
+  code = ("import json, sys; from lstm_jax import bench; "
+          "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2])))")
+  proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg_dict), cache_dir],
+                        capture_output=True, text=True, timeout=900,
+                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+  if proc.returncode != 0:
+    raise RuntimeError(f"compile probe failed: {proc.stderr[-2000:]}")
+  return json.loads([l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1][6:])
+
+
 def compile_cache_probe(cfg) -> dict:
   """The bucket strategy's compile seconds in two fresh processes sharing one persistent cache
   directory: the first fills it, the second loads from it."""
-  runs = []
   with tempfile.TemporaryDirectory() as cache_dir:
-    for _ in range(2):
-      code = ("import json, sys; from lstm_jax import bench; "
-              "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2])))")
-      proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict()), cache_dir],
-                            capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-      if proc.returncode != 0:
-        raise RuntimeError(f"compile probe failed: {proc.stderr[-2000:]}")
-      line = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1]
-      runs.append(json.loads(line[6:]))
+    runs = [compile_probe_in_subprocess(cfg.to_dict(), cache_dir) for _ in range(2)]
   return dict(first=runs[0], second=runs[1], ratio=runs[1]["seconds"] / runs[0]["seconds"],
               xla_ratio=runs[1]["xla_seconds"] / runs[0]["xla_seconds"])
 
@@ -299,10 +301,7 @@ def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> li
   rows = []
   for t in lengths:
     fn = train.StepFunctions.create().train
-    carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                         model.zero_carry(cfg.batch_size))
-    fn.compile(state, train._abstract_batch(dataset, (cfg.batch_size, t)), carry,
-               jax.ShapeDtypeStruct((), jnp.float32))
+    fn.compile(*train.abstract_step_args(fn, state, dataset, (cfg.batch_size, t)))
     rec = next(iter(fn.records.values()))
     rows.append(dict(batch=cfg.batch_size, length=t, temp_bytes=rec.temp_bytes))
   return rows

@@ -9,9 +9,11 @@ from __future__ import annotations
 import difflib
 
 import ml_collections
+import numpy as np
 from ml_collections.config_dict import placeholder
 
 from lstm_jax import batching
+from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 
 STRATEGIES = ("pad", "bucket", "tbptt", "vbptt", "pack", "pad_batch_max")
@@ -132,8 +134,6 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
     if isinstance(v, int) and not isinstance(v, bool) and v < 1:
       raise ConfigError(f"config.strategy.{name}.{k} must be >= 1, got {v!r} (leave it None to "
                         f"unset it; 0 does not mean unset).")
-  import numpy as np  # local: only this stand-in needs it
-  from lstm_jax.data import RaggedDataset
   stand_in = RaggedDataset(np.zeros((1, 1), np.float32), np.ones(1, np.int64),
                            np.zeros((1, 1), np.float32), name="stand-in")
   try:

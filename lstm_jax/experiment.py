@@ -14,7 +14,6 @@ shows up in the eval loss.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -23,7 +22,6 @@ import resource
 import shutil
 import sys
 import time
-from typing import Any
 
 import flax
 import jax
@@ -36,7 +34,6 @@ import importlib.metadata
 from lstm_jax import batching, compiles, config, report, sharding, sources, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
-from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
 
 LN2 = math.log(2.0)
@@ -132,13 +129,14 @@ def _write_json_atomically(path: str, obj) -> None:
 
 def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
                  cfg: ml_collections.ConfigDict, seed: int, log,
-                 mesh: jax.sharding.Mesh | None = None,
-                 workdir: str | None = None) -> tuple[dict, list, list]:
+                 mesh: jax.sharding.Mesh | None = None, workdir: str | None = None,
+                 strategy: batching.Strategy | None = None) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
   With a workdir, training checkpoints into workdir/checkpoints/<name>-seed<seed> and resumes
   from there (config.resume); a finished run's result goes to workdir/results/<name>-seed<seed>
   .json, and a rerun with resume on reads it back instead of training again.
+  strategy: the strategy if already built (for this name and seed), else built here.
   """
   result_path = run_dir(workdir, "results", name, seed) + ".json" if workdir else None
   if result_path and cfg.resume and os.path.exists(result_path):
@@ -147,7 +145,7 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
     log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
     return done["row"], done["history"], done["curve"]
   devices = 1 if mesh is None else int(mesh.devices.size)
-  strategy = make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
+  strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   model = make_model(cfg, train_ds)
   state = train.create_train_state(model, make_optimizer(cfg), train_ds, seed=seed)
@@ -247,8 +245,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
         os.remove(os.path.join(workdir, "metrics.jsonl"))
   train_ds, eval_ds, identity = split_data(cfg)
   devices = 1 if mesh is None else int(mesh.devices.size)
-  for name in cfg.strategies:  # the data's own checks for every strategy, before any compile
-    make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
+  # Every strategy built (so the data's own checks run) before anything compiles; the first
+  # seed's runs use them.
+  built = {name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
+           for name in cfg.strategies}
   log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl") if writer else os.devnull,
                            quiet=quiet)
   runs, curves, histories = [], {}, {}
@@ -256,7 +256,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     for name in cfg.strategies:
-      row, hist, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh, workdir)
+      row, hist, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh, workdir,
+                                      built[name] if seed == cfg.seed else None)
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
   # A target every strategy reaches by its end unless one is set: the worst final eval loss.
@@ -272,7 +273,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
               total_seconds=time.time() - started,
               length_histogram=dict(zip(("lengths", "counts"), (
                   a.tolist() for a in np.unique(train_ds.lengths, return_counts=True)))),
-              bucket_boundaries=make_strategy("bucket", train_ds, cfg, cfg.seed).boundaries
+              bucket_boundaries=(built["bucket"] if "bucket" in built else
+                                 make_strategy("bucket", train_ds, cfg, cfg.seed)).boundaries
               if "bucket" in cfg.strategy else [])
   if not writer:
     return report.aggregate(runs)

@@ -49,7 +49,7 @@ class ProgressLog:
     self.tokens, self.seconds, self.next_line = 0, 0.0, 0.0
 
   def _write(self, rec: dict) -> None:
-    self.file.write(json.dumps(dict(strategy=self.name, seed=self.seed, **rec)) + "\n")
+    self.file.write(metrics_line(self.name, self.seed, rec))
 
   def step(self, rec: dict) -> None:
     self._write(dict(kind="train", **rec))
@@ -99,6 +99,11 @@ class ProgressLog:
     self.file.flush()
 
 
+def metrics_line(strategy: str, seed: int, rec: dict) -> str:
+  """One metrics.jsonl line: the record with its strategy and seed."""
+  return json.dumps(dict(strategy=strategy, seed=seed, **rec)) + "\n"
+
+
 def write_metrics(path: str, histories: dict, curves: dict) -> None:
   """Rewrites metrics.jsonl from whole histories: one line per step and per evaluation, exactly
   once each, also when a run was killed and resumed (the live file may repeat the steps between
@@ -107,9 +112,9 @@ def write_metrics(path: str, histories: dict, curves: dict) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     for (name, seed), hist in histories.items():
       for rec in hist:
-        f.write(json.dumps(dict(strategy=name, seed=seed, kind="train", **rec)) + "\n")
+        f.write(metrics_line(name, seed, dict(kind="train", **rec)))
       for rec in curves[(name, seed)]:
-        f.write(json.dumps(dict(strategy=name, seed=seed, kind="eval", **rec)) + "\n")
+        f.write(metrics_line(name, seed, dict(kind="eval", **rec)))
   os.replace(tmp, path)
 
 

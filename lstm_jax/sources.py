@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
-import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -109,16 +108,15 @@ def load_text(path: str, one_per_line: bool, min_length: int = 2, max_length: in
   if not p.exists():
     raise DataError(f"no such {'file' if one_per_line else 'directory'}: {path}; set data.path.")
   if one_per_line:
-    chunks = [line for line in p.read_bytes().splitlines() if line]
     files = [p]
   else:
     files = sorted(f for f in p.rglob(f"*{suffix}") if f.is_file())
     if not files:
       raise DataError(f"{path} holds no *{suffix} files; set data.suffix to match your files.")
-    chunks = [f.read_bytes() for f in files]
+  contents = [f.read_bytes() for f in files]  # each file read once
+  chunks = ([line for line in contents[0].splitlines() if line] if one_per_line else contents)
   h, non_utf8 = hashlib.sha256(), 0
-  for f in files:
-    content = f.read_bytes()
+  for content in contents:
     h.update(content)
     try:
       content.decode("utf-8")

@@ -195,13 +195,20 @@ def _abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
                mask=sds((b, t), jnp.bool_), resets=sds((b, t), jnp.bool_))
 
 
+def abstract_step_args(fn: CountedJit, state: TrainState, dataset: RaggedDataset,
+                       shape: tuple[int, int]) -> tuple:
+  """The arguments `fn` (a train or eval step) takes for batches of `shape`, as
+  ShapeDtypeStructs: (state, batch, carry), and the train step's lr_scale."""
+  carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       state.model.zero_carry(shape[0]))
+  args = (state, _abstract_batch(dataset, shape), carry)
+  return args + ((jax.ShapeDtypeStruct((), jnp.float32),) if fn.fn is train_step else ())
+
+
 def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int = 0) -> None:
   """Compiles `fn` (train or eval step) for every shape `strategy` emits in `epoch`."""
-  for b, t in sorted({p.shape for p in strategy.plan(epoch)}):
-    carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                         state.model.zero_carry(b))
-    extra = (jax.ShapeDtypeStruct((), jnp.float32),) if fn.name == "train_step" else ()
-    fn.compile(state, _abstract_batch(strategy.dataset, (b, t)), carry, *extra)
+  for shape in sorted({p.shape for p in strategy.plan(epoch)}):
+    fn.compile(*abstract_step_args(fn, state, strategy.dataset, shape))
 
 
 @dataclasses.dataclass

@@ -49,18 +49,10 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
 def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
   """Two fresh processes compile the same steps with one cache directory: the first writes the
   executables, the second finds them all there (no new entries). Times are the benchmark's."""
-  import os
-  import subprocess
   cfg = benchmark_config.get_config("quick").to_dict()
-  code = ("import json, sys; from lstm_jax import bench; "
-          "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2])))")
   entries = []
   for _ in range(2):
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg), str(tmp_path / "cache")],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads([l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1][6:])
+    got = bench.compile_probe_in_subprocess(cfg, str(tmp_path / "cache"))
     assert got["compiles"] == cfg["num_buckets"]
     entries.append(sorted(p.name for p in (tmp_path / "cache").iterdir()))
   assert any("train_step" in e for e in entries[0])
