@@ -19,13 +19,14 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       tokens_per_pass=100_000,       # real tokens per timed pass
       num_buckets=8, tbptt_chunk=64, pack_row_length=512,
       input_projections=("in_step", "hoisted"),
+      autodiff_rows=("tbptt", "bucket_packed_rows"),  # also timed with backward="autodiff"
       peers=("flax_rnn_pad512", "flax_rnn_pow2", "torch_packed", "torch_batch_max"),
       compile_cache_probe=True,      # compile in two fresh processes sharing a persistent cache
   ))
   if arg == "quick":  # for tests: tiny and fast
     c.update(num_sequences=256, max_length=64, median_length=16.0, features=4, hidden_size=16,
              batch_size=16, repeats=1, tokens_per_pass=2000, num_buckets=3, tbptt_chunk=16,
-             pack_row_length=64, input_projections=("in_step",),
+             pack_row_length=64, input_projections=("in_step",), autodiff_rows=("tbptt",),
              peers=("flax_rnn_pow2", "torch_packed"), compile_cache_probe=False)
   elif arg not in ("", "default"):
     raise ValueError(f"unknown preset {arg!r}; use default or quick.")

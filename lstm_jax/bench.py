@@ -172,11 +172,11 @@ def _time_passes(run_pass: Callable[[], None], real: int, repeats: int) -> tuple
 
 
 def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str = "auto",
-              unroll: int = 1) -> Timing:
+              unroll: int = 1, backward: str = "manual") -> Timing:
   """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes."""
   ds = strategy.dataset
   model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1,
-                        input_projection=input_projection, unroll=unroll)
+                        input_projection=input_projection, unroll=unroll, backward=backward)
   state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
   steps = train.StepFunctions.create()
   train.precompile(steps.train, state, strategy, 0)
@@ -197,7 +197,7 @@ def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
                 steps.train.compile_seconds, steps.train.compiles,
                 dict(shapes=len(strategy.shapes()), input_projection=input_projection,
-                     unroll=unroll))
+                     unroll=unroll, backward=backward))
 
 
 class _FlaxRNNModel(nn.Module):

@@ -50,6 +50,9 @@ def run(cfg, out_md: str) -> dict:
   for name, strategy in strategies.items():
     for proj in cfg.input_projections if name == "bucket" else cfg.input_projections[:1]:
       add(bench.time_ours(f"lstm_jax {name} ({proj})", strategy, cfg, proj), "ours")
+    if name in cfg.autodiff_rows:  # the same step with JAX's autodiff instead of the manual VJP
+      add(bench.time_ours(f"lstm_jax {name} ({cfg.input_projections[0]}, autodiff backward)",
+                          strategy, cfg, cfg.input_projections[0], backward="autodiff"), "ours")
   pow2 = [2 ** k for k in range(3, 10) if 2 ** k <= cfg.max_length] or [cfg.max_length]
   if pow2[-1] < cfg.max_length:
     pow2.append(cfg.max_length)

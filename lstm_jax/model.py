@@ -32,12 +32,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import recurrence
 from lstm_jax.errors import DataError, ConfigError
 
 Array = jax.Array
 Carry = tuple[tuple[Array, Array], ...]  # per layer (c, h), each <float32>[B, H]
 
 INPUT_PROJECTIONS = ("auto", "in_step", "hoisted")
+BACKWARDS = ("manual", "autodiff")
 
 
 def resolve_input_projection(input_projection: str, backend: str | None = None) -> str:
@@ -74,27 +76,18 @@ class _MaskedStep(nn.Module):
   def __call__(self, carry, xs, weights, bias):
     # x_t: [B, F], or [B, 4H] already projected; mask_t, reset_t: [B] float 0/1.
     # weights: [F + H, 4H] (kernel stacked on recurrent_kernel) in step, else recurrent_kernel.
-    x_t, mask_t, reset_t = xs
-    c, h = carry
-    keep = 1.0 - reset_t[:, None]
-    c, h = c * keep, h * keep              # a reset zeroes the state (exactly: x * 0 = 0)
-    if self.in_step_projection:            # one [B, F + H] x [F + H, 4H] GEMM per step
-      gates = jnp.concatenate([x_t, h], axis=-1) @ weights + bias
-    else:
-      gates = x_t + h @ weights
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
-    # Masking by multiplication, exact for m in {0, 1}: a * 1 + b * 0 = a. Measured faster on
-    # the CPU than jnp.where (selects), see BENCHMARKS.md.
-    m = mask_t[:, None]
-    c = new_c * m + c * (1.0 - m)
-    h = new_h * m + h * (1.0 - m)
-    return (c, h), new_h * m
+    carry, y, _ = recurrence.step(weights, bias, self.in_step_projection, carry, xs)
+    return carry, y
 
 
 class LSTMLayer(nn.Module):
-  """One LSTM layer over a whole batch of sequences. See the module docstring."""
+  """One LSTM layer over a whole batch of sequences. See the module docstring.
+
+  backward: how the gradient is computed. "manual" (default): `recurrence.recurrence`, a
+  hand-written reverse scan (`jax.custom_vjp`), faster to run and to trace; "autodiff": the step
+  scanned with `nn.scan` and differentiated by JAX, the reference the manual one is tested
+  against. The forward pass is the same computation in both.
+  """
 
   hidden_size: int
   input_projection: str = "auto"
@@ -102,6 +95,7 @@ class LSTMLayer(nn.Module):
   kernel_init: Any = nn.initializers.glorot_uniform()
   recurrent_init: Any = nn.initializers.orthogonal()
   bias_init: Any = forget_bias_init(1.0)
+  backward: str = "manual"
 
   @nn.compact
   def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array,
@@ -125,11 +119,18 @@ class LSTMLayer(nn.Module):
     else:
       xs_TxBx = xs_TxBx @ kernel + bias  # one [T*B, F] x [F, 4H] matmul before the scan
       weights = recurrent_kernel
-    scan = nn.scan(_MaskedStep, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(0, nn.broadcast, nn.broadcast), out_axes=0, unroll=self.unroll)
     as_float = lambda a: a.T.astype(xs_TxBx.dtype)
-    carry, ys_TxBxH = scan(in_step_projection=in_step, name="scan")(
-        carry, (xs_TxBx, as_float(mask_BxT), as_float(resets_BxT)), weights, bias)
+    mask_TxB, resets_TxB = as_float(mask_BxT), as_float(resets_BxT)
+    if self.backward == "manual":
+      ys_TxBxH, carry = recurrence.recurrence(weights, bias, xs_TxBx, mask_TxB, resets_TxB,
+                                              tuple(carry), in_step, self.unroll)
+    elif self.backward == "autodiff":
+      scan = nn.scan(_MaskedStep, variable_broadcast="params", split_rngs={"params": False},
+                     in_axes=(0, nn.broadcast, nn.broadcast), out_axes=0, unroll=self.unroll)
+      carry, ys_TxBxH = scan(in_step_projection=in_step, name="scan")(
+          carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias)
+    else:
+      raise ConfigError(f"backward must be one of {BACKWARDS}, got {self.backward!r}.")
     return jnp.swapaxes(ys_TxBxH, 0, 1), carry
 
 
@@ -165,6 +166,7 @@ class LSTM(nn.Module):
   dropout_rate: float = 0.0
   input_dropout: float = 0.0
   output_dropout: float = 0.0
+  backward: str = "manual"     # see LSTMLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers)
@@ -187,7 +189,8 @@ class LSTM(nn.Module):
       if k > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, name=f"dropout_{k}")(x, deterministic=deterministic)
       x, layer_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 name=f"layer_{k}")(x, mask, resets, carry[k])
+                                 backward=self.backward, name=f"layer_{k}")(x, mask, resets,
+                                                                            carry[k])
       new_carry.append(layer_carry)
     if self.output_dropout > 0:
       x = variational(self.output_dropout, "output_dropout")(x, deterministic=deterministic)
@@ -214,6 +217,7 @@ class SequenceModel(nn.Module):
   input_dropout: float = 0.0    # variational on the LSTM's inputs (after the embedding),
   output_dropout: float = 0.0   # and on its outputs (before the head)
   bidirectional: bool = False   # BidirectionalLSTM (whole-sequence strategies only)
+  backward: str = "manual"      # see LSTMLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
@@ -236,10 +240,12 @@ class SequenceModel(nn.Module):
         raise ConfigError("dropout is not implemented for the bidirectional LSTM yet; set the "
                           "dropout rates to 0 or bidirectional=False.")
       outputs, carry = BidirectionalLSTM(self.hidden_size, self.num_layers, self.input_projection,
-                                         self.unroll, name="lstm")(x, mask, resets, initial_carry)
+                                         self.unroll, backward=self.backward,
+                                         name="lstm")(x, mask, resets, initial_carry)
     else:
       outputs, carry = LSTM(self.hidden_size, self.num_layers, self.input_projection, self.unroll,
                             self.dropout_rate, self.input_dropout, self.output_dropout,
+                            backward=self.backward,
                             name="lstm")(x, mask, resets, initial_carry, deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if mask is not None:
@@ -254,11 +260,12 @@ class SequenceClassifier(nn.Module):
   num_classes: int
   num_layers: int = 1
   input_projection: str = "auto"
+  backward: str = "manual"
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None) -> Array:
     outputs, _ = LSTM(self.hidden_size, self.num_layers, self.input_projection,
-                      name="lstm")(inputs, mask)
+                      backward=self.backward, name="lstm")(inputs, mask)
     return nn.Dense(self.num_classes, name="head")(last_real_step(outputs, mask))
 
 
@@ -341,6 +348,7 @@ class BidirectionalLSTM(nn.Module):
   num_layers: int = 1
   input_projection: str = "auto"
   unroll: int = 1
+  backward: str = "manual"
 
   def zero_carry(self, batch_size: int):
     return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
@@ -357,9 +365,11 @@ class BidirectionalLSTM(nn.Module):
     x, new_carry = inputs, []
     for k in range(self.num_layers):
       fwd, fwd_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 name=f"forward_{k}")(x, mask, resets, carry[k][0])
+                                 backward=self.backward, name=f"forward_{k}")(x, mask, resets,
+                                                                              carry[k][0])
       bwd, bwd_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 name=f"backward_{k}")(flip(x), mask, starts, carry[k][1])
+                                 backward=self.backward, name=f"backward_{k}")(flip(x), mask, starts,
+                                                                               carry[k][1])
       x = jnp.concatenate([fwd, flip(bwd)], axis=-1)
       new_carry.append((fwd_carry, bwd_carry))
     return x, tuple(new_carry)
