@@ -21,7 +21,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       input_projections=("in_step", "hoisted"),
       autodiff_rows=("tbptt", "bucket_packed_rows"),  # also timed with backward="autodiff"
       peers=("flax_rnn_pad512", "flax_rnn_pow2", "torch_packed", "torch_batch_max"),
-      compile_cache_probe=True,      # compile in two fresh processes sharing a persistent cache
+      compile_cache_probe=True,      # compile in three fresh processes sharing a persistent cache
   ))
   if arg == "quick":  # for tests: tiny and fast
     c.update(num_sequences=256, max_length=64, median_length=16.0, features=4, hidden_size=16,

@@ -96,11 +96,12 @@ def scan_gemm_floor(cfg, steps: int = 64, repeats: int = 7) -> float:
   return steps * b / statistics.median(times)
 
 
-def compile_probe(cfg_dict: dict, cache_dir: str) -> dict:
+def compile_probe(cfg_dict: dict, cache_dir: str, executables: bool = True) -> dict:
   """In a fresh process (see `compile_cache_probe`): compiles the train step for every shape of
-  the bucket strategy with the persistent cache in `cache_dir`; returns the seconds."""
+  the bucket strategy with the persistent cache in `cache_dir` (JAX's compilation cache, and
+  lstm_jax's executable cache unless `executables` is False); returns the seconds."""
   from lstm_jax import compiles
-  compiles.enable_persistent_cache(cache_dir)
+  compiles.enable_persistent_cache(cache_dir, executables=executables)
   cfg = types.SimpleNamespace(**cfg_dict)
   ds = workload(cfg)
   strategy = batching.Bucket(ds, batch_size=cfg.batch_size, num_buckets=cfg.num_buckets)
@@ -109,16 +110,19 @@ def compile_probe(cfg_dict: dict, cache_dir: str) -> dict:
   steps = train.StepFunctions.create()
   train.precompile(steps.train, state, strategy, 0)
   recs = steps.train.records.values()
-  return dict(compiles=steps.train.compiles, seconds=steps.train.compile_seconds,
+  return dict(compiles=steps.train.compiles, cache_loads=steps.train.cache_loads,
+              seconds=steps.train.compile_seconds,
               trace_lower_seconds=sum(r.lower_seconds for r in recs),
               xla_seconds=sum(r.compile_seconds for r in recs))
 
 
-def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str) -> dict:
+def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str, executables: bool = True) -> dict:
   """`compile_probe` in a fresh Python process (so nothing is compiled or cached in memory)."""
   code = ("import json, sys; from lstm_jax import bench; "
-          "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2])))")
-  proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg_dict), cache_dir],
+          "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2], "
+          "sys.argv[3] == '1')))")
+  proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg_dict), cache_dir,
+                         "1" if executables else "0"],
                         capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
   if proc.returncode != 0:
@@ -127,12 +131,16 @@ def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str) -> dict:
 
 
 def compile_cache_probe(cfg) -> dict:
-  """The bucket strategy's compile seconds in two fresh processes sharing one persistent cache
-  directory: the first fills it, the second loads from it."""
+  """The bucket strategy's compile seconds in fresh processes sharing one cache directory: the
+  first fills it; the second reads JAX's compilation cache only (still tracing and lowering);
+  the third reads lstm_jax's executable cache too (tracing only)."""
   with tempfile.TemporaryDirectory() as cache_dir:
-    runs = [compile_probe_in_subprocess(cfg.to_dict(), cache_dir) for _ in range(2)]
-  return dict(first=runs[0], second=runs[1], ratio=runs[1]["seconds"] / runs[0]["seconds"],
-              xla_ratio=runs[1]["xla_seconds"] / runs[0]["xla_seconds"])
+    first = compile_probe_in_subprocess(cfg.to_dict(), cache_dir)
+    jax_only = compile_probe_in_subprocess(cfg.to_dict(), cache_dir, executables=False)
+    second = compile_probe_in_subprocess(cfg.to_dict(), cache_dir)
+  return dict(first=first, jax_cache_only=jax_only, second=second,
+              jax_cache_only_ratio=jax_only["seconds"] / first["seconds"],
+              ratio=second["seconds"] / first["seconds"])
 
 
 def _pass_batches(strategy: batching.Strategy, tokens_per_pass: int):

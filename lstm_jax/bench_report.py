@@ -134,14 +134,19 @@ def markdown(r: dict) -> str:
   lines += [f"| {m['length']} | {m['temp_bytes'] / 2**20:.1f} |" for m in r["memory"]]
   c = r.get("compile_cache")
   if c:
-    lines += ["", f"Persistent compilation cache (`jax_compilation_cache_dir`): the bucket "
-              f"strategy's {c['first']['compiles']} train-step shapes compiled in a fresh process "
-              f"took {c['first']['seconds']:.2f} s ({c['first']['xla_seconds']:.2f} s in XLA, "
-              f"{c['first']['trace_lower_seconds']:.2f} s tracing and lowering); a second fresh "
-              f"process with the same cache took {c['second']['seconds']:.2f} s "
-              f"({c['second']['xla_seconds']:.2f} s + {c['second']['trace_lower_seconds']:.2f} s): "
-              f"{100 * c['ratio']:.0f}% of the first run in all, {100 * c['xla_ratio']:.0f}% of "
-              f"its XLA time. The cache serves XLA's compile; tracing and lowering run again."]
+    f, j, sec = c["first"], c["jax_cache_only"], c["second"]
+    lines += ["", f"Persistent compilation cache (`--config.compile_cache_dir`, "
+              f"`compiles.enable_persistent_cache`): the bucket strategy's {f['compiles']} "
+              f"train-step shapes compiled in a fresh process took {f['seconds']:.2f} s "
+              f"({f['xla_seconds']:.2f} s in XLA, {f['trace_lower_seconds']:.2f} s tracing and "
+              f"lowering). A second fresh process reading JAX's compilation cache "
+              f"(`jax_compilation_cache_dir`) alone took {j['seconds']:.2f} s "
+              f"({100 * c['jax_cache_only_ratio']:.0f}%: {j['xla_seconds']:.2f} s loading, "
+              f"{j['trace_lower_seconds']:.2f} s tracing and lowering, which that cache cannot "
+              f"skip); with lstm_jax's executable cache as well (keyed by the traced program, "
+              f"so lowering is skipped too) it took {sec['seconds']:.2f} s "
+              f"({100 * c['ratio']:.0f}%: {sec['cache_loads']} of {sec['compiles']} executables "
+              f"loaded in {sec['xla_seconds']:.2f} s, {sec['trace_lower_seconds']:.2f} s tracing)."]
   lines += ["", "## Targets (issue 4), checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
 
@@ -177,6 +182,6 @@ def targets(r: dict) -> list[str]:
   c = r.get("compile_cache")
   if c:
     out.append(f"| second run with the persistent cache <= 10% of the first's compile seconds | "
-               f"{100 * c['ratio']:.0f}% ({100 * c['xla_ratio']:.0f}% of XLA time) | "
-               f"{mark(c['ratio'] <= 0.10)} |")
+               f"{100 * c['ratio']:.0f}% (JAX's compilation cache alone: "
+               f"{100 * c['jax_cache_only_ratio']:.0f}%) | {mark(c['ratio'] <= 0.10)} |")
   return out

@@ -6,31 +6,115 @@ input signature (the pytree structure plus each leaf's shape and dtype), and kee
 silent retrace shows up), the compiles, and the seconds spent tracing/lowering and compiling,
 plus XLA's memory analysis of the compiled step. `compile(*args)` accepts `jax.ShapeDtypeStruct`s,
 so a strategy's shapes can all be compiled before the timer starts.
+
+Persistent caching (`enable_persistent_cache(dir)`) has two layers. JAX's own compilation cache
+skips XLA's compile but still traces and lowers every step; `ExecutableCache` (under
+`dir/executables`) also skips the lowering: a counted step is traced (which is what makes the key
+safe: the key is the traced program itself), and if an executable for that exact program,
+platform and versions is on disk it is loaded instead of lowered and compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import sys
+import tempfile
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
+import jaxlib
 import numpy as np
+from jax.experimental import serialize_executable
+
+_EXECUTABLE_CACHE: ExecutableCache | None = None
 
 
-def enable_persistent_cache(directory: str) -> None:
-  """Turns on JAX's persistent compilation cache in `directory`, for every compile from now on.
+def enable_persistent_cache(directory: str, executables: bool = True) -> None:
+  """Turns on persistent compilation caching in `directory`, for every compile from now on.
 
-  Each compiled executable is written there, keyed by its HLO, options and backend, and a later
-  process (or this one) that compiles the same step loads it instead of compiling again. The
-  thresholds are set to zero so that every step is cached, the small ones included. Call it
-  before the first compile: JAX sets the cache up once per process.
+  JAX's compilation cache: each compiled executable is written there, keyed by its HLO, options
+  and backend, and a later process (or this one) that compiles the same step loads it instead of
+  compiling again; the thresholds are set to zero so that every step is cached, the small ones
+  included. With `executables` (the default), counted steps (`CountedJit`) also go through an
+  `ExecutableCache` in `directory/executables`, which skips lowering as well. Call it before the
+  first compile: JAX sets its cache up once per process.
   """
   os.makedirs(directory, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if executables:
+    enable_executable_cache(os.path.join(directory, "executables"))
+
+
+def enable_executable_cache(directory: str) -> None:
+  """Counted steps (`CountedJit`) compiled from now on go through an `ExecutableCache` there."""
+  global _EXECUTABLE_CACHE
+  _EXECUTABLE_CACHE = ExecutableCache(directory)
+
+
+def disable_executable_cache() -> None:
+  global _EXECUTABLE_CACHE
+  _EXECUTABLE_CACHE = None
+
+
+class ExecutableCache:
+  """Compiled executables on disk, keyed by the traced program.
+
+  The key hashes everything the executable depends on: the jaxpr's text (every operation, shape,
+  dtype and literal, including the backward pass, since the step is traced after `grad`), the
+  values of any closed-over constants, the jit's shardings and donated arguments, the devices,
+  XLA_FLAGS, and the Python, jax and jaxlib versions. A different model, optimizer setting or
+  shape therefore traces to a different key and compiles afresh. Only single-process runs use it
+  (a multi-host executable is tied to its device assignment). A file that cannot be loaded is
+  reported, removed and compiled again.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = os.path.abspath(directory)
+    os.makedirs(self.directory, exist_ok=True)
+
+  def key(self, traced: Any, jit_kwargs: dict) -> str:
+    h = hashlib.sha256()
+    for part in (sys.version, jax.__version__, jaxlib.__version__, os.environ.get("XLA_FLAGS", ""),
+                 repr([(d.platform, d.device_kind, d.id) for d in jax.devices()]),
+                 repr(sorted((k, repr(v)) for k, v in jit_kwargs.items())),
+                 repr(traced.donate_argnums), str(traced.jaxpr)):
+      h.update(part.encode())
+      h.update(b"\0")
+    for c in traced.jaxpr.consts:
+      a = np.asarray(c)
+      h.update(repr((a.shape, a.dtype.str)).encode())
+      h.update(a.tobytes())
+    return h.hexdigest()
+
+  def _path(self, key: str) -> str:
+    return os.path.join(self.directory, key + ".xla")
+
+  def load(self, key: str, traced: Any) -> Any | None:
+    path = self._path(key)
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path, "rb") as f:
+        payload = f.read()
+      return serialize_executable.deserialize_and_load(payload, traced.in_tree, traced.out_tree)
+    except Exception as e:  # damaged or from an incompatible build: compile again
+      warnings.warn(f"executable cache entry {path} could not be loaded ({type(e).__name__}: "
+                    f"{str(e)[:200]}); removing it and compiling again.")
+      os.remove(path)
+      return None
+
+  def store(self, key: str, compiled: Any) -> None:
+    payload, _, _ = serialize_executable.serialize(compiled)
+    fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:  # written whole, then renamed: readers never see half a file
+      f.write(payload)
+    os.replace(tmp, self._path(key))
 
 
 @dataclasses.dataclass
@@ -40,6 +124,7 @@ class CompileRecord:
   label: str
   traces: int = 0
   compiles: int = 0
+  cache_loads: int = 0                 # of the compiles, how many loaded an ExecutableCache entry
   lower_seconds: float = 0.0
   compile_seconds: float = 0.0
   temp_bytes: int | None = None        # XLA's scratch memory for one call
@@ -84,6 +169,7 @@ class CountedJit:
     self.records: dict[tuple, CompileRecord] = {}
     self._executables: dict[tuple, Any] = {}
     self._tracing: CompileRecord | None = None
+    self._jit_kwargs = dict(jit_kwargs, donate_argnums=tuple(donate_argnums))
     def traced(*args):
       if self._tracing is not None:
         self._tracing.traces += 1
@@ -104,11 +190,23 @@ class CountedJit:
       return exe
     rec = self.records.setdefault(key, CompileRecord(label=self._label(args)))
     self._tracing = rec
+    cache = _EXECUTABLE_CACHE if jax.process_count() == 1 else None
     try:
       t0 = time.perf_counter()
-      lowered = self._jitted.lower(*args)
-      t1 = time.perf_counter()
-      exe = lowered.compile()
+      traced = self._jitted.trace(*args)
+      exe = cache_key = None
+      if cache is not None:
+        cache_key = cache.key(traced, self._jit_kwargs)
+        t1 = time.perf_counter()
+        exe = cache.load(cache_key, traced)
+      if exe is None:
+        lowered = traced.lower()
+        t1 = time.perf_counter()
+        exe = lowered.compile()
+        if cache is not None:
+          cache.store(cache_key, exe)
+      else:
+        rec.cache_loads += 1
       t2 = time.perf_counter()
     finally:
       self._tracing = None
@@ -143,9 +241,13 @@ class CountedJit:
   def compile_seconds(self) -> float:
     return sum(r.seconds for r in self.records.values())
 
+  @property
+  def cache_loads(self) -> int:
+    return sum(r.cache_loads for r in self.records.values())
+
   def summary(self) -> dict:
     return dict(name=self.name, traces=self.traces, compiles=self.compiles,
-                compile_seconds=self.compile_seconds,
+                cache_loads=self.cache_loads, compile_seconds=self.compile_seconds,
                 per_shape={r.label: dict(traces=r.traces, compiles=r.compiles,
                                          seconds=round(r.seconds, 4), temp_bytes=r.temp_bytes)
                            for r in self.records.values()})

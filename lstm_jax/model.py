@@ -1,4 +1,9 @@
-"""A masked, resettable LSTM scanned over time with `flax.linen.scan`, and the heads on top of it.
+"""A masked, resettable LSTM scanned over time, and the heads on top of it.
+
+The step (`recurrence.step`) is scanned with a hand-written backward pass by default
+(`backward="manual"`, `recurrence.recurrence`), or with `flax.linen.scan` and JAX's autodiff
+(`backward="autodiff"`); same forward computation, gradients equal to float32 rounding (tested),
+the manual one faster to run and to trace (BENCHMARKS.md).
 
 Parameters of layer k (`params["layer_{k}"]`, or `params["lstm"]["layer_{k}"]` in the heads):
 

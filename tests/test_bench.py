@@ -47,13 +47,19 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
 
 
 def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
-  """Two fresh processes compile the same steps with one cache directory: the first writes the
-  executables, the second finds them all there (no new entries). Times are the benchmark's."""
+  """Fresh processes compile the same steps with one cache directory: the first writes JAX's
+  cache entries and lstm_jax's executables; a second reading JAX's cache alone adds no entry; a
+  third loads every executable from the executable cache. Times are the benchmark's."""
   cfg = benchmark_config.get_config("quick").to_dict()
-  entries = []
-  for _ in range(2):
-    got = bench.compile_probe_in_subprocess(cfg, str(tmp_path / "cache"))
+  cache = tmp_path / "cache"
+  entries, runs = [], []
+  for executables in (True, False, True):
+    got = bench.compile_probe_in_subprocess(cfg, str(cache), executables=executables)
     assert got["compiles"] == cfg["num_buckets"]
-    entries.append(sorted(p.name for p in (tmp_path / "cache").iterdir()))
+    runs.append(got)
+    entries.append(sorted(p.name for p in cache.iterdir()) +
+                   sorted(p.name for p in (cache / "executables").iterdir()))
   assert any("train_step" in e for e in entries[0])
-  assert entries[1] == entries[0]  # every step was found in the cache, none compiled anew
+  assert sum(e.endswith(".xla") for e in entries[0]) == cfg["num_buckets"]
+  assert entries[1] == entries[0] and entries[2] == entries[0]  # nothing compiled anew
+  assert [r["cache_loads"] for r in runs] == [0, 0, cfg["num_buckets"]]

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import ragged_features
-from lstm_jax import batching, tasks, train
+from lstm_jax import batching, compiles, tasks, train
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
@@ -181,3 +181,46 @@ def test_token_data_into_a_feature_model(data):
 def test_fit_needs_a_stopping_rule(data):
   with pytest.raises(ConfigError, match="epochs or max_real_tokens"):
     train.fit(_state(data), batching.Pad(data, batch_size=8))
+
+
+def _cached_steps(ds, cache_dir, learning_rate=1e-2, hidden=8):
+  """A train step through an ExecutableCache in `cache_dir`, compiled for one bucket shape."""
+  compiles.enable_executable_cache(str(cache_dir / "executables"))
+  try:
+    model = SequenceModel(hidden_size=hidden, num_outputs=2)
+    state = train.create_train_state(model, optax.adam(learning_rate), ds, seed=0)
+    steps = train.StepFunctions.create()
+    strategy = batching.Bucket(ds, batch_size=4, boundaries=[16])
+    result = train.fit(state, strategy, epochs=1, steps=steps)
+  finally:
+    compiles.disable_executable_cache()
+  return steps.train, result.state.params
+
+
+def test_executable_cache_loads_the_same_program_and_only_that(tmp_path):
+  """A second identical step loads the stored executable and gives bit-identical parameters; a
+  different learning rate or model traces to a different program and compiles afresh."""
+  ds = ragged_features([3, 9, 4, 12, 7, 5, 2, 10], num_features=3, seed=1)
+  first, p1 = _cached_steps(ds, tmp_path)
+  again, p2 = _cached_steps(ds, tmp_path)
+  assert (first.cache_loads, again.cache_loads) == (0, 1)
+  assert first.compiles == again.compiles == 1
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  other_lr, p3 = _cached_steps(ds, tmp_path, learning_rate=1e-3)
+  other_model, _ = _cached_steps(ds, tmp_path, hidden=6)
+  assert other_lr.cache_loads == 0 and other_model.cache_loads == 0
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3)))
+  assert len(list((tmp_path / "executables").glob("*.xla"))) == 3
+
+
+def test_damaged_executable_cache_entry_is_compiled_again(tmp_path):
+  ds = ragged_features([3, 9, 4, 12, 7, 5, 2, 10], num_features=3, seed=1)
+  _, p1 = _cached_steps(ds, tmp_path)
+  (entry,) = (tmp_path / "executables").glob("*.xla")
+  entry.write_bytes(entry.read_bytes()[:100])
+  with pytest.warns(UserWarning, match="could not be loaded.*compiling again"):
+    step, p2 = _cached_steps(ds, tmp_path)
+  assert step.cache_loads == 0 and step.compiles == 1
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  loaded, _ = _cached_steps(ds, tmp_path)   # the rewritten entry loads
+  assert loaded.cache_loads == 1
