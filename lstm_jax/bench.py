@@ -163,6 +163,12 @@ class Timing:
   compile_seconds: float
   compiles: int
   extra: dict = dataclasses.field(default_factory=dict)
+  # One more timed pass on demand (for the paired comparison); not part of the results file.
+  run_pass: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+  def record(self) -> dict:
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run_pass"}
+    return dict(d, padding_fraction=self.padding_fraction)
 
   @property
   def padding_fraction(self) -> float:
@@ -205,7 +211,7 @@ def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
                 steps.train.compile_seconds, steps.train.compiles,
                 dict(shapes=len(strategy.shapes()), input_projection=input_projection,
-                     unroll=unroll, backward=backward))
+                     unroll=unroll, backward=backward), run_pass)
 
 
 class _FlaxRNNModel(nn.Module):
@@ -256,7 +262,7 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg) -> Timing:
   real = sum(p.real_tokens for p, _ in batches)
   tps, secs = _time_passes(run_pass, real, cfg.repeats)
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
-                compile_seconds, len(compiled), dict(shapes=len(compiled)))
+                compile_seconds, len(compiled), dict(shapes=len(compiled)), run_pass)
 
 
 def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Timing | None:
@@ -299,7 +305,32 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
   # packed: the LSTM runs real steps only; padded: every step of the batch-max rectangle
   computed = real if packed else sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
   tps, secs = _time_passes(run_pass, real, cfg.repeats)
-  return Timing(name, tps, secs, real, computed, 0.0, 0, dict(torch=torch.__version__))
+  return Timing(name, tps, secs, real, computed, 0.0, 0, dict(torch=torch.__version__), run_pass)
+
+
+def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:
+  """`ours` against `peer` and against the GEMM roofline, measured side by side.
+
+  The machine is shared and its speed drifts over minutes, so rows timed minutes apart (and a
+  GEMM rate taken at the start or end) can flatter or wrong a ratio. Here each round times one
+  pass of each, then the GEMM rate, back to back; the ratios are per round and the medians are
+  reported.
+  """
+  flops = flops_per_token(cfg.features, cfg.hidden_size)
+  speedups, fractions = [], []
+  for _ in range(rounds):
+    t0 = time.perf_counter()
+    ours.run_pass()
+    t1 = time.perf_counter()
+    peer.run_pass()
+    t2 = time.perf_counter()
+    rate = gemm_rate(cfg.features, cfg.hidden_size, repeats=10)
+    ours_tps, peer_tps = ours.real_tokens / (t1 - t0), peer.real_tokens / (t2 - t1)
+    speedups.append(ours_tps / peer_tps)
+    fractions.append(ours_tps / (rate / flops))
+  return dict(ours=ours.name, peer=peer.name, rounds=rounds, speedups=speedups,
+              roofline_fractions=fractions, speedup=statistics.median(speedups),
+              roofline_fraction=statistics.median(fractions))
 
 
 def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> list[dict]:

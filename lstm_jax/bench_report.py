@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -70,6 +69,16 @@ def run(cfg, out_md: str) -> dict:
       add(bench.time_flax_rnn(label, strategy, cfg), "peer")
     else:
       add(bench.time_torch(label, strategy, cfg, packed=peer == "torch_packed"), "peer")
+  ours = [t for t in rows if t.extra["kind"] == "ours"]
+  peers = [t for t in rows if t.extra["kind"] == "peer"]
+  paired = None
+  if ours and peers and cfg.paired_rounds:
+    paired = bench.paired_comparison(max(ours, key=lambda t: t.tokens_per_second),
+                                     max(peers, key=lambda t: t.tokens_per_second), cfg,
+                                     cfg.paired_rounds)
+    print(f"  paired: {paired['ours']} {paired['speedup']:.2f}x {paired['peer']}, "
+          f"{100 * paired['roofline_fraction']:.1f}% of the roofline (medians of "
+          f"{paired['rounds']} rounds)", flush=True)
   cache = bench.compile_cache_probe(cfg) if cfg.compile_cache_probe else None
   if cache:
     print(f"  persistent cache: {cache['first']['seconds']:.2f}s then "
@@ -87,9 +96,8 @@ def run(cfg, out_md: str) -> dict:
                     lengths_min_median_max=[int(lengths.min()), float(np.median(lengths)),
                                             int(lengths.max())]),
       gemm_flops_per_second=rate, gemm_samples=rates, roofline_tokens_per_second=roofline,
-      scan_gemm_floor_tokens_per_second=floor, compile_cache=cache,
-      rows=[dict(dataclasses.asdict(t), padding_fraction=t.padding_fraction,
-                 roofline_fraction=t.tokens_per_second / roofline) for t in rows],
+      scan_gemm_floor_tokens_per_second=floor, compile_cache=cache, paired=paired,
+      rows=[dict(t.record(), roofline_fraction=t.tokens_per_second / roofline) for t in rows],
       memory=memory,
       bucket_boundaries=strategies["bucket"].boundaries)
   json_path = os.path.join(os.path.dirname(os.path.abspath(out_md)), "benchmark.json")
@@ -147,6 +155,14 @@ def markdown(r: dict) -> str:
               f"so lowering is skipped too) it took {sec['seconds']:.2f} s "
               f"({100 * c['ratio']:.0f}%: {sec['cache_loads']} of {sec['compiles']} executables "
               f"loaded in {sec['xla_seconds']:.2f} s, {sec['trace_lower_seconds']:.2f} s tracing)."]
+  p = r.get("paired")
+  if p:
+    lines += ["", f"Side by side (the machine's speed drifts between rows): {p['rounds']} rounds, "
+              f"each one pass of {p['ours']}, one of {p['peer']}, then the GEMM rate. Per round, "
+              f"{p['ours']} ran {', '.join(f'{x:.2f}x' for x in p['speedups'])} the peer and "
+              f"{', '.join(f'{100 * x:.0f}%' for x in p['roofline_fractions'])} of that "
+              f"round's roofline: medians **{p['speedup']:.2f}x** and "
+              f"**{100 * p['roofline_fraction']:.1f}%**."]
   lines += ["", "## Targets (issue 4), checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
 
@@ -159,19 +175,27 @@ def targets(r: dict) -> list[str]:
   best = max(ours, key=lambda x: x["tokens_per_second"])
   out = ["| target | this run | met |", "|---|---|---|"]
   mark = lambda ok: "yes" if ok else "**no**"
+  p = r.get("paired")
   if peers:
     top = max(peers, key=lambda x: x["tokens_per_second"])
     ratio = best["tokens_per_second"] / top["tokens_per_second"]
-    out.append(f"| best strategy >= 2x the best peer | {best['name']} {ratio:.2f}x "
-               f"{top['name']} | {mark(ratio >= 2)} |")
+    if p:  # judged on the side-by-side medians; the table's rows were timed minutes apart
+      out.append(f"| best strategy >= 2x the best peer | {p['ours']} {p['speedup']:.2f}x "
+                 f"{p['peer']} side by side (rows of the table: {ratio:.2f}x) | "
+                 f"{mark(p['speedup'] >= 2)} |")
+    else:
+      out.append(f"| best strategy >= 2x the best peer | {best['name']} {ratio:.2f}x "
+                 f"{top['name']} | {mark(ratio >= 2)} |")
   packed = [x for x in peers if x["name"] == "torch nn.LSTM packed"]
   if packed:
     ratio = best["tokens_per_second"] / packed[0]["tokens_per_second"]
     out.append(f"| >= 10x PyTorch packed | {ratio:.1f}x | {mark(ratio >= 10)} |")
-  frac = best["roofline_fraction"]
-  out.append(f"| best strategy >= 50% of the GEMM roofline | {100 * frac:.1f}% (the scan-GEMM "
-             f"ceiling is {100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}%) "
-             f"| {mark(frac >= 0.5)} |")
+  frac = p["roofline_fraction"] if p else best["roofline_fraction"]
+  how = (f"side by side (table row: {100 * best['roofline_fraction']:.1f}%)" if p else "")
+  out.append(f"| best strategy >= 50% of the GEMM roofline | {100 * frac:.1f}% {how} (the "
+             f"scan-GEMM ceiling is "
+             f"{100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}%)"
+             f" | {mark(frac >= 0.5)} |")
   buckets = [x for x in ours if "bucket" in x["name"]]
   ok = [x for x in buckets if x["padding_fraction"] <= 0.03 and x["compiles"] <= 8]
   shown = min(buckets, key=lambda x: x["padding_fraction"]) if buckets else None

@@ -44,6 +44,12 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert "## Targets (issue 4)" in (tmp_path / "BENCHMARKS.md").read_text()
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
+  paired = saved["paired"]   # best row against best peer, side by side, per round
+  assert paired["rounds"] == cfg.paired_rounds == len(paired["speedups"])
+  assert paired["ours"] == max((r for r in saved["rows"] if r["extra"]["kind"] == "ours"),
+                               key=lambda r: r["tokens_per_second"])["name"]
+  assert paired["speedup"] == float(np.median(paired["speedups"])) and paired["speedup"] > 0
+  assert "side by side" in (tmp_path / "BENCHMARKS.md").read_text()
 
 
 def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
