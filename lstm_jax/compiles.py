@@ -169,7 +169,7 @@ class CountedJit:
     self.records: dict[tuple, CompileRecord] = {}
     self._executables: dict[tuple, Any] = {}
     self._tracing: CompileRecord | None = None
-    self._jit_kwargs = dict(jit_kwargs, donate_argnums=tuple(donate_argnums))
+    self._jit_kwargs = jit_kwargs  # shardings etc., part of the executable cache's key
     def traced(*args):
       if self._tracing is not None:
         self._tracing.traces += 1

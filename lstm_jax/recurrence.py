@@ -124,15 +124,15 @@ def _bwd(in_step, unroll, saved, cotangents):
       d_x, d_h = (d_z if need_d_xs else None), d_z @ weights.T
     d_h = d_h + dh * (1.0 - m)
     d_w = d_w + lhs_t.T @ d_z
-    d_b = d_b + jnp.sum(d_z, axis=0)
+    if in_step:  # hoisted: the projection outside added the bias, so it has no gradient here
+      d_b = d_b + jnp.sum(d_z, axis=0)
     return (d_c * keep, d_h * keep, d_w, d_b), d_x
 
   init = (d_c_final, d_h_final, jnp.zeros_like(weights), jnp.zeros_like(bias))
   (d_c0, d_h0, d_w, d_b), d_xs = jax.lax.scan(
       body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll)
-  if not in_step:
-    d_b = jnp.zeros_like(bias)  # the hoisted projection added the bias outside
-  return d_w, d_b, d_xs, None, None, (d_c0, d_h0)   # None: no cotangent (mask, resets, xs)
+  # None: no cotangent (the bias when hoisted; mask, resets; xs when they need none)
+  return d_w, d_b if in_step else None, d_xs, None, None, (d_c0, d_h0)
 
 
 recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
