@@ -23,13 +23,16 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       peers=("flax_rnn_pad512", "flax_rnn_pow2", "torch_packed", "torch_batch_max"),
       paired_rounds=5,               # best row vs best peer vs GEMM rate, back to back
       compile_cache_probe=True,      # compile in three fresh processes sharing a persistent cache
+      tune_malloc=True,              # lstm_jax.host.tune_malloc() for the whole run, peers too
+      malloc_probe_rounds=2,         # best row and best peer in fresh processes, glibc default
+                                     # allocator vs tuned, alternating; 0: skip
   ))
   if arg == "quick":  # for tests: tiny and fast
     c.update(num_sequences=256, max_length=64, median_length=16.0, features=4, hidden_size=16,
              batch_size=16, repeats=1, tokens_per_pass=2000, num_buckets=3, tbptt_chunk=16,
              pack_row_length=64, input_projections=("in_step",), autodiff_rows=("tbptt",),
              peers=("flax_rnn_pow2", "torch_packed"), compile_cache_probe=False,
-             paired_rounds=2)
+             paired_rounds=2, malloc_probe_rounds=1)
   elif arg not in ("", "default"):
     raise ValueError(f"unknown preset {arg!r}; use default or quick.")
   c.lock()

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_jax import batching, tasks, train
+from lstm_jax import batching, host, tasks, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.model import SequenceModel
 
@@ -116,18 +116,28 @@ def compile_probe(cfg_dict: dict, cache_dir: str, executables: bool = True) -> d
               xla_seconds=sum(r.compile_seconds for r in recs))
 
 
+def in_subprocess(module: str, function: str, kwargs: dict, tune_malloc: bool = False) -> dict:
+  """`module.function(**kwargs)` in a fresh Python process (nothing compiled, cached or allocated
+  in it yet); returns its dict result. The allocator starts at glibc's defaults (GLIBC_TUNABLES
+  and MALLOC_* are dropped from the environment) and is tuned first thing if `tune_malloc`."""
+  code = (f"import json, sys; from lstm_jax import host; host.tune_malloc({bool(tune_malloc)}); "
+          f"from {module} import {function} as f; "
+          f"print('PROBE', json.dumps(f(**json.loads(sys.argv[1]))))")
+  env = {k: v for k, v in os.environ.items()
+         if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+  proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)],
+                        capture_output=True, text=True, timeout=900,
+                        env=dict(env, PYTHONPATH=os.pathsep.join(sys.path)))
+  if proc.returncode != 0:
+    raise RuntimeError(f"{module}.{function} failed in a subprocess: {proc.stderr[-2000:]}")
+  return json.loads([l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1][6:])
+
+
 def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str, executables: bool = True) -> dict:
   """`compile_probe` in a fresh Python process (so nothing is compiled or cached in memory)."""
-  code = ("import json, sys; from lstm_jax import bench; "
-          "print('PROBE', json.dumps(bench.compile_probe(json.loads(sys.argv[1]), sys.argv[2], "
-          "sys.argv[3] == '1')))")
-  proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg_dict), cache_dir,
-                         "1" if executables else "0"],
-                        capture_output=True, text=True, timeout=900,
-                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-  if proc.returncode != 0:
-    raise RuntimeError(f"compile probe failed: {proc.stderr[-2000:]}")
-  return json.loads([l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1][6:])
+  return in_subprocess("lstm_jax.bench", "compile_probe",
+                       dict(cfg_dict=cfg_dict, cache_dir=cache_dir, executables=executables),
+                       tune_malloc=host.malloc_state()["tuned"])
 
 
 def compile_cache_probe(cfg) -> dict:
@@ -163,6 +173,7 @@ class Timing:
   compile_seconds: float
   compiles: int
   extra: dict = dataclasses.field(default_factory=dict)
+  page_faults_per_step: float = 0.0  # minor faults in the timed passes, per train step
   # One more timed pass on demand (for the paired comparison); not part of the results file.
   run_pass: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -175,14 +186,17 @@ class Timing:
     return 1.0 - self.real_tokens / self.computed_tokens
 
 
-def _time_passes(run_pass: Callable[[], None], real: int, repeats: int) -> tuple[float, list[float]]:
+def _time_passes(run_pass: Callable[[], None], real: int, repeats: int,
+                 steps: int) -> tuple[float, list[float], float]:
+  """(real tokens/s of the median pass, each pass's seconds, minor page faults per step)."""
   run_pass()  # warm-up
-  secs = []
+  secs, faults = [], host.minor_page_faults()
   for _ in range(repeats):
     t0 = time.perf_counter()
     run_pass()
     secs.append(time.perf_counter() - t0)
-  return real / statistics.median(secs), secs
+  faults = host.minor_page_faults() - faults
+  return real / statistics.median(secs), secs, faults / (repeats * steps)
 
 
 def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str = "auto",
@@ -207,11 +221,11 @@ def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str
     box[0] = st
 
   real = sum(p.real_tokens for p, _ in batches)
-  tps, secs = _time_passes(run_pass, real, cfg.repeats)
+  tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
                 steps.train.compile_seconds, steps.train.compiles,
                 dict(shapes=len(strategy.shapes()), input_projection=input_projection,
-                     unroll=unroll, backward=backward), run_pass)
+                     unroll=unroll, backward=backward), faults, run_pass)
 
 
 class _FlaxRNNModel(nn.Module):
@@ -260,9 +274,9 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg) -> Timing:
     box[:] = [p, o]
 
   real = sum(p.real_tokens for p, _ in batches)
-  tps, secs = _time_passes(run_pass, real, cfg.repeats)
+  tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
-                compile_seconds, len(compiled), dict(shapes=len(compiled)), run_pass)
+                compile_seconds, len(compiled), dict(shapes=len(compiled)), faults, run_pass)
 
 
 def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Timing | None:
@@ -304,8 +318,9 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
   real = sum(p.real_tokens for p, *_ in batches)
   # packed: the LSTM runs real steps only; padded: every step of the batch-max rectangle
   computed = real if packed else sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
-  tps, secs = _time_passes(run_pass, real, cfg.repeats)
-  return Timing(name, tps, secs, real, computed, 0.0, 0, dict(torch=torch.__version__), run_pass)
+  tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
+  return Timing(name, tps, secs, real, computed, 0.0, 0, dict(torch=torch.__version__), faults,
+                run_pass)
 
 
 def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
+import types
 
 import numpy as np
 
-from lstm_jax import batching, bench
+from lstm_jax import batching, bench, host
 from lstm_jax.experiment import versions
 
 
@@ -27,7 +29,62 @@ def _strategies(ds, cfg) -> dict[str, batching.Strategy]:
   }
 
 
+def _peer_strategies(ds, cfg) -> dict[str, tuple[str, batching.Strategy]]:
+  pow2 = [2 ** k for k in range(3, 10) if 2 ** k <= cfg.max_length] or [cfg.max_length]
+  if pow2[-1] < cfg.max_length:
+    pow2.append(cfg.max_length)
+  return {
+      "flax_rnn_pad512": ("flax nn.RNN padded to max", batching.Pad(ds, cfg.batch_size,
+                                                                    cfg.max_length)),
+      "flax_rnn_pow2": ("flax nn.RNN pow2 buckets", batching.Bucket(ds, cfg.batch_size,
+                                                                    boundaries=pow2)),
+      "torch_packed": ("torch nn.LSTM packed", batching.PadBatchMax(ds, cfg.batch_size)),
+      "torch_batch_max": ("torch nn.LSTM batch max", batching.PadBatchMax(ds, cfg.batch_size)),
+  }
+
+
+def _time_peer(key: str, ds, cfg) -> bench.Timing | None:
+  label, strategy = _peer_strategies(ds, cfg)[key]
+  if key.startswith("flax"):
+    return bench.time_flax_rnn(label, strategy, cfg)
+  return bench.time_torch(label, strategy, cfg, packed=key == "torch_packed")
+
+
+def malloc_probe_child(cfg_dict: dict, ours: str, projection: str, peer: str) -> dict:
+  """In a fresh process (`bench.in_subprocess`): one of our strategies and one peer, timed under
+  whatever allocator the process was started with."""
+  cfg = types.SimpleNamespace(**cfg_dict)
+  ds = bench.workload(cfg)
+  a = bench.time_ours(ours, _strategies(ds, cfg)[ours], cfg, projection)
+  b = _time_peer(peer, ds, cfg)
+  return dict(malloc=host.malloc_state(), ours=a.tokens_per_second, peer=b.tokens_per_second,
+              ours_faults_per_step=a.page_faults_per_step,
+              peer_faults_per_step=b.page_faults_per_step)
+
+
+def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
+  """`ours` and `peer` in fresh processes with glibc's default allocator and with
+  `host.tune_malloc()`, alternating, `cfg.malloc_probe_rounds` of each; medians per arm."""
+  arms = {"default": [], "tuned": []}
+  for _ in range(cfg.malloc_probe_rounds):
+    for arm, runs in arms.items():
+      runs.append(bench.in_subprocess("lstm_jax.bench_report", "malloc_probe_child",
+                                      dict(cfg_dict=cfg.to_dict(), ours=ours,
+                                           projection=projection, peer=peer),
+                                      tune_malloc=arm == "tuned"))
+  med = lambda runs, k: statistics.median(r[k] for r in runs)
+  return dict(ours=ours, projection=projection, peer=peer, rounds=cfg.malloc_probe_rounds,
+              runs=arms, **{
+      arm: dict(ours=med(runs, "ours"), peer=med(runs, "peer"),
+                speedup=statistics.median(r["ours"] / r["peer"] for r in runs),
+                ours_faults_per_step=med(runs, "ours_faults_per_step"),
+                peer_faults_per_step=med(runs, "peer_faults_per_step"))
+      for arm, runs in arms.items()})
+
+
 def run(cfg, out_md: str) -> dict:
+  malloc = host.tune_malloc(cfg.tune_malloc)  # before anything is allocated; peers share it
+  print(f"malloc: {'tuned (lstm_jax.host)' if malloc['tuned'] else malloc['reason']}", flush=True)
   ds = bench.workload(cfg)
   rates = [bench.gemm_rate(cfg.features, cfg.hidden_size)]  # again at the end: the machine is
   print(f"GEMM {rates[0] / 1e9:.1f} GFLOP/s", flush=True)  # shared, its speed drifts
@@ -36,11 +93,11 @@ def run(cfg, out_md: str) -> dict:
   strategies = _strategies(ds, cfg)
   rows: list[bench.Timing] = []
 
-  def add(t: bench.Timing | None, kind: str):
+  def add(t: bench.Timing | None, kind: str, key: str):
     if t is None:
-      print(f"  {kind}: skipped (not installed)", flush=True)
+      print(f"  {key}: skipped (not installed)", flush=True)
       return
-    t.extra["kind"] = kind
+    t.extra.update(kind=kind, key=key)
     rows.append(t)
     print(f"  {t.name:<34} {t.tokens_per_second:>10,.0f} tok/s  padding "
           f"{100 * t.padding_fraction:5.1f}%  compiles {t.compiles:>2} ({t.compile_seconds:.1f}s)",
@@ -48,27 +105,13 @@ def run(cfg, out_md: str) -> dict:
 
   for name, strategy in strategies.items():
     for proj in cfg.input_projections if name == "bucket" else cfg.input_projections[:1]:
-      add(bench.time_ours(f"lstm_jax {name} ({proj})", strategy, cfg, proj), "ours")
+      add(bench.time_ours(f"lstm_jax {name} ({proj})", strategy, cfg, proj), "ours", name)
     if name in cfg.autodiff_rows:  # the same step with JAX's autodiff instead of the manual VJP
       add(bench.time_ours(f"lstm_jax {name} ({cfg.input_projections[0]}, autodiff backward)",
-                          strategy, cfg, cfg.input_projections[0], backward="autodiff"), "ours")
-  pow2 = [2 ** k for k in range(3, 10) if 2 ** k <= cfg.max_length] or [cfg.max_length]
-  if pow2[-1] < cfg.max_length:
-    pow2.append(cfg.max_length)
-  peer_strategies = {
-      "flax_rnn_pad512": ("flax nn.RNN padded to max", batching.Pad(ds, cfg.batch_size,
-                                                                    cfg.max_length)),
-      "flax_rnn_pow2": ("flax nn.RNN pow2 buckets", batching.Bucket(ds, cfg.batch_size,
-                                                                    boundaries=pow2)),
-      "torch_packed": ("torch nn.LSTM packed", batching.PadBatchMax(ds, cfg.batch_size)),
-      "torch_batch_max": ("torch nn.LSTM batch max", batching.PadBatchMax(ds, cfg.batch_size)),
-  }
+                          strategy, cfg, cfg.input_projections[0], backward="autodiff"), "ours",
+          name)
   for peer in cfg.peers:
-    label, strategy = peer_strategies[peer]
-    if peer.startswith("flax"):
-      add(bench.time_flax_rnn(label, strategy, cfg), "peer")
-    else:
-      add(bench.time_torch(label, strategy, cfg, packed=peer == "torch_packed"), "peer")
+    add(_time_peer(peer, ds, cfg), "peer", peer)
   ours = [t for t in rows if t.extra["kind"] == "ours"]
   peers = [t for t in rows if t.extra["kind"] == "peer"]
   paired = None
@@ -79,6 +122,15 @@ def run(cfg, out_md: str) -> dict:
     print(f"  paired: {paired['ours']} {paired['speedup']:.2f}x {paired['peer']}, "
           f"{100 * paired['roofline_fraction']:.1f}% of the roofline (medians of "
           f"{paired['rounds']} rounds)", flush=True)
+  allocator = None
+  if ours and peers and cfg.malloc_probe_rounds:
+    best_ours = max((t for t in ours if t.extra["backward"] == "manual"),
+                    key=lambda t: t.tokens_per_second)
+    allocator = malloc_probe(cfg, best_ours.extra["key"], best_ours.extra["input_projection"],
+                             max(peers, key=lambda t: t.tokens_per_second).extra["key"])
+    print("  allocator: " + "; ".join(
+        f"{arm} {allocator[arm]['ours']:,.0f} vs {allocator[arm]['peer']:,.0f} tok/s "
+        f"({allocator[arm]['speedup']:.2f}x)" for arm in ("default", "tuned")), flush=True)
   cache = bench.compile_cache_probe(cfg) if cfg.compile_cache_probe else None
   if cache:
     print(f"  persistent cache: {cache['first']['seconds']:.2f}s then "
@@ -97,16 +149,25 @@ def run(cfg, out_md: str) -> dict:
                                             int(lengths.max())]),
       gemm_flops_per_second=rate, gemm_samples=rates, roofline_tokens_per_second=roofline,
       scan_gemm_floor_tokens_per_second=floor, compile_cache=cache, paired=paired,
+      allocator=allocator,
       rows=[dict(t.record(), roofline_fraction=t.tokens_per_second / roofline) for t in rows],
       memory=memory,
       bucket_boundaries=strategies["bucket"].boundaries)
   json_path = os.path.join(os.path.dirname(os.path.abspath(out_md)), "benchmark.json")
+  os.makedirs(os.path.dirname(json_path), exist_ok=True)
   with open(json_path, "w") as f:
     json.dump(result, f, indent=1)
   with open(out_md, "w") as f:
     f.write(markdown(result))
   print(markdown(result))
   return result
+
+
+def _malloc_words(v: dict) -> str:
+  m = v.get("malloc") or {}
+  if m.get("tuned"):
+    return f"{m['libc']} malloc tuned (`lstm_jax.host.tune_malloc`) for every row, peers included"
+  return f"allocator at its defaults ({m.get('reason', 'not recorded')})"
 
 
 def markdown(r: dict) -> str:
@@ -117,7 +178,7 @@ def markdown(r: dict) -> str:
       f"(min / median / max), {w['real_tokens']:,} real tokens, F={r['config']['features']}, "
       f"H={r['config']['hidden_size']}, batch {r['config']['batch_size']}, Adam, per-step MSE. "
       f"Machine: {v['cpu_count']} CPU cores, backend {v['backend']}; Python {v['python']}, "
-      f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}.", "",
+      f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {_malloc_words(v)}.", "",
       f"GEMM rate {r['gemm_flops_per_second'] / 1e9:.1f} GFLOP/s (float32 "
       f"[4096, F+H] x [F+H, 4H]; the better of "
       f"{', '.join(f'{x / 1e9:.0f}' for x in r.get('gemm_samples', [r['gemm_flops_per_second']]))}"
@@ -127,13 +188,15 @@ def markdown(r: dict) -> str:
       f"operands, forward and backward) runs at {r['scan_gemm_floor_tokens_per_second']:,.0f} "
       f"tokens/s ({100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}% "
       f"of the roofline): the ceiling for a scanned LSTM at this batch size here.", "",
-      "| run | real tok/s (median) | % roofline | padding | compiles | compile s | passes (s) |",
-      "|---|---|---|---|---|---|---|"]
+      "| run | real tok/s (median) | % roofline | padding | compiles | compile s | passes (s) "
+      "| page faults / step |",
+      "|---|---|---|---|---|---|---|---|"]
   for row in sorted(r["rows"], key=lambda x: -x["tokens_per_second"]):
     lines.append(f"| {row['name']} | {row['tokens_per_second']:,.0f} | "
                  f"{100 * row['roofline_fraction']:.1f}% | {100 * row['padding_fraction']:.1f}% | "
                  f"{row['compiles'] or '-'} | {row['compile_seconds']:.1f} | "
-                 f"{', '.join(f'{s:.2f}' for s in row['pass_seconds'])} |")
+                 f"{', '.join(f'{s:.2f}' for s in row['pass_seconds'])} | "
+                 f"{row.get('page_faults_per_step', 0):,.0f} |")
   lines += ["", f"Bucket boundaries (exact dynamic program, {len(r['bucket_boundaries'])} "
             f"buckets): {r['bucket_boundaries']}.", "",
             "Train-step XLA temp memory against the padded length T (batch "
@@ -163,6 +226,17 @@ def markdown(r: dict) -> str:
               f"{', '.join(f'{100 * x:.0f}%' for x in p['roofline_fractions'])} of that "
               f"round's roofline: medians **{p['speedup']:.2f}x** and "
               f"**{100 * p['roofline_fraction']:.1f}%**."]
+  a = r.get("allocator")
+  if a:
+    lines += ["", f"Allocator (`lstm_jax.host.tune_malloc`, on in this run: "
+              f"{v.get('malloc', {}).get('tuned', False)}): {a['ours']} ({a['projection']}) and "
+              f"{a['peer']} timed in fresh processes, {a['rounds']} of each arm, alternating; "
+              "glibc's defaults against the tuned allocator (medians):", "",
+              "| allocator | ours tok/s | peer tok/s | ours / peer | page faults / step (ours, "
+              "peer) |", "|---|---|---|---|---|"]
+    lines += [f"| {arm} | {a[arm]['ours']:,.0f} | {a[arm]['peer']:,.0f} | "
+              f"{a[arm]['speedup']:.2f}x | {a[arm]['ours_faults_per_step']:,.0f}, "
+              f"{a[arm]['peer_faults_per_step']:,.0f} |" for arm in ("default", "tuned")]
   lines += ["", "## Targets (issue 4), checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
 

@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.target_eval_loss = 0.0           # 0: the worst final eval loss among the strategies
   # JAX's persistent compilation cache ("" : off): a rerun loads compiled steps from here.
   c.compile_cache_dir = ""
+  # glibc malloc keeps freed scratch memory for the next step (lstm_jax.host): CPU train steps
+  # ~15% faster, no page faults; the process keeps its peak heap. False: glibc's defaults.
+  c.tune_malloc = True
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
   c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=50, keep=3))

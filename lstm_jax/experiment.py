@@ -31,7 +31,7 @@ import optax
 
 import importlib.metadata
 
-from lstm_jax import batching, compiles, config, report, sharding, sources, train
+from lstm_jax import batching, compiles, config, host, report, sharding, sources, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.model import SequenceModel
@@ -43,7 +43,8 @@ def versions() -> dict:
   return dict(python=sys.version.split()[0], jax=jax.__version__, jaxlib=importlib.metadata.version("jaxlib"),
               flax=flax.__version__, optax=optax.__version__, numpy=np.__version__,
               backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
-              machine=platform.machine(), cpu_count=os.cpu_count(), platform=platform.platform())
+              machine=platform.machine(), cpu_count=os.cpu_count(), platform=platform.platform(),
+              malloc=host.malloc_state())
 
 
 def metric_of(dataset: RaggedDataset) -> str:
@@ -229,6 +230,7 @@ def time_to_target(curve: list[dict], target: float) -> float | None:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> list[dict]:
   """Runs every strategy in cfg.strategies for each seed; writes the report into `workdir`."""
   config.validate_config(cfg)
+  host.tune_malloc(cfg.tune_malloc)  # first: it applies to what is allocated after it
   if cfg.compile_cache_dir:
     compiles.enable_persistent_cache(cfg.compile_cache_dir)
   d = cfg.distributed

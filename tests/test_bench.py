@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_jax import bench, bench_report
+from lstm_jax import bench, bench_report, host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import benchmark as benchmark_config  # noqa: E402
@@ -50,6 +50,19 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
                                key=lambda r: r["tokens_per_second"])["name"]
   assert paired["speedup"] == float(np.median(paired["speedups"])) and paired["speedup"] > 0
   assert "side by side" in (tmp_path / "BENCHMARKS.md").read_text()
+  assert saved["versions"]["malloc"]["tuned"] == (host.libc().startswith("glibc"))
+  alloc = saved["allocator"]  # the best manual row and the best peer, fresh processes per arm
+  best = max((r for r in saved["rows"] if r["extra"]["kind"] == "ours"
+              and r["extra"]["backward"] == "manual"), key=lambda r: r["tokens_per_second"])
+  assert (alloc["ours"], alloc["projection"]) == (best["extra"]["key"],
+                                                  best["extra"]["input_projection"])
+  for arm in ("default", "tuned"):
+    runs = alloc["runs"][arm]
+    assert len(runs) == cfg.malloc_probe_rounds and all(r["ours"] > 0 for r in runs)
+    assert all(r["malloc"]["tuned"] == (arm == "tuned" and saved["versions"]["malloc"]["tuned"])
+               for r in runs), (arm, runs)
+    assert alloc[arm]["ours"] == float(np.median([r["ours"] for r in runs]))
+  assert "| default |" in (tmp_path / "BENCHMARKS.md").read_text()
 
 
 def test_persistent_compilation_cache_is_filled_then_read(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstm_jax import batching, experiment, sources
+from lstm_jax import batching, experiment, host, sources
 from lstm_jax.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,8 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   assert "| strategy |" in report and "![eval loss vs wall time](eval_loss_vs_time.png)" in report
   meta = json.loads((workdir / "meta.json").read_text())
   assert {"python", "jax", "flax", "optax"} <= set(meta["versions"])
+  # the runner tunes the allocator first thing (config.tune_malloc, on by default) and says so
+  assert meta["versions"]["malloc"]["tuned"] == host.libc().startswith("glibc")
   assert meta["data"]["file_list_sha256"] and meta["data"]["train_fingerprint"]
   assert "real tok/s" in proc.stdout  # the table is printed
 

@@ -1,0 +1,45 @@
+"""Run by tests/test_host.py: minor page faults per call of a compiled LSTM gradient whose XLA
+scratch (~75 MiB: B=64, T=128, H=256) is larger than a glibc thread arena's heap (64 MiB).
+
+    python tests/page_faults_check.py tuned|default
+
+Prints one JSON line: {"faults_per_call", "temp_bytes", "malloc"}.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from lstm_jax import host  # noqa: E402
+
+host.tune_malloc(sys.argv[1] == "tuned")  # before jax allocates anything
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from lstm_jax import recurrence  # noqa: E402
+
+T, B, F, H = 128, 64, 32, 256
+k = jax.random.split(jax.random.key(0), 2)
+w = 0.05 * jax.random.normal(k[0], (F + H, 4 * H))
+xs = jax.random.normal(k[1], (T, B, F))
+mask, resets = jnp.ones((T, B)), jnp.zeros((T, B))
+carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+
+
+def loss(w, b):
+  ys, _ = recurrence.recurrence(w, b, xs, mask, resets, carry, True, 1)
+  return jnp.mean(ys ** 2)
+
+
+step = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, jnp.zeros(4 * H)).compile()
+for _ in range(2):  # warm-up: the heap grows to the step's size once
+  jax.block_until_ready(step(w, jnp.zeros(4 * H)))
+before, calls = host.minor_page_faults(), 4
+for _ in range(calls):
+  jax.block_until_ready(step(w, jnp.zeros(4 * H)))
+print(json.dumps(dict(faults_per_call=(host.minor_page_faults() - before) / calls,
+                      temp_bytes=step.memory_analysis().temp_size_in_bytes,
+                      malloc=host.malloc_state())))
