@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache ("" : off): a rerun loads compiled steps from here.
   c.compile_cache_dir = ""
   # glibc malloc keeps freed scratch memory for the next step (lstm_jax.host): CPU train steps
-  # ~15% faster, no page faults; the process keeps its peak heap. False: glibc's defaults.
+  # ~15% faster, (almost) no page faults; the process keeps its peak heap. False: glibc's defaults.
   c.tune_malloc = True
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True

@@ -27,16 +27,20 @@ def _faults(arm: str) -> dict:
 @glibc_only
 def test_tuned_train_step_takes_no_page_faults():
   """After tune_malloc, a steady gradient step with ~75 MiB of XLA scratch (more than a thread
-  arena's 64 MiB heap) reuses the heap: (almost) no page faults, where glibc's defaults map and
-  fault in the scratch afresh on every call (unless the kernel backs it with huge pages anyway)."""
+  arena's 64 MiB heap) reuses the heap: the median call takes (almost) no page faults, where
+  glibc's defaults map and fault in the scratch afresh on every call (unless the kernel backs it
+  with huge pages anyway). A median: the tuned heap still grows now and then when fragmentation
+  leaves no hole big enough (seen at up to 3 of 12 calls; CI once caught one in a 4-call mean)."""
   tuned, default = _faults("tuned"), _faults("default")
   pages = tuned["temp_bytes"] / 4096
   assert tuned["temp_bytes"] > 64 * 2**20
   assert tuned["malloc"]["tuned"] and not default["malloc"]["tuned"]
-  assert tuned["faults_per_call"] < 0.01 * pages, (tuned, default)
+  seen = f"pages {pages:.0f}; tuned faults per call {tuned['faults']}; default {default['faults']}"
+  assert tuned["faults_per_call"] < 0.01 * pages, seen
   thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
   if thp.exists() and "[always]" not in thp.read_text():  # 4 KiB pages: one fault per page
-    assert default["faults_per_call"] > 0.5 * pages, (tuned, default)
+    assert default["faults_per_call"] > 0.5 * pages, seen
+    assert sum(tuned["faults"]) < 0.5 * sum(default["faults"]), seen
 
 
 @glibc_only
