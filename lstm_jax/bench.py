@@ -200,11 +200,12 @@ def _time_passes(run_pass: Callable[[], None], real: int, repeats: int,
 
 
 def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str = "auto",
-              unroll: int = 1, backward: str = "manual") -> Timing:
+              unroll: int = 1, backward: str = "manual", matmul_dtype: str = "float32") -> Timing:
   """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes."""
   ds = strategy.dataset
   model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1,
-                        input_projection=input_projection, unroll=unroll, backward=backward)
+                        input_projection=input_projection, unroll=unroll, backward=backward,
+                        matmul_dtype=matmul_dtype)
   state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
   steps = train.StepFunctions.create()
   train.precompile(steps.train, state, strategy, 0)
@@ -225,24 +226,30 @@ def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
                 steps.train.compile_seconds, steps.train.compiles,
                 dict(shapes=len(strategy.shapes()), input_projection=input_projection,
-                     unroll=unroll, backward=backward), faults, run_pass)
+                     unroll=unroll, backward=backward, matmul_dtype=matmul_dtype), faults,
+                run_pass)
 
 
 class _FlaxRNNModel(nn.Module):
-  """The peer: flax.linen.RNN(OptimizedLSTMCell) with seq_lengths, and a Dense head."""
+  """The peer: flax.linen.RNN(OptimizedLSTMCell) with seq_lengths, and a Dense head.
+
+  dtype: the cell's computation dtype (Flax's own reduced-precision option: bfloat16 matmuls
+  and gate math, float32 parameters); the head stays float32."""
 
   hidden_size: int
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, seq_lengths):
-    h = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size))(x, seq_lengths=seq_lengths)
-    return nn.Dense(1)(h)
+    cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=jnp.dtype(self.dtype))
+    h = nn.RNN(cell)(x, seq_lengths=seq_lengths)
+    return nn.Dense(1)(h.astype(jnp.float32))
 
 
-def time_flax_rnn(name: str, strategy: batching.Strategy, cfg) -> Timing:
+def time_flax_rnn(name: str, strategy: batching.Strategy, cfg, dtype: str = "float32") -> Timing:
   """Flax's own nn.RNN on the same batches (right-padded, seq_lengths from the mask)."""
   ds = strategy.dataset
-  model = _FlaxRNNModel(cfg.hidden_size)
+  model = _FlaxRNNModel(cfg.hidden_size, dtype)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1, ds.num_features)), jnp.ones(1, jnp.int32))
   tx = optax.adam(cfg.learning_rate)
 
@@ -276,7 +283,8 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg) -> Timing:
   real = sum(p.real_tokens for p, _ in batches)
   tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
   return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
-                compile_seconds, len(compiled), dict(shapes=len(compiled)), faults, run_pass)
+                compile_seconds, len(compiled), dict(shapes=len(compiled), matmul_dtype=dtype),
+                faults, run_pass)
 
 
 def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Timing | None:
@@ -319,8 +327,8 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
   # packed: the LSTM runs real steps only; padded: every step of the batch-max rectangle
   computed = real if packed else sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
   tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
-  return Timing(name, tps, secs, real, computed, 0.0, 0, dict(torch=torch.__version__), faults,
-                run_pass)
+  return Timing(name, tps, secs, real, computed, 0.0, 0,
+                dict(torch=torch.__version__, matmul_dtype="float32"), faults, run_pass)
 
 
 def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:

@@ -15,7 +15,7 @@ from ml_collections.config_dict import placeholder
 from lstm_jax import batching
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import BACKWARDS, INPUT_PROJECTIONS
+from lstm_jax.model import BACKWARDS, INPUT_PROJECTIONS, MATMUL_DTYPES
 
 STRATEGIES = ("pad", "bucket", "tbptt", "vbptt", "pack", "pad_batch_max")
 
@@ -55,12 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator="localhost:12355",
                                                  num_processes=1, process_id=0))
   # Dropout: between layers, and variational (one mask per sequence) on the LSTM's inputs and
-  # outputs; off in evaluation, seeded from the step. backward: "manual" (hand-written reverse
+  # outputs; off in evaluation, seeded from the step. matmul_dtype: "float32" (exact) or
+  # "bfloat16" (bfloat16 matmul operands, float32 accumulation: faster on CPUs with bfloat16 dot
+  # products, numbers differ by bfloat16 rounding). backward: "manual" (hand-written reverse
   # scan, faster) or "autodiff" (JAX differentiates the nn.scan), see model.LSTMLayer.
   c.model = ml_collections.ConfigDict(dict(hidden_size=128, num_layers=1, embed_dim=32,
                                            input_projection="auto", dropout_rate=0.0,
                                            input_dropout=0.0, output_dropout=0.0,
-                                           backward="manual"))
+                                           backward="manual", matmul_dtype="float32"))
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(real_tokens=600_000, epochs=0,
                                            eval_every_tokens=50_000))
@@ -113,7 +115,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   for key in ("dropout_rate", "input_dropout", "output_dropout"):
     if not 0.0 <= cfg.model[key] < 1.0:
       raise ConfigError(f"config.model.{key} must be in [0, 1), got {cfg.model[key]}.")
-  for key, allowed in (("input_projection", INPUT_PROJECTIONS), ("backward", BACKWARDS)):
+  for key, allowed in (("input_projection", INPUT_PROJECTIONS), ("backward", BACKWARDS),
+                       ("matmul_dtype", MATMUL_DTYPES)):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
   for name in cfg.strategies:

@@ -66,7 +66,8 @@ def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> Sequen
                        num_layers=m.num_layers, vocab_size=dataset.vocab_size,
                        embed_dim=m.embed_dim, input_projection=m.input_projection,
                        dropout_rate=m.dropout_rate, input_dropout=m.input_dropout,
-                       output_dropout=m.output_dropout, backward=m.backward)
+                       output_dropout=m.output_dropout, backward=m.backward,
+                       matmul_dtype=m.matmul_dtype)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -27,6 +27,10 @@ The input projection `x @ kernel + bias` runs inside the scanned step ("in_step"
 recurrent matmul into one [B, F + H] x [F + H, 4H] GEMM per step) or as one matmul over all steps
 before the scan ("hoisted", what cuDNN does). "auto" picks per backend: in_step on the CPU, where
 it measured faster, hoisted elsewhere. Both give the same numbers to rounding.
+
+`matmul_dtype="bfloat16"` runs the LSTM's matmuls on bfloat16 operands with float32 accumulation
+(state, gates and parameters stay float32; see `recurrence`): faster where the CPU has bfloat16
+dot products, and no longer float32-exact, so float32 is the default.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ Carry = tuple[tuple[Array, Array], ...]  # per layer (c, h), each <float32>[B, H
 
 INPUT_PROJECTIONS = ("auto", "in_step", "hoisted")
 BACKWARDS = ("manual", "autodiff")
+MATMUL_DTYPES = recurrence.MATMUL_DTYPES
 
 
 def resolve_input_projection(input_projection: str, backend: str | None = None) -> str:
@@ -76,12 +81,14 @@ class _MaskedStep(nn.Module):
   """One time step for a whole batch. Owns no parameters: the weights come in broadcast."""
 
   in_step_projection: bool
+  matmul_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, carry, xs, weights, bias):
     # x_t: [B, F], or [B, 4H] already projected; mask_t, reset_t: [B] float 0/1.
     # weights: [F + H, 4H] (kernel stacked on recurrent_kernel) in step, else recurrent_kernel.
-    carry, y, _ = recurrence.step(weights, bias, self.in_step_projection, carry, xs)
+    carry, y, _ = recurrence.step(weights, bias, self.in_step_projection, carry, xs,
+                                  self.matmul_dtype)
     return carry, y
 
 
@@ -92,6 +99,9 @@ class LSTMLayer(nn.Module):
   hand-written reverse scan (`jax.custom_vjp`), faster to run and to trace; "autodiff": the step
   scanned with `nn.scan` and differentiated by JAX, the reference the manual one is tested
   against. The forward pass is the same computation in both.
+
+  matmul_dtype: "float32" (default, exact) or "bfloat16" (bfloat16 operands, float32
+  accumulation, for speed; see the module docstring).
   """
 
   hidden_size: int
@@ -101,6 +111,7 @@ class LSTMLayer(nn.Module):
   recurrent_init: Any = nn.initializers.orthogonal()
   bias_init: Any = forget_bias_init(1.0)
   backward: str = "manual"
+  matmul_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array,
@@ -117,23 +128,26 @@ class LSTMLayer(nn.Module):
                                   jnp.float32)
     bias = self.param("bias", self.bias_init, (4 * hidden,), jnp.float32)
 
+    recurrence.cast_weights(bias, self.matmul_dtype)  # checks the setting: a clear error
     in_step = resolve_input_projection(self.input_projection) == "in_step"
     xs_TxBx = jnp.swapaxes(x_BxTxF, 0, 1)
     if in_step:
       weights = jnp.concatenate([kernel, recurrent_kernel], axis=0)  # [F + H, 4H]
     else:
-      xs_TxBx = xs_TxBx @ kernel + bias  # one [T*B, F] x [F, 4H] matmul before the scan
+      # one [T*B, F] x [F, 4H] matmul before the scan
+      xs_TxBx = recurrence.matmul(xs_TxBx, kernel, self.matmul_dtype) + bias
       weights = recurrent_kernel
     as_float = lambda a: a.T.astype(xs_TxBx.dtype)
     mask_TxB, resets_TxB = as_float(mask_BxT), as_float(resets_BxT)
     if self.backward == "manual":
       ys_TxBxH, carry = recurrence.recurrence(weights, bias, xs_TxBx, mask_TxB, resets_TxB,
-                                              tuple(carry), in_step, self.unroll)
+                                              tuple(carry), in_step, self.unroll,
+                                              self.matmul_dtype)
     elif self.backward == "autodiff":
       scan = nn.scan(_MaskedStep, variable_broadcast="params", split_rngs={"params": False},
                      in_axes=(0, nn.broadcast, nn.broadcast), out_axes=0, unroll=self.unroll)
-      carry, ys_TxBxH = scan(in_step_projection=in_step, name="scan")(
-          carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias)
+      carry, ys_TxBxH = scan(in_step_projection=in_step, matmul_dtype=self.matmul_dtype,
+                             name="scan")(carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias)
     else:
       raise ConfigError(f"backward must be one of {BACKWARDS}, got {self.backward!r}.")
     return jnp.swapaxes(ys_TxBxH, 0, 1), carry
@@ -172,6 +186,7 @@ class LSTM(nn.Module):
   input_dropout: float = 0.0
   output_dropout: float = 0.0
   backward: str = "manual"     # see LSTMLayer
+  matmul_dtype: str = "float32"  # see LSTMLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers)
@@ -194,8 +209,8 @@ class LSTM(nn.Module):
       if k > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, name=f"dropout_{k}")(x, deterministic=deterministic)
       x, layer_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 backward=self.backward, name=f"layer_{k}")(x, mask, resets,
-                                                                            carry[k])
+                                 backward=self.backward, matmul_dtype=self.matmul_dtype,
+                                 name=f"layer_{k}")(x, mask, resets, carry[k])
       new_carry.append(layer_carry)
     if self.output_dropout > 0:
       x = variational(self.output_dropout, "output_dropout")(x, deterministic=deterministic)
@@ -223,6 +238,7 @@ class SequenceModel(nn.Module):
   output_dropout: float = 0.0   # and on its outputs (before the head)
   bidirectional: bool = False   # BidirectionalLSTM (whole-sequence strategies only)
   backward: str = "manual"      # see LSTMLayer
+  matmul_dtype: str = "float32"  # see LSTMLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
@@ -246,11 +262,12 @@ class SequenceModel(nn.Module):
                           "dropout rates to 0 or bidirectional=False.")
       outputs, carry = BidirectionalLSTM(self.hidden_size, self.num_layers, self.input_projection,
                                          self.unroll, backward=self.backward,
+                                         matmul_dtype=self.matmul_dtype,
                                          name="lstm")(x, mask, resets, initial_carry)
     else:
       outputs, carry = LSTM(self.hidden_size, self.num_layers, self.input_projection, self.unroll,
                             self.dropout_rate, self.input_dropout, self.output_dropout,
-                            backward=self.backward,
+                            backward=self.backward, matmul_dtype=self.matmul_dtype,
                             name="lstm")(x, mask, resets, initial_carry, deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if mask is not None:
@@ -266,11 +283,13 @@ class SequenceClassifier(nn.Module):
   num_layers: int = 1
   input_projection: str = "auto"
   backward: str = "manual"
+  matmul_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None) -> Array:
     outputs, _ = LSTM(self.hidden_size, self.num_layers, self.input_projection,
-                      backward=self.backward, name="lstm")(inputs, mask)
+                      backward=self.backward, matmul_dtype=self.matmul_dtype,
+                      name="lstm")(inputs, mask)
     return nn.Dense(self.num_classes, name="head")(last_real_step(outputs, mask))
 
 
@@ -354,6 +373,7 @@ class BidirectionalLSTM(nn.Module):
   input_projection: str = "auto"
   unroll: int = 1
   backward: str = "manual"
+  matmul_dtype: str = "float32"
 
   def zero_carry(self, batch_size: int):
     return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
@@ -369,12 +389,11 @@ class BidirectionalLSTM(nn.Module):
     starts = (resets | (jnp.arange(mask.shape[1]) == 0)[None]) & mask  # reversed starts: same place
     x, new_carry = inputs, []
     for k in range(self.num_layers):
-      fwd, fwd_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 backward=self.backward, name=f"forward_{k}")(x, mask, resets,
-                                                                              carry[k][0])
-      bwd, bwd_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 backward=self.backward, name=f"backward_{k}")(flip(x), mask, starts,
-                                                                               carry[k][1])
+      layer = lambda name: LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
+                                     backward=self.backward, matmul_dtype=self.matmul_dtype,
+                                     name=name)
+      fwd, fwd_carry = layer(f"forward_{k}")(x, mask, resets, carry[k][0])
+      bwd, bwd_carry = layer(f"backward_{k}")(flip(x), mask, starts, carry[k][1])
       x = jnp.concatenate([fwd, flip(bwd)], axis=-1)
       new_carry.append((fwd_carry, bwd_carry))
     return x, tuple(new_carry)

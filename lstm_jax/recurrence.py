@@ -17,6 +17,17 @@ linearize-and-transpose of the forward scan. Why, measured on the benchmark's 2-
   bucket strategy's 8 train steps trace in 0.30 s against 0.45 s, which is most of what a
   persistent-cache hit still pays.
 
+Matmul precision (`matmul_dtype`, default float32): "bfloat16" rounds the operands of the three
+GEMMs per step (forward, recurrent-input gradient, weight gradient) to bfloat16 and accumulates in
+float32; the state, the gates, the residuals and the gradients' sums stay float32, the parameters
+too (their bfloat16 copy is made once per call). This CPU has native bfloat16 dot products
+(AVX512-BF16): train steps measured ~1.3x faster (BENCHMARKS.md). Numbers then differ from float32
+by bfloat16 rounding (~3 significant digits per operand), so the float32 default is the exact one;
+under bfloat16 padding, bucketing and unpadded runs still agree with each other (same operands
+per row). For XLA to keep each dot in bfloat16 (it widens transposed-operand bfloat16 dots back
+to float32 on the CPU), the backward reads a transposed [K, B] copy of the step's GEMM input and
+a [4H, K] copy of the weights, so both its dots are plain [M, K] x [K, N].
+
 Shapes: xs [T, B, K] (K = F inputs when `in_step`, else the hoisted projection 4H);
 mask/resets [T, B] float 0/1; carry (c, h) each [B, H]; weights [F + H, 4H] when `in_step`
 (kernel stacked on recurrent_kernel), else the recurrent kernel [H, 4H]; bias [4H] (unused when
@@ -35,18 +46,70 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
+from lstm_jax.errors import ConfigError
+
 Array = jax.Array
 
 
-def _gates(weights, bias, x_t, h, in_step: bool):
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
+def cast_weights(weights, matmul_dtype: str):
+  """The weights as the step's matmuls read them: float32 as they are, or a bfloat16 copy."""
+  if matmul_dtype not in MATMUL_DTYPES:
+    raise ConfigError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {matmul_dtype!r}; "
+                      f"float32 is exact, bfloat16 faster where the CPU has bfloat16 dot products.")
+  return weights.astype(jnp.dtype(matmul_dtype))
+
+
+def matmul(a, b, matmul_dtype: str = "float32"):
+  """a [..., K] @ b [K, N] with operands in matmul_dtype, accumulated and returned in float32.
+
+  Differentiable: the gradients come from operands in matmul_dtype too, as float32 (JAX's own
+  rule would return the weights' gradient rounded to bfloat16, one rounding per use).
+  """
+  if matmul_dtype == "float32":
+    return a @ b
+  return _low_matmul(a, b, jnp.dtype(matmul_dtype))
+
+
+def _dot32(a, b):
+  return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_matmul(a, b, dtype):
+  return _dot32(a.astype(dtype), b.astype(dtype))
+
+
+def _low_matmul_fwd(a, b, dtype):
+  a_low, b_low = a.astype(dtype), b.astype(dtype)
+  # the operands' own dtypes ride along as empty arrays (residuals must be arrays)
+  return _dot32(a_low, b_low), (a_low, b_low, jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype))
+
+
+def _low_matmul_bwd(dtype, saved, ct):
+  a_low, b_low, a_kind, b_kind = saved
+  ct_low = ct.astype(dtype)
+  d_a = _dot32(ct_low, b_low.T)
+  d_b = _dot32(a_low.reshape(-1, a_low.shape[-1]).T, ct_low.reshape(-1, ct_low.shape[-1]))
+  return d_a.astype(a_kind.dtype), d_b.astype(b_kind.dtype)
+
+
+_low_matmul.defvjp(_low_matmul_fwd, _low_matmul_bwd)
+
+
+def _gates(weights, bias, x_t, h, in_step: bool, matmul_dtype: str):
   if in_step:
     xh = jnp.concatenate([x_t, h], axis=-1)
-    return xh @ weights + bias, xh
-  return x_t + h @ weights, h
+    return matmul(xh, weights, matmul_dtype) + bias, xh
+  return x_t + matmul(h, weights, matmul_dtype), h
 
 
-def step(weights, bias, in_step: bool, carry, xs):
+def step(weights, bias, in_step: bool, carry, xs, matmul_dtype: str = "float32"):
   """One time step for a whole batch: (new carry, output, what the backward step needs).
+
+  matmul_dtype: the matmul's operand dtype (`matmul`); the weights may come cast already.
 
   xs = (x_t, mask_t, reset_t). A reset zeroes the state first (x * 0 = 0 exactly); at a masked
   step the state does not move and the output is 0 (masking by multiplication, exact for m in
@@ -56,7 +119,7 @@ def step(weights, bias, in_step: bool, carry, xs):
   c, h = carry
   keep = 1.0 - reset_t[:, None]
   c, h = c * keep, h * keep
-  z, lhs = _gates(weights, bias, x_t, h, in_step)
+  z, lhs = _gates(weights, bias, x_t, h, in_step, matmul_dtype)
   # All four activations in one [B, 4H] elementwise pass (tanh on the g quarter, sigmoid on the
   # rest): the same numbers as four separate ones, 2.5% faster train steps on the CPU than four
   # [B, H] passes and a concatenation for the residuals (median of 25 paired timings).
@@ -72,24 +135,30 @@ def step(weights, bias, in_step: bool, carry, xs):
   return (out_c, out_h), new_h * m, (lhs, acts, c, tc)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def recurrence(weights, bias, xs, mask, resets, carry, in_step: bool, unroll: int = 1):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def recurrence(weights, bias, xs, mask, resets, carry, in_step: bool, unroll: int = 1,
+               matmul_dtype: str = "float32"):
+  w = cast_weights(weights, matmul_dtype)
+
   def body(carry, step_xs):
-    carry, y, _ = step(weights, bias, in_step, carry, step_xs)
+    carry, y, _ = step(w, bias, in_step, carry, step_xs, matmul_dtype)
     return carry, y
   carry, ys = jax.lax.scan(body, carry, (xs, mask, resets), unroll=unroll)
   return ys, carry
 
 
-def _fwd(weights, bias, xs, mask, resets, carry, in_step, unroll):
+def _fwd(weights, bias, xs, mask, resets, carry, in_step, unroll, matmul_dtype):
   # symbolic_zeros: each argument leaf comes as CustomVJPPrimal(value, perturbed).
   need_d_xs = xs.perturbed  # False for data inputs (layer 0): no input-gradient GEMM then
   weights, bias, xs, mask, resets, carry = custom_vjp_primal_tree_values(
       (weights, bias, xs, mask, resets, carry))
+  w = cast_weights(weights, matmul_dtype)
+  low = matmul_dtype != "float32"
 
   def body(carry, step_xs):
-    carry, y, res = step(weights, bias, in_step, carry, step_xs)
-    return carry, (y, res)
+    carry, y, (lhs, acts, c, tc) = step(w, bias, in_step, carry, step_xs, matmul_dtype)
+    # bfloat16: the weight gradient's GEMM reads the input transposed ([K, B], see the docstring)
+    return carry, (y, (lhs.T if low else lhs, acts, c, tc))
   final, (ys, res) = jax.lax.scan(body, carry, (xs, mask, resets), unroll=unroll)
   # `need_d_xs` rides in the residuals' structure (None or an empty array), not as a value.
   return (ys, final), (weights, bias, mask, resets, res, jnp.zeros(0) if need_d_xs else None)
@@ -99,16 +168,24 @@ def _instantiate(ct):
   return jnp.zeros(ct.aval.shape, ct.aval.dtype) if isinstance(ct, SymbolicZero) else ct
 
 
-def _bwd(in_step, unroll, saved, cotangents):
+def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
   weights, bias, mask, resets, (lhs, acts, c_in, tc), need_d_xs = saved
+  low = matmul_dtype != "float32"
   d_ys, (d_c_final, d_h_final) = jax.tree.map(_instantiate, cotangents,
                                               is_leaf=lambda x: isinstance(x, SymbolicZero))
   need_d_xs = need_d_xs is not None
   hidden = c_in.shape[-1]
 
-  # Sliced once, outside the loop: XLA re-sliced [F + H, 4H] every step. Not transposed here:
+  # Sliced once, outside the loop: XLA re-sliced [F + H, 4H] every step. Not transposed in float32:
   # the dot reads [H, 4H] transposed faster than a materialized [4H, H] (measured, YNNPACK).
   w_back = weights if need_d_xs or not in_step else weights[-hidden:]
+  if low:  # [4H, K] in bfloat16: d_z @ it is a plain GEMM that XLA keeps in bfloat16
+    w_back_t = cast_weights(w_back.T, matmul_dtype)
+    d_lhs = lambda d_z: _dot32(d_z.astype(w_back_t.dtype), w_back_t)
+    d_weights = lambda lhs_t, d_z: _dot32(lhs_t.astype(w_back_t.dtype), d_z.astype(w_back_t.dtype))
+  else:
+    d_lhs = lambda d_z: d_z @ w_back.T
+    d_weights = lambda lhs_t, d_z: lhs_t.T @ d_z
 
   def body(carry, step):
     dc, dh, d_w, d_b = carry
@@ -124,12 +201,12 @@ def _bwd(in_step, unroll, saved, cotangents):
     d_z = jnp.concatenate([d_zi, d_zf, d_zg, d_zo], axis=-1)
     d_c = dc * (1.0 - m) + d_new_c * f
     if in_step and need_d_xs:
-      d_xh = d_z @ w_back.T
+      d_xh = d_lhs(d_z)
       d_x, d_h = d_xh[:, :-hidden], d_xh[:, -hidden:]
     else:  # in_step: only the recurrent rows, [B, 4H] x [4H, H]; hoisted: xs' gradient is d_z
-      d_x, d_h = (d_z if need_d_xs and not in_step else None), d_z @ w_back.T
+      d_x, d_h = (d_z if need_d_xs and not in_step else None), d_lhs(d_z)
     d_h = d_h + dh * (1.0 - m)
-    d_w = d_w + lhs_t.T @ d_z
+    d_w = d_w + d_weights(lhs_t, d_z)
     if in_step:  # hoisted: the projection outside added the bias, so it has no gradient here
       d_b = d_b + jnp.sum(d_z, axis=0)
     return (d_c * keep, d_h * keep, d_w, d_b), d_x

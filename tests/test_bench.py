@@ -44,16 +44,29 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert "## Targets (issue 4)" in (tmp_path / "BENCHMARKS.md").read_text()
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
-  paired = saved["paired"]   # best row against best peer, side by side, per round
+  fastest = lambda kind, dtype=None: max(
+      (r for r in saved["rows"] if r["extra"]["kind"] == kind
+       and dtype in (None, r["extra"]["matmul_dtype"])), key=lambda r: r["tokens_per_second"])
+  assert rows["lstm_jax tbptt (in_step, bfloat16 matmuls)"]["extra"]["matmul_dtype"] == "bfloat16"
+  assert rows["flax nn.RNN pow2 buckets, bfloat16"]["extra"]["matmul_dtype"] == "bfloat16"
+  assert rows["lstm_jax tbptt (in_step)"]["extra"]["matmul_dtype"] == "float32"
+  # best float32 row against the best float32 peer, side by side, per round (the targets) ...
+  paired = saved["paired"]
   assert paired["rounds"] == cfg.paired_rounds == len(paired["speedups"])
-  assert paired["ours"] == max((r for r in saved["rows"] if r["extra"]["kind"] == "ours"),
-                               key=lambda r: r["tokens_per_second"])["name"]
+  assert paired["ours"] == fastest("ours", "float32")["name"]
+  assert paired["peer"] == fastest("peer", "float32")["name"]
   assert paired["speedup"] == float(np.median(paired["speedups"])) and paired["speedup"] > 0
-  assert "side by side" in (tmp_path / "BENCHMARKS.md").read_text()
+  # ... and the best bfloat16 row against the best peer in any precision
+  low = saved["paired_bfloat16"]
+  assert low["ours"] == fastest("ours", "bfloat16")["name"] and low["peer"] == fastest("peer")["name"]
+  text = (tmp_path / "BENCHMARKS.md").read_text()
+  assert "Side by side, float32 against float32" in text and "Side by side, bfloat16" in text
+  assert "| best strategy >= 2x the best peer (bfloat16 matmuls" in text
   assert saved["versions"]["malloc"]["tuned"] == (host.libc().startswith("glibc"))
   alloc = saved["allocator"]  # the best manual row and the best peer, fresh processes per arm
   best = max((r for r in saved["rows"] if r["extra"]["kind"] == "ours"
-              and r["extra"]["backward"] == "manual"), key=lambda r: r["tokens_per_second"])
+              and r["extra"]["backward"] == "manual" and r["extra"]["matmul_dtype"] == "float32"),
+             key=lambda r: r["tokens_per_second"])
   assert (alloc["ours"], alloc["projection"]) == (best["extra"]["key"],
                                                   best["extra"]["input_projection"])
   for arm in ("default", "tuned"):

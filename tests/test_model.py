@@ -51,7 +51,7 @@ def setup():
 
 def _lstm(model, projection=None):
   return LSTM(model.hidden_size, model.num_layers,
-              projection or model.input_projection)
+              projection or model.input_projection, matmul_dtype=model.matmul_dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -66,10 +66,11 @@ def _alone_jit(model, params, x, y):
 _ALONE_CACHE = {}
 
 
-def _alone(ds, model, state, i, projection=None):
+def _alone(ds, model, state, i, projection=None, matmul_dtype="float32"):
   """Sequence i run by itself at its exact length, without mask or resets (unpadded):
   (outputs [L, H], carry, gradient of its summed loss). One compile per distinct length."""
-  model = model.clone(input_projection=projection or model.input_projection)
+  model = model.clone(input_projection=projection or model.input_projection,
+                      matmul_dtype=matmul_dtype)
   key = (model, i)
   if key not in _ALONE_CACHE:
     x, y = ds.sequence(i)
@@ -114,6 +115,7 @@ def test_parameter_layout(setup):
   assert np.array_equal(np.asarray(l0["bias"]), np.repeat([0.0, 1.0, 0.0, 0.0], H))
 
 
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
 @pytest.mark.parametrize("strategy", [
     lambda ds: batching.Pad(ds, batch_size=5, max_length=17),
@@ -121,13 +123,14 @@ def test_parameter_layout(setup):
     lambda ds: batching.Pack(ds, batch_size=2, row_length=15),
     lambda ds: batching.Bucket(ds, batch_size=2, boundaries=[8, 20], pack_rows=True),
 ], ids=["pad", "bucket", "pack", "bucket_packed"])
-def test_mask_invariance_outputs_carry_gradients(setup, strategy, projection):
-  """Alone at exact length == padded longer == in a bucket == packed in a row with others."""
+def test_mask_invariance_outputs_carry_gradients(setup, strategy, projection, matmul_dtype):
+  """Alone at exact length == padded longer == in a bucket == packed in a row with others, in
+  float32 and with bfloat16 matmuls (the same bfloat16 operands per row, so the same numbers)."""
   ds, model, state = setup
-  model = model.clone(input_projection=projection)
+  model = model.clone(input_projection=projection, matmul_dtype=matmul_dtype)
   state = state.replace(apply_fn=model.apply, model=model)
   lstm = _lstm(model)
-  alone = [_alone(ds, model, state, i, projection) for i in range(len(ds))]
+  alone = [_alone(ds, model, state, i, projection, matmul_dtype) for i in range(len(ds))]
   strat = strategy(ds)
   grad_sum, seen = None, set()
   for plan, batch in zip(strat.plan(0), strat.batches(0)):

@@ -2,7 +2,12 @@
 default) against JAX's autodiff of the same recurrence scanned with nn.scan
 (backward="autodiff"): the forward passes are the same operations, the gradients agree to float32
 rounding (<= 1e-5 relative, max |a - b| / max |b|) with respect to parameters, inputs and the
-initial carry, through masks, resets and several layers, for both input projections."""
+initial carry, through masks, resets and several layers, for both input projections, in float32
+and with bfloat16 matmuls (`matmul_dtype`), which are also checked against float32 and in the
+compiled program."""
+
+import re
+
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +16,9 @@ import optax
 import pytest
 
 from conftest import max_rel_err, ragged_features
-from lstm_jax import batching, train
+from lstm_jax import batching, recurrence, train
 from lstm_jax.errors import ConfigError
-from lstm_jax.model import BACKWARDS, SequenceModel
+from lstm_jax.model import BACKWARDS, MATMUL_DTYPES, SequenceModel
 
 TOL = 1e-5
 B, T, F, H = 5, 11, 3, 7
@@ -37,10 +42,11 @@ def _random_carry(model, seed=1):
                       model.zero_carry(B))
 
 
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
-def test_manual_backward_equals_autodiff(projection, num_layers):
-  models = _models(num_layers=num_layers, input_projection=projection)
+def test_manual_backward_equals_autodiff(projection, num_layers, matmul_dtype):
+  models = _models(num_layers=num_layers, input_projection=projection, matmul_dtype=matmul_dtype)
   x, mask, resets = _inputs()
   params = models["manual"].init(jax.random.key(0), x, mask, resets)
   carry0 = _random_carry(models["manual"])
@@ -105,3 +111,52 @@ def test_unknown_backward_is_a_config_error():
   x, mask, resets = _inputs()
   with pytest.raises(ConfigError, match="backward must be one of"):
     SequenceModel(H, num_outputs=2, backward="fast").init(jax.random.key(0), x, mask, resets)
+
+
+@pytest.mark.parametrize("projection", ["in_step", "hoisted"])
+def test_bfloat16_matmuls_are_close_to_float32_but_not_float32(projection):
+  """bfloat16 operands change the numbers by bfloat16 rounding (~3 digits), no more."""
+  x, mask, resets = _inputs(seed=6)
+  models = {d: SequenceModel(H, num_outputs=2, num_layers=2, input_projection=projection,
+                             matmul_dtype=d) for d in MATMUL_DTYPES}
+  params = models["float32"].init(jax.random.key(7), x, mask, resets)
+  outs, grads = {}, {}
+  for d, m in models.items():
+    outs[d] = m.apply(params, x, mask, resets)
+    grads[d] = jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x, mask, resets)[0])))(params)
+  for a, b in ((outs["bfloat16"], outs["float32"]), (grads["bfloat16"], grads["float32"])):
+    assert 1e-5 < max_rel_err(a, b) < 3e-2
+
+
+def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
+  """(lhs, rhs) element types of every dot in an optimized HLO module's text."""
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+  return [(types[a], types[b]) for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)]
+
+
+@pytest.mark.parametrize("projection", ["in_step", "hoisted"])
+def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
+  """XLA on the CPU widens a bfloat16 dot with a transposed operand back to float32; the manual
+  backward's layouts keep all three GEMMs of a step (forward, input gradient, weight gradient) in
+  bfloat16, and the float32 setting has no bfloat16 dot."""
+  T_, B_, F_, H_ = 6, 4, 3, 8
+  in_step = projection == "in_step"
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=((F_ + H_) if in_step else H_, 4 * H_)), jnp.float32)
+  xs = jnp.asarray(rng.normal(size=(T_, B_, F_ if in_step else 4 * H_)), jnp.float32)
+  ones, zeros = jnp.ones((T_, B_)), jnp.zeros((T_, B_))
+  carry = (jnp.zeros((B_, H_)), jnp.zeros((B_, H_)))
+  for dtype in MATMUL_DTYPES:
+    def loss(w, b, xs):
+      return jnp.sum(recurrence.recurrence(w, b, xs, ones, zeros, carry, in_step, 1, dtype)[0])
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(w, jnp.zeros(4 * H_), xs).compile().as_text()
+    dots = _dot_operand_types(hlo)
+    assert len(dots) >= 3, dots
+    want = ("bf16", "bf16") if dtype == "bfloat16" else ("f32", "f32")
+    assert all(d == want for d in dots), (dtype, dots)
+
+
+def test_unknown_matmul_dtype_is_a_config_error():
+  x, mask, resets = _inputs()
+  with pytest.raises(ConfigError, match="matmul_dtype must be one of"):
+    SequenceModel(H, num_outputs=2, matmul_dtype="float16").init(jax.random.key(0), x, mask, resets)
