@@ -93,7 +93,7 @@ def _precision(t) -> str:
 def _best(rows, precision: str | None = None):
   """The fastest row (a Timing or a record), of one matmul precision, or of any when None."""
   rows = [t for t in rows if precision is None or _precision(t) == precision]
-  speed = lambda t: t.tokens_per_second if hasattr(t, "tokens_per_second") else t["tokens_per_second"]
+  speed = lambda t: getattr(t, "tokens_per_second", None) or t["tokens_per_second"]
   return max(rows, key=speed) if rows else None
 
 

@@ -21,7 +21,8 @@ Matmul precision (`matmul_dtype`, default float32): "bfloat16" rounds the operan
 GEMMs per step (forward, recurrent-input gradient, weight gradient) to bfloat16 and accumulates in
 float32; the state, the gates, the residuals and the gradients' sums stay float32, the parameters
 too (their bfloat16 copy is made once per call). This CPU has native bfloat16 dot products
-(AVX512-BF16): train steps measured ~1.3x faster (BENCHMARKS.md). Numbers then differ from float32
+(AVX512-BF16): truncated BPTT trained 1.29x faster on the benchmark's workload
+(BENCHMARKS.md). Numbers then differ from float32
 by bfloat16 rounding (~3 significant digits per operand), so the float32 default is the exact one;
 under bfloat16 padding, bucketing and unpadded runs still agree with each other (same operands
 per row). For XLA to keep each dot in bfloat16 (it widens transposed-operand bfloat16 dots back

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ragged_features
 from lstm_jax import batching, experiment, host, sources
 from lstm_jax.errors import ConfigError, DataError
 
@@ -88,6 +89,13 @@ def test_unknown_strategy_in_config():
   cfg.strategies = ("pad", "bucketing")
   with pytest.raises(ConfigError, match=r"unknown strategy name\(s\) \['bucketing'\]"):
     experiment.train_and_evaluate(cfg, "/tmp/never-written")
+
+
+def test_matmul_dtype_setting_reaches_the_model():
+  cfg = compare.get_config("smoke")  # a bad value: tests/bad_inputs.py
+  cfg.model.matmul_dtype = "bfloat16"
+  model = experiment.make_model(cfg, ragged_features([3, 5, 2], num_features=2, seed=0))
+  assert model.matmul_dtype == "bfloat16"
 
 
 def test_stdlib_functions_source_identity_and_no_duplicates():
