@@ -86,14 +86,14 @@ def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
 
 
 def _precision(t) -> str:
-  extra = t.extra if hasattr(t, "extra") else t["extra"]
+  extra = t["extra"] if isinstance(t, dict) else t.extra
   return extra.get("matmul_dtype", "float32")
 
 
 def _best(rows, precision: str | None = None):
   """The fastest row (a Timing or a record), of one matmul precision, or of any when None."""
   rows = [t for t in rows if precision is None or _precision(t) == precision]
-  speed = lambda t: getattr(t, "tokens_per_second", None) or t["tokens_per_second"]
+  speed = lambda t: t["tokens_per_second"] if isinstance(t, dict) else t.tokens_per_second
   return max(rows, key=speed) if rows else None
 
 
