@@ -21,13 +21,13 @@ Matmul precision (`matmul_dtype`, default float32): "bfloat16" rounds the operan
 GEMMs per step (forward, recurrent-input gradient, weight gradient) to bfloat16 and accumulates in
 float32; the state, the gates, the residuals and the gradients' sums stay float32, the parameters
 too (their bfloat16 copy is made once per call). This CPU has native bfloat16 dot products
-(AVX512-BF16): truncated BPTT trained 1.29x faster on the benchmark's workload
-(BENCHMARKS.md). Numbers then differ from float32
-by bfloat16 rounding (~3 significant digits per operand), so the float32 default is the exact one;
-under bfloat16 padding, bucketing and unpadded runs still agree with each other (same operands
-per row). For XLA to keep each dot in bfloat16 (it widens transposed-operand bfloat16 dots back
-to float32 on the CPU), the backward reads a transposed [K, B] copy of the step's GEMM input and
-a [4H, K] copy of the weights, so both its dots are plain [M, K] x [K, N].
+(AVX512-BF16): truncated BPTT trained 1.29x faster on the benchmark's workload (BENCHMARKS.md).
+Numbers then differ from float32 by bfloat16 rounding (~3 significant digits per operand), so
+the float32 default is the exact one; under bfloat16, padding, bucketing and unpadded runs still
+agree with each other (same operands per row). For XLA to keep each dot in bfloat16 (on the CPU
+it widens a bfloat16 dot with a transposed operand back to float32), the backward reads a
+transposed [K, B] copy of the step's GEMM input and a [4H, K] copy of the weights, so both its
+dots are plain [M, K] x [K, N].
 
 Shapes: xs [T, B, K] (K = F inputs when `in_step`, else the hoisted projection 4H);
 mask/resets [T, B] float 0/1; carry (c, h) each [B, H]; weights [F + H, 4H] when `in_step`
@@ -55,12 +55,16 @@ Array = jax.Array
 MATMUL_DTYPES = ("float32", "bfloat16")
 
 
-def cast_weights(weights, matmul_dtype: str):
-  """The weights as the step's matmuls read them: float32 as they are, or a bfloat16 copy."""
+def _check(matmul_dtype: str) -> str:
   if matmul_dtype not in MATMUL_DTYPES:
     raise ConfigError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {matmul_dtype!r}; "
                       f"float32 is exact, bfloat16 faster where the CPU has bfloat16 dot products.")
-  return weights.astype(jnp.dtype(matmul_dtype))
+  return matmul_dtype
+
+
+def cast_weights(weights, matmul_dtype: str):
+  """The weights as the step's matmuls read them: float32 as they are, or a bfloat16 copy."""
+  return weights.astype(jnp.dtype(_check(matmul_dtype)))
 
 
 def matmul(a, b, matmul_dtype: str = "float32"):
@@ -69,7 +73,7 @@ def matmul(a, b, matmul_dtype: str = "float32"):
   Differentiable: the gradients come from operands in matmul_dtype too, as float32 (JAX's own
   rule would return the weights' gradient rounded to bfloat16, one rounding per use).
   """
-  if matmul_dtype == "float32":
+  if _check(matmul_dtype) == "float32":
     return a @ b
   return _low_matmul(a, b, jnp.dtype(matmul_dtype))
 

@@ -160,3 +160,5 @@ def test_unknown_matmul_dtype_is_a_config_error():
   x, mask, resets = _inputs()
   with pytest.raises(ConfigError, match="matmul_dtype must be one of"):
     SequenceModel(H, num_outputs=2, matmul_dtype="float16").init(jax.random.key(0), x, mask, resets)
+  with pytest.raises(ConfigError, match="matmul_dtype must be one of"):  # the function alone too
+    recurrence.matmul(x, jnp.ones((F, 4)), "fp8")
