@@ -119,7 +119,8 @@ def write_metrics(path: str, histories: dict, curves: dict) -> None:
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-  """One row per strategy: means over seeds, `<key>_std` spreads, compiles from the first seed."""
+  """One row per strategy: means over seeds, `<key>_std` spreads, compiles from the first seed,
+  cache_loads (executables loaded from lstm_jax's executable cache) summed over the seeds."""
   rows = []
   for name in dict.fromkeys(r["strategy"] for r in runs):
     group = [r for r in runs if r["strategy"] == name]
@@ -131,6 +132,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
       row[k] = float(np.mean(vals)) if vals else None
       row[f"{k}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
     row["time_to_target_reached"] = sum(r.get("time_to_target_seconds") is not None for r in group)
+    loads = [r.get("cache_loads") or {} for r in group]  # absent in results from before it existed
+    row["cache_loads"] = {k: sum(d.get(k, 0) for d in loads) for k in ("train", "eval")}
     rows.append(row)
   return rows
 
@@ -194,7 +197,8 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
   dump("curves.json", [dict(strategy=k[0], seed=k[1], points=v) for k, v in curves.items()])
   dump("meta.json", meta)
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
-    flat = [dict(r, compiles=r["compiles"]["train"], eval_compiles=r["compiles"]["eval"])
+    flat = [dict(r, compiles=r["compiles"]["train"], eval_compiles=r["compiles"]["eval"],
+                 cache_loads=r["cache_loads"]["train"], eval_cache_loads=r["cache_loads"]["eval"])
             for r in summary]
     writer = csv.DictWriter(f, fieldnames=list(flat[0]))
     writer.writeheader()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ragged_features
-from lstm_jax import batching, experiment, host, sources
+from lstm_jax import batching, experiment, host, report, sources
 from lstm_jax.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   assert {"loss", "real_tokens", "computed_tokens", "step_seconds"} <= set(lines[1])
   rows = list(csv.DictReader(open(workdir / "summary.csv")))
   assert [r["strategy"] for r in rows] == list(compare.STRATEGIES)
+  assert all(r["cache_loads"] == r["eval_cache_loads"] == "0" for r in rows)  # no cache dir set
   report = (workdir / "report.md").read_text()
   assert "| strategy |" in report and "![eval loss vs wall time](eval_loss_vs_time.png)" in report
   meta = json.loads((workdir / "meta.json").read_text())
@@ -89,6 +90,14 @@ def test_unknown_strategy_in_config():
   cfg.strategies = ("pad", "bucketing")
   with pytest.raises(ConfigError, match=r"unknown strategy name\(s\) \['bucketing'\]"):
     experiment.train_and_evaluate(cfg, "/tmp/never-written")
+
+
+def test_summary_sums_executable_cache_loads_over_seeds():
+  run = lambda seed, loads: dict(strategy="bucket", seed=seed, metric="loss", shapes=8, devices=1,
+                                 compiles=dict(train=8, eval=4), cache_loads=loads, eval_loss=1.0)
+  rows = report.aggregate([run(0, dict(train=8, eval=4)), run(1, dict(train=8, eval=0)),
+                           run(2, None)])  # None: a result written before cache_loads existed
+  assert rows[0]["cache_loads"] == {"train": 16, "eval": 4} and rows[0]["seeds"] == 3
 
 
 def test_matmul_dtype_setting_reaches_the_model():
