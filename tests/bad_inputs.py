@@ -33,7 +33,7 @@ from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
-TMP = Path(tempfile.gettempdir()) / "lstm_jax_bad_inputs"
+TMP = Path(tempfile.gettempdir()) / f"lstm_jax_bad_inputs_{os.getpid()}"  # one per test worker
 
 
 @dataclasses.dataclass

@@ -1,8 +1,11 @@
 """Shared helpers: small ragged datasets and exact comparisons."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -56,11 +59,34 @@ def rng():
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# One JAX compilation cache for every subprocess of a test session (pytest-xdist workers
+# included): a program compiled by one run (the uninterrupted resume run, say) is loaded by the
+# next run of the same program instead of compiled again.
+if not os.environ.get("LSTM_JAX_TEST_CACHE"):  # the first process of the session makes it
+  os.environ["LSTM_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="lstm_jax_test_cache_")
+  atexit.register(shutil.rmtree, os.environ["LSTM_JAX_TEST_CACHE"], ignore_errors=True)
+_SUBPROCESS_CACHE = Path(os.environ["LSTM_JAX_TEST_CACHE"])  # inherited by xdist's workers
+
+
+def subprocess_env(devices: int | None = 1) -> dict:
+  """The environment for a test's runner subprocess (smoke, resume, sharding runs): CPU, `devices`
+  forced host devices (None: XLA_FLAGS unset), XLA's optimizations mostly off and the session's
+  compilation cache (as Flax's example tests do). Those runs check behaviour and numbers between
+  runs made the same way, not the speed or shape of the compiled code; the probes that do (page
+  faults, the executable cache) keep XLA's defaults."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+             JAX_COMPILATION_CACHE_DIR=str(_SUBPROCESS_CACHE),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("XLA_FLAGS", None)
+  if devices is not None and devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
 def run_smoke(workdir, devices: int = 1, *extra: str) -> subprocess.CompletedProcess:
   """The runner's smoke preset through the real command line, in a subprocess."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env = subprocess_env(devices)
   proc = subprocess.run(
       [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"),
        "--config", f"{ROOT / 'configs' / 'compare.py'}:smoke", "--workdir", str(workdir), *extra],

@@ -3,14 +3,17 @@ experiments/benchmark.py; no test here times anything)."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from lstm_jax import bench, bench_report, host
+from conftest import subprocess_env
+from lstm_jax import bench, host
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from configs import benchmark as benchmark_config  # noqa: E402
 
 
@@ -23,9 +26,15 @@ def test_workload_matches_its_spec():
 
 
 def test_quick_benchmark_writes_rows_and_files(tmp_path):
+  """The quick preset through the real command line (a subprocess with XLA's optimizations
+  mostly off: what is checked is the report's structure, not the speeds)."""
   cfg = benchmark_config.get_config("quick")
-  result = bench_report.run(cfg, str(tmp_path / "BENCHMARKS.md"))
-  saved = json.loads((tmp_path / "benchmark.json").read_text())
+  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--config",
+                         f"{ROOT / 'configs' / 'benchmark.py'}:quick", "--out",
+                         str(tmp_path / "BENCHMARKS.md")],
+                        capture_output=True, text=True, timeout=600, env=subprocess_env())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = result = json.loads((tmp_path / "benchmark.json").read_text())
   names = [r["name"] for r in saved["rows"]]
   for s in ("pad", "bucket", "tbptt", "pack"):
     assert any(n.startswith(f"lstm_jax {s} ") for n in names), s

@@ -24,6 +24,10 @@ def test_segment_reverse_index_by_hand():
   assert rev.tolist() == [[2, 1, 0, 4, 3, 5, 6], [2, 1, 0, 3, 4, 5, 6]]
 
 
+# pytest-xdist: one worker takes the module, so the per-sequence references are computed once.
+pytestmark = pytest.mark.xdist_group("bidirectional")
+
+
 @pytest.fixture(scope="module")
 def setup():
   ds = ragged_features(LENGTHS, num_features=3, seed=4)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ragged_features
+from conftest import ragged_features, subprocess_env
 from lstm_jax import batching, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
@@ -171,13 +171,13 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 # --- through the runner, killed with SIGKILL -------------------------------------------------
 def _run(workdir, strategies, kill_at=0, fresh=False) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = subprocess_env()
   args = [sys.executable, str(HERE / "resume_check.py"), str(workdir), strategies, str(kill_at)]
   return subprocess.run(args + (["fresh"] if fresh else []), capture_output=True, text=True,
                         timeout=600, env=env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   proc = _run(workdir, "tbptt,bucket")
@@ -191,6 +191,7 @@ def _final(workdir, name):
   return arrays, stream, row
 
 
+@pytest.mark.xdist_group("resume")  # one worker runs the uninterrupted reference once
 @pytest.mark.parametrize("name,kill_at", [("tbptt", 8), ("bucket", 5)])
 def test_runner_killed_with_sigkill_resumes_bit_identical(tmp_path, uninterrupted, name, kill_at):
   """The same command run again after a SIGKILL mid-training ends with the same parameters,

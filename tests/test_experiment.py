@@ -26,6 +26,8 @@ SUMMARY_KEYS = ("strategy", "compiles", "compile_seconds", "real_tokens", "compu
                 "devices")
 
 
+# pytest-xdist: the tests that read the one smoke run go to one worker, which runs it once.
+@pytest.mark.xdist_group("smoke")
 def test_smoke_writes_every_file_and_key(smoke_run):
   workdir, proc = smoke_run
   for name in ("metrics.jsonl", "summary.json", "summary.csv", "report.md", "runs.json",
@@ -58,6 +60,7 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   assert "real tok/s" in proc.stdout  # the table is printed
 
 
+@pytest.mark.xdist_group("smoke")
 def test_smoke_compile_counts_match_the_strategies(smoke_run):
   workdir, _ = smoke_run
   summary = {r["strategy"]: r for r in json.loads((workdir / "summary.json").read_text())}

@@ -13,13 +13,12 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from conftest import run_smoke  # noqa: E402
+from conftest import run_smoke, subprocess_env  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other modules' tests run between
 def result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = subprocess_env(4)
   proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), str(HERE)],
                         capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -36,6 +35,7 @@ def _rel(a, b):
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
+@pytest.mark.xdist_group("sharded")  # one worker runs the module's subprocess once
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_one_and_four_devices_give_the_same_losses_and_params(result, name):
   assert result["devices"] == 4
@@ -48,6 +48,7 @@ def test_one_and_four_devices_give_the_same_losses_and_params(result, name):
   assert abs(four["eval_loss"] - one["eval_loss"]) <= 1e-5 * abs(one["eval_loss"])
 
 
+@pytest.mark.xdist_group("sharded")
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_batch_is_split_and_compiles_unchanged(result, name):
   four, one = result[name]["4"], result[name]["1"]
@@ -58,10 +59,12 @@ def test_batch_is_split_and_compiles_unchanged(result, name):
   assert four["compiles"] == one["compiles"] == result[name]["none"]["compiles"]
 
 
+@pytest.mark.xdist_group("sharded")
 def test_batch_that_does_not_divide_by_devices(result):
   assert "batch size 6 does not divide by the 4 devices" in result["indivisible_error"]
 
 
+@pytest.mark.xdist_group("smoke")
 def test_runner_uses_all_local_devices_and_matches_one_device(smoke_run, tmp_path):
   """The same smoke command on 4 devices: rows say devices=4; strategies with fixed batch sizes
   give the one-device numbers; token-budget bucket batches are rounded to multiples of 4."""
@@ -92,8 +95,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = subprocess_env(None)
   procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_check.py"), str(HERE),
                              str(port), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env) for i in (0, 1)]

@@ -28,35 +28,45 @@ def _state(ds, hidden=8, lr=1e-2, seed=0, **kw):
   return train.create_train_state(model, optax.adam(lr), ds, seed=seed)
 
 
-def test_compile_counts_per_strategy(data):
-  """pad, tbptt, pack: one train compile for two epochs of mixed lengths; bucket: one per
-  bucket; pad_batch_max: one per distinct batch maximum. Traces equal compiles (no retrace)."""
-  cases = {
+def _compile_case(name, data):
+  """(strategy, expected train compiles over two epochs) for each strategy."""
+  if name == "vbptt":
+    vbptt = batching.VariableTBPTT(data, num_streams=4, base_length=12)
+    expected = len(vbptt.shapes(num_epochs=2))
+    assert 1 < expected <= 4  # at most its 4 chunk shapes
+    return vbptt, expected
+  if name == "pad_batch_max":
+    pbm = batching.PadBatchMax(data, batch_size=8)
+    expected = len(pbm.shapes(num_epochs=2))
+    assert expected > 1
+    return pbm, expected
+  return {
       "pad": (batching.Pad(data, batch_size=8), 1),
       "tbptt": (batching.TBPTT(data, num_streams=4, chunk_length=6), 1),
       "pack": (batching.Pack(data, batch_size=4, row_length=30), 1),
       "bucket": (batching.Bucket(data, batch_size=8, boundaries=[6, 12, 18, 24]), 4),
       "bucket_packed": (batching.Bucket(data, batch_size=4, boundaries=[6, 12, 18, 24],
                                         pack_rows=True), 4),
-  }
-  vbptt = batching.VariableTBPTT(data, num_streams=4, base_length=12)
-  cases["vbptt"] = (vbptt, len(vbptt.shapes(num_epochs=2)))
-  assert 1 < cases["vbptt"][1] <= 4  # at most its 4 chunk shapes
-  pbm = batching.PadBatchMax(data, batch_size=8)
-  cases["pad_batch_max"] = (pbm, len(pbm.shapes(num_epochs=2)))
-  assert cases["pad_batch_max"][1] > 1
-  for name, (strategy, expected) in cases.items():
-    result = train.fit(_state(data), strategy, epochs=2)
-    steps = result.steps.train
-    assert steps.compiles == expected, name
-    assert steps.traces == expected, name
-    assert len(result.history) == len(strategy.plan(0)) + len(strategy.plan(1)), name
-    assert steps.compile_seconds > 0
-    assert all(r.temp_bytes is not None for r in steps.records.values())
-    ev = train.StepFunctions.create()
-    train.evaluate(result.state, strategy, ev)
-    train.evaluate(result.state, strategy, ev)
-    assert ev.eval.compiles == len(strategy.shapes()), name
+  }[name]
+
+
+@pytest.mark.parametrize("name", ["pad", "tbptt", "pack", "bucket", "bucket_packed", "vbptt",
+                                  "pad_batch_max"])
+def test_compile_counts_per_strategy(data, name):
+  """pad, tbptt, pack: one train compile for two epochs of mixed lengths; bucket: one per
+  bucket; pad_batch_max: one per distinct batch maximum. Traces equal compiles (no retrace)."""
+  strategy, expected = _compile_case(name, data)
+  result = train.fit(_state(data), strategy, epochs=2)
+  steps = result.steps.train
+  assert steps.compiles == expected
+  assert steps.traces == expected
+  assert len(result.history) == len(strategy.plan(0)) + len(strategy.plan(1))
+  assert steps.compile_seconds > 0
+  assert all(r.temp_bytes is not None for r in steps.records.values())
+  ev = train.StepFunctions.create()
+  train.evaluate(result.state, strategy, ev)
+  train.evaluate(result.state, strategy, ev)
+  assert ev.eval.compiles == len(strategy.shapes())
 
 
 def test_lr_scale_scales_the_update_exactly(data):
