@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lstm_jax import experiment  # noqa: E402
+from lstm_jax import errors, experiment  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config (file:preset).",
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.exit_on_user_error(main))

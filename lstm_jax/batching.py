@@ -13,6 +13,11 @@ it can list the shapes it will emit (`shapes()`) and its padding (`stats()`) bef
 runs; `batches(epoch)` then assembles numpy `Batch`es from the plan. Shuffling is seeded by
 (seed, epoch), and every real step of the data appears exactly once per epoch. A batch that runs
 short of sequences is filled with empty rows (mask all False), so shapes never change.
+
+`batch_multiple` (every strategy; the runner passes the device count) rounds each batch's row
+count up with empty rows, after the batches are composed: which sequences share a batch, and so
+every loss and gradient, is the same on any number of devices. An empty row has zero weight and
+a frozen carry, so it changes no number.
 """
 
 from __future__ import annotations
@@ -121,11 +126,12 @@ class Strategy(abc.ABC):
   name: ClassVar[str]
   carries_state: ClassVar[bool] = False  # True: hand the LSTM carry from batch to batch
 
-  def __init__(self, dataset: RaggedDataset, seed: int = 0):
+  def __init__(self, dataset: RaggedDataset, seed: int = 0, batch_multiple: int = 1):
     if not isinstance(dataset, RaggedDataset):
       raise DataError(f"{self.name} needs a RaggedDataset, got {type(dataset).__name__}.")
     self.dataset = dataset
     self.seed = int(seed)
+    self.batch_multiple = _check_batch_size(batch_multiple, "batch_multiple")
     self._plans: dict[int, list[BatchPlan]] = {}
 
   @abc.abstractmethod
@@ -134,7 +140,11 @@ class Strategy(abc.ABC):
 
   def plan(self, epoch: int = 0) -> list[BatchPlan]:
     if epoch not in self._plans:
-      self._plans = {epoch: self._plan(epoch, np.random.default_rng([self.seed, 0, epoch]))}
+      plans = self._plan(epoch, np.random.default_rng([self.seed, 0, epoch]))
+      m = self.batch_multiple
+      if m > 1:  # composed first, then widened: the same batches on any device count
+        plans = [dataclasses.replace(p, batch_size=-(-p.batch_size // m) * m) for p in plans]
+      self._plans = {epoch: plans}
     return self._plans[epoch]
 
   def batches(self, epoch: int = 0) -> Iterator[Batch]:
@@ -216,8 +226,8 @@ class Pad(Strategy):
   name = "pad"
 
   def __init__(self, dataset: RaggedDataset, batch_size: int, max_length: int | None = None,
-               seed: int = 0):
-    super().__init__(dataset, seed)
+               seed: int = 0, batch_multiple: int = 1):
+    super().__init__(dataset, seed, batch_multiple)
     self.batch_size = _check_batch_size(batch_size)
     _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
                                 f"Lower batch_size to at most {len(dataset)}.")
@@ -238,8 +248,9 @@ class PadBatchMax(Strategy):
 
   name = "pad_batch_max"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int, seed: int = 0):
-    super().__init__(dataset, seed)
+  def __init__(self, dataset: RaggedDataset, batch_size: int, seed: int = 0,
+               batch_multiple: int = 1):
+    super().__init__(dataset, seed, batch_multiple)
     self.batch_size = _check_batch_size(batch_size)
     _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
                                 f"Lower batch_size to at most {len(dataset)}.")
@@ -300,9 +311,8 @@ class Bucket(Strategy):
   """Sequences grouped by length, each bucket padded to its boundary: one compile per bucket.
 
   Boundaries are given (increasing) or chosen by `optimal_boundaries` for `num_buckets`. Batch
-  size is fixed (`batch_size`) or follows a token budget (`tokens_per_batch`: B_k = budget // T_k,
-  rounded down to a multiple of `batch_multiple`, e.g. the device count) so every step does
-  similar work. Buckets that hold no sequence emit nothing.
+  size is fixed (`batch_size`) or follows a token budget (`tokens_per_batch`: B_k = budget // T_k)
+  so every step does similar work. Buckets that hold no sequence emit nothing.
 
   pack_rows: a row of bucket k may hold several sequences back to back (a reset at each start),
   filled by `best_fit_rows`: the padding left is only the rows' unfilled ends, instead of every
@@ -318,8 +328,7 @@ class Bucket(Strategy):
                boundaries: Sequence[int] | None = None, num_buckets: int | None = None,
                tokens_per_batch: int | None = None, batch_multiple: int = 1, seed: int = 0,
                pack_rows: bool = False):
-    super().__init__(dataset, seed)
-    batch_multiple = _check_batch_size(batch_multiple, "batch_multiple")
+    super().__init__(dataset, seed, batch_multiple)
     if (batch_size is None) == (tokens_per_batch is None):
       raise ConfigError("bucket needs exactly one of batch_size or tokens_per_batch.")
     if (boundaries is None) == (num_buckets is None):
@@ -336,8 +345,7 @@ class Bucket(Strategy):
     self.bucket_of = np.searchsorted(self.boundaries, dataset.lengths)  # bucket index per sequence
     if tokens_per_batch is not None:
       tokens_per_batch = _check_batch_size(tokens_per_batch, "tokens_per_batch")
-      self.batch_sizes = [max(batch_multiple, tokens_per_batch // b // batch_multiple
-                              * batch_multiple) for b in self.boundaries]
+      self.batch_sizes = [max(1, tokens_per_batch // b) for b in self.boundaries]
     else:
       self.batch_sizes = [_check_batch_size(batch_size)] * len(self.boundaries)
       _check_not_larger_than_data(self.batch_sizes[0], len(dataset), "batch_size", "sequences",
@@ -349,8 +357,7 @@ class Bucket(Strategy):
       self.rows = best_fit_rows(dataset.lengths, self.boundaries,
                                 np.random.default_rng([self.seed, 1]))
       per_bucket = np.bincount([k for k, _ in self.rows], minlength=len(self.boundaries))
-      self.batch_sizes = [_balanced(int(n), b, batch_multiple)
-                          for n, b in zip(per_bucket, self.batch_sizes)]
+      self.batch_sizes = [_balanced(int(n), b) for n, b in zip(per_bucket, self.batch_sizes)]
 
   def _plan(self, epoch, rng):
     plans = []
@@ -364,14 +371,13 @@ class Bucket(Strategy):
     return [plans[i] for i in rng.permutation(len(plans))]
 
 
-def _balanced(rows: int, most: int, multiple: int = 1) -> int:
+def _balanced(rows: int, most: int) -> int:
   """The batch size that splits `rows` into as many batches as `most` rows each would need, but
-  evenly, so no batch is left mostly empty (rounded up to `multiple`)."""
+  evenly, so no batch is left mostly empty."""
   if rows == 0:
     return most
   batches = -(-rows // most)
-  size = -(-rows // batches)
-  return -(-size // multiple) * multiple
+  return -(-rows // batches)
 
 
 def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int],
@@ -453,8 +459,8 @@ class Pack(Strategy):
   name = "pack"
 
   def __init__(self, dataset: RaggedDataset, batch_size: int, row_length: int | None = None,
-               seed: int = 0):
-    super().__init__(dataset, seed)
+               seed: int = 0, batch_multiple: int = 1):
+    super().__init__(dataset, seed, batch_multiple)
     self.batch_size = _check_batch_size(batch_size)
     self.length = dataset.max_length if row_length is None else int(row_length)
     _check_fits(dataset, self.length, "row length",
@@ -481,8 +487,9 @@ class TBPTT(Strategy):
   name = "tbptt"
   carries_state = True
 
-  def __init__(self, dataset: RaggedDataset, num_streams: int, chunk_length: int, seed: int = 0):
-    super().__init__(dataset, seed)
+  def __init__(self, dataset: RaggedDataset, num_streams: int, chunk_length: int, seed: int = 0,
+               batch_multiple: int = 1):
+    super().__init__(dataset, seed, batch_multiple)
     self.num_streams = _check_batch_size(num_streams, "num_streams")
     if not isinstance(chunk_length, (int, np.integer)) or chunk_length < 1:
       raise ConfigError(f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
@@ -545,8 +552,8 @@ class VariableTBPTT(Strategy):
 
   def __init__(self, dataset: RaggedDataset, num_streams: int, base_length: int,
                chunk_shapes: Sequence[int] | None = None, p_base: float = 0.95,
-               sigma: float = 5.0, min_length: int = 5, seed: int = 0):
-    super().__init__(dataset, seed)
+               sigma: float = 5.0, min_length: int = 5, seed: int = 0, batch_multiple: int = 1):
+    super().__init__(dataset, seed, batch_multiple)
     self.num_streams = _check_batch_size(num_streams, "num_streams")
     self.base_length = _check_batch_size(base_length, "base_length")
     if self.base_length < 2 * min_length:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import warnings
 from typing import Any
 
@@ -33,9 +34,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lstm_jax.errors import CheckpointError, ConfigError
-
-# The keys of the stream position that must match for a checkpoint to belong to this run.
-IDENTITY_KEYS = ("strategy", "seed", "data_fingerprint")
+from lstm_jax.workdir import check_settings
 
 
 @dataclasses.dataclass
@@ -70,6 +69,8 @@ class Checkpointer:
                                            cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("arrays", "stream"))
+    self._writing: int | None = None    # the newest step handed to orbax
+    self._failure: CheckpointError | None = None
 
   def steps(self) -> list[int]:
     """The steps with a complete checkpoint, oldest first."""
@@ -85,17 +86,25 @@ class Checkpointer:
 
   def save(self, step: int, state, carry, stream: dict, force: bool = False) -> bool:
     """Saves (state, carry, stream) as step `step`; False if a checkpoint for it exists."""
+    if self._failure is not None:
+      raise self._failure
     if step in self.manager.all_steps():
       return False
     arrays = jax.tree.map(jnp.copy, _arrays_of(state, carry))  # the step donates the originals
     stream = json.loads(json.dumps(stream))  # a snapshot: the write runs after the caller moves on
-    return self.manager.save(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardSave(arrays), stream=ocp.args.JsonSave(stream)), force=True)
+    try:  # orbax also raises here what went wrong in the previous background write
+      saved = self.manager.save(step, args=ocp.args.Composite(
+          arrays=ocp.args.StandardSave(arrays), stream=ocp.args.JsonSave(stream)), force=True)
+    except Exception as e:  # no space, permissions, I/O: orbax and tensorstore raise many kinds
+      raise self._write_failed(e, step) from e
+    self._writing = step
+    return saved
 
   def restore(self, state, carry, identity: dict | None = None) -> Restored | None:
     """The newest readable checkpoint, restored into `state`'s and `carry`'s structure (and
     shardings); None when the directory holds none. `identity`: the stream keys that must match
-    (see IDENTITY_KEYS); a checkpoint from another run raises CheckpointError."""
+    (strategy, seed, data and plan; `settings`: the run's settings, compared key by key); a
+    checkpoint from another run raises CheckpointError naming what differs."""
     steps = self.steps()
     if not steps:
       return None
@@ -133,9 +142,60 @@ class Checkpointer:
         arrays=ocp.args.StandardRestore(), stream=ocp.args.JsonRestore()))
     return got["arrays"], dict(got["stream"])
 
+  @staticmethod
+  def check_settings(directory: str, settings: dict) -> None:
+    """Raises CheckpointError if the newest readable checkpoint in `directory` was saved with
+    other settings (see `fit(settings=...)`); reads only its JSON part. Nothing to check (no
+    checkpoint, or none readable) passes: restoring handles those."""
+    manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("arrays", "stream"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+      for step in sorted(manager.all_steps(), reverse=True):
+        try:
+          stream = dict(manager.restore(step, args=ocp.args.Composite(
+              stream=ocp.args.JsonRestore()))["stream"])
+        except Exception:  # damaged: restore() falls back past it, and says so
+          continue
+        check_settings(os.path.join(directory, str(step)), stream.get("settings"), settings,
+                       "checkpoint", CheckpointError)
+        return
+    finally:
+      manager.close()
+
   def wait(self) -> None:
-    """Blocks until background writes are on disk."""
-    self.manager.wait_until_finished()
+    """Blocks until background writes are on disk; CheckpointError if one failed."""
+    if self._failure is not None:
+      raise self._failure
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._write_failed(e, self._writing) from e
+
+  def _write_failed(self, error: Exception, step: int | None) -> CheckpointError:
+    """The one error a failed write becomes: which directory, the cause, the free space; the
+    partial step directory removed, so the next start sees only complete checkpoints."""
+    try:
+      self.manager.close()  # waits for and stops orbax's background writes
+    except Exception:  # it reports the same failure again; the cause is already in hand
+      pass
+    partial = sorted(d for d in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in d)
+    if partial and partial[0].split(".")[0].isdigit():
+      step = int(partial[0].split(".")[0])  # an earlier background write is what failed
+    for d in partial:
+      shutil.rmtree(os.path.join(self.directory, d), ignore_errors=True)
+    cause = " ".join(str(error).split())[:500]
+    free = shutil.disk_usage(self.directory).free
+    good = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
+    self._failure = CheckpointError(
+        f"could not write the checkpoint{f' of step {step}' if step is not None else ''} in "
+        f"{self.directory}: {type(error).__name__}: {cause} ({free / 2**20:,.1f} MiB free there). "
+        + (f"The partial write was removed ({', '.join(partial)}). " if partial else "")
+        + (f"The complete checkpoints (steps {good}) are intact: free some space (or fix the "
+           f"directory's permissions) and run the same command again to resume from step "
+           f"{good[-1]}." if good else
+           "No complete checkpoint exists yet: free some space (or fix the directory's "
+           "permissions) and run the same command again."))
+    return self._failure
 
   def close(self) -> None:
     self.manager.close()
@@ -149,8 +209,12 @@ def _arrays_of(state, carry) -> dict:
 def _check_identity(path: str, stream: dict, identity: dict | None) -> None:
   if not identity:
     return
+  identity = dict(identity)
+  settings = identity.pop("settings", None)
   diff = {k: (stream.get(k), v) for k, v in identity.items() if stream.get(k) != v}
   if diff:
     said = ", ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in diff.items())
     raise CheckpointError(f"checkpoint {path} was written by a different run ({said}); use a "
                           f"new workdir, or --config.resume=False to start over.")
+  if settings is not None:
+    check_settings(path, stream.get("settings"), settings, "checkpoint", CheckpointError)

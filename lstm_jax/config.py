@@ -7,6 +7,7 @@ strategy's settings. Errors are `ConfigError`s naming the key and the fix.
 from __future__ import annotations
 
 import difflib
+import json
 
 import ml_collections
 import numpy as np
@@ -83,6 +84,38 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   return c
+
+
+# The sections whose values change a (strategy, seed) run's numbers. The rest (which strategies
+# and how many seeds, where files and caches go, checkpoint cadence, the allocator, the target
+# loss, which is recomputed from the rows) do not, so changing them keeps finished results valid.
+SETTINGS_SECTIONS = ("data", "model", "optimizer", "train", "eval")
+SETTINGS_VERSIONS = ("python", "jax", "jaxlib", "flax", "optax", "numpy", "backend")
+
+
+def run_settings(cfg: ml_collections.ConfigDict, name: str, seed: int, data_identity: dict,
+                 versions: dict, devices: int) -> dict:
+  """Everything that changes the numbers of strategy `name`'s run with `seed`, as a flat
+  {"section.key": value} dict (JSON values): the config sections above, the strategy's own
+  settings, the seed, the device count, the data's fingerprints and the versions of the
+  numerical stack. A finished result or checkpoint is read back only under equal settings."""
+  flat: dict = {}
+
+  def add(prefix: str, node) -> None:
+    for key, value in node.items():
+      if isinstance(value, (ml_collections.ConfigDict, dict)):
+        add(f"{prefix}{key}.", value)
+      else:
+        flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+
+  for section in SETTINGS_SECTIONS:
+    add(f"{section}.", cfg[section])
+  add(f"strategy.{name}.", cfg.strategy[name])
+  flat.update(seed=int(seed), devices=int(devices),
+              **{f"data.{k}": data_identity.get(k) for k in ("train_fingerprint",
+                                                              "eval_fingerprint")},
+              **{f"versions.{k}": versions.get(k) for k in SETTINGS_VERSIONS})
+  return json.loads(json.dumps(flat))  # what reading the JSON back gives: lists, not tuples
 
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:

@@ -14,6 +14,7 @@ shows up in the eval loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from lstm_jax import batching, compiles, config, host, report, sharding, sources
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.model import SequenceModel
+from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
 
 LN2 = math.log(2.0)
 
@@ -82,12 +84,11 @@ def make_strategy(name: str, dataset: RaggedDataset, cfg: ml_collections.ConfigD
                   seed: int, batch_multiple: int = 1) -> batching.Strategy:
   """The strategy `name` with its settings from cfg.strategy[name] (see configs/compare.py).
 
-  batch_multiple: the device count; token-budget bucket batch sizes are rounded to it.
+  batch_multiple: the device count: batches are widened to a multiple of it with empty rows,
+    after they are composed, so every device count trains on the same batches.
   """
-  kwargs = config.strategy_kwargs(name, cfg)
-  if name == "bucket":
-    kwargs["batch_multiple"] = batch_multiple
-  return batching.make_strategy(name, dataset, seed=seed, **kwargs)
+  return batching.make_strategy(name, dataset, seed=seed, batch_multiple=batch_multiple,
+                                **config.strategy_kwargs(name, cfg))
 
 
 def eval_strategy(dataset: RaggedDataset, cfg: ml_collections.ConfigDict,
@@ -113,40 +114,29 @@ def split_data(cfg: ml_collections.ConfigDict):
   return train_ds, eval_ds, identity
 
 
-def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
-  """Where one (strategy, seed) keeps its checkpoints (kind="checkpoints") or its finished
-  result (kind="results")."""
-  return os.path.join(workdir, kind, f"{name}-seed{seed}")
-
-
-def _write_json_atomically(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
-
-
 def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
                  cfg: ml_collections.ConfigDict, seed: int, log,
                  mesh: jax.sharding.Mesh | None = None, workdir: str | None = None,
-                 strategy: batching.Strategy | None = None) -> tuple[dict, list, list]:
+                 strategy: batching.Strategy | None = None,
+                 data_identity: dict | None = None) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
   With a workdir, training checkpoints into workdir/checkpoints/<name>-seed<seed> and resumes
   from there (config.resume); a finished run's result goes to workdir/results/<name>-seed<seed>
-  .json, and a rerun with resume on reads it back instead of training again.
+  .json, and a rerun with resume on reads it back instead of training again. Both carry the
+  run's settings (`config.run_settings`) and are read back only under the same settings.
   strategy: the strategy if already built (for this name and seed), else built here.
+  data_identity: the data's identity (`split_data`), whose fingerprints enter the settings.
   """
+  devices = 1 if mesh is None else int(mesh.devices.size)
+  settings = config.run_settings(cfg, name, seed, data_identity or dict(
+      train_fingerprint=train_ds.fingerprint(), eval_fingerprint=eval_ds.fingerprint()),
+      versions(), devices)
   result_path = run_dir(workdir, "results", name, seed) + ".json" if workdir else None
-  if result_path and cfg.resume and os.path.exists(result_path):
-    with open(result_path, encoding="utf-8") as f:
-      done = json.load(f)
+  done = read_result(result_path, settings) if result_path and cfg.resume else None
+  if done is not None:
     log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
     return done["row"], done["history"], done["curve"]
-  devices = 1 if mesh is None else int(mesh.devices.size)
   strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   model = make_model(cfg, train_ds)
@@ -185,7 +175,7 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
                      callback=on_step, precompile_shapes=False,
                      eval_every_tokens=cfg.train.eval_every_tokens, on_eval=on_eval,
                      checkpointer=checkpointer, on_restore=on_restore,
-                     checkpoint_extra=lambda: dict(curve=curve, **clock))
+                     checkpoint_extra=lambda: dict(curve=curve, **clock), settings=settings)
   if not curve or curve[-1]["real_tokens"] != result.real_tokens:
     on_eval(result.state, result.real_tokens)
   log.end()
@@ -211,8 +201,25 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
       peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       devices=devices, processes=jax.process_count(), resumed_from_step=result.resumed_from)
   if result_path and jax.process_index() == 0:
-    _write_json_atomically(result_path, dict(row=row, history=hist, curve=curve))
+    write_json_atomically(result_path, dict(row=row, history=hist, curve=curve,
+                                            settings=settings))
   return row, hist, curve
+
+
+def check_workdir_settings(cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict,
+                           devices: int) -> None:
+  """Before anything trains: every finished result and newest checkpoint this config would
+  read back was made with this config's settings (ConfigError / CheckpointError otherwise)."""
+  versions_now = versions()
+  for s in range(cfg.seeds):
+    for name in cfg.strategies:
+      settings = config.run_settings(cfg, name, cfg.seed + s, data_identity, versions_now,
+                                     devices)
+      if read_result(run_dir(workdir, "results", name, cfg.seed + s) + ".json", settings):
+        continue
+      directory = run_dir(workdir, "checkpoints", name, cfg.seed + s)
+      if cfg.checkpoint.enabled and os.path.isdir(directory):
+        Checkpointer.check_settings(directory, settings)
 
 
 def time_to_target(curve: list[dict], target: float) -> float | None:
@@ -238,10 +245,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
   if d.enabled:  # before anything touches the JAX backend
     sharding.initialize(d.coordinator, d.num_processes, d.process_id)
   mesh = sharding.make_mesh(cfg.mesh.num_devices)
-  writer = jax.process_index() == 0  # one process writes the files
-  quiet = quiet or not writer
+  writer = jax.process_index() == 0  # one process writes the files, and holds the workdir
+  with WorkdirLock(workdir) if writer else contextlib.nullcontext():
+    return _train_and_evaluate(cfg, workdir, mesh, writer, quiet or not writer)
+
+
+def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
+                        mesh: jax.sharding.Mesh | None, writer: bool, quiet: bool) -> list[dict]:
   if writer:
-    os.makedirs(workdir, exist_ok=True)
     if not cfg.resume:  # start over: what an earlier run left would be mixed in otherwise
       for kind in ("checkpoints", "results"):
         shutil.rmtree(os.path.join(workdir, kind), ignore_errors=True)
@@ -249,6 +260,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
         os.remove(os.path.join(workdir, "metrics.jsonl"))
   train_ds, eval_ds, identity = split_data(cfg)
   devices = 1 if mesh is None else int(mesh.devices.size)
+  if cfg.resume:
+    check_workdir_settings(cfg, workdir, identity, devices)
   # Every strategy built (so the data's own checks run) before anything compiles; the first
   # seed's runs use them.
   built = {name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
@@ -261,7 +274,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
     seed = cfg.seed + s
     for name in cfg.strategies:
       row, hist, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh, workdir,
-                                      built[name] if seed == cfg.seed else None)
+                                      built[name] if seed == cfg.seed else None, identity)
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
   # A target every strategy reaches by its end unless one is set: the worst final eval loss.

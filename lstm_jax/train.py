@@ -242,7 +242,8 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
         on_eval: Callable[[TrainState, int], None] | None = None,
         checkpointer: Checkpointer | None = None,
         checkpoint_extra: Callable[[], dict] | None = None,
-        on_restore: Callable[[dict], None] | None = None) -> FitResult:
+        on_restore: Callable[[dict], None] | None = None,
+        settings: dict | None = None) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
@@ -255,6 +256,9 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     (after that step's loss is checked to be finite, and after any evaluation due at it) and once
     at the end. `checkpoint_extra()` adds the caller's JSON to each save; on resuming,
     `on_restore(stream)` hands it back (with `history`, `real_tokens`, `epoch`, `index`).
+  settings: what else a checkpoint must share with this run to be resumed (the runner passes
+    `config.run_settings`: model, optimizer, training and data settings, versions); saved with
+    each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
   """
   if epochs is None and max_real_tokens is None:
     raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
@@ -278,6 +282,8 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
   saved_carry = lambda c: c if strategy.carries_state else jnp.zeros((), jnp.float32)
   real_total, epoch, first_index, carry, pending, resumed_from = 0, 0, 0, None, None, None
   identity = stream_identity(strategy) if checkpointer is not None else {}
+  if checkpointer is not None and settings is not None:
+    identity["settings"] = settings
   if checkpointer is not None:
     restored = checkpointer.restore(state, saved_carry(zero_carry(stream_batch)), identity)
     if restored is not None:

@@ -28,7 +28,7 @@ import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
 from conftest import identity_dataset, ragged_features  # noqa: E402
-from lstm_jax import batching, config, sources, tasks, train  # noqa: E402
+from lstm_jax import batching, config, sources, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
@@ -91,6 +91,49 @@ def _damaged_checkpoints():
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     train.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(fresh))
+
+
+def _pad_run(directory, settings=None, fail_from=None):
+  """One epoch of a tiny padded run checkpointing every step into `directory`; with
+  `fail_from`, every write from that step on fails as a full disk does."""
+  ds = ragged_features([3, 4, 5, 6], num_features=2)
+  state = train.create_train_state(SequenceModel(4, num_outputs=2), optax.adam(1e-2), ds)
+  ckpt = Checkpointer(directory, every_steps=1)
+  if fail_from is not None:
+    real_save = ckpt.manager.save
+
+    def save(step, *args, **kwargs):
+      if step >= fail_from:
+        ckpt.manager.wait_until_finished()
+        (Path(ckpt.directory) / f"{step}.orbax-checkpoint-tmp").mkdir()
+        raise OSError(28, "No space left on device")
+      return real_save(step, *args, **kwargs)
+
+    ckpt.manager.save = save
+  train.fit(state, batching.Pad(ds, batch_size=2), epochs=1, checkpointer=ckpt,
+            settings=settings)
+
+
+def _fresh(name):
+  shutil.rmtree(TMP / name, ignore_errors=True)
+  return TMP / name
+
+
+def _checkpoint_of_other_settings():
+  directory = _fresh("settings")
+  _pad_run(directory, {"optimizer.learning_rate": 0.003})
+  _pad_run(directory, {"optimizer.learning_rate": 0.03})
+
+
+def _result_of_other_settings():
+  path = _fresh("results") / "tbptt-seed0.json"
+  workdir.write_json_atomically(str(path), dict(row={}, settings={"model.hidden_size": 16}))
+  workdir.read_result(str(path), {"model.hidden_size": 32})
+
+
+def _busy_workdir():
+  with workdir.WorkdirLock(str(_fresh("busy"))):
+    workdir.WorkdirLock(str(TMP / "busy"))
 
 
 CASES = [
@@ -172,6 +215,19 @@ CASES = [
          r"the loss became inf at step 4", FloatingPointError),
     Case("checkpoint", "every checkpoint damaged (truncated files)", _damaged_checkpoints,
          r"(?s)every checkpoint in .* is damaged or incomplete.*resume=False"),
+    Case("checkpoint", "a checkpoint write that fails (disk full, permissions)",
+         lambda: _pad_run(_fresh("full"), fail_from=2),
+         r"could not write the checkpoint of step 2 .* No space left on device .* MiB free there"
+         r".*partial write was removed.*resume from step 1"),
+    Case("checkpoint", "a checkpoint made with other settings (e.g. learning rate)",
+         _checkpoint_of_other_settings,
+         r"made with different settings \(optimizer.learning_rate: 0.003 there, 0.03 here\)"),
+    # the runner's workdir
+    Case("workdir", "a finished result made with other settings (e.g. hidden size)",
+         _result_of_other_settings,
+         r"made with different settings \(model.hidden_size: 16 there, 32 here\).*new --workdir"),
+    Case("workdir", "a second runner on a busy workdir", _busy_workdir,
+         r"is in use by another runner \(pid \d+"),
 ]
 
 
@@ -191,13 +247,18 @@ def render() -> str:
            "this file is current. Every error is a `ValueError` subclass (`DataError`, "
            "`ConfigError`, `CheckpointError` from `lstm_jax.errors`), except a loss that stops "
            "being finite, a `FloatingPointError`. Paths under the temporary directory are shown "
-           "as `<tmp>`, orbax's hashed file names as `<hash>`, and the array whose read failed "
-           "first (reads run concurrently) as `<array>`.", "",
+           "as `<tmp>`, orbax's hashed file names as `<hash>`, the array whose read failed "
+           "first (reads run concurrently) as `<array>`, free space as `<n>` and the holder of a "
+           "workdir lock as `<pid>`, `<host>` and `<time>`. The runner and the benchmark print "
+           "these errors as one line, `error (ConfigError): ...`, and exit with status 2.", "",
            "| area | bad input | error | message |", "| --- | --- | --- | --- |"]
   for case in CASES:
     e = raised(case)
     text = re.sub(r"\s+", " ", str(e).replace(str(TMP), "<tmp>")).replace("|", "\\|")
     text = re.sub(r"[0-9a-f]{32}", "<hash>", text)  # orbax's file names differ run to run
+    text = re.sub(r"[\d,.]+ MiB free", "<n> MiB free", text)  # the machine's free space
+    text = re.sub(r"pid \d+ on [^,]+, started [\d: -]+", "pid <pid> on <host>, started <time>",
+                  text)
     text = re.sub(r'Error reading "[^"]*"', 'Error reading "<array>"', text)  # concurrent reads:
     # which array's read fails first varies
     lines.append(f"| {case.area} | {case.what} | `{type(e).__name__}` | {text} |")

@@ -51,6 +51,14 @@ def max_rel_err(a, b) -> float:
   return max(jax.tree.leaves(errs))
 
 
+def pytest_collection_modifyitems(items):
+  """The long tests first: those that start fresh processes (`fresh_processes`, and the
+  xdist_group ones, which share one subprocess run), so that on two workers they run beside the
+  many short tests instead of after them. A stable sort: the order is otherwise unchanged."""
+  items.sort(key=lambda item: not (item.get_closest_marker("fresh_processes")
+                                   or item.get_closest_marker("xdist_group")))
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(1234)

@@ -102,6 +102,33 @@ def test_shuffling_is_seeded(name):
   assert order(a, 0) != order(c, 0), "the seed changes the order"
 
 
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_batches_are_the_same_on_any_device_count(name):
+  """batch_multiple (the device count) widens each batch with empty rows after it is composed:
+  the same sequences share each batch, in the same rows, so every loss and gradient is the same
+  on 1 or 4 devices (the runner's check: tests/test_sharding.py)."""
+  ds = identity_dataset(LENGTHS)
+  for multiple in (3, 4):
+    one = STRATEGIES[name](ds, seed=2)
+    wide = STRATEGIES[name](ds, seed=2)
+    wide.batch_multiple = multiple
+    for epoch in (0, 1):
+      a, b = one.plan(epoch), wide.plan(epoch)
+      assert [p.rows for p in a] == [p.rows for p in b]
+      assert [p.length for p in a] == [p.length for p in b]
+      assert all(q.batch_size % multiple == 0 and 0 <= q.batch_size - p.batch_size < multiple
+                 for p, q in zip(a, b))
+
+
+def test_token_budget_bucket_rows_do_not_depend_on_the_device_count():
+  ds = identity_dataset(LENGTHS)
+  one = batching.Bucket(ds, tokens_per_batch=128, boundaries=[10, 20, 40])
+  four = batching.Bucket(ds, tokens_per_batch=128, boundaries=[10, 20, 40], batch_multiple=4)
+  assert {t: b for b, t in one.shapes()} == {10: 12, 20: 6, 40: 3}  # 128 // T rows
+  assert {t: b for b, t in four.shapes()} == {10: 12, 20: 8, 40: 4}  # widened, same rows
+  assert [p.rows for p in one.plan(0)] == [p.rows for p in four.plan(0)]
+
+
 def test_tbptt_streams_are_balanced_and_only_the_tail_is_padded():
   ds = identity_dataset(LENGTHS)
   strategy = batching.TBPTT(ds, num_streams=5, chunk_length=7)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import subprocess_env
 from lstm_jax import bench, host
@@ -25,6 +26,7 @@ def test_workload_matches_its_spec():
   assert bench.flops_per_token(32, 256) == 3 * 2 * 4 * 256 * 288
 
 
+@pytest.mark.fresh_processes
 def test_quick_benchmark_writes_rows_and_files(tmp_path):
   """The quick preset through the real command line (a subprocess with XLA's optimizations
   mostly off: what is checked is the report's structure, not the speeds)."""
@@ -87,6 +89,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert "| default |" in (tmp_path / "BENCHMARKS.md").read_text()
 
 
+@pytest.mark.fresh_processes
 def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
   """Fresh processes compile the same steps with one cache directory: the first writes JAX's
   cache entries and lstm_jax's executables; a second reading JAX's cache alone adds no entry; a

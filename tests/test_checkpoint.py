@@ -217,6 +217,7 @@ def test_runner_killed_with_sigkill_resumes_bit_identical(tmp_path, uninterrupte
   assert steps == list(range(1, want["steps"] + 1))  # each step once, although some ran twice
 
 
+@pytest.mark.fresh_processes
 def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path):
   first = _run(tmp_path, "pack")
   assert first.returncode == 0, first.stderr[-3000:]
@@ -231,3 +232,63 @@ def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path):
   assert (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns != stamp
   row = json.loads((tmp_path / "results" / "pack-seed0.json").read_text())["row"]
   assert row["resumed_from_step"] is None and row["eval_loss"] == summary[0]["eval_loss"]
+
+
+# --- a write that fails (disk full, permissions) ------------------------------------------
+def _fail_writes_from(ckpt: Checkpointer, step: int, error: Exception):
+  """From checkpoint `step` on, the manager's save leaves a partial step directory behind (as an
+  interrupted orbax write does) and raises `error`, as orbax does when the disk is full."""
+  real_save = ckpt.manager.save
+
+  def save(s, *args, **kwargs):
+    if s >= step:
+      ckpt.manager.wait_until_finished()  # as orbax's own save does first
+      (Path(ckpt.directory) / f"{s}.orbax-checkpoint-tmp" / "arrays").mkdir(parents=True)
+      raise error
+    return real_save(s, *args, **kwargs)
+
+  ckpt.manager.save = save
+
+
+def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path, data):
+  """A failed write (a simulated ENOSPC, as orbax reports it) stops fit with one CheckpointError
+  naming the directory, the cause and the free space; no partial checkpoint is left; once the
+  disk has room again, the same call resumes from the last good checkpoint and ends where an
+  uninterrupted run does."""
+  strategy = _strategies(data)["tbptt"]
+  want = train.fit(_state(data), strategy, epochs=2)
+  ckpt = Checkpointer(tmp_path, every_steps=3, keep=5)
+  enospc = ValueError('RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: Failed to '
+                      "write 113474 bytes: No space left on device [os_error_code='28']")
+  _fail_writes_from(ckpt, 9, enospc)
+  with pytest.raises(CheckpointError) as e:
+    train.fit(_state(data), strategy, epochs=2, checkpointer=ckpt)
+  msg = str(e.value)
+  assert f"could not write the checkpoint of step 9 in {tmp_path}" in msg
+  assert "No space left on device" in msg and "MiB free there" in msg
+  assert "partial write was removed (9.orbax-checkpoint-tmp)" in msg
+  assert "steps [3, 6]) are intact" in msg and "resume from step 6" in msg
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "6"]  # complete ones only
+  got = train.fit(_state(data), strategy, epochs=2,
+                  checkpointer=Checkpointer(tmp_path, every_steps=3, keep=5))
+  assert got.resumed_from == 6
+  assert _bit_identical(got.state.params, want.state.params)
+  assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
+
+
+def test_checkpoint_with_other_settings_is_refused_naming_the_keys(tmp_path, data):
+  strategy = _strategies(data)["tbptt"]
+  settings = {"optimizer.learning_rate": 0.003, "model.hidden_size": 8}
+  train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path),
+            settings=settings)
+  other = dict(settings, **{"optimizer.learning_rate": 0.03})
+  with pytest.raises(CheckpointError, match=r"optimizer.learning_rate: 0.003 there, 0.03 here.*"
+                                            r"--config.resume=False"):
+    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path),
+              settings=other)
+  with pytest.raises(CheckpointError, match="optimizer.learning_rate: 0.003 there, 0.03 here"):
+    Checkpointer.check_settings(str(tmp_path), other)  # what the runner checks up front
+  Checkpointer.check_settings(str(tmp_path), settings)
+  again = train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path),
+                    settings=settings)
+  assert again.resumed_from is not None

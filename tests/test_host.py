@@ -25,6 +25,7 @@ def _faults(arm: str) -> dict:
 
 
 @glibc_only
+@pytest.mark.fresh_processes
 def test_tuned_train_step_takes_no_page_faults():
   """After tune_malloc, a steady gradient step with ~75 MiB of XLA scratch (more than a thread
   arena's 64 MiB heap) reuses the heap: the median call takes (almost) no page faults, where

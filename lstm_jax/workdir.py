@@ -1,0 +1,118 @@
+"""The runner's working directory: one runner at a time, and results tied to the settings that
+made them.
+
+    <workdir>/.lock                          held (flock) by the runner using the workdir
+    <workdir>/checkpoints/<name>-seed<seed>  orbax checkpoints of one (strategy, seed)
+    <workdir>/results/<name>-seed<seed>.json its finished result, with its settings
+
+A finished result or a checkpoint is read back only by a run whose settings (`config.
+run_settings`: everything that changes the numbers) are the same; otherwise the runner stops and
+names the keys that differ (`settings_difference`), and the fix: a new workdir, or
+--config.resume=False to start over. It never mixes two configurations into one result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+
+from lstm_jax.errors import CheckpointError, ConfigError
+
+
+def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
+  """Where one (strategy, seed) keeps its checkpoints (kind="checkpoints") or its finished
+  result (kind="results", plus ".json")."""
+  return os.path.join(workdir, kind, f"{name}-seed{seed}")
+
+
+def write_json_atomically(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
+def settings_difference(saved: dict, current: dict, limit: int = 8) -> str:
+  """'key: saved value there, current value here' for each key that differs, or "" if none."""
+  keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  said = [f"{k}: {saved.get(k, '(absent)')!r} there, {current.get(k, '(absent)')!r} here"
+          for k in keys[:limit]]
+  if len(keys) > limit:
+    said.append(f"and {len(keys) - limit} more")
+  return "; ".join(said)
+
+
+FIX = ("Use a new --workdir for this config, or --config.resume=False to delete this workdir's "
+       "results and checkpoints and start over.")
+
+
+def check_settings(path: str, saved: dict | None, current: dict, what: str,
+                   error: type = ConfigError) -> None:
+  """Raises `error` unless `saved` (the settings stored with a result or checkpoint at `path`)
+  equal `current`."""
+  if saved is None:
+    raise error(f"{what} {path} does not record the settings that made it (written by an "
+                f"earlier version of lstm_jax), so it cannot be checked against this config. "
+                + FIX)
+  diff = settings_difference(saved, current)
+  if diff:
+    raise error(f"{what} {path} was made with different settings ({diff}); reading it back "
+                f"would report or continue another configuration's run as this one. " + FIX)
+
+
+def read_result(path: str, settings: dict) -> dict | None:
+  """The finished result at `path` if there is one; ConfigError if it was made with other
+  settings."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    done = json.load(f)
+  check_settings(path, done.get("settings"), settings, "the finished result")
+  return done
+
+
+class WorkdirLock:
+  """Holds an exclusive lock on <workdir>/.lock while a runner uses the workdir.
+
+  The lock is the kernel's (flock), so it goes with the process: a runner killed by SIGKILL or
+  a crash leaves the file behind but not the lock, and the next run takes it. A second runner on
+  a busy workdir gets a ConfigError at once, naming the holder. (flock is local to one machine:
+  two machines sharing a workdir over NFS are not kept apart.)
+  """
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, ".lock")
+    self.file = open(self.path, "a+", encoding="utf-8")
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self.file.seek(0)
+      holder = self.file.read().strip() or "holder unknown"
+      self.file.close()
+      raise ConfigError(
+          f"workdir {workdir} is in use by another runner ({holder}); two runners in one workdir "
+          f"would overwrite each other's results and checkpoints. Wait for it to finish, or give "
+          f"this run another --workdir.") from None
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    self.file.flush()
+
+  def release(self) -> None:
+    if not self.file.closed:
+      fcntl.flock(self.file, fcntl.LOCK_UN)
+      self.file.close()
+
+  def __enter__(self) -> WorkdirLock:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
