@@ -19,7 +19,7 @@ import os
 import socket
 import time
 
-from lstm_jax.errors import CheckpointError, ConfigError
+from lstm_jax.errors import ConfigError
 
 
 def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:

@@ -3,7 +3,6 @@ uninterrupted one (in process, and through the runner killed with SIGKILL); dama
 fall back to the previous good one; a NaN loss keeps the last good checkpoint."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys

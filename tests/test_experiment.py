@@ -4,7 +4,6 @@ sources, and config errors."""
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ragged_features
-from lstm_jax import batching, experiment, host, report, sources
+from lstm_jax import experiment, host, report, sources
 from lstm_jax.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,6 @@ its one device): 1 device and 4 devices give the same losses and parameters for 
 the batch really is split, compile counts do not change."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
