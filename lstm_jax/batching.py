@@ -14,6 +14,12 @@ runs; `batches(epoch)` then assembles numpy `Batch`es from the plan. Shuffling i
 (seed, epoch), and every real step of the data appears exactly once per epoch. A batch that runs
 short of sequences is filled with empty rows (mask all False), so shapes never change.
 
+Work per step: every strategy's rows-per-batch setting (pad's and pad_batch_max's batch_size,
+bucket's per-bucket batch sizes, pack's rows, tbptt's and vbptt's streams) can be left unset and
+derived from `tokens_per_step`, real (non-padding) tokens per optimizer step, and the data's own
+lengths (`rows_per_step`). Strategies compared on an equal real-token budget then take about
+the same number of optimizer steps, on any data.
+
 `batch_multiple` (every strategy; the runner passes the device count) rounds each batch's row
 count up with empty rows, after the batches are composed: which sequences share a batch, and so
 every loss and gradient, is the same on any number of devices. An empty row has zero weight and
@@ -131,7 +137,7 @@ class Strategy(abc.ABC):
       raise DataError(f"{self.name} needs a RaggedDataset, got {type(dataset).__name__}.")
     self.dataset = dataset
     self.seed = int(seed)
-    self.batch_multiple = _check_batch_size(batch_multiple, "batch_multiple")
+    self.batch_multiple = _positive_int(batch_multiple, "batch_multiple")
     self._plans: dict[int, list[BatchPlan]] = {}
 
   @abc.abstractmethod
@@ -155,6 +161,11 @@ class Strategy(abc.ABC):
     """The distinct (B, T) this strategy emits over `num_epochs` epochs: one compile each."""
     return sorted({p.shape for e in range(num_epochs) for p in self.plan(e)})
 
+  def batch_settings(self) -> dict:
+    """The settings this strategy resolved (derived from tokens_per_step where unset), as
+    JSON values: what a report prints beside the row."""
+    return {}
+
   def stats(self, epoch: int = 0) -> dict:
     plans = self.plan(epoch)
     real = sum(p.real_tokens for p in plans)
@@ -171,10 +182,25 @@ def _whole(seq: int, length: int) -> tuple[Segment, ...]:
   return ((int(seq), 0, 0, int(length)),)
 
 
-def _check_batch_size(batch_size: int, what: str = "batch_size") -> int:
-  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ConfigError(f"{what} must be an integer >= 1, got {batch_size!r}.")
-  return int(batch_size)
+def _positive_int(value: int, what: str = "batch_size") -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ConfigError(f"{what} must be an integer >= 1, got {value!r}.")
+  return int(value)
+
+
+def rows_per_step(given: int | None, tokens_per_step: int | None, tokens_per_row: float,
+                  most: int, what: str, strategy: str) -> int:
+  """`given` if set; else the number of rows, each holding `tokens_per_row` real tokens on
+  average, that makes `tokens_per_step` real tokens: at least 1, at most `most` (the rows the
+  data can fill). This is how every strategy turns one work-per-step target into its own batch
+  setting, from the data's own lengths, so equal real-token budgets mean equal optimizer steps."""
+  if given is not None:
+    return _positive_int(given, what)
+  if tokens_per_step is None:
+    raise ConfigError(f"{strategy} needs {what}, or tokens_per_step (real tokens per optimizer "
+                      f"step) to derive it from the data's lengths.")
+  tokens_per_step = _positive_int(tokens_per_step, "tokens_per_step")
+  return int(min(max(most, 1), max(1, round(tokens_per_step / max(tokens_per_row, 1e-9)))))
 
 
 def _check_not_larger_than_data(batch_size: int, available: int, what: str, unit: str,
@@ -225,15 +251,20 @@ class Pad(Strategy):
 
   name = "pad"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int, max_length: int | None = None,
-               seed: int = 0, batch_multiple: int = 1):
+  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
+               max_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
+               tokens_per_step: int | None = None):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = _check_batch_size(batch_size)
+    self.batch_size = rows_per_step(batch_size, tokens_per_step, dataset.lengths.mean(),
+                                    len(dataset), "batch_size", self.name)
     _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
                                 f"Lower batch_size to at most {len(dataset)}.")
     self.length = dataset.max_length if max_length is None else int(max_length)
     _check_fits(dataset, self.length, "padded length max_length",
                 "Raise max_length, or use 'bucket' or 'tbptt' for long sequences.")
+
+  def batch_settings(self) -> dict:
+    return dict(batch_size=self.batch_size, length=self.length)
 
   def _plan(self, epoch, rng):
     return _fixed_batches(rng.permutation(len(self.dataset)), self.dataset.lengths,
@@ -248,12 +279,16 @@ class PadBatchMax(Strategy):
 
   name = "pad_batch_max"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int, seed: int = 0,
-               batch_multiple: int = 1):
+  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None, seed: int = 0,
+               batch_multiple: int = 1, tokens_per_step: int | None = None):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = _check_batch_size(batch_size)
+    self.batch_size = rows_per_step(batch_size, tokens_per_step, dataset.lengths.mean(),
+                                    len(dataset), "batch_size", self.name)
     _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
                                 f"Lower batch_size to at most {len(dataset)}.")
+
+  def batch_settings(self) -> dict:
+    return dict(batch_size=self.batch_size)
 
   def _plan(self, epoch, rng):
     return _fixed_batches(rng.permutation(len(self.dataset)), self.dataset.lengths,
@@ -268,7 +303,7 @@ def optimal_boundaries(lengths: Sequence[int] | np.ndarray, num_buckets: int) ->
   ignores the rows that fill a bucket's last batch. O(num_buckets * U^2) for U distinct lengths.
   Returns the increasing boundaries; the last is the longest length.
   """
-  num_buckets = _check_batch_size(num_buckets, "num_buckets")
+  num_buckets = _positive_int(num_buckets, "num_buckets")
   lengths = np.asarray(lengths, dtype=np.int64)
   if lengths.size == 0:
     raise DataError("cannot choose bucket boundaries for an empty dataset.")
@@ -310,16 +345,23 @@ def padded_steps(lengths: np.ndarray, boundaries: Sequence[int]) -> int:
 class Bucket(Strategy):
   """Sequences grouped by length, each bucket padded to its boundary: one compile per bucket.
 
-  Boundaries are given (increasing) or chosen by `optimal_boundaries` for `num_buckets`. Batch
-  size is fixed (`batch_size`) or follows a token budget (`tokens_per_batch`: B_k = budget // T_k)
-  so every step does similar work. Buckets that hold no sequence emit nothing.
+  Boundaries are given (increasing) or chosen by `optimal_boundaries` for `num_buckets`. The
+  most rows a batch of bucket k holds (B_k) is fixed (`batch_size`), follows a budget of computed
+  tokens (`tokens_per_batch`: B_k = budget // T_k), or, when neither is set, a budget of real
+  tokens (`tokens_per_step`: bucket k gets round(its real tokens / tokens_per_step) batches, at
+  least one), so every step trains on about the same number of real tokens as the other
+  strategies' steps do, and an epoch takes about as many steps. (A bucket with less than a step's
+  real tokens still takes a whole step: with few tokens per epoch, use fewer buckets.) Buckets
+  that hold no sequence emit nothing.
+
+  As each bucket's row count is known, its batch size is then balanced: the fewest batches of at
+  most B_k rows, split evenly (70 rows at B=64: two batches of 35, not 64 + 6 and 58 empty rows),
+  so a small bucket's batches are not mostly empty rows.
 
   pack_rows: a row of bucket k may hold several sequences back to back (a reset at each start),
   filled by `best_fit_rows`: the padding left is only the rows' unfilled ends, instead of every
   sequence's distance to its boundary, for the same number of shapes (and compiles). Rows are
   built once (seeded); each epoch shuffles the rows, the order within each row, and the batches.
-  As each bucket's row count is then known, its batch size is balanced: the fewest batches of at
-  most B_k rows, split evenly (70 rows at B=64: two batches of 35, not 64 + 6 and 58 empty rows).
   """
 
   name = "bucket"
@@ -327,10 +369,11 @@ class Bucket(Strategy):
   def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
                boundaries: Sequence[int] | None = None, num_buckets: int | None = None,
                tokens_per_batch: int | None = None, batch_multiple: int = 1, seed: int = 0,
-               pack_rows: bool = False):
+               pack_rows: bool = False, tokens_per_step: int | None = None):
     super().__init__(dataset, seed, batch_multiple)
-    if (batch_size is None) == (tokens_per_batch is None):
-      raise ConfigError("bucket needs exactly one of batch_size or tokens_per_batch.")
+    if batch_size is not None and tokens_per_batch is not None:
+      raise ConfigError("bucket takes at most one of batch_size or tokens_per_batch (neither: "
+                        "tokens_per_step, real tokens per step, sets the batch sizes).")
     if (boundaries is None) == (num_buckets is None):
       raise ConfigError("bucket needs exactly one of boundaries or num_buckets.")
     if boundaries is None:
@@ -343,21 +386,36 @@ class Bucket(Strategy):
     _check_fits(dataset, self.boundaries[-1], "largest bucket boundary",
                 "Add a boundary >= that length, or split long sequences (e.g. the 'tbptt' strategy).")
     self.bucket_of = np.searchsorted(self.boundaries, dataset.lengths)  # bucket index per sequence
-    if tokens_per_batch is not None:
-      tokens_per_batch = _check_batch_size(tokens_per_batch, "tokens_per_batch")
-      self.batch_sizes = [max(1, tokens_per_batch // b) for b in self.boundaries]
-    else:
-      self.batch_sizes = [_check_batch_size(batch_size)] * len(self.boundaries)
-      _check_not_larger_than_data(self.batch_sizes[0], len(dataset), "batch_size", "sequences",
-                                  f"Lower batch_size to at most {len(dataset)}, or use "
-                                  f"tokens_per_batch.")
     self.pack_rows = bool(pack_rows)
     self.rows = None
+    row_bucket, row_real = self.bucket_of, dataset.lengths  # a row per sequence, or packed:
     if self.pack_rows:
       self.rows = best_fit_rows(dataset.lengths, self.boundaries,
                                 np.random.default_rng([self.seed, 1]))
-      per_bucket = np.bincount([k for k, _ in self.rows], minlength=len(self.boundaries))
-      self.batch_sizes = [_balanced(int(n), b) for n, b in zip(per_bucket, self.batch_sizes)]
+      row_bucket = [k for k, _ in self.rows]
+      row_real = [int(dataset.lengths[members].sum()) for _, members in self.rows]
+    per_bucket = np.bincount(row_bucket, minlength=len(self.boundaries))
+    real = np.bincount(row_bucket, weights=row_real, minlength=len(self.boundaries))
+    if tokens_per_batch is not None:
+      tokens_per_batch = _positive_int(tokens_per_batch, "tokens_per_batch")
+      most = [max(1, tokens_per_batch // b) for b in self.boundaries]
+    elif batch_size is not None:
+      most = [_positive_int(batch_size)] * len(self.boundaries)
+      _check_not_larger_than_data(most[0], len(dataset), "batch_size", "sequences",
+                                  f"Lower batch_size to at most {len(dataset)}, or use "
+                                  f"tokens_per_batch.")
+    else:  # as many batches as the bucket's real tokens make steps (rounded, at least one)
+      if tokens_per_step is None:
+        raise ConfigError("bucket needs batch_size, tokens_per_batch, or tokens_per_step (real "
+                          "tokens per optimizer step) to derive its batch sizes from.")
+      tokens_per_step = _positive_int(tokens_per_step, "tokens_per_step")
+      most = [-(-int(n) // max(1, round(r / tokens_per_step))) if n else 1
+              for n, r in zip(per_bucket, real)]
+    self.batch_sizes = [_balanced(int(n), b) for n, b in zip(per_bucket, most)]
+
+  def batch_settings(self) -> dict:
+    return dict(boundaries=self.boundaries, batch_sizes=self.batch_sizes,
+                pack_rows=self.pack_rows)
 
   def _plan(self, epoch, rng):
     plans = []
@@ -452,24 +510,32 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int, rng: np.random.Gene
 class Pack(Strategy):
   """Whole sequences packed into rows of `row_length` (first-fit decreasing), reset at each start.
 
-  No carry crosses rows. `row_length` defaults to the longest sequence. The packing is fixed at
-  construction (seeded); each epoch shuffles the rows and the order within each row.
+  No carry crosses rows. `row_length` defaults to the longest sequence (the runner's config sets
+  a fixed one, so a long document is refused rather than widening every row). `batch_size`
+  (rows per batch) is set, or derived from `tokens_per_step` and the rows' mean fill. The packing
+  is fixed at construction (seeded); each epoch shuffles the rows and the order within each row.
   """
 
   name = "pack"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int, row_length: int | None = None,
-               seed: int = 0, batch_multiple: int = 1):
+  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
+               row_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
+               tokens_per_step: int | None = None):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = _check_batch_size(batch_size)
     self.length = dataset.max_length if row_length is None else int(row_length)
     _check_fits(dataset, self.length, "row length",
                 "Raise row_length, or use 'tbptt', which splits long sequences.")
     self.bins = first_fit_decreasing(dataset.lengths, self.length,
                                      np.random.default_rng([self.seed, 1]))  # packing: its own stream
+    self.batch_size = rows_per_step(batch_size, tokens_per_step,
+                                    dataset.num_steps / len(self.bins), len(self.bins),
+                                    "batch_size", self.name)
     _check_not_larger_than_data(self.batch_size, len(self.bins), "batch_size", "packed rows of "
                                 f"{self.length} steps", f"Lower batch_size to at most "
                                 f"{len(self.bins)}, or shorten row_length.")
+
+  def batch_settings(self) -> dict:
+    return dict(batch_size=self.batch_size, row_length=self.length)
 
   def _plan(self, epoch, rng):
     return _packed_batches(self.bins, self.dataset.lengths, self.batch_size, self.length, rng)
@@ -487,16 +553,21 @@ class TBPTT(Strategy):
   name = "tbptt"
   carries_state = True
 
-  def __init__(self, dataset: RaggedDataset, num_streams: int, chunk_length: int, seed: int = 0,
-               batch_multiple: int = 1):
+  def __init__(self, dataset: RaggedDataset, num_streams: int | None = None,
+               chunk_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
+               tokens_per_step: int | None = None):
     super().__init__(dataset, seed, batch_multiple)
-    self.num_streams = _check_batch_size(num_streams, "num_streams")
     if not isinstance(chunk_length, (int, np.integer)) or chunk_length < 1:
       raise ConfigError(f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
                         f"number of steps backpropagated through per train step.")
     self.chunk_length = int(chunk_length)
+    self.num_streams = rows_per_step(num_streams, tokens_per_step, self.chunk_length,
+                                     len(dataset), "num_streams", self.name)
     _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
                                 f"Lower num_streams to at most {len(dataset)}.")
+
+  def batch_settings(self) -> dict:
+    return dict(num_streams=self.num_streams, chunk_length=self.chunk_length)
 
   def _plan(self, epoch, rng):
     placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
@@ -550,24 +621,32 @@ class VariableTBPTT(Strategy):
   name = "vbptt"
   carries_state = True
 
-  def __init__(self, dataset: RaggedDataset, num_streams: int, base_length: int,
-               chunk_shapes: Sequence[int] | None = None, p_base: float = 0.95,
-               sigma: float = 5.0, min_length: int = 5, seed: int = 0, batch_multiple: int = 1):
+  def __init__(self, dataset: RaggedDataset, num_streams: int | None = None,
+               base_length: int | None = None, chunk_shapes: Sequence[int] | None = None,
+               p_base: float = 0.95, sigma: float = 5.0, min_length: int = 5, seed: int = 0,
+               batch_multiple: int = 1, tokens_per_step: int | None = None):
     super().__init__(dataset, seed, batch_multiple)
-    self.num_streams = _check_batch_size(num_streams, "num_streams")
-    self.base_length = _check_batch_size(base_length, "base_length")
+    self.base_length = _positive_int(base_length, "base_length")
     if self.base_length < 2 * min_length:
       raise ConfigError(f"base_length must be >= {2 * min_length} (twice min_length), got "
                         f"{base_length}.")
     b = self.base_length
     shapes = chunk_shapes if chunk_shapes is not None else (b // 2 + 10, b, b + 10, b + 20)
-    self.chunk_shapes = sorted({_check_batch_size(int(t), "chunk shape") for t in shapes})
+    self.chunk_shapes = sorted({_positive_int(int(t), "chunk shape") for t in shapes})
     if self.chunk_shapes[-1] < b:
       raise ConfigError(f"the largest chunk shape ({self.chunk_shapes[-1]}) must be >= "
                         f"base_length ({b}).")
     self.p_base, self.sigma, self.min_length = float(p_base), float(sigma), int(min_length)
+    # a step's mean length: base_length, or half of it with probability 1 - p_base
+    mean_chunk = self.base_length * (self.p_base + (1 - self.p_base) / 2)
+    self.num_streams = rows_per_step(num_streams, tokens_per_step, mean_chunk, len(dataset),
+                                     "num_streams", self.name)
     _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
                                 f"Lower num_streams to at most {len(dataset)}.")
+
+  def batch_settings(self) -> dict:
+    return dict(num_streams=self.num_streams, base_length=self.base_length,
+                chunk_shapes=self.chunk_shapes)
 
   def draw_length(self, rng: np.random.Generator) -> int:
     """One chunk length, AWD-LSTM's rule, clipped to [min_length, largest shape]."""

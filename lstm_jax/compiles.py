@@ -130,6 +130,7 @@ class CompileRecord:
   temp_bytes: int | None = None        # XLA's scratch memory for one call
   argument_bytes: int | None = None
   output_bytes: int | None = None
+  alias_bytes: int | None = None       # outputs written into donated arguments
 
   @property
   def seconds(self) -> float:
@@ -218,8 +219,13 @@ class CountedJit:
       rec.temp_bytes = int(mem.temp_size_in_bytes)
       rec.argument_bytes = int(mem.argument_size_in_bytes)
       rec.output_bytes = int(mem.output_size_in_bytes)
+      rec.alias_bytes = int(mem.alias_size_in_bytes)
     self._executables[key] = exe
     return exe
+
+  def record(self, *args) -> CompileRecord | None:
+    """The record of `args`' signature (arrays or ShapeDtypeStructs), None if never compiled."""
+    return self.records.get(signature(args))
 
   def is_compiled(self, *args) -> bool:
     """Whether a call with `args` would run without compiling."""

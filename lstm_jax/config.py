@@ -65,23 +65,40 @@ def base_config() -> ml_collections.ConfigDict:
                                            input_dropout=0.0, output_dropout=0.0,
                                            backward="manual", matmul_dtype="float32"))
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
+  # tokens_per_step: real (non-padding) tokens per optimizer step, the work every strategy's
+  # step does: each strategy's rows per batch (left None under config.strategy) are derived from
+  # it and the data's own lengths, so an equal real-token budget means equal optimizer steps.
   c.train = ml_collections.ConfigDict(dict(real_tokens=600_000, epochs=0,
-                                           eval_every_tokens=50_000))
+                                           eval_every_tokens=50_000, tokens_per_step=8192))
   c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4,
                                           max_sequences=400))
-  # ~8k real tokens per step each (mean function length ~330 bytes)
+  # Each strategy's own settings. Rows per batch left None (pad/pad_batch_max/pack batch_size,
+  # bucket's batch_size and tokens_per_batch, tbptt/vbptt num_streams) are derived from
+  # train.tokens_per_step; set one to override it (the row is flagged if its step count then
+  # differs from the others'). Whole documents (text_dir, stdlib_files): pad, bucket and pack
+  # keep every sequence whole in one row, so one long file sets their row length (and memory);
+  # tbptt and vbptt cut sequences into chunks and suit documents of any length.
   c.strategy = ml_collections.ConfigDict(dict(
-      pad=dict(batch_size=24, max_length=placeholder(int)),
+      pad=dict(batch_size=placeholder(int), max_length=placeholder(int)),
       # pack_rows: several sequences per bucket row (resets between): less padding, same shapes
-      bucket=dict(tokens_per_batch=8192, batch_size=placeholder(int), num_buckets=8,
+      bucket=dict(tokens_per_batch=placeholder(int), batch_size=placeholder(int), num_buckets=8,
                   boundaries=placeholder(tuple), pack_rows=False),
-      tbptt=dict(num_streams=32, chunk_length=256),
+      tbptt=dict(num_streams=placeholder(int), chunk_length=256),
       # AWD-LSTM's variable-length BPTT around base_length; chunk_shapes None: 4 shapes
-      vbptt=dict(num_streams=32, base_length=256, chunk_shapes=placeholder(tuple)),
-      # row_length None: the longest sequence
-      pack=dict(batch_size=8, row_length=ml_collections.FieldReference(1024, field_type=int)),
-      pad_batch_max=dict(batch_size=24),
+      vbptt=dict(num_streams=placeholder(int), base_length=256, chunk_shapes=placeholder(tuple)),
+      # row_length: fixed, so a longer sequence is refused instead of widening every row
+      # (None: the longest sequence)
+      pack=dict(batch_size=placeholder(int),
+                row_length=ml_collections.FieldReference(1024, field_type=int)),
+      pad_batch_max=dict(batch_size=placeholder(int)),
   ))
+  # Row guards (lstm_jax.guards), checked before anything trains: every strategy takes at least
+  # min_steps optimizer steps within the budget, and its largest train step needs at most
+  # max_step_memory bytes by XLA's memory analysis (0: half of this machine's memory, or 90% of
+  # an accelerator's). After training, a row whose optimizer steps differ from the median row's
+  # by more than step_tolerance (a fraction) is marked not comparable and never ranked.
+  c.guards = ml_collections.ConfigDict(dict(min_steps=20, max_step_memory=0,
+                                            step_tolerance=0.1))
 
   return c
 
@@ -133,10 +150,12 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError("set config.train.real_tokens or config.train.epochs (> 0) to say when "
                       "training stops.")
   for key in ("train.real_tokens", "train.epochs", "train.eval_every_tokens",
+              "guards.max_step_memory", "guards.step_tolerance", "guards.min_steps",
               "data.max_sequences", "eval.max_sequences", "checkpoint.every_steps",
               "mesh.num_devices"):
     _at_least(cfg, key, 0)
   for key in ("model.hidden_size", "model.num_layers", "model.embed_dim", "eval.tokens_per_batch",
+              "train.tokens_per_step",
               "eval.num_buckets", "checkpoint.keep"):
     _at_least(cfg, key, 1)
   if not 0 < cfg.data.eval_fraction < 1:
@@ -157,12 +176,14 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 def strategy_kwargs(name: str, cfg: ml_collections.ConfigDict) -> dict:
-  """cfg.strategy[name] as keyword arguments: None means unset (left out)."""
+  """cfg.strategy[name] as keyword arguments (None means unset: left out), and
+  train.tokens_per_step, from which the strategy derives the rows per batch left unset."""
   if name not in cfg.strategy:
     raise ConfigError(f"strategy {name!r} has no settings under config.strategy; known: "
                       f"{sorted(cfg.strategy)}.")
-  return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
-          if v is not None}
+  kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
+            if v is not None}
+  return dict(kwargs, tokens_per_step=cfg.train.tokens_per_step)
 
 
 def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:

@@ -32,7 +32,7 @@ import optax
 
 import importlib.metadata
 
-from lstm_jax import batching, compiles, config, host, report, sharding, sources, train
+from lstm_jax import batching, compiles, config, guards, host, report, sharding, sources, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.model import SequenceModel
@@ -114,11 +114,30 @@ def split_data(cfg: ml_collections.ConfigDict):
   return train_ds, eval_ds, identity
 
 
+def compile_largest_step(name: str, steps: train.StepFunctions, state: train.TrainState,
+                         strategy: batching.Strategy, cfg: ml_collections.ConfigDict) -> None:
+  """Compiles the strategy's largest train step (a compile its run makes anyway, so counted in
+  its row) and applies the memory guard to XLA's memory analysis of it."""
+  shape = guards.largest_shape(strategy)
+  args = train.abstract_step_args(steps.train, state, strategy.dataset, shape)
+  steps.train.compile(*args)
+  guards.check_memory(name, shape, guards.step_memory(steps.train.record(*args)),
+                      cfg.guards.max_step_memory or guards.default_memory_limit())
+
+
+def new_train_state(cfg: ml_collections.ConfigDict, dataset: RaggedDataset,
+                    seed: int) -> train.TrainState:
+  return train.create_train_state(make_model(cfg, dataset), make_optimizer(cfg), dataset,
+                                  seed=seed)
+
+
 def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
                  cfg: ml_collections.ConfigDict, seed: int, log,
                  mesh: jax.sharding.Mesh | None = None, workdir: str | None = None,
                  strategy: batching.Strategy | None = None,
-                 data_identity: dict | None = None) -> tuple[dict, list, list]:
+                 data_identity: dict | None = None,
+                 prepared: tuple[train.TrainState, train.StepFunctions] | None = None
+                 ) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
   With a workdir, training checkpoints into workdir/checkpoints/<name>-seed<seed> and resumes
@@ -127,6 +146,10 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
   run's settings (`config.run_settings`) and are read back only under the same settings.
   strategy: the strategy if already built (for this name and seed), else built here.
   data_identity: the data's identity (`split_data`), whose fingerprints enter the settings.
+  prepared: the row's initial train state and step functions, if made already (`preflight`;
+    the steps are compiled for that state's optimizer and model objects), else made here.
+  Before the first step, the largest train step is compiled and checked by the memory guard;
+  its compile seconds are charged to the row's clock at its start.
   """
   devices = 1 if mesh is None else int(mesh.devices.size)
   settings = config.run_settings(cfg, name, seed, data_identity or dict(
@@ -139,9 +162,10 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
     return done["row"], done["history"], done["curve"]
   strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
-  model = make_model(cfg, train_ds)
-  state = train.create_train_state(model, make_optimizer(cfg), train_ds, seed=seed)
-  steps = train.StepFunctions.create(mesh)
+  state, steps = prepared or (new_train_state(cfg, train_ds, seed),
+                              train.StepFunctions.create(mesh))
+  compile_largest_step(name, steps, state, strategy, cfg)
+  compiled_ahead = steps.train.compile_seconds
   metric = metric_of(train_ds)
   curve: list[dict] = []
   clock = dict(train_seconds=0.0)
@@ -164,12 +188,13 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
 
   def on_restore(stream):
     curve[:] = stream["curve"]
-    clock["train_seconds"] = stream["train_seconds"]
+    clock["train_seconds"] = stream["train_seconds"] + compiled_ahead
     log.resumed(stream["real_tokens"], clock["train_seconds"])
 
   log.start(name, seed, cfg.train.real_tokens, strategy)
   if checkpointer is None or checkpointer.latest_step() is None:
     on_eval(state, 0)
+  clock["train_seconds"] += compiled_ahead  # the compile made before the first step
   result = train.fit(state, strategy, epochs=cfg.train.epochs or None,
                      max_real_tokens=cfg.train.real_tokens or None, steps=steps,
                      callback=on_step, precompile_shapes=False,
@@ -190,7 +215,7 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
       compile_seconds=steps.train.compile_seconds,
       eval_compile_seconds=steps.eval.compile_seconds,
       cache_loads=dict(train=steps.train.cache_loads, eval=steps.eval.cache_loads),
-      shapes=len(strategy.shapes()), steps=len(hist),
+      shapes=len(strategy.shapes()), steps=len(hist), batch_settings=strategy.batch_settings(),
       real_tokens=result.real_tokens, computed_tokens=computed,
       padding_fraction=1.0 - result.real_tokens / computed,
       tokens_per_second=(sum(h["real_tokens"] for h in steady) / steady_seconds
@@ -198,12 +223,44 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
       wall_seconds=clock["train_seconds"],
       eval_loss=curve[-1]["eval_loss"], eval_metric=curve[-1]["eval_metric"], metric=metric,
       step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
+      step_peak_bytes=max((guards.step_memory(r) or 0) for r in train_rec) if train_rec else 0,
       peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       devices=devices, processes=jax.process_count(), resumed_from_step=result.resumed_from)
   if result_path and jax.process_index() == 0:
     write_json_atomically(result_path, dict(row=row, history=hist, curve=curve,
                                             settings=settings))
   return row, hist, curve
+
+
+def preflight(built: dict[str, batching.Strategy], train_ds: RaggedDataset,
+              cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None, workdir: str,
+              data_identity: dict, log) -> dict[str, tuple]:
+  """The row guards, for every strategy, before any of them trains: enough optimizer steps
+  within the budget (from the plans), and a largest train step that fits in memory (from XLA's
+  analysis of its compile, which the first seed's row then reuses). Runs that finished earlier
+  are not compiled again. Returns the first seed's (initial state, step functions) by
+  strategy."""
+  devices = 1 if mesh is None else int(mesh.devices.size)
+  planned = {name: guards.check_steps(name, strategy, cfg.train.real_tokens or None,
+                                      cfg.train.epochs or None, cfg.guards.min_steps)
+             for name, strategy in built.items()}
+  median = float(np.median(list(planned.values())))
+  for name, strategy in built.items():
+    log.note(f"{name}: {planned[name]} optimizer steps planned, "
+             + ", ".join(f"{k} {v}" for k, v in strategy.batch_settings().items()))
+    if abs(planned[name] / median - 1) > cfg.guards.step_tolerance:
+      log.note(f"  {name} plans {planned[name]} steps against the median {median:g}: its row "
+               f"will be marked not comparable. {guards.equal_steps_hint(name, strategy, cfg)}")
+  versions_now = versions()
+  prepared = {}
+  for name, strategy in built.items():
+    settings = config.run_settings(cfg, name, cfg.seed, data_identity, versions_now, devices)
+    if read_result(run_dir(workdir, "results", name, cfg.seed) + ".json", settings):
+      continue
+    state, steps = new_train_state(cfg, train_ds, cfg.seed), train.StepFunctions.create(mesh)
+    compile_largest_step(name, steps, state, strategy, cfg)
+    prepared[name] = (state, steps)
+  return prepared
 
 
 def check_workdir_settings(cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict,
@@ -262,29 +319,36 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   devices = 1 if mesh is None else int(mesh.devices.size)
   if cfg.resume:
     check_workdir_settings(cfg, workdir, identity, devices)
-  # Every strategy built (so the data's own checks run) before anything compiles; the first
-  # seed's runs use them.
+  # Every strategy built (so the data's own checks run) and through the row guards before
+  # anything trains; the first seed's runs use them.
   built = {name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
            for name in cfg.strategies}
   log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl") if writer else os.devnull,
                            quiet=quiet)
+  prepared = preflight(built, train_ds, cfg, mesh, workdir, identity, log)
   runs, curves, histories = [], {}, {}
   started = time.time()
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     for name in cfg.strategies:
+      first = seed == cfg.seed
       row, hist, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh, workdir,
-                                      built[name] if seed == cfg.seed else None, identity)
+                                      built[name] if first else None, identity,
+                                      prepared.get(name) if first else None)
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
-  # A target every strategy reaches by its end unless one is set: the worst final eval loss.
+  # Per seed: rows flagged by the guards are left out of the target, which unless set is the
+  # worst final eval loss among the comparable rows, and are not timed to it (never ranked).
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     seed_rows = [r for r in runs if r["seed"] == seed]
-    target = cfg.target_eval_loss or max(r["eval_loss"] for r in seed_rows)
+    guards.mark_comparable(seed_rows, cfg.guards.step_tolerance, cfg.guards.min_steps)
+    ranked = [r for r in seed_rows if r["comparable"]] or seed_rows
+    target = cfg.target_eval_loss or max(r["eval_loss"] for r in ranked)
     for r in seed_rows:
       r["target_eval_loss"] = target
-      r["time_to_target_seconds"] = time_to_target(curves[(r["strategy"], seed)], target)
+      r["time_to_target_seconds"] = (time_to_target(curves[(r["strategy"], seed)], target)
+                                     if r["comparable"] else None)
   meta = dict(versions=versions(), data=identity, config=json.loads(cfg.to_json_best_effort()),
               started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
               total_seconds=time.time() - started,

@@ -25,8 +25,8 @@ import numpy as np
 
 NUMERIC_KEYS = ("compile_seconds", "eval_compile_seconds", "real_tokens", "computed_tokens",
                 "padding_fraction", "tokens_per_second", "wall_seconds", "time_to_target_seconds",
-                "eval_loss", "eval_metric", "step_memory_bytes", "peak_rss_bytes", "steps",
-                "target_eval_loss")
+                "eval_loss", "eval_metric", "step_memory_bytes", "step_peak_bytes",
+                "peak_rss_bytes", "steps", "target_eval_loss")
 PLOTS = ("eval_loss_vs_time.png", "eval_loss_vs_tokens.png", "tokens_per_second.png",
          "padding_and_compiles.png", "length_histogram.png")
 
@@ -132,6 +132,12 @@ def aggregate(runs: list[dict]) -> list[dict]:
       row[k] = float(np.mean(vals)) if vals else None
       row[f"{k}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
     row["time_to_target_reached"] = sum(r.get("time_to_target_seconds") is not None for r in group)
+    # not comparable if any seed's row is not (lstm_jax.guards), with each distinct reason
+    reasons = dict.fromkeys(f"seed {r['seed']}: {r['not_comparable']}" if len(group) > 1
+                            else r["not_comparable"] for r in group if r.get("not_comparable"))
+    row["comparable"] = not reasons
+    row["not_comparable"] = "; ".join(reasons) or None
+    row["batch_settings"] = group[0].get("batch_settings")
     loads = [r.get("cache_loads") or {} for r in group]  # absent in results from before it existed
     row["cache_loads"] = {k: sum(d.get(k, 0) for d in loads) for k in ("train", "eval")}
     rows.append(row)
@@ -148,7 +154,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
   return str(v)
 
 
-COLUMNS = (("strategy", "strategy"), ("compiles", "compiles (train/eval)"),
+COLUMNS = (("strategy", "strategy"), ("steps", "steps"), ("compiles", "compiles (train/eval)"),
            ("compile_seconds", "compile s"), ("padding_fraction", "padding"),
            ("tokens_per_second", "real tok/s"), ("wall_seconds", "wall s"),
            ("time_to_target_seconds", "s to target"), ("eval_loss", "eval loss"),
@@ -159,9 +165,14 @@ def _cells(row: dict) -> list[str]:
   out = []
   for key, _ in COLUMNS:
     v = row.get(key)
-    if key == "compiles":
+    if key == "strategy":
+      out.append(v + ("" if row.get("comparable", True) else " *"))
+    elif key == "steps":
+      out.append(f"{v:.0f}" if v is not None else "-")
+    elif key == "compiles":
       out.append(f"{v['train']}/{v['eval']}" if isinstance(v, dict) else str(v))
     elif key == "step_memory_bytes":
+      v = row.get("step_peak_bytes") or v  # the guard's figure; results from before it: scratch
       out.append(_fmt(v / 2**20, 1) if v else "-")
     elif key == "padding_fraction":
       out.append(f"{100 * v:.1f}%")
@@ -176,16 +187,29 @@ def _cells(row: dict) -> list[str]:
   return out
 
 
+def not_comparable_notes(rows: list[dict]) -> list[str]:
+  """One line per row the guards flagged: why it is not comparable (the table marks it *)."""
+  return [f"* {r['strategy']}: not comparable, {r['not_comparable']}; left out of the target "
+          f"and never ranked." for r in rows if not r.get("comparable", True)]
+
+
 def table(rows: list[dict], markdown: bool = False) -> str:
-  """The summary table, for the terminal or (markdown=True) for report.md."""
+  """The summary table, for the terminal or (markdown=True) for report.md, with a line under it
+  for each row that is not comparable."""
   heads = [h for _, h in COLUMNS]
   cells = [_cells(r) for r in rows]
+  notes = not_comparable_notes(rows)
   if markdown:
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]
+                     + ([""] + notes if notes else []))
   widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-  fmt = lambda cs: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))
-  return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells])
+
+  def fmt(cs):
+    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))
+
+  return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells]
+                   + notes)
 
 
 def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[dict]:
@@ -198,7 +222,8 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
   dump("meta.json", meta)
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
     flat = [dict(r, compiles=r["compiles"]["train"], eval_compiles=r["compiles"]["eval"],
-                 cache_loads=r["cache_loads"]["train"], eval_cache_loads=r["cache_loads"]["eval"])
+                 cache_loads=r["cache_loads"]["train"], eval_cache_loads=r["cache_loads"]["eval"],
+                 batch_settings=json.dumps(r.get("batch_settings")))
             for r in summary]
     writer = csv.DictWriter(f, fieldnames=list(flat[0]))
     writer.writeheader()
@@ -209,13 +234,6 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(markdown_report(summary, meta, notes))
   return summary
-
-
-def rerender(workdir: str) -> list[dict]:
-  """Rewrites summary, report and plots from runs.json, curves.json and meta.json (no training)."""
-  load = lambda name: json.load(open(os.path.join(workdir, name)))
-  curves = {(c["strategy"], c["seed"]): c["points"] for c in load("curves.json")}
-  return write_all(workdir, load("runs.json"), curves, load("meta.json"))
 
 
 def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
@@ -229,13 +247,20 @@ def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
       f"({cfg['train']['epochs'] or '-'} epochs max), {cfg['seeds']} seed(s); evaluated on the "
       f"held-out split with the same exact masked forward.", "",
       table(summary, markdown=True), "",
+      f"*steps*: optimizer steps (rows take about train.tokens_per_step="
+      f"{cfg['train'].get('tokens_per_step', '-')} real tokens each, so equal budgets mean "
+      f"equal steps; a row more than ±{100 * cfg.get('guards', {}).get('step_tolerance', 0):.0f}%"
+      f" from the median row is marked * and not ranked). "
       f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
       f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
       f"*s to target*: wall seconds until the eval loss first reached {target:.4f}"
-      f" (the worst final eval loss unless configured), interpolated between evaluations. *step MiB*: XLA temp memory of the "
-      f"largest train step. Peak RSS of the process: "
+      f" (the worst final eval loss of the comparable rows unless configured), interpolated between "
+      f"evaluations. *step MiB*: XLA's memory for the largest train step (scratch, arguments "
+      f"and outputs: what the memory guard checks). Peak RSS of the process: "
       f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.", "",
       "## Reading", "", *reading(summary), "", *([notes.strip(), ""] if notes else []),
+      "## Batch settings", "", *(f"- {r['strategy']}: " + ", ".join(
+          f"{k} {v}" for k, v in (r.get("batch_settings") or {}).items()) for r in summary), "",
       "![eval loss vs wall time](eval_loss_vs_time.png)",
       "![eval loss vs real tokens](eval_loss_vs_tokens.png)", "",
       "![tokens per second](tokens_per_second.png)",
@@ -248,9 +273,15 @@ def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
 
 
 def reading(summary: list[dict]) -> list[str]:
-  """What the numbers say, as bullet points generated from the summary rows."""
+  """What the numbers say, as bullet points generated from the comparable summary rows (the
+  rows the guards flagged are named, with their reasons, and left out)."""
+  flagged = [r for r in summary if not r.get("comparable", True)]
+  summary = [r for r in summary if r.get("comparable", True)]
+  out = ["- Not comparable, left out of this reading: " + "; ".join(
+      f"{r['strategy']} ({r['not_comparable']})" for r in flagged) + "."] if flagged else []
+  if not summary:
+    return out
   by = {r["strategy"]: r for r in summary}
-  out = []
   reached = sorted((r for r in summary if r.get("time_to_target_seconds") is not None),
                    key=lambda r: r["time_to_target_seconds"])
   if reached:

@@ -28,7 +28,7 @@ import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
 from conftest import identity_dataset, ragged_features  # noqa: E402
-from lstm_jax import batching, config, sources, tasks, train, workdir  # noqa: E402
+from lstm_jax import batching, config, guards, sources, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
@@ -210,6 +210,21 @@ CASES = [
     Case("config", "no rule for when to stop",
          lambda: config.validate_config(_cfg(**{"train.epochs": 0, "train.real_tokens": 0})),
          r"set config.train.real_tokens or config.train.epochs"),
+    # the runner's row guards, before anything trains
+    Case("guards", "a strategy that would take too few optimizer steps (pack on long documents)",
+         lambda: guards.check_steps("pack", batching.Pack(identity_dataset([500] * 10),
+                                                          batch_size=1), 2000, None, 20),
+         r"pack would take only 4 optimizer step\(s\) within the budget of 2,000 real tokens.*"
+         r"min_steps=20.*use tbptt or vbptt"),
+    Case("guards", "one step holding more real tokens than the whole budget",
+         lambda: guards.check_steps("pad", batching.Pad(identity_dataset([50] * 40), batch_size=8),
+                                    300, None, 20),
+         r"pad: one step holds 400 real tokens, more than the budget of 300 real tokens\. Lower "
+         r"its rows per step"),
+    Case("guards", "a train step too big for memory (by XLA's memory analysis)",
+         lambda: guards.check_memory("pack", (1, 189_480), 13_743_895_347, 12 * 2**30),
+         r"pack: its largest train step, a \[1, 189480\] batch, needs 13,107 MiB .*"
+         r"max_step_memory \(12,288 MiB\).*use tbptt or vbptt"),
     # training and checkpoints
     Case("training", "a loss that becomes NaN or inf", _nan_at_step,
          r"the loss became inf at step 4", FloatingPointError),
@@ -262,7 +277,12 @@ def render() -> str:
     text = re.sub(r'Error reading "[^"]*"', 'Error reading "<array>"', text)  # concurrent reads:
     # which array's read fails first varies
     lines.append(f"| {case.area} | {case.what} | `{type(e).__name__}` | {text} |")
-  lines += ["", "Not an error: a text file that is not valid UTF-8. The byte-level sources "
+  lines += ["", "Not an error: a row whose optimizer step count differs from the median row's by "
+            "more than `config.guards.step_tolerance` (e.g. a batch size set by hand instead of "
+            "derived from `config.train.tokens_per_step`). The runner trains it, marks it `*` in "
+            "the table with the reason, and leaves it out of the target loss and the report's "
+            "reading; it says so before training, with the fix.", "",
+            "Not an error: a text file that is not valid UTF-8. The byte-level sources "
             "(`text_dir`, `text_lines`, the standard library) model raw bytes and never decode, "
             "so any encoding trains as it is; the data's identity in `meta.json` counts the files "
             "that are not valid UTF-8 (`non_utf8_files`).", ""]

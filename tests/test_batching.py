@@ -85,8 +85,11 @@ def test_shape_counts_per_strategy():
   assert STRATEGIES["tbptt"](ds).shapes() == [(5, 7)]
   assert STRATEGIES["pack"](ds).shapes() == [(4, 50)]
   bucket = STRATEGIES["bucket"](ds)
-  assert bucket.shapes() == [(8, b) for b in bucket.boundaries]
-  assert STRATEGIES["bucket_tokens"](ds).shapes() == sorted([(12, 10), (6, 20), (3, 40)])
+  # at most 8 rows, split evenly within each bucket (no batch mostly empty)
+  assert bucket.shapes() == sorted((b, t) for b, t in zip(bucket.batch_sizes, bucket.boundaries))
+  assert all(b <= 8 for b in bucket.batch_sizes)
+  # 128 // T rows at most, balanced: the 10 sequences of bucket 20 go 5 + 5, not 6 + 4
+  assert STRATEGIES["bucket_tokens"](ds).shapes() == sorted([(12, 10), (5, 20), (3, 40)])
   pbm = STRATEGIES["pad_batch_max"](ds)
   maxima = {int(LENGTHS[[s[0] for row in p.rows for s in row]].max()) for p in pbm.plan(0)}
   assert pbm.shapes() == sorted((8, m) for m in maxima)
@@ -124,7 +127,7 @@ def test_token_budget_bucket_rows_do_not_depend_on_the_device_count():
   ds = identity_dataset(LENGTHS)
   one = batching.Bucket(ds, tokens_per_batch=128, boundaries=[10, 20, 40])
   four = batching.Bucket(ds, tokens_per_batch=128, boundaries=[10, 20, 40], batch_multiple=4)
-  assert {t: b for b, t in one.shapes()} == {10: 12, 20: 6, 40: 3}  # 128 // T rows
+  assert {t: b for b, t in one.shapes()} == {10: 12, 20: 5, 40: 3}  # <= 128 // T rows
   assert {t: b for b, t in four.shapes()} == {10: 12, 20: 8, 40: 4}  # widened, same rows
   assert [p.rows for p in one.plan(0)] == [p.rows for p in four.plan(0)]
 
@@ -240,8 +243,11 @@ def test_bucket_boundaries_must_increase():
 
 
 def test_bucket_needs_one_batch_size_rule():
-  with pytest.raises(ConfigError, match="exactly one of batch_size or tokens_per_batch"):
+  with pytest.raises(ConfigError, match="at most one of batch_size or tokens_per_batch"):
     batching.Bucket(identity_dataset([3, 5]), batch_size=2, tokens_per_batch=64, num_buckets=2)
+  with pytest.raises(ConfigError, match="bucket needs batch_size, tokens_per_batch, or "
+                     "tokens_per_step"):
+    batching.Bucket(identity_dataset([3, 5]), num_buckets=2)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])

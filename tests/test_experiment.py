@@ -21,8 +21,9 @@ from configs import compare  # noqa: E402
 
 SUMMARY_KEYS = ("strategy", "compiles", "compile_seconds", "real_tokens", "computed_tokens",
                 "padding_fraction", "tokens_per_second", "wall_seconds", "eval_loss",
-                "eval_metric", "step_memory_bytes", "time_to_target_seconds", "peak_rss_bytes",
-                "devices")
+                "eval_metric", "step_memory_bytes", "step_peak_bytes", "time_to_target_seconds",
+                "peak_rss_bytes", "devices", "steps", "comparable", "not_comparable",
+                "batch_settings")
 
 
 # pytest-xdist: the tests that read the one smoke run go to one worker, which runs it once.
@@ -57,6 +58,27 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   assert meta["versions"]["malloc"]["tuned"] == host.libc().startswith("glibc")
   assert meta["data"]["file_list_sha256"] and meta["data"]["train_fingerprint"]
   assert "real tok/s" in proc.stdout  # the table is printed
+
+
+@pytest.mark.xdist_group("smoke")
+def test_smoke_flags_the_row_with_unequal_steps(smoke_run):
+  """The smoke preset sets pad_batch_max's batch size by hand (6 wide steps against about 20 for
+  the rows derived from tokens_per_step): that row is marked, explained, and never ranked."""
+  workdir, proc = smoke_run
+  summary = {r["strategy"]: r for r in json.loads((workdir / "summary.json").read_text())}
+  flagged = [name for name, r in summary.items() if not r["comparable"]]
+  assert flagged == ["pad_batch_max"], flagged
+  row = summary["pad_batch_max"]
+  assert row["steps"] == 6 and "took 6 optimizer steps against the median row's" in (
+      row["not_comparable"])
+  assert row["time_to_target_seconds"] is None  # not timed to the target: never ranked
+  others = [r for name, r in summary.items() if name != "pad_batch_max"]
+  assert max(r["steps"] for r in others) <= 1.1 * min(r["steps"] for r in others)
+  # the target is the worst final eval loss of the comparable rows only
+  assert row["target_eval_loss"] == max(r["eval_loss"] for r in others) < row["eval_loss"]
+  assert "pad_batch_max *" in proc.stdout and "* pad_batch_max: not comparable" in proc.stdout
+  assert "left out of this reading: pad_batch_max" in (workdir / "report.md").read_text()
+  assert "pad_batch_max: 6 optimizer steps planned" in proc.stderr
 
 
 @pytest.mark.xdist_group("smoke")

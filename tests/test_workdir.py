@@ -25,6 +25,7 @@ def _tiny_config(**changes):
   cfg.strategies = ("tbptt",)
   cfg.data.update(source="parity", num_sequences=200)
   cfg.data.lengths.update(min_length=2, max_length=40, median=12.0)
+  cfg.train.tokens_per_step = 256  # about 10 steps
   cfg.checkpoint.every_steps = 2
   cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
   for key, value in changes.items():
