@@ -32,7 +32,7 @@ import abc
 import bisect
 import dataclasses
 import heapq
-from typing import ClassVar, Iterator, Sequence
+from typing import ClassVar, Iterator, NamedTuple, Sequence
 
 import flax.struct
 import numpy as np
@@ -64,8 +64,13 @@ class Batch:
     return tuple(self.mask.shape)
 
 
-# (sequence index, first step taken from the sequence, position in the row, number of steps)
-Segment = tuple[int, int, int, int]
+class Segment(NamedTuple):
+  """A run of one sequence's steps placed in a batch row."""
+
+  sequence: int  # index in the dataset
+  start: int     # first step taken from the sequence (0: it begins here, so a reset)
+  position: int  # where in the row it goes
+  length: int    # number of steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +88,7 @@ class BatchPlan:
 
   @property
   def real_tokens(self) -> int:
-    return sum(seg[3] for row in self.rows for seg in row)
+    return sum(seg.length for row in self.rows for seg in row)
 
   @property
   def computed_tokens(self) -> int:
@@ -126,11 +131,23 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
                mask=shape(mask), resets=shape(resets))
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamPosition:
+  """Where a strategy's stream of batches stands: the next batch is `plan(epoch)[index]`, and
+  `real_tokens` real tokens were trained on before it. A small value, saved with a checkpoint as
+  data, from which `Strategy.stream` resumes exactly."""
+
+  epoch: int = 0
+  index: int = 0
+  real_tokens: int = 0
+
+
 class Strategy(abc.ABC):
   """Turns a ragged dataset into a stream of fixed-shape batches. Subclasses implement `plan`."""
 
   name: ClassVar[str]
   carries_state: ClassVar[bool] = False  # True: hand the LSTM carry from batch to batch
+  row_setting: ClassVar[str] = "batch_size"  # the setting for rows per batch (errors name it)
 
   def __init__(self, dataset: RaggedDataset, seed: int = 0, batch_multiple: int = 1):
     if not isinstance(dataset, RaggedDataset):
@@ -152,6 +169,20 @@ class Strategy(abc.ABC):
         plans = [dataclasses.replace(p, batch_size=-(-p.batch_size // m) * m) for p in plans]
       self._plans = {epoch: plans}
     return self._plans[epoch]
+
+  def stream(self, start: StreamPosition = StreamPosition()
+             ) -> Iterator[tuple[BatchPlan, StreamPosition]]:
+    """The plans from `start` on, epoch after epoch without end, each with the position after
+    it (where training resumes once that plan's step is done: the next epoch's start after an
+    epoch's last batch)."""
+    epoch, index, real = start.epoch, start.index, start.real_tokens
+    while True:
+      plans = self.plan(epoch)
+      for i in range(index, len(plans)):
+        real += plans[i].real_tokens
+        last = i + 1 == len(plans)
+        yield plans[i], StreamPosition(epoch + last, 0 if last else i + 1, real)
+      epoch, index = epoch + 1, 0
 
   def batches(self, epoch: int = 0) -> Iterator[Batch]:
     for p in self.plan(epoch):
@@ -179,7 +210,7 @@ class Strategy(abc.ABC):
 
 
 def _whole(seq: int, length: int) -> tuple[Segment, ...]:
-  return ((int(seq), 0, 0, int(length)),)
+  return (Segment(int(seq), 0, 0, int(length)),)
 
 
 def _positive_int(value: int, what: str = "batch_size") -> int:
@@ -239,7 +270,7 @@ def _packed_batches(bins: Sequence[Sequence[int]], lengths: np.ndarray, batch_si
   for b in rng.permutation(len(bins)):
     pos, row = 0, []
     for i in rng.permutation(bins[b]):
-      row.append((int(i), 0, pos, int(lengths[i])))
+      row.append(Segment(int(i), 0, pos, int(lengths[i])))
       pos += int(lengths[i])
     rows.append(tuple(row))
   return [BatchPlan(batch_size, length, tuple(rows[s:s + batch_size]))
@@ -365,6 +396,7 @@ class Bucket(Strategy):
   """
 
   name = "bucket"
+  row_setting = "tokens_per_batch"
 
   def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
                boundaries: Sequence[int] | None = None, num_buckets: int | None = None,
@@ -552,6 +584,7 @@ class TBPTT(Strategy):
 
   name = "tbptt"
   carries_state = True
+  row_setting = "num_streams"
 
   def __init__(self, dataset: RaggedDataset, num_streams: int | None = None,
                chunk_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
@@ -598,7 +631,7 @@ def _cut_chunks(lengths, num_streams: int, placed, starts: list[int], spans: lis
     for c in range(bisect.bisect_right(starts, p) - 1, bisect.bisect_right(starts, end - 1)):
       lo, hi = max(p, starts[c]), min(end, starts[c] + spans[c])
       if hi > lo:
-        rows[c][s].append((i, lo - p, lo - starts[c], hi - lo))
+        rows[c][s].append(Segment(i, lo - p, lo - starts[c], hi - lo))
   scales = lr_scales or [1.0] * len(starts)
   return [BatchPlan(num_streams, t, tuple(tuple(r) for r in chunk), lr_scale=a)
           for chunk, t, a in zip(rows, shapes, scales)]
@@ -620,6 +653,7 @@ class VariableTBPTT(Strategy):
 
   name = "vbptt"
   carries_state = True
+  row_setting = "num_streams"
 
   def __init__(self, dataset: RaggedDataset, num_streams: int | None = None,
                base_length: int | None = None, chunk_shapes: Sequence[int] | None = None,

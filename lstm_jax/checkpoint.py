@@ -5,7 +5,7 @@ A checkpoint at step s (orbax `CheckpointManager`, `ocp.args.Composite`) holds
            TBPTT carry; the zero carry for strategies that carry none);
   stream   <JsonSave>      where the data stream stands: strategy, seed, the data's fingerprint,
            epoch, index (batches of that epoch already trained), real tokens so far, the per-step
-           history, and whatever the caller adds (the runner's eval curve and clock).
+           history, and the caller's `extra` state (the runner's eval curve and clock).
 Resuming from it replays nothing and skips nothing: `fit` starts at batch `index` of epoch
 `epoch` of the same seeded plan, with the same carry, so the final parameters are bit-identical
 to an uninterrupted run's (tests/test_checkpoint.py kills a run with SIGKILL to check).

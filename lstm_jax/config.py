@@ -18,7 +18,7 @@ from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import BACKWARDS, INPUT_PROJECTIONS, MATMUL_DTYPES
 
-STRATEGIES = ("pad", "bucket", "tbptt", "vbptt", "pack", "pad_batch_max")
+STRATEGIES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache ("" : off): a rerun loads compiled steps from here.
   c.compile_cache_dir = ""
   # glibc malloc keeps freed scratch memory for the next step (lstm_jax.host): CPU train steps
-  # ~15% faster, (almost) no page faults; the process keeps its peak heap. False: glibc's defaults.
+  # take (almost) no page faults, so run faster; the process keeps its peak heap. False: glibc's
+  # defaults.
   c.tune_malloc = True
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
@@ -57,9 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
                                                  num_processes=1, process_id=0))
   # Dropout: between layers, and variational (one mask per sequence) on the LSTM's inputs and
   # outputs; off in evaluation, seeded from the step. matmul_dtype: "float32" (exact) or
-  # "bfloat16" (bfloat16 matmul operands, float32 accumulation: faster on CPUs with bfloat16 dot
-  # products, numbers differ by bfloat16 rounding). backward: "manual" (hand-written reverse
-  # scan, faster) or "autodiff" (JAX differentiates the nn.scan), see model.LSTMLayer.
+  # "bfloat16" (bfloat16 matmul operands, float32 accumulation: faster on some CPUs with
+  # bfloat16 dot products, slower on others; numbers differ by bfloat16 rounding). backward:
+  # "manual" (hand-written reverse scan, faster) or "autodiff" (JAX differentiates the
+  # nn.scan), see model.LSTMLayer.
   c.model = ml_collections.ConfigDict(dict(hidden_size=128, num_layers=1, embed_dim=32,
                                            input_projection="auto", dropout_rate=0.0,
                                            input_dropout=0.0, output_dropout=0.0,

@@ -18,35 +18,24 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import shutil
-import sys
 import time
 
-import flax
 import jax
 import ml_collections
 import numpy as np
 import optax
 
-import importlib.metadata
 
 from lstm_jax import batching, compiles, config, guards, host, report, sharding, sources, train
+from lstm_jax.environment import versions
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.model import SequenceModel
 from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
 
 LN2 = math.log(2.0)
-
-
-def versions() -> dict:
-  return dict(python=sys.version.split()[0], jax=jax.__version__, jaxlib=importlib.metadata.version("jaxlib"),
-              flax=flax.__version__, optax=optax.__version__, numpy=np.__version__,
-              backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
-              machine=platform.machine(), cpu_count=os.cpu_count(), platform=platform.platform(),
-              malloc=host.malloc_state())
 
 
 def metric_of(dataset: RaggedDataset) -> str:
@@ -62,14 +51,12 @@ def metric_value(name: str, result: dict) -> float:
 
 
 def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> SequenceModel:
-  m = cfg.model
+  """The model from the config's model section, whose keys are SequenceModel's own fields (one
+  settings path: a new model setting is a field and a config default, nothing in between), and
+  the data's vocabulary and output size."""
   num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
-  return SequenceModel(hidden_size=m.hidden_size, num_outputs=num_outputs,
-                       num_layers=m.num_layers, vocab_size=dataset.vocab_size,
-                       embed_dim=m.embed_dim, input_projection=m.input_projection,
-                       dropout_rate=m.dropout_rate, input_dropout=m.input_dropout,
-                       output_dropout=m.output_dropout, backward=m.backward,
-                       matmul_dtype=m.matmul_dtype)
+  return SequenceModel(**cfg.model.to_dict(), num_outputs=num_outputs,
+                       vocab_size=dataset.vocab_size)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -167,40 +154,41 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
   compile_largest_step(name, steps, state, strategy, cfg)
   compiled_ahead = steps.train.compile_seconds
   metric = metric_of(train_ds)
-  curve: list[dict] = []
-  clock = dict(train_seconds=0.0)
+  progress = dict(curve=[], train_seconds=0.0)  # the row's eval curve and clock, checkpointed
   checkpointer = (Checkpointer(run_dir(workdir, "checkpoints", name, seed),
                                every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep)
                   if workdir and cfg.checkpoint.enabled else None)
 
   def on_step(rec):
-    clock["train_seconds"] += rec["step_seconds"]
-    rec["train_seconds"] = clock["train_seconds"]
+    progress["train_seconds"] += rec["step_seconds"]
+    rec["train_seconds"] = progress["train_seconds"]
     log.step(rec)
 
   def on_eval(st, real_tokens):
     t0 = time.perf_counter()
     r = train.evaluate(st, evaluator, steps)
-    curve.append(dict(real_tokens=real_tokens, train_seconds=clock["train_seconds"],
-                      eval_loss=r["loss"], eval_metric=metric_value(metric, r),
-                      eval_seconds=time.perf_counter() - t0))
-    log.eval(curve[-1])
-
-  def on_restore(stream):
-    curve[:] = stream["curve"]
-    clock["train_seconds"] = stream["train_seconds"] + compiled_ahead
-    log.resumed(stream["real_tokens"], clock["train_seconds"])
+    progress["curve"].append(dict(real_tokens=real_tokens,
+                                  train_seconds=progress["train_seconds"], eval_loss=r["loss"],
+                                  eval_metric=metric_value(metric, r),
+                                  eval_seconds=time.perf_counter() - t0))
+    log.eval(progress["curve"][-1])
 
   log.start(name, seed, cfg.train.real_tokens, strategy)
-  if checkpointer is None or checkpointer.latest_step() is None:
+  resumed = (train.resume(checkpointer, state, strategy, steps, settings)
+             if checkpointer is not None else None)
+  if resumed is None:
     on_eval(state, 0)
-  clock["train_seconds"] += compiled_ahead  # the compile made before the first step
+  else:
+    progress.update(resumed.extra)
+    log.resumed(resumed.position.real_tokens, progress["train_seconds"] + compiled_ahead)
+  progress["train_seconds"] += compiled_ahead  # the compile made before the first step
   result = train.fit(state, strategy, epochs=cfg.train.epochs or None,
                      max_real_tokens=cfg.train.real_tokens or None, steps=steps,
                      callback=on_step, precompile_shapes=False,
                      eval_every_tokens=cfg.train.eval_every_tokens, on_eval=on_eval,
-                     checkpointer=checkpointer, on_restore=on_restore,
-                     checkpoint_extra=lambda: dict(curve=curve, **clock), settings=settings)
+                     checkpointer=checkpointer, extra=progress, settings=settings,
+                     resumed=resumed)
+  curve = progress["curve"]
   if not curve or curve[-1]["real_tokens"] != result.real_tokens:
     on_eval(result.state, result.real_tokens)
   log.end()
@@ -220,7 +208,7 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
       padding_fraction=1.0 - result.real_tokens / computed,
       tokens_per_second=(sum(h["real_tokens"] for h in steady) / steady_seconds
                          if steady_seconds > 0 else float("nan")),
-      wall_seconds=clock["train_seconds"],
+      wall_seconds=progress["train_seconds"],
       eval_loss=curve[-1]["eval_loss"], eval_metric=curve[-1]["eval_metric"], metric=metric,
       step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
       step_peak_bytes=max((guards.step_memory(r) or 0) for r in train_rec) if train_rec else 0,

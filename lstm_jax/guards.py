@@ -21,12 +21,13 @@ import os
 import jax
 import numpy as np
 
-from lstm_jax.batching import Strategy
+from lstm_jax.batching import STRATEGIES, Strategy
 from lstm_jax.errors import ConfigError
 
-# Rows per batch, by strategy: the setting a fix names.
-ROW_SETTINGS = dict(pad="batch_size", pad_batch_max="batch_size", pack="batch_size",
-                    bucket="tokens_per_batch", tbptt="num_streams", vbptt="num_streams")
+
+def _row_setting(name: str) -> str:
+  """The strategy's setting for rows per batch, which a fix names."""
+  return STRATEGIES[name].row_setting if name in STRATEGIES else "batch_size"
 
 
 def planned_steps(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> list[int]:
@@ -51,7 +52,7 @@ def check_steps(name: str, strategy: Strategy, real_tokens: int | None, epochs: 
   steps = planned_steps(strategy, real_tokens, epochs)
   budget = f"the budget of {real_tokens:,} real tokens" if real_tokens else f"{epochs} epoch(s)"
   fix = (f"Lower its rows per step (config.train.tokens_per_step, or "
-         f"config.strategy.{name}.{ROW_SETTINGS.get(name, 'batch_size')}), raise "
+         f"config.strategy.{name}.{_row_setting(name)}), raise "
          f"config.train.real_tokens or epochs, or leave {name} out of config.strategies.")
   if strategy.batch_settings().get("batch_size") == 1:
     fix = (f"Its batches already hold one row, so a step is at least one whole sequence: for "
@@ -71,10 +72,10 @@ def check_steps(name: str, strategy: Strategy, real_tokens: int | None, epochs: 
 def equal_steps_hint(name: str, strategy: Strategy, cfg) -> str:
   """What brings a strategy's step count in line with the others (for the runner's log)."""
   per_epoch = strategy.dataset.num_steps / cfg.train.tokens_per_step
-  unset = [k for k, v in cfg.strategy[name].items() if k == ROW_SETTINGS.get(name) and v is None]
-  if not unset and ROW_SETTINGS.get(name) in cfg.strategy[name]:
-    return (f"Leave config.strategy.{name}.{ROW_SETTINGS[name]} unset (None) to derive it from "
-            f"config.train.tokens_per_step.")
+  for setting in dict.fromkeys((_row_setting(name), "batch_size")):
+    if cfg.strategy[name].get(setting) is not None:
+      return (f"Leave config.strategy.{name}.{setting} unset (None) to derive it from "
+              f"config.train.tokens_per_step.")
   if name == "bucket":
     return (f"An epoch holds {per_epoch:.1f} steps of train.tokens_per_step real tokens and each "
             f"of its {len(strategy.boundaries)} buckets takes at least one: use at most "
@@ -129,7 +130,7 @@ def check_memory(name: str, shape: tuple[int, int], needed: int | None, limit: i
     return
   b, t = shape
   scale = limit / needed
-  setting = ROW_SETTINGS.get(name, "batch_size")
+  setting = _row_setting(name)
   if b > 1:
     hint = (f"about {max(1, math.floor(b * scale))} rows per batch ({setting}, or a lower "
             f"config.train.tokens_per_step)")

@@ -1,21 +1,19 @@
 """The host process's memory allocator, which sets a large part of a CPU train step's time.
 
 XLA's CPU runtime allocates a train step's scratch memory afresh on every call: tens of MiB,
-mostly the scan's stacked residuals (37 MiB at B=64, T=64, H=256; 150 MiB at T=256). With its
-defaults, glibc's malloc serves a request that large with a fresh `mmap` and unmaps it on `free`,
-so every call faults in each 4 KiB page again and the kernel zeroes it: about 9,700 minor page
-faults per call at T=64 and 37,700 at T=256, and 15-20% of the step's time (measured on the
-benchmark's 2-core CPU, see BENCHMARKS.md "Allocator").
+mostly the scan's stacked residuals. With its defaults, glibc's malloc serves a request that
+large with a fresh `mmap` and unmaps it on `free`, so every call faults in each 4 KiB page again
+and the kernel zeroes it: thousands of minor page faults per call, a sizeable share of the
+step's time (how much: BENCHMARKS.md "Allocator", README "Speed").
 
 `tune_malloc()` tells glibc (`mallopt`) to serve such requests from its heap and to keep freed
 memory there for the next call: mmap threshold 1 GiB, trim threshold 2 GiB - 1, top pad 256 MiB,
 and one arena (a thread arena's heap is capped at 64 MiB, so larger scratch would be mapped
 afresh again). After it, most steady calls of a train step take no page faults; now and then
-the heap still grows, when fragmentation leaves no free hole big enough for the scratch (1000
-calls of a step with 75 MiB of scratch: 3-5 such calls, the last at call 21-158). What it costs:
-the process keeps its peak heap until it exits instead of returning freed memory to the OS, and
-that heap holds a few times one step's scratch (that step: 515 MiB resident at the end against a
-peak of 373 MiB with glibc's defaults). It is
+the heap still grows, when fragmentation leaves no free hole big enough for the scratch (a few
+times early on, then it settles). What it costs: the process keeps its peak heap until it exits
+instead of returning freed memory to the OS, and that heap holds a few times one step's scratch.
+It is
 process-wide, so everything in the process gets it, peers in a benchmark included; it affects
 only allocations made after the call (call it first thing; the arena setting applies to threads
 that have not allocated yet). Numbers do not change, only where memory comes from.

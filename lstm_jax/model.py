@@ -29,8 +29,9 @@ before the scan ("hoisted", what cuDNN does). "auto" picks per backend: in_step 
 it measured faster, hoisted elsewhere. Both give the same numbers to rounding.
 
 `matmul_dtype="bfloat16"` runs the LSTM's matmuls on bfloat16 operands with float32 accumulation
-(state, gates and parameters stay float32; see `recurrence`): faster where the CPU has bfloat16
-dot products, and no longer float32-exact, so float32 is the default.
+(state, gates and parameters stay float32; see `recurrence`): faster on some CPUs with bfloat16
+dot products, slower on others (README "Speed"), and no longer float32-exact, so float32 is the
+default.
 """
 
 from __future__ import annotations
@@ -315,10 +316,6 @@ def _check_inputs(inputs: Array, mask: Array | None, resets: Array | None):
       raise DataError(f"{name} must be <bool>{list(bt)} to match inputs {list(inputs.shape)}, got "
                       f"{a.dtype}{list(a.shape)}.")
   return mask, resets
-
-
-def num_params(params: Any) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
 def layer_params(params: Any) -> Sequence[dict]:

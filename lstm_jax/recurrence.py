@@ -3,26 +3,23 @@
 `recurrence(weights, bias, xs, mask, resets, carry, in_step, unroll)` scans `step` over time,
 the same step `model._MaskedStep` runs under `nn.scan` (so the forward pass gives the same
 numbers); its gradient is a reverse `lax.scan` written out by hand instead of JAX's
-linearize-and-transpose of the forward scan. Why, measured on the benchmark's 2-core CPU
-(BENCHMARKS.md, README "Speed"):
+linearize-and-transpose of the forward scan. Why (how much: BENCHMARKS.md, README "Speed"):
 
 * the compiled autodiff forward loop writes each of its six per-step residuals twice (12
   dynamic-update-slices per step, seen in `jit(...).lower(...).compile().as_text()`); this one
   writes the [x, h] operand, the four gate activations, the state entering the step and tanh(c)
-  once: 32% less XLA scratch memory per train step;
+  once, so a train step needs less XLA scratch memory and moves fewer bytes;
 * inputs that need no gradient (data entering layer 0) skip the input part of the gradient GEMM
   (`symbolic_zeros`);
-* train steps ran 6% to 29% faster (median 15%) in 14 paired timings, and tracing is cheaper:
-  the LSTM's gradient traces and lowers in 19 ms against 55 ms at B=64, T=64, H=256, and the
-  bucket strategy's 8 train steps trace in 0.30 s against 0.45 s, which is most of what a
-  persistent-cache hit still pays.
+* the reverse scan is a smaller program than JAX's transpose of the forward one, so it traces
+  and lowers faster, which is most of what a persistent-cache hit still pays.
 
 Matmul precision (`matmul_dtype`, default float32): "bfloat16" rounds the operands of the three
 GEMMs per step (forward, recurrent-input gradient, weight gradient) to bfloat16 and accumulates in
 float32; the state, the gates, the residuals and the gradients' sums stay float32, the parameters
-too (their bfloat16 copy is made once per call). This CPU has native bfloat16 dot products
-(AVX512-BF16): truncated BPTT trained 1.29x faster on the benchmark's workload (BENCHMARKS.md).
-Numbers then differ from float32 by bfloat16 rounding (~3 significant digits per operand), so
+too (their bfloat16 copy is made once per call). Whether that is faster depends on the CPU:
+faster where bfloat16 dot products are native and fast, slower on some CPUs that have them
+(README "Speed" lists both); measure on yours. Numbers then differ from float32 by bfloat16 rounding (~3 significant digits per operand), so
 the float32 default is the exact one; under bfloat16, padding, bucketing and unpadded runs still
 agree with each other (same operands per row). For XLA to keep each dot in bfloat16 (on the CPU
 it widens a bfloat16 dot with a transposed operand back to float32), the backward reads a
@@ -126,8 +123,8 @@ def step(weights, bias, in_step: bool, carry, xs, matmul_dtype: str = "float32")
   c, h = c * keep, h * keep
   z, lhs = _gates(weights, bias, x_t, h, in_step, matmul_dtype)
   # All four activations in one [B, 4H] elementwise pass (tanh on the g quarter, sigmoid on the
-  # rest): the same numbers as four separate ones, 2.5% faster train steps on the CPU than four
-  # [B, H] passes and a concatenation for the residuals (median of 25 paired timings).
+  # rest): the same numbers as four separate ones, one fused loop over the gates instead of four
+  # [B, H] passes and a concatenation for the residuals (faster on the CPU: README "Speed").
   quarter = jnp.arange(z.shape[-1]) // (z.shape[-1] // 4)
   acts = jnp.where(quarter == 2, jnp.tanh(z), jax.nn.sigmoid(z))
   i, f, g, o = jnp.split(acts, 4, axis=-1)

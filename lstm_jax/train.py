@@ -33,7 +33,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from lstm_jax import sharding
-from lstm_jax.batching import Batch, Strategy, assemble
+from lstm_jax.batching import Batch, Strategy, StreamPosition, assemble
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
@@ -180,9 +180,6 @@ class StepFunctions:
     carry = model.zero_carry(batch_size)
     return carry if self.mesh is None else sharding.shard_carry(carry, self.mesh)
 
-  def summary(self) -> dict:
-    return dict(train=self.train.summary(), eval=self.eval.summary())
-
 
 def _abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
   b, t = shape
@@ -218,7 +215,7 @@ class FitResult:
   steps: StepFunctions
   carry: Carry | None       # the last carry (strategies that carry state)
   real_tokens: int
-  epochs_started: int
+  position: StreamPosition  # where the data stream stands: the next batch, if training went on
   resumed_from: int | None = None  # the checkpoint step training resumed from, if any
 
 
@@ -235,15 +232,99 @@ def stream_identity(strategy: Strategy) -> dict:
               plan=f"{len(plans)} batches of {strategy.shapes()}")
 
 
+@dataclasses.dataclass
+class Resumed:
+  """What a checkpoint hands back to training (`resume`)."""
+
+  state: TrainState
+  step: int                 # the checkpoint's step
+  position: StreamPosition  # the next batch of the data stream
+  carry: Carry | None       # the carry for that batch (strategies that carry state)
+  history: list[dict]       # the step records so far
+  extra: dict               # the caller's own state, as it was saved (`fit(extra=...)`)
+
+
+def _saved_carry(strategy: Strategy, carry: Carry | None):
+  """The carry a checkpoint holds: the live one, or a placeholder for strategies with none."""
+  return carry if strategy.carries_state else jnp.zeros((), jnp.float32)
+
+
+def _identity(strategy: Strategy, settings: dict | None) -> dict:
+  identity = stream_identity(strategy)
+  if settings is not None:
+    identity["settings"] = settings
+  return identity
+
+
+def resume(checkpointer: Checkpointer, state: TrainState, strategy: Strategy,
+           steps: StepFunctions | None = None, settings: dict | None = None) -> Resumed | None:
+  """The newest readable checkpoint of `checkpointer`, restored for `state` and `strategy`; None
+  when there is none. It must come from the same strategy, seed, data and plan, and (if given)
+  the same `settings` (CheckpointError otherwise, naming what differs)."""
+  steps = steps or StepFunctions.create()
+  template = steps.zero_carry(state.model, strategy.plan(0)[0].batch_size)
+  if steps.mesh is not None:
+    state = sharding.replicate(state, steps.mesh)
+  restored = checkpointer.restore(state, _saved_carry(strategy, template),
+                                  _identity(strategy, settings))
+  if restored is None:
+    return None
+  stream = restored.stream
+  return Resumed(state=restored.state, step=restored.step,
+                 position=StreamPosition(stream["epoch"], stream["index"], stream["real_tokens"]),
+                 carry=restored.carry if strategy.carries_state else None,
+                 history=list(stream["history"]), extra=dict(stream.get("extra") or {}))
+
+
+class _PendingStep:
+  """The step dispatched last, whose metrics are fetched only after the next step is dispatched
+  (so the host never idles the device). It owns the step clock: a step's seconds run from the
+  previous step's completion (or a `restart_clock`) to its own, so a compile belongs to the step
+  that needs it, and evaluation or a checkpoint's blocking part to no step."""
+
+  def __init__(self, history: list[dict], callback: Callable[[dict], None] | None,
+               checkpoint_dir: str | None):
+    self.history, self.callback, self.checkpoint_dir = history, callback, checkpoint_dir
+    self.item: tuple[dict, Any] | None = None
+    self.t_last: float | None = None
+
+  def restart_clock(self) -> None:
+    self.t_last = time.perf_counter()
+
+  def hold(self, record: dict, metrics: Any) -> None:
+    """`record`'s step was dispatched: complete the one held before it, then hold this one."""
+    self.flush()
+    self.item = (record, metrics)
+
+  def flush(self) -> None:
+    """Fetches the held step's metrics, checks its loss is finite, times and records it."""
+    if self.item is None:
+      return
+    (record, metrics), self.item = self.item, None
+    m = jax.device_get(metrics)
+    now = time.perf_counter()
+    record.update(loss=_batch_loss(m), weight_sum=float(m["weight_sum"]),
+                  correct_sum=float(m["correct_sum"]), step_seconds=now - self.t_last)
+    if not math.isfinite(float(m["loss_sum"])):
+      raise FloatingPointError(
+          f"the loss became {float(m['loss_sum'])} at step {record['step']} (epoch "
+          f"{record['epoch']}, batch shape {record['shape']}); lower the learning rate or add "
+          f"gradient clipping (optax.clip_by_global_norm)."
+          + (f" The last good checkpoint is in {self.checkpoint_dir}." if self.checkpoint_dir
+             else ""))
+    self.t_last = now
+    self.history.append(record)
+    if self.callback is not None:
+      self.callback(record)
+
+
 def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
         max_real_tokens: int | None = None, steps: StepFunctions | None = None,
         callback: Callable[[dict], None] | None = None, precompile_shapes: bool = True,
         eval_every_tokens: int | None = None,
         on_eval: Callable[[TrainState, int], None] | None = None,
-        checkpointer: Checkpointer | None = None,
-        checkpoint_extra: Callable[[], dict] | None = None,
-        on_restore: Callable[[dict], None] | None = None,
-        settings: dict | None = None) -> FitResult:
+        checkpointer: Checkpointer | None = None, extra: dict | None = None,
+        settings: dict | None = None, resumed: Resumed | None = None) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
@@ -251,14 +332,18 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     False, a step compiles when it meets a new shape, and its record says `compiled: True`.
   on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
     been trained on; its time is not counted in any step's `step_seconds`.
-  checkpointer: if given, training resumes from its newest readable checkpoint (which must come
-    from the same strategy, seed, data and plan), saves every `checkpointer.every_steps` steps
-    (after that step's loss is checked to be finite, and after any evaluation due at it) and once
-    at the end. `checkpoint_extra()` adds the caller's JSON to each save; on resuming,
-    `on_restore(stream)` hands it back (with `history`, `real_tokens`, `epoch`, `index`).
+  checkpointer: if given, training resumes from its newest readable checkpoint (`resume`, which
+    must come from the same strategy, seed, data, plan and `settings`), saves every
+    `checkpointer.every_steps` steps (after that step's loss is checked to be finite, and after
+    any evaluation due at it) and once at the end. Each save holds the state, the carry, the data
+    stream's position, the step history and `extra`.
+  extra: the caller's own JSON state (the runner's eval curve and clock), saved as it is at each
+    checkpoint; when fit resumes by itself, replaced in place by what was saved.
   settings: what else a checkpoint must share with this run to be resumed (the runner passes
     `config.run_settings`: model, optimizer, training and data settings, versions); saved with
     each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
+  resumed: a `resume` result the caller already has (the runner reads it first, to report it
+    and take back its `extra`); otherwise fit calls `resume` itself.
   """
   if epochs is None and max_real_tokens is None:
     raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
@@ -271,122 +356,81 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     raise ConfigError(f"a bidirectional model needs whole sequences in each row, and "
                       f"{strategy.name} cuts them into chunks; use pad, bucket or pack.")
   steps = steps or StepFunctions.create()
-  history: list[dict] = []
   zeros: dict[int, Carry] = {}
   zero_carry = lambda b: zeros.setdefault(b, steps.zero_carry(state.model, b))
   if steps.mesh is not None:
     for b, _ in strategy.shapes():
       sharding.check_divisible(b, steps.mesh)
     state = sharding.replicate(state, steps.mesh)
-  stream_batch = strategy.plan(0)[0].batch_size
-  saved_carry = lambda c: c if strategy.carries_state else jnp.zeros((), jnp.float32)
-  real_total, epoch, first_index, carry, pending, resumed_from = 0, 0, 0, None, None, None
-  identity = stream_identity(strategy) if checkpointer is not None else {}
-  if checkpointer is not None and settings is not None:
-    identity["settings"] = settings
-  if checkpointer is not None:
-    restored = checkpointer.restore(state, saved_carry(zero_carry(stream_batch)), identity)
-    if restored is not None:
-      state, resumed_from = restored.state, restored.step
-      pos = restored.stream
-      epoch, first_index, real_total = pos["epoch"], pos["index"], pos["real_tokens"]
-      history = list(pos["history"])
-      carry = restored.carry if strategy.carries_state else None
-      if on_restore is not None:
-        on_restore(pos)
+  if checkpointer is not None and resumed is None:
+    resumed = resume(checkpointer, state, strategy, steps, settings)
+    if resumed is not None and extra is not None:
+      extra.clear()
+      extra.update(resumed.extra)
+  position, history, carry = StreamPosition(), [], None
+  if resumed is not None:
+    state, position, carry, history = (resumed.state, resumed.position, resumed.carry,
+                                       list(resumed.history))
+  identity = _identity(strategy, settings) if checkpointer is not None else {}
+  pending = _PendingStep(history, callback, checkpointer and checkpointer.directory)
   step = int(state.step)
-  t_last = None
 
-  def finish(item):
-    nonlocal t_last
-    record, metrics = item
-    m = jax.device_get(metrics)
-    now = time.perf_counter()
-    record.update(loss=_batch_loss(m), weight_sum=float(m["weight_sum"]),
-                  correct_sum=float(m["correct_sum"]), step_seconds=now - t_last)
-    if not math.isfinite(float(m["loss_sum"])):
-      raise FloatingPointError(
-          f"the loss became {float(m['loss_sum'])} at step {record['step']} (epoch "
-          f"{record['epoch']}, batch shape {record['shape']}); lower the learning rate or add "
-          f"gradient clipping (optax.clip_by_global_norm)."
-          + (f" The last good checkpoint is in {checkpointer.directory}." if checkpointer else ""))
-    t_last = now
-    history.append(record)
-    if callback is not None:
-      callback(record)
+  def save(force: bool = False) -> None:
+    pending.flush()  # never save a state whose loss was not checked
+    stream = dict(identity, epoch=position.epoch, index=position.index,
+                  real_tokens=position.real_tokens, history=history, extra=extra or {})
+    checkpointer.save(step, state, _saved_carry(strategy, carry), stream, force=force)
+    pending.restart_clock()  # the save's blocking part belongs to no step
 
-  def save(next_epoch: int, next_index: int, force: bool = False) -> None:
-    n = len(strategy.plan(next_epoch))
-    if next_index >= n:
-      next_epoch, next_index = next_epoch + 1, 0
-    stream = dict(identity, epoch=next_epoch, index=next_index, real_tokens=real_total,
-                  history=history, **(checkpoint_extra() if checkpoint_extra else {}))
-    checkpointer.save(step, state, saved_carry(carry), stream, force=force)
+  def done() -> bool:
+    return ((epochs is not None and position.epoch >= epochs)
+            or (max_real_tokens is not None and position.real_tokens >= max_real_tokens))
 
-  done = ((epochs is not None and epoch >= epochs)
-          or (max_real_tokens is not None and real_total >= max_real_tokens))
-  last = (epoch, first_index - 1)  # (epoch, index) of the last batch trained
   next_eval = None
   if eval_every_tokens and on_eval:
-    next_eval = (real_total // eval_every_tokens + 1) * eval_every_tokens
+    next_eval = (position.real_tokens // eval_every_tokens + 1) * eval_every_tokens
   try:
-    while not done:
-      plans = strategy.plan(epoch)
-      if precompile_shapes:
-        precompile(steps.train, state, strategy, epoch)
-      if t_last is None:
-        t_last = time.perf_counter()
-      if carry is None or first_index == 0:
-        carry = zero_carry(plans[0].batch_size) if strategy.carries_state else None
-      for index in range(first_index, len(plans)):
-        plan = plans[index]
-        batch = steps.batch(strategy.dataset, plan)
-        step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
-        compiles_before = steps.train.compiles
-        lr_scale = np.float32(plan.lr_scale)
-        if pending is not None and not steps.train.is_compiled(state, batch, step_carry, lr_scale):
-          finish(pending)  # close the previous step first: the compile belongs to this one
-          pending = None
-        state, metrics, new_carry = steps.train(state, batch, step_carry, lr_scale)
+    for plan, after in ([] if done() else strategy.stream(position)):
+      if position.index == 0:  # an epoch starts
+        if precompile_shapes:
+          precompile(steps.train, state, strategy, position.epoch)
         if strategy.carries_state:
-          carry = new_carry
-        step += 1
-        real_total += plan.real_tokens
-        last = (epoch, index)
-        if pending is not None:
-          finish(pending)
-        pending = (dict(step=step, epoch=epoch, shape=f"{plan.batch_size}x{plan.length}",
+          carry = zero_carry(plan.batch_size)
+      if pending.t_last is None:  # the first step's clock starts after the first precompile
+        pending.restart_clock()
+      batch = steps.batch(strategy.dataset, plan)
+      step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
+      lr_scale = np.float32(plan.lr_scale)
+      if not steps.train.is_compiled(state, batch, step_carry, lr_scale):
+        pending.flush()  # close the previous step first: the compile belongs to this one
+      compiles_before = steps.train.compiles
+      state, metrics, new_carry = steps.train(state, batch, step_carry, lr_scale)
+      if strategy.carries_state:
+        carry = new_carry
+      step += 1
+      pending.hold(dict(step=step, epoch=position.epoch, shape=f"{plan.batch_size}x{plan.length}",
                         real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens,
                         compiled=steps.train.compiles > compiles_before), metrics)
-        if next_eval is not None and real_total >= next_eval:
-          finish(pending)
-          pending = None
-          on_eval(state, real_total)
-          t_last = time.perf_counter()  # evaluation time belongs to no step
-          while next_eval <= real_total:
-            next_eval += eval_every_tokens
-        if checkpointer is not None and checkpointer.due(step):
-          if pending is not None:
-            finish(pending)  # never save a state whose loss was not checked
-            pending = None
-          save(last[0], last[1] + 1)
-          t_last = time.perf_counter()  # the save's blocking part belongs to no step
-        if max_real_tokens is not None and real_total >= max_real_tokens:
-          done = True
-          break
-      first_index = 0
-      epoch += 1
-      if epochs is not None and epoch >= epochs:
-        done = True
-    if pending is not None:
-      finish(pending)
+      position = after
+      if next_eval is not None and position.real_tokens >= next_eval:
+        pending.flush()
+        on_eval(state, position.real_tokens)
+        pending.restart_clock()  # evaluation time belongs to no step
+        while next_eval <= position.real_tokens:
+          next_eval += eval_every_tokens
+      if checkpointer is not None and checkpointer.due(step):
+        save()
+      if done():
+        break
+    pending.flush()
     if checkpointer is not None:
-      save(last[0], last[1] + 1, force=True)
+      save(force=True)
   finally:
     if checkpointer is not None:
       checkpointer.wait()
   return FitResult(state=state, history=history, steps=steps, carry=carry,
-                   real_tokens=real_total, epochs_started=epoch, resumed_from=resumed_from)
+                   real_tokens=position.real_tokens, position=position,
+                   resumed_from=resumed.step if resumed is not None else None)
 
 
 def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None = None,

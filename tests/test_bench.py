@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from lstm_jax import bench, host
+from lstm_jax import host
+from lstm_jax.benchmark import measure as bench
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -2,6 +2,7 @@
 sources, and config errors."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import ragged_features
-from lstm_jax import experiment, host, report, sources
+from lstm_jax import config, experiment, host, report, sources
 from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.model import SequenceModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -129,6 +131,15 @@ def test_matmul_dtype_setting_reaches_the_model():
   cfg.model.matmul_dtype = "bfloat16"
   model = experiment.make_model(cfg, ragged_features([3, 5, 2], num_features=2, seed=0))
   assert model.matmul_dtype == "bfloat16"
+
+
+def test_model_settings_are_the_model_fields():
+  """One settings path: the config's model section is passed to SequenceModel as it is, so each
+  key must be a field; the fields it leaves out come from the data or are not runner settings."""
+  fields = {f.name for f in dataclasses.fields(SequenceModel)} - {"parent", "name"}
+  keys = set(config.base_config().model.keys())
+  assert keys <= fields, keys - fields
+  assert fields - keys == {"num_outputs", "vocab_size", "unroll", "bidirectional"}
 
 
 def test_stdlib_functions_source_identity_and_no_duplicates():

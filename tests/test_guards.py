@@ -49,6 +49,7 @@ def _files_config(directory: Path, **overrides):
   cfg.model.update(hidden_size=8, embed_dim=4)
   cfg.train.update(real_tokens=20_000, tokens_per_step=512, eval_every_tokens=0)
   cfg.checkpoint.enabled = False
+  cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
   for key, value in overrides.items():
     node = cfg
     *parents, leaf = key.split(".")
@@ -96,8 +97,10 @@ def test_pack_default_row_length_does_not_grow_with_the_longest_file(tmp_path, m
 
 def test_memory_guard_names_strategy_shape_bytes_and_fix(tmp_path):
   """Case 1: a step bigger than max_step_memory is refused before it trains (XLA's analysis)."""
-  cfg = compare.get_config("smoke")
+  cfg = compare.get_config("smoke")  # on a small synthetic task: no data to parse
   cfg.strategies = ("tbptt",)
+  cfg.data.update(source="parity", num_sequences=400)
+  cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
   cfg.guards.max_step_memory = 2**20
   with pytest.raises(ConfigError, match=r"tbptt: its largest train step, a \[32, 64\] batch, "
                      r"needs \d+ MiB by XLA's memory analysis, more than "

@@ -1,4 +1,4 @@
-"""Runs the throughput benchmark (lstm_jax.bench) and writes benchmark.json and BENCHMARKS.md."""
+"""Runs the throughput benchmark (lstm_jax.benchmark.measure) and writes benchmark.json and BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import types
 
 import numpy as np
 
-from lstm_jax import batching, bench, host
-from lstm_jax.experiment import versions
+from lstm_jax import batching, host
+from lstm_jax.benchmark import measure as bench
+from lstm_jax.environment import versions
 
 
 def _strategies(ds, cfg) -> dict[str, batching.Strategy]:
@@ -71,7 +72,7 @@ def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
   arms = {"default": [], "tuned": []}
   for _ in range(cfg.malloc_probe_rounds):
     for arm, runs in arms.items():
-      runs.append(bench.in_subprocess("lstm_jax.bench_report", "malloc_probe_child",
+      runs.append(bench.in_subprocess("lstm_jax.benchmark.report", "malloc_probe_child",
                                       dict(cfg_dict=cfg.to_dict(), ours=ours,
                                            projection=projection, peer=peer),
                                       tune_malloc=arm == "tuned"))

@@ -135,7 +135,7 @@ def in_subprocess(module: str, function: str, kwargs: dict, tune_malloc: bool = 
 
 def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str, executables: bool = True) -> dict:
   """`compile_probe` in a fresh Python process (so nothing is compiled or cached in memory)."""
-  return in_subprocess("lstm_jax.bench", "compile_probe",
+  return in_subprocess("lstm_jax.benchmark.measure", "compile_probe",
                        dict(cfg_dict=cfg_dict, cache_dir=cache_dir, executables=executables),
                        tune_malloc=host.malloc_state()["tuned"])
 
