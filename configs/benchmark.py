@@ -11,31 +11,62 @@ import ml_collections
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(dict(
+  c = ml_collections.ConfigDict(
+    dict(
       preset=arg or "default",
-      seed=0, num_sequences=4096, min_length=8, max_length=512, median_length=64.0, sigma=1.0,
-      features=32, hidden_size=256, batch_size=64, learning_rate=1e-3,
-      repeats=3,                     # timed passes after one warm-up pass; the median is reported
-      tokens_per_pass=100_000,       # real tokens per timed pass
-      num_buckets=8, tbptt_chunk=64, pack_row_length=512,
+      seed=0,
+      num_sequences=4096,
+      min_length=8,
+      max_length=512,
+      median_length=64.0,
+      sigma=1.0,
+      features=32,
+      hidden_size=256,
+      batch_size=64,
+      learning_rate=1e-3,
+      repeats=3,  # timed passes after one warm-up pass; the median is reported
+      tokens_per_pass=100_000,  # real tokens per timed pass
+      num_buckets=8,
+      tbptt_chunk=64,
+      pack_row_length=512,
       input_projections=("in_step", "hoisted"),
       autodiff_rows=("tbptt", "bucket_packed_rows"),  # also timed with backward="autodiff"
       bfloat16_rows=("tbptt", "bucket_packed_rows"),  # also timed with matmul_dtype="bfloat16"
-      peers=("flax_rnn_pad512", "flax_rnn_pow2", "flax_rnn_pow2_bf16", "torch_packed",
-             "torch_batch_max"),
-      paired_rounds=5,               # best row vs best peer vs GEMM rate, back to back
-      compile_cache_probe=True,      # compile in three fresh processes sharing a persistent cache
-      tune_malloc=True,              # lstm_jax.host.tune_malloc() for the whole run, peers too
-      malloc_probe_rounds=2,         # best row and best peer in fresh processes, glibc default
-                                     # allocator vs tuned, alternating; 0: skip
-  ))
+      peers=(
+        "flax_rnn_pad512",
+        "flax_rnn_pow2",
+        "flax_rnn_pow2_bf16",
+        "torch_packed",
+        "torch_batch_max",
+      ),
+      paired_rounds=5,  # best row vs best peer vs GEMM rate, back to back
+      compile_cache_probe=True,  # compile in three fresh processes sharing a persistent cache
+      tune_malloc=True,  # lstm_jax.host.tune_malloc() for the whole run, peers too
+      malloc_probe_rounds=2,  # best row and best peer in fresh processes, glibc default
+      # allocator vs tuned, alternating; 0: skip
+    )
+  )
   if arg == "quick":  # for tests: tiny and fast
-    c.update(num_sequences=256, max_length=64, median_length=16.0, features=4, hidden_size=16,
-             batch_size=16, repeats=1, tokens_per_pass=2000, num_buckets=3, tbptt_chunk=16,
-             pack_row_length=64, input_projections=("in_step",), autodiff_rows=("tbptt",),
-             bfloat16_rows=("tbptt",), peers=("flax_rnn_pow2", "flax_rnn_pow2_bf16",
-                                              "torch_packed"), compile_cache_probe=False,
-             paired_rounds=2, malloc_probe_rounds=1)
+    c.update(
+      num_sequences=256,
+      max_length=64,
+      median_length=16.0,
+      features=4,
+      hidden_size=16,
+      batch_size=16,
+      repeats=1,
+      tokens_per_pass=2000,
+      num_buckets=3,
+      tbptt_chunk=16,
+      pack_row_length=64,
+      input_projections=("in_step",),
+      autodiff_rows=("tbptt",),
+      bfloat16_rows=("tbptt",),
+      peers=("flax_rnn_pow2", "flax_rnn_pow2_bf16", "torch_packed"),
+      compile_cache_probe=False,
+      paired_rounds=2,
+      malloc_probe_rounds=1,
+    )
   elif arg not in ("", "default"):
     raise ValueError(f"unknown preset {arg!r}; use default or quick.")
   c.lock()

@@ -82,7 +82,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.vbptt.base_length = 32
     c.strategy.pack.row_length = 200
   elif arg != "default":
-    raise ValueError(f"unknown preset {arg!r}; use default, smoke, files, digits, gene_families, "
-                     f"adding or parity.")
+    raise ValueError(
+      f"unknown preset {arg!r}; use default, smoke, files, digits, gene_families, adding or parity."
+    )
   c.lock()  # a misspelt override (--config.modle.x=1) is an error, not a new key
   return c

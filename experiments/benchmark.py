@@ -17,9 +17,12 @@ from lstm_jax import errors  # noqa: E402
 from lstm_jax.benchmark import report as bench_report  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "benchmark.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Benchmark config (file:preset).",
-                                          lock_config=True)
-_OUT = flags.DEFINE_string("out", "BENCHMARKS.md", "Markdown report; benchmark.json goes beside it.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", _DEFAULT, "Benchmark config (file:preset).", lock_config=True
+)
+_OUT = flags.DEFINE_string(
+  "out", "BENCHMARKS.md", "Markdown report; benchmark.json goes beside it."
+)
 
 
 def main(argv):

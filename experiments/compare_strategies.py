@@ -18,10 +18,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from lstm_jax import errors, experiment  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config (file:preset).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results, report and plots go.",
-                               required=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", _DEFAULT, "Experiment config (file:preset).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where results, report and plots go.", required=True
+)
 
 
 def main(argv):

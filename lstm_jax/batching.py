@@ -68,9 +68,9 @@ class Segment(NamedTuple):
   """A run of one sequence's steps placed in a batch row."""
 
   sequence: int  # index in the dataset
-  start: int     # first step taken from the sequence (0: it begins here, so a reset)
+  start: int  # first step taken from the sequence (0: it begins here, so a reset)
   position: int  # where in the row it goes
-  length: int    # number of steps
+  length: int  # number of steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +98,13 @@ class BatchPlan:
 def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
   """Builds the numpy arrays of one batch from its plan (vectorised over segments)."""
   b, t = plan.shape
-  segs = np.array([(r,) + s for r, row in enumerate(plan.rows) for s in row],
-                  dtype=np.int64).reshape(-1, 5)
+  segs = np.array(
+    [(r,) + s for r, row in enumerate(plan.rows) for s in row], dtype=np.int64
+  ).reshape(-1, 5)
   row, seq, start, pos, n = segs.T
   offsets = dataset.offsets
-  src = _gather_steps(offsets[seq] + start, n)         # flat step indices in the dataset
-  dst = _gather_steps(row * t + pos, n)                # flat positions in the [B * T] batch
+  src = _gather_steps(offsets[seq] + start, n)  # flat step indices in the dataset
+  dst = _gather_steps(row * t + pos, n)  # flat positions in the [B * T] batch
   if dataset.is_tokens:
     inputs = np.zeros((b * t,), np.int32)
   else:
@@ -126,9 +127,17 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
     last = (row * t + pos + n - 1)[ends]
     targets[last] = dataset.targets[seq[ends]]
     weights[last] = 1.0
-  shape = lambda a: a.reshape((b, t) + a.shape[1:])
-  return Batch(inputs=shape(inputs), targets=shape(targets), weights=shape(weights),
-               mask=shape(mask), resets=shape(resets))
+
+  def shape(a):
+    return a.reshape((b, t) + a.shape[1:])
+
+  return Batch(
+    inputs=shape(inputs),
+    targets=shape(targets),
+    weights=shape(weights),
+    mask=shape(mask),
+    resets=shape(resets),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +179,9 @@ class Strategy(abc.ABC):
       self._plans = {epoch: plans}
     return self._plans[epoch]
 
-  def stream(self, start: StreamPosition = StreamPosition()
-             ) -> Iterator[tuple[BatchPlan, StreamPosition]]:
+  def stream(
+    self, start: StreamPosition = StreamPosition()
+  ) -> Iterator[tuple[BatchPlan, StreamPosition]]:
     """The plans from `start` on, epoch after epoch without end, each with the position after
     it (where training resumes once that plan's step is done: the next epoch's start after an
     epoch's last batch)."""
@@ -201,9 +211,14 @@ class Strategy(abc.ABC):
     plans = self.plan(epoch)
     real = sum(p.real_tokens for p in plans)
     computed = sum(p.computed_tokens for p in plans)
-    return dict(strategy=self.name, num_batches=len(plans), real_tokens=real,
-                computed_tokens=computed, padding_fraction=1.0 - real / computed,
-                shapes=self.shapes())
+    return dict(
+      strategy=self.name,
+      num_batches=len(plans),
+      real_tokens=real,
+      computed_tokens=computed,
+      padding_fraction=1.0 - real / computed,
+      shapes=self.shapes(),
+    )
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.dataset.name or 'dataset'}, seed={self.seed})"
@@ -219,8 +234,14 @@ def _positive_int(value: int, what: str = "batch_size") -> int:
   return int(value)
 
 
-def rows_per_step(given: int | None, tokens_per_step: int | None, tokens_per_row: float,
-                  most: int, what: str, strategy: str) -> int:
+def rows_per_step(
+  given: int | None,
+  tokens_per_step: int | None,
+  tokens_per_row: float,
+  most: int,
+  what: str,
+  strategy: str,
+) -> int:
   """`given` if set; else the number of rows, each holding `tokens_per_row` real tokens on
   average, that makes `tokens_per_step` real tokens: at least 1, at most `most` (the rows the
   data can fill). This is how every strategy turns one work-per-step target into its own batch
@@ -228,42 +249,55 @@ def rows_per_step(given: int | None, tokens_per_step: int | None, tokens_per_row
   if given is not None:
     return _positive_int(given, what)
   if tokens_per_step is None:
-    raise ConfigError(f"{strategy} needs {what}, or tokens_per_step (real tokens per optimizer "
-                      f"step) to derive it from the data's lengths.")
+    raise ConfigError(
+      f"{strategy} needs {what}, or tokens_per_step (real tokens per optimizer "
+      f"step) to derive it from the data's lengths."
+    )
   tokens_per_step = _positive_int(tokens_per_step, "tokens_per_step")
   return int(min(max(most, 1), max(1, round(tokens_per_step / max(tokens_per_row, 1e-9)))))
 
 
-def _check_not_larger_than_data(batch_size: int, available: int, what: str, unit: str,
-                                fix: str) -> None:
+def _check_not_larger_than_data(
+  batch_size: int, available: int, what: str, unit: str, fix: str
+) -> None:
   """A batch wider than the data would be mostly empty rows on every step: refuse it."""
   if batch_size > available:
-    raise DataError(f"{what} {batch_size} is larger than the data, which has only {available} "
-                    f"{unit}; every step would compute {batch_size - available} or more empty "
-                    f"rows. {fix}")
+    raise DataError(
+      f"{what} {batch_size} is larger than the data, which has only {available} "
+      f"{unit}; every step would compute {batch_size - available} or more empty "
+      f"rows. {fix}"
+    )
 
 
 def _check_fits(dataset: RaggedDataset, limit: int, what: str, fix: str) -> None:
   too_long = np.flatnonzero(dataset.lengths > limit)
   if len(too_long):
     i = int(too_long[np.argmax(dataset.lengths[too_long])])
-    raise DataError(f"{len(too_long)} sequence(s) are longer than the {what} ({limit}); the longest "
-                    f"is sequence {i} with {int(dataset.lengths[i])} steps. {fix}")
+    raise DataError(
+      f"{len(too_long)} sequence(s) are longer than the {what} ({limit}); the longest "
+      f"is sequence {i} with {int(dataset.lengths[i])} steps. {fix}"
+    )
 
 
-def _fixed_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int,
-                   length: int | None) -> list[BatchPlan]:
+def _fixed_batches(
+  order: np.ndarray, lengths: np.ndarray, batch_size: int, length: int | None
+) -> list[BatchPlan]:
   """Whole sequences in `order`, batch_size per batch, padded to `length` (None: batch's max)."""
   plans = []
   for s in range(0, len(order), batch_size):
-    idx = order[s:s + batch_size]
+    idx = order[s : s + batch_size]
     t = int(lengths[idx].max()) if length is None else length
     plans.append(BatchPlan(batch_size, t, tuple(_whole(i, lengths[i]) for i in idx)))
   return plans
 
 
-def _packed_batches(bins: Sequence[Sequence[int]], lengths: np.ndarray, batch_size: int,
-                    length: int, rng: np.random.Generator) -> list[BatchPlan]:
+def _packed_batches(
+  bins: Sequence[Sequence[int]],
+  lengths: np.ndarray,
+  batch_size: int,
+  length: int,
+  rng: np.random.Generator,
+) -> list[BatchPlan]:
   """Rows of sequences laid back to back, `batch_size` rows per batch: the rows in a shuffled
   order, each row's members in a shuffled order (Pack, and Bucket with packed rows)."""
   rows = []
@@ -273,8 +307,10 @@ def _packed_batches(bins: Sequence[Sequence[int]], lengths: np.ndarray, batch_si
       row.append(Segment(int(i), 0, pos, int(lengths[i])))
       pos += int(lengths[i])
     rows.append(tuple(row))
-  return [BatchPlan(batch_size, length, tuple(rows[s:s + batch_size]))
-          for s in range(0, len(rows), batch_size)]
+  return [
+    BatchPlan(batch_size, length, tuple(rows[s : s + batch_size]))
+    for s in range(0, len(rows), batch_size)
+  ]
 
 
 class Pad(Strategy):
@@ -282,24 +318,41 @@ class Pad(Strategy):
 
   name = "pad"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
-               max_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
-               tokens_per_step: int | None = None):
+  def __init__(
+    self,
+    dataset: RaggedDataset,
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    seed: int = 0,
+    batch_multiple: int = 1,
+    tokens_per_step: int | None = None,
+  ):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = rows_per_step(batch_size, tokens_per_step, dataset.lengths.mean(),
-                                    len(dataset), "batch_size", self.name)
-    _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
-                                f"Lower batch_size to at most {len(dataset)}.")
+    self.batch_size = rows_per_step(
+      batch_size, tokens_per_step, dataset.lengths.mean(), len(dataset), "batch_size", self.name
+    )
+    _check_not_larger_than_data(
+      self.batch_size,
+      len(dataset),
+      "batch_size",
+      "sequences",
+      f"Lower batch_size to at most {len(dataset)}.",
+    )
     self.length = dataset.max_length if max_length is None else int(max_length)
-    _check_fits(dataset, self.length, "padded length max_length",
-                "Raise max_length, or use 'bucket' or 'tbptt' for long sequences.")
+    _check_fits(
+      dataset,
+      self.length,
+      "padded length max_length",
+      "Raise max_length, or use 'bucket' or 'tbptt' for long sequences.",
+    )
 
   def batch_settings(self) -> dict:
     return dict(batch_size=self.batch_size, length=self.length)
 
   def _plan(self, epoch, rng):
-    return _fixed_batches(rng.permutation(len(self.dataset)), self.dataset.lengths,
-                          self.batch_size, self.length)
+    return _fixed_batches(
+      rng.permutation(len(self.dataset)), self.dataset.lengths, self.batch_size, self.length
+    )
 
 
 class PadBatchMax(Strategy):
@@ -310,20 +363,33 @@ class PadBatchMax(Strategy):
 
   name = "pad_batch_max"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None, seed: int = 0,
-               batch_multiple: int = 1, tokens_per_step: int | None = None):
+  def __init__(
+    self,
+    dataset: RaggedDataset,
+    batch_size: int | None = None,
+    seed: int = 0,
+    batch_multiple: int = 1,
+    tokens_per_step: int | None = None,
+  ):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = rows_per_step(batch_size, tokens_per_step, dataset.lengths.mean(),
-                                    len(dataset), "batch_size", self.name)
-    _check_not_larger_than_data(self.batch_size, len(dataset), "batch_size", "sequences",
-                                f"Lower batch_size to at most {len(dataset)}.")
+    self.batch_size = rows_per_step(
+      batch_size, tokens_per_step, dataset.lengths.mean(), len(dataset), "batch_size", self.name
+    )
+    _check_not_larger_than_data(
+      self.batch_size,
+      len(dataset),
+      "batch_size",
+      "sequences",
+      f"Lower batch_size to at most {len(dataset)}.",
+    )
 
   def batch_settings(self) -> dict:
     return dict(batch_size=self.batch_size)
 
   def _plan(self, epoch, rng):
-    return _fixed_batches(rng.permutation(len(self.dataset)), self.dataset.lengths,
-                          self.batch_size, None)
+    return _fixed_batches(
+      rng.permutation(len(self.dataset)), self.dataset.lengths, self.batch_size, None
+    )
 
 
 def optimal_boundaries(lengths: Sequence[int] | np.ndarray, num_buckets: int) -> list[int]:
@@ -398,32 +464,51 @@ class Bucket(Strategy):
   name = "bucket"
   row_setting = "tokens_per_batch"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
-               boundaries: Sequence[int] | None = None, num_buckets: int | None = None,
-               tokens_per_batch: int | None = None, batch_multiple: int = 1, seed: int = 0,
-               pack_rows: bool = False, tokens_per_step: int | None = None):
+  def __init__(
+    self,
+    dataset: RaggedDataset,
+    batch_size: int | None = None,
+    boundaries: Sequence[int] | None = None,
+    num_buckets: int | None = None,
+    tokens_per_batch: int | None = None,
+    batch_multiple: int = 1,
+    seed: int = 0,
+    pack_rows: bool = False,
+    tokens_per_step: int | None = None,
+  ):
     super().__init__(dataset, seed, batch_multiple)
     if batch_size is not None and tokens_per_batch is not None:
-      raise ConfigError("bucket takes at most one of batch_size or tokens_per_batch (neither: "
-                        "tokens_per_step, real tokens per step, sets the batch sizes).")
+      raise ConfigError(
+        "bucket takes at most one of batch_size or tokens_per_batch (neither: "
+        "tokens_per_step, real tokens per step, sets the batch sizes)."
+      )
     if (boundaries is None) == (num_buckets is None):
       raise ConfigError("bucket needs exactly one of boundaries or num_buckets.")
     if boundaries is None:
       boundaries = optimal_boundaries(dataset.lengths, num_buckets)
     self.boundaries = [int(b) for b in boundaries]
-    if not self.boundaries or self.boundaries[0] < 1 or any(
-        b <= a for a, b in zip(self.boundaries, self.boundaries[1:])):
-      raise ConfigError(f"bucket boundaries must be positive and strictly increasing, got "
-                        f"{self.boundaries}.")
-    _check_fits(dataset, self.boundaries[-1], "largest bucket boundary",
-                "Add a boundary >= that length, or split long sequences (e.g. the 'tbptt' strategy).")
+    if (
+      not self.boundaries
+      or self.boundaries[0] < 1
+      or any(b <= a for a, b in zip(self.boundaries, self.boundaries[1:]))
+    ):
+      raise ConfigError(
+        f"bucket boundaries must be positive and strictly increasing, got {self.boundaries}."
+      )
+    _check_fits(
+      dataset,
+      self.boundaries[-1],
+      "largest bucket boundary",
+      "Add a boundary >= that length, or split long sequences (e.g. the 'tbptt' strategy).",
+    )
     self.bucket_of = np.searchsorted(self.boundaries, dataset.lengths)  # bucket index per sequence
     self.pack_rows = bool(pack_rows)
     self.rows = None
     row_bucket, row_real = self.bucket_of, dataset.lengths  # a row per sequence, or packed:
     if self.pack_rows:
-      self.rows = best_fit_rows(dataset.lengths, self.boundaries,
-                                np.random.default_rng([self.seed, 1]))
+      self.rows = best_fit_rows(
+        dataset.lengths, self.boundaries, np.random.default_rng([self.seed, 1])
+      )
       row_bucket = [k for k, _ in self.rows]
       row_real = [int(dataset.lengths[members].sum()) for _, members in self.rows]
     per_bucket = np.bincount(row_bucket, minlength=len(self.boundaries))
@@ -433,21 +518,28 @@ class Bucket(Strategy):
       most = [max(1, tokens_per_batch // b) for b in self.boundaries]
     elif batch_size is not None:
       most = [_positive_int(batch_size)] * len(self.boundaries)
-      _check_not_larger_than_data(most[0], len(dataset), "batch_size", "sequences",
-                                  f"Lower batch_size to at most {len(dataset)}, or use "
-                                  f"tokens_per_batch.")
+      _check_not_larger_than_data(
+        most[0],
+        len(dataset),
+        "batch_size",
+        "sequences",
+        f"Lower batch_size to at most {len(dataset)}, or use tokens_per_batch.",
+      )
     else:  # as many batches as the bucket's real tokens make steps (rounded, at least one)
       if tokens_per_step is None:
-        raise ConfigError("bucket needs batch_size, tokens_per_batch, or tokens_per_step (real "
-                          "tokens per optimizer step) to derive its batch sizes from.")
+        raise ConfigError(
+          "bucket needs batch_size, tokens_per_batch, or tokens_per_step (real "
+          "tokens per optimizer step) to derive its batch sizes from."
+        )
       tokens_per_step = _positive_int(tokens_per_step, "tokens_per_step")
-      most = [-(-int(n) // max(1, round(r / tokens_per_step))) if n else 1
-              for n, r in zip(per_bucket, real)]
+      most = [
+        -(-int(n) // max(1, round(r / tokens_per_step))) if n else 1
+        for n, r in zip(per_bucket, real)
+      ]
     self.batch_sizes = [_balanced(int(n), b) for n, b in zip(per_bucket, most)]
 
   def batch_settings(self) -> dict:
-    return dict(boundaries=self.boundaries, batch_sizes=self.batch_sizes,
-                pack_rows=self.pack_rows)
+    return dict(boundaries=self.boundaries, batch_sizes=self.batch_sizes, pack_rows=self.pack_rows)
 
   def _plan(self, epoch, rng):
     plans = []
@@ -470,8 +562,9 @@ def _balanced(rows: int, most: int) -> int:
   return -(-rows // batches)
 
 
-def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int],
-                  rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+def best_fit_rows(
+  lengths: np.ndarray, boundaries: Sequence[int], rng: np.random.Generator
+) -> list[tuple[int, list[int]]]:
   """Rows of bucket lengths, each holding sequences back to back: (bucket index, members).
 
   Best-fit decreasing over bins of several capacities: sequences, longest first (ties broken by
@@ -483,7 +576,7 @@ def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int],
   lengths = np.asarray(lengths, np.int64)
   order = np.lexsort((rng.permutation(len(lengths)), -lengths))
   top = int(boundaries[-1])
-  count = np.zeros(top + 1, np.int64)          # open rows per free space
+  count = np.zeros(top + 1, np.int64)  # open rows per free space
   by_free: dict[int, list[int]] = {}
   rows: list[tuple[int, list[int]]] = []
   for idx in order:
@@ -505,7 +598,9 @@ def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int],
   return rows
 
 
-def first_fit_decreasing(lengths: np.ndarray, capacity: int, rng: np.random.Generator) -> list[list[int]]:
+def first_fit_decreasing(
+  lengths: np.ndarray, capacity: int, rng: np.random.Generator
+) -> list[list[int]]:
   """Bins (lists of indices) packing `lengths` into `capacity` by first-fit decreasing.
 
   Ties in length are broken by `rng`. A segment tree over the bins' free space finds the first bin
@@ -516,7 +611,7 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int, rng: np.random.Gene
   size = 1
   while size < n:
     size *= 2
-  free = [0] * (2 * size)   # max free space in each subtree; leaves are bins
+  free = [0] * (2 * size)  # max free space in each subtree; leaves are bins
   for i in range(size, 2 * size):
     free[i] = capacity
   for i in range(size - 1, 0, -1):
@@ -525,7 +620,7 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int, rng: np.random.Gene
   for idx in order:
     need = int(lengths[idx])
     node = 1
-    while node < size:    # leftmost leaf with room
+    while node < size:  # leftmost leaf with room
       node = 2 * node if free[2 * node] >= need else 2 * node + 1
     b = node - size
     if b == len(bins):
@@ -550,21 +645,41 @@ class Pack(Strategy):
 
   name = "pack"
 
-  def __init__(self, dataset: RaggedDataset, batch_size: int | None = None,
-               row_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
-               tokens_per_step: int | None = None):
+  def __init__(
+    self,
+    dataset: RaggedDataset,
+    batch_size: int | None = None,
+    row_length: int | None = None,
+    seed: int = 0,
+    batch_multiple: int = 1,
+    tokens_per_step: int | None = None,
+  ):
     super().__init__(dataset, seed, batch_multiple)
     self.length = dataset.max_length if row_length is None else int(row_length)
-    _check_fits(dataset, self.length, "row length",
-                "Raise row_length, or use 'tbptt', which splits long sequences.")
-    self.bins = first_fit_decreasing(dataset.lengths, self.length,
-                                     np.random.default_rng([self.seed, 1]))  # packing: its own stream
-    self.batch_size = rows_per_step(batch_size, tokens_per_step,
-                                    dataset.num_steps / len(self.bins), len(self.bins),
-                                    "batch_size", self.name)
-    _check_not_larger_than_data(self.batch_size, len(self.bins), "batch_size", "packed rows of "
-                                f"{self.length} steps", f"Lower batch_size to at most "
-                                f"{len(self.bins)}, or shorten row_length.")
+    _check_fits(
+      dataset,
+      self.length,
+      "row length",
+      "Raise row_length, or use 'tbptt', which splits long sequences.",
+    )
+    self.bins = first_fit_decreasing(
+      dataset.lengths, self.length, np.random.default_rng([self.seed, 1])
+    )  # packing: its own stream
+    self.batch_size = rows_per_step(
+      batch_size,
+      tokens_per_step,
+      dataset.num_steps / len(self.bins),
+      len(self.bins),
+      "batch_size",
+      self.name,
+    )
+    _check_not_larger_than_data(
+      self.batch_size,
+      len(self.bins),
+      "batch_size",
+      f"packed rows of {self.length} steps",
+      f"Lower batch_size to at most {len(self.bins)}, or shorten row_length.",
+    )
 
   def batch_settings(self) -> dict:
     return dict(batch_size=self.batch_size, row_length=self.length)
@@ -586,18 +701,32 @@ class TBPTT(Strategy):
   carries_state = True
   row_setting = "num_streams"
 
-  def __init__(self, dataset: RaggedDataset, num_streams: int | None = None,
-               chunk_length: int | None = None, seed: int = 0, batch_multiple: int = 1,
-               tokens_per_step: int | None = None):
+  def __init__(
+    self,
+    dataset: RaggedDataset,
+    num_streams: int | None = None,
+    chunk_length: int | None = None,
+    seed: int = 0,
+    batch_multiple: int = 1,
+    tokens_per_step: int | None = None,
+  ):
     super().__init__(dataset, seed, batch_multiple)
     if not isinstance(chunk_length, (int, np.integer)) or chunk_length < 1:
-      raise ConfigError(f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
-                        f"number of steps backpropagated through per train step.")
+      raise ConfigError(
+        f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
+        f"number of steps backpropagated through per train step."
+      )
     self.chunk_length = int(chunk_length)
-    self.num_streams = rows_per_step(num_streams, tokens_per_step, self.chunk_length,
-                                     len(dataset), "num_streams", self.name)
-    _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
-                                f"Lower num_streams to at most {len(dataset)}.")
+    self.num_streams = rows_per_step(
+      num_streams, tokens_per_step, self.chunk_length, len(dataset), "num_streams", self.name
+    )
+    _check_not_larger_than_data(
+      self.num_streams,
+      len(dataset),
+      "num_streams",
+      "sequences",
+      f"Lower num_streams to at most {len(dataset)}.",
+    )
 
   def batch_settings(self) -> dict:
     return dict(num_streams=self.num_streams, chunk_length=self.chunk_length)
@@ -606,8 +735,9 @@ class TBPTT(Strategy):
     placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
     k = self.chunk_length
     starts = list(range(0, total, k))
-    return _cut_chunks(self.dataset.lengths, self.num_streams, placed, starts, [k] * len(starts),
-                       [k] * len(starts))
+    return _cut_chunks(
+      self.dataset.lengths, self.num_streams, placed, starts, [k] * len(starts), [k] * len(starts)
+    )
 
 
 def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator):
@@ -622,8 +752,15 @@ def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator
   return placed, max(load for load, _ in heap)
 
 
-def _cut_chunks(lengths, num_streams: int, placed, starts: list[int], spans: list[int],
-                shapes: list[int], lr_scales: list[float] | None = None) -> list[BatchPlan]:
+def _cut_chunks(
+  lengths,
+  num_streams: int,
+  placed,
+  starts: list[int],
+  spans: list[int],
+  shapes: list[int],
+  lr_scales: list[float] | None = None,
+) -> list[BatchPlan]:
   """Batches of the streams' steps [starts[c], starts[c] + spans[c]), each padded to shapes[c]."""
   rows = [[[] for _ in range(num_streams)] for _ in starts]
   for s, i, p in placed:
@@ -633,8 +770,10 @@ def _cut_chunks(lengths, num_streams: int, placed, starts: list[int], spans: lis
       if hi > lo:
         rows[c][s].append(Segment(i, lo - p, lo - starts[c], hi - lo))
   scales = lr_scales or [1.0] * len(starts)
-  return [BatchPlan(num_streams, t, tuple(tuple(r) for r in chunk), lr_scale=a)
-          for chunk, t, a in zip(rows, shapes, scales)]
+  return [
+    BatchPlan(num_streams, t, tuple(tuple(r) for r in chunk), lr_scale=a)
+    for chunk, t, a in zip(rows, shapes, scales)
+  ]
 
 
 class VariableTBPTT(Strategy):
@@ -655,38 +794,55 @@ class VariableTBPTT(Strategy):
   carries_state = True
   row_setting = "num_streams"
 
-  def __init__(self, dataset: RaggedDataset, num_streams: int | None = None,
-               base_length: int | None = None, chunk_shapes: Sequence[int] | None = None,
-               p_base: float = 0.95, sigma: float = 5.0, min_length: int = 5, seed: int = 0,
-               batch_multiple: int = 1, tokens_per_step: int | None = None):
+  def __init__(
+    self,
+    dataset: RaggedDataset,
+    num_streams: int | None = None,
+    base_length: int | None = None,
+    chunk_shapes: Sequence[int] | None = None,
+    p_base: float = 0.95,
+    sigma: float = 5.0,
+    min_length: int = 5,
+    seed: int = 0,
+    batch_multiple: int = 1,
+    tokens_per_step: int | None = None,
+  ):
     super().__init__(dataset, seed, batch_multiple)
     self.base_length = _positive_int(base_length, "base_length")
     if self.base_length < 2 * min_length:
-      raise ConfigError(f"base_length must be >= {2 * min_length} (twice min_length), got "
-                        f"{base_length}.")
+      raise ConfigError(
+        f"base_length must be >= {2 * min_length} (twice min_length), got {base_length}."
+      )
     b = self.base_length
     shapes = chunk_shapes if chunk_shapes is not None else (b // 2 + 10, b, b + 10, b + 20)
     self.chunk_shapes = sorted({_positive_int(int(t), "chunk shape") for t in shapes})
     if self.chunk_shapes[-1] < b:
-      raise ConfigError(f"the largest chunk shape ({self.chunk_shapes[-1]}) must be >= "
-                        f"base_length ({b}).")
+      raise ConfigError(
+        f"the largest chunk shape ({self.chunk_shapes[-1]}) must be >= base_length ({b})."
+      )
     self.p_base, self.sigma, self.min_length = float(p_base), float(sigma), int(min_length)
     # a step's mean length: base_length, or half of it with probability 1 - p_base
     mean_chunk = self.base_length * (self.p_base + (1 - self.p_base) / 2)
-    self.num_streams = rows_per_step(num_streams, tokens_per_step, mean_chunk, len(dataset),
-                                     "num_streams", self.name)
-    _check_not_larger_than_data(self.num_streams, len(dataset), "num_streams", "sequences",
-                                f"Lower num_streams to at most {len(dataset)}.")
+    self.num_streams = rows_per_step(
+      num_streams, tokens_per_step, mean_chunk, len(dataset), "num_streams", self.name
+    )
+    _check_not_larger_than_data(
+      self.num_streams,
+      len(dataset),
+      "num_streams",
+      "sequences",
+      f"Lower num_streams to at most {len(dataset)}.",
+    )
 
   def batch_settings(self) -> dict:
-    return dict(num_streams=self.num_streams, base_length=self.base_length,
-                chunk_shapes=self.chunk_shapes)
+    return dict(
+      num_streams=self.num_streams, base_length=self.base_length, chunk_shapes=self.chunk_shapes
+    )
 
   def draw_length(self, rng: np.random.Generator) -> int:
     """One chunk length, AWD-LSTM's rule, clipped to [min_length, largest shape]."""
     mean = self.base_length if rng.random() < self.p_base else self.base_length / 2
-    return int(np.clip(round(rng.normal(mean, self.sigma)), self.min_length,
-                       self.chunk_shapes[-1]))
+    return int(np.clip(round(rng.normal(mean, self.sigma)), self.min_length, self.chunk_shapes[-1]))
 
   def _plan(self, epoch, rng):
     placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
@@ -698,12 +854,20 @@ class VariableTBPTT(Strategy):
       spans.append(n)
       pos += n
     shapes = [self.chunk_shapes[bisect.bisect_left(self.chunk_shapes, n)] for n in spans]
-    return _cut_chunks(self.dataset.lengths, self.num_streams, placed, starts, spans, shapes,
-                       [n / self.base_length for n in spans])
+    return _cut_chunks(
+      self.dataset.lengths,
+      self.num_streams,
+      placed,
+      starts,
+      spans,
+      shapes,
+      [n / self.base_length for n in spans],
+    )
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Pad, Bucket, TBPTT, VariableTBPTT, Pack, PadBatchMax)}
+  cls.name: cls for cls in (Pad, Bucket, TBPTT, VariableTBPTT, Pack, PadBatchMax)
+}
 
 
 def make_strategy(name: str, dataset: RaggedDataset, **kwargs) -> Strategy:

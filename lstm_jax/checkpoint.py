@@ -40,9 +40,9 @@ from lstm_jax.workdir import check_settings
 @dataclasses.dataclass
 class Restored:
   step: int
-  state: Any          # the TrainState, params/opt_state/step/rng replaced
-  carry: Any          # the carry handed to the next step
-  stream: dict        # epoch, index, real_tokens, history, identity keys, caller's extra
+  state: Any  # the TrainState, params/opt_state/step/rng replaced
+  carry: Any  # the carry handed to the next step
+  stream: dict  # epoch, index, real_tokens, history, identity keys, caller's extra
 
 
 class Checkpointer:
@@ -55,21 +55,31 @@ class Checkpointer:
     async_save: write in the background (the default); False blocks until written.
   """
 
-  def __init__(self, directory: str | os.PathLike, every_steps: int = 100, keep: int = 3,
-               async_save: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    every_steps: int = 100,
+    keep: int = 3,
+    async_save: bool = True,
+  ):
     if not isinstance(every_steps, int) or every_steps < 0:
-      raise ConfigError(f"checkpoint every_steps must be an integer >= 0 (0: only at the end), "
-                        f"got {every_steps!r}.")
+      raise ConfigError(
+        f"checkpoint every_steps must be an integer >= 0 (0: only at the end), got {every_steps!r}."
+      )
     if not isinstance(keep, int) or keep < 1:
       raise ConfigError(f"checkpoint keep must be an integer >= 1, got {keep!r}.")
     self.directory = os.path.abspath(os.fspath(directory))
     self.every_steps = every_steps
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("arrays", "stream"))
-    self._writing: int | None = None    # the newest step handed to orbax
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=True,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("arrays", "stream")
+    )
+    self._writing: int | None = None  # the newest step handed to orbax
     self._failure: CheckpointError | None = None
 
   def steps(self) -> list[int]:
@@ -93,8 +103,13 @@ class Checkpointer:
     arrays = jax.tree.map(jnp.copy, _arrays_of(state, carry))  # the step donates the originals
     stream = json.loads(json.dumps(stream))  # a snapshot: the write runs after the caller moves on
     try:  # orbax also raises here what went wrong in the previous background write
-      saved = self.manager.save(step, args=ocp.args.Composite(
-          arrays=ocp.args.StandardSave(arrays), stream=ocp.args.JsonSave(stream)), force=True)
+      saved = self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          arrays=ocp.args.StandardSave(arrays), stream=ocp.args.JsonSave(stream)
+        ),
+        force=True,
+      )
     except Exception as e:  # no space, permissions, I/O: orbax and tensorstore raise many kinds
       raise self._write_failed(e, step) from e
     self._writing = step
@@ -113,24 +128,38 @@ class Checkpointer:
     for step in reversed(steps):
       path = os.path.join(self.directory, str(step))
       try:
-        got = self.manager.restore(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(template), stream=ocp.args.JsonRestore()))
+        got = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(template), stream=ocp.args.JsonRestore()
+          ),
+        )
         arrays, stream = got["arrays"], dict(got["stream"])
         if jax.tree.structure(arrays) != jax.tree.structure(template):
           raise ValueError("its arrays do not have the structure of this run's state")
       except Exception as e:  # orbax/tensorstore raise many kinds; each means "unreadable"
         cause = str(e).splitlines()[0].split(" [tensorstore_spec")[0]  # drop the long spec dump
         errors.append(f"{path}: {type(e).__name__}: {cause[:600]}")
-        warnings.warn(f"checkpoint {path} is damaged or incomplete ({errors[-1]}); falling back "
-                      f"to the previous one.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+          f"checkpoint {path} is damaged or incomplete ({errors[-1]}); falling back "
+          f"to the previous one.",
+          RuntimeWarning,
+          stacklevel=2,
+        )
         continue
       _check_identity(path, stream, identity)
-      state = state.replace(params=arrays["params"], opt_state=arrays["opt_state"],
-                            step=arrays["step"], rng=arrays["rng"])
+      state = state.replace(
+        params=arrays["params"],
+        opt_state=arrays["opt_state"],
+        step=arrays["step"],
+        rng=arrays["rng"],
+      )
       return Restored(step=step, state=state, carry=arrays["carry"], stream=stream)
     raise CheckpointError(
-        f"every checkpoint in {self.directory} is damaged or incomplete:\n  " + "\n  ".join(errors)
-        + f"\nDelete {self.directory} (or run with --config.resume=False) to start over.")
+      f"every checkpoint in {self.directory} is damaged or incomplete:\n  "
+      + "\n  ".join(errors)
+      + f"\nDelete {self.directory} (or run with --config.resume=False) to start over."
+    )
 
   def read(self, step: int | None = None) -> tuple[dict, dict]:
     """(arrays, stream) of checkpoint `step` (default: the newest) as saved, without a template:
@@ -138,8 +167,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}.")
-    got = self.manager.restore(step, args=ocp.args.Composite(
-        arrays=ocp.args.StandardRestore(), stream=ocp.args.JsonRestore()))
+    got = self.manager.restore(
+      step,
+      args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), stream=ocp.args.JsonRestore()),
+    )
     return got["arrays"], dict(got["stream"])
 
   @staticmethod
@@ -147,17 +178,26 @@ class Checkpointer:
     """Raises CheckpointError if the newest readable checkpoint in `directory` was saved with
     other settings (see `fit(settings=...)`); reads only its JSON part. Nothing to check (no
     checkpoint, or none readable) passes: restoring handles those."""
-    manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("arrays", "stream"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = ocp.CheckpointManager(
+      os.path.abspath(directory),
+      item_names=("arrays", "stream"),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+    )
     try:
       for step in sorted(manager.all_steps(), reverse=True):
         try:
-          stream = dict(manager.restore(step, args=ocp.args.Composite(
-              stream=ocp.args.JsonRestore()))["stream"])
+          stream = dict(
+            manager.restore(step, args=ocp.args.Composite(stream=ocp.args.JsonRestore()))["stream"]
+          )
         except Exception:  # damaged: restore() falls back past it, and says so
           continue
-        check_settings(os.path.join(directory, str(step)), stream.get("settings"), settings,
-                       "checkpoint", CheckpointError)
+        check_settings(
+          os.path.join(directory, str(step)),
+          stream.get("settings"),
+          settings,
+          "checkpoint",
+          CheckpointError,
+        )
         return
     finally:
       manager.close()
@@ -187,14 +227,18 @@ class Checkpointer:
     free = shutil.disk_usage(self.directory).free
     good = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
     self._failure = CheckpointError(
-        f"could not write the checkpoint{f' of step {step}' if step is not None else ''} in "
-        f"{self.directory}: {type(error).__name__}: {cause} ({free / 2**20:,.1f} MiB free there). "
-        + (f"The partial write was removed ({', '.join(partial)}). " if partial else "")
-        + (f"The complete checkpoints (steps {good}) are intact: free some space (or fix the "
-           f"directory's permissions) and run the same command again to resume from step "
-           f"{good[-1]}." if good else
-           "No complete checkpoint exists yet: free some space (or fix the directory's "
-           "permissions) and run the same command again."))
+      f"could not write the checkpoint{f' of step {step}' if step is not None else ''} in "
+      f"{self.directory}: {type(error).__name__}: {cause} ({free / 2**20:,.1f} MiB free there). "
+      + (f"The partial write was removed ({', '.join(partial)}). " if partial else "")
+      + (
+        f"The complete checkpoints (steps {good}) are intact: free some space (or fix the "
+        f"directory's permissions) and run the same command again to resume from step "
+        f"{good[-1]}."
+        if good
+        else "No complete checkpoint exists yet: free some space (or fix the directory's "
+        "permissions) and run the same command again."
+      )
+    )
     return self._failure
 
   def close(self) -> None:
@@ -202,8 +246,9 @@ class Checkpointer:
 
 
 def _arrays_of(state, carry) -> dict:
-  return dict(params=state.params, opt_state=state.opt_state, step=state.step, rng=state.rng,
-              carry=carry)
+  return dict(
+    params=state.params, opt_state=state.opt_state, step=state.step, rng=state.rng, carry=carry
+  )
 
 
 def _check_identity(path: str, stream: dict, identity: dict | None) -> None:
@@ -214,7 +259,9 @@ def _check_identity(path: str, stream: dict, identity: dict | None) -> None:
   diff = {k: (stream.get(k), v) for k, v in identity.items() if stream.get(k) != v}
   if diff:
     said = ", ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, (a, b) in diff.items())
-    raise CheckpointError(f"checkpoint {path} was written by a different run ({said}); use a "
-                          f"new workdir, or --config.resume=False to start over.")
+    raise CheckpointError(
+      f"checkpoint {path} was written by a different run ({said}); use a "
+      f"new workdir, or --config.resume=False to start over."
+    )
   if settings is not None:
     check_settings(path, stream.get("settings"), settings, "checkpoint", CheckpointError)

@@ -80,10 +80,16 @@ class ExecutableCache:
 
   def key(self, traced: Any, jit_kwargs: dict) -> str:
     h = hashlib.sha256()
-    for part in (sys.version, jax.__version__, jaxlib.__version__, os.environ.get("XLA_FLAGS", ""),
-                 repr([(d.platform, d.device_kind, d.id) for d in jax.devices()]),
-                 repr(sorted((k, repr(v)) for k, v in jit_kwargs.items())),
-                 repr(traced.donate_argnums), str(traced.jaxpr)):
+    for part in (
+      sys.version,
+      jax.__version__,
+      jaxlib.__version__,
+      os.environ.get("XLA_FLAGS", ""),
+      repr([(d.platform, d.device_kind, d.id) for d in jax.devices()]),
+      repr(sorted((k, repr(v)) for k, v in jit_kwargs.items())),
+      repr(traced.donate_argnums),
+      str(traced.jaxpr),
+    ):
       h.update(part.encode())
       h.update(b"\0")
     for c in traced.jaxpr.consts:
@@ -104,8 +110,10 @@ class ExecutableCache:
         payload = f.read()
       return serialize_executable.deserialize_and_load(payload, traced.in_tree, traced.out_tree)
     except Exception as e:  # damaged or from an incompatible build: compile again
-      warnings.warn(f"executable cache entry {path} could not be loaded ({type(e).__name__}: "
-                    f"{str(e)[:200]}); removing it and compiling again.")
+      warnings.warn(
+        f"executable cache entry {path} could not be loaded ({type(e).__name__}: "
+        f"{str(e)[:200]}); removing it and compiling again."
+      )
       os.remove(path)
       return None
 
@@ -124,13 +132,13 @@ class CompileRecord:
   label: str
   traces: int = 0
   compiles: int = 0
-  cache_loads: int = 0                 # of the compiles, how many loaded an ExecutableCache entry
+  cache_loads: int = 0  # of the compiles, how many loaded an ExecutableCache entry
   lower_seconds: float = 0.0
   compile_seconds: float = 0.0
-  temp_bytes: int | None = None        # XLA's scratch memory for one call
+  temp_bytes: int | None = None  # XLA's scratch memory for one call
   argument_bytes: int | None = None
   output_bytes: int | None = None
-  alias_bytes: int | None = None       # outputs written into donated arguments
+  alias_bytes: int | None = None  # outputs written into donated arguments
 
   @property
   def seconds(self) -> float:
@@ -142,8 +150,10 @@ def _leaf_signature(x) -> tuple:
     return (tuple(x.shape), np.dtype(x.dtype).str, bool(getattr(x, "weak_type", False)))
   if isinstance(x, (np.generic,)):
     return ((), x.dtype.str, False)
-  raise TypeError(f"CountedJit takes arrays only (got {type(x).__name__}); make Python values "
-                  f"static fields of a pytree, or wrap them with jnp.asarray.")
+  raise TypeError(
+    f"CountedJit takes arrays only (got {type(x).__name__}); make Python values "
+    f"static fields of a pytree, or wrap them with jnp.asarray."
+  )
 
 
 def signature(args: Sequence[Any]) -> tuple:
@@ -162,8 +172,15 @@ class CountedJit:
     **jit_kwargs: passed on to `jax.jit` (e.g. in_shardings / out_shardings).
   """
 
-  def __init__(self, fn: Callable, *, name: str, donate_argnums: Sequence[int] = (),
-               label_argnum: int = 1, **jit_kwargs):
+  def __init__(
+    self,
+    fn: Callable,
+    *,
+    name: str,
+    donate_argnums: Sequence[int] = (),
+    label_argnum: int = 1,
+    **jit_kwargs,
+  ):
     self.fn = fn
     self.name = name
     self.label_argnum = label_argnum
@@ -171,10 +188,12 @@ class CountedJit:
     self._executables: dict[tuple, Any] = {}
     self._tracing: CompileRecord | None = None
     self._jit_kwargs = jit_kwargs  # shardings etc., part of the executable cache's key
+
     def traced(*args):
       if self._tracing is not None:
         self._tracing.traces += 1
       return self.fn(*args)
+
     traced.__name__ = traced.__qualname__ = name  # HLO module and cache entries say jit_<name>
     self._jitted = jax.jit(traced, donate_argnums=tuple(donate_argnums), **jit_kwargs)
 
@@ -252,12 +271,22 @@ class CountedJit:
     return sum(r.cache_loads for r in self.records.values())
 
   def summary(self) -> dict:
-    return dict(name=self.name, traces=self.traces, compiles=self.compiles,
-                cache_loads=self.cache_loads, compile_seconds=self.compile_seconds,
-                per_shape={r.label: dict(traces=r.traces, compiles=r.compiles,
-                                         seconds=round(r.seconds, 4), temp_bytes=r.temp_bytes)
-                           for r in self.records.values()})
+    return dict(
+      name=self.name,
+      traces=self.traces,
+      compiles=self.compiles,
+      cache_loads=self.cache_loads,
+      compile_seconds=self.compile_seconds,
+      per_shape={
+        r.label: dict(
+          traces=r.traces, compiles=r.compiles, seconds=round(r.seconds, 4), temp_bytes=r.temp_bytes
+        )
+        for r in self.records.values()
+      },
+    )
 
   def __repr__(self) -> str:
-    return (f"CountedJit({self.name}: {self.compiles} compiles, {self.traces} traces, "
-            f"{self.compile_seconds:.2f}s)")
+    return (
+      f"CountedJit({self.name}: {self.compiles} compiles, {self.traces} traces, "
+      f"{self.compile_seconds:.2f}s)"
+    )

@@ -26,9 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = "default"
   c.seed = 0
-  c.seeds = 1                        # seeds seed, seed+1, ...; reported as mean and spread
+  c.seeds = 1  # seeds seed, seed+1, ...; reported as mean and spread
   c.strategies = STRATEGIES
-  c.target_eval_loss = 0.0           # 0: the worst final eval loss among the strategies
+  c.target_eval_loss = 0.0  # 0: the worst final eval loss among the strategies
   # JAX's persistent compilation cache ("" : off): a rerun loads compiled steps from here.
   c.compile_cache_dir = ""
   # glibc malloc keeps freed scratch memory for the next step (lstm_jax.host): CPU train steps
@@ -39,68 +39,91 @@ def base_config() -> ml_collections.ConfigDict:
   c.resume = True
   c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=50, keep=3))
 
-  c.data = ml_collections.ConfigDict(dict(
-      source="stdlib_functions",     # see lstm_jax.sources.SOURCES
-      path="",                       # text_dir / text_lines / npz
-      suffix=".txt",                 # text_dir: which files
-      min_length=16, max_length=1024,  # bytes per sequence kept (max_length 0: no limit)
-      include_tests=False,           # stdlib: also the test folders
-      max_sequences=0,               # subsample (seeded by split_seed) before the split
-      eval_fraction=0.05, split_seed=0,
-      num_sequences=4000, seed=0,    # synthetic tasks
-      lengths=ml_collections.ConfigDict(dict(kind="lognormal", min_length=2, max_length=200,
-                                             median=40.0, sigma=0.8, values=(0,))),
-  ))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="stdlib_functions",  # see lstm_jax.sources.SOURCES
+      path="",  # text_dir / text_lines / npz
+      suffix=".txt",  # text_dir: which files
+      min_length=16,
+      max_length=1024,  # bytes per sequence kept (max_length 0: no limit)
+      include_tests=False,  # stdlib: also the test folders
+      max_sequences=0,  # subsample (seeded by split_seed) before the split
+      eval_fraction=0.05,
+      split_seed=0,
+      num_sequences=4000,
+      seed=0,  # synthetic tasks
+      lengths=ml_collections.ConfigDict(
+        dict(kind="lognormal", min_length=2, max_length=200, median=40.0, sigma=0.8, values=(0,))
+      ),
+    )
+  )
   # Data parallel: a mesh over this many local devices (0: all); batches must divide by it.
   c.mesh = ml_collections.ConfigDict(dict(num_devices=0))
   # Multi-host: every process runs the same command with its own process_id.
-  c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator="localhost:12355",
-                                                 num_processes=1, process_id=0))
+  c.distributed = ml_collections.ConfigDict(
+    dict(enabled=False, coordinator="localhost:12355", num_processes=1, process_id=0)
+  )
   # Dropout: between layers, and variational (one mask per sequence) on the LSTM's inputs and
   # outputs; off in evaluation, seeded from the step. matmul_dtype: "float32" (exact) or
   # "bfloat16" (bfloat16 matmul operands, float32 accumulation: faster on some CPUs with
   # bfloat16 dot products, slower on others; numbers differ by bfloat16 rounding). backward:
   # "manual" (hand-written reverse scan, faster) or "autodiff" (JAX differentiates the
   # nn.scan), see model.LSTMLayer.
-  c.model = ml_collections.ConfigDict(dict(hidden_size=128, num_layers=1, embed_dim=32,
-                                           input_projection="auto", dropout_rate=0.0,
-                                           input_dropout=0.0, output_dropout=0.0,
-                                           backward="manual", matmul_dtype="float32"))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      hidden_size=128,
+      num_layers=1,
+      embed_dim=32,
+      input_projection="auto",
+      dropout_rate=0.0,
+      input_dropout=0.0,
+      output_dropout=0.0,
+      backward="manual",
+      matmul_dtype="float32",
+    )
+  )
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
   # tokens_per_step: real (non-padding) tokens per optimizer step, the work every strategy's
   # step does: each strategy's rows per batch (left None under config.strategy) are derived from
   # it and the data's own lengths, so an equal real-token budget means equal optimizer steps.
-  c.train = ml_collections.ConfigDict(dict(real_tokens=600_000, epochs=0,
-                                           eval_every_tokens=50_000, tokens_per_step=8192))
-  c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4,
-                                          max_sequences=400))
+  c.train = ml_collections.ConfigDict(
+    dict(real_tokens=600_000, epochs=0, eval_every_tokens=50_000, tokens_per_step=8192)
+  )
+  c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4, max_sequences=400))
   # Each strategy's own settings. Rows per batch left None (pad/pad_batch_max/pack batch_size,
   # bucket's batch_size and tokens_per_batch, tbptt/vbptt num_streams) are derived from
   # train.tokens_per_step; set one to override it (the row is flagged if its step count then
   # differs from the others'). Whole documents (text_dir, stdlib_files): pad, bucket and pack
   # keep every sequence whole in one row, so one long file sets their row length (and memory);
   # tbptt and vbptt cut sequences into chunks and suit documents of any length.
-  c.strategy = ml_collections.ConfigDict(dict(
+  c.strategy = ml_collections.ConfigDict(
+    dict(
       pad=dict(batch_size=placeholder(int), max_length=placeholder(int)),
       # pack_rows: several sequences per bucket row (resets between): less padding, same shapes
-      bucket=dict(tokens_per_batch=placeholder(int), batch_size=placeholder(int), num_buckets=8,
-                  boundaries=placeholder(tuple), pack_rows=False),
+      bucket=dict(
+        tokens_per_batch=placeholder(int),
+        batch_size=placeholder(int),
+        num_buckets=8,
+        boundaries=placeholder(tuple),
+        pack_rows=False,
+      ),
       tbptt=dict(num_streams=placeholder(int), chunk_length=256),
       # AWD-LSTM's variable-length BPTT around base_length; chunk_shapes None: 4 shapes
       vbptt=dict(num_streams=placeholder(int), base_length=256, chunk_shapes=placeholder(tuple)),
       # row_length: fixed, so a longer sequence is refused instead of widening every row
       # (None: the longest sequence)
-      pack=dict(batch_size=placeholder(int),
-                row_length=ml_collections.FieldReference(1024, field_type=int)),
+      pack=dict(
+        batch_size=placeholder(int), row_length=ml_collections.FieldReference(1024, field_type=int)
+      ),
       pad_batch_max=dict(batch_size=placeholder(int)),
-  ))
+    )
+  )
   # Row guards (lstm_jax.guards), checked before anything trains: every strategy takes at least
   # min_steps optimizer steps within the budget, and its largest train step needs at most
   # max_step_memory bytes by XLA's memory analysis (0: half of this machine's memory, or 90% of
   # an accelerator's). After training, a row whose optimizer steps differ from the median row's
   # by more than step_tolerance (a fraction) is marked not comparable and never ranked.
-  c.guards = ml_collections.ConfigDict(dict(min_steps=20, max_step_memory=0,
-                                            step_tolerance=0.1))
+  c.guards = ml_collections.ConfigDict(dict(min_steps=20, max_step_memory=0, step_tolerance=0.1))
 
   return c
 
@@ -112,8 +135,14 @@ SETTINGS_SECTIONS = ("data", "model", "optimizer", "train", "eval")
 SETTINGS_VERSIONS = ("python", "jax", "jaxlib", "flax", "optax", "numpy", "backend")
 
 
-def run_settings(cfg: ml_collections.ConfigDict, name: str, seed: int, data_identity: dict,
-                 versions: dict, devices: int) -> dict:
+def run_settings(
+  cfg: ml_collections.ConfigDict,
+  name: str,
+  seed: int,
+  data_identity: dict,
+  versions: dict,
+  devices: int,
+) -> dict:
   """Everything that changes the numbers of strategy `name`'s run with `seed`, as a flat
   {"section.key": value} dict (JSON values): the config sections above, the strategy's own
   settings, the seed, the device count, the data's fingerprints and the versions of the
@@ -130,10 +159,12 @@ def run_settings(cfg: ml_collections.ConfigDict, name: str, seed: int, data_iden
   for section in SETTINGS_SECTIONS:
     add(f"{section}.", cfg[section])
   add(f"strategy.{name}.", cfg.strategy[name])
-  flat.update(seed=int(seed), devices=int(devices),
-              **{f"data.{k}": data_identity.get(k) for k in ("train_fingerprint",
-                                                              "eval_fingerprint")},
-              **{f"versions.{k}": versions.get(k) for k in SETTINGS_VERSIONS})
+  flat.update(
+    seed=int(seed),
+    devices=int(devices),
+    **{f"data.{k}": data_identity.get(k) for k in ("train_fingerprint", "eval_fingerprint")},
+    **{f"versions.{k}": versions.get(k) for k in SETTINGS_VERSIONS},
+  )
   return json.loads(json.dumps(flat))  # what reading the JSON back gives: lists, not tuples
 
 
@@ -142,35 +173,57 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   _check_schema(cfg, base_config(), "config")
   unknown = [s for s in cfg.strategies if s not in batching.STRATEGIES]
   if unknown:
-    raise ConfigError(f"unknown strategy name(s) {unknown} in config.strategies; choose from "
-                      f"{sorted(batching.STRATEGIES)}.")
+    raise ConfigError(
+      f"unknown strategy name(s) {unknown} in config.strategies; choose from "
+      f"{sorted(batching.STRATEGIES)}."
+    )
   if not cfg.strategies:
-    raise ConfigError("config.strategies is empty; name at least one of "
-                      f"{sorted(batching.STRATEGIES)}.")
+    raise ConfigError(
+      f"config.strategies is empty; name at least one of {sorted(batching.STRATEGIES)}."
+    )
   _at_least(cfg, "seeds", 1)
   if not (cfg.train.real_tokens or cfg.train.epochs):
-    raise ConfigError("set config.train.real_tokens or config.train.epochs (> 0) to say when "
-                      "training stops.")
-  for key in ("train.real_tokens", "train.epochs", "train.eval_every_tokens",
-              "guards.max_step_memory", "guards.step_tolerance", "guards.min_steps",
-              "data.max_sequences", "eval.max_sequences", "checkpoint.every_steps",
-              "mesh.num_devices"):
+    raise ConfigError(
+      "set config.train.real_tokens or config.train.epochs (> 0) to say when training stops."
+    )
+  for key in (
+    "train.real_tokens",
+    "train.epochs",
+    "train.eval_every_tokens",
+    "guards.max_step_memory",
+    "guards.step_tolerance",
+    "guards.min_steps",
+    "data.max_sequences",
+    "eval.max_sequences",
+    "checkpoint.every_steps",
+    "mesh.num_devices",
+  ):
     _at_least(cfg, key, 0)
-  for key in ("model.hidden_size", "model.num_layers", "model.embed_dim", "eval.tokens_per_batch",
-              "train.tokens_per_step",
-              "eval.num_buckets", "checkpoint.keep"):
+  for key in (
+    "model.hidden_size",
+    "model.num_layers",
+    "model.embed_dim",
+    "eval.tokens_per_batch",
+    "train.tokens_per_step",
+    "eval.num_buckets",
+    "checkpoint.keep",
+  ):
     _at_least(cfg, key, 1)
   if not 0 < cfg.data.eval_fraction < 1:
     raise ConfigError(f"config.data.eval_fraction must be in (0, 1), got {cfg.data.eval_fraction}.")
   if cfg.optimizer.learning_rate <= 0:
-    raise ConfigError(f"config.optimizer.learning_rate must be > 0, got "
-                      f"{cfg.optimizer.learning_rate}.")
+    raise ConfigError(
+      f"config.optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}."
+    )
   _at_least(cfg, "optimizer.grad_clip", 0)
   for key in ("dropout_rate", "input_dropout", "output_dropout"):
     if not 0.0 <= cfg.model[key] < 1.0:
       raise ConfigError(f"config.model.{key} must be in [0, 1), got {cfg.model[key]}.")
-  for key, allowed in (("input_projection", INPUT_PROJECTIONS), ("backward", BACKWARDS),
-                       ("matmul_dtype", MATMUL_DTYPES)):
+  for key, allowed in (
+    ("input_projection", INPUT_PROJECTIONS),
+    ("backward", BACKWARDS),
+    ("matmul_dtype", MATMUL_DTYPES),
+  ):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
   for name in cfg.strategies:
@@ -181,10 +234,14 @@ def strategy_kwargs(name: str, cfg: ml_collections.ConfigDict) -> dict:
   """cfg.strategy[name] as keyword arguments (None means unset: left out), and
   train.tokens_per_step, from which the strategy derives the rows per batch left unset."""
   if name not in cfg.strategy:
-    raise ConfigError(f"strategy {name!r} has no settings under config.strategy; known: "
-                      f"{sorted(cfg.strategy)}.")
-  kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.strategy[name].items()
-            if v is not None}
+    raise ConfigError(
+      f"strategy {name!r} has no settings under config.strategy; known: {sorted(cfg.strategy)}."
+    )
+  kwargs = {
+    k: (list(v) if isinstance(v, tuple) else v)
+    for k, v in cfg.strategy[name].items()
+    if v is not None
+  }
   return dict(kwargs, tokens_per_step=cfg.train.tokens_per_step)
 
 
@@ -196,10 +253,16 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
   kwargs = strategy_kwargs(name, cfg)
   for k, v in kwargs.items():
     if isinstance(v, int) and not isinstance(v, bool) and v < 1:
-      raise ConfigError(f"config.strategy.{name}.{k} must be >= 1, got {v!r} (leave it None to "
-                        f"unset it; 0 does not mean unset).")
-  stand_in = RaggedDataset(np.zeros((1, 1), np.float32), np.ones(1, np.int64),
-                           np.zeros((1, 1), np.float32), name="stand-in")
+      raise ConfigError(
+        f"config.strategy.{name}.{k} must be >= 1, got {v!r} (leave it None to "
+        f"unset it; 0 does not mean unset)."
+      )
+  stand_in = RaggedDataset(
+    np.zeros((1, 1), np.float32),
+    np.ones(1, np.int64),
+    np.zeros((1, 1), np.float32),
+    name="stand-in",
+  )
   try:
     batching.make_strategy(name, stand_in, **kwargs)
   except ConfigError as e:
@@ -233,8 +296,9 @@ def _check_schema(cfg, ref, path: str) -> None:
     if isinstance(want, ml_collections.ConfigDict):
       if not isinstance(value, (ml_collections.ConfigDict, dict)):
         raise ConfigError(f"{where} must be a section (ConfigDict), got {type(value).__name__}.")
-      _check_schema(ml_collections.ConfigDict(value) if isinstance(value, dict) else value, want,
-                    where)
+      _check_schema(
+        ml_collections.ConfigDict(value) if isinstance(value, dict) else value, want, where
+      )
       continue
     expected = ref.get_type(key)
     if value is None:
@@ -247,5 +311,6 @@ def _check_schema(cfg, ref, path: str) -> None:
     if expected is int and isinstance(value, bool):
       ok = False
     if not ok:
-      raise ConfigError(f"{where} must be {_type_name(expected)}, got {type(value).__name__} "
-                        f"{value!r}.")
+      raise ConfigError(
+        f"{where} must be {_type_name(expected)}, got {type(value).__name__} {value!r}."
+      )

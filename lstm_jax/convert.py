@@ -61,9 +61,11 @@ def from_torch(state_dict: Mapping[str, Any]) -> dict:
   for key, value in state_dict.items():
     m = _TORCH_KEY.match(key)
     if m is None:
-      raise DataError(f"unexpected key {key!r} in the torch state dict; only unidirectional "
-                      f"nn.LSTM weights without projections convert (weight_ih_l0, weight_hh_l0, "
-                      f"bias_ih_l0, bias_hh_l0, ...).")
+      raise DataError(
+        f"unexpected key {key!r} in the torch state dict; only unidirectional "
+        f"nn.LSTM weights without projections convert (weight_ih_l0, weight_hh_l0, "
+        f"bias_ih_l0, bias_hh_l0, ...)."
+      )
     layers.setdefault(int(m.group(2)), {})[m.group(1)] = _f32(value, key)
   out = {}
   for k in range(len(layers)):
@@ -74,8 +76,9 @@ def from_torch(state_dict: Mapping[str, Any]) -> dict:
     if missing:
       raise DataError(f"layer {k} lacks {sorted(f'{n}_l{k}' for n in missing)}.")
     four_h = w["weight_hh"].shape[0]
-    bias = w.get("bias_ih", np.zeros(four_h, np.float32)) + w.get("bias_hh",
-                                                                   np.zeros(four_h, np.float32))
+    bias = w.get("bias_ih", np.zeros(four_h, np.float32)) + w.get(
+      "bias_hh", np.zeros(four_h, np.float32)
+    )
     kernel, recurrent = w["weight_ih"].T.copy(), w["weight_hh"].T.copy()
     _check_layer(kernel, recurrent, bias, f"torch layer {k}")
     out[f"layer_{k}"] = dict(kernel=kernel, recurrent_kernel=recurrent, bias=bias)
@@ -108,16 +111,25 @@ def from_keras(weights: Sequence[Any]) -> dict:
     if isinstance(layer, Mapping):
       layer = [layer["kernel"], layer["recurrent_kernel"], layer.get("bias")]
     if len(layer) != 3 or layer[2] is None:
-      raise DataError(f"Keras layer {k}: expected [kernel, recurrent_kernel, bias] (use_bias=True), "
-                      f"got {len(layer)} arrays.")
+      raise DataError(
+        f"Keras layer {k}: expected [kernel, recurrent_kernel, bias] (use_bias=True), "
+        f"got {len(layer)} arrays."
+      )
     kernel, recurrent, bias = (_f32(a, n) for a, n in zip(layer, ("kernel", "rk", "bias")))
     _check_layer(kernel, recurrent, bias, f"Keras layer {k}")
-    out[f"layer_{k}"] = dict(kernel=kernel.copy(), recurrent_kernel=recurrent.copy(),
-                             bias=bias.copy())
+    out[f"layer_{k}"] = dict(
+      kernel=kernel.copy(), recurrent_kernel=recurrent.copy(), bias=bias.copy()
+    )
   return out
 
 
 def to_keras(params: Mapping[str, Any]) -> list[list[np.ndarray]]:
   """Per layer [kernel, recurrent_kernel, bias], as Keras' `layer.set_weights` takes them."""
-  return [[_f32(l["kernel"], "kernel").copy(), _f32(l["recurrent_kernel"], "rk").copy(),
-           _f32(l["bias"], "bias").copy()] for l in _layers(params)]
+  return [
+    [
+      _f32(layer["kernel"], "kernel").copy(),
+      _f32(layer["recurrent_kernel"], "rk").copy(),
+      _f32(layer["bias"], "bias").copy(),
+    ]
+    for layer in _layers(params)
+  ]

@@ -40,7 +40,9 @@ class RaggedDataset:
   name: str = ""
 
   def __post_init__(self):
-    set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass: normalise in place
+    def set_(k, v):
+      return object.__setattr__(self, k, v)  # frozen dataclass: normalise in place
+
     set_("lengths", _check_lengths(self.lengths))
     set_("values", _check_values(self.values, self.lengths, self.vocab_size))
     set_("targets", _check_targets(self))
@@ -87,8 +89,8 @@ class RaggedDataset:
   def sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets) of sequence i; targets are per step or the sequence's one target."""
     o = self.offsets
-    x = self.values[o[i]:o[i + 1]]
-    y = self.targets[o[i]:o[i + 1]] if self.target_level == "step" else self.targets[i]
+    x = self.values[o[i] : o[i + 1]]
+    y = self.targets[o[i] : o[i + 1]] if self.target_level == "step" else self.targets[i]
     return x, y
 
   # --- selection and splitting ---------------------------------------------------------------
@@ -97,22 +99,33 @@ class RaggedDataset:
     idx = np.asarray(indices, dtype=np.int64)
     steps = _gather_steps(self.offsets[idx], self.lengths[idx])
     targets = self.targets[steps] if self.target_level == "step" else self.targets[idx]
-    return dataclasses.replace(self, values=self.values[steps], lengths=self.lengths[idx],
-                               targets=targets, name=self.name if name is None else name)
+    return dataclasses.replace(
+      self,
+      values=self.values[steps],
+      lengths=self.lengths[idx],
+      targets=targets,
+      name=self.name if name is None else name,
+    )
 
   def split(self, eval_fraction: float, seed: int) -> tuple[RaggedDataset, RaggedDataset]:
     """A seeded (train, eval) split by whole sequences; eval gets round(eval_fraction * N)."""
     if not 0.0 < eval_fraction < 1.0:
-      raise DataError(f"eval_fraction must be in (0, 1), got {eval_fraction}; "
-                      f"pass e.g. 0.1 to hold out a tenth of the sequences.")
+      raise DataError(
+        f"eval_fraction must be in (0, 1), got {eval_fraction}; "
+        f"pass e.g. 0.1 to hold out a tenth of the sequences."
+      )
     n_eval = int(round(eval_fraction * self.num_sequences))
     if n_eval == 0 or n_eval == self.num_sequences:
-      raise DataError(f"eval_fraction={eval_fraction} of {self.num_sequences} sequences leaves an "
-                      f"empty {'eval' if n_eval == 0 else 'train'} split; use more sequences or a "
-                      f"different fraction.")
+      raise DataError(
+        f"eval_fraction={eval_fraction} of {self.num_sequences} sequences leaves an "
+        f"empty {'eval' if n_eval == 0 else 'train'} split; use more sequences or a "
+        f"different fraction."
+      )
     perm = np.random.default_rng(seed).permutation(self.num_sequences)
-    return (self.subset(np.sort(perm[n_eval:]), name=f"{self.name}:train"),
-            self.subset(np.sort(perm[:n_eval]), name=f"{self.name}:eval"))
+    return (
+      self.subset(np.sort(perm[n_eval:]), name=f"{self.name}:train"),
+      self.subset(np.sort(perm[:n_eval]), name=f"{self.name}:eval"),
+    )
 
   # --- identity, saving and loading ----------------------------------------------------------
   def fingerprint(self) -> str:
@@ -126,11 +139,19 @@ class RaggedDataset:
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes an uncompressed `.npz` holding the arrays and metadata."""
-    meta = dict(target_level=self.target_level, name=self.name,
-                num_classes=-1 if self.num_classes is None else self.num_classes,
-                vocab_size=-1 if self.vocab_size is None else self.vocab_size)
-    np.savez(path, values=self.values, lengths=self.lengths, targets=self.targets,
-             **{k: np.asarray(v) for k, v in meta.items()})
+    meta = dict(
+      target_level=self.target_level,
+      name=self.name,
+      num_classes=-1 if self.num_classes is None else self.num_classes,
+      vocab_size=-1 if self.vocab_size is None else self.vocab_size,
+    )
+    np.savez(
+      path,
+      values=self.values,
+      lengths=self.lengths,
+      targets=self.targets,
+      **{k: np.asarray(v) for k, v in meta.items()},
+    )
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> RaggedDataset:
@@ -140,45 +161,79 @@ class RaggedDataset:
     with np.load(path, allow_pickle=False) as f:
       missing = [k for k in _NPZ_KEYS if k not in f.files]
       if missing:
-        raise DataError(f"{path} lacks the array(s) {missing}; a ragged .npz needs {list(_NPZ_KEYS)} "
-                        f"(values flat end to end, one length per sequence).")
-      opt = lambda k, d: (f[k].item() if k in f.files else d)
+        raise DataError(
+          f"{path} lacks the array(s) {missing}; a ragged .npz needs {list(_NPZ_KEYS)} "
+          f"(values flat end to end, one length per sequence)."
+        )
+
+      def opt(k, d):
+        return f[k].item() if k in f.files else d
+
       num_classes, vocab = int(opt("num_classes", -1)), int(opt("vocab_size", -1))
-      return cls(values=f["values"], lengths=f["lengths"], targets=f["targets"],
-                 target_level=str(opt("target_level", "step")), name=str(opt("name", "")),
-                 num_classes=None if num_classes < 0 else num_classes,
-                 vocab_size=None if vocab < 0 else vocab)
+      return cls(
+        values=f["values"],
+        lengths=f["lengths"],
+        targets=f["targets"],
+        target_level=str(opt("target_level", "step")),
+        name=str(opt("name", "")),
+        num_classes=None if num_classes < 0 else num_classes,
+        vocab_size=None if vocab < 0 else vocab,
+      )
 
 
-def from_sequences(inputs: Sequence[np.ndarray], targets: Sequence | np.ndarray, *,
-                   target_level: str = "step", num_classes: int | None = None,
-                   vocab_size: int | None = None, name: str = "") -> RaggedDataset:
+def from_sequences(
+  inputs: Sequence[np.ndarray],
+  targets: Sequence | np.ndarray,
+  *,
+  target_level: str = "step",
+  num_classes: int | None = None,
+  vocab_size: int | None = None,
+  name: str = "",
+) -> RaggedDataset:
   """Builds a `RaggedDataset` from a list of per-sequence arrays (each [L_i, F] or [L_i])."""
   if len(inputs) == 0:
     raise DataError("the dataset is empty: no sequences were given; pass at least one sequence.")
   lengths = np.array([len(x) for x in inputs], dtype=np.int64)
   if (lengths == 0).any():
-    raise DataError(f"sequence {int(np.argmax(lengths == 0))} is empty (length 0); every sequence "
-                    f"needs at least one step: drop empty sequences before building the dataset.")
+    raise DataError(
+      f"sequence {int(np.argmax(lengths == 0))} is empty (length 0); every sequence "
+      f"needs at least one step: drop empty sequences before building the dataset."
+    )
   values = np.concatenate([np.asarray(x) for x in inputs])
   if target_level == "step":
     targets = np.concatenate([np.asarray(t) for t in targets])
   else:
     targets = np.asarray(targets)
-  return RaggedDataset(values, lengths, targets, target_level=target_level,
-                       num_classes=num_classes, vocab_size=vocab_size, name=name)
+  return RaggedDataset(
+    values,
+    lengths,
+    targets,
+    target_level=target_level,
+    num_classes=num_classes,
+    vocab_size=vocab_size,
+    name=name,
+  )
 
 
-def next_token_dataset(token_sequences: Sequence[np.ndarray], vocab_size: int,
-                       name: str = "") -> RaggedDataset:
+def next_token_dataset(
+  token_sequences: Sequence[np.ndarray], vocab_size: int, name: str = ""
+) -> RaggedDataset:
   """Language modelling: inputs tokens[:-1], targets tokens[1:] (sequences need >= 2 tokens)."""
   short = [i for i, s in enumerate(token_sequences) if len(s) < 2]
   if short:
-    raise DataError(f"{len(short)} sequence(s) have fewer than 2 tokens (first: index {short[0]}); "
-                    f"next-token prediction needs at least 2: drop them first.")
+    raise DataError(
+      f"{len(short)} sequence(s) have fewer than 2 tokens (first: index {short[0]}); "
+      f"next-token prediction needs at least 2: drop them first."
+    )
   seqs = [np.asarray(s, dtype=np.int32) for s in token_sequences]
-  return from_sequences([s[:-1] for s in seqs], [s[1:] for s in seqs], target_level="step",
-                        num_classes=vocab_size, vocab_size=vocab_size, name=name)
+  return from_sequences(
+    [s[:-1] for s in seqs],
+    [s[1:] for s in seqs],
+    target_level="step",
+    num_classes=vocab_size,
+    vocab_size=vocab_size,
+    name=name,
+  )
 
 
 def _gather_steps(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -191,18 +246,23 @@ def _gather_steps(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def _check_lengths(lengths) -> np.ndarray:
   lengths = np.asarray(lengths)
   if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
-    raise DataError(f"lengths must be a 1-D integer array, got dtype {lengths.dtype} shape "
-                    f"{lengths.shape}.")
+    raise DataError(
+      f"lengths must be a 1-D integer array, got dtype {lengths.dtype} shape {lengths.shape}."
+    )
   if lengths.shape[0] == 0:
     raise DataError("the dataset is empty: it has no sequences; pass at least one sequence.")
   if (lengths < 0).any():
     i = int(np.argmax(lengths < 0))
-    raise DataError(f"sequence {i} has a negative length ({int(lengths[i])}); lengths count steps "
-                    f"and must be >= 1.")
+    raise DataError(
+      f"sequence {i} has a negative length ({int(lengths[i])}); lengths count steps "
+      f"and must be >= 1."
+    )
   if (lengths == 0).any():
     i = int(np.argmax(lengths == 0))
-    raise DataError(f"sequence {i} is empty (length 0); every sequence needs at least one step: "
-                    f"drop empty sequences before building the dataset.")
+    raise DataError(
+      f"sequence {i} is empty (length 0); every sequence needs at least one step: "
+      f"drop empty sequences before building the dataset."
+    )
   return lengths.astype(np.int64)
 
 
@@ -217,30 +277,42 @@ def _check_values(values, lengths: np.ndarray, vocab_size: int | None) -> np.nda
   values = np.asarray(values)
   total = int(lengths.sum())
   if values.shape[:1] != (total,):
-    raise DataError(f"values has {values.shape[0] if values.ndim else 0} steps but the lengths add "
-                    f"up to {total}; values must hold every sequence's steps end to end.")
+    raise DataError(
+      f"values has {values.shape[0] if values.ndim else 0} steps but the lengths add "
+      f"up to {total}; values must hold every sequence's steps end to end."
+    )
   if vocab_size is not None:
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
-      raise DataError(f"token inputs (vocab_size={vocab_size}) must be a 1-D integer array, got "
-                      f"dtype {values.dtype} shape {values.shape}.")
+      raise DataError(
+        f"token inputs (vocab_size={vocab_size}) must be a 1-D integer array, got "
+        f"dtype {values.dtype} shape {values.shape}."
+      )
     bad = (values < 0) | (values >= vocab_size)
     if bad.any():
       i, t = _sequence_of_step(lengths, int(np.argmax(bad)))
-      raise DataError(f"token {int(values[np.argmax(bad)])} at step {t} of sequence {i} is out of "
-                      f"range [0, {vocab_size}); raise vocab_size or fix the tokenizer.")
+      raise DataError(
+        f"token {int(values[np.argmax(bad)])} at step {t} of sequence {i} is out of "
+        f"range [0, {vocab_size}); raise vocab_size or fix the tokenizer."
+      )
     return values.astype(np.int32)
   if not np.issubdtype(values.dtype, np.floating):
-    raise DataError(f"feature inputs must be floating point, got dtype {values.dtype}; cast with "
-                    f".astype(np.float32), or pass vocab_size=... if these are token ids.")
+    raise DataError(
+      f"feature inputs must be floating point, got dtype {values.dtype}; cast with "
+      f".astype(np.float32), or pass vocab_size=... if these are token ids."
+    )
   if values.ndim != 2:
-    raise DataError(f"feature inputs must be 2-D [steps, features], got shape {values.shape}; "
-                    f"use values[:, None] for one feature per step.")
+    raise DataError(
+      f"feature inputs must be 2-D [steps, features], got shape {values.shape}; "
+      f"use values[:, None] for one feature per step."
+    )
   finite = np.isfinite(values).all(axis=1)
   if not finite.all():
     i, t = _sequence_of_step(lengths, int(np.argmin(finite)))
     kind = "NaN" if np.isnan(values[np.argmin(finite)]).any() else "inf"
-    raise DataError(f"{kind} in the inputs at step {t} of sequence {i}; clean or drop that "
-                    f"sequence (e.g. np.nan_to_num) before building the dataset.")
+    raise DataError(
+      f"{kind} in the inputs at step {t} of sequence {i}; clean or drop that "
+      f"sequence (e.g. np.nan_to_num) before building the dataset."
+    )
   return values.astype(np.float32)
 
 
@@ -251,25 +323,36 @@ def _check_targets(ds: RaggedDataset) -> np.ndarray:
   n = ds.num_steps if ds.target_level == "step" else ds.num_sequences
   what = "steps" if ds.target_level == "step" else "sequences"
   if targets.ndim == 0 or targets.shape[0] != n:
-    raise DataError(f"{ds.target_level}-level targets must have one row per {what[:-1]} ({n}), got "
-                    f"shape {targets.shape}; per-step targets must be as long as the inputs.")
+    raise DataError(
+      f"{ds.target_level}-level targets must have one row per {what[:-1]} ({n}), got "
+      f"shape {targets.shape}; per-step targets must be as long as the inputs."
+    )
   if ds.num_classes is not None:
     if not np.issubdtype(targets.dtype, np.integer) or targets.ndim != 1:
-      raise DataError(f"classification targets (num_classes={ds.num_classes}) must be a 1-D "
-                      f"integer array, got dtype {targets.dtype} shape {targets.shape}; give one "
-                      f"integer class id per {'sequence' if ds.target_level == 'sequence' else 'step'}"
-                      f" (not one-hot rows: use targets.argmax(-1)).")
+      raise DataError(
+        f"classification targets (num_classes={ds.num_classes}) must be a 1-D "
+        f"integer array, got dtype {targets.dtype} shape {targets.shape}; give one "
+        f"integer class id per {'sequence' if ds.target_level == 'sequence' else 'step'}"
+        f" (not one-hot rows: use targets.argmax(-1))."
+      )
     bad = (targets < 0) | (targets >= ds.num_classes)
     if bad.any():
       j = int(np.argmax(bad))
-      where = ("step %d of sequence %d" % _sequence_of_step(ds.lengths, j)[::-1]
-               if ds.target_level == "step" else f"sequence {j}")
-      raise DataError(f"label {int(targets[j])} at {where} is out of range [0, {ds.num_classes}); "
-                      f"raise num_classes or fix the labels.")
+      where = (
+        "step %d of sequence %d" % _sequence_of_step(ds.lengths, j)[::-1]
+        if ds.target_level == "step"
+        else f"sequence {j}"
+      )
+      raise DataError(
+        f"label {int(targets[j])} at {where} is out of range [0, {ds.num_classes}); "
+        f"raise num_classes or fix the labels."
+      )
     return targets.astype(np.int32)
   if not np.issubdtype(targets.dtype, np.floating):
-    raise DataError(f"regression targets must be floating point, got dtype {targets.dtype}; for "
-                    f"class labels pass num_classes=...")
+    raise DataError(
+      f"regression targets must be floating point, got dtype {targets.dtype}; for "
+      f"class labels pass num_classes=..."
+    )
   if targets.ndim == 1:
     targets = targets[:, None]
   if targets.ndim != 2:

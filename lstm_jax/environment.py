@@ -38,8 +38,9 @@ def cpu_flags() -> list[str]:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("flags"):
-          return sorted(f for f in line.split(":", 1)[1].split()
-                        if f.startswith(("avx", "amx", "fma", "sse4")))
+          return sorted(
+            f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "sse4"))
+          )
   except OSError:
     pass
   return []
@@ -48,9 +49,19 @@ def cpu_flags() -> list[str]:
 def versions() -> dict:
   """Python, jax, jaxlib, flax, optax and numpy versions, the backend and its devices, and the
   machine: architecture, CPU model and flags, core count, OS, and the allocator's state."""
-  return dict(python=sys.version.split()[0], jax=jax.__version__,
-              jaxlib=importlib.metadata.version("jaxlib"), flax=flax.__version__,
-              optax=optax.__version__, numpy=np.__version__, backend=jax.default_backend(),
-              devices=[str(d) for d in jax.devices()], machine=platform.machine(),
-              cpu_model=cpu_model(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
-              platform=platform.platform(), malloc=host.malloc_state())
+  return dict(
+    python=sys.version.split()[0],
+    jax=jax.__version__,
+    jaxlib=importlib.metadata.version("jaxlib"),
+    flax=flax.__version__,
+    optax=optax.__version__,
+    numpy=np.__version__,
+    backend=jax.default_backend(),
+    devices=[str(d) for d in jax.devices()],
+    machine=platform.machine(),
+    cpu_model=cpu_model(),
+    cpu_flags=cpu_flags(),
+    cpu_count=os.cpu_count(),
+    platform=platform.platform(),
+    malloc=host.malloc_state(),
+  )

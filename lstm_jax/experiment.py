@@ -27,11 +27,10 @@ import ml_collections
 import numpy as np
 import optax
 
-
 from lstm_jax import batching, compiles, config, guards, host, report, sharding, sources, train
-from lstm_jax.environment import versions
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
+from lstm_jax.environment import versions
 from lstm_jax.model import SequenceModel
 from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
 
@@ -46,8 +45,11 @@ def metric_of(dataset: RaggedDataset) -> str:
 
 
 def metric_value(name: str, result: dict) -> float:
-  return {"bits_per_byte": lambda r: r["loss"] / LN2, "accuracy": lambda r: r["accuracy"],
-          "mse": lambda r: r["loss"]}[name](result)
+  return {
+    "bits_per_byte": lambda r: r["loss"] / LN2,
+    "accuracy": lambda r: r["accuracy"],
+    "mse": lambda r: r["loss"],
+  }[name](result)
 
 
 def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> SequenceModel:
@@ -55,8 +57,9 @@ def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> Sequen
   settings path: a new model setting is a field and a config default, nothing in between), and
   the data's vocabulary and output size."""
   num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
-  return SequenceModel(**cfg.model.to_dict(), num_outputs=num_outputs,
-                       vocab_size=dataset.vocab_size)
+  return SequenceModel(
+    **cfg.model.to_dict(), num_outputs=num_outputs, vocab_size=dataset.vocab_size
+  )
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -67,64 +70,97 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
   return tx
 
 
-def make_strategy(name: str, dataset: RaggedDataset, cfg: ml_collections.ConfigDict,
-                  seed: int, batch_multiple: int = 1) -> batching.Strategy:
+def make_strategy(
+  name: str,
+  dataset: RaggedDataset,
+  cfg: ml_collections.ConfigDict,
+  seed: int,
+  batch_multiple: int = 1,
+) -> batching.Strategy:
   """The strategy `name` with its settings from cfg.strategy[name] (see configs/compare.py).
 
   batch_multiple: the device count: batches are widened to a multiple of it with empty rows,
     after they are composed, so every device count trains on the same batches.
   """
-  return batching.make_strategy(name, dataset, seed=seed, batch_multiple=batch_multiple,
-                                **config.strategy_kwargs(name, cfg))
+  return batching.make_strategy(
+    name, dataset, seed=seed, batch_multiple=batch_multiple, **config.strategy_kwargs(name, cfg)
+  )
 
 
-def eval_strategy(dataset: RaggedDataset, cfg: ml_collections.ConfigDict,
-                  batch_multiple: int = 1) -> batching.Strategy:
+def eval_strategy(
+  dataset: RaggedDataset, cfg: ml_collections.ConfigDict, batch_multiple: int = 1
+) -> batching.Strategy:
   """The one evaluator for every row: whole sequences in buckets, masked (exact)."""
-  return batching.Bucket(dataset, tokens_per_batch=cfg.eval.tokens_per_batch,
-                         num_buckets=cfg.eval.num_buckets, batch_multiple=batch_multiple, seed=0)
+  return batching.Bucket(
+    dataset,
+    tokens_per_batch=cfg.eval.tokens_per_batch,
+    num_buckets=cfg.eval.num_buckets,
+    batch_multiple=batch_multiple,
+    seed=0,
+  )
 
 
 def split_data(cfg: ml_collections.ConfigDict):
   dataset, identity = sources.load_source(cfg.data)
   if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:
-    keep = np.random.default_rng(cfg.data.split_seed).choice(len(dataset), cfg.data.max_sequences,
-                                                            replace=False)
+    keep = np.random.default_rng(cfg.data.split_seed).choice(
+      len(dataset), cfg.data.max_sequences, replace=False
+    )
     dataset = dataset.subset(np.sort(keep), name=dataset.name)
     identity["subsampled_to"] = int(cfg.data.max_sequences)
   train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
     eval_ds = eval_ds.subset(np.arange(cfg.eval.max_sequences), name=eval_ds.name)
-  identity.update(train_sequences=len(train_ds), train_steps=train_ds.num_steps,
-                  eval_sequences=len(eval_ds), eval_steps=eval_ds.num_steps,
-                  train_fingerprint=train_ds.fingerprint(), eval_fingerprint=eval_ds.fingerprint())
+  identity.update(
+    train_sequences=len(train_ds),
+    train_steps=train_ds.num_steps,
+    eval_sequences=len(eval_ds),
+    eval_steps=eval_ds.num_steps,
+    train_fingerprint=train_ds.fingerprint(),
+    eval_fingerprint=eval_ds.fingerprint(),
+  )
   return train_ds, eval_ds, identity
 
 
-def compile_largest_step(name: str, steps: train.StepFunctions, state: train.TrainState,
-                         strategy: batching.Strategy, cfg: ml_collections.ConfigDict) -> None:
+def compile_largest_step(
+  name: str,
+  steps: train.StepFunctions,
+  state: train.TrainState,
+  strategy: batching.Strategy,
+  cfg: ml_collections.ConfigDict,
+) -> None:
   """Compiles the strategy's largest train step (a compile its run makes anyway, so counted in
   its row) and applies the memory guard to XLA's memory analysis of it."""
   shape = guards.largest_shape(strategy)
   args = train.abstract_step_args(steps.train, state, strategy.dataset, shape)
   steps.train.compile(*args)
-  guards.check_memory(name, shape, guards.step_memory(steps.train.record(*args)),
-                      cfg.guards.max_step_memory or guards.default_memory_limit())
+  guards.check_memory(
+    name,
+    shape,
+    guards.step_memory(steps.train.record(*args)),
+    cfg.guards.max_step_memory or guards.default_memory_limit(),
+  )
 
 
-def new_train_state(cfg: ml_collections.ConfigDict, dataset: RaggedDataset,
-                    seed: int) -> train.TrainState:
-  return train.create_train_state(make_model(cfg, dataset), make_optimizer(cfg), dataset,
-                                  seed=seed)
+def new_train_state(
+  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, seed: int
+) -> train.TrainState:
+  return train.create_train_state(make_model(cfg, dataset), make_optimizer(cfg), dataset, seed=seed)
 
 
-def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
-                 cfg: ml_collections.ConfigDict, seed: int, log,
-                 mesh: jax.sharding.Mesh | None = None, workdir: str | None = None,
-                 strategy: batching.Strategy | None = None,
-                 data_identity: dict | None = None,
-                 prepared: tuple[train.TrainState, train.StepFunctions] | None = None
-                 ) -> tuple[dict, list, list]:
+def run_strategy(
+  name: str,
+  train_ds: RaggedDataset,
+  eval_ds: RaggedDataset,
+  cfg: ml_collections.ConfigDict,
+  seed: int,
+  log,
+  mesh: jax.sharding.Mesh | None = None,
+  workdir: str | None = None,
+  strategy: batching.Strategy | None = None,
+  data_identity: dict | None = None,
+  prepared: tuple[train.TrainState, train.StepFunctions] | None = None,
+) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
   With a workdir, training checkpoints into workdir/checkpoints/<name>-seed<seed> and resumes
@@ -139,9 +175,15 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
   its compile seconds are charged to the row's clock at its start.
   """
   devices = 1 if mesh is None else int(mesh.devices.size)
-  settings = config.run_settings(cfg, name, seed, data_identity or dict(
-      train_fingerprint=train_ds.fingerprint(), eval_fingerprint=eval_ds.fingerprint()),
-      versions(), devices)
+  settings = config.run_settings(
+    cfg,
+    name,
+    seed,
+    data_identity
+    or dict(train_fingerprint=train_ds.fingerprint(), eval_fingerprint=eval_ds.fingerprint()),
+    versions(),
+    devices,
+  )
   result_path = run_dir(workdir, "results", name, seed) + ".json" if workdir else None
   done = read_result(result_path, settings) if result_path and cfg.resume else None
   if done is not None:
@@ -149,15 +191,23 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
     return done["row"], done["history"], done["curve"]
   strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
-  state, steps = prepared or (new_train_state(cfg, train_ds, seed),
-                              train.StepFunctions.create(mesh))
+  state, steps = prepared or (
+    new_train_state(cfg, train_ds, seed),
+    train.StepFunctions.create(mesh),
+  )
   compile_largest_step(name, steps, state, strategy, cfg)
   compiled_ahead = steps.train.compile_seconds
   metric = metric_of(train_ds)
   progress = dict(curve=[], train_seconds=0.0)  # the row's eval curve and clock, checkpointed
-  checkpointer = (Checkpointer(run_dir(workdir, "checkpoints", name, seed),
-                               every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep)
-                  if workdir and cfg.checkpoint.enabled else None)
+  checkpointer = (
+    Checkpointer(
+      run_dir(workdir, "checkpoints", name, seed),
+      every_steps=cfg.checkpoint.every_steps,
+      keep=cfg.checkpoint.keep,
+    )
+    if workdir and cfg.checkpoint.enabled
+    else None
+  )
 
   def on_step(rec):
     progress["train_seconds"] += rec["step_seconds"]
@@ -167,27 +217,44 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
   def on_eval(st, real_tokens):
     t0 = time.perf_counter()
     r = train.evaluate(st, evaluator, steps)
-    progress["curve"].append(dict(real_tokens=real_tokens,
-                                  train_seconds=progress["train_seconds"], eval_loss=r["loss"],
-                                  eval_metric=metric_value(metric, r),
-                                  eval_seconds=time.perf_counter() - t0))
+    progress["curve"].append(
+      dict(
+        real_tokens=real_tokens,
+        train_seconds=progress["train_seconds"],
+        eval_loss=r["loss"],
+        eval_metric=metric_value(metric, r),
+        eval_seconds=time.perf_counter() - t0,
+      )
+    )
     log.eval(progress["curve"][-1])
 
   log.start(name, seed, cfg.train.real_tokens, strategy)
-  resumed = (train.resume(checkpointer, state, strategy, steps, settings)
-             if checkpointer is not None else None)
+  resumed = (
+    train.resume(checkpointer, state, strategy, steps, settings)
+    if checkpointer is not None
+    else None
+  )
   if resumed is None:
     on_eval(state, 0)
   else:
     progress.update(resumed.extra)
     log.resumed(resumed.position.real_tokens, progress["train_seconds"] + compiled_ahead)
   progress["train_seconds"] += compiled_ahead  # the compile made before the first step
-  result = train.fit(state, strategy, epochs=cfg.train.epochs or None,
-                     max_real_tokens=cfg.train.real_tokens or None, steps=steps,
-                     callback=on_step, precompile_shapes=False,
-                     eval_every_tokens=cfg.train.eval_every_tokens, on_eval=on_eval,
-                     checkpointer=checkpointer, extra=progress, settings=settings,
-                     resumed=resumed)
+  result = train.fit(
+    state,
+    strategy,
+    epochs=cfg.train.epochs or None,
+    max_real_tokens=cfg.train.real_tokens or None,
+    steps=steps,
+    callback=on_step,
+    precompile_shapes=False,
+    eval_every_tokens=cfg.train.eval_every_tokens,
+    on_eval=on_eval,
+    checkpointer=checkpointer,
+    extra=progress,
+    settings=settings,
+    resumed=resumed,
+  )
   curve = progress["curve"]
   if not curve or curve[-1]["real_tokens"] != result.real_tokens:
     on_eval(result.state, result.real_tokens)
@@ -198,47 +265,69 @@ def run_strategy(name: str, train_ds: RaggedDataset, eval_ds: RaggedDataset,
   computed = sum(h["computed_tokens"] for h in hist)
   train_rec = list(steps.train.records.values())
   row = dict(
-      strategy=name, seed=seed,
-      compiles=dict(train=steps.train.compiles, eval=steps.eval.compiles),
-      compile_seconds=steps.train.compile_seconds,
-      eval_compile_seconds=steps.eval.compile_seconds,
-      cache_loads=dict(train=steps.train.cache_loads, eval=steps.eval.cache_loads),
-      shapes=len(strategy.shapes()), steps=len(hist), batch_settings=strategy.batch_settings(),
-      real_tokens=result.real_tokens, computed_tokens=computed,
-      padding_fraction=1.0 - result.real_tokens / computed,
-      tokens_per_second=(sum(h["real_tokens"] for h in steady) / steady_seconds
-                         if steady_seconds > 0 else float("nan")),
-      wall_seconds=progress["train_seconds"],
-      eval_loss=curve[-1]["eval_loss"], eval_metric=curve[-1]["eval_metric"], metric=metric,
-      step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
-      step_peak_bytes=max((guards.step_memory(r) or 0) for r in train_rec) if train_rec else 0,
-      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      devices=devices, processes=jax.process_count(), resumed_from_step=result.resumed_from)
+    strategy=name,
+    seed=seed,
+    compiles=dict(train=steps.train.compiles, eval=steps.eval.compiles),
+    compile_seconds=steps.train.compile_seconds,
+    eval_compile_seconds=steps.eval.compile_seconds,
+    cache_loads=dict(train=steps.train.cache_loads, eval=steps.eval.cache_loads),
+    shapes=len(strategy.shapes()),
+    steps=len(hist),
+    batch_settings=strategy.batch_settings(),
+    real_tokens=result.real_tokens,
+    computed_tokens=computed,
+    padding_fraction=1.0 - result.real_tokens / computed,
+    tokens_per_second=(
+      sum(h["real_tokens"] for h in steady) / steady_seconds if steady_seconds > 0 else float("nan")
+    ),
+    wall_seconds=progress["train_seconds"],
+    eval_loss=curve[-1]["eval_loss"],
+    eval_metric=curve[-1]["eval_metric"],
+    metric=metric,
+    step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
+    step_peak_bytes=max((guards.step_memory(r) or 0) for r in train_rec) if train_rec else 0,
+    peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    devices=devices,
+    processes=jax.process_count(),
+    resumed_from_step=result.resumed_from,
+  )
   if result_path and jax.process_index() == 0:
-    write_json_atomically(result_path, dict(row=row, history=hist, curve=curve,
-                                            settings=settings))
+    write_json_atomically(result_path, dict(row=row, history=hist, curve=curve, settings=settings))
   return row, hist, curve
 
 
-def preflight(built: dict[str, batching.Strategy], train_ds: RaggedDataset,
-              cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None, workdir: str,
-              data_identity: dict, log) -> dict[str, tuple]:
+def preflight(
+  built: dict[str, batching.Strategy],
+  train_ds: RaggedDataset,
+  cfg: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh | None,
+  workdir: str,
+  data_identity: dict,
+  log,
+) -> dict[str, tuple]:
   """The row guards, for every strategy, before any of them trains: enough optimizer steps
   within the budget (from the plans), and a largest train step that fits in memory (from XLA's
   analysis of its compile, which the first seed's row then reuses). Runs that finished earlier
   are not compiled again. Returns the first seed's (initial state, step functions) by
   strategy."""
   devices = 1 if mesh is None else int(mesh.devices.size)
-  planned = {name: guards.check_steps(name, strategy, cfg.train.real_tokens or None,
-                                      cfg.train.epochs or None, cfg.guards.min_steps)
-             for name, strategy in built.items()}
+  planned = {
+    name: guards.check_steps(
+      name, strategy, cfg.train.real_tokens or None, cfg.train.epochs or None, cfg.guards.min_steps
+    )
+    for name, strategy in built.items()
+  }
   median = float(np.median(list(planned.values())))
   for name, strategy in built.items():
-    log.note(f"{name}: {planned[name]} optimizer steps planned, "
-             + ", ".join(f"{k} {v}" for k, v in strategy.batch_settings().items()))
+    log.note(
+      f"{name}: {planned[name]} optimizer steps planned, "
+      + ", ".join(f"{k} {v}" for k, v in strategy.batch_settings().items())
+    )
     if abs(planned[name] / median - 1) > cfg.guards.step_tolerance:
-      log.note(f"  {name} plans {planned[name]} steps against the median {median:g}: its row "
-               f"will be marked not comparable. {guards.equal_steps_hint(name, strategy, cfg)}")
+      log.note(
+        f"  {name} plans {planned[name]} steps against the median {median:g}: its row "
+        f"will be marked not comparable. {guards.equal_steps_hint(name, strategy, cfg)}"
+      )
   versions_now = versions()
   prepared = {}
   for name, strategy in built.items():
@@ -251,15 +340,15 @@ def preflight(built: dict[str, batching.Strategy], train_ds: RaggedDataset,
   return prepared
 
 
-def check_workdir_settings(cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict,
-                           devices: int) -> None:
+def check_workdir_settings(
+  cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict, devices: int
+) -> None:
   """Before anything trains: every finished result and newest checkpoint this config would
   read back was made with this config's settings (ConfigError / CheckpointError otherwise)."""
   versions_now = versions()
   for s in range(cfg.seeds):
     for name in cfg.strategies:
-      settings = config.run_settings(cfg, name, cfg.seed + s, data_identity, versions_now,
-                                     devices)
+      settings = config.run_settings(cfg, name, cfg.seed + s, data_identity, versions_now, devices)
       if read_result(run_dir(workdir, "results", name, cfg.seed + s) + ".json", settings):
         continue
       directory = run_dir(workdir, "checkpoints", name, cfg.seed + s)
@@ -280,7 +369,9 @@ def time_to_target(curve: list[dict], target: float) -> float | None:
   return None
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> list[dict]:
+def train_and_evaluate(
+  cfg: ml_collections.ConfigDict, workdir: str, quiet: bool = False
+) -> list[dict]:
   """Runs every strategy in cfg.strategies for each seed; writes the report into `workdir`."""
   config.validate_config(cfg)
   host.tune_malloc(cfg.tune_malloc)  # first: it applies to what is allocated after it
@@ -295,8 +386,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, quiet: bool
     return _train_and_evaluate(cfg, workdir, mesh, writer, quiet or not writer)
 
 
-def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
-                        mesh: jax.sharding.Mesh | None, writer: bool, quiet: bool) -> list[dict]:
+def _train_and_evaluate(
+  cfg: ml_collections.ConfigDict,
+  workdir: str,
+  mesh: jax.sharding.Mesh | None,
+  writer: bool,
+  quiet: bool,
+) -> list[dict]:
   if writer:
     if not cfg.resume:  # start over: what an earlier run left would be mixed in otherwise
       for kind in ("checkpoints", "results"):
@@ -309,10 +405,13 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     check_workdir_settings(cfg, workdir, identity, devices)
   # Every strategy built (so the data's own checks run) and through the row guards before
   # anything trains; the first seed's runs use them.
-  built = {name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
-           for name in cfg.strategies}
-  log = report.ProgressLog(os.path.join(workdir, "metrics.jsonl") if writer else os.devnull,
-                           quiet=quiet)
+  built = {
+    name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
+    for name in cfg.strategies
+  }
+  log = report.ProgressLog(
+    os.path.join(workdir, "metrics.jsonl") if writer else os.devnull, quiet=quiet
+  )
   prepared = preflight(built, train_ds, cfg, mesh, workdir, identity, log)
   runs, curves, histories = [], {}, {}
   started = time.time()
@@ -320,9 +419,19 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     seed = cfg.seed + s
     for name in cfg.strategies:
       first = seed == cfg.seed
-      row, hist, curve = run_strategy(name, train_ds, eval_ds, cfg, seed, log, mesh, workdir,
-                                      built[name] if first else None, identity,
-                                      prepared.get(name) if first else None)
+      row, hist, curve = run_strategy(
+        name,
+        train_ds,
+        eval_ds,
+        cfg,
+        seed,
+        log,
+        mesh,
+        workdir,
+        built[name] if first else None,
+        identity,
+        prepared.get(name) if first else None,
+      )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
   # Per seed: rows flagged by the guards are left out of the target, which unless set is the
@@ -335,16 +444,26 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     target = cfg.target_eval_loss or max(r["eval_loss"] for r in ranked)
     for r in seed_rows:
       r["target_eval_loss"] = target
-      r["time_to_target_seconds"] = (time_to_target(curves[(r["strategy"], seed)], target)
-                                     if r["comparable"] else None)
-  meta = dict(versions=versions(), data=identity, config=json.loads(cfg.to_json_best_effort()),
-              started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-              total_seconds=time.time() - started,
-              length_histogram=dict(zip(("lengths", "counts"), (
-                  a.tolist() for a in np.unique(train_ds.lengths, return_counts=True)))),
-              bucket_boundaries=(built["bucket"] if "bucket" in built else
-                                 make_strategy("bucket", train_ds, cfg, cfg.seed)).boundaries
-              if "bucket" in cfg.strategy else [])
+      r["time_to_target_seconds"] = (
+        time_to_target(curves[(r["strategy"], seed)], target) if r["comparable"] else None
+      )
+  meta = dict(
+    versions=versions(),
+    data=identity,
+    config=json.loads(cfg.to_json_best_effort()),
+    started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+    total_seconds=time.time() - started,
+    length_histogram=dict(
+      zip(
+        ("lengths", "counts"), (a.tolist() for a in np.unique(train_ds.lengths, return_counts=True))
+      )
+    ),
+    bucket_boundaries=(
+      built["bucket"] if "bucket" in built else make_strategy("bucket", train_ds, cfg, cfg.seed)
+    ).boundaries
+    if "bucket" in cfg.strategy
+    else [],
+  )
   if not writer:
     return report.aggregate(runs)
   log.file.close()

@@ -45,27 +45,34 @@ def planned_steps(strategy: Strategy, real_tokens: int | None, epochs: int | Non
       return out
 
 
-def check_steps(name: str, strategy: Strategy, real_tokens: int | None, epochs: int | None,
-                min_steps: int) -> int:
+def check_steps(
+  name: str, strategy: Strategy, real_tokens: int | None, epochs: int | None, min_steps: int
+) -> int:
   """Raises ConfigError if the strategy's run would be too few steps to compare, or one step
   would hold more than the whole budget. Returns the planned number of steps."""
   steps = planned_steps(strategy, real_tokens, epochs)
   budget = f"the budget of {real_tokens:,} real tokens" if real_tokens else f"{epochs} epoch(s)"
-  fix = (f"Lower its rows per step (config.train.tokens_per_step, or "
-         f"config.strategy.{name}.{_row_setting(name)}), raise "
-         f"config.train.real_tokens or epochs, or leave {name} out of config.strategies.")
+  fix = (
+    f"Lower its rows per step (config.train.tokens_per_step, or "
+    f"config.strategy.{name}.{_row_setting(name)}), raise "
+    f"config.train.real_tokens or epochs, or leave {name} out of config.strategies."
+  )
   if strategy.batch_settings().get("batch_size") == 1:
-    fix = (f"Its batches already hold one row, so a step is at least one whole sequence: for "
-           f"long documents use tbptt or vbptt, which cut them into chunks; or raise "
-           f"config.train.real_tokens or epochs, or leave {name} out of config.strategies.")
+    fix = (
+      f"Its batches already hold one row, so a step is at least one whole sequence: for "
+      f"long documents use tbptt or vbptt, which cut them into chunks; or raise "
+      f"config.train.real_tokens or epochs, or leave {name} out of config.strategies."
+    )
   if real_tokens and max(steps) > real_tokens:
-    raise ConfigError(f"{name}: one step holds {max(steps):,} real tokens, more than {budget}. "
-                      + fix)
+    raise ConfigError(
+      f"{name}: one step holds {max(steps):,} real tokens, more than {budget}. " + fix
+    )
   if len(steps) < min_steps:
     raise ConfigError(
-        f"{name} would take only {len(steps)} optimizer step(s) within {budget} (its steps hold "
-        f"{np.mean(steps):,.0f} real tokens on average, up to {max(steps):,}); a comparable row "
-        f"needs at least config.guards.min_steps={min_steps}. " + fix)
+      f"{name} would take only {len(steps)} optimizer step(s) within {budget} (its steps hold "
+      f"{np.mean(steps):,.0f} real tokens on average, up to {max(steps):,}); a comparable row "
+      f"needs at least config.guards.min_steps={min_steps}. " + fix
+    )
   return len(steps)
 
 
@@ -74,18 +81,26 @@ def equal_steps_hint(name: str, strategy: Strategy, cfg) -> str:
   per_epoch = strategy.dataset.num_steps / cfg.train.tokens_per_step
   for setting in dict.fromkeys((_row_setting(name), "batch_size")):
     if cfg.strategy[name].get(setting) is not None:
-      return (f"Leave config.strategy.{name}.{setting} unset (None) to derive it from "
-              f"config.train.tokens_per_step.")
+      return (
+        f"Leave config.strategy.{name}.{setting} unset (None) to derive it from "
+        f"config.train.tokens_per_step."
+      )
   if name == "bucket":
-    return (f"An epoch holds {per_epoch:.1f} steps of train.tokens_per_step real tokens and each "
-            f"of its {len(strategy.boundaries)} buckets takes at least one: use at most "
-            f"{max(1, int(per_epoch / 5))} buckets (config.strategy.bucket.num_buckets) or a "
-            f"lower config.train.tokens_per_step.")
+    return (
+      f"An epoch holds {per_epoch:.1f} steps of train.tokens_per_step real tokens and each "
+      f"of its {len(strategy.boundaries)} buckets takes at least one: use at most "
+      f"{max(1, int(per_epoch / 5))} buckets (config.strategy.bucket.num_buckets) or a "
+      f"lower config.train.tokens_per_step."
+    )
   if name == "pack" and strategy.length > cfg.train.tokens_per_step:
-    return (f"Its rows hold up to {strategy.length} tokens, more than train.tokens_per_step: "
-            f"set config.strategy.pack.row_length <= {cfg.train.tokens_per_step}.")
-  return (f"An epoch holds {per_epoch:.1f} steps of train.tokens_per_step real tokens; a lower "
-          f"config.train.tokens_per_step makes whole-epoch rounding matter less.")
+    return (
+      f"Its rows hold up to {strategy.length} tokens, more than train.tokens_per_step: "
+      f"set config.strategy.pack.row_length <= {cfg.train.tokens_per_step}."
+    )
+  return (
+    f"An epoch holds {per_epoch:.1f} steps of train.tokens_per_step real tokens; a lower "
+    f"config.train.tokens_per_step makes whole-epoch rounding matter less."
+  )
 
 
 def default_memory_limit() -> int:
@@ -113,8 +128,12 @@ def step_memory(record) -> int | None:
   scratch plus arguments plus outputs, less the outputs written into donated arguments."""
   if record.temp_bytes is None:
     return None
-  return (record.temp_bytes + (record.argument_bytes or 0) + (record.output_bytes or 0)
-          - (record.alias_bytes or 0))
+  return (
+    record.temp_bytes
+    + (record.argument_bytes or 0)
+    + (record.output_bytes or 0)
+    - (record.alias_bytes or 0)
+  )
 
 
 def largest_shape(strategy: Strategy) -> tuple[int, int]:
@@ -132,16 +151,19 @@ def check_memory(name: str, shape: tuple[int, int], needed: int | None, limit: i
   scale = limit / needed
   setting = _row_setting(name)
   if b > 1:
-    hint = (f"about {max(1, math.floor(b * scale))} rows per batch ({setting}, or a lower "
-            f"config.train.tokens_per_step)")
+    hint = (
+      f"about {max(1, math.floor(b * scale))} rows per batch ({setting}, or a lower "
+      f"config.train.tokens_per_step)"
+    )
   else:
     hint = "a shorter row length"
   raise ConfigError(
-      f"{name}: its largest train step, a [{b}, {t}] batch, needs {needed / 2**20:,.0f} MiB by "
-      f"XLA's memory analysis, more than config.guards.max_step_memory ({limit / 2**20:,.0f} MiB)."
-      f" Memory grows with B x T: {hint} would fit"
-      + ("; for long documents use tbptt or vbptt, which cut them into chunks" if t > 4096 else "")
-      + ", or raise config.guards.max_step_memory, or leave it out of config.strategies.")
+    f"{name}: its largest train step, a [{b}, {t}] batch, needs {needed / 2**20:,.0f} MiB by "
+    f"XLA's memory analysis, more than config.guards.max_step_memory ({limit / 2**20:,.0f} MiB)."
+    f" Memory grows with B x T: {hint} would fit"
+    + ("; for long documents use tbptt or vbptt, which cut them into chunks" if t > 4096 else "")
+    + ", or raise config.guards.max_step_memory, or leave it out of config.strategies."
+  )
 
 
 def mark_comparable(rows: list[dict], tolerance: float, min_steps: int) -> None:
@@ -154,7 +176,9 @@ def mark_comparable(rows: list[dict], tolerance: float, min_steps: int) -> None:
     if r["steps"] < min_steps:
       reason = f"took {r['steps']} optimizer steps, fewer than min_steps={min_steps}"
     elif median and abs(r["steps"] / median - 1) > tolerance:
-      reason = (f"took {r['steps']} optimizer steps against the median row's {median:g} "
-                f"({100 * (r['steps'] / median - 1):+.0f}%, tolerance ±{100 * tolerance:.0f}%): "
-                f"it measures a different number of updates")
+      reason = (
+        f"took {r['steps']} optimizer steps against the median row's {median:g} "
+        f"({100 * (r['steps'] / median - 1):+.0f}%, tolerance ±{100 * tolerance:.0f}%): "
+        f"it measures a different number of updates"
+      )
     r["comparable"], r["not_comparable"] = reason is None, reason

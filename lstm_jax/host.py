@@ -33,10 +33,12 @@ import resource
 
 # mallopt parameters (glibc malloc.h) and the values tune_malloc sets. mallopt takes a C int.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
-SETTINGS = {"mmap_threshold": (M_MMAP_THRESHOLD, 1 << 30),
-            "trim_threshold": (M_TRIM_THRESHOLD, (1 << 31) - 1),
-            "top_pad": (M_TOP_PAD, 256 << 20),
-            "arena_max": (M_ARENA_MAX, 1)}
+SETTINGS = {
+  "mmap_threshold": (M_MMAP_THRESHOLD, 1 << 30),
+  "trim_threshold": (M_TRIM_THRESHOLD, (1 << 31) - 1),
+  "top_pad": (M_TOP_PAD, 256 << 20),
+  "arena_max": (M_ARENA_MAX, 1),
+}
 
 _state: dict = {"tuned": False, "reason": "tune_malloc() not called"}
 
@@ -59,13 +61,19 @@ def tune_malloc(enable: bool = True) -> dict:
       _state = {"tuned": False, "reason": "disabled (tune_malloc=False)", "libc": libc()}
     return malloc_state()
   if platform.system() != "Linux" or not libc().startswith("glibc"):
-    _state = {"tuned": False, "reason": f"not glibc ({platform.system()}, {libc() or 'unknown libc'})",
-              "libc": libc()}
+    _state = {
+      "tuned": False,
+      "reason": f"not glibc ({platform.system()}, {libc() or 'unknown libc'})",
+      "libc": libc(),
+    }
     return malloc_state()
   c = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
   refused = [name for name, (param, value) in SETTINGS.items() if c.mallopt(param, value) != 1]
-  _state = {"tuned": not refused, "libc": libc(),
-            "settings": {name: value for name, (_, value) in SETTINGS.items()}}
+  _state = {
+    "tuned": not refused,
+    "libc": libc(),
+    "settings": {name: value for name, (_, value) in SETTINGS.items()},
+  }
   if refused:
     _state["reason"] = f"mallopt refused {refused}"
   return malloc_state()
@@ -77,5 +85,6 @@ def malloc_state() -> dict:
 
 
 def minor_page_faults() -> int:
-  """Minor page faults this process has taken so far (getrusage): the allocator's cost shows here."""
+  """Minor page faults this process has taken so far (getrusage): the allocator's cost shows
+  here."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax import recurrence
-from lstm_jax.errors import DataError, ConfigError
+from lstm_jax.errors import ConfigError, DataError
 
 Array = jax.Array
 Carry = tuple[tuple[Array, Array], ...]  # per layer (c, h), each <float32>[B, H]
@@ -54,10 +54,11 @@ MATMUL_DTYPES = recurrence.MATMUL_DTYPES
 
 
 def resolve_input_projection(input_projection: str, backend: str | None = None) -> str:
-  """"in_step" or "hoisted": "auto" resolves per backend (in_step on CPU, hoisted on GPU/TPU)."""
+  """ "in_step" or "hoisted": "auto" resolves per backend (in_step on CPU, hoisted on GPU/TPU)."""
   if input_projection not in INPUT_PROJECTIONS:
-    raise ConfigError(f"input_projection must be one of {INPUT_PROJECTIONS}, got "
-                      f"{input_projection!r}.")
+    raise ConfigError(
+      f"input_projection must be one of {INPUT_PROJECTIONS}, got {input_projection!r}."
+    )
   if input_projection != "auto":
     return input_projection
   return "in_step" if (backend or jax.default_backend()) == "cpu" else "hoisted"
@@ -65,10 +66,12 @@ def resolve_input_projection(input_projection: str, backend: str | None = None) 
 
 def forget_bias_init(value: float = 1.0):
   """Zero bias with `value` on the forget gate (the second quarter), as Keras' unit_forget_bias."""
+
   def init(key, shape, dtype=jnp.float32):
     del key
     h = shape[0] // 4
-    return jnp.zeros(shape, dtype).at[h:2 * h].set(value)
+    return jnp.zeros(shape, dtype).at[h : 2 * h].set(value)
+
   return init
 
 
@@ -88,8 +91,9 @@ class _MaskedStep(nn.Module):
   def __call__(self, carry, xs, weights, bias):
     # x_t: [B, F], or [B, 4H] already projected; mask_t, reset_t: [B] float 0/1.
     # weights: [F + H, 4H] (kernel stacked on recurrent_kernel) in step, else recurrent_kernel.
-    carry, y, _ = recurrence.step(weights, bias, self.in_step_projection, carry, xs,
-                                  self.matmul_dtype)
+    carry, y, _ = recurrence.step(
+      weights, bias, self.in_step_projection, carry, xs, self.matmul_dtype
+    )
     return carry, y
 
 
@@ -115,18 +119,22 @@ class LSTMLayer(nn.Module):
   matmul_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array,
-               carry: tuple[Array, Array]) -> tuple[Array, tuple[Array, Array]]:
+  def __call__(
+    self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry: tuple[Array, Array]
+  ) -> tuple[Array, tuple[Array, Array]]:
     features, hidden = x_BxTxF.shape[-1], self.hidden_size
     if self.has_variable("params", "kernel"):
       expected = self.get_variable("params", "kernel").shape[0]
       if expected != features:
-        raise DataError(f"{self.name}: the inputs have {features} features per step but the model "
-                        f"was initialised for {expected}; re-initialise the model for {features} "
-                        f"features or feed it {expected}-feature inputs.")
+        raise DataError(
+          f"{self.name}: the inputs have {features} features per step but the model "
+          f"was initialised for {expected}; re-initialise the model for {features} "
+          f"features or feed it {expected}-feature inputs."
+        )
     kernel = self.param("kernel", self.kernel_init, (features, 4 * hidden), jnp.float32)
-    recurrent_kernel = self.param("recurrent_kernel", self.recurrent_init, (hidden, 4 * hidden),
-                                  jnp.float32)
+    recurrent_kernel = self.param(
+      "recurrent_kernel", self.recurrent_init, (hidden, 4 * hidden), jnp.float32
+    )
     bias = self.param("bias", self.bias_init, (4 * hidden,), jnp.float32)
 
     recurrence.cast_weights(bias, self.matmul_dtype)  # checks the setting: a clear error
@@ -138,17 +146,35 @@ class LSTMLayer(nn.Module):
       # one [T*B, F] x [F, 4H] matmul before the scan
       xs_TxBx = recurrence.matmul(xs_TxBx, kernel, self.matmul_dtype) + bias
       weights = recurrent_kernel
-    as_float = lambda a: a.T.astype(xs_TxBx.dtype)
+
+    def as_float(a):
+      return a.T.astype(xs_TxBx.dtype)
+
     mask_TxB, resets_TxB = as_float(mask_BxT), as_float(resets_BxT)
     if self.backward == "manual":
-      ys_TxBxH, carry = recurrence.recurrence(weights, bias, xs_TxBx, mask_TxB, resets_TxB,
-                                              tuple(carry), in_step, self.unroll,
-                                              self.matmul_dtype)
+      ys_TxBxH, carry = recurrence.recurrence(
+        weights,
+        bias,
+        xs_TxBx,
+        mask_TxB,
+        resets_TxB,
+        tuple(carry),
+        in_step,
+        self.unroll,
+        self.matmul_dtype,
+      )
     elif self.backward == "autodiff":
-      scan = nn.scan(_MaskedStep, variable_broadcast="params", split_rngs={"params": False},
-                     in_axes=(0, nn.broadcast, nn.broadcast), out_axes=0, unroll=self.unroll)
-      carry, ys_TxBxH = scan(in_step_projection=in_step, matmul_dtype=self.matmul_dtype,
-                             name="scan")(carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias)
+      scan = nn.scan(
+        _MaskedStep,
+        variable_broadcast="params",
+        split_rngs={"params": False},
+        in_axes=(0, nn.broadcast, nn.broadcast),
+        out_axes=0,
+        unroll=self.unroll,
+      )
+      carry, ys_TxBxH = scan(
+        in_step_projection=in_step, matmul_dtype=self.matmul_dtype, name="scan"
+      )(carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias)
     else:
       raise ConfigError(f"backward must be one of {BACKWARDS}, got {self.backward!r}.")
     return jnp.swapaxes(ys_TxBxH, 0, 1), carry
@@ -186,32 +212,47 @@ class LSTM(nn.Module):
   dropout_rate: float = 0.0
   input_dropout: float = 0.0
   output_dropout: float = 0.0
-  backward: str = "manual"     # see LSTMLayer
+  backward: str = "manual"  # see LSTMLayer
   matmul_dtype: str = "float32"  # see LSTMLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers)
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
-               initial_carry: Carry | None = None, deterministic: bool = True
-               ) -> tuple[Array, Carry]:
+  def __call__(
+    self,
+    inputs: Array,
+    mask: Array | None = None,
+    resets: Array | None = None,
+    initial_carry: Carry | None = None,
+    deterministic: bool = True,
+  ) -> tuple[Array, Carry]:
     mask, resets = _check_inputs(inputs, mask, resets)
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
     if len(carry) != self.num_layers:
-      raise ValueError(f"initial_carry has {len(carry)} layers, the model {self.num_layers}; pass "
-                       f"one (c, h) pair per layer, e.g. model.zero_carry(batch_size).")
+      raise ValueError(
+        f"initial_carry has {len(carry)} layers, the model {self.num_layers}; pass "
+        f"one (c, h) pair per layer, e.g. model.zero_carry(batch_size)."
+      )
     x, new_carry = inputs, []
-    variational = lambda rate, name: nn.Dropout(rate, broadcast_dims=(1,), name=name)
+
+    def variational(rate, name):
+      return nn.Dropout(rate, broadcast_dims=(1,), name=name)
+
     if self.input_dropout > 0:
       x = variational(self.input_dropout, "input_dropout")(x, deterministic=deterministic)
     for k in range(self.num_layers):
       if k > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, name=f"dropout_{k}")(x, deterministic=deterministic)
-      x, layer_carry = LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                 backward=self.backward, matmul_dtype=self.matmul_dtype,
-                                 name=f"layer_{k}")(x, mask, resets, carry[k])
+      x, layer_carry = LSTMLayer(
+        self.hidden_size,
+        self.input_projection,
+        self.unroll,
+        backward=self.backward,
+        matmul_dtype=self.matmul_dtype,
+        name=f"layer_{k}",
+      )(x, mask, resets, carry[k])
       new_carry.append(layer_carry)
     if self.output_dropout > 0:
       x = variational(self.output_dropout, "output_dropout")(x, deterministic=deterministic)
@@ -234,11 +275,11 @@ class SequenceModel(nn.Module):
   embed_dim: int = 64
   input_projection: str = "auto"
   unroll: int = 1
-  dropout_rate: float = 0.0     # see LSTM: between layers,
-  input_dropout: float = 0.0    # variational on the LSTM's inputs (after the embedding),
-  output_dropout: float = 0.0   # and on its outputs (before the head)
-  bidirectional: bool = False   # BidirectionalLSTM (whole-sequence strategies only)
-  backward: str = "manual"      # see LSTMLayer
+  dropout_rate: float = 0.0  # see LSTM: between layers,
+  input_dropout: float = 0.0  # variational on the LSTM's inputs (after the embedding),
+  output_dropout: float = 0.0  # and on its outputs (before the head)
+  bidirectional: bool = False  # BidirectionalLSTM (whole-sequence strategies only)
+  backward: str = "manual"  # see LSTMLayer
   matmul_dtype: str = "float32"  # see LSTMLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
@@ -247,29 +288,51 @@ class SequenceModel(nn.Module):
     return zero_carry(batch_size, self.hidden_size, self.num_layers)
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
-               initial_carry: Carry | None = None, deterministic: bool = True
-               ) -> tuple[Array, Carry]:
+  def __call__(
+    self,
+    inputs: Array,
+    mask: Array | None = None,
+    resets: Array | None = None,
+    initial_carry: Carry | None = None,
+    deterministic: bool = True,
+  ) -> tuple[Array, Carry]:
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
-        raise DataError(f"a token model (vocab_size={self.vocab_size}) takes <int32>[B, T] token "
-                        f"ids, got {inputs.dtype}{list(inputs.shape)}.")
+        raise DataError(
+          f"a token model (vocab_size={self.vocab_size}) takes <int32>[B, T] token "
+          f"ids, got {inputs.dtype}{list(inputs.shape)}."
+        )
       x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(inputs)
     else:
       x = inputs
     if self.bidirectional:
       if self.input_dropout > 0 or self.output_dropout > 0 or self.dropout_rate > 0:
-        raise ConfigError("dropout is not implemented for the bidirectional LSTM yet; set the "
-                          "dropout rates to 0 or bidirectional=False.")
-      outputs, carry = BidirectionalLSTM(self.hidden_size, self.num_layers, self.input_projection,
-                                         self.unroll, backward=self.backward,
-                                         matmul_dtype=self.matmul_dtype,
-                                         name="lstm")(x, mask, resets, initial_carry)
+        raise ConfigError(
+          "dropout is not implemented for the bidirectional LSTM yet; set the "
+          "dropout rates to 0 or bidirectional=False."
+        )
+      outputs, carry = BidirectionalLSTM(
+        self.hidden_size,
+        self.num_layers,
+        self.input_projection,
+        self.unroll,
+        backward=self.backward,
+        matmul_dtype=self.matmul_dtype,
+        name="lstm",
+      )(x, mask, resets, initial_carry)
     else:
-      outputs, carry = LSTM(self.hidden_size, self.num_layers, self.input_projection, self.unroll,
-                            self.dropout_rate, self.input_dropout, self.output_dropout,
-                            backward=self.backward, matmul_dtype=self.matmul_dtype,
-                            name="lstm")(x, mask, resets, initial_carry, deterministic)
+      outputs, carry = LSTM(
+        self.hidden_size,
+        self.num_layers,
+        self.input_projection,
+        self.unroll,
+        self.dropout_rate,
+        self.input_dropout,
+        self.output_dropout,
+        backward=self.backward,
+        matmul_dtype=self.matmul_dtype,
+        name="lstm",
+      )(x, mask, resets, initial_carry, deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if mask is not None:
       preds = jnp.where(mask[..., None], preds, 0.0)
@@ -288,9 +351,14 @@ class SequenceClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None) -> Array:
-    outputs, _ = LSTM(self.hidden_size, self.num_layers, self.input_projection,
-                      backward=self.backward, matmul_dtype=self.matmul_dtype,
-                      name="lstm")(inputs, mask)
+    outputs, _ = LSTM(
+      self.hidden_size,
+      self.num_layers,
+      self.input_projection,
+      backward=self.backward,
+      matmul_dtype=self.matmul_dtype,
+      name="lstm",
+    )(inputs, mask)
     return nn.Dense(self.num_classes, name="head")(last_real_step(outputs, mask))
 
 
@@ -306,15 +374,19 @@ def last_real_step(x_BxTxD: Array, mask_BxT: Array | None) -> Array:
 
 def _check_inputs(inputs: Array, mask: Array | None, resets: Array | None):
   if inputs.ndim != 3 or not jnp.issubdtype(inputs.dtype, jnp.floating):
-    raise DataError(f"LSTM inputs must be <float>[B, T, F], got {inputs.dtype}{list(inputs.shape)}; "
-                    f"for token ids use SequenceModel(vocab_size=...), which embeds them first.")
+    raise DataError(
+      f"LSTM inputs must be <float>[B, T, F], got {inputs.dtype}{list(inputs.shape)}; "
+      f"for token ids use SequenceModel(vocab_size=...), which embeds them first."
+    )
   bt = inputs.shape[:2]
   mask = jnp.ones(bt, bool) if mask is None else mask
   resets = jnp.zeros(bt, bool) if resets is None else resets
   for name, a in (("mask", mask), ("resets", resets)):
     if tuple(a.shape) != tuple(bt) or a.dtype != jnp.bool_:
-      raise DataError(f"{name} must be <bool>{list(bt)} to match inputs {list(inputs.shape)}, got "
-                      f"{a.dtype}{list(a.shape)}.")
+      raise DataError(
+        f"{name} must be <bool>{list(bt)} to match inputs {list(inputs.shape)}, got "
+        f"{a.dtype}{list(a.shape)}."
+      )
   return mask, resets
 
 
@@ -342,8 +414,12 @@ def segment_reverse_index(mask_BxT: Array, resets_BxT: Array) -> Array:
 
 def bidirectional_zero_carry(batch_size: int, hidden_size: int, num_layers: int = 1):
   """Per layer (forward (c, h), backward (c, h)), all zeros <float32>[batch_size, hidden_size]."""
-  return tuple(zip(zero_carry(batch_size, hidden_size, num_layers),
-                   zero_carry(batch_size, hidden_size, num_layers)))
+  return tuple(
+    zip(
+      zero_carry(batch_size, hidden_size, num_layers),
+      zero_carry(batch_size, hidden_size, num_layers),
+    )
+  )
 
 
 class BidirectionalLSTM(nn.Module):
@@ -376,19 +452,36 @@ class BidirectionalLSTM(nn.Module):
     return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None = None, resets: Array | None = None,
-               initial_carry=None, deterministic: bool = True):
+  def __call__(
+    self,
+    inputs: Array,
+    mask: Array | None = None,
+    resets: Array | None = None,
+    initial_carry=None,
+    deterministic: bool = True,
+  ):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
     mask, resets = _check_inputs(inputs, mask, resets)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     rev = segment_reverse_index(mask, resets)
-    flip = lambda a: jnp.take_along_axis(a, rev.reshape(rev.shape + (1,) * (a.ndim - 2)), axis=1)
+
+    def flip(a):
+      return jnp.take_along_axis(a, rev.reshape(rev.shape + (1,) * (a.ndim - 2)), axis=1)
+
     starts = (resets | (jnp.arange(mask.shape[1]) == 0)[None]) & mask  # reversed starts: same place
     x, new_carry = inputs, []
     for k in range(self.num_layers):
-      layer = lambda name: LSTMLayer(self.hidden_size, self.input_projection, self.unroll,
-                                     backward=self.backward, matmul_dtype=self.matmul_dtype,
-                                     name=name)
+
+      def layer(name):
+        return LSTMLayer(
+          self.hidden_size,
+          self.input_projection,
+          self.unroll,
+          backward=self.backward,
+          matmul_dtype=self.matmul_dtype,
+          name=name,
+        )
+
       fwd, fwd_carry = layer(f"forward_{k}")(x, mask, resets, carry[k][0])
       bwd, bwd_carry = layer(f"backward_{k}")(flip(x), mask, starts, carry[k][1])
       x = jnp.concatenate([fwd, flip(bwd)], axis=-1)

@@ -19,9 +19,10 @@ GEMMs per step (forward, recurrent-input gradient, weight gradient) to bfloat16 
 float32; the state, the gates, the residuals and the gradients' sums stay float32, the parameters
 too (their bfloat16 copy is made once per call). Whether that is faster depends on the CPU:
 faster where bfloat16 dot products are native and fast, slower on some CPUs that have them
-(README "Speed" lists both); measure on yours. Numbers then differ from float32 by bfloat16 rounding (~3 significant digits per operand), so
-the float32 default is the exact one; under bfloat16, padding, bucketing and unpadded runs still
-agree with each other (same operands per row). For XLA to keep each dot in bfloat16 (on the CPU
+(README "Speed" lists both); measure on yours. Numbers then differ from float32 by bfloat16
+rounding (~3 significant digits per operand), so the float32 default is the exact one; under
+bfloat16, padding, bucketing and unpadded runs still agree with each other (same operands per
+row). For XLA to keep each dot in bfloat16 (on the CPU
 it widens a bfloat16 dot with a transposed operand back to float32), the backward reads a
 transposed [K, B] copy of the step's GEMM input and a [4H, K] copy of the weights, so both its
 dots are plain [M, K] x [K, N].
@@ -54,8 +55,10 @@ MATMUL_DTYPES = ("float32", "bfloat16")
 
 def _check(matmul_dtype: str) -> str:
   if matmul_dtype not in MATMUL_DTYPES:
-    raise ConfigError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {matmul_dtype!r}; "
-                      f"float32 is exact, bfloat16 faster where the CPU has bfloat16 dot products.")
+    raise ConfigError(
+      f"matmul_dtype must be one of {MATMUL_DTYPES}, got {matmul_dtype!r}; "
+      f"float32 is exact, bfloat16 faster where the CPU has bfloat16 dot products."
+    )
   return matmul_dtype
 
 
@@ -138,13 +141,23 @@ def step(weights, bias, in_step: bool, carry, xs, matmul_dtype: str = "float32")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def recurrence(weights, bias, xs, mask, resets, carry, in_step: bool, unroll: int = 1,
-               matmul_dtype: str = "float32"):
+def recurrence(
+  weights,
+  bias,
+  xs,
+  mask,
+  resets,
+  carry,
+  in_step: bool,
+  unroll: int = 1,
+  matmul_dtype: str = "float32",
+):
   w = cast_weights(weights, matmul_dtype)
 
   def body(carry, step_xs):
     carry, y, _ = step(w, bias, in_step, carry, step_xs, matmul_dtype)
     return carry, y
+
   carry, ys = jax.lax.scan(body, carry, (xs, mask, resets), unroll=unroll)
   return ys, carry
 
@@ -153,7 +166,8 @@ def _fwd(weights, bias, xs, mask, resets, carry, in_step, unroll, matmul_dtype):
   # symbolic_zeros: each argument leaf comes as CustomVJPPrimal(value, perturbed).
   need_d_xs = xs.perturbed  # False for data inputs (layer 0): no input-gradient GEMM then
   weights, bias, xs, mask, resets, carry = custom_vjp_primal_tree_values(
-      (weights, bias, xs, mask, resets, carry))
+    (weights, bias, xs, mask, resets, carry)
+  )
   w = cast_weights(weights, matmul_dtype)
   low = matmul_dtype != "float32"
 
@@ -161,6 +175,7 @@ def _fwd(weights, bias, xs, mask, resets, carry, in_step, unroll, matmul_dtype):
     carry, y, (lhs, acts, c, tc) = step(w, bias, in_step, carry, step_xs, matmul_dtype)
     # bfloat16: the weight gradient's GEMM reads the input transposed ([K, B], see the docstring)
     return carry, (y, (lhs.T if low else lhs, acts, c, tc))
+
   final, (ys, res) = jax.lax.scan(body, carry, (xs, mask, resets), unroll=unroll)
   # `need_d_xs` rides in the residuals' structure (None or an empty array), not as a value.
   return (ys, final), (weights, bias, mask, resets, res, jnp.zeros(0) if need_d_xs else None)
@@ -173,8 +188,9 @@ def _instantiate(ct):
 def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
   weights, bias, mask, resets, (lhs, acts, c_in, tc), need_d_xs = saved
   low = matmul_dtype != "float32"
-  d_ys, (d_c_final, d_h_final) = jax.tree.map(_instantiate, cotangents,
-                                              is_leaf=lambda x: isinstance(x, SymbolicZero))
+  d_ys, (d_c_final, d_h_final) = jax.tree.map(
+    _instantiate, cotangents, is_leaf=lambda x: isinstance(x, SymbolicZero)
+  )
   need_d_xs = need_d_xs is not None
   hidden = c_in.shape[-1]
 
@@ -183,18 +199,26 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
   w_back = weights if need_d_xs or not in_step else weights[-hidden:]
   if low:  # [4H, K] in bfloat16: d_z @ it is a plain GEMM that XLA keeps in bfloat16
     w_back_t = cast_weights(w_back.T, matmul_dtype)
-    d_lhs = lambda d_z: _dot32(d_z.astype(w_back_t.dtype), w_back_t)
-    d_weights = lambda lhs_t, d_z: _dot32(lhs_t.astype(w_back_t.dtype), d_z.astype(w_back_t.dtype))
+
+    def d_lhs(d_z):
+      return _dot32(d_z.astype(w_back_t.dtype), w_back_t)
+
+    def d_weights(lhs_t, d_z):
+      return _dot32(lhs_t.astype(w_back_t.dtype), d_z.astype(w_back_t.dtype))
   else:
-    d_lhs = lambda d_z: d_z @ w_back.T
-    d_weights = lambda lhs_t, d_z: lhs_t.T @ d_z
+
+    def d_lhs(d_z):
+      return d_z @ w_back.T
+
+    def d_weights(lhs_t, d_z):
+      return lhs_t.T @ d_z
 
   def body(carry, step):
     dc, dh, d_w, d_b = carry
     d_y, m, r, lhs_t, a, c, t = step  # t = tanh(new c)
     m, keep = m[:, None], 1.0 - r[:, None]
     i, f, g, o = jnp.split(a, 4, axis=-1)
-    d_new_h = (d_y + dh) * m                       # y = new_h * m; h_out = new_h * m + h (1 - m)
+    d_new_h = (d_y + dh) * m  # y = new_h * m; h_out = new_h * m + h (1 - m)
     d_new_c = dc * m + d_new_h * o * (1.0 - t * t)
     d_zi = d_new_c * g * i * (1.0 - i)
     d_zf = d_new_c * c * f * (1.0 - f)
@@ -215,7 +239,8 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
 
   init = (d_c_final, d_h_final, jnp.zeros_like(weights), jnp.zeros_like(bias))
   (d_c0, d_h0, d_w, d_b), d_xs = jax.lax.scan(
-      body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll)
+    body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll
+  )
   # None: no cotangent (the bias when hoisted; mask, resets; xs when they need none)
   return d_w, d_b if in_step else None, d_xs, None, None, (d_c0, d_h0)
 

@@ -23,12 +23,30 @@ from typing import Any
 
 import numpy as np
 
-NUMERIC_KEYS = ("compile_seconds", "eval_compile_seconds", "real_tokens", "computed_tokens",
-                "padding_fraction", "tokens_per_second", "wall_seconds", "time_to_target_seconds",
-                "eval_loss", "eval_metric", "step_memory_bytes", "step_peak_bytes",
-                "peak_rss_bytes", "steps", "target_eval_loss")
-PLOTS = ("eval_loss_vs_time.png", "eval_loss_vs_tokens.png", "tokens_per_second.png",
-         "padding_and_compiles.png", "length_histogram.png")
+NUMERIC_KEYS = (
+  "compile_seconds",
+  "eval_compile_seconds",
+  "real_tokens",
+  "computed_tokens",
+  "padding_fraction",
+  "tokens_per_second",
+  "wall_seconds",
+  "time_to_target_seconds",
+  "eval_loss",
+  "eval_metric",
+  "step_memory_bytes",
+  "step_peak_bytes",
+  "peak_rss_bytes",
+  "steps",
+  "target_eval_loss",
+)
+PLOTS = (
+  "eval_loss_vs_time.png",
+  "eval_loss_vs_tokens.png",
+  "tokens_per_second.png",
+  "padding_and_compiles.png",
+  "length_histogram.png",
+)
 
 
 class ProgressLog:
@@ -74,9 +92,11 @@ class ProgressLog:
     self.next_line = frac + 0.25
     self.last_draw = now
     bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
-    line = (f"{self.name:>13} s{self.seed} [{bar}] {100 * frac:5.1f}% "
-            f"{self.tokens / 1e3:8.1f}k tok {self.tokens / max(self.seconds, 1e-9):9.0f} tok/s "
-            f"loss {self.loss:7.4f} eval {self.eval_loss:7.4f}")
+    line = (
+      f"{self.name:>13} s{self.seed} [{bar}] {100 * frac:5.1f}% "
+      f"{self.tokens / 1e3:8.1f}k tok {self.tokens / max(self.seconds, 1e-9):9.0f} tok/s "
+      f"loss {self.loss:7.4f} eval {self.eval_loss:7.4f}"
+    )
     self.stream.write(("\r" + line) if self.tty else (line + "\n"))
     self.stream.flush()
 
@@ -84,8 +104,9 @@ class ProgressLog:
     """Training picked up from a checkpoint: the bar continues from there."""
     self.tokens, self.seconds = real_tokens, seconds
     self._write(dict(kind="resume", real_tokens=real_tokens))
-    self.note(f"{self.name} seed {self.seed}: resumed from a checkpoint at "
-              f"{real_tokens:,} real tokens")
+    self.note(
+      f"{self.name} seed {self.seed}: resumed from a checkpoint at {real_tokens:,} real tokens"
+    )
 
   def note(self, text: str) -> None:
     if not self.quiet:
@@ -124,17 +145,25 @@ def aggregate(runs: list[dict]) -> list[dict]:
   rows = []
   for name in dict.fromkeys(r["strategy"] for r in runs):
     group = [r for r in runs if r["strategy"] == name]
-    row = dict(strategy=name, seeds=len(group), metric=group[0]["metric"],
-               compiles=group[0]["compiles"], shapes=group[0]["shapes"],
-               devices=group[0]["devices"])
+    row = dict(
+      strategy=name,
+      seeds=len(group),
+      metric=group[0]["metric"],
+      compiles=group[0]["compiles"],
+      shapes=group[0]["shapes"],
+      devices=group[0]["devices"],
+    )
     for k in NUMERIC_KEYS:
       vals = [r[k] for r in group if r.get(k) is not None]
       row[k] = float(np.mean(vals)) if vals else None
       row[f"{k}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
     row["time_to_target_reached"] = sum(r.get("time_to_target_seconds") is not None for r in group)
     # not comparable if any seed's row is not (lstm_jax.guards), with each distinct reason
-    reasons = dict.fromkeys(f"seed {r['seed']}: {r['not_comparable']}" if len(group) > 1
-                            else r["not_comparable"] for r in group if r.get("not_comparable"))
+    reasons = dict.fromkeys(
+      f"seed {r['seed']}: {r['not_comparable']}" if len(group) > 1 else r["not_comparable"]
+      for r in group
+      if r.get("not_comparable")
+    )
     row["comparable"] = not reasons
     row["not_comparable"] = "; ".join(reasons) or None
     row["batch_settings"] = group[0].get("batch_settings")
@@ -154,11 +183,19 @@ def _fmt(v: Any, nd: int = 3) -> str:
   return str(v)
 
 
-COLUMNS = (("strategy", "strategy"), ("steps", "steps"), ("compiles", "compiles (train/eval)"),
-           ("compile_seconds", "compile s"), ("padding_fraction", "padding"),
-           ("tokens_per_second", "real tok/s"), ("wall_seconds", "wall s"),
-           ("time_to_target_seconds", "s to target"), ("eval_loss", "eval loss"),
-           ("eval_metric", "metric"), ("step_memory_bytes", "step MiB"))
+COLUMNS = (
+  ("strategy", "strategy"),
+  ("steps", "steps"),
+  ("compiles", "compiles (train/eval)"),
+  ("compile_seconds", "compile s"),
+  ("padding_fraction", "padding"),
+  ("tokens_per_second", "real tok/s"),
+  ("wall_seconds", "wall s"),
+  ("time_to_target_seconds", "s to target"),
+  ("eval_loss", "eval loss"),
+  ("eval_metric", "metric"),
+  ("step_memory_bytes", "step MiB"),
+)
 
 
 def _cells(row: dict) -> list[str]:
@@ -189,8 +226,12 @@ def _cells(row: dict) -> list[str]:
 
 def not_comparable_notes(rows: list[dict]) -> list[str]:
   """One line per row the guards flagged: why it is not comparable (the table marks it *)."""
-  return [f"* {r['strategy']}: not comparable, {r['not_comparable']}; left out of the target "
-          f"and never ranked." for r in rows if not r.get("comparable", True)]
+  return [
+    f"* {r['strategy']}: not comparable, {r['not_comparable']}; left out of the target "
+    f"and never ranked."
+    for r in rows
+    if not r.get("comparable", True)
+  ]
 
 
 def table(rows: list[dict], markdown: bool = False) -> str:
@@ -201,30 +242,41 @@ def table(rows: list[dict], markdown: bool = False) -> str:
   notes = not_comparable_notes(rows)
   if markdown:
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]
-                     + ([""] + notes if notes else []))
+    return "\n".join(
+      lines + ["| " + " | ".join(c) + " |" for c in cells] + ([""] + notes if notes else [])
+    )
   widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
 
   def fmt(cs):
     return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))
 
-  return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells]
-                   + notes)
+  return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells] + notes)
 
 
 def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[dict]:
   """Writes runs.json, summary.json/.csv, meta.json, the plots and report.md; returns summary."""
   summary = aggregate(runs)
-  dump = lambda name, obj: json.dump(obj, open(os.path.join(workdir, name), "w"), indent=1)
+
+  def dump(name, obj):
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(obj, f, indent=1)
+
   dump("runs.json", runs)
   dump("summary.json", summary)
   dump("curves.json", [dict(strategy=k[0], seed=k[1], points=v) for k, v in curves.items()])
   dump("meta.json", meta)
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
-    flat = [dict(r, compiles=r["compiles"]["train"], eval_compiles=r["compiles"]["eval"],
-                 cache_loads=r["cache_loads"]["train"], eval_cache_loads=r["cache_loads"]["eval"],
-                 batch_settings=json.dumps(r.get("batch_settings")))
-            for r in summary]
+    flat = [
+      dict(
+        r,
+        compiles=r["compiles"]["train"],
+        eval_compiles=r["compiles"]["eval"],
+        cache_loads=r["cache_loads"]["train"],
+        eval_cache_loads=r["cache_loads"]["eval"],
+        batch_settings=json.dumps(r.get("batch_settings")),
+      )
+      for r in summary
+    ]
     writer = csv.DictWriter(f, fieldnames=list(flat[0]))
     writer.writeheader()
     writer.writerows(flat)
@@ -240,35 +292,64 @@ def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
   v, d, cfg = meta["versions"], meta["data"], meta["config"]
   target = summary[0].get("target_eval_loss")
   lines = [
-      f"# Strategy comparison: {d.get('source')} ({meta['started']})", "",
-      f"Same model (LSTM H={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layer(s)), "
-      f"optimizer (Adam {cfg['optimizer']['learning_rate']}), data split and seed for every row; "
-      f"each trained on {cfg['train']['real_tokens'] or 'all'} real tokens "
-      f"({cfg['train']['epochs'] or '-'} epochs max), {cfg['seeds']} seed(s); evaluated on the "
-      f"held-out split with the same exact masked forward.", "",
-      table(summary, markdown=True), "",
-      f"*steps*: optimizer steps (rows take about train.tokens_per_step="
-      f"{cfg['train'].get('tokens_per_step', '-')} real tokens each, so equal budgets mean "
-      f"equal steps; a row more than ±{100 * cfg.get('guards', {}).get('step_tolerance', 0):.0f}%"
-      f" from the median row is marked * and not ranked). "
-      f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
-      f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
-      f"*s to target*: wall seconds until the eval loss first reached {target:.4f}"
-      f" (the worst final eval loss of the comparable rows unless configured), interpolated between "
-      f"evaluations. *step MiB*: XLA's memory for the largest train step (scratch, arguments "
-      f"and outputs: what the memory guard checks). Peak RSS of the process: "
-      f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.", "",
-      "## Reading", "", *reading(summary), "", *([notes.strip(), ""] if notes else []),
-      "## Batch settings", "", *(f"- {r['strategy']}: " + ", ".join(
-          f"{k} {v}" for k, v in (r.get("batch_settings") or {}).items()) for r in summary), "",
-      "![eval loss vs wall time](eval_loss_vs_time.png)",
-      "![eval loss vs real tokens](eval_loss_vs_tokens.png)", "",
-      "![tokens per second](tokens_per_second.png)",
-      "![padding and compiles](padding_and_compiles.png)", "",
-      "![length histogram](length_histogram.png)", "",
-      "## Data", "", "```", json.dumps(d, indent=1), "```", "",
-      "## Versions", "", "```", json.dumps(v, indent=1), "```", "",
-      f"Run time: {meta['total_seconds']:.0f} s.", ""]
+    f"# Strategy comparison: {d.get('source')} ({meta['started']})",
+    "",
+    f"Same model (LSTM H={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layer(s)), "
+    f"optimizer (Adam {cfg['optimizer']['learning_rate']}), data split and seed for every row; "
+    f"each trained on {cfg['train']['real_tokens'] or 'all'} real tokens "
+    f"({cfg['train']['epochs'] or '-'} epochs max), {cfg['seeds']} seed(s); evaluated on the "
+    f"held-out split with the same exact masked forward.",
+    "",
+    table(summary, markdown=True),
+    "",
+    f"*steps*: optimizer steps (rows take about train.tokens_per_step="
+    f"{cfg['train'].get('tokens_per_step', '-')} real tokens each, so equal budgets mean "
+    f"equal steps; a row more than ±{100 * cfg.get('guards', {}).get('step_tolerance', 0):.0f}%"
+    f" from the median row is marked * and not ranked). "
+    f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
+    f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
+    f"*s to target*: wall seconds until the eval loss first reached {target:.4f}"
+    f" (the worst final eval loss of the comparable rows unless configured), interpolated between "
+    f"evaluations. *step MiB*: XLA's memory for the largest train step (scratch, arguments "
+    f"and outputs: what the memory guard checks). Peak RSS of the process: "
+    f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.",
+    "",
+    "## Reading",
+    "",
+    *reading(summary),
+    "",
+    *([notes.strip(), ""] if notes else []),
+    "## Batch settings",
+    "",
+    *(
+      f"- {r['strategy']}: "
+      + ", ".join(f"{k} {v}" for k, v in (r.get("batch_settings") or {}).items())
+      for r in summary
+    ),
+    "",
+    "![eval loss vs wall time](eval_loss_vs_time.png)",
+    "![eval loss vs real tokens](eval_loss_vs_tokens.png)",
+    "",
+    "![tokens per second](tokens_per_second.png)",
+    "![padding and compiles](padding_and_compiles.png)",
+    "",
+    "![length histogram](length_histogram.png)",
+    "",
+    "## Data",
+    "",
+    "```",
+    json.dumps(d, indent=1),
+    "```",
+    "",
+    "## Versions",
+    "",
+    "```",
+    json.dumps(v, indent=1),
+    "```",
+    "",
+    f"Run time: {meta['total_seconds']:.0f} s.",
+    "",
+  ]
   return "\n".join(lines)
 
 
@@ -277,69 +358,108 @@ def reading(summary: list[dict]) -> list[str]:
   rows the guards flagged are named, with their reasons, and left out)."""
   flagged = [r for r in summary if not r.get("comparable", True)]
   summary = [r for r in summary if r.get("comparable", True)]
-  out = ["- Not comparable, left out of this reading: " + "; ".join(
-      f"{r['strategy']} ({r['not_comparable']})" for r in flagged) + "."] if flagged else []
+  out = (
+    [
+      "- Not comparable, left out of this reading: "
+      + "; ".join(f"{r['strategy']} ({r['not_comparable']})" for r in flagged)
+      + "."
+    ]
+    if flagged
+    else []
+  )
   if not summary:
     return out
   by = {r["strategy"]: r for r in summary}
-  reached = sorted((r for r in summary if r.get("time_to_target_seconds") is not None),
-                   key=lambda r: r["time_to_target_seconds"])
+  reached = sorted(
+    (r for r in summary if r.get("time_to_target_seconds") is not None),
+    key=lambda r: r["time_to_target_seconds"],
+  )
   if reached:
     best = reached[0]
-    others = ", ".join(f"{r['strategy']} {r['time_to_target_seconds']:.1f} s "
-                       f"({r['time_to_target_seconds'] / best['time_to_target_seconds']:.1f}x)"
-                       for r in reached[1:])
-    out.append(f"- Time to quality: **{best['strategy']}** reached the target eval loss "
-               f"{best['target_eval_loss']:.4f} first, in {best['time_to_target_seconds']:.1f} s "
-               f"of training (compiles included); then {others or 'no other'}.")
+    others = ", ".join(
+      f"{r['strategy']} {r['time_to_target_seconds']:.1f} s "
+      f"({r['time_to_target_seconds'] / best['time_to_target_seconds']:.1f}x)"
+      for r in reached[1:]
+    )
+    out.append(
+      f"- Time to quality: **{best['strategy']}** reached the target eval loss "
+      f"{best['target_eval_loss']:.4f} first, in {best['time_to_target_seconds']:.1f} s "
+      f"of training (compiles included); then {others or 'no other'}."
+    )
   fast = max(summary, key=lambda r: r["tokens_per_second"] or 0)
-  out.append(f"- Throughput: {fast['strategy']} trained fastest at "
-             f"{fast['tokens_per_second']:,.0f} real tokens/s; " + ", ".join(
-                 f"{r['strategy']} {r['tokens_per_second']:,.0f}" for r in summary
-                 if r is not fast) + ". Padding explains most of the gap: " + ", ".join(
-                 f"{r['strategy']} {100 * r['padding_fraction']:.1f}%" for r in summary) + ".")
+  out.append(
+    f"- Throughput: {fast['strategy']} trained fastest at "
+    f"{fast['tokens_per_second']:,.0f} real tokens/s; "
+    + ", ".join(f"{r['strategy']} {r['tokens_per_second']:,.0f}" for r in summary if r is not fast)
+    + ". Padding explains most of the gap: "
+    + ", ".join(f"{r['strategy']} {100 * r['padding_fraction']:.1f}%" for r in summary)
+    + "."
+  )
   if "pad_batch_max" in by:
     r = by["pad_batch_max"]
-    out.append(f"- The trap: pad_batch_max compiled its train step {r['compiles']['train']} "
-               f"times, {r['compile_seconds']:.0f} s of its {r['wall_seconds']:.0f} s "
-               f"({100 * r['compile_seconds'] / max(r['wall_seconds'], 1e-9):.0f}%).")
+    out.append(
+      f"- The trap: pad_batch_max compiled its train step {r['compiles']['train']} "
+      f"times, {r['compile_seconds']:.0f} s of its {r['wall_seconds']:.0f} s "
+      f"({100 * r['compile_seconds'] / max(r['wall_seconds'], 1e-9):.0f}%)."
+    )
   lo = min(summary, key=lambda r: r["eval_loss"])
   hi = max(summary, key=lambda r: r["eval_loss"])
   spread = max((r.get("eval_loss_std") or 0) for r in summary)
-  out.append(f"- Quality at equal real tokens: eval losses range from {lo['eval_loss']:.4f} "
-             f"({lo['strategy']}) to {hi['eval_loss']:.4f} ({hi['strategy']})" + (
-                 f"; the largest spread across seeds is ±{spread:.4f}, so differences smaller "
-                 f"than that are noise." if spread else
-                 "; with one seed, small differences may be noise (run with --config.seeds=3)."))
+  out.append(
+    f"- Quality at equal real tokens: eval losses range from {lo['eval_loss']:.4f} "
+    f"({lo['strategy']}) to {hi['eval_loss']:.4f} ({hi['strategy']})"
+    + (
+      f"; the largest spread across seeds is ±{spread:.4f}, so differences smaller "
+      f"than that are noise."
+      if spread
+      else "; with one seed, small differences may be noise (run with --config.seeds=3)."
+    )
+  )
   return out
 
 
-def plot_all(workdir: str, summary: list[dict], curves: dict, histogram: dict,
-             boundaries: list[int]) -> None:
+def plot_all(
+  workdir: str, summary: list[dict], curves: dict, histogram: dict, boundaries: list[int]
+) -> None:
   import logging
 
   import matplotlib
+
   matplotlib.use("Agg")
   logging.getLogger("matplotlib").setLevel(logging.WARNING)
   import matplotlib.pyplot as plt
 
   names = [r["strategy"] for r in summary]
   colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
-  save = lambda fig, name: (fig.tight_layout(), fig.savefig(os.path.join(workdir, name), dpi=110),
-                            plt.close(fig))
-  for key, fname, xlabel in (("train_seconds", PLOTS[0], "train wall seconds (compiles included)"),
-                             ("real_tokens", PLOTS[1], "real tokens trained on")):
+
+  def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, name), dpi=110)
+    plt.close(fig)
+
+  for key, fname, xlabel in (
+    ("train_seconds", PLOTS[0], "train wall seconds (compiles included)"),
+    ("real_tokens", PLOTS[1], "real tokens trained on"),
+  ):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for (name, seed), pts in curves.items():
-      ax.plot([p[key] for p in pts], [p["eval_loss"] for p in pts], marker="o", ms=3,
-              color=colors[name], alpha=1.0 if seed == min(s for _, s in curves) else 0.4,
-              label=name if seed == min(s for _, s in curves) else None)
+      ax.plot(
+        [p[key] for p in pts],
+        [p["eval_loss"] for p in pts],
+        marker="o",
+        ms=3,
+        color=colors[name],
+        alpha=1.0 if seed == min(s for _, s in curves) else 0.4,
+        label=name if seed == min(s for _, s in curves) else None,
+      )
     if summary and summary[0].get("target_eval_loss"):
       ax.axhline(summary[0]["target_eval_loss"], color="grey", ls=":", lw=1, label="target")
     later = [p["eval_loss"] for pts in curves.values() for p in pts[1:]]
     if later:  # the untrained first point would squash the curves: leave it above the frame
-      ax.set_ylim(min(later) - 0.02 * (max(later) - min(later)),
-                  max(later) + 0.05 * (max(later) - min(later) + 1e-9))
+      ax.set_ylim(
+        min(later) - 0.02 * (max(later) - min(later)),
+        max(later) + 0.05 * (max(later) - min(later) + 1e-9),
+      )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("eval loss")
     ax.legend()
@@ -347,8 +467,12 @@ def plot_all(workdir: str, summary: list[dict], curves: dict, histogram: dict,
     save(fig, fname)
   fig, ax = plt.subplots(figsize=(6.4, 3.6))
   tps = [r["tokens_per_second"] or 0 for r in summary]
-  ax.bar(names, tps, yerr=[r.get("tokens_per_second_std") or 0 for r in summary],
-         color=[colors[n] for n in names])
+  ax.bar(
+    names,
+    tps,
+    yerr=[r.get("tokens_per_second_std") or 0 for r in summary],
+    color=[colors[n] for n in names],
+  )
   ax.set_ylabel("real tokens / s (steady state)")
   save(fig, PLOTS[2])
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -361,8 +485,12 @@ def plot_all(workdir: str, summary: list[dict], curves: dict, histogram: dict,
   save(fig, PLOTS[3])
   fig, ax = plt.subplots(figsize=(6.4, 3.6))
   lengths, counts = histogram["lengths"], histogram["counts"]
-  ax.hist(lengths, weights=counts, bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60),
-          color="0.6")
+  ax.hist(
+    lengths,
+    weights=counts,
+    bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60),
+    color="0.6",
+  )
   ax.set_xscale("log")
   for b in boundaries:
     ax.axvline(b, color="tab:red", lw=1)

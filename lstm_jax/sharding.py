@@ -24,7 +24,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lstm_jax.batching import Batch, BatchPlan, assemble
 from lstm_jax.data import RaggedDataset
@@ -40,8 +41,9 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
   affects the CPU backend.
   """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+  )
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -49,9 +51,11 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.devices()
   n = num_devices or len(devices)
   if n > len(devices):
-    raise ConfigError(f"asked for {n} devices but only {len(devices)} are visible; lower "
-                      f"mesh.num_devices (on the CPU, XLA_FLAGS="
-                      f"--xla_force_host_platform_device_count={n} makes {n}).")
+    raise ConfigError(
+      f"asked for {n} devices but only {len(devices)} are visible; lower "
+      f"mesh.num_devices (on the CPU, XLA_FLAGS="
+      f"--xla_force_host_platform_device_count={n} makes {n})."
+    )
   return Mesh(np.array(devices[:n]), (DATA,))
 
 
@@ -66,8 +70,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ConfigError(f"the {what} {batch_size} does not divide by the {n} devices of the mesh; "
-                      f"use a multiple of {n} (e.g. {(batch_size // n + 1) * n}) or fewer devices.")
+    raise ConfigError(
+      f"the {what} {batch_size} does not divide by the {n} devices of the mesh; "
+      f"use a multiple of {n} (e.g. {(batch_size // n + 1) * n}) or fewer devices."
+    )
 
 
 def process_rows(batch_size: int, mesh: Mesh) -> slice:
@@ -77,8 +83,9 @@ def process_rows(batch_size: int, mesh: Mesh) -> slice:
   return slice(pid * per, (pid + 1) * per)
 
 
-def shard_batch(dataset: RaggedDataset, plan: BatchPlan, mesh: Mesh,
-                local: Batch | None = None) -> Batch:
+def shard_batch(
+  dataset: RaggedDataset, plan: BatchPlan, mesh: Mesh, local: Batch | None = None
+) -> Batch:
   """A global `Batch` of jax.Arrays split over the mesh's data axis.
 
   Only this process's rows are assembled from the data (or taken from `local`, a full batch).
@@ -92,8 +99,9 @@ def shard_batch(dataset: RaggedDataset, plan: BatchPlan, mesh: Mesh,
     local = jax.tree.map(lambda a: a[rows], local)
   sharding = batch_sharding(mesh)
   return jax.tree.map(
-      lambda a: jax.make_array_from_process_local_data(sharding, a,
-                                                       (plan.batch_size,) + a.shape[1:]), local)
+    lambda a: jax.make_array_from_process_local_data(sharding, a, (plan.batch_size,) + a.shape[1:]),
+    local,
+  )
 
 
 def shard_carry(carry: Any, mesh: Mesh) -> Any:

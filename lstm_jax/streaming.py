@@ -47,8 +47,9 @@ class Streamer:
     continuing each stream's state; `mask` <bool>[B, T] marks which steps are real (default all)."""
     chunk = np.asarray(chunk)
     if chunk.ndim < 2 or chunk.shape[0] != self.batch_size:
-      raise DataError(f"a chunk must be [batch_size={self.batch_size}, T, ...], got "
-                      f"{list(chunk.shape)}.")
+      raise DataError(
+        f"a chunk must be [batch_size={self.batch_size}, T, ...], got {list(chunk.shape)}."
+      )
     b, t = chunk.shape[:2]
     if t == 0:
       raise DataError("an empty chunk (T = 0); send at least one step.")
@@ -59,8 +60,7 @@ class Streamer:
     if padded > t:
       chunk = np.concatenate([chunk, np.zeros((b, padded - t) + chunk.shape[2:], chunk.dtype)], 1)
       mask = np.concatenate([mask, np.zeros((b, padded - t), bool)], 1)
-    outputs, self.carry = self.steps(self.params, jnp.asarray(chunk), jnp.asarray(mask),
-                                     self.carry)
+    outputs, self.carry = self.steps(self.params, jnp.asarray(chunk), jnp.asarray(mask), self.carry)
     return outputs[:, :t]
 
   def reset(self, streams: int | Sequence[int] | None = None) -> None:

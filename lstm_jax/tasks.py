@@ -39,14 +39,16 @@ class LengthDistribution:
 
   def __post_init__(self):
     if self.kind not in ("uniform", "lognormal", "list"):
-      raise ConfigError(f"unknown length distribution {self.kind!r}; use 'uniform', 'lognormal' "
-                        f"or 'list'.")
+      raise ConfigError(
+        f"unknown length distribution {self.kind!r}; use 'uniform', 'lognormal' or 'list'."
+      )
     if self.kind == "list":
       if not self.values or min(self.values) < 1:
         raise ConfigError(f"a 'list' length distribution needs lengths >= 1, got {self.values!r}.")
     elif not 1 <= self.min_length <= self.max_length:
-      raise ConfigError(f"need 1 <= min_length <= max_length, got {self.min_length}, "
-                        f"{self.max_length}.")
+      raise ConfigError(
+        f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}."
+      )
 
 
 def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,9 +61,11 @@ def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator) -
   return np.resize(np.asarray(dist.values, dtype=np.int64), n)
 
 
-def adding_problem(num_sequences: int, lengths: LengthDistribution | Sequence[int],
-                   seed: int = 0) -> RaggedDataset:
-  """The adding problem: values [L, 2] = (uniform value, marker); target the two marked values' sum."""
+def adding_problem(
+  num_sequences: int, lengths: LengthDistribution | Sequence[int], seed: int = 0
+) -> RaggedDataset:
+  """The adding problem: values [L, 2] = (uniform value, marker); the target is the sum of the
+  two marked values."""
   rng = np.random.default_rng(seed)
   lens = _lengths(lengths, num_sequences, rng)
   if (lens < 2).any():
@@ -77,12 +81,18 @@ def adding_problem(num_sequences: int, lengths: LengthDistribution | Sequence[in
   values[starts + first, 1] = 1.0
   values[starts + second, 1] = 1.0
   targets = values[starts + first, 0] + values[starts + second, 0]
-  return RaggedDataset(values, lens, targets[:, None].astype(np.float32), target_level="sequence",
-                       name=f"adding(n={num_sequences},seed={seed})")
+  return RaggedDataset(
+    values,
+    lens,
+    targets[:, None].astype(np.float32),
+    target_level="sequence",
+    name=f"adding(n={num_sequences},seed={seed})",
+  )
 
 
-def running_parity(num_sequences: int, lengths: LengthDistribution | Sequence[int],
-                   seed: int = 0) -> RaggedDataset:
+def running_parity(
+  num_sequences: int, lengths: LengthDistribution | Sequence[int], seed: int = 0
+) -> RaggedDataset:
   """Running parity: values [L, 1] bits; target at step t = XOR of bits 0..t (2 classes)."""
   rng = np.random.default_rng(seed)
   lens = _lengths(lengths, num_sequences, rng)
@@ -91,12 +101,19 @@ def running_parity(num_sequences: int, lengths: LengthDistribution | Sequence[in
   csum = np.cumsum(bits)
   before = np.repeat(csum[starts] - bits[starts], lens)  # ones before each sequence's start
   targets = ((csum - before) % 2).astype(np.int32)
-  return RaggedDataset(bits[:, None].astype(np.float32), lens, targets, target_level="step",
-                       num_classes=2, name=f"parity(n={num_sequences},seed={seed})")
+  return RaggedDataset(
+    bits[:, None].astype(np.float32),
+    lens,
+    targets,
+    target_level="step",
+    num_classes=2,
+    name=f"parity(n={num_sequences},seed={seed})",
+  )
 
 
 def _lengths(lengths, n: int, rng: np.random.Generator) -> np.ndarray:
   if isinstance(lengths, LengthDistribution):
     return sample_lengths(lengths, n, rng)
-  return sample_lengths(LengthDistribution(kind="list", values=tuple(int(x) for x in lengths)),
-                        n, rng)
+  return sample_lengths(
+    LengthDistribution(kind="list", values=tuple(int(x) for x in lengths)), n, rng
+  )

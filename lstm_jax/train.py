@@ -29,7 +29,6 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
-
 from jax.sharding import Mesh
 
 from lstm_jax import sharding
@@ -55,8 +54,12 @@ def loss_kind_of(dataset: RaggedDataset) -> str:
   return "classification" if dataset.is_classification else "regression"
 
 
-def create_train_state(model: SequenceModel, optimizer: optax.GradientTransformation,
-                       dataset: RaggedDataset, seed: int = 0) -> TrainState:
+def create_train_state(
+  model: SequenceModel,
+  optimizer: optax.GradientTransformation,
+  dataset: RaggedDataset,
+  seed: int = 0,
+) -> TrainState:
   """Initialises `model` for `dataset`'s inputs and pairs it with `optimizer`."""
   check_model_fits_data(model, dataset)
   if dataset.is_tokens:
@@ -64,37 +67,52 @@ def create_train_state(model: SequenceModel, optimizer: optax.GradientTransforma
   else:
     example = jnp.zeros((1, 1, dataset.num_features), jnp.float32)
   params = model.init(jax.random.key(seed), example)["params"]
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=optimizer, model=model,
-                            loss_kind=loss_kind_of(dataset),
-                            rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+  state = TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    tx=optimizer,
+    model=model,
+    loss_kind=loss_kind_of(dataset),
+    rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+  )
   return state.replace(step=jnp.asarray(0, jnp.int32))  # an array: one signature from step 0 on
 
 
-def check_model_fits_data(model: SequenceModel, dataset: RaggedDataset,
-                          params: Any | None = None) -> None:
+def check_model_fits_data(
+  model: SequenceModel, dataset: RaggedDataset, params: Any | None = None
+) -> None:
   """Raises DataError, before any compile, if the data cannot feed the model or its head."""
   if dataset.is_tokens != (model.vocab_size is not None):
     raise DataError(
-        f"the data holds {'token ids' if dataset.is_tokens else 'float features'} but the model "
-        f"{'embeds tokens' if model.vocab_size is not None else 'takes float features'}; set "
-        f"SequenceModel(vocab_size=...) for token data and leave it None for features.")
+      f"the data holds {'token ids' if dataset.is_tokens else 'float features'} but the model "
+      f"{'embeds tokens' if model.vocab_size is not None else 'takes float features'}; set "
+      f"SequenceModel(vocab_size=...) for token data and leave it None for features."
+    )
   if dataset.is_tokens and dataset.vocab_size > model.vocab_size:
-    raise DataError(f"the data's vocabulary has {dataset.vocab_size} tokens, the model's embedding "
-                    f"{model.vocab_size}; raise the model's vocab_size.")
+    raise DataError(
+      f"the data's vocabulary has {dataset.vocab_size} tokens, the model's embedding "
+      f"{model.vocab_size}; raise the model's vocab_size."
+    )
   if params is not None and not dataset.is_tokens:
     expected = layer_params(params)[0]["kernel"].shape[0]
     if expected != dataset.num_features:
-      raise DataError(f"the data has {dataset.num_features} features per step but the model was "
-                      f"initialised for {expected}; re-initialise the model for this data.")
+      raise DataError(
+        f"the data has {dataset.num_features} features per step but the model was "
+        f"initialised for {expected}; re-initialise the model for this data."
+      )
   if dataset.is_classification:
     top = int(dataset.targets.max())
     if top >= model.num_outputs:
-      raise DataError(f"label {top} is out of range for a head with {model.num_outputs} outputs "
-                      f"(classes 0..{model.num_outputs - 1}); set num_outputs >= "
-                      f"{dataset.num_classes} (the data's num_classes).")
+      raise DataError(
+        f"label {top} is out of range for a head with {model.num_outputs} outputs "
+        f"(classes 0..{model.num_outputs - 1}); set num_outputs >= "
+        f"{dataset.num_classes} (the data's num_classes)."
+      )
   elif dataset.target_dim != model.num_outputs:
-    raise DataError(f"the regression targets have {dataset.target_dim} dims per step but the head "
-                    f"has {model.num_outputs} outputs; set num_outputs={dataset.target_dim}.")
+    raise DataError(
+      f"the regression targets have {dataset.target_dim} dims per step but the head "
+      f"has {model.num_outputs} outputs; set num_outputs={dataset.target_dim}."
+    )
 
 
 def per_step_loss(preds, targets, loss_kind: str):
@@ -113,12 +131,21 @@ def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bo
   kwargs = {}
   if training:  # dropout on, its masks seeded by the step: fold_in(rng, step)
     kwargs = dict(deterministic=False, rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
-  preds, new_carry = state.apply_fn({"params": params}, batch.inputs, mask=batch.mask,
-                                    resets=batch.resets, initial_carry=carry, **kwargs)
+  preds, new_carry = state.apply_fn(
+    {"params": params},
+    batch.inputs,
+    mask=batch.mask,
+    resets=batch.resets,
+    initial_carry=carry,
+    **kwargs,
+  )
   loss, correct = per_step_loss(preds, batch.targets, state.loss_kind)
-  metrics = dict(loss_sum=jnp.sum(batch.weights * loss), weight_sum=jnp.sum(batch.weights),
-                 correct_sum=jnp.sum(batch.weights * correct),
-                 real_tokens=jnp.sum(batch.mask, dtype=jnp.int32))
+  metrics = dict(
+    loss_sum=jnp.sum(batch.weights * loss),
+    weight_sum=jnp.sum(batch.weights),
+    correct_sum=jnp.sum(batch.weights * correct),
+    real_tokens=jnp.sum(batch.mask, dtype=jnp.int32),
+  )
   mean_loss = metrics["loss_sum"] / jnp.maximum(metrics["weight_sum"], 1e-12)
   return mean_loss, (metrics, new_carry)
 
@@ -130,12 +157,14 @@ def train_step(state: TrainState, batch: Batch, carry: Carry, lr_scale=1.0):
     is linear in it (Adam, SGD, ...): variable-length BPTT scales it by chunk length / base.
     1.0 leaves the update exactly as it is (x * 1.0 == x in floating point).
   """
-  grads, (metrics, carry) = jax.grad(_forward, has_aux=True)(state.params, state, batch, carry,
-                                                              training=True)
+  grads, (metrics, carry) = jax.grad(_forward, has_aux=True)(
+    state.params, state, batch, carry, training=True
+  )
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
+  state = state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  )
   return state, metrics, carry
 
 
@@ -159,15 +188,24 @@ class StepFunctions:
     """The steps; with a mesh, jitted with shardings: state and metrics replicated, batch and
     carry split along the mesh's data axis (XLA adds the gradient all-reduce)."""
     if mesh is None:
-      return cls(train=CountedJit(train_step, name="train_step", donate_argnums=(0,)),
-                 eval=CountedJit(eval_step, name="eval_step"))
+      return cls(
+        train=CountedJit(train_step, name="train_step", donate_argnums=(0,)),
+        eval=CountedJit(eval_step, name="eval_step"),
+      )
     rep, split = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     return cls(
-        train=CountedJit(train_step, name="train_step", donate_argnums=(0,),
-                         in_shardings=(rep, split, split, rep), out_shardings=(rep, rep, split)),
-        eval=CountedJit(eval_step, name="eval_step", in_shardings=(rep, split, split),
-                        out_shardings=(rep, split)),
-        mesh=mesh)
+      train=CountedJit(
+        train_step,
+        name="train_step",
+        donate_argnums=(0,),
+        in_shardings=(rep, split, split, rep),
+        out_shardings=(rep, rep, split),
+      ),
+      eval=CountedJit(
+        eval_step, name="eval_step", in_shardings=(rep, split, split), out_shardings=(rep, split)
+      ),
+      mesh=mesh,
+    )
 
   def batch(self, dataset: RaggedDataset, plan) -> Batch:
     """The batch as the steps take it: numpy arrays, or (with a mesh) a global array split over
@@ -184,20 +222,31 @@ class StepFunctions:
 def _abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
   b, t = shape
   sds = jax.ShapeDtypeStruct
-  inputs = (sds((b, t), jnp.int32) if dataset.is_tokens
-            else sds((b, t, dataset.num_features), jnp.float32))
-  targets = (sds((b, t), jnp.int32) if dataset.is_classification
-             else sds((b, t, dataset.target_dim), jnp.float32))
-  return Batch(inputs=inputs, targets=targets, weights=sds((b, t), jnp.float32),
-               mask=sds((b, t), jnp.bool_), resets=sds((b, t), jnp.bool_))
+  inputs = (
+    sds((b, t), jnp.int32) if dataset.is_tokens else sds((b, t, dataset.num_features), jnp.float32)
+  )
+  targets = (
+    sds((b, t), jnp.int32)
+    if dataset.is_classification
+    else sds((b, t, dataset.target_dim), jnp.float32)
+  )
+  return Batch(
+    inputs=inputs,
+    targets=targets,
+    weights=sds((b, t), jnp.float32),
+    mask=sds((b, t), jnp.bool_),
+    resets=sds((b, t), jnp.bool_),
+  )
 
 
-def abstract_step_args(fn: CountedJit, state: TrainState, dataset: RaggedDataset,
-                       shape: tuple[int, int]) -> tuple:
+def abstract_step_args(
+  fn: CountedJit, state: TrainState, dataset: RaggedDataset, shape: tuple[int, int]
+) -> tuple:
   """The arguments `fn` (a train or eval step) takes for batches of `shape`, as
   ShapeDtypeStructs: (state, batch, carry), and the train step's lr_scale."""
-  carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       state.model.zero_carry(shape[0]))
+  carry = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.model.zero_carry(shape[0])
+  )
   args = (state, _abstract_batch(dataset, shape), carry)
   return args + ((jax.ShapeDtypeStruct((), jnp.float32),) if fn.fn is train_step else ())
 
@@ -211,9 +260,9 @@ def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
-  history: list[dict]       # one record per step
+  history: list[dict]  # one record per step
   steps: StepFunctions
-  carry: Carry | None       # the last carry (strategies that carry state)
+  carry: Carry | None  # the last carry (strategies that carry state)
   real_tokens: int
   position: StreamPosition  # where the data stream stands: the next batch, if training went on
   resumed_from: int | None = None  # the checkpoint step training resumed from, if any
@@ -227,9 +276,12 @@ def _batch_loss(m: dict) -> float:
 def stream_identity(strategy: Strategy) -> dict:
   """What a checkpoint must share with a run to resume it: strategy, seed, data and plan."""
   plans = strategy.plan(0)
-  return dict(strategy=strategy.name, seed=strategy.seed,
-              data_fingerprint=strategy.dataset.fingerprint(),
-              plan=f"{len(plans)} batches of {strategy.shapes()}")
+  return dict(
+    strategy=strategy.name,
+    seed=strategy.seed,
+    data_fingerprint=strategy.dataset.fingerprint(),
+    plan=f"{len(plans)} batches of {strategy.shapes()}",
+  )
 
 
 @dataclasses.dataclass
@@ -237,11 +289,11 @@ class Resumed:
   """What a checkpoint hands back to training (`resume`)."""
 
   state: TrainState
-  step: int                 # the checkpoint's step
+  step: int  # the checkpoint's step
   position: StreamPosition  # the next batch of the data stream
-  carry: Carry | None       # the carry for that batch (strategies that carry state)
-  history: list[dict]       # the step records so far
-  extra: dict               # the caller's own state, as it was saved (`fit(extra=...)`)
+  carry: Carry | None  # the carry for that batch (strategies that carry state)
+  history: list[dict]  # the step records so far
+  extra: dict  # the caller's own state, as it was saved (`fit(extra=...)`)
 
 
 def _saved_carry(strategy: Strategy, carry: Carry | None):
@@ -256,8 +308,13 @@ def _identity(strategy: Strategy, settings: dict | None) -> dict:
   return identity
 
 
-def resume(checkpointer: Checkpointer, state: TrainState, strategy: Strategy,
-           steps: StepFunctions | None = None, settings: dict | None = None) -> Resumed | None:
+def resume(
+  checkpointer: Checkpointer,
+  state: TrainState,
+  strategy: Strategy,
+  steps: StepFunctions | None = None,
+  settings: dict | None = None,
+) -> Resumed | None:
   """The newest readable checkpoint of `checkpointer`, restored for `state` and `strategy`; None
   when there is none. It must come from the same strategy, seed, data and plan, and (if given)
   the same `settings` (CheckpointError otherwise, naming what differs)."""
@@ -265,15 +322,20 @@ def resume(checkpointer: Checkpointer, state: TrainState, strategy: Strategy,
   template = steps.zero_carry(state.model, strategy.plan(0)[0].batch_size)
   if steps.mesh is not None:
     state = sharding.replicate(state, steps.mesh)
-  restored = checkpointer.restore(state, _saved_carry(strategy, template),
-                                  _identity(strategy, settings))
+  restored = checkpointer.restore(
+    state, _saved_carry(strategy, template), _identity(strategy, settings)
+  )
   if restored is None:
     return None
   stream = restored.stream
-  return Resumed(state=restored.state, step=restored.step,
-                 position=StreamPosition(stream["epoch"], stream["index"], stream["real_tokens"]),
-                 carry=restored.carry if strategy.carries_state else None,
-                 history=list(stream["history"]), extra=dict(stream.get("extra") or {}))
+  return Resumed(
+    state=restored.state,
+    step=restored.step,
+    position=StreamPosition(stream["epoch"], stream["index"], stream["real_tokens"]),
+    carry=restored.carry if strategy.carries_state else None,
+    history=list(stream["history"]),
+    extra=dict(stream.get("extra") or {}),
+  )
 
 
 class _PendingStep:
@@ -282,8 +344,9 @@ class _PendingStep:
   previous step's completion (or a `restart_clock`) to its own, so a compile belongs to the step
   that needs it, and evaluation or a checkpoint's blocking part to no step."""
 
-  def __init__(self, history: list[dict], callback: Callable[[dict], None] | None,
-               checkpoint_dir: str | None):
+  def __init__(
+    self, history: list[dict], callback: Callable[[dict], None] | None, checkpoint_dir: str | None
+  ):
     self.history, self.callback, self.checkpoint_dir = history, callback, checkpoint_dir
     self.item: tuple[dict, Any] | None = None
     self.t_last: float | None = None
@@ -303,28 +366,41 @@ class _PendingStep:
     (record, metrics), self.item = self.item, None
     m = jax.device_get(metrics)
     now = time.perf_counter()
-    record.update(loss=_batch_loss(m), weight_sum=float(m["weight_sum"]),
-                  correct_sum=float(m["correct_sum"]), step_seconds=now - self.t_last)
+    record.update(
+      loss=_batch_loss(m),
+      weight_sum=float(m["weight_sum"]),
+      correct_sum=float(m["correct_sum"]),
+      step_seconds=now - self.t_last,
+    )
     if not math.isfinite(float(m["loss_sum"])):
       raise FloatingPointError(
-          f"the loss became {float(m['loss_sum'])} at step {record['step']} (epoch "
-          f"{record['epoch']}, batch shape {record['shape']}); lower the learning rate or add "
-          f"gradient clipping (optax.clip_by_global_norm)."
-          + (f" The last good checkpoint is in {self.checkpoint_dir}." if self.checkpoint_dir
-             else ""))
+        f"the loss became {float(m['loss_sum'])} at step {record['step']} (epoch "
+        f"{record['epoch']}, batch shape {record['shape']}); lower the learning rate or add "
+        f"gradient clipping (optax.clip_by_global_norm)."
+        + (f" The last good checkpoint is in {self.checkpoint_dir}." if self.checkpoint_dir else "")
+      )
     self.t_last = now
     self.history.append(record)
     if self.callback is not None:
       self.callback(record)
 
 
-def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
-        max_real_tokens: int | None = None, steps: StepFunctions | None = None,
-        callback: Callable[[dict], None] | None = None, precompile_shapes: bool = True,
-        eval_every_tokens: int | None = None,
-        on_eval: Callable[[TrainState, int], None] | None = None,
-        checkpointer: Checkpointer | None = None, extra: dict | None = None,
-        settings: dict | None = None, resumed: Resumed | None = None) -> FitResult:
+def fit(
+  state: TrainState,
+  strategy: Strategy,
+  *,
+  epochs: int | None = None,
+  max_real_tokens: int | None = None,
+  steps: StepFunctions | None = None,
+  callback: Callable[[dict], None] | None = None,
+  precompile_shapes: bool = True,
+  eval_every_tokens: int | None = None,
+  on_eval: Callable[[TrainState, int], None] | None = None,
+  checkpointer: Checkpointer | None = None,
+  extra: dict | None = None,
+  settings: dict | None = None,
+  resumed: Resumed | None = None,
+) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
@@ -353,11 +429,16 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
     raise ConfigError(f"max_real_tokens must be >= 1, got {max_real_tokens}.")
   check_model_fits_data(state.model, strategy.dataset, state.params)
   if getattr(state.model, "bidirectional", False) and strategy.carries_state:
-    raise ConfigError(f"a bidirectional model needs whole sequences in each row, and "
-                      f"{strategy.name} cuts them into chunks; use pad, bucket or pack.")
+    raise ConfigError(
+      f"a bidirectional model needs whole sequences in each row, and "
+      f"{strategy.name} cuts them into chunks; use pad, bucket or pack."
+    )
   steps = steps or StepFunctions.create()
   zeros: dict[int, Carry] = {}
-  zero_carry = lambda b: zeros.setdefault(b, steps.zero_carry(state.model, b))
+
+  def zero_carry(b):
+    return zeros.setdefault(b, steps.zero_carry(state.model, b))
+
   if steps.mesh is not None:
     for b, _ in strategy.shapes():
       sharding.check_divisible(b, steps.mesh)
@@ -369,28 +450,39 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
       extra.update(resumed.extra)
   position, history, carry = StreamPosition(), [], None
   if resumed is not None:
-    state, position, carry, history = (resumed.state, resumed.position, resumed.carry,
-                                       list(resumed.history))
+    state, position, carry, history = (
+      resumed.state,
+      resumed.position,
+      resumed.carry,
+      list(resumed.history),
+    )
   identity = _identity(strategy, settings) if checkpointer is not None else {}
   pending = _PendingStep(history, callback, checkpointer and checkpointer.directory)
   step = int(state.step)
 
   def save(force: bool = False) -> None:
     pending.flush()  # never save a state whose loss was not checked
-    stream = dict(identity, epoch=position.epoch, index=position.index,
-                  real_tokens=position.real_tokens, history=history, extra=extra or {})
+    stream = dict(
+      identity,
+      epoch=position.epoch,
+      index=position.index,
+      real_tokens=position.real_tokens,
+      history=history,
+      extra=extra or {},
+    )
     checkpointer.save(step, state, _saved_carry(strategy, carry), stream, force=force)
     pending.restart_clock()  # the save's blocking part belongs to no step
 
   def done() -> bool:
-    return ((epochs is not None and position.epoch >= epochs)
-            or (max_real_tokens is not None and position.real_tokens >= max_real_tokens))
+    return (epochs is not None and position.epoch >= epochs) or (
+      max_real_tokens is not None and position.real_tokens >= max_real_tokens
+    )
 
   next_eval = None
   if eval_every_tokens and on_eval:
     next_eval = (position.real_tokens // eval_every_tokens + 1) * eval_every_tokens
   try:
-    for plan, after in ([] if done() else strategy.stream(position)):
+    for plan, after in [] if done() else strategy.stream(position):
       if position.index == 0:  # an epoch starts
         if precompile_shapes:
           precompile(steps.train, state, strategy, position.epoch)
@@ -408,9 +500,17 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
       if strategy.carries_state:
         carry = new_carry
       step += 1
-      pending.hold(dict(step=step, epoch=position.epoch, shape=f"{plan.batch_size}x{plan.length}",
-                        real_tokens=plan.real_tokens, computed_tokens=plan.computed_tokens,
-                        compiled=steps.train.compiles > compiles_before), metrics)
+      pending.hold(
+        dict(
+          step=step,
+          epoch=position.epoch,
+          shape=f"{plan.batch_size}x{plan.length}",
+          real_tokens=plan.real_tokens,
+          computed_tokens=plan.computed_tokens,
+          compiled=steps.train.compiles > compiles_before,
+        ),
+        metrics,
+      )
       position = after
       if next_eval is not None and position.real_tokens >= next_eval:
         pending.flush()
@@ -428,13 +528,20 @@ def fit(state: TrainState, strategy: Strategy, *, epochs: int | None = None,
   finally:
     if checkpointer is not None:
       checkpointer.wait()
-  return FitResult(state=state, history=history, steps=steps, carry=carry,
-                   real_tokens=position.real_tokens, position=position,
-                   resumed_from=resumed.step if resumed is not None else None)
+  return FitResult(
+    state=state,
+    history=history,
+    steps=steps,
+    carry=carry,
+    real_tokens=position.real_tokens,
+    position=position,
+    resumed_from=resumed.step if resumed is not None else None,
+  )
 
 
-def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None = None,
-             epoch: int = 0) -> dict:
+def evaluate(
+  state: TrainState, strategy: Strategy, steps: StepFunctions | None = None, epoch: int = 0
+) -> dict:
   """Weighted mean loss (and accuracy for classification) over one epoch of `strategy`."""
   check_model_fits_data(state.model, strategy.dataset, state.params)
   steps = steps or StepFunctions.create()
@@ -449,8 +556,11 @@ def evaluate(state: TrainState, strategy: Strategy, steps: StepFunctions | None 
     per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
   per_batch = jax.device_get(per_batch)
   totals = {k: float(np.sum([m[k] for m in per_batch], dtype=np.float64)) for k in per_batch[0]}
-  out = dict(loss=totals["loss_sum"] / totals["weight_sum"], weight_sum=totals["weight_sum"],
-             real_tokens=int(totals["real_tokens"]))
+  out = dict(
+    loss=totals["loss_sum"] / totals["weight_sum"],
+    weight_sum=totals["weight_sum"],
+    real_tokens=int(totals["real_tokens"]),
+  )
   if state.loss_kind == "classification":
     out["accuracy"] = totals["correct_sum"] / totals["weight_sum"]
   return out

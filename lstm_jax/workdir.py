@@ -41,29 +41,37 @@ def write_json_atomically(path: str, obj) -> None:
 def settings_difference(saved: dict, current: dict, limit: int = 8) -> str:
   """'key: saved value there, current value here' for each key that differs, or "" if none."""
   keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-  said = [f"{k}: {saved.get(k, '(absent)')!r} there, {current.get(k, '(absent)')!r} here"
-          for k in keys[:limit]]
+  said = [
+    f"{k}: {saved.get(k, '(absent)')!r} there, {current.get(k, '(absent)')!r} here"
+    for k in keys[:limit]
+  ]
   if len(keys) > limit:
     said.append(f"and {len(keys) - limit} more")
   return "; ".join(said)
 
 
-FIX = ("Use a new --workdir for this config, or --config.resume=False to delete this workdir's "
-       "results and checkpoints and start over.")
+FIX = (
+  "Use a new --workdir for this config, or --config.resume=False to delete this workdir's "
+  "results and checkpoints and start over."
+)
 
 
-def check_settings(path: str, saved: dict | None, current: dict, what: str,
-                   error: type = ConfigError) -> None:
+def check_settings(
+  path: str, saved: dict | None, current: dict, what: str, error: type = ConfigError
+) -> None:
   """Raises `error` unless `saved` (the settings stored with a result or checkpoint at `path`)
   equal `current`."""
   if saved is None:
-    raise error(f"{what} {path} does not record the settings that made it (written by an "
-                f"earlier version of lstm_jax), so it cannot be checked against this config. "
-                + FIX)
+    raise error(
+      f"{what} {path} does not record the settings that made it (written by an "
+      f"earlier version of lstm_jax), so it cannot be checked against this config. " + FIX
+    )
   diff = settings_difference(saved, current)
   if diff:
-    raise error(f"{what} {path} was made with different settings ({diff}); reading it back "
-                f"would report or continue another configuration's run as this one. " + FIX)
+    raise error(
+      f"{what} {path} was made with different settings ({diff}); reading it back "
+      f"would report or continue another configuration's run as this one. " + FIX
+    )
 
 
 def read_result(path: str, settings: dict) -> dict | None:
@@ -97,13 +105,15 @@ class WorkdirLock:
       holder = self.file.read().strip() or "holder unknown"
       self.file.close()
       raise ConfigError(
-          f"workdir {workdir} is in use by another runner ({holder}); two runners in one workdir "
-          f"would overwrite each other's results and checkpoints. Wait for it to finish, or give "
-          f"this run another --workdir.") from None
+        f"workdir {workdir} is in use by another runner ({holder}); two runners in one workdir "
+        f"would overwrite each other's results and checkpoints. Wait for it to finish, or give "
+        f"this run another --workdir."
+      ) from None
     self.file.seek(0)
     self.file.truncate()
-    self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    self.file.write(
+      f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
     self.file.flush()
 
   def release(self) -> None:

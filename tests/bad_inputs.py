@@ -40,8 +40,8 @@ TMP = Path(tempfile.gettempdir()) / f"lstm_jax_bad_inputs_{os.getpid()}"  # one 
 class Case:
   area: str
   what: str
-  run: Callable[[], object]   # must raise
-  pattern: str                # the message must match (re.search)
+  run: Callable[[], object]  # must raise
+  pattern: str  # the message must match (re.search)
   error: type = ValueError
 
 
@@ -78,7 +78,10 @@ def _nan_at_step():
 def _damaged_checkpoints():
   ds = ragged_features([3, 4, 5, 6], num_features=2)
   strategy = batching.Pad(ds, batch_size=2)
-  state = lambda: train.create_train_state(SequenceModel(4, num_outputs=2), optax.adam(1e-2), ds)
+
+  def state():
+    return train.create_train_state(SequenceModel(4, num_outputs=2), optax.adam(1e-2), ds)
+
   directory = TMP / "checkpoints"
   shutil.rmtree(directory, ignore_errors=True)
   train.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=1))
@@ -110,8 +113,7 @@ def _pad_run(directory, settings=None, fail_from=None):
       return real_save(step, *args, **kwargs)
 
     ckpt.manager.save = save
-  train.fit(state, batching.Pad(ds, batch_size=2), epochs=1, checkpointer=ckpt,
-            settings=settings)
+  train.fit(state, batching.Pad(ds, batch_size=2), epochs=1, checkpointer=ckpt, settings=settings)
 
 
 def _fresh(name):
@@ -137,112 +139,223 @@ def _busy_workdir():
 
 
 CASES = [
-    # data
-    Case("data", "an empty sequence",
-         lambda: RaggedDataset(_floats(5), np.array([2, 0, 3]), np.zeros(5, np.float32)),
-         r"sequence 1 is empty"),
-    Case("data", "no sequences at all", lambda: from_sequences([], []), "the dataset is empty"),
-    Case("data", "a negative length",
-         lambda: RaggedDataset(_floats(1), np.array([3, -2]), np.zeros(1, np.float32)),
-         r"negative length"),
-    Case("data", "NaN or inf in the inputs",
-         lambda: RaggedDataset(np.array([[0.0], [np.nan], [1.0]], np.float32), np.array([1, 2]),
-                               np.zeros(3, np.float32)), r"NaN in the inputs at step 0 of sequence 1"),
-    Case("data", "integer features (wrong dtype)",
-         lambda: RaggedDataset(np.zeros((3, 2), np.int64), np.array([3]), np.zeros(3, np.float32)),
-         r"must be floating point"),
-    Case("data", "labels out of range",
-         lambda: RaggedDataset(_floats(4), np.array([2, 2]), np.array([0, 1, 2, 5]), num_classes=3),
-         r"label 5 .* out of range"),
-    Case("data", "labels of the wrong shape",
-         lambda: RaggedDataset(_floats(4), np.array([2, 2]), np.zeros((2, 3), np.int64),
-                               target_level="sequence", num_classes=2),
-         r"must be a 1-D .* one integer class id per sequence"),
-    Case("data", "targets whose length differs from the inputs'",
-         lambda: RaggedDataset(_floats(6), np.array([3, 3]), np.zeros(5, np.float32)),
-         r"one row per step \(6\)"),
-    Case("data", "an .npz missing an array", _npz_without_lengths, r"has no lengths array"),
-    Case("data", "a token outside the vocabulary",
-         lambda: RaggedDataset(np.array([1, 9], np.int32), np.array([2]), np.zeros(2, np.int32),
-                               num_classes=2, vocab_size=5), r"token 9 .* out of range"),
-    # data against the strategy or the model
-    Case("batching", "a sequence longer than the largest bucket",
-         lambda: batching.Bucket(identity_dataset([3, 30]), batch_size=1, boundaries=[10, 20]),
-         r"longer than the largest bucket boundary"),
-    Case("batching", "a batch size larger than the data",
-         lambda: batching.Pad(identity_dataset([3, 5, 4]), batch_size=8),
-         r"batch_size 8 is larger than the data"),
-    Case("batching", "more TBPTT streams than sequences",
-         lambda: batching.TBPTT(identity_dataset([3, 5]), num_streams=4, chunk_length=2),
-         r"num_streams 4 is larger than the data"),
-    Case("batching", "a chunk length < 1",
-         lambda: batching.TBPTT(identity_dataset([3, 5]), num_streams=2, chunk_length=0),
-         r"chunk_length must be an integer >= 1"),
-    Case("model", "a feature size that differs from the model's",
-         lambda: train.fit(train.create_train_state(SequenceModel(4, num_outputs=2),
-                                                    optax.adam(1e-2), ragged_features([3, 4])),
-                           batching.Pad(ragged_features([3, 4], num_features=5), batch_size=2),
-                           epochs=1), r"5 features per step but the model was initialised for 3"),
-    Case("model", "labels out of range for the head",
-         lambda: train.create_train_state(SequenceModel(4, num_outputs=1), optax.adam(1e-3),
-                                          tasks.running_parity(4, [3, 4], seed=0)),
-         r"out of range for a head with 1 outputs"),
-    # config
-    Case("config", "an unknown (misspelt) key",
-         lambda: config.validate_config(_cfg(**{"model.hiden_size": 64})),
-         r"unknown config key config.model.hiden_size. Did you mean 'hidden_size'"),
-    Case("config", "a wrong type",
-         lambda: config.validate_config(_cfg(**{"model.hidden_size": "128"})),
-         r"config.model.hidden_size must be int, got str"),
-    Case("config", "a matmul precision that does not exist",
-         lambda: config.validate_config(_cfg(**{"model.matmul_dtype": "float16"})),
-         r"config.model.matmul_dtype must be one of \('float32', 'bfloat16'\), got 'float16'"),
-    Case("config", "a strategy that does not exist",
-         lambda: config.validate_config(_cfg(strategies=("pad", "bucketing"))),
-         r"unknown strategy name\(s\) \['bucketing'\]"),
-    Case("config", "bucket boundaries that do not increase",
-         lambda: config.validate_config(_cfg(**{"strategy.bucket.boundaries": (64, 32, 128),
-                                               "strategy.bucket.num_buckets": None})),
-         r"boundaries must be positive and strictly increasing"),
-    Case("config", "a token budget of zero",
-         lambda: config.validate_config(_cfg(**{"strategy.bucket.tokens_per_batch": 0})),
-         r"tokens_per_batch must be >= 1, got 0"),
-    Case("config", "no rule for when to stop",
-         lambda: config.validate_config(_cfg(**{"train.epochs": 0, "train.real_tokens": 0})),
-         r"set config.train.real_tokens or config.train.epochs"),
-    # the runner's row guards, before anything trains
-    Case("guards", "a strategy that would take too few optimizer steps (pack on long documents)",
-         lambda: guards.check_steps("pack", batching.Pack(identity_dataset([500] * 10),
-                                                          batch_size=1), 2000, None, 20),
-         r"pack would take only 4 optimizer step\(s\) within the budget of 2,000 real tokens.*"
-         r"min_steps=20.*use tbptt or vbptt"),
-    Case("guards", "one step holding more real tokens than the whole budget",
-         lambda: guards.check_steps("pad", batching.Pad(identity_dataset([50] * 40), batch_size=8),
-                                    300, None, 20),
-         r"pad: one step holds 400 real tokens, more than the budget of 300 real tokens\. Lower "
-         r"its rows per step"),
-    Case("guards", "a train step too big for memory (by XLA's memory analysis)",
-         lambda: guards.check_memory("pack", (1, 189_480), 13_743_895_347, 12 * 2**30),
-         r"pack: its largest train step, a \[1, 189480\] batch, needs 13,107 MiB .*"
-         r"max_step_memory \(12,288 MiB\).*use tbptt or vbptt"),
-    # training and checkpoints
-    Case("training", "a loss that becomes NaN or inf", _nan_at_step,
-         r"the loss became inf at step 4", FloatingPointError),
-    Case("checkpoint", "every checkpoint damaged (truncated files)", _damaged_checkpoints,
-         r"(?s)every checkpoint in .* is damaged or incomplete.*resume=False"),
-    Case("checkpoint", "a checkpoint write that fails (disk full, permissions)",
-         lambda: _pad_run(_fresh("full"), fail_from=2),
-         r"could not write the checkpoint of step 2 .* No space left on device .* MiB free there"
-         r".*partial write was removed.*resume from step 1"),
-    Case("checkpoint", "a checkpoint made with other settings (e.g. learning rate)",
-         _checkpoint_of_other_settings,
-         r"made with different settings \(optimizer.learning_rate: 0.003 there, 0.03 here\)"),
-    # the runner's workdir
-    Case("workdir", "a finished result made with other settings (e.g. hidden size)",
-         _result_of_other_settings,
-         r"made with different settings \(model.hidden_size: 16 there, 32 here\).*new --workdir"),
-    Case("workdir", "a second runner on a busy workdir", _busy_workdir,
-         r"is in use by another runner \(pid \d+"),
+  # data
+  Case(
+    "data",
+    "an empty sequence",
+    lambda: RaggedDataset(_floats(5), np.array([2, 0, 3]), np.zeros(5, np.float32)),
+    r"sequence 1 is empty",
+  ),
+  Case("data", "no sequences at all", lambda: from_sequences([], []), "the dataset is empty"),
+  Case(
+    "data",
+    "a negative length",
+    lambda: RaggedDataset(_floats(1), np.array([3, -2]), np.zeros(1, np.float32)),
+    r"negative length",
+  ),
+  Case(
+    "data",
+    "NaN or inf in the inputs",
+    lambda: RaggedDataset(
+      np.array([[0.0], [np.nan], [1.0]], np.float32), np.array([1, 2]), np.zeros(3, np.float32)
+    ),
+    r"NaN in the inputs at step 0 of sequence 1",
+  ),
+  Case(
+    "data",
+    "integer features (wrong dtype)",
+    lambda: RaggedDataset(np.zeros((3, 2), np.int64), np.array([3]), np.zeros(3, np.float32)),
+    r"must be floating point",
+  ),
+  Case(
+    "data",
+    "labels out of range",
+    lambda: RaggedDataset(_floats(4), np.array([2, 2]), np.array([0, 1, 2, 5]), num_classes=3),
+    r"label 5 .* out of range",
+  ),
+  Case(
+    "data",
+    "labels of the wrong shape",
+    lambda: RaggedDataset(
+      _floats(4),
+      np.array([2, 2]),
+      np.zeros((2, 3), np.int64),
+      target_level="sequence",
+      num_classes=2,
+    ),
+    r"must be a 1-D .* one integer class id per sequence",
+  ),
+  Case(
+    "data",
+    "targets whose length differs from the inputs'",
+    lambda: RaggedDataset(_floats(6), np.array([3, 3]), np.zeros(5, np.float32)),
+    r"one row per step \(6\)",
+  ),
+  Case("data", "an .npz missing an array", _npz_without_lengths, r"has no lengths array"),
+  Case(
+    "data",
+    "a token outside the vocabulary",
+    lambda: RaggedDataset(
+      np.array([1, 9], np.int32), np.array([2]), np.zeros(2, np.int32), num_classes=2, vocab_size=5
+    ),
+    r"token 9 .* out of range",
+  ),
+  # data against the strategy or the model
+  Case(
+    "batching",
+    "a sequence longer than the largest bucket",
+    lambda: batching.Bucket(identity_dataset([3, 30]), batch_size=1, boundaries=[10, 20]),
+    r"longer than the largest bucket boundary",
+  ),
+  Case(
+    "batching",
+    "a batch size larger than the data",
+    lambda: batching.Pad(identity_dataset([3, 5, 4]), batch_size=8),
+    r"batch_size 8 is larger than the data",
+  ),
+  Case(
+    "batching",
+    "more TBPTT streams than sequences",
+    lambda: batching.TBPTT(identity_dataset([3, 5]), num_streams=4, chunk_length=2),
+    r"num_streams 4 is larger than the data",
+  ),
+  Case(
+    "batching",
+    "a chunk length < 1",
+    lambda: batching.TBPTT(identity_dataset([3, 5]), num_streams=2, chunk_length=0),
+    r"chunk_length must be an integer >= 1",
+  ),
+  Case(
+    "model",
+    "a feature size that differs from the model's",
+    lambda: train.fit(
+      train.create_train_state(
+        SequenceModel(4, num_outputs=2), optax.adam(1e-2), ragged_features([3, 4])
+      ),
+      batching.Pad(ragged_features([3, 4], num_features=5), batch_size=2),
+      epochs=1,
+    ),
+    r"5 features per step but the model was initialised for 3",
+  ),
+  Case(
+    "model",
+    "labels out of range for the head",
+    lambda: train.create_train_state(
+      SequenceModel(4, num_outputs=1), optax.adam(1e-3), tasks.running_parity(4, [3, 4], seed=0)
+    ),
+    r"out of range for a head with 1 outputs",
+  ),
+  # config
+  Case(
+    "config",
+    "an unknown (misspelt) key",
+    lambda: config.validate_config(_cfg(**{"model.hiden_size": 64})),
+    r"unknown config key config.model.hiden_size. Did you mean 'hidden_size'",
+  ),
+  Case(
+    "config",
+    "a wrong type",
+    lambda: config.validate_config(_cfg(**{"model.hidden_size": "128"})),
+    r"config.model.hidden_size must be int, got str",
+  ),
+  Case(
+    "config",
+    "a matmul precision that does not exist",
+    lambda: config.validate_config(_cfg(**{"model.matmul_dtype": "float16"})),
+    r"config.model.matmul_dtype must be one of \('float32', 'bfloat16'\), got 'float16'",
+  ),
+  Case(
+    "config",
+    "a strategy that does not exist",
+    lambda: config.validate_config(_cfg(strategies=("pad", "bucketing"))),
+    r"unknown strategy name\(s\) \['bucketing'\]",
+  ),
+  Case(
+    "config",
+    "bucket boundaries that do not increase",
+    lambda: config.validate_config(
+      _cfg(**{"strategy.bucket.boundaries": (64, 32, 128), "strategy.bucket.num_buckets": None})
+    ),
+    r"boundaries must be positive and strictly increasing",
+  ),
+  Case(
+    "config",
+    "a token budget of zero",
+    lambda: config.validate_config(_cfg(**{"strategy.bucket.tokens_per_batch": 0})),
+    r"tokens_per_batch must be >= 1, got 0",
+  ),
+  Case(
+    "config",
+    "no rule for when to stop",
+    lambda: config.validate_config(_cfg(**{"train.epochs": 0, "train.real_tokens": 0})),
+    r"set config.train.real_tokens or config.train.epochs",
+  ),
+  # the runner's row guards, before anything trains
+  Case(
+    "guards",
+    "a strategy that would take too few optimizer steps (pack on long documents)",
+    lambda: guards.check_steps(
+      "pack", batching.Pack(identity_dataset([500] * 10), batch_size=1), 2000, None, 20
+    ),
+    r"pack would take only 4 optimizer step\(s\) within the budget of 2,000 real tokens.*"
+    r"min_steps=20.*use tbptt or vbptt",
+  ),
+  Case(
+    "guards",
+    "one step holding more real tokens than the whole budget",
+    lambda: guards.check_steps(
+      "pad", batching.Pad(identity_dataset([50] * 40), batch_size=8), 300, None, 20
+    ),
+    r"pad: one step holds 400 real tokens, more than the budget of 300 real tokens\. Lower "
+    r"its rows per step",
+  ),
+  Case(
+    "guards",
+    "a train step too big for memory (by XLA's memory analysis)",
+    lambda: guards.check_memory("pack", (1, 189_480), 13_743_895_347, 12 * 2**30),
+    r"pack: its largest train step, a \[1, 189480\] batch, needs 13,107 MiB .*"
+    r"max_step_memory \(12,288 MiB\).*use tbptt or vbptt",
+  ),
+  # training and checkpoints
+  Case(
+    "training",
+    "a loss that becomes NaN or inf",
+    _nan_at_step,
+    r"the loss became inf at step 4",
+    FloatingPointError,
+  ),
+  Case(
+    "checkpoint",
+    "every checkpoint damaged (truncated files)",
+    _damaged_checkpoints,
+    r"(?s)every checkpoint in .* is damaged or incomplete.*resume=False",
+  ),
+  Case(
+    "checkpoint",
+    "a checkpoint write that fails (disk full, permissions)",
+    lambda: _pad_run(_fresh("full"), fail_from=2),
+    r"could not write the checkpoint of step 2 .* No space left on device .* MiB free there"
+    r".*partial write was removed.*resume from step 1",
+  ),
+  Case(
+    "checkpoint",
+    "a checkpoint made with other settings (e.g. learning rate)",
+    _checkpoint_of_other_settings,
+    r"made with different settings \(optimizer.learning_rate: 0.003 there, 0.03 here\)",
+  ),
+  # the runner's workdir
+  Case(
+    "workdir",
+    "a finished result made with other settings (e.g. hidden size)",
+    _result_of_other_settings,
+    r"made with different settings \(model.hidden_size: 16 there, 32 here\).*new --workdir",
+  ),
+  Case(
+    "workdir",
+    "a second runner on a busy workdir",
+    _busy_workdir,
+    r"is in use by another runner \(pid \d+",
+  ),
 ]
 
 
@@ -256,36 +369,47 @@ def raised(case: Case) -> Exception:
 
 
 def render() -> str:
-  lines = ["# Bad input and the messages it gets", "",
-           "Generated by `python tests/bad_inputs.py > docs/errors.md`; "
-           "`tests/test_bad_inputs.py` checks that each case still raises this message and that "
-           "this file is current. Every error is a `ValueError` subclass (`DataError`, "
-           "`ConfigError`, `CheckpointError` from `lstm_jax.errors`), except a loss that stops "
-           "being finite, a `FloatingPointError`. Paths under the temporary directory are shown "
-           "as `<tmp>`, orbax's hashed file names as `<hash>`, the array whose read failed "
-           "first (reads run concurrently) as `<array>`, free space as `<n>` and the holder of a "
-           "workdir lock as `<pid>`, `<host>` and `<time>`. The runner and the benchmark print "
-           "these errors as one line, `error (ConfigError): ...`, and exit with status 2.", "",
-           "| area | bad input | error | message |", "| --- | --- | --- | --- |"]
+  lines = [
+    "# Bad input and the messages it gets",
+    "",
+    "Generated by `python tests/bad_inputs.py > docs/errors.md`; "
+    "`tests/test_bad_inputs.py` checks that each case still raises this message and that "
+    "this file is current. Every error is a `ValueError` subclass (`DataError`, "
+    "`ConfigError`, `CheckpointError` from `lstm_jax.errors`), except a loss that stops "
+    "being finite, a `FloatingPointError`. Paths under the temporary directory are shown "
+    "as `<tmp>`, orbax's hashed file names as `<hash>`, the array whose read failed "
+    "first (reads run concurrently) as `<array>`, free space as `<n>` and the holder of a "
+    "workdir lock as `<pid>`, `<host>` and `<time>`. The runner and the benchmark print "
+    "these errors as one line, `error (ConfigError): ...`, and exit with status 2.",
+    "",
+    "| area | bad input | error | message |",
+    "| --- | --- | --- | --- |",
+  ]
   for case in CASES:
     e = raised(case)
     text = re.sub(r"\s+", " ", str(e).replace(str(TMP), "<tmp>")).replace("|", "\\|")
     text = re.sub(r"[0-9a-f]{32}", "<hash>", text)  # orbax's file names differ run to run
     text = re.sub(r"[\d,.]+ MiB free", "<n> MiB free", text)  # the machine's free space
-    text = re.sub(r"pid \d+ on [^,]+, started [\d: -]+", "pid <pid> on <host>, started <time>",
-                  text)
+    text = re.sub(
+      r"pid \d+ on [^,]+, started [\d: -]+", "pid <pid> on <host>, started <time>", text
+    )
     text = re.sub(r'Error reading "[^"]*"', 'Error reading "<array>"', text)  # concurrent reads:
     # which array's read fails first varies
     lines.append(f"| {case.area} | {case.what} | `{type(e).__name__}` | {text} |")
-  lines += ["", "Not an error: a row whose optimizer step count differs from the median row's by "
-            "more than `config.guards.step_tolerance` (e.g. a batch size set by hand instead of "
-            "derived from `config.train.tokens_per_step`). The runner trains it, marks it `*` in "
-            "the table with the reason, and leaves it out of the target loss and the report's "
-            "reading; it says so before training, with the fix.", "",
-            "Not an error: a text file that is not valid UTF-8. The byte-level sources "
-            "(`text_dir`, `text_lines`, the standard library) model raw bytes and never decode, "
-            "so any encoding trains as it is; the data's identity in `meta.json` counts the files "
-            "that are not valid UTF-8 (`non_utf8_files`).", ""]
+  lines += [
+    "",
+    "Not an error: a row whose optimizer step count differs from the median row's by "
+    "more than `config.guards.step_tolerance` (e.g. a batch size set by hand instead of "
+    "derived from `config.train.tokens_per_step`). The runner trains it, marks it `*` in "
+    "the table with the reason, and leaves it out of the target loss and the report's "
+    "reading; it says so before training, with the fix.",
+    "",
+    "Not an error: a text file that is not valid UTF-8. The byte-level sources "
+    "(`text_dir`, `text_lines`, the standard library) model raw bytes and never decode, "
+    "so any encoding trains as it is; the data's identity in `meta.json` counts the files "
+    "that are not valid UTF-8 (`non_utf8_files`).",
+    "",
+  ]
   return "\n".join(lines)
 
 

@@ -40,14 +40,21 @@ def identity_dataset(lengths, target_level="step") -> RaggedDataset:
   else:
     targets = np.arange(len(lengths), dtype=np.int32)
     num_classes = len(lengths)
-  return RaggedDataset(values, lengths, targets, target_level=target_level,
-                       num_classes=num_classes, name="identity")
+  return RaggedDataset(
+    values, lengths, targets, target_level=target_level, num_classes=num_classes, name="identity"
+  )
 
 
 def max_rel_err(a, b) -> float:
   """max |a - b| / max |b| over a pytree: a relative error robust to entries near zero."""
-  errs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y)))
-                                         / max(float(np.max(np.abs(np.asarray(y)))), 1e-30)), a, b)
+  errs = jax.tree.map(
+    lambda x, y: float(
+      np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y)))
+      / max(float(np.max(np.abs(np.asarray(y)))), 1e-30)
+    ),
+    a,
+    b,
+  )
   return max(jax.tree.leaves(errs))
 
 
@@ -55,8 +62,11 @@ def pytest_collection_modifyitems(items):
   """The long tests first: those that start fresh processes (`fresh_processes`, and the
   xdist_group ones, which share one subprocess run), so that on two workers they run beside the
   many short tests instead of after them. A stable sort: the order is otherwise unchanged."""
-  items.sort(key=lambda item: not (item.get_closest_marker("fresh_processes")
-                                   or item.get_closest_marker("xdist_group")))
+  items.sort(
+    key=lambda item: (
+      not (item.get_closest_marker("fresh_processes") or item.get_closest_marker("xdist_group"))
+    )
+  )
 
 
 @pytest.fixture
@@ -82,10 +92,14 @@ def subprocess_env(devices: int | None = 1) -> dict:
   compilation cache (as Flax's example tests do). Those runs check behaviour and numbers between
   runs made the same way, not the speed or shape of the compiled code; the probes that do (page
   faults, the executable cache) keep XLA's defaults."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-             JAX_COMPILATION_CACHE_DIR=str(_SUBPROCESS_CACHE),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+    JAX_COMPILATION_CACHE_DIR=str(_SUBPROCESS_CACHE),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   env.pop("XLA_FLAGS", None)
   if devices is not None and devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -96,9 +110,20 @@ def run_smoke(workdir, devices: int = 1, *extra: str) -> subprocess.CompletedPro
   """The runner's smoke preset through the real command line, in a subprocess."""
   env = subprocess_env(devices)
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"),
-       "--config", f"{ROOT / 'configs' / 'compare.py'}:smoke", "--workdir", str(workdir), *extra],
-      capture_output=True, text=True, timeout=600, env=env)
+    [
+      sys.executable,
+      str(ROOT / "experiments" / "compare_strategies.py"),
+      "--config",
+      f"{ROOT / 'configs' / 'compare.py'}:smoke",
+      "--workdir",
+      str(workdir),
+      *extra,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 

@@ -33,7 +33,7 @@ carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
 
 def loss(w, b):
   ys, _ = recurrence.recurrence(w, b, xs, mask, resets, carry, True, 1)
-  return jnp.mean(ys ** 2)
+  return jnp.mean(ys**2)
 
 
 step = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, jnp.zeros(4 * H)).compile()
@@ -44,7 +44,14 @@ for _ in range(16):  # the tuned heap still grows now and then (fragmentation): 
   before = host.minor_page_faults()
   jax.block_until_ready(step(w, jnp.zeros(4 * H)))
   faults.append(host.minor_page_faults() - before)
-print(json.dumps(dict(faults_per_call=statistics.median(faults), faults=faults,
-                      temp_bytes=step.memory_analysis().temp_size_in_bytes,
-                      rss_bytes=int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE"),
-                      malloc=host.malloc_state())))
+print(
+  json.dumps(
+    dict(
+      faults_per_call=statistics.median(faults),
+      faults=faults,
+      temp_bytes=step.memory_analysis().temp_size_in_bytes,
+      rss_bytes=int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE"),
+      malloc=host.malloc_state(),
+    )
+  )
+)

@@ -1,7 +1,7 @@
 """Run by tests/test_checkpoint.py: the runner's smoke preset on the running-parity task and the
-named strategies, trained for two epochs with a checkpoint every 3 steps. With a kill step, the process SIGKILLs itself (no
-clean-up, no atexit, as a machine failure would) once that train step has been logged and at
-least one checkpoint is complete.
+named strategies, trained for two epochs with a checkpoint every 3 steps. With a kill step, the
+process SIGKILLs itself (no clean-up, no atexit, as a machine failure would) once that train
+step has been logged and at least one checkpoint is complete.
 
     python tests/resume_check.py WORKDIR STRATEGIES [KILL_AT_STEP [fresh]]
 

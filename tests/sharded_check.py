@@ -16,11 +16,11 @@ from lstm_jax.model import SequenceModel  # noqa: E402
 LENGTHS = np.random.default_rng(5).integers(1, 20, size=48)
 ds = ragged_features(LENGTHS, num_features=3, seed=0)
 STRATEGIES = {
-    "pad": lambda: batching.Pad(ds, batch_size=8),
-    "bucket": lambda: batching.Bucket(ds, tokens_per_batch=96, num_buckets=3, batch_multiple=4),
-    "tbptt": lambda: batching.TBPTT(ds, num_streams=8, chunk_length=5),
-    "pack": lambda: batching.Pack(ds, batch_size=4, row_length=24),
-    "pad_batch_max": lambda: batching.PadBatchMax(ds, batch_size=8),
+  "pad": lambda: batching.Pad(ds, batch_size=8),
+  "bucket": lambda: batching.Bucket(ds, tokens_per_batch=96, num_buckets=3, batch_multiple=4),
+  "tbptt": lambda: batching.TBPTT(ds, num_streams=8, chunk_length=5),
+  "pack": lambda: batching.Pack(ds, batch_size=4, row_length=24),
+  "pad_batch_max": lambda: batching.PadBatchMax(ds, batch_size=8),
 }
 out = {"devices": jax.device_count()}
 for name, make in STRATEGIES.items():
@@ -39,17 +39,23 @@ for name, make in STRATEGIES.items():
     r = train.fit(state, strategy, epochs=1, steps=steps)
     exe = next(iter(steps.train._executables.values()))
     runs[label] = dict(
-        losses=[h["loss"] for h in r.history],
-        params=[np.asarray(x).tolist() for x in jax.tree.leaves(r.state.params)],
-        compiles=steps.train.compiles, shards=seen, spec=spec if mesh is not None else None,
-        batch_in_sharding=str(exe.input_shardings[0][1]) if mesh is not None else None,
-        eval_loss=train.evaluate(r.state, strategy, steps)["loss"])
+      losses=[h["loss"] for h in r.history],
+      params=[np.asarray(x).tolist() for x in jax.tree.leaves(r.state.params)],
+      compiles=steps.train.compiles,
+      shards=seen,
+      spec=spec if mesh is not None else None,
+      batch_in_sharding=str(exe.input_shardings[0][1]) if mesh is not None else None,
+      eval_loss=train.evaluate(r.state, strategy, steps)["loss"],
+    )
   out[name] = runs
 try:
   batching_err = None
-  train.fit(train.create_train_state(SequenceModel(8, 2), optax.adam(1e-2), ds),
-            batching.Pad(ds, batch_size=6), epochs=1,
-            steps=train.StepFunctions.create(sharding.make_mesh(4)))
+  train.fit(
+    train.create_train_state(SequenceModel(8, 2), optax.adam(1e-2), ds),
+    batching.Pad(ds, batch_size=6),
+    epochs=1,
+    steps=train.StepFunctions.create(sharding.make_mesh(4)),
+  )
 except ValueError as e:
   batching_err = str(e)
 out["indivisible_error"] = batching_err

@@ -4,9 +4,8 @@ the fix, and docs/errors.md (the table users read) is what those cases print tod
 import re
 from pathlib import Path
 
-import pytest
-
 import bad_inputs
+import pytest
 
 # The damaged-checkpoint case: orbax's concurrent reads leave unretrieved futures behind, which
 # Python reports at garbage collection (see tests/test_checkpoint.py).
@@ -23,4 +22,5 @@ def test_bad_input_raises_a_clear_error(case):
 def test_docs_errors_md_is_current():
   doc = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
   assert doc.read_text() == bad_inputs.render(), (
-      "docs/errors.md is stale: run `python tests/bad_inputs.py > docs/errors.md`")
+    "docs/errors.md is stale: run `python tests/bad_inputs.py > docs/errors.md`"
+  )

@@ -14,17 +14,18 @@ from lstm_jax.errors import ConfigError, DataError
 LENGTHS = np.random.default_rng(7).integers(1, 40, size=57)
 
 STRATEGIES = {
-    "pad": lambda ds, seed=0: batching.Pad(ds, batch_size=8, seed=seed),
-    "bucket": lambda ds, seed=0: batching.Bucket(ds, batch_size=8, num_buckets=4, seed=seed),
-    "bucket_tokens": lambda ds, seed=0: batching.Bucket(ds, tokens_per_batch=128,
-                                                        boundaries=[10, 20, 40], seed=seed),
-    "bucket_packed": lambda ds, seed=0: batching.Bucket(ds, batch_size=3, boundaries=[10, 20, 40],
-                                                        pack_rows=True, seed=seed),
-    "tbptt": lambda ds, seed=0: batching.TBPTT(ds, num_streams=5, chunk_length=7, seed=seed),
-    "vbptt": lambda ds, seed=0: batching.VariableTBPTT(ds, num_streams=5, base_length=12,
-                                                       seed=seed),
-    "pack": lambda ds, seed=0: batching.Pack(ds, batch_size=4, row_length=50, seed=seed),
-    "pad_batch_max": lambda ds, seed=0: batching.PadBatchMax(ds, batch_size=8, seed=seed),
+  "pad": lambda ds, seed=0: batching.Pad(ds, batch_size=8, seed=seed),
+  "bucket": lambda ds, seed=0: batching.Bucket(ds, batch_size=8, num_buckets=4, seed=seed),
+  "bucket_tokens": lambda ds, seed=0: batching.Bucket(
+    ds, tokens_per_batch=128, boundaries=[10, 20, 40], seed=seed
+  ),
+  "bucket_packed": lambda ds, seed=0: batching.Bucket(
+    ds, batch_size=3, boundaries=[10, 20, 40], pack_rows=True, seed=seed
+  ),
+  "tbptt": lambda ds, seed=0: batching.TBPTT(ds, num_streams=5, chunk_length=7, seed=seed),
+  "vbptt": lambda ds, seed=0: batching.VariableTBPTT(ds, num_streams=5, base_length=12, seed=seed),
+  "pack": lambda ds, seed=0: batching.Pack(ds, batch_size=4, row_length=50, seed=seed),
+  "pad_batch_max": lambda ds, seed=0: batching.PadBatchMax(ds, batch_size=8, seed=seed),
 }
 
 
@@ -98,7 +99,10 @@ def test_shape_counts_per_strategy():
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_shuffling_is_seeded(name):
   ds = identity_dataset(LENGTHS)
-  order = lambda s, e: [np.asarray(b.inputs).tobytes() for b in s.batches(e)]
+
+  def order(s, e):
+    return [np.asarray(b.inputs).tobytes() for b in s.batches(e)]
+
   a, b, c = STRATEGIES[name](ds, seed=3), STRATEGIES[name](ds, seed=3), STRATEGIES[name](ds, seed=4)
   assert order(a, 0) == order(b, 0)
   assert order(a, 0) != order(a, 1), "each epoch reshuffles"
@@ -119,8 +123,10 @@ def test_batches_are_the_same_on_any_device_count(name):
       a, b = one.plan(epoch), wide.plan(epoch)
       assert [p.rows for p in a] == [p.rows for p in b]
       assert [p.length for p in a] == [p.length for p in b]
-      assert all(q.batch_size % multiple == 0 and 0 <= q.batch_size - p.batch_size < multiple
-                 for p, q in zip(a, b))
+      assert all(
+        q.batch_size % multiple == 0 and 0 <= q.batch_size - p.batch_size < multiple
+        for p, q in zip(a, b)
+      )
 
 
 def test_token_budget_bucket_rows_do_not_depend_on_the_device_count():
@@ -144,7 +150,7 @@ def test_tbptt_streams_are_balanced_and_only_the_tail_is_padded():
   assert max(loads.values()) - min(loads.values()) <= LENGTHS.max()
   # every chunk but the last few is full: padding only where streams run out
   full = [p.real_tokens == 5 * 7 for p in plans]
-  assert all(full[:-((LENGTHS.max() // 7) + 2)])
+  assert all(full[: -((LENGTHS.max() // 7) + 2)])
 
 
 def test_optimal_boundaries_match_brute_force():
@@ -154,8 +160,11 @@ def test_optimal_boundaries_match_brute_force():
     k = int(rng.integers(1, 5))
     got = batching.optimal_boundaries(lengths, k)
     u = np.unique(lengths)
-    best = min(batching.padded_steps(lengths, list(c) + [u[-1]])
-               for r in range(k) for c in itertools.combinations(u[:-1], r))
+    best = min(
+      batching.padded_steps(lengths, list(c) + [u[-1]])
+      for r in range(k)
+      for c in itertools.combinations(u[:-1], r)
+    )
     assert batching.padded_steps(lengths, got) == best
     assert len(got) <= k and got[-1] == lengths.max() and got == sorted(set(got))
 
@@ -178,8 +187,8 @@ def test_variable_bptt_draws_follow_awd_lstm():
   draws = np.array([strat.draw_length(rng) for _ in range(20000)])
   assert draws.min() >= 5 and draws.max() <= 90
   near_base = np.abs(draws - 70) <= 20
-  assert 0.93 < near_base.mean() < 0.97            # base with probability 0.95
-  assert 3 < draws[near_base].std() < 6            # sigma 5 (clipped at 90)
+  assert 0.93 < near_base.mean() < 0.97  # base with probability 0.95
+  assert 3 < draws[near_base].std() < 6  # sigma 5 (clipped at 90)
   plans = strat.plan(0)
   assert len({p.shape for p in plans}) <= 4
   for p in plans[:-1]:  # each chunk's real span sets its lr scale; the shape holds it
@@ -218,8 +227,11 @@ def test_pack_rows_hold_several_sequences_with_resets():
 # --- bad settings ------------------------------------------------------------------------------
 def test_sequence_longer_than_largest_bucket():
   ds = identity_dataset([3, 5, 30])
-  with pytest.raises(DataError, match=r"longer than the largest bucket boundary \(20\).*sequence 2 "
-                                      r"with 30 steps.*Add a boundary"):
+  with pytest.raises(
+    DataError,
+    match=r"longer than the largest bucket boundary \(20\).*sequence 2 "
+    r"with 30 steps.*Add a boundary",
+  ):
     batching.Bucket(ds, batch_size=2, boundaries=[10, 20])
 
 
@@ -245,8 +257,9 @@ def test_bucket_boundaries_must_increase():
 def test_bucket_needs_one_batch_size_rule():
   with pytest.raises(ConfigError, match="at most one of batch_size or tokens_per_batch"):
     batching.Bucket(identity_dataset([3, 5]), batch_size=2, tokens_per_batch=64, num_buckets=2)
-  with pytest.raises(ConfigError, match="bucket needs batch_size, tokens_per_batch, or "
-                     "tokens_per_step"):
+  with pytest.raises(
+    ConfigError, match="bucket needs batch_size, tokens_per_batch, or tokens_per_step"
+  ):
     batching.Bucket(identity_dataset([3, 5]), num_buckets=2)
 
 

@@ -32,10 +32,20 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   """The quick preset through the real command line (a subprocess with XLA's optimizations
   mostly off: what is checked is the report's structure, not the speeds)."""
   cfg = benchmark_config.get_config("quick")
-  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--config",
-                         f"{ROOT / 'configs' / 'benchmark.py'}:quick", "--out",
-                         str(tmp_path / "BENCHMARKS.md")],
-                        capture_output=True, text=True, timeout=600, env=subprocess_env())
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "experiments" / "benchmark.py"),
+      "--config",
+      f"{ROOT / 'configs' / 'benchmark.py'}:quick",
+      "--out",
+      str(tmp_path / "BENCHMARKS.md"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=subprocess_env(),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = result = json.loads((tmp_path / "benchmark.json").read_text())
   names = [r["name"] for r in saved["rows"]]
@@ -48,17 +58,26 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert rows["lstm_jax pad (in_step)"]["compiles"] == 1
   assert rows["lstm_jax tbptt (in_step)"]["compiles"] == 1
   assert rows["lstm_jax bucket (in_step)"]["compiles"] == len(saved["bucket_boundaries"])
-  assert all(r["tokens_per_second"] > 0 and len(r["pass_seconds"]) == cfg.repeats
-             for r in saved["rows"])
+  assert all(
+    r["tokens_per_second"] > 0 and len(r["pass_seconds"]) == cfg.repeats for r in saved["rows"]
+  )
   assert result["roofline_tokens_per_second"] > 0
   assert [m["length"] for m in saved["memory"]] == [64]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
   assert "## Targets (issue 4)" in (tmp_path / "BENCHMARKS.md").read_text()
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
-  fastest = lambda kind, dtype=None: max(
-      (r for r in saved["rows"] if r["extra"]["kind"] == kind
-       and dtype in (None, r["extra"]["matmul_dtype"])), key=lambda r: r["tokens_per_second"])
+
+  def fastest(kind, dtype=None):
+    return max(
+      (
+        r
+        for r in saved["rows"]
+        if r["extra"]["kind"] == kind and dtype in (None, r["extra"]["matmul_dtype"])
+      ),
+      key=lambda r: r["tokens_per_second"],
+    )
+
   assert rows["lstm_jax tbptt (in_step, bfloat16 matmuls)"]["extra"]["matmul_dtype"] == "bfloat16"
   assert rows["flax nn.RNN pow2 buckets, bfloat16"]["extra"]["matmul_dtype"] == "bfloat16"
   assert rows["lstm_jax tbptt (in_step)"]["extra"]["matmul_dtype"] == "float32"
@@ -70,22 +89,35 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert paired["speedup"] == float(np.median(paired["speedups"])) and paired["speedup"] > 0
   # ... and the best bfloat16 row against the best peer in any precision
   low = saved["paired_bfloat16"]
-  assert low["ours"] == fastest("ours", "bfloat16")["name"] and low["peer"] == fastest("peer")["name"]
+  assert (
+    low["ours"] == fastest("ours", "bfloat16")["name"] and low["peer"] == fastest("peer")["name"]
+  )
   text = (tmp_path / "BENCHMARKS.md").read_text()
   assert "Side by side, float32 against float32" in text and "Side by side, bfloat16" in text
   assert "| best strategy >= 2x the best peer (bfloat16 matmuls" in text
   assert saved["versions"]["malloc"]["tuned"] == (host.libc().startswith("glibc"))
   alloc = saved["allocator"]  # the best manual row and the best peer, fresh processes per arm
-  best = max((r for r in saved["rows"] if r["extra"]["kind"] == "ours"
-              and r["extra"]["backward"] == "manual" and r["extra"]["matmul_dtype"] == "float32"),
-             key=lambda r: r["tokens_per_second"])
-  assert (alloc["ours"], alloc["projection"]) == (best["extra"]["key"],
-                                                  best["extra"]["input_projection"])
+  best = max(
+    (
+      r
+      for r in saved["rows"]
+      if r["extra"]["kind"] == "ours"
+      and r["extra"]["backward"] == "manual"
+      and r["extra"]["matmul_dtype"] == "float32"
+    ),
+    key=lambda r: r["tokens_per_second"],
+  )
+  assert (alloc["ours"], alloc["projection"]) == (
+    best["extra"]["key"],
+    best["extra"]["input_projection"],
+  )
   for arm in ("default", "tuned"):
     runs = alloc["runs"][arm]
     assert len(runs) == cfg.malloc_probe_rounds and all(r["ours"] > 0 for r in runs)
-    assert all(r["malloc"]["tuned"] == (arm == "tuned" and saved["versions"]["malloc"]["tuned"])
-               for r in runs), (arm, runs)
+    assert all(
+      r["malloc"]["tuned"] == (arm == "tuned" and saved["versions"]["malloc"]["tuned"])
+      for r in runs
+    ), (arm, runs)
     assert alloc[arm]["ours"] == float(np.median([r["ours"] for r in runs]))
   assert "| default |" in (tmp_path / "BENCHMARKS.md").read_text()
 
@@ -102,8 +134,10 @@ def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
     got = bench.compile_probe_in_subprocess(cfg, str(cache), executables=executables)
     assert got["compiles"] == cfg["num_buckets"]
     runs.append(got)
-    entries.append(sorted(p.name for p in cache.iterdir()) +
-                   sorted(p.name for p in (cache / "executables").iterdir()))
+    entries.append(
+      sorted(p.name for p in cache.iterdir())
+      + sorted(p.name for p in (cache / "executables").iterdir())
+    )
   assert any("train_step" in e for e in entries[0])
   assert sum(e.endswith(".xla") for e in entries[0]) == cfg["num_buckets"]
   assert entries[1] == entries[0] and entries[2] == entries[0]  # nothing compiled anew

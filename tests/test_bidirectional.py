@@ -11,7 +11,7 @@ import pytest
 from conftest import max_rel_err, ragged_features
 from lstm_jax import batching, train
 from lstm_jax.errors import ConfigError
-from lstm_jax.model import BidirectionalLSTM, LSTM, SequenceModel, segment_reverse_index
+from lstm_jax.model import LSTM, BidirectionalLSTM, SequenceModel, segment_reverse_index
 
 LENGTHS = np.array([5, 1, 9, 3, 7, 2, 8])
 H, TOL = 6, 1e-5
@@ -52,24 +52,32 @@ def test_alone_backward_is_an_lstm_over_the_reversed_sequence(setup):
   assert max_rel_err(out[..., H:], ref_b[:, ::-1]) <= TOL
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda ds: batching.Pad(ds, batch_size=3, max_length=12),
     lambda ds: batching.Bucket(ds, batch_size=2, boundaries=[3, 9]),
     lambda ds: batching.Pack(ds, batch_size=2, row_length=12),
-], ids=["pad", "bucket", "pack"])
+  ],
+  ids=["pad", "bucket", "pack"],
+)
 def test_batches_equal_each_sequence_alone(setup, make):
   ds, model, params, alone = setup
   strategy = make(ds)
   packed_rows = 0
   for plan, batch in zip(strategy.plan(0), strategy.batches(0)):
-    out, carry = model.apply({"params": params}, jnp.asarray(batch.inputs),
-                             mask=jnp.asarray(batch.mask), resets=jnp.asarray(batch.resets))
+    out, carry = model.apply(
+      {"params": params},
+      jnp.asarray(batch.inputs),
+      mask=jnp.asarray(batch.mask),
+      resets=jnp.asarray(batch.resets),
+    )
     out = np.asarray(out)
     assert np.all(out[~batch.mask] == 0)
     for r, row in enumerate(plan.rows):
       packed_rows += len(row) > 1
       for seq, _, pos, n in row:
-        assert max_rel_err(out[r, pos:pos + n], np.asarray(alone[seq][0])[0]) <= TOL
+        assert max_rel_err(out[r, pos : pos + n], np.asarray(alone[seq][0])[0]) <= TOL
       last = row[-1][0]  # both directions' states after the row's last sequence
       got = jax.tree.map(lambda a: a[r], carry)
       want = jax.tree.map(lambda a: a[0], alone[last][1])

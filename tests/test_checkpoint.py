@@ -38,8 +38,10 @@ def _state(ds, seed=0, lr=1e-2):
 
 
 def _strategies(ds):
-  return {"tbptt": batching.TBPTT(ds, num_streams=4, chunk_length=7, seed=2),
-          "bucket": batching.Bucket(ds, batch_size=6, num_buckets=3, seed=2)}
+  return {
+    "tbptt": batching.TBPTT(ds, num_streams=4, chunk_length=7, seed=2),
+    "bucket": batching.Bucket(ds, batch_size=6, num_buckets=3, seed=2),
+  }
 
 
 class Interrupt(Exception):
@@ -55,6 +57,7 @@ def _interrupt_at(step):
   def callback(record):
     if record["step"] == step:
       raise Interrupt()
+
   return callback
 
 
@@ -68,8 +71,12 @@ def test_interrupted_then_resumed_fit_is_bit_identical(tmp_path, data, name):
   with pytest.raises(Interrupt):
     train.fit(_state(data), strategy, epochs=2, checkpointer=ckpt, callback=_interrupt_at(8))
   assert ckpt.latest_step() == 6
-  got = train.fit(_state(data), strategy, epochs=2,
-                  checkpointer=Checkpointer(tmp_path / name, every_steps=3, keep=2))
+  got = train.fit(
+    _state(data),
+    strategy,
+    epochs=2,
+    checkpointer=Checkpointer(tmp_path / name, every_steps=3, keep=2),
+  )
   assert got.resumed_from == 6
   assert _bit_identical(got.state.params, want.state.params)
   assert _bit_identical(got.state.opt_state, want.state.opt_state)
@@ -94,7 +101,7 @@ def _truncate_array_data(step_dir: Path, keep_fraction: float = 0.5) -> None:
   files = [p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.parent.name == "d"]
   assert files
   for f in files:
-    f.write_bytes(f.read_bytes()[:int(f.stat().st_size * keep_fraction)])
+    f.write_bytes(f.read_bytes()[: int(f.stat().st_size * keep_fraction)])
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +109,13 @@ def interrupted(tmp_path_factory, data):
   """Checkpoints at steps 3, 6 and 9 of a tbptt run stopped at step 10."""
   directory = tmp_path_factory.mktemp("interrupted")
   with pytest.raises(Interrupt):
-    train.fit(_state(data), _strategies(data)["tbptt"], epochs=2, callback=_interrupt_at(10),
-              checkpointer=Checkpointer(directory, every_steps=3, keep=3))
+    train.fit(
+      _state(data),
+      _strategies(data)["tbptt"],
+      epochs=2,
+      callback=_interrupt_at(10),
+      checkpointer=Checkpointer(directory, every_steps=3, keep=3),
+    )
   return directory
 
 
@@ -125,8 +137,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, data, in
   else:
     (latest / "arrays" / "_METADATA").write_text("{not json")
   with pytest.warns(RuntimeWarning, match=rf"checkpoint {latest} is damaged or incomplete"):
-    got = train.fit(_state(data), strategy, epochs=1,
-                    checkpointer=Checkpointer(directory, every_steps=3, keep=3))
+    got = train.fit(
+      _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+    )
   assert got.resumed_from == 6
 
 
@@ -134,16 +147,23 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_directory(tmp_path, dat
   strategy, directory = _copy_of(interrupted, tmp_path, data)
   for step in ("3", "6", "9"):
     _truncate_array_data(directory / step, keep_fraction=0.0)
-  with pytest.warns(RuntimeWarning), pytest.raises(
-      CheckpointError, match=rf"(?s)every checkpoint in {directory} is damaged.*resume=False"):
+  with (
+    pytest.warns(RuntimeWarning),
+    pytest.raises(
+      CheckpointError, match=rf"(?s)every checkpoint in {directory} is damaged.*resume=False"
+    ),
+  ):
     train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory))
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, data, interrupted):
   _, directory = _copy_of(interrupted, tmp_path, data)
   other = batching.TBPTT(data, num_streams=4, chunk_length=7, seed=3)  # another seed
-  with pytest.raises(CheckpointError, match=r"written by a different run \(seed: checkpoint 2, "
-                                            r"this run 3[,)].*new workdir"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"written by a different run \(seed: checkpoint 2, "
+    r"this run 3[,)].*new workdir",
+  ):
     train.fit(_state(data), other, epochs=1, checkpointer=Checkpointer(directory))
 
 
@@ -156,12 +176,16 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   targets[40:] = 1e30  # sequences 10 and 11: the 6th batch of 2 in order
   ds = RaggedDataset(values, lengths, targets, name="blows-up")
   strategy = batching.Pad(ds, batch_size=2, seed=0)
-  bad_step = 1 + next(i for i, p in enumerate(strategy.plan(0))
-                      if any(row[0][0] >= 10 for row in p.rows))
+  bad_step = 1 + next(
+    i for i, p in enumerate(strategy.plan(0)) if any(row[0][0] >= 10 for row in p.rows)
+  )
   ckpt = Checkpointer(tmp_path, every_steps=1, keep=10)
   state = train.create_train_state(SequenceModel(4, num_outputs=1), optax.adam(1e-2), ds)
-  with pytest.raises(FloatingPointError, match=rf"the loss became inf at step {bad_step} .*"
-                                               rf"last good checkpoint is in {tmp_path}"):
+  with pytest.raises(
+    FloatingPointError,
+    match=rf"the loss became inf at step {bad_step} .*"
+    rf"last good checkpoint is in {tmp_path}",
+  ):
     train.fit(state, strategy, epochs=1, checkpointer=ckpt)
   assert ckpt.steps() == list(range(1, bad_step))
   arrays, _ = ckpt.read()
@@ -172,8 +196,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 def _run(workdir, strategies, kill_at=0, fresh=False) -> subprocess.CompletedProcess:
   env = subprocess_env()
   args = [sys.executable, str(HERE / "resume_check.py"), str(workdir), strategies, str(kill_at)]
-  return subprocess.run(args + (["fresh"] if fresh else []), capture_output=True, text=True,
-                        timeout=600, env=env)
+  return subprocess.run(
+    args + (["fresh"] if fresh else []), capture_output=True, text=True, timeout=600, env=env
+  )
 
 
 @pytest.fixture(scope="session")
@@ -211,8 +236,8 @@ def test_runner_killed_with_sigkill_resumes_bit_identical(tmp_path, uninterrupte
   for key in got:
     if not any(t in key for t in timing):
       assert got[key] == want[key], key  # eval loss and metric, tokens, padding, compiles, ...
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  steps = [l["step"] for l in lines if l["kind"] == "train"]
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  steps = [line["step"] for line in lines if line["kind"] == "train"]
   assert steps == list(range(1, want["steps"] + 1))  # each step once, although some ran twice
 
 
@@ -257,8 +282,10 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   strategy = _strategies(data)["tbptt"]
   want = train.fit(_state(data), strategy, epochs=2)
   ckpt = Checkpointer(tmp_path, every_steps=3, keep=5)
-  enospc = ValueError('RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: Failed to '
-                      "write 113474 bytes: No space left on device [os_error_code='28']")
+  enospc = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: Failed to '
+    "write 113474 bytes: No space left on device [os_error_code='28']"
+  )
   _fail_writes_from(ckpt, 9, enospc)
   with pytest.raises(CheckpointError) as e:
     train.fit(_state(data), strategy, epochs=2, checkpointer=ckpt)
@@ -268,8 +295,9 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   assert "partial write was removed (9.orbax-checkpoint-tmp)" in msg
   assert "steps [3, 6]) are intact" in msg and "resume from step 6" in msg
   assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "6"]  # complete ones only
-  got = train.fit(_state(data), strategy, epochs=2,
-                  checkpointer=Checkpointer(tmp_path, every_steps=3, keep=5))
+  got = train.fit(
+    _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3, keep=5)
+  )
   assert got.resumed_from == 6
   assert _bit_identical(got.state.params, want.state.params)
   assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
@@ -278,16 +306,20 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
 def test_checkpoint_with_other_settings_is_refused_naming_the_keys(tmp_path, data):
   strategy = _strategies(data)["tbptt"]
   settings = {"optimizer.learning_rate": 0.003, "model.hidden_size": 8}
-  train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path),
-            settings=settings)
+  train.fit(
+    _state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings
+  )
   other = dict(settings, **{"optimizer.learning_rate": 0.03})
-  with pytest.raises(CheckpointError, match=r"optimizer.learning_rate: 0.003 there, 0.03 here.*"
-                                            r"--config.resume=False"):
-    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path),
-              settings=other)
+  with pytest.raises(
+    CheckpointError,
+    match=r"optimizer.learning_rate: 0.003 there, 0.03 here.*"
+    r"--config.resume=False",
+  ):
+    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=other)
   with pytest.raises(CheckpointError, match="optimizer.learning_rate: 0.003 there, 0.03 here"):
     Checkpointer.check_settings(str(tmp_path), other)  # what the runner checks up front
   Checkpointer.check_settings(str(tmp_path), settings)
-  again = train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path),
-                    settings=settings)
+  again = train.fit(
+    _state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings
+  )
   assert again.resumed_from is not None

@@ -48,8 +48,9 @@ def test_labels_out_of_range():
   with pytest.raises(DataError, match=r"label 5 at step 2 of sequence 1 is out of range \[0, 3\)"):
     RaggedDataset(_values(6), np.array([3, 3]), np.array([0, 1, 2, 0, 1, 5]), num_classes=3)
   with pytest.raises(DataError, match=r"label -1 at sequence 0 is out of range"):
-    RaggedDataset(_values(6), np.array([3, 3]), np.array([-1, 1]), target_level="sequence",
-                  num_classes=3)
+    RaggedDataset(
+      _values(6), np.array([3, 3]), np.array([-1, 1]), target_level="sequence", num_classes=3
+    )
 
 
 def test_targets_length_differs_from_inputs():
@@ -79,15 +80,21 @@ def test_token_out_of_vocabulary():
 
 # --- behaviour ---------------------------------------------------------------------------------
 def test_npz_round_trip(tmp_path):
-  for ds in (ragged_features([3, 1, 4], target_level="sequence"), identity_dataset([2, 5, 1]),
-             next_token_dataset([np.arange(5), np.arange(3)], vocab_size=8)):
+  for ds in (
+    ragged_features([3, 1, 4], target_level="sequence"),
+    identity_dataset([2, 5, 1]),
+    next_token_dataset([np.arange(5), np.arange(3)], vocab_size=8),
+  ):
     path = tmp_path / "d.npz"
     ds.save(path)
     back = RaggedDataset.load(path)
     for a in ("values", "lengths", "targets"):
       assert np.array_equal(getattr(back, a), getattr(ds, a))
     assert (back.target_level, back.num_classes, back.vocab_size) == (
-        ds.target_level, ds.num_classes, ds.vocab_size)
+      ds.target_level,
+      ds.num_classes,
+      ds.vocab_size,
+    )
     assert back.fingerprint() == ds.fingerprint()
 
 
@@ -102,7 +109,10 @@ def test_load_names_missing_file_and_arrays(tmp_path):
 def test_split_is_seeded_disjoint_and_complete():
   ds = identity_dataset(np.arange(1, 41))
   train, ev = ds.split(0.25, seed=3)
-  ids = lambda d: set(d.values[:, 0][d.values[:, 1] == 0].astype(int))
+
+  def ids(d):
+    return set(d.values[:, 0][d.values[:, 1] == 0].astype(int))
+
   assert len(ev) == 10 and len(train) == 30
   assert ids(train) | ids(ev) == set(range(40)) and not ids(train) & ids(ev)
   train2, ev2 = ds.split(0.25, seed=3)
@@ -144,11 +154,17 @@ def test_length_distributions():
   rng = np.random.default_rng(0)
   u = tasks.sample_lengths(tasks.LengthDistribution("uniform", 3, 9), 1000, rng)
   assert u.min() == 3 and u.max() == 9
-  ln = tasks.sample_lengths(tasks.LengthDistribution("lognormal", 8, 512, median=64, sigma=1.0),
-                            5000, rng)
+  ln = tasks.sample_lengths(
+    tasks.LengthDistribution("lognormal", 8, 512, median=64, sigma=1.0), 5000, rng
+  )
   assert ln.min() >= 8 and ln.max() <= 512 and 50 < np.median(ln) < 80
   assert list(tasks.sample_lengths(tasks.LengthDistribution("list", values=(4, 2)), 5, rng)) == [
-      4, 2, 4, 2, 4]
+    4,
+    2,
+    4,
+    2,
+    4,
+  ]
   with pytest.raises(ConfigError, match="unknown length distribution"):
     tasks.LengthDistribution("zipf")
   with pytest.raises(ConfigError, match="lengths >= 2"):

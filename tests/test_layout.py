@@ -7,12 +7,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
-    ("errors",),                                                           # shared by all
-    ("recurrence", "model"),                                               # model core
-    ("data", "tasks", "sources", "batching"),                              # data and batching
-    ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "train"),  # training
-    ("convert", "streaming"),                                              # tools
-    ("config", "guards", "report", "experiment"),                          # runner
+  ("errors",),  # shared by all
+  ("recurrence", "model"),  # model core
+  ("data", "tasks", "sources", "batching"),  # data and batching
+  ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "train"),  # training
+  ("convert", "streaming"),  # tools
+  ("config", "guards", "report", "experiment"),  # runner
 )
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order
 
@@ -33,7 +33,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_every_library_module_has_a_layer():
   modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-  assert modules == set(ORDER), (modules ^ set(ORDER))
+  assert modules == set(ORDER), modules ^ set(ORDER)
 
 
 def test_modules_import_only_from_earlier_layers_and_never_the_benchmark():

@@ -13,17 +13,26 @@ import pytest
 from conftest import max_rel_err, ragged_features
 from lstm_jax import batching, train
 from lstm_jax.errors import DataError
-from lstm_jax.model import (LSTM, SequenceClassifier, SequenceModel, last_real_step,
-                            layer_params, resolve_input_projection)
+from lstm_jax.model import (
+  LSTM,
+  SequenceClassifier,
+  SequenceModel,
+  last_real_step,
+  layer_params,
+  resolve_input_projection,
+)
 
 TOL = 1e-5
-LENGTHS = [1, 7, 3, 12, 5, 7, 3, 12, 1, 5, 7, 3]   # a length-1, repeats, a repeated maximum
+LENGTHS = [1, 7, 3, 12, 5, 7, 3, 12, 1, 5, 7, 3]  # a length-1, repeats, a repeated maximum
 H = 8
 
 
 def numpy_lstm(x_TxF, layers):
   """Float64 reference: gates in the order i, f, g, o; returns (outputs [T, H], [(c, h)])."""
-  sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+
+  def sig(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
   x = np.asarray(x_TxF, np.float64)
   carry = []
   for p in layers:
@@ -32,7 +41,7 @@ def numpy_lstm(x_TxF, layers):
     c, h, out = np.zeros(hid), np.zeros(hid), []
     for t in range(x.shape[0]):
       z = x[t] @ w + h @ u + b
-      i, f, g, o = z[:hid], z[hid:2 * hid], z[2 * hid:3 * hid], z[3 * hid:]
+      i, f, g, o = z[:hid], z[hid : 2 * hid], z[2 * hid : 3 * hid], z[3 * hid :]
       c = sig(f) * c + sig(i) * np.tanh(g)
       h = sig(o) * np.tanh(c)
       out.append(h)
@@ -50,16 +59,22 @@ def setup():
 
 
 def _lstm(model, projection=None):
-  return LSTM(model.hidden_size, model.num_layers,
-              projection or model.input_projection, matmul_dtype=model.matmul_dtype)
+  return LSTM(
+    model.hidden_size,
+    model.num_layers,
+    projection or model.input_projection,
+    matmul_dtype=model.matmul_dtype,
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _alone_jit(model, params, x, y):
   out, carry = _lstm(model).apply({"params": params["lstm"]}, x[None])
+
   def loss(p):
     preds, _ = model.apply({"params": p}, x[None])
     return jnp.sum(jnp.mean(jnp.square(preds[0] - y), axis=-1))
+
   return out[0], carry, jax.grad(loss)(params)
 
 
@@ -69,8 +84,9 @@ _ALONE_CACHE = {}
 def _alone(ds, model, state, i, projection=None, matmul_dtype="float32"):
   """Sequence i run by itself at its exact length, without mask or resets (unpadded):
   (outputs [L, H], carry, gradient of its summed loss). One compile per distinct length."""
-  model = model.clone(input_projection=projection or model.input_projection,
-                      matmul_dtype=matmul_dtype)
+  model = model.clone(
+    input_projection=projection or model.input_projection, matmul_dtype=matmul_dtype
+  )
   key = (model, i)
   if key not in _ALONE_CACHE:
     x, y = ds.sequence(i)
@@ -81,7 +97,10 @@ def _alone(ds, model, state, i, projection=None, matmul_dtype="float32"):
 @jax.jit
 def _summed_loss_grad(state, batch, carry):
   """Gradient of sum(weights * per_step_loss) through the train step's own forward."""
-  f = lambda p: train._forward(p, state, batch, carry)[1][0]["loss_sum"]
+
+  def f(p):
+    return train._forward(p, state, batch, carry)[1][0]["loss_sum"]
+
   return jax.grad(f)(state.params)
 
 
@@ -117,12 +136,16 @@ def test_parameter_layout(setup):
 
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
-@pytest.mark.parametrize("strategy", [
+@pytest.mark.parametrize(
+  "strategy",
+  [
     lambda ds: batching.Pad(ds, batch_size=5, max_length=17),
     lambda ds: batching.Bucket(ds, batch_size=3, boundaries=[4, 8, 12, 20]),
     lambda ds: batching.Pack(ds, batch_size=2, row_length=15),
     lambda ds: batching.Bucket(ds, batch_size=2, boundaries=[8, 20], pack_rows=True),
-], ids=["pad", "bucket", "pack", "bucket_packed"])
+  ],
+  ids=["pad", "bucket", "pack", "bucket_packed"],
+)
 def test_mask_invariance_outputs_carry_gradients(setup, strategy, projection, matmul_dtype):
   """Alone at exact length == padded longer == in a bucket == packed in a row with others, in
   float32 and with bfloat16 matmuls (the same bfloat16 operands per row, so the same numbers)."""
@@ -134,16 +157,22 @@ def test_mask_invariance_outputs_carry_gradients(setup, strategy, projection, ma
   strat = strategy(ds)
   grad_sum, seen = None, set()
   for plan, batch in zip(strat.plan(0), strat.batches(0)):
-    out, carry = _lstm_apply(lstm, state.params["lstm"], batch.inputs, batch.mask, batch.resets,
-                             model.zero_carry(plan.batch_size))
+    out, carry = _lstm_apply(
+      lstm,
+      state.params["lstm"],
+      batch.inputs,
+      batch.mask,
+      batch.resets,
+      model.zero_carry(plan.batch_size),
+    )
     out = np.asarray(out)
     assert np.all(out[~batch.mask] == 0.0), "outputs at padded steps must be exactly zero"
     for r, row in enumerate(plan.rows):
       for seq, start, pos, n in row:
         assert start == 0 and n == LENGTHS[seq]
-        assert max_rel_err(out[r, pos:pos + n], alone[seq][0]) <= TOL
+        assert max_rel_err(out[r, pos : pos + n], alone[seq][0]) <= TOL
         seen.add(seq)
-      last_seq = row[-1][0]   # the row's carry is the state after its last sequence
+      last_seq = row[-1][0]  # the row's carry is the state after its last sequence
       row_carry = jax.tree.map(lambda a: a[r], carry)
       assert max_rel_err(row_carry, jax.tree.map(lambda a: a[0], alone[last_seq][1])) <= TOL
     g = _summed_loss_grad(state, batch, model.zero_carry(plan.batch_size))
@@ -172,12 +201,15 @@ def _tbptt_outputs(ds, model, state, num_streams, chunk, strat=None):
   pieces = {i: [] for i in range(len(ds))}
   carry = model.zero_carry(num_streams)
   for plan, batch in zip(strat.plan(0), strat.batches(0)):
-    out, carry = _lstm_apply(lstm, state.params["lstm"], batch.inputs, batch.mask, batch.resets,
-                             carry)
+    out, carry = _lstm_apply(
+      lstm, state.params["lstm"], batch.inputs, batch.mask, batch.resets, carry
+    )
     for r, row in enumerate(plan.rows):
       for seq, start, pos, n in row:
-        pieces[seq].append((start, np.asarray(out[r, pos:pos + n])))
-  return {i: np.concatenate([o for _, o in sorted(p, key=lambda t: t[0])]) for i, p in pieces.items()}
+        pieces[seq].append((start, np.asarray(out[r, pos : pos + n])))
+  return {
+    i: np.concatenate([o for _, o in sorted(p, key=lambda t: t[0])]) for i, p in pieces.items()
+  }
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 9, 100])
@@ -211,7 +243,9 @@ def _tbptt_grad(ds, state, num_streams, chunk):
 
 def test_tbptt_gradients_equal_full_bptt_when_chunks_cover_sequences(setup):
   ds, model, state = setup
-  full = jax.tree.map(lambda *gs: sum(gs), *[_alone(ds, model, state, i)[2] for i in range(len(ds))])
+  full = jax.tree.map(
+    lambda *gs: sum(gs), *[_alone(ds, model, state, i)[2] for i in range(len(ds))]
+  )
   # One stream per sequence and a chunk as long as the longest sequence: nothing is truncated.
   g, strat = _tbptt_grad(ds, state, num_streams=len(ds), chunk=max(LENGTHS))
   assert len(strat.plan(0)) == 1
@@ -241,9 +275,9 @@ def test_resets_restore_zero_state_mid_row(setup):
   resets[0, len(x1)] = True
   out, _ = _lstm(model).apply({"params": state.params["lstm"]}, row, resets=resets)
   alone2, _ = _lstm(model).apply({"params": state.params["lstm"]}, x2[None])
-  assert max_rel_err(out[0, len(x1):], alone2[0]) <= TOL
+  assert max_rel_err(out[0, len(x1) :], alone2[0]) <= TOL
   no_reset, _ = _lstm(model).apply({"params": state.params["lstm"]}, row)
-  assert max_rel_err(no_reset[0, len(x1):], alone2[0]) > 1e-3
+  assert max_rel_err(no_reset[0, len(x1) :], alone2[0]) > 1e-3
 
 
 def test_sequence_classifier_reads_last_real_step():
@@ -253,7 +287,7 @@ def test_sequence_classifier_reads_last_real_step():
   v = clf.init(jax.random.key(1), x, mask)
   logits = clf.apply(v, x, mask)
   for b, n in enumerate([9, 1, 5, 7]):
-    alone = clf.apply(v, x[b:b + 1, :n])
+    alone = clf.apply(v, x[b : b + 1, :n])
     assert max_rel_err(logits[b], alone[0]) <= TOL
   out, carry = LSTM(H).apply({"params": v["params"]["lstm"]}, x, mask)
   assert max_rel_err(last_real_step(out, mask), carry[0][1]) <= TOL

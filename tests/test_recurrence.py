@@ -8,7 +8,6 @@ compiled program."""
 
 import re
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +37,9 @@ def _models(**kw):
 
 def _random_carry(model, seed=1):
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32),
-                      model.zero_carry(B))
+  return jax.tree.map(
+    lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), model.zero_carry(B)
+  )
 
 
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
@@ -56,11 +56,17 @@ def test_manual_backward_equals_autodiff(projection, num_layers, matmul_dtype):
     # nonlinear in the outputs and in the final (c, h) of every layer
     return jnp.sum(jnp.sin(preds)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(carry))
 
-  out = {b: jax.jit(lambda p, x, c0, b=b: models[b].apply(p, x, mask, resets, c0))(
-      params, x, carry0) for b in BACKWARDS}
-  assert max_rel_err(out["manual"], out["autodiff"]) <= 1e-6   # same forward computation
-  grads = {b: jax.jit(jax.grad(lambda p, x, c0, b=b: loss(p, x, c0, b), argnums=(0, 1, 2)))(
-      params, x, carry0) for b in BACKWARDS}
+  out = {
+    b: jax.jit(lambda p, x, c0, b=b: models[b].apply(p, x, mask, resets, c0))(params, x, carry0)
+    for b in BACKWARDS
+  }
+  assert max_rel_err(out["manual"], out["autodiff"]) <= 1e-6  # same forward computation
+  grads = {
+    b: jax.jit(jax.grad(lambda p, x, c0, b=b: loss(p, x, c0, b), argnums=(0, 1, 2)))(
+      params, x, carry0
+    )
+    for b in BACKWARDS
+  }
   for name, a, b in zip(("params", "inputs", "initial carry"), grads["manual"], grads["autodiff"]):
     assert max_rel_err(a, b) <= TOL, name
   assert float(jnp.max(jnp.abs(grads["manual"][1]))) > 0  # the input gradient is really there
@@ -72,8 +78,10 @@ def test_parameter_only_gradient(projection):
   models = _models(num_layers=2, input_projection=projection)
   x, mask, resets = _inputs(seed=2)
   params = models["manual"].init(jax.random.key(3), x, mask, resets)
-  grads = {b: jax.grad(lambda p, b=b: jnp.sum(models[b].apply(p, x, mask, resets)[0] ** 2))(params)
-           for b in BACKWARDS}
+  grads = {
+    b: jax.grad(lambda p, b=b: jnp.sum(models[b].apply(p, x, mask, resets)[0] ** 2))(params)
+    for b in BACKWARDS
+  }
   assert max_rel_err(grads["manual"], grads["autodiff"]) <= TOL
 
 
@@ -86,7 +94,7 @@ def test_unused_outputs_give_zero_cotangents(use):
 
   def loss(p, which):
     preds, carry = models[which].apply(p, x, mask, resets)
-    return jnp.sum(preds ** 2) if use == "outputs only" else jnp.sum(carry[0][1] ** 2)
+    return jnp.sum(preds**2) if use == "outputs only" else jnp.sum(carry[0][1] ** 2)
 
   grads = {b: jax.grad(loss)(params, b) for b in BACKWARDS}
   assert max_rel_err(grads["manual"], grads["autodiff"]) <= TOL
@@ -96,8 +104,11 @@ def test_unused_outputs_give_zero_cotangents(use):
 def test_train_steps_agree(strategy):
   """Three jitted train steps (donated state, Adam) give the same parameters either way."""
   ds = ragged_features([3, 9, 4, 12, 7, 5, 2, 10], num_features=F, seed=1)
-  strat = (batching.Bucket(ds, batch_size=4, boundaries=[6, 12]) if strategy == "bucket"
-           else batching.TBPTT(ds, num_streams=2, chunk_length=5))
+  strat = (
+    batching.Bucket(ds, batch_size=4, boundaries=[6, 12])
+    if strategy == "bucket"
+    else batching.TBPTT(ds, num_streams=2, chunk_length=5)
+  )
   params = {}
   for b in BACKWARDS:
     model = SequenceModel(H, num_outputs=2, backward=b)
@@ -117,8 +128,10 @@ def test_unknown_backward_is_a_config_error():
 def test_bfloat16_matmuls_are_close_to_float32_but_not_float32(projection):
   """bfloat16 operands change the numbers by bfloat16 rounding (~3 digits), no more."""
   x, mask, resets = _inputs(seed=6)
-  models = {d: SequenceModel(H, num_outputs=2, num_layers=2, input_projection=projection,
-                             matmul_dtype=d) for d in MATMUL_DTYPES}
+  models = {
+    d: SequenceModel(H, num_outputs=2, num_layers=2, input_projection=projection, matmul_dtype=d)
+    for d in MATMUL_DTYPES
+  }
   params = models["float32"].init(jax.random.key(7), x, mask, resets)
   outs, grads = {}, {}
   for d, m in models.items():
@@ -147,9 +160,13 @@ def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
   ones, zeros = jnp.ones((T_, B_)), jnp.zeros((T_, B_))
   carry = (jnp.zeros((B_, H_)), jnp.zeros((B_, H_)))
   for dtype in MATMUL_DTYPES:
+
     def loss(w, b, xs):
       return jnp.sum(recurrence.recurrence(w, b, xs, ones, zeros, carry, in_step, 1, dtype)[0])
-    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(w, jnp.zeros(4 * H_), xs).compile().as_text()
+
+    hlo = (
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(w, jnp.zeros(4 * H_), xs).compile().as_text()
+    )
     dots = _dot_operand_types(hlo)
     assert len(dots) >= 3, dots
     want = ("bf16", "bf16") if dtype == "bfloat16" else ("f32", "f32")

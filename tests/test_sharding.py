@@ -18,11 +18,16 @@ from conftest import run_smoke, subprocess_env  # noqa: E402
 @pytest.fixture(scope="session")  # once per worker, although other modules' tests run between
 def result():
   env = subprocess_env(4)
-  proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py"), str(HERE)],
-                        capture_output=True, text=True, timeout=600, env=env)
+  proc = subprocess.run(
+    [sys.executable, str(HERE / "sharded_check.py"), str(HERE)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT ") :])
 
 
 STRATEGIES = ["pad", "bucket", "tbptt", "pack", "pad_batch_max"]
@@ -79,9 +84,12 @@ def test_runner_uses_all_local_devices_and_matches_one_device(smoke_run, tmp_pat
     assert abs(four[name]["eval_loss"] - one[name]["eval_loss"]) <= 1e-5 * one[name]["eval_loss"]
     assert four[name]["compiles"] == one[name]["compiles"]
     assert four[name]["real_tokens"] == one[name]["real_tokens"]
-  shapes = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
-            if '"bucket"' in l and '"shape"' in l]
-  assert shapes and all(int(json.loads(l)["shape"].split("x")[0]) % 4 == 0 for l in shapes)
+  shapes = [
+    line
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    if '"bucket"' in line and '"shape"' in line
+  ]
+  assert shapes and all(int(json.loads(line)["shape"].split("x")[0]) % 4 == 0 for line in shapes)
 
 
 @pytest.mark.fresh_processes
@@ -89,7 +97,9 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   """Multi-host on the CPU: two processes (one device each, gloo collectives) joined by
   jax.distributed give the losses of one process with one device."""
   import socket
+
   import optax
+
   from conftest import ragged_features
   from lstm_jax import batching, train
   from lstm_jax.model import SequenceModel
@@ -98,16 +108,25 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   env = subprocess_env(None)
-  procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_check.py"), str(HERE),
-                             str(port), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env) for i in (0, 1)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(HERE / "multihost_check.py"), str(HERE), str(port), str(i)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for i in (0, 1)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
-  got = json.loads([l for l in outs[0][0].splitlines() if l.startswith("RESULT ")][-1][7:])
+  got = json.loads([line for line in outs[0][0].splitlines() if line.startswith("RESULT ")][-1][7:])
   assert got["processes"] == 2 and got["devices"] == 2
   ds = ragged_features(MULTIHOST_LENGTHS, num_features=3, seed=0)
-  for name, strategy in (("pad", batching.Pad(ds, batch_size=8)),
-                         ("tbptt", batching.TBPTT(ds, num_streams=8, chunk_length=5))):
+  for name, strategy in (
+    ("pad", batching.Pad(ds, batch_size=8)),
+    ("tbptt", batching.TBPTT(ds, num_streams=8, chunk_length=5)),
+  ):
     state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
     want = [h["loss"] for h in train.fit(state, strategy, epochs=1).history]
     assert len(got[name]) == len(want) and _rel(got[name], want) <= 1e-5, name

@@ -29,7 +29,7 @@ def test_chunks_equal_the_full_forward(setup, cuts):
   s = Streamer(model, params, B)
   outs, t = [], 0
   for n in cuts:
-    outs.append(np.asarray(s(x[:, t:t + n])))
+    outs.append(np.asarray(s(x[:, t : t + n])))
     t += n
   assert max_rel_err(np.concatenate(outs, 1), full) <= 1e-5
   assert max_rel_err(s.carry, carry) <= 1e-5

@@ -41,17 +41,20 @@ def _compile_case(name, data):
     assert expected > 1
     return pbm, expected
   return {
-      "pad": (batching.Pad(data, batch_size=8), 1),
-      "tbptt": (batching.TBPTT(data, num_streams=4, chunk_length=6), 1),
-      "pack": (batching.Pack(data, batch_size=4, row_length=30), 1),
-      "bucket": (batching.Bucket(data, batch_size=8, boundaries=[6, 12, 18, 24]), 4),
-      "bucket_packed": (batching.Bucket(data, batch_size=4, boundaries=[6, 12, 18, 24],
-                                        pack_rows=True), 4),
+    "pad": (batching.Pad(data, batch_size=8), 1),
+    "tbptt": (batching.TBPTT(data, num_streams=4, chunk_length=6), 1),
+    "pack": (batching.Pack(data, batch_size=4, row_length=30), 1),
+    "bucket": (batching.Bucket(data, batch_size=8, boundaries=[6, 12, 18, 24]), 4),
+    "bucket_packed": (
+      batching.Bucket(data, batch_size=4, boundaries=[6, 12, 18, 24], pack_rows=True),
+      4,
+    ),
   }[name]
 
 
-@pytest.mark.parametrize("name", ["pad", "tbptt", "pack", "bucket", "bucket_packed", "vbptt",
-                                  "pad_batch_max"])
+@pytest.mark.parametrize(
+  "name", ["pad", "tbptt", "pack", "bucket", "bucket_packed", "vbptt", "pad_batch_max"]
+)
 def test_compile_counts_per_strategy(data, name):
   """pad, tbptt, pack: one train compile for two epochs of mixed lengths; bucket: one per
   bucket; pad_batch_max: one per distinct batch maximum. Traces equal compiles (no retrace)."""
@@ -97,8 +100,11 @@ def test_every_parameter_changes_after_one_step(data):
   result = train.fit(state, batching.Pad(data, batch_size=40), epochs=1)
   after = result.state.params
   flat_before = jax.tree_util.tree_flatten_with_path(before)[0]
-  unchanged = [jax.tree_util.keystr(path) for (path, a), b in zip(flat_before, jax.tree.leaves(after))
-               if np.any(np.asarray(a) == np.asarray(b))]  # every single entry must move
+  unchanged = [
+    jax.tree_util.keystr(path)
+    for (path, a), b in zip(flat_before, jax.tree.leaves(after))
+    if np.any(np.asarray(a) == np.asarray(b))
+  ]  # every single entry must move
   assert int(result.state.step) == 1
   assert not unchanged, f"entries that did not move: {unchanged}"
 
@@ -131,14 +137,16 @@ def test_losses_accumulate_as_sums_not_means_of_batches(data):
 def test_same_seed_same_numbers(data):
   runs = []
   for _ in range(2):
-    r = train.fit(_state(data, seed=5), batching.TBPTT(data, num_streams=4, chunk_length=6,
-                                                       seed=5), epochs=2)
+    r = train.fit(
+      _state(data, seed=5), batching.TBPTT(data, num_streams=4, chunk_length=6, seed=5), epochs=2
+    )
     runs.append(([h["loss"] for h in r.history], jax.tree.map(np.asarray, r.state.params)))
   assert runs[0][0] == runs[1][0]
-  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0][1]),
-                                                  jax.tree.leaves(runs[1][1])))
+  assert all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1]))
+  )
   other = train.fit(_state(data, seed=6), batching.TBPTT(data, 4, 6, seed=5), epochs=1)
-  assert [h["loss"] for h in other.history] != runs[0][0][:len(other.history)]
+  assert [h["loss"] for h in other.history] != runs[0][0][: len(other.history)]
 
 
 def test_fit_records_each_step_and_stops_at_a_token_budget(data):
@@ -184,7 +192,9 @@ def test_feature_size_differs_from_the_model(data):
 
 def test_token_data_into_a_feature_model(data):
   ds = next_token_dataset([np.arange(5), np.arange(4)], vocab_size=6)
-  with pytest.raises(DataError, match="the data holds token ids but the model takes float features"):
+  with pytest.raises(
+    DataError, match="the data holds token ids but the model takes float features"
+  ):
     train.create_train_state(SequenceModel(4, num_outputs=6), optax.adam(1e-3), ds)
 
 
@@ -232,5 +242,5 @@ def test_damaged_executable_cache_entry_is_compiled_again(tmp_path):
     step, p2 = _cached_steps(ds, tmp_path)
   assert step.cache_loads == 0 and step.compiles == 1
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
-  loaded, _ = _cached_steps(ds, tmp_path)   # the rewritten entry loads
+  loaded, _ = _cached_steps(ds, tmp_path)  # the rewritten entry loads
   assert loaded.cache_loads == 1

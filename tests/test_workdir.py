@@ -39,18 +39,28 @@ def _tiny_config(**changes):
 
 def test_second_runner_on_a_busy_workdir_stops_at_once(tmp_path):
   with WorkdirLock(str(tmp_path)):
-    with pytest.raises(ConfigError, match=rf"workdir {tmp_path} is in use by another runner "
-                                          rf"\(pid {os.getpid()} on .*another --workdir"):
+    with pytest.raises(
+      ConfigError,
+      match=rf"workdir {tmp_path} is in use by another runner "
+      rf"\(pid {os.getpid()} on .*another --workdir",
+    ):
       experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
   assert not (tmp_path / "results").exists()  # it stopped before doing anything
   WorkdirLock(str(tmp_path)).release()  # released on leaving the first runner's block
 
 
 def test_lock_of_a_killed_runner_does_not_block_the_next(tmp_path):
-  code = ("import os, signal, sys; from lstm_jax.workdir import WorkdirLock; "
-          "lock = WorkdirLock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)")
-  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=subprocess_env(),
-                        capture_output=True, text=True, timeout=120)
+  code = (
+    "import os, signal, sys; from lstm_jax.workdir import WorkdirLock; "
+    "lock = WorkdirLock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path)],
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == -signal.SIGKILL
   assert "pid" in (tmp_path / ".lock").read_text()  # the file stays; the lock went with it
   WorkdirLock(str(tmp_path)).release()
@@ -61,42 +71,64 @@ def test_results_and_checkpoints_are_read_back_only_under_the_same_settings(tmp_
   its own; a killed run rerun with another learning rate resumed its checkpoint. Both are now
   refused before anything trains, naming the keys that differ."""
   first = experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
-  with pytest.raises(ConfigError, match=r"results/tbptt-seed0.json was made with different "
-                                        r"settings \(model.hidden_size: 16 there, 32 here\).*"
-                                        r"--config.resume=False"):
-    experiment.train_and_evaluate(_tiny_config(**{"model.hidden_size": 32}), str(tmp_path),
-                                  quiet=True)
+  with pytest.raises(
+    ConfigError,
+    match=r"results/tbptt-seed0.json was made with different "
+    r"settings \(model.hidden_size: 16 there, 32 here\).*"
+    r"--config.resume=False",
+  ):
+    experiment.train_and_evaluate(
+      _tiny_config(**{"model.hidden_size": 32}), str(tmp_path), quiet=True
+    )
   (tmp_path / "results" / "tbptt-seed0.json").unlink()  # as if killed after its last checkpoint
-  with pytest.raises(CheckpointError, match=r"checkpoints/tbptt-seed0/\d+ was made with different "
-                                            r"settings \(optimizer.learning_rate: 0.003 there, "
-                                            r"0.03 here\)"):
-    experiment.train_and_evaluate(_tiny_config(**{"optimizer.learning_rate": 0.03}),
-                                  str(tmp_path), quiet=True)
+  with pytest.raises(
+    CheckpointError,
+    match=r"checkpoints/tbptt-seed0/\d+ was made with different "
+    r"settings \(optimizer.learning_rate: 0.003 there, "
+    r"0.03 here\)",
+  ):
+    experiment.train_and_evaluate(
+      _tiny_config(**{"optimizer.learning_rate": 0.03}), str(tmp_path), quiet=True
+    )
   # settings that do not change the numbers (checkpoint cadence, caches, ...) keep results valid
-  again = experiment.train_and_evaluate(_tiny_config(**{"checkpoint.keep": 5}), str(tmp_path),
-                                        quiet=True)
+  again = experiment.train_and_evaluate(
+    _tiny_config(**{"checkpoint.keep": 5}), str(tmp_path), quiet=True
+  )
   assert again[0]["eval_loss"] == first[0]["eval_loss"]
-  fresh = experiment.train_and_evaluate(_tiny_config(**{"model.hidden_size": 32, "resume": False}),
-                                        str(tmp_path), quiet=True)
+  fresh = experiment.train_and_evaluate(
+    _tiny_config(**{"model.hidden_size": 32, "resume": False}), str(tmp_path), quiet=True
+  )
   assert fresh[0]["eval_loss"] != first[0]["eval_loss"]
 
 
 def test_settings_difference_names_each_key():
   assert settings_difference({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == (
-      "b: 2 there, 3 here; c: '(absent)' there, 4 here")
+    "b: 2 there, 3 here; c: '(absent)' there, 4 here"
+  )
   assert settings_difference({"a": 1}, {"a": 1}) == ""
 
 
 def test_runner_prints_a_user_error_as_one_message_and_exits_2(tmp_path):
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "compare_strategies.py"), "--config",
-       f"{ROOT / 'configs' / 'compare.py'}:smoke", "--workdir", str(tmp_path),
-       "--config.model.hidden_size=0"], capture_output=True, text=True, timeout=120,
-      env=subprocess_env())
+    [
+      sys.executable,
+      str(ROOT / "experiments" / "compare_strategies.py"),
+      "--config",
+      f"{ROOT / 'configs' / 'compare.py'}:smoke",
+      "--workdir",
+      str(tmp_path),
+      "--config.model.hidden_size=0",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=subprocess_env(),
+  )
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
-      "error (ConfigError): config.model.hidden_size must be >= 1, got 0.")
+    "error (ConfigError): config.model.hidden_size must be >= 1, got 0."
+  )
 
 
 def test_exit_on_user_error_keeps_tracebacks_for_everything_else(capsys):

@@ -39,8 +39,9 @@ from lstm_jax.model import SequenceModel
 def workload(cfg) -> RaggedDataset:
   """W: log-normal lengths clipped to [min, max], F random features, one per-step target."""
   rng = np.random.default_rng(cfg.seed)
-  dist = tasks.LengthDistribution("lognormal", cfg.min_length, cfg.max_length,
-                                  median=cfg.median_length, sigma=cfg.sigma)
+  dist = tasks.LengthDistribution(
+    "lognormal", cfg.min_length, cfg.max_length, median=cfg.median_length, sigma=cfg.sigma
+  )
   lengths = tasks.sample_lengths(dist, cfg.num_sequences, rng)
   total = int(lengths.sum())
   values = rng.normal(size=(total, cfg.features)).astype(np.float32)
@@ -84,6 +85,7 @@ def scan_gemm_floor(cfg, steps: int = 64, repeats: int = 7) -> float:
     def step(acc, x_t):
       z = x_t @ w
       return acc + x_t.T @ z, z @ w.T
+
     return jax.lax.scan(step, jnp.zeros_like(w), x)
 
   f = jax.jit(three_gemms)
@@ -101,6 +103,7 @@ def compile_probe(cfg_dict: dict, cache_dir: str, executables: bool = True) -> d
   the bucket strategy with the persistent cache in `cache_dir` (JAX's compilation cache, and
   lstm_jax's executable cache unless `executables` is False); returns the seconds."""
   from lstm_jax import compiles
+
   compiles.enable_persistent_cache(cache_dir, executables=executables)
   cfg = types.SimpleNamespace(**cfg_dict)
   ds = workload(cfg)
@@ -110,34 +113,49 @@ def compile_probe(cfg_dict: dict, cache_dir: str, executables: bool = True) -> d
   steps = train.StepFunctions.create()
   train.precompile(steps.train, state, strategy, 0)
   recs = steps.train.records.values()
-  return dict(compiles=steps.train.compiles, cache_loads=steps.train.cache_loads,
-              seconds=steps.train.compile_seconds,
-              trace_lower_seconds=sum(r.lower_seconds for r in recs),
-              xla_seconds=sum(r.compile_seconds for r in recs))
+  return dict(
+    compiles=steps.train.compiles,
+    cache_loads=steps.train.cache_loads,
+    seconds=steps.train.compile_seconds,
+    trace_lower_seconds=sum(r.lower_seconds for r in recs),
+    xla_seconds=sum(r.compile_seconds for r in recs),
+  )
 
 
 def in_subprocess(module: str, function: str, kwargs: dict, tune_malloc: bool = False) -> dict:
   """`module.function(**kwargs)` in a fresh Python process (nothing compiled, cached or allocated
   in it yet); returns its dict result. The allocator starts at glibc's defaults (GLIBC_TUNABLES
   and MALLOC_* are dropped from the environment) and is tuned first thing if `tune_malloc`."""
-  code = (f"import json, sys; from lstm_jax import host; host.tune_malloc({bool(tune_malloc)}); "
-          f"from {module} import {function} as f; "
-          f"print('PROBE', json.dumps(f(**json.loads(sys.argv[1]))))")
-  env = {k: v for k, v in os.environ.items()
-         if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
-  proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)],
-                        capture_output=True, text=True, timeout=900,
-                        env=dict(env, PYTHONPATH=os.pathsep.join(sys.path)))
+  code = (
+    f"import json, sys; from lstm_jax import host; host.tune_malloc({bool(tune_malloc)}); "
+    f"from {module} import {function} as f; "
+    f"print('PROBE', json.dumps(f(**json.loads(sys.argv[1]))))"
+  )
+  env = {
+    k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")
+  }
+  proc = subprocess.run(
+    [sys.executable, "-c", code, json.dumps(kwargs)],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=dict(env, PYTHONPATH=os.pathsep.join(sys.path)),
+  )
   if proc.returncode != 0:
     raise RuntimeError(f"{module}.{function} failed in a subprocess: {proc.stderr[-2000:]}")
-  return json.loads([l for l in proc.stdout.splitlines() if l.startswith("PROBE ")][-1][6:])
+  return json.loads(
+    [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")][-1][6:]
+  )
 
 
 def compile_probe_in_subprocess(cfg_dict: dict, cache_dir: str, executables: bool = True) -> dict:
   """`compile_probe` in a fresh Python process (so nothing is compiled or cached in memory)."""
-  return in_subprocess("lstm_jax.benchmark.measure", "compile_probe",
-                       dict(cfg_dict=cfg_dict, cache_dir=cache_dir, executables=executables),
-                       tune_malloc=host.malloc_state()["tuned"])
+  return in_subprocess(
+    "lstm_jax.benchmark.measure",
+    "compile_probe",
+    dict(cfg_dict=cfg_dict, cache_dir=cache_dir, executables=executables),
+    tune_malloc=host.malloc_state()["tuned"],
+  )
 
 
 def compile_cache_probe(cfg) -> dict:
@@ -148,9 +166,13 @@ def compile_cache_probe(cfg) -> dict:
     first = compile_probe_in_subprocess(cfg.to_dict(), cache_dir)
     jax_only = compile_probe_in_subprocess(cfg.to_dict(), cache_dir, executables=False)
     second = compile_probe_in_subprocess(cfg.to_dict(), cache_dir)
-  return dict(first=first, jax_cache_only=jax_only, second=second,
-              jax_cache_only_ratio=jax_only["seconds"] / first["seconds"],
-              ratio=second["seconds"] / first["seconds"])
+  return dict(
+    first=first,
+    jax_cache_only=jax_only,
+    second=second,
+    jax_cache_only_ratio=jax_only["seconds"] / first["seconds"],
+    ratio=second["seconds"] / first["seconds"],
+  )
 
 
 def _pass_batches(strategy: batching.Strategy, tokens_per_pass: int):
@@ -186,8 +208,9 @@ class Timing:
     return 1.0 - self.real_tokens / self.computed_tokens
 
 
-def _time_passes(run_pass: Callable[[], None], real: int, repeats: int,
-                 steps: int) -> tuple[float, list[float], float]:
+def _time_passes(
+  run_pass: Callable[[], None], real: int, repeats: int, steps: int
+) -> tuple[float, list[float], float]:
   """(real tokens/s of the median pass, each pass's seconds, minor page faults per step)."""
   run_pass()  # warm-up
   secs, faults = [], host.minor_page_faults()
@@ -199,13 +222,25 @@ def _time_passes(run_pass: Callable[[], None], real: int, repeats: int,
   return real / statistics.median(secs), secs, faults / (repeats * steps)
 
 
-def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str = "auto",
-              unroll: int = 1, backward: str = "manual", matmul_dtype: str = "float32") -> Timing:
+def time_ours(
+  name: str,
+  strategy: batching.Strategy,
+  cfg,
+  input_projection: str = "auto",
+  unroll: int = 1,
+  backward: str = "manual",
+  matmul_dtype: str = "float32",
+) -> Timing:
   """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes."""
   ds = strategy.dataset
-  model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1,
-                        input_projection=input_projection, unroll=unroll, backward=backward,
-                        matmul_dtype=matmul_dtype)
+  model = SequenceModel(
+    hidden_size=cfg.hidden_size,
+    num_outputs=1,
+    input_projection=input_projection,
+    unroll=unroll,
+    backward=backward,
+    matmul_dtype=matmul_dtype,
+  )
   state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
   steps = train.StepFunctions.create()
   train.precompile(steps.train, state, strategy, 0)
@@ -223,11 +258,24 @@ def time_ours(name: str, strategy: batching.Strategy, cfg, input_projection: str
 
   real = sum(p.real_tokens for p, _ in batches)
   tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
-  return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
-                steps.train.compile_seconds, steps.train.compiles,
-                dict(shapes=len(strategy.shapes()), input_projection=input_projection,
-                     unroll=unroll, backward=backward, matmul_dtype=matmul_dtype), faults,
-                run_pass)
+  return Timing(
+    name,
+    tps,
+    secs,
+    real,
+    sum(p.computed_tokens for p, _ in batches),
+    steps.train.compile_seconds,
+    steps.train.compiles,
+    dict(
+      shapes=len(strategy.shapes()),
+      input_projection=input_projection,
+      unroll=unroll,
+      backward=backward,
+      matmul_dtype=matmul_dtype,
+    ),
+    faults,
+    run_pass,
+  )
 
 
 class _FlaxRNNModel(nn.Module):
@@ -258,6 +306,7 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg, dtype: str = "flo
       preds = model.apply(p, inputs, mask.sum(axis=1))
       err = jnp.mean(jnp.square(preds - targets), axis=-1)
       return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
+
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -267,9 +316,13 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg, dtype: str = "flo
   opt_state = tx.init(params)
   compiled, t0 = {}, time.perf_counter()
   for b, t in strategy.shapes():
-    sds = lambda *s, d=jnp.float32: jax.ShapeDtypeStruct(s, d)
-    compiled[(b, t)] = jitted.lower(params, opt_state, sds(b, t, ds.num_features),
-                                    sds(b, t, 1), sds(b, t), sds(b, t, d=jnp.bool_)).compile()
+
+    def sds(*s, d=jnp.float32):
+      return jax.ShapeDtypeStruct(s, d)
+
+    compiled[(b, t)] = jitted.lower(
+      params, opt_state, sds(b, t, ds.num_features), sds(b, t, 1), sds(b, t), sds(b, t, d=jnp.bool_)
+    ).compile()
   compile_seconds = time.perf_counter() - t0
   box = [params, opt_state]
 
@@ -282,9 +335,18 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg, dtype: str = "flo
 
   real = sum(p.real_tokens for p, _ in batches)
   tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
-  return Timing(name, tps, secs, real, sum(p.computed_tokens for p, _ in batches),
-                compile_seconds, len(compiled), dict(shapes=len(compiled), matmul_dtype=dtype),
-                faults, run_pass)
+  return Timing(
+    name,
+    tps,
+    secs,
+    real,
+    sum(p.computed_tokens for p, _ in batches),
+    compile_seconds,
+    len(compiled),
+    dict(shapes=len(compiled), matmul_dtype=dtype),
+    faults,
+    run_pass,
+  )
 
 
 def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Timing | None:
@@ -303,20 +365,27 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
   for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
     rows = b.mask.any(axis=1)
     t_max = int(b.mask.sum(axis=1).max())
-    batches.append((plan, torch.from_numpy(b.inputs[rows, :t_max]),
-                    torch.from_numpy(b.targets[rows, :t_max]),
-                    torch.from_numpy(b.weights[rows, :t_max]),
-                    torch.from_numpy(b.mask[rows].sum(axis=1))))
+    batches.append(
+      (
+        plan,
+        torch.from_numpy(b.inputs[rows, :t_max]),
+        torch.from_numpy(b.targets[rows, :t_max]),
+        torch.from_numpy(b.weights[rows, :t_max]),
+        torch.from_numpy(b.mask[rows].sum(axis=1)),
+      )
+    )
 
   def run_pass():
     for _, x, y, w, lengths in batches:
       opt.zero_grad()
       if packed:
-        seq = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
-                                                      enforce_sorted=False)
+        seq = torch.nn.utils.rnn.pack_padded_sequence(
+          x, lengths, batch_first=True, enforce_sorted=False
+        )
         out, _ = lstm(seq)
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
-                                                        total_length=x.shape[1])
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(
+          out, batch_first=True, total_length=x.shape[1]
+        )
       else:
         out, _ = lstm(x)
       err = ((head(out) - y) ** 2).mean(-1)
@@ -327,8 +396,18 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
   # packed: the LSTM runs real steps only; padded: every step of the batch-max rectangle
   computed = real if packed else sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
   tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
-  return Timing(name, tps, secs, real, computed, 0.0, 0,
-                dict(torch=torch.__version__, matmul_dtype="float32"), faults, run_pass)
+  return Timing(
+    name,
+    tps,
+    secs,
+    real,
+    computed,
+    0.0,
+    0,
+    dict(torch=torch.__version__, matmul_dtype="float32"),
+    faults,
+    run_pass,
+  )
 
 
 def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:
@@ -351,9 +430,15 @@ def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:
     ours_tps, peer_tps = ours.real_tokens / (t1 - t0), peer.real_tokens / (t2 - t1)
     speedups.append(ours_tps / peer_tps)
     fractions.append(ours_tps / (rate / flops))
-  return dict(ours=ours.name, peer=peer.name, rounds=rounds, speedups=speedups,
-              roofline_fractions=fractions, speedup=statistics.median(speedups),
-              roofline_fraction=statistics.median(fractions))
+  return dict(
+    ours=ours.name,
+    peer=peer.name,
+    rounds=rounds,
+    speedups=speedups,
+    roofline_fractions=fractions,
+    speedup=statistics.median(speedups),
+    roofline_fraction=statistics.median(fractions),
+  )
 
 
 def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> list[dict]:

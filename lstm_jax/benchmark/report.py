@@ -1,4 +1,5 @@
-"""Runs the throughput benchmark (lstm_jax.benchmark.measure) and writes benchmark.json and BENCHMARKS.md."""
+"""Runs the throughput benchmark (lstm_jax.benchmark.measure); writes benchmark.json and
+BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -18,39 +19,51 @@ from lstm_jax.environment import versions
 def _strategies(ds, cfg) -> dict[str, batching.Strategy]:
   b = cfg.batch_size
   return {
-      "pad": batching.Pad(ds, batch_size=b, max_length=cfg.max_length),
-      "bucket": batching.Bucket(ds, tokens_per_batch=b * int(cfg.median_length) * 2,
-                                num_buckets=cfg.num_buckets),
-      "bucket_fixed_batch": batching.Bucket(ds, batch_size=b, num_buckets=cfg.num_buckets),
-      "bucket_packed_rows": batching.Bucket(ds, batch_size=b, num_buckets=cfg.num_buckets,
-                                            pack_rows=True),
-      "tbptt": batching.TBPTT(ds, num_streams=b, chunk_length=cfg.tbptt_chunk),
-      "pack": batching.Pack(ds, batch_size=max(1, b * int(cfg.median_length) // cfg.pack_row_length
-                                               * 2), row_length=cfg.pack_row_length),
+    "pad": batching.Pad(ds, batch_size=b, max_length=cfg.max_length),
+    "bucket": batching.Bucket(
+      ds, tokens_per_batch=b * int(cfg.median_length) * 2, num_buckets=cfg.num_buckets
+    ),
+    "bucket_fixed_batch": batching.Bucket(ds, batch_size=b, num_buckets=cfg.num_buckets),
+    "bucket_packed_rows": batching.Bucket(
+      ds, batch_size=b, num_buckets=cfg.num_buckets, pack_rows=True
+    ),
+    "tbptt": batching.TBPTT(ds, num_streams=b, chunk_length=cfg.tbptt_chunk),
+    "pack": batching.Pack(
+      ds,
+      batch_size=max(1, b * int(cfg.median_length) // cfg.pack_row_length * 2),
+      row_length=cfg.pack_row_length,
+    ),
   }
 
 
 def _peer_strategies(ds, cfg) -> dict[str, tuple[str, batching.Strategy]]:
-  pow2 = [2 ** k for k in range(3, 10) if 2 ** k <= cfg.max_length] or [cfg.max_length]
+  pow2 = [2**k for k in range(3, 10) if 2**k <= cfg.max_length] or [cfg.max_length]
   if pow2[-1] < cfg.max_length:
     pow2.append(cfg.max_length)
   return {
-      "flax_rnn_pad512": ("flax nn.RNN padded to max", batching.Pad(ds, cfg.batch_size,
-                                                                    cfg.max_length)),
-      "flax_rnn_pow2": ("flax nn.RNN pow2 buckets", batching.Bucket(ds, cfg.batch_size,
-                                                                    boundaries=pow2)),
-      "flax_rnn_pow2_bf16": ("flax nn.RNN pow2 buckets, bfloat16", batching.Bucket(
-          ds, cfg.batch_size, boundaries=pow2)),
-      "torch_packed": ("torch nn.LSTM packed", batching.PadBatchMax(ds, cfg.batch_size)),
-      "torch_batch_max": ("torch nn.LSTM batch max", batching.PadBatchMax(ds, cfg.batch_size)),
+    "flax_rnn_pad512": (
+      "flax nn.RNN padded to max",
+      batching.Pad(ds, cfg.batch_size, cfg.max_length),
+    ),
+    "flax_rnn_pow2": (
+      "flax nn.RNN pow2 buckets",
+      batching.Bucket(ds, cfg.batch_size, boundaries=pow2),
+    ),
+    "flax_rnn_pow2_bf16": (
+      "flax nn.RNN pow2 buckets, bfloat16",
+      batching.Bucket(ds, cfg.batch_size, boundaries=pow2),
+    ),
+    "torch_packed": ("torch nn.LSTM packed", batching.PadBatchMax(ds, cfg.batch_size)),
+    "torch_batch_max": ("torch nn.LSTM batch max", batching.PadBatchMax(ds, cfg.batch_size)),
   }
 
 
 def _time_peer(key: str, ds, cfg) -> bench.Timing | None:
   label, strategy = _peer_strategies(ds, cfg)[key]
   if key.startswith("flax"):
-    return bench.time_flax_rnn(label, strategy, cfg,
-                               "bfloat16" if key.endswith("_bf16") else "float32")
+    return bench.time_flax_rnn(
+      label, strategy, cfg, "bfloat16" if key.endswith("_bf16") else "float32"
+    )
   return bench.time_torch(label, strategy, cfg, packed=key == "torch_packed")
 
 
@@ -61,9 +74,13 @@ def malloc_probe_child(cfg_dict: dict, ours: str, projection: str, peer: str) ->
   ds = bench.workload(cfg)
   a = bench.time_ours(ours, _strategies(ds, cfg)[ours], cfg, projection)
   b = _time_peer(peer, ds, cfg)
-  return dict(malloc=host.malloc_state(), ours=a.tokens_per_second, peer=b.tokens_per_second,
-              ours_faults_per_step=a.page_faults_per_step,
-              peer_faults_per_step=b.page_faults_per_step)
+  return dict(
+    malloc=host.malloc_state(),
+    ours=a.tokens_per_second,
+    peer=b.tokens_per_second,
+    ours_faults_per_step=a.page_faults_per_step,
+    peer_faults_per_step=b.page_faults_per_step,
+  )
 
 
 def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
@@ -72,18 +89,35 @@ def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
   arms = {"default": [], "tuned": []}
   for _ in range(cfg.malloc_probe_rounds):
     for arm, runs in arms.items():
-      runs.append(bench.in_subprocess("lstm_jax.benchmark.report", "malloc_probe_child",
-                                      dict(cfg_dict=cfg.to_dict(), ours=ours,
-                                           projection=projection, peer=peer),
-                                      tune_malloc=arm == "tuned"))
-  med = lambda runs, k: statistics.median(r[k] for r in runs)
-  return dict(ours=ours, projection=projection, peer=peer, rounds=cfg.malloc_probe_rounds,
-              runs=arms, **{
-      arm: dict(ours=med(runs, "ours"), peer=med(runs, "peer"),
-                speedup=statistics.median(r["ours"] / r["peer"] for r in runs),
-                ours_faults_per_step=med(runs, "ours_faults_per_step"),
-                peer_faults_per_step=med(runs, "peer_faults_per_step"))
-      for arm, runs in arms.items()})
+      runs.append(
+        bench.in_subprocess(
+          "lstm_jax.benchmark.report",
+          "malloc_probe_child",
+          dict(cfg_dict=cfg.to_dict(), ours=ours, projection=projection, peer=peer),
+          tune_malloc=arm == "tuned",
+        )
+      )
+
+  def med(runs, k):
+    return statistics.median(r[k] for r in runs)
+
+  return dict(
+    ours=ours,
+    projection=projection,
+    peer=peer,
+    rounds=cfg.malloc_probe_rounds,
+    runs=arms,
+    **{
+      arm: dict(
+        ours=med(runs, "ours"),
+        peer=med(runs, "peer"),
+        speedup=statistics.median(r["ours"] / r["peer"] for r in runs),
+        ours_faults_per_step=med(runs, "ours_faults_per_step"),
+        peer_faults_per_step=med(runs, "peer_faults_per_step"),
+      )
+      for arm, runs in arms.items()
+    },
+  )
 
 
 def _precision(t) -> str:
@@ -94,15 +128,20 @@ def _precision(t) -> str:
 def _best(rows, precision: str | None = None):
   """The fastest row (a Timing or a record), of one matmul precision, or of any when None."""
   rows = [t for t in rows if precision is None or _precision(t) == precision]
-  speed = lambda t: t["tokens_per_second"] if isinstance(t, dict) else t.tokens_per_second
+
+  def speed(t):
+    return t["tokens_per_second"] if isinstance(t, dict) else t.tokens_per_second
+
   return max(rows, key=speed) if rows else None
 
 
 def _paired(ours: bench.Timing, peer: bench.Timing, cfg) -> dict:
   p = bench.paired_comparison(ours, peer, cfg, cfg.paired_rounds)
-  print(f"  paired: {p['ours']} {p['speedup']:.2f}x {p['peer']}, "
-        f"{100 * p['roofline_fraction']:.1f}% of the roofline (medians of {p['rounds']} rounds)",
-        flush=True)
+  print(
+    f"  paired: {p['ours']} {p['speedup']:.2f}x {p['peer']}, "
+    f"{100 * p['roofline_fraction']:.1f}% of the roofline (medians of {p['rounds']} rounds)",
+    flush=True,
+  )
   return p
 
 
@@ -123,21 +162,39 @@ def run(cfg, out_md: str) -> dict:
       return
     t.extra.update(kind=kind, key=key)
     rows.append(t)
-    print(f"  {t.name:<34} {t.tokens_per_second:>10,.0f} tok/s  padding "
-          f"{100 * t.padding_fraction:5.1f}%  compiles {t.compiles:>2} ({t.compile_seconds:.1f}s)",
-          flush=True)
+    print(
+      f"  {t.name:<34} {t.tokens_per_second:>10,.0f} tok/s  padding "
+      f"{100 * t.padding_fraction:5.1f}%  compiles {t.compiles:>2} ({t.compile_seconds:.1f}s)",
+      flush=True,
+    )
 
   for name, strategy in strategies.items():
     for proj in cfg.input_projections if name == "bucket" else cfg.input_projections[:1]:
       add(bench.time_ours(f"lstm_jax {name} ({proj})", strategy, cfg, proj), "ours", name)
     if name in cfg.autodiff_rows:  # the same step with JAX's autodiff instead of the manual VJP
-      add(bench.time_ours(f"lstm_jax {name} ({cfg.input_projections[0]}, autodiff backward)",
-                          strategy, cfg, cfg.input_projections[0], backward="autodiff"), "ours",
-          name)
+      add(
+        bench.time_ours(
+          f"lstm_jax {name} ({cfg.input_projections[0]}, autodiff backward)",
+          strategy,
+          cfg,
+          cfg.input_projections[0],
+          backward="autodiff",
+        ),
+        "ours",
+        name,
+      )
     if name in cfg.bfloat16_rows:  # bfloat16 matmul operands, float32 accumulation
-      add(bench.time_ours(f"lstm_jax {name} ({cfg.input_projections[0]}, bfloat16 matmuls)",
-                          strategy, cfg, cfg.input_projections[0], matmul_dtype="bfloat16"),
-          "ours", name)
+      add(
+        bench.time_ours(
+          f"lstm_jax {name} ({cfg.input_projections[0]}, bfloat16 matmuls)",
+          strategy,
+          cfg,
+          cfg.input_projections[0],
+          matmul_dtype="bfloat16",
+        ),
+        "ours",
+        name,
+      )
   for peer in cfg.peers:
     add(_time_peer(peer, ds, cfg), "peer", peer)
   ours = [t for t in rows if t.extra["kind"] == "ours"]
@@ -151,35 +208,63 @@ def run(cfg, out_md: str) -> dict:
       paired_bf16 = _paired(_best(ours, "bfloat16"), _best(peers), cfg)
   allocator = None
   if ours and peers and cfg.malloc_probe_rounds:
-    best_ours = max((t for t in ours if t.extra["backward"] == "manual"
-                     and t.extra["matmul_dtype"] == "float32"), key=lambda t: t.tokens_per_second)
-    allocator = malloc_probe(cfg, best_ours.extra["key"], best_ours.extra["input_projection"],
-                             max(peers, key=lambda t: t.tokens_per_second).extra["key"])
-    print("  allocator: " + "; ".join(
+    best_ours = max(
+      (t for t in ours if t.extra["backward"] == "manual" and t.extra["matmul_dtype"] == "float32"),
+      key=lambda t: t.tokens_per_second,
+    )
+    allocator = malloc_probe(
+      cfg,
+      best_ours.extra["key"],
+      best_ours.extra["input_projection"],
+      max(peers, key=lambda t: t.tokens_per_second).extra["key"],
+    )
+    print(
+      "  allocator: "
+      + "; ".join(
         f"{arm} {allocator[arm]['ours']:,.0f} vs {allocator[arm]['peer']:,.0f} tok/s "
-        f"({allocator[arm]['speedup']:.2f}x)" for arm in ("default", "tuned")), flush=True)
+        f"({allocator[arm]['speedup']:.2f}x)"
+        for arm in ("default", "tuned")
+      ),
+      flush=True,
+    )
   cache = bench.compile_cache_probe(cfg) if cfg.compile_cache_probe else None
   if cache:
-    print(f"  persistent cache: {cache['first']['seconds']:.2f}s then "
-          f"{cache['second']['seconds']:.2f}s ({100 * cache['ratio']:.0f}%)", flush=True)
+    print(
+      f"  persistent cache: {cache['first']['seconds']:.2f}s then "
+      f"{cache['second']['seconds']:.2f}s ({100 * cache['ratio']:.0f}%)",
+      flush=True,
+    )
   rates.append(bench.gemm_rate(cfg.features, cfg.hidden_size))
   rate = max(rates)  # the machine's best: a % of roofline is never flattered by a slow moment
   roofline = rate / bench.flops_per_token(cfg.features, cfg.hidden_size)
-  print(f"GEMM {rates[1] / 1e9:.1f} GFLOP/s at the end; roofline {roofline:,.0f} real tokens/s",
-        flush=True)
+  print(
+    f"GEMM {rates[1] / 1e9:.1f} GFLOP/s at the end; roofline {roofline:,.0f} real tokens/s",
+    flush=True,
+  )
   memory = bench.memory_table(cfg, ds, [t for t in (64, 128, 256, 512) if t <= cfg.max_length])
   lengths = ds.lengths
   result = dict(
-      date=time.strftime("%Y-%m-%d %H:%M"), versions=versions(), config=cfg.to_dict(),
-      workload=dict(sequences=len(ds), real_tokens=int(lengths.sum()), fingerprint=ds.fingerprint(),
-                    lengths_min_median_max=[int(lengths.min()), float(np.median(lengths)),
-                                            int(lengths.max())]),
-      gemm_flops_per_second=rate, gemm_samples=rates, roofline_tokens_per_second=roofline,
-      scan_gemm_floor_tokens_per_second=floor, compile_cache=cache, paired=paired,
-      paired_bfloat16=paired_bf16, allocator=allocator,
-      rows=[dict(t.record(), roofline_fraction=t.tokens_per_second / roofline) for t in rows],
-      memory=memory,
-      bucket_boundaries=strategies["bucket"].boundaries)
+    date=time.strftime("%Y-%m-%d %H:%M"),
+    versions=versions(),
+    config=cfg.to_dict(),
+    workload=dict(
+      sequences=len(ds),
+      real_tokens=int(lengths.sum()),
+      fingerprint=ds.fingerprint(),
+      lengths_min_median_max=[int(lengths.min()), float(np.median(lengths)), int(lengths.max())],
+    ),
+    gemm_flops_per_second=rate,
+    gemm_samples=rates,
+    roofline_tokens_per_second=roofline,
+    scan_gemm_floor_tokens_per_second=floor,
+    compile_cache=cache,
+    paired=paired,
+    paired_bfloat16=paired_bf16,
+    allocator=allocator,
+    rows=[dict(t.record(), roofline_fraction=t.tokens_per_second / roofline) for t in rows],
+    memory=memory,
+    bucket_boundaries=strategies["bucket"].boundaries,
+  )
   json_path = os.path.join(os.path.dirname(os.path.abspath(out_md)), "benchmark.json")
   os.makedirs(os.path.dirname(json_path), exist_ok=True)
   with open(json_path, "w") as f:
@@ -199,75 +284,108 @@ def _malloc_words(v: dict) -> str:
 
 def markdown(r: dict) -> str:
   v, w = r["versions"], r["workload"]
+  floor_share = 100 * r["scan_gemm_floor_tokens_per_second"] / r["roofline_tokens_per_second"]
   lines = [
-      f"# Benchmarks ({r['date']})", "",
-      f"Workload W: {w['sequences']} sequences, lengths {w['lengths_min_median_max']} "
-      f"(min / median / max), {w['real_tokens']:,} real tokens, F={r['config']['features']}, "
-      f"H={r['config']['hidden_size']}, batch {r['config']['batch_size']}, Adam, per-step MSE. "
-      f"Machine: {v['cpu_count']} CPU cores, backend {v['backend']}; Python {v['python']}, "
-      f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {_malloc_words(v)}.", "",
-      f"GEMM rate {r['gemm_flops_per_second'] / 1e9:.1f} GFLOP/s (float32 "
-      f"[4096, F+H] x [F+H, 4H]; the better of "
-      f"{', '.join(f'{x / 1e9:.0f}' for x in r.get('gemm_samples', [r['gemm_flops_per_second']]))}"
-      f" GFLOP/s measured before and after the runs), so the roofline is "
-      f"{r['roofline_tokens_per_second']:,.0f} real tokens/s.", "",
-      f"A scan doing only the three GEMMs of each time step ([{r['config']['batch_size']}, F+H] "
-      f"operands, forward and backward) runs at {r['scan_gemm_floor_tokens_per_second']:,.0f} "
-      f"tokens/s ({100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}% "
-      f"of the roofline): the ceiling for a scanned LSTM at this batch size here.", "",
-      "| run | real tok/s (median) | % roofline | padding | compiles | compile s | passes (s) "
-      "| page faults / step |",
-      "|---|---|---|---|---|---|---|---|"]
+    f"# Benchmarks ({r['date']})",
+    "",
+    f"Workload W: {w['sequences']} sequences, lengths {w['lengths_min_median_max']} "
+    f"(min / median / max), {w['real_tokens']:,} real tokens, F={r['config']['features']}, "
+    f"H={r['config']['hidden_size']}, batch {r['config']['batch_size']}, Adam, per-step MSE. "
+    f"Machine: {v['cpu_count']} CPU cores, backend {v['backend']}; Python {v['python']}, "
+    f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {_malloc_words(v)}.",
+    "",
+    f"GEMM rate {r['gemm_flops_per_second'] / 1e9:.1f} GFLOP/s (float32 "
+    f"[4096, F+H] x [F+H, 4H]; the better of "
+    f"{', '.join(f'{x / 1e9:.0f}' for x in r.get('gemm_samples', [r['gemm_flops_per_second']]))}"
+    f" GFLOP/s measured before and after the runs), so the roofline is "
+    f"{r['roofline_tokens_per_second']:,.0f} real tokens/s.",
+    "",
+    f"A scan doing only the three GEMMs of each time step ([{r['config']['batch_size']}, F+H] "
+    f"operands, forward and backward) runs at {r['scan_gemm_floor_tokens_per_second']:,.0f} "
+    f"tokens/s ({floor_share:.0f}% of the roofline): the ceiling for a scanned LSTM at this "
+    f"batch size here.",
+    "",
+    "| run | real tok/s (median) | % roofline | padding | compiles | compile s | passes (s) "
+    "| page faults / step |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for row in sorted(r["rows"], key=lambda x: -x["tokens_per_second"]):
-    lines.append(f"| {row['name']} | {row['tokens_per_second']:,.0f} | "
-                 f"{100 * row['roofline_fraction']:.1f}% | {100 * row['padding_fraction']:.1f}% | "
-                 f"{row['compiles'] or '-'} | {row['compile_seconds']:.1f} | "
-                 f"{', '.join(f'{s:.2f}' for s in row['pass_seconds'])} | "
-                 f"{row.get('page_faults_per_step', 0):,.0f} |")
-  lines += ["", f"Bucket boundaries (exact dynamic program, {len(r['bucket_boundaries'])} "
-            f"buckets): {r['bucket_boundaries']}.", "",
-            "Train-step XLA temp memory against the padded length T (batch "
-            f"{r['config']['batch_size']}); truncated BPTT's step is the T = chunk row whatever "
-            "the data's length:", "", "| T | temp MiB |", "|---|---|"]
+    lines.append(
+      f"| {row['name']} | {row['tokens_per_second']:,.0f} | "
+      f"{100 * row['roofline_fraction']:.1f}% | {100 * row['padding_fraction']:.1f}% | "
+      f"{row['compiles'] or '-'} | {row['compile_seconds']:.1f} | "
+      f"{', '.join(f'{s:.2f}' for s in row['pass_seconds'])} | "
+      f"{row.get('page_faults_per_step', 0):,.0f} |"
+    )
+  lines += [
+    "",
+    f"Bucket boundaries (exact dynamic program, {len(r['bucket_boundaries'])} "
+    f"buckets): {r['bucket_boundaries']}.",
+    "",
+    "Train-step XLA temp memory against the padded length T (batch "
+    f"{r['config']['batch_size']}); truncated BPTT's step is the T = chunk row whatever "
+    "the data's length:",
+    "",
+    "| T | temp MiB |",
+    "|---|---|",
+  ]
   lines += [f"| {m['length']} | {m['temp_bytes'] / 2**20:.1f} |" for m in r["memory"]]
   c = r.get("compile_cache")
   if c:
     f, j, sec = c["first"], c["jax_cache_only"], c["second"]
-    lines += ["", f"Persistent compilation cache (`--config.compile_cache_dir`, "
-              f"`compiles.enable_persistent_cache`): the bucket strategy's {f['compiles']} "
-              f"train-step shapes compiled in a fresh process took {f['seconds']:.2f} s "
-              f"({f['xla_seconds']:.2f} s in XLA, {f['trace_lower_seconds']:.2f} s tracing and "
-              f"lowering). A second fresh process reading JAX's compilation cache "
-              f"(`jax_compilation_cache_dir`) alone took {j['seconds']:.2f} s "
-              f"({100 * c['jax_cache_only_ratio']:.0f}%: {j['xla_seconds']:.2f} s loading, "
-              f"{j['trace_lower_seconds']:.2f} s tracing and lowering, which that cache cannot "
-              f"skip); with lstm_jax's executable cache as well (keyed by the traced program, "
-              f"so lowering is skipped too) it took {sec['seconds']:.2f} s "
-              f"({100 * c['ratio']:.0f}%: {sec['cache_loads']} of {sec['compiles']} executables "
-              f"loaded in {sec['xla_seconds']:.2f} s, {sec['trace_lower_seconds']:.2f} s tracing)."]
-  for key, what in (("paired", "float32 against float32"),
-                    ("paired_bfloat16", "bfloat16 matmuls against the best peer in any precision; "
-                     "the roofline stays the float32 GEMM rate")):
+    lines += [
+      "",
+      f"Persistent compilation cache (`--config.compile_cache_dir`, "
+      f"`compiles.enable_persistent_cache`): the bucket strategy's {f['compiles']} "
+      f"train-step shapes compiled in a fresh process took {f['seconds']:.2f} s "
+      f"({f['xla_seconds']:.2f} s in XLA, {f['trace_lower_seconds']:.2f} s tracing and "
+      f"lowering). A second fresh process reading JAX's compilation cache "
+      f"(`jax_compilation_cache_dir`) alone took {j['seconds']:.2f} s "
+      f"({100 * c['jax_cache_only_ratio']:.0f}%: {j['xla_seconds']:.2f} s loading, "
+      f"{j['trace_lower_seconds']:.2f} s tracing and lowering, which that cache cannot "
+      f"skip); with lstm_jax's executable cache as well (keyed by the traced program, "
+      f"so lowering is skipped too) it took {sec['seconds']:.2f} s "
+      f"({100 * c['ratio']:.0f}%: {sec['cache_loads']} of {sec['compiles']} executables "
+      f"loaded in {sec['xla_seconds']:.2f} s, {sec['trace_lower_seconds']:.2f} s tracing).",
+    ]
+  for key, what in (
+    ("paired", "float32 against float32"),
+    (
+      "paired_bfloat16",
+      "bfloat16 matmuls against the best peer in any precision; "
+      "the roofline stays the float32 GEMM rate",
+    ),
+  ):
     p = r.get(key)
     if p:
-      lines += ["", f"Side by side, {what} (the machine's speed drifts between rows): "
-                f"{p['rounds']} rounds, each one pass of {p['ours']}, one of {p['peer']}, then the "
-                f"GEMM rate. Per round, {p['ours']} ran "
-                f"{', '.join(f'{x:.2f}x' for x in p['speedups'])} the peer and "
-                f"{', '.join(f'{100 * x:.0f}%' for x in p['roofline_fractions'])} of that "
-                f"round's roofline: medians **{p['speedup']:.2f}x** and "
-                f"**{100 * p['roofline_fraction']:.1f}%**."]
+      lines += [
+        "",
+        f"Side by side, {what} (the machine's speed drifts between rows): "
+        f"{p['rounds']} rounds, each one pass of {p['ours']}, one of {p['peer']}, then the "
+        f"GEMM rate. Per round, {p['ours']} ran "
+        f"{', '.join(f'{x:.2f}x' for x in p['speedups'])} the peer and "
+        f"{', '.join(f'{100 * x:.0f}%' for x in p['roofline_fractions'])} of that "
+        f"round's roofline: medians **{p['speedup']:.2f}x** and "
+        f"**{100 * p['roofline_fraction']:.1f}%**.",
+      ]
   a = r.get("allocator")
   if a:
-    lines += ["", f"Allocator (`lstm_jax.host.tune_malloc`, on in this run: "
-              f"{v.get('malloc', {}).get('tuned', False)}): {a['ours']} ({a['projection']}) and "
-              f"{a['peer']} timed in fresh processes, {a['rounds']} of each arm, alternating; "
-              "glibc's defaults against the tuned allocator (medians):", "",
-              "| allocator | ours tok/s | peer tok/s | ours / peer | page faults / step (ours, "
-              "peer) |", "|---|---|---|---|---|"]
-    lines += [f"| {arm} | {a[arm]['ours']:,.0f} | {a[arm]['peer']:,.0f} | "
-              f"{a[arm]['speedup']:.2f}x | {a[arm]['ours_faults_per_step']:,.0f}, "
-              f"{a[arm]['peer_faults_per_step']:,.0f} |" for arm in ("default", "tuned")]
+    lines += [
+      "",
+      f"Allocator (`lstm_jax.host.tune_malloc`, on in this run: "
+      f"{v.get('malloc', {}).get('tuned', False)}): {a['ours']} ({a['projection']}) and "
+      f"{a['peer']} timed in fresh processes, {a['rounds']} of each arm, alternating; "
+      "glibc's defaults against the tuned allocator (medians):",
+      "",
+      "| allocator | ours tok/s | peer tok/s | ours / peer | page faults / step (ours, peer) |",
+      "|---|---|---|---|---|",
+    ]
+    lines += [
+      f"| {arm} | {a[arm]['ours']:,.0f} | {a[arm]['peer']:,.0f} | "
+      f"{a[arm]['speedup']:.2f}x | {a[arm]['ours_faults_per_step']:,.0f}, "
+      f"{a[arm]['peer_faults_per_step']:,.0f} |"
+      for arm in ("default", "tuned")
+    ]
   lines += ["", "## Targets (issue 4), checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
 
@@ -279,40 +397,56 @@ def targets(r: dict) -> list[str]:
   peers = [x for x in rows if x["extra"].get("kind") == "peer"]
   best = _best(ours, "float32")  # the targets compare float32 with float32
   out = ["| target | this run | met |", "|---|---|---|"]
-  mark = lambda ok: "yes" if ok else "**no**"
+
+  def mark(ok):
+    return "yes" if ok else "**no**"
+
   p = r.get("paired")  # side-by-side medians judge the ratios; the table's rows are minutes apart
   if peers:
     for label, mine, theirs, q in (
-        ("", best, _best(peers, "float32"), p),
-        (" (bfloat16 matmuls; the peers' best in any precision)", _best(ours, "bfloat16"),
-         _best(peers), r.get("paired_bfloat16"))):
+      ("", best, _best(peers, "float32"), p),
+      (
+        " (bfloat16 matmuls; the peers' best in any precision)",
+        _best(ours, "bfloat16"),
+        _best(peers),
+        r.get("paired_bfloat16"),
+      ),
+    ):
       if mine is None:
         continue
       table_ratio = mine["tokens_per_second"] / theirs["tokens_per_second"]
       ratio = q["speedup"] if q else table_ratio
       how = f" side by side (rows of the table: {table_ratio:.2f}x)" if q else ""
-      out.append(f"| best strategy >= 2x the best peer{label} | {mine['name']} {ratio:.2f}x "
-                 f"{theirs['name']}{how} | {mark(ratio >= 2)} |")
+      out.append(
+        f"| best strategy >= 2x the best peer{label} | {mine['name']} {ratio:.2f}x "
+        f"{theirs['name']}{how} | {mark(ratio >= 2)} |"
+      )
   packed = [x for x in peers if x["name"] == "torch nn.LSTM packed"]
   if packed:
     ratio = best["tokens_per_second"] / packed[0]["tokens_per_second"]
     out.append(f"| >= 10x PyTorch packed | {ratio:.1f}x | {mark(ratio >= 10)} |")
   frac = p["roofline_fraction"] if p else best["roofline_fraction"]
-  how = (f"side by side (table row: {100 * best['roofline_fraction']:.1f}%)" if p else "")
-  out.append(f"| best strategy >= 50% of the GEMM roofline | {100 * frac:.1f}% {how} (the "
-             f"scan-GEMM ceiling is "
-             f"{100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}%)"
-             f" | {mark(frac >= 0.5)} |")
+  how = f"side by side (table row: {100 * best['roofline_fraction']:.1f}%)" if p else ""
+  out.append(
+    f"| best strategy >= 50% of the GEMM roofline | {100 * frac:.1f}% {how} (the "
+    f"scan-GEMM ceiling is "
+    f"{100 * r['scan_gemm_floor_tokens_per_second'] / r['roofline_tokens_per_second']:.0f}%)"
+    f" | {mark(frac >= 0.5)} |"
+  )
   buckets = [x for x in ours if "bucket" in x["name"]]
   ok = [x for x in buckets if x["padding_fraction"] <= 0.03 and x["compiles"] <= 8]
   shown = min(buckets, key=lambda x: x["padding_fraction"]) if buckets else None
   if shown:
-    out.append(f"| bucketing <= 3% padding with <= 8 compiles | {shown['name']}: "
-               f"{100 * shown['padding_fraction']:.1f}%, {shown['compiles']} compiles | "
-               f"{mark(bool(ok))} |")
+    out.append(
+      f"| bucketing <= 3% padding with <= 8 compiles | {shown['name']}: "
+      f"{100 * shown['padding_fraction']:.1f}%, {shown['compiles']} compiles | "
+      f"{mark(bool(ok))} |"
+    )
   c = r.get("compile_cache")
   if c:
-    out.append(f"| second run with the persistent cache <= 10% of the first's compile seconds | "
-               f"{100 * c['ratio']:.0f}% (JAX's compilation cache alone: "
-               f"{100 * c['jax_cache_only_ratio']:.0f}%) | {mark(c['ratio'] <= 0.10)} |")
+    out.append(
+      f"| second run with the persistent cache <= 10% of the first's compile seconds | "
+      f"{100 * c['ratio']:.0f}% (JAX's compilation cache alone: "
+      f"{100 * c['jax_cache_only_ratio']:.0f}%) | {mark(c['ratio'] <= 0.10)} |"
+    )
   return out
