@@ -269,6 +269,24 @@ def _check_not_larger_than_data(
     )
 
 
+def _sequences_per_batch(
+  dataset: RaggedDataset, batch_size: int | None, tokens_per_step: int | None, strategy: str
+) -> int:
+  """Whole sequences per batch (pad, pad_batch_max): set, or derived from tokens_per_step and
+  the mean length; never more than the data holds."""
+  batch_size = rows_per_step(
+    batch_size, tokens_per_step, dataset.lengths.mean(), len(dataset), "batch_size", strategy
+  )
+  _check_not_larger_than_data(
+    batch_size,
+    len(dataset),
+    "batch_size",
+    "sequences",
+    f"Lower batch_size to at most {len(dataset)}.",
+  )
+  return batch_size
+
+
 def _check_fits(dataset: RaggedDataset, limit: int, what: str, fix: str) -> None:
   too_long = np.flatnonzero(dataset.lengths > limit)
   if len(too_long):
@@ -328,16 +346,7 @@ class Pad(Strategy):
     tokens_per_step: int | None = None,
   ):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = rows_per_step(
-      batch_size, tokens_per_step, dataset.lengths.mean(), len(dataset), "batch_size", self.name
-    )
-    _check_not_larger_than_data(
-      self.batch_size,
-      len(dataset),
-      "batch_size",
-      "sequences",
-      f"Lower batch_size to at most {len(dataset)}.",
-    )
+    self.batch_size = _sequences_per_batch(dataset, batch_size, tokens_per_step, self.name)
     self.length = dataset.max_length if max_length is None else int(max_length)
     _check_fits(
       dataset,
@@ -372,16 +381,7 @@ class PadBatchMax(Strategy):
     tokens_per_step: int | None = None,
   ):
     super().__init__(dataset, seed, batch_multiple)
-    self.batch_size = rows_per_step(
-      batch_size, tokens_per_step, dataset.lengths.mean(), len(dataset), "batch_size", self.name
-    )
-    _check_not_larger_than_data(
-      self.batch_size,
-      len(dataset),
-      "batch_size",
-      "sequences",
-      f"Lower batch_size to at most {len(dataset)}.",
-    )
+    self.batch_size = _sequences_per_batch(dataset, batch_size, tokens_per_step, self.name)
 
   def batch_settings(self) -> dict:
     return dict(batch_size=self.batch_size)

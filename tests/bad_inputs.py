@@ -27,7 +27,7 @@ import ml_collections  # noqa: E402
 import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
-from conftest import identity_dataset, ragged_features  # noqa: E402
+from conftest import identity_dataset, override, ragged_features  # noqa: E402
 from lstm_jax import batching, config, guards, sources, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
@@ -51,14 +51,7 @@ def _floats(n, f=2):
 
 def _cfg(**changes):
   """The smoke preset as a plain dict (as from JSON or YAML), with `changes` at dotted keys."""
-  d = compare.get_config("smoke").to_dict()
-  for key, value in changes.items():
-    *path, last = key.split(".")
-    node = d
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return ml_collections.ConfigDict(d)
+  return ml_collections.ConfigDict(override(compare.get_config("smoke").to_dict(), **changes))
 
 
 def _npz_without_lengths():

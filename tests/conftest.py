@@ -45,6 +45,17 @@ def identity_dataset(lengths, target_level="step") -> RaggedDataset:
   )
 
 
+def override(cfg, **changes):
+  """`cfg` (a ConfigDict or a plain dict) with each dotted key ("model.hidden_size") set."""
+  for key, value in changes.items():
+    *path, last = key.split(".")
+    node = cfg
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return cfg
+
+
 def max_rel_err(a, b) -> float:
   """max |a - b| / max |b| over a pytree: a relative error robust to entries near zero."""
   errs = jax.tree.map(

@@ -6,12 +6,14 @@ target (case 1), and batch settings tuned by hand for one data set gave other da
 against 85 for tbptt and pack (case 6).
 """
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import identity_dataset, override
 from lstm_jax import batching, config, experiment, guards, report
 from lstm_jax.errors import ConfigError, DataError
 
@@ -50,13 +52,7 @@ def _files_config(directory: Path, **overrides):
   cfg.train.update(real_tokens=20_000, tokens_per_step=512, eval_every_tokens=0)
   cfg.checkpoint.enabled = False
   cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
-  for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return override(cfg, **overrides)
 
 
 def _no_compile(monkeypatch):
@@ -128,7 +124,6 @@ def test_memory_guard_arithmetic_and_default_limit():
     guards.check_memory("pack", (1, 189_480), needed=12 * 2**30, limit=2**30)
   guards.check_memory("pad", (32, 1000), needed=2**30, limit=2**30)  # fits: no error
   limit = guards.default_memory_limit()
-  import os
 
   assert 0 < limit <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
@@ -210,7 +205,6 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
 
 def test_every_strategy_derives_its_rows_from_tokens_per_step():
   lengths = np.random.default_rng(0).integers(5, 60, size=300)
-  from conftest import identity_dataset
 
   ds = identity_dataset(list(lengths))
   mean = lengths.mean()

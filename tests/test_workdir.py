@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
+from conftest import override, subprocess_env
 from lstm_jax import errors, experiment
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.workdir import WorkdirLock, settings_difference
@@ -28,13 +28,7 @@ def _tiny_config(**changes):
   cfg.train.tokens_per_step = 256  # about 10 steps
   cfg.checkpoint.every_steps = 2
   cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
-  for key, value in changes.items():
-    *path, last = key.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return cfg
+  return override(cfg, **changes)
 
 
 def test_second_runner_on_a_busy_workdir_stops_at_once(tmp_path):
