@@ -68,8 +68,9 @@ class ExecutableCache:
   The key hashes everything the executable depends on: the jaxpr's text (every operation, shape,
   dtype and literal, including the backward pass, since the step is traced after `grad`), the
   values of any closed-over constants, the jit's shardings and donated arguments, the devices,
-  XLA_FLAGS, and the Python, jax and jaxlib versions. A different model, optimizer setting or
-  shape therefore traces to a different key and compiles afresh. Only single-process runs use it
+  XLA_FLAGS and JAX's optimization switch (`jax_disable_most_optimizations`), and the Python,
+  jax and jaxlib versions. A different model, optimizer setting or shape therefore traces to a
+  different key and compiles afresh. Only single-process runs use it
   (a multi-host executable is tied to its device assignment). A file that cannot be loaded is
   reported, removed and compiled again.
   """
@@ -85,6 +86,9 @@ class ExecutableCache:
       jax.__version__,
       jaxlib.__version__,
       os.environ.get("XLA_FLAGS", ""),
+      # compile options JAX sets from its own flags (an executable built with XLA's backend
+      # optimizations off must not be loaded by a run that wants them on)
+      repr(jax.config.read("jax_disable_most_optimizations")),
       repr([(d.platform, d.device_kind, d.id) for d in jax.devices()]),
       repr(sorted((k, repr(v)) for k, v in jit_kwargs.items())),
       repr(traced.donate_argnums),

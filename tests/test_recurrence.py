@@ -147,6 +147,7 @@ def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
   return [(types[a], types[b]) for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)]
 
 
+@pytest.mark.xla_optimized  # reads the program XLA compiles by default
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
 def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
   """XLA on the CPU widens a bfloat16 dot with a transposed operand back to float32; the manual

@@ -231,6 +231,15 @@ def test_executable_cache_loads_the_same_program_and_only_that(tmp_path):
   assert other_lr.cache_loads == 0 and other_model.cache_loads == 0
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3)))
   assert len(list((tmp_path / "executables").glob("*.xla"))) == 3
+  # compiled with XLA's optimizations switched the other way: another executable, not this one
+  flag = jax.config.read("jax_disable_most_optimizations")
+  try:
+    jax.config.update("jax_disable_most_optimizations", not flag)
+    switched, _ = _cached_steps(ds, tmp_path)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", flag)
+  assert switched.cache_loads == 0
+  assert len(list((tmp_path / "executables").glob("*.xla"))) == 4
 
 
 def test_damaged_executable_cache_entry_is_compiled_again(tmp_path):
