@@ -84,8 +84,8 @@ def pytest_collection_modifyitems(items):
 def _xla_optimizations(request):
   """In-process tests check numbers and behaviour, not the speed of the compiled code: they run
   with XLA's backend optimizations mostly off (`jax_disable_most_optimizations`, as the runner
-  subprocesses do and as Flax's example tests do), which makes their many small compiles about
-  a third cheaper. A test that reads the compiled program opts out with `xla_optimized`."""
+  subprocesses do and as Flax's example tests do), which makes their many small compiles cheaper.
+  A test that reads the compiled program opts out with `xla_optimized`."""
   optimized = request.node.get_closest_marker("xla_optimized") is not None
   jax.config.update("jax_disable_most_optimizations", not optimized)
   yield
