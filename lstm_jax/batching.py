@@ -865,6 +865,63 @@ class VariableTBPTT(Strategy):
     )
 
 
+class Relayout(Strategy):
+  """Another strategy's batches, each holding the same sequences, laid out differently: one
+  sequence per row padded to the longest (`layout="pad"`), or packed back to back into rows of
+  `row_length` (`layout="pack"`). An ablation tool: which sequences share a step (composition)
+  stays the source's, only where they sit in the batch (layout) changes, and since a batch's
+  loss is sum(weights * loss) / sum(weights) over the same real steps, its gradient is the same
+  to float32 rounding (tests/test_train.py checks whole training trajectories). Any difference
+  between two strategies' training runs that survives relayout comes from their composition.
+
+  One shape per run: [the most rows any batch needs, the layout's length]. The source must keep
+  sequences whole (not tbptt or vbptt).
+  """
+
+  name = "relayout"
+
+  def __init__(self, source: Strategy, layout: str = "pad", row_length: int | None = None):
+    super().__init__(source.dataset, source.seed, source.batch_multiple)
+    if source.carries_state:
+      raise ConfigError(
+        f"relayout needs whole sequences in each batch, and {source.name} cuts "
+        f"them into chunks; use pad, bucket, pack or pad_batch_max as the source."
+      )
+    if layout not in ("pad", "pack"):
+      raise ConfigError(f"relayout's layout must be 'pad' or 'pack', got {layout!r}.")
+    self.source, self.layout = source, layout
+    self.name = f"{source.name}_as_{layout}"
+    longest = int(source.dataset.lengths.max())
+    self.length = longest if row_length is None or layout == "pad" else int(row_length)
+    _check_fits(source.dataset, self.length, "row length", "Raise row_length.")
+
+  def batch_settings(self) -> dict:
+    return dict(source=self.source.name, layout=self.layout, length=self.length)
+
+  def _plan(self, epoch, rng):
+    lengths = self.dataset.lengths
+    members = [[seg.sequence for row in p.rows for seg in row] for p in self.source.plan(epoch)]
+    if self.layout == "pad":
+      rows = [[(i,) for i in m] for m in members]
+    else:  # first-fit decreasing within the batch; ties broken by the epoch's rng
+      rows = [
+        [tuple(m[j] for j in b) for b in first_fit_decreasing(lengths[m], self.length, rng)]
+        for m in members
+      ]
+    width = max(len(r) for r in rows)
+    plans = []
+    for batch_rows, plan in zip(rows, self.source.plan(epoch)):
+      laid = []
+      for row in batch_rows:
+        pos, segs = 0, []
+        for i in row:
+          segs.append(Segment(int(i), 0, pos, int(lengths[i])))
+          pos += int(lengths[i])
+        laid.append(tuple(segs))
+      plans.append(BatchPlan(width, self.length, tuple(laid), lr_scale=plan.lr_scale))
+    return plans
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
   cls.name: cls for cls in (Pad, Bucket, TBPTT, VariableTBPTT, Pack, PadBatchMax)
 }
