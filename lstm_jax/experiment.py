@@ -27,7 +27,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from lstm_jax import batching, compiles, config, guards, host, report, sharding, sources, train
+from lstm_jax import (
+  baselines,
+  batching,
+  compiles,
+  config,
+  guards,
+  host,
+  report,
+  sharding,
+  sources,
+  train,
+)
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
@@ -464,6 +475,8 @@ def _train_and_evaluate(
     if "bucket" in cfg.strategy
     else [],
   )
+  if metric_of(train_ds) == "bits_per_byte":
+    meta["baselines"] = baselines.byte_lm(train_ds, eval_ds)
   if not writer:
     return report.aggregate(runs)
   log.file.close()

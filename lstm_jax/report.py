@@ -314,9 +314,10 @@ def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
     f"and outputs: what the memory guard checks). Peak RSS of the process: "
     f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.",
     "",
+    *baseline_lines(meta.get("baselines")),
     "## Reading",
     "",
-    *reading(summary),
+    *reading(summary, meta.get("baselines")),
     "",
     *([notes.strip(), ""] if notes else []),
     "## Batch settings",
@@ -353,7 +354,42 @@ def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
   return "\n".join(lines)
 
 
-def reading(summary: list[dict]) -> list[str]:
+BASELINE_NAMES = dict(
+  unigram="byte unigram (training frequencies)",
+  zlib="zlib -9",
+  bz2="bz2 -9",
+  lzma="lzma -9e",
+  lzma_primed="lzma primed with the training text",
+)
+
+
+def baseline_lines(baselines: dict | None) -> list[str]:
+  """The byte-level baselines (lstm_jax.baselines) under the table, if the run has them."""
+  if not baselines:
+    return []
+  said = ", ".join(f"{BASELINE_NAMES[k]} {baselines[k]:.3f}" for k in BASELINE_NAMES)
+  return [
+    f"*Baselines* on the same {baselines['held_out_bytes']:,} held-out bytes, in bits per "
+    f"byte (`lstm_jax/baselines.py`, recomputable from the data alone): {said}.",
+    "",
+  ]
+
+
+def _against_baselines(best: dict, baselines: dict) -> str:
+  bpb = best["eval_metric"]
+  beaten = [BASELINE_NAMES[k] for k in BASELINE_NAMES if bpb < baselines[k]]
+  above = [
+    f"{BASELINE_NAMES[k]} ({baselines[k]:.3f})" for k in BASELINE_NAMES if bpb >= baselines[k]
+  ]
+  return (
+    f"- Against the baselines: the best row, {best['strategy']}, ends at {bpb:.3f} bits per "
+    f"byte: "
+    + (f"better than {', '.join(beaten)}" if beaten else "better than none")
+    + (f"; not yet as good as {', '.join(above)}." if above else "; better than all.")
+  )
+
+
+def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
   """What the numbers say, as bullet points generated from the comparable summary rows (the
   rows the guards flagged are named, with their reasons, and left out)."""
   flagged = [r for r in summary if not r.get("comparable", True)]
@@ -403,6 +439,8 @@ def reading(summary: list[dict]) -> list[str]:
       f"({100 * r['compile_seconds'] / max(r['wall_seconds'], 1e-9):.0f}%)."
     )
   lo = min(summary, key=lambda r: r["eval_loss"])
+  if baselines and lo.get("metric") == "bits_per_byte":
+    out.append(_against_baselines(lo, baselines))
   hi = max(summary, key=lambda r: r["eval_loss"])
   spread = max((r.get("eval_loss_std") or 0) for r in summary)
   out.append(

@@ -87,6 +87,8 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   assert meta["versions"]["malloc"]["tuned"] == host.libc().startswith("glibc")
   assert meta["data"]["file_list_sha256"] and meta["data"]["train_fingerprint"]
   assert "real tok/s" in proc.stdout  # the table is printed
+  assert set(meta["baselines"]) >= {"unigram", "zlib", "bz2", "lzma", "lzma_primed"}
+  assert "*Baselines* on the same" in report and "- Against the baselines:" in report
 
 
 @pytest.mark.xdist_group("smoke")

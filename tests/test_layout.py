@@ -12,7 +12,7 @@ LAYERS = (
   ("data", "tasks", "sources", "batching"),  # data and batching
   ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "train"),  # training
   ("convert", "streaming"),  # tools
-  ("config", "guards", "report", "experiment"),  # runner
+  ("config", "guards", "baselines", "report", "experiment"),  # runner
 )
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order
 

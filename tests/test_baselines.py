@@ -1,0 +1,73 @@
+"""Byte-level baselines (lstm_jax.baselines): each figure recomputed here from the standard
+library, on the bytes the runner evaluates, and what the report says about them."""
+
+import bz2
+import collections
+import lzma
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+from lstm_jax import baselines, report
+from lstm_jax.data import next_token_dataset
+
+
+def _bytes_dataset(chunks):
+  return next_token_dataset([np.frombuffer(c, np.uint8) for c in chunks], vocab_size=256)
+
+
+TRAIN = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n".encode() for i in range(60)]
+HELD = [f"def g{i}(y):\n    return y * {i} - {i % 5}\n".encode() for i in range(12)]
+
+
+def test_every_baseline_equals_its_direct_recomputation():
+  got = baselines.byte_lm(_bytes_dataset(TRAIN), _bytes_dataset(HELD))
+  train, text = b"".join(TRAIN), b"".join(HELD)
+  assert baselines.sequence_bytes(_bytes_dataset(HELD)) == text  # the whole sequences
+
+  def bits(n):
+    return 8 * n / len(text)
+
+  xz = dict(format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+  assert got["zlib"] == pytest.approx(bits(len(zlib.compress(text, 9))))
+  assert got["bz2"] == pytest.approx(bits(len(bz2.compress(text, 9))))
+  assert got["lzma"] == pytest.approx(bits(len(lzma.compress(text, **xz))))
+  primed = len(lzma.compress(train + text, **xz)) - len(lzma.compress(train, **xz))
+  assert got["lzma_primed"] == pytest.approx(bits(primed))
+  counts = collections.Counter(train)
+  total = len(train) + 256  # add-one smoothing over the 256 byte values
+  unigram = -sum(math.log2((counts[b] + 1) / total) for b in text) / len(text)
+  assert got["unigram"] == pytest.approx(unigram)
+  assert got["held_out_bytes"] == len(text)
+  # text much like the training text: having read it makes lzma far cheaper
+  assert got["lzma_primed"] < 0.6 * got["lzma"]
+
+
+def test_report_sets_the_best_row_against_the_baselines():
+  b = dict(unigram=4.4, zlib=2.35, bz2=2.07, lzma=2.16, lzma_primed=1.27, held_out_bytes=122009)
+  assert "122,009 held-out bytes" in baselines_text(b) and "bz2 -9 2.070" in baselines_text(b)
+  rows = [
+    dict(
+      strategy="tbptt",
+      eval_metric=2.10,
+      metric="bits_per_byte",
+      eval_loss=1.456,
+      tokens_per_second=1.0,
+      padding_fraction=0.0,
+      compiles=dict(train=1, eval=1),
+      wall_seconds=1.0,
+      compile_seconds=0.1,
+    )
+  ]
+  text = "\n".join(report.reading(rows, b))
+  assert (
+    "the best row, tbptt, ends at 2.100 bits per byte: better than byte unigram (training "
+    "frequencies), zlib -9, lzma -9e; not yet as good as bz2 -9 (2.070), lzma primed with the "
+    "training text (1.270)."
+  ) in text
+
+
+def baselines_text(b):
+  return "\n".join(report.baseline_lines(b))
