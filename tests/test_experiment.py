@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ragged_features
-from lstm_jax import config, experiment, host, report, sources
-from lstm_jax.errors import ConfigError, DataError
+from conftest import max_rel_err, ragged_features
+from lstm_jax import config, experiment, generate, host, report, sources
+from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +133,30 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
   # padding: bucket below pad, tbptt and pack far below
   assert summary["bucket"]["padding_fraction"] < summary["pad"]["padding_fraction"]
   assert summary["tbptt"]["padding_fraction"] < 0.1 and summary["pack"]["padding_fraction"] < 0.15
+
+
+@pytest.mark.xdist_group("smoke")
+def test_sample_continues_the_prompt_as_the_trained_row_predicts(smoke_run):
+  """experiments/sample.py's engine: the best comparable row's final checkpoint, rebuilt from
+  meta.json; greedy streaming decoding equals the argmax of one forward pass over the text."""
+  workdir, _ = smoke_run
+  summary = json.loads((workdir / "summary.json").read_text())
+  best = min((r for r in summary if r["comparable"]), key=lambda r: r["eval_loss"])
+  model, params, info = generate.load_row(str(workdir))
+  assert info["strategy"] == best["strategy"] and info["step"] == best["steps"]
+  prompt = b"def f(x):"
+  for temperature in (0.0, 1.0):
+    got, scores = generate.sample(model, params, prompt, 12, temperature, with_logits=True)
+    text = np.frombuffer(prompt + got, np.uint8).astype(np.int32)[None]
+    logits, _ = model.apply({"params": params}, text)  # one pass over prompt and sample
+    want = np.asarray(logits[0, len(prompt) - 1 : -1])
+    assert max_rel_err(scores, want) <= 1e-5
+    if temperature == 0:
+      assert list(got) == np.argmax(want, -1).tolist()
+  drawn = [generate.sample(model, params, prompt, 40, 1.0, seed) for seed in (3, 3, 4)]
+  assert drawn[0] == drawn[1] != drawn[2] and len(drawn[0]) == 40
+  with pytest.raises(CheckpointError, match="no checkpoints for pack seed 7"):
+    generate.load_row(str(workdir), "pack", seed=7)
 
 
 def test_bad_override_key_is_rejected():
