@@ -171,6 +171,7 @@ def run_strategy(
   strategy: batching.Strategy | None = None,
   data_identity: dict | None = None,
   prepared: tuple[train.TrainState, train.StepFunctions] | None = None,
+  done: dict | None = None,
 ) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
@@ -182,6 +183,7 @@ def run_strategy(
   data_identity: the data's identity (`split_data`), whose fingerprints enter the settings.
   prepared: the row's initial train state and step functions, if made already (`preflight`;
     the steps are compiled for that state's optimizer and model objects), else made here.
+  done: the run's finished result, if the caller read it already (`check_workdir_settings`).
   Before the first step, the largest train step is compiled and checked by the memory guard;
   its compile seconds are charged to the row's clock at its start.
   """
@@ -196,7 +198,8 @@ def run_strategy(
     devices,
   )
   result_path = run_dir(workdir, "results", name, seed) + ".json" if workdir else None
-  done = read_result(result_path, settings) if result_path and cfg.resume else None
+  if done is None and result_path and cfg.resume:
+    done = read_result(result_path, settings)
   if done is not None:
     log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
     return done["row"], done["history"], done["curve"]
@@ -312,16 +315,14 @@ def preflight(
   train_ds: RaggedDataset,
   cfg: ml_collections.ConfigDict,
   mesh: jax.sharding.Mesh | None,
-  workdir: str,
-  data_identity: dict,
+  finished: set[str],
   log,
 ) -> dict[str, tuple]:
   """The row guards, for every strategy, before any of them trains: enough optimizer steps
   within the budget (from the plans), and a largest train step that fits in memory (from XLA's
-  analysis of its compile, which the first seed's row then reuses). Runs that finished earlier
-  are not compiled again. Returns the first seed's (initial state, step functions) by
-  strategy."""
-  devices = 1 if mesh is None else int(mesh.devices.size)
+  analysis of its compile, which the first seed's row then reuses). The strategies in
+  `finished` (their first seed's run finished earlier) are not compiled again. Returns the
+  first seed's (initial state, step functions) by strategy."""
   planned = {
     name: guards.check_steps(
       name, strategy, cfg.train.real_tokens or None, cfg.train.epochs or None, cfg.guards.min_steps
@@ -339,11 +340,9 @@ def preflight(
         f"  {name} plans {planned[name]} steps against the median {median:g}: its row "
         f"will be marked not comparable. {guards.equal_steps_hint(name, strategy, cfg)}"
       )
-  versions_now = versions()
   prepared = {}
   for name, strategy in built.items():
-    settings = config.run_settings(cfg, name, cfg.seed, data_identity, versions_now, devices)
-    if read_result(run_dir(workdir, "results", name, cfg.seed) + ".json", settings):
+    if name in finished:
       continue
     state, steps = new_train_state(cfg, train_ds, cfg.seed), train.StepFunctions.create(mesh)
     compile_largest_step(name, steps, state, strategy, cfg)
@@ -353,18 +352,23 @@ def preflight(
 
 def check_workdir_settings(
   cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict, devices: int
-) -> None:
+) -> dict[tuple[str, int], dict]:
   """Before anything trains: every finished result and newest checkpoint this config would
-  read back was made with this config's settings (ConfigError / CheckpointError otherwise)."""
+  read back was made with this config's settings (ConfigError / CheckpointError otherwise).
+  Returns the finished results, by (strategy, seed)."""
   versions_now = versions()
+  finished = {}
   for s in range(cfg.seeds):
     for name in cfg.strategies:
       settings = config.run_settings(cfg, name, cfg.seed + s, data_identity, versions_now, devices)
-      if read_result(run_dir(workdir, "results", name, cfg.seed + s) + ".json", settings):
+      done = read_result(run_dir(workdir, "results", name, cfg.seed + s) + ".json", settings)
+      if done is not None:
+        finished[(name, cfg.seed + s)] = done
         continue
       directory = run_dir(workdir, "checkpoints", name, cfg.seed + s)
       if cfg.checkpoint.enabled and os.path.isdir(directory):
         Checkpointer.check_settings(directory, settings)
+  return finished
 
 
 def time_to_target(curve: list[dict], target: float) -> float | None:
@@ -412,8 +416,7 @@ def _train_and_evaluate(
         os.remove(os.path.join(workdir, "metrics.jsonl"))
   train_ds, eval_ds, identity = split_data(cfg)
   devices = 1 if mesh is None else int(mesh.devices.size)
-  if cfg.resume:
-    check_workdir_settings(cfg, workdir, identity, devices)
+  finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
   # Every strategy built (so the data's own checks run) and through the row guards before
   # anything trains; the first seed's runs use them.
   built = {
@@ -423,7 +426,8 @@ def _train_and_evaluate(
   log = report.ProgressLog(
     os.path.join(workdir, "metrics.jsonl") if writer else os.devnull, quiet=quiet
   )
-  prepared = preflight(built, train_ds, cfg, mesh, workdir, identity, log)
+  first_done = {name for name, seed in finished if seed == cfg.seed}
+  prepared = preflight(built, train_ds, cfg, mesh, first_done, log)
   runs, curves, histories = [], {}, {}
   started = time.time()
   for s in range(cfg.seeds):
@@ -442,6 +446,7 @@ def _train_and_evaluate(
         built[name] if first else None,
         identity,
         prepared.get(name) if first else None,
+        finished.get((name, seed)),
       )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist

@@ -263,9 +263,13 @@ class FitResult:
   history: list[dict]  # one record per step
   steps: StepFunctions
   carry: Carry | None  # the last carry (strategies that carry state)
-  real_tokens: int
   position: StreamPosition  # where the data stream stands: the next batch, if training went on
   resumed_from: int | None = None  # the checkpoint step training resumed from, if any
+
+  @property
+  def real_tokens(self) -> int:
+    """Real tokens trained on, resumed runs' earlier ones included."""
+    return self.position.real_tokens
 
 
 def _batch_loss(m: dict) -> float:
@@ -533,7 +537,6 @@ def fit(
     history=history,
     steps=steps,
     carry=carry,
-    real_tokens=position.real_tokens,
     position=position,
     resumed_from=resumed.step if resumed is not None else None,
   )

@@ -128,8 +128,11 @@ def subprocess_env(devices: int | None = 1) -> dict:
   return env
 
 
-def run_smoke(workdir, devices: int = 1, *extra: str) -> subprocess.CompletedProcess:
-  """The runner's smoke preset through the real command line, in a subprocess."""
+def run_smoke(
+  workdir, devices: int = 1, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess:
+  """The runner's smoke preset through the real command line, in a subprocess (with `check`,
+  asserting that it succeeds)."""
   env = subprocess_env(devices)
   proc = subprocess.run(
     [
@@ -146,7 +149,7 @@ def run_smoke(workdir, devices: int = 1, *extra: str) -> subprocess.CompletedPro
     timeout=600,
     env=env,
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == 0 or not check, proc.stderr[-3000:]
   return proc
 
 

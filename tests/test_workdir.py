@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import override, subprocess_env
+from conftest import override, run_smoke, subprocess_env
 from lstm_jax import errors, experiment
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.workdir import WorkdirLock, settings_difference
@@ -103,21 +103,7 @@ def test_settings_difference_names_each_key():
 
 
 def test_runner_prints_a_user_error_as_one_message_and_exits_2(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "experiments" / "compare_strategies.py"),
-      "--config",
-      f"{ROOT / 'configs' / 'compare.py'}:smoke",
-      "--workdir",
-      str(tmp_path),
-      "--config.model.hidden_size=0",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    env=subprocess_env(),
-  )
+  proc = run_smoke(tmp_path, 1, "--config.model.hidden_size=0", check=False)
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
