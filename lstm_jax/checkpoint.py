@@ -52,6 +52,7 @@ class Checkpointer:
     directory: where the step directories go (created if missing).
     every_steps: save after every this many train steps; 0 saves only when `force=True`.
     keep: how many of the newest checkpoints to keep.
+    keep_period: also keep every checkpoint whose step is a multiple of this (None: none).
     async_save: write in the background (the default); False blocks until written.
   """
 
@@ -61,6 +62,7 @@ class Checkpointer:
     every_steps: int = 100,
     keep: int = 3,
     async_save: bool = True,
+    keep_period: int | None = None,
   ):
     if not isinstance(every_steps, int) or every_steps < 0:
       raise ConfigError(
@@ -72,6 +74,7 @@ class Checkpointer:
     self.every_steps = every_steps
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
+      keep_period=keep_period,
       create=True,
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,

@@ -13,12 +13,13 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
-from lstm_jax import batching
+from lstm_jax import batching, tasks
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import BACKWARDS, INPUT_PROJECTIONS, MATMUL_DTYPES
 
 STRATEGIES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
+SCHEDULES = ("constant", "cosine")  # config.optimizer.schedule
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,7 +38,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.tune_malloc = True
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
-  c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=50, keep=3))
+  # keep: the newest checkpoints kept; keep_period > 0 also keeps every checkpoint whose step
+  # is a multiple of it (early checkpoints, e.g. for experiments/sample.py --step).
+  c.checkpoint = ml_collections.ConfigDict(
+    dict(enabled=True, every_steps=50, keep=3, keep_period=0)
+  )
 
   c.data = ml_collections.ConfigDict(
     dict(
@@ -52,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       split_seed=0,
       num_sequences=4000,
       seed=0,  # synthetic tasks
+      markers="anywhere",  # adding: "halves" is the published form (one marker per half)
       lengths=ml_collections.ConfigDict(
         dict(kind="lognormal", min_length=2, max_length=200, median=40.0, sigma=0.8, values=(0,))
       ),
@@ -82,7 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
       matmul_dtype="float32",
     )
   )
-  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=3e-3, grad_clip=1.0))
+  # Adam. schedule "constant", or "cosine": the learning rate decays from learning_rate to
+  # final_fraction * learning_rate over each row's own planned optimizer steps (its steps end
+  # where its budget does, so every row ends its decay at the end of its training).
+  c.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=3e-3, grad_clip=1.0, schedule="constant", final_fraction=0.1)
+  )
   # tokens_per_step: real (non-padding) tokens per optimizer step, the work every strategy's
   # step does: each strategy's rows per batch (left None under config.strategy) are derived from
   # it and the data's own lengths, so an equal real-token budget means equal optimizer steps.
@@ -196,6 +207,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "data.max_sequences",
     "eval.max_sequences",
     "checkpoint.every_steps",
+    "checkpoint.keep_period",
     "mesh.num_devices",
   ):
     _at_least(cfg, key, 0)
@@ -216,6 +228,18 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       f"config.optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}."
     )
   _at_least(cfg, "optimizer.grad_clip", 0)
+  if cfg.data.markers not in tasks.ADDING_MARKERS:
+    raise ConfigError(
+      f"config.data.markers must be one of {tasks.ADDING_MARKERS}, got {cfg.data.markers!r}."
+    )
+  if cfg.optimizer.schedule not in SCHEDULES:
+    raise ConfigError(
+      f"config.optimizer.schedule must be one of {SCHEDULES}, got {cfg.optimizer.schedule!r}."
+    )
+  if not 0.0 <= cfg.optimizer.final_fraction <= 1.0:
+    raise ConfigError(
+      f"config.optimizer.final_fraction must be in [0, 1], got {cfg.optimizer.final_fraction}."
+    )
   for key in ("dropout_rate", "input_dropout", "output_dropout"):
     if not 0.0 <= cfg.model[key] < 1.0:
       raise ConfigError(f"config.model.{key} must be in [0, 1), got {cfg.model[key]}.")

@@ -73,9 +73,20 @@ def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> Sequen
   )
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg: ml_collections.ConfigDict, total_steps: int | None = None
+) -> optax.GradientTransformation:
+  """Adam with the config's schedule (a cosine decay runs over `total_steps`, the row's planned
+  optimizer steps) and gradient clipping."""
   o = cfg.optimizer
-  tx = optax.adam(o.learning_rate)
+  learning_rate = o.learning_rate
+  if o.schedule == "cosine":
+    if not total_steps:
+      raise ValueError("a cosine schedule needs the row's total_steps")
+    learning_rate = optax.cosine_decay_schedule(
+      o.learning_rate, decay_steps=total_steps, alpha=o.final_fraction
+    )
+  tx = optax.adam(learning_rate)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
   return tx
@@ -153,10 +164,20 @@ def compile_largest_step(
   )
 
 
+def planned_steps(strategy: batching.Strategy, cfg: ml_collections.ConfigDict) -> list[int]:
+  """The real tokens of each optimizer step the row will take within the config's budget."""
+  return guards.planned_steps(strategy, cfg.train.real_tokens or None, cfg.train.epochs or None)
+
+
 def new_train_state(
-  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, seed: int
+  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, seed: int, strategy: batching.Strategy
 ) -> train.TrainState:
-  return train.create_train_state(make_model(cfg, dataset), make_optimizer(cfg), dataset, seed=seed)
+  """The row's initial state: the model's init for `seed` and the optimizer, whose schedule
+  (if any) spans the strategy's planned steps."""
+  total = len(planned_steps(strategy, cfg))
+  return train.create_train_state(
+    make_model(cfg, dataset), make_optimizer(cfg, total), dataset, seed=seed
+  )
 
 
 def run_strategy(
@@ -206,7 +227,7 @@ def run_strategy(
   strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   state, steps = prepared or (
-    new_train_state(cfg, train_ds, seed),
+    new_train_state(cfg, train_ds, seed, strategy),
     train.StepFunctions.create(mesh),
   )
   compile_largest_step(name, steps, state, strategy, cfg)
@@ -218,6 +239,7 @@ def run_strategy(
       run_dir(workdir, "checkpoints", name, seed),
       every_steps=cfg.checkpoint.every_steps,
       keep=cfg.checkpoint.keep,
+      keep_period=cfg.checkpoint.keep_period or None,
     )
     if workdir and cfg.checkpoint.enabled
     else None
@@ -242,7 +264,8 @@ def run_strategy(
     )
     log.eval(progress["curve"][-1])
 
-  log.start(name, seed, cfg.train.real_tokens, strategy)
+  # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
+  log.start(name, seed, cfg.train.real_tokens or sum(planned_steps(strategy, cfg)), strategy)
   resumed = (
     train.resume(checkpointer, state, strategy, steps, settings)
     if checkpointer is not None
@@ -344,7 +367,8 @@ def preflight(
   for name, strategy in built.items():
     if name in finished:
       continue
-    state, steps = new_train_state(cfg, train_ds, cfg.seed), train.StepFunctions.create(mesh)
+    state = new_train_state(cfg, train_ds, cfg.seed, strategy)
+    steps = train.StepFunctions.create(mesh)
     compile_largest_step(name, steps, state, strategy, cfg)
     prepared[name] = (state, steps)
   return prepared
@@ -369,19 +393,6 @@ def check_workdir_settings(
       if cfg.checkpoint.enabled and os.path.isdir(directory):
         Checkpointer.check_settings(directory, settings)
   return finished
-
-
-def time_to_target(curve: list[dict], target: float) -> float | None:
-  """Train seconds (compiles included) when the eval loss first reaches `target`, interpolated
-  linearly between the two evaluations around the crossing; None if it never does."""
-  for i, point in enumerate(curve):
-    if point["eval_loss"] <= target:
-      if i == 0:
-        return point["train_seconds"]
-      prev = curve[i - 1]
-      frac = (prev["eval_loss"] - target) / (prev["eval_loss"] - point["eval_loss"])
-      return prev["train_seconds"] + frac * (point["train_seconds"] - prev["train_seconds"])
-  return None
 
 
 def train_and_evaluate(
@@ -461,7 +472,7 @@ def _train_and_evaluate(
     for r in seed_rows:
       r["target_eval_loss"] = target
       r["time_to_target_seconds"] = (
-        time_to_target(curves[(r["strategy"], seed)], target) if r["comparable"] else None
+        report.time_to_target(curves[(r["strategy"], seed)], target) if r["comparable"] else None
       )
   meta = dict(
     versions=versions(),

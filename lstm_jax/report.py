@@ -253,6 +253,77 @@ def table(rows: list[dict], markdown: bool = False) -> str:
   return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells] + notes)
 
 
+def time_to_target(curve: list[dict], target: float) -> float | None:
+  """Train seconds (compiles included) when the eval loss first reaches `target`, interpolated
+  linearly between the two evaluations around the crossing; None if it never does."""
+  for i, point in enumerate(curve):
+    if point["eval_loss"] <= target:
+      if i == 0:
+        return point["train_seconds"]
+      prev = curve[i - 1]
+      frac = (prev["eval_loss"] - target) / (prev["eval_loss"] - point["eval_loss"])
+      return prev["train_seconds"] + frac * (point["train_seconds"] - prev["train_seconds"])
+  return None
+
+
+def quality_levels(
+  summary: list[dict], curves: dict, baselines: dict | None = None
+) -> list[tuple[str, float]]:
+  """The eval losses the report times every row to: four levels spaced geometrically from the
+  rows' median first evaluation after the start down to the target (the worst comparable final
+  loss), and, for a byte-level LM, each compressor baseline's bits per byte in nats."""
+  target = summary[0].get("target_eval_loss") if summary else None
+  firsts = [pts[1]["eval_loss"] for pts in curves.values() if len(pts) > 1]
+  if not target or not firsts or target <= 0:
+    return []
+  start = float(np.median(firsts))
+  levels = [(f"{k}/4 of the way", target * (start / target) ** (1 - k / 4)) for k in (1, 2, 3)]
+  levels.append(("target", target))
+  if baselines and summary[0].get("metric") == "bits_per_byte":
+    levels += [
+      (f"{BASELINE_NAMES[k]} ({baselines[k]:.3f} bits/byte)", baselines[k] * math.log(2))
+      for k in ("zlib", "lzma", "bz2", "lzma_primed")
+    ]
+  return sorted(levels, key=lambda kv: -kv[1])
+
+
+def quality_table(summary: list[dict], curves: dict, baselines: dict | None = None) -> list[str]:
+  """Markdown: for each quality level (`quality_levels`), each comparable row's train seconds
+  (compiles included) to first reach it, median over seeds with the range, and how many seeds
+  did; "-" where none did."""
+  rows = [r for r in summary if r.get("comparable", True)]
+  levels = quality_levels(rows, curves, baselines)
+  if not levels or not rows:
+    return []
+  lines = [
+    "| eval loss level | " + " | ".join(r["strategy"] for r in rows) + " |",
+    "|---|" + "---|" * len(rows),
+  ]
+  for label, level in levels:
+    cells = []
+    for r in rows:
+      runs = [pts for (name, _), pts in curves.items() if name == r["strategy"]]
+      times = [t for t in (time_to_target(pts, level) for pts in runs) if t is not None]
+      if not times:
+        cells.append("-")
+        continue
+      cell = f"{np.median(times):,.0f} s"
+      if len(runs) > 1:
+        cell += f" ({min(times):,.0f}-{max(times):,.0f}, {len(times)}/{len(runs)} seeds)"
+      cells.append(cell)
+    lines.append(f"| {level:.4f}: {label} | " + " | ".join(cells) + " |")
+  return [
+    "## Time to quality",
+    "",
+    "Train seconds (compiles included, evaluation excluded) until the eval loss first reached "
+    "each level, interpolated between evaluations; median over seeds (range, seeds that reached "
+    "it).",
+    "",
+    *lines,
+    "",
+  ]
+
+
 def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[dict]:
   """Writes runs.json, summary.json/.csv, meta.json, the plots and report.md; returns summary."""
   summary = aggregate(runs)
@@ -284,18 +355,26 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
   notes_path = os.path.join(workdir, "notes.md")  # a hand-written reading, kept on re-rendering
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(markdown_report(summary, meta, notes))
+    f.write(markdown_report(summary, meta, notes, curves))
   return summary
 
 
-def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
+def markdown_report(
+  summary: list[dict], meta: dict, notes: str = "", curves: dict | None = None
+) -> str:
   v, d, cfg = meta["versions"], meta["data"], meta["config"]
   target = summary[0].get("target_eval_loss")
   lines = [
     f"# Strategy comparison: {d.get('source')} ({meta['started']})",
     "",
     f"Same model (LSTM H={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layer(s)), "
-    f"optimizer (Adam {cfg['optimizer']['learning_rate']}), data split and seed for every row; "
+    f"optimizer (Adam {cfg['optimizer']['learning_rate']}"
+    + (
+      f", cosine decay to {cfg['optimizer']['final_fraction']:g}x over each row's steps"
+      if cfg["optimizer"].get("schedule") == "cosine"
+      else ""
+    )
+    + f"), data split and seed for every row; "
     f"each trained on {cfg['train']['real_tokens'] or 'all'} real tokens "
     f"({cfg['train']['epochs'] or '-'} epochs max), {cfg['seeds']} seed(s); evaluated on the "
     f"held-out split with the same exact masked forward.",
@@ -315,6 +394,7 @@ def markdown_report(summary: list[dict], meta: dict, notes: str = "") -> str:
     f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.",
     "",
     *baseline_lines(meta.get("baselines")),
+    *quality_table(summary, curves or {}, meta.get("baselines")),
     "## Reading",
     "",
     *reading(summary, meta.get("baselines")),

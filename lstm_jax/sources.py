@@ -286,12 +286,15 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
       cfg.lengths.sigma,
       tuple(cfg.lengths["values"]),
     )
-    make = tasks.adding_problem if source == "adding" else tasks.running_parity
-    ds = make(cfg.num_sequences, dist, seed=cfg.seed)
+    if source == "adding":
+      ds = tasks.adding_problem(cfg.num_sequences, dist, seed=cfg.seed, markers=cfg.markers)
+    else:
+      ds = tasks.running_parity(cfg.num_sequences, dist, seed=cfg.seed)
     return ds, dict(
       source=source,
       num_sequences=cfg.num_sequences,
       seed=cfg.seed,
+      **({"markers": cfg.markers} if source == "adding" else {}),
       lengths=dist.__dict__ | {"values": list(dist.values)},
       fingerprint=ds.fingerprint(),
     )

@@ -2,7 +2,10 @@
 
 - `adding_problem`: each step has (value, marker); exactly two steps are marked; the target, read
   at the sequence's last real step, is the sum of the two marked values (regression). Predicting
-  the mean (1.0) scores MSE = 1/6, the trivial baseline.
+  the mean (1.0) scores MSE = 1/6, the trivial baseline. markers="halves" with one fixed length T
+  is the published form (one marker in each half of the sequence, as in Hochreiter &
+  Schmidhuber 1997's variant used by Le et al. 2015 and Arjovsky et al. 2016): the first marked
+  value must be held for T/2 steps or more.
 - `running_parity`: each step has a bit; the target at step t is the parity of bits 0..t
   (per-step classification, 2 classes). Guessing scores 50%.
 
@@ -61,11 +64,22 @@ def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator) -
   return np.resize(np.asarray(dist.values, dtype=np.int64), n)
 
 
+ADDING_MARKERS = ("anywhere", "halves")
+
+
 def adding_problem(
-  num_sequences: int, lengths: LengthDistribution | Sequence[int], seed: int = 0
+  num_sequences: int,
+  lengths: LengthDistribution | Sequence[int],
+  seed: int = 0,
+  markers: str = "anywhere",
 ) -> RaggedDataset:
   """The adding problem: values [L, 2] = (uniform value, marker); the target is the sum of the
-  two marked values."""
+  two marked values.
+
+  markers: "anywhere" (two distinct steps, uniformly) or "halves" (one uniformly in the first
+    floor(L/2) steps, one uniformly in the rest: the published form)."""
+  if markers not in ADDING_MARKERS:
+    raise ConfigError(f"unknown adding-problem markers {markers!r}; use one of {ADDING_MARKERS}.")
   rng = np.random.default_rng(seed)
   lens = _lengths(lengths, num_sequences, rng)
   if (lens < 2).any():
@@ -74,10 +88,15 @@ def adding_problem(
   values = np.zeros((total, 2), np.float32)
   values[:, 0] = rng.uniform(0.0, 1.0, size=total)
   starts = np.cumsum(lens) - lens
-  # Two distinct positions per sequence: the first uniformly, the second uniformly among the rest.
-  first = (rng.uniform(size=num_sequences) * lens).astype(np.int64)
-  second = (rng.uniform(size=num_sequences) * (lens - 1)).astype(np.int64)
-  second = second + (second >= first)
+  if markers == "anywhere":
+    # Two distinct positions: the first uniformly, the second uniformly among the rest.
+    first = (rng.uniform(size=num_sequences) * lens).astype(np.int64)
+    second = (rng.uniform(size=num_sequences) * (lens - 1)).astype(np.int64)
+    second = second + (second >= first)
+  else:
+    half = lens // 2
+    first = (rng.uniform(size=num_sequences) * half).astype(np.int64)
+    second = half + (rng.uniform(size=num_sequences) * (lens - half)).astype(np.int64)
   values[starts + first, 1] = 1.0
   values[starts + second, 1] = 1.0
   targets = values[starts + first, 0] + values[starts + second, 0]
@@ -86,7 +105,8 @@ def adding_problem(
     lens,
     targets[:, None].astype(np.float32),
     target_level="sequence",
-    name=f"adding(n={num_sequences},seed={seed})",
+    name=f"adding(n={num_sequences},seed={seed}"
+    + (f",markers={markers})" if markers != "anywhere" else ")"),
   )
 
 

@@ -259,6 +259,12 @@ CASES = [
   ),
   Case(
     "config",
+    "a learning-rate schedule that does not exist",
+    lambda: config.validate_config(_cfg(**{"optimizer.schedule": "linear"})),
+    r"config.optimizer.schedule must be one of \('constant', 'cosine'\), got 'linear'",
+  ),
+  Case(
+    "config",
     "a strategy that does not exist",
     lambda: config.validate_config(_cfg(strategies=("pad", "bucketing"))),
     r"unknown strategy name\(s\) \['bucketing'\]",

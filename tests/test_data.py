@@ -142,6 +142,24 @@ def test_adding_problem_targets_are_the_sum_of_marked_values():
   assert ds.target_level == "sequence" and ds.target_dim == 1
 
 
+def test_adding_problem_published_form_has_one_marker_in_each_half():
+  ds = tasks.adding_problem(400, [100, 7], seed=0, markers="halves")
+  firsts, seconds = [], []
+  for i in range(len(ds)):
+    x, y = ds.sequence(i)
+    marked = np.flatnonzero(x[:, 1] == 1.0)
+    half = len(x) // 2
+    assert len(marked) == 2 and marked[0] < half <= marked[1], (len(x), marked)
+    assert np.isclose(y[0], x[marked, 0].sum())
+    if len(x) == 100:
+      firsts.append(marked[0])
+      seconds.append(marked[1])
+  # uniform within each half: both ends of each half are reached
+  assert min(firsts) == 0 and max(firsts) == 49 and min(seconds) == 50 and max(seconds) == 99
+  with pytest.raises(ConfigError, match="markers"):
+    tasks.adding_problem(4, [10], markers="middle")
+
+
 def test_running_parity_targets():
   ds = tasks.running_parity(30, [1, 5, 17], seed=0)
   for i in range(len(ds)):

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,44 @@ def test_matmul_dtype_setting_reaches_the_model():
   assert model.matmul_dtype == "bfloat16"
 
 
+def _adam_steps(tx, n):
+  """The update sizes of `n` steps on a constant gradient: Adam's update is then -lr exactly
+  (up to eps), so they read the learning rate step by step."""
+  params = {"w": np.zeros(1, np.float32)}
+  opt_state = tx.init(params)
+  out = []
+  for _ in range(n):
+    updates, opt_state = tx.update({"w": np.ones(1, np.float32)}, opt_state, params)
+    out.append(-float(updates["w"][0]))
+  return np.array(out)
+
+
+def test_cosine_schedule_decays_over_the_rows_planned_steps(monkeypatch):
+  cfg = compare.get_config("smoke")
+  assert cfg.optimizer.schedule == "constant"
+  lr = cfg.optimizer.learning_rate
+  np.testing.assert_allclose(_adam_steps(experiment.make_optimizer(cfg), 12), lr, rtol=1e-4)
+  cfg = compare.get_config("long")
+  assert cfg.optimizer.schedule == "cosine"
+  got = _adam_steps(experiment.make_optimizer(cfg, total_steps=10), 12)
+  end = cfg.optimizer.final_fraction * lr
+  expected = [end + (lr - end) * 0.5 * (1 + np.cos(np.pi * min(k, 10) / 10)) for k in range(12)]
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  # each row decays over its own planned steps: new_train_state asks for them
+  asked = []
+  real = experiment.make_optimizer
+  monkeypatch.setattr(
+    experiment,
+    "make_optimizer",
+    lambda c, total_steps=None: asked.append(total_steps) or real(c, total_steps),
+  )
+  cfg.train.update(epochs=2, real_tokens=0)
+  ds = ragged_features([5, 9, 3, 7] * 10, num_features=2, seed=0)
+  strategy = experiment.make_strategy("pad", ds, cfg, seed=0)
+  experiment.new_train_state(cfg, ds, 0, strategy)
+  assert asked == [len(strategy.plan(0)) + len(strategy.plan(1))]
+
+
 def test_model_settings_are_the_model_fields():
   """One settings path: the config's model section is passed to SequenceModel as it is, so each
   key must be a field; the fields it leaves out come from the data or are not runner settings."""
@@ -271,9 +310,52 @@ def test_time_to_target_interpolates_between_evaluations():
     dict(train_seconds=10.0, eval_loss=3.0),
     dict(train_seconds=20.0, eval_loss=2.0),
   ]
-  assert experiment.time_to_target(curve, 2.5) == pytest.approx(15.0)
-  assert experiment.time_to_target(curve, 3.0) == pytest.approx(10.0)
-  assert experiment.time_to_target(curve, 1.0) is None
+  assert report.time_to_target(curve, 2.5) == pytest.approx(15.0)
+  assert report.time_to_target(curve, 3.0) == pytest.approx(10.0)
+  assert report.time_to_target(curve, 1.0) is None
+
+
+def test_quality_table_times_each_level_per_seed():
+  curves = {
+    ("a", 0): [
+      dict(train_seconds=0.0, eval_loss=5.0),
+      dict(train_seconds=10.0, eval_loss=3.0),
+      dict(train_seconds=20.0, eval_loss=2.0),
+    ],
+    ("a", 1): [
+      dict(train_seconds=0.0, eval_loss=5.0),
+      dict(train_seconds=10.0, eval_loss=3.0),
+      dict(train_seconds=30.0, eval_loss=2.0),
+    ],
+    ("b", 0): [
+      dict(train_seconds=0.0, eval_loss=5.0),
+      dict(train_seconds=5.0, eval_loss=3.0),
+      dict(train_seconds=9.0, eval_loss=2.5),
+    ],
+    ("b", 1): [
+      dict(train_seconds=0.0, eval_loss=5.0),
+      dict(train_seconds=5.0, eval_loss=3.0),
+      dict(train_seconds=9.0, eval_loss=2.5),
+    ],
+  }
+  summary = [
+    dict(strategy=n, comparable=True, target_eval_loss=2.5, metric="bits_per_byte") for n in "ab"
+  ]
+  levels = report.quality_levels(summary, curves)
+  # geometric from the median first evaluation (3.0) down to the target (2.5)
+  assert [round(v, 4) for _, v in levels] == [
+    round(2.5 * 1.2 ** (3 / 4), 4),
+    round(2.5 * 1.2 ** (1 / 2), 4),
+    round(2.5 * 1.2 ** (1 / 4), 4),
+    2.5,
+  ]
+  table = "\n".join(report.quality_table(summary, curves))
+  # the target: a reaches 2.5 at 15 s (seed 0) and 20 s (seed 1): median 18 s (17.5)
+  assert "| 2.5000: target | 18 s (15-20, 2/2 seeds) | 9 s (9-9, 2/2 seeds) |" in table
+  # a baseline level below every curve is shown as not reached
+  baselines = dict(zlib=3.0, lzma=2.9, bz2=2.8, lzma_primed=1.0)
+  table = "\n".join(report.quality_table(summary, curves, baselines))
+  assert f"| {math.log(2):.4f}: lzma primed" in table and table.rstrip().endswith("| - | - |")
 
 
 def test_npz_source_takes_common_key_names(tmp_path):
