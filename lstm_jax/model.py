@@ -49,6 +49,18 @@ Array = jax.Array
 Carry = tuple[tuple[Array, Array], ...]  # per layer (c, h), each <float32>[B, H]
 
 INPUT_PROJECTIONS = ("auto", "in_step", "hoisted")
+# The recurrent cells by name. "lstm" is the hand-written masked LSTM (LSTMLayer: its own
+# backward pass, in-step or hoisted projection, bfloat16 matmuls); the others are Flax's cells
+# run by CellLayer, the same masked, resettable scan for any cell, differentiated by JAX. A
+# SequenceModel also takes a cell class of one's own (see CellLayer for the contract).
+CELLS = {
+  "lstm": None,
+  "flax_lstm": nn.LSTMCell,
+  "optimized_lstm": nn.OptimizedLSTMCell,
+  "gru": nn.GRUCell,
+  "mgu": nn.MGUCell,
+  "simple": nn.SimpleCell,
+}
 BACKWARDS = ("manual", "autodiff")
 MATMUL_DTYPES = recurrence.MATMUL_DTYPES
 
@@ -75,10 +87,128 @@ def forget_bias_init(value: float = 1.0):
   return init
 
 
-def zero_carry(batch_size: int, hidden_size: int, num_layers: int = 1) -> Carry:
-  """The zero state: per layer (c, h), each <float32>[batch_size, hidden_size]."""
-  z = jnp.zeros((batch_size, hidden_size), jnp.float32)
-  return tuple((z, z) for _ in range(num_layers))
+def resolve_cell(cell: Any) -> type | None:
+  """The cell class a `cell` setting names (None: the hand-written LSTM), or a ConfigError."""
+  if isinstance(cell, str):
+    if cell not in CELLS:
+      raise ConfigError(
+        f"unknown cell {cell!r}; use one of {sorted(CELLS)} or pass a flax.linen "
+        f"RNNCellBase subclass (features field, (carry, x) -> (carry, y), initialize_carry)."
+      )
+    return CELLS[cell]
+  if isinstance(cell, type) and issubclass(cell, nn.Module) and hasattr(cell, "initialize_carry"):
+    return cell
+  raise ConfigError(
+    f"cell must be one of {sorted(CELLS)} or a flax.linen RNNCellBase subclass with a "
+    f"`features` field, `__call__(carry, x) -> (carry, y)` and `initialize_carry(rng, "
+    f"input_shape)`; got {cell!r}."
+  )
+
+
+def cell_name(cell: Any) -> str:
+  """The cell's name for results and reports: the setting, or a user class's name."""
+  return cell if isinstance(cell, str) else getattr(cell, "__name__", repr(cell))
+
+
+def zero_carry(batch_size: int, hidden_size: int, num_layers: int = 1, cell: Any = "lstm") -> Carry:
+  """The initial state of a stack of `num_layers` layers of `cell`: for the LSTM, per layer
+  (c, h), each <float32>[batch_size, hidden_size] zeros; for another cell, per layer what its
+  `initialize_carry` returns (zeros for Flax's cells). Resets restore this state."""
+  cls = resolve_cell(cell)
+  if cls is None:
+    z = jnp.zeros((batch_size, hidden_size), jnp.float32)
+    return tuple((z, z) for _ in range(num_layers))
+  one = cls(features=hidden_size, parent=None).initialize_carry(
+    jax.random.key(0), (batch_size, hidden_size)
+  )
+  return tuple(one for _ in range(num_layers))
+
+
+def stack_name(cell: Any) -> str:
+  """Where a SequenceModel keeps its recurrent stack's parameters: "lstm" for the hand-written
+  LSTM (the layout lstm_jax.convert reads), "rnn" for any other cell."""
+  return "lstm" if resolve_cell(cell) is None else "rnn"
+
+
+def _select_rows(pick_B: Array, a: Any, b: Any) -> Any:
+  """a where pick_B (one flag per batch row), else b, leaf by leaf of two carries."""
+  return jax.tree.map(
+    lambda u, v: jnp.where(pick_B.reshape((-1,) + (1,) * (u.ndim - 1)) > 0, u, v), a, b
+  )
+
+
+def _masked_cell_step(cell, carry, xs, init):
+  """One time step of any cell for a batch: a reset restores `init` first, a masked step keeps
+  the carry and outputs zero."""
+  x_t, mask_t, reset_t = xs
+  carry = _select_rows(reset_t, init, carry)
+  new_carry, y = cell(carry, x_t)
+  carry = _select_rows(mask_t, new_carry, carry)
+  return carry, jnp.where(mask_t[:, None] > 0, y, 0.0)
+
+
+class CellLayer(nn.Module):
+  """One layer of any recurrent cell over a batch, with the LSTM's semantics (module
+  docstring): the carry advances only at real steps, a reset restores the cell's initial carry
+  before its step, outputs are zero at masked steps. The cell is scanned with `nn.scan` and
+  differentiated by JAX.
+
+  cell: a Flax cell class (`nn.GRUCell`, `nn.MGUCell`, `nn.SimpleCell`, `nn.LSTMCell`,
+    `nn.OptimizedLSTMCell`) or one's own with the same contract: a `features` field,
+    `__call__(carry, x) -> (carry, y)` with y <float32>[B, features], and
+    `initialize_carry(rng, input_shape)` (decorated `nn.nowrap`), which gives the state that
+    sequences start from and resets restore. Its parameters are `params["cell"]`.
+  """
+
+  cell: Any
+  hidden_size: int
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(
+    self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry: Any
+  ) -> tuple[Array, Any]:
+    init = zero_carry(x_BxTxF.shape[0], self.hidden_size, 1, self.cell)[0]
+    xs = (jnp.swapaxes(x_BxTxF, 0, 1), mask_BxT.T, resets_BxT.T)
+    scan = nn.scan(
+      _masked_cell_step,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=(0, nn.broadcast),
+      out_axes=0,
+      unroll=self.unroll,
+    )
+    carry, ys_TxBxH = scan(self.cell(features=self.hidden_size, name="cell"), carry, xs, init)
+    return jnp.swapaxes(ys_TxBxH, 0, 1), carry
+
+
+def recurrent_layer(
+  cell: Any,
+  hidden_size: int,
+  input_projection: str,
+  unroll: int,
+  backward: str,
+  matmul_dtype: str,
+  name: str,
+) -> nn.Module:
+  """Layer `name` of a stack: the hand-written LSTMLayer for cell "lstm", else a CellLayer
+  (whose gradient is JAX's: backward and input_projection are the LSTM's settings)."""
+  cls = resolve_cell(cell)
+  if cls is None:
+    return LSTMLayer(
+      hidden_size,
+      input_projection,
+      unroll,
+      backward=backward,
+      matmul_dtype=matmul_dtype,
+      name=name,
+    )
+  if matmul_dtype != "float32":
+    raise ConfigError(
+      f"matmul_dtype={matmul_dtype!r} is implemented for cell='lstm' only; use float32 "
+      f"with cell {cell_name(cell)!r}."
+    )
+  return CellLayer(cls, hidden_size, unroll, name=name)
 
 
 class _MaskedStep(nn.Module):
@@ -103,7 +233,7 @@ class LSTMLayer(nn.Module):
   backward: how the gradient is computed. "manual" (default): `recurrence.recurrence`, a
   hand-written reverse scan (`jax.custom_vjp`), faster to run and to trace; "autodiff": the step
   scanned with `nn.scan` and differentiated by JAX, the reference the manual one is tested
-  against. The forward pass is the same computation in both.
+  against. The forward pass is the same computation in both (`lstm_layer`).
 
   matmul_dtype: "float32" (default, exact) or "bfloat16" (bfloat16 operands, float32
   accumulation, for speed; see the module docstring).
@@ -137,47 +267,88 @@ class LSTMLayer(nn.Module):
     )
     bias = self.param("bias", self.bias_init, (4 * hidden,), jnp.float32)
 
-    recurrence.cast_weights(bias, self.matmul_dtype)  # checks the setting: a clear error
-    in_step = resolve_input_projection(self.input_projection) == "in_step"
-    xs_TxBx = jnp.swapaxes(x_BxTxF, 0, 1)
-    if in_step:
-      weights = jnp.concatenate([kernel, recurrent_kernel], axis=0)  # [F + H, 4H]
-    else:
-      # one [T*B, F] x [F, 4H] matmul before the scan
-      xs_TxBx = recurrence.matmul(xs_TxBx, kernel, self.matmul_dtype) + bias
-      weights = recurrent_kernel
-
-    def as_float(a):
-      return a.T.astype(xs_TxBx.dtype)
-
-    mask_TxB, resets_TxB = as_float(mask_BxT), as_float(resets_BxT)
-    if self.backward == "manual":
-      ys_TxBxH, carry = recurrence.recurrence(
-        weights,
-        bias,
-        xs_TxBx,
-        mask_TxB,
-        resets_TxB,
-        tuple(carry),
-        in_step,
-        self.unroll,
-        self.matmul_dtype,
-      )
-    elif self.backward == "autodiff":
+    def linen_scan(weights, bias, xs_TxBx, mask_TxB, resets_TxB, carry, in_step, unroll, dtype):
       scan = nn.scan(
         _MaskedStep,
         variable_broadcast="params",
         split_rngs={"params": False},
         in_axes=(0, nn.broadcast, nn.broadcast),
         out_axes=0,
-        unroll=self.unroll,
+        unroll=unroll,
       )
-      carry, ys_TxBxH = scan(
-        in_step_projection=in_step, matmul_dtype=self.matmul_dtype, name="scan"
-      )(carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias)
-    else:
-      raise ConfigError(f"backward must be one of {BACKWARDS}, got {self.backward!r}.")
-    return jnp.swapaxes(ys_TxBxH, 0, 1), carry
+      carry, ys_TxBxH = scan(in_step_projection=in_step, matmul_dtype=dtype, name="scan")(
+        carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias
+      )
+      return ys_TxBxH, carry
+
+    return lstm_layer(
+      kernel,
+      recurrent_kernel,
+      bias,
+      x_BxTxF,
+      mask_BxT,
+      resets_BxT,
+      tuple(carry),
+      self.input_projection,
+      self.unroll,
+      self.backward,
+      self.matmul_dtype,
+      autodiff_scan=linen_scan,
+    )
+
+
+def _autodiff_scan(weights, bias, xs_TxBx, mask_TxB, resets_TxB, carry, in_step, unroll, dtype):
+  """The LSTM step scanned by `jax.lax.scan`, differentiated by JAX: the reference for the
+  hand-written backward pass (`recurrence.recurrence`), the same forward computation."""
+
+  def body(c, step_xs):
+    c, y, _ = recurrence.step(weights, bias, in_step, c, step_xs, dtype)
+    return c, y
+
+  carry, ys = jax.lax.scan(body, carry, (xs_TxBx, mask_TxB, resets_TxB), unroll=unroll)
+  return ys, carry
+
+
+def lstm_layer(
+  kernel: Array,
+  recurrent_kernel: Array,
+  bias: Array,
+  x_BxTxF: Array,
+  mask_BxT: Array,
+  resets_BxT: Array,
+  carry: tuple[Array, Array],
+  input_projection: str = "auto",
+  unroll: int = 1,
+  backward: str = "manual",
+  matmul_dtype: str = "float32",
+  autodiff_scan=None,
+) -> tuple[Array, tuple[Array, Array]]:
+  """One masked, resettable LSTM layer as a function of its parameters (the module docstring's
+  step over a batch): outputs <float32>[B, T, H] and the carry (c, h). Linen's `LSTMLayer` and
+  the NNX front end (`lstm_jax.nnx_model`) both compute through it. autodiff_scan: how
+  backward="autodiff" scans the step (linen passes `nn.scan`; default `jax.lax.scan`), both
+  `(weights, bias, xs, mask, resets, carry, in_step, unroll, matmul_dtype) -> (ys, carry)`."""
+  recurrence.cast_weights(bias, matmul_dtype)  # checks the setting: a clear error
+  in_step = resolve_input_projection(input_projection) == "in_step"
+  xs_TxBx = jnp.swapaxes(x_BxTxF, 0, 1)
+  if in_step:
+    weights = jnp.concatenate([kernel, recurrent_kernel], axis=0)  # [F + H, 4H]
+  else:
+    # one [T*B, F] x [F, 4H] matmul before the scan
+    xs_TxBx = recurrence.matmul(xs_TxBx, kernel, matmul_dtype) + bias
+    weights = recurrent_kernel
+
+  def as_float(a):
+    return a.T.astype(xs_TxBx.dtype)
+
+  mask_TxB, resets_TxB = as_float(mask_BxT), as_float(resets_BxT)
+  if backward not in BACKWARDS:
+    raise ConfigError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
+  scan = recurrence.recurrence if backward == "manual" else (autodiff_scan or _autodiff_scan)
+  ys_TxBxH, carry = scan(
+    weights, bias, xs_TxBx, mask_TxB, resets_TxB, tuple(carry), in_step, unroll, matmul_dtype
+  )
+  return jnp.swapaxes(ys_TxBxH, 0, 1), carry
 
 
 class LSTM(nn.Module):
@@ -214,9 +385,10 @@ class LSTM(nn.Module):
   output_dropout: float = 0.0
   backward: str = "manual"  # see LSTMLayer
   matmul_dtype: str = "float32"  # see LSTMLayer
+  cell: Any = "lstm"  # see CELLS and CellLayer
 
   def zero_carry(self, batch_size: int) -> Carry:
-    return zero_carry(batch_size, self.hidden_size, self.num_layers)
+    return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
   @nn.compact
   def __call__(
@@ -233,7 +405,7 @@ class LSTM(nn.Module):
     if len(carry) != self.num_layers:
       raise ValueError(
         f"initial_carry has {len(carry)} layers, the model {self.num_layers}; pass "
-        f"one (c, h) pair per layer, e.g. model.zero_carry(batch_size)."
+        f"one carry per layer, e.g. model.zero_carry(batch_size)."
       )
     x, new_carry = inputs, []
 
@@ -245,12 +417,13 @@ class LSTM(nn.Module):
     for k in range(self.num_layers):
       if k > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, name=f"dropout_{k}")(x, deterministic=deterministic)
-      x, layer_carry = LSTMLayer(
+      x, layer_carry = recurrent_layer(
+        self.cell,
         self.hidden_size,
         self.input_projection,
         self.unroll,
-        backward=self.backward,
-        matmul_dtype=self.matmul_dtype,
+        self.backward,
+        self.matmul_dtype,
         name=f"layer_{k}",
       )(x, mask, resets, carry[k])
       new_carry.append(layer_carry)
@@ -281,11 +454,15 @@ class SequenceModel(nn.Module):
   bidirectional: bool = False  # BidirectionalLSTM (whole-sequence strategies only)
   backward: str = "manual"  # see LSTMLayer
   matmul_dtype: str = "float32"  # see LSTMLayer
+  # "lstm" (the hand-written LSTM), a Flax cell's name ("gru", "mgu", "simple", "flax_lstm",
+  # "optimized_lstm") or one's own cell class: see CELLS and CellLayer. The recurrent stack's
+  # parameters are params["lstm"] for "lstm" and params["rnn"] for any other cell.
+  cell: Any = "lstm"
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
-      return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
-    return zero_carry(batch_size, self.hidden_size, self.num_layers)
+      return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
+    return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
   @nn.compact
   def __call__(
@@ -318,7 +495,8 @@ class SequenceModel(nn.Module):
         self.unroll,
         backward=self.backward,
         matmul_dtype=self.matmul_dtype,
-        name="lstm",
+        cell=self.cell,
+        name=stack_name(self.cell),
       )(x, mask, resets, initial_carry)
     else:
       outputs, carry = LSTM(
@@ -331,7 +509,8 @@ class SequenceModel(nn.Module):
         self.output_dropout,
         backward=self.backward,
         matmul_dtype=self.matmul_dtype,
-        name="lstm",
+        cell=self.cell,
+        name=stack_name(self.cell),
       )(x, mask, resets, initial_carry, deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if mask is not None:
@@ -412,18 +591,17 @@ def segment_reverse_index(mask_BxT: Array, resets_BxT: Array) -> Array:
   return jnp.where(mask_BxT, start_pos + end_pos - pos, pos)
 
 
-def bidirectional_zero_carry(batch_size: int, hidden_size: int, num_layers: int = 1):
-  """Per layer (forward (c, h), backward (c, h)), all zeros <float32>[batch_size, hidden_size]."""
-  return tuple(
-    zip(
-      zero_carry(batch_size, hidden_size, num_layers),
-      zero_carry(batch_size, hidden_size, num_layers),
-    )
-  )
+def bidirectional_zero_carry(
+  batch_size: int, hidden_size: int, num_layers: int = 1, cell: Any = "lstm"
+):
+  """Per layer (forward carry, backward carry), each as `zero_carry` gives it."""
+  one = zero_carry(batch_size, hidden_size, num_layers, cell)
+  return tuple(zip(one, one))
 
 
 class BidirectionalLSTM(nn.Module):
-  """A stack of bidirectional LSTM layers over rows that hold whole sequences.
+  """A stack of bidirectional layers (the LSTM, or any `cell`) over rows that hold whole
+  sequences.
 
   `outputs, carry = BidirectionalLSTM(H).apply(variables, inputs, mask, resets, initial_carry)`
 
@@ -447,9 +625,10 @@ class BidirectionalLSTM(nn.Module):
   unroll: int = 1
   backward: str = "manual"
   matmul_dtype: str = "float32"
+  cell: Any = "lstm"  # see CELLS and CellLayer
 
   def zero_carry(self, batch_size: int):
-    return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers)
+    return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
   @nn.compact
   def __call__(
@@ -473,12 +652,13 @@ class BidirectionalLSTM(nn.Module):
     for k in range(self.num_layers):
 
       def layer(name):
-        return LSTMLayer(
+        return recurrent_layer(
+          self.cell,
           self.hidden_size,
           self.input_projection,
           self.unroll,
-          backward=self.backward,
-          matmul_dtype=self.matmul_dtype,
+          self.backward,
+          self.matmul_dtype,
           name=name,
         )
 

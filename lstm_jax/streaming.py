@@ -64,13 +64,18 @@ class Streamer:
     return outputs[:, :t]
 
   def reset(self, streams: int | Sequence[int] | None = None) -> None:
-    """Zeroes the state of `streams` (all if None): each starts a new sequence."""
+    """Restores the initial state (`model.zero_carry`: zeros for the LSTM, a cell's own
+    initial carry otherwise) of `streams` (all if None): each starts a new sequence."""
     if streams is None:
       self.carry = self.model.zero_carry(self.batch_size)
       return
     rows = np.atleast_1d(np.asarray(streams, int))
     if rows.size and (rows.min() < 0 or rows.max() >= self.batch_size):
       raise DataError(f"stream index out of range [0, {self.batch_size}): {rows.tolist()}.")
-    keep = np.ones((self.batch_size, 1), np.float32)
-    keep[rows] = 0.0
-    self.carry = jax.tree.map(lambda a: a * keep, self.carry)
+    fresh = np.zeros(self.batch_size, bool)
+    fresh[rows] = True
+    self.carry = jax.tree.map(
+      lambda a, z: jnp.where(fresh.reshape((-1,) + (1,) * (a.ndim - 1)), z, a),
+      self.carry,
+      self.model.zero_carry(self.batch_size),
+    )

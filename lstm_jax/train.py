@@ -37,7 +37,7 @@ from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import Carry, SequenceModel, layer_params
+from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell
 
 LOSS_KINDS = ("classification", "regression")
 
@@ -93,7 +93,18 @@ def check_model_fits_data(
       f"the data's vocabulary has {dataset.vocab_size} tokens, the model's embedding "
       f"{model.vocab_size}; raise the model's vocab_size."
     )
-  if params is not None and not dataset.is_tokens:
+  if params is not None and not dataset.is_tokens and resolve_cell(model.cell) is not None:
+    # another cell's parameter names are its own: ask whether the model takes these inputs
+    x = jax.ShapeDtypeStruct((1, 1, dataset.num_features), jnp.float32)
+    try:
+      jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
+    except Exception as e:  # a shape mismatch, in whatever form the cell raises it
+      raise DataError(
+        f"the data has {dataset.num_features} features per step but the model's "
+        f"parameters do not take them ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        f"re-initialise the model for this data."
+      ) from e
+  elif params is not None and not dataset.is_tokens:
     expected = layer_params(params)[0]["kernel"].shape[0]
     if expected != dataset.num_features:
       raise DataError(

@@ -158,3 +158,18 @@ def smoke_run(tmp_path_factory):
   """(workdir, process) of one smoke run on one device, shared by the tests that read it."""
   workdir = tmp_path_factory.mktemp("smoke")
   return workdir, run_smoke(workdir)
+
+
+def four_strategies(name: str):
+  """(data, strategy) for a compile-count test of another front end or cell: 30 sequences of
+  10 lengths under pad (1 shape), bucket (3), tbptt (1) or pack (1)."""
+  from lstm_jax import batching
+
+  ds = ragged_features([3, 9, 4, 17, 6, 11, 5, 2, 14, 8] * 3, num_features=3, seed=1)
+  make = {
+    "pad": lambda: batching.Pad(ds, batch_size=8),
+    "bucket": lambda: batching.Bucket(ds, batch_size=8, boundaries=[6, 12, 18]),
+    "tbptt": lambda: batching.TBPTT(ds, num_streams=4, chunk_length=6),
+    "pack": lambda: batching.Pack(ds, batch_size=4, row_length=30),
+  }
+  return ds, make[name]()

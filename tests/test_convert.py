@@ -131,3 +131,120 @@ def test_outputs_match_torch_packed_lstm(rng):
   with torch.no_grad():
     again, _ = fresh(torch.from_numpy(x))
   assert np.abs(again.numpy()[0, :5] - out.numpy()[0, :5]).max() / scale <= 1e-5
+
+
+# GRU: PyTorch's and Keras' (reset_after=True) step, written out in float64 numpy, is the
+# reference; torch itself when installed.
+
+
+def _sig(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def _numpy_torch_gru(x_TxF, state_dict, layers):
+  """nn.GRU's documented step, in float64: gates r, z, n; b_hn inside the reset product."""
+  x = np.asarray(x_TxF, np.float64)
+  finals = []
+  for k in range(layers):
+    w_ih, w_hh, b_ih, b_hh = (
+      np.asarray(state_dict[f"{n}_l{k}"], np.float64)
+      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    )
+    h, out = np.zeros(w_hh.shape[1]), []
+    for t in range(x.shape[0]):
+      gi, gh = w_ih @ x[t] + b_ih, w_hh @ h + b_hh
+      (i_r, i_z, i_n), (h_r, h_z, h_n) = np.split(gi, 3), np.split(gh, 3)
+      r, z = _sig(i_r + h_r), _sig(i_z + h_z)
+      n = np.tanh(i_n + r * h_n)
+      h = (1 - z) * n + z * h
+      out.append(h)
+    x = np.stack(out)
+    finals.append(h)
+  return x, finals
+
+
+def _torch_gru_dict(rng, layers=2):
+  d = {}
+  for k in range(layers):
+    f = F if k == 0 else H
+    d[f"weight_ih_l{k}"] = rng.normal(size=(3 * H, f)).astype(np.float32)
+    d[f"weight_hh_l{k}"] = rng.normal(size=(3 * H, H)).astype(np.float32)
+    d[f"bias_ih_l{k}"] = rng.normal(size=3 * H).astype(np.float32)
+    d[f"bias_hh_l{k}"] = rng.normal(size=3 * H).astype(np.float32)
+  return d
+
+
+def test_gru_from_torch_matches_torchs_step_and_round_trips(rng):
+  sd = _torch_gru_dict(rng)
+  params = convert.gru_from_torch(sd)
+  lengths = [5, 2, 7]
+  x = rng.normal(size=(3, 7, F)).astype(np.float32)
+  mask = np.arange(7)[None] < np.array(lengths)[:, None]
+  ours, carry = LSTM(H, num_layers=2, cell="gru").apply(
+    {"params": params}, jnp.asarray(x), mask=jnp.asarray(mask)
+  )
+  for b, n in enumerate(lengths):
+    ref, finals = _numpy_torch_gru(x[b, :n], sd, 2)
+    assert np.abs(np.asarray(ours)[b, :n] - ref).max() / np.abs(ref).max() <= 1e-5
+    for k in range(2):
+      assert np.abs(np.asarray(carry[k])[b] - finals[k]).max() <= 1e-5
+  # torch's layout: b_ir + b_hr folded into ir's bias, b_hn kept in hn
+  np.testing.assert_array_equal(
+    params["layer_0"]["cell"]["ir"]["bias"], sd["bias_ih_l0"][:H] + sd["bias_hh_l0"][:H]
+  )
+  np.testing.assert_array_equal(params["layer_0"]["cell"]["hn"]["bias"], sd["bias_hh_l0"][2 * H :])
+  # round trips: ours -> torch -> ours and ours -> keras -> ours are exact
+  back = convert.gru_from_torch(convert.gru_to_torch(params))
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
+  back = convert.gru_from_keras(convert.gru_to_keras(params))
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
+  # and the torch dict we write computes the same step
+  ref2, _ = _numpy_torch_gru(x[0, :5], convert.gru_to_torch(params), 2)
+  assert np.abs(np.asarray(ours)[0, :5] - ref2).max() / np.abs(ref2).max() <= 1e-5
+
+
+def test_gru_from_keras_gate_order_z_r_h(rng):
+  """Keras stacks z, r, h: a kernel whose z block is zero and whose r block is not must land
+  in iz and ir accordingly; bias row 1 (recurrent) of h stays inside the reset product."""
+  kernel = np.concatenate([np.zeros((F, H)), np.ones((F, H)), 2 * np.ones((F, H))], 1)
+  recurrent = np.concatenate([3 * np.ones((H, H)), 4 * np.ones((H, H)), 5 * np.ones((H, H))], 1)
+  bias = np.arange(6 * H, dtype=np.float32).reshape(2, 3 * H)
+  cell = convert.gru_from_keras([kernel, recurrent, bias])["layer_0"]["cell"]
+  assert np.all(cell["iz"]["kernel"] == 0) and np.all(cell["ir"]["kernel"] == 1)
+  assert np.all(cell["in"]["kernel"] == 2) and np.all(cell["hz"]["kernel"] == 3)
+  assert np.all(cell["hr"]["kernel"] == 4) and np.all(cell["hn"]["kernel"] == 5)
+  np.testing.assert_array_equal(cell["iz"]["bias"], bias[0, :H] + bias[1, :H])
+  np.testing.assert_array_equal(cell["ir"]["bias"], bias[0, H : 2 * H] + bias[1, H : 2 * H])
+  np.testing.assert_array_equal(cell["in"]["bias"], bias[0, 2 * H :])
+  np.testing.assert_array_equal(cell["hn"]["bias"], bias[1, 2 * H :])
+  with pytest.raises(DataError, match="only reset_after=True"):
+    convert.gru_from_keras([kernel, recurrent, bias[0]])
+  with pytest.raises(DataError, match="not a GRU cell's parameters"):
+    convert.gru_to_torch({"layer_0": {"cell": {"ir": {}}}})
+
+
+@pytest.mark.skipif(
+  not _HAS_TORCH, reason="torch not installed (pip install torch==2.13.0, the CPU build)"
+)
+def test_gru_outputs_match_torch_packed_gru(rng):
+  import torch
+
+  torch.manual_seed(0)
+  gru = torch.nn.GRU(F, H, num_layers=2, batch_first=True)
+  lengths = np.array([5, 2, 7, 1])
+  x = rng.normal(size=(4, 7, F)).astype(np.float32)
+  packed = torch.nn.utils.rnn.pack_padded_sequence(
+    torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+  )
+  with torch.no_grad():
+    out, h_n = gru(packed)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=7)
+  params = convert.gru_from_torch({k: v.numpy() for k, v in gru.state_dict().items()})
+  mask = np.arange(7)[None] < lengths[:, None]
+  ours, carry = LSTM(H, num_layers=2, cell="gru").apply(
+    {"params": params}, jnp.asarray(x), mask=jnp.asarray(mask)
+  )
+  scale = np.abs(out.numpy()).max()
+  assert np.abs(np.asarray(ours) - out.numpy()).max() / scale <= 1e-5
+  for k in range(2):
+    assert np.abs(np.asarray(carry[k]) - h_n[k].numpy()).max() <= 1e-5

@@ -11,7 +11,7 @@ LAYERS = (
   ("recurrence", "model"),  # model core
   ("data", "tasks", "sources", "batching"),  # data and batching
   ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "train"),  # training
-  ("convert", "streaming", "generate"),  # tools
+  ("convert", "streaming", "generate", "nnx_model"),  # tools
   ("config", "guards", "baselines", "report", "experiment"),  # runner
 )
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order

@@ -1,0 +1,230 @@
+"""Flax NNX front end: the masked, resettable LSTM and its sequence model as `nnx.Module`s.
+
+    from flax import nnx
+    from lstm_jax import nnx_model
+
+    model = nnx_model.SequenceModel(hidden_size=64, num_outputs=2, num_features=3, rngs=nnx.Rngs(0))
+    preds, carry = model(inputs, mask, resets)            # a lstm_jax Batch's arrays
+
+The parameters are laid out exactly as linen's `lstm_jax.model.SequenceModel` holds them
+(`embed/embedding`, `lstm/layer_k/{kernel, recurrent_kernel, bias}`, `head/{kernel, bias}`), and
+each layer computes through the same function (`model.lstm_layer`: the hand-written backward
+pass, in-step or hoisted projection, bfloat16 matmuls), so `to_linen_params` and
+`from_linen_params` convert weights both ways exactly and both front ends give the same outputs
+and gradients (tests/test_nnx.py).
+
+Training under every strategy: `fit(model, strategy, optimizer, ...)` runs `train.fit` (compile
+counts, checkpoints, every strategy) on the model's linen twin (`linen_twin`: the same
+parameters, the same computation) and writes the trained parameters back into the NNX model.
+Your own NNX loop (`nnx.Optimizer`, `nnx.jit`) takes lstm_jax batches as they are: README "Flax
+NNX".
+
+The NNX front end covers the LSTM (cell "lstm"), one direction, without dropout; other cells,
+the bidirectional stack and dropout are linen's today.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lstm_jax import model as linen_model
+from lstm_jax import train
+from lstm_jax.batching import Strategy
+from lstm_jax.data import RaggedDataset
+from lstm_jax.errors import DataError
+
+Array = jax.Array
+
+
+class LSTMLayer(nnx.Module):
+  """One masked LSTM layer (linen's `model.LSTMLayer`, same parameters and computation)."""
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden_size: int,
+    *,
+    input_projection: str = "auto",
+    unroll: int = 1,
+    backward: str = "manual",
+    matmul_dtype: str = "float32",
+    rngs: nnx.Rngs,
+  ):
+    h = hidden_size
+    self.kernel = nnx.Param(nn.initializers.glorot_uniform()(rngs.params(), (in_features, 4 * h)))
+    self.recurrent_kernel = nnx.Param(nn.initializers.orthogonal()(rngs.params(), (h, 4 * h)))
+    self.bias = nnx.Param(linen_model.forget_bias_init(1.0)(None, (4 * h,)))
+    self.hidden_size, self.input_projection, self.unroll = hidden_size, input_projection, unroll
+    self.backward, self.matmul_dtype = backward, matmul_dtype
+
+  def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry):
+    features = self.kernel[...].shape[0]
+    if x_BxTxF.shape[-1] != features:
+      raise DataError(
+        f"the inputs have {x_BxTxF.shape[-1]} features per step but the layer was built for "
+        f"{features}; build it with in_features={x_BxTxF.shape[-1]} or feed it "
+        f"{features}-feature inputs."
+      )
+    return linen_model.lstm_layer(
+      self.kernel[...],
+      self.recurrent_kernel[...],
+      self.bias[...],
+      x_BxTxF,
+      mask_BxT,
+      resets_BxT,
+      tuple(carry),
+      self.input_projection,
+      self.unroll,
+      self.backward,
+      self.matmul_dtype,
+    )
+
+
+class LSTM(nnx.Module):
+  """A stack of `num_layers` masked LSTM layers; attributes layer_0, layer_1, ... as linen's."""
+
+  def __init__(self, in_features: int, hidden_size: int, num_layers: int = 1, *, rngs, **layer):
+    self.hidden_size, self.num_layers = hidden_size, num_layers
+    for k in range(num_layers):
+      f = in_features if k == 0 else hidden_size
+      setattr(self, f"layer_{k}", LSTMLayer(f, hidden_size, rngs=rngs, **layer))
+
+  def zero_carry(self, batch_size: int):
+    return linen_model.zero_carry(batch_size, self.hidden_size, self.num_layers)
+
+  def __call__(self, inputs, mask=None, resets=None, initial_carry=None):
+    mask, resets = linen_model._check_inputs(inputs, mask, resets)
+    carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
+    x, new_carry = inputs, []
+    for k in range(self.num_layers):
+      x, c = getattr(self, f"layer_{k}")(x, mask, resets, carry[k])
+      new_carry.append(c)
+    return x, tuple(new_carry)
+
+
+class SequenceModel(nnx.Module):
+  """Embedding (token inputs, `vocab_size`) or features (`num_features`) -> LSTM -> a Dense head
+  at every step; `model(inputs, mask, resets, initial_carry)` returns (predictions
+  <float32>[B, T, num_outputs], zero at masked steps, carry), as linen's SequenceModel does."""
+
+  def __init__(
+    self,
+    hidden_size: int,
+    num_outputs: int,
+    *,
+    num_features: int | None = None,
+    vocab_size: int | None = None,
+    embed_dim: int = 64,
+    num_layers: int = 1,
+    input_projection: str = "auto",
+    unroll: int = 1,
+    backward: str = "manual",
+    matmul_dtype: str = "float32",
+    rngs: nnx.Rngs,
+  ):
+    if (num_features is None) == (vocab_size is None):
+      raise DataError(
+        "give the NNX SequenceModel either num_features (float inputs) or vocab_size (token "
+        "ids), not both or neither."
+      )
+    self.settings = dict(
+      hidden_size=hidden_size,
+      num_outputs=num_outputs,
+      num_layers=num_layers,
+      vocab_size=vocab_size,
+      embed_dim=embed_dim,
+      input_projection=input_projection,
+      unroll=unroll,
+      backward=backward,
+      matmul_dtype=matmul_dtype,
+    )
+    self.vocab_size = vocab_size
+    if vocab_size is not None:
+      self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
+    self.lstm = LSTM(
+      embed_dim if vocab_size is not None else num_features,
+      hidden_size,
+      num_layers,
+      rngs=rngs,
+      input_projection=input_projection,
+      unroll=unroll,
+      backward=backward,
+      matmul_dtype=matmul_dtype,
+    )
+    self.head = nnx.Linear(hidden_size, num_outputs, rngs=rngs)
+
+  def zero_carry(self, batch_size: int):
+    return self.lstm.zero_carry(batch_size)
+
+  def __call__(self, inputs, mask=None, resets=None, initial_carry=None):
+    if self.vocab_size is not None:
+      if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
+        raise DataError(
+          f"a token model (vocab_size={self.vocab_size}) takes <int32>[B, T] token ids, got "
+          f"{inputs.dtype}{list(inputs.shape)}."
+        )
+      x = self.embed(inputs)
+    else:
+      x = inputs
+    outputs, carry = self.lstm(x, mask, resets, initial_carry)
+    preds = self.head(outputs)
+    if mask is not None:
+      preds = jnp.where(mask[..., None], preds, 0.0)
+    return preds, carry
+
+
+def linen_twin(model: SequenceModel) -> linen_model.SequenceModel:
+  """The linen SequenceModel with the same settings: its params are `to_linen_params(model)`."""
+  return linen_model.SequenceModel(**model.settings)
+
+
+def to_linen_params(model: nnx.Module) -> dict:
+  """The NNX model's parameters as the nested dict linen's `params` is (arrays shared, not
+  copied)."""
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def from_linen_params(model: nnx.Module, params: Any) -> None:
+  """Writes linen params (e.g. `train.fit`'s `result.state.params`, or a checkpoint's) into the
+  NNX model in place; the trees must match exactly (same settings)."""
+  state = nnx.state(model, nnx.Param)
+  want = jax.tree.structure(nnx.to_pure_dict(state))
+  if jax.tree.structure(dict(params)) != want:
+    raise DataError(
+      "these params do not have the NNX model's layout (different layers, sizes or a "
+      "different model); build the NNX model with the settings the params were trained with."
+    )
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
+  nnx.update(model, state)
+
+
+def train_state(
+  model: SequenceModel, optimizer: optax.GradientTransformation, dataset: RaggedDataset, seed=0
+) -> train.TrainState:
+  """A `train.TrainState` for the NNX model's weights (its linen twin's, the NNX parameters in
+  place of a fresh init), for `train.fit`, `train.evaluate` and checkpoints."""
+  state = train.create_train_state(linen_twin(model), optimizer, dataset, seed=seed)
+  # copies: train.fit donates the state's buffers, which must not be the NNX model's own
+  params = jax.tree.map(jnp.copy, to_linen_params(model))
+  return state.replace(params=params, opt_state=optimizer.init(params))
+
+
+def fit(
+  model: SequenceModel,
+  strategy: Strategy,
+  optimizer: optax.GradientTransformation,
+  seed: int = 0,
+  **fit_kwargs,
+) -> train.FitResult:
+  """Trains the NNX model under `strategy` with `train.fit` (epochs, max_real_tokens,
+  checkpointer, ... as there; compiles counted in `result.steps`) and writes the trained
+  parameters back into `model`."""
+  result = train.fit(train_state(model, optimizer, strategy.dataset, seed), strategy, **fit_kwargs)
+  from_linen_params(model, result.state.params)
+  return result

@@ -1,0 +1,119 @@
+"""The Flax NNX front end: linen's parameter layout (weights convert both ways exactly), the
+same outputs and gradients for the same weights, training under every strategy with compiles
+counted, and a hand-written NNX loop over lstm_jax batches that follows train.fit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import four_strategies, max_rel_err, ragged_features
+from lstm_jax import batching, nnx_model, train
+from lstm_jax.data import next_token_dataset
+from lstm_jax.errors import DataError
+
+TOL = 1e-5
+LENGTHS = [1, 7, 3, 12, 5, 7, 3, 12, 1, 5, 7, 3]
+
+
+def _model(seed=0, **kw):
+  kw = dict(hidden_size=6, num_outputs=2, num_features=3, num_layers=2) | kw
+  return nnx_model.SequenceModel(**kw, rngs=nnx.Rngs(seed))
+
+
+def test_layout_is_linens_and_weights_convert_both_ways_exactly():
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  m = _model()
+  linen_state = train.create_train_state(nnx_model.linen_twin(m), optax.sgd(0.1), ds, seed=3)
+  ours = nnx_model.to_linen_params(m)
+  assert jax.tree.structure(ours) == jax.tree.structure(linen_state.params)
+  assert jax.tree.map(np.shape, ours) == jax.tree.map(np.shape, linen_state.params)
+  # linen -> NNX -> linen is exact
+  nnx_model.from_linen_params(m, linen_state.params)
+  back = nnx_model.to_linen_params(m)
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, linen_state.params))
+  tokens = nnx_model.SequenceModel(
+    hidden_size=4, num_outputs=9, vocab_size=9, embed_dim=5, rngs=nnx.Rngs(0)
+  )
+  tok_ds = next_token_dataset([np.arange(6, dtype=np.int32) % 9], vocab_size=9)
+  tok_state = train.create_train_state(nnx_model.linen_twin(tokens), optax.sgd(0.1), tok_ds)
+  assert jax.tree.map(np.shape, nnx_model.to_linen_params(tokens)) == jax.tree.map(
+    np.shape, tok_state.params
+  )
+
+
+@pytest.mark.parametrize("backward", ["manual", "autodiff"])
+def test_same_outputs_and_gradients_as_linen_for_the_same_weights(backward):
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  m = _model(backward=backward)
+  twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
+  batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
+  args = (batch.inputs, batch.mask, batch.resets)
+
+  def linen_loss(p):
+    preds, _ = twin.apply({"params": p}, *args)
+    return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
+
+  def nnx_loss(model):
+    preds, _ = model(*args)
+    return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
+
+  a, carry_a = m(*args)
+  b, carry_b = twin.apply({"params": params}, *args)
+  assert max_rel_err(a, b) <= TOL and max_rel_err(carry_a, carry_b) <= TOL
+  g_nnx = nnx.to_pure_dict(nnx.grad(nnx_loss)(m))
+  g_linen = jax.grad(linen_loss)(params)
+  assert max_rel_err(g_nnx, g_linen) <= TOL
+
+
+@pytest.mark.parametrize("name", ["pad", "bucket", "tbptt", "pack"])
+def test_nnx_model_trains_under_every_strategy_with_compiles_counted(name):
+  ds, strategy = four_strategies(name)
+  m = _model()
+  before = nnx_model.to_linen_params(m)
+  first = train.evaluate(nnx_model.train_state(m, optax.adam(1e-2), ds), strategy)["loss"]
+  result = nnx_model.fit(m, strategy, optax.adam(1e-2), epochs=3)
+  assert result.steps.train.compiles == len(strategy.shapes(num_epochs=3))
+  after = nnx_model.to_linen_params(m)  # written back into the NNX model
+  assert jax.tree.all(jax.tree.map(np.array_equal, after, result.state.params))
+  assert not jax.tree.all(jax.tree.map(np.array_equal, after, before))
+  assert train.evaluate(result.state, strategy)["loss"] < first
+
+
+def test_hand_written_nnx_loop_follows_train_fit():
+  """nnx.Optimizer and nnx.jit over a strategy's batches give train.fit's parameters."""
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  strategy = batching.Bucket(ds, batch_size=3, boundaries=[4, 8, 12])
+  tx = optax.adam(1e-2)
+  m = _model(seed=1)
+  reference = train.fit(nnx_model.train_state(m, tx, ds), strategy, epochs=2)
+
+  optimizer = nnx.Optimizer(m, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, batch):
+    def loss_fn(model):
+      preds, _ = model(batch.inputs, batch.mask, batch.resets)
+      loss, _ = train.per_step_loss(preds, batch.targets, "regression")
+      return jnp.sum(batch.weights * loss) / jnp.maximum(jnp.sum(batch.weights), 1e-12)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  for epoch in range(2):
+    for batch in strategy.batches(epoch):
+      step(m, optimizer, batch)
+  assert max_rel_err(nnx_model.to_linen_params(m), reference.state.params) <= TOL
+
+
+def test_nnx_bad_inputs_are_named():
+  with pytest.raises(DataError, match="either num_features .* or vocab_size"):
+    nnx_model.SequenceModel(hidden_size=4, num_outputs=2, rngs=nnx.Rngs(0))
+  m = _model()
+  with pytest.raises(DataError, match="the inputs have 5 features per step but the layer"):
+    m(jnp.zeros((1, 4, 5)))
+  with pytest.raises(DataError, match="do not have the NNX model's layout"):
+    nnx_model.from_linen_params(m, nnx_model.to_linen_params(_model(num_layers=1)))
