@@ -75,9 +75,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.data.update(source="stdlib_files", min_length=256, max_length=0)
     c.strategies = ("tbptt", "vbptt")
   elif arg == "digits":
-    c.data.update(source=arg, max_length=0, eval_fraction=0.2)
-    c.model.hidden_size = 64
-    c.train.update(real_tokens=0, epochs=10, eval_every_tokens=100_000, tokens_per_step=512)
+    # MFCCs span hundreds (the first) to about ten: standardized with the training split's
+    # statistics. 20 epochs with a cosine decay reach 99.3% with bucket (seed 0).
+    c.data.update(source=arg, max_length=0, eval_fraction=0.2, standardize=True)
+    c.model.hidden_size = 128
+    c.optimizer.schedule = "cosine"
+    c.train.update(real_tokens=0, epochs=20, eval_every_tokens=100_000, tokens_per_step=512)
     c.eval.update(tokens_per_batch=8192, max_sequences=0)
     c.strategy.bucket.num_buckets = 4
     c.strategy.tbptt.chunk_length = 16

@@ -16,7 +16,7 @@ from ml_collections.config_dict import placeholder
 from lstm_jax import batching, tasks
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import BACKWARDS, INPUT_PROJECTIONS, MATMUL_DTYPES
+from lstm_jax.model import BACKWARDS, CELLS, INPUT_PROJECTIONS, MATMUL_DTYPES
 
 STRATEGIES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
 SCHEDULES = ("constant", "cosine")  # config.optimizer.schedule
@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
       include_tests=False,  # stdlib: also the test folders
       max_sequences=0,  # subsample (seeded by split_seed) before the split
       eval_fraction=0.05,
+      # feature inputs: scale each feature to zero mean and unit variance with the training
+      # split's statistics (the eval split gets the same affine map); token inputs: an error
+      standardize=False,
       split_seed=0,
       num_sequences=4000,
       seed=0,  # synthetic tasks
@@ -75,8 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   # bfloat16 dot products, slower on others; numbers differ by bfloat16 rounding). backward:
   # "manual" (hand-written reverse scan, faster) or "autodiff" (JAX differentiates the
   # nn.scan), see model.LSTMLayer.
+  # cell: "lstm" (the hand-written LSTM: fastest, bfloat16 and manual backward available) or a
+  # Flax cell run by the generic masked scan: "gru", "mgu", "simple", "flax_lstm",
+  # "optimized_lstm" (lstm_jax.model.CELLS).
   c.model = ml_collections.ConfigDict(
     dict(
+      cell="lstm",
       hidden_size=128,
       num_layers=1,
       embed_dim=32,
@@ -244,12 +251,18 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     if not 0.0 <= cfg.model[key] < 1.0:
       raise ConfigError(f"config.model.{key} must be in [0, 1), got {cfg.model[key]}.")
   for key, allowed in (
+    ("cell", tuple(CELLS)),
     ("input_projection", INPUT_PROJECTIONS),
     ("backward", BACKWARDS),
     ("matmul_dtype", MATMUL_DTYPES),
   ):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
+  if cfg.model.cell != "lstm" and cfg.model.matmul_dtype != "float32":
+    raise ConfigError(
+      f"config.model.matmul_dtype={cfg.model.matmul_dtype!r} is implemented for "
+      f"config.model.cell='lstm' only; use float32 with cell {cfg.model.cell!r}."
+    )
   for name in cfg.strategies:
     check_strategy_settings(name, cfg)
 

@@ -15,6 +15,7 @@ shows up in the eval loss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from lstm_jax import (
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
+from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
 from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
 
@@ -122,6 +124,26 @@ def eval_strategy(
   )
 
 
+def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
+  """Both splits' features scaled by the training split's per-feature mean and standard
+  deviation (a constant feature is only centred). Returns (train, eval, the statistics)."""
+  if train_ds.is_tokens:
+    raise ConfigError(
+      "config.data.standardize applies to feature inputs; this data is token ids. Set "
+      "config.data.standardize=False."
+    )
+  mean = train_ds.values.astype(np.float64).mean(0)
+  std = train_ds.values.astype(np.float64).std(0)
+  std = np.where(std > 0, std, 1.0)
+
+  def scaled(ds):
+    values = ((ds.values - mean) / std).astype(np.float32)
+    return dataclasses.replace(ds, values=values)
+
+  stats = dict(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
+  return scaled(train_ds), scaled(eval_ds), stats
+
+
 def split_data(cfg: ml_collections.ConfigDict):
   dataset, identity = sources.load_source(cfg.data)
   if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:
@@ -131,6 +153,8 @@ def split_data(cfg: ml_collections.ConfigDict):
     dataset = dataset.subset(np.sort(keep), name=dataset.name)
     identity["subsampled_to"] = int(cfg.data.max_sequences)
   train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
+  if cfg.data.standardize:
+    train_ds, eval_ds, identity["standardized"] = standardize(train_ds, eval_ds)
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
     eval_ds = eval_ds.subset(np.arange(cfg.eval.max_sequences), name=eval_ds.name)
   identity.update(

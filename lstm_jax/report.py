@@ -367,7 +367,8 @@ def markdown_report(
   lines = [
     f"# Strategy comparison: {d.get('source')} ({meta['started']})",
     "",
-    f"Same model (LSTM H={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layer(s)), "
+    f"Same model ({cfg['model'].get('cell', 'lstm').upper()} H={cfg['model']['hidden_size']}, "
+    f"{cfg['model']['num_layers']} layer(s)), "
     f"optimizer (Adam {cfg['optimizer']['learning_rate']}"
     + (
       f", cosine decay to {cfg['optimizer']['final_fraction']:g}x over each row's steps"

