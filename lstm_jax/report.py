@@ -317,7 +317,8 @@ def quality_table(summary: list[dict], curves: dict, baselines: dict | None = No
     "",
     "Train seconds (compiles included, evaluation excluded) until the eval loss first reached "
     "each level, interpolated between evaluations; median over seeds (range, seeds that reached "
-    "it).",
+    "it). Every seed is timed to the same levels; the target here is the mean of the per-seed "
+    "targets, so a row whose final loss set one seed's target may reach it in fewer seeds.",
     "",
     *lines,
     "",
@@ -388,9 +389,11 @@ def markdown_report(
     f" from the median row is marked * and not ranked). "
     f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
     f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
-    f"*s to target*: wall seconds until the eval loss first reached {target:.4f}"
-    f" (the worst final eval loss of the comparable rows unless configured), interpolated between "
-    f"evaluations. *step MiB*: XLA's memory for the largest train step (scratch, arguments "
+    f"*s to target*: wall seconds until the eval loss first reached the target, interpolated "
+    f"between evaluations: per seed, the worst final eval loss of that seed's comparable rows "
+    f"unless configured"
+    + (f" (mean over seeds {target:.4f})" if cfg["seeds"] > 1 else f" ({target:.4f})")
+    + f". *step MiB*: XLA's memory for the largest train step (scratch, arguments "
     f"and outputs: what the memory guard checks). Peak RSS of the process: "
     f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.",
     "",
