@@ -108,22 +108,30 @@ def to_torch(params: Mapping[str, Any]) -> dict:
   return out
 
 
-def from_keras(weights: Sequence[Any]) -> dict:
-  """lstm_jax params from Keras LSTM weights: per layer `layer.get_weights()` ([kernel,
-  recurrent_kernel, bias]) or a dict with those keys; a list of such, one per stacked layer (a
-  single layer's three arrays are accepted as is)."""
+def _keras_layers(weights: Sequence[Any], what: str) -> list[tuple[np.ndarray, ...]]:
+  """Keras weights per layer as float32 (kernel, recurrent_kernel, bias): from a list of
+  `layer.get_weights()` lists or dicts, or one layer's three arrays as they are."""
   if len(weights) == 3 and all(hasattr(w, "shape") for w in weights):
     weights = [weights]
-  out = {}
+  out = []
   for k, layer in enumerate(weights):
     if isinstance(layer, Mapping):
       layer = [layer["kernel"], layer["recurrent_kernel"], layer.get("bias")]
     if len(layer) != 3 or layer[2] is None:
       raise DataError(
-        f"Keras layer {k}: expected [kernel, recurrent_kernel, bias] (use_bias=True), "
-        f"got {len(layer)} arrays."
+        f"{what} {k}: expected [kernel, recurrent_kernel, bias] (use_bias=True), got "
+        f"{len(layer)} arrays."
       )
-    kernel, recurrent, bias = (_f32(a, n) for a, n in zip(layer, ("kernel", "rk", "bias")))
+    out.append(tuple(_f32(a, n) for a, n in zip(layer, ("kernel", "rk", "bias"))))
+  return out
+
+
+def from_keras(weights: Sequence[Any]) -> dict:
+  """lstm_jax params from Keras LSTM weights: per layer `layer.get_weights()` ([kernel,
+  recurrent_kernel, bias]) or a dict with those keys; a list of such, one per stacked layer (a
+  single layer's three arrays are accepted as is)."""
+  out = {}
+  for k, (kernel, recurrent, bias) in enumerate(_keras_layers(weights, "Keras layer")):
     _check_layer(kernel, recurrent, bias, f"Keras layer {k}")
     out[f"layer_{k}"] = dict(
       kernel=kernel.copy(), recurrent_kernel=recurrent.copy(), bias=bias.copy()
@@ -235,18 +243,8 @@ def gru_from_keras(weights: Sequence[Any]) -> dict:
   """lstm_jax GRU params from Keras GRU weights (reset_after=True): per layer
   `layer.get_weights()` ([kernel [F, 3H], recurrent_kernel [H, 3H], bias [2, 3H]], gates z, r,
   h), a list of such for stacked layers (one layer's three arrays are accepted as is)."""
-  if len(weights) == 3 and all(hasattr(w, "shape") for w in weights):
-    weights = [weights]
   out = {}
-  for k, layer in enumerate(weights):
-    if isinstance(layer, Mapping):
-      layer = [layer["kernel"], layer["recurrent_kernel"], layer.get("bias")]
-    if len(layer) != 3 or layer[2] is None:
-      raise DataError(
-        f"Keras GRU layer {k}: expected [kernel, recurrent_kernel, bias] (use_bias=True), got "
-        f"{len(layer)} arrays."
-      )
-    kernel, recurrent, bias = (_f32(a, n) for a, n in zip(layer, ("kernel", "rk", "bias")))
+  for k, (kernel, recurrent, bias) in enumerate(_keras_layers(weights, "Keras GRU layer")):
     if bias.shape != (2, kernel.shape[-1]):
       raise DataError(
         f"Keras GRU layer {k}: bias {bias.shape} is not [2, 3H]; only reset_after=True (Keras' "

@@ -194,13 +194,12 @@ def planned_steps(strategy: batching.Strategy, cfg: ml_collections.ConfigDict) -
 
 
 def new_train_state(
-  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, seed: int, strategy: batching.Strategy
+  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, seed: int, total_steps: int
 ) -> train.TrainState:
   """The row's initial state: the model's init for `seed` and the optimizer, whose schedule
-  (if any) spans the strategy's planned steps."""
-  total = len(planned_steps(strategy, cfg))
+  (if any) spans the row's `total_steps` planned optimizer steps."""
   return train.create_train_state(
-    make_model(cfg, dataset), make_optimizer(cfg, total), dataset, seed=seed
+    make_model(cfg, dataset), make_optimizer(cfg, total_steps), dataset, seed=seed
   )
 
 
@@ -249,9 +248,10 @@ def run_strategy(
     log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
     return done["row"], done["history"], done["curve"]
   strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
+  planned = planned_steps(strategy, cfg)  # the row's steps: its schedule and its progress bar
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   state, steps = prepared or (
-    new_train_state(cfg, train_ds, seed, strategy),
+    new_train_state(cfg, train_ds, seed, len(planned)),
     train.StepFunctions.create(mesh),
   )
   compile_largest_step(name, steps, state, strategy, cfg)
@@ -289,7 +289,7 @@ def run_strategy(
     log.eval(progress["curve"][-1])
 
   # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
-  log.start(name, seed, cfg.train.real_tokens or sum(planned_steps(strategy, cfg)), strategy)
+  log.start(name, seed, cfg.train.real_tokens or sum(planned), strategy)
   resumed = (
     train.resume(checkpointer, state, strategy, steps, settings)
     if checkpointer is not None
@@ -391,7 +391,7 @@ def preflight(
   for name, strategy in built.items():
     if name in finished:
       continue
-    state = new_train_state(cfg, train_ds, cfg.seed, strategy)
+    state = new_train_state(cfg, train_ds, cfg.seed, planned[name])
     steps = train.StepFunctions.create(mesh)
     compile_largest_step(name, steps, state, strategy, cfg)
     prepared[name] = (state, steps)

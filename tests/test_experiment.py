@@ -244,7 +244,7 @@ def test_cosine_schedule_decays_over_the_rows_planned_steps(monkeypatch):
   cfg.train.update(epochs=2, real_tokens=0)
   ds = ragged_features([5, 9, 3, 7] * 10, num_features=2, seed=0)
   strategy = experiment.make_strategy("pad", ds, cfg, seed=0)
-  experiment.new_train_state(cfg, ds, 0, strategy)
+  experiment.new_train_state(cfg, ds, 0, len(experiment.planned_steps(strategy, cfg)))
   assert asked == [len(strategy.plan(0)) + len(strategy.plan(1))]
 
 
