@@ -2,6 +2,7 @@
 
     python experiments/benchmark.py --out BENCHMARKS.md        # about 5 minutes on 2 CPU cores
     python experiments/benchmark.py --config configs/benchmark.py:quick --out /tmp/b.md
+    python experiments/benchmark.py --config configs/benchmark.py:gru --out /tmp/gru/BENCHMARKS.md
 
 W: 4096 sequences, log-normal lengths clipped to [8, 512] with median 64, F = 32 features,
 H = 256, one layer, batch 64, Adam, per-step MSE on real steps.
@@ -29,6 +30,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       num_buckets=8,
       tbptt_chunk=64,
       pack_row_length=512,
+      rows=("pad", "bucket", "bucket_fixed_batch", "bucket_packed_rows", "tbptt", "pack"),
+      gru_rows=("tbptt", "bucket_packed_rows"),  # also timed with cell="gru" (issue 14)
       input_projections=("in_step", "hoisted"),
       autodiff_rows=("tbptt", "bucket_packed_rows"),  # also timed with backward="autodiff"
       bfloat16_rows=("tbptt", "bucket_packed_rows"),  # also timed with matmul_dtype="bfloat16"
@@ -36,6 +39,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
         "flax_rnn_pad512",
         "flax_rnn_pow2",
         "flax_rnn_pow2_bf16",
+        "flax_rnn_pow2_gru",
         "torch_packed",
         "torch_batch_max",
       ),
@@ -62,12 +66,21 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       input_projections=("in_step",),
       autodiff_rows=("tbptt",),
       bfloat16_rows=("tbptt",),
-      peers=("flax_rnn_pow2", "flax_rnn_pow2_bf16", "torch_packed"),
+      gru_rows=("tbptt",),
+      peers=("flax_rnn_pow2", "flax_rnn_pow2_bf16", "flax_rnn_pow2_gru", "torch_packed"),
       compile_cache_probe=False,
       paired_rounds=2,
       malloc_probe_rounds=1,
     )
+  elif arg == "gru":  # issue 14: the GRU's rows and Flax's GRU peer, side by side, alone
+    c.update(
+      rows=(),
+      gru_rows=("tbptt", "bucket_packed_rows", "bucket", "pack"),
+      peers=("flax_rnn_pow2_gru",),
+      compile_cache_probe=False,
+      malloc_probe_rounds=0,
+    )
   elif arg not in ("", "default"):
-    raise ValueError(f"unknown preset {arg!r}; use default or quick.")
+    raise ValueError(f"unknown preset {arg!r}; use default, quick or gru.")
   c.lock()
   return c

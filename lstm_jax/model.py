@@ -150,36 +150,101 @@ def _masked_cell_step(cell, carry, xs, init):
 class CellLayer(nn.Module):
   """One layer of any recurrent cell over a batch, with the LSTM's semantics (module
   docstring): the carry advances only at real steps, a reset restores the cell's initial carry
-  before its step, outputs are zero at masked steps. The cell is scanned with `nn.scan` and
-  differentiated by JAX.
+  before its step, outputs are zero at masked steps. Computed by `cell_layer` (a `jax.lax.scan`
+  of the cell, differentiated by JAX; Flax's GRUCell by a fused equivalent, `_gru_layer`).
 
   cell: a Flax cell class (`nn.GRUCell`, `nn.MGUCell`, `nn.SimpleCell`, `nn.LSTMCell`,
     `nn.OptimizedLSTMCell`) or one's own with the same contract: a `features` field,
     `__call__(carry, x) -> (carry, y)` with y <float32>[B, features], and
     `initialize_carry(rng, input_shape)` (decorated `nn.nowrap`), which gives the state that
-    sequences start from and resets restore. Its parameters are `params["cell"]`.
+    sequences start from and resets restore. Its parameters (a "params" collection only) are
+    `params["cell"]`, the tree the cell itself makes.
   """
 
   cell: Any
   hidden_size: int
   unroll: int = 1
+  backward: str = "manual"  # Flax's GRUCell: "manual" (fused, hand-written) or "autodiff"
 
   @nn.compact
   def __call__(
     self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry: Any
   ) -> tuple[Array, Any]:
-    init = zero_carry(x_BxTxF.shape[0], self.hidden_size, 1, self.cell)[0]
-    xs = (jnp.swapaxes(x_BxTxF, 0, 1), mask_BxT.T, resets_BxT.T)
-    scan = nn.scan(
-      _masked_cell_step,
-      variable_broadcast="params",
-      split_rngs={"params": False},
-      in_axes=(0, nn.broadcast),
-      out_axes=0,
-      unroll=self.unroll,
+    features = x_BxTxF.shape[-1]
+    params = self.param("cell", lambda key: cell_params(self.cell, features, self.hidden_size, key))
+    return cell_layer(
+      self.cell,
+      self.hidden_size,
+      params,
+      x_BxTxF,
+      mask_BxT,
+      resets_BxT,
+      carry,
+      self.unroll,
+      self.backward,
     )
-    carry, ys_TxBxH = scan(self.cell(features=self.hidden_size, name="cell"), carry, xs, init)
-    return jnp.swapaxes(ys_TxBxH, 0, 1), carry
+
+
+def cell_params(cls: type, in_features: int, hidden_size: int, key: Array) -> dict:
+  """Fresh parameters of one `cls(features=hidden_size)` cell reading `in_features` features:
+  the tree linen's CellLayer keeps under `params["cell"]` (the NNX front end's layout too)."""
+  cell = cls(features=hidden_size, parent=None)
+  carry = cell.initialize_carry(jax.random.key(0), (1, in_features))
+  return cell.init(key, carry, jnp.zeros((1, in_features), jnp.float32))["params"]
+
+
+def cell_layer(
+  cls: type,
+  hidden_size: int,
+  params: dict,
+  x_BxTxF: Array,
+  mask_BxT: Array,
+  resets_BxT: Array,
+  carry: Any,
+  unroll: int = 1,
+  backward: str = "manual",
+) -> tuple[Array, Any]:
+  """CellLayer as a function of the cell's parameters: `jax.lax.scan` over `_masked_cell_step`,
+  differentiated by JAX (linen's CellLayer and the NNX front end both compute through it).
+  Flax's own GRUCell with backward="manual" runs `_gru_layer` instead: the same numbers, fused
+  GEMMs and a hand-written backward pass; backward="autodiff" keeps the cell, the reference."""
+  if backward not in BACKWARDS:
+    raise ConfigError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
+  if cls is nn.GRUCell and backward == "manual":
+    return _gru_layer(params, x_BxTxF, mask_BxT, resets_BxT, carry, unroll)
+  cell = cls(features=hidden_size, parent=None)
+  init = zero_carry(x_BxTxF.shape[0], hidden_size, 1, cls)[0]
+
+  def step(c, xs):
+    return _masked_cell_step(lambda c, x: cell.apply({"params": params}, c, x), c, xs, init)
+
+  xs = (jnp.swapaxes(x_BxTxF, 0, 1), mask_BxT.T, resets_BxT.T)
+  carry, ys_TxBxH = jax.lax.scan(step, carry, xs, unroll=unroll)
+  return jnp.swapaxes(ys_TxBxH, 0, 1), carry
+
+
+def _gru_layer(p: dict, x_BxTxF, mask_BxT, resets_BxT, h_BxH, unroll: int = 1):
+  """Flax's `nn.GRUCell` over a batch with CellLayer's masking and resets, from the cell's own
+  parameter tree, through `recurrence.gru_recurrence`: its six Dense layers fused into two GEMMs
+  per step, and a hand-written backward pass (one GEMM per step; the weight gradients as one
+  GEMM each after the reverse scan). The same numbers as the cell to float32 rounding, and the
+  same gradients as JAX's autodiff of it (tests/test_cells.py)."""
+  w_i = jnp.concatenate([p[g]["kernel"] for g in ("ir", "iz", "in")], axis=1)  # [F, 3H]
+  b_i = jnp.concatenate([p[g]["bias"] for g in ("ir", "iz", "in")])
+  w_h = jnp.concatenate([p[g]["kernel"] for g in ("hr", "hz", "hn")], axis=1)  # [H, 3H]
+  dtype = jnp.float32
+  ys_TxBxH, h_BxH = recurrence.gru_recurrence(
+    w_i,
+    b_i,
+    w_h,
+    p["hn"]["bias"],
+    jnp.swapaxes(x_BxTxF, 0, 1).astype(dtype),
+    mask_BxT.T.astype(dtype),
+    resets_BxT.T.astype(dtype),
+    h_BxH,
+    unroll,
+  )
+  return jnp.swapaxes(ys_TxBxH, 0, 1), h_BxH
 
 
 def recurrent_layer(
@@ -192,7 +257,9 @@ def recurrent_layer(
   name: str,
 ) -> nn.Module:
   """Layer `name` of a stack: the hand-written LSTMLayer for cell "lstm", else a CellLayer
-  (whose gradient is JAX's: backward and input_projection are the LSTM's settings)."""
+  (input_projection and matmul_dtype are the LSTM's settings; backward chooses between the
+  GRU's hand-written backward pass and JAX's autodiff of Flax's GRUCell, and other cells are
+  always JAX's)."""
   cls = resolve_cell(cell)
   if cls is None:
     return LSTMLayer(
@@ -208,7 +275,7 @@ def recurrent_layer(
       f"matmul_dtype={matmul_dtype!r} is implemented for cell='lstm' only; use float32 "
       f"with cell {cell_name(cell)!r}."
     )
-  return CellLayer(cls, hidden_size, unroll, name=name)
+  return CellLayer(cls, hidden_size, unroll, backward, name=name)
 
 
 class _MaskedStep(nn.Module):
@@ -642,28 +709,35 @@ class BidirectionalLSTM(nn.Module):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
     mask, resets = _check_inputs(inputs, mask, resets)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
-    rev = segment_reverse_index(mask, resets)
 
-    def flip(a):
-      return jnp.take_along_axis(a, rev.reshape(rev.shape + (1,) * (a.ndim - 2)), axis=1)
+    def layer(name):
+      return recurrent_layer(
+        self.cell,
+        self.hidden_size,
+        self.input_projection,
+        self.unroll,
+        self.backward,
+        self.matmul_dtype,
+        name=name,
+      )
 
-    starts = (resets | (jnp.arange(mask.shape[1]) == 0)[None]) & mask  # reversed starts: same place
-    x, new_carry = inputs, []
-    for k in range(self.num_layers):
+    return bidirectional_stack(layer, self.num_layers, inputs, mask, resets, carry)
 
-      def layer(name):
-        return recurrent_layer(
-          self.cell,
-          self.hidden_size,
-          self.input_projection,
-          self.unroll,
-          self.backward,
-          self.matmul_dtype,
-          name=name,
-        )
 
-      fwd, fwd_carry = layer(f"forward_{k}")(x, mask, resets, carry[k][0])
-      bwd, bwd_carry = layer(f"backward_{k}")(flip(x), mask, starts, carry[k][1])
-      x = jnp.concatenate([fwd, flip(bwd)], axis=-1)
-      new_carry.append((fwd_carry, bwd_carry))
-    return x, tuple(new_carry)
+def bidirectional_stack(layer, num_layers: int, inputs, mask, resets, carry):
+  """The bidirectional stack's computation (BidirectionalLSTM's docstring), for linen's module
+  and the NNX front end alike: `layer(name)` gives layer `forward_{k}` or `backward_{k}` as a
+  callable `(x, mask, resets, carry) -> (outputs, carry)`."""
+  rev = segment_reverse_index(mask, resets)
+
+  def flip(a):
+    return jnp.take_along_axis(a, rev.reshape(rev.shape + (1,) * (a.ndim - 2)), axis=1)
+
+  starts = (resets | (jnp.arange(mask.shape[1]) == 0)[None]) & mask  # reversed starts: same place
+  x, new_carry = inputs, []
+  for k in range(num_layers):
+    fwd, fwd_carry = layer(f"forward_{k}")(x, mask, resets, carry[k][0])
+    bwd, bwd_carry = layer(f"backward_{k}")(flip(x), mask, starts, carry[k][1])
+    x = jnp.concatenate([fwd, flip(bwd)], axis=-1)
+    new_carry.append((fwd_carry, bwd_carry))
+  return x, tuple(new_carry)

@@ -7,9 +7,10 @@
     preds, carry = model(inputs, mask, resets)            # a lstm_jax Batch's arrays
 
 The parameters are laid out exactly as linen's `lstm_jax.model.SequenceModel` holds them
-(`embed/embedding`, `lstm/layer_k/{kernel, recurrent_kernel, bias}`, `head/{kernel, bias}`), and
-each layer computes through the same function (`model.lstm_layer`: the hand-written backward
-pass, in-step or hoisted projection, bfloat16 matmuls), so `to_linen_params` and
+(`embed/embedding`, `lstm/layer_k/{kernel, recurrent_kernel, bias}`, `head/{kernel, bias}`; any
+other cell under `rnn/layer_k/cell`), and each layer computes through the same function
+(`model.lstm_layer`: the hand-written backward pass, in-step or hoisted projection, bfloat16
+matmuls; `model.cell_layer` for other cells), so `to_linen_params` and
 `from_linen_params` convert weights both ways exactly and both front ends give the same outputs
 and gradients (tests/test_nnx.py).
 
@@ -19,8 +20,10 @@ parameters, the same computation) and writes the trained parameters back into th
 Your own NNX loop (`nnx.Optimizer`, `nnx.jit`) takes lstm_jax batches as they are: README "Flax
 NNX".
 
-The NNX front end covers the LSTM (cell "lstm"), one direction, without dropout; other cells,
-the bidirectional stack and dropout are linen's today.
+Every model setting is linen's: any cell (`cell="gru"`, ..., or one's own linen cell class:
+its parameters are held as nnx.Params in linen's tree and computed by `model.cell_layer`), the
+bidirectional stack (`model.bidirectional_stack`) and dropout (nnx.Dropout; off in `eval()`
+mode or with deterministic=True, as linen's deterministic=True).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from lstm_jax import model as linen_model
 from lstm_jax import train
 from lstm_jax.batching import Strategy
 from lstm_jax.data import RaggedDataset
-from lstm_jax.errors import DataError
+from lstm_jax.errors import ConfigError, DataError
 
 Array = jax.Array
 
@@ -86,32 +89,130 @@ class LSTMLayer(nnx.Module):
     )
 
 
-class LSTM(nnx.Module):
-  """A stack of `num_layers` masked LSTM layers; attributes layer_0, layer_1, ... as linen's."""
+class CellLayer(nnx.Module):
+  """One masked layer of any other cell (linen's `model.CellLayer`): the cell's parameters, as
+  linen's cell holds them, under `cell`; computed by `model.cell_layer`, the same masked step."""
 
-  def __init__(self, in_features: int, hidden_size: int, num_layers: int = 1, *, rngs, **layer):
-    self.hidden_size, self.num_layers = hidden_size, num_layers
+  def __init__(
+    self, cell: Any, in_features: int, hidden_size: int, *, unroll=1, backward="manual", rngs
+  ):
+    self.cls, self.hidden_size, self.unroll = linen_model.resolve_cell(cell), hidden_size, unroll
+    self.backward = backward
+    params = linen_model.cell_params(self.cls, in_features, hidden_size, rngs.params())
+    self.cell = nnx.data(jax.tree.map(nnx.Param, params))
+
+  def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry):
+    params = jax.tree.map(lambda v: v[...], self.cell, is_leaf=_is_variable)
+    return linen_model.cell_layer(
+      self.cls,
+      self.hidden_size,
+      params,
+      x_BxTxF,
+      mask_BxT,
+      resets_BxT,
+      carry,
+      self.unroll,
+      self.backward,
+    )
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _layer(cell: Any, in_features: int, hidden_size: int, *, rngs, **layer) -> nnx.Module:
+  """An LSTMLayer for cell "lstm", else a CellLayer (as linen's `model.recurrent_layer`)."""
+  if linen_model.resolve_cell(cell) is None:
+    return LSTMLayer(in_features, hidden_size, rngs=rngs, **layer)
+  if layer.get("matmul_dtype", "float32") != "float32":
+    raise ConfigError(
+      f"matmul_dtype={layer['matmul_dtype']!r} is implemented for cell='lstm' only; use "
+      f"float32 with cell {linen_model.cell_name(cell)!r}."
+    )
+  return CellLayer(
+    cell,
+    in_features,
+    hidden_size,
+    rngs=rngs,
+    unroll=layer.get("unroll", 1),
+    backward=layer.get("backward", "manual"),
+  )
+
+
+class LSTM(nnx.Module):
+  """A stack of `num_layers` masked layers of `cell` (default the LSTM); attributes layer_0,
+  layer_1, ... as linen's. Dropout as linen's `model.LSTM`: `dropout_rate` between layers,
+  `input_dropout` / `output_dropout` variational (one mask per sequence and feature); off in
+  `model.eval()` mode or with deterministic=True."""
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    *,
+    cell: Any = "lstm",
+    dropout_rate: float = 0.0,
+    input_dropout: float = 0.0,
+    output_dropout: float = 0.0,
+    rngs,
+    **layer,
+  ):
+    self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
     for k in range(num_layers):
       f = in_features if k == 0 else hidden_size
-      setattr(self, f"layer_{k}", LSTMLayer(f, hidden_size, rngs=rngs, **layer))
+      setattr(self, f"layer_{k}", _layer(cell, f, hidden_size, rngs=rngs, **layer))
+    self.input_dropout = nnx.Dropout(input_dropout, broadcast_dims=(1,), rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.output_dropout = nnx.Dropout(output_dropout, broadcast_dims=(1,), rngs=rngs)
 
   def zero_carry(self, batch_size: int):
-    return linen_model.zero_carry(batch_size, self.hidden_size, self.num_layers)
+    return linen_model.zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
-  def __call__(self, inputs, mask=None, resets=None, initial_carry=None):
+  def __call__(self, inputs, mask=None, resets=None, initial_carry=None, deterministic=None):
     mask, resets = linen_model._check_inputs(inputs, mask, resets)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
-    x, new_carry = inputs, []
+    x, new_carry = self.input_dropout(inputs, deterministic=deterministic), []
     for k in range(self.num_layers):
+      if k > 0:
+        x = self.dropout(x, deterministic=deterministic)
       x, c = getattr(self, f"layer_{k}")(x, mask, resets, carry[k])
       new_carry.append(c)
-    return x, tuple(new_carry)
+    return self.output_dropout(x, deterministic=deterministic), tuple(new_carry)
+
+
+class BidirectionalLSTM(nnx.Module):
+  """linen's `model.BidirectionalLSTM` (whole sequences per row: pad, bucket, pack): layers
+  forward_k and backward_k of `cell`, computed by `model.bidirectional_stack`."""
+
+  def __init__(self, in_features, hidden_size, num_layers=1, *, cell="lstm", rngs, **layer):
+    self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
+    for k in range(num_layers):
+      f = in_features if k == 0 else 2 * hidden_size
+      for direction in ("forward", "backward"):
+        setattr(self, f"{direction}_{k}", _layer(cell, f, hidden_size, rngs=rngs, **layer))
+
+  def zero_carry(self, batch_size: int):
+    return linen_model.bidirectional_zero_carry(
+      batch_size, self.hidden_size, self.num_layers, self.cell
+    )
+
+  def __call__(self, inputs, mask=None, resets=None, initial_carry=None, deterministic=None):
+    del deterministic  # no dropout (as linen's)
+    mask, resets = linen_model._check_inputs(inputs, mask, resets)
+    carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
+    return linen_model.bidirectional_stack(
+      lambda name: getattr(self, name), self.num_layers, inputs, mask, resets, carry
+    )
 
 
 class SequenceModel(nnx.Module):
-  """Embedding (token inputs, `vocab_size`) or features (`num_features`) -> LSTM -> a Dense head
-  at every step; `model(inputs, mask, resets, initial_carry)` returns (predictions
-  <float32>[B, T, num_outputs], zero at masked steps, carry), as linen's SequenceModel does."""
+  """Embedding (token inputs, `vocab_size`) or features (`num_features`) -> a recurrent stack
+  -> a Dense head at every step; `model(inputs, mask, resets, initial_carry)` returns
+  (predictions <float32>[B, T, num_outputs], zero at masked steps, carry), as linen's
+  SequenceModel does. Every setting is linen's: `cell` ("lstm", "gru", "mgu", "simple",
+  "flax_lstm", "optimized_lstm" or a linen cell class), `bidirectional`, the dropouts, ...; the
+  stack sits under `lstm` for the LSTM and `rnn` for any other cell, as in linen."""
 
   def __init__(
     self,
@@ -124,8 +225,13 @@ class SequenceModel(nnx.Module):
     num_layers: int = 1,
     input_projection: str = "auto",
     unroll: int = 1,
+    dropout_rate: float = 0.0,
+    input_dropout: float = 0.0,
+    output_dropout: float = 0.0,
+    bidirectional: bool = False,
     backward: str = "manual",
     matmul_dtype: str = "float32",
+    cell: Any = "lstm",
     rngs: nnx.Rngs,
   ):
     if (num_features is None) == (vocab_size is None):
@@ -133,36 +239,45 @@ class SequenceModel(nnx.Module):
         "give the NNX SequenceModel either num_features (float inputs) or vocab_size (token "
         "ids), not both or neither."
       )
+    dropouts = dict(
+      dropout_rate=dropout_rate, input_dropout=input_dropout, output_dropout=output_dropout
+    )
+    if bidirectional and any(dropouts.values()):
+      raise ConfigError(
+        "dropout is not implemented for the bidirectional LSTM yet; set the dropout rates to "
+        "0 or bidirectional=False."
+      )
+    layer = dict(
+      input_projection=input_projection, unroll=unroll, backward=backward, matmul_dtype=matmul_dtype
+    )
     self.settings = dict(
       hidden_size=hidden_size,
       num_outputs=num_outputs,
       num_layers=num_layers,
       vocab_size=vocab_size,
       embed_dim=embed_dim,
-      input_projection=input_projection,
-      unroll=unroll,
-      backward=backward,
-      matmul_dtype=matmul_dtype,
+      bidirectional=bidirectional,
+      cell=cell,
+      **dropouts,
+      **layer,
     )
     self.vocab_size = vocab_size
     if vocab_size is not None:
       self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
-    self.lstm = LSTM(
-      embed_dim if vocab_size is not None else num_features,
-      hidden_size,
-      num_layers,
-      rngs=rngs,
-      input_projection=input_projection,
-      unroll=unroll,
-      backward=backward,
-      matmul_dtype=matmul_dtype,
-    )
-    self.head = nnx.Linear(hidden_size, num_outputs, rngs=rngs)
+    in_features = embed_dim if vocab_size is not None else num_features
+    if bidirectional:
+      stack = BidirectionalLSTM(in_features, hidden_size, num_layers, cell=cell, rngs=rngs, **layer)
+    else:
+      stack = LSTM(in_features, hidden_size, num_layers, cell=cell, rngs=rngs, **dropouts, **layer)
+    self.stack_name = linen_model.stack_name(cell)
+    setattr(self, self.stack_name, stack)
+    width = 2 * hidden_size if bidirectional else hidden_size
+    self.head = nnx.Linear(width, num_outputs, rngs=rngs)
 
   def zero_carry(self, batch_size: int):
-    return self.lstm.zero_carry(batch_size)
+    return getattr(self, self.stack_name).zero_carry(batch_size)
 
-  def __call__(self, inputs, mask=None, resets=None, initial_carry=None):
+  def __call__(self, inputs, mask=None, resets=None, initial_carry=None, deterministic=None):
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
         raise DataError(
@@ -172,7 +287,8 @@ class SequenceModel(nnx.Module):
       x = self.embed(inputs)
     else:
       x = inputs
-    outputs, carry = self.lstm(x, mask, resets, initial_carry)
+    stack = getattr(self, self.stack_name)
+    outputs, carry = stack(x, mask, resets, initial_carry, deterministic=deterministic)
     preds = self.head(outputs)
     if mask is not None:
       preds = jnp.where(mask[..., None], preds, 0.0)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -173,3 +175,24 @@ def four_strategies(name: str):
     "pack": lambda: batching.Pack(ds, batch_size=4, row_length=30),
   }
   return ds, make[name]()
+
+
+class HalfCell(nn.RNNCellBase):
+  """A user's cell: h = tanh(W x + U h + b) starting from (and reset to) h = 0.5, not zero, so
+  a reset that restored zeros instead of the cell's initial carry would show."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, carry, x):
+    h = jnp.tanh(nn.Dense(self.features, name="i")(x) + nn.Dense(self.features, name="h")(carry))
+    return h, h
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    del rng
+    return jnp.full(input_shape[:-1] + (self.features,), 0.5, jnp.float32)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1

@@ -64,16 +64,18 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert result["roofline_tokens_per_second"] > 0
   assert [m["length"] for m in saved["memory"]] == [64]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
-  assert "## Targets (issue 4)" in (tmp_path / "BENCHMARKS.md").read_text()
+  assert "## Targets (issues 4 and 14)" in (tmp_path / "BENCHMARKS.md").read_text()
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
 
-  def fastest(kind, dtype=None):
+  def fastest(kind, dtype=None, cell="lstm"):
     return max(
       (
         r
         for r in saved["rows"]
-        if r["extra"]["kind"] == kind and dtype in (None, r["extra"]["matmul_dtype"])
+        if r["extra"]["kind"] == kind
+        and dtype in (None, r["extra"]["matmul_dtype"])
+        and r["extra"]["cell"] == cell
       ),
       key=lambda r: r["tokens_per_second"],
     )
@@ -92,7 +94,18 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert (
     low["ours"] == fastest("ours", "bfloat16")["name"] and low["peer"] == fastest("peer")["name"]
   )
+  # the GRU (issue 14) against Flax's nn.RNN(GRUCell), its roofline from 3 gate blocks
+  gru = saved["paired_gru"]
+  assert gru["ours"] == fastest("ours", cell="gru")["name"] == "lstm_jax tbptt (GRU)"
+  assert gru["peer"] == fastest("peer", cell="gru")["name"] == "flax nn.RNN(GRUCell) pow2 buckets"
+  assert rows["lstm_jax tbptt (GRU)"]["compiles"] == 1
+  gru_row = rows["lstm_jax tbptt (GRU)"]
+  assert gru_row["roofline_fraction"] == pytest.approx(
+    gru_row["tokens_per_second"] * 0.75 / result["roofline_tokens_per_second"]
+  )
   text = (tmp_path / "BENCHMARKS.md").read_text()
+  assert "| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets (issue 14) |" in text
+  assert "one epoch of W from a cold start" in text
   assert "Side by side, float32 against float32" in text and "Side by side, bfloat16" in text
   assert "| best strategy >= 2x the best peer (bfloat16 matmuls" in text
   assert saved["versions"]["malloc"]["tuned"] == (host.libc().startswith("glibc"))

@@ -14,8 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import four_strategies, max_rel_err, ragged_features, run_smoke
+from conftest import HalfCell, four_strategies, max_rel_err, ragged_features, run_smoke
 from lstm_jax import batching, train
+from lstm_jax import model as model_lib
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import CELLS, SequenceModel, stack_name
 from lstm_jax.streaming import Streamer
@@ -23,27 +24,6 @@ from lstm_jax.streaming import Streamer
 TOL = 1e-5
 LENGTHS = [1, 7, 3, 12, 5, 7, 3, 12, 1, 5, 7, 3]
 H = 6
-
-
-class HalfCell(nn.RNNCellBase):
-  """A user's cell: h = tanh(W x + U h + b) starting from (and reset to) h = 0.5, not zero, so
-  a reset that restored zeros instead of the cell's initial carry would show."""
-
-  features: int
-
-  @nn.compact
-  def __call__(self, carry, x):
-    h = jnp.tanh(nn.Dense(self.features, name="i")(x) + nn.Dense(self.features, name="h")(carry))
-    return h, h
-
-  @nn.nowrap
-  def initialize_carry(self, rng, input_shape):
-    del rng
-    return jnp.full(input_shape[:-1] + (self.features,), 0.5, jnp.float32)
-
-  @property
-  def num_feature_axes(self) -> int:
-    return 1
 
 
 GENERIC = ["gru", "mgu", "simple", "flax_lstm", "optimized_lstm", HalfCell]
@@ -177,6 +157,56 @@ def test_any_cell_bidirectional_is_exact_in_packed_bucket_rows(cell):
   assert model.zero_carry(2)[0][1] is not None  # (forward, backward) per layer
   # packed rows: several sequences per row, each reversed within its own extent
   _check_whole_sequence_strategies(ds, model, state, ["bucket_packed"])
+
+
+def test_gru_fused_manual_backward_is_flaxs_gru_cell_under_autodiff():
+  """The GRU's fused GEMMs and hand-written backward (recurrence.gru_recurrence, the default)
+  against JAX's autodiff of Flax's own GRUCell (backward="autodiff"), on packed rows with masks
+  and resets, two layers, a carry coming in: outputs, final carry and the gradients with respect
+  to parameters, inputs and the initial carry. And against Flax's nn.RNN(nn.GRUCell) itself."""
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
+  mask = batch.mask.copy()
+  mask[0, -3:] = False  # padding at the end of a row
+  assert batch.resets.sum() > 0
+  models = [
+    SequenceModel(hidden_size=H, num_outputs=2, num_layers=2, cell="gru", backward=b)
+    for b in ("manual", "autodiff")
+  ]
+  params = train.create_train_state(models[0], optax.sgd(0.1), ds, seed=0).params
+  carry0 = jax.tree.map(
+    lambda a: jax.random.normal(jax.random.key(5), a.shape), models[0].zero_carry(3)
+  )
+
+  def loss(model, p, x, c):
+    preds, carry = model.apply({"params": p}, x, mask, batch.resets, c)
+    return jnp.sum(jnp.sin(preds)) + jnp.sum(jnp.cos(carry[1])), (preds, carry)
+
+  got = [
+    jax.grad(lambda *a, m=m: loss(m, *a), argnums=(0, 1, 2), has_aux=True)(
+      params, jnp.asarray(batch.inputs), carry0
+    )
+    for m in models
+  ]
+  (grads_a, (preds_a, carry_a)), (grads_b, (preds_b, carry_b)) = got
+  assert max_rel_err(preds_a, preds_b) <= TOL and max_rel_err(carry_a, carry_b) <= TOL
+  assert max_rel_err(grads_a, grads_b) <= TOL
+  # Flax's nn.RNN over one sequence at its own length, on the same layer-0 parameters
+  cell = params["rnn"]["layer_0"]["cell"]
+  x, mask = ds.sequence(3)[0][None], np.ones((1, 12), bool)
+  flax_rnn = nn.RNN(nn.GRUCell(H), return_carry=True)
+
+  def ours(p):
+    return model_lib.cell_layer(nn.GRUCell, H, p, x, mask, ~mask, jnp.zeros((1, H)))
+
+  def theirs(p):
+    carry, ys = flax_rnn.apply({"params": {"cell": p}}, x)
+    return ys, carry
+
+  (ys_a, h_a), (ys_b, h_b) = ours(cell), theirs(cell)
+  assert max_rel_err(ys_a, ys_b) <= TOL and max_rel_err(h_a, h_b) <= TOL
+  grads = [jax.grad(lambda p, f=f: jnp.sum(jnp.sin(f(p)[0])))(cell) for f in (ours, theirs)]
+  assert max_rel_err(*grads) <= TOL
 
 
 def test_user_cell_resets_restore_its_own_initial_carry():

@@ -9,10 +9,11 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import four_strategies, max_rel_err, ragged_features
+from conftest import HalfCell, four_strategies, max_rel_err, ragged_features
 from lstm_jax import batching, nnx_model, train
 from lstm_jax.data import next_token_dataset
-from lstm_jax.errors import DataError
+from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.model import stack_name
 
 TOL = 1e-5
 LENGTHS = [1, 7, 3, 12, 5, 7, 3, 12, 1, 5, 7, 3]
@@ -117,3 +118,86 @@ def test_nnx_bad_inputs_are_named():
     m(jnp.zeros((1, 4, 5)))
   with pytest.raises(DataError, match="do not have the NNX model's layout"):
     nnx_model.from_linen_params(m, nnx_model.to_linen_params(_model(num_layers=1)))
+
+
+# Every other model setting: any cell (Flax's and a user's), the bidirectional stack, dropout.
+
+CELL_CASES = [
+  dict(cell="gru"),
+  dict(cell="mgu", num_layers=1),
+  dict(cell=HalfCell),
+  dict(bidirectional=True),
+  dict(cell="gru", bidirectional=True),
+]
+CELL_IDS = ["gru", "mgu", "user_cell", "bidirectional_lstm", "bidirectional_gru"]
+
+
+@pytest.mark.parametrize("kw", CELL_CASES, ids=CELL_IDS)
+def test_any_cell_and_bidirectional_match_linen_exactly(kw):
+  """Layout, both conversions, outputs, final carry and gradients on packed rows with resets
+  (bidirectional needs whole sequences per row: packing keeps them)."""
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  m = _model(**kw)
+  twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
+  ref = train.create_train_state(twin, optax.sgd(0.1), ds, seed=3).params
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref)
+  assert set(params) == {stack_name(m.settings["cell"]), "head"}
+  batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
+  args = (batch.inputs, batch.mask, batch.resets)
+
+  def linen_loss(p):
+    preds, _ = twin.apply({"params": p}, *args)
+    return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
+
+  def nnx_loss(model):
+    preds, _ = model(*args)
+    return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
+
+  a, carry_a = m(*args)
+  b, carry_b = twin.apply({"params": params}, *args)
+  assert max_rel_err(a, b) <= TOL and max_rel_err(carry_a, carry_b) <= TOL
+  assert max_rel_err(nnx.to_pure_dict(nnx.grad(nnx_loss)(m)), jax.grad(linen_loss)(params)) <= TOL
+  nnx_model.from_linen_params(m, ref)  # linen -> NNX -> linen, exact
+  assert jax.tree.all(jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), ref))
+  c, _ = m(*args)
+  d, _ = twin.apply({"params": ref}, *args)
+  assert max_rel_err(c, d) <= TOL and not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", ["bucket", "tbptt"])
+def test_nnx_gru_trains_with_compiles_counted(name):
+  ds, strategy = four_strategies(name)
+  m = _model(cell="gru")
+  first = train.evaluate(nnx_model.train_state(m, optax.adam(1e-2), ds), strategy)["loss"]
+  result = nnx_model.fit(m, strategy, optax.adam(1e-2), epochs=3)
+  assert result.steps.train.compiles == len(strategy.shapes(num_epochs=3))
+  assert jax.tree.all(
+    jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), result.state.params)
+  )
+  assert train.evaluate(result.state, strategy)["loss"] < first
+
+
+def test_nnx_dropout_is_linens_setting_and_off_in_eval_mode():
+  ds = ragged_features(LENGTHS, num_features=3, seed=0)
+  rates = dict(dropout_rate=0.3, input_dropout=0.2, output_dropout=0.4)
+  m = _model(**rates)
+  twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
+  assert {k: getattr(twin, k) for k in rates} == rates
+  batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
+  args = (batch.inputs, batch.mask, batch.resets)
+  trained, _ = m(*args)  # training mode: dropout on
+  m.eval()
+  a, _ = m(*args)
+  b, _ = twin.apply({"params": params}, *args)  # linen's deterministic=True
+  assert max_rel_err(a, b) <= TOL and not np.allclose(trained, a)
+  m.train()
+  again, _ = m(*args, deterministic=True)
+  assert max_rel_err(again, a) <= TOL
+  # variational input dropout: one mask per sequence row and feature, the same at every step
+  x = jnp.ones((2, 9, 3))
+  dropped = np.asarray(m.lstm.input_dropout(x))
+  assert (dropped == dropped[:, :1]).all() and (dropped == 0).any() and (dropped != 0).any()
+  with pytest.raises(ConfigError, match="dropout is not implemented for the bidirectional"):
+    _model(bidirectional=True, dropout_rate=0.1)
+  with pytest.raises(ConfigError, match="implemented for cell='lstm' only"):
+    _model(cell="gru", matmul_dtype="bfloat16")

@@ -49,9 +49,13 @@ def workload(cfg) -> RaggedDataset:
   return RaggedDataset(values, lengths, targets, target_level="step", name="W")
 
 
-def flops_per_token(features: int, hidden: int) -> float:
-  """Forward + backward of one LSTM step: 3 x (2 x 4H x (F + H))."""
-  return 3 * 2 * 4 * hidden * (features + hidden)
+GATES = {"lstm": 4, "gru": 3}  # gate blocks per step: the LSTM's i, f, g, o; the GRU's r, z, n
+
+
+def flops_per_token(features: int, hidden: int, cell: str = "lstm") -> float:
+  """Forward + backward of one step: 3 x (2 x gates x H x (F + H)); 4 gates for the LSTM, 3 for
+  the GRU."""
+  return 3 * 2 * GATES[cell] * hidden * (features + hidden)
 
 
 def gemm_rate(features: int, hidden: int, repeats: int = 20) -> float:
@@ -230,8 +234,10 @@ def time_ours(
   unroll: int = 1,
   backward: str = "manual",
   matmul_dtype: str = "float32",
+  cell: str = "lstm",
 ) -> Timing:
-  """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes."""
+  """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes. A `cell`
+  other than "lstm" runs model.CellLayer (autodiff; input_projection and backward unused)."""
   ds = strategy.dataset
   model = SequenceModel(
     hidden_size=cfg.hidden_size,
@@ -240,6 +246,7 @@ def time_ours(
     unroll=unroll,
     backward=backward,
     matmul_dtype=matmul_dtype,
+    cell=cell,
   )
   state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
   steps = train.StepFunctions.create()
@@ -272,6 +279,7 @@ def time_ours(
       unroll=unroll,
       backward=backward,
       matmul_dtype=matmul_dtype,
+      cell=cell,
     ),
     faults,
     run_pass,
@@ -279,25 +287,30 @@ def time_ours(
 
 
 class _FlaxRNNModel(nn.Module):
-  """The peer: flax.linen.RNN(OptimizedLSTMCell) with seq_lengths, and a Dense head.
+  """The peer: flax.linen.RNN(OptimizedLSTMCell), or RNN(GRUCell) for cell "gru", with
+  seq_lengths, and a Dense head.
 
   dtype: the cell's computation dtype (Flax's own reduced-precision option: bfloat16 matmuls
   and gate math, float32 parameters); the head stays float32."""
 
   hidden_size: int
   dtype: str = "float32"
+  cell: str = "lstm"
 
   @nn.compact
   def __call__(self, x, seq_lengths):
-    cell = nn.OptimizedLSTMCell(self.hidden_size, dtype=jnp.dtype(self.dtype))
+    cls = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[self.cell]
+    cell = cls(self.hidden_size, dtype=jnp.dtype(self.dtype))
     h = nn.RNN(cell)(x, seq_lengths=seq_lengths)
     return nn.Dense(1)(h.astype(jnp.float32))
 
 
-def time_flax_rnn(name: str, strategy: batching.Strategy, cfg, dtype: str = "float32") -> Timing:
+def time_flax_rnn(
+  name: str, strategy: batching.Strategy, cfg, dtype: str = "float32", cell: str = "lstm"
+) -> Timing:
   """Flax's own nn.RNN on the same batches (right-padded, seq_lengths from the mask)."""
   ds = strategy.dataset
-  model = _FlaxRNNModel(cfg.hidden_size, dtype)
+  model = _FlaxRNNModel(cfg.hidden_size, dtype, cell)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1, ds.num_features)), jnp.ones(1, jnp.int32))
   tx = optax.adam(cfg.learning_rate)
 
@@ -343,7 +356,7 @@ def time_flax_rnn(name: str, strategy: batching.Strategy, cfg, dtype: str = "flo
     sum(p.computed_tokens for p, _ in batches),
     compile_seconds,
     len(compiled),
-    dict(shapes=len(compiled), matmul_dtype=dtype),
+    dict(shapes=len(compiled), matmul_dtype=dtype, cell=cell),
     faults,
     run_pass,
   )
@@ -404,7 +417,7 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
     computed,
     0.0,
     0,
-    dict(torch=torch.__version__, matmul_dtype="float32"),
+    dict(torch=torch.__version__, matmul_dtype="float32", cell="lstm"),
     faults,
     run_pass,
   )
@@ -418,7 +431,7 @@ def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:
   pass of each, then the GEMM rate, back to back; the ratios are per round and the medians are
   reported.
   """
-  flops = flops_per_token(cfg.features, cfg.hidden_size)
+  flops = flops_per_token(cfg.features, cfg.hidden_size, ours.extra.get("cell", "lstm"))
   speedups, fractions = [], []
   for _ in range(rounds):
     t0 = time.perf_counter()
