@@ -43,6 +43,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
         "torch_packed",
         "torch_batch_max",
       ),
+      fit_overhead_rows=("tbptt", "bucket_packed_rows"),  # train.fit vs pre-assembled passes
+      cost_model_check=True,  # lstm_jax.costs' predictions against the measured rows
       paired_rounds=5,  # best row vs best peer vs GEMM rate, back to back
       compile_cache_probe=True,  # compile in three fresh processes sharing a persistent cache
       tune_malloc=True,  # lstm_jax.host.tune_malloc() for the whole run, peers too
@@ -67,6 +69,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       autodiff_rows=("tbptt",),
       bfloat16_rows=("tbptt",),
       gru_rows=("tbptt",),
+      fit_overhead_rows=("tbptt",),
       peers=("flax_rnn_pow2", "flax_rnn_pow2_bf16", "flax_rnn_pow2_gru", "torch_packed"),
       compile_cache_probe=False,
       paired_rounds=2,
@@ -77,10 +80,21 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       rows=(),
       gru_rows=("tbptt", "bucket_packed_rows", "bucket", "pack"),
       peers=("flax_rnn_pow2_gru",),
+      fit_overhead_rows=(),
+      cost_model_check=False,
+      compile_cache_probe=False,
+      malloc_probe_rounds=0,
+    )
+  elif arg == "fit":  # issue 15: train.fit against the pre-assembled passes, alone
+    c.update(
+      rows=(),
+      gru_rows=(),
+      peers=(),
+      cost_model_check=False,
       compile_cache_probe=False,
       malloc_probe_rounds=0,
     )
   elif arg not in ("", "default"):
-    raise ValueError(f"unknown preset {arg!r}; use default, quick or gru.")
+    raise ValueError(f"unknown preset {arg!r}; use default, quick, gru or fit.")
   c.lock()
   return c

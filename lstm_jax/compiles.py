@@ -7,6 +7,14 @@ silent retrace shows up), the compiles, and the seconds spent tracing/lowering a
 plus XLA's memory analysis of the compiled step. `compile(*args)` accepts `jax.ShapeDtypeStruct`s,
 so a strategy's shapes can all be compiled before the timer starts.
 
+Compiles off the critical path: `compile_in_background(arg_sets, workers)` compiles signatures in
+worker threads, in the order given (XLA releases the GIL while it compiles), while the caller
+goes on; a call that needs a signature still compiling waits for it, and the time callers spend
+blocked on compiles (waiting, or compiling in place) is counted (`blocked_seconds`,
+`blocked_calls`). `train.fit(precompile_shapes="background")` and the runner
+(`config.train.background_compiles`) use it: training starts on the first batch's shape while
+the others compile.
+
 Persistent caching (`enable_persistent_cache(dir)`) has two layers. JAX's own compilation cache
 skips XLA's compile but still traces and lowers every step; `ExecutableCache` (under
 `dir/executables`) also skips the lowering: a counted step is traced (which is what makes the key
@@ -16,11 +24,13 @@ platform and versions is on disk it is loaded instead of lowered and compiled.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any, Callable, Sequence
@@ -143,6 +153,7 @@ class CompileRecord:
   argument_bytes: int | None = None
   output_bytes: int | None = None
   alias_bytes: int | None = None  # outputs written into donated arguments
+  finished_at: float | None = None  # time.perf_counter() when its last compile finished
 
   @property
   def seconds(self) -> float:
@@ -190,12 +201,18 @@ class CountedJit:
     self.label_argnum = label_argnum
     self.records: dict[tuple, CompileRecord] = {}
     self._executables: dict[tuple, Any] = {}
-    self._tracing: CompileRecord | None = None
+    self._pending: dict[tuple, concurrent.futures.Future] = {}
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+    self._lock = threading.Lock()
+    self._local = threading.local()  # the record being traced, per thread
     self._jit_kwargs = jit_kwargs  # shardings etc., part of the executable cache's key
+    self.blocked_seconds = 0.0  # time callers waited on compiles (in place or in background)
+    self.blocked_calls = 0  # calls that waited on a compile
 
     def traced(*args):
-      if self._tracing is not None:
-        self._tracing.traces += 1
+      rec = getattr(self._local, "record", None)
+      if rec is not None:
+        rec.traces += 1
       return self.fn(*args)
 
     traced.__name__ = traced.__qualname__ = name  # HLO module and cache entries say jit_<name>
@@ -207,13 +224,27 @@ class CountedJit:
     return "x".join(map(str, shapes[0])) if shapes else "()"
 
   def compile(self, *args) -> Any:
-    """Compiles for the signature of `args` (arrays or ShapeDtypeStructs) unless already done."""
+    """The executable for the signature of `args` (arrays or ShapeDtypeStructs): compiled now
+    unless already done, or waited for if it is compiling in the background."""
     key = signature(args)
     exe = self._executables.get(key)
     if exe is not None:
       return exe
-    rec = self.records.setdefault(key, CompileRecord(label=self._label(args)))
-    self._tracing = rec
+    t0 = time.perf_counter()
+    with self._lock:
+      pending = self._pending.get(key)
+    exe = pending.result() if pending is not None else self._compile(key, args)
+    self.blocked_seconds += time.perf_counter() - t0
+    self.blocked_calls += 1
+    return exe
+
+  def _compile(self, key: tuple, args: Sequence[Any], publish: bool = True) -> Any:
+    with self._lock:
+      exe = self._executables.get(key)
+      if exe is not None:
+        return exe
+      rec = self.records.setdefault(key, CompileRecord(label=self._label(args)))
+    self._local.record = rec
     cache = _EXECUTABLE_CACHE if jax.process_count() == 1 else None
     try:
       t0 = time.perf_counter()
@@ -233,18 +264,73 @@ class CountedJit:
         rec.cache_loads += 1
       t2 = time.perf_counter()
     finally:
-      self._tracing = None
-    rec.compiles += 1
-    rec.lower_seconds += t1 - t0
-    rec.compile_seconds += t2 - t1
+      self._local.record = None
     mem = exe.memory_analysis()
-    if mem is not None:
-      rec.temp_bytes = int(mem.temp_size_in_bytes)
-      rec.argument_bytes = int(mem.argument_size_in_bytes)
-      rec.output_bytes = int(mem.output_size_in_bytes)
-      rec.alias_bytes = int(mem.alias_size_in_bytes)
-    self._executables[key] = exe
+    with self._lock:
+      rec.compiles += 1
+      rec.lower_seconds += t1 - t0
+      rec.compile_seconds += t2 - t1
+      rec.finished_at = t2
+      if mem is not None:
+        rec.temp_bytes = int(mem.temp_size_in_bytes)
+        rec.argument_bytes = int(mem.argument_size_in_bytes)
+        rec.output_bytes = int(mem.output_size_in_bytes)
+        rec.alias_bytes = int(mem.alias_size_in_bytes)
+      if publish:
+        self._executables[key] = exe
     return exe
+
+  def compile_in_background(
+    self,
+    arg_sets: Sequence[Sequence[Any]],
+    workers: int = 1,
+    on_compiled: Callable[[Sequence[Any], CompileRecord], None] | None = None,
+  ) -> None:
+    """Starts compiling each signature in `arg_sets` (tuples of arrays or ShapeDtypeStructs), in
+    that order, on `workers` threads; returns at once. `on_compiled(args, record)` runs in the
+    worker after each compile; an exception it (or the compile) raises is raised again by the
+    call that needs that signature and by `raise_background_errors`."""
+    with self._lock:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+          max(1, workers), thread_name_prefix=f"compile-{self.name}"
+        )
+      for args in arg_sets:
+        key = signature(args)
+        if key in self._executables or key in self._pending:
+          continue
+
+        def job(key=key, args=tuple(args)):
+          exe = self._compile(key, args, publish=False)
+          if on_compiled is not None:  # a shape it refuses is never run
+            on_compiled(args, self.records[key])
+          with self._lock:
+            self._executables[key] = exe
+          return exe
+
+        self._pending[key] = self._pool.submit(job)
+
+  def raise_background_errors(self) -> None:
+    """Raises the first error of a finished background compile (or its `on_compiled`)."""
+    with self._lock:
+      done = [f for f in self._pending.values() if f.done()]
+    for f in done:
+      if f.exception() is not None:
+        raise f.exception()
+
+  def stop_background(self) -> None:
+    """Cancels the background compiles not yet started (those running finish)."""
+    with self._lock:
+      pool, self._pool = self._pool, None
+      self._pending = {k: f for k, f in self._pending.items() if not f.cancel()}
+    if pool is not None:
+      pool.shutdown(wait=False, cancel_futures=True)
+
+  @property
+  def last_compile_finished(self) -> float | None:
+    """time.perf_counter() when the latest compile so far finished (None before any)."""
+    ends = [r.finished_at for r in self.records.values() if r.finished_at is not None]
+    return max(ends) if ends else None
 
   def record(self, *args) -> CompileRecord | None:
     """The record of `args`' signature (arrays or ShapeDtypeStructs), None if never compiled."""

@@ -33,9 +33,18 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache ("" : off): a rerun loads compiled steps from here.
   c.compile_cache_dir = ""
   # glibc malloc keeps freed scratch memory for the next step (lstm_jax.host): CPU train steps
-  # take (almost) no page faults, so run faster; the process keeps its peak heap. False: glibc's
-  # defaults.
-  c.tune_malloc = True
+  # take (almost) no page faults; the process keeps its peak heap. Off by default: it made steps
+  # faster on the AMD EPYC (+16% on workload W) but not on the Intel Xeon with AMX, where its one
+  # malloc arena made XLA's compiles 1.45x slower (README "Speed"). True: tune it.
+  c.tune_malloc = False
+  # Threads compiling a row's train-step shapes in the background, from its first step on, in
+  # the order training meets them (train.fit(precompile_shapes="background")): the first step
+  # waits only for its own shape. 0: each shape compiles when training first meets it.
+  c.background_compiles = 1
+  # Predict each row's steps, compiles, padding and seconds before training (lstm_jax.costs: a
+  # calibration of a few seconds, saved as workdir/calibration.json) and set them against the
+  # run in report.md.
+  c.predict_costs = True
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
   # keep: the newest checkpoints kept; keep_period > 0 also keeps every checkpoint whose step
@@ -117,11 +126,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.strategy = ml_collections.ConfigDict(
     dict(
       pad=dict(batch_size=placeholder(int), max_length=placeholder(int)),
-      # pack_rows: several sequences per bucket row (resets between): less padding, same shapes
+      # pack_rows: several sequences per bucket row (resets between): less padding, same shapes.
+      # num_buckets "auto": the count predicted to train the budget first on this machine,
+      # compiles included (lstm_jax.costs; calibrated once, saved in the workdir)
       bucket=dict(
         tokens_per_batch=placeholder(int),
         batch_size=placeholder(int),
-        num_buckets=8,
+        num_buckets=ml_collections.FieldReference(8, field_type=object),
         boundaries=placeholder(tuple),
         pack_rows=False,
       ),
@@ -216,6 +227,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "checkpoint.every_steps",
     "checkpoint.keep_period",
     "mesh.num_devices",
+    "background_compiles",
   ):
     _at_least(cfg, key, 0)
   for key in (
@@ -228,6 +240,13 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "checkpoint.keep",
   ):
     _at_least(cfg, key, 1)
+  nb = cfg.strategy.bucket.num_buckets
+  if not (
+    nb is None or nb == "auto" or (isinstance(nb, int) and not isinstance(nb, bool) and nb >= 1)
+  ):
+    raise ConfigError(
+      f"config.strategy.bucket.num_buckets must be an integer >= 1 or 'auto', got {nb!r}."
+    )
   if not 0 < cfg.data.eval_fraction < 1:
     raise ConfigError(f"config.data.eval_fraction must be in (0, 1), got {cfg.data.eval_fraction}.")
   if cfg.optimizer.learning_rate <= 0:
@@ -288,6 +307,8 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
   that need the real data, such as a sequence longer than the largest bucket, run once it is
   loaded, still before any compile.)"""
   kwargs = strategy_kwargs(name, cfg)
+  if kwargs.get("num_buckets") == "auto":  # resolved once the data is loaded (lstm_jax.costs)
+    kwargs["num_buckets"] = 1
   for k, v in kwargs.items():
     if isinstance(v, int) and not isinstance(v, bool) and v < 1:
       raise ConfigError(

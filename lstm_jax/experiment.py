@@ -15,6 +15,7 @@ shows up in the eval loss.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -33,6 +34,7 @@ from lstm_jax import (
   batching,
   compiles,
   config,
+  costs,
   guards,
   host,
   report,
@@ -188,6 +190,159 @@ def compile_largest_step(
   )
 
 
+def calibration(
+  cfg: ml_collections.ConfigDict, train_ds: RaggedDataset, path: str | None, quiet: bool = True
+) -> costs.Calibration:
+  """This machine's compile and step costs for cfg's model (`costs.calibrate`), read from
+  `path` if it was measured there for the same model, CPU and versions, else measured (a few
+  seconds) and saved there."""
+  key = costs.calibration_key(cfg, train_ds)
+  cal = costs.Calibration.load(path, key) if path else None
+  if cal is None:
+    state = new_train_state(cfg, train_ds, cfg.seed, 1)
+    shapes = costs.calibration_shapes(train_ds, cfg.train.tokens_per_step)
+    if not quiet:
+      print(f"calibrating compile and step costs on {shapes} ...", flush=True)
+    cal = costs.calibrate(state, train_ds, shapes, key)
+    if path:
+      cal.save(path)
+  return cal
+
+
+def resolve_auto_buckets(
+  cfg: ml_collections.ConfigDict,
+  train_ds: RaggedDataset,
+  workdir: str | None,
+  devices: int = 1,
+  quiet: bool = True,
+) -> tuple[ml_collections.ConfigDict, dict | None]:
+  """cfg with strategy.bucket.num_buckets="auto" replaced by the count `costs` predicts trains
+  the budget first (and the choice's record for meta.json), or cfg as it is."""
+  if cfg.strategy.bucket.num_buckets != "auto" or "bucket" not in cfg.strategies:
+    return cfg, None
+  path = os.path.join(workdir, "calibration.json") if workdir else None
+  cal = calibration(cfg, train_ds, path, quiet)
+  n, table = costs.choose_num_buckets(train_ds, cfg, cal, cfg.seed, batch_multiple=devices)
+  if not quiet:
+    print(
+      f"num_buckets=auto: {n} buckets, predicted "
+      f"{next(r for r in table if r['num_buckets'] == n)['total_seconds']:.1f} s "
+      f"(compile {cal.compile_seconds:.2f} s per shape)",
+      flush=True,
+    )
+  cfg = copy.deepcopy(cfg)
+  with cfg.unlocked():
+    cfg.strategy.bucket.num_buckets = n
+  return cfg, dict(chosen=n, predictions=table, calibration=dataclasses.asdict(cal))
+
+
+def recommend(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
+  """The recommender (experiments/recommend.py): for each of cfg's strategies, `costs.predict`
+  on this machine's calibration for cfg's data and budget, and the strategy `costs.recommend`
+  picks, with its reason."""
+  config.validate_config(cfg)
+  host.tune_malloc(cfg.tune_malloc)
+  train_ds, _, identity = split_data(cfg)
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+  cfg, auto = resolve_auto_buckets(cfg, train_ds, workdir, quiet=False)
+  cal = calibration(
+    cfg, train_ds, os.path.join(workdir, "calibration.json") if workdir else None, quiet=False
+  )
+  predictions = [
+    costs.predict(
+      make_strategy(name, train_ds, cfg, cfg.seed),
+      cal,
+      cfg.train.real_tokens or None,
+      cfg.train.epochs or None,
+    )
+    for name in cfg.strategies
+  ]
+  best, why = costs.recommend(predictions)
+  by_budget = []  # how num_buckets="auto" moves with the budget: 0.1x, 1x and 10x cfg's
+  if "bucket" in cfg.strategies and cfg.train.real_tokens:
+    for factor in (0.1, 1, 10):
+      scaled = copy.deepcopy(cfg)
+      with scaled.unlocked():
+        scaled.train.real_tokens = int(cfg.train.real_tokens * factor)
+        scaled.train.epochs = 0
+      n, rows = costs.choose_num_buckets(train_ds, scaled, cal, cfg.seed)
+      by_budget.append(
+        dict(
+          real_tokens=scaled.train.real_tokens,
+          num_buckets=n,
+          total_seconds={r["num_buckets"]: r["total_seconds"] for r in rows},
+        )
+      )
+  return dict(
+    recommended=best,
+    reason=why,
+    predictions=predictions,
+    auto_buckets_by_budget=by_budget,
+    calibration=dataclasses.asdict(cal),
+    auto_buckets=auto,
+    data=identity,
+    budget=dict(real_tokens=cfg.train.real_tokens, epochs=cfg.train.epochs),
+    versions=versions(),
+  )
+
+
+def recommendation_text(result: dict) -> str:
+  """The recommender's table and its recommendation, for the terminal."""
+  heads = ["strategy", "steps", "shapes", "padding", "step MiB", "compile s", "train s", "total s"]
+  heads.append("gradients")
+  rows = [
+    [
+      p["strategy"],
+      str(p["steps"]),
+      str(p["shapes"]),
+      f"{100 * p['padding_fraction']:.1f}%",
+      f"{p['step_memory_bytes'] / 2**20:,.0f}",
+      f"{p['compile_seconds']:.1f}",
+      f"{p['train_seconds']:.1f}",
+      f"{p['total_seconds']:.1f}",
+      "truncated" if p["truncates_gradients"] else "exact",
+    ]
+    for p in result["predictions"]
+  ]
+  widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+
+  def line(cells):
+    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+  cal = result["calibration"]
+  budget = result["budget"]
+  return "\n".join(
+    [
+      f"Predicted for {budget['real_tokens'] or 'all'} real tokens "
+      f"({budget['epochs'] or '-'} epochs max) on this machine (compile "
+      f"{cal['compile_seconds']:.2f} s per shape; a step of [B, T] takes "
+      f"T x ({1e6 * cal['alpha']:.0f} + {1e6 * cal['beta']:.1f} x B) us):",
+      "",
+      line(heads),
+      line(["-" * w for w in widths]),
+      *(line(r) for r in rows),
+      "",
+      *(
+        [
+          'num_buckets="auto" by budget: '
+          + "; ".join(
+            f"{b['real_tokens']:,} real tokens: {b['num_buckets']} buckets "
+            f"({b['total_seconds'][b['num_buckets']]:.1f} s predicted; 8 buckets "
+            f"{b['total_seconds'].get(8, float('nan')):.1f} s)"
+            for b in result["auto_buckets_by_budget"]
+          )
+          + ".",
+          "",
+        ]
+        if result.get("auto_buckets_by_budget")
+        else []
+      ),
+      f"Recommended: {result['recommended']}. {result['reason']}",
+    ]
+  )
+
+
 def planned_steps(strategy: batching.Strategy, cfg: ml_collections.ConfigDict) -> list[int]:
   """The real tokens of each optimizer step the row will take within the config's budget."""
   return guards.planned_steps(strategy, cfg.train.real_tokens or None, cfg.train.epochs or None)
@@ -228,8 +383,11 @@ def run_strategy(
   prepared: the row's initial train state and step functions, if made already (`preflight`;
     the steps are compiled for that state's optimizer and model objects), else made here.
   done: the run's finished result, if the caller read it already (`check_workdir_settings`).
-  Before the first step, the largest train step is compiled and checked by the memory guard;
-  its compile seconds are charged to the row's clock at its start.
+  With `cfg.background_compiles` (the default) fit compiles the row's shapes in the background
+  from its first step on, in the order training meets them, on the row's clock; preflight has
+  checked the memory guard. Otherwise, before the first step, the largest train step is compiled
+  and checked by the memory guard, its compile seconds charged to the row's clock at its start,
+  and the other shapes compile when training first meets them.
   """
   devices = 1 if mesh is None else int(mesh.devices.size)
   settings = config.run_settings(
@@ -254,7 +412,9 @@ def run_strategy(
     new_train_state(cfg, train_ds, seed, len(planned)),
     train.StepFunctions.create(mesh),
   )
-  compile_largest_step(name, steps, state, strategy, cfg)
+  background = cfg.background_compiles > 0
+  if not background:  # with background compiles, preflight checked the memory guard
+    compile_largest_step(name, steps, state, strategy, cfg)
   compiled_ahead = steps.train.compile_seconds
   metric = metric_of(train_ds)
   progress = dict(curve=[], train_seconds=0.0)  # the row's eval curve and clock, checkpointed
@@ -308,7 +468,8 @@ def run_strategy(
     max_real_tokens=cfg.train.real_tokens or None,
     steps=steps,
     callback=on_step,
-    precompile_shapes=False,
+    precompile_shapes="background" if background else False,
+    compile_workers=cfg.background_compiles,
     eval_every_tokens=cfg.train.eval_every_tokens,
     on_eval=on_eval,
     checkpointer=checkpointer,
@@ -322,6 +483,19 @@ def run_strategy(
   log.end()
   hist = result.history
   steady = [h for h in hist[1:] if not h["compiled"]]  # warm-up step and compiling steps excluded
+  # Compiles on the row's clock (which starts at compiled_ahead, the compile made before fit):
+  # when the first step ended, when the last train shape finished compiling, and how long steps
+  # stood waiting for compiles (all of it when shapes compile as training meets them).
+  ended = steps.train.last_compile_finished
+  compile_timing = dict(
+    first_step_seconds=compiled_ahead + hist[0]["step_seconds"] if hist else None,
+    compiles_done_seconds=(
+      compiled_ahead + max(0.0, ended - result.clock_start)
+      if ended is not None and result.clock_start is not None
+      else compiled_ahead
+    ),
+    compile_wait_seconds=steps.train.blocked_seconds,
+  )
   steady_seconds = sum(h["step_seconds"] for h in steady)
   computed = sum(h["computed_tokens"] for h in hist)
   train_rec = list(steps.train.records.values())
@@ -351,6 +525,8 @@ def run_strategy(
     devices=devices,
     processes=jax.process_count(),
     resumed_from_step=result.resumed_from,
+    background_compiles=cfg.background_compiles,
+    **compile_timing,
   )
   if result_path and jax.process_index() == 0:
     write_json_atomically(result_path, dict(row=row, history=hist, curve=curve, settings=settings))
@@ -367,7 +543,8 @@ def preflight(
 ) -> dict[str, tuple]:
   """The row guards, for every strategy, before any of them trains: enough optimizer steps
   within the budget (from the plans), and a largest train step that fits in memory (from XLA's
-  analysis of its compile, which the first seed's row then reuses). The strategies in
+  analysis of its compile, which the first seed's row then reuses unless it compiles in the
+  background: then the row compiles all its shapes on its own clock). The strategies in
   `finished` (their first seed's run finished earlier) are not compiled again. Returns the
   first seed's (initial state, step functions) by strategy."""
   planned = {
@@ -394,7 +571,9 @@ def preflight(
     state = new_train_state(cfg, train_ds, cfg.seed, planned[name])
     steps = train.StepFunctions.create(mesh)
     compile_largest_step(name, steps, state, strategy, cfg)
-    prepared[name] = (state, steps)
+    # With background compiles the row compiles every shape on its own clock (this compile only
+    # checked the guard); otherwise the row reuses it and its clock starts with its seconds.
+    prepared[name] = (state, train.StepFunctions.create(mesh) if cfg.background_compiles else steps)
   return prepared
 
 
@@ -451,6 +630,7 @@ def _train_and_evaluate(
         os.remove(os.path.join(workdir, "metrics.jsonl"))
   train_ds, eval_ds, identity = split_data(cfg)
   devices = 1 if mesh is None else int(mesh.devices.size)
+  cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet)
   finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
   # Every strategy built (so the data's own checks run) and through the row guards before
   # anything trains; the first seed's runs use them.
@@ -461,6 +641,11 @@ def _train_and_evaluate(
   log = report.ProgressLog(
     os.path.join(workdir, "metrics.jsonl") if writer else os.devnull, quiet=quiet
   )
+  predictions = None
+  if cfg.predict_costs and writer:  # lstm_jax.costs, before anything trains (report.md)
+    cal = calibration(cfg, train_ds, os.path.join(workdir, "calibration.json"), quiet)
+    budget = (cfg.train.real_tokens or None, cfg.train.epochs or None)
+    predictions = {name: costs.predict(s, cal, *budget) for name, s in built.items()}
   first_done = {name for name, seed in finished if seed == cfg.seed}
   prepared = preflight(built, train_ds, cfg, mesh, first_done, log)
   runs, curves, histories = [], {}, {}
@@ -512,9 +697,13 @@ def _train_and_evaluate(
     bucket_boundaries=(
       built["bucket"] if "bucket" in built else make_strategy("bucket", train_ds, cfg, cfg.seed)
     ).boundaries
-    if "bucket" in cfg.strategy
+    if "bucket" in cfg.strategy and cfg.strategy.bucket.num_buckets != "auto"
     else [],
   )
+  if auto_buckets:
+    meta["auto_buckets"] = auto_buckets
+  if predictions:
+    meta["predictions"] = predictions
   if metric_of(train_ds) == "bits_per_byte":
     meta["baselines"] = baselines.byte_lm(train_ds, eval_ds)
   if not writer:

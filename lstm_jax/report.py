@@ -26,6 +26,9 @@ import numpy as np
 NUMERIC_KEYS = (
   "compile_seconds",
   "eval_compile_seconds",
+  "first_step_seconds",
+  "compiles_done_seconds",
+  "compile_wait_seconds",
   "real_tokens",
   "computed_tokens",
   "padding_fraction",
@@ -188,6 +191,8 @@ COLUMNS = (
   ("steps", "steps"),
   ("compiles", "compiles (train/eval)"),
   ("compile_seconds", "compile s"),
+  ("first_step_seconds", "1st step s"),
+  ("compiles_done_seconds", "compiled by s"),
   ("padding_fraction", "padding"),
   ("tokens_per_second", "real tok/s"),
   ("wall_seconds", "wall s"),
@@ -325,6 +330,39 @@ def quality_table(summary: list[dict], curves: dict, baselines: dict | None = No
   ]
 
 
+def predictions_table(summary: list[dict], predictions: dict | None) -> list[str]:
+  """Markdown: what lstm_jax.costs predicted before anything trained (experiments/recommend.py's
+  figures) against each row's measured steps, compiles, padding and wall seconds (mean over
+  seeds)."""
+  if not predictions:
+    return []
+  lines = [
+    "## Predicted before training, against the run",
+    "",
+    "`lstm_jax.costs` (experiments/recommend.py) from this machine's calibration, made before "
+    "any row trained: steps, shapes and padding are counted from each strategy's plans; compile "
+    "and train seconds are modelled (compile seconds per shape; a step of [B, T] takes "
+    "T x (alpha + beta x B)). *wall s* is the row's measured train clock, compiles included "
+    "(mean over seeds).",
+    "",
+    "| strategy | steps (pred / run) | compiles (pred / run) | padding (pred / run) "
+    "| total s predicted | wall s | predicted / wall |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in summary:
+    p = predictions.get(r["strategy"])
+    if p is None:
+      continue
+    compiles = r["compiles"]["train"] if isinstance(r["compiles"], dict) else r["compiles"]
+    lines.append(
+      f"| {r['strategy']} | {p['steps']} / {r['steps']:.0f} | {p['shapes']} / {compiles} | "
+      f"{100 * p['padding_fraction']:.1f}% / {100 * r['padding_fraction']:.1f}% | "
+      f"{p['total_seconds']:.1f} | {r['wall_seconds']:.1f} | "
+      f"{p['total_seconds'] / r['wall_seconds']:.2f} |"
+    )
+  return lines + [""]
+
+
 def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[dict]:
   """Writes runs.json, summary.json/.csv, meta.json, the plots and report.md; returns summary."""
   summary = aggregate(runs)
@@ -388,10 +426,19 @@ def markdown_report(
     f"equal steps; a row more than ±{100 * cfg.get('guards', {}).get('step_tolerance', 0):.0f}%"
     f" from the median row is marked * and not ranked). "
     f"*padding*: share of computed steps that are padding. *real tok/s*: steady state, "
-    f"compile steps excluded. *wall s*: train steps including compiles (evaluation excluded). "
-    f"*s to target*: wall seconds until the eval loss first reached the target, interpolated "
-    f"between evaluations: per seed, the worst final eval loss of that seed's comparable rows "
-    f"unless configured"
+    f"compile steps excluded. *compile s*: seconds spent compiling train steps (several at "
+    f"once count each). *1st step s* and *compiled by s*: the row's clock when its first step "
+    f"ended and when its last train shape finished compiling (config.background_compiles="
+    f"{cfg.get('background_compiles', 0)}: "
+    + (
+      "shapes compile in the background in the order training meets them, the first batch's first"
+      if cfg.get("background_compiles")
+      else "each shape compiles when training first meets it"
+    )
+    + "). *wall s*: train steps including compiles (evaluation excluded). "
+    "*s to target*: wall seconds until the eval loss first reached the target, interpolated "
+    "between evaluations: per seed, the worst final eval loss of that seed's comparable rows "
+    "unless configured"
     + (f" (mean over seeds {target:.4f})" if cfg["seeds"] > 1 else f" ({target:.4f})")
     + f". *step MiB*: XLA's memory for the largest train step (scratch, arguments "
     f"and outputs: what the memory guard checks). Peak RSS of the process: "
@@ -399,6 +446,7 @@ def markdown_report(
     "",
     *baseline_lines(meta.get("baselines")),
     *quality_table(summary, curves or {}, meta.get("baselines")),
+    *predictions_table(summary, meta.get("predictions")),
     "## Reading",
     "",
     *reading(summary, meta.get("baselines")),
@@ -517,10 +565,17 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
   )
   if "pad_batch_max" in by:
     r = by["pad_batch_max"]
+    share = r["compile_seconds"] / max(r["wall_seconds"], 1e-9)
     out.append(
       f"- The trap: pad_batch_max compiled its train step {r['compiles']['train']} "
-      f"times, {r['compile_seconds']:.0f} s of its {r['wall_seconds']:.0f} s "
-      f"({100 * r['compile_seconds'] / max(r['wall_seconds'], 1e-9):.0f}%)."
+      f"times, {r['compile_seconds']:.0f} s of compiling against its {r['wall_seconds']:.0f} s "
+      f"of wall time"
+      + (
+        f" ({100 * share:.0f}%)."
+        if share <= 1
+        else " (more than the wall time: its shapes compiled in the background, beside its "
+        "steps, which the compiles slowed)."
+      )
     )
   lo = min(summary, key=lambda r: r["eval_loss"])
   if baselines and lo.get("metric") == "bits_per_byte":

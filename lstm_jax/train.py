@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -268,6 +268,35 @@ def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int
     fn.compile(*abstract_step_args(fn, state, strategy.dataset, shape))
 
 
+def shapes_in_order(strategy: Strategy, epoch: int = 0, first: Sequence = ()) -> list[tuple]:
+  """The shapes `strategy` emits in `epoch` in the order training first meets them (then any
+  other shape it emits in later epochs), with the shapes in `first` moved to the front."""
+  order = list(dict.fromkeys(p.shape for p in strategy.plan(epoch)))
+  order += [s for s in strategy.shapes() if s not in order]
+  return list(dict.fromkeys([*first, *order]))
+
+
+def compile_in_background(
+  fn: CountedJit,
+  state: TrainState,
+  strategy: Strategy,
+  epoch: int = 0,
+  workers: int = 1,
+  first: Sequence = (),
+  on_compiled: Callable | None = None,
+) -> None:
+  """Starts compiling `fn` (the train step) for every shape of `strategy` in the background,
+  in the order training meets them (`shapes_in_order`), and returns at once."""
+  fn.compile_in_background(
+    [
+      abstract_step_args(fn, state, strategy.dataset, s)
+      for s in shapes_in_order(strategy, epoch, first)
+    ],
+    workers,
+    on_compiled,
+  )
+
+
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
@@ -276,6 +305,7 @@ class FitResult:
   carry: Carry | None  # the last carry (strategies that carry state)
   position: StreamPosition  # where the data stream stands: the next batch, if training went on
   resumed_from: int | None = None  # the checkpoint step training resumed from, if any
+  clock_start: float | None = None  # time.perf_counter() when the first step's clock started
 
   @property
   def real_tokens(self) -> int:
@@ -408,7 +438,8 @@ def fit(
   max_real_tokens: int | None = None,
   steps: StepFunctions | None = None,
   callback: Callable[[dict], None] | None = None,
-  precompile_shapes: bool = True,
+  precompile_shapes: bool | str = True,
+  compile_workers: int = 1,
   eval_every_tokens: int | None = None,
   on_eval: Callable[[TrainState, int], None] | None = None,
   checkpointer: Checkpointer | None = None,
@@ -419,8 +450,11 @@ def fit(
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
-  precompile_shapes: compile every shape of an epoch before its first step (ahead of time); if
-    False, a step compiles when it meets a new shape, and its record says `compiled: True`.
+  precompile_shapes: True: compile every shape of an epoch before its first step (ahead of
+    time); False: a step compiles when it meets a new shape; "background": `compile_workers`
+    threads compile the epoch's shapes in the order training meets them while it trains, and a
+    step whose shape is not ready waits for it. A step that compiled or waited for a compile
+    says `compiled: True` in its record (its seconds include that).
   on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
     been trained on; its time is not counted in any step's `step_seconds`.
   checkpointer: if given, training resumes from its newest readable checkpoint (`resume`, which
@@ -493,24 +527,30 @@ def fit(
       max_real_tokens is not None and position.real_tokens >= max_real_tokens
     )
 
-  next_eval = None
+  next_eval = clock_start = None
   if eval_every_tokens and on_eval:
     next_eval = (position.real_tokens // eval_every_tokens + 1) * eval_every_tokens
   try:
     for plan, after in [] if done() else strategy.stream(position):
-      if position.index == 0:  # an epoch starts
-        if precompile_shapes:
+      if position.index == 0 or pending.t_last is None:  # an epoch starts, or training resumes
+        if precompile_shapes == "background":
+          compile_in_background(
+            steps.train, state, strategy, position.epoch, compile_workers, first=[plan.shape]
+          )
+        elif precompile_shapes:
           precompile(steps.train, state, strategy, position.epoch)
-        if strategy.carries_state:
+        if strategy.carries_state and position.index == 0:
           carry = zero_carry(plan.batch_size)
       if pending.t_last is None:  # the first step's clock starts after the first precompile
         pending.restart_clock()
+        clock_start = pending.t_last
       batch = steps.batch(strategy.dataset, plan)
       step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
       lr_scale = np.float32(plan.lr_scale)
       if not steps.train.is_compiled(state, batch, step_carry, lr_scale):
         pending.flush()  # close the previous step first: the compile belongs to this one
-      compiles_before = steps.train.compiles
+      steps.train.raise_background_errors()
+      blocked_before = steps.train.blocked_calls
       state, metrics, new_carry = steps.train(state, batch, step_carry, lr_scale)
       if strategy.carries_state:
         carry = new_carry
@@ -522,7 +562,7 @@ def fit(
           shape=f"{plan.batch_size}x{plan.length}",
           real_tokens=plan.real_tokens,
           computed_tokens=plan.computed_tokens,
-          compiled=steps.train.compiles > compiles_before,
+          compiled=steps.train.blocked_calls > blocked_before,
         ),
         metrics,
       )
@@ -541,6 +581,7 @@ def fit(
     if checkpointer is not None:
       save(force=True)
   finally:
+    steps.train.stop_background()  # shapes the run never reached are not compiled
     if checkpointer is not None:
       checkpointer.wait()
   return FitResult(
@@ -550,6 +591,7 @@ def fit(
     carry=carry,
     position=position,
     resumed_from=resumed.step if resumed is not None else None,
+    clock_start=clock_start,
   )
 
 

@@ -64,7 +64,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert result["roofline_tokens_per_second"] > 0
   assert [m["length"] for m in saved["memory"]] == [64]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
-  assert "## Targets (issues 4 and 14)" in (tmp_path / "BENCHMARKS.md").read_text()
+  assert "## Targets (issues 4, 14 and 15)" in (tmp_path / "BENCHMARKS.md").read_text()
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
 
@@ -106,6 +106,14 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   text = (tmp_path / "BENCHMARKS.md").read_text()
   assert "| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets (issue 14) |" in text
   assert "one epoch of W from a cold start" in text
+  # lstm_jax.costs' predictions beside the measured rows (issue 15)
+  cm = saved["cost_model"]
+  assert {x["name"] for x in cm["rows"]} >= {"lstm_jax tbptt (in_step)", "lstm_jax pad (in_step)"}
+  assert all(x["predicted_pass_seconds"] > 0 for x in cm["rows"])
+  assert "Cost model (`lstm_jax.costs`" in text and "| cost model: predicted step time" in text
+  fit = saved["fit_overhead"][0]
+  assert fit["strategy"] == "tbptt" and len(fit["ratios"]) == cfg.paired_rounds
+  assert "| train.fit loses <= 3% against the pre-assembled passes" in text
   assert "Side by side, float32 against float32" in text and "Side by side, bfloat16" in text
   assert "| best strategy >= 2x the best peer (bfloat16 matmuls" in text
   assert saved["versions"]["malloc"]["tuned"] == (host.libc().startswith("glibc"))
@@ -117,6 +125,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
       if r["extra"]["kind"] == "ours"
       and r["extra"]["backward"] == "manual"
       and r["extra"]["matmul_dtype"] == "float32"
+      and r["extra"]["cell"] == "lstm"
     ),
     key=lambda r: r["tokens_per_second"],
   )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import max_rel_err, ragged_features
-from lstm_jax import config, experiment, generate, host, report, sources
+from lstm_jax import config, experiment, generate, report, sources
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
@@ -85,8 +85,18 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   assert "| strategy |" in report and "![eval loss vs wall time](eval_loss_vs_time.png)" in report
   meta = json.loads((workdir / "meta.json").read_text())
   assert {"python", "jax", "flax", "optax"} <= set(meta["versions"])
-  # the runner tunes the allocator first thing (config.tune_malloc, on by default) and says so
-  assert meta["versions"]["malloc"]["tuned"] == host.libc().startswith("glibc")
+  # the allocator is left at glibc's defaults unless config.tune_malloc, and the run says so
+  assert meta["versions"]["malloc"]["tuned"] is False
+  assert "tune_malloc=False" in meta["versions"]["malloc"]["reason"]
+  # background compiles (config.background_compiles=1): each row's clock shows its first step
+  # and when its last shape compiled, and every shape compiled exactly once
+  runs = json.loads((workdir / "runs.json").read_text())
+  for r in runs:
+    assert r["background_compiles"] == 1
+    assert 0 < r["first_step_seconds"] <= r["wall_seconds"]
+    assert 0 < r["compiles_done_seconds"] <= r["wall_seconds"] + 1e-6
+    assert r["compiles"]["train"] == r["shapes"] and r["compile_wait_seconds"] >= 0
+  assert "| 1st step s | compiled by s |" in report
   assert meta["data"]["file_list_sha256"] and meta["data"]["train_fingerprint"]
   assert "real tok/s" in proc.stdout  # the table is printed
   assert set(meta["baselines"]) >= {"unigram", "zlib", "bz2", "lzma", "lzma_primed"}

@@ -12,7 +12,7 @@ LAYERS = (
   ("data", "tasks", "sources", "batching"),  # data and batching
   ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "train"),  # training
   ("convert", "streaming", "generate", "nnx_model"),  # tools
-  ("config", "guards", "baselines", "report", "experiment"),  # runner
+  ("config", "guards", "baselines", "report", "costs", "experiment"),  # runner
 )
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order
 

@@ -290,3 +290,77 @@ def test_relayout_keeps_the_training_trajectory(source, layout):
   assert max_rel_err(got.state.params, want.state.params) <= 1e-5
   with pytest.raises(ConfigError, match="relayout needs whole sequences"):
     batching.Relayout(batching.TBPTT(data, num_streams=2, chunk_length=4))
+
+
+def test_fit_assembles_the_next_batch_while_the_step_runs(data, monkeypatch):
+  """Input overlapped with compute (issue 15): fit dispatches a step (JAX returns at once) and
+  assembles and dispatches the next batch before it waits for that step's metrics, so the host
+  never holds the device up between steps. Seen in the order of fit's calls:
+  assemble 1, dispatch 1, assemble 2, dispatch 2, fetch 1, assemble 3, ... fetch N."""
+  strategy = batching.Pad(data, batch_size=8)
+  steps = train.StepFunctions.create()
+  state = _state(data)
+  train.precompile(steps.train, state, strategy, 0)
+  events = []
+  batch, call, get = train.StepFunctions.batch, CountedJit.__call__, jax.device_get
+
+  def logged(kind, fn):
+    def wrapper(*a, **k):
+      events.append(kind)
+      return fn(*a, **k)
+
+    return wrapper
+
+  monkeypatch.setattr(train.StepFunctions, "batch", logged("assemble", batch))
+  monkeypatch.setattr(CountedJit, "__call__", logged("dispatch", call))
+  monkeypatch.setattr(jax, "device_get", logged("fetch", get))
+  result = train.fit(state, strategy, epochs=1, steps=steps)
+  n = len(result.history)
+  assert n == len(strategy.plan(0)) >= 3
+  expected = ["assemble", "dispatch"]
+  for _ in range(n - 1):
+    expected += ["assemble", "dispatch", "fetch"]
+  assert events == expected + ["fetch"]
+
+
+def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(data):
+  """precompile_shapes="background" (issue 15): the first batch's shape is compiled first, then
+  the others in the order training meets them, while training goes on; the parameters are bit
+  for bit those of a run that compiled everything ahead, and every shape compiles (and traces)
+  exactly once. A step that waited for its shape is marked compiled, as a lazily compiling one."""
+  strategy = batching.Bucket(data, batch_size=4, boundaries=[6, 12, 18, 24])
+  order = train.shapes_in_order(strategy, 0)
+  assert order[0] == strategy.plan(0)[0].shape and sorted(order) == strategy.shapes()
+  assert train.shapes_in_order(strategy, 0, first=[order[-1]])[0] == order[-1]
+  ahead = train.fit(_state(data), strategy, epochs=2)
+  results = {}
+  for mode in ("background", False):
+    results[mode] = train.fit(_state(data), strategy, epochs=2, precompile_shapes=mode)
+  for mode, result in results.items():
+    fn = result.steps.train
+    assert fn.compiles == fn.traces == len(strategy.shapes()) == 4, mode
+    assert jax.tree.all(jax.tree.map(np.array_equal, result.state.params, ahead.state.params))
+    waited = [h for h in result.history if h["compiled"]]
+    assert fn.blocked_calls == len(waited) <= 4 and fn.last_compile_finished is not None
+  assert sum(h["compiled"] for h in results[False].history) == 4  # lazily: each shape, once
+  assert not any(h["compiled"] for h in ahead.history)
+
+
+def test_a_background_compile_error_reaches_the_caller(data):
+  """An error in a background compile (here its on_compiled check, as the runner's memory guard
+  would be) is raised by the call that needs that shape and by raise_background_errors."""
+  strategy = batching.Bucket(data, batch_size=4, boundaries=[12, 24])
+  state, steps = _state(data), train.StepFunctions.create()
+
+  def refuse(args, record):
+    if args[1].inputs.shape[1] == 24:
+      raise DataError(f"shape {record.label} refused")
+
+  train.compile_in_background(steps.train, state, strategy, on_compiled=refuse)
+  args = train.abstract_step_args(steps.train, state, data, (4, 24))
+  with pytest.raises(DataError, match="refused"):
+    steps.train.compile(*args)
+  with pytest.raises(DataError, match="refused"):
+    steps.train.raise_background_errors()
+  ok = train.abstract_step_args(steps.train, state, data, (4, 12))
+  assert steps.train.compile(*ok) is not None  # the other shape compiled fine

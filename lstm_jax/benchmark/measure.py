@@ -465,3 +465,91 @@ def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> li
     rec = next(iter(fn.records.values()))
     rows.append(dict(batch=cfg.batch_size, length=t, temp_bytes=rec.temp_bytes))
   return rows
+
+
+def fit_overhead(name: str, strategy: batching.Strategy, cfg, rounds: int = 5) -> dict:
+  """`train.fit` (batch assembly, host-to-device transfer, per-step bookkeeping: research code's
+  loop) against the benchmark's pre-assembled passes over the same batches, side by side.
+
+  Each round times one pre-assembled pass (`time_ours`'s loop over batches assembled before the
+  timer) and one `train.fit` call over the same first batches of epoch 0 (the call's whole wall
+  time: its checks, the stream of plans, assembly, the steps and the last step's metrics), from
+  copies of the same state, all shapes compiled before. Returns the per-round ratios of fit's
+  real tokens/s to the pre-assembled pass's, and their median: 1 - median is what fit loses.
+  """
+  ds = strategy.dataset
+  model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1)
+  state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
+  steps = train.StepFunctions.create()
+  train.precompile(steps.train, state, strategy, 0)
+  batches = _pass_batches(strategy, cfg.tokens_per_pass)
+  real = sum(p.real_tokens for p, _ in batches)
+  zeros = {p.batch_size: model.zero_carry(p.batch_size) for p, _ in batches}
+
+  def assembled_pass() -> float:
+    st, carry = jax.tree.map(jnp.copy, state), None
+    t0 = time.perf_counter()
+    for p, b in batches:
+      c = carry if strategy.carries_state and carry is not None else zeros[p.batch_size]
+      st, _, carry = steps.train(st, b, c, np.float32(p.lr_scale))
+    jax.block_until_ready(st)
+    return time.perf_counter() - t0
+
+  def fit_pass() -> float:
+    st = jax.tree.map(jnp.copy, state)
+    t0 = time.perf_counter()
+    result = train.fit(st, strategy, max_real_tokens=real, steps=steps)
+    jax.block_until_ready(result.state)
+    assert len(result.history) == len(batches), (len(result.history), len(batches))
+    return time.perf_counter() - t0
+
+  assembled_pass(), fit_pass()  # warm-up
+  pairs = [(assembled_pass(), fit_pass()) for _ in range(rounds)]
+  ratios = [a / f for a, f in pairs]  # (real / f) / (real / a)
+  return dict(
+    strategy=name,
+    rounds=rounds,
+    real_tokens=real,
+    steps=len(batches),
+    assembled_seconds=[a for a, _ in pairs],
+    fit_seconds=[f for _, f in pairs],
+    ratios=ratios,
+    ratio=statistics.median(ratios),
+    compiles=steps.train.compiles,
+  )
+
+
+def cost_model_check(cfg, strategies: dict, rows: list[Timing]) -> dict:
+  """lstm_jax.costs against this run on W: a calibration of the benchmark's model (two shapes
+  compiled and timed), then, for each of our float32 LSTM rows with the manual backward and the
+  in-step projection (the calibrated step), the predicted seconds of its timed pass (the sum of
+  `step_seconds` over the pass's batches) and compile seconds against the measured ones."""
+  from lstm_jax import costs  # the runner's cost model (the library never imports the harness)
+
+  ds = next(iter(strategies.values())).dataset
+  model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1)
+  state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
+  shapes = costs.calibration_shapes(ds, cfg.batch_size * int(cfg.median_length))
+  cal = costs.calibrate(state, ds, shapes)
+  out = []
+  for t in rows:
+    x = t.extra
+    if (x.get("cell"), x.get("backward"), x.get("matmul_dtype"), x.get("input_projection")) != (
+      "lstm",
+      "manual",
+      "float32",
+      "in_step",
+    ):
+      continue
+    strategy = strategies[x["key"]]
+    plans = [p for p, _ in _pass_batches(strategy, cfg.tokens_per_pass)]
+    out.append(
+      dict(
+        name=t.name,
+        predicted_pass_seconds=sum(cal.step_seconds(p.batch_size, p.length) for p in plans),
+        measured_pass_seconds=statistics.median(t.pass_seconds),
+        predicted_compile_seconds=len(strategy.shapes()) * cal.compile_seconds,
+        measured_compile_seconds=t.compile_seconds,
+      )
+    )
+  return dict(calibration=dataclasses.asdict(cal), rows=out)

@@ -261,6 +261,16 @@ def run(cfg, out_md: str) -> dict:
       ),
       flush=True,
     )
+  overhead = []
+  for name in cfg.fit_overhead_rows:  # train.fit against the pre-assembled passes (issue 15)
+    o = bench.fit_overhead(name, strategies[name], cfg, cfg.paired_rounds)
+    overhead.append(o)
+    print(
+      f"  fit overhead, {name}: fit runs at {100 * o['ratio']:.1f}% of the pre-assembled "
+      f"passes' speed (median of {o['rounds']} rounds)",
+      flush=True,
+    )
+  cost_check = bench.cost_model_check(cfg, strategies, rows) if cfg.cost_model_check else None
   cache = bench.compile_cache_probe(cfg) if cfg.compile_cache_probe else None
   if cache:
     print(
@@ -302,6 +312,8 @@ def run(cfg, out_md: str) -> dict:
     paired_bfloat16=paired_bf16,
     paired_gru=paired_gru,
     allocator=allocator,
+    fit_overhead=overhead,
+    cost_model=cost_check,
     rows=[dict(t.record(), roofline_fraction=roofline_fraction(t)) for t in rows],
     memory=memory,
     bucket_boundaries=strategies["bucket"].boundaries,
@@ -442,7 +454,40 @@ def markdown(r: dict) -> str:
       f"{a[arm]['peer_faults_per_step']:,.0f} |"
       for arm in ("default", "tuned")
     ]
-  lines += ["", "## Targets (issues 4 and 14), checked against this run", ""] + targets(r)
+  for o in r.get("fit_overhead") or []:
+    lines += [
+      "",
+      f"`train.fit` against the pre-assembled passes ({o['strategy']}, the same "
+      f"{o['steps']} batches and {o['real_tokens']:,} real tokens, all shapes compiled before; "
+      f"each of {o['rounds']} rounds one pre-assembled pass then one `fit` call, timed whole: "
+      "its checks, the plans, batch assembly and transfer, the steps, the last metrics): fit "
+      f"took {', '.join(f'{x:.2f}' for x in o['fit_seconds'])} s against "
+      f"{', '.join(f'{x:.2f}' for x in o['assembled_seconds'])} s, so it runs at "
+      f"**{100 * o['ratio']:.1f}%** of their speed (median of the per-round ratios; it "
+      f"loses {100 * (1 - o['ratio']):.1f}%).",
+    ]
+  cm = r.get("cost_model")
+  if cm and cm["rows"]:
+    cal = cm["calibration"]
+    lines += [
+      "",
+      "Cost model (`lstm_jax.costs`, the recommender's and `num_buckets=\"auto\"`'s): "
+      f"calibrated here on {cal['measured']['shapes']} (compile {cal['compile_seconds']:.2f} s "
+      f"per shape; a step of [B, T] takes T x ({1e6 * cal['alpha']:.0f} + "
+      f"{1e6 * cal['beta']:.1f} x B) us), then each float32 LSTM row's timed pass and compiles "
+      "predicted from its batches' shapes:",
+      "",
+      "| row | pass s predicted | measured | ratio | compile s predicted | measured | ratio |",
+      "|---|---|---|---|---|---|---|",
+    ]
+    for x in cm["rows"]:
+      lines.append(
+        f"| {x['name']} | {x['predicted_pass_seconds']:.2f} | {x['measured_pass_seconds']:.2f} "
+        f"| {x['predicted_pass_seconds'] / x['measured_pass_seconds']:.2f} | "
+        f"{x['predicted_compile_seconds']:.1f} | {x['measured_compile_seconds']:.1f} | "
+        f"{x['predicted_compile_seconds'] / max(x['measured_compile_seconds'], 1e-9):.2f} |"
+      )
+  lines += ["", "## Targets (issues 4, 14 and 15), checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
 
 
@@ -490,6 +535,20 @@ def targets(r: dict) -> list[str]:
     out.append(
       f"| the same, one epoch of W from a cold start (compile seconds + real tokens / median "
       f"rate) | {quickest['name']} {cold:.2f}x | {mark(cold >= 1.5)} |"
+    )
+  if cm_rows := (r.get("cost_model") or {}).get("rows"):
+    worst = max(
+      cm_rows, key=lambda x: abs(x["predicted_pass_seconds"] / x["measured_pass_seconds"] - 1)
+    )
+    err = worst["predicted_pass_seconds"] / worst["measured_pass_seconds"] - 1
+    out.append(
+      f"| cost model: predicted step time within 20% of measured (issue 15) | worst "
+      f"{worst['name']}: {100 * err:+.0f}% | {mark(abs(err) <= 0.2)} |"
+    )
+  for o in r.get("fit_overhead") or []:
+    out.append(
+      f"| train.fit loses <= 3% against the pre-assembled passes (issue 15) | {o['strategy']}: "
+      f"{100 * (1 - o['ratio']):.1f}% | {mark(o['ratio'] >= 0.97)} |"
     )
   if best is None:
     return out
