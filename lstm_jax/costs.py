@@ -186,20 +186,6 @@ def calibration_shapes(dataset: RaggedDataset, tokens_per_step: int) -> tuple:
   )
 
 
-def planned_plans(strategy: batching.Strategy, real_tokens: int | None, epochs: int | None):
-  """The plans of every step a run within the budget takes (as `guards.planned_steps`)."""
-  out, total, epoch = [], 0, 0
-  while True:
-    for p in strategy.plan(epoch):
-      out.append(p)
-      total += p.real_tokens
-      if real_tokens and total >= real_tokens:
-        return out
-    epoch += 1
-    if epochs and epoch >= epochs:
-      return out
-
-
 def predict(
   strategy: batching.Strategy,
   cal: Calibration,
@@ -208,7 +194,7 @@ def predict(
 ) -> dict:
   """The run's predicted costs within the budget: steps, shapes (= compiles), padding,
   compile and train seconds, their total, and the largest step's memory."""
-  plans = planned_plans(strategy, real_tokens, epochs)
+  plans = guards.planned_plans(strategy, real_tokens, epochs)
   shapes = sorted({p.shape for p in plans})
   real = sum(p.real_tokens for p in plans)
   computed = sum(p.computed_tokens for p in plans)

@@ -30,19 +30,24 @@ def _row_setting(name: str) -> str:
   return STRATEGIES[name].row_setting if name in STRATEGIES else "batch_size"
 
 
-def planned_steps(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> list[int]:
-  """The real tokens of each optimizer step a run of `strategy` will take: epoch by epoch until
+def planned_plans(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> list:
+  """The plan of each optimizer step a run of `strategy` will take: epoch by epoch until
   `real_tokens` are reached or `epochs` are done, as `train.fit` stops."""
   out, total, epoch = [], 0, 0
   while True:
     for p in strategy.plan(epoch):
-      out.append(p.real_tokens)
+      out.append(p)
       total += p.real_tokens
       if real_tokens and total >= real_tokens:
         return out
     epoch += 1
     if epochs and epoch >= epochs:
       return out
+
+
+def planned_steps(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> list[int]:
+  """The real tokens of each optimizer step a run of `strategy` will take (`planned_plans`)."""
+  return [p.real_tokens for p in planned_plans(strategy, real_tokens, epochs)]
 
 
 def check_steps(

@@ -47,8 +47,13 @@ def test_layout_is_linens_and_weights_convert_both_ways_exactly():
 
 @pytest.mark.parametrize("backward", ["manual", "autodiff"])
 def test_same_outputs_and_gradients_as_linen_for_the_same_weights(backward):
+  _check_same_as_linen(_model(backward=backward))
+
+
+def _check_same_as_linen(m):
+  """m and its linen twin on the same weights, on packed rows with resets: outputs, final carry
+  and gradients to TOL. Returns (the batch's args, m's outputs)."""
   ds = ragged_features(LENGTHS, num_features=3, seed=0)
-  m = _model(backward=backward)
   twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
   batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
   args = (batch.inputs, batch.mask, batch.resets)
@@ -67,6 +72,7 @@ def test_same_outputs_and_gradients_as_linen_for_the_same_weights(backward):
   g_nnx = nnx.to_pure_dict(nnx.grad(nnx_loss)(m))
   g_linen = jax.grad(linen_loss)(params)
   assert max_rel_err(g_nnx, g_linen) <= TOL
+  return args, a
 
 
 @pytest.mark.parametrize("name", ["pad", "bucket", "tbptt", "pack"])
@@ -142,21 +148,7 @@ def test_any_cell_and_bidirectional_match_linen_exactly(kw):
   ref = train.create_train_state(twin, optax.sgd(0.1), ds, seed=3).params
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref)
   assert set(params) == {stack_name(m.settings["cell"]), "head"}
-  batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
-  args = (batch.inputs, batch.mask, batch.resets)
-
-  def linen_loss(p):
-    preds, _ = twin.apply({"params": p}, *args)
-    return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
-
-  def nnx_loss(model):
-    preds, _ = model(*args)
-    return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
-
-  a, carry_a = m(*args)
-  b, carry_b = twin.apply({"params": params}, *args)
-  assert max_rel_err(a, b) <= TOL and max_rel_err(carry_a, carry_b) <= TOL
-  assert max_rel_err(nnx.to_pure_dict(nnx.grad(nnx_loss)(m)), jax.grad(linen_loss)(params)) <= TOL
+  args, a = _check_same_as_linen(m)
   nnx_model.from_linen_params(m, ref)  # linen -> NNX -> linen, exact
   assert jax.tree.all(jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), ref))
   c, _ = m(*args)
