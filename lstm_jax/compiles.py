@@ -312,6 +312,8 @@ class CountedJit:
 
   def raise_background_errors(self) -> None:
     """Raises the first error of a finished background compile (or its `on_compiled`)."""
+    if not self._pending:  # nothing compiles in the background: the usual step pays nothing
+      return
     with self._lock:
       done = [f for f in self._pending.values() if f.done()]
     for f in done:

@@ -200,7 +200,7 @@ def predict(
   computed = sum(p.computed_tokens for p in plans)
   compile_s = len(shapes) * cal.compile_seconds
   train_s = sum(cal.step_seconds(p.batch_size, p.length) for p in plans)
-  largest = max(shapes, key=lambda s: (s[0] * s[1], s[1]))
+  largest = guards.largest_of(shapes)
   return dict(
     strategy=strategy.name,
     steps=len(plans),

@@ -142,9 +142,14 @@ def step_memory(record) -> int | None:
 
 
 def largest_shape(strategy: Strategy) -> tuple[int, int]:
+  """The strategy's shape with the most computed tokens (`largest_of`)."""
+  return largest_of(strategy.shapes())
+
+
+def largest_of(shapes) -> tuple[int, int]:
   """The shape with the most computed tokens (the longest, among equals): the step that needs
   the most memory."""
-  return max(strategy.shapes(), key=lambda s: (s[0] * s[1], s[1]))
+  return max(shapes, key=lambda s: (s[0] * s[1], s[1]))
 
 
 def check_memory(name: str, shape: tuple[int, int], needed: int | None, limit: int) -> None:

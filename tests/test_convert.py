@@ -99,6 +99,22 @@ def test_keras_without_bias_is_refused():
 _HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
+def _run_torch_packed(module, rng):
+  """A torch RNN (batch_first) over 4 sequences of lengths 5, 2, 7, 1 packed with
+  pack_padded_sequence: (inputs [4, 7, F], mask, outputs padded back to 7 steps, final state)."""
+  import torch
+
+  lengths = np.array([5, 2, 7, 1])
+  x = rng.normal(size=(4, 7, F)).astype(np.float32)
+  packed = torch.nn.utils.rnn.pack_padded_sequence(
+    torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+  )
+  with torch.no_grad():
+    out, final = module(packed)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=7)
+  return x, np.arange(7)[None] < lengths[:, None], out, final
+
+
 @pytest.mark.skipif(
   not _HAS_TORCH, reason="torch not installed (pip install torch==2.13.0, the CPU build)"
 )
@@ -107,16 +123,8 @@ def test_outputs_match_torch_packed_lstm(rng):
 
   torch.manual_seed(0)
   lstm = torch.nn.LSTM(F, H, num_layers=2, batch_first=True)
-  lengths = np.array([5, 2, 7, 1])
-  x = rng.normal(size=(4, 7, F)).astype(np.float32)
-  packed = torch.nn.utils.rnn.pack_padded_sequence(
-    torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
-  )
-  with torch.no_grad():
-    out, (h_n, c_n) = lstm(packed)
-    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=7)
+  x, mask, out, (h_n, c_n) = _run_torch_packed(lstm, rng)
   params = convert.from_torch({k: v.numpy() for k, v in lstm.state_dict().items()})
-  mask = np.arange(7)[None] < lengths[:, None]
   ours, carry = LSTM(H, num_layers=2).apply(
     {"params": params}, jnp.asarray(x), mask=jnp.asarray(mask)
   )
@@ -231,16 +239,8 @@ def test_gru_outputs_match_torch_packed_gru(rng):
 
   torch.manual_seed(0)
   gru = torch.nn.GRU(F, H, num_layers=2, batch_first=True)
-  lengths = np.array([5, 2, 7, 1])
-  x = rng.normal(size=(4, 7, F)).astype(np.float32)
-  packed = torch.nn.utils.rnn.pack_padded_sequence(
-    torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
-  )
-  with torch.no_grad():
-    out, h_n = gru(packed)
-    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=7)
+  x, mask, out, h_n = _run_torch_packed(gru, rng)
   params = convert.gru_from_torch({k: v.numpy() for k, v in gru.state_dict().items()})
-  mask = np.arange(7)[None] < lengths[:, None]
   ours, carry = LSTM(H, num_layers=2, cell="gru").apply(
     {"params": params}, jnp.asarray(x), mask=jnp.asarray(mask)
   )

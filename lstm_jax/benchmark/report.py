@@ -507,6 +507,15 @@ def _cold_epoch_words(r: dict, p: dict) -> str:
   )
 
 
+def _judged_ratio(mine: dict, theirs: dict, paired: dict | None) -> tuple[float, str]:
+  """The speed ratio a target is judged by: the side-by-side median when the pair was timed so,
+  else the table's rows; and the words saying which (with the rows' ratio beside it)."""
+  table_ratio = mine["tokens_per_second"] / theirs["tokens_per_second"]
+  if paired is None:
+    return table_ratio, ""
+  return paired["speedup"], f" side by side (rows of the table: {table_ratio:.2f}x)"
+
+
 def targets(r: dict) -> list[str]:
   """Each target with the figures from this run and whether they meet it."""
   rows = r["rows"]
@@ -520,10 +529,7 @@ def targets(r: dict) -> list[str]:
 
   gru, gru_peer = _best(ours, cell="gru"), _best(peers, cell="gru")
   if gru and gru_peer:
-    q = r.get("paired_gru")
-    table_ratio = gru["tokens_per_second"] / gru_peer["tokens_per_second"]
-    ratio = q["speedup"] if q else table_ratio
-    how = f" side by side (rows of the table: {table_ratio:.2f}x)" if q else ""
+    ratio, how = _judged_ratio(gru, gru_peer, r.get("paired_gru"))
     out.append(
       f"| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets (issue 14) | {gru['name']} "
       f"{ratio:.2f}x{how} | {mark(ratio >= 1.5)} |"
@@ -565,9 +571,7 @@ def targets(r: dict) -> list[str]:
     ):
       if mine is None:
         continue
-      table_ratio = mine["tokens_per_second"] / theirs["tokens_per_second"]
-      ratio = q["speedup"] if q else table_ratio
-      how = f" side by side (rows of the table: {table_ratio:.2f}x)" if q else ""
+      ratio, how = _judged_ratio(mine, theirs, q)
       out.append(
         f"| best strategy >= 2x the best peer{label} | {mine['name']} {ratio:.2f}x "
         f"{theirs['name']}{how} | {mark(ratio >= 2)} |"
