@@ -15,14 +15,15 @@ from lstm_jax.model import LSTM
 F, H = 3, 2
 
 
-def _torch_dict(rng, layers=2):
+def _torch_dict(rng, layers=2, gates=4):
+  """A random torch state dict: nn.LSTM's (4 gate blocks) or nn.GRU's (gates=3)."""
   d = {}
   for k in range(layers):
     f = F if k == 0 else H
-    d[f"weight_ih_l{k}"] = rng.normal(size=(4 * H, f)).astype(np.float32)
-    d[f"weight_hh_l{k}"] = rng.normal(size=(4 * H, H)).astype(np.float32)
-    d[f"bias_ih_l{k}"] = rng.normal(size=4 * H).astype(np.float32)
-    d[f"bias_hh_l{k}"] = rng.normal(size=4 * H).astype(np.float32)
+    d[f"weight_ih_l{k}"] = rng.normal(size=(gates * H, f)).astype(np.float32)
+    d[f"weight_hh_l{k}"] = rng.normal(size=(gates * H, H)).astype(np.float32)
+    d[f"bias_ih_l{k}"] = rng.normal(size=gates * H).astype(np.float32)
+    d[f"bias_hh_l{k}"] = rng.normal(size=gates * H).astype(np.float32)
   return d
 
 
@@ -171,19 +172,8 @@ def _numpy_torch_gru(x_TxF, state_dict, layers):
   return x, finals
 
 
-def _torch_gru_dict(rng, layers=2):
-  d = {}
-  for k in range(layers):
-    f = F if k == 0 else H
-    d[f"weight_ih_l{k}"] = rng.normal(size=(3 * H, f)).astype(np.float32)
-    d[f"weight_hh_l{k}"] = rng.normal(size=(3 * H, H)).astype(np.float32)
-    d[f"bias_ih_l{k}"] = rng.normal(size=3 * H).astype(np.float32)
-    d[f"bias_hh_l{k}"] = rng.normal(size=3 * H).astype(np.float32)
-  return d
-
-
 def test_gru_from_torch_matches_torchs_step_and_round_trips(rng):
-  sd = _torch_gru_dict(rng)
+  sd = _torch_dict(rng, gates=3)
   params = convert.gru_from_torch(sd)
   lengths = [5, 2, 7]
   x = rng.normal(size=(3, 7, F)).astype(np.float32)
