@@ -8,9 +8,12 @@
 | `pack`          | one: [B, T]                 | no; resets inside rows | only at row ends        |
 | `pad_batch_max` | one per distinct batch max  | no                     | to the batch's longest  |
 
-A strategy first *plans* an epoch (which steps of which sequence go where, as `BatchPlan`s), so
-it can list the shapes it will emit (`shapes()`) and its padding (`stats()`) before anything
-runs; `batches(epoch)` then assembles numpy `Batch`es from the plan. Shuffling is seeded by
+A strategy first *plans* an epoch (which steps of which sequence go where), so it can list the
+shapes it will emit (`shapes()`) and its padding (`stats()`) before anything runs; `batches(epoch)`
+then assembles numpy `Batch`es from the plan. A plan needs only the lengths, and is held as
+arrays (`EpochPlan`: a table of segments, or for truncated BPTT the streams' layout, from which
+each batch's segments are cut when it is asked for), a few tens of bytes per sequence, so an
+epoch of millions of sequences plans in seconds. Shuffling is seeded by
 (seed, epoch), and every real step of the data appears exactly once per epoch. A batch that runs
 short of sequences is filled with empty rows (mask all False), so shapes never change.
 
@@ -29,12 +32,15 @@ a frozen carry, so it changes no number.
 from __future__ import annotations
 
 import abc
-import bisect
+import copy
 import dataclasses
+import functools
 import heapq
 from typing import ClassVar, Iterator, NamedTuple, Sequence
 
 import flax.struct
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax.data import RaggedDataset, _gather_steps
@@ -73,13 +79,19 @@ class Segment(NamedTuple):
   length: int  # number of steps
 
 
-@dataclasses.dataclass(frozen=True)
+# The columns of a plan's segment table, <int64>[num_segments, 5], sorted by (row, position).
+ROW, SEQUENCE, START, POSITION, LENGTH = range(5)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class BatchPlan:
-  """Where each real step of one batch comes from. Rows past len(rows) are empty."""
+  """Where each real step of one batch comes from: `segments` <int64>[n, 5], one row per run of
+  one sequence's steps (row, sequence, start, position, length), sorted by row and position.
+  Rows no segment names are empty."""
 
   batch_size: int
   length: int
-  rows: tuple[tuple[Segment, ...], ...]
+  segments: np.ndarray
   lr_scale: float = 1.0  # the step's learning-rate factor (variable-length BPTT)
 
   @property
@@ -88,28 +100,180 @@ class BatchPlan:
 
   @property
   def real_tokens(self) -> int:
-    return sum(seg.length for row in self.rows for seg in row)
+    return int(self.segments[:, LENGTH].sum())
 
   @property
   def computed_tokens(self) -> int:
     return self.batch_size * self.length
 
+  @property
+  def rows(self) -> tuple[tuple[Segment, ...], ...]:
+    """The segments row by row, up to the last row that holds one (for reading a plan)."""
+    segs = self.segments
+    if not len(segs):
+      return ()
+    out = [[] for _ in range(int(segs[:, ROW].max()) + 1)]
+    for r, *seg in segs.tolist():
+      out[r].append(Segment(*seg))
+    return tuple(tuple(r) for r in out)
+
+  def take_rows(self, start: int, stop: int) -> BatchPlan:
+    """Rows [start, stop) as a batch of their own (a process's share of a global batch)."""
+    rows = self.segments[:, ROW]
+    segs = self.segments[(rows >= start) & (rows < stop)].copy()
+    segs[:, ROW] -= start
+    return BatchPlan(stop - start, self.length, segs, self.lr_scale)
+
+
+class EpochPlan(Sequence[BatchPlan]):
+  """One epoch's batches, in order, as arrays: batch i is `BatchPlan(batch_size[i], length[i],
+  segments[offsets[i]:offsets[i + 1]], lr_scale[i])`, built when it is asked for.
+
+  batch_size, length: <int64>[num_batches]; lr_scale: <float64>[num_batches];
+  segments: <int64>[num_segments, 5] (see `BatchPlan`), batch after batch;
+  offsets: <int64>[num_batches + 1].
+  """
+
+  def __init__(self, batch_size, length, segments, offsets, lr_scale=None, real_tokens=None):
+    self.batch_size = np.asarray(batch_size, np.int64)
+    self.length = np.asarray(length, np.int64)
+    self.segments, self.offsets = segments, np.asarray(offsets, np.int64)
+    n = len(self.batch_size)
+    self.lr_scale = np.ones(n) if lr_scale is None else np.asarray(lr_scale, np.float64)
+    if real_tokens is None:
+      real_tokens = _segment_sums(segments[:, LENGTH], self.offsets)
+    self.real_tokens = np.asarray(real_tokens, np.int64)  # <int64>[num_batches]
+
+  def __len__(self) -> int:
+    return len(self.batch_size)
+
+  def batch_segments(self, i: int) -> np.ndarray:
+    return self.segments[self.offsets[i] : self.offsets[i + 1]]
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    if i < 0:
+      i += len(self)
+    if not 0 <= i < len(self):
+      raise IndexError(f"batch {i} of an epoch of {len(self)}")
+    return BatchPlan(
+      int(self.batch_size[i]), int(self.length[i]), self.batch_segments(i), float(self.lr_scale[i])
+    )
+
+  def __iter__(self) -> Iterator[BatchPlan]:
+    return (self[i] for i in range(len(self)))
+
+  @property
+  def computed_tokens(self) -> np.ndarray:
+    return self.batch_size * self.length
+
+  def shapes(self) -> list[tuple[int, int]]:
+    """The distinct (B, T), in the order the epoch first meets them."""
+    pairs = self.batch_size * (int(self.length.max(initial=0)) + 1) + self.length
+    _, first = np.unique(pairs, return_index=True)
+    return [(int(self.batch_size[i]), int(self.length[i])) for i in np.sort(first)]
+
+  def widened(self, multiple: int) -> EpochPlan:
+    """The same batches with each row count rounded up to a multiple (empty rows added)."""
+    plan = copy.copy(self)
+    plan.batch_size = -(-self.batch_size // multiple) * multiple
+    return plan
+
+  def reordered(self, order: np.ndarray) -> EpochPlan:
+    """The batches in `order`."""
+    counts = np.diff(self.offsets)[order]
+    idx = _gather_steps(self.offsets[:-1][order], counts)
+    return EpochPlan(
+      self.batch_size[order],
+      self.length[order],
+      self.segments[idx],
+      np.concatenate([[0], np.cumsum(counts)]),
+      self.lr_scale[order],
+      self.real_tokens[order],
+    )
+
+  @staticmethod
+  def concatenate(plans: Sequence[EpochPlan]) -> EpochPlan:
+    plans = [p for p in plans if len(p)]
+    if not plans:
+      return EpochPlan([], [], np.zeros((0, 5), np.int64), [0])
+    sizes = np.cumsum([0] + [len(p.segments) for p in plans])
+    return EpochPlan(
+      np.concatenate([p.batch_size for p in plans]),
+      np.concatenate([p.length for p in plans]),
+      np.concatenate([p.segments for p in plans]),
+      np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(plans, sizes)]),
+      np.concatenate([p.lr_scale for p in plans]),
+      np.concatenate([p.real_tokens for p in plans]),
+    )
+
+
+class StreamPlan(EpochPlan):
+  """Truncated BPTT's epoch: sequences laid end to end in `num_streams` streams and cut into
+  windows [starts[c], starts[c] + spans[c]), each padded to length[c]. Held as the layout only
+  (each sequence's stream and position: 12 bytes a sequence); a batch's segments are cut from
+  it when that batch is asked for."""
+
+  def __init__(self, lengths, num_streams, stream, position, starts, spans, shapes, lr_scale=None):
+    self._lengths, self._num_streams = lengths, int(num_streams)
+    order = np.lexsort((position, stream))  # by stream, then position
+    self._seq = order.astype(np.int32)
+    self._starts, self._spans = np.asarray(starts, np.int64), np.asarray(spans, np.int64)
+    # one key per sequence, stream * span + position: span past every position and window end
+    ends = (self._starts + self._spans).max(initial=0)
+    self._span = int(max(position.max(initial=0) + lengths.max(initial=0), ends)) + 1
+    self._key = stream[order].astype(np.int64) * self._span + position[order]
+    loads = np.bincount(stream, weights=lengths, minlength=num_streams).astype(np.int64)
+    # a stream's steps fill [0, load) without gaps: chunk c holds min(span, load - start) of it
+    real = np.zeros(len(self._starts), np.int64)
+    for load in loads:
+      real += np.clip(load - self._starts, 0, self._spans)
+    super().__init__(
+      np.full(len(self._starts), num_streams),
+      shapes,
+      np.zeros((0, 5), np.int64),
+      np.zeros(len(self._starts) + 1, np.int64),
+      lr_scale,
+      real,
+    )
+
+  def batch_segments(self, i: int) -> np.ndarray:
+    lo_t, hi_t = int(self._starts[i]), int(self._starts[i] + self._spans[i])
+    base = np.arange(self._num_streams, dtype=np.int64) * self._span
+    first = np.searchsorted(self._key, base + lo_t, side="right") - 1  # the one holding lo_t
+    last = np.searchsorted(self._key, base + hi_t, side="left")
+    n = last - first
+    idx = _gather_steps(first, n)
+    seq = self._seq[idx].astype(np.int64)
+    pos = self._key[idx] % self._span
+    row = self._key[idx] // self._span
+    lo = np.maximum(pos, lo_t)
+    hi = np.minimum(pos + self._lengths[seq], hi_t)
+    keep = hi > lo
+    return np.stack([row, seq, lo - pos, lo - lo_t, hi - lo], axis=1)[keep]
+
+  def reordered(self, order):
+    raise TypeError("a stream plan's batches follow the streams; they cannot be reordered")
+
+
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  """Sum of values[offsets[i]:offsets[i + 1]] for each i (empty ranges give 0)."""
+  c = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+  return c[offsets[1:]] - c[offsets[:-1]]
+
 
 def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
   """Builds the numpy arrays of one batch from its plan (vectorised over segments)."""
   b, t = plan.shape
-  segs = np.array(
-    [(r,) + s for r, row in enumerate(plan.rows) for s in row], dtype=np.int64
-  ).reshape(-1, 5)
-  row, seq, start, pos, n = segs.T
-  offsets = dataset.offsets
-  src = _gather_steps(offsets[seq] + start, n)  # flat step indices in the dataset
+  row, seq, start, pos, n = plan.segments.T
   dst = _gather_steps(row * t + pos, n)  # flat positions in the [B * T] batch
+  inputs, step_targets = dataset.gather(seq, start, n)
   if dataset.is_tokens:
-    inputs = np.zeros((b * t,), np.int32)
+    flat_inputs = np.zeros((b * t,), np.int32)
   else:
-    inputs = np.zeros((b * t, dataset.num_features), np.float32)
-  inputs[dst] = dataset.values[src]
+    flat_inputs = np.zeros((b * t, dataset.num_features), np.float32)
+  flat_inputs[dst] = inputs
   mask = np.zeros(b * t, bool)
   mask[dst] = True
   resets = np.zeros(b * t, bool)
@@ -120,19 +284,19 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
   else:
     targets = np.zeros((b * t, dataset.target_dim), np.float32)
   if dataset.target_level == "step":
-    targets[dst] = dataset.targets[src]
+    targets[dst] = step_targets
     weights[dst] = 1.0
   else:  # the sequence's target sits on its last step, if this segment holds it
     ends = start + n == dataset.lengths[seq]
     last = (row * t + pos + n - 1)[ends]
-    targets[last] = dataset.targets[seq[ends]]
+    targets[last] = dataset.sequence_targets(seq[ends])
     weights[last] = 1.0
 
   def shape(a):
     return a.reshape((b, t) + a.shape[1:])
 
   return Batch(
-    inputs=shape(inputs),
+    inputs=shape(flat_inputs),
     targets=shape(targets),
     weights=shape(weights),
     mask=shape(mask),
@@ -164,18 +328,17 @@ class Strategy(abc.ABC):
     self.dataset = dataset
     self.seed = int(seed)
     self.batch_multiple = _positive_int(batch_multiple, "batch_multiple")
-    self._plans: dict[int, list[BatchPlan]] = {}
+    self._plans: dict[int, EpochPlan] = {}
 
   @abc.abstractmethod
-  def _plan(self, epoch: int, rng: np.random.Generator) -> list[BatchPlan]:
+  def _plan(self, epoch: int, rng: np.random.Generator) -> EpochPlan:
     """The batches of one epoch, in order."""
 
-  def plan(self, epoch: int = 0) -> list[BatchPlan]:
+  def plan(self, epoch: int = 0) -> EpochPlan:
     if epoch not in self._plans:
       plans = self._plan(epoch, np.random.default_rng([self.seed, 0, epoch]))
-      m = self.batch_multiple
-      if m > 1:  # composed first, then widened: the same batches on any device count
-        plans = [dataclasses.replace(p, batch_size=-(-p.batch_size // m) * m) for p in plans]
+      if self.batch_multiple > 1:  # composed first, then widened: the same batches anywhere
+        plans = plans.widened(self.batch_multiple)
       self._plans = {epoch: plans}
     return self._plans[epoch]
 
@@ -189,7 +352,7 @@ class Strategy(abc.ABC):
     while True:
       plans = self.plan(epoch)
       for i in range(index, len(plans)):
-        real += plans[i].real_tokens
+        real += int(plans.real_tokens[i])
         last = i + 1 == len(plans)
         yield plans[i], StreamPosition(epoch + last, 0 if last else i + 1, real)
       epoch, index = epoch + 1, 0
@@ -200,7 +363,7 @@ class Strategy(abc.ABC):
 
   def shapes(self, num_epochs: int = 1) -> list[tuple[int, int]]:
     """The distinct (B, T) this strategy emits over `num_epochs` epochs: one compile each."""
-    return sorted({p.shape for e in range(num_epochs) for p in self.plan(e)})
+    return sorted({s for e in range(num_epochs) for s in self.plan(e).shapes()})
 
   def batch_settings(self) -> dict:
     """The settings this strategy resolved (derived from tokens_per_step where unset), as
@@ -209,8 +372,8 @@ class Strategy(abc.ABC):
 
   def stats(self, epoch: int = 0) -> dict:
     plans = self.plan(epoch)
-    real = sum(p.real_tokens for p in plans)
-    computed = sum(p.computed_tokens for p in plans)
+    real = int(plans.real_tokens.sum())
+    computed = int(plans.computed_tokens.sum())
     return dict(
       strategy=self.name,
       num_batches=len(plans),
@@ -222,10 +385,6 @@ class Strategy(abc.ABC):
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.dataset.name or 'dataset'}, seed={self.seed})"
-
-
-def _whole(seq: int, length: int) -> tuple[Segment, ...]:
-  return (Segment(int(seq), 0, 0, int(length)),)
 
 
 def _positive_int(value: int, what: str = "batch_size") -> int:
@@ -299,36 +458,74 @@ def _check_fits(dataset: RaggedDataset, limit: int, what: str, fix: str) -> None
 
 def _fixed_batches(
   order: np.ndarray, lengths: np.ndarray, batch_size: int, length: int | None
-) -> list[BatchPlan]:
+) -> EpochPlan:
   """Whole sequences in `order`, batch_size per batch, padded to `length` (None: batch's max)."""
-  plans = []
-  for s in range(0, len(order), batch_size):
-    idx = order[s : s + batch_size]
-    t = int(lengths[idx].max()) if length is None else length
-    plans.append(BatchPlan(batch_size, t, tuple(_whole(i, lengths[i]) for i in idx)))
-  return plans
+  order = np.asarray(order, np.int64)
+  n = len(order)
+  offsets = np.append(np.arange(0, n, batch_size, dtype=np.int64), n)
+  seq_len = lengths[order]
+  zeros = np.zeros(n, np.int64)
+  segments = np.stack([np.arange(n, dtype=np.int64) % batch_size, order, zeros, zeros, seq_len], 1)
+  num = len(offsets) - 1
+  t = np.maximum.reduceat(seq_len, offsets[:-1]) if length is None else np.full(num, length)
+  return EpochPlan(np.full(num, batch_size), t[:num], segments, offsets)
+
+
+class Rows(Sequence[np.ndarray]):
+  """Rows of sequences laid back to back: row r holds the sequences members[offsets[r]:
+  offsets[r + 1]], in that order; `bucket[r]` is its bucket (`best_fit_rows`)."""
+
+  def __init__(self, members: np.ndarray, offsets: np.ndarray, bucket: np.ndarray | None = None):
+    self.members, self.offsets, self.bucket = members, offsets, bucket
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  def __getitem__(self, r):
+    if isinstance(r, slice):
+      return [self[i] for i in range(*r.indices(len(self)))]
+    return self.members[self.offsets[r] : self.offsets[r + 1]]
+
+  def __iter__(self) -> Iterator[np.ndarray]:
+    return (self[r] for r in range(len(self)))
+
+  def select(self, which: np.ndarray) -> Rows:
+    """The rows `which` (a boolean mask or indices), in order."""
+    which = np.flatnonzero(which) if np.asarray(which).dtype == bool else np.asarray(which)
+    counts = np.diff(self.offsets)[which]
+    members = self.members[_gather_steps(self.offsets[:-1][which], counts)]
+    bucket = None if self.bucket is None else self.bucket[which]
+    return Rows(members, np.concatenate([[0], np.cumsum(counts)]), bucket)
+
+
+def _rows_from_assignment(items: np.ndarray, row_of: np.ndarray, num_rows: int) -> Rows:
+  """Rows from each item's row, members in the order the items come."""
+  by_row = np.argsort(row_of, kind="stable")
+  counts = np.bincount(row_of, minlength=num_rows)
+  return Rows(items[by_row].astype(np.int64), np.concatenate([[0], np.cumsum(counts)]))
 
 
 def _packed_batches(
-  bins: Sequence[Sequence[int]],
-  lengths: np.ndarray,
-  batch_size: int,
-  length: int,
-  rng: np.random.Generator,
-) -> list[BatchPlan]:
+  rows: Rows, lengths: np.ndarray, batch_size: int, length: int, rng: np.random.Generator
+) -> EpochPlan:
   """Rows of sequences laid back to back, `batch_size` rows per batch: the rows in a shuffled
   order, each row's members in a shuffled order (Pack, and Bucket with packed rows)."""
-  rows = []
-  for b in rng.permutation(len(bins)):
-    pos, row = 0, []
-    for i in rng.permutation(bins[b]):
-      row.append(Segment(int(i), 0, pos, int(lengths[i])))
-      pos += int(lengths[i])
-    rows.append(tuple(row))
-  return [
-    BatchPlan(batch_size, length, tuple(rows[s : s + batch_size]))
-    for s in range(0, len(rows), batch_size)
-  ]
+  order = rng.permutation(len(rows))
+  permutation = rng.permutation
+  members = np.concatenate([permutation(rows[r]) for r in order]) if len(rows) else np.zeros(0)
+  members = members.astype(np.int64)
+  counts = np.diff(rows.offsets)[order]
+  row_start = np.concatenate([[0], np.cumsum(counts)])
+  seq_len = lengths[members]
+  ends = np.cumsum(seq_len)
+  pos = ends - seq_len - np.repeat((ends - seq_len)[row_start[:-1]], counts)
+  rank = np.repeat(np.arange(len(rows), dtype=np.int64), counts)  # the row's place in the epoch
+  segments = np.stack([rank % batch_size, members, np.zeros_like(members), pos, seq_len], 1)
+  firsts = np.arange(0, len(rows), batch_size)
+  offsets = np.append(row_start[firsts], len(members))
+  return EpochPlan(
+    np.full(len(firsts), batch_size), np.full(len(firsts), length), segments, offsets
+  )
 
 
 class Pad(Strategy):
@@ -509,8 +706,8 @@ class Bucket(Strategy):
       self.rows = best_fit_rows(
         dataset.lengths, self.boundaries, np.random.default_rng([self.seed, 1])
       )
-      row_bucket = [k for k, _ in self.rows]
-      row_real = [int(dataset.lengths[members].sum()) for _, members in self.rows]
+      row_bucket = self.rows.bucket
+      row_real = _segment_sums(dataset.lengths[self.rows.members], self.rows.offsets)
     per_bucket = np.bincount(row_bucket, minlength=len(self.boundaries))
     real = np.bincount(row_bucket, weights=row_real, minlength=len(self.boundaries))
     if tokens_per_batch is not None:
@@ -547,10 +744,11 @@ class Bucket(Strategy):
     for k, (b, t) in enumerate(zip(self.batch_sizes, self.boundaries)):
       if not self.pack_rows:
         members = rng.permutation(np.flatnonzero(self.bucket_of == k))
-        plans += _fixed_batches(members, lengths, b, t)
+        plans.append(_fixed_batches(members, lengths, b, t))
         continue
-      plans += _packed_batches([r for bucket, r in self.rows if bucket == k], lengths, b, t, rng)
-    return [plans[i] for i in rng.permutation(len(plans))]
+      plans.append(_packed_batches(self.rows.select(self.rows.bucket == k), lengths, b, t, rng))
+    plan = EpochPlan.concatenate(plans)
+    return plan.reordered(rng.permutation(len(plan)))
 
 
 def _balanced(rows: int, most: int) -> int:
@@ -562,76 +760,105 @@ def _balanced(rows: int, most: int) -> int:
   return -(-rows // batches)
 
 
-def best_fit_rows(
-  lengths: np.ndarray, boundaries: Sequence[int], rng: np.random.Generator
-) -> list[tuple[int, list[int]]]:
-  """Rows of bucket lengths, each holding sequences back to back: (bucket index, members).
+def _length_groups(lengths: np.ndarray, rng: np.random.Generator):
+  """The sequences longest first (ties in a random order from `rng`), and the runs of equal
+  length in that order: (order, run starts, run ends)."""
+  order = np.lexsort((rng.permutation(len(lengths)), -lengths))
+  sorted_lengths = lengths[order]
+  starts = np.flatnonzero(np.r_[True, sorted_lengths[1:] != sorted_lengths[:-1]])
+  return order, starts, np.r_[starts[1:], len(order)]
+
+
+def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int], rng: np.random.Generator) -> Rows:
+  """Rows of bucket lengths, each holding sequences back to back (`Rows`, with each row's bucket).
 
   Best-fit decreasing over bins of several capacities: sequences, longest first (ties broken by
-  `rng`), go into the open row with the least free space that still fits them; when none fits, a
-  new row opens at the smallest boundary >= the sequence's length. Long sequences so open the
-  long rows and short ones fill their ends; every row is a bucket shape, so the compiles do not
-  change.
+  `rng`), go into the open row with the least free space that still fits them (of rows with
+  equal free space, the one that reached it last); when none fits, a new row opens at the
+  smallest boundary >= the sequence's length. Long sequences so open the long rows and short
+  ones fill their ends; every row is a bucket shape, so the compiles do not change.
+
+  Sequences of equal length are placed as one group, which gives the same rows as placing them
+  one at a time: the best-fitting row keeps taking them until they no longer fit, then the next
+  best. So the work grows with (distinct lengths x rows), not with the sequences one by one.
   """
   lengths = np.asarray(lengths, np.int64)
-  order = np.lexsort((rng.permutation(len(lengths)), -lengths))
-  top = int(boundaries[-1])
-  count = np.zeros(top + 1, np.int64)  # open rows per free space
-  by_free: dict[int, list[int]] = {}
-  rows: list[tuple[int, list[int]]] = []
-  for idx in order:
-    need = int(lengths[idx])
-    fits = np.flatnonzero(count[need:])
-    if len(fits):
-      free = need + int(fits[0])
-      r = by_free[free].pop()
-      count[free] -= 1
-    else:
-      k = int(np.searchsorted(boundaries, need))
-      rows.append((k, []))
-      r, free = len(rows) - 1, int(boundaries[k])
-    rows[r][1].append(int(idx))
-    left = free - need
-    if left > 0:
-      by_free.setdefault(left, []).append(r)
-      count[left] += 1
-  return rows
-
-
-def first_fit_decreasing(
-  lengths: np.ndarray, capacity: int, rng: np.random.Generator
-) -> list[list[int]]:
-  """Bins (lists of indices) packing `lengths` into `capacity` by first-fit decreasing.
-
-  Ties in length are broken by `rng`. A segment tree over the bins' free space finds the first bin
-  that fits in O(log n), so 50,000 sequences pack in well under a second.
-  """
+  bounds = np.asarray(boundaries, np.int64)
+  order, g_start, g_end = _length_groups(lengths, rng)
   n = len(lengths)
-  order = np.lexsort((rng.permutation(n), -np.asarray(lengths)))
-  size = 1
-  while size < n:
-    size *= 2
-  free = [0] * (2 * size)  # max free space in each subtree; leaves are bins
-  for i in range(size, 2 * size):
-    free[i] = capacity
-  for i in range(size - 1, 0, -1):
-    free[i] = capacity
-  bins: list[list[int]] = []
-  for idx in order:
-    need = int(lengths[idx])
-    node = 1
-    while node < size:  # leftmost leaf with room
-      node = 2 * node if free[2 * node] >= need else 2 * node + 1
-    b = node - size
-    if b == len(bins):
-      bins.append([])
-    bins[b].append(int(idx))
-    free[node] -= need
-    node //= 2
-    while node:
-      free[node] = max(free[2 * node], free[2 * node + 1])
-      node //= 2
-  return bins
+  free = np.zeros(n, np.int64)  # each row's free space (rows are opened in index order)
+  stamp = np.zeros(n, np.int64)  # when it last reached that free space (ties: latest first)
+  bucket = np.zeros(n, np.int64)
+  row_of = np.empty(n, np.int64)  # the row of each sequence, in `order`
+  rows, clock = 0, 0
+  for g0, g1 in zip(g_start, g_end):
+    need, m = int(lengths[order[g0]]), int(g1 - g0)
+    cand = np.flatnonzero(free[:rows] >= need)
+    if len(cand) > m:  # only the m best-fitting can be reached (each takes at least one)
+      cutoff = np.partition(free[cand], m - 1)[m - 1]
+      cand = cand[free[cand] <= cutoff]
+    cand = cand[np.lexsort((-stamp[cand], free[cand]))]
+    room = free[cand] // need
+    take = np.clip(m - (np.cumsum(room) - room), 0, room)  # the best-fitting first
+    used, take = cand[take > 0], take[take > 0]
+    placed = int(take.sum())
+    row_of[g0 : g0 + placed] = np.repeat(used, take)
+    free[used] -= take * need
+    stamp[used] = clock + np.arange(len(used))
+    clock += len(used)
+    left = m - placed
+    if left:  # new rows at the smallest boundary that holds the length
+      k = int(np.searchsorted(bounds, need))
+      per_row = int(bounds[k]) // need
+      new = -(-left // per_row)
+      ids = rows + np.arange(new)
+      counts = np.full(new, per_row)
+      counts[-1] = left - per_row * (new - 1)
+      row_of[g0 + placed : g1] = np.repeat(ids, counts)
+      free[ids], bucket[ids] = bounds[k] - counts * need, k
+      stamp[ids] = clock + np.arange(new)
+      clock, rows = clock + new, rows + new
+  out = _rows_from_assignment(order, row_of, rows)
+  out.bucket = bucket[:rows]
+  return out
+
+
+def first_fit_decreasing(lengths: np.ndarray, capacity: int, rng: np.random.Generator) -> Rows:
+  """Bins (`Rows`) packing `lengths` into `capacity` by first-fit decreasing.
+
+  Ties in length are broken by `rng`. Sequences of equal length are placed as one group, which
+  gives the same bins as placing them one at a time: the leftmost bin with room keeps taking
+  them until it is full for that length, then the next; the rest open new bins. The work grows
+  with (distinct lengths x bins), so millions of sequences pack in about a second.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  if len(lengths) and lengths.max() > capacity:
+    raise DataError(f"a sequence of {int(lengths.max())} steps does not fit a bin of {capacity}.")
+  order, g_start, g_end = _length_groups(lengths, rng)
+  n = len(lengths)
+  free = np.zeros(n, np.int64)
+  bin_of = np.empty(n, np.int64)
+  bins = 0
+  for g0, g1 in zip(g_start, g_end):
+    need, m = int(lengths[order[g0]]), int(g1 - g0)
+    fits = np.flatnonzero(free[:bins] >= need)
+    room = free[fits] // need
+    before = np.cumsum(room) - room  # items the bins to the left take first
+    take = np.clip(m - before, 0, room)
+    used, take = fits[take > 0], take[take > 0]
+    placed = int(take.sum())
+    bin_of[g0 : g0 + placed] = np.repeat(used, take)
+    free[used] -= take * need
+    left = m - placed
+    if left:
+      per_bin = capacity // need
+      new = -(-left // per_bin)
+      counts = np.full(new, per_bin)
+      counts[-1] = left - per_bin * (new - 1)
+      bin_of[g0 + placed : g1] = np.repeat(bins + np.arange(new), counts)
+      free[bins : bins + new] = capacity - counts * need
+      bins += new
+  return _rows_from_assignment(order, bin_of, bins)
 
 
 class Pack(Strategy):
@@ -732,48 +959,48 @@ class TBPTT(Strategy):
     return dict(num_streams=self.num_streams, chunk_length=self.chunk_length)
 
   def _plan(self, epoch, rng):
-    placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
+    lengths = self.dataset.lengths
+    stream, position, total = _lay_streams(lengths, self.num_streams, rng)
     k = self.chunk_length
-    starts = list(range(0, total, k))
-    return _cut_chunks(
-      self.dataset.lengths, self.num_streams, placed, starts, [k] * len(starts), [k] * len(starts)
-    )
+    starts = np.arange(0, total, k, dtype=np.int64)
+    spans = np.full(len(starts), k)
+    return StreamPlan(lengths, self.num_streams, stream, position, starts, spans, spans)
 
 
 def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator):
-  """Shuffled sequences laid end to end, each in the stream with the least work so far.
-  Returns ([(stream, sequence, position in stream)], the longest stream's length)."""
-  heap = [(0, s) for s in range(num_streams)]
-  placed = []
-  for i in rng.permutation(len(lengths)):
-    load, s = heapq.heappop(heap)
-    placed.append((s, int(i), load))
-    heapq.heappush(heap, (load + int(lengths[i]), s))
-  return placed, max(load for load, _ in heap)
+  """Shuffled sequences laid end to end, each in the stream with the least work so far (ties:
+  the lowest stream). Returns (each sequence's stream, its position in the stream, the longest
+  stream's length)."""
+  order = rng.permutation(len(lengths))
+  laid = lengths[order]
+  if int(lengths.sum()) < 2**31 - 1:  # a compiled scan on the host: ~50 ns a sequence
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+      size = max(1024, 1 << (len(laid) - 1).bit_length())  # few sizes, few compiles
+      padded = np.zeros(size, np.int32)  # zero-length sequences at the end change nothing
+      padded[: len(laid)] = laid
+      s, p, loads = jax.device_get(_lay_scan(jnp.asarray(padded), num_streams))
+    s, p = s[: len(laid)], p[: len(laid)]
+  else:  # positions past int32: the same rule, one sequence at a time
+    heap, s, p = list(range(num_streams)), [], []
+    for n in laid.tolist():  # heap entries load * num_streams + stream: ties go to the lowest
+      load, stream = divmod(heap[0], num_streams)
+      s.append(stream)
+      p.append(load)
+      heapq.heapreplace(heap, heap[0] + n * num_streams)
+    loads = [v // num_streams for v in heap]
+  stream, position = np.empty(len(laid), np.int64), np.empty(len(laid), np.int64)
+  stream[order], position[order] = s, p
+  return stream, position, int(np.max(loads))
 
 
-def _cut_chunks(
-  lengths,
-  num_streams: int,
-  placed,
-  starts: list[int],
-  spans: list[int],
-  shapes: list[int],
-  lr_scales: list[float] | None = None,
-) -> list[BatchPlan]:
-  """Batches of the streams' steps [starts[c], starts[c] + spans[c]), each padded to shapes[c]."""
-  rows = [[[] for _ in range(num_streams)] for _ in starts]
-  for s, i, p in placed:
-    end = p + int(lengths[i])
-    for c in range(bisect.bisect_right(starts, p) - 1, bisect.bisect_right(starts, end - 1)):
-      lo, hi = max(p, starts[c]), min(end, starts[c] + spans[c])
-      if hi > lo:
-        rows[c][s].append(Segment(i, lo - p, lo - starts[c], hi - lo))
-  scales = lr_scales or [1.0] * len(starts)
-  return [
-    BatchPlan(num_streams, t, tuple(tuple(r) for r in chunk), lr_scale=a)
-    for chunk, t, a in zip(rows, shapes, scales)
-  ]
+@functools.partial(jax.jit, static_argnums=1)
+def _lay_scan(laid: jax.Array, num_streams: int):
+  def place(loads, n):
+    s = jnp.argmin(loads)  # the first of the least loaded
+    return loads.at[s].add(n), (s.astype(jnp.int32), loads[s])
+
+  loads, (stream, position) = jax.lax.scan(place, jnp.zeros(num_streams, jnp.int32), laid)
+  return stream, position, loads
 
 
 class VariableTBPTT(Strategy):
@@ -845,24 +1072,19 @@ class VariableTBPTT(Strategy):
     return int(np.clip(round(rng.normal(mean, self.sigma)), self.min_length, self.chunk_shapes[-1]))
 
   def _plan(self, epoch, rng):
-    placed, total = _lay_streams(self.dataset.lengths, self.num_streams, rng)
-    starts, spans = [], []
+    lengths = self.dataset.lengths
+    stream, position, total = _lay_streams(lengths, self.num_streams, rng)
+    spans = []
     pos = 0
     while pos < total:
       n = self.draw_length(rng)
-      starts.append(pos)
       spans.append(n)
       pos += n
-    shapes = [self.chunk_shapes[bisect.bisect_left(self.chunk_shapes, n)] for n in spans]
-    return _cut_chunks(
-      self.dataset.lengths,
-      self.num_streams,
-      placed,
-      starts,
-      spans,
-      shapes,
-      [n / self.base_length for n in spans],
-    )
+    spans = np.asarray(spans, np.int64)
+    starts = np.cumsum(spans) - spans
+    shapes = np.asarray(self.chunk_shapes)[np.searchsorted(self.chunk_shapes, spans)]
+    lr_scale = spans / self.base_length
+    return StreamPlan(lengths, self.num_streams, stream, position, starts, spans, shapes, lr_scale)
 
 
 class Relayout(Strategy):
@@ -900,26 +1122,32 @@ class Relayout(Strategy):
 
   def _plan(self, epoch, rng):
     lengths = self.dataset.lengths
-    members = [[seg.sequence for row in p.rows for seg in row] for p in self.source.plan(epoch)]
-    if self.layout == "pad":
-      rows = [[(i,) for i in m] for m in members]
-    else:  # first-fit decreasing within the batch; ties broken by the epoch's rng
-      rows = [
-        [tuple(m[j] for j in b) for b in first_fit_decreasing(lengths[m], self.length, rng)]
-        for m in members
-      ]
-    width = max(len(r) for r in rows)
-    plans = []
-    for batch_rows, plan in zip(rows, self.source.plan(epoch)):
-      laid = []
-      for row in batch_rows:
-        pos, segs = 0, []
-        for i in row:
-          segs.append(Segment(int(i), 0, pos, int(lengths[i])))
-          pos += int(lengths[i])
-        laid.append(tuple(segs))
-      plans.append(BatchPlan(width, self.length, tuple(laid), lr_scale=plan.lr_scale))
-    return plans
+    source = self.source.plan(epoch)
+    batches = []  # per batch: Rows of its sequences
+    for i in range(len(source)):
+      m = source.batch_segments(i)[:, SEQUENCE]
+      if self.layout == "pad":
+        batches.append(Rows(m, np.arange(len(m) + 1)))
+      else:  # first-fit decreasing within the batch; ties broken by the epoch's rng
+        bins = first_fit_decreasing(lengths[m], self.length, rng)
+        batches.append(Rows(m[bins.members], bins.offsets))
+    width = max(len(r) for r in batches)
+    segments = []
+    for rows in batches:
+      seq_len = lengths[rows.members]
+      counts = np.diff(rows.offsets)
+      ends = np.cumsum(seq_len)
+      pos = ends - seq_len - np.repeat((ends - seq_len)[rows.offsets[:-1]], counts)
+      row = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+      segments.append(np.stack([row, rows.members, np.zeros_like(pos), pos, seq_len], 1))
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
+    return EpochPlan(
+      np.full(len(source), width),
+      np.full(len(source), self.length),
+      np.concatenate(segments).astype(np.int64),
+      offsets,
+      source.lr_scale,
+    )
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

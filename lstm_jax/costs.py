@@ -116,9 +116,16 @@ def _full_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> batching.Batc
   """A [B, T] batch of the dataset's first tokens, every step real."""
   b, t = shape
   n = b * t
-  idx = np.arange(n) % len(dataset.values)
-  values = dataset.values[idx].reshape((b, t) + dataset.values.shape[1:])
-  targets = dataset.targets[idx % len(dataset.targets)].reshape((b, t) + dataset.targets.shape[1:])
+  # the first sequences, whole and in order, until they hold n steps (repeated if the data
+  # holds fewer): only those are read
+  k = min(len(dataset), int(np.searchsorted(np.cumsum(dataset.lengths), n)) + 1)
+  seq = np.arange(k)
+  values, step_targets = dataset.gather(seq, np.zeros(k, np.int64), dataset.lengths[:k])
+  if step_targets is None:  # sequence-level targets: any class will do for timing
+    step_targets = np.resize(dataset.sequence_targets(seq), len(values))
+  idx = np.arange(n) % len(values)
+  values = values[idx].reshape((b, t) + values.shape[1:])
+  targets = step_targets[idx].reshape((b, t) + step_targets.shape[1:])
   ones = np.ones((b, t), bool)
   batch = batching.Batch(
     inputs=values,
@@ -194,16 +201,17 @@ def predict(
 ) -> dict:
   """The run's predicted costs within the budget: steps, shapes (= compiles), padding,
   compile and train seconds, their total, and the largest step's memory."""
-  plans = guards.planned_plans(strategy, real_tokens, epochs)
-  shapes = sorted({p.shape for p in plans})
-  real = sum(p.real_tokens for p in plans)
-  computed = sum(p.computed_tokens for p in plans)
+  steps = guards.planned_plans(strategy, real_tokens, epochs)
+  b, t = steps["batch_size"], steps["length"]
+  shapes = sorted(set(zip(b.tolist(), t.tolist())))
+  real = int(steps["real_tokens"].sum())
+  computed = int((b * t).sum())
   compile_s = len(shapes) * cal.compile_seconds
-  train_s = sum(cal.step_seconds(p.batch_size, p.length) for p in plans)
+  train_s = float(cal.step_seconds(b, t).sum())
   largest = guards.largest_of(shapes)
   return dict(
     strategy=strategy.name,
-    steps=len(plans),
+    steps=len(b),
     shapes=len(shapes),
     real_tokens=real,
     computed_tokens=computed,

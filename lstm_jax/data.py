@@ -15,6 +15,7 @@ validates everything and raises `DataError` (a `ValueError`) naming the sequence
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Sequence
@@ -59,7 +60,7 @@ class RaggedDataset:
   def num_steps(self) -> int:
     return int(self.values.shape[0])
 
-  @property
+  @functools.cached_property
   def offsets(self) -> np.ndarray:
     """<int64>[num_sequences + 1]: sequence i occupies values[offsets[i]:offsets[i + 1]]."""
     return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
@@ -83,8 +84,23 @@ class RaggedDataset:
     return None if self.is_classification else int(self.targets.shape[1])
 
   @property
+  def max_target(self) -> int:
+    """The largest class id among the targets (classification)."""
+    return int(self.targets.max())
+
+  @property
   def max_length(self) -> int:
     return int(self.lengths.max())
+
+  def gather(self, seq: np.ndarray, start: np.ndarray, n: np.ndarray):
+    """The steps [start, start + n) of each sequence in `seq`, end to end: (inputs, per-step
+    targets, or None for sequence-level targets). What a batch is assembled from."""
+    src = _gather_steps(self.offsets[seq] + start, n)
+    return self.values[src], self.targets[src] if self.target_level == "step" else None
+
+  def sequence_targets(self, seq: np.ndarray) -> np.ndarray:
+    """The sequence-level targets of the sequences `seq`."""
+    return self.targets[seq]
 
   def sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets) of sequence i; targets are per step or the sequence's one target."""

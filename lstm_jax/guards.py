@@ -30,24 +30,32 @@ def _row_setting(name: str) -> str:
   return STRATEGIES[name].row_setting if name in STRATEGIES else "batch_size"
 
 
-def planned_plans(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> list:
-  """The plan of each optimizer step a run of `strategy` will take: epoch by epoch until
-  `real_tokens` are reached or `epochs` are done, as `train.fit` stops."""
-  out, total, epoch = [], 0, 0
+def planned_plans(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> dict:
+  """The optimizer steps a run of `strategy` will take, epoch by epoch until `real_tokens` are
+  reached or `epochs` are done, as `train.fit` stops: per step, its batch_size, length and
+  real_tokens (<int64>[steps] arrays, from the plans' arrays: no batch is built)."""
+  parts, total, epoch = [], 0, 0
   while True:
-    for p in strategy.plan(epoch):
-      out.append(p)
-      total += p.real_tokens
-      if real_tokens and total >= real_tokens:
-        return out
+    plan = strategy.plan(epoch)
+    if real_tokens:
+      reached = np.flatnonzero(total + np.cumsum(plan.real_tokens) >= real_tokens)
+      if len(reached):
+        parts.append((plan, int(reached[0]) + 1))
+        break
+    parts.append((plan, len(plan)))
+    total += int(plan.real_tokens.sum())
     epoch += 1
     if epochs and epoch >= epochs:
-      return out
+      break
+  return {
+    k: np.concatenate([getattr(p, k)[:n] for p, n in parts])
+    for k in ("batch_size", "length", "real_tokens")
+  }
 
 
-def planned_steps(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> list[int]:
+def planned_steps(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> np.ndarray:
   """The real tokens of each optimizer step a run of `strategy` will take (`planned_plans`)."""
-  return [p.real_tokens for p in planned_plans(strategy, real_tokens, epochs)]
+  return planned_plans(strategy, real_tokens, epochs)["real_tokens"]
 
 
 def check_steps(

@@ -66,7 +66,7 @@ class ProgressLog:
 
   def start(self, name: str, seed: int, total_tokens: int, strategy) -> None:
     self.name, self.seed = name, seed
-    self.total = total_tokens or sum(p.real_tokens for p in strategy.plan(0))
+    self.total = total_tokens or int(strategy.plan(0).real_tokens.sum())
     self.tokens, self.seconds, self.next_line = 0, 0.0, 0.0
 
   def _write(self, rec: dict) -> None:
@@ -500,9 +500,17 @@ def baseline_lines(baselines: dict | None) -> list[str]:
   if not baselines:
     return []
   said = ", ".join(f"{BASELINE_NAMES[k]} {baselines[k]:.3f}" for k in BASELINE_NAMES)
+  sample = baselines.get("sampled")
+  held = f"the same {baselines['held_out_bytes']:,} held-out bytes"
+  if sample:  # a large corpus: fixed-size samples, so their time does not grow with it
+    held = (
+      f"a sample of {baselines['held_out_bytes']:,} of the {sample['held_out_of']:,} held-out "
+      f"bytes (the first held-out sequences; unigram counts and lzma's priming from "
+      f"{sample['train_bytes']:,} of the {sample['train_of']:,} training bytes)"
+    )
   return [
-    f"*Baselines* on the same {baselines['held_out_bytes']:,} held-out bytes, in bits per "
-    f"byte (`lstm_jax/baselines.py`, recomputable from the data alone): {said}.",
+    f"*Baselines* on {held}, in bits per byte (`lstm_jax/baselines.py`, recomputable from "
+    f"the data alone): {said}.",
     "",
   ]
 

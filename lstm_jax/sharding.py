@@ -93,7 +93,7 @@ def shard_batch(
   check_divisible(plan.batch_size, mesh)
   rows = process_rows(plan.batch_size, mesh)
   if local is None:
-    mine = BatchPlan(rows.stop - rows.start, plan.length, plan.rows[rows])
+    mine = plan.take_rows(rows.start, rows.stop)
     local = assemble(dataset, mine)
   else:
     local = jax.tree.map(lambda a: a[rows], local)

@@ -112,7 +112,7 @@ def check_model_fits_data(
         f"initialised for {expected}; re-initialise the model for this data."
       )
   if dataset.is_classification:
-    top = int(dataset.targets.max())
+    top = dataset.max_target
     if top >= model.num_outputs:
       raise DataError(
         f"label {top} is out of range for a head with {model.num_outputs} outputs "
@@ -264,14 +264,14 @@ def abstract_step_args(
 
 def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int = 0) -> None:
   """Compiles `fn` (train or eval step) for every shape `strategy` emits in `epoch`."""
-  for shape in sorted({p.shape for p in strategy.plan(epoch)}):
+  for shape in sorted(strategy.plan(epoch).shapes()):
     fn.compile(*abstract_step_args(fn, state, strategy.dataset, shape))
 
 
 def shapes_in_order(strategy: Strategy, epoch: int = 0, first: Sequence = ()) -> list[tuple]:
   """The shapes `strategy` emits in `epoch` in the order training first meets them (then any
   other shape it emits in later epochs), with the shapes in `first` moved to the front."""
-  order = list(dict.fromkeys(p.shape for p in strategy.plan(epoch)))
+  order = strategy.plan(epoch).shapes()
   order += [s for s in strategy.shapes() if s not in order]
   return list(dict.fromkeys([*first, *order]))
 

@@ -200,7 +200,8 @@ def test_best_fit_rows_fill_bucket_rows_within_their_boundary():
   rng = np.random.default_rng(0)
   lengths = np.clip(rng.lognormal(np.log(64), 1.0, size=2000).astype(int), 8, 512)
   boundaries = batching.optimal_boundaries(lengths, 8)
-  rows = batching.best_fit_rows(lengths, boundaries, rng)
+  packed = batching.best_fit_rows(lengths, boundaries, rng)
+  rows = list(zip(packed.bucket, packed))
   assert sorted(i for _, r in rows for i in r) == list(range(2000))
   assert all(lengths[r].sum() <= boundaries[k] for k, r in rows)
   assert all(lengths[r].max() > (boundaries[k - 1] if k else 0) for k, r in rows)  # row's bucket
@@ -272,3 +273,18 @@ def test_batch_size_must_be_positive_integer(bad):
 def test_unknown_strategy_name():
   with pytest.raises(ConfigError, match=r"unknown strategy 'padd'; choose one of"):
     batching.make_strategy("padd", identity_dataset([3, 5]), batch_size=2)
+
+
+def test_plans_match_the_recorded_planner():
+  """Every case of tests/plan_cases.py (each strategy, ties in the lengths, batch multiples,
+  two seeds, two epochs) plans exactly the batches the planner before the array planner did,
+  recorded as hashes in tests/data/plan_hashes.json: same seed, same batches, so committed
+  reports rerun bit-identically."""
+  import json
+
+  import plan_cases
+
+  recorded = json.loads(plan_cases.HASHES.read_text())
+  got = plan_cases.all_hashes()
+  assert got.keys() == recorded.keys()
+  assert [k for k in got if got[k] != recorded[k]] == []

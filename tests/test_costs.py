@@ -44,7 +44,7 @@ def test_prediction_counts_what_the_strategy_will_do():
   ds, cal = _data(), _cal()
   strategy = batching.Bucket(ds, tokens_per_batch=2048, num_buckets=4)
   p = costs.predict(strategy, cal, real_tokens=None, epochs=2)
-  plans = strategy.plan(0) + strategy.plan(1)
+  plans = list(strategy.plan(0)) + list(strategy.plan(1))
   assert p["steps"] == len(plans) and p["shapes"] == len(strategy.shapes(2)) == 4
   assert p["real_tokens"] == 2 * int(ds.lengths.sum())
   assert p["padding_fraction"] == pytest.approx(
