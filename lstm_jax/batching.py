@@ -79,13 +79,13 @@ class Segment(NamedTuple):
   length: int  # number of steps
 
 
-# The columns of a plan's segment table, <int64>[num_segments, 5], sorted by (row, position).
+# The columns of a plan's segment table, <int32>[num_segments, 5], sorted by (row, position).
 ROW, SEQUENCE, START, POSITION, LENGTH = range(5)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class BatchPlan:
-  """Where each real step of one batch comes from: `segments` <int64>[n, 5], one row per run of
+  """Where each real step of one batch comes from: `segments` <int32>[n, 5], one row per run of
   one sequence's steps (row, sequence, start, position, length), sorted by row and position.
   Rows no segment names are empty."""
 
@@ -130,7 +130,7 @@ class EpochPlan(Sequence[BatchPlan]):
   segments[offsets[i]:offsets[i + 1]], lr_scale[i])`, built when it is asked for.
 
   batch_size, length: <int64>[num_batches]; lr_scale: <float64>[num_batches];
-  segments: <int64>[num_segments, 5] (see `BatchPlan`), batch after batch;
+  segments: <int32>[num_segments, 5] (see `BatchPlan`), batch after batch;
   offsets: <int64>[num_batches + 1].
   """
 
@@ -197,7 +197,7 @@ class EpochPlan(Sequence[BatchPlan]):
   def concatenate(plans: Sequence[EpochPlan]) -> EpochPlan:
     plans = [p for p in plans if len(p)]
     if not plans:
-      return EpochPlan([], [], np.zeros((0, 5), np.int64), [0])
+      return EpochPlan([], [], np.zeros((0, 5), np.int32), [0])
     sizes = np.cumsum([0] + [len(p.segments) for p in plans])
     return EpochPlan(
       np.concatenate([p.batch_size for p in plans]),
@@ -215,9 +215,9 @@ class StreamPlan(EpochPlan):
   (each sequence's stream and position: 12 bytes a sequence); a batch's segments are cut from
   it when that batch is asked for."""
 
-  def __init__(self, lengths, num_streams, stream, position, starts, spans, shapes, lr_scale=None):
+  def __init__(self, lengths, num_streams, layout, starts, spans, shapes, lr_scale=None):
+    stream, position, order = layout  # `_lay_streams`: order is by stream, then position
     self._lengths, self._num_streams = lengths, int(num_streams)
-    order = np.lexsort((position, stream))  # by stream, then position
     self._seq = order.astype(np.int32)
     self._starts, self._spans = np.asarray(starts, np.int64), np.asarray(spans, np.int64)
     # one key per sequence, stream * span + position: span past every position and window end
@@ -232,7 +232,7 @@ class StreamPlan(EpochPlan):
     super().__init__(
       np.full(len(self._starts), num_streams),
       shapes,
-      np.zeros((0, 5), np.int64),
+      np.zeros((0, 5), np.int32),
       np.zeros(len(self._starts) + 1, np.int64),
       lr_scale,
       real,
@@ -251,10 +251,20 @@ class StreamPlan(EpochPlan):
     lo = np.maximum(pos, lo_t)
     hi = np.minimum(pos + self._lengths[seq], hi_t)
     keep = hi > lo
-    return np.stack([row, seq, lo - pos, lo - lo_t, hi - lo], axis=1)[keep]
+    return _table(row, seq, lo - pos, lo - lo_t, hi - lo)[keep]
 
   def reordered(self, order):
     raise TypeError("a stream plan's batches follow the streams; they cannot be reordered")
+
+
+def _table(row, sequence, start, position, length) -> np.ndarray:
+  """A segment table, <int32>[n, 5] (ROW, SEQUENCE, START, POSITION, LENGTH): 20 bytes a
+  segment, so a plan of millions of sequences stays small."""
+  columns = (row, sequence, start, position, length)
+  out = np.empty((len(length), 5), np.int32)  # filled a column at a time: no int64 copy
+  for c, values in enumerate(columns):
+    out[:, c] = values
+  return out
 
 
 def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -465,7 +475,7 @@ def _fixed_batches(
   offsets = np.append(np.arange(0, n, batch_size, dtype=np.int64), n)
   seq_len = lengths[order]
   zeros = np.zeros(n, np.int64)
-  segments = np.stack([np.arange(n, dtype=np.int64) % batch_size, order, zeros, zeros, seq_len], 1)
+  segments = _table(np.arange(n, dtype=np.int64) % batch_size, order, zeros, zeros, seq_len)
   num = len(offsets) - 1
   t = np.maximum.reduceat(seq_len, offsets[:-1]) if length is None else np.full(num, length)
   return EpochPlan(np.full(num, batch_size), t[:num], segments, offsets)
@@ -502,7 +512,8 @@ def _rows_from_assignment(items: np.ndarray, row_of: np.ndarray, num_rows: int) 
   """Rows from each item's row, members in the order the items come."""
   by_row = np.argsort(row_of, kind="stable")
   counts = np.bincount(row_of, minlength=num_rows)
-  return Rows(items[by_row].astype(np.int64), np.concatenate([[0], np.cumsum(counts)]))
+  offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)  # n < 2**31 sequences
+  return Rows(items[by_row].astype(np.int32), offsets)
 
 
 def _packed_batches(
@@ -511,16 +522,18 @@ def _packed_batches(
   """Rows of sequences laid back to back, `batch_size` rows per batch: the rows in a shuffled
   order, each row's members in a shuffled order (Pack, and Bucket with packed rows)."""
   order = rng.permutation(len(rows))
-  permutation = rng.permutation
-  members = np.concatenate([permutation(rows[r]) for r in order]) if len(rows) else np.zeros(0)
-  members = members.astype(np.int64)
   counts = np.diff(rows.offsets)[order]
   row_start = np.concatenate([[0], np.cumsum(counts)])
+  members = rows.members[_gather_steps(rows.offsets[:-1][order], counts)].astype(np.int64)
+  shuffle = rng.shuffle  # each row in place, in the epoch's row order: permutation's draws
+  several = np.flatnonzero(counts > 1)  # a row of one draws nothing
+  for a, b in zip(row_start[several].tolist(), row_start[several + 1].tolist()):
+    shuffle(members[a:b])
   seq_len = lengths[members]
   ends = np.cumsum(seq_len)
   pos = ends - seq_len - np.repeat((ends - seq_len)[row_start[:-1]], counts)
   rank = np.repeat(np.arange(len(rows), dtype=np.int64), counts)  # the row's place in the epoch
-  segments = np.stack([rank % batch_size, members, np.zeros_like(members), pos, seq_len], 1)
+  segments = _table(rank % batch_size, members, np.zeros_like(members), pos, seq_len)
   firsts = np.arange(0, len(rows), batch_size)
   offsets = np.append(row_start[firsts], len(members))
   return EpochPlan(
@@ -698,10 +711,12 @@ class Bucket(Strategy):
       "largest bucket boundary",
       "Add a boundary >= that length, or split long sequences (e.g. the 'tbptt' strategy).",
     )
-    self.bucket_of = np.searchsorted(self.boundaries, dataset.lengths)  # bucket index per sequence
+    # each sequence's bucket (int16: a plan costs bytes per sequence); kept for plain rows
+    bucket_of = np.searchsorted(self.boundaries, dataset.lengths).astype(np.int16)
     self.pack_rows = bool(pack_rows)
+    self.bucket_of = None if self.pack_rows else bucket_of
     self.rows = None
-    row_bucket, row_real = self.bucket_of, dataset.lengths  # a row per sequence, or packed:
+    row_bucket, row_real = bucket_of, dataset.lengths  # a row per sequence, or packed:
     if self.pack_rows:
       self.rows = best_fit_rows(
         dataset.lengths, self.boundaries, np.random.default_rng([self.seed, 1])
@@ -763,10 +778,49 @@ def _balanced(rows: int, most: int) -> int:
 def _length_groups(lengths: np.ndarray, rng: np.random.Generator):
   """The sequences longest first (ties in a random order from `rng`), and the runs of equal
   length in that order: (order, run starts, run ends)."""
-  order = np.lexsort((rng.permutation(len(lengths)), -lengths))
+  tie = rng.permutation(len(lengths))  # each sequence's random rank among equals
+  by_tie = np.empty_like(tie)
+  by_tie[tie] = np.arange(len(tie))  # the sequences in increasing rank: no sort needed
+  # then a stable sort by decreasing length (a radix sort for int16 keys): the order of
+  # lexsort((tie, -lengths)), in linear time
+  key = (lengths.max(initial=0) - lengths)[by_tie]
+  order = by_tie[
+    np.argsort(key.astype(np.int16 if key.max(initial=0) < 2**15 else np.int64), kind="stable")
+  ]
   sorted_lengths = lengths[order]
   starts = np.flatnonzero(np.r_[True, sorted_lengths[1:] != sorted_lengths[:-1]])
   return order, starts, np.r_[starts[1:], len(order)]
+
+
+class _Stacks:
+  """Rows by free space: for each free value a stack of row ids (numpy chunks, pushed in order),
+  and how many each holds. Of rows with equal free space, the one that reached it last is on
+  top (best-fit's tie rule)."""
+
+  def __init__(self, top: int):
+    self.chunks: list[list[np.ndarray]] = [[] for _ in range(top + 1)]
+    self.count = np.zeros(top + 1, np.int64)
+
+  def push(self, free: int, rows: np.ndarray) -> None:
+    if free > 0 and len(rows):
+      self.chunks[free].append(rows)
+      self.count[free] += len(rows)
+
+  def pop(self, free: int, k: int) -> np.ndarray:
+    """The top k rows of stack `free`, top first."""
+    out, chunks = [], self.chunks[free]
+    self.count[free] -= k
+    while k:
+      c = chunks[-1]
+      if len(c) <= k:
+        out.append(c[::-1])
+        chunks.pop()
+        k -= len(c)
+      else:
+        out.append(c[: len(c) - k - 1 : -1])
+        chunks[-1] = c[: len(c) - k]
+        k = 0
+    return np.concatenate(out)
 
 
 def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int], rng: np.random.Generator) -> Rows:
@@ -780,46 +834,45 @@ def best_fit_rows(lengths: np.ndarray, boundaries: Sequence[int], rng: np.random
 
   Sequences of equal length are placed as one group, which gives the same rows as placing them
   one at a time: the best-fitting row keeps taking them until they no longer fit, then the next
-  best. So the work grows with (distinct lengths x rows), not with the sequences one by one.
+  best. Rows are kept in stacks by free space, so a group visits only the rows it fills.
   """
   lengths = np.asarray(lengths, np.int64)
   bounds = np.asarray(boundaries, np.int64)
   order, g_start, g_end = _length_groups(lengths, rng)
-  n = len(lengths)
-  free = np.zeros(n, np.int64)  # each row's free space (rows are opened in index order)
-  stamp = np.zeros(n, np.int64)  # when it last reached that free space (ties: latest first)
-  bucket = np.zeros(n, np.int64)
-  row_of = np.empty(n, np.int64)  # the row of each sequence, in `order`
-  rows, clock = 0, 0
-  for g0, g1 in zip(g_start, g_end):
-    need, m = int(lengths[order[g0]]), int(g1 - g0)
-    cand = np.flatnonzero(free[:rows] >= need)
-    if len(cand) > m:  # only the m best-fitting can be reached (each takes at least one)
-      cutoff = np.partition(free[cand], m - 1)[m - 1]
-      cand = cand[free[cand] <= cutoff]
-    cand = cand[np.lexsort((-stamp[cand], free[cand]))]
-    room = free[cand] // need
-    take = np.clip(m - (np.cumsum(room) - room), 0, room)  # the best-fitting first
-    used, take = cand[take > 0], take[take > 0]
-    placed = int(take.sum())
-    row_of[g0 : g0 + placed] = np.repeat(used, take)
-    free[used] -= take * need
-    stamp[used] = clock + np.arange(len(used))
-    clock += len(used)
-    left = m - placed
+  stacks = _Stacks(int(bounds[-1]))
+  bucket, row_of = [], np.empty(len(lengths), np.int64)  # row_of: each sequence's, in `order`
+  rows = 0
+  for g0, g1 in zip(g_start.tolist(), g_end.tolist()):
+    need, left, at = int(lengths[order[g0]]), g1 - g0, g0
+    pushes = []  # (free after, rows), in the order the rows were filled
+    for f in (np.flatnonzero(stacks.count[need:]) + need).tolist():  # least free space first
+      per = f // need
+      k = min(int(stacks.count[f]), -(-left // per))
+      got = stacks.pop(f, k)
+      take = np.full(k, per)
+      take[-1] = min(per, left - per * (k - 1))
+      row_of[at : at + int(take.sum())] = np.repeat(got, take)
+      at, left = at + int(take.sum()), left - int(take.sum())
+      pushes.append((f - per * need, got[:-1]))
+      pushes.append((f - int(take[-1]) * need, got[-1:]))
+      if not left:
+        break
     if left:  # new rows at the smallest boundary that holds the length
       k = int(np.searchsorted(bounds, need))
-      per_row = int(bounds[k]) // need
-      new = -(-left // per_row)
+      cap, per = int(bounds[k]), int(bounds[k]) // need
+      new = -(-left // per)
       ids = rows + np.arange(new)
-      counts = np.full(new, per_row)
-      counts[-1] = left - per_row * (new - 1)
-      row_of[g0 + placed : g1] = np.repeat(ids, counts)
-      free[ids], bucket[ids] = bounds[k] - counts * need, k
-      stamp[ids] = clock + np.arange(new)
-      clock, rows = clock + new, rows + new
+      take = np.full(new, per)
+      take[-1] = left - per * (new - 1)
+      row_of[at:g1] = np.repeat(ids, take)
+      bucket.append(np.full(new, k, np.int16))
+      pushes.append((cap - per * need, ids[:-1]))
+      pushes.append((cap - int(take[-1]) * need, ids[-1:]))
+      rows += new
+    for free, ids in pushes:
+      stacks.push(free, ids)
   out = _rows_from_assignment(order, row_of, rows)
-  out.bucket = bucket[:rows]
+  out.bucket = np.concatenate(bucket) if bucket else np.zeros(0, np.int16)
   return out
 
 
@@ -960,26 +1013,32 @@ class TBPTT(Strategy):
 
   def _plan(self, epoch, rng):
     lengths = self.dataset.lengths
-    stream, position, total = _lay_streams(lengths, self.num_streams, rng)
+    layout, total = _lay_streams(lengths, self.num_streams, rng)
     k = self.chunk_length
     starts = np.arange(0, total, k, dtype=np.int64)
     spans = np.full(len(starts), k)
-    return StreamPlan(lengths, self.num_streams, stream, position, starts, spans, spans)
+    return StreamPlan(lengths, self.num_streams, layout, starts, spans, spans)
 
 
 def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator):
   """Shuffled sequences laid end to end, each in the stream with the least work so far (ties:
-  the lowest stream). Returns (each sequence's stream, its position in the stream, the longest
-  stream's length)."""
+  the lowest stream). Returns ((each sequence's stream, its position in the stream, the
+  sequences by stream then position), the longest stream's length)."""
   order = rng.permutation(len(lengths))
   laid = lengths[order]
-  if int(lengths.sum()) < 2**31 - 1:  # a compiled scan on the host: ~50 ns a sequence
+  if int(lengths.sum()) < 2**31 - 1:  # a compiled scan on the host, a block at a time
+    size = min(_LAY_BLOCK, max(1024, 1 << (len(laid) - 1).bit_length()))  # few sizes compile
+    s, p = np.empty(len(laid), np.int32), np.empty(len(laid), np.int32)
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-      size = max(1024, 1 << (len(laid) - 1).bit_length())  # few sizes, few compiles
-      padded = np.zeros(size, np.int32)  # zero-length sequences at the end change nothing
-      padded[: len(laid)] = laid
-      s, p, loads = jax.device_get(_lay_scan(jnp.asarray(padded), num_streams))
-    s, p = s[: len(laid)], p[: len(laid)]
+      loads = jnp.zeros(num_streams, jnp.int32)
+      for a in range(0, len(laid), size):
+        n = min(size, len(laid) - a)
+        block = np.zeros(size, np.int32)  # zero-length sequences at the end change nothing
+        block[:n] = laid[a : a + n]
+        loads, bs, bp = _lay_scan(loads, jnp.asarray(block), num_streams)
+        bs, bp = jax.device_get((bs, bp))
+        s[a : a + n], p[a : a + n] = bs[:n], bp[:n]
+      loads = np.asarray(loads)
   else:  # positions past int32: the same rule, one sequence at a time
     heap, s, p = list(range(num_streams)), [], []
     for n in laid.tolist():  # heap entries load * num_streams + stream: ties go to the lowest
@@ -990,17 +1049,27 @@ def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator
     loads = [v // num_streams for v in heap]
   stream, position = np.empty(len(laid), np.int64), np.empty(len(laid), np.int64)
   stream[order], position[order] = s, p
-  return stream, position, int(np.max(loads))
+  # positions grow in laying order within a stream, so a stable sort by stream orders both
+  key = np.asarray(s, np.int16 if num_streams < 2**15 else np.int32)  # int16: a radix sort
+  by_stream = order[np.argsort(key, kind="stable")]
+  return (stream, position, by_stream), int(np.max(loads))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _lay_scan(laid: jax.Array, num_streams: int):
+_LAY_BLOCK = 1 << 20  # sequences per call of the compiled scan: one compile per stream count
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _lay_scan(loads: jax.Array, laid: jax.Array, num_streams: int):
+  """The least-loaded rule over one block of sequences, from `loads` on: (loads after, each
+  sequence's stream, its position). argmin takes the first of the least loaded."""
+  del num_streams  # the loads' shape says it; static so each stream count compiles once
+
   def place(loads, n):
-    s = jnp.argmin(loads)  # the first of the least loaded
+    s = jnp.argmin(loads)
     return loads.at[s].add(n), (s.astype(jnp.int32), loads[s])
 
-  loads, (stream, position) = jax.lax.scan(place, jnp.zeros(num_streams, jnp.int32), laid)
-  return stream, position, loads
+  loads, (stream, position) = jax.lax.scan(place, loads, laid)
+  return loads, stream, position
 
 
 class VariableTBPTT(Strategy):
@@ -1073,7 +1142,7 @@ class VariableTBPTT(Strategy):
 
   def _plan(self, epoch, rng):
     lengths = self.dataset.lengths
-    stream, position, total = _lay_streams(lengths, self.num_streams, rng)
+    layout, total = _lay_streams(lengths, self.num_streams, rng)
     spans = []
     pos = 0
     while pos < total:
@@ -1084,7 +1153,7 @@ class VariableTBPTT(Strategy):
     starts = np.cumsum(spans) - spans
     shapes = np.asarray(self.chunk_shapes)[np.searchsorted(self.chunk_shapes, spans)]
     lr_scale = spans / self.base_length
-    return StreamPlan(lengths, self.num_streams, stream, position, starts, spans, shapes, lr_scale)
+    return StreamPlan(lengths, self.num_streams, layout, starts, spans, shapes, lr_scale)
 
 
 class Relayout(Strategy):
@@ -1139,12 +1208,12 @@ class Relayout(Strategy):
       ends = np.cumsum(seq_len)
       pos = ends - seq_len - np.repeat((ends - seq_len)[rows.offsets[:-1]], counts)
       row = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
-      segments.append(np.stack([row, rows.members, np.zeros_like(pos), pos, seq_len], 1))
+      segments.append(_table(row, rows.members, np.zeros_like(pos), pos, seq_len))
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
     return EpochPlan(
       np.full(len(source), width),
       np.full(len(source), self.length),
-      np.concatenate(segments).astype(np.int64),
+      np.concatenate(segments),
       offsets,
       source.lr_scale,
     )
