@@ -11,7 +11,12 @@ sequences the strategies are evaluated on:
   minus that of train alone, which is what a compressor that has read the training data pays
   for the held-out bytes.
 
-All from the Python standard library, deterministic, and independent of any model.
+All from the Python standard library, deterministic, and independent of any model. Their time
+must not grow with the corpus, so each side is a fixed-size sample: the held-out split's first
+sequences up to `HELD_OUT_SAMPLE` bytes, the training split's up to `TRAIN_SAMPLE` (whole
+sequences, in the split's order, itself a seeded random order of the corpus). Smaller splits are
+taken whole; when a sample is taken, the result says so (`sampled`) and the report names both
+sizes.
 """
 
 from __future__ import annotations
@@ -25,27 +30,40 @@ import numpy as np
 from lstm_jax.data import RaggedDataset
 
 _LZMA = dict(format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+HELD_OUT_SAMPLE = 1 << 20  # bytes of held-out text the baselines score (1 MiB)
+TRAIN_SAMPLE = 8 << 20  # bytes of training text (unigram counts, lzma's priming): 8 MiB
 
 
-def sequence_bytes(dataset: RaggedDataset) -> bytes:
+def text_bytes(dataset: RaggedDataset) -> int:
+  """Bytes of text a byte-level dataset holds: each sequence's steps plus its first byte."""
+  return dataset.num_steps + len(dataset)
+
+
+def sequence_bytes(dataset: RaggedDataset, limit: int | None = None) -> bytes:
   """A byte-level dataset's sequences, whole and concatenated: each sequence's inputs and its
-  last target (the next-token layout holds every byte but the first as a target)."""
+  last target (the next-token layout holds every byte but the first as a target). With a
+  `limit`, only the first sequences whose text fits in it (at least one)."""
+  sizes = dataset.lengths + 1
+  n = len(dataset)
+  if limit is not None:
+    n = max(1, int(np.searchsorted(np.cumsum(sizes), limit, side="right")))
   parts = []
-  for i in range(len(dataset)):
+  for i in range(n):
     x, y = dataset.sequence(i)
     parts.append(np.asarray(x, np.uint8).tobytes() + np.asarray(y[-1:], np.uint8).tobytes())
   return b"".join(parts)
 
 
 def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, float]:
-  """The baselines above, in bits per byte of the held-out sequences."""
-  train_text, text = sequence_bytes(train), sequence_bytes(held_out)
+  """The baselines above, in bits per byte of the held-out sample."""
+  train_text = sequence_bytes(train, TRAIN_SAMPLE)
+  text = sequence_bytes(held_out, HELD_OUT_SAMPLE)
   counts = np.bincount(np.frombuffer(train_text, np.uint8), minlength=256) + 1.0
   log_p = np.log2(counts / counts.sum())
   held = np.frombuffer(text, np.uint8)
   per_byte = 8.0 / len(text)
   primed = len(lzma.compress(train_text + text, **_LZMA)) - len(lzma.compress(train_text, **_LZMA))
-  return dict(
+  out = dict(
     unigram=float(-log_p[held].mean()),
     zlib=per_byte * len(zlib.compress(text, 9)),
     bz2=per_byte * len(bz2.compress(text, 9)),
@@ -53,3 +71,8 @@ def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, float]:
     lzma_primed=per_byte * primed,
     held_out_bytes=len(text),
   )
+  if len(text) < text_bytes(held_out) or len(train_text) < text_bytes(train):
+    out["sampled"] = dict(
+      held_out_of=text_bytes(held_out), train_bytes=len(train_text), train_of=text_bytes(train)
+    )
+  return out

@@ -47,6 +47,7 @@ from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
+from lstm_jax.store import StoredDataset
 from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
 
 LN2 = math.log(2.0)
@@ -134,6 +135,11 @@ def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
       "config.data.standardize applies to feature inputs; this data is token ids. Set "
       "config.data.standardize=False."
     )
+  if isinstance(train_ds, StoredDataset):  # on disk: streamed, applied when batches gather
+    mean, std = feature_statistics(train_ds)
+    std = np.where(std > 0, std, 1.0)
+    stats = dict(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
+    return train_ds.standardized(mean, std), eval_ds.standardized(mean, std), stats
   mean = train_ds.values.astype(np.float64).mean(0)
   std = train_ds.values.astype(np.float64).std(0)
   std = np.where(std > 0, std, 1.0)
@@ -146,13 +152,30 @@ def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
   return scaled(train_ds), scaled(eval_ds), stats
 
 
+def feature_statistics(dataset: RaggedDataset, block: int = 1 << 20) -> tuple:
+  """Per-feature mean and standard deviation over every step, read `block` steps at a time in
+  two passes (the mean, then the squared deviations from it), in float64."""
+  ends = np.cumsum(dataset.lengths)
+  cuts = np.searchsorted(ends, np.arange(block, int(ends[-1]), block))
+  groups = np.split(np.arange(len(dataset)), np.unique(cuts) + 1)
+
+  def blocks():
+    for g in groups:
+      if len(g):
+        x, _ = dataset.gather(g, np.zeros(len(g), np.int64), dataset.lengths[g])
+        yield np.asarray(x, np.float64)
+
+  n = dataset.num_steps
+  mean = sum(x.sum(0) for x in blocks()) / n
+  var = sum(np.square(x - mean).sum(0) for x in blocks()) / n
+  return mean, np.sqrt(var)
+
+
 def split_data(cfg: ml_collections.ConfigDict):
   dataset, identity = sources.load_source(cfg.data)
-  if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:
-    keep = np.random.default_rng(cfg.data.split_seed).choice(
-      len(dataset), cfg.data.max_sequences, replace=False
-    )
-    dataset = dataset.subset(np.sort(keep), name=dataset.name)
+  if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:  # (byte sources did it)
+    keep = sources.subsample_indices(len(dataset), cfg.data.max_sequences, cfg.data.split_seed)
+    dataset = dataset.subset(keep, name=dataset.name)
     identity["subsampled_to"] = int(cfg.data.max_sequences)
   train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
   if cfg.data.standardize:
@@ -449,7 +472,7 @@ def run_strategy(
     log.eval(progress["curve"][-1])
 
   # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
-  log.start(name, seed, cfg.train.real_tokens or sum(planned), strategy)
+  log.start(name, seed, cfg.train.real_tokens or int(planned.sum()), strategy)
   resumed = (
     train.resume(checkpointer, state, strategy, steps, settings)
     if checkpointer is not None

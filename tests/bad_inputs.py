@@ -28,7 +28,7 @@ import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
 from conftest import identity_dataset, override, ragged_features  # noqa: E402
-from lstm_jax import batching, config, guards, sources, tasks, train, workdir  # noqa: E402
+from lstm_jax import batching, config, guards, sources, store, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
@@ -131,6 +131,28 @@ def _busy_workdir():
     workdir.WorkdirLock(str(TMP / "busy"))
 
 
+def _store(name: str, damage: Callable[[Path], None] | None = None) -> Path:
+  """A small byte-level store at TMP/name, damaged by `damage(path)`."""
+  path = TMP / name
+  shutil.rmtree(path, ignore_errors=True)
+  TMP.mkdir(parents=True, exist_ok=True)
+  store.write_store(path, [(np.arange(10) % 256, None, None)] * 3, vocab_size=256)
+  if damage is not None:
+    damage(path)
+  return path
+
+
+def _truncate(path: Path) -> None:
+  with open(path / "values.bin", "r+b") as f:
+    f.truncate(7)
+
+
+def _bad_record():
+  records = [(np.array([1, 2, 3]), None, "notes.txt"), (np.array([4, 300]), None, "tokens.txt")]
+  shutil.rmtree(TMP / "bad_record", ignore_errors=True)
+  return store.write_store(TMP / "bad_record", records, vocab_size=256)
+
+
 CASES = [
   # data
   Case(
@@ -140,6 +162,36 @@ CASES = [
     r"sequence 1 is empty",
   ),
   Case("data", "no sequences at all", lambda: from_sequences([], []), "the dataset is empty"),
+  Case(
+    "store",
+    "no store at the path",
+    lambda: store.open_store(TMP / "no_such_store"),
+    r"no store at .*prepare_data.py --out",
+  ),
+  Case(
+    "store",
+    "a store whose writer did not finish (no meta.json)",
+    lambda: store.open_store(_store("unfinished", lambda p: os.remove(p / "meta.json"))),
+    r"has no meta.json, so it is not a complete store",
+  ),
+  Case(
+    "store",
+    "a truncated values file",
+    lambda: store.open_store(_store("truncated", _truncate)),
+    r"values.bin holds 7 bytes but meta.json describes 30",
+  ),
+  Case(
+    "store",
+    "a record the writer cannot store (a token outside the vocabulary)",
+    _bad_record,
+    r"tokens.txt: token 300 is out of range",
+  ),
+  Case(
+    "store",
+    "data.source=store without data.path",
+    lambda: sources.load_store(""),
+    r"data.source=store needs config.data.path",
+  ),
   Case(
     "data",
     "a negative length",

@@ -1,6 +1,7 @@
 """Run by tests/test_sharding.py as two processes on localhost (CPU, gloo collectives): trains
-pad and tbptt for one epoch on a 2-device global mesh (one device per process); process 0
-prints the losses as JSON."""
+pad and tbptt for one epoch on a 2-device global mesh (one device per process), from memory and
+from the store at argv[4] (the same data); process 0 prints the losses as JSON, and each process
+prints how many steps of values it read from the store and how many the batches held."""
 
 import json
 import sys
@@ -11,22 +12,39 @@ from lstm_jax import sharding  # noqa: E402
 sharding.initialize(f"localhost:{sys.argv[2]}", 2, int(sys.argv[3]))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from test_sharding import MULTIHOST_LENGTHS  # noqa: E402
 
 from conftest import ragged_features  # noqa: E402
-from lstm_jax import batching, train  # noqa: E402
+from lstm_jax import batching, store, train  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
-ds = ragged_features(MULTIHOST_LENGTHS, num_features=3, seed=0)
+read = {"steps": 0}
+gather = store.StoredDataset.gather
+
+
+def counted_gather(self, seq, start, n):  # the steps this process reads from the store
+  read["steps"] += int(np.sum(n))
+  return gather(self, seq, start, n)
+
+
+store.StoredDataset.gather = counted_gather
 mesh = sharding.make_mesh()
 out = dict(processes=jax.process_count(), devices=jax.device_count())
-for name, strategy in (
-  ("pad", batching.Pad(ds, batch_size=8)),
-  ("tbptt", batching.TBPTT(ds, num_streams=8, chunk_length=5)),
+held = 0  # real steps in the global batches this process took part in
+for source, ds in (
+  ("", ragged_features(MULTIHOST_LENGTHS, num_features=3, seed=0)),
+  ("store_", store.open_store(sys.argv[4])),
 ):
-  state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
-  r = train.fit(state, strategy, epochs=1, steps=train.StepFunctions.create(mesh))
-  out[name] = [h["loss"] for h in r.history]
+  for name, strategy in (
+    ("pad", batching.Pad(ds, batch_size=8)),
+    ("tbptt", batching.TBPTT(ds, num_streams=8, chunk_length=5)),
+  ):
+    state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
+    r = train.fit(state, strategy, epochs=1, steps=train.StepFunctions.create(mesh))
+    out[source + name] = [h["loss"] for h in r.history]
+    held += sum(h["real_tokens"] for h in r.history) if source else 0
+print(f"READ {jax.process_index()} {read['steps']} {held}")
 if jax.process_index() == 0:
   print("RESULT " + json.dumps(out))

@@ -43,6 +43,28 @@ def test_every_baseline_equals_its_direct_recomputation():
   assert got["held_out_bytes"] == len(text)
   # text much like the training text: having read it makes lzma far cheaper
   assert got["lzma_primed"] < 0.6 * got["lzma"]
+  assert "sampled" not in got
+
+
+def test_a_large_corpus_is_scored_on_fixed_size_samples(monkeypatch):
+  """The baselines read at most HELD_OUT_SAMPLE / TRAIN_SAMPLE bytes, whole sequences from the
+  front of each split, so their time does not grow with the corpus; the result says so."""
+  monkeypatch.setattr(baselines, "HELD_OUT_SAMPLE", 200)
+  monkeypatch.setattr(baselines, "TRAIN_SAMPLE", 700)
+  got = baselines.byte_lm(_bytes_dataset(TRAIN), _bytes_dataset(HELD))
+  sizes = np.cumsum([len(c) for c in HELD])
+  text = b"".join(HELD[: int(np.searchsorted(sizes, 200, side="right"))])
+  train = b"".join(TRAIN[: int(np.searchsorted(np.cumsum([len(c) for c in TRAIN]), 700, "right"))])
+  assert got["held_out_bytes"] == len(text) <= 200 and len(train) <= 700
+  xz = dict(format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+  assert got["zlib"] == pytest.approx(8 * len(zlib.compress(text, 9)) / len(text))
+  primed = len(lzma.compress(train + text, **xz)) - len(lzma.compress(train, **xz))
+  assert got["lzma_primed"] == pytest.approx(8 * primed / len(text))
+  assert got["sampled"] == dict(
+    held_out_of=len(b"".join(HELD)), train_bytes=len(train), train_of=len(b"".join(TRAIN))
+  )
+  line = report.baseline_lines(got)[0]
+  assert f"a sample of {len(text):,} of the {len(b''.join(HELD)):,} held-out bytes" in line
 
 
 def test_report_sets_the_best_row_against_the_baselines():

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 LAYERS = (
   ("errors",),  # shared by all
   ("recurrence", "model"),  # model core
-  ("data", "tasks", "sources", "batching"),  # data and batching
+  ("data", "store", "tasks", "sources", "batching"),  # data and batching
   ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "train"),  # training
   ("convert", "streaming", "generate", "nnx_model"),  # tools
   ("config", "guards", "baselines", "report", "costs", "experiment"),  # runner

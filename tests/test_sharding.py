@@ -95,22 +95,32 @@ def test_runner_uses_all_local_devices_and_matches_one_device(smoke_run, tmp_pat
 @pytest.mark.fresh_processes
 def test_two_processes_on_localhost_match_one_process(tmp_path):
   """Multi-host on the CPU: two processes (one device each, gloo collectives) joined by
-  jax.distributed give the losses of one process with one device."""
+  jax.distributed give the losses of one process with one device, from memory and from a store;
+  from the store, each process reads only its own rows: about half of each batch's steps, and
+  together every step once."""
   import socket
 
   import optax
 
   from conftest import ragged_features
-  from lstm_jax import batching, train
+  from lstm_jax import batching, store, train
   from lstm_jax.model import SequenceModel
 
+  store.from_dataset(ragged_features(MULTIHOST_LENGTHS, num_features=3, seed=0), tmp_path / "st")
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   env = subprocess_env(None)
   procs = [
     subprocess.Popen(
-      [sys.executable, str(HERE / "multihost_check.py"), str(HERE), str(port), str(i)],
+      [
+        sys.executable,
+        str(HERE / "multihost_check.py"),
+        str(HERE),
+        str(port),
+        str(i),
+        str(tmp_path / "st"),
+      ],
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -130,3 +140,13 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
     want = [h["loss"] for h in train.fit(state, strategy, epochs=1).history]
     assert len(got[name]) == len(want) and _rel(got[name], want) <= 1e-5, name
+    assert got["store_" + name] == got[name], name  # the same batches, the same numbers
+  reads = [
+    [int(x) for x in line.split()[1:]]
+    for out, _ in outs
+    for line in out.splitlines()
+    if line.startswith("READ ")
+  ]
+  (p0, read0, held0), (p1, read1, held1) = sorted(reads)
+  assert (p0, p1) == (0, 1) and held0 == held1 == read0 + read1  # every step read once
+  assert 0.3 < read0 / held0 < 0.7 and 0.3 < read1 / held1 < 0.7  # each its own share

@@ -1,0 +1,602 @@
+"""An on-disk ragged store: a corpus larger than memory, memory-mapped and read where it lies.
+
+A store is one directory (format version 1):
+
+    meta.json    what the arrays are (below); written last, so a store without it is incomplete
+    values.bin   the flat values, sequence after sequence, in the smallest dtype that holds them:
+                 token ids <uint8 | uint16 | uint32>[num_values], or features
+                 <float16 | float32>[num_values, F]
+    offsets.bin  <int64>[num_records + 1]: record i is values[offsets[i]:offsets[i + 1]]
+    targets.bin  only where targets are not derived from the values: per step
+                 <int32>[num_values] classes or <float32>[num_values, D], aligned with
+                 values.bin; or per record <int32>[num_records] or <float32>[num_records, D]
+
+`meta.json` holds `format` ("lstm_jax.store"), `version` (1), `values_dtype`, `num_features`
+(null for tokens), `targets` ("next_token", "step" or "sequence"), `targets_dtype`,
+`target_dim` (null for classes), `num_classes`, `vocab_size`, `num_records`, `num_values`,
+`name`, `fingerprint` (sha256 of the three files and this metadata, computed once as the store
+is written) and `source` (what the store was made from).
+
+Next-token targets are never stored: a record of n tokens is a training sequence of n - 1 steps
+whose inputs are tokens[:-1] and whose targets are tokens[1:], read at batch assembly. So a
+byte-level corpus costs one byte per byte on disk, and `open_store` reads nothing but the
+offsets (8 bytes a record) until a batch needs its rows.
+
+`StoreWriter` writes a store in one pass in bounded memory; `open_store` returns a
+`StoredDataset`, a `RaggedDataset` over the memory map that every strategy, `train.fit`, the
+evaluator and the runner take as they take data in memory. A held-out split is an index list
+over the same store (`StoredDataset.subset`, `split`), never a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from lstm_jax.data import RaggedDataset, _gather_steps
+from lstm_jax.errors import DataError
+
+FORMAT, VERSION = "lstm_jax.store", 1
+TARGET_KINDS = ("next_token", "step", "sequence")
+_FILES = ("values.bin", "offsets.bin", "targets.bin")
+_FLUSH_BYTES = 8 << 20  # the writer's buffer: bounded memory whatever the corpus
+
+
+class StoreError(DataError):
+  """A store is missing, incomplete, damaged or of another format."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+  """The smallest unsigned dtype that holds ids 0..vocab_size - 1."""
+  for dt in (np.uint8, np.uint16, np.uint32):
+    if vocab_size <= np.iinfo(dt).max + 1:
+      return np.dtype(dt)
+  raise DataError(f"vocab_size {vocab_size:,} does not fit 32-bit token ids.")
+
+
+# --- writing -------------------------------------------------------------------------------------
+class StoreWriter:
+  """Writes a store record by record, in one pass and bounded memory (an 8 MB buffer).
+
+  tokens: `vocab_size` ids per step (the values' dtype follows from it); or features:
+  `num_features` floats per step (`values_dtype` float32, or float16 to halve the disk).
+  targets: "next_token" (tokens only: derived, nothing stored), "step" (one target per step,
+  given with each record), or "sequence" (one per record). Classes need `num_classes`;
+  regression targets are floats of `target_dim` each.
+
+  The store is written into `path + ".partial"` and renamed to `path` by `close()`, so a
+  killed writer never leaves something that looks like a store. Each bad record raises a
+  `DataError` naming it (`add(..., where=...)` says where it came from).
+  """
+
+  def __init__(
+    self,
+    path: str | os.PathLike,
+    *,
+    vocab_size: int | None = None,
+    num_features: int | None = None,
+    targets: str = "next_token",
+    num_classes: int | None = None,
+    target_dim: int | None = None,
+    values_dtype: str | None = None,
+    name: str = "",
+    source: dict | None = None,
+    overwrite: bool = False,
+  ):
+    if (vocab_size is None) == (num_features is None):
+      raise DataError("a store holds token ids (vocab_size=...) or features (num_features=...).")
+    if targets not in TARGET_KINDS:
+      raise DataError(f"targets must be one of {TARGET_KINDS}, got {targets!r}.")
+    if targets == "next_token" and vocab_size is None:
+      raise DataError("next-token targets need token inputs (vocab_size=...).")
+    if targets != "next_token" and (num_classes is None) == (target_dim is None):
+      raise DataError(f"{targets}-level targets need num_classes=... or target_dim=....")
+    self.path = os.fspath(path)
+    if os.path.exists(self.path) and not overwrite:
+      raise StoreError(
+        f"{self.path} already exists; choose another output directory or pass overwrite=True "
+        f"(prepare_data.py --overwrite)."
+      )
+    self.vocab_size, self.num_features = vocab_size, num_features
+    self.targets, self.num_classes, self.target_dim = targets, num_classes, target_dim
+    if vocab_size is not None:
+      self.values_dtype = token_dtype(int(vocab_size))
+    else:
+      self.values_dtype = np.dtype(values_dtype or "float32")
+      if self.values_dtype not in (np.float16, np.float32):
+        raise DataError(f"feature values are float16 or float32, got {values_dtype!r}.")
+    self.targets_dtype = np.dtype(np.int32 if num_classes is not None else np.float32)
+    self.name, self.source = name or os.path.basename(self.path.rstrip("/")), source or {}
+    self.partial = self.path + ".partial"
+    shutil.rmtree(self.partial, ignore_errors=True)
+    os.makedirs(self.partial)
+    self._files = {f: open(os.path.join(self.partial, f), "wb") for f in _FILES}
+    self._hash = {f: hashlib.sha256() for f in _FILES}
+    self._buffers: dict[str, list[bytes]] = {f: [] for f in _FILES}
+    self._buffered = 0
+    self.num_records, self.num_values, self.bytes_in = 0, 0, 0
+    self.max_length = 0
+    self._write("offsets.bin", np.zeros(1, np.int64))
+    self._closed = False
+
+  def _write(self, name: str, array: np.ndarray) -> None:
+    b = np.ascontiguousarray(array).tobytes()
+    self._buffers[name].append(b)
+    self._buffered += len(b)
+    if self._buffered >= _FLUSH_BYTES:
+      self.flush()
+
+  def flush(self) -> None:
+    for name, parts in self._buffers.items():
+      if parts:
+        data = b"".join(parts)
+        self._files[name].write(data)
+        self._hash[name].update(data)
+        parts.clear()
+    self._buffered = 0
+
+  def add(self, values, target=None, where: str | None = None) -> None:
+    """Appends one record: its values ([n] token ids or [n, F] features) and, for step or
+    sequence targets, its target(s). `where` names the record in errors (a file, a line)."""
+    at = where or f"record {self.num_records}"
+    v = np.asarray(values)
+    n = len(v) if v.ndim else 0
+    if self.targets == "next_token" and n < 2:
+      raise DataError(f"{at} has {n} token(s); next-token prediction needs at least 2: drop it.")
+    if n == 0:
+      raise DataError(f"{at} is empty; every sequence needs at least one step: drop it.")
+    if self.vocab_size is not None:
+      if v.ndim != 1 or not (np.issubdtype(v.dtype, np.integer) or v.dtype == bool):
+        raise DataError(
+          f"{at}: token ids must be a 1-D integer array, got dtype {v.dtype} shape {v.shape}."
+        )
+      lo, hi = int(v.min()), int(v.max())
+      if lo < 0 or hi >= self.vocab_size:
+        bad = lo if lo < 0 else hi
+        raise DataError(
+          f"{at}: token {bad} is out of range [0, {self.vocab_size}); raise vocab_size or fix "
+          f"the tokenizer."
+        )
+    else:
+      if v.ndim != 2 or v.shape[1] != self.num_features:
+        raise DataError(
+          f"{at}: features must be [steps, {self.num_features}], got shape {v.shape}."
+        )
+      if not np.issubdtype(v.dtype, np.floating) or not np.isfinite(v).all():
+        raise DataError(f"{at}: features must be finite floats (dtype {v.dtype}); clean it.")
+    self._write("values.bin", v.astype(self.values_dtype, copy=False))
+    if self.targets != "next_token":
+      self._write("targets.bin", self._check_target(target, n, at))
+    self.num_records += 1
+    self.num_values += n
+    self.bytes_in += v.nbytes
+    self.max_length = max(self.max_length, n)
+    self._write("offsets.bin", np.array([self.num_values], np.int64))
+
+  def add_many(self, values, lengths, where: str | None = None) -> None:
+    """Appends many token or feature records at once (no targets: next-token stores, or a
+    writer whose targets come with `add`): `values` end to end, `lengths` each record's.
+    Checked as a whole; an error names the first bad record by its number in the store."""
+    v, lengths = np.asarray(values), np.asarray(lengths, np.int64)
+    if self.targets != "next_token":
+      raise DataError("add_many writes records without targets; use add(values, target).")
+    if lengths.ndim != 1 or int(lengths.sum()) != len(v):
+      raise DataError(
+        f"{where or 'add_many'}: the lengths add up to {int(lengths.sum())}, "
+        f"but {len(v)} values were given."
+      )
+    short = np.flatnonzero(lengths < 2)
+    if len(short):
+      i = self.num_records + int(short[0])
+      raise DataError(
+        f"record {i} has {int(lengths[short[0]])} token(s); next-token "
+        f"prediction needs at least 2: drop it."
+      )
+    if len(v):
+      lo, hi = int(v.min()), int(v.max())
+      if lo < 0 or hi >= self.vocab_size:
+        bad = np.flatnonzero((v < 0) | (v >= self.vocab_size))[0]
+        i = self.num_records + int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+        raise DataError(
+          f"record {i}: token {int(v[bad])} is out of range [0, {self.vocab_size}); raise "
+          f"vocab_size or fix the tokenizer."
+        )
+    self._write("values.bin", v.astype(self.values_dtype, copy=False))
+    self._write("offsets.bin", self.num_values + np.cumsum(lengths))
+    self.num_records += len(lengths)
+    self.num_values += len(v)
+    self.bytes_in += v.nbytes
+    self.max_length = max(self.max_length, int(lengths.max(initial=0)))
+
+  def _check_target(self, target, n: int, at: str) -> np.ndarray:
+    t = np.asarray(target)
+    rows = n if self.targets == "step" else 1
+    if self.num_classes is not None:
+      t = t.reshape(-1) if self.targets == "step" else t.reshape(1)
+      if len(t) != rows or not np.issubdtype(t.dtype, np.integer):
+        raise DataError(
+          f"{at}: {self.targets}-level class targets must be {rows} integer(s), got "
+          f"{np.asarray(target).dtype} of shape {np.shape(target)}."
+        )
+      if t.min() < 0 or t.max() >= self.num_classes:
+        bad = int(t.min() if t.min() < 0 else t.max())
+        raise DataError(
+          f"{at}: label {bad} is out of range [0, {self.num_classes}); raise num_classes or "
+          f"fix the labels."
+        )
+    else:
+      t = t.reshape(rows, self.target_dim) if t.size == rows * self.target_dim else t
+      if t.shape != (rows, self.target_dim) or not np.issubdtype(t.dtype, np.floating):
+        raise DataError(
+          f"{at}: regression targets must be floats of shape ({rows}, {self.target_dim}), got "
+          f"{t.dtype} of shape {t.shape}."
+        )
+      if not np.isfinite(t).all():
+        raise DataError(f"{at}: NaN or inf in the regression targets; clean it.")
+    return t.astype(self.targets_dtype)
+
+  def meta(self) -> dict:
+    return dict(
+      format=FORMAT,
+      version=VERSION,
+      values_dtype=self.values_dtype.name,
+      num_features=self.num_features,
+      targets=self.targets,
+      targets_dtype=None if self.targets == "next_token" else self.targets_dtype.name,
+      target_dim=self.target_dim,
+      num_classes=self.vocab_size if self.targets == "next_token" else self.num_classes,
+      vocab_size=self.vocab_size,
+      num_records=self.num_records,
+      num_values=self.num_values,
+      max_length=self.max_length,
+      name=self.name,
+      source=self.source,
+    )
+
+  def close(self) -> dict:
+    """Finishes the files, writes meta.json (with the fingerprint) and puts the store at
+    `path`. Returns the metadata."""
+    if self._closed:
+      raise StoreError(f"the writer of {self.path} is already closed.")
+    if self.num_records == 0:
+      self.abort()
+      raise DataError(f"no records were written to {self.path}; the source held no sequence.")
+    self.flush()
+    for f in self._files.values():
+      f.flush()
+      os.fsync(f.fileno())
+      f.close()
+    meta = self.meta()
+    h = hashlib.sha256(json.dumps(_identity_fields(meta), sort_keys=True).encode())
+    for name in _FILES:
+      h.update(self._hash[name].digest())
+    meta["fingerprint"] = h.hexdigest()[:16]
+    meta["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    tmp = os.path.join(self.partial, "meta.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(self.partial, "meta.json"))
+    if os.path.exists(self.path):
+      shutil.rmtree(self.path)
+    os.replace(self.partial, self.path)
+    self._closed = True
+    return meta
+
+  def abort(self) -> None:
+    """Removes what was written (the store was not finished)."""
+    for f in self._files.values():
+      f.close()
+    shutil.rmtree(self.partial, ignore_errors=True)
+    self._closed = True
+
+  def __enter__(self) -> StoreWriter:
+    return self
+
+  def __exit__(self, kind, value, tb) -> None:
+    if kind is None:
+      self.close()
+    elif not self._closed:
+      self.abort()
+
+
+def _identity_fields(meta: dict) -> dict:
+  """The metadata that defines the data (not when or from what it was written)."""
+  keep = (
+    "format",
+    "version",
+    "values_dtype",
+    "num_features",
+    "targets",
+    "targets_dtype",
+    "target_dim",
+    "num_classes",
+    "vocab_size",
+    "num_records",
+    "num_values",
+  )
+  return {k: meta.get(k) for k in keep}
+
+
+def write_store(
+  path: str | os.PathLike,
+  records: Iterable[tuple[Any, Any, str | None]],
+  progress: Callable[[StoreWriter], None] | None = None,
+  **settings,
+) -> dict:
+  """Writes `records`, (values, target or None, where) triples, as a store at `path` with the
+  `StoreWriter` settings; `progress(writer)` is called after each record. Returns the meta."""
+  with StoreWriter(path, **settings) as writer:
+    for values, target, where in records:
+      writer.add(values, target, where)
+      if progress is not None:
+        progress(writer)
+    writer.flush()
+  return read_meta(path)
+
+
+def from_dataset(dataset: RaggedDataset, path: str | os.PathLike, **kwargs) -> dict:
+  """Writes an in-memory `RaggedDataset` as a store (next-token byte or token LMs are
+  recognised when targets are inputs shifted by one and kept as `next_token`)."""
+  next_token = _is_next_token(dataset)
+  settings = dict(
+    vocab_size=dataset.vocab_size,
+    num_features=dataset.num_features,
+    targets="next_token" if next_token else dataset.target_level,
+    num_classes=None if next_token else dataset.num_classes,
+    target_dim=None if next_token or dataset.is_classification else dataset.target_dim,
+    name=dataset.name,
+  )
+  settings.update(kwargs)
+  o = dataset.offsets
+
+  def records():
+    for i in range(len(dataset)):
+      x = dataset.values[o[i] : o[i + 1]]
+      if next_token:
+        yield np.append(x, dataset.targets[o[i + 1] - 1]), None, f"sequence {i}"
+      else:
+        step = dataset.target_level == "step"
+        yield x, dataset.targets[o[i] : o[i + 1]] if step else dataset.targets[i], f"sequence {i}"
+
+  return write_store(path, records(), **settings)
+
+
+def _is_next_token(ds: RaggedDataset) -> bool:
+  """Token inputs whose step targets are the next input of the same sequence."""
+  if not (ds.is_tokens and ds.target_level == "step" and ds.num_classes == ds.vocab_size):
+    return False
+  inner = np.ones(ds.num_steps, bool)
+  inner[ds.offsets[1:] - 1] = False  # each sequence's last target has no next input
+  return bool(np.array_equal(ds.targets[:-1][inner[:-1]], ds.values[1:][inner[:-1]]))
+
+
+# --- reading -------------------------------------------------------------------------------------
+def read_meta(path: str | os.PathLike) -> dict:
+  path = os.fspath(path)
+  meta_path = os.path.join(path, "meta.json")
+  if not os.path.isdir(path):
+    raise StoreError(
+      f"no store at {path}; write one with: python experiments/prepare_data.py --out {path} ..."
+    )
+  if not os.path.exists(meta_path):
+    hint = " (a writer did not finish)" if path.endswith(".partial") else ""
+    raise StoreError(
+      f"{path} has no meta.json{hint}, so it is not a complete store; write it again with "
+      f"experiments/prepare_data.py."
+    )
+  try:
+    with open(meta_path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise StoreError(
+      f"{meta_path} cannot be read ({type(e).__name__}: {e}); write the store again with "
+      f"experiments/prepare_data.py."
+    ) from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise StoreError(f"{meta_path} is not an lstm_jax store's metadata (format {FORMAT!r}).")
+  if meta.get("version") != VERSION:
+    raise StoreError(
+      f"{path} is store format version {meta.get('version')}; this lstm_jax reads version "
+      f"{VERSION}. Write it again with this version's experiments/prepare_data.py."
+    )
+  return meta
+
+
+def _map(path: str, name: str, dtype, shape: tuple) -> np.ndarray:
+  """The file `name` of the store at `path` as a read-only memory map of `shape`, after checking
+  its size (a truncated or padded file is an error, not a silent misread)."""
+  f = os.path.join(path, name)
+  want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  try:
+    size = os.path.getsize(f)
+  except OSError:
+    raise StoreError(f"{f} is missing; write the store again with prepare_data.py.") from None
+  if size != want:
+    raise StoreError(
+      f"{f} holds {size:,} bytes but meta.json describes {want:,} ({shape} of {np.dtype(dtype)});"
+      f" the file is truncated or from another store: write the store again."
+    )
+  if want == 0:
+    return np.zeros(shape, dtype)
+  return np.memmap(f, dtype=dtype, mode="r", shape=shape)
+
+
+def open_store(path: str | os.PathLike) -> StoredDataset:
+  """The store at `path` as a `StoredDataset` (memory-mapped; reads only the offsets now)."""
+  path = os.fspath(path)
+  meta = read_meta(path)
+  try:
+    n, total = int(meta["num_records"]), int(meta["num_values"])
+    f = meta["num_features"]
+    value_shape = (total,) if f is None else (total, int(f))
+    values = _map(path, "values.bin", np.dtype(meta["values_dtype"]), value_shape)
+    offsets = _map(path, "offsets.bin", np.int64, (n + 1,))
+    kind = meta["targets"]
+    targets = None
+    if kind != "next_token":
+      rows = total if kind == "step" else n
+      d = meta["target_dim"]
+      targets = _map(
+        path, "targets.bin", np.dtype(meta["targets_dtype"]), (rows,) if d is None else (rows, d)
+      )
+  except (KeyError, TypeError) as e:
+    raise StoreError(f"{path}/meta.json lacks or garbles {e}; write the store again.") from None
+  lengths = np.diff(offsets)  # the only thing read now: 8 bytes a record
+  shortest = 2 if kind == "next_token" else 1
+  if offsets[0] != 0 or offsets[-1] != total or (lengths < shortest).any():
+    raise StoreError(
+      f"{path}/offsets.bin does not describe {n:,} records of {total:,} values (damaged); "
+      f"write the store again."
+    )
+  return StoredDataset(
+    values=values,
+    lengths=lengths - 1 if kind == "next_token" else lengths,
+    targets=targets,
+    target_level="sequence" if kind == "sequence" else "step",
+    num_classes=meta["num_classes"],
+    vocab_size=meta["vocab_size"],
+    name=meta.get("name") or os.path.basename(path.rstrip("/")),
+    store_path=path,
+    store_meta=meta,
+    record_offsets=offsets,
+    records=None,
+  )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StoredDataset(RaggedDataset):
+  """A `RaggedDataset` over a store's memory map: the same contract, nothing copied.
+
+  `values` and `targets` are the store's read-only maps (targets None when next-token targets
+  are derived); `lengths` are the training sequences' lengths; `records` maps each sequence to
+  its record in the store (None: all of them, in order), so a subset or split is an index
+  list. Values are read when a batch gathers them (`gather`), converted there to the batch's
+  dtypes (int32 ids, float32 features). `feature_shift` / `feature_scale` (features only)
+  standardise at gather time: (x - shift) / scale, computed in float64.
+  """
+
+  store_path: str = ""
+  store_meta: dict = dataclasses.field(default_factory=dict)
+  record_offsets: np.ndarray | None = None
+  records: np.ndarray | None = None
+  feature_shift: np.ndarray | None = None
+  feature_scale: np.ndarray | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "lengths", np.asarray(self.lengths, np.int64))
+
+  @property
+  def next_token(self) -> bool:
+    return self.store_meta.get("targets") == "next_token"
+
+  @property
+  def num_steps(self) -> int:
+    return int(self.lengths.sum())
+
+  @property
+  def offsets(self) -> np.ndarray:
+    raise TypeError(
+      "a stored dataset's sequences are not contiguous in its values; read them with "
+      "gather(seq, start, n) or sequence(i)."
+    )
+
+  @property
+  def num_features(self) -> int | None:
+    return None if self.is_tokens else int(self.values.shape[1])
+
+  @property
+  def target_dim(self) -> int | None:
+    return None if self.is_classification else int(self.store_meta["target_dim"])
+
+  @property
+  def max_target(self) -> int:
+    """The largest class id (classification): from the metadata, without reading targets."""
+    return int(self.num_classes) - 1
+
+  def _record_of(self, seq: np.ndarray) -> np.ndarray:
+    seq = np.asarray(seq, np.int64)
+    return seq if self.records is None else self.records[seq]
+
+  def gather(self, seq, start, n):
+    rec = self._record_of(seq)
+    src = _gather_steps(self.record_offsets[rec] + np.asarray(start, np.int64), n)
+    if self.is_tokens:
+      inputs = np.asarray(self.values[src], np.int32)
+    else:
+      inputs = np.asarray(self.values[src], np.float32)
+      if self.feature_scale is not None:
+        inputs = ((inputs - self.feature_shift) / self.feature_scale).astype(np.float32)
+    if self.target_level != "step":
+      return inputs, None
+    if self.next_token:
+      return inputs, np.asarray(self.values[src + 1], np.int32)
+    return inputs, np.asarray(self.targets[src])
+
+  def sequence_targets(self, seq) -> np.ndarray:
+    return np.asarray(self.targets[self._record_of(seq)])
+
+  def sequence(self, i: int):
+    x, y = self.gather(np.array([i]), np.zeros(1, np.int64), self.lengths[i : i + 1])
+    return x, (y if self.target_level == "step" else self.sequence_targets(np.array([i]))[0])
+
+  def subset(self, indices, name: str | None = None) -> StoredDataset:
+    idx = np.asarray(indices, dtype=np.int64)
+    return dataclasses.replace(
+      self,
+      lengths=self.lengths[idx],
+      records=self._record_of(idx),
+      name=self.name if name is None else name,
+    )
+
+  def standardized(self, shift: np.ndarray, scale: np.ndarray) -> StoredDataset:
+    """The same sequences, their features standardised at gather time."""
+    return dataclasses.replace(self, feature_shift=shift, feature_scale=scale)
+
+  def fingerprint(self) -> str:
+    """The store's fingerprint (from its metadata: no byte is hashed again) with the records
+    this dataset selects and any standardisation."""
+    h = hashlib.sha256(self.store_meta["fingerprint"].encode())
+    if self.records is not None:
+      h.update(np.ascontiguousarray(self.records).tobytes())
+    for a in (self.feature_shift, self.feature_scale):
+      if a is not None:
+        h.update(np.asarray(a, np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+  def save(self, path) -> None:
+    raise TypeError("a stored dataset is already on disk; copy its store directory instead.")
+
+  def grain_source(self) -> GrainSource:
+    return GrainSource(self)
+
+
+class GrainSource:
+  """A dataset as a Grain random-access data source (`len` and `[i]`): record i is a dict of
+  its `inputs` and `targets` (per step, or the sequence's one target), read from the store
+  only when asked for. Grain's samplers, maps and batchers can then consume an lstm_jax store;
+  lstm_jax's own strategies plan exact, fixed-shape batches from the same store."""
+
+  def __init__(self, dataset: RaggedDataset):
+    self.dataset = dataset
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def __getitem__(self, i: int) -> dict:
+    i = int(i)
+    if not 0 <= i < len(self.dataset):
+      raise IndexError(f"record {i} of {len(self.dataset)}")
+    x, y = self.dataset.sequence(i)
+    return dict(inputs=x, targets=y)
+
+  def __repr__(self) -> str:
+    return f"GrainSource({self.dataset.name}, {len(self)} records)"

@@ -1,0 +1,300 @@
+"""The on-disk store: every kind of data round-trips exactly; every strategy assembles the same
+batches from a store as from the data in memory, and trains to the same parameters; splits are
+index lists over one memory map; bad or damaged stores give one clear error."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from conftest import ragged_features
+from lstm_jax import batching, data, store, train
+from lstm_jax.errors import DataError
+from lstm_jax.model import SequenceModel
+
+RNG = np.random.default_rng(3)
+LENGTHS = RNG.integers(2, 60, size=90)
+
+
+def byte_lm() -> data.RaggedDataset:
+  docs = [RNG.integers(0, 256, size=n + 1) for n in LENGTHS]
+  return data.next_token_dataset(docs, vocab_size=256, name="bytes")
+
+
+def kinds() -> dict:
+  """Every kind of data a store holds."""
+  total = int(LENGTHS.sum())
+  tokens = RNG.integers(0, 300, size=total)
+  return {
+    "next_token_bytes": byte_lm(),
+    "tokens_sequence_classes": data.RaggedDataset(
+      tokens, LENGTHS, RNG.integers(0, 7, size=len(LENGTHS)), "sequence", 7, 300, "tok"
+    ),
+    "tokens_step_classes": data.RaggedDataset(
+      tokens, LENGTHS, RNG.integers(0, 4, size=total), "step", 4, 300, "tokstep"
+    ),
+    "features_step_regression": ragged_features(LENGTHS, num_features=3, seed=1),
+    "features_sequence_regression": ragged_features(LENGTHS, seed=2, target_level="sequence"),
+    "features_sequence_classes": data.RaggedDataset(
+      RNG.normal(size=(total, 5)).astype(np.float32),
+      LENGTHS,
+      RNG.integers(0, 3, size=len(LENGTHS)),
+      "sequence",
+      3,
+      name="feat",
+    ),
+  }
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+  root = tmp_path_factory.mktemp("stores")
+  out = {}
+  for name, ds in kinds().items():
+    store.from_dataset(ds, root / name)
+    out[name] = (ds, store.open_store(root / name))
+  return out
+
+
+@pytest.mark.parametrize("kind", list(kinds()))
+def test_a_store_round_trips_every_kind_of_data_exactly(stores, kind):
+  ds, st = stores[kind]
+  assert isinstance(st, data.RaggedDataset) and isinstance(st.values, np.memmap)
+  assert np.array_equal(st.lengths, ds.lengths) and st.num_steps == ds.num_steps
+  assert (st.target_level, st.num_classes, st.vocab_size) == (
+    ds.target_level,
+    ds.num_classes,
+    ds.vocab_size,
+  )
+  assert (st.num_features, st.target_dim) == (ds.num_features, ds.target_dim)
+  for i in range(len(ds)):
+    (x, y), (sx, sy) = ds.sequence(i), st.sequence(i)
+    assert sx.dtype == x.dtype and np.array_equal(sx, x)
+    assert np.array_equal(np.asarray(sy), np.asarray(y))
+
+
+def test_values_take_the_smallest_dtype_and_next_token_targets_are_not_stored(stores):
+  _, st = stores["next_token_bytes"]
+  assert st.values.dtype == np.uint8  # one byte a byte of text
+  assert not os.path.getsize(os.path.join(st.store_path, "targets.bin"))
+  assert os.path.getsize(os.path.join(st.store_path, "values.bin")) == st.num_steps + len(st)
+  assert stores["tokens_sequence_classes"][1].values.dtype == np.uint16  # 300 symbols
+  assert store.token_dtype(70_000) == np.uint32
+
+
+STRATEGIES = {
+  "pad": lambda d: batching.Pad(d, batch_size=8, seed=1),
+  "bucket": lambda d: batching.Bucket(d, batch_size=8, num_buckets=3, seed=1),
+  "bucket_rows": lambda d: batching.Bucket(d, tokens_per_step=300, num_buckets=3, pack_rows=True),
+  "pack": lambda d: batching.Pack(d, batch_size=4, seed=2),
+  "tbptt": lambda d: batching.TBPTT(d, num_streams=5, chunk_length=9, seed=1),
+  "vbptt": lambda d: batching.VariableTBPTT(d, num_streams=4, base_length=12, seed=1),
+}
+
+
+@pytest.mark.parametrize("kind", ["next_token_bytes", "features_sequence_classes"])
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_assembles_the_same_batches_from_a_store(stores, kind, name):
+  ds, st = stores[kind]
+  a, b = STRATEGIES[name](ds), STRATEGIES[name](st)
+  for epoch in (0, 1):
+    for x, y in zip(a.batches(epoch), b.batches(epoch), strict=True):
+      for field in ("inputs", "targets", "weights", "mask", "resets"):
+        u, v = getattr(x, field), getattr(y, field)
+        assert u.dtype == v.dtype and np.array_equal(u, v), field
+
+
+@pytest.mark.parametrize("name", ["bucket", "tbptt"])
+def test_training_on_a_store_gives_the_same_parameters(stores, name):
+  ds, st = stores["next_token_bytes"]
+  results = []
+  for d in (ds, st):
+    state = train.create_train_state(
+      SequenceModel(8, num_outputs=256, vocab_size=256, embed_dim=4), optax.adam(1e-2), d
+    )
+    results.append(train.fit(state, STRATEGIES[name](d), epochs=1))
+  a, b = results
+  assert jax.tree.all(jax.tree.map(np.array_equal, a.state.params, b.state.params))
+  evals = [
+    train.evaluate(r.state, batching.Bucket(d, batch_size=8, num_buckets=2))
+    for r, d in zip(results, (ds, st))
+  ]
+  assert evals[0] == evals[1]
+
+
+def test_a_split_is_an_index_list_over_the_same_memory_map(stores):
+  ds, st = stores["next_token_bytes"]
+  tr, ev = st.split(0.2, seed=4)
+  want_tr, want_ev = ds.split(0.2, seed=4)
+  assert tr.values is st.values and ev.values is st.values  # nothing copied
+  for got, want in ((tr, want_tr), (ev, want_ev)):
+    assert np.array_equal(got.lengths, want.lengths)
+    for i in (0, len(want) - 1):
+      assert np.array_equal(got.sequence(i)[1], want.sequence(i)[1])
+  assert len({st.fingerprint(), tr.fingerprint(), ev.fingerprint()}) == 3
+  assert tr.fingerprint() == st.split(0.2, seed=4)[0].fingerprint()  # same selection, same id
+
+
+def test_the_fingerprint_is_written_once_and_read_back(stores, tmp_path):
+  ds, st = stores["features_step_regression"]
+  assert st.fingerprint() == store.open_store(st.store_path).fingerprint()
+  changed = ragged_features(LENGTHS, num_features=3, seed=9)
+  store.from_dataset(changed, tmp_path / "other")
+  assert store.open_store(tmp_path / "other").fingerprint() != st.fingerprint()
+
+
+def test_a_grain_source_reads_records(stores):
+  ds, st = stores["tokens_sequence_classes"]
+  src = st.grain_source()
+  assert len(src) == len(ds)
+  rec = src[3]
+  assert np.array_equal(rec["inputs"], ds.sequence(3)[0]) and rec["targets"] == ds.targets[3]
+  with pytest.raises(IndexError):
+    src[len(ds)]
+  grain = pytest.importorskip("grain", reason="grain (optional: pip install lstm_jax[grain])")
+  loaded = list(grain.MapDataset.source(src)[:4])
+  assert [int(r["targets"]) for r in loaded] == [int(t) for t in ds.targets[:4]]
+
+
+# --- bad input and damage --------------------------------------------------------------------
+def _copy(stores, tmp_path, kind="next_token_bytes"):
+  import shutil
+
+  dst = tmp_path / "copy"
+  shutil.copytree(stores[kind][1].store_path, dst)
+  return dst
+
+
+def test_a_truncated_values_file_is_one_clear_error(stores, tmp_path):
+  path = _copy(stores, tmp_path)
+  with open(path / "values.bin", "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(store.StoreError, match=r"values.bin holds 100 bytes .* truncated"):
+    store.open_store(path)
+
+
+def test_an_unfinished_or_foreign_store_is_refused(stores, tmp_path):
+  path = _copy(stores, tmp_path)
+  with pytest.raises(store.StoreError, match="no store at"):
+    store.open_store(tmp_path / "nowhere")
+  (path / "meta.json").write_text("{not json")
+  with pytest.raises(store.StoreError, match="meta.json cannot be read"):
+    store.open_store(path)
+  (path / "meta.json").write_text(json.dumps({"format": store.FORMAT, "version": 99}))
+  with pytest.raises(store.StoreError, match="format version 99"):
+    store.open_store(path)
+  os.remove(path / "meta.json")
+  with pytest.raises(store.StoreError, match="no meta.json"):
+    store.open_store(path)
+
+
+def test_damaged_offsets_are_refused(stores, tmp_path):
+  path = _copy(stores, tmp_path)
+  offsets = np.fromfile(path / "offsets.bin", np.int64)
+  offsets[5] = offsets[4]  # a record of length 0
+  offsets.tofile(path / "offsets.bin")
+  with pytest.raises(store.StoreError, match="offsets.bin does not describe"):
+    store.open_store(path)
+
+
+def test_a_bad_record_names_itself_and_leaves_no_store(tmp_path):
+  records = [(np.array([1, 2, 3]), None, "a.txt"), (np.array([4, 300]), None, "b.txt")]
+  with pytest.raises(DataError, match=r"b.txt: token 300 is out of range \[0, 256\)"):
+    store.write_store(tmp_path / "s", records, vocab_size=256)
+  assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "s.partial")
+  with pytest.raises(DataError, match="c.txt has 1 token"):
+    store.write_store(tmp_path / "s", [(np.array([7]), None, "c.txt")], vocab_size=256)
+  store.write_store(tmp_path / "s", records[:1], vocab_size=256)
+  with pytest.raises(store.StoreError, match="already exists"):
+    store.write_store(tmp_path / "s", records[:1], vocab_size=256)
+
+
+def _corpus(root, n=260):
+  """Text files of varied length, with duplicates and files too short or too long."""
+  rng = np.random.default_rng(5)
+  root.mkdir()
+  words = [b"def ", b"return ", b"x", b" + ", b"(", b")", b":\n", b"    ", b"if ", b"y", b"1"]
+  for i in range(n):
+    k = int(rng.integers(1, 60)) if i % 17 else 200  # a few too long for max_length=160
+    (root / f"{i:04d}.txt").write_bytes(b"".join(words[j] for j in rng.integers(0, 11, size=k)))
+  (root / "dup.txt").write_bytes((root / "0001.txt").read_bytes())
+  return root
+
+
+def test_prepare_store_keeps_the_in_memory_loaders_sequences(tmp_path):
+  from lstm_jax import sources
+
+  corpus = _corpus(tmp_path / "corpus")
+  ds, _ = sources.load_text(str(corpus), False, 16, 160)
+  meta = sources.prepare_store(
+    "text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160
+  )
+  st = store.open_store(tmp_path / "s")
+  assert np.array_equal(st.lengths, ds.lengths)
+  assert all(np.array_equal(st.sequence(i)[1], ds.sequence(i)[1]) for i in range(len(ds)))
+  src = meta["source"]
+  assert src["duplicates_dropped"] == 1 and src["dropped_by_length"] > 0
+  assert (
+    src["sequences_found"] == 261 == len(ds) + src["duplicates_dropped"] + src["dropped_by_length"]
+  )
+  lines = tmp_path / "lines.txt"
+  lines.write_bytes(b"first line\r\nsecond\rthird\n\nfirst line\nlast")
+  ds, _ = sources.load_text(str(lines), True, 2, 0)
+  sources.prepare_store("text_lines", str(lines), str(tmp_path / "l"))
+  st = store.open_store(tmp_path / "l")
+  assert [bytes(st.sequence(i)[0].astype(np.uint8)) for i in range(len(st))] == [
+    bytes(ds.sequence(i)[0].astype(np.uint8)) for i in range(len(ds))
+  ]
+
+
+def test_the_runner_takes_a_store_as_it_takes_the_files(tmp_path):
+  """The same comparison from a directory of text files and from the store written from it:
+  the same rows, steps and eval losses to the last bit."""
+  from configs import compare
+  from lstm_jax import experiment, sources
+
+  corpus = _corpus(tmp_path / "corpus", n=400)
+  sources.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160)
+  rows = {}
+  for source, path in (("text_dir", corpus), ("store", tmp_path / "s")):
+    cfg = compare.get_config("smoke")
+    cfg.data.update(source=source, path=str(path), min_length=16, max_length=160, max_sequences=0)
+    cfg.update(strategies=("bucket", "tbptt"), predict_costs=False, background_compiles=0)
+    cfg.train.tokens_per_step = 1024
+    cfg.checkpoint.enabled = False
+    rows[source] = experiment.train_and_evaluate(cfg, str(tmp_path / source), quiet=True)
+  for a, b in zip(rows["text_dir"], rows["store"], strict=True):
+    assert (a["strategy"], a["steps"], a["eval_loss"]) == (
+      b["strategy"],
+      b["steps"],
+      b["eval_loss"],
+    )
+
+
+def test_byte_sources_subsample_before_converting_to_the_same_sequences(tmp_path):
+  """data.max_sequences is applied to the kept byte strings, before conversion, and picks
+  exactly the sequences that subsetting the converted dataset picked."""
+  from lstm_jax import sources
+
+  corpus = _corpus(tmp_path / "corpus")
+  whole, _ = sources.load_text(str(corpus), False, 16, 160)
+  some, identity = sources.load_text(str(corpus), False, 16, 160, subsample=(50, 3))
+  want = whole.subset(sources.subsample_indices(len(whole), 50, 3))
+  assert len(some) == 50 and identity["subsampled_to"] == 50
+  assert some.fingerprint() == want.fingerprint()
+
+
+def test_records_added_many_at_a_time_make_the_same_store(tmp_path):
+  docs = [RNG.integers(0, 1000, size=n) for n in (5, 2, 9, 3)]
+  one = store.write_store(tmp_path / "one", [(d, None, None) for d in docs], vocab_size=1000)
+  with store.StoreWriter(tmp_path / "many", vocab_size=1000) as w:
+    w.add_many(np.concatenate(docs[:3]), [5, 2, 9])
+    w.add_many(docs[3], [3])
+  assert store.read_meta(tmp_path / "many")["fingerprint"] == one["fingerprint"]
+  with pytest.raises(DataError, match=r"record 2: token 1000 is out of range"):
+    with store.StoreWriter(tmp_path / "bad", vocab_size=1000) as w:
+      w.add_many(np.array([1, 2, 3, 4, 5, 1000]), [2, 2, 2])
+  assert not os.path.exists(tmp_path / "bad.partial")
