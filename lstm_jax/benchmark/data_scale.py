@@ -1,0 +1,455 @@
+"""Data at scale: the store's writer, planning every strategy from lengths alone, training on a
+corpus larger than the memory the process may use, and a store against the same data in memory.
+
+    python experiments/benchmark_data.py --out benchmarks/DATE-data-scale/BENCHMARKS.md
+
+Parts (each its own fresh process, so one part's memory never shows in another's):
+
+- writer: a synthetic token corpus (log-normal lengths, median `median`, uint16 ids) written
+  through `StoreWriter`: MB/s and the writer's peak anonymous memory (RssAnon, not page cache).
+- plan: for 100k, 1M and 10M sequences of that store (index lists over it), each strategy's
+  construction and first epoch's plan: seconds, the plan's own bytes per sequence (its arrays'
+  sizes) and the process's RssAnon growth while planning (peak and retained).
+- larger_than_memory: a second store of documents at least 4x a memory cgroup's limit trains
+  under tbptt, pack and bucket for a few steps inside that cgroup; RssAnon at the end and the
+  cgroup's peak usage. Needs root and cgroup v1 memory (skipped with the reason otherwise).
+- fit: `train.fit` on the same data from a store and from memory, side by side in alternating
+  rounds (medians), with the store's page cache warm and dropped (cold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from lstm_jax.environment import versions
+
+GiB = 1 << 30
+
+
+def rss_anon() -> int:
+  """This process's anonymous resident memory in bytes (RssAnon: not the page cache)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("RssAnon:"):
+        return int(line.split()[1]) * 1024
+  raise OSError("RssAnon not in /proc/self/status")
+
+
+class PeakAnon:
+  """The highest RssAnon seen while the block runs (sampled every 5 ms in a thread)."""
+
+  def __enter__(self):
+    self.start = self.peak = rss_anon()
+    self._stop = threading.Event()
+
+    def watch():
+      while not self._stop.wait(0.005):
+        self.peak = max(self.peak, rss_anon())
+
+    self._thread = threading.Thread(target=watch, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, rss_anon())
+    self.end = rss_anon()
+
+
+def synthetic_blocks(num: int, median: float, sigma: float, max_len: int, vocab: int, seed: int):
+  """`num` token records with log-normal lengths, 65,536 at a time: (flat ids, lengths)."""
+  rng = np.random.default_rng(seed)
+  block = 1 << 16
+  for s in range(0, num, block):
+    n = min(block, num - s)
+    lengths = np.clip(np.round(rng.lognormal(np.log(median), sigma, n)), 2, max_len).astype(int)
+    yield rng.integers(0, vocab, size=int(lengths.sum()), dtype=np.uint16), lengths
+
+
+def part_writer(out: str, num: int, median: float, sigma: float, max_len: int) -> dict:
+  from lstm_jax import store
+
+  with PeakAnon() as mem:
+    t0 = time.perf_counter()
+    with store.StoreWriter(out, vocab_size=1000) as writer:
+      for flat, lengths in synthetic_blocks(num, median, sigma, max_len, 1000, 0):
+        writer.add_many(flat, lengths)
+    meta = store.read_meta(out)
+    seconds = time.perf_counter() - t0
+  size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+  return dict(
+    records=meta["num_records"],
+    values=meta["num_values"],
+    bytes_on_disk=size,
+    seconds=seconds,
+    mb_per_second=size / 1e6 / seconds,
+    peak_anon_growth_bytes=mem.peak - mem.start,
+    note="the generator's own blocks (65,536 records at a time) are part of the peak",
+  )
+
+
+def plan_cases() -> dict:
+  """The strategies planned, at 8,192 real tokens a step (the runner's default)."""
+  from lstm_jax import batching as b
+
+  return {
+    "tbptt": lambda d: b.TBPTT(d, tokens_per_step=8192, chunk_length=64),
+    "vbptt": lambda d: b.VariableTBPTT(d, tokens_per_step=8192, base_length=64),
+    "pack": lambda d: b.Pack(d, tokens_per_step=8192, row_length=1024),
+    "bucket": lambda d: b.Bucket(d, tokens_per_step=8192, num_buckets=8),
+    "bucket_packed_rows": lambda d: b.Bucket(
+      d, tokens_per_step=8192, num_buckets=8, pack_rows=True
+    ),
+    "pad": lambda d: b.Pad(d, tokens_per_step=8192),
+  }
+
+
+def plan_bytes(strategy) -> int:
+  """Bytes the strategy holds for its plan: its construction arrays (rows, bins, bucket of
+  each sequence) and the epoch plan's arrays."""
+  from lstm_jax import batching
+
+  def nbytes(x) -> int:
+    if isinstance(x, np.ndarray):
+      return x.nbytes
+    if isinstance(x, batching.Rows):
+      return sum(nbytes(a) for a in (x.members, x.offsets, x.bucket))
+    if isinstance(x, batching.EpochPlan):
+      return sum(nbytes(v) for v in vars(x).values() if v is not strategy.dataset.lengths)
+    return 0
+
+  held = [v for k, v in vars(strategy).items() if k not in ("dataset", "_plans")]
+  return sum(nbytes(v) for v in held) + nbytes(strategy.plan(0))
+
+
+def part_plan(store_dir: str, num: int, names: list[str]) -> dict:
+  from lstm_jax import store
+
+  ds = store.open_store(store_dir)
+  ds = ds.subset(np.arange(num)) if num < len(ds) else ds
+  out = {}
+  for name in names:
+    with PeakAnon() as mem:
+      t0 = time.perf_counter()
+      strategy = plan_cases()[name](ds)
+      plan = strategy.plan(0)
+      seconds = time.perf_counter() - t0
+    b = plan_bytes(strategy)
+    out[name] = dict(
+      sequences=len(ds),
+      batches=len(plan),
+      seconds=seconds,
+      plan_bytes_per_sequence=b / len(ds),
+      anon_peak_growth_bytes=mem.peak - mem.start,
+      anon_retained_bytes=mem.end - mem.start,
+    )
+    del strategy, plan
+  return out
+
+
+def part_train_in_cgroup(store_dir: str, strategies: list[str], steps: int) -> dict:
+  """Trains each strategy for `steps` steps on the store (run inside the memory cgroup)."""
+  import optax
+
+  from lstm_jax import batching, store, train
+  from lstm_jax.model import SequenceModel
+
+  ds = store.open_store(store_dir)
+  top = int(ds.lengths.max())
+  makers = {
+    "tbptt": lambda: batching.TBPTT(ds, num_streams=32, chunk_length=128),
+    "pack": lambda: batching.Pack(ds, batch_size=4, row_length=top),
+    "bucket": lambda: batching.Bucket(ds, tokens_per_step=8192, num_buckets=4),
+  }
+  out = {}
+  model = SequenceModel(64, num_outputs=ds.num_classes, vocab_size=ds.vocab_size, embed_dim=16)
+  for name in strategies:
+    state = train.create_train_state(model, optax.adam(1e-3), ds)
+    t0 = time.perf_counter()
+    with PeakAnon() as mem:
+      strategy = makers[name]()
+      budget = sum(int(strategy.plan(0).real_tokens[i]) for i in range(steps))
+      result = train.fit(state, strategy, max_real_tokens=budget)
+    out[name] = dict(
+      steps=len(result.history),
+      real_tokens=result.real_tokens,
+      seconds=time.perf_counter() - t0,
+      anon_end_bytes=mem.end,
+      anon_peak_bytes=mem.peak,
+      final_loss=result.history[-1]["loss"],
+    )
+  return out
+
+
+def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
+  """fit on the store and on the same data in memory, alternating, tbptt; medians of rounds."""
+  import optax
+
+  from lstm_jax import batching, data, store, train
+  from lstm_jax.model import SequenceModel
+
+  st = store.open_store(store_dir)
+  o = np.asarray(st.record_offsets)
+  tokens = np.asarray(st.values)
+  mem = data.next_token_dataset(
+    [tokens[o[i] : o[i + 1]] for i in range(len(st))], vocab_size=st.vocab_size
+  )
+  model = SequenceModel(128, num_outputs=st.num_classes, vocab_size=st.vocab_size, embed_dim=32)
+  steps = train.StepFunctions.create()
+  times = {"memory": [], "store": []}
+  for r in range(rounds + 1):
+    for kind, ds in (("memory", mem), ("store", st)):
+      if cold and kind == "store":
+        drop_page_cache(store_dir)
+      strategy = batching.TBPTT(ds, tokens_per_step=8192, chunk_length=64, seed=r)
+      state = train.create_train_state(model, optax.adam(1e-3), ds)
+      result = train.fit(state, strategy, epochs=1, steps=steps)
+      if r:  # round 0 compiles: not timed
+        steady = result.history[1:]
+        times[kind].append(
+          sum(h["real_tokens"] for h in steady) / sum(h["step_seconds"] for h in steady)
+        )
+  med = {k: statistics.median(v) for k, v in times.items()}
+  paired = [s / m for s, m in zip(times["store"], times["memory"])]
+  return dict(
+    tokens_per_second=med,
+    per_round=times,
+    store_over_memory=med["store"] / med["memory"],
+    paired_ratio_median=statistics.median(paired),
+    rounds=rounds,
+    cold=cold,
+  )
+
+
+def drop_page_cache(store_dir: str) -> None:
+  """Evicts the store's files from the page cache (posix_fadvise DONTNEED), so the next reads
+  come from the disk."""
+  for name in os.listdir(store_dir):
+    fd = os.open(os.path.join(store_dir, name), os.O_RDONLY)
+    try:
+      os.fsync(fd)
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+      os.close(fd)
+
+
+def cpu_model() -> str:
+  with open("/proc/cpuinfo") as f:
+    for line in f:
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return "unknown"
+
+
+def _run_part(args: list[str], cgroup: str | None = None) -> dict:
+  """One part in a fresh Python process (in `cgroup`, if given); its JSON result."""
+  cmd = [sys.executable, "-m", "lstm_jax.benchmark.data_scale", *args]
+  if cgroup:
+    cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise RuntimeError(f"part {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_cgroup(limit: int) -> str | None:
+  """A cgroup v1 memory group capped at `limit` bytes (swap too), or None if unavailable."""
+  base = "/sys/fs/cgroup/memory"
+  if not os.path.isdir(base) or os.geteuid() != 0:
+    return None
+  path = os.path.join(base, f"lstm_jax_bench_{os.getpid()}")
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+    f.write(str(limit))
+  sw = os.path.join(path, "memory.memsw.limit_in_bytes")
+  if os.path.exists(sw):
+    with open(sw, "w") as f:
+      f.write(str(limit))
+  return path
+
+
+def run(cfg: dict, out_md: str) -> dict:
+  """All parts; writes results.json beside `out_md` and the markdown to `out_md`."""
+  work = cfg.get("workdir") or tempfile.mkdtemp(prefix="lstm_jax_data_scale_")
+  os.makedirs(work, exist_ok=True)
+  results: dict = dict(versions=versions(), cpu=cpu_model(), config=cfg)
+  corpus = os.path.join(work, "tokens")
+  if not os.path.exists(os.path.join(corpus, "meta.json")):
+    w = cfg["writer"]
+    results["writer"] = _run_part(
+      ["writer", corpus, str(w["records"]), str(w["median"]), str(w["sigma"]), str(w["max_len"])]
+    )
+  print("writer", results.get("writer"), flush=True)
+  results["plan"] = {}
+  for n in cfg["plan_sizes"]:
+    results["plan"][n] = _run_part(["plan", corpus, str(n), ",".join(cfg["plan_strategies"])])
+    print("plan", n, results["plan"][n], flush=True)
+  big = cfg.get("larger_than_memory")
+  if big:
+    results["larger_than_memory"] = larger_than_memory(work, big)
+    print("larger_than_memory", results["larger_than_memory"], flush=True)
+  fit = cfg.get("fit")
+  if fit:
+    small = os.path.join(work, "fit_tokens")
+    if not os.path.exists(os.path.join(small, "meta.json")):
+      _run_part(["writer", small, str(fit["records"]), "100", "0.8", "1024"])
+    results["fit"] = {
+      kind: _run_part(["fit", small, str(fit["rounds"]), kind]) for kind in ("warm", "cold")
+    }
+    print("fit", results["fit"], flush=True)
+  os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
+  with open(os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(out_md, "w") as f:
+    f.write(markdown(results))
+  print(markdown(results))
+  return results
+
+
+def larger_than_memory(work: str, cfg: dict) -> dict:
+  docs = os.path.join(work, "documents")
+  if not os.path.exists(os.path.join(docs, "meta.json")):
+    _run_part(
+      [
+        "writer",
+        docs,
+        str(cfg["records"]),
+        str(cfg["median"]),
+        str(cfg["sigma"]),
+        str(cfg["max_len"]),
+      ]
+    )
+  size = sum(os.path.getsize(os.path.join(docs, f)) for f in os.listdir(docs))
+  limit = int(cfg["memory_limit"])
+  group = memory_cgroup(limit)
+  if group is None:
+    return dict(skipped="needs root and cgroup v1 memory (/sys/fs/cgroup/memory)")
+  drop_page_cache(docs)
+  try:
+    got = _run_part(["train", docs, ",".join(cfg["strategies"]), str(cfg["steps"])], cgroup=group)
+    with open(os.path.join(group, "memory.max_usage_in_bytes")) as f:
+      peak = int(f.read())
+    with open(os.path.join(group, "memory.failcnt")) as f:
+      failcnt = int(f.read())
+  finally:
+    os.rmdir(group)
+  return dict(
+    corpus_bytes=size,
+    memory_limit_bytes=limit,
+    corpus_over_limit=size / limit,
+    cgroup_peak_bytes=peak,
+    cgroup_limit_hits=failcnt,
+    rows=got,
+  )
+
+
+def markdown(r: dict) -> str:
+  mib = 1 << 20
+  lines = [
+    "# Data at scale",
+    "",
+    f"CPU: {r['cpu']}; {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
+    "Produced by `python experiments/benchmark_data.py` (lstm_jax/benchmark/data_scale.py).",
+    "",
+  ]
+  w = r.get("writer")
+  if w:
+    lines += [
+      "## Writer",
+      "",
+      f"{w['records']:,} records, {w['values']:,} uint16 token ids, {w['bytes_on_disk'] / GiB:.2f}"
+      f" GiB on disk: {w['seconds']:.1f} s, **{w['mb_per_second']:.0f} MB/s**, peak anonymous "
+      f"memory growth **{w['peak_anon_growth_bytes'] / mib:.0f} MiB** ({w['note']}).",
+      "",
+    ]
+  lines += [
+    "## Planning one epoch from the lengths alone",
+    "",
+    "Strategy built and its first epoch planned; bytes per sequence are the plan's own arrays"
+    " (the dataset's lengths, 8 bytes a sequence, not counted): what the plan holds, exactly."
+    " Anonymous memory is RssAnon growth while planning (peak) and after it (retained, the"
+    " plan kept): indicative only, as glibc keeps or returns freed memory as it likes (a"
+    " negative figure: memory freed that an earlier row had left). The first tbptt row also"
+    " holds the JAX CPU client and the compiled laying scan, ~25-30 MiB whatever the size.",
+    "",
+    "| sequences | strategy | seconds | batches | plan bytes / seq | peak MiB | retained MiB |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for n, rows in r["plan"].items():
+    for name, x in rows.items():
+      lines.append(
+        f"| {int(n):,} | {name} | {x['seconds']:.2f} | {x['batches']:,} | "
+        f"{x['plan_bytes_per_sequence']:.1f} | {x['anon_peak_growth_bytes'] / mib:.0f} | "
+        f"{x['anon_retained_bytes'] / mib:.0f} |"
+      )
+  big = r.get("larger_than_memory")
+  if big and "skipped" not in big:
+    lines += [
+      "",
+      "## A corpus larger than the memory the process may use",
+      "",
+      f"A store of {big['corpus_bytes'] / GiB:.2f} GiB trained inside a memory cgroup capped at "
+      f"{big['memory_limit_bytes'] / GiB:.2f} GiB ({big['corpus_over_limit']:.1f}x), its page "
+      f"cache dropped first; the cgroup's peak (page cache included) "
+      f"{big['cgroup_peak_bytes'] / mib:.0f} MiB, limit hits {big['cgroup_limit_hits']}.",
+      "",
+      "| strategy | steps | real tokens | seconds | RssAnon end MiB | RssAnon peak MiB | loss |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, x in big["rows"].items():
+      lines.append(
+        f"| {name} | {x['steps']} | {x['real_tokens']:,} | {x['seconds']:.1f} | "
+        f"{x['anon_end_bytes'] / mib:.0f} | {x['anon_peak_bytes'] / mib:.0f} | "
+        f"{x['final_loss']:.3f} |"
+      )
+  elif big:
+    lines += ["", f"Larger than memory: skipped ({big['skipped']})."]
+  fit = r.get("fit")
+  if fit:
+    lines += [
+      "",
+      "## fit: a store against the same data in memory",
+      "",
+      "tbptt, H=128, synthetic tokens (vocabulary 1,000); one epoch per round, rounds"
+      " alternating memory and store (cold: the store's page cache dropped before each of its"
+      " rounds); real tokens/s over each epoch's steady steps (the first step excluded).",
+      "",
+      "| page cache | memory tok/s | store tok/s | store / memory (medians) | per round, median |",
+      "| --- | --- | --- | --- | --- |",
+    ]
+    for kind, x in fit.items():
+      t = x["tokens_per_second"]
+      lines.append(
+        f"| {kind} | {t['memory']:,.0f} | {t['store']:,.0f} | {x['store_over_memory']:.3f} | "
+        f"{x['paired_ratio_median']:.3f} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def _main(argv: list[str]) -> None:
+  part = argv[0]
+  if part == "writer":
+    out = part_writer(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), int(argv[5]))
+  elif part == "plan":
+    out = part_plan(argv[1], int(argv[2]), argv[3].split(","))
+  elif part == "train":
+    out = part_train_in_cgroup(argv[1], argv[2].split(","), int(argv[3]))
+  elif part == "fit":
+    out = part_fit(argv[1], int(argv[2]), argv[3] == "cold")
+  else:
+    raise SystemExit(f"unknown part {part!r}")
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  _main(sys.argv[1:])
