@@ -516,6 +516,102 @@ def _rows_from_assignment(items: np.ndarray, row_of: np.ndarray, num_rows: int) 
   return Rows(items[by_row].astype(np.int32), offsets)
 
 
+def shuffle_rows(rng: np.random.Generator, x: np.ndarray, starts, counts) -> None:
+  """Shuffles each row x[starts[r]:starts[r] + counts[r]] in place, in order, exactly as
+  `rng.shuffle` called on each row would: the same permutations, and `rng` left in the same
+  state (so every later draw is the same too).
+
+  Generator.shuffle is Fisher-Yates: for i = n - 1 down to 1 it swaps x[i] with x[j], j drawn
+  in [0, i] by masked rejection from the bit generator's 32-bit stream (each 64-bit output
+  serves its low half, then its high half). For PCG64, numpy's default, that stream is read
+  here in bulk, the rejections are resolved by a compiled scan on the host (~30 ns a word) and
+  the swaps applied a step at a time across all rows: millions of rows in about a second,
+  instead of a Python call (~2 us) each. Other bit generators take the call per row.
+  tests/test_batching.py holds this to rng.shuffle, row for row and state for state.
+  """
+  starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+  several = np.flatnonzero(counts > 1)  # a row of one draws nothing
+  bits = rng.bit_generator
+  if not isinstance(bits, np.random.PCG64) or not len(several):
+    for a, n in zip(starts[several].tolist(), counts[several].tolist()):
+      rng.shuffle(x[a : a + n])
+    return
+  n = counts[several]
+  draws = n - 1  # bounded draws per row: bounds n - 1, n - 2, ..., 1
+  first = np.cumsum(draws) - draws
+  total = int(draws.sum())
+  bound = (np.repeat(n - 1, draws) - (np.arange(total) - np.repeat(first, draws))).astype(np.uint32)
+  mask = bound.copy()
+  for shift in (1, 2, 4, 8, 16):
+    mask |= mask >> np.uint32(shift)
+  state = bits.state
+  buffered = [state["uinteger"]] if state["has_uint32"] else []
+  margin = 2
+  while True:  # each word is kept with probability >= 1/2: twice the picks nearly always do
+    stream = np.random.PCG64()
+    stream.state = state
+    raw = stream.random_raw(margin * total // 2 + 512)
+    words = np.empty(len(buffered) + 2 * len(raw), np.uint32)
+    words[: len(buffered)] = buffered
+    words[len(buffered) :: 2], words[len(buffered) + 1 :: 2] = raw & 0xFFFFFFFF, raw >> 32
+    picks, read = _accept_draws(words, bound, mask)
+    if len(picks) == total:
+      break
+    margin *= 2
+  # the state after exactly `read` words: the buffered one, then raws' low and high halves
+  halves = read - len(buffered)
+  after = np.random.PCG64()
+  after.state = state
+  touched = -(-halves // 2)
+  new = state
+  if touched:
+    last = after.random_raw(touched)[-1]
+    new = after.state
+    new["uinteger"] = int(last >> np.uint64(32))
+  new["has_uint32"] = halves % 2
+  bits.state = new
+  # the swaps, step k of every row at once; rows by decreasing draws, so the active lead
+  by_draws = np.argsort(-draws, kind="stable")
+  active = len(draws) - np.cumsum(np.bincount(draws))  # rows with more than k draws
+  row_first, row_n, row_pick = starts[several][by_draws], n[by_draws], first[by_draws]
+  for k in range(int(draws.max())):
+    m = int(active[k])
+    i = row_first[:m] + (row_n[:m] - 1 - k)
+    j = row_first[:m] + picks[row_pick[:m] + k]
+    x[i], x[j] = x[j], x[i].copy()
+
+
+def _accept_draws(words: np.ndarray, bound: np.ndarray, mask: np.ndarray):
+  """Masked rejection over the 32-bit words: each word is tested against the bound of the
+  next pick still wanted and kept if (word & mask) <= bound. Returns (the picks, words read to
+  make them all, or every word if they ran out)."""
+  want = len(bound)
+  size = max(1024, 1 << (len(words) - 1).bit_length())  # few sizes, few compiles
+  w = np.zeros(size, np.uint32)
+  w[: len(words)] = words
+  wide = max(1024, 1 << want.bit_length())  # one slot past the last pick, never kept
+  b, m = np.zeros(wide, np.uint32), np.zeros(wide, np.uint32)
+  b[:want], m[:want] = bound, mask
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    keep, value = jax.device_get(
+      _accept_scan(jnp.asarray(w), jnp.asarray(b), jnp.asarray(m), np.int32(want))
+    )
+  hits = np.flatnonzero(keep[: len(words)])[:want]
+  read = int(hits[-1]) + 1 if len(hits) == want else len(words)
+  return value[hits].astype(np.int64), read
+
+
+@jax.jit
+def _accept_scan(words, bound, mask, want):
+  def test(j, word):
+    v = word & mask[j]
+    ok = (v <= bound[j]) & (j < want)
+    return j + ok.astype(jnp.int32), (ok, v)
+
+  _, (keep, value) = jax.lax.scan(test, jnp.int32(0), words)
+  return keep, value
+
+
 def _packed_batches(
   rows: Rows, lengths: np.ndarray, batch_size: int, length: int, rng: np.random.Generator
 ) -> EpochPlan:
@@ -525,10 +621,7 @@ def _packed_batches(
   counts = np.diff(rows.offsets)[order]
   row_start = np.concatenate([[0], np.cumsum(counts)])
   members = rows.members[_gather_steps(rows.offsets[:-1][order], counts)].astype(np.int64)
-  shuffle = rng.shuffle  # each row in place, in the epoch's row order: permutation's draws
-  several = np.flatnonzero(counts > 1)  # a row of one draws nothing
-  for a, b in zip(row_start[several].tolist(), row_start[several + 1].tolist()):
-    shuffle(members[a:b])
+  shuffle_rows(rng, members, row_start[:-1], counts)  # each row, in the epoch's row order
   seq_len = lengths[members]
   ends = np.cumsum(seq_len)
   pos = ends - seq_len - np.repeat((ends - seq_len)[row_start[:-1]], counts)
@@ -1026,20 +1119,22 @@ def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator
   sequences by stream then position), the longest stream's length)."""
   order = rng.permutation(len(lengths))
   laid = lengths[order]
-  if int(lengths.sum()) < 2**31 - 1:  # a compiled scan on the host, a block at a time
+  # the greedy rule keeps every load <= total / streams + the longest: the keys fit int32
+  most = int(lengths.sum()) // num_streams + int(lengths.max(initial=0)) + 1
+  if (most + 1) * num_streams < 2**31:  # a compiled scan on the host, a block at a time
     size = min(_LAY_BLOCK, max(1024, 1 << (len(laid) - 1).bit_length()))  # few sizes compile
     s, p = np.empty(len(laid), np.int32), np.empty(len(laid), np.int32)
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-      loads = jnp.zeros(num_streams, jnp.int32)
+      keys = jnp.arange(num_streams, dtype=jnp.int32)  # every load 0
       for a in range(0, len(laid), size):
         n = min(size, len(laid) - a)
         block = np.zeros(size, np.int32)  # zero-length sequences at the end change nothing
         block[:n] = laid[a : a + n]
-        loads, bs, bp = _lay_scan(loads, jnp.asarray(block), num_streams)
+        keys, bs, bp = _lay_scan(keys, jnp.asarray(block), num_streams)
         bs, bp = jax.device_get((bs, bp))
         s[a : a + n], p[a : a + n] = bs[:n], bp[:n]
-      loads = np.asarray(loads)
-  else:  # positions past int32: the same rule, one sequence at a time
+      loads = np.asarray(keys) // num_streams
+  else:  # keys past int32: the same rule, one sequence at a time
     heap, s, p = list(range(num_streams)), [], []
     for n in laid.tolist():  # heap entries load * num_streams + stream: ties go to the lowest
       load, stream = divmod(heap[0], num_streams)
@@ -1059,17 +1154,20 @@ _LAY_BLOCK = 1 << 20  # sequences per call of the compiled scan: one compile per
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _lay_scan(loads: jax.Array, laid: jax.Array, num_streams: int):
-  """The least-loaded rule over one block of sequences, from `loads` on: (loads after, each
-  sequence's stream, its position). argmin takes the first of the least loaded."""
-  del num_streams  # the loads' shape says it; static so each stream count compiles once
+def _lay_scan(keys: jax.Array, laid: jax.Array, num_streams: int):
+  """The least-loaded rule over one block of sequences. Each stream is one int32 key, load *
+  num_streams + stream, so the least key is the least load and, among equal loads, the lowest
+  stream (the heap's order), found by a plain min: 2.7x faster on the CPU than an argmin over
+  the loads (128 streams: 127 against 340 ns a sequence). Returns (keys after, each sequence's
+  stream, its position)."""
 
-  def place(loads, n):
-    s = jnp.argmin(loads)
-    return loads.at[s].add(n), (s.astype(jnp.int32), loads[s])
+  def place(keys, n):
+    k = keys.min()
+    s = k % num_streams
+    return keys.at[s].add(n * num_streams), (s, k // num_streams)
 
-  loads, (stream, position) = jax.lax.scan(place, loads, laid)
-  return loads, stream, position
+  keys, (stream, position) = jax.lax.scan(place, keys, laid)
+  return keys, stream, position
 
 
 class VariableTBPTT(Strategy):
@@ -1138,15 +1236,15 @@ class VariableTBPTT(Strategy):
   def draw_length(self, rng: np.random.Generator) -> int:
     """One chunk length, AWD-LSTM's rule, clipped to [min_length, largest shape]."""
     mean = self.base_length if rng.random() < self.p_base else self.base_length / 2
-    return int(np.clip(round(rng.normal(mean, self.sigma)), self.min_length, self.chunk_shapes[-1]))
+    return min(max(round(rng.normal(mean, self.sigma)), self.min_length), self.chunk_shapes[-1])
 
   def _plan(self, epoch, rng):
     lengths = self.dataset.lengths
     layout, total = _lay_streams(lengths, self.num_streams, rng)
     spans = []
-    pos = 0
-    while pos < total:
-      n = self.draw_length(rng)
+    pos, draw = 0, self.draw_length
+    while pos < total:  # a draw a step: ~1 us each, 150k steps for 10M sequences
+      n = draw(rng)
       spans.append(n)
       pos += n
     spans = np.asarray(spans, np.int64)

@@ -288,3 +288,24 @@ def test_plans_match_the_recorded_planner():
   got = plan_cases.all_hashes()
   assert got.keys() == recorded.keys()
   assert [k for k in got if got[k] != recorded[k]] == []
+
+
+def test_rows_shuffle_exactly_as_generator_shuffle_row_by_row():
+  """batching.shuffle_rows (the bulk path for PCG64) against rng.shuffle called on each row:
+  the same permutations and the same generator state after, from a fresh state and from one
+  holding a buffered 32-bit word; rows of 1 to 300, and a bit generator without the bulk path."""
+  counts = np.random.default_rng(0).integers(1, 12, size=5000)
+  counts[::97] = 300  # long rows: bounds past 8 bits, more rejections
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  for bits, odd in ((np.random.PCG64, False), (np.random.PCG64, True), (np.random.MT19937, False)):
+    a, b = np.random.Generator(bits(5)), np.random.Generator(bits(5))
+    if odd:  # leave half a 64-bit word buffered
+      a.integers(0, 7, dtype=np.uint32), b.integers(0, 7, dtype=np.uint32)
+    x = np.arange(int(counts.sum()))
+    y = x.copy()
+    batching.shuffle_rows(a, x, starts, counts)
+    for s, n in zip(starts, counts):
+      b.shuffle(y[s : s + n])
+    assert np.array_equal(x, y)
+    assert repr(a.bit_generator.state) == repr(b.bit_generator.state)
+    assert a.random() == b.random()
