@@ -612,6 +612,13 @@ def _accept_scan(words, bound, mask, want):
   return keep, value
 
 
+def _positions_in_rows(seq_len: np.ndarray, row_start: np.ndarray, counts: np.ndarray):
+  """Where each sequence starts in its row, the rows' members laid back to back: sequences
+  row after row, row r's from row_start[r], counts[r] of them."""
+  starts = np.cumsum(seq_len) - seq_len  # in the rows laid end to end
+  return starts - np.repeat(starts[row_start], counts)
+
+
 def _packed_batches(
   rows: Rows, lengths: np.ndarray, batch_size: int, length: int, rng: np.random.Generator
 ) -> EpochPlan:
@@ -623,8 +630,7 @@ def _packed_batches(
   members = rows.members[_gather_steps(rows.offsets[:-1][order], counts)].astype(np.int64)
   shuffle_rows(rng, members, row_start[:-1], counts)  # each row, in the epoch's row order
   seq_len = lengths[members]
-  ends = np.cumsum(seq_len)
-  pos = ends - seq_len - np.repeat((ends - seq_len)[row_start[:-1]], counts)
+  pos = _positions_in_rows(seq_len, row_start[:-1], counts)
   rank = np.repeat(np.arange(len(rows), dtype=np.int64), counts)  # the row's place in the epoch
   segments = _table(rank % batch_size, members, np.zeros_like(members), pos, seq_len)
   firsts = np.arange(0, len(rows), batch_size)
@@ -1303,8 +1309,7 @@ class Relayout(Strategy):
     for rows in batches:
       seq_len = lengths[rows.members]
       counts = np.diff(rows.offsets)
-      ends = np.cumsum(seq_len)
-      pos = ends - seq_len - np.repeat((ends - seq_len)[rows.offsets[:-1]], counts)
+      pos = _positions_in_rows(seq_len, rows.offsets[:-1], counts)
       row = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
       segments.append(_table(row, rows.members, np.zeros_like(pos), pos, seq_len))
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
