@@ -35,19 +35,11 @@ FULL = dict(
   ),
   fit=dict(records=3_000, rounds=5),
 )
-QUICK = dict(
-  writer=dict(records=200_000, median=100, sigma=0.65, max_len=1024),
+QUICK = dict(  # the same parts at small sizes
+  FULL,
+  writer=dict(FULL["writer"], records=200_000),
   plan_sizes=[10_000, 100_000],
-  plan_strategies=FULL["plan_strategies"],
-  larger_than_memory=dict(
-    records=20_000,
-    median=1500,
-    sigma=0.6,
-    max_len=4096,
-    memory_limit=5 << 28,
-    strategies=["tbptt", "pack", "bucket"],
-    steps=3,
-  ),
+  larger_than_memory=dict(FULL["larger_than_memory"], records=20_000, steps=3),
   fit=dict(records=2_000, rounds=1),
 )
 

@@ -20,7 +20,7 @@ from absl import app, flags
 from lstm_jax import sources
 from lstm_jax.errors import exit_on_user_error
 
-FLAGS = flags.DEFINE_enum("source", None, list(sources.PREPARE_SOURCES), "What to read.")
+flags.DEFINE_enum("source", None, list(sources.PREPARE_SOURCES), "What to read.")
 flags.DEFINE_string(
   "path", "", "The input file or directory (text_dir, text_lines, jsonl, array_record, npz)."
 )
