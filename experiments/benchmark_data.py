@@ -5,6 +5,7 @@ than the process's memory cgroup, and fit from a store against memory.
 
 Writes results.json beside --out. About 20 minutes on 2 cores and ~9 GB of disk (--workdir,
 default a temporary directory, keeps the stores for a rerun). --quick: small sizes, a minute.
+--parts=plan --parts=fit: rerun only those, keeping the other parts' figures (said in the report).
 """
 
 import json
@@ -16,6 +17,10 @@ from lstm_jax.benchmark import data_scale
 flags.DEFINE_string("out", "BENCHMARKS-data.md", "Markdown report; results.json beside it.")
 flags.DEFINE_string("workdir", "", "Where the stores are written (kept for a rerun).")
 flags.DEFINE_bool("quick", False, "Small sizes (a check that every part runs).")
+PARTS = ["writer", "plan", "larger_than_memory", "fit"]
+flags.DEFINE_multi_enum(
+  "parts", [], PARTS, "Rerun only these parts; the others are kept from results.json beside --out."
+)
 F = flags.FLAGS
 
 FULL = dict(
@@ -46,7 +51,7 @@ QUICK = dict(  # the same parts at small sizes
 
 def main(argv):
   del argv
-  cfg = dict(QUICK if F.quick else FULL, workdir=F.workdir)
+  cfg = dict(QUICK if F.quick else FULL, workdir=F.workdir, parts=F.parts)
   data_scale.run(json.loads(json.dumps(cfg)), F.out)
 
 

@@ -134,21 +134,32 @@ class EpochPlan(Sequence[BatchPlan]):
   offsets: <int64>[num_batches + 1].
   """
 
-  def __init__(self, batch_size, length, segments, offsets, lr_scale=None, real_tokens=None):
+  def __init__(
+    self, batch_size, length, segments, offsets, lr_scale=None, real_tokens=None, order=None
+  ):
     self.batch_size = np.asarray(batch_size, np.int64)
     self.length = np.asarray(length, np.int64)
     self.segments, self.offsets = segments, np.asarray(offsets, np.int64)
+    # batch i's segments are the table's block order[i] (None: block i), so reordering the
+    # batches moves no segment; the per-batch arrays are in the batches' order
+    self.order = order
     n = len(self.batch_size)
     self.lr_scale = np.ones(n) if lr_scale is None else np.asarray(lr_scale, np.float64)
     if real_tokens is None:
       real_tokens = _segment_sums(segments[:, LENGTH], self.offsets)
+      real_tokens = real_tokens if order is None else real_tokens[order]
     self.real_tokens = np.asarray(real_tokens, np.int64)  # <int64>[num_batches]
 
   def __len__(self) -> int:
     return len(self.batch_size)
 
+  def _blocks(self) -> np.ndarray:
+    """Each batch's block of the segment table, in the batches' order."""
+    return np.arange(len(self)) if self.order is None else self.order
+
   def batch_segments(self, i: int) -> np.ndarray:
-    return self.segments[self.offsets[i] : self.offsets[i + 1]]
+    j = i if self.order is None else int(self.order[i])
+    return self.segments[self.offsets[j] : self.offsets[j + 1]]
 
   def __getitem__(self, i):
     if isinstance(i, slice):
@@ -181,16 +192,16 @@ class EpochPlan(Sequence[BatchPlan]):
     return plan
 
   def reordered(self, order: np.ndarray) -> EpochPlan:
-    """The batches in `order`."""
-    counts = np.diff(self.offsets)[order]
-    idx = _gather_steps(self.offsets[:-1][order], counts)
+    """The batches in `order` (the segment table stays as it is)."""
+    order = np.asarray(order, np.int64)
     return EpochPlan(
       self.batch_size[order],
       self.length[order],
-      self.segments[idx],
-      np.concatenate([[0], np.cumsum(counts)]),
+      self.segments,
+      self.offsets,
       self.lr_scale[order],
       self.real_tokens[order],
+      self._blocks()[order],
     )
 
   @staticmethod
@@ -199,6 +210,10 @@ class EpochPlan(Sequence[BatchPlan]):
     if not plans:
       return EpochPlan([], [], np.zeros((0, 5), np.int32), [0])
     sizes = np.cumsum([0] + [len(p.segments) for p in plans])
+    blocks = np.cumsum([0] + [len(p.offsets) - 1 for p in plans])
+    order = None
+    if any(p.order is not None for p in plans):
+      order = np.concatenate([p._blocks() + b for p, b in zip(plans, blocks)])
     return EpochPlan(
       np.concatenate([p.batch_size for p in plans]),
       np.concatenate([p.length for p in plans]),
@@ -206,6 +221,7 @@ class EpochPlan(Sequence[BatchPlan]):
       np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(plans, sizes)]),
       np.concatenate([p.lr_scale for p in plans]),
       np.concatenate([p.real_tokens for p in plans]),
+      order,
     )
 
 
@@ -261,9 +277,9 @@ def _table(row, sequence, start, position, length) -> np.ndarray:
   """A segment table, <int32>[n, 5] (ROW, SEQUENCE, START, POSITION, LENGTH): 20 bytes a
   segment, so a plan of millions of sequences stays small."""
   columns = (row, sequence, start, position, length)
-  out = np.empty((len(length), 5), np.int32)  # filled a column at a time: no int64 copy
-  for c, values in enumerate(columns):
-    out[:, c] = values
+  out = np.empty((len(length), 5), np.int32)  # filled a column at a time: no int64 table
+  for c, values in enumerate(columns):  # a column cast on its own first: a strided cast is slow
+    out[:, c] = values if np.isscalar(values) else np.asarray(values, np.int32)
   return out
 
 
@@ -524,92 +540,95 @@ def shuffle_rows(rng: np.random.Generator, x: np.ndarray, starts, counts) -> Non
   Generator.shuffle is Fisher-Yates: for i = n - 1 down to 1 it swaps x[i] with x[j], j drawn
   in [0, i] by masked rejection from the bit generator's 32-bit stream (each 64-bit output
   serves its low half, then its high half). For PCG64, numpy's default, that stream is read
-  here in bulk, the rejections are resolved by a compiled scan on the host (~30 ns a word) and
-  the swaps applied a step at a time across all rows: millions of rows in about a second,
-  instead of a Python call (~2 us) each. Other bit generators take the call per row.
+  here in blocks, a compiled scan on the host makes the picks (`_pick_block`), and the swaps
+  are applied a step at a time across all rows: millions of rows in about a second, instead of
+  a Python call (~2 us) each. Other bit generators take the call per row.
   tests/test_batching.py holds this to rng.shuffle, row for row and state for state.
   """
   starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
   several = np.flatnonzero(counts > 1)  # a row of one draws nothing
-  bits = rng.bit_generator
-  if not isinstance(bits, np.random.PCG64) or not len(several):
+  if not isinstance(rng.bit_generator, np.random.PCG64) or not len(several):
     for a, n in zip(starts[several].tolist(), counts[several].tolist()):
       rng.shuffle(x[a : a + n])
     return
   n = counts[several]
   draws = n - 1  # bounded draws per row: bounds n - 1, n - 2, ..., 1
   first = np.cumsum(draws) - draws
+  picks = _pcg64_picks(rng.bit_generator, n, draws, first)
+  # the swaps, step k of every row at once; rows by decreasing draws, so the active lead
+  by_draws = np.argsort(-draws, kind="stable")
+  active = len(draws) - np.cumsum(np.bincount(draws))  # rows with more than k draws
+  picks += np.repeat(starts[several], draws)  # each pick as a place in x
+  row_last, row_pick = (starts[several] + draws)[by_draws], first[by_draws]
+  for k in range(int(draws.max())):
+    m = int(active[k])
+    i, j = row_last[:m] - k, picks[row_pick[:m] + k]
+    x[i], x[j] = x[j], x[i].copy()
+
+
+_PICK_WORDS = 1 << 18  # 32-bit words per call of the compiled scan: one size, one compile
+
+
+def _pcg64_picks(bits: np.random.PCG64, n, draws, first) -> np.ndarray:
+  """The draws of Fisher-Yates over rows of n (>= 2) from PCG64 `bits`, row after row: for
+  each row, one in [0, b] for b = n - 1 down to 1. `bits` is left as rng.shuffle leaves it."""
   total = int(draws.sum())
-  bound = (np.repeat(n - 1, draws) - (np.arange(total) - np.repeat(first, draws))).astype(np.uint32)
-  mask = bound.copy()
-  for shift in (1, 2, 4, 8, 16):
-    mask |= mask >> np.uint32(shift)
+  bound = np.repeat((n - 1 + first).astype(np.int32), draws) - np.arange(total, dtype=np.int32)
   state = bits.state
-  buffered = [state["uinteger"]] if state["has_uint32"] else []
-  margin = 2
-  while True:  # each word is kept with probability >= 1/2: twice the picks nearly always do
-    stream = np.random.PCG64()
-    stream.state = state
-    raw = stream.random_raw(margin * total // 2 + 512)
-    words = np.empty(len(buffered) + 2 * len(raw), np.uint32)
-    words[: len(buffered)] = buffered
-    words[len(buffered) :: 2], words[len(buffered) + 1 :: 2] = raw & 0xFFFFFFFF, raw >> 32
-    picks, read = _accept_draws(words, bound, mask)
-    if len(picks) == total:
-      break
-    margin *= 2
-  # the state after exactly `read` words: the buffered one, then raws' low and high halves
-  halves = read - len(buffered)
-  after = np.random.PCG64()
-  after.state = state
+  stream = np.random.PCG64()
+  stream.state = state
+  pending = np.array([state["uinteger"]] if state["has_uint32"] else [], np.uint32)
+  size = _PICK_WORDS
+  picks = np.empty(total, np.int64)
+  made = read = 0
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    while made < total:
+      raw = stream.random_raw(-(-(size - len(pending)) // 2))
+      halves = np.empty(2 * len(raw), np.uint32)
+      halves[0::2], halves[1::2] = raw & 0xFFFFFFFF, raw >> 32
+      words = np.concatenate([pending, halves])
+      words, pending = words[:size], words[size:]
+      want = min(size, total - made)  # a block's words make at most `size` picks
+      bounds = np.zeros(size, np.uint32)
+      bounds[:want] = bound[made : made + want]
+      got, used, block = jax.device_get(_pick_block(words, bounds, np.int32(want)))
+      picks[made : made + got] = block[:got]
+      made, read = made + int(got), read + int(used)
+  # the state after exactly `read` words: any buffered one, then raws' low and high halves
+  halves = read - int(state["has_uint32"])
   touched = -(-halves // 2)
   new = state
   if touched:
-    last = after.random_raw(touched)[-1]
+    after = np.random.PCG64()
+    after.state = state
+    after.advance(touched - 1)
+    last = after.random_raw(1)[0]
     new = after.state
     new["uinteger"] = int(last >> np.uint64(32))
   new["has_uint32"] = halves % 2
   bits.state = new
-  # the swaps, step k of every row at once; rows by decreasing draws, so the active lead
-  by_draws = np.argsort(-draws, kind="stable")
-  active = len(draws) - np.cumsum(np.bincount(draws))  # rows with more than k draws
-  row_first, row_n, row_pick = starts[several][by_draws], n[by_draws], first[by_draws]
-  for k in range(int(draws.max())):
-    m = int(active[k])
-    i = row_first[:m] + (row_n[:m] - 1 - k)
-    j = row_first[:m] + picks[row_pick[:m] + k]
-    x[i], x[j] = x[j], x[i].copy()
-
-
-def _accept_draws(words: np.ndarray, bound: np.ndarray, mask: np.ndarray):
-  """Masked rejection over the 32-bit words: each word is tested against the bound of the
-  next pick still wanted and kept if (word & mask) <= bound. Returns (the picks, words read to
-  make them all, or every word if they ran out)."""
-  want = len(bound)
-  size = max(1024, 1 << (len(words) - 1).bit_length())  # few sizes, few compiles
-  w = np.zeros(size, np.uint32)
-  w[: len(words)] = words
-  wide = max(1024, 1 << want.bit_length())  # one slot past the last pick, never kept
-  b, m = np.zeros(wide, np.uint32), np.zeros(wide, np.uint32)
-  b[:want], m[:want] = bound, mask
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    keep, value = jax.device_get(
-      _accept_scan(jnp.asarray(w), jnp.asarray(b), jnp.asarray(m), np.int32(want))
-    )
-  hits = np.flatnonzero(keep[: len(words)])[:want]
-  read = int(hits[-1]) + 1 if len(hits) == want else len(words)
-  return value[hits].astype(np.int64), read
+  return picks
 
 
 @jax.jit
-def _accept_scan(words, bound, mask, want):
-  def test(j, word):
-    v = word & mask[j]
-    ok = (v <= bound[j]) & (j < want)
-    return j + ok.astype(jnp.int32), (ok, v)
+def _pick_block(words, bounds, want):
+  """Masked rejection over one block of words: each word, masked to the bits of the bound of
+  the next pick still wanted, is kept if <= that bound. Returns (picks made, words read to
+  make them, the picks)."""
 
-  _, (keep, value) = jax.lax.scan(test, jnp.int32(0), words)
-  return keep, value
+  def step(t, c):
+    picks, p, used = c
+    bound = bounds[jnp.minimum(p, len(bounds) - 1)]
+    v = words[t] & (jnp.uint32(0xFFFFFFFF) >> jax.lax.clz(jnp.maximum(bound, 1)))
+    live = p < want
+    # written at the next pick's place whether kept or not: a kept one moves past it
+    picks = jax.lax.dynamic_update_slice(picks, v[None], (p,))
+    p = p + (live & (v <= bound)).astype(jnp.int32)
+    return picks, p, jnp.where(live, t + 1, used)
+
+  picks = jnp.zeros(len(bounds) + 1, jnp.uint32)
+  picks, p, used = jax.lax.fori_loop(0, len(words), step, (picks, jnp.int32(0), jnp.int32(0)))
+  return p, used, picks
 
 
 def _positions_in_rows(seq_len: np.ndarray, row_start: np.ndarray, counts: np.ndarray):
@@ -627,12 +646,12 @@ def _packed_batches(
   order = rng.permutation(len(rows))
   counts = np.diff(rows.offsets)[order]
   row_start = np.concatenate([[0], np.cumsum(counts)])
-  members = rows.members[_gather_steps(rows.offsets[:-1][order], counts)].astype(np.int64)
+  members = rows.members[_gather_steps(rows.offsets[:-1][order], counts)]
   shuffle_rows(rng, members, row_start[:-1], counts)  # each row, in the epoch's row order
   seq_len = lengths[members]
   pos = _positions_in_rows(seq_len, row_start[:-1], counts)
-  rank = np.repeat(np.arange(len(rows), dtype=np.int64), counts)  # the row's place in the epoch
-  segments = _table(rank % batch_size, members, np.zeros_like(members), pos, seq_len)
+  slot = np.repeat((np.arange(len(rows)) % batch_size).astype(np.int32), counts)  # its row
+  segments = _table(slot, members, 0, pos, seq_len)
   firsts = np.arange(0, len(rows), batch_size)
   offsets = np.append(row_start[firsts], len(members))
   return EpochPlan(
@@ -882,13 +901,12 @@ def _length_groups(lengths: np.ndarray, rng: np.random.Generator):
   by_tie[tie] = np.arange(len(tie))  # the sequences in increasing rank: no sort needed
   # then a stable sort by decreasing length (a radix sort for int16 keys): the order of
   # lexsort((tie, -lengths)), in linear time
-  key = (lengths.max(initial=0) - lengths)[by_tie]
-  order = by_tie[
-    np.argsort(key.astype(np.int16 if key.max(initial=0) < 2**15 else np.int64), kind="stable")
-  ]
-  sorted_lengths = lengths[order]
-  starts = np.flatnonzero(np.r_[True, sorted_lengths[1:] != sorted_lengths[:-1]])
-  return order, starts, np.r_[starts[1:], len(order)]
+  top = int(lengths.max(initial=0))
+  key = (top - lengths).astype(np.int16 if top - lengths.min(initial=0) < 2**15 else np.int64)
+  order = by_tie[np.argsort(key[by_tie], kind="stable")]  # int16 gathered: less to read
+  per = np.bincount(lengths)[::-1]  # sequences of each length, longest first
+  ends = np.cumsum(per[per > 0])
+  return order, ends - per[per > 0], ends
 
 
 class _Stacks:

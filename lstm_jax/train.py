@@ -38,6 +38,7 @@ from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell
+from lstm_jax.prefetch import Prefetch
 
 LOSS_KINDS = ("classification", "regression")
 
@@ -446,6 +447,7 @@ def fit(
   extra: dict | None = None,
   settings: dict | None = None,
   resumed: Resumed | None = None,
+  prefetch: int = 2,
 ) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
@@ -469,6 +471,9 @@ def fit(
     each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
   resumed: a `resume` result the caller already has (the runner reads it first, to report it
     and take back its `extra`); otherwise fit calls `resume` itself.
+  prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
+    does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
+    each batch in the loop. The numbers are the same either way.
   """
   if epochs is None and max_real_tokens is None:
     raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
@@ -522,16 +527,29 @@ def fit(
     checkpointer.save(step, state, _saved_carry(strategy, carry), stream, force=force)
     pending.restart_clock()  # the save's blocking part belongs to no step
 
-  def done() -> bool:
-    return (epochs is not None and position.epoch >= epochs) or (
-      max_real_tokens is not None and position.real_tokens >= max_real_tokens
+  def done(at: StreamPosition | None = None) -> bool:
+    at = position if at is None else at
+    return (epochs is not None and at.epoch >= epochs) or (
+      max_real_tokens is not None and at.real_tokens >= max_real_tokens
     )
+
+  def planned(start: StreamPosition):  # the stream up to where training stops, no further
+    if not done(start):
+      for plan, after in strategy.stream(start):
+        yield plan, after
+        if done(after):
+          return
+
+  # each batch assembled ahead, while the steps before it run (depth 0: when it is taken)
+  batches = Prefetch(
+    planned(position), lambda p: steps.batch(strategy.dataset, p[0]), prefetch, "fit-batches"
+  )
 
   next_eval = clock_start = None
   if eval_every_tokens and on_eval:
     next_eval = (position.real_tokens // eval_every_tokens + 1) * eval_every_tokens
   try:
-    for plan, after in [] if done() else strategy.stream(position):
+    for (plan, after), batch in batches:
       if position.index == 0 or pending.t_last is None:  # an epoch starts, or training resumes
         if precompile_shapes == "background":
           compile_in_background(
@@ -544,7 +562,6 @@ def fit(
       if pending.t_last is None:  # the first step's clock starts after the first precompile
         pending.restart_clock()
         clock_start = pending.t_last
-      batch = steps.batch(strategy.dataset, plan)
       step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
       lr_scale = np.float32(plan.lr_scale)
       if not steps.train.is_compiled(state, batch, step_carry, lr_scale):
@@ -581,6 +598,7 @@ def fit(
     if checkpointer is not None:
       save(force=True)
   finally:
+    batches.close()
     steps.train.stop_background()  # shapes the run never reached are not compiled
     if checkpointer is not None:
       checkpointer.wait()

@@ -290,10 +290,15 @@ def test_plans_match_the_recorded_planner():
   assert [k for k in got if got[k] != recorded[k]] == []
 
 
-def test_rows_shuffle_exactly_as_generator_shuffle_row_by_row():
+@pytest.mark.parametrize("words_per_call", [None, 999])
+def test_rows_shuffle_exactly_as_generator_shuffle_row_by_row(monkeypatch, words_per_call):
   """batching.shuffle_rows (the bulk path for PCG64) against rng.shuffle called on each row:
   the same permutations and the same generator state after, from a fresh state and from one
-  holding a buffered 32-bit word; rows of 1 to 300, and a bit generator without the bulk path."""
+  holding a buffered 32-bit word; rows of 1 to 300, and a bit generator without the bulk path.
+  With 999 words a call, the picks span many calls, a row's draws cross calls, and an odd
+  word is carried from one call's words to the next."""
+  if words_per_call:
+    monkeypatch.setattr(batching, "_PICK_WORDS", words_per_call)
   counts = np.random.default_rng(0).integers(1, 12, size=5000)
   counts[::97] = 300  # long rows: bounds past 8 bits, more rejections
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -2,6 +2,8 @@
 known answer, losses accumulated as sums, determinism, and clear errors when data and model
 disagree."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -293,9 +295,10 @@ def test_relayout_keeps_the_training_trajectory(source, layout):
 
 
 def test_fit_assembles_the_next_batch_while_the_step_runs(data, monkeypatch):
-  """Input overlapped with compute (issue 15): fit dispatches a step (JAX returns at once) and
-  assembles and dispatches the next batch before it waits for that step's metrics, so the host
-  never holds the device up between steps. Seen in the order of fit's calls:
+  """Input overlapped with compute (issue 15), even with no assembly thread (prefetch=0): fit
+  dispatches a step (JAX returns at once) and assembles and dispatches the next batch before it
+  waits for that step's metrics, so the host never holds the device up between steps. Seen in
+  the order of fit's calls:
   assemble 1, dispatch 1, assemble 2, dispatch 2, fetch 1, assemble 3, ... fetch N."""
   strategy = batching.Pad(data, batch_size=8)
   steps = train.StepFunctions.create()
@@ -314,13 +317,85 @@ def test_fit_assembles_the_next_batch_while_the_step_runs(data, monkeypatch):
   monkeypatch.setattr(train.StepFunctions, "batch", logged("assemble", batch))
   monkeypatch.setattr(CountedJit, "__call__", logged("dispatch", call))
   monkeypatch.setattr(jax, "device_get", logged("fetch", get))
-  result = train.fit(state, strategy, epochs=1, steps=steps)
+  result = train.fit(state, strategy, epochs=1, steps=steps, prefetch=0)  # in the loop
   n = len(result.history)
   assert n == len(strategy.plan(0)) >= 3
   expected = ["assemble", "dispatch"]
   for _ in range(n - 1):
     expected += ["assemble", "dispatch", "fetch"]
   assert events == expected + ["fetch"]
+
+
+def _fit_threads() -> list:
+  return [t for t in threading.enumerate() if t.name == "fit-batches"]
+
+
+def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch):
+  """prefetch (issue 22): batches are assembled on the "fit-batches" thread, ahead of the
+  steps: the step of batch k is dispatched only once batch k + 1 is assembled (the dispatch
+  waits for it; with no thread ahead it would wait in vain). The run is bit for bit the one
+  assembled in the loop (tbptt: the carry crosses batches), and no thread is left after."""
+  strategy = batching.TBPTT(data, num_streams=4, chunk_length=6)
+  steps = train.StepFunctions.create()
+  want = train.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=0)
+  batch, call = train.StepFunctions.batch, CountedJit.__call__
+  assembled, where, dispatched = [], set(), []
+  ready = [threading.Event() for _ in range(len(want.history) + 2)]
+
+  def assemble(self, dataset, plan):
+    out = batch(self, dataset, plan)
+    where.add(threading.current_thread().name)
+    assembled.append(plan)
+    ready[len(assembled)].set()
+    return out
+
+  def dispatch(self, *a, **k):
+    if self.name == "train_step":
+      dispatched.append(len(assembled))
+      k_next = min(len(dispatched) + 1, len(want.history))
+      assert ready[k_next].wait(timeout=60), "the next batch was not assembled ahead"
+    return call(self, *a, **k)
+
+  monkeypatch.setattr(train.StepFunctions, "batch", assemble)
+  monkeypatch.setattr(CountedJit, "__call__", dispatch)
+  got = train.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=2)
+  assert where == {"fit-batches"}
+  assert len(assembled) == len(want.history)  # nothing assembled past the last step
+  assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
+  assert max_rel_err(got.state.params, want.state.params) == 0.0
+  assert _fit_threads() == []
+
+
+def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypatch):
+  """The assembly thread plans nothing past the budget (no epoch 1 for a run that stops in
+  epoch 0), stops when fit stops, and an error it meets (a damaged file, say) is raised by fit
+  itself, once, at that batch."""
+  strategy = batching.Pad(data, batch_size=4)
+  planned = []
+  plan = strategy._plan
+  monkeypatch.setattr(strategy, "_plan", lambda e, rng: planned.append(e) or plan(e, rng))
+  train.fit(_state(data), strategy, epochs=1, prefetch=3)
+  assert planned == [0]  # the epoch's last batch ends the stream: epoch 1 is never planned
+  result = train.fit(_state(data), strategy, max_real_tokens=20, prefetch=3)
+  assert len(result.history) < len(strategy.plan(0))  # stopped with the thread ahead of it
+  assert _fit_threads() == []
+
+  batch, calls = train.StepFunctions.batch, []
+
+  def damaged(self, dataset, p):
+    calls.append(p)
+    if len(calls) == 3:
+      raise DataError("store file values.bin is truncated")
+    return batch(self, dataset, p)
+
+  monkeypatch.setattr(train.StepFunctions, "batch", damaged)
+  seen = []
+  with pytest.raises(DataError, match="truncated"):
+    train.fit(_state(data), strategy, epochs=1, prefetch=2, callback=seen.append)
+  # no batch after it; of the two steps before it, the first is recorded (the second's metrics
+  # are fetched once a third is dispatched, as without the thread)
+  assert len(calls) == 3 and len(seen) == 1
+  assert _fit_threads() == []
 
 
 def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(data):

@@ -132,6 +132,9 @@ def plan_bytes(strategy) -> int:
   return sum(nbytes(v) for v in held) + nbytes(strategy.plan(0))
 
 
+PLAN_ROUNDS = 3  # each strategy built and planned this many times in one process
+
+
 def part_plan(store_dir: str, num: int, names: list[str]) -> dict:
   from lstm_jax import store
 
@@ -139,16 +142,23 @@ def part_plan(store_dir: str, num: int, names: list[str]) -> dict:
   ds = ds.subset(np.arange(num)) if num < len(ds) else ds
   out = {}
   for name in names:
-    with PeakAnon() as mem:
-      t0 = time.perf_counter()
-      strategy = plan_cases()[name](ds)
-      plan = strategy.plan(0)
-      seconds = time.perf_counter() - t0
+    times = []
+    for r in range(PLAN_ROUNDS):  # memory from the first round, the median time of all
+      with PeakAnon() as m:
+        t0 = time.perf_counter()
+        strategy = plan_cases()[name](ds)
+        plan = strategy.plan(0)
+        times.append(time.perf_counter() - t0)
+      if r == 0:
+        mem = m
+      if r < PLAN_ROUNDS - 1:
+        del strategy, plan
     b = plan_bytes(strategy)
     out[name] = dict(
       sequences=len(ds),
       batches=len(plan),
-      seconds=seconds,
+      seconds=float(np.median(times)),
+      seconds_each=times,
       plan_bytes_per_sequence=b / len(ds),
       anon_peak_growth_bytes=mem.peak - mem.start,
       anon_retained_bytes=mem.end - mem.start,
@@ -206,14 +216,15 @@ def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
   )
   model = SequenceModel(128, num_outputs=st.num_classes, vocab_size=st.vocab_size, embed_dim=32)
   steps = train.StepFunctions.create()
-  times = {"memory": [], "store": []}
+  times = {"memory": [], "store": [], "store_in_loop": []}
+  runs = (("memory", mem, 2), ("store", st, 2), ("store_in_loop", st, 0))  # (kind, data, prefetch)
   for r in range(rounds + 1):
-    for kind, ds in (("memory", mem), ("store", st)):
-      if cold and kind == "store":
+    for kind, ds, prefetch in runs:
+      if cold and ds is st:
         drop_page_cache(store_dir)
       strategy = batching.TBPTT(ds, tokens_per_step=8192, chunk_length=64, seed=r)
       state = train.create_train_state(model, optax.adam(1e-3), ds)
-      result = train.fit(state, strategy, epochs=1, steps=steps)
+      result = train.fit(state, strategy, epochs=1, steps=steps, prefetch=prefetch)
       if r:  # round 0 compiles: not timed
         steady = result.history[1:]
         times[kind].append(
@@ -226,6 +237,7 @@ def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
     per_round=times,
     store_over_memory=med["store"] / med["memory"],
     paired_ratio_median=statistics.median(paired),
+    store_in_loop_over_memory=med["store_in_loop"] / med["memory"],
     rounds=rounds,
     cold=cold,
   )
@@ -283,6 +295,13 @@ def run(cfg: dict, out_md: str) -> dict:
   work = cfg.get("workdir") or tempfile.mkdtemp(prefix="lstm_jax_data_scale_")
   os.makedirs(work, exist_ok=True)
   results: dict = dict(versions=versions(), cpu=cpu_model(), config=cfg)
+  parts = cfg.get("parts") or ["writer", "plan", "larger_than_memory", "fit"]
+  if cfg.get("parts"):  # the other parts as the last run left them
+    with open(os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json")) as f:
+      kept = json.load(f)
+    results.update({k: v for k, v in kept.items() if k not in parts and k not in results})
+    results["parts_rerun"] = parts
+    results["earlier_parts"] = dict(cpu=kept.get("cpu"), versions=kept.get("versions"))
   corpus = os.path.join(work, "tokens")
   if not os.path.exists(os.path.join(corpus, "meta.json")):
     w = cfg["writer"]
@@ -290,16 +309,17 @@ def run(cfg: dict, out_md: str) -> dict:
       ["writer", corpus, str(w["records"]), str(w["median"]), str(w["sigma"]), str(w["max_len"])]
     )
   print("writer", results.get("writer"), flush=True)
-  results["plan"] = {}
-  for n in cfg["plan_sizes"]:
-    results["plan"][n] = _run_part(["plan", corpus, str(n), ",".join(cfg["plan_strategies"])])
-    print("plan", n, results["plan"][n], flush=True)
+  if "plan" in parts:
+    results["plan"] = {}
+    for n in cfg["plan_sizes"]:
+      results["plan"][n] = _run_part(["plan", corpus, str(n), ",".join(cfg["plan_strategies"])])
+      print("plan", n, results["plan"][n], flush=True)
   big = cfg.get("larger_than_memory")
-  if big:
+  if big and "larger_than_memory" in parts:
     results["larger_than_memory"] = larger_than_memory(work, big)
     print("larger_than_memory", results["larger_than_memory"], flush=True)
   fit = cfg.get("fit")
-  if fit:
+  if fit and "fit" in parts:
     small = os.path.join(work, "fit_tokens")
     if not os.path.exists(os.path.join(small, "meta.json")):
       _run_part(["writer", small, str(fit["records"]), "100", "0.8", "1024"])
@@ -362,6 +382,13 @@ def markdown(r: dict) -> str:
     "Produced by `python experiments/benchmark_data.py` (lstm_jax/benchmark/data_scale.py).",
     "",
   ]
+  if r.get("parts_rerun"):
+    e = r["earlier_parts"]
+    lines[-1:] = [
+      f"Rerun here: {', '.join(r['parts_rerun'])} (`--parts`); the other parts are an earlier"
+      f" run's, on {e['cpu']} with {', '.join(f'{k} {v}' for k, v in e['versions'].items())}.",
+      "",
+    ]
   w = r.get("writer")
   if w:
     lines += [
@@ -375,7 +402,8 @@ def markdown(r: dict) -> str:
   lines += [
     "## Planning one epoch from the lengths alone",
     "",
-    "Strategy built and its first epoch planned; bytes per sequence are the plan's own arrays"
+    f"Strategy built and its first epoch planned, {PLAN_ROUNDS} times in one process: seconds"
+    " are the median; bytes per sequence are the plan's own arrays"
     " (the dataset's lengths, 8 bytes a sequence, not counted): what the plan holds, exactly."
     " Anonymous memory is RssAnon growth while planning (peak) and after it (retained, the"
     " plan kept): indicative only, as glibc keeps or returns freed memory as it likes (a"
@@ -421,17 +449,22 @@ def markdown(r: dict) -> str:
       "## fit: a store against the same data in memory",
       "",
       "tbptt, H=128, synthetic tokens (vocabulary 1,000); one epoch per round, rounds"
-      " alternating memory and store (cold: the store's page cache dropped before each of its"
-      " rounds); real tokens/s over each epoch's steady steps (the first step excluded).",
+      " alternating memory, store, and store with each batch assembled in the loop (prefetch=0;"
+      " the others assemble two ahead on fit's thread); cold: the store's page cache dropped"
+      " before each of its rounds; real tokens/s over each epoch's steady steps (the first step"
+      " excluded).",
       "",
-      "| page cache | memory tok/s | store tok/s | store / memory (medians) | per round, median |",
-      "| --- | --- | --- | --- | --- |",
+      "| page cache | memory tok/s | store tok/s | store / memory (medians) | per round, median |"
+      " store in the loop tok/s | in the loop / memory |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, x in fit.items():
       t = x["tokens_per_second"]
+      loop = t.get("store_in_loop")
       lines.append(
         f"| {kind} | {t['memory']:,.0f} | {t['store']:,.0f} | {x['store_over_memory']:.3f} | "
-        f"{x['paired_ratio_median']:.3f} |"
+        f"{x['paired_ratio_median']:.3f} | "
+        + (f"{loop:,.0f} | {x['store_in_loop_over_memory']:.3f} |" if loop else "- | - |")
       )
   return "\n".join(lines) + "\n"
 
