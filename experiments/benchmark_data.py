@@ -15,6 +15,9 @@ from absl import app, flags
 from lstm_jax.benchmark import data_scale
 
 flags.DEFINE_string("out", "BENCHMARKS-data.md", "Markdown report; results.json beside it.")
+flags.DEFINE_string(
+  "summary", "BENCHMARKS.md", "Also put the report in this file, as its data-scale section."
+)
 flags.DEFINE_string("workdir", "", "Where the stores are written (kept for a rerun).")
 flags.DEFINE_bool("quick", False, "Small sizes (a check that every part runs).")
 PARTS = ["writer", "plan", "larger_than_memory", "fit"]
@@ -51,7 +54,7 @@ QUICK = dict(  # the same parts at small sizes
 
 def main(argv):
   del argv
-  cfg = dict(QUICK if F.quick else FULL, workdir=F.workdir, parts=F.parts)
+  cfg = dict(QUICK if F.quick else FULL, workdir=F.workdir, parts=F.parts, summary=F.summary)
   data_scale.run(json.loads(json.dumps(cfg)), F.out)
 
 

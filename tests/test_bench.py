@@ -32,6 +32,9 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   """The quick preset through the real command line (a subprocess with XLA's optimizations
   mostly off: what is checked is the report's structure, not the speeds)."""
   cfg = benchmark_config.get_config("quick")
+  from lstm_jax.benchmark import sections
+
+  sections.put(str(tmp_path / "BENCHMARKS.md"), "data-scale", "## Data at scale\n\nfigures\n")
   proc = subprocess.run(
     [
       sys.executable,
@@ -65,6 +68,14 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert [m["length"] for m in saved["memory"]] == [64]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
   assert "## Targets (issues 4, 14 and 15)" in (tmp_path / "BENCHMARKS.md").read_text()
+  # the rewrite keeps the data-scale benchmark's section, once, at the end
+  assert (
+    (tmp_path / "BENCHMARKS.md")
+    .read_text()
+    .endswith(
+      "<!-- section:data-scale -->\n## Data at scale\n\nfigures\n<!-- /section:data-scale -->\n"
+    )
+  )
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
 
@@ -164,3 +175,22 @@ def test_persistent_compilation_cache_is_filled_then_read(tmp_path):
   assert sum(e.endswith(".xla") for e in entries[0]) == cfg["num_buckets"]
   assert entries[1] == entries[0] and entries[2] == entries[0]  # nothing compiled anew
   assert [r["cache_loads"] for r in runs] == [0, 0, cfg["num_buckets"]]
+
+
+def test_a_benchmarks_section_is_replaced_in_place_and_kept_by_a_rewrite(tmp_path):
+  """BENCHMARKS.md's data-scale section: benchmark_data.py replaces it in place (the text
+  around it untouched, one copy however often it runs), and benchmark.py's rewrite of the
+  whole file keeps it (report.run appends `sections.kept`: test_quick_benchmark_... checks)."""
+  from lstm_jax.benchmark import sections
+
+  path = str(tmp_path / "BENCHMARKS.md")
+  with open(path, "w") as f:
+    f.write("# Benchmarks\n\ntable\n")
+  sections.put(path, "data-scale", "## Data at scale\n\nold figures\n")
+  sections.put(path, "data-scale", "## Data at scale\n\nnew figures\n")
+  text = open(path).read()
+  assert text.startswith("# Benchmarks\n\ntable\n\n<!-- section:data-scale -->\n")
+  assert text.count("section:data-scale -->") == 2 and "old" not in text and "new figures" in text
+  kept = sections.kept(path)
+  assert kept.endswith("<!-- /section:data-scale -->\n") and "new figures" in kept
+  assert "table" not in kept and sections.kept(str(tmp_path / "absent.md")) == ""

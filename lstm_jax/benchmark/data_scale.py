@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import time
 
 import numpy as np
 
+from lstm_jax.benchmark import sections
 from lstm_jax.environment import versions
 
 GiB = 1 << 30
@@ -332,8 +334,21 @@ def run(cfg: dict, out_md: str) -> dict:
     json.dump(results, f, indent=1)
   with open(out_md, "w") as f:
     f.write(markdown(results))
+  if cfg.get("summary"):  # the same report, a section of the top-level BENCHMARKS.md
+    sections.put(cfg["summary"], "data-scale", summary_section(results, out_md))
   print(markdown(results))
   return results
+
+
+def summary_section(results: dict, out_md: str) -> str:
+  """The report with its headings one level down, headed by where it comes from."""
+  body = markdown(results).split("\n", 1)[1]  # without its title
+  body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)
+  where = os.path.relpath(os.path.dirname(os.path.abspath(out_md)))
+  return (
+    f"## Data at scale (`python experiments/benchmark_data.py`)\n\n"
+    f"A separate run from the tables above; its results.json and report are in {where}/.\n" + body
+  )
 
 
 def larger_than_memory(work: str, cfg: dict) -> dict:
@@ -373,12 +388,17 @@ def larger_than_memory(work: str, cfg: dict) -> dict:
   )
 
 
+def _versions_line(v: dict) -> str:
+  keys = ("python", "jax", "flax", "optax", "numpy", "cpu_count")
+  return ", ".join(f"{k} {v[k]}" for k in keys if k in v)
+
+
 def markdown(r: dict) -> str:
   mib = 1 << 20
   lines = [
     "# Data at scale",
     "",
-    f"CPU: {r['cpu']}; {', '.join(f'{k} {v}' for k, v in r['versions'].items())}.",
+    f"CPU: {r['cpu']}; {_versions_line(r['versions'])} (every version and CPU flag: results.json).",
     "Produced by `python experiments/benchmark_data.py` (lstm_jax/benchmark/data_scale.py).",
     "",
   ]
@@ -386,7 +406,7 @@ def markdown(r: dict) -> str:
     e = r["earlier_parts"]
     lines[-1:] = [
       f"Rerun here: {', '.join(r['parts_rerun'])} (`--parts`); the other parts are an earlier"
-      f" run's, on {e['cpu']} with {', '.join(f'{k} {v}' for k, v in e['versions'].items())}.",
+      f" run's, on {e['cpu']} with {_versions_line(e['versions'])}.",
       "",
     ]
   w = r.get("writer")

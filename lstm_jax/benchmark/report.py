@@ -13,6 +13,7 @@ import numpy as np
 
 from lstm_jax import batching, host
 from lstm_jax.benchmark import measure as bench
+from lstm_jax.benchmark import sections
 from lstm_jax.environment import versions
 
 
@@ -322,8 +323,9 @@ def run(cfg, out_md: str) -> dict:
   os.makedirs(os.path.dirname(json_path), exist_ok=True)
   with open(json_path, "w") as f:
     json.dump(result, f, indent=1)
+  others = sections.kept(out_md)  # other benchmarks' sections of the file, kept
   with open(out_md, "w") as f:
-    f.write(markdown(result))
+    f.write(markdown(result) + ("\n" + others if others else ""))
   print(markdown(result))
   return result
 
