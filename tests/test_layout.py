@@ -10,7 +10,16 @@ LAYERS = (
   ("errors",),  # shared by all
   ("recurrence", "model"),  # model core
   ("data", "store", "tasks", "sources", "batching"),  # data and batching
-  ("host", "environment", "compiles", "workdir", "checkpoint", "sharding", "prefetch", "train"),  # training
+  (
+    "host",
+    "environment",
+    "compiles",
+    "workdir",
+    "checkpoint",
+    "sharding",
+    "prefetch",
+    "train",
+  ),  # training
   ("convert", "streaming", "generate", "nnx_model"),  # tools
   ("config", "guards", "baselines", "report", "costs", "experiment"),  # runner
 )
