@@ -406,11 +406,11 @@ def run_strategy(
   prepared: the row's initial train state and step functions, if made already (`preflight`;
     the steps are compiled for that state's optimizer and model objects), else made here.
   done: the run's finished result, if the caller read it already (`check_workdir_settings`).
-  With `cfg.background_compiles` (the default) fit compiles the row's shapes in the background
-  from its first step on, in the order training meets them, on the row's clock; preflight has
-  checked the memory guard. Otherwise, before the first step, the largest train step is compiled
-  and checked by the memory guard, its compile seconds charged to the row's clock at its start,
-  and the other shapes compile when training first meets them.
+  Before the first step the largest train step is compiled and checked by the memory guard (by
+  preflight, for the first seed), its compile seconds charged to the row's clock at its start.
+  With `cfg.background_compiles` (the default) fit then compiles the row's other shapes in the
+  background from its first step on, in the order training meets them, on the row's clock;
+  otherwise they compile when training first meets them.
   """
   devices = 1 if mesh is None else int(mesh.devices.size)
   settings = config.run_settings(
@@ -436,9 +436,9 @@ def run_strategy(
     train.StepFunctions.create(mesh),
   )
   background = cfg.background_compiles > 0
-  if not background:  # with background compiles, preflight checked the memory guard
-    compile_largest_step(name, steps, state, strategy, cfg)
+  compile_largest_step(name, steps, state, strategy, cfg)  # done already if prepared
   compiled_ahead = steps.train.compile_seconds
+  waited_ahead = steps.train.blocked_seconds  # the compile before fit: on the clock already
   metric = metric_of(train_ds)
   progress = dict(curve=[], train_seconds=0.0)  # the row's eval curve and clock, checkpointed
   checkpointer = (
@@ -517,7 +517,7 @@ def run_strategy(
       if ended is not None and result.clock_start is not None
       else compiled_ahead
     ),
-    compile_wait_seconds=steps.train.blocked_seconds,
+    compile_wait_seconds=steps.train.blocked_seconds - waited_ahead,
   )
   steady_seconds = sum(h["step_seconds"] for h in steady)
   computed = sum(h["computed_tokens"] for h in hist)
@@ -556,6 +556,18 @@ def run_strategy(
   return row, hist, curve
 
 
+def check_plans(built: dict[str, batching.Strategy], cfg: ml_collections.ConfigDict) -> dict:
+  """The guards that read only the plans (enough optimizer steps within the budget), for each
+  strategy: they run before anything compiles, calibration included. Returns the planned steps
+  by strategy."""
+  return {
+    name: guards.check_steps(
+      name, strategy, cfg.train.real_tokens or None, cfg.train.epochs or None, cfg.guards.min_steps
+    )
+    for name, strategy in built.items()
+  }
+
+
 def preflight(
   built: dict[str, batching.Strategy],
   train_ds: RaggedDataset,
@@ -563,19 +575,17 @@ def preflight(
   mesh: jax.sharding.Mesh | None,
   finished: set[str],
   log,
+  planned: dict[str, int] | None = None,
 ) -> dict[str, tuple]:
   """The row guards, for every strategy, before any of them trains: enough optimizer steps
-  within the budget (from the plans), and a largest train step that fits in memory (from XLA's
-  analysis of its compile, which the first seed's row then reuses unless it compiles in the
-  background: then the row compiles all its shapes on its own clock). The strategies in
-  `finished` (their first seed's run finished earlier) are not compiled again. Returns the
-  first seed's (initial state, step functions) by strategy."""
-  planned = {
-    name: guards.check_steps(
-      name, strategy, cfg.train.real_tokens or None, cfg.train.epochs or None, cfg.guards.min_steps
-    )
-    for name, strategy in built.items()
-  }
+  within the budget (from the plans: `check_plans`, which the caller ran before anything
+  compiled), and a largest train step that fits in memory (from XLA's analysis of its compile,
+  which the first seed's row then reuses). The strategies in `finished` (their first seed's run
+  finished earlier) are not compiled again. `planned`: the steps `check_plans` found already,
+  by strategy (the others are checked here). Returns the first seed's (initial state, step
+  functions) by strategy."""
+  planned = dict(planned or {})
+  planned.update(check_plans({n: s for n, s in built.items() if n not in planned}, cfg))
   median = float(np.median(list(planned.values())))
   for name, strategy in built.items():
     log.note(
@@ -594,9 +604,9 @@ def preflight(
     state = new_train_state(cfg, train_ds, cfg.seed, planned[name])
     steps = train.StepFunctions.create(mesh)
     compile_largest_step(name, steps, state, strategy, cfg)
-    # With background compiles the row compiles every shape on its own clock (this compile only
-    # checked the guard); otherwise the row reuses it and its clock starts with its seconds.
-    prepared[name] = (state, train.StepFunctions.create(mesh) if cfg.background_compiles else steps)
+    # The row reuses this compile (its clock starts with its seconds); with background compiles
+    # the others follow from its first step on, this shape already done, so none compiles twice.
+    prepared[name] = (state, steps)
   return prepared
 
 
@@ -653,12 +663,20 @@ def _train_and_evaluate(
         os.remove(os.path.join(workdir, "metrics.jsonl"))
   train_ds, eval_ds, identity = split_data(cfg)
   devices = 1 if mesh is None else int(mesh.devices.size)
-  cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet)
-  finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
-  # Every strategy built (so the data's own checks run) and through the row guards before
-  # anything trains; the first seed's runs use them.
+  # Every strategy built (so the data's own checks run) and through the plans' guards before
+  # anything compiles (the calibration too), except a bucket whose count waits for the
+  # calibration (num_buckets="auto"), guarded once it is chosen; the first seed's runs use them.
+  waits = cfg.strategy.bucket.num_buckets == "auto"
   built = {
     name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
+    for name in cfg.strategies
+    if not (waits and name == "bucket")
+  }
+  planned = check_plans(built, cfg)
+  cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet)
+  finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
+  built = {
+    name: built.get(name) or make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
     for name in cfg.strategies
   }
   log = report.ProgressLog(
@@ -670,7 +688,7 @@ def _train_and_evaluate(
     budget = (cfg.train.real_tokens or None, cfg.train.epochs or None)
     predictions = {name: costs.predict(s, cal, *budget) for name, s in built.items()}
   first_done = {name for name, seed in finished if seed == cfg.seed}
-  prepared = preflight(built, train_ds, cfg, mesh, first_done, log)
+  prepared = preflight(built, train_ds, cfg, mesh, first_done, log, planned)
   runs, curves, histories = [], {}, {}
   started = time.time()
   for s in range(cfg.seeds):

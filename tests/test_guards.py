@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import identity_dataset, override
-from lstm_jax import batching, config, experiment, guards, report
+from lstm_jax import batching, compiles, config, experiment, guards, report
 from lstm_jax.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,13 @@ def _files_config(directory: Path, **overrides):
 
 
 def _no_compile(monkeypatch):
-  """Fails the test if anything is compiled: the guards run before any compile."""
+  """Fails the test if any counted step compiles (CountedJit's one compile path: the memory
+  guard's, the cost model's calibration, a training step's): the plan guards run first."""
 
-  def refuse(*args, **kwargs):
-    raise AssertionError("a step was compiled before the guard refused the run")
+  def refuse(self, *args, **kwargs):
+    raise AssertionError(f"{self.name} was compiled before the guard refused the run")
 
-  monkeypatch.setattr(experiment, "compile_largest_step", refuse)
+  monkeypatch.setattr(compiles.CountedJit, "_compile", refuse)
 
 
 def test_long_documents_too_few_steps_refused_before_any_compile(tmp_path, monkeypatch):
@@ -115,6 +116,36 @@ def test_memory_guard_names_strategy_shape_bytes_and_fix(tmp_path):
   ):
     experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
   assert not (tmp_path / "w" / "results").exists()
+
+
+def test_the_guards_compile_is_the_rows_and_no_shape_compiles_twice(tmp_path, monkeypatch):
+  """The memory guard compiles each strategy's largest train step before anything trains, and
+  the row reuses that executable: with background compiles (the default) it compiles only its
+  other shapes, so no step function compiles one signature twice in the run (issue 26). The
+  row's train compiles are its shapes, counted once, and its clock starts with the guard's
+  compile seconds."""
+  made = []
+  compile_once = compiles.CountedJit._compile
+
+  def counted(self, key, args, publish=True):
+    if key not in self._executables:
+      made.append((id(self), self.name, key))
+    return compile_once(self, key, args, publish)
+
+  monkeypatch.setattr(compiles.CountedJit, "_compile", counted)
+  cfg = compare.get_config("smoke")
+  cfg.strategies = ("bucket", "pad")
+  cfg.data.update(source="parity", num_sequences=200)
+  cfg.update(tune_malloc=False, predict_costs=False)
+  assert cfg.background_compiles > 0
+  rows = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  trains = [m for m in made if m[1] == "train_step"]
+  assert len(trains) == len(set(trains))  # the guard's compile was not made again
+  by_fn = {}
+  for fn, _, key in trains:
+    by_fn.setdefault(fn, []).append(key)
+  assert sorted(len(v) for v in by_fn.values()) == sorted(r["shapes"] for r in rows)
+  assert all(r["compiles"]["train"] == r["shapes"] for r in rows)
 
 
 def test_memory_guard_arithmetic_and_default_limit():
