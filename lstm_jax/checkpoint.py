@@ -4,8 +4,15 @@ A checkpoint at step s (orbax `CheckpointManager`, `ocp.args.Composite`) holds
   arrays   <StandardSave>  params, opt_state, step, rng, and the carry handed to step s+1 (the
            TBPTT carry; the zero carry for strategies that carry none);
   stream   <JsonSave>      where the data stream stands: strategy, seed, the data's fingerprint,
-           epoch, index (batches of that epoch already trained), real tokens so far, the per-step
-           history, and the caller's `extra` state (the runner's eval curve and clock).
+           epoch, index (batches of that epoch already trained), real tokens so far, the length
+           and SHA-256 of the per-step history, and the caller's `extra` state (the runner's eval
+           curve and clock).
+The per-step history itself is one append-only file beside the step directories,
+`history.jsonl`, a record a line: each save appends only the steps since the last one and
+records how many lines (and their hash) belong to it, so a run's checkpoints cost O(steps)
+bytes in all, not the whole history again at every save (O(steps^2)). Restoring reads that many
+lines back and checks their hash; lines written after the checkpoint (a run killed between the
+two writes) are cut off. A checkpoint whose lines are missing or differ counts as damaged.
 Resuming from it replays nothing and skips nothing: `fit` starts at batch `index` of epoch
 `epoch` of the same seeded plan, with the same carry, so the final parameters are bit-identical
 to an uninterrupted run's (tests/test_checkpoint.py kills a run with SIGKILL to check).
@@ -23,6 +30,7 @@ to the next older one. Only when every checkpoint is unreadable does it raise `C
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -84,6 +92,11 @@ class Checkpointer:
     )
     self._writing: int | None = None  # the newest step handed to orbax
     self._failure: CheckpointError | None = None
+    self.history_path = os.path.join(self.directory, HISTORY_FILE)
+    # the history lines known to be in history.jsonl, and their running hash (None: unknown,
+    # the next save writes the file afresh)
+    self._logged: int | None = None
+    self._hash = hashlib.sha256()
 
   def steps(self) -> list[int]:
     """The steps with a complete checkpoint, oldest first."""
@@ -105,6 +118,11 @@ class Checkpointer:
       return False
     arrays = jax.tree.map(jnp.copy, _arrays_of(state, carry))  # the step donates the originals
     stream = json.loads(json.dumps(stream))  # a snapshot: the write runs after the caller moves on
+    if "history" in stream:
+      try:
+        stream.update(self._log_history(stream.pop("history")))
+      except OSError as e:
+        raise self._write_failed(e, step) from e
     try:  # orbax also raises here what went wrong in the previous background write
       saved = self.manager.save(
         step,
@@ -140,6 +158,7 @@ class Checkpointer:
         arrays, stream = got["arrays"], dict(got["stream"])
         if jax.tree.structure(arrays) != jax.tree.structure(template):
           raise ValueError("its arrays do not have the structure of this run's state")
+        history_bytes = self._read_history(stream)
       except Exception as e:  # orbax/tensorstore raise many kinds; each means "unreadable"
         cause = str(e).splitlines()[0].split(" [tensorstore_spec")[0]  # drop the long spec dump
         errors.append(f"{path}: {type(e).__name__}: {cause[:600]}")
@@ -151,6 +170,7 @@ class Checkpointer:
         )
         continue
       _check_identity(path, stream, identity)
+      self._resume_history(stream, history_bytes)
       state = state.replace(
         params=arrays["params"],
         opt_state=arrays["opt_state"],
@@ -174,7 +194,59 @@ class Checkpointer:
       step,
       args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), stream=ocp.args.JsonRestore()),
     )
-    return got["arrays"], dict(got["stream"])
+    stream = dict(got["stream"])
+    self._read_history(stream)
+    return got["arrays"], stream
+
+  def _log_history(self, history: list[dict]) -> dict:
+    """Appends the records history.jsonl lacks (all of them, afresh, when what it holds is not
+    known to be this history's start); returns the stream keys that say which lines are this
+    checkpoint's. One process writes the file (all compute the same hash)."""
+    write = jax.process_index() == 0
+    if self._logged is None or self._logged > len(history):
+      self._logged, self._hash = 0, hashlib.sha256()
+      if write:
+        open(self.history_path, "wb").close()
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in history[self._logged :])
+    if write and lines:
+      with open(self.history_path, "ab") as f:
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    self._hash.update(lines)
+    self._logged = len(history)
+    return dict(history_length=len(history), history_sha256=self._hash.hexdigest())
+
+  def _read_history(self, stream: dict) -> bytes | None:
+    """Puts the checkpoint's history into `stream` (read from history.jsonl, checked against its
+    length and hash; a checkpoint that holds it inline is left as it is); returns the lines'
+    bytes, or None for an inline history. ValueError if the lines are missing or differ."""
+    if "history_length" not in stream:
+      return None
+    n, want = int(stream.pop("history_length")), stream.pop("history_sha256")
+    lines = []
+    if n:
+      with open(self.history_path, "rb") as f:
+        for _ in range(n):
+          lines.append(f.readline())
+          if not lines[-1].endswith(b"\n"):
+            raise ValueError(f"{self.history_path} holds fewer than the {n} steps it saved")
+    data = b"".join(lines)
+    if hashlib.sha256(data).hexdigest() != want:
+      raise ValueError(f"{self.history_path}: its first {n} steps are not those it saved")
+    stream["history"] = [json.loads(line) for line in data.splitlines()]
+    return data
+
+  def _resume_history(self, stream: dict, data: bytes | None) -> None:
+    """After a restore: history.jsonl holds exactly the restored history (lines a later,
+    unfinished save appended are cut off), and saves append to it."""
+    if data is None:  # inline: the next save writes the file afresh
+      self._logged = None
+      return
+    if jax.process_index() == 0:
+      with open(self.history_path, "r+b") as f:
+        f.truncate(len(data))
+    self._logged, self._hash = len(stream["history"]), hashlib.sha256(data)
 
   @staticmethod
   def check_settings(directory: str, settings: dict) -> None:
@@ -246,6 +318,9 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+HISTORY_FILE = "history.jsonl"
 
 
 def _arrays_of(state, carry) -> dict:

@@ -131,10 +131,13 @@ def subprocess_env(devices: int | None = 1) -> dict:
 
 
 def run_smoke(
-  workdir, devices: int = 1, *extra: str, check: bool = True
+  workdir, devices: int = 1, *extra: str, check: bool = True, calibrate: bool = False
 ) -> subprocess.CompletedProcess:
   """The runner's smoke preset through the real command line, in a subprocess (with `check`,
-  asserting that it succeeds)."""
+  asserting that it succeeds). The cost model's calibration (config.predict_costs) runs only
+  with `calibrate`: in the one shared smoke run, whose report shows the predictions."""
+  if not calibrate:
+    extra = ("--config.predict_costs=False", *extra)
   env = subprocess_env(devices)
   proc = subprocess.run(
     [
@@ -159,7 +162,7 @@ def run_smoke(
 def smoke_run(tmp_path_factory):
   """(workdir, process) of one smoke run on one device, shared by the tests that read it."""
   workdir = tmp_path_factory.mktemp("smoke")
-  return workdir, run_smoke(workdir)
+  return workdir, run_smoke(workdir, calibrate=True)
 
 
 def four_strategies(name: str):

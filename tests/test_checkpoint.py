@@ -156,6 +156,56 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_directory(tmp_path, dat
     train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory))
 
 
+def test_history_is_appended_once_not_saved_whole_at_every_checkpoint(tmp_path, data, interrupted):
+  """Issue 26: each save appends only its new steps to history.jsonl and records their count
+  and hash; a checkpoint's own JSON stays the same size however long the run (it held the whole
+  history before: O(steps^2) bytes per run), and reading a checkpoint gives its history back."""
+  _, directory = _copy_of(interrupted, tmp_path, data)
+  lines = (directory / "history.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == list(range(1, 10))
+  ckpt = Checkpointer(directory)
+  for step in (3, 6, 9):
+    _, stream = ckpt.read(step)
+    assert [h["step"] for h in stream["history"]] == list(range(1, step + 1))
+  sizes = {
+    step: sum(
+      f.stat().st_size for f in (directory / str(step) / "stream").rglob("*") if f.is_file()
+    )
+    for step in (3, 6, 9)
+  }
+  assert max(sizes.values()) - min(sizes.values()) <= 16, sizes  # digits of counts, not records
+
+
+def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
+  tmp_path, data, interrupted
+):
+  """Lines written after the newest checkpoint (a run killed between its two writes, half a
+  line here) are cut off on resume, and the resumed run's history is the uninterrupted one's,
+  line for line. A line changed inside checkpoint 9's steps but not 6's makes 9 damaged (a
+  warning) and resumes from 6; one inside every checkpoint's is an error naming the file."""
+  strategy, directory = _copy_of(interrupted, tmp_path, data)
+  with open(directory / "history.jsonl", "a") as f:
+    f.write('{"step": 10, "lo')
+  want = train.fit(_state(data), strategy, epochs=2)
+  got = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, 3, 3))
+  assert got.resumed_from == 9
+  logged = [json.loads(x) for x in (directory / "history.jsonl").read_text().splitlines()]
+  assert [h["loss"] for h in logged] == [h["loss"] for h in want.history]
+  assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
+
+  _, directory = _copy_of(interrupted, tmp_path / "b", data)
+  lines = (directory / "history.jsonl").read_text().splitlines(keepends=True)
+  lines[7] = lines[7].replace('"step": 8', '"step": 80')
+  (directory / "history.jsonl").write_text("".join(lines))
+  with pytest.warns(RuntimeWarning, match=r"checkpoint .*/9 is damaged.*first 9 steps are not"):
+    got = train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, 3, 3))
+  assert got.resumed_from == 6
+  lines[0] = lines[0].replace('"step": 1', '"step": 10')
+  (directory / "history.jsonl").write_text("".join(lines))
+  with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="history.jsonl"):
+    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, 3, 3))
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path, data, interrupted):
   _, directory = _copy_of(interrupted, tmp_path, data)
   other = batching.TBPTT(data, num_streams=4, chunk_length=7, seed=3)  # another seed
@@ -294,7 +344,7 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   assert "No space left on device" in msg and "MiB free there" in msg
   assert "partial write was removed (9.orbax-checkpoint-tmp)" in msg
   assert "steps [3, 6]) are intact" in msg and "resume from step 6" in msg
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "6"]  # complete ones only
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "6", "history.jsonl"]  # complete ones
   got = train.fit(
     _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3, keep=5)
   )

@@ -106,6 +106,7 @@ def test_memory_guard_names_strategy_shape_bytes_and_fix(tmp_path):
   cfg.strategies = ("tbptt",)
   cfg.data.update(source="parity", num_sequences=400)
   cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
+  cfg.predict_costs = False  # the guard refuses before any compile, calibration or not
   cfg.guards.max_step_memory = 2**20
   with pytest.raises(
     ConfigError,

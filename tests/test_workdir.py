@@ -28,6 +28,7 @@ def _tiny_config(**changes):
   cfg.train.tokens_per_step = 256  # about 10 steps
   cfg.checkpoint.every_steps = 2
   cfg.tune_malloc = False  # in process: leave the test worker's allocator as it is
+  cfg.predict_costs = False  # the cost model's calibration: tests/test_costs.py
   return override(cfg, **changes)
 
 
