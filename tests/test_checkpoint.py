@@ -206,6 +206,26 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
     train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, 3, 3))
 
 
+def test_checkpoints_with_the_history_inside_still_resume(tmp_path, data, monkeypatch):
+  """Checkpoints written before history.jsonl held the history in their own JSON: they resume
+  the same, and the next save writes the whole history into history.jsonl."""
+  strategy = _strategies(data)["tbptt"]
+  with monkeypatch.context() as m:  # saves as before: the history inline
+    m.setattr(Checkpointer, "_log_history", lambda self, history: dict(history=history))
+    with pytest.raises(Interrupt):
+      train.fit(
+        _state(data), strategy, epochs=2, callback=_interrupt_at(8),
+        checkpointer=Checkpointer(tmp_path, every_steps=3),
+      )  # fmt: skip
+  assert not (tmp_path / "history.jsonl").exists()
+  want = train.fit(_state(data), strategy, epochs=2)
+  got = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, 3))
+  assert got.resumed_from == 6
+  assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
+  logged = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+  assert [h["loss"] for h in logged] == [h["loss"] for h in want.history]
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path, data, interrupted):
   _, directory = _copy_of(interrupted, tmp_path, data)
   other = batching.TBPTT(data, num_streams=4, chunk_length=7, seed=3)  # another seed
