@@ -402,7 +402,7 @@ def lstm_layer(
     weights = jnp.concatenate([kernel, recurrent_kernel], axis=0)  # [F + H, 4H]
   else:
     # one [T*B, F] x [F, 4H] matmul before the scan
-    xs_TxBx = recurrence.matmul(xs_TxBx, kernel, matmul_dtype) + bias
+    xs_TxBx = recurrence.matmul(xs_TxBx, kernel, matmul_dtype) + bias[None, None, :]
     weights = recurrent_kernel
 
   def as_float(a):

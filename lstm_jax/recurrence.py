@@ -107,7 +107,7 @@ _low_matmul.defvjp(_low_matmul_fwd, _low_matmul_bwd)
 def _gates(weights, bias, x_t, h, in_step: bool, matmul_dtype: str):
   if in_step:
     xh = jnp.concatenate([x_t, h], axis=-1)
-    return matmul(xh, weights, matmul_dtype) + bias, xh
+    return matmul(xh, weights, matmul_dtype) + bias[None, :], xh
   return x_t + matmul(h, weights, matmul_dtype), h
 
 
@@ -262,10 +262,10 @@ def _gru_forward(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll):
   def body(h_prev, step_xs):
     x_t, mask_t, reset_t = step_xs
     h_prev = h_prev * (1.0 - reset_t[:, None])  # a reset restores the cell's zeros
-    gx, gh = x_t @ w_i + b_i, h_prev @ w_h
+    gx, gh = x_t @ w_i + b_i[None, :], h_prev @ w_h
     r = jax.nn.sigmoid(gx[:, :h] + gh[:, :h])
     z = jax.nn.sigmoid(gx[:, h : 2 * h] + gh[:, h : 2 * h])
-    hn = gh[:, 2 * h :] + b_hn
+    hn = gh[:, 2 * h :] + b_hn[None, :]
     n = jnp.tanh(gx[:, 2 * h :] + r * hn)
     new = (1.0 - z) * n + z * h_prev
     keep = mask_t[:, None] > 0

@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A broadcast that adds a rank (a [B, H] + [H] bias) raises in the tests, here and in every
+# subprocess they start: each one in the code is written out ([None, :]), so none is silent.
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 
 import flax.linen as nn
 import jax
@@ -119,6 +122,7 @@ def subprocess_env(devices: int | None = 1) -> dict:
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
+    JAX_NUMPY_RANK_PROMOTION="raise",
     JAX_DISABLE_MOST_OPTIMIZATIONS="1",
     JAX_COMPILATION_CACHE_DIR=str(_SUBPROCESS_CACHE),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
