@@ -29,10 +29,14 @@ def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
 
 
 def write_json_atomically(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_text_atomically(path, json.dumps(obj))
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one

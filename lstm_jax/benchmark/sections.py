@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 
+from lstm_jax.workdir import write_text_atomically
+
 
 def _pattern(name: str | None = None) -> re.Pattern:
   n = re.escape(name) if name else r"[\w-]+"
@@ -33,5 +35,4 @@ def put(path: str, name: str, text: str) -> None:
   new, n = _pattern(name).subn(lambda _: block, old, count=1)
   if not n:
     new = old.rstrip("\n") + ("\n\n" if old else "") + block
-  with open(path, "w") as f:
-    f.write(new)
+  write_text_atomically(path, new)
