@@ -42,6 +42,20 @@ from jax.experimental import serialize_executable
 
 _EXECUTABLE_CACHE: ExecutableCache | None = None
 
+# Compiles, per thread, that JAX's own persistent cache answered: an executable it loaded
+# cannot be serialized again (on the CPU the copy runs until its first call, then fails with
+# "NOT_FOUND: Function ... not found"), so the ExecutableCache stores only fresh compiles.
+_JAX_CACHE_HITS = threading.local()
+
+
+def _count_jax_cache_hit(event: str, **kwargs: Any) -> None:
+  del kwargs
+  if event == "/jax/compilation_cache/cache_hits":
+    _JAX_CACHE_HITS.count = getattr(_JAX_CACHE_HITS, "count", 0) + 1
+
+
+jax.monitoring.register_event_listener(_count_jax_cache_hit)
+
 
 def enable_persistent_cache(directory: str, executables: bool = True) -> None:
   """Turns on persistent compilation caching in `directory`, for every compile from now on.
@@ -257,9 +271,10 @@ class CountedJit:
       if exe is None:
         lowered = traced.lower()
         t1 = time.perf_counter()
+        hits = getattr(_JAX_CACHE_HITS, "count", 0)
         exe = lowered.compile()
-        if cache is not None:
-          cache.store(cache_key, exe)
+        if cache is not None and getattr(_JAX_CACHE_HITS, "count", 0) == hits:
+          cache.store(cache_key, exe)  # compiled here, not loaded from JAX's cache
       else:
         rec.cache_loads += 1
       t2 = time.perf_counter()

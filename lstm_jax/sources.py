@@ -19,6 +19,7 @@ the same length filters), so a run on the store trains on exactly the same batch
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -136,10 +137,7 @@ def load_stdlib(
   listing = hashlib.sha256(
     "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()
   ).hexdigest()[:16]
-  chunks: list[bytes] = []
-  for p in files:
-    src = p.read_bytes()
-    chunks += _functions(src) if unit == "functions" else [src]
+  chunks = list(_parsed_stdlib(root, tuple(files), listing, unit))
   identity = dict(
     source=f"stdlib_{unit}",
     python=sys.version.split()[0],
@@ -149,6 +147,21 @@ def load_stdlib(
     include_tests=include_tests,
   )
   return _bytes_dataset(chunks, f"stdlib_{unit}", min_length, max_length, identity, subsample)
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_stdlib(
+  root: Path, files: tuple[Path, ...], listing: str, unit: str
+) -> tuple[bytes, ...]:
+  """The stdlib's functions (or files) as bytes, parsed once per process for one listing (the
+  files' names and sizes: `listing` is part of the key), so that several runs in one process
+  (tests, a notebook) do not parse the standard library again."""
+  del root, listing  # part of the cache key only
+  chunks: list[bytes] = []
+  for p in files:
+    src = p.read_bytes()
+    chunks += _functions(src) if unit == "functions" else [src]
+  return tuple(chunks)
 
 
 def load_text(

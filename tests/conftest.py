@@ -111,6 +111,12 @@ if not os.environ.get("LSTM_JAX_TEST_CACHE"):  # the first process of the sessio
   os.environ["LSTM_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="lstm_jax_test_cache_")
   atexit.register(shutil.rmtree, os.environ["LSTM_JAX_TEST_CACHE"], ignore_errors=True)
 _SUBPROCESS_CACHE = Path(os.environ["LSTM_JAX_TEST_CACHE"])  # inherited by xdist's workers
+# The in-process tests use it too: a program another test (or the other worker) compiled is
+# loaded instead of compiled again. Compile counts are unchanged (CountedJit still compiles
+# each signature; XLA's part of that compile is what the cache skips).
+jax.config.update("jax_compilation_cache_dir", str(_SUBPROCESS_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def subprocess_env(devices: int | None = 1) -> dict:

@@ -19,20 +19,22 @@ sys.path.insert(0, ROOT)
 from configs import compare  # noqa: E402
 from lstm_jax import experiment, report  # noqa: E402
 
-workdir, strategies = sys.argv[1], tuple(sys.argv[2].split(","))
-kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-fresh = sys.argv[4:] == ["fresh"]
 
-cfg = compare.get_config("smoke")
-cfg.strategies = strategies
-cfg.train.epochs = 2
-cfg.data.update(source="parity", num_sequences=300)  # synthetic: no time spent parsing files
-cfg.data.lengths.update(min_length=2, max_length=80, median=24.0)
-cfg.checkpoint.every_steps = 3
-cfg.predict_costs = False  # the cost model's calibration is not what is tested here
-cfg.resume = not fresh
+def resume_config(strategies: tuple, fresh: bool = False):
+  """The smoke preset on the running-parity task: two epochs, a checkpoint every 3 steps."""
+  cfg = compare.get_config("smoke")
+  cfg.strategies = strategies
+  cfg.train.epochs = 2
+  cfg.data.update(source="parity", num_sequences=300)  # synthetic: no time spent parsing files
+  cfg.data.lengths.update(min_length=2, max_length=80, median=24.0)
+  cfg.checkpoint.every_steps = 3
+  cfg.predict_costs = False  # the cost model's calibration is not what is tested here
+  cfg.resume = not fresh
+  return cfg
 
-if kill_at:
+
+def die_at(workdir: str, kill_at: int) -> None:
+  """From train step `kill_at` on, SIGKILL this process once a checkpoint is complete."""
   log_step = report.ProgressLog.step
 
   def step_then_die(self, rec):
@@ -50,5 +52,11 @@ if kill_at:
 
   report.ProgressLog.step = step_then_die
 
-experiment.train_and_evaluate(cfg, workdir, quiet=True)
-print("FINISHED")
+
+if __name__ == "__main__":
+  workdir, strategies = sys.argv[1], tuple(sys.argv[2].split(","))
+  kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+  if kill_at:
+    die_at(workdir, kill_at)
+  experiment.train_and_evaluate(resume_config(strategies, sys.argv[4:] == ["fresh"]), workdir, True)
+  print("FINISHED")

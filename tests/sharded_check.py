@@ -1,8 +1,15 @@
-"""Run by tests/test_sharding.py in a subprocess with 4 forced CPU devices: trains each strategy
-for a few steps without a mesh, on a 1-device mesh and on a 4-device mesh; prints JSON."""
+"""Run by tests/test_sharding.py in a subprocess with 4 forced CPU devices; prints JSON.
+
+python tests/sharded_check.py TESTS_DIR library   # each strategy for a few steps without a
+                                                   # mesh, on a 1-device and a 4-device mesh
+python tests/sharded_check.py TESTS_DIR runner    # the runner's smoke preset (two
+                                                   # strategies, fewer sequences) on 1 and 4
+"""
 
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,46 +24,78 @@ LENGTHS = np.random.default_rng(5).integers(1, 20, size=48)
 ds = ragged_features(LENGTHS, num_features=3, seed=0)
 STRATEGIES = {
   "pad": lambda: batching.Pad(ds, batch_size=8),
-  "bucket": lambda: batching.Bucket(ds, tokens_per_batch=96, num_buckets=3, batch_multiple=4),
+  "bucket": lambda: batching.Bucket(ds, tokens_per_batch=96, num_buckets=2, batch_multiple=4),
   "tbptt": lambda: batching.TBPTT(ds, num_streams=8, chunk_length=5),
   "pack": lambda: batching.Pack(ds, batch_size=4, row_length=24),
   "pad_batch_max": lambda: batching.PadBatchMax(ds, batch_size=8),
 }
-out = {"devices": jax.device_count()}
-for name, make in STRATEGIES.items():
-  runs = {}
-  for label, mesh in (("none", None), ("1", sharding.make_mesh(1)), ("4", sharding.make_mesh(4))):
-    model = SequenceModel(hidden_size=8, num_outputs=2)
-    state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
-    steps = train.StepFunctions.create(mesh)
-    strategy = make()
-    seen = []
-    if mesh is not None:  # what the step receives: the batch split over the data axis
-      plan = strategy.plan(0)[0]
-      b = steps.batch(strategy.dataset, plan)
-      seen = [list(s.data.shape) for s in b.inputs.addressable_shards]
-      spec = str(b.inputs.sharding.spec)
-    r = train.fit(state, strategy, epochs=1, steps=steps)
-    exe = next(iter(steps.train._executables.values()))
-    runs[label] = dict(
-      losses=[h["loss"] for h in r.history],
-      params=[np.asarray(x).tolist() for x in jax.tree.leaves(r.state.params)],
-      compiles=steps.train.compiles,
-      shards=seen,
-      spec=spec if mesh is not None else None,
-      batch_in_sharding=str(exe.input_shardings[0][1]) if mesh is not None else None,
-      eval_loss=train.evaluate(r.state, strategy, steps)["loss"],
+
+
+def library() -> dict:
+  out = {"devices": jax.device_count()}
+  for name, make in STRATEGIES.items():
+    runs = {}
+    for label, mesh in (("none", None), ("1", sharding.make_mesh(1)), ("4", sharding.make_mesh(4))):
+      model = SequenceModel(hidden_size=8, num_outputs=2)
+      state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
+      steps = train.StepFunctions.create(mesh)
+      strategy = make()
+      seen = []
+      if mesh is not None:  # what the step receives: the batch split over the data axis
+        plan = strategy.plan(0)[0]
+        b = steps.batch(strategy.dataset, plan)
+        seen = [list(s.data.shape) for s in b.inputs.addressable_shards]
+        spec = str(b.inputs.sharding.spec)
+      r = train.fit(state, strategy, epochs=1, steps=steps)
+      exe = next(iter(steps.train._executables.values()))
+      runs[label] = dict(
+        losses=[h["loss"] for h in r.history],
+        params=[np.asarray(x).tolist() for x in jax.tree.leaves(r.state.params)],
+        compiles=steps.train.compiles,
+        shards=seen,
+        spec=spec if mesh is not None else None,
+        batch_in_sharding=str(exe.input_shardings[0][1]) if mesh is not None else None,
+        eval_loss=train.evaluate(r.state, strategy, steps)["loss"],
+      )
+    out[name] = runs
+  try:
+    batching_err = None
+    train.fit(
+      train.create_train_state(SequenceModel(8, 2), optax.adam(1e-2), ds),
+      batching.Pad(ds, batch_size=6),
+      epochs=1,
+      steps=train.StepFunctions.create(sharding.make_mesh(4)),
     )
-  out[name] = runs
-try:
-  batching_err = None
-  train.fit(
-    train.create_train_state(SequenceModel(8, 2), optax.adam(1e-2), ds),
-    batching.Pad(ds, batch_size=6),
-    epochs=1,
-    steps=train.StepFunctions.create(sharding.make_mesh(4)),
-  )
-except ValueError as e:
-  batching_err = str(e)
-out["indivisible_error"] = batching_err
-print("RESULT " + json.dumps(out))
+  except ValueError as e:
+    batching_err = str(e)
+  out["indivisible_error"] = batching_err
+  return out
+
+
+def runner() -> dict:
+  """The runner: the same command on 1 device and on all 4 (mesh.num_devices=0)."""
+  sys.path.insert(0, str(Path(sys.argv[1]).parent))
+  from configs import compare
+  from lstm_jax import experiment
+
+  out = {}
+  for devices in (1, 0):
+    cfg = compare.get_config("smoke")
+    cfg.strategies = RUNNER_STRATEGIES
+    cfg.data.max_sequences = 200
+    cfg.predict_costs = False
+    cfg.mesh.num_devices = devices
+    with tempfile.TemporaryDirectory() as workdir:
+      experiment.train_and_evaluate(cfg, workdir, quiet=True)
+      metrics = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
+      out[str(devices or jax.device_count())] = dict(
+        summary=json.loads((Path(workdir) / "summary.json").read_text()),
+        bucket_shapes=[
+          m["shape"] for m in metrics if m.get("strategy") == "bucket" and "shape" in m
+        ],
+      )
+  return out
+
+
+RUNNER_STRATEGIES = ("bucket", "tbptt")  # token-budget bucketing, and streams
+print("RESULT " + json.dumps(library() if sys.argv[2] == "library" else runner()))

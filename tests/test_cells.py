@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import HalfCell, four_strategies, max_rel_err, ragged_features, run_smoke
+from conftest import HalfCell, four_strategies, max_rel_err, ragged_features
 from lstm_jax import batching, train
 from lstm_jax import model as model_lib
 from lstm_jax.errors import ConfigError, DataError
@@ -276,16 +276,24 @@ def test_any_cell_streams_and_resets_to_its_own_initial_carry():
   assert max_rel_err(again[0], alone[:5]) > 1e-3  # stream 0 continued: it differs
 
 
-@pytest.mark.fresh_processes
-def test_runner_trains_a_gru_and_records_it(tmp_path):
-  """The runner with --config.model.cell=gru: trains, names the cell in the results and the
-  report, and a rerun reads the finished rows back instead of training again."""
-  args = ("--config.model.cell=gru", "--config.strategies=('tbptt','pack')")
-  run_smoke(tmp_path, 1, *args)
+def test_runner_trains_a_gru_and_records_it(tmp_path, capsys):
+  """The runner with model.cell=gru (in process, on the smoke preset with fewer sequences):
+  trains, names the cell in the results and the report, and a rerun reads the finished rows
+  back instead of training again."""
+  from configs import compare
+  from lstm_jax import experiment
+
+  cfg = compare.get_config("smoke")
+  cfg.model.cell = "gru"
+  cfg.strategies = ("tbptt", "pack")
+  cfg.data.max_sequences = 200
+  cfg.predict_costs = False
+  experiment.train_and_evaluate(cfg, str(tmp_path))
   meta = json.loads((tmp_path / "meta.json").read_text())
   assert meta["config"]["model"]["cell"] == "gru"
   result = json.loads((tmp_path / "results" / "tbptt-seed0.json").read_text())
   assert result["settings"]["model.cell"] == "gru" and result["row"]["steps"] >= 5
   assert "(GRU H=16" in (tmp_path / "report.md").read_text()
-  again = run_smoke(tmp_path, 1, *args)
-  assert "tbptt seed 0: finished earlier" in again.stderr
+  capsys.readouterr()
+  experiment.train_and_evaluate(cfg, str(tmp_path))
+  assert "tbptt seed 0: finished earlier" in capsys.readouterr().err

@@ -273,9 +273,20 @@ def _run(workdir, strategies, kill_at=0, fresh=False) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
+  """The uninterrupted reference, run in this process (the killed and resumed runs are other
+  processes: bit-identical numbers across processes are part of what is checked), with XLA's
+  optimizations mostly off, as in the runner subprocesses."""
+  from resume_check import resume_config
+
+  from lstm_jax import experiment
+
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  proc = _run(workdir, "tbptt,bucket")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    experiment.train_and_evaluate(resume_config(("tbptt", "bucket")), str(workdir), quiet=True)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
   return workdir
 
 
@@ -311,18 +322,20 @@ def test_runner_killed_with_sigkill_resumes_bit_identical(tmp_path, uninterrupte
   assert steps == list(range(1, want["steps"] + 1))  # each step once, although some ran twice
 
 
-@pytest.mark.fresh_processes
 def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path):
-  first = _run(tmp_path, "pack")
-  assert first.returncode == 0, first.stderr[-3000:]
+  """In process, the resume test's config: a rerun reads the finished row back (not retrained,
+  the same summary); --config.resume=False trains it again to the same numbers."""
+  from resume_check import resume_config
+
+  from lstm_jax import experiment
+
+  experiment.train_and_evaluate(resume_config(("pack",)), str(tmp_path), quiet=True)
   summary = json.loads((tmp_path / "summary.json").read_text())
   stamp = (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns
-  again = _run(tmp_path, "pack")
-  assert again.returncode == 0
+  experiment.train_and_evaluate(resume_config(("pack",)), str(tmp_path), quiet=True)
   assert (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns == stamp  # not retrained
   assert json.loads((tmp_path / "summary.json").read_text()) == summary
-  fresh = _run(tmp_path, "pack", fresh=True)  # --config.resume=False
-  assert fresh.returncode == 0
+  experiment.train_and_evaluate(resume_config(("pack",), fresh=True), str(tmp_path), quiet=True)
   assert (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns != stamp
   row = json.loads((tmp_path / "results" / "pack-seed0.json").read_text())["row"]
   assert row["resumed_from_step"] is None and row["eval_loss"] == summary[0]["eval_loss"]

@@ -4,7 +4,6 @@ budget as the model says, a calibration is saved and read back only for its own 
 recommender's order of times agrees with a real run where the predicted gap is wide."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ragged_features, subprocess_env
+from conftest import ragged_features
 from lstm_jax import batching, config, costs, experiment, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
@@ -125,45 +124,23 @@ def test_resolve_auto_buckets_uses_the_saved_calibration(tmp_path):
   assert best["num_buckets"] == n
 
 
-@pytest.mark.fresh_processes
-def test_recommender_against_a_real_run(tmp_path):
-  """experiments/recommend.py on the smoke data, then the runner on the same config: the
-  predicted steps, compiles and padding are what the run did, exactly; and where the
-  prediction says one strategy takes over twice as long as another (compiles included: here
-  pad_batch_max's several compiles against tbptt's one), the run's wall times agree on the
-  order (times themselves are the machine's)."""
-  env = subprocess_env()
-  common = [
-    f"--config={ROOT / 'configs' / 'compare.py'}:smoke",
-    "--config.checkpoint.enabled=False",
-  ]
-  common.append("--config.strategies=('pad','bucket','tbptt','pad_batch_max')")
-  rec = subprocess.run(
-    [sys.executable, str(ROOT / "experiments" / "recommend.py"), *common, f"--workdir={tmp_path}"],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=env,
-  )
-  assert rec.returncode == 0, rec.stderr[-3000:]
-  assert "Recommended: " in rec.stdout and "| " not in rec.stdout.splitlines()[0]
-  result = json.loads((tmp_path / "recommend.json").read_text())
+@pytest.mark.xdist_group("smoke")
+def test_recommender_against_a_real_run(tmp_path, smoke_run):
+  """The recommender (experiment.recommend, what experiments/recommend.py prints) on the smoke
+  config, against the shared smoke run of the same config: the predicted steps, compiles and
+  padding are what the run did, exactly; and where the prediction says one strategy takes over
+  twice as long as another (compiles included: here pad_batch_max's several compiles against
+  tbptt's one), the run's wall times agree on the order (times themselves are the machine's)."""
+  cfg = compare.get_config("smoke")
+  cfg.strategies = ("pad", "bucket", "tbptt", "pad_batch_max")
+  result = experiment.recommend(cfg, str(tmp_path))
+  text = experiment.recommendation_text(result)
+  assert "Recommended: " in text and "| " not in text.splitlines()[0]
+  assert (tmp_path / "calibration.json").is_file()
   pred_names = ("pad", "bucket", "tbptt", "pad_batch_max")
   assert result["recommended"] in pred_names and result["reason"]
-  run = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "experiments" / "compare_strategies.py"),
-      *common,
-      f"--workdir={tmp_path / 'run'}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=env,
-  )
-  assert run.returncode == 0, run.stderr[-3000:]
-  rows = {r["strategy"]: r for r in json.loads((tmp_path / "run" / "runs.json").read_text())}
+  workdir, _ = smoke_run
+  rows = {r["strategy"]: r for r in json.loads((workdir / "runs.json").read_text())}
   pred = {p["strategy"]: p for p in result["predictions"]}
   for name, p in pred.items():
     r = rows[name]

@@ -12,22 +12,31 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from conftest import run_smoke, subprocess_env  # noqa: E402
+from conftest import subprocess_env  # noqa: E402
 
 
-@pytest.fixture(scope="session")  # once per worker, although other modules' tests run between
-def result():
-  env = subprocess_env(4)
+def _sharded_check(part: str) -> dict:
+  """tests/sharded_check.py's `part` ("library" or "runner") on 4 forced CPU devices."""
   proc = subprocess.run(
-    [sys.executable, str(HERE / "sharded_check.py"), str(HERE)],
+    [sys.executable, str(HERE / "sharded_check.py"), str(HERE), part],
     capture_output=True,
     text=True,
     timeout=600,
-    env=env,
+    env=subprocess_env(4),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT ") :])
+
+
+@pytest.fixture(scope="session")  # once per worker, although other modules' tests run between
+def result():
+  return _sharded_check("library")
+
+
+@pytest.fixture(scope="session")
+def runner_result():
+  return _sharded_check("runner")
 
 
 STRATEGIES = ["pad", "bucket", "tbptt", "pack", "pad_batch_max"]
@@ -68,28 +77,24 @@ def test_batch_that_does_not_divide_by_devices(result):
   assert "batch size 6 does not divide by the 4 devices" in result["indivisible_error"]
 
 
-@pytest.mark.xdist_group("smoke")
-def test_runner_uses_all_local_devices_and_matches_one_device(smoke_run, tmp_path):
-  """The same smoke command on 4 devices: rows say devices=4 and every strategy gives the
-  one-device numbers, token-budget bucketing included (its batches are composed as on one device,
-  then widened with empty rows to a multiple of 4)."""
-  one_dir, _ = smoke_run
-  run_smoke(tmp_path, 4)
-  one = {r["strategy"]: r for r in json.loads((one_dir / "summary.json").read_text())}
-  four = {r["strategy"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+@pytest.mark.xdist_group("sharded_runner")  # its own subprocess, on either worker
+def test_runner_uses_all_local_devices_and_matches_one_device(runner_result):
+  """The runner on the smoke preset (bucket and tbptt; in tests/sharded_check.py), on 4
+  devices and on 1: rows say how many devices they used and every strategy gives the one-device
+  numbers, token-budget bucketing included (its batches are composed as on one device, then
+  widened with empty rows to a multiple of 4)."""
+  one = {r["strategy"]: r for r in runner_result["1"]["summary"]}
+  four = {r["strategy"]: r for r in runner_result["4"]["summary"]}
   assert all(r["devices"] == 4 for r in four.values())
   assert all(r["devices"] == 1 for r in one.values())
-  assert set(four) == set(one) and "bucket" in four
+  assert set(four) == set(one) == {"bucket", "tbptt"}
   for name in four:
     assert abs(four[name]["eval_loss"] - one[name]["eval_loss"]) <= 1e-5 * one[name]["eval_loss"]
     assert four[name]["compiles"] == one[name]["compiles"]
     assert four[name]["real_tokens"] == one[name]["real_tokens"]
-  shapes = [
-    line
-    for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-    if '"bucket"' in line and '"shape"' in line
-  ]
-  assert shapes and all(int(json.loads(line)["shape"].split("x")[0]) % 4 == 0 for line in shapes)
+    assert four[name]["steps"] == one[name]["steps"] >= 5
+  shapes = runner_result["4"]["bucket_shapes"]
+  assert shapes and all(int(shape.split("x")[0]) % 4 == 0 for shape in shapes)
 
 
 @pytest.mark.fresh_processes

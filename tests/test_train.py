@@ -211,6 +211,19 @@ def test_fit_needs_a_stopping_rule(data):
     train.fit(_state(data), batching.Pad(data, batch_size=8))
 
 
+@pytest.fixture
+def without_jax_cache():
+  """JAX's own persistent cache (which the suite turns on, tests/conftest.py) off for one test,
+  so that what is checked is the ExecutableCache alone."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)
+  compilation_cache.reset_cache()
+
+
 def _cached_steps(ds, cache_dir, learning_rate=1e-2, hidden=8):
   """A train step through an ExecutableCache in `cache_dir`, compiled for one bucket shape."""
   compiles.enable_executable_cache(str(cache_dir / "executables"))
@@ -225,7 +238,7 @@ def _cached_steps(ds, cache_dir, learning_rate=1e-2, hidden=8):
   return steps.train, result.state.params
 
 
-def test_executable_cache_loads_the_same_program_and_only_that(tmp_path):
+def test_executable_cache_loads_the_same_program_and_only_that(tmp_path, without_jax_cache):
   """A second identical step loads the stored executable and gives bit-identical parameters; a
   different learning rate or model traces to a different program and compiles afresh."""
   ds = ragged_features([3, 9, 4, 12, 7, 5, 2, 10], num_features=3, seed=1)
@@ -250,7 +263,7 @@ def test_executable_cache_loads_the_same_program_and_only_that(tmp_path):
   assert len(list((tmp_path / "executables").glob("*.xla"))) == 4
 
 
-def test_damaged_executable_cache_entry_is_compiled_again(tmp_path):
+def test_damaged_executable_cache_entry_is_compiled_again(tmp_path, without_jax_cache):
   ds = ragged_features([3, 9, 4, 12, 7, 5, 2, 10], num_features=3, seed=1)
   _, p1 = _cached_steps(ds, tmp_path)
   (entry,) = (tmp_path / "executables").glob("*.xla")
@@ -261,6 +274,24 @@ def test_damaged_executable_cache_entry_is_compiled_again(tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
   loaded, _ = _cached_steps(ds, tmp_path)  # the rewritten entry loads
   assert loaded.cache_loads == 1
+
+
+def test_an_executable_from_jaxs_cache_is_not_stored_again(tmp_path):
+  """Both caches on (as compiles.enable_persistent_cache sets them), a program JAX's cache
+  already holds: what JAX loads cannot be serialized again (the copy failed at its first call
+  with "NOT_FOUND: Function ... not found"), so the ExecutableCache does not store it, and the
+  next run loads the program from JAX's cache and gives the same parameters."""
+  ds = ragged_features([3, 9, 4, 12, 7, 5, 2, 10], num_features=3, seed=1)
+  assert jax.config.jax_compilation_cache_dir  # tests/conftest.py turns it on
+  _, p0 = _cached_steps(ds, tmp_path / "first", learning_rate=2e-2)  # compiled: stored in both
+  assert len(list((tmp_path / "first" / "executables").glob("*.xla"))) == 1
+  step, p1 = _cached_steps(ds, tmp_path / "second", learning_rate=2e-2)  # JAX's cache answers
+  assert step.cache_loads == 0
+  assert not list((tmp_path / "second" / "executables").glob("*.xla"))
+  again, p2 = _cached_steps(ds, tmp_path / "second", learning_rate=2e-2)
+  assert again.cache_loads == 0
+  for p in (p1, p2):
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p)))
 
 
 @pytest.mark.parametrize("source, layout", [("pack", "pad"), ("bucket", "pack"), ("pad", "pack")])
