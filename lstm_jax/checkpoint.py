@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,9 @@ class Checkpointer:
     keep: how many of the newest checkpoints to keep.
     keep_period: also keep every checkpoint whose step is a multiple of this (None: none).
     async_save: write in the background (the default); False blocks until written.
+    extra_state: the caller's own JSON state, asked for at each save and saved with it (the
+      runner's eval curve and clock); `train.resume` hands it back as `Resumed.extra`. The
+      checkpointer is its one owner: nothing else writes it into a checkpoint.
   """
 
   def __init__(
@@ -71,6 +74,7 @@ class Checkpointer:
     keep: int = 3,
     async_save: bool = True,
     keep_period: int | None = None,
+    extra_state: Callable[[], dict] | None = None,
   ):
     if not isinstance(every_steps, int) or every_steps < 0:
       raise ConfigError(
@@ -80,6 +84,7 @@ class Checkpointer:
       raise ConfigError(f"checkpoint keep must be an integer >= 1, got {keep!r}.")
     self.directory = os.path.abspath(os.fspath(directory))
     self.every_steps = every_steps
+    self.extra_state = extra_state
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       keep_period=keep_period,
@@ -111,12 +116,15 @@ class Checkpointer:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def save(self, step: int, state, carry, stream: dict, force: bool = False) -> bool:
-    """Saves (state, carry, stream) as step `step`; False if a checkpoint for it exists."""
+    """Saves (state, carry, stream) as step `step`; False if a checkpoint for it exists. A
+    stream without an "extra" key gets `extra_state()`'s (or an empty one)."""
     if self._failure is not None:
       raise self._failure
     if step in self.manager.all_steps():
       return False
     arrays = jax.tree.map(jnp.copy, _arrays_of(state, carry))  # the step donates the originals
+    if "extra" not in stream:
+      stream = dict(stream, extra=self.extra_state() if self.extra_state is not None else {})
     stream = json.loads(json.dumps(stream))  # a snapshot: the write runs after the caller moves on
     if "history" in stream:
       try:

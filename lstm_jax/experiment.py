@@ -381,6 +381,45 @@ def new_train_state(
   )
 
 
+@dataclasses.dataclass
+class RowClock:
+  """A row's clock (big_vision's Chrono in miniature): the seconds it has spent training, which
+  are the compile made before its first step plus each step's seconds; evaluations and the
+  blocking part of checkpoint writes are not on it. Checkpointed with the row, so a resumed
+  row's clock goes on from where it stood."""
+
+  train_seconds: float = 0.0
+
+  def tick(self, seconds: float) -> float:
+    self.train_seconds += seconds
+    return self.train_seconds
+
+
+@dataclasses.dataclass
+class EvalCurve:
+  """A row's evaluations in order, each: real tokens trained on, the row's clock then, eval
+  loss and metric, and the seconds the evaluation took (off the clock)."""
+
+  points: list[dict] = dataclasses.field(default_factory=list)
+
+  def add(self, **point) -> dict:
+    self.points.append(point)
+    return point
+
+  def covers(self, real_tokens: int) -> bool:
+    """Whether the last evaluation was made after `real_tokens` real tokens."""
+    return bool(self.points) and self.points[-1]["real_tokens"] == real_tokens
+
+  @property
+  def last(self) -> dict:
+    return self.points[-1]
+
+
+def _progress_state(clock: RowClock, curve: EvalCurve) -> dict:
+  """The row's own state in its checkpoints (`Checkpointer.extra_state`)."""
+  return dict(curve=curve.points, train_seconds=clock.train_seconds)
+
+
 def run_strategy(
   name: str,
   train_ds: RaggedDataset,
@@ -440,36 +479,34 @@ def run_strategy(
   compiled_ahead = steps.train.compile_seconds
   waited_ahead = steps.train.blocked_seconds  # the compile before fit: on the clock already
   metric = metric_of(train_ds)
-  progress = dict(curve=[], train_seconds=0.0)  # the row's eval curve and clock, checkpointed
+  clock, curve = RowClock(), EvalCurve()  # checkpointed with the row
   checkpointer = (
     Checkpointer(
       run_dir(workdir, "checkpoints", name, seed),
       every_steps=cfg.checkpoint.every_steps,
       keep=cfg.checkpoint.keep,
       keep_period=cfg.checkpoint.keep_period or None,
+      extra_state=lambda: _progress_state(clock, curve),
     )
     if workdir and cfg.checkpoint.enabled
     else None
   )
 
   def on_step(rec):
-    progress["train_seconds"] += rec["step_seconds"]
-    rec["train_seconds"] = progress["train_seconds"]
+    rec["train_seconds"] = clock.tick(rec["step_seconds"])
     log.step(rec)
 
   def on_eval(st, real_tokens):
     t0 = time.perf_counter()
     r = train.evaluate(st, evaluator, steps)
-    progress["curve"].append(
-      dict(
-        real_tokens=real_tokens,
-        train_seconds=progress["train_seconds"],
-        eval_loss=r["loss"],
-        eval_metric=metric_value(metric, r),
-        eval_seconds=time.perf_counter() - t0,
-      )
+    point = curve.add(
+      real_tokens=real_tokens,
+      train_seconds=clock.train_seconds,
+      eval_loss=r["loss"],
+      eval_metric=metric_value(metric, r),
+      eval_seconds=time.perf_counter() - t0,
     )
-    log.eval(progress["curve"][-1])
+    log.eval(point)
 
   # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
   log.start(name, seed, cfg.train.real_tokens or int(planned.sum()), strategy)
@@ -481,9 +518,10 @@ def run_strategy(
   if resumed is None:
     on_eval(state, 0)
   else:
-    progress.update(resumed.extra)
-    log.resumed(resumed.position.real_tokens, progress["train_seconds"] + compiled_ahead)
-  progress["train_seconds"] += compiled_ahead  # the compile made before the first step
+    clock.train_seconds = resumed.extra["train_seconds"]
+    curve.points = list(resumed.extra["curve"])
+    log.resumed(resumed.position.real_tokens, clock.train_seconds + compiled_ahead)
+  clock.tick(compiled_ahead)  # the compile made before the first step
   result = train.fit(
     state,
     strategy,
@@ -496,12 +534,10 @@ def run_strategy(
     eval_every_tokens=cfg.train.eval_every_tokens,
     on_eval=on_eval,
     checkpointer=checkpointer,
-    extra=progress,
     settings=settings,
     resumed=resumed,
   )
-  curve = progress["curve"]
-  if not curve or curve[-1]["real_tokens"] != result.real_tokens:
+  if not curve.covers(result.real_tokens):
     on_eval(result.state, result.real_tokens)
   log.end()
   hist = result.history
@@ -538,9 +574,9 @@ def run_strategy(
     tokens_per_second=(
       sum(h["real_tokens"] for h in steady) / steady_seconds if steady_seconds > 0 else float("nan")
     ),
-    wall_seconds=progress["train_seconds"],
-    eval_loss=curve[-1]["eval_loss"],
-    eval_metric=curve[-1]["eval_metric"],
+    wall_seconds=clock.train_seconds,
+    eval_loss=curve.last["eval_loss"],
+    eval_metric=curve.last["eval_metric"],
     metric=metric,
     step_memory_bytes=max((r.temp_bytes or 0) for r in train_rec) if train_rec else 0,
     step_peak_bytes=max((guards.step_memory(r) or 0) for r in train_rec) if train_rec else 0,
@@ -552,8 +588,10 @@ def run_strategy(
     **compile_timing,
   )
   if result_path and jax.process_index() == 0:
-    write_json_atomically(result_path, dict(row=row, history=hist, curve=curve, settings=settings))
-  return row, hist, curve
+    write_json_atomically(
+      result_path, dict(row=row, history=hist, curve=curve.points, settings=settings)
+    )
+  return row, hist, curve.points
 
 
 def check_plans(built: dict[str, batching.Strategy], cfg: ml_collections.ConfigDict) -> dict:

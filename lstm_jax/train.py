@@ -18,6 +18,7 @@ tokens and the seconds between consecutive step completions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -339,7 +340,7 @@ class Resumed:
   position: StreamPosition  # the next batch of the data stream
   carry: Carry | None  # the carry for that batch (strategies that carry state)
   history: list[dict]  # the step records so far
-  extra: dict  # the caller's own state, as it was saved (`fit(extra=...)`)
+  extra: dict  # the caller's own state, as it was saved (`Checkpointer.extra_state`)
 
 
 def _saved_carry(strategy: Strategy, carry: Carry | None):
@@ -431,6 +432,77 @@ class _PendingStep:
       self.callback(record)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stop:
+  """Where training stops: after `epochs` epochs or `max_real_tokens` real tokens, whichever
+  comes first (None: that rule is off)."""
+
+  epochs: int | None
+  max_real_tokens: int | None
+
+  def reached(self, at: StreamPosition) -> bool:
+    return (self.epochs is not None and at.epoch >= self.epochs) or (
+      self.max_real_tokens is not None and at.real_tokens >= self.max_real_tokens
+    )
+
+  def planned(self, strategy: Strategy, start: StreamPosition):
+    """The stream from `start` up to where training stops, no further."""
+    if not self.reached(start):
+      for plan, after in strategy.stream(start):
+        yield plan, after
+        if self.reached(after):
+          return
+
+
+@dataclasses.dataclass
+class _Run:
+  """What `fit`'s loop advances, in one place: the train state, the step count, where the data
+  stream stands (the next batch) and the carry handed to it (strategies that carry state)."""
+
+  state: TrainState
+  step: int
+  position: StreamPosition
+  carry: Carry | None
+
+  def stream(self, identity: dict, history: list[dict]) -> dict:
+    """The checkpoint's JSON part: the run's identity, the stream's position, the history."""
+    p = self.position
+    return dict(
+      identity, epoch=p.epoch, index=p.index, real_tokens=p.real_tokens, history=history
+    )
+
+
+class _EvalSchedule:
+  """`on_eval` each time another `every` real tokens have been trained on."""
+
+  def __init__(self, every: int | None, on_eval: Callable | None, real_tokens: int):
+    self.every, self.on_eval = every, on_eval
+    self.next = (real_tokens // every + 1) * every if every and on_eval else None
+
+  def due(self, real_tokens: int) -> bool:
+    return self.next is not None and real_tokens >= self.next
+
+  def run(self, state: TrainState, real_tokens: int) -> None:
+    self.on_eval(state, real_tokens)
+    while self.next <= real_tokens:
+      self.next += self.every
+
+
+def _check_fit_arguments(state, strategy, epochs, max_real_tokens) -> None:
+  if epochs is None and max_real_tokens is None:
+    raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
+  if epochs is not None and epochs < 1:
+    raise ConfigError(f"epochs must be >= 1, got {epochs}.")
+  if max_real_tokens is not None and max_real_tokens < 1:
+    raise ConfigError(f"max_real_tokens must be >= 1, got {max_real_tokens}.")
+  check_model_fits_data(state.model, strategy.dataset, state.params)
+  if getattr(state.model, "bidirectional", False) and strategy.carries_state:
+    raise ConfigError(
+      f"a bidirectional model needs whole sequences in each row, and "
+      f"{strategy.name} cuts them into chunks; use pad, bucket or pack."
+    )
+
+
 def fit(
   state: TrainState,
   strategy: Strategy,
@@ -444,7 +516,6 @@ def fit(
   eval_every_tokens: int | None = None,
   on_eval: Callable[[TrainState, int], None] | None = None,
   checkpointer: Checkpointer | None = None,
-  extra: dict | None = None,
   settings: dict | None = None,
   resumed: Resumed | None = None,
   prefetch: int = 2,
@@ -463,119 +534,82 @@ def fit(
     must come from the same strategy, seed, data, plan and `settings`), saves every
     `checkpointer.every_steps` steps (after that step's loss is checked to be finite, and after
     any evaluation due at it) and once at the end. Each save holds the state, the carry, the data
-    stream's position, the step history and `extra`.
-  extra: the caller's own JSON state (the runner's eval curve and clock), saved as it is at each
-    checkpoint; when fit resumes by itself, replaced in place by what was saved.
+    stream's position, the step history and the caller's own state (`Checkpointer.extra_state`:
+    the runner's eval curve and clock), which `resume` hands back as `Resumed.extra`.
   settings: what else a checkpoint must share with this run to be resumed (the runner passes
     `config.run_settings`: model, optimizer, training and data settings, versions); saved with
     each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
   resumed: a `resume` result the caller already has (the runner reads it first, to report it
-    and take back its `extra`); otherwise fit calls `resume` itself.
+    and take back its own state); otherwise fit calls `resume` itself.
   prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
     does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
     each batch in the loop. The numbers are the same either way.
   """
-  if epochs is None and max_real_tokens is None:
-    raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
-  if epochs is not None and epochs < 1:
-    raise ConfigError(f"epochs must be >= 1, got {epochs}.")
-  if max_real_tokens is not None and max_real_tokens < 1:
-    raise ConfigError(f"max_real_tokens must be >= 1, got {max_real_tokens}.")
-  check_model_fits_data(state.model, strategy.dataset, state.params)
-  if getattr(state.model, "bidirectional", False) and strategy.carries_state:
-    raise ConfigError(
-      f"a bidirectional model needs whole sequences in each row, and "
-      f"{strategy.name} cuts them into chunks; use pad, bucket or pack."
-    )
+  _check_fit_arguments(state, strategy, epochs, max_real_tokens)
   steps = steps or StepFunctions.create()
-  zeros: dict[int, Carry] = {}
-
-  def zero_carry(b):
-    return zeros.setdefault(b, steps.zero_carry(state.model, b))
-
+  zero_carry = functools.lru_cache(maxsize=None)(lambda b: steps.zero_carry(state.model, b))
   if steps.mesh is not None:
     for b, _ in strategy.shapes():
       sharding.check_divisible(b, steps.mesh)
     state = sharding.replicate(state, steps.mesh)
   if checkpointer is not None and resumed is None:
     resumed = resume(checkpointer, state, strategy, steps, settings)
-    if resumed is not None and extra is not None:
-      extra.clear()
-      extra.update(resumed.extra)
-  position, history, carry = StreamPosition(), [], None
+  run, history = _Run(state, int(state.step), StreamPosition(), None), []
   if resumed is not None:
-    state, position, carry, history = (
-      resumed.state,
-      resumed.position,
-      resumed.carry,
-      list(resumed.history),
-    )
+    run = _Run(resumed.state, int(resumed.state.step), resumed.position, resumed.carry)
+    history = list(resumed.history)
   identity = _identity(strategy, settings) if checkpointer is not None else {}
   pending = _PendingStep(history, callback, checkpointer and checkpointer.directory)
-  step = int(state.step)
+  stop = _Stop(epochs, max_real_tokens)
+  evals = _EvalSchedule(eval_every_tokens, on_eval, run.position.real_tokens)
 
   def save(force: bool = False) -> None:
     pending.flush()  # never save a state whose loss was not checked
-    stream = dict(
-      identity,
-      epoch=position.epoch,
-      index=position.index,
-      real_tokens=position.real_tokens,
-      history=history,
-      extra=extra or {},
-    )
-    checkpointer.save(step, state, _saved_carry(strategy, carry), stream, force=force)
+    carry = _saved_carry(strategy, run.carry)
+    checkpointer.save(run.step, run.state, carry, run.stream(identity, history), force=force)
     pending.restart_clock()  # the save's blocking part belongs to no step
-
-  def done(at: StreamPosition | None = None) -> bool:
-    at = position if at is None else at
-    return (epochs is not None and at.epoch >= epochs) or (
-      max_real_tokens is not None and at.real_tokens >= max_real_tokens
-    )
-
-  def planned(start: StreamPosition):  # the stream up to where training stops, no further
-    if not done(start):
-      for plan, after in strategy.stream(start):
-        yield plan, after
-        if done(after):
-          return
 
   # each batch assembled ahead, while the steps before it run (depth 0: when it is taken)
   batches = Prefetch(
-    planned(position), lambda p: steps.batch(strategy.dataset, p[0]), prefetch, "fit-batches"
+    stop.planned(strategy, run.position),
+    lambda p: steps.batch(strategy.dataset, p[0]),
+    prefetch,
+    "fit-batches",
   )
-
-  next_eval = clock_start = None
-  if eval_every_tokens and on_eval:
-    next_eval = (position.real_tokens // eval_every_tokens + 1) * eval_every_tokens
+  clock_start = None
   try:
     for (plan, after), batch in batches:
-      if position.index == 0 or pending.t_last is None:  # an epoch starts, or training resumes
+      if run.position.index == 0 or pending.t_last is None:  # an epoch starts, or a resume
         if precompile_shapes == "background":
           compile_in_background(
-            steps.train, state, strategy, position.epoch, compile_workers, first=[plan.shape]
+            steps.train,
+            run.state,
+            strategy,
+            run.position.epoch,
+            compile_workers,
+            first=[plan.shape],
           )
         elif precompile_shapes:
-          precompile(steps.train, state, strategy, position.epoch)
-        if strategy.carries_state and position.index == 0:
-          carry = zero_carry(plan.batch_size)
+          precompile(steps.train, run.state, strategy, run.position.epoch)
+        if strategy.carries_state and run.position.index == 0:
+          run.carry = zero_carry(plan.batch_size)
       if pending.t_last is None:  # the first step's clock starts after the first precompile
         pending.restart_clock()
         clock_start = pending.t_last
-      step_carry = carry if strategy.carries_state else zero_carry(plan.batch_size)
+      step_carry = run.carry if strategy.carries_state else zero_carry(plan.batch_size)
       lr_scale = np.float32(plan.lr_scale)
-      if not steps.train.is_compiled(state, batch, step_carry, lr_scale):
+      if not steps.train.is_compiled(run.state, batch, step_carry, lr_scale):
         pending.flush()  # close the previous step first: the compile belongs to this one
       steps.train.raise_background_errors()
       blocked_before = steps.train.blocked_calls
-      state, metrics, new_carry = steps.train(state, batch, step_carry, lr_scale)
+      run.state, metrics, new_carry = steps.train(run.state, batch, step_carry, lr_scale)
       if strategy.carries_state:
-        carry = new_carry
-      step += 1
+        run.carry = new_carry
+      run.step += 1
       pending.hold(
         dict(
-          step=step,
-          epoch=position.epoch,
+          step=run.step,
+          epoch=run.position.epoch,
           shape=f"{plan.batch_size}x{plan.length}",
           real_tokens=plan.real_tokens,
           computed_tokens=plan.computed_tokens,
@@ -583,16 +617,14 @@ def fit(
         ),
         metrics,
       )
-      position = after
-      if next_eval is not None and position.real_tokens >= next_eval:
+      run.position = after
+      if evals.due(run.position.real_tokens):
         pending.flush()
-        on_eval(state, position.real_tokens)
+        evals.run(run.state, run.position.real_tokens)
         pending.restart_clock()  # evaluation time belongs to no step
-        while next_eval <= position.real_tokens:
-          next_eval += eval_every_tokens
-      if checkpointer is not None and checkpointer.due(step):
+      if checkpointer is not None and checkpointer.due(run.step):
         save()
-      if done():
+      if stop.reached(run.position):
         break
     pending.flush()
     if checkpointer is not None:
@@ -603,11 +635,11 @@ def fit(
     if checkpointer is not None:
       checkpointer.wait()
   return FitResult(
-    state=state,
+    state=run.state,
     history=history,
     steps=steps,
-    carry=carry,
-    position=position,
+    carry=run.carry,
+    position=run.position,
     resumed_from=resumed.step if resumed is not None else None,
     clock_start=clock_start,
   )
