@@ -23,8 +23,10 @@ def _faults(arm: str) -> dict:
     capture_output=True,
     text=True,
     timeout=300,
-    env={
-      k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")
+    env={  # glibc's and XLA's defaults
+      k: v
+      for k, v in os.environ.items()
+      if k not in ("GLIBC_TUNABLES", "XLA_FLAGS") and not k.startswith("MALLOC_")
     },
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
