@@ -467,9 +467,7 @@ class _Run:
   def stream(self, identity: dict, history: list[dict]) -> dict:
     """The checkpoint's JSON part: the run's identity, the stream's position, the history."""
     p = self.position
-    return dict(
-      identity, epoch=p.epoch, index=p.index, real_tokens=p.real_tokens, history=history
-    )
+    return dict(identity, epoch=p.epoch, index=p.index, real_tokens=p.real_tokens, history=history)
 
 
 class _EvalSchedule:
