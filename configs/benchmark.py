@@ -74,7 +74,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       peers=("flax_rnn_pow2", "flax_rnn_pow2_bf16", "flax_rnn_pow2_gru", "torch_packed"),
       compile_cache_probe=False,
       paired_rounds=2,
-      malloc_probe_rounds=0,  # fresh processes, each compiling: about half the run; off here
+      malloc_probe_rounds=1,
     )
   elif arg == "gru":  # issue 14: the GRU's rows and Flax's GRU peer, side by side, alone
     c.update(

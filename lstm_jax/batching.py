@@ -454,22 +454,34 @@ def _check_not_larger_than_data(
     )
 
 
+def rows_within_data(
+  given: int | None,
+  tokens_per_step: int | None,
+  tokens_per_row: float,
+  available: int,
+  what: str,
+  strategy: str,
+  unit: str = "sequences",
+  fix: str = "",
+) -> int:
+  """Every strategy's prologue: the rows per batch (`rows_per_step`: `given`, or derived from
+  `tokens_per_step`), refused if wider than the `available` rows the data can fill (`unit`
+  names them; `fix` is added to the default advice)."""
+  rows = rows_per_step(given, tokens_per_step, tokens_per_row, available, what, strategy)
+  _check_not_larger_than_data(
+    rows, available, what, unit, f"Lower {what} to at most {available}{fix}."
+  )
+  return rows
+
+
 def _sequences_per_batch(
   dataset: RaggedDataset, batch_size: int | None, tokens_per_step: int | None, strategy: str
 ) -> int:
   """Whole sequences per batch (pad, pad_batch_max): set, or derived from tokens_per_step and
   the mean length; never more than the data holds."""
-  batch_size = rows_per_step(
+  return rows_within_data(
     batch_size, tokens_per_step, dataset.lengths.mean(), len(dataset), "batch_size", strategy
   )
-  _check_not_larger_than_data(
-    batch_size,
-    len(dataset),
-    "batch_size",
-    "sequences",
-    f"Lower batch_size to at most {len(dataset)}.",
-  )
-  return batch_size
 
 
 def _check_fits(dataset: RaggedDataset, limit: int, what: str, fix: str) -> None:
@@ -1062,20 +1074,15 @@ class Pack(Strategy):
     self.bins = first_fit_decreasing(
       dataset.lengths, self.length, np.random.default_rng([self.seed, 1])
     )  # packing: its own stream
-    self.batch_size = rows_per_step(
+    self.batch_size = rows_within_data(
       batch_size,
       tokens_per_step,
       dataset.num_steps / len(self.bins),
       len(self.bins),
       "batch_size",
       self.name,
-    )
-    _check_not_larger_than_data(
-      self.batch_size,
-      len(self.bins),
-      "batch_size",
-      f"packed rows of {self.length} steps",
-      f"Lower batch_size to at most {len(self.bins)}, or shorten row_length.",
+      unit=f"packed rows of {self.length} steps",
+      fix=", or shorten row_length",
     )
 
   def batch_settings(self) -> dict:
@@ -1114,15 +1121,8 @@ class TBPTT(Strategy):
         f"number of steps backpropagated through per train step."
       )
     self.chunk_length = int(chunk_length)
-    self.num_streams = rows_per_step(
+    self.num_streams = rows_within_data(
       num_streams, tokens_per_step, self.chunk_length, len(dataset), "num_streams", self.name
-    )
-    _check_not_larger_than_data(
-      self.num_streams,
-      len(dataset),
-      "num_streams",
-      "sequences",
-      f"Lower num_streams to at most {len(dataset)}.",
     )
 
   def batch_settings(self) -> dict:
@@ -1241,15 +1241,8 @@ class VariableTBPTT(Strategy):
     self.p_base, self.sigma, self.min_length = float(p_base), float(sigma), int(min_length)
     # a step's mean length: base_length, or half of it with probability 1 - p_base
     mean_chunk = self.base_length * (self.p_base + (1 - self.p_base) / 2)
-    self.num_streams = rows_per_step(
+    self.num_streams = rows_within_data(
       num_streams, tokens_per_step, mean_chunk, len(dataset), "num_streams", self.name
-    )
-    _check_not_larger_than_data(
-      self.num_streams,
-      len(dataset),
-      "num_streams",
-      "sequences",
-      f"Lower num_streams to at most {len(dataset)}.",
     )
 
   def batch_settings(self) -> dict:
