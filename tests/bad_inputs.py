@@ -27,7 +27,7 @@ import ml_collections  # noqa: E402
 import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
-from conftest import identity_dataset, override, ragged_features  # noqa: E402
+from helpers import identity_dataset, override, ragged_features  # noqa: E402
 from lstm_jax import batching, config, guards, sources, store, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402

@@ -1,10 +1,10 @@
-"""Shared helpers: small ragged datasets and exact comparisons."""
+"""pytest's hooks and fixtures, and the environment every test process starts with (CPU, rank
+promotion raising, XLA's flags, one JAX compilation cache per session). The helpers tests
+import are in tests/helpers.py."""
 
 import atexit
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,65 +19,11 @@ os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 # XLA's defaults.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false"
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax.data import RaggedDataset
-
-
-def ragged_features(lengths, num_features=3, seed=0, target_level="step") -> RaggedDataset:
-  """Random float features with per-step (or per-sequence) 2-dim regression targets."""
-  rng = np.random.default_rng(seed)
-  lengths = np.asarray(lengths, np.int64)
-  total = int(lengths.sum())
-  values = rng.normal(size=(total, num_features)).astype(np.float32)
-  n = total if target_level == "step" else len(lengths)
-  targets = rng.normal(size=(n, 2)).astype(np.float32)
-  return RaggedDataset(values, lengths, targets, target_level=target_level, name="random")
-
-
-def identity_dataset(lengths, target_level="step") -> RaggedDataset:
-  """values[:, 0] = sequence index, values[:, 1] = step within the sequence: every step unique."""
-  lengths = np.asarray(lengths, np.int64)
-  seq = np.repeat(np.arange(len(lengths)), lengths)
-  step = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-  values = np.stack([seq, step], axis=1).astype(np.float32)
-  if target_level == "step":
-    targets = (seq * 1000 + step).astype(np.int32)
-    num_classes = int(targets.max()) + 1
-  else:
-    targets = np.arange(len(lengths), dtype=np.int32)
-    num_classes = len(lengths)
-  return RaggedDataset(
-    values, lengths, targets, target_level=target_level, num_classes=num_classes, name="identity"
-  )
-
-
-def override(cfg, **changes):
-  """`cfg` (a ConfigDict or a plain dict) with each dotted key ("model.hidden_size") set."""
-  for key, value in changes.items():
-    *path, last = key.split(".")
-    node = cfg
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return cfg
-
-
-def max_rel_err(a, b) -> float:
-  """max |a - b| / max |b| over a pytree: a relative error robust to entries near zero."""
-  errs = jax.tree.map(
-    lambda x, y: float(
-      np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y)))
-      / max(float(np.max(np.abs(np.asarray(y)))), 1e-30)
-    ),
-    a,
-    b,
-  )
-  return max(jax.tree.leaves(errs))
+from helpers import run_smoke
 
 
 def pytest_collection_modifyitems(items):
@@ -107,9 +53,6 @@ def rng():
   return np.random.default_rng(1234)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # One JAX compilation cache for every subprocess of a test session (pytest-xdist workers
 # included): a program compiled by one run (the uninterrupted resume run, say) is loaded by the
 # next run of the same program instead of compiled again.
@@ -117,7 +60,6 @@ if not os.environ.get("LSTM_JAX_TEST_CACHE"):  # the first process of the sessio
   os.environ["LSTM_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="lstm_jax_test_cache_")
   atexit.register(shutil.rmtree, os.environ["LSTM_JAX_TEST_CACHE"], ignore_errors=True)
 _SUBPROCESS_CACHE = Path(os.environ["LSTM_JAX_TEST_CACHE"])  # inherited by xdist's workers
-TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"  # see the top of this file
 # The in-process tests use it too: a program another test (or the other worker) compiled is
 # loaded instead of compiled again. Compile counts are unchanged (CountedJit still compiles
 # each signature; XLA's part of that compile is what the cache skips).
@@ -126,93 +68,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def subprocess_env(devices: int | None = 1) -> dict:
-  """The environment for a test's runner subprocess (smoke, resume, sharding runs): CPU, `devices`
-  forced host devices (None: not forced), TEST_XLA_FLAGS, XLA's optimizations mostly off and the
-  session's compilation cache (as Flax's example tests do). Those runs check behaviour and
-  numbers between runs made the same way, not the speed or shape of the compiled code; the
-  page-fault probe, which does, keeps XLA's defaults."""
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    JAX_NUMPY_RANK_PROMOTION="raise",
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-    JAX_COMPILATION_CACHE_DIR=str(_SUBPROCESS_CACHE),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-  )
-  env["XLA_FLAGS"] = TEST_XLA_FLAGS
-  if devices is not None and devices > 1:
-    env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
-  return env
-
-
-def run_smoke(
-  workdir, devices: int = 1, *extra: str, check: bool = True, calibrate: bool = False
-) -> subprocess.CompletedProcess:
-  """The runner's smoke preset through the real command line, in a subprocess (with `check`,
-  asserting that it succeeds). The cost model's calibration (config.predict_costs) runs only
-  with `calibrate`: in the one shared smoke run, whose report shows the predictions."""
-  if not calibrate:
-    extra = ("--config.predict_costs=False", *extra)
-  env = subprocess_env(devices)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "experiments" / "compare_strategies.py"),
-      "--config",
-      f"{ROOT / 'configs' / 'compare.py'}:smoke",
-      "--workdir",
-      str(workdir),
-      *extra,
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=env,
-  )
-  assert proc.returncode == 0 or not check, proc.stderr[-3000:]
-  return proc
-
-
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
   """(workdir, process) of one smoke run on one device, shared by the tests that read it."""
   workdir = tmp_path_factory.mktemp("smoke")
   return workdir, run_smoke(workdir, calibrate=True)
-
-
-def four_strategies(name: str):
-  """(data, strategy) for a compile-count test of another front end or cell: 30 sequences of
-  10 lengths under pad (1 shape), bucket (3), tbptt (1) or pack (1)."""
-  from lstm_jax import batching
-
-  ds = ragged_features([3, 9, 4, 17, 6, 11, 5, 2, 14, 8] * 3, num_features=3, seed=1)
-  make = {
-    "pad": lambda: batching.Pad(ds, batch_size=8),
-    "bucket": lambda: batching.Bucket(ds, batch_size=8, boundaries=[6, 12, 18]),
-    "tbptt": lambda: batching.TBPTT(ds, num_streams=4, chunk_length=6),
-    "pack": lambda: batching.Pack(ds, batch_size=4, row_length=30),
-  }
-  return ds, make[name]()
-
-
-class HalfCell(nn.RNNCellBase):
-  """A user's cell: h = tanh(W x + U h + b) starting from (and reset to) h = 0.5, not zero, so
-  a reset that restored zeros instead of the cell's initial carry would show."""
-
-  features: int
-
-  @nn.compact
-  def __call__(self, carry, x):
-    h = jnp.tanh(nn.Dense(self.features, name="i")(x) + nn.Dense(self.features, name="h")(carry))
-    return h, h
-
-  @nn.nowrap
-  def initialize_carry(self, rng, input_shape):
-    del rng
-    return jnp.full(input_shape[:-1] + (self.features,), 0.5, jnp.float32)
-
-  @property
-  def num_feature_axes(self) -> int:
-    return 1

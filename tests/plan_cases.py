@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import identity_dataset  # noqa: E402
+from helpers import identity_dataset  # noqa: E402
 from lstm_jax import batching  # noqa: E402
 
 HASHES = Path(__file__).resolve().parent / "data" / "plan_hashes.json"

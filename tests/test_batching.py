@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import identity_dataset
+from helpers import identity_dataset
 from lstm_jax import batching
 from lstm_jax.errors import ConfigError, DataError
 

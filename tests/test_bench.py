@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from helpers import subprocess_env
 from lstm_jax import host
 from lstm_jax.benchmark import measure as bench
 

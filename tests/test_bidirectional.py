@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import max_rel_err, ragged_features
+from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import LSTM, BidirectionalLSTM, SequenceModel, segment_reverse_index

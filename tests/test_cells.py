@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import HalfCell, four_strategies, max_rel_err, ragged_features
+from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
 from lstm_jax import batching, train
 from lstm_jax import model as model_lib
 from lstm_jax.errors import ConfigError, DataError

@@ -13,14 +13,13 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ragged_features, subprocess_env
+from helpers import SCRIPTS, ragged_features, subprocess_env
 from lstm_jax import batching, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import CheckpointError
 from lstm_jax.model import SequenceModel
 
-HERE = Path(__file__).resolve().parent
 # Restoring a damaged checkpoint, orbax reads the arrays concurrently; when one read fails, the
 # others' futures are dropped unretrieved and Python reports them at garbage collection. That is
 # orbax's clean-up, not ours, and the error that matters is asserted in the tests.
@@ -265,7 +264,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 # --- through the runner, killed with SIGKILL -------------------------------------------------
 def _run(workdir, strategies, kill_at=0, fresh=False) -> subprocess.CompletedProcess:
   env = subprocess_env()
-  args = [sys.executable, str(HERE / "resume_check.py"), str(workdir), strategies, str(kill_at)]
+  args = [sys.executable, str(SCRIPTS / "resume_check.py"), str(workdir), strategies, str(kill_at)]
   return subprocess.run(
     args + (["fresh"] if fresh else []), capture_output=True, text=True, timeout=600, env=env
   )
@@ -276,9 +275,8 @@ def uninterrupted(tmp_path_factory):
   """The uninterrupted reference, run in this process (the killed and resumed runs are other
   processes: bit-identical numbers across processes are part of what is checked), with XLA's
   optimizations mostly off, as in the runner subprocesses."""
-  from resume_check import resume_config
-
   from lstm_jax import experiment
+  from scripts.resume_check import resume_config
 
   workdir = tmp_path_factory.mktemp("uninterrupted")
   before = jax.config.read("jax_disable_most_optimizations")
@@ -325,9 +323,8 @@ def test_runner_killed_with_sigkill_resumes_bit_identical(tmp_path, uninterrupte
 def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path):
   """In process, the resume test's config: a rerun reads the finished row back (not retrained,
   the same summary); --config.resume=False trains it again to the same numbers."""
-  from resume_check import resume_config
-
   from lstm_jax import experiment
+  from scripts.resume_check import resume_config
 
   experiment.train_and_evaluate(resume_config(("pack",)), str(tmp_path), quiet=True)
   summary = json.loads((tmp_path / "summary.json").read_text())

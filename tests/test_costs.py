@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ragged_features
+from helpers import ragged_features
 from lstm_jax import batching, config, costs, experiment, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel

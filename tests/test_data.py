@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import identity_dataset, ragged_features
+from helpers import identity_dataset, ragged_features
 from lstm_jax import tasks
 from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError

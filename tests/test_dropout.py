@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from conftest import ragged_features
+from helpers import ragged_features
 from lstm_jax import batching, train
 from lstm_jax.model import LSTM, SequenceModel
 

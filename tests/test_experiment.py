@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import max_rel_err, ragged_features
+from helpers import max_rel_err, ragged_features
 from lstm_jax import config, experiment, generate, report, sources
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import identity_dataset, override
+from helpers import identity_dataset, override
 from lstm_jax import batching, compiles, config, experiment, guards, report
 from lstm_jax.errors import ConfigError, DataError
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SCRIPTS
 from lstm_jax import host
 
-HERE = Path(__file__).resolve().parent
 glibc_only = pytest.mark.skipif(
   not host.libc().startswith("glibc"),
   reason=f"glibc's mallopt only; this is {host.libc() or 'unknown'}",
@@ -19,7 +19,7 @@ glibc_only = pytest.mark.skipif(
 
 def _faults(arm: str) -> dict:
   proc = subprocess.run(
-    [sys.executable, str(HERE / "page_faults_check.py"), arm],
+    [sys.executable, str(SCRIPTS / "page_faults_check.py"), arm],
     capture_output=True,
     text=True,
     timeout=300,

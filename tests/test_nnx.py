@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import HalfCell, four_strategies, max_rel_err, ragged_features
+from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
 from lstm_jax import batching, nnx_model, train
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import ConfigError, DataError

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import max_rel_err, ragged_features
+from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, recurrence, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import BACKWARDS, MATMUL_DTYPES, SequenceModel

@@ -12,13 +12,13 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from conftest import subprocess_env  # noqa: E402
+from helpers import SCRIPTS, subprocess_env  # noqa: E402
 
 
 def _sharded_check(part: str) -> dict:
-  """tests/sharded_check.py's `part` ("library" or "runner") on 4 forced CPU devices."""
+  """tests/scripts/sharded_check.py's `part` ("library" or "runner") on 4 forced CPU devices."""
   proc = subprocess.run(
-    [sys.executable, str(HERE / "sharded_check.py"), str(HERE), part],
+    [sys.executable, str(SCRIPTS / "sharded_check.py"), str(HERE), part],
     capture_output=True,
     text=True,
     timeout=600,
@@ -79,7 +79,7 @@ def test_batch_that_does_not_divide_by_devices(result):
 
 @pytest.mark.xdist_group("sharded_runner")  # its own subprocess, on either worker
 def test_runner_uses_all_local_devices_and_matches_one_device(runner_result):
-  """The runner on the smoke preset (bucket and tbptt; in tests/sharded_check.py), on 4
+  """The runner on the smoke preset (bucket and tbptt; in tests/scripts/sharded_check.py), on 4
   devices and on 1: rows say how many devices they used and every strategy gives the one-device
   numbers, token-budget bucketing included (its batches are composed as on one device, then
   widened with empty rows to a multiple of 4)."""
@@ -107,7 +107,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
 
   import optax
 
-  from conftest import ragged_features
+  from helpers import ragged_features
   from lstm_jax import batching, store, train
   from lstm_jax.model import SequenceModel
 
@@ -120,7 +120,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     subprocess.Popen(
       [
         sys.executable,
-        str(HERE / "multihost_check.py"),
+        str(SCRIPTS / "multihost_check.py"),
         str(HERE),
         str(port),
         str(i),

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ragged_features
+from helpers import ragged_features
 from lstm_jax import batching, data, store, train
 from lstm_jax.errors import DataError
 from lstm_jax.model import SequenceModel

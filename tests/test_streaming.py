@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import max_rel_err
+from helpers import max_rel_err
 from lstm_jax.errors import DataError
 from lstm_jax.model import LSTM, SequenceModel
 from lstm_jax.streaming import Streamer

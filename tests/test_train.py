@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import max_rel_err, ragged_features
+from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, compiles, tasks, train
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import next_token_dataset

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import override, run_smoke, subprocess_env
+from helpers import override, run_smoke, subprocess_env
 from lstm_jax import errors, experiment
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.workdir import WorkdirLock, settings_difference

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from test_sharding import MULTIHOST_LENGTHS  # noqa: E402
 
-from conftest import ragged_features  # noqa: E402
+from helpers import ragged_features  # noqa: E402
 from lstm_jax import batching, store, train  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 

@@ -3,7 +3,7 @@ named strategies, trained for two epochs with a checkpoint every 3 steps. With a
 process SIGKILLs itself (no clean-up, no atexit, as a machine failure would) once that train
 step has been logged and at least one checkpoint is complete.
 
-    python tests/resume_check.py WORKDIR STRATEGIES [KILL_AT_STEP [fresh]]
+    python tests/scripts/resume_check.py WORKDIR STRATEGIES [KILL_AT_STEP [fresh]]
 
 KILL_AT_STEP 0: no kill; "fresh": --config.resume=False.
 """
@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from configs import compare  # noqa: E402

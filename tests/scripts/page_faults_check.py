@@ -1,7 +1,7 @@
 """Run by tests/test_host.py: minor page faults per call of a compiled LSTM gradient whose XLA
 scratch (~75 MiB: B=64, T=128, H=256) is larger than a glibc thread arena's heap (64 MiB).
 
-    python tests/page_faults_check.py tuned|default
+    python tests/scripts/page_faults_check.py tuned|default
 
 Prints one JSON line: {"faults_per_call" (the median over the steady calls), "faults" (each call's),
 "temp_bytes", "rss_bytes", "malloc"}.
@@ -12,7 +12,7 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from lstm_jax import host  # noqa: E402
 

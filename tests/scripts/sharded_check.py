@@ -1,8 +1,8 @@
 """Run by tests/test_sharding.py in a subprocess with 4 forced CPU devices; prints JSON.
 
-python tests/sharded_check.py TESTS_DIR library   # each strategy for a few steps without a
+python tests/scripts/sharded_check.py TESTS_DIR library   # each strategy for a few steps without a
                                                    # mesh, on a 1-device and a 4-device mesh
-python tests/sharded_check.py TESTS_DIR runner    # the runner's smoke preset (two
+python tests/scripts/sharded_check.py TESTS_DIR runner    # the runner's smoke preset (two
                                                    # strategies, fewer sequences) on 1 and 4
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, sys.argv[1])
-from conftest import ragged_features  # noqa: E402
+from helpers import ragged_features  # noqa: E402
 from lstm_jax import batching, sharding, train  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
