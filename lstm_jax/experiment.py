@@ -466,7 +466,11 @@ def run_strategy(
     done = read_result(result_path, settings)
   if done is not None:
     log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
-    return done["row"], done["history"], done["curve"]
+    return (
+      _read_row(result_path, done["row"]).to_dict(finished=False),
+      done["history"],
+      done["curve"],
+    )
   strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
   planned = planned_steps(strategy, cfg)  # the row's steps: its schedule and its progress bar
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
@@ -558,7 +562,7 @@ def run_strategy(
   steady_seconds = sum(h["step_seconds"] for h in steady)
   computed = sum(h["computed_tokens"] for h in hist)
   train_rec = list(steps.train.records.values())
-  row = dict(
+  row = report.Row(
     strategy=name,
     seed=seed,
     compiles=dict(train=steps.train.compiles, eval=steps.eval.compiles),
@@ -587,11 +591,23 @@ def run_strategy(
     background_compiles=cfg.background_compiles,
     **compile_timing,
   )
+  row = row.to_dict(finished=False)  # the rest is set once every row of the seed has run
   if result_path and jax.process_index() == 0:
     write_json_atomically(
       result_path, dict(row=row, history=hist, curve=curve.points, settings=settings)
     )
   return row, hist, curve.points
+
+
+def _read_row(path: str, row: dict) -> report.Row:
+  """A finished row read back, checked to be one this runner writes."""
+  try:
+    return report.Row.from_dict(row)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(
+      f"{path} does not hold a row this runner writes ({e}); delete it, or run with "
+      f"--config.resume=False to start over."
+    ) from e
 
 
 def check_plans(built: dict[str, batching.Strategy], cfg: ml_collections.ConfigDict) -> dict:

@@ -14,6 +14,7 @@ Files written into the workdir:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -23,25 +24,79 @@ from typing import Any
 
 import numpy as np
 
-NUMERIC_KEYS = (
-  "compile_seconds",
-  "eval_compile_seconds",
-  "first_step_seconds",
-  "compiles_done_seconds",
-  "compile_wait_seconds",
-  "real_tokens",
-  "computed_tokens",
-  "padding_fraction",
-  "tokens_per_second",
-  "wall_seconds",
-  "time_to_target_seconds",
-  "eval_loss",
-  "eval_metric",
-  "step_memory_bytes",
-  "step_peak_bytes",
-  "peak_rss_bytes",
-  "steps",
-  "target_eval_loss",
+
+def _mean(order: int) -> dict:
+  """A Row field averaged over seeds in summary.json (with a `<key>_std`), in column `order`."""
+  return dict(metadata=dict(summary_order=order))
+
+
+_after = dict(default=None)  # set once every row of the seed has run (guards, the target)
+
+
+@dataclasses.dataclass
+class Row:
+  """One strategy and seed's result: the record results/<row>.json, runs.json and (averaged over
+  seeds, `aggregate`) summary.json hold, in this order. Built by `experiment.run_strategy`; the
+  last four fields are set when every row of its seed has run (`guards.mark_comparable`, the
+  target). `NUMERIC_KEYS`, the keys averaged over seeds, are the fields marked so here."""
+
+  strategy: str
+  seed: int
+  compiles: dict  # {"train": shapes compiled, "eval": ...}
+  compile_seconds: float = dataclasses.field(**_mean(0))
+  eval_compile_seconds: float = dataclasses.field(**_mean(1))
+  cache_loads: dict  # executables loaded from lstm_jax's executable cache, train and eval
+  shapes: int  # the strategy's train shapes
+  steps: int = dataclasses.field(**_mean(16))
+  batch_settings: dict  # what the strategy resolved (batch sizes, boundaries, ...)
+  real_tokens: int = dataclasses.field(**_mean(5))
+  computed_tokens: int = dataclasses.field(**_mean(6))
+  padding_fraction: float = dataclasses.field(**_mean(7))
+  tokens_per_second: float = dataclasses.field(**_mean(8))
+  wall_seconds: float = dataclasses.field(**_mean(9))  # the row's clock (experiment.RowClock)
+  eval_loss: float = dataclasses.field(**_mean(11))
+  eval_metric: float = dataclasses.field(**_mean(12))
+  metric: str  # what eval_metric is (accuracy, bits_per_byte, ...)
+  step_memory_bytes: int = dataclasses.field(**_mean(13))
+  step_peak_bytes: int = dataclasses.field(**_mean(14))
+  peak_rss_bytes: int = dataclasses.field(**_mean(15))
+  devices: int
+  processes: int
+  resumed_from_step: int | None
+  background_compiles: int
+  first_step_seconds: float | None = dataclasses.field(**_mean(2))
+  compiles_done_seconds: float = dataclasses.field(**_mean(3))
+  compile_wait_seconds: float = dataclasses.field(**_mean(4))
+  comparable: bool | None = dataclasses.field(**_after)
+  not_comparable: str | None = dataclasses.field(**_after)
+  target_eval_loss: float | None = dataclasses.field(**_after, **_mean(17))
+  time_to_target_seconds: float | None = dataclasses.field(**_after, **_mean(10))
+
+  AFTER = ("comparable", "not_comparable", "target_eval_loss", "time_to_target_seconds")
+
+  def to_dict(self, finished: bool = True) -> dict:
+    """The row as JSON holds it; `finished=False` leaves out the fields set after the seed's
+    rows have all run (results/<row>.json is written before they are)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return d if finished else {k: v for k, v in d.items() if k not in self.AFTER}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> Row:
+    """A row read back (results/<row>.json); cache_loads is absent from results made before it
+    existed. Unknown keys are an error: a file from another version of the runner."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"keys {unknown} are not fields of a row")
+    return cls(**dict(dict(cache_loads={}), **d))
+
+
+NUMERIC_KEYS = tuple(
+  f.name
+  for f in sorted(
+    (f for f in dataclasses.fields(Row) if "summary_order" in f.metadata),
+    key=lambda f: f.metadata["summary_order"],
+  )
 )
 PLOTS = (
   "eval_loss_vs_time.png",

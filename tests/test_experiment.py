@@ -18,31 +18,22 @@ from lstm_jax import config, experiment, generate, report, sources
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
+from lstm_jax.report import Row
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import compare  # noqa: E402
 
+# summary.json: per strategy, the Row fields averaged over seeds and those taken as they are
 SUMMARY_KEYS = (
   "strategy",
   "compiles",
-  "compile_seconds",
-  "real_tokens",
-  "computed_tokens",
-  "padding_fraction",
-  "tokens_per_second",
-  "wall_seconds",
-  "eval_loss",
-  "eval_metric",
-  "step_memory_bytes",
-  "step_peak_bytes",
-  "time_to_target_seconds",
-  "peak_rss_bytes",
   "devices",
-  "steps",
+  "metric",
   "comparable",
   "not_comparable",
   "batch_settings",
+  *report.NUMERIC_KEYS,
 )
 
 
@@ -91,6 +82,7 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   # background compiles (config.background_compiles=1): each row's clock shows its first step
   # and when its last shape compiled, and every shape compiled exactly once
   runs = json.loads((workdir / "runs.json").read_text())
+  assert all(list(r) == [f.name for f in dataclasses.fields(Row)] for r in runs)
   for r in runs:
     assert r["background_compiles"] == 1
     assert 0 < r["first_step_seconds"] <= r["wall_seconds"]

@@ -1,6 +1,7 @@
 """The runner's workdir: one runner at a time, results read back only under the settings that
 made them, and user errors printed as one message (no traceback)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +123,19 @@ def test_exit_on_user_error_keeps_tracebacks_for_everything_else(capsys):
   assert capsys.readouterr().err == "error (DataError): sequence 3 is empty; drop it.\n"
   with pytest.raises(RuntimeError, match="a bug"):  # not a user error: its traceback stays
     errors.exit_on_user_error(main)(RuntimeError("a bug"))
+
+
+def test_a_result_that_is_not_a_row_is_refused_in_one_line(tmp_path):
+  """results/<row>.json holding a key the row record (report.Row) has not, or lacking one it
+  needs: one ConfigError naming the file and the way out, not a KeyError later."""
+  first = experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
+  path = tmp_path / "results" / "tbptt-seed0.json"
+  done = json.loads(path.read_text())
+  assert experiment._read_row(str(path), done["row"]).eval_loss == first[0]["eval_loss"]
+  for broken in (
+    dict(done["row"], speed=1.0),
+    {k: v for k, v in done["row"].items() if k != "steps"},
+  ):
+    path.write_text(json.dumps(dict(done, row=broken)))
+    with pytest.raises(ConfigError, match=r"tbptt-seed0.json does not hold a row this runner"):
+      experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
