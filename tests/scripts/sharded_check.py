@@ -73,28 +73,22 @@ def library() -> dict:
 
 
 def runner() -> dict:
-  """The runner: the same command on 1 device and on all 4 (mesh.num_devices=0)."""
+  """The runner's smoke preset on all 4 devices (tests/test_sharding.py compares it with the
+  shared one-device smoke run)."""
   sys.path.insert(0, str(Path(sys.argv[1]).parent))
   from configs import compare
   from lstm_jax import experiment
 
-  out = {}
-  for devices in (1, 0):
-    cfg = compare.get_config("smoke")
-    cfg.strategies = RUNNER_STRATEGIES
-    cfg.data.max_sequences = 200
-    cfg.predict_costs = False
-    cfg.mesh.num_devices = devices
-    with tempfile.TemporaryDirectory() as workdir:
-      experiment.train_and_evaluate(cfg, workdir, quiet=True)
-      metrics = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
-      out[str(devices or jax.device_count())] = dict(
-        summary=json.loads((Path(workdir) / "summary.json").read_text()),
-        bucket_shapes=[
-          m["shape"] for m in metrics if m.get("strategy") == "bucket" and "shape" in m
-        ],
-      )
-  return out
+  cfg = compare.get_config("smoke")
+  cfg.strategies = RUNNER_STRATEGIES
+  cfg.predict_costs = False
+  with tempfile.TemporaryDirectory() as workdir:
+    experiment.train_and_evaluate(cfg, workdir, quiet=True)
+    metrics = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
+    return dict(
+      summary=json.loads((Path(workdir) / "summary.json").read_text()),
+      bucket_shapes=[m["shape"] for m in metrics if m.get("strategy") == "bucket" and "shape" in m],
+    )
 
 
 RUNNER_STRATEGIES = ("bucket", "tbptt")  # token-budget bucketing, and streams
