@@ -31,7 +31,7 @@ IDS = ["gru", "mgu", "simple", "flax_lstm", "optimized_lstm", "user_cell"]
 
 
 @functools.lru_cache(maxsize=None)
-def _setup(cell, bidirectional=False, num_layers=2):
+def _setup(cell, bidirectional=False, num_layers=1):
   ds = ragged_features(LENGTHS, num_features=3, seed=0)
   model = SequenceModel(
     hidden_size=H, num_outputs=2, num_layers=num_layers, cell=cell, bidirectional=bidirectional
@@ -115,9 +115,15 @@ def _check_whole_sequence_strategies(ds, model, state, names):
 FULL = ("gru", "flax_lstm", "user_cell")
 
 
+def _layers(cell) -> int:
+  """Two layers for the GRU, one for the others: stacking layers is the generic stack's own
+  code (each layer's outputs, masked, are the next one's inputs), the same for every cell."""
+  return 2 if cell == "gru" else 1
+
+
 @pytest.mark.parametrize("cell", GENERIC, ids=IDS)
 def test_any_cell_is_exact_padded_bucketed_and_packed(cell, request):
-  ds, model, state = _setup(cell)
+  ds, model, state = _setup(cell, num_layers=_layers(cell))
   assert stack_name(cell) == "rnn" and "rnn" in state.params
   full = request.node.callspec.id in FULL
   _check_whole_sequence_strategies(ds, model, state, WHOLE if full else ["pack"])
@@ -144,7 +150,7 @@ def _tbptt(ds, state, num_streams, chunk):
 
 @pytest.mark.parametrize("cell", [c for c, i in zip(GENERIC, IDS) if i in FULL], ids=FULL)
 def test_any_cell_tbptt_chunks_give_the_full_forward_and_gradient(cell):
-  ds, model, state = _setup(cell)
+  ds, model, state = _setup(cell, num_layers=_layers(cell))
   alone = _alone(ds, model, state)
   full_grad = jax.tree.map(lambda *gs: sum(gs), *[a[2] for a in alone])
   outs, _, _ = _tbptt(ds, state, num_streams=3, chunk=4)  # chunks cut sequences: carry handed on
@@ -295,7 +301,7 @@ def test_runner_trains_a_gru_and_records_it(tmp_path, capsys):
 
   cfg = compare.get_config("smoke")
   cfg.model.cell = "gru"
-  cfg.strategies = ("tbptt", "pack")
+  cfg.strategies = ("tbptt",)
   cfg.data.max_sequences = 200
   cfg.predict_costs = False
   experiment.train_and_evaluate(cfg, str(tmp_path))
