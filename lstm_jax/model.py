@@ -36,6 +36,7 @@ default.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -270,12 +271,18 @@ def recurrent_layer(
       matmul_dtype=matmul_dtype,
       name=name,
     )
-  if matmul_dtype != "float32":
+  check_cell_matmul(cell, matmul_dtype)
+  return CellLayer(cls, hidden_size, unroll, backward, name=name)
+
+
+def check_cell_matmul(cell: Any, matmul_dtype: str) -> None:
+  """bfloat16 matmuls are the hand-written LSTM's; every other cell computes in float32 (the
+  linen and NNX layers both ask here)."""
+  if resolve_cell(cell) is not None and matmul_dtype != "float32":
     raise ConfigError(
       f"matmul_dtype={matmul_dtype!r} is implemented for cell='lstm' only; use float32 "
       f"with cell {cell_name(cell)!r}."
     )
-  return CellLayer(cls, hidden_size, unroll, backward, name=name)
 
 
 class _MaskedStep(nn.Module):
@@ -531,6 +538,17 @@ class SequenceModel(nn.Module):
       return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
     return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
+  @property
+  def settings(self) -> ModelSettings:
+    """This model's settings as one frozen value (what the NNX front end holds)."""
+    return ModelSettings(
+      **{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)}
+    )
+
+  @nn.nowrap
+  def check_settings(self) -> None:
+    check_model_settings(self)
+
   @nn.compact
   def __call__(
     self,
@@ -549,12 +567,8 @@ class SequenceModel(nn.Module):
       x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(inputs)
     else:
       x = inputs
+    self.check_settings()
     if self.bidirectional:
-      if self.input_dropout > 0 or self.output_dropout > 0 or self.dropout_rate > 0:
-        raise ConfigError(
-          "dropout is not implemented for the bidirectional LSTM yet; set the "
-          "dropout rates to 0 or bidirectional=False."
-        )
       outputs, carry = BidirectionalLSTM(
         self.hidden_size,
         self.num_layers,
@@ -583,6 +597,39 @@ class SequenceModel(nn.Module):
     if mask is not None:
       preds = jnp.where(mask[..., None], preds, 0.0)
     return preds, carry
+
+
+def _settings_class() -> type:
+  """SequenceModel's fields as a frozen dataclass: the one list of model settings (linen's
+  fields) as a value that linen and the NNX front end share."""
+  fields = []
+  for f in dataclasses.fields(SequenceModel):
+    if f.name in ("parent", "name"):
+      continue
+    if f.default is dataclasses.MISSING:
+      fields.append((f.name, f.type))
+    else:
+      fields.append((f.name, f.type, dataclasses.field(default=f.default)))
+  cls = dataclasses.make_dataclass("ModelSettings", fields, frozen=True)
+  cls.__module__ = __name__
+  return cls
+
+
+ModelSettings = _settings_class()
+ModelSettings.__doc__ = """Every setting of a SequenceModel, frozen (a value: hashable, compared by
+its fields): `SequenceModel(...).settings`, the NNX model's `settings`, and
+`SequenceModel(**dataclasses.asdict(settings))` builds the linen model back."""
+
+
+def check_model_settings(s: Any) -> None:
+  """The combinations of settings a SequenceModel refuses (ConfigError), for linen's model and
+  the NNX front end alike (`s`: either model, or a ModelSettings)."""
+  if s.bidirectional and max(s.input_dropout, s.output_dropout, s.dropout_rate) > 0:
+    raise ConfigError(
+      "dropout is not implemented for the bidirectional LSTM yet; set the dropout rates to "
+      "0 or bidirectional=False."
+    )
+  check_cell_matmul(s.cell, s.matmul_dtype)
 
 
 class SequenceClassifier(nn.Module):

@@ -28,6 +28,7 @@ mode or with deterministic=True, as linen's deterministic=True).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -40,7 +41,7 @@ from lstm_jax import model as linen_model
 from lstm_jax import train
 from lstm_jax.batching import Strategy
 from lstm_jax.data import RaggedDataset
-from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.errors import DataError
 
 Array = jax.Array
 
@@ -124,11 +125,7 @@ def _layer(cell: Any, in_features: int, hidden_size: int, *, rngs, **layer) -> n
   """An LSTMLayer for cell "lstm", else a CellLayer (as linen's `model.recurrent_layer`)."""
   if linen_model.resolve_cell(cell) is None:
     return LSTMLayer(in_features, hidden_size, rngs=rngs, **layer)
-  if layer.get("matmul_dtype", "float32") != "float32":
-    raise ConfigError(
-      f"matmul_dtype={layer['matmul_dtype']!r} is implemented for cell='lstm' only; use "
-      f"float32 with cell {linen_model.cell_name(cell)!r}."
-    )
+  linen_model.check_cell_matmul(cell, layer.get("matmul_dtype", "float32"))
   return CellLayer(
     cell,
     in_features,
@@ -239,27 +236,31 @@ class SequenceModel(nnx.Module):
         "give the NNX SequenceModel either num_features (float inputs) or vocab_size (token "
         "ids), not both or neither."
       )
-    dropouts = dict(
-      dropout_rate=dropout_rate, input_dropout=input_dropout, output_dropout=output_dropout
-    )
-    if bidirectional and any(dropouts.values()):
-      raise ConfigError(
-        "dropout is not implemented for the bidirectional LSTM yet; set the dropout rates to "
-        "0 or bidirectional=False."
-      )
-    layer = dict(
-      input_projection=input_projection, unroll=unroll, backward=backward, matmul_dtype=matmul_dtype
-    )
-    self.settings = dict(
+    # The settings, one frozen value (linen's fields: `model.ModelSettings`), checked as linen
+    # checks them; `linen_twin` builds linen's model from it.
+    self.settings = linen_model.ModelSettings(
       hidden_size=hidden_size,
       num_outputs=num_outputs,
       num_layers=num_layers,
       vocab_size=vocab_size,
       embed_dim=embed_dim,
+      input_projection=input_projection,
+      unroll=unroll,
+      dropout_rate=dropout_rate,
+      input_dropout=input_dropout,
+      output_dropout=output_dropout,
       bidirectional=bidirectional,
+      backward=backward,
+      matmul_dtype=matmul_dtype,
       cell=cell,
-      **dropouts,
-      **layer,
+    )
+    linen_model.check_model_settings(self.settings)
+    st = self.settings
+    layer = dict(
+      input_projection=st.input_projection,
+      unroll=st.unroll,
+      backward=st.backward,
+      matmul_dtype=st.matmul_dtype,
     )
     self.vocab_size = vocab_size
     if vocab_size is not None:
@@ -268,6 +269,11 @@ class SequenceModel(nnx.Module):
     if bidirectional:
       stack = BidirectionalLSTM(in_features, hidden_size, num_layers, cell=cell, rngs=rngs, **layer)
     else:
+      dropouts = dict(
+        dropout_rate=st.dropout_rate,
+        input_dropout=st.input_dropout,
+        output_dropout=st.output_dropout,
+      )
       stack = LSTM(in_features, hidden_size, num_layers, cell=cell, rngs=rngs, **dropouts, **layer)
     self.stack_name = linen_model.stack_name(cell)
     setattr(self, self.stack_name, stack)
@@ -297,7 +303,8 @@ class SequenceModel(nnx.Module):
 
 def linen_twin(model: SequenceModel) -> linen_model.SequenceModel:
   """The linen SequenceModel with the same settings: its params are `to_linen_params(model)`."""
-  return linen_model.SequenceModel(**model.settings)
+  s = model.settings
+  return linen_model.SequenceModel(**{f.name: getattr(s, f.name) for f in dataclasses.fields(s)})
 
 
 def to_linen_params(model: nnx.Module) -> dict:

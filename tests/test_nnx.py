@@ -2,6 +2,9 @@
 same outputs and gradients for the same weights, training under every strategy with compiles
 counted, and a hand-written NNX loop over lstm_jax batches that follows train.fit."""
 
+import dataclasses
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,7 @@ from flax import nnx
 
 from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
 from lstm_jax import batching, nnx_model, train
+from lstm_jax import model as linen_model
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import stack_name
@@ -147,7 +151,7 @@ def test_any_cell_and_bidirectional_match_linen_exactly(kw):
   twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
   ref = train.create_train_state(twin, optax.sgd(0.1), ds, seed=3).params
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref)
-  assert set(params) == {stack_name(m.settings["cell"]), "head"}
+  assert set(params) == {stack_name(m.settings.cell), "head"}
   args, a = _check_same_as_linen(m)
   nnx_model.from_linen_params(m, ref)  # linen -> NNX -> linen, exact
   assert jax.tree.all(jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), ref))
@@ -193,3 +197,24 @@ def test_nnx_dropout_is_linens_setting_and_off_in_eval_mode():
     _model(bidirectional=True, dropout_rate=0.1)
   with pytest.raises(ConfigError, match="implemented for cell='lstm' only"):
     _model(cell="gru", matmul_dtype="bfloat16")
+
+
+def test_the_nnx_models_settings_are_one_frozen_value_with_linens_fields():
+  """One list of model settings: linen's SequenceModel fields. The NNX model takes exactly those
+  (plus num_features and rngs), keeps them as one frozen value (`settings`, a ModelSettings, as
+  linen's `.settings`), and refuses what linen refuses through the same check."""
+  taken = set(inspect.signature(nnx_model.SequenceModel.__init__).parameters)
+  fields = {f.name for f in dataclasses.fields(linen_model.SequenceModel)} - {"parent", "name"}
+  assert taken - {"self", "num_features", "rngs"} == fields
+  m = nnx_model.SequenceModel(4, 2, num_features=3, cell="gru", rngs=nnx.Rngs(0))
+  twin = nnx_model.linen_twin(m)
+  assert twin == linen_model.SequenceModel(4, 2, cell="gru") and m.settings == twin.settings
+  assert isinstance(m.settings, linen_model.ModelSettings) and hash(m.settings)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    m.settings.hidden_size = 8  # frozen: a value, not a second copy to keep in step
+  for kw in (dict(bidirectional=True, dropout_rate=0.1), dict(cell="gru", matmul_dtype="bfloat16")):
+    with pytest.raises(ConfigError) as nnx_error:
+      nnx_model.SequenceModel(4, 2, num_features=3, rngs=nnx.Rngs(0), **kw)
+    with pytest.raises(ConfigError) as linen_error:
+      linen_model.SequenceModel(4, 2, **kw).check_settings()
+    assert str(nnx_error.value) == str(linen_error.value)
