@@ -83,8 +83,16 @@ def read_result(path: str, settings: dict) -> dict | None:
   settings."""
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    done = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      done = json.load(f)
+    if not isinstance(done, dict):
+      raise ValueError(f"it holds a JSON {type(done).__name__}, not a result")
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise ConfigError(
+      f"the finished result {path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it "
+      f"to train that row again, or run with --config.resume=False to start over."
+    ) from e
   check_settings(path, done.get("settings"), settings, "the finished result")
   return done
 

@@ -126,6 +126,13 @@ def _result_of_other_settings():
   workdir.read_result(str(path), {"model.hidden_size": 32})
 
 
+def _damaged_result():
+  path = _fresh("results") / "tbptt-seed0.json"
+  path.parent.mkdir(parents=True)
+  path.write_text('{"row": {"strategy": "tbptt", "seed": 0, "ste')  # cut short by a kill
+  workdir.read_result(str(path), {})
+
+
 def _busy_workdir():
   with workdir.WorkdirLock(str(_fresh("busy"))):
     workdir.WorkdirLock(str(TMP / "busy"))
@@ -400,6 +407,12 @@ CASES = [
     "a finished result made with other settings (e.g. hidden size)",
     _result_of_other_settings,
     r"made with different settings \(model.hidden_size: 16 there, 32 here\).*new --workdir",
+  ),
+  Case(
+    "workdir",
+    "a finished result cut short (a kill while it was written by hand, a full disk)",
+    _damaged_result,
+    r"tbptt-seed0.json is damaged \(JSONDecodeError: .*delete it to train that row again",
   ),
   Case(
     "workdir",

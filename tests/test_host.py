@@ -23,11 +23,16 @@ def _faults(arm: str) -> dict:
     capture_output=True,
     text=True,
     timeout=300,
-    env={  # glibc's and XLA's defaults
-      k: v
-      for k, v in os.environ.items()
-      if k not in ("GLIBC_TUNABLES", "XLA_FLAGS") and not k.startswith("MALLOC_")
-    },
+    env=dict(  # glibc's and XLA's defaults; the second arm loads the step the first compiled
+      {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GLIBC_TUNABLES", "XLA_FLAGS") and not k.startswith("MALLOC_")
+      },
+      JAX_COMPILATION_CACHE_DIR=os.environ["LSTM_JAX_TEST_CACHE"],
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    ),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
