@@ -427,6 +427,7 @@ def run_strategy(
   cfg: ml_collections.ConfigDict,
   seed: int,
   log,
+  *,
   mesh: jax.sharding.Mesh | None = None,
   workdir: str | None = None,
   strategy: batching.Strategy | None = None,
@@ -756,12 +757,12 @@ def _train_and_evaluate(
         cfg,
         seed,
         log,
-        mesh,
-        workdir,
-        built[name] if first else None,
-        identity,
-        prepared.get(name) if first else None,
-        finished.get((name, seed)),
+        mesh=mesh,
+        workdir=workdir,
+        strategy=built[name] if first else None,
+        data_identity=identity,
+        prepared=prepared.get(name) if first else None,
+        done=finished.get((name, seed)),
       )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
