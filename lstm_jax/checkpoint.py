@@ -22,23 +22,41 @@ when complete, so a process killed mid-write leaves the previous checkpoints int
 handed to orbax are fresh device copies, because the train step donates (reuses) the state's
 buffers while the write may still be running.
 
-`restore` tries the newest checkpoint first; if it is damaged (a truncated file, a missing
-directory, unreadable metadata) it warns, naming the step directory and the error, and falls back
-to the next older one. Only when every checkpoint is unreadable does it raise `CheckpointError`.
+Every array's SHA-256 (of its dtype, shape and bytes) is stored in the JSON part at save and
+checked at restore, so damage that still reads (bytes flipped inside the array data, the size
+kept) is caught like damage that does not: `restore` tries the newest checkpoint first; if it is
+damaged (a checksum that differs, a truncated file, a missing directory, unreadable metadata) it
+warns once, naming the step directory, the array or the error, moves that step aside into
+`damaged/<step>` (so it is never the newest again, and the retrained step can be saved over its
+number) and falls back to the next older one. Only when every checkpoint is unreadable does it
+raise `CheckpointError`.
+
+A write that fails (no space, a read-only or immutable directory, an I/O error) raises one
+`CheckpointError` naming the step, the directory and the cause, within seconds: before orbax
+starts a write, the step's directory is probed (orbax's own threads would otherwise wait forever
+for a directory they could not create). Orbax's tracebacks from such faults (its logged errors,
+its threads' uncaught exceptions) are kept off the terminal and summarised in that error or
+warning; the `lstm_jax.orbax` logger has them in full at DEBUG level.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import sys
+import threading
 import warnings
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from lstm_jax.errors import CheckpointError, ConfigError
@@ -92,9 +110,17 @@ class Checkpointer:
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
     )
-    self.manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=("arrays", "stream")
-    )
+    _NOISE.install()
+    try:
+      self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("arrays", "stream")
+      )
+    except OSError as e:
+      raise CheckpointError(
+        f"cannot create the checkpoint directory {self.directory}: {_os_cause(e)}. Give the run "
+        f"a --workdir it can write, or fix that directory's permissions."
+      ) from e
+    self._noise_mark = _NOISE.mark()
     self._writing: int | None = None  # the newest step handed to orbax
     self._failure: CheckpointError | None = None
     self.history_path = os.path.join(self.directory, HISTORY_FILE)
@@ -120,18 +146,24 @@ class Checkpointer:
     stream without an "extra" key gets `extra_state()`'s (or an empty one)."""
     if self._failure is not None:
       raise self._failure
+    try:  # what went wrong in the previous background write is that write's failure
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._write_failed(e, self._writing) from e
     if step in self.manager.all_steps():
       return False
+    self._probe(step)
     arrays = jax.tree.map(jnp.copy, _arrays_of(state, carry))  # the step donates the originals
     if "extra" not in stream:
       stream = dict(stream, extra=self.extra_state() if self.extra_state is not None else {})
     stream = json.loads(json.dumps(stream))  # a snapshot: the write runs after the caller moves on
+    stream["checksums"] = checksums(arrays)
     if "history" in stream:
       try:
         stream.update(self._log_history(stream.pop("history")))
       except OSError as e:
         raise self._write_failed(e, step) from e
-    try:  # orbax also raises here what went wrong in the previous background write
+    try:
       saved = self.manager.save(
         step,
         args=ocp.args.Composite(
@@ -153,9 +185,9 @@ class Checkpointer:
     if not steps:
       return None
     template = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays_of(state, carry))
-    errors = []
+    damaged = []  # (step, why) of the newer ones tried first
     for step in reversed(steps):
-      path = os.path.join(self.directory, str(step))
+      mark = _NOISE.mark()
       try:
         got = self.manager.restore(
           step,
@@ -166,18 +198,14 @@ class Checkpointer:
         arrays, stream = got["arrays"], dict(got["stream"])
         if jax.tree.structure(arrays) != jax.tree.structure(template):
           raise ValueError("its arrays do not have the structure of this run's state")
+        verify_checksums(arrays, stream)
         history_bytes = self._read_history(stream)
       except Exception as e:  # orbax/tensorstore raise many kinds; each means "unreadable"
-        cause = str(e).splitlines()[0].split(" [tensorstore_spec")[0]  # drop the long spec dump
-        errors.append(f"{path}: {type(e).__name__}: {cause[:600]}")
-        warnings.warn(
-          f"checkpoint {path} is damaged or incomplete ({errors[-1]}); falling back "
-          f"to the previous one.",
-          RuntimeWarning,
-          stacklevel=2,
-        )
+        damaged.append((step, _cause(e) + _NOISE.summary(mark)))
         continue
+      path = os.path.join(self.directory, str(step))
       _check_identity(path, stream, identity)
+      self._report_damaged(damaged, fallback=step)
       self._resume_history(stream, history_bytes)
       state = state.replace(
         params=arrays["params"],
@@ -186,11 +214,30 @@ class Checkpointer:
         rng=arrays["rng"],
       )
       return Restored(step=step, state=state, carry=arrays["carry"], stream=stream)
+    self._report_damaged(damaged, fallback=None)
     raise CheckpointError(
-      f"every checkpoint in {self.directory} is damaged or incomplete:\n  "
-      + "\n  ".join(errors)
-      + f"\nDelete {self.directory} (or run with --config.resume=False) to start over."
+      f"every checkpoint in {self.directory} is damaged or incomplete ("
+      + "; ".join(f"step {step}: {why}" for step, why in damaged)
+      + f"). Nothing was moved or deleted: delete {self.directory} (or run with "
+      f"--config.resume=False) to start over."
     )
+
+  def _report_damaged(self, damaged: list, fallback: int | None) -> None:
+    """One warning per damaged step. With a readable `fallback`, each is first moved aside,
+    so it is never the newest again; with none, all are left in place for the error."""
+    for step, why in damaged:
+      path = os.path.join(self.directory, str(step))
+      moved = self._move_aside(step) if fallback is not None else ""
+      warnings.warn(
+        f"checkpoint {path} is damaged or incomplete ({why}); {moved}"
+        + (
+          f"falling back to step {fallback}."
+          if fallback is not None
+          else "no older one is readable."
+        ),
+        RuntimeWarning,
+        stacklevel=4,
+      )
 
   def read(self, step: int | None = None) -> tuple[dict, dict]:
     """(arrays, stream) of checkpoint `step` (default: the newest) as saved, without a template:
@@ -198,13 +245,49 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}.")
-    got = self.manager.restore(
-      step,
-      args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), stream=ocp.args.JsonRestore()),
-    )
-    stream = dict(got["stream"])
-    self._read_history(stream)
+    path = os.path.join(self.directory, str(step))
+    try:
+      got = self.manager.restore(
+        step,
+        args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), stream=ocp.args.JsonRestore()),
+      )
+      stream = dict(got["stream"])
+      verify_checksums(got["arrays"], stream)
+      self._read_history(stream)
+    except Exception as e:  # orbax/tensorstore raise many kinds; each means "unreadable"
+      raise CheckpointError(
+        f"checkpoint {path} is damaged or incomplete ({_cause(e)}); read another step "
+        f"(the steps here: {self.steps()}), or rerun the row to write it again."
+      ) from e
     return got["arrays"], stream
+
+  def _probe(self, step: int) -> None:
+    """Raises the write's CheckpointError now if no directory can be made here: orbax would
+    start the write's threads first, and they would wait forever for the directory."""
+    probe = os.path.join(self.directory, f".probe-{step}-{os.getpid()}")
+    try:
+      os.mkdir(probe)
+      os.rmdir(probe)
+    except OSError as e:
+      raise self._write_failed(e, step) from e
+
+  def _move_aside(self, step: int) -> str:
+    """Moves a damaged step into damaged/ (one process does it); says where, for the warning."""
+    path = os.path.join(self.directory, str(step))
+    if jax.process_index() != 0 or not os.path.isdir(path):
+      return ""
+    aside = os.path.join(self.directory, DAMAGED_DIR, str(step))
+    n = 1
+    while os.path.exists(aside):
+      n += 1
+      aside = os.path.join(self.directory, DAMAGED_DIR, f"{step}-{n}")
+    try:
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.replace(path, aside)
+    except OSError as e:
+      return f"it could not be moved aside ({_os_cause(e)}); "
+    self.manager.reload()
+    return f"moved to {aside}; "
 
   def _log_history(self, history: list[dict]) -> dict:
     """Appends the records history.jsonl lacks (all of them, afresh, when what it holds is not
@@ -301,25 +384,36 @@ class Checkpointer:
       self.manager.close()  # waits for and stops orbax's background writes
     except Exception:  # it reports the same failure again; the cause is already in hand
       pass
-    partial = sorted(d for d in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in d)
+    try:
+      listed = os.listdir(self.directory)
+    except OSError:
+      listed = []
+    partial = sorted(d for d in listed if ".orbax-checkpoint-tmp" in d)
     if partial and partial[0].split(".")[0].isdigit():
       step = int(partial[0].split(".")[0])  # an earlier background write is what failed
     for d in partial:
       shutil.rmtree(os.path.join(self.directory, d), ignore_errors=True)
     cause = " ".join(str(error).split())[:500]
-    free = shutil.disk_usage(self.directory).free
-    good = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
+    if isinstance(error, OSError) and error.errno is not None:
+      cause = _os_cause(error)
+    cause += _NOISE.summary(self._noise_mark)
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      free = 0
+    good = sorted(int(d) for d in listed if d.isdigit())
+    fix = _FIXES.get(getattr(error, "errno", None)) or next(
+      (f for code, f in _FIXES.items() if f"os_error_code='{code}'" in str(error)), _FIXES[None]
+    )
     self._failure = CheckpointError(
       f"could not write the checkpoint{f' of step {step}' if step is not None else ''} in "
       f"{self.directory}: {type(error).__name__}: {cause} ({free / 2**20:,.1f} MiB free there). "
       + (f"The partial write was removed ({', '.join(partial)}). " if partial else "")
       + (
-        f"The complete checkpoints (steps {good}) are intact: free some space (or fix the "
-        f"directory's permissions) and run the same command again to resume from step "
-        f"{good[-1]}."
+        f"The complete checkpoints (steps {good}) are intact: {fix}, and run the same command "
+        f"again to resume from step {good[-1]}."
         if good
-        else "No complete checkpoint exists yet: free some space (or fix the directory's "
-        "permissions) and run the same command again."
+        else f"No complete checkpoint exists yet: {fix}, and run the same command again."
       )
     )
     return self._failure
@@ -329,6 +423,154 @@ class Checkpointer:
 
 
 HISTORY_FILE = "history.jsonl"
+# what to do about a failed write, by its errno (orbax reports tensorstore's as os_error_code)
+_FIXES = {
+  errno.ENOSPC: "free some space there",
+  errno.EDQUOT: "free some of your disk quota",
+  errno.EPERM: "make the directory writable (it is immutable or not yours: chattr -i, chown)",
+  errno.EACCES: "make the directory writable (chmod u+w, or run as its owner)",
+  errno.EROFS: "give the run a --workdir on a writable file system (this one is read-only)",
+  errno.EIO: "check the disk (an I/O error: dmesg says more)",
+  None: "free some space, or fix the directory's permissions",
+}
+DAMAGED_DIR = "damaged"  # damaged steps moved aside (orbax reads only numbered directories)
+
+
+def checksums(arrays) -> dict[str, str | None]:
+  """SHA-256 of each array's dtype, shape and bytes, by its path in the tree. An array split
+  across processes (not replicated) has None: no process holds all of its bytes."""
+  return {_key(path): _digest(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(arrays)}
+
+
+def _key(path) -> str:
+  """'opt_state/0/mu/head/bias': the same whether read into the run's own containers (optax's
+  named tuples) or orbax's plain dicts and lists."""
+  names = (getattr(k, a) for k in path for a in ("key", "idx", "name") if hasattr(k, a))
+  return "/".join(str(n) for n in names)
+
+
+def _digest(x) -> str | None:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      return None
+    x = x.addressable_data(0)
+  a = np.ascontiguousarray(np.asarray(x))
+  h = hashlib.sha256(f"{a.dtype.name}{a.shape}".encode())
+  h.update(a.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
+def verify_checksums(arrays, stream: dict) -> None:
+  """ValueError naming the first array whose bytes differ from the checksum saved with them.
+  Checkpoints written before checksums were saved have none to check."""
+  saved = stream.get("checksums")
+  if saved is None:
+    return
+  now = checksums(arrays)
+  bad = [k for k, v in now.items() if saved.get(k) is not None and v is not None and saved[k] != v]
+  missing = sorted(set(saved) - set(now))
+  if bad or missing:
+    raise ValueError(
+      f"array {(bad or missing)[0]} does not match the checksum saved with it "
+      f"({len(bad) + len(missing)} of {len(saved)} arrays differ)"
+    )
+
+
+def _cause(e: Exception) -> str:
+  """An exception in one line, without tensorstore's long spec dump."""
+  text = str(e).splitlines()[0].split(" [tensorstore_spec")[0] if str(e) else ""
+  return f"{type(e).__name__}: {text[:600]}"
+
+
+def _os_cause(e: OSError) -> str:
+  name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
+  return f"{e.strerror or e} ({name}){f' at {e.filename}' if e.filename else ''}"
+
+
+_ORBAX_LOG = logging.getLogger("lstm_jax.orbax")
+
+
+def _from_orbax(tb) -> bool:
+  while tb is not None:
+    if "/orbax/" in tb.tb_frame.f_code.co_filename.replace(os.sep, "/"):
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _OrbaxNoise(logging.Filter):
+  """Keeps orbax's tracebacks off the terminal once a Checkpointer exists: its logged errors
+  (absl, and asyncio's unretrieved-exception reports), its threads' uncaught exceptions and its
+  dropped futures' errors. Each goes to the `lstm_jax.orbax` logger at DEBUG, in full, and its
+  first line is kept for the one warning or CheckpointError that reports the fault."""
+
+  def __init__(self):
+    super().__init__()
+    self.lines: list[str] = []
+    self.lock = threading.Lock()
+    self.installed = False
+
+  def install(self) -> None:
+    with self.lock:
+      if self.installed:
+        return
+      self.installed = True
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).addFilter(self)
+    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+
+    def excepthook(args):
+      if not self._take(args.exc_value, args.exc_traceback):
+        thread_hook(args)
+
+    def unraisablehook(args):
+      if not self._take(args.exc_value, args.exc_traceback):
+        unraisable_hook(args)
+
+    threading.excepthook = excepthook
+    sys.unraisablehook = unraisablehook
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:  # orbax's one warning on every read-only look is noise
+      return not record.getMessage().startswith("Given directory is read only")
+    ours = "/orbax/" in record.pathname.replace(os.sep, "/")
+    if not ours and record.exc_info and record.exc_info[2] is not None:
+      ours = _from_orbax(record.exc_info[2])
+    if not ours:
+      return True
+    self._keep(record.getMessage().splitlines()[0] if record.getMessage() else record.name)
+    _ORBAX_LOG.debug(record.getMessage(), exc_info=record.exc_info)
+    return False
+
+  def _take(self, exc, tb) -> bool:
+    if exc is None or not _from_orbax(tb):
+      return False
+    self._keep(_cause(exc))
+    _ORBAX_LOG.debug("orbax: %s", _cause(exc), exc_info=(type(exc), exc, tb))
+    return True
+
+  def _keep(self, line: str) -> None:
+    line = re.sub(r"^(\[[^\]]*\])+\s*", "", line)  # orbax's [process=0][thread=...] prefix
+    with self.lock:
+      self.lines.append(line[:300])
+
+  def mark(self) -> int:
+    with self.lock:
+      return len(self.lines)
+
+  def summary(self, mark: int) -> str:
+    """'; orbax reported N errors, the first: ...' for those kept since `mark`, or ""."""
+    with self.lock:
+      new = self.lines[mark:]
+    if not new:
+      return ""
+    return (
+      f"; orbax reported {len(new)} error{'s' * (len(new) != 1)} (the first: {new[0][:200]}; "
+      f"all of them at DEBUG level on the 'lstm_jax.orbax' logger)"
+    )
+
+
+_NOISE = _OrbaxNoise()
 
 
 def _arrays_of(state, carry) -> dict:

@@ -7,8 +7,13 @@ them). Every message names the problem (which sequence, which key, which value) 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import threading
+import time
 from typing import Callable
+
+from lstm_jax.preemption import EXIT_PREEMPTED, Preempted
 
 
 class LstmJaxError(ValueError):
@@ -29,8 +34,10 @@ class CheckpointError(LstmJaxError):
 
 def exit_on_user_error(main: Callable) -> Callable:
   """Wraps a command-line main: an `LstmJaxError` is printed as one message on stderr (no
-  traceback: the message is the part that matters) and the process exits with status 2; any
-  other exception is a bug or a machine fault and keeps its traceback."""
+  traceback: the message is the part that matters) and the process exits with status 2; a
+  `Preempted` (training stopped at a SIGTERM or SIGINT, its checkpoint written) is one line and
+  status 75 (`EXIT_PREEMPTED`); any other exception is a bug or a machine fault and keeps its
+  traceback."""
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
@@ -38,6 +45,32 @@ def exit_on_user_error(main: Callable) -> Callable:
       return main(*args, **kwargs)
     except LstmJaxError as e:
       print(f"error ({type(e).__name__}): {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
+      exit_without_hanging(2)
+    except Preempted as e:  # a SIGTERM or SIGINT, after the checkpoint was written
+      print(f"preempted: {e}", file=sys.stderr, flush=True)
+      exit_without_hanging(EXIT_PREEMPTED)
 
   return wrapped
+
+
+def exit_without_hanging(status: int, grace_seconds: float = 2.0) -> None:
+  """sys.exit(status), unless threads that would keep the process from exiting are still running
+  after `grace_seconds` (orbax's, waiting for a checkpoint write that failed; a batch job would
+  hold its allocation until killed): then the streams are flushed and the process ends at once
+  with `status`."""
+  deadline = time.monotonic() + grace_seconds
+
+  def blocking():
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+
+  for t in blocking():
+    try:
+      t.join(max(0.0, deadline - time.monotonic()))
+    except Exception:  # orbax's threads raise TimeoutError from join instead of returning
+      pass
+  if blocking():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)

@@ -47,6 +47,7 @@ from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
+from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.store import StoredDataset
 from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
 
@@ -434,6 +435,7 @@ def run_strategy(
   data_identity: dict | None = None,
   prepared: tuple[train.TrainState, train.StepFunctions] | None = None,
   done: dict | None = None,
+  preemption: Preemption | None = None,
 ) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
@@ -446,6 +448,8 @@ def run_strategy(
   prepared: the row's initial train state and step functions, if made already (`preflight`;
     the steps are compiled for that state's optimizer and model objects), else made here.
   done: the run's finished result, if the caller read it already (`check_workdir_settings`).
+  preemption: an entered `Preemption`: at a SIGTERM or SIGINT the row stops after the step in
+    flight with a checkpoint and `Preempted` is raised, naming the row; nothing else is written.
   Before the first step the largest train step is compiled and checked by the memory guard (by
   preflight, for the first seed), its compile seconds charged to the row's clock at its start.
   With `cfg.background_compiles` (the default) fit then compiles the row's other shapes in the
@@ -527,21 +531,26 @@ def run_strategy(
     curve.points = list(resumed.extra["curve"])
     log.resumed(resumed.position.real_tokens, clock.train_seconds + compiled_ahead)
   clock.tick(compiled_ahead)  # the compile made before the first step
-  result = train.fit(
-    state,
-    strategy,
-    epochs=cfg.train.epochs or None,
-    max_real_tokens=cfg.train.real_tokens or None,
-    steps=steps,
-    callback=on_step,
-    precompile_shapes="background" if background else False,
-    compile_workers=cfg.background_compiles,
-    eval_every_tokens=cfg.train.eval_every_tokens,
-    on_eval=on_eval,
-    checkpointer=checkpointer,
-    settings=settings,
-    resumed=resumed,
-  )
+  try:
+    result = train.fit(
+      state,
+      strategy,
+      epochs=cfg.train.epochs or None,
+      max_real_tokens=cfg.train.real_tokens or None,
+      steps=steps,
+      callback=on_step,
+      precompile_shapes="background" if background else False,
+      compile_workers=cfg.background_compiles,
+      eval_every_tokens=cfg.train.eval_every_tokens,
+      on_eval=on_eval,
+      checkpointer=checkpointer,
+      settings=settings,
+      resumed=resumed,
+      preemption=preemption,
+    )
+  except Preempted as e:
+    log.end()
+    raise e.for_row(f"{name} seed {seed}") from None
   if not curve.covers(result.real_tokens):
     on_eval(result.state, result.real_tokens)
   log.end()
@@ -699,8 +708,8 @@ def train_and_evaluate(
     sharding.initialize(d.coordinator, d.num_processes, d.process_id)
   mesh = sharding.make_mesh(cfg.mesh.num_devices)
   writer = jax.process_index() == 0  # one process writes the files, and holds the workdir
-  with WorkdirLock(workdir) if writer else contextlib.nullcontext():
-    return _train_and_evaluate(cfg, workdir, mesh, writer, quiet or not writer)
+  with WorkdirLock(workdir) if writer else contextlib.nullcontext(), Preemption() as preemption:
+    return _train_and_evaluate(cfg, workdir, mesh, writer, quiet or not writer, preemption)
 
 
 def _train_and_evaluate(
@@ -709,6 +718,7 @@ def _train_and_evaluate(
   mesh: jax.sharding.Mesh | None,
   writer: bool,
   quiet: bool,
+  preemption: Preemption | None = None,
 ) -> list[dict]:
   if writer:
     if not cfg.resume:  # start over: what an earlier run left would be mixed in otherwise
@@ -763,6 +773,7 @@ def _train_and_evaluate(
         data_identity=identity,
         prepared=prepared.get(name) if first else None,
         done=finished.get((name, seed)),
+        preemption=preemption,
       )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist

@@ -39,6 +39,7 @@ from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell
+from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.prefetch import Prefetch
 
 LOSS_KINDS = ("classification", "regression")
@@ -517,6 +518,7 @@ def fit(
   settings: dict | None = None,
   resumed: Resumed | None = None,
   prefetch: int = 2,
+  preemption: Preemption | None = None,
 ) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
@@ -542,6 +544,10 @@ def fit(
   prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
     does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
     each batch in the loop. The numbers are the same either way.
+  preemption: an entered `Preemption`, asked after each step whether a SIGTERM or SIGINT came;
+    if so, the step in flight completes, a checkpoint of it is written (and waited for), and
+    fit raises `Preempted` naming the step and the checkpoint's directory. Resuming from it
+    loses no step.
   """
   _check_fit_arguments(state, strategy, epochs, max_real_tokens)
   steps = steps or StepFunctions.create()
@@ -622,6 +628,11 @@ def fit(
         pending.restart_clock()  # evaluation time belongs to no step
       if checkpointer is not None and checkpointer.due(run.step):
         save()
+      if preemption is not None and preemption.requested():
+        if checkpointer is not None:
+          save(force=True)
+          checkpointer.wait()
+        raise Preempted(preemption.signal_name, run.step, checkpointer and checkpointer.directory)
       if stop.reached(run.position):
         break
     pending.flush()

@@ -3,6 +3,7 @@ uninterrupted one (in process, and through the runner killed with SIGKILL); dama
 fall back to the previous good one; a NaN loss keeps the last good checkpoint."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,51 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, data, in
   assert got.resumed_from == 6
 
 
+def _damage_that_reads(interrupted, tmp_path) -> Path:
+  """A copy of `interrupted` whose step 9 holds step 6's array data: it reads without an error,
+  with other values than were saved, as bit rot that still decodes does. (Bytes inverted inside
+  these tiny checkpoints' data files make the read fail, which the fallback caught already;
+  bigger arrays are stored so that such bytes read back changed.)"""
+  copy = tmp_path / "ck"
+  shutil.copytree(interrupted, copy)
+  shutil.rmtree(copy / "9" / "arrays")
+  shutil.copytree(copy / "6" / "arrays", copy / "9" / "arrays")
+  return copy
+
+
+def test_damage_that_reads_is_caught_by_the_checksum_moved_aside_and_saved_over(
+  tmp_path, data, interrupted
+):
+  """Issue 23: array data that reads back with other values than were saved resumed silently
+  before. The checksum saved with each array catches it: one warning naming
+  the step and the array, step 9 moved to damaged/9, the run resumes from 6, saves step 9 again
+  over the freed number, and ends bit-identical to a run resumed from an intact step 6."""
+  strategy = _strategies(data)["tbptt"]
+  directory = _damage_that_reads(interrupted, tmp_path)
+  shutil.copytree(interrupted, tmp_path / "intact")
+  shutil.rmtree(tmp_path / "intact" / "9")
+  want = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path / "intact"))
+  with pytest.warns(RuntimeWarning) as caught:
+    got = train.fit(
+      _state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, 3, keep=100)
+    )
+  said = [str(w.message) for w in caught if "checkpoint" in str(w.message)]
+  assert len(said) == 1, said
+  assert re.match(
+    rf"checkpoint {directory / '9'} is damaged or incomplete \(ValueError: array "
+    rf"\S+ does not match the checksum saved with it \(\d+ of \d+ arrays differ\)\); moved to "
+    rf"{directory / 'damaged' / '9'}; falling back to step 6\.$",
+    said[0],
+  ), said[0]
+  assert got.resumed_from == 6
+  assert _bit_identical(got.state.params, want.state.params)
+  assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
+  assert (directory / "damaged" / "9" / "arrays").is_dir()
+  ckpt = Checkpointer(directory)
+  assert 9 in ckpt.steps()
+  ckpt.read(9)  # the step saved again, which reads and verifies
+
+
 def test_every_checkpoint_damaged_is_an_error_naming_the_directory(tmp_path, data, interrupted):
   strategy, directory = _copy_of(interrupted, tmp_path, data)
   for step in ("3", "6", "9"):
@@ -262,12 +308,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 # --- through the runner, killed with SIGKILL -------------------------------------------------
-def _run(workdir, strategies, kill_at=0, fresh=False) -> subprocess.CompletedProcess:
+def _run(workdir, strategies, kill_at=0, extra=()) -> subprocess.CompletedProcess:
   env = subprocess_env()
   args = [sys.executable, str(SCRIPTS / "resume_check.py"), str(workdir), strategies, str(kill_at)]
-  return subprocess.run(
-    args + (["fresh"] if fresh else []), capture_output=True, text=True, timeout=600, env=env
-  )
+  return subprocess.run(args + list(extra), capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -295,19 +339,46 @@ def _final(workdir, name):
 
 
 @pytest.mark.xdist_group("resume")  # one worker runs the uninterrupted reference once
-@pytest.mark.parametrize("name,kill_at", [("tbptt", 8), ("bucket", 5)])
-def test_runner_killed_with_sigkill_resumes_bit_identical(tmp_path, uninterrupted, name, kill_at):
-  """The same command run again after a SIGKILL mid-training ends with the same parameters,
-  optimizer state, TBPTT carry and summary numbers (times aside) as an uninterrupted run. This is
-  also the determinism check: two processes, same config and seed, bit-identical numbers."""
-  killed = _run(tmp_path, name, kill_at)
-  assert killed.returncode == -9, killed.stderr[-3000:]
-  assert not (tmp_path / "results").exists()  # it really died before finishing
+@pytest.mark.parametrize(
+  "name,kill_at,signals", [("tbptt", 8, "KILL"), ("bucket", 5, "TERM"), ("tbptt", 4, "INT,INT")]
+)
+def test_runner_killed_or_preempted_resumes_bit_identical(
+  tmp_path, uninterrupted, name, kill_at, signals
+):
+  """The same command run again after a SIGKILL, a SIGTERM or two SIGINTs mid-training ends with
+  the same parameters, optimizer state, TBPTT carry and summary numbers (times aside) as an
+  uninterrupted run. This is also the determinism check: two processes, same config and seed,
+  bit-identical numbers.
+
+  SIGKILL: the rerun resumes from the last periodic checkpoint. SIGTERM (issue 23): the step in
+  flight completes (step 6: the signal came as step 5 was logged, with 6 dispatched), its
+  checkpoint is written, and the process prints one line naming the step and exits with 75; the
+  rerun loses no step. A second SIGINT exits at once with the signal's status, and no traceback;
+  the rerun resumes from the last periodic checkpoint."""
+  killed = _run(tmp_path, name, kill_at, [signals])
+  ckpt_dir = tmp_path / "checkpoints" / f"{name}-seed0"
+  errors = killed.stderr.splitlines()
+  if signals == "TERM":
+    assert killed.returncode == 75, killed.stderr[-3000:]
+    assert errors[-1] == (
+      f"preempted: stopped by SIGTERM after step {kill_at + 1} of {name} seed 0, with its "
+      f"checkpoint in {ckpt_dir}: run the same command again to resume from step {kill_at + 1}."
+    ), killed.stderr[-3000:]
+    assert Checkpointer(ckpt_dir).latest_step() == kill_at + 1
+  else:
+    died_by = -9 if signals == "KILL" else -2
+    assert killed.returncode == died_by, killed.stderr[-3000:]
+    assert "Traceback" not in killed.stderr and "KeyboardInterrupt" not in killed.stderr
+  assert len(errors) <= 3, killed.stderr  # the signal's notice and the exit line, no noise
+  assert not (tmp_path / "results").exists()  # it really stopped before finishing
   resumed = _run(tmp_path, name)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   got_arrays, got_stream, got = _final(tmp_path, name)
   want_arrays, want_stream, want = _final(uninterrupted, name)
-  assert 0 < got["resumed_from_step"] < kill_at
+  if signals == "TERM":
+    assert got["resumed_from_step"] == kill_at + 1
+  else:  # the newest complete periodic checkpoint (the last may have been mid-write)
+    assert 0 < got["resumed_from_step"] < kill_at
   assert _bit_identical(got_arrays, want_arrays)  # params, opt_state, step, rng, carry
   assert [h["loss"] for h in got_stream["history"]] == [h["loss"] for h in want_stream["history"]]
   assert got.keys() == want.keys()
@@ -403,3 +474,49 @@ def test_checkpoint_with_other_settings_is_refused_naming_the_keys(tmp_path, dat
     _state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings
   )
   assert again.resumed_from is not None
+
+
+def _can_make_unwritable(tmp_path) -> str | None:
+  """Why the real-fault modes cannot run here (chattr and bind mounts need root), or None."""
+  probe = tmp_path / "probe"
+  probe.mkdir()
+  for undo, cmd in (
+    (["chattr", "-i", str(probe)], ["chattr", "+i", str(probe)]),
+    (["umount", str(probe)], ["mount", "--bind", str(probe), str(probe)]),
+  ):
+    try:
+      done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except OSError as e:
+      return f"{cmd[0]}: {e}"
+    if done.returncode != 0:
+      return f"{' '.join(cmd[:2])} failed: {done.stderr.strip()[:200]}"
+    subprocess.run(undo, check=False, capture_output=True)
+  return None
+
+
+@pytest.mark.parametrize("modes", [["orbax-eio"], ["immutable", "read-only"]])
+def test_unwritable_checkpoint_directory_exits_at_once_with_one_line(tmp_path, modes):
+  """Issue 23: a checkpoint write into an immutable directory (chattr +i: EPERM), a read-only
+  mount (EROFS), or one whose step directory orbax fails to create (a simulated EIO, which left
+  orbax's threads waiting forever: the process never exited) ends the command with exit status
+  2 and one line, naming the right step (6, not the 9 that met the failure), the directory and
+  the cause; the complete checkpoint (3) is intact."""
+  if "immutable" in modes and (why := _can_make_unwritable(tmp_path)):
+    pytest.skip(f"needs root to make a directory unwritable: {why}")
+  got = subprocess.run(
+    [sys.executable, str(SCRIPTS / "write_fault_check.py"), str(tmp_path), *modes],
+    capture_output=True,
+    text=True,
+    timeout=120,  # hung, it would wait for orbax's 10-minute barrier timeout
+    env=subprocess_env(),
+  )
+  assert got.returncode == 2, got.stderr[-3000:]
+  assert len(got.stderr.splitlines()) == 1, got.stderr[-3000:]  # no orbax tracebacks around it
+  faults = dict(line[6:].split(": ", 1) for line in got.stdout.splitlines() if line[:6] == "FAULT ")
+  assert list(faults) == modes
+  causes = dict(immutable="(EPERM)", **{"read-only": "(EROFS)", "orbax-eio": "(EIO)"})
+  for mode, message in faults.items():
+    assert message.startswith(f"could not write the checkpoint of step 6 in {tmp_path / mode}: ")
+    assert causes[mode] in message and "resume from step 3" in message, message
+    assert sorted(p.name for p in (tmp_path / mode).iterdir()) == ["3", "history.jsonl"]
+  assert got.stderr.startswith(f"error (CheckpointError): {faults[modes[-1]]}")
