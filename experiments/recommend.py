@@ -11,7 +11,6 @@ few seconds), saved in --workdir/calibration.json when a workdir is given and re
 (the runner uses the same file for num_buckets="auto"). Writes recommend.json there too.
 """
 
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lstm_jax import errors, experiment  # noqa: E402
+from lstm_jax import errors, experiment, workdir  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,8 +36,7 @@ def main(argv):
   result = experiment.recommend(_CONFIG.value, _WORKDIR.value)
   print(experiment.recommendation_text(result))
   if _WORKDIR.value:
-    with open(os.path.join(_WORKDIR.value, "recommend.json"), "w") as f:
-      json.dump(result, f, indent=1)
+    workdir.write_json_atomically(os.path.join(_WORKDIR.value, "recommend.json"), result, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -39,6 +38,8 @@ import jax
 import jaxlib
 import numpy as np
 from jax.experimental import serialize_executable
+
+from lstm_jax.workdir import atomic_write
 
 _EXECUTABLE_CACHE: ExecutableCache | None = None
 
@@ -147,10 +148,8 @@ class ExecutableCache:
 
   def store(self, key: str, compiled: Any) -> None:
     payload, _, _ = serialize_executable.serialize(compiled)
-    fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:  # written whole, then renamed: readers never see half a file
+    with atomic_write(self._path(key), "wb") as f:  # readers never see half a file
       f.write(payload)
-    os.replace(tmp, self._path(key))
 
 
 @dataclasses.dataclass

@@ -39,6 +39,7 @@ import numpy as np
 from lstm_jax import batching, config, guards, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import cpu_model, versions
+from lstm_jax.workdir import write_json_atomically
 
 CANDIDATE_BUCKETS = tuple(range(1, 17))  # num_buckets="auto" chooses among these
 
@@ -62,9 +63,7 @@ class Calibration:
     return self.memory_base + self.memory_per_token * batch * length
 
   def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=1)
+    write_json_atomically(path, dataclasses.asdict(self), indent=1)
 
   @classmethod
   def load(cls, path: str, key: str) -> Calibration | None:

@@ -49,7 +49,13 @@ from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.store import StoredDataset
-from lstm_jax.workdir import WorkdirLock, read_result, run_dir, write_json_atomically
+from lstm_jax.workdir import (
+  Invocations,
+  WorkdirLock,
+  read_result,
+  run_dir,
+  write_json_atomically,
+)
 
 LN2 = math.log(2.0)
 
@@ -726,6 +732,24 @@ def _train_and_evaluate(
         shutil.rmtree(os.path.join(workdir, kind), ignore_errors=True)
       if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.remove(os.path.join(workdir, "metrics.jsonl"))
+    invocations = Invocations(workdir, fresh=not cfg.resume)
+  try:
+    return _run_all(cfg, workdir, mesh, writer, quiet, preemption, invocations if writer else None)
+  except BaseException as e:
+    if writer:
+      invocations.update("preempted" if isinstance(e, Preempted) else "failed")
+    raise
+
+
+def _run_all(
+  cfg: ml_collections.ConfigDict,
+  workdir: str,
+  mesh: jax.sharding.Mesh | None,
+  writer: bool,
+  quiet: bool,
+  preemption: Preemption | None,
+  invocations: Invocations | None,
+) -> list[dict]:
   train_ds, eval_ds, identity = split_data(cfg)
   devices = 1 if mesh is None else int(mesh.devices.size)
   # Every strategy built (so the data's own checks run) and through the plans' guards before
@@ -755,7 +779,6 @@ def _train_and_evaluate(
   first_done = {name for name, seed in finished if seed == cfg.seed}
   prepared = preflight(built, train_ds, cfg, mesh, first_done, log, planned)
   runs, curves, histories = [], {}, {}
-  started = time.time()
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     for name in cfg.strategies:
@@ -777,6 +800,8 @@ def _train_and_evaluate(
       )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
+      if invocations is not None:
+        invocations.update()
   # Per seed: rows flagged by the guards are left out of the target, which unless set is the
   # worst final eval loss among the comparable rows, and are not timed to it (never ranked).
   for s in range(cfg.seeds):
@@ -794,8 +819,9 @@ def _train_and_evaluate(
     versions=versions(),
     data=identity,
     config=json.loads(cfg.to_json_best_effort()),
-    started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-    total_seconds=time.time() - started,
+    started=invocations.started if invocations else time.strftime("%Y-%m-%d %H:%M:%S"),
+    total_seconds=invocations.total_seconds if invocations else None,
+    invocations=len(invocations.entries) if invocations else None,
     length_histogram=dict(
       zip(
         ("lengths", "counts"), (a.tolist() for a in np.unique(train_ds.lengths, return_counts=True))
@@ -817,6 +843,8 @@ def _train_and_evaluate(
     return report.aggregate(runs)
   log.file.close()
   report.write_metrics(os.path.join(workdir, "metrics.jsonl"), histories, curves)
+  invocations.update("finished")
+  meta["total_seconds"] = invocations.total_seconds
   summary = report.write_all(workdir, runs, curves, meta)
   if not quiet:
     print(report.table(summary))

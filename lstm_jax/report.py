@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -23,6 +24,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from lstm_jax.workdir import atomic_write
 
 
 def _mean(order: int) -> dict:
@@ -187,14 +190,12 @@ def write_metrics(path: str, histories: dict, curves: dict) -> None:
   """Rewrites metrics.jsonl from whole histories: one line per step and per evaluation, exactly
   once each, also when a run was killed and resumed (the live file may repeat the steps between
   the last checkpoint and the kill)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic_write(path) as f:
     for (name, seed), hist in histories.items():
       for rec in hist:
         f.write(metrics_line(name, seed, dict(kind="train", **rec)))
       for rec in curves[(name, seed)]:
         f.write(metrics_line(name, seed, dict(kind="eval", **rec)))
-  os.replace(tmp, path)
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -419,37 +420,41 @@ def predictions_table(summary: list[dict], predictions: dict | None) -> list[str
 
 
 def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[dict]:
-  """Writes runs.json, summary.json/.csv, meta.json, the plots and report.md; returns summary."""
+  """Writes runs.json, summary.json/.csv, meta.json, the plots and report.md; returns summary.
+  Every file is made in memory first, then each written whole (`atomic_write`): a render that
+  fails leaves the files as they were, and a kill mid-way leaves each old or new, never half."""
   summary = aggregate(runs)
-
-  def dump(name, obj):
-    with open(os.path.join(workdir, name), "w") as f:
-      json.dump(obj, f, indent=1)
-
-  dump("runs.json", runs)
-  dump("summary.json", summary)
-  dump("curves.json", [dict(strategy=k[0], seed=k[1], points=v) for k, v in curves.items()])
-  dump("meta.json", meta)
-  with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
-    flat = [
-      dict(
-        r,
-        compiles=r["compiles"]["train"],
-        eval_compiles=r["compiles"]["eval"],
-        cache_loads=r["cache_loads"]["train"],
-        eval_cache_loads=r["cache_loads"]["eval"],
-        batch_settings=json.dumps(r.get("batch_settings")),
-      )
-      for r in summary
-    ]
-    writer = csv.DictWriter(f, fieldnames=list(flat[0]))
-    writer.writeheader()
-    writer.writerows(flat)
-  plot_all(workdir, summary, curves, meta["length_histogram"], meta.get("bucket_boundaries", []))
+  files = {
+    "runs.json": runs,
+    "summary.json": summary,
+    "curves.json": [dict(strategy=k[0], seed=k[1], points=v) for k, v in curves.items()],
+    "meta.json": meta,
+  }
+  files = {name: json.dumps(obj, indent=1) for name, obj in files.items()}
+  table = io.StringIO(newline="")
+  flat = [
+    dict(
+      r,
+      compiles=r["compiles"]["train"],
+      eval_compiles=r["compiles"]["eval"],
+      cache_loads=r["cache_loads"]["train"],
+      eval_cache_loads=r["cache_loads"]["eval"],
+      batch_settings=json.dumps(r.get("batch_settings")),
+    )
+    for r in summary
+  ]
+  writer = csv.DictWriter(table, fieldnames=list(flat[0]))
+  writer.writeheader()
+  writer.writerows(flat)
+  files["summary.csv"] = table.getvalue()
+  files.update(plots(summary, curves, meta["length_histogram"], meta.get("bucket_boundaries", [])))
   notes_path = os.path.join(workdir, "notes.md")  # a hand-written reading, kept on re-rendering
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(markdown_report(summary, meta, notes, curves))
+  files["report.md"] = markdown_report(summary, meta, notes, curves)
+  for name, content in files.items():
+    binary = isinstance(content, bytes)
+    with atomic_write(os.path.join(workdir, name), "wb" if binary else "w", newline="") as f:
+      f.write(content)
   return summary
 
 
@@ -535,7 +540,13 @@ def markdown_report(
     json.dumps(v, indent=1),
     "```",
     "",
-    f"Run time: {meta['total_seconds']:.0f} s.",
+    f"Run time: {meta['total_seconds']:.0f} s"
+    + (
+      f", over {meta['invocations']} invocations of the runner (preempted and resumed, or "
+      f"rendered again)."
+      if (meta.get("invocations") or 1) > 1
+      else "."
+    ),
     "",
   ]
   return "\n".join(lines)
@@ -658,9 +669,10 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
   return out
 
 
-def plot_all(
-  workdir: str, summary: list[dict], curves: dict, histogram: dict, boundaries: list[int]
-) -> None:
+def plots(
+  summary: list[dict], curves: dict, histogram: dict, boundaries: list[int]
+) -> dict[str, bytes]:
+  """The report's plots, PNG bytes by file name."""
   import logging
 
   import matplotlib
@@ -671,11 +683,14 @@ def plot_all(
 
   names = [r["strategy"] for r in summary]
   colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+  out = {}
 
   def save(fig, name):
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, name), dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
+    out[name] = png.getvalue()
 
   for key, fname, xlabel in (
     ("train_seconds", PLOTS[0], "train wall seconds (compiles included)"),
@@ -737,3 +752,4 @@ def plot_all(
   ax.set_xlabel("sequence length (steps); red: bucket boundaries")
   ax.set_ylabel("sequences")
   save(fig, PLOTS[4])
+  return out

@@ -42,6 +42,7 @@ import numpy as np
 
 from lstm_jax.data import RaggedDataset, _gather_steps
 from lstm_jax.errors import DataError
+from lstm_jax.workdir import write_json_atomically
 
 FORMAT, VERSION = "lstm_jax.store", 1
 TARGET_KINDS = ("next_token", "step", "sequence")
@@ -279,12 +280,7 @@ class StoreWriter:
       h.update(self._hash[name].digest())
     meta["fingerprint"] = h.hexdigest()[:16]
     meta["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    tmp = os.path.join(self.partial, "meta.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(self.partial, "meta.json"))
+    write_json_atomically(os.path.join(self.partial, "meta.json"), meta, indent=1)
     if os.path.exists(self.path):
       shutil.rmtree(self.path)
     os.replace(self.partial, self.path)

@@ -13,10 +13,12 @@ names the keys that differ (`settings_difference`), and the fix: a new workdir, 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 
 from lstm_jax.errors import ConfigError
@@ -28,18 +30,44 @@ def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
   return os.path.join(workdir, kind, f"{name}-seed{seed}")
 
 
-def write_json_atomically(path: str, obj) -> None:
-  write_text_atomically(path, json.dumps(obj))
+def write_json_atomically(path: str, obj, indent: int | None = None) -> None:
+  write_text_atomically(path, json.dumps(obj, indent=indent))
 
 
 def write_text_atomically(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic_write(path) as f:
     f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", newline: str | None = None):
+  """A file to write `path` through: a temporary file beside it, flushed to disk and renamed
+  over `path` when the block ends without an exception (removed if it raises). A kill, a full
+  disk or an exception mid-write leaves the old file or the new one, never half of one. Every
+  file the runner writes goes through here (results, checkpoints' history aside, report files,
+  plots, the calibration)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(
+      fd, mode, **({} if "b" in mode else dict(encoding="utf-8", newline=newline))
+    ) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644 & ~_umask())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def settings_difference(saved: dict, current: dict, limit: int = 8) -> str:
@@ -138,3 +166,47 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+class Invocations:
+  """The runner's invocations of one workdir, in <workdir>/invocations.json: when each started,
+  its seconds so far and how it ended ("finished", "preempted", "failed"; null: running, or
+  killed). meta.json's `started` is the first one's start and `total_seconds` their sum, so a
+  run preempted and resumed, or a finished one rendered again, reports its whole time.
+  `fresh` (resume=False) starts the list over."""
+
+  def __init__(self, workdir: str, fresh: bool = False):
+    self.path = os.path.join(workdir, "invocations.json")
+    self.entries = [] if fresh else self._read()
+    self.t0 = time.time()
+    self.entries.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=0.0, ended=None))
+    self.update()
+
+  def _read(self) -> list[dict]:
+    if not os.path.exists(self.path):
+      return []
+    try:
+      with open(self.path, encoding="utf-8") as f:
+        entries = json.load(f)
+      if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("seconds"), (int, float)) for e in entries
+      ):
+        raise ValueError("not a list of invocations")
+    except (ValueError, UnicodeDecodeError) as e:
+      raise ConfigError(
+        f"{self.path} is damaged ({type(e).__name__}: {str(e)[:200]}); delete it (the run's "
+        f"total time then counts from this invocation), or run with --config.resume=False."
+      ) from e
+    return entries
+
+  def update(self, ended: str | None = None) -> None:
+    self.entries[-1].update(seconds=time.time() - self.t0, ended=ended)
+    write_json_atomically(self.path, self.entries, indent=1)
+
+  @property
+  def started(self) -> str:
+    return self.entries[0]["started"]
+
+  @property
+  def total_seconds(self) -> float:
+    return float(sum(e["seconds"] for e in self.entries))

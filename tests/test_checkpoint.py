@@ -391,22 +391,47 @@ def test_runner_killed_or_preempted_resumes_bit_identical(
   assert steps == list(range(1, want["steps"] + 1))  # each step once, although some ran twice
 
 
-def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path):
+def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path, monkeypatch):
   """In process, the resume test's config: a rerun reads the finished row back (not retrained,
-  the same summary); --config.resume=False trains it again to the same numbers."""
-  from lstm_jax import experiment
+  the same summary); --config.resume=False trains it again to the same numbers.
+
+  Issue 23: a re-render that fails midway (here report.md's text raises; a kill or a full disk
+  does the same) leaves every report file as it was, never half-written or empty; meta.json
+  keeps the first invocation's start and counts every invocation's seconds."""
+  from lstm_jax import experiment, report
   from scripts.resume_check import resume_config
 
   experiment.train_and_evaluate(resume_config(("pack",)), str(tmp_path), quiet=True)
   summary = json.loads((tmp_path / "summary.json").read_text())
+  first = json.loads((tmp_path / "meta.json").read_text())
+  files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"}
+  assert {"report.md", "summary.csv", "curves.json", "runs.json"} <= set(files)
   stamp = (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns
+
+  def fail(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  with monkeypatch.context() as m:
+    m.setattr(report, "markdown_report", fail)
+    with pytest.raises(OSError, match="No space left"):
+      experiment.train_and_evaluate(resume_config(("pack",)), str(tmp_path), quiet=True)
+  for name in ("report.md", "summary.csv", "meta.json"):
+    assert (tmp_path / name).read_bytes() == files[name], name
+  assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
   experiment.train_and_evaluate(resume_config(("pack",)), str(tmp_path), quiet=True)
   assert (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns == stamp  # not retrained
   assert json.loads((tmp_path / "summary.json").read_text()) == summary
+  meta = json.loads((tmp_path / "meta.json").read_text())
+  assert meta["started"] == first["started"] and meta["invocations"] == 3
+  assert meta["total_seconds"] >= first["total_seconds"] > 1  # not the re-render's 0.0x s
+  ended = [e["ended"] for e in json.loads((tmp_path / "invocations.json").read_text())]
+  assert ended == ["finished", "failed", "finished"]
   experiment.train_and_evaluate(resume_config(("pack",), fresh=True), str(tmp_path), quiet=True)
   assert (tmp_path / "results" / "pack-seed0.json").stat().st_mtime_ns != stamp
   row = json.loads((tmp_path / "results" / "pack-seed0.json").read_text())["row"]
   assert row["resumed_from_step"] is None and row["eval_loss"] == summary[0]["eval_loss"]
+  assert json.loads((tmp_path / "meta.json").read_text())["invocations"] == 1  # started over
 
 
 # --- a write that fails (disk full, permissions) ------------------------------------------

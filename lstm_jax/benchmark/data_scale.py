@@ -33,6 +33,7 @@ import numpy as np
 
 from lstm_jax.benchmark import sections
 from lstm_jax.environment import versions
+from lstm_jax.workdir import write_json_atomically, write_text_atomically
 
 GiB = 1 << 30
 
@@ -329,11 +330,10 @@ def run(cfg: dict, out_md: str) -> dict:
       kind: _run_part(["fit", small, str(fit["rounds"]), kind]) for kind in ("warm", "cold")
     }
     print("fit", results["fit"], flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
-  with open(os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  with open(out_md, "w") as f:
-    f.write(markdown(results))
+  write_json_atomically(
+    os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json"), results, indent=1
+  )
+  write_text_atomically(out_md, markdown(results))
   if cfg.get("summary"):  # the same report, a section of the top-level BENCHMARKS.md
     sections.put(cfg["summary"], "data-scale", summary_section(results, out_md))
   print(markdown(results))

@@ -3,7 +3,6 @@ BENCHMARKS.md."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -15,6 +14,7 @@ from lstm_jax import batching, host
 from lstm_jax.benchmark import measure as bench
 from lstm_jax.benchmark import sections
 from lstm_jax.environment import versions
+from lstm_jax.workdir import write_json_atomically, write_text_atomically
 
 
 def _strategies(ds, cfg) -> dict[str, batching.Strategy]:
@@ -320,12 +320,9 @@ def run(cfg, out_md: str) -> dict:
     bucket_boundaries=strategies["bucket"].boundaries,
   )
   json_path = os.path.join(os.path.dirname(os.path.abspath(out_md)), "benchmark.json")
-  os.makedirs(os.path.dirname(json_path), exist_ok=True)
-  with open(json_path, "w") as f:
-    json.dump(result, f, indent=1)
+  write_json_atomically(json_path, result, indent=1)
   others = sections.kept(out_md)  # other benchmarks' sections of the file, kept
-  with open(out_md, "w") as f:
-    f.write(markdown(result) + ("\n" + others if others else ""))
+  write_text_atomically(out_md, markdown(result) + ("\n" + others if others else ""))
   print(markdown(result))
   return result
 
