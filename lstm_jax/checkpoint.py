@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lstm_jax.errors import CheckpointError, ConfigError
+from lstm_jax.errors import CheckpointError, ConfigError, os_error_text
 from lstm_jax.workdir import check_settings
 
 
@@ -117,8 +117,8 @@ class Checkpointer:
       )
     except OSError as e:
       raise CheckpointError(
-        f"cannot create the checkpoint directory {self.directory}: {_os_cause(e)}. Give the run "
-        f"a --workdir it can write, or fix that directory's permissions."
+        f"cannot create the checkpoint directory {self.directory}: {os_error_text(e)}. Give "
+        f"the run a --workdir it can write, or fix that directory's permissions."
       ) from e
     self._noise_mark = _NOISE.mark()
     self._writing: int | None = None  # the newest step handed to orbax
@@ -285,7 +285,7 @@ class Checkpointer:
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       os.replace(path, aside)
     except OSError as e:
-      return f"it could not be moved aside ({_os_cause(e)}); "
+      return f"it could not be moved aside ({os_error_text(e)}); "
     self.manager.reload()
     return f"moved to {aside}; "
 
@@ -395,7 +395,7 @@ class Checkpointer:
       shutil.rmtree(os.path.join(self.directory, d), ignore_errors=True)
     cause = " ".join(str(error).split())[:500]
     if isinstance(error, OSError) and error.errno is not None:
-      cause = _os_cause(error)
+      cause = os_error_text(error)
     cause += _NOISE.summary(self._noise_mark)
     try:
       free = shutil.disk_usage(self.directory).free
@@ -480,11 +480,6 @@ def _cause(e: Exception) -> str:
   """An exception in one line, without tensorstore's long spec dump."""
   text = str(e).splitlines()[0].split(" [tensorstore_spec")[0] if str(e) else ""
   return f"{type(e).__name__}: {text[:600]}"
-
-
-def _os_cause(e: OSError) -> str:
-  name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
-  return f"{e.strerror or e} ({name}){f' at {e.filename}' if e.filename else ''}"
 
 
 _ORBAX_LOG = logging.getLogger("lstm_jax.orbax")

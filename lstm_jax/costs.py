@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import time
@@ -39,6 +40,7 @@ import numpy as np
 from lstm_jax import batching, config, guards, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import cpu_model, versions
+from lstm_jax.errors import ConfigError
 from lstm_jax.workdir import write_json_atomically
 
 CANDIDATE_BUCKETS = tuple(range(1, 17))  # num_buckets="auto" chooses among these
@@ -67,15 +69,32 @@ class Calibration:
 
   @classmethod
   def load(cls, path: str, key: str) -> Calibration | None:
-    """The calibration saved at `path` if it was measured for `key`, else None."""
+    """The calibration saved at `path` if it was measured for `key`, else None (also for one
+    an older version wrote, with other fields: it is measured again). ConfigError if the file
+    is damaged: not JSON, or a cost that is not a finite number (measuring again could choose
+    another bucket count than the run it belongs to)."""
     if not os.path.exists(path):
       return None
+    fix = (
+      "delete it to measure this machine's costs again (num_buckets='auto' may then choose "
+      "another count than the runs already in this workdir)"
+    )
     try:
-      with open(path) as f:
-        saved = cls(**json.load(f))
-    except (ValueError, TypeError):
-      return None  # damaged or from another version: calibrate again
-    return saved if saved.key == key else None
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+      raise ConfigError(f"{path} is damaged ({type(e).__name__}: {str(e)[:200]}); {fix}.") from e
+    if not isinstance(saved, dict):
+      raise ConfigError(f"{path} holds a JSON {type(saved).__name__}, not a calibration; {fix}.")
+    try:
+      cal = cls(**saved)
+    except TypeError:
+      return None  # another version's fields: measure again
+    for field in ("compile_seconds", "alpha", "beta", "memory_base", "memory_per_token"):
+      value = getattr(cal, field)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{path}: {field} is {value!r}, not a finite number; {fix}.")
+    return cal if cal.key == key else None
 
 
 def calibration_key(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> str:

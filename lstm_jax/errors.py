@@ -6,6 +6,7 @@ them). Every message names the problem (which sequence, which key, which value) 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -30,6 +31,12 @@ class ConfigError(LstmJaxError):
 
 class CheckpointError(LstmJaxError):
   """A checkpoint is missing, damaged, written by a different run, or could not be written."""
+
+
+def os_error_text(e: OSError) -> str:
+  """'Permission denied (EACCES) at /path': an OSError in one line, with its errno's name."""
+  name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
+  return f"{e.strerror or e} ({name}){f' at {e.filename}' if e.filename else ''}"
 
 
 def exit_on_user_error(main: Callable) -> Callable:

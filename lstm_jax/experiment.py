@@ -52,6 +52,7 @@ from lstm_jax.store import StoredDataset
 from lstm_jax.workdir import (
   Invocations,
   WorkdirLock,
+  check_writable,
   read_result,
   run_dir,
   write_json_atomically,
@@ -221,11 +222,16 @@ def compile_largest_step(
 
 
 def calibration(
-  cfg: ml_collections.ConfigDict, train_ds: RaggedDataset, path: str | None, quiet: bool = True
+  cfg: ml_collections.ConfigDict,
+  train_ds: RaggedDataset,
+  path: str | None,
+  quiet: bool = True,
+  save: bool = True,
 ) -> costs.Calibration:
   """This machine's compile and step costs for cfg's model (`costs.calibrate`), read from
   `path` if it was measured there for the same model, CPU and versions, else measured (a few
-  seconds) and saved there."""
+  seconds) and saved there (unless `save` is False: the runner saves it only once the
+  workdir's settings check has passed)."""
   key = costs.calibration_key(cfg, train_ds)
   cal = costs.Calibration.load(path, key) if path else None
   if cal is None:
@@ -234,7 +240,7 @@ def calibration(
     if not quiet:
       print(f"calibrating compile and step costs on {shapes} ...", flush=True)
     cal = costs.calibrate(state, train_ds, shapes, key)
-    if path:
+    if path and save:
       cal.save(path)
   return cal
 
@@ -245,13 +251,14 @@ def resolve_auto_buckets(
   workdir: str | None,
   devices: int = 1,
   quiet: bool = True,
+  save: bool = True,
 ) -> tuple[ml_collections.ConfigDict, dict | None]:
   """cfg with strategy.bucket.num_buckets="auto" replaced by the count `costs` predicts trains
   the budget first (and the choice's record for meta.json), or cfg as it is."""
   if cfg.strategy.bucket.num_buckets != "auto" or "bucket" not in cfg.strategies:
     return cfg, None
   path = os.path.join(workdir, "calibration.json") if workdir else None
-  cal = calibration(cfg, train_ds, path, quiet)
+  cal = calibration(cfg, train_ds, path, quiet, save)
   n, table = costs.choose_num_buckets(train_ds, cfg, cal, cfg.seed, batch_multiple=devices)
   if not quiet:
     print(
@@ -272,9 +279,12 @@ def recommend(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dic
   picks, with its reason."""
   config.validate_config(cfg)
   host.tune_malloc(cfg.tune_malloc)
+  with WorkdirLock(workdir) if workdir else contextlib.nullcontext():
+    return _recommend(cfg, workdir)
+
+
+def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
   train_ds, _, identity = split_data(cfg)
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
   cfg, auto = resolve_auto_buckets(cfg, train_ds, workdir, quiet=False)
   cal = calibration(
     cfg, train_ds, os.path.join(workdir, "calibration.json") if workdir else None, quiet=False
@@ -715,6 +725,10 @@ def train_and_evaluate(
   mesh = sharding.make_mesh(cfg.mesh.num_devices)
   writer = jax.process_index() == 0  # one process writes the files, and holds the workdir
   with WorkdirLock(workdir) if writer else contextlib.nullcontext(), Preemption() as preemption:
+    if writer:  # before anything loads or compiles
+      check_writable(
+        workdir, ("results", "checkpoints") if cfg.checkpoint.enabled else ("results",)
+      )
     return _train_and_evaluate(cfg, workdir, mesh, writer, quiet or not writer, preemption)
 
 
@@ -762,8 +776,10 @@ def _run_all(
     if not (waits and name == "bucket")
   }
   planned = check_plans(built, cfg)
-  cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet)
+  cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet, save=False)
   finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
+  if auto_buckets and writer:  # measured before the settings check, kept only once it passed
+    costs.Calibration(**auto_buckets["calibration"]).save(os.path.join(workdir, "calibration.json"))
   built = {
     name: built.get(name) or make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
     for name in cfg.strategies
@@ -771,6 +787,8 @@ def _run_all(
   log = report.ProgressLog(
     os.path.join(workdir, "metrics.jsonl") if writer else os.devnull, quiet=quiet
   )
+  for key, n in (identity.get("inferred") or {}).items():  # also in meta.json's data record
+    log.note(f"data: {key} {n}, inferred from the data (its largest id + 1; store {key} to set it)")
   predictions = None
   if cfg.predict_costs and writer:  # lstm_jax.costs, before anything trains (report.md)
     cal = calibration(cfg, train_ds, os.path.join(workdir, "calibration.json"), quiet)

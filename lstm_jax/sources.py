@@ -25,6 +25,7 @@ import importlib.util
 import json
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,18 @@ def load_text(
   if not p.exists():
     raise DataError(f"no such {'file' if one_per_line else 'directory'}: {path}; set data.path.")
   if one_per_line:
+    if not p.is_file():
+      raise DataError(
+        f"{path} is not a file; text_lines reads one text file, a sequence a line (for a "
+        f"directory of files, one sequence each, use data.source=text_dir)."
+      )
     files = [p]
   else:
+    if not p.is_dir():
+      raise DataError(
+        f"{path} is not a directory; text_dir reads the *{suffix} files in one (for one file, a "
+        f"sequence a line, use data.source=text_lines)."
+      )
     files = sorted(f for f in p.rglob(f"*{suffix}") if f.is_file())
     if not files:
       raise DataError(f"{path} holds no *{suffix} files; set data.suffix to match your files.")
@@ -279,38 +290,93 @@ def load_npz(path: str) -> tuple[RaggedDataset, dict]:
   p = Path(path)
   if not p.exists():
     raise DataError(f"no such file: {path}; set data.path to a ragged .npz.")
-  with np.load(p, allow_pickle=False) as f:
-    arrays = {}
-    for key, names in _NPZ_ALIASES.items():
-      found = [n for n in names if n in f.files]
-      if not found:
-        raise DataError(
-          f"{path} has no {key} array (looked for {list(names)}; it has "
-          f"{f.files}); a ragged .npz needs flat values, lengths and labels."
-        )
-      arrays[key] = f[found[0]]
-    meta = {k: int(f[k]) for k in ("num_classes", "vocab_size") if k in f.files and int(f[k]) >= 0}
-    level = str(f["target_level"]) if "target_level" in f.files else None
+  if not p.is_file():
+    raise DataError(f"{path} is not a file; set data.path to a ragged .npz (np.savez).")
+  fix = "write it with np.savez(path, values=..., lengths=..., targets=...)"
+  try:
+    with np.load(p, allow_pickle=False) as f:
+      if not hasattr(f, "files"):
+        raise DataError(f"{path} is a single .npy array, not an .npz archive; {fix}.")
+      arrays = {}
+      for key, names in _NPZ_ALIASES.items():
+        found = [n for n in names if n in f.files]
+        if not found:
+          raise DataError(
+            f"{path} has no {key} array (looked for {list(names)}; it has "
+            f"{f.files}); a ragged .npz needs flat values, lengths and labels."
+          )
+        arrays[key] = _npz_array(path, f, found[0])
+      given = {
+        k: _npz_array(path, f, k) for k in ("num_classes", "vocab_size", "target_level") if k in f
+      }
+  except DataError:
+    raise
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:  # numpy's "pickled data" too
+    said = " ".join(str(e).split())[:160]
+    raise DataError(
+      f"{path} is not a readable .npz (truncated, or another format: {said}); {fix}."
+    ) from e
+  meta = {k: int(given[k]) for k in ("num_classes", "vocab_size") if k in given and given[k] >= 0}
+  level = str(given["target_level"]) if "target_level" in given else None
   values, lengths, targets = arrays["values"], arrays["lengths"], arrays["targets"]
+  if lengths.size == 0:
+    raise DataError(f"{path} holds no sequences (its lengths array is empty).")
   if level is None:
-    level = "sequence" if len(targets) == len(lengths) != len(values) else "step"
+    if len(targets) == len(lengths) != len(values):
+      level = "sequence"
+    elif len(targets) == len(values):
+      level = "step"
+    else:
+      raise DataError(
+        f"{path} has {len(targets)} labels for {len(lengths)} sequences of {len(values)} steps "
+        f"in all: give one label per sequence ({len(lengths)}) or one per step ({len(values)}), "
+        f"or say which with a target_level array ('sequence' or 'step')."
+      )
 
   def is_int(a):
     return np.issubdtype(a.dtype, np.integer)
 
+  inferred = {}
   if is_int(targets) and "num_classes" not in meta:
-    meta["num_classes"] = int(targets.max()) + 1
+    meta["num_classes"] = inferred["num_classes"] = _inferred_count(path, targets, "label")
   if is_int(values) and values.ndim == 1 and "vocab_size" not in meta:
-    meta["vocab_size"] = int(values.max()) + 1
+    meta["vocab_size"] = inferred["vocab_size"] = _inferred_count(path, values, "token id")
   ds = RaggedDataset(values, lengths, targets, target_level=level, name=p.stem, **meta)
   return ds, dict(
     source="npz",
     path=str(p.resolve()),
     target_level=level,
     **meta,
+    inferred=inferred,
     file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
     fingerprint=ds.fingerprint(),
   )
+
+
+def _npz_array(path: str, f, name: str) -> np.ndarray:
+  try:
+    return f[name]
+  except ValueError as e:  # object arrays need pickle, which a data file must not
+    raise DataError(
+      f"{path}: its {name!r} array holds Python objects ({e}); store numbers: flat values "
+      f"with their lengths, not a list of arrays (np.concatenate them)."
+    ) from e
+
+
+def _inferred_count(path: str, ids: np.ndarray, what: str) -> int:
+  """max + 1, unless the largest id stands far outside the rest (more than twice the next
+  largest, plus 16): one stray label 999 among 0..2 would make a 1,000-class head."""
+  top = int(ids.max())
+  rest = ids[ids < top]
+  if rest.size and top > 2 * int(rest.max()) + 16:
+    key = "num_classes" if what == "label" else "vocab_size"
+    n = int(np.sum(ids == top))
+    raise DataError(
+      f"{path}: {n} {what}{'s' * (n != 1)} {top}, far above all others (the next largest is "
+      f"{int(rest.max())}), would make {key} {top + 1}; fix the stray {what}"
+      f"{'s' * (n != 1)}, or store {key} in the .npz if that many is meant."
+    )
+  return top + 1
 
 
 def load_store(path: str, min_length: int = 0, max_length: int = 0) -> tuple[RaggedDataset, dict]:

@@ -14,6 +14,7 @@ names the keys that differ (`settings_difference`), and the fix: a new workdir, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -21,7 +22,7 @@ import socket
 import tempfile
 import time
 
-from lstm_jax.errors import ConfigError
+from lstm_jax.errors import ConfigError, os_error_text
 
 
 def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
@@ -68,6 +69,34 @@ def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)
   return mask
+
+
+_WORKDIR_HINTS = {
+  errno.ENOTDIR: "a file stands where a directory must be",
+  errno.EEXIST: "a file stands where a directory must be",
+  errno.ENAMETOOLONG: "a name in the path is too long (at most 255 bytes each)",
+  errno.EROFS: "the file system is read-only",
+  errno.EACCES: "you may not write there",
+  errno.EPERM: "the directory is immutable or not yours",
+  errno.ENOSPC: "the disk is full",
+}
+
+
+def check_writable(workdir: str, kinds: tuple[str, ...] = ("results", "checkpoints")) -> None:
+  """ConfigError, before anything loads or compiles, unless the runner can make `workdir` and
+  its `kinds` subdirectories and write a file in each."""
+  for d in (workdir, *(os.path.join(workdir, k) for k in kinds)):
+    try:
+      os.makedirs(d, exist_ok=True)
+      fd, probe = tempfile.mkstemp(dir=d, prefix=".write-probe-")
+      os.close(fd)
+      os.remove(probe)
+    except OSError as e:
+      hint = _WORKDIR_HINTS.get(e.errno, "")
+      raise ConfigError(
+        f"cannot write the workdir {workdir}: {os_error_text(e)}{f': {hint}' if hint else ''}. "
+        f"Give --workdir a directory you can write (or fix this one), then run again."
+      ) from e
 
 
 def settings_difference(saved: dict, current: dict, limit: int = 8) -> str:
@@ -135,7 +164,7 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str):
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir, ())
     self.path = os.path.join(workdir, ".lock")
     self.file = open(self.path, "a+", encoding="utf-8")
     try:

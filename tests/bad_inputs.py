@@ -9,6 +9,7 @@ up, a FloatingPointError) matching its pattern, and that docs/errors.md is what 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -58,6 +59,62 @@ def _npz_without_lengths():
   TMP.mkdir(parents=True, exist_ok=True)
   np.savez(TMP / "no_lengths.npz", values=_floats(4), targets=np.zeros(2, np.int64))
   return sources.load_npz(str(TMP / "no_lengths.npz"))
+
+
+def _npz(name: str, **arrays) -> str:
+  TMP.mkdir(parents=True, exist_ok=True)
+  np.savez(TMP / name, **arrays)
+  return str(TMP / name)
+
+
+def _file(name: str, content: bytes) -> str:
+  TMP.mkdir(parents=True, exist_ok=True)
+  (TMP / name).write_bytes(content)
+  return str(TMP / name)
+
+
+def _object_npz():
+  path = TMP / "objects.npz"
+  TMP.mkdir(parents=True, exist_ok=True)
+  ragged = np.empty(2, dtype=object)
+  ragged[0], ragged[1] = np.zeros(3), np.zeros(4)
+  np.savez(path, values=ragged, lengths=np.array([3, 4]), targets=np.array([0, 1]))
+  return sources.load_npz(str(path))
+
+
+def _truncated_npz():
+  path = _npz("cut.npz", values=_floats(40), lengths=np.array([20, 20]), targets=np.array([0, 1]))
+  data = Path(path).read_bytes()
+  Path(path).write_bytes(data[: len(data) // 2])
+  return sources.load_npz(path)
+
+
+def _run_in(workdir_path: Path):
+  from lstm_jax import experiment  # noqa: PLC0415 (the runner: only these cases need it)
+
+  return experiment.train_and_evaluate(_cfg(), str(workdir_path), quiet=True)
+
+
+def _workdir_is_a_file():
+  return _run_in(Path(_file("a_file", b"not a directory")))
+
+
+def _results_is_a_file():
+  path = _empty_dir("results_file")
+  (path / "results").write_text("a file where the results directory goes")
+  return _run_in(path)
+
+
+def _calibration(value) -> Callable[[], object]:
+  def run():
+    from lstm_jax import costs  # noqa: PLC0415
+
+    path = _empty_dir("calibration") / "calibration.json"
+    fields = dict(compile_seconds=1.0, alpha=1e-4, beta=1e-6, memory_base=1e6)
+    path.write_text(json.dumps(dict(fields, memory_per_token=value, key="k")))
+    return costs.Calibration.load(str(path), "k")
+
+  return run
 
 
 def _nan_at_step():
@@ -112,6 +169,12 @@ def _pad_run(directory, settings=None, fail_from=None):
 def _fresh(name):
   shutil.rmtree(TMP / name, ignore_errors=True)
   return TMP / name
+
+
+def _empty_dir(name) -> Path:
+  path = _fresh(name)
+  path.mkdir(parents=True)
+  return path
 
 
 def _checkpoint_of_other_settings():
@@ -244,6 +307,74 @@ CASES = [
     r"one row per step \(6\)",
   ),
   Case("data", "an .npz missing an array", _npz_without_lengths, r"has no lengths array"),
+  Case(
+    "data",
+    "an .npz with no sequences",
+    lambda: sources.load_npz(
+      _npz("empty.npz", values=_floats(0), lengths=np.zeros(0, int), targets=np.zeros(0, int))
+    ),
+    r"holds no sequences \(its lengths array is empty\)",
+  ),
+  Case(
+    "data",
+    "an .npz of Python objects (a list of arrays)",
+    _object_npz,
+    r"its 'values' array holds Python objects .*np.concatenate",
+  ),
+  Case("data", "an .npz cut short", _truncated_npz, r"is not a readable .npz \(truncated"),
+  Case(
+    "data",
+    "a file that is not an .npz",
+    lambda: sources.load_npz(_file("notes.npz", b"plain text, not an archive\n")),
+    r"is not a readable .npz .*np.savez",
+  ),
+  Case(
+    "data",
+    "an .npz path that is a directory",
+    lambda: sources.load_npz(str(_empty_dir("npz_dir"))),
+    r"is not a file; set data.path to a ragged .npz",
+  ),
+  Case(
+    "data",
+    "a stray label far above the others (999 among 0..2)",
+    lambda: sources.load_npz(
+      _npz("stray.npz", values=_floats(8), lengths=np.full(4, 2), targets=np.array([0, 1, 2, 999]))
+    ),
+    r"1 label 999, far above all others \(the next largest is 2\), would make num_classes 1000",
+  ),
+  Case(
+    "data",
+    "a stray token id far above the others",
+    lambda: sources.load_npz(
+      _npz(
+        "stray_token.npz",
+        values=np.array([3, 40, 255, 100_000, 7, 9]),
+        lengths=np.array([3, 3]),
+        targets=np.array([1, 2, 3, 4, 5, 6]),
+      )
+    ),
+    r"1 token id 100000, far above .* would make vocab_size 100001",
+  ),
+  Case(
+    "data",
+    "labels that match neither the sequences nor the steps",
+    lambda: sources.load_npz(
+      _npz("few_labels.npz", values=_floats(10), lengths=np.full(5, 2), targets=np.arange(4) % 2)
+    ),
+    r"has 4 labels for 5 sequences of 10 steps in all: give one label per sequence \(5\)",
+  ),
+  Case(
+    "data",
+    "text_lines pointing at a directory",
+    lambda: sources.load_text(str(_empty_dir("lines_dir")), one_per_line=True),
+    r"is not a file; text_lines reads one text file.*use data.source=text_dir",
+  ),
+  Case(
+    "data",
+    "text_dir pointing at a file",
+    lambda: sources.load_text(_file("one.txt", b"a line\n"), one_per_line=False),
+    r"is not a directory; text_dir reads .*use data.source=text_lines",
+  ),
   Case(
     "data",
     "a token outside the vocabulary",
@@ -419,6 +550,36 @@ CASES = [
     "a second runner on a busy workdir",
     _busy_workdir,
     r"is in use by another runner \(pid \d+",
+  ),
+  Case(
+    "workdir",
+    "a workdir path that is a file",
+    _workdir_is_a_file,
+    r"cannot write the workdir .*a_file: .*a file stands where a directory must be",
+  ),
+  Case(
+    "workdir",
+    "a workdir name over the file system's limit",
+    lambda: _run_in(TMP / ("x" * 300)),
+    r"File name too long \(ENAMETOOLONG\).*at most 255 bytes",
+  ),
+  Case(
+    "workdir",
+    "results/ that cannot be written (here a file stands there)",
+    _results_is_a_file,
+    r"cannot write the workdir .*results_file: .*results.*Give --workdir a directory",
+  ),
+  Case(
+    "workdir",
+    "a string inside calibration.json",
+    _calibration("fast"),
+    r"calibration.json: memory_per_token is 'fast', not a finite number; delete it",
+  ),
+  Case(
+    "workdir",
+    "NaN inside calibration.json",
+    _calibration(float("nan")),
+    r"calibration.json: memory_per_token is nan, not a finite number",
   ),
 ]
 

@@ -3,6 +3,7 @@ exactly what the strategies will do (steps, shapes, padding), the bucket count m
 budget as the model says, a calibration is saved and read back only for its own settings, and the
 recommender's order of times agrees with a real run where the predicted gap is wide."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -92,8 +93,11 @@ def test_calibration_measures_saves_and_reads_back_only_its_own(tmp_path):
   cal.save(str(path))
   assert costs.Calibration.load(str(path), "k1") == cal
   assert costs.Calibration.load(str(path), "other settings") is None
-  path.write_text("{damaged")
-  assert costs.Calibration.load(str(path), "k1") is None
+  path.write_text(json.dumps(dict(dataclasses.asdict(cal), retired_field=1)))
+  assert costs.Calibration.load(str(path), "k1") is None  # another version's: measured again
+  path.write_text("{damaged")  # not silently measured again: the runs here used its choice
+  with pytest.raises(ConfigError, match=r"calibration.json is damaged \(JSONDecodeError"):
+    costs.Calibration.load(str(path), "k1")
   with pytest.raises(ValueError, match="different batch sizes"):
     costs.calibrate(state, ds, ((4, 8), (4, 16)))
 

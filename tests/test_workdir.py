@@ -139,3 +139,38 @@ def test_a_result_that_is_not_a_row_is_refused_in_one_line(tmp_path):
     path.write_text(json.dumps(dict(done, row=broken)))
     with pytest.raises(ConfigError, match=r"tbptt-seed0.json does not hold a row this runner"):
       experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
+
+
+def test_calibration_is_kept_only_once_the_settings_check_passed(tmp_path, monkeypatch):
+  """Issue 23: num_buckets="auto" measures this machine's costs before the workdir's settings
+  check (the count enters the settings); a config the check then refuses used to leave its
+  calibration.json behind, which the workdir's own runs then read. Now it is saved only after
+  the check passes, atomically, under the workdir's lock."""
+  from lstm_jax import costs
+  from lstm_jax.workdir import write_json_atomically
+
+  fake = costs.Calibration(1.0, 1e-5, 1e-7, 1e6, 4.0)
+  monkeypatch.setattr(costs, "calibrate", lambda state, ds, shapes, key, *a, **k: fake)
+  cfg = _tiny_config(strategies=("bucket",))
+  cfg.strategy.bucket.num_buckets = "auto"
+  write_json_atomically(  # a finished row of another configuration
+    str(tmp_path / "results" / "bucket-seed0.json"),
+    dict(row={}, history=[], curve=[], settings={"model.hidden_size": 3}),
+  )
+  with pytest.raises(ConfigError, match="made with different settings"):
+    experiment.train_and_evaluate(cfg, str(tmp_path), quiet=True)
+  assert not (tmp_path / "calibration.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root")
+def test_an_unwritable_results_directory_is_one_line_before_anything_trains(tmp_path):
+  """Issue 23: results/ made immutable (EPERM even for root) used to surface as a traceback
+  after the first row had trained; the workdir is now probed first."""
+  (tmp_path / "results").mkdir()
+  if subprocess.run(["chattr", "+i", str(tmp_path / "results")]).returncode != 0:
+    pytest.skip("chattr +i is not supported on this file system")
+  try:
+    with pytest.raises(ConfigError, match=r"cannot write the workdir .*\(EPERM\) at .*results"):
+      experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
+  finally:
+    subprocess.run(["chattr", "-i", str(tmp_path / "results")])
