@@ -344,6 +344,7 @@ class Checkpointer:
     """Raises CheckpointError if the newest readable checkpoint in `directory` was saved with
     other settings (see `fit(settings=...)`); reads only its JSON part. Nothing to check (no
     checkpoint, or none readable) passes: restoring handles those."""
+    _NOISE.install()
     manager = ocp.CheckpointManager(
       os.path.abspath(directory),
       item_names=("arrays", "stream"),
@@ -483,11 +484,25 @@ def _cause(e: Exception) -> str:
 
 
 _ORBAX_LOG = logging.getLogger("lstm_jax.orbax")
+_TENSORSTORE_ERRORS = ("OCDBT database", 'Error opening "zarr" driver', "tensorstore")
+_READ_ONLY_NOISE = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
 
 
 def _from_orbax(tb) -> bool:
   while tb is not None:
     if "/orbax/" in tb.tb_frame.f_code.co_filename.replace(os.sep, "/"):
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _closed_loop_callback(exc, tb) -> bool:
+  """A read orbax abandoned (a damaged checkpoint's other arrays) completing after orbax closed
+  the event loop it ran in: tensorstore's callback then prints this, once per array."""
+  if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+    return False
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
       return True
     tb = tb.tb_next
   return False
@@ -522,15 +537,25 @@ class _OrbaxNoise(logging.Filter):
       if not self._take(args.exc_value, args.exc_traceback):
         unraisable_hook(args)
 
+    def printed_hook(kind, value, tb, previous=sys.excepthook):
+      if not self._take(value, tb):
+        previous(kind, value, tb)
+
     threading.excepthook = excepthook
     sys.unraisablehook = unraisablehook
+    sys.excepthook = printed_hook  # tensorstore's callbacks print through it
+    warnings.filterwarnings(  # an abandoned read's coroutine, collected
+      "ignore", message=r"coroutine 'Store\._\w+' was never awaited", category=RuntimeWarning
+    )
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR:  # orbax's one warning on every read-only look is noise
-      return not record.getMessage().startswith("Given directory is read only")
+    if record.levelno < logging.ERROR:  # what orbax says of every read-only look is noise
+      return not any(m in record.getMessage() for m in _READ_ONLY_NOISE)
     ours = "/orbax/" in record.pathname.replace(os.sep, "/")
     if not ours and record.exc_info and record.exc_info[2] is not None:
       ours = _from_orbax(record.exc_info[2])
+    if not ours and record.name == "asyncio" and record.exc_info:  # an abandoned read's future
+      ours = any(m in str(record.exc_info[1]) for m in _TENSORSTORE_ERRORS)
     if not ours:
       return True
     self._keep(record.getMessage().splitlines()[0] if record.getMessage() else record.name)
@@ -538,7 +563,7 @@ class _OrbaxNoise(logging.Filter):
     return False
 
   def _take(self, exc, tb) -> bool:
-    if exc is None or not _from_orbax(tb):
+    if exc is None or not (_from_orbax(tb) or _closed_loop_callback(exc, tb)):
       return False
     self._keep(_cause(exc))
     _ORBAX_LOG.debug("orbax: %s", _cause(exc), exc_info=(type(exc), exc, tb))

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from typing import Callable
 
 from lstm_jax.preemption import EXIT_PREEMPTED, Preempted
@@ -48,6 +49,7 @@ def exit_on_user_error(main: Callable) -> Callable:
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
+    warnings.formatwarning = _one_line_warning
     try:
       return main(*args, **kwargs)
     except LstmJaxError as e:
@@ -58,6 +60,11 @@ def exit_on_user_error(main: Callable) -> Callable:
       exit_without_hanging(EXIT_PREEMPTED)
 
   return wrapped
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+  """A warning as the command line prints it: 'warning (RuntimeWarning): ...', one line."""
+  return f"warning ({category.__name__}): {' '.join(str(message).split())}\n"
 
 
 def exit_without_hanging(status: int, grace_seconds: float = 2.0) -> None:

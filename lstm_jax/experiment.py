@@ -545,7 +545,11 @@ def run_strategy(
   else:
     clock.train_seconds = resumed.extra["train_seconds"]
     curve.points = list(resumed.extra["curve"])
-    log.resumed(resumed.position.real_tokens, clock.train_seconds + compiled_ahead)
+    log.resumed(
+      resumed.position.real_tokens,
+      clock.train_seconds + compiled_ahead,
+      curve.last["eval_loss"] if curve.points else math.nan,
+    )
   clock.tick(compiled_ahead)  # the compile made before the first step
   try:
     result = train.fit(

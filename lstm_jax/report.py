@@ -126,6 +126,7 @@ class ProgressLog:
     self.name, self.seed = name, seed
     self.total = total_tokens or int(strategy.plan(0).real_tokens.sum())
     self.tokens, self.seconds, self.next_line = 0, 0.0, 0.0
+    self.loss = self.eval_loss = math.nan  # not the previous row's
 
   def _write(self, rec: dict) -> None:
     self.file.write(metrics_line(self.name, self.seed, rec))
@@ -161,9 +162,10 @@ class ProgressLog:
     self.stream.write(("\r" + line) if self.tty else (line + "\n"))
     self.stream.flush()
 
-  def resumed(self, real_tokens: int, seconds: float) -> None:
-    """Training picked up from a checkpoint: the bar continues from there."""
-    self.tokens, self.seconds = real_tokens, seconds
+  def resumed(self, real_tokens: int, seconds: float, eval_loss: float = math.nan) -> None:
+    """Training picked up from a checkpoint: the bar continues from there (and shows the last
+    evaluation before it)."""
+    self.tokens, self.seconds, self.eval_loss = real_tokens, seconds, eval_loss
     self._write(dict(kind="resume", real_tokens=real_tokens))
     self.note(
       f"{self.name} seed {self.seed}: resumed from a checkpoint at {real_tokens:,} real tokens"
