@@ -623,6 +623,13 @@ def render() -> str:
     lines.append(f"| {case.area} | {case.what} | `{type(e).__name__}` | {text} |")
   lines += [
     "",
+    "Exit statuses of the command lines: 0 finished; 2 one of the errors above (also a "
+    "checkpoint write that failed: no space, read-only, immutable, an I/O error); 75 "
+    "preempted by a SIGTERM or SIGINT after writing the checkpoint of the step in flight "
+    "(run the same command again to resume; a batch script can requeue on it); 143 or 130 a "
+    "second SIGTERM or SIGINT, which exits at once. What the runner does on each fault "
+    "(signals, damaged checkpoints, failed writes) is the README's table under 'Faults'.",
+    "",
     "Not an error: a row whose optimizer step count differs from the median row's by "
     "more than `config.guards.step_tolerance` (e.g. a batch size set by hand instead of "
     "derived from `config.train.tokens_per_step`). The runner trains it, marks it `*` in "
