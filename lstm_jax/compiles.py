@@ -39,7 +39,7 @@ import jaxlib
 import numpy as np
 from jax.experimental import serialize_executable
 
-from lstm_jax.workdir import atomic_write
+from lstm_jax.files import atomic_write
 
 _EXECUTABLE_CACHE: ExecutableCache | None = None
 

@@ -41,7 +41,7 @@ from lstm_jax import batching, config, guards, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import cpu_model, versions
 from lstm_jax.errors import ConfigError
-from lstm_jax.workdir import write_json_atomically
+from lstm_jax.files import write_json_atomically
 
 CANDIDATE_BUCKETS = tuple(range(1, 17))  # num_buckets="auto" chooses among these
 

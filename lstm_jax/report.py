@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_jax.workdir import atomic_write
+from lstm_jax.files import atomic_write
 
 
 def _mean(order: int) -> dict:

@@ -42,7 +42,7 @@ import numpy as np
 
 from lstm_jax.data import RaggedDataset, _gather_steps
 from lstm_jax.errors import DataError
-from lstm_jax.workdir import write_json_atomically
+from lstm_jax.files import write_json_atomically
 
 FORMAT, VERSION = "lstm_jax.store", 1
 TARGET_KINDS = ("next_token", "step", "sequence")

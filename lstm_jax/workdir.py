@@ -13,7 +13,6 @@ names the keys that differ (`settings_difference`), and the fix: a new workdir, 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -23,52 +22,13 @@ import tempfile
 import time
 
 from lstm_jax.errors import ConfigError, os_error_text
+from lstm_jax.files import write_json_atomically
 
 
 def run_dir(workdir: str, kind: str, name: str, seed: int) -> str:
   """Where one (strategy, seed) keeps its checkpoints (kind="checkpoints") or its finished
   result (kind="results", plus ".json")."""
   return os.path.join(workdir, kind, f"{name}-seed{seed}")
-
-
-def write_json_atomically(path: str, obj, indent: int | None = None) -> None:
-  write_text_atomically(path, json.dumps(obj, indent=indent))
-
-
-def write_text_atomically(path: str, text: str) -> None:
-  with atomic_write(path) as f:
-    f.write(text)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w", newline: str | None = None):
-  """A file to write `path` through: a temporary file beside it, flushed to disk and renamed
-  over `path` when the block ends without an exception (removed if it raises). A kill, a full
-  disk or an exception mid-write leaves the old file or the new one, never half of one. Every
-  file the runner writes goes through here (results, checkpoints' history aside, report files,
-  plots, the calibration)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(
-      fd, mode, **({} if "b" in mode else dict(encoding="utf-8", newline=newline))
-    ) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644 & ~_umask())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 _WORKDIR_HINTS = {
@@ -86,11 +46,14 @@ def check_writable(workdir: str, kinds: tuple[str, ...] = ("results", "checkpoin
   """ConfigError, before anything loads or compiles, unless the runner can make `workdir` and
   its `kinds` subdirectories and write a file in each."""
   for d in (workdir, *(os.path.join(workdir, k) for k in kinds)):
+    made = not os.path.exists(d) and d != workdir  # left as found: the run makes it when needed
     try:
       os.makedirs(d, exist_ok=True)
       fd, probe = tempfile.mkstemp(dir=d, prefix=".write-probe-")
       os.close(fd)
       os.remove(probe)
+      if made:
+        os.rmdir(d)
     except OSError as e:
       hint = _WORKDIR_HINTS.get(e.errno, "")
       raise ConfigError(

@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
-  ("errors",),  # shared by all
+  ("preemption", "errors", "files"),  # shared by all
   ("recurrence", "model"),  # model core
   ("data", "store", "tasks", "sources", "batching"),  # data and batching
   (

@@ -33,7 +33,7 @@ import numpy as np
 
 from lstm_jax.benchmark import sections
 from lstm_jax.environment import versions
-from lstm_jax.workdir import write_json_atomically, write_text_atomically
+from lstm_jax.files import write_json_atomically, write_text_atomically
 
 GiB = 1 << 30
 

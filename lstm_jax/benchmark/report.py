@@ -14,7 +14,7 @@ from lstm_jax import batching, host
 from lstm_jax.benchmark import measure as bench
 from lstm_jax.benchmark import sections
 from lstm_jax.environment import versions
-from lstm_jax.workdir import write_json_atomically, write_text_atomically
+from lstm_jax.files import write_json_atomically, write_text_atomically
 
 
 def _strategies(ds, cfg) -> dict[str, batching.Strategy]:

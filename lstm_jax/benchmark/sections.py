@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from lstm_jax.workdir import write_text_atomically
+from lstm_jax.files import write_text_atomically
 
 
 def _pattern(name: str | None = None) -> re.Pattern:
