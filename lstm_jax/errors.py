@@ -54,7 +54,9 @@ def exit_on_user_error(main: Callable) -> Callable:
       return main(*args, **kwargs)
     except LstmJaxError as e:
       print(f"error ({type(e).__name__}): {e}", file=sys.stderr, flush=True)
-      exit_without_hanging(2)
+      if isinstance(e, CheckpointError):  # a failed write may leave orbax's threads waiting
+        exit_without_hanging(2)
+      sys.exit(2)
     except Preempted as e:  # a SIGTERM or SIGINT, after the checkpoint was written
       print(f"preempted: {e}", file=sys.stderr, flush=True)
       exit_without_hanging(EXIT_PREEMPTED)
@@ -68,22 +70,25 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def exit_without_hanging(status: int, grace_seconds: float = 2.0) -> None:
-  """sys.exit(status), unless threads that would keep the process from exiting are still running
-  after `grace_seconds` (orbax's, waiting for a checkpoint write that failed; a batch job would
-  hold its allocation until killed): then the streams are flushed and the process ends at once
-  with `status`."""
+  """sys.exit(status), unless orbax's threads are still running after `grace_seconds` (waiting
+  for a checkpoint write that failed, they would keep the process from exiting: a batch job
+  would hold its allocation until killed). Then the streams are flushed and the process ends at
+  once with `status`. Other threads are left alone (and the exit is the usual one)."""
   deadline = time.monotonic() + grace_seconds
 
-  def blocking():
-    me = threading.current_thread()
-    return [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+  def orbax_threads():
+    return [
+      t
+      for t in threading.enumerate()
+      if not t.daemon and t.is_alive() and type(t).__module__.startswith("orbax")
+    ]
 
-  for t in blocking():
+  for t in orbax_threads():
     try:
       t.join(max(0.0, deadline - time.monotonic()))
     except Exception:  # orbax's threads raise TimeoutError from join instead of returning
       pass
-  if blocking():
+  if orbax_threads():
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
