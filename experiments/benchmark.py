@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(errors.exit_on_user_error(main))
+  app.run(errors.exit_on_user_error(main), flags_parser=errors.parse_flags)

@@ -1068,8 +1068,9 @@ class Pack(Strategy):
     _check_fits(
       dataset,
       self.length,
-      "row length",
-      "Raise row_length, or use 'tbptt', which splits long sequences.",
+      "pack row length",
+      "Raise row_length (in the runner: --config.strategy.pack.row_length=N, or =None for "
+      "the longest sequence), or use 'tbptt', which splits long sequences.",
     )
     self.bins = first_fit_decreasing(
       dataset.lengths, self.length, np.random.default_rng([self.seed, 1])

@@ -6,6 +6,7 @@ them). Every message names the problem (which sequence, which key, which value) 
 
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import os
@@ -62,6 +63,63 @@ def exit_on_user_error(main: Callable) -> Callable:
       exit_without_hanging(EXIT_PREEMPTED)
 
   return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for the command-line mains (`app.run(main, flags_parser=parse_flags)`),
+  with a bad flag as one line and exit status 2: an unknown flag, a value of the wrong type, a
+  misspelt `--config.` key (ml_collections' own "Did you mean" kept), a bad preset. A config
+  value given as `None` (`--config.strategy.pack.row_length=None`) is set to None, which
+  ml_collections' typed parsing refuses."""
+  from absl import flags  # noqa: PLC0415 (only the mains use absl)
+
+  nones, rest = [], []
+  for arg in argv:
+    name, _, value = arg.partition("=")
+    if arg.startswith("--") and "." in name and value in ("None", "none"):
+      nones.append(name[2:])
+    else:
+      rest.append(arg)
+  try:
+    left = flags.FLAGS(rest)
+    for path in nones:
+      root, *keys = path.split(".")
+      node = getattr(flags.FLAGS, root)
+      for key in keys[:-1]:
+        node = node[key]
+      if keys[-1] not in node:
+        raise KeyError(f"{keys[-1]!r}")
+      node[keys[-1]] = None
+    return left
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    said = _flag_error_text(e)
+    bad = [a for a in argv if a.startswith("--") and a.split("=")[0] not in said]
+    bad = [a for a in bad if any(w.strip("'\"") in a.split("=")[0] for w in said.split()[:2])]
+    where = f" (in {bad[0]})" if bad else ""
+    print(
+      f"error (ConfigError): bad flag{where}: {said}{'' if said[-1:] in '.?' else '.'} The keys "
+      f"and their types are in configs/compare.py and lstm_jax/config.py; --helpfull lists "
+      f"the flags.",
+      file=sys.stderr,
+      flush=True,
+    )
+    sys.exit(2)
+
+
+def _flag_error_text(e: Exception) -> str:
+  """One line of a flag error: ml_collections' quoted KeyError text unquoted, a config file's
+  traceback reduced to its last line."""
+  text = str(e)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  if "Traceback (most recent call last)" in text:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = next((line for line in reversed(lines) if ": " in line), lines[-1])
+    text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
+  return " ".join(text.split())
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -627,7 +627,10 @@ def render() -> str:
     "checkpoint write that failed: no space, read-only, immutable, an I/O error); 75 "
     "preempted by a SIGTERM or SIGINT after writing the checkpoint of the step in flight "
     "(run the same command again to resume; a batch script can requeue on it); 143 or 130 a "
-    "second SIGTERM or SIGINT, which exits at once. What the runner does on each fault "
+    "second SIGTERM or SIGINT, which exits at once. A bad flag is one line and status 2 too "
+    "(a misspelt key: `error (ConfigError): bad flag (in --config.model.hiden_size=3): "
+    "'hiden_size' Did you mean \"hidden_size\" instead of \"hiden_size\"? ...`; a value of the "
+    "wrong type; an unknown preset). What the runner does on each fault "
     "(signals, damaged checkpoints, failed writes) is the README's table under 'Faults'.",
     "",
     "Not an error: a row whose optimizer step count differs from the median row's by "

@@ -246,7 +246,7 @@ def test_sequence_longer_than_pad_or_pack_length():
   ds = identity_dataset([3, 5, 30])
   with pytest.raises(DataError, match=r"longer than the padded length max_length \(10\)"):
     batching.Pad(ds, batch_size=2, max_length=10)
-  with pytest.raises(DataError, match=r"longer than the row length \(10\)"):
+  with pytest.raises(DataError, match=r"longer than the pack row length \(10\)"):
     batching.Pack(ds, batch_size=2, row_length=10)
 
 

@@ -96,7 +96,11 @@ def test_pack_default_row_length_does_not_grow_with_the_longest_file(tmp_path, m
   docs = _documents(tmp_path / "docs")
   _no_compile(monkeypatch)
   cfg = _files_config(docs, strategies=("pack",))
-  with pytest.raises(DataError, match=r"longer than the row length \(1024\).*use 'tbptt'"):
+  with pytest.raises(
+    DataError,
+    match=r"longer than the pack row length \(1024\).*--config.strategy.pack.row_length"
+    r".*use 'tbptt'",
+  ):
     experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
 
 

@@ -105,11 +105,23 @@ def test_settings_difference_names_each_key():
 
 
 def test_runner_prints_a_user_error_as_one_message_and_exits_2(tmp_path):
-  proc = run_smoke(tmp_path, 1, "--config.model.hidden_size=0", check=False)
+  """A config error is one line and exit 2, and so (issue 24) is a bad flag: a misspelt key
+  (53 lines of traceback and exit 1 before). `--config.strategy.pack.row_length=None`, as the
+  README writes it, is accepted: the run goes on to the hidden size's error."""
+  proc = run_smoke(
+    tmp_path, 1, "--config.strategy.pack.row_length=None", "--config.model.hidden_size=0",
+    check=False,
+  )  # fmt: skip
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
     "error (ConfigError): config.model.hidden_size must be >= 1, got 0."
+  )
+  typo = run_smoke(tmp_path, 1, "--config.model.hiden_size=3", check=False)
+  assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1, typo.stderr
+  assert typo.stderr.startswith(
+    "error (ConfigError): bad flag (in --config.model.hiden_size=3): 'hiden_size' Did you "
+    'mean "hidden_size" instead of "hiden_size"?'
   )
 
 
