@@ -90,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
   # cell: "lstm" (the hand-written LSTM: fastest, bfloat16 and manual backward available) or a
   # Flax cell run by the generic masked scan: "gru", "mgu", "simple", "flax_lstm",
   # "optimized_lstm" (lstm_jax.model.CELLS).
+  # bidirectional: a forward and a backward pass over each whole sequence, concatenated (for
+  # sequence-level labels); only for strategies that keep sequences whole (not tbptt, vbptt).
   c.model = ml_collections.ConfigDict(
     dict(
       cell="lstm",
@@ -102,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
       output_dropout=0.0,
       backward="manual",
       matmul_dtype="float32",
+      bidirectional=False,
     )
   )
   # Adam. schedule "constant", or "cosine": the learning rate decays from learning_rate to
@@ -282,6 +285,14 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       f"config.model.matmul_dtype={cfg.model.matmul_dtype!r} is implemented for "
       f"config.model.cell='lstm' only; use float32 with cell {cfg.model.cell!r}."
     )
+  if cfg.model.bidirectional:
+    cut = [s for s in cfg.strategies if batching.STRATEGIES[s].carries_state]
+    if cut:
+      raise ConfigError(
+        f"config.model.bidirectional needs whole sequences in each row, and {cut} cut them "
+        f"into chunks; leave {' and '.join(cut)} out of config.strategies (pad, bucket and pack "
+        f"keep sequences whole)."
+      )
   for name in cfg.strategies:
     check_strategy_settings(name, cfg)
 

@@ -629,7 +629,7 @@ def render() -> str:
     "(run the same command again to resume; a batch script can requeue on it); 143 or 130 a "
     "second SIGTERM or SIGINT, which exits at once. A bad flag is one line and status 2 too "
     "(a misspelt key: `error (ConfigError): bad flag (in --config.model.hiden_size=3): "
-    "'hiden_size' Did you mean \"hidden_size\" instead of \"hiden_size\"? ...`; a value of the "
+    '\'hiden_size\' Did you mean "hidden_size" instead of "hiden_size"? ...`; a value of the '
     "wrong type; an unknown preset). What the runner does on each fault "
     "(signals, damaged checkpoints, failed writes) is the README's table under 'Faults'.",
     "",

@@ -96,3 +96,30 @@ def test_trains_with_pack_and_refuses_tbptt():
   assert train.evaluate(result.state, pack)["loss"] < 0.9 * before
   with pytest.raises(ConfigError, match="bidirectional model needs whole sequences"):
     train.fit(state, batching.TBPTT(ds, num_streams=2, chunk_length=4), epochs=1)
+
+
+def test_the_runner_trains_a_bidirectional_model_and_refuses_chunking_strategies(tmp_path):
+  """Issue 24: config.model.bidirectional in the runner (the library had it, the runner not);
+  with tbptt or vbptt in config.strategies it is one ConfigError before anything loads."""
+  import sys
+  from pathlib import Path
+
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  from configs import compare
+  from lstm_jax import config, experiment
+  from lstm_jax.checkpoint import Checkpointer
+
+  cfg = compare.get_config("smoke")
+  cfg.strategies = ("pad", "tbptt")
+  cfg.model.bidirectional = True
+  with pytest.raises(ConfigError, match=r"bidirectional needs whole sequences.*\['tbptt'\]"):
+    config.validate_config(cfg)
+  cfg.strategies = ("pack",)
+  cfg.data.update(source="parity", num_sequences=120)
+  cfg.data.lengths.update(min_length=2, max_length=30, median=10.0)
+  cfg.train.update(tokens_per_step=256, epochs=1, real_tokens=0)
+  cfg.tune_malloc, cfg.predict_costs = False, False
+  summary = experiment.train_and_evaluate(cfg, str(tmp_path), quiet=True)
+  assert summary[0]["strategy"] == "pack" and np.isfinite(summary[0]["eval_loss"])
+  arrays, _ = Checkpointer(tmp_path / "checkpoints" / "pack-seed0").read()
+  assert "backward" in str(jax.tree_util.tree_structure(arrays["params"]))
