@@ -694,6 +694,33 @@ def preflight(
   return prepared
 
 
+def earlier_rows(
+  cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict, devices: int
+) -> dict[tuple[str, int], tuple[dict, list, list]]:
+  """The finished results in `workdir` of the strategies and seeds this config does not run
+  (an earlier run with more strategies or seeds) whose settings are what this config gives
+  them: (row, history, curve) by (strategy, seed). Results of other settings are left out."""
+  ran = {(name, cfg.seed + s) for s in range(cfg.seeds) for name in cfg.strategies}
+  found = {}
+  directory = os.path.join(workdir, "results")
+  names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+  versions_now = versions()
+  for file in names:
+    name, _, seed = file.removesuffix(".json").rpartition("-seed")
+    if not file.endswith(".json") or not seed.isdigit() or (name, int(seed)) in ran:
+      continue
+    if name not in batching.STRATEGIES or name not in cfg.strategy:
+      continue
+    settings = config.run_settings(cfg, name, int(seed), data_identity, versions_now, devices)
+    try:
+      done = read_result(os.path.join(directory, file), settings)
+    except ConfigError:  # another configuration's row: not this comparison's
+      continue
+    row = _read_row(os.path.join(directory, file), done["row"]).to_dict(finished=False)
+    found[(name, int(seed))] = (row, done["history"], done["curve"])
+  return found
+
+
 def check_workdir_settings(
   cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict, devices: int
 ) -> dict[tuple[str, int], dict]:
@@ -824,6 +851,11 @@ def _run_all(
       curves[(name, seed)], histories[(name, seed)] = curve, hist
       if invocations is not None:
         invocations.update()
+  if writer:  # the table grows, never shrinks: earlier rows of this configuration join it
+    for (name, seed), (row, hist, curve) in earlier_rows(cfg, workdir, identity, devices).items():
+      log.note(f"{name} seed {seed}: finished by an earlier run of this workdir, in the table")
+      runs.append(row)
+      curves[(name, seed)], histories[(name, seed)] = curve, hist
   # Per seed: rows flagged by the guards are left out of the target, which unless set is the
   # worst final eval loss among the comparable rows, and are not timed to it (never ranked).
   for s in range(cfg.seeds):

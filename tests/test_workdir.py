@@ -186,3 +186,22 @@ def test_an_unwritable_results_directory_is_one_line_before_anything_trains(tmp_
       experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
   finally:
     subprocess.run(["chattr", "-i", str(tmp_path / "results")])
+
+
+def test_a_rerun_with_fewer_strategies_keeps_the_earlier_rows_in_the_table(tmp_path):
+  """Issue 24: the table grows, never shrinks. A rerun of one strategy (to give it another seed,
+  say) rebuilds the report from every finished result of this configuration in the workdir;
+  a result made with other settings stays out."""
+  experiment.train_and_evaluate(_tiny_config(strategies=("tbptt", "pack")), str(tmp_path), True)
+  first = json.loads((tmp_path / "summary.json").read_text())
+  assert [r["strategy"] for r in first] == ["tbptt", "pack"]
+  again = experiment.train_and_evaluate(_tiny_config(strategies=("pack",)), str(tmp_path), True)
+  assert sorted(r["strategy"] for r in again) == ["pack", "tbptt"]
+  by_name = {r["strategy"]: r for r in again}
+  for r in first:
+    assert by_name[r["strategy"]]["eval_loss"] == r["eval_loss"]
+  saved = json.loads((tmp_path / "results" / "tbptt-seed0.json").read_text())
+  saved["settings"]["optimizer.learning_rate"] = 0.5  # as if another configuration made it
+  (tmp_path / "results" / "tbptt-seed0.json").write_text(json.dumps(saved))
+  rows = experiment.train_and_evaluate(_tiny_config(strategies=("pack",)), str(tmp_path), True)
+  assert [r["strategy"] for r in rows] == ["pack"]
