@@ -11,6 +11,10 @@ sequences the strategies are evaluated on:
   minus that of train alone, which is what a compressor that has read the training data pays
   for the held-out bytes.
 
+For classification, `classification` gives what a model that ignores its inputs reaches on
+the held-out targets: the majority class of the training split (its accuracy) and the training
+split's class frequencies, add-one smoothed (their cross-entropy, in nats: the loss to beat).
+
 All from the Python standard library, deterministic, and independent of any model. Their time
 must not grow with the corpus, so each side is a fixed-size sample: the held-out split's first
 sequences up to `HELD_OUT_SAMPLE` bytes, the training split's up to `TRAIN_SAMPLE` (whole
@@ -76,3 +80,22 @@ def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, float]:
       held_out_of=text_bytes(held_out), train_bytes=len(train_text), train_of=text_bytes(train)
     )
   return out
+
+
+def classification(train: RaggedDataset, held_out: RaggedDataset) -> dict:
+  """The majority-class accuracy and the class priors' cross-entropy (nats) on the held-out
+  targets, both from the training split's class counts (one target per sequence, or per step
+  for step-level labels, as the loss weighs them)."""
+  n = int(train.num_classes)
+  counts = np.bincount(np.asarray(train.targets).reshape(-1), minlength=n)[:n].astype(np.float64)
+  held = np.asarray(held_out.targets).reshape(-1)
+  majority = int(np.argmax(counts))
+  prior = (counts + 1.0) / (counts.sum() + n)
+  return dict(
+    kind="classification",
+    classes=n,
+    majority_class=majority,
+    majority_accuracy=float(np.mean(held == majority)),
+    prior_loss=float(-np.mean(np.log(prior[np.clip(held, 0, n - 1)]))),
+    held_out_targets=int(held.size),
+  )

@@ -893,6 +893,8 @@ def _run_all(
     meta["predictions"] = predictions
   if metric_of(train_ds) == "bits_per_byte":
     meta["baselines"] = baselines.byte_lm(train_ds, eval_ds)
+  elif metric_of(train_ds) == "accuracy":
+    meta["class_baselines"] = baselines.classification(train_ds, eval_ds)
   if not writer:
     return report.aggregate(runs)
   log.file.close()

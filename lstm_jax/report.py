@@ -507,6 +507,7 @@ def markdown_report(
     f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.",
     "",
     *baseline_lines(meta.get("baselines")),
+    *class_baseline_lines(summary, meta.get("class_baselines")),
     *quality_table(summary, curves or {}, meta.get("baselines")),
     *predictions_table(summary, meta.get("predictions")),
     "## Reading",
@@ -581,6 +582,34 @@ def baseline_lines(baselines: dict | None) -> list[str]:
     f"the data alone): {said}.",
     "",
   ]
+
+
+def class_baseline_lines(summary: list[dict], base: dict | None) -> list[str]:
+  """The classification baselines under the table, and a warning for each row whose accuracy
+  is no better than always answering the majority class (it learnt only the class counts)."""
+  if not base:
+    return []
+  out = [
+    f"*Baselines* on the same {base['held_out_targets']:,} held-out targets "
+    f"(`lstm_jax/baselines.py`, from the training split's class counts): always the majority "
+    f"class ({base['majority_class']}) has accuracy {base['majority_accuracy']:.3f}; the class "
+    f"priors have cross-entropy {base['prior_loss']:.4f} (the eval loss to beat).",
+    "",
+  ]
+  stuck = [
+    r["strategy"]
+    for r in summary
+    if r.get("metric") == "accuracy" and r["eval_metric"] <= base["majority_accuracy"] + 0.005
+  ]
+  if stuck:
+    out += [
+      f"**Warning**: {', '.join(stuck)} ended at the majority-class baseline: "
+      f"{'it' if len(stuck) == 1 else 'they'} learnt nothing beyond the class counts. Train "
+      f"longer, lower or raise the learning rate, or normalise the inputs "
+      f"(`config.data.standardize`).",
+      "",
+    ]
+  return out
 
 
 def _against_baselines(best: dict, baselines: dict) -> str:

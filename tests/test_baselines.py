@@ -1,5 +1,6 @@
-"""Byte-level baselines (lstm_jax.baselines): each figure recomputed here from the standard
-library, on the bytes the runner evaluates, and what the report says about them."""
+"""Baselines (lstm_jax.baselines): the byte-level ones recomputed here from the standard
+library, on the bytes the runner evaluates; the classification ones by hand; and what the
+report says about them."""
 
 import bz2
 import collections
@@ -93,3 +94,33 @@ def test_report_sets_the_best_row_against_the_baselines():
 
 def baselines_text(b):
   return "\n".join(report.baseline_lines(b))
+
+
+def test_classification_baselines_and_the_majority_class_warning():
+  """Issue 24: a classification report has a majority-class and a class-prior baseline, and a
+  row that ends at the majority class's accuracy is called out (it learnt only the counts)."""
+  import math
+
+  from lstm_jax import report
+  from lstm_jax.data import RaggedDataset
+
+  def sequences(labels):
+    n = len(labels)
+    values = np.zeros((3 * n, 2), np.float32)
+    return RaggedDataset(
+      values, np.full(n, 3), np.array(labels), target_level="sequence", num_classes=3
+    )
+
+  got = baselines.classification(sequences([0, 0, 0, 1, 1, 2]), sequences([0, 1, 1, 1]))
+  assert got["majority_class"] == 0 and got["majority_accuracy"] == 0.25
+  prior = np.array([4, 3, 2]) / 9  # add-one smoothed training counts
+  want = -(math.log(prior[0]) + 3 * math.log(prior[1])) / 4
+  assert abs(got["prior_loss"] - want) < 1e-12 and got["held_out_targets"] == 4
+  rows = [
+    dict(strategy="pad", metric="accuracy", eval_metric=0.25),
+    dict(strategy="bucket", metric="accuracy", eval_metric=0.75),
+  ]
+  lines = report.class_baseline_lines(rows, got)
+  assert "majority class (0) has accuracy 0.250" in lines[0]
+  assert lines[2].startswith("**Warning**: pad ended at the majority-class baseline")
+  assert len(report.class_baseline_lines(rows[1:], got)) == 2  # no warning for bucket alone
