@@ -534,7 +534,7 @@ def run_strategy(
     log.eval(point)
 
   # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
-  log.start(name, seed, cfg.train.real_tokens or int(planned.sum()), strategy)
+  log.start(name, seed, cfg.train.real_tokens or int(planned.sum()), strategy, metric)
   resumed = (
     train.resume(checkpointer, state, strategy, steps, settings)
     if checkpointer is not None
@@ -548,7 +548,7 @@ def run_strategy(
     log.resumed(
       resumed.position.real_tokens,
       clock.train_seconds + compiled_ahead,
-      curve.last["eval_loss"] if curve.points else math.nan,
+      curve.last if curve.points else None,
     )
   clock.tick(compiled_ahead)  # the compile made before the first step
   try:

@@ -120,10 +120,11 @@ class ProgressLog:
     self.tty = getattr(self.stream, "isatty", lambda: False)()
     self.name, self.seed, self.total, self.last_draw = "", 0, 1, 0.0
     self.tokens, self.seconds, self.loss, self.eval_loss = 0, 0.0, math.nan, math.nan
+    self.metric, self.eval_metric = "", math.nan
     self.next_line = 0.0
 
-  def start(self, name: str, seed: int, total_tokens: int, strategy) -> None:
-    self.name, self.seed = name, seed
+  def start(self, name: str, seed: int, total_tokens: int, strategy, metric: str = "") -> None:
+    self.name, self.seed, self.metric, self.eval_metric = name, seed, metric, math.nan
     self.total = total_tokens or int(strategy.plan(0).real_tokens.sum())
     self.tokens, self.seconds, self.next_line = 0, 0.0, 0.0
     self.loss = self.eval_loss = math.nan  # not the previous row's
@@ -141,6 +142,7 @@ class ProgressLog:
   def eval(self, rec: dict) -> None:
     self._write(dict(kind="eval", **rec))
     self.eval_loss = rec["eval_loss"]
+    self.eval_metric = rec.get("eval_metric", math.nan)
 
   def _draw(self, final: bool = False) -> None:
     if self.quiet:
@@ -158,14 +160,17 @@ class ProgressLog:
       f"{self.name:>13} s{self.seed} [{bar}] {100 * frac:5.1f}% "
       f"{self.tokens / 1e3:8.1f}k tok {self.tokens / max(self.seconds, 1e-9):9.0f} tok/s "
       f"loss {self.loss:7.4f} eval {self.eval_loss:7.4f}"
+      + (f" acc {100 * self.eval_metric:5.1f}%" if self.metric == "accuracy" else "")
     )
     self.stream.write(("\r" + line) if self.tty else (line + "\n"))
     self.stream.flush()
 
-  def resumed(self, real_tokens: int, seconds: float, eval_loss: float = math.nan) -> None:
+  def resumed(self, real_tokens: int, seconds: float, last_eval: dict | None = None) -> None:
     """Training picked up from a checkpoint: the bar continues from there (and shows the last
     evaluation before it)."""
-    self.tokens, self.seconds, self.eval_loss = real_tokens, seconds, eval_loss
+    self.tokens, self.seconds = real_tokens, seconds
+    self.eval_loss = (last_eval or {}).get("eval_loss", math.nan)
+    self.eval_metric = (last_eval or {}).get("eval_metric", math.nan)
     self._write(dict(kind="resume", real_tokens=real_tokens))
     self.note(
       f"{self.name} seed {self.seed}: resumed from a checkpoint at {real_tokens:,} real tokens"

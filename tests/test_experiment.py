@@ -425,3 +425,30 @@ def test_synthetic_presets_load(preset):
   ds, identity = sources.load_source(compare.get_config(preset).data)
   assert len(ds) == identity["num_sequences"] == 4000
   assert identity["lengths"]["kind"] == "lognormal"
+
+
+def test_progress_lines_show_accuracy_for_classification():
+  """Issue 24: the progress line of a classification row shows its last eval accuracy (the loss
+  alone says little about a classifier); other rows' lines do not."""
+  import io
+  import math
+  import os
+
+  from lstm_jax import report
+
+  class Plan:
+    real_tokens = np.array([100])
+
+  class AnyStrategy:
+    def plan(self, epoch):
+      return Plan()
+
+  for metric, shown in (("accuracy", " acc  61.2%"), ("bits_per_byte", None)):
+    out = io.StringIO()
+    log = report.ProgressLog(os.devnull, stream=out)
+    log.start("pad", 0, 100, AnyStrategy(), metric)
+    log.eval(dict(eval_loss=0.9, eval_metric=0.612))
+    log.step(dict(real_tokens=100, step_seconds=0.1, loss=1.0))
+    line = out.getvalue().strip().splitlines()[-1]
+    assert line.endswith(shown) if shown else "acc" not in line, line
+    assert not math.isnan(log.eval_loss)
