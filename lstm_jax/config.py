@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       # feature inputs: scale each feature to zero mean and unit variance with the training
       # split's statistics (the eval split gets the same affine map); token inputs: an error
       standardize=False,
+      drop_duplicates=False,  # npz: drop exact copies of an earlier sequence (inputs and targets)
       split_seed=0,
       num_sequences=4000,
       seed=0,  # synthetic tasks

