@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
       include_tests=False,  # stdlib: also the test folders
       max_sequences=0,  # subsample (seeded by split_seed) before the split
       eval_fraction=0.05,
+      # a given split: the held-out data, in the same form as `path` (then path is all training
+      # data and eval_fraction is not used); "" (the default): a seeded random split
+      eval_path="",
       # feature inputs: scale each feature to zero mean and unit variance with the training
       # split's statistics (the eval split gets the same affine map); token inputs: an error
       standardize=False,

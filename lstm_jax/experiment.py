@@ -45,7 +45,7 @@ from lstm_jax import (
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
-from lstm_jax.errors import ConfigError
+from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import SequenceModel
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.store import StoredDataset
@@ -185,7 +185,17 @@ def split_data(cfg: ml_collections.ConfigDict):
     keep = sources.subsample_indices(len(dataset), cfg.data.max_sequences, cfg.data.split_seed)
     dataset = dataset.subset(keep, name=dataset.name)
     identity["subsampled_to"] = int(cfg.data.max_sequences)
-  train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
+  if cfg.data.eval_path:  # a given split: the held-out data from its own file or directory
+    held_out, identity["eval_source"] = sources.load_source(
+      ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.eval_path, max_sequences=0))
+    )
+    train_ds, eval_ds = given_split(dataset, held_out, cfg.data.eval_path)
+    identity["split"] = f"given: {cfg.data.eval_path}"
+  else:
+    train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
+    identity["split"] = (
+      f"random: {cfg.data.eval_fraction:g} held out (split_seed {cfg.data.split_seed})"
+    )
   if cfg.data.standardize:
     train_ds, eval_ds, identity["standardized"] = standardize(train_ds, eval_ds)
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
@@ -199,6 +209,40 @@ def split_data(cfg: ml_collections.ConfigDict):
     eval_fingerprint=eval_ds.fingerprint(),
   )
   return train_ds, eval_ds, identity
+
+
+def given_split(
+  train: RaggedDataset, held_out: RaggedDataset, eval_path: str
+) -> tuple[RaggedDataset, RaggedDataset]:
+  """(train, eval) for a given split: checked to be the same kind of data, with one class
+  count and vocabulary (the larger of the two, as inferred from each)."""
+  kinds = {
+    "token or feature inputs": (train.is_tokens, held_out.is_tokens),
+    "features per step": (train.num_features, held_out.num_features),
+    "label level (sequence or step)": (train.target_level, held_out.target_level),
+    "classification or regression": (train.is_classification, held_out.is_classification),
+  }
+  for what, (a, b) in kinds.items():
+    if a != b:
+      raise DataError(
+        f"config.data.eval_path {eval_path} holds other data than config.data.path ({what}: "
+        f"{b!r} there, {a!r} in the training data); give both in the same form."
+      )
+  shared = {}
+  for key in ("num_classes", "vocab_size"):
+    counts = [getattr(ds, key) for ds in (train, held_out)]
+    if counts[0] is not None and counts[0] != counts[1]:
+      shared[key] = max(counts)
+  if shared:
+    if not all(
+      dataclasses.is_dataclass(ds) and type(ds) is RaggedDataset for ds in (train, held_out)
+    ):
+      raise DataError(
+        f"config.data.eval_path {eval_path} and config.data.path give different "
+        f"{', '.join(shared)}; store the same num_classes and vocab_size with both."
+      )
+    train, held_out = (dataclasses.replace(ds, **shared) for ds in (train, held_out))
+  return train, held_out
 
 
 def compile_largest_step(

@@ -484,7 +484,8 @@ def markdown_report(
     + f"), data split and seed for every row; "
     f"each trained on {cfg['train']['real_tokens'] or 'all'} real tokens "
     f"({cfg['train']['epochs'] or '-'} epochs max), {cfg['seeds']} seed(s); evaluated on the "
-    f"held-out split with the same exact masked forward.",
+    f"held-out split with the same exact masked forward"
+    + (f" (split: {d['split']})." if d.get("split") else "."),
     "",
     table(summary, markdown=True),
     "",

@@ -452,3 +452,38 @@ def test_progress_lines_show_accuracy_for_classification():
     line = out.getvalue().strip().splitlines()[-1]
     assert line.endswith(shown) if shown else "acc" not in line, line
     assert not math.isnan(log.eval_loss)
+
+
+def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
+  """Issue 24: --config.data.eval_path (a published train/test split): every sequence of
+  data.path trains, every one of eval_path is held out, the class count is the larger of the
+  two files' (the held-out file lacks class 2 here), and the report says which split it used.
+  A held-out file of another kind of data is one DataError naming it."""
+  from configs import compare
+  from lstm_jax.errors import DataError
+
+  rng = np.random.default_rng(0)
+
+  def write(name, n, classes, features=3):
+    lengths = rng.integers(4, 20, size=n)
+    np.savez(
+      tmp_path / name,
+      values=rng.normal(size=(int(lengths.sum()), features)).astype(np.float32),
+      lengths=lengths,
+      targets=rng.integers(0, classes, size=n),
+    )
+    return str(tmp_path / name)
+
+  cfg = compare.get_config("smoke")
+  cfg.strategies = ("pad",)
+  cfg.data.update(source="npz", path=write("train.npz", 60, 3), eval_path=write("test.npz", 17, 2))
+  cfg.train.update(tokens_per_step=128, epochs=1, real_tokens=0)
+  cfg.tune_malloc, cfg.predict_costs = False, False
+  experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  data = json.loads((tmp_path / "w" / "meta.json").read_text())["data"]
+  assert data["train_sequences"] == 60 and data["eval_sequences"] == 17
+  assert data["split"] == f"given: {tmp_path / 'test.npz'}" and data["num_classes"] == 3
+  assert f"(split: given: {tmp_path / 'test.npz'})" in (tmp_path / "w" / "report.md").read_text()
+  cfg.data.eval_path = write("other.npz", 10, 2, features=5)
+  with pytest.raises(DataError, match=r"eval_path .*other.npz holds other data .*features"):
+    experiment.split_data(cfg)
