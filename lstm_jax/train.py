@@ -32,7 +32,7 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from lstm_jax import sharding
+from lstm_jax import batching, sharding
 from lstm_jax.batching import Batch, Strategy, StreamPosition, assemble
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
@@ -652,6 +652,68 @@ def fit(
     resumed_from=resumed.step if resumed is not None else None,
     clock_start=clock_start,
   )
+
+
+def predict_step(state: TrainState, batch: Batch, carry: Carry):
+  """The model's outputs <float32>[B, T, ...] on the batch (logits for classification)."""
+  preds, _ = state.apply_fn(
+    {"params": state.params},
+    batch.inputs,
+    mask=batch.mask,
+    resets=batch.resets,
+    initial_carry=carry,
+  )
+  return preds
+
+
+@dataclasses.dataclass
+class Predictions:
+  """What `predict` returns, sequence by sequence in the dataset's order.
+
+  outputs: per sequence, its model outputs at each of its steps, <float32>[length, C or D]
+  last:    <float32>[N, C or D], each sequence's output at its last step (what a sequence-level
+           label is scored on)
+  probabilities, classes: for classification, softmax and argmax of `last` (sequence-level
+           labels) or of each step's output (step-level: lists, like `outputs`); else None
+  """
+
+  outputs: list[np.ndarray]
+  last: np.ndarray
+  probabilities: Any = None
+  classes: Any = None
+  compiles: int = 0  # of the predict step, one per batch shape
+
+
+def predict(state: TrainState, dataset: RaggedDataset, batch_size: int = 32, num_buckets: int = 4):
+  """The model's outputs for every sequence of `dataset`, each computed whole (bucketed by
+  length, so little is padding; the mask makes padding change nothing: each sequence's outputs
+  are what it gives alone). For research code: per-sequence classes and probabilities, or
+  per-step outputs."""
+  check_model_fits_data(state.model, dataset, state.params)
+  strategy = batching.Bucket(
+    dataset, batch_size=batch_size, num_buckets=min(num_buckets, len(np.unique(dataset.lengths)))
+  )
+  fn = CountedJit(predict_step, name="predict_step")
+  outputs: list = [None] * len(dataset)
+  for plan in strategy.plan(0):
+    batch = assemble(dataset, plan)
+    preds = np.asarray(fn(state, batch, state.model.zero_carry(plan.batch_size)))
+    for row, seq, _start, position, length in plan.segments:
+      outputs[seq] = preds[row, position : position + length]
+  last = np.stack([o[-1] for o in outputs])
+  out = Predictions(outputs=outputs, last=last, compiles=fn.compiles)
+  if state.loss_kind == "classification":
+
+    def softmax(x):
+      e = np.exp(x - x.max(axis=-1, keepdims=True))
+      return e / e.sum(axis=-1, keepdims=True)
+
+    if dataset.target_level == "sequence":
+      out.probabilities, out.classes = softmax(last), np.argmax(last, axis=-1)
+    else:
+      out.probabilities = [softmax(o) for o in outputs]
+      out.classes = [np.argmax(o, axis=-1) for o in outputs]
+  return out
 
 
 def evaluate(

@@ -470,3 +470,30 @@ def test_a_background_compile_error_reaches_the_caller(data):
     steps.train.raise_background_errors()
   ok = train.abstract_step_args(steps.train, state, data, (4, 12))
   assert steps.train.compile(*ok) is not None  # the other shape compiled fine
+
+
+def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same():
+  """Issue 24: `train.predict` for research code. Bucketed batches with a mask: each
+  sequence's per-step outputs equal the model applied to it alone (float32 rounding), the
+  sequence-level classes score the accuracy `evaluate` reports, and it compiles once per
+  bucket shape."""
+  from lstm_jax.data import RaggedDataset
+
+  lengths = np.random.default_rng(3).integers(2, 25, size=30)
+  feats = ragged_features(lengths, num_features=3, seed=4)
+  labels = np.random.default_rng(5).integers(0, 3, size=len(lengths))
+  ds = RaggedDataset(feats.values, lengths, labels, target_level="sequence", num_classes=3)
+  model = SequenceModel(8, num_outputs=3)
+  state = train.create_train_state(model, optax.adam(1e-2), ds, seed=1)
+  state = train.fit(state, batching.Pad(ds, batch_size=6), epochs=2).state
+  got = train.predict(state, ds, batch_size=8, num_buckets=3)
+  assert got.compiles == 3 and len(got.outputs) == len(ds)
+  for i in np.argsort(lengths)[::6]:  # five sequences, short to long
+    x, _ = ds.sequence(i)
+    alone, _ = model.apply({"params": state.params}, jnp.asarray(x)[None])
+    assert got.outputs[i].shape == (lengths[i], 3)
+    assert max_rel_err(got.outputs[i], np.asarray(alone[0])) < 1e-5, i
+  assert np.allclose(got.probabilities.sum(axis=1), 1.0)
+  accuracy = float(np.mean(got.classes == labels))
+  want = train.evaluate(state, batching.Pad(ds, batch_size=6))["accuracy"]
+  assert abs(accuracy - want) < 1e-12
