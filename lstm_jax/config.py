@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   # calibration of a few seconds, saved as workdir/calibration.json) and set them against the
   # run in report.md.
   c.predict_costs = True
+  # The recommender (experiments/recommend.py) recommends only strategies with exact gradients
+  # for sequence-level labels, unless truncated BPTT is known to be fine for the task.
+  c.truncation_ok = False
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
   # keep: the newest checkpoints kept; keep_period > 0 also keeps every checkpoint whose step

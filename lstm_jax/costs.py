@@ -272,11 +272,25 @@ def choose_num_buckets(
   return best["num_buckets"], rows
 
 
-def recommend(predictions: list[dict]) -> tuple[str, str]:
+def recommend(predictions: list[dict], exact_gradients: bool = False) -> tuple[str, str]:
   """(strategy, the reason in a sentence): the strategy predicted to finish its budget first;
-  when that one truncates gradients, the sentence names the fastest exact one too."""
-  best = min(predictions, key=lambda p: p["total_seconds"])
+  when that one truncates gradients, the sentence names the fastest exact one too.
+  `exact_gradients` (the runner sets it for sequence-level labels, unless
+  config.truncation_ok): only strategies with exact gradients are recommended, and the sentence
+  says what truncation would have saved."""
+  fastest = min(predictions, key=lambda p: p["total_seconds"])
   exact = [p for p in predictions if not p["truncates_gradients"]]
+  if exact_gradients and exact and fastest["truncates_gradients"]:
+    best = min(exact, key=lambda p: p["total_seconds"])
+    return best["strategy"], (
+      f"{best['strategy']} is the fastest strategy with exact gradients: "
+      f"{best['total_seconds']:.0f} s ({best['shapes']} compile(s), then "
+      f"{best['train_seconds']:.0f} s of steps with {100 * best['padding_fraction']:.1f}% "
+      f"padding). A sequence-level label needs the gradient through the whole sequence, which "
+      f"{fastest['strategy']} ({fastest['total_seconds']:.0f} s) cuts at its chunk boundaries; "
+      f"if truncation is fine for this task, say so with --config.truncation_ok=True."
+    )
+  best = fastest
   why = (
     f"{best['strategy']} is predicted to train the budget first: {best['total_seconds']:.0f} s "
     f"({best['shapes']} compile(s), {best['compile_seconds']:.0f} s, then "

@@ -342,7 +342,8 @@ def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
     )
     for name in cfg.strategies
   ]
-  best, why = costs.recommend(predictions)
+  exact = train_ds.target_level == "sequence" and not cfg.truncation_ok
+  best, why = costs.recommend(predictions, exact_gradients=exact)
   by_budget = []  # how num_buckets="auto" moves with the budget: 0.1x, 1x and 10x cfg's
   if "bucket" in cfg.strategies and cfg.train.real_tokens:
     for factor in (0.1, 1, 10):

@@ -157,3 +157,28 @@ def test_recommender_against_a_real_run(tmp_path, smoke_run):
   assert ("pad_batch_max", "tbptt") in pairs  # its many compiles against tbptt's one
   for a, b in pairs:
     assert rows[a]["wall_seconds"] > rows[b]["wall_seconds"], (a, b, pred[a], pred[b])
+
+
+def test_recommender_prefers_exact_gradients_for_sequence_labels_unless_told():
+  """Issue 24: tbptt was recommended for sequence-level labels on speed alone; with
+  exact_gradients (the runner's choice for sequence-level labels unless
+  config.truncation_ok) the fastest exact strategy is recommended, and the sentence says why
+  and how to allow truncation."""
+
+  def pred(name, seconds, truncates):
+    return dict(
+      strategy=name,
+      total_seconds=seconds,
+      truncates_gradients=truncates,
+      shapes=2,
+      compile_seconds=1.0,
+      train_seconds=seconds - 1.0,
+      padding_fraction=0.1,
+    )
+
+  preds = [pred("tbptt", 10.0, True), pred("bucket", 14.0, False), pred("pad", 20.0, False)]
+  assert costs.recommend(preds)[0] == "tbptt"
+  best, why = costs.recommend(preds, exact_gradients=True)
+  assert best == "bucket"
+  assert "fastest strategy with exact gradients" in why and "--config.truncation_ok=True" in why
+  assert costs.recommend(preds[1:], exact_gradients=True)[0] == "bucket"
