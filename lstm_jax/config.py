@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
       # feature inputs: scale each feature to zero mean and unit variance with the training
       # split's statistics (the eval split gets the same affine map); token inputs: an error
       standardize=False,
+      # normalize: "none", "global" (what standardize=True does), "minmax", "per_sequence"
+      # (each sequence z-normalised by its own statistics), "per_sequence_scale" (the same, its
+      # log scale kept as extra features); see experiment.normalize
+      normalize="none",
       drop_duplicates=False,  # npz: drop exact copies of an earlier sequence (inputs and targets)
       split_seed=0,
       num_sequences=4000,
@@ -170,6 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
 # The sections whose values change a (strategy, seed) run's numbers. The rest (which strategies
 # and how many seeds, where files and caches go, checkpoint cadence, the allocator, the target
 # loss, which is recomputed from the rows) do not, so changing them keeps finished results valid.
+NORMALIZATIONS = ("none", "global", "per_sequence", "per_sequence_scale", "minmax")
 SETTINGS_SECTIONS = ("data", "model", "optimizer", "train", "eval")
 SETTINGS_VERSIONS = ("python", "jax", "jaxlib", "flax", "optax", "numpy", "backend")
 
@@ -264,6 +269,15 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       f"config.optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}."
     )
   _at_least(cfg, "optimizer.grad_clip", 0)
+  if cfg.data.normalize not in NORMALIZATIONS:
+    raise ConfigError(
+      f"config.data.normalize must be one of {NORMALIZATIONS}, got {cfg.data.normalize!r}."
+    )
+  if cfg.data.standardize and cfg.data.normalize not in ("none", "global"):
+    raise ConfigError(
+      f"config.data.standardize=True is normalize='global', and config.data.normalize is "
+      f"{cfg.data.normalize!r}; set one of them."
+    )
   if cfg.data.markers not in tasks.ADDING_MARKERS:
     raise ConfigError(
       f"config.data.markers must be one of {tasks.ADDING_MARKERS}, got {cfg.data.markers!r}."

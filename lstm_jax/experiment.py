@@ -160,6 +160,66 @@ def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
   return scaled(train_ds), scaled(eval_ds), stats
 
 
+NORMALIZATIONS = config.NORMALIZATIONS
+
+
+def normalize(train_ds: RaggedDataset, eval_ds: RaggedDataset, kind: str):
+  """(train, eval, the record for the data's identity) with the features normalised by `kind`:
+    global              each feature by the training split's mean and standard deviation
+                        (`standardize`)
+    minmax              each feature to [0, 1] by the training split's minimum and maximum
+    per_sequence        each sequence's features by its own mean and standard deviation
+                        (z-normalisation, the usual time-series benchmark preprocessing)
+    per_sequence_scale  the same, plus each feature's log standard deviation in the sequence as
+                        extra features (the scale z-normalisation throws away)
+  Statistics come from the training split only; the per-sequence kinds use each sequence's own,
+  so nothing crosses the split. A constant feature is only centred."""
+  if kind == "global":
+    train_ds, eval_ds, stats = standardize(train_ds, eval_ds)
+    return train_ds, eval_ds, dict(kind=kind, **stats)
+  if train_ds.is_tokens:
+    raise ConfigError(
+      f"config.data.normalize={kind!r} applies to feature inputs; this data is token ids. Set "
+      f"config.data.normalize='none'."
+    )
+  if isinstance(train_ds, StoredDataset):
+    raise ConfigError(
+      f"config.data.normalize={kind!r} is not implemented for a store yet; use 'global' (applied "
+      f"as batches are gathered) or normalise the data before writing the store."
+    )
+  if kind == "minmax":
+    lo = train_ds.values.astype(np.float64).min(0)
+    span = train_ds.values.astype(np.float64).max(0) - lo
+    span = np.where(span > 0, span, 1.0)
+
+    def scaled(ds):
+      return dataclasses.replace(ds, values=((ds.values - lo) / span).astype(np.float32))
+
+    stats = dict(min=[round(float(v), 6) for v in lo], span=[round(float(v), 6) for v in span])
+    return scaled(train_ds), scaled(eval_ds), dict(kind=kind, **stats)
+  with_scale = kind == "per_sequence_scale"
+  return (
+    _per_sequence(train_ds, with_scale),
+    _per_sequence(eval_ds, with_scale),
+    dict(kind=kind, extra_features=train_ds.num_features if with_scale else 0),
+  )
+
+
+def _per_sequence(ds: RaggedDataset, with_scale: bool) -> RaggedDataset:
+  x = ds.values.astype(np.float64)
+  starts = np.concatenate([[0], np.cumsum(ds.lengths)[:-1]]).astype(np.int64)
+  n = ds.lengths.astype(np.float64)[:, None]
+  mean = np.add.reduceat(x, starts, axis=0) / n
+  var = np.add.reduceat(np.square(x), starts, axis=0) / n - np.square(mean)
+  std = np.sqrt(np.maximum(var, 0.0))
+  which = np.repeat(np.arange(len(ds)), ds.lengths)
+  scale = np.where(std > 1e-12, std, 1.0)
+  values = (x - mean[which]) / scale[which]
+  if with_scale:
+    values = np.concatenate([values, np.log(scale)[which]], axis=1)
+  return dataclasses.replace(ds, values=values.astype(np.float32))
+
+
 def feature_statistics(dataset: RaggedDataset, block: int = 1 << 20) -> tuple:
   """Per-feature mean and standard deviation over every step, read `block` steps at a time in
   two passes (the mean, then the squared deviations from it), in float64."""
@@ -196,8 +256,11 @@ def split_data(cfg: ml_collections.ConfigDict):
     identity["split"] = (
       f"random: {cfg.data.eval_fraction:g} held out (split_seed {cfg.data.split_seed})"
     )
-  if cfg.data.standardize:
-    train_ds, eval_ds, identity["standardized"] = standardize(train_ds, eval_ds)
+  kind = "global" if cfg.data.standardize else cfg.data.normalize
+  if kind != "none":
+    train_ds, eval_ds, identity["normalized"] = normalize(train_ds, eval_ds, kind)
+    if kind == "global":
+      identity["standardized"] = {k: v for k, v in identity["normalized"].items() if k != "kind"}
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
     eval_ds = eval_ds.subset(np.arange(cfg.eval.max_sequences), name=eval_ds.name)
   identity.update(

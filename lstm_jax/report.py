@@ -612,7 +612,7 @@ def class_baseline_lines(summary: list[dict], base: dict | None) -> list[str]:
       f"**Warning**: {', '.join(stuck)} ended at the majority-class baseline: "
       f"{'it' if len(stuck) == 1 else 'they'} learnt nothing beyond the class counts. Train "
       f"longer, lower or raise the learning rate, or normalise the inputs "
-      f"(`config.data.standardize`).",
+      f"(`config.data.normalize`: per_sequence for time series).",
       "",
     ]
   return out

@@ -487,3 +487,49 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   cfg.data.eval_path = write("other.npz", 10, 2, features=5)
   with pytest.raises(DataError, match=r"eval_path .*other.npz holds other data .*features"):
     experiment.split_data(cfg)
+
+
+def test_normalisations_per_sequence_minmax_and_global():
+  """Issue 24: config.data.normalize. per_sequence: each sequence's features at mean 0 and
+  standard deviation 1 by its own statistics (both splits alike, nothing crosses them);
+  per_sequence_scale: the same plus the log scale as extra features, constant along the
+  sequence; minmax: the training split's range mapped to [0, 1], the same map for eval;
+  global: what standardize=True did."""
+  from configs import compare
+  from lstm_jax.data import RaggedDataset
+
+  rng = np.random.default_rng(2)
+
+  def data(n):
+    lengths = rng.integers(3, 12, size=n)
+    values = rng.normal(size=(int(lengths.sum()), 2)) * rng.uniform(1, 50, size=2) + 7.0
+    return RaggedDataset(
+      values.astype(np.float32), lengths, np.zeros(n, np.int64), target_level="sequence",
+      num_classes=2,
+    )  # fmt: skip
+
+  train_ds, eval_ds = data(20), data(7)
+  for kind in ("per_sequence", "per_sequence_scale"):
+    tr, ev, record = experiment.normalize(train_ds, eval_ds, kind)
+    assert record["kind"] == kind and tr.num_features == (4 if kind.endswith("scale") else 2)
+    for ds, raw in ((tr, train_ds), (ev, eval_ds)):
+      for i in range(len(ds)):
+        x, _ = ds.sequence(i)
+        assert np.allclose(x[:, :2].mean(0), 0, atol=1e-5)
+        assert np.allclose(x[:, :2].std(0), 1, atol=1e-4)
+        if kind.endswith("scale"):
+          want = np.log(raw.sequence(i)[0].astype(np.float64).std(0))
+          assert np.allclose(x[:, 2:], want, atol=1e-4)  # the same at every step
+  tr, ev, record = experiment.normalize(train_ds, eval_ds, "minmax")
+  assert np.allclose(tr.values.min(0), 0) and np.allclose(tr.values.max(0), 1)
+  lo, span = np.array(record["min"]), np.array(record["span"])
+  assert np.allclose(ev.values, (eval_ds.values - lo) / span, atol=1e-4)
+  tr, _, record = experiment.normalize(train_ds, eval_ds, "global")
+  assert np.allclose(tr.values.mean(0), 0, atol=1e-4) and record["kind"] == "global"
+  cfg = compare.get_config("smoke")
+  cfg.data.normalize = "zscore"
+  with pytest.raises(ConfigError, match=r"config.data.normalize must be one of"):
+    config.validate_config(cfg)
+  cfg.data.update(normalize="minmax", standardize=True)
+  with pytest.raises(ConfigError, match=r"standardize=True is normalize='global'"):
+    config.validate_config(cfg)
