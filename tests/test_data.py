@@ -208,3 +208,35 @@ def test_npz_exact_duplicates_can_be_dropped(tmp_path):
   ds, ident = sources.load_npz(str(tmp_path / "d.npz"), drop_duplicates=True)
   assert ident["duplicates_dropped"] == 2 and len(ds) == 3
   assert list(ds.targets) == [0, 1, 1] and list(ds.lengths) == [3, 2, 3]
+
+
+TS_TRAIN = """# a comment
+@problemName Tiny
+@timeStamps false
+@univariate false
+@equalLength false
+@classLabel true up down flat
+@data
+1,2,3:0.5,0.5,0.5:up
+3,2:1,1:down
+0,0,0,0:2,2,2,2:flat
+1,2,3:0.5,0.5,0.5:up
+"""
+
+
+def test_ts_files_load_with_the_header_label_order(tmp_path):
+  """Issue 24: the sktime / aeon .ts format (the UCR/UEA archive's): multivariate, unequal
+  length, labels numbered in their @classLabel order (so a train and a test file agree); a
+  missing value is one DataError naming the line."""
+  from lstm_jax import sources
+
+  (tmp_path / "train.ts").write_text(TS_TRAIN)
+  ds, ident = sources.load_ts(str(tmp_path / "train.ts"))
+  assert list(ds.lengths) == [3, 2, 4, 3] and ds.num_features == 2 and ds.num_classes == 3
+  assert list(ds.targets) == [0, 1, 2, 0] and ident["classes"] == ["up", "down", "flat"]
+  x, y = ds.sequence(1)
+  assert np.array_equal(x, [[3, 1], [2, 1]]) and y == 1
+  assert sources.load_ts(str(tmp_path / "train.ts"), drop_duplicates=True)[0].num_sequences == 3
+  (tmp_path / "test.ts").write_text(TS_TRAIN.replace("0,0,0,0:2,2,2,2:flat", "5,?:1,1:flat"))
+  with pytest.raises(DataError, match=r"test.ts:10: missing values \('\?'\)"):
+    sources.load_ts(str(tmp_path / "test.ts"))
