@@ -393,10 +393,10 @@ class Checkpointer:
       step = int(partial[0].split(".")[0])  # an earlier background write is what failed
     for d in partial:
       shutil.rmtree(os.path.join(self.directory, d), ignore_errors=True)
-    cause = " ".join(str(error).split())[:500]
     if isinstance(error, OSError) and error.errno is not None:
-      cause = os_error_text(error)
-    cause += _NOISE.summary(self._noise_mark)
+      cause = os_error_text(error)  # the errno says it all; what orbax logged is at DEBUG
+    else:  # an opaque error: what orbax logged on the way may be the only clue
+      cause = " ".join(str(error).split())[:500] + _NOISE.summary(self._noise_mark)
     try:
       free = shutil.disk_usage(self.directory).free
     except OSError:
