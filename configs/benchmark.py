@@ -55,8 +55,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if arg == "quick":  # for tests: tiny and fast
     c.update(
       num_sequences=256,
-      max_length=64,
-      median_length=16.0,
+      max_length=32,  # three power-of-two buckets for the Flax peers (8, 16, 32)
+      median_length=12.0,
       features=4,
       hidden_size=16,
       batch_size=16,
@@ -64,7 +64,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       tokens_per_pass=2000,
       num_buckets=3,
       tbptt_chunk=16,
-      pack_row_length=64,
+      pack_row_length=32,
       rows=("pad", "bucket", "bucket_packed_rows", "tbptt", "pack"),
       input_projections=("in_step",),
       autodiff_rows=("tbptt",),

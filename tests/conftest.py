@@ -13,11 +13,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # subprocess they start: each one in the code is written out ([None, :]), so none is silent.
 os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 # XLA's CPU backend emits its fused loops the older way, which compiles a train step in about
-# half the time (4.2 -> 2.2 s for a 2-layer bucket step, Xeon, 2026-12-01): the tests' time is
-# mostly compiles. Here and in every subprocess the tests start (the same flag everywhere, so
-# numbers compared between processes come from the same code); the page-fault probe keeps
-# XLA's defaults.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false"
+# half the time (4.2 -> 2.2 s for a 2-layer bucket step, Xeon, 2026-12-01), and as one LLVM
+# module instead of split for parallel codegen (2.5 -> 1.9 s more: two workers already use both
+# cores): the tests' time is mostly compiles. Here and in every subprocess the tests start (the
+# same flags everywhere, so numbers compared between processes come from the same code); the
+# page-fault probe keeps XLA's defaults.
+from helpers import TEST_XLA_FLAGS  # noqa: E402 (after the two settings jax reads at import)
+
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}"
 
 import jax
 import numpy as np
@@ -60,6 +63,8 @@ if not os.environ.get("LSTM_JAX_TEST_CACHE"):  # the first process of the sessio
   os.environ["LSTM_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="lstm_jax_test_cache_")
   atexit.register(shutil.rmtree, os.environ["LSTM_JAX_TEST_CACHE"], ignore_errors=True)
 _SUBPROCESS_CACHE = Path(os.environ["LSTM_JAX_TEST_CACHE"])  # inherited by xdist's workers
+# The parsed standard library (sources.parse_cache_dir) too: parsed once per session, not in ~.
+os.environ["LSTM_JAX_CACHE_DIR"] = str(_SUBPROCESS_CACHE / "parsed")
 # The in-process tests use it too: a program another test (or the other worker) compiled is
 # loaded instead of compiled again. Compile counts are unchanged (CountedJit still compiles
 # each signature; XLA's part of that compile is what the cache skips).

@@ -17,7 +17,8 @@ from lstm_jax.data import RaggedDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"  # the scripts tests run as subprocesses
-TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"  # see tests/conftest.py
+# The XLA flags of every test process and subprocess: see tests/conftest.py.
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
 
 
 def ragged_features(lengths, num_features=3, seed=0, target_level="step") -> RaggedDataset:

@@ -65,7 +65,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
     r["tokens_per_second"] > 0 and len(r["pass_seconds"]) == cfg.repeats for r in saved["rows"]
   )
   assert result["roofline_tokens_per_second"] > 0
-  assert [m["length"] for m in saved["memory"]] == [64]
+  assert [m["length"] for m in saved["memory"]] == [cfg.max_length]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
   assert "## Targets (issues 4, 14 and 15)" in (tmp_path / "BENCHMARKS.md").read_text()
   # the rewrite keeps the data-scale benchmark's section, once, at the end

@@ -268,6 +268,39 @@ def test_stdlib_functions_source_identity_and_no_duplicates():
   assert len(seqs) == len(ds)
 
 
+def test_the_stdlib_parse_is_kept_between_processes_and_parsed_again_when_damaged(
+  tmp_path, monkeypatch
+):
+  """sources._parsed_stdlib saves the functions it parses (in $LSTM_JAX_CACHE_DIR) and a new
+  process reads them back instead of parsing: the same bytes, in the same order. A damaged file
+  is parsed again and rewritten; a cache that cannot be written changes nothing but the time."""
+  root, files = sources.stdlib_files()
+  files = tuple(files[:6])  # a few files: the mechanism, not the whole library's parse time
+  parsed = []
+  real = sources._functions
+  monkeypatch.setattr(sources, "_functions", lambda src: parsed.append(1) or real(src))
+  monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(tmp_path / "cache"))
+
+  def load():  # as a new process would: nothing in the in-process cache
+    sources._parsed_stdlib.cache_clear()
+    return sources._parsed_stdlib(root, files, "listing", "functions")
+
+  want = tuple(c for p in files for c in real(p.read_bytes()))
+  assert load() == want and len(parsed) == len(files) and len(want) > 10
+  (saved,) = (tmp_path / "cache").iterdir()
+  parsed.clear()
+  assert load() == want and parsed == []  # read back, not parsed
+  data = bytearray(saved.read_bytes())
+  data[len(data) // 2] ^= 0xFF  # a damaged cache file: parsed again, and rewritten
+  saved.write_bytes(bytes(data))
+  assert load() == want and len(parsed) == len(files)
+  parsed.clear()
+  assert load() == want and parsed == []
+  monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(saved / "not-a-directory"))  # cannot be written
+  assert load() == want and len(parsed) == len(files)
+  sources._parsed_stdlib.cache_clear()
+
+
 def test_text_sources(tmp_path):
   (tmp_path / "a.txt").write_bytes("héllo wörld\n".encode())
   (tmp_path / "b.txt").write_bytes(b"\xff\xfe not utf-8 bytes are modelled as they are")

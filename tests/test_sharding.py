@@ -52,10 +52,10 @@ def _rel(a, b):
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_one_and_four_devices_give_the_same_losses_and_params(result, name):
   assert result["devices"] == 4
-  one, four, plain = result[name]["1"], result[name]["4"], result[name]["none"]
+  four, one = result[name]["4"], result[name]["none"]
   assert len(one["losses"]) == len(four["losses"]) > 1
   assert _rel(four["losses"], one["losses"]) <= 1e-5
-  assert _rel(one["losses"], plain["losses"]) <= 1e-5
+  assert len(four["params"]) == len(one["params"]) > 0
   for a, b in zip(four["params"], one["params"]):
     assert _rel(a, b) <= 1e-5
   assert abs(four["eval_loss"] - one["eval_loss"]) <= 1e-5 * abs(one["eval_loss"])
@@ -64,12 +64,12 @@ def test_one_and_four_devices_give_the_same_losses_and_params(result, name):
 @pytest.mark.xdist_group("sharded")
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_batch_is_split_and_compiles_unchanged(result, name):
-  four, one = result[name]["4"], result[name]["1"]
+  four, one = result[name]["4"], result[name]["none"]
   assert len(four["shards"]) == 4
   rows = {s[0] for s in four["shards"]}
   assert len(rows) == 1 and 4 * rows.pop() == sum(s[0] for s in one["shards"])
   assert "data" in four["spec"] and "data" in four["batch_in_sharding"]
-  assert four["compiles"] == one["compiles"] == result[name]["none"]["compiles"]
+  assert four["compiles"] == one["compiles"]
 
 
 @pytest.mark.xdist_group("sharded")

@@ -292,7 +292,8 @@ def run(cfg, out_md: str) -> dict:
     f"GEMM {rates[1] / 1e9:.1f} GFLOP/s at the end; roofline {roofline:,.0f} real tokens/s",
     flush=True,
   )
-  memory = bench.memory_table(cfg, ds, [t for t in (64, 128, 256, 512) if t <= cfg.max_length])
+  lengths = sorted({t for t in (64, 128, 256, 512) if t <= cfg.max_length} | {cfg.max_length})
+  memory = bench.memory_table(cfg, ds, lengths)
   lengths = ds.lengths
   result = dict(
     date=time.strftime("%Y-%m-%d %H:%M"),
