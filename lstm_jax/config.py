@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The recommender (experiments/recommend.py) recommends only strategies with exact gradients
   # for sequence-level labels, unless truncated BPTT is known to be fine for the task.
   c.truncation_ok = False
+  # The report's five PNG plots (matplotlib: about 1.5 s a render on 2 cores, 3 s with its
+  # import). False: report.md and the data files only (many small runs, a sweep, the tests).
+  c.plots = True
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
   # keep: the newest checkpoints kept; keep_period > 0 also keeps every checkpoint whose step

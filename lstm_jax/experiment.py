@@ -994,6 +994,7 @@ def _run_all(
     ).boundaries
     if "bucket" in cfg.strategy and cfg.strategy.bucket.num_buckets != "auto"
     else [],
+    plots=bool(cfg.plots),
   )
   if auto_buckets:
     meta["auto_buckets"] = auto_buckets

@@ -454,7 +454,10 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
   writer.writeheader()
   writer.writerows(flat)
   files["summary.csv"] = table.getvalue()
-  files.update(plots(summary, curves, meta["length_histogram"], meta.get("bucket_boundaries", [])))
+  if meta.get("plots", True):  # config.plots
+    files.update(
+      plots(summary, curves, meta["length_histogram"], meta.get("bucket_boundaries", []))
+    )
   notes_path = os.path.join(workdir, "notes.md")  # a hand-written reading, kept on re-rendering
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   files["report.md"] = markdown_report(summary, meta, notes, curves)
@@ -529,13 +532,19 @@ def markdown_report(
       for r in summary
     ),
     "",
-    "![eval loss vs wall time](eval_loss_vs_time.png)",
-    "![eval loss vs real tokens](eval_loss_vs_tokens.png)",
-    "",
-    "![tokens per second](tokens_per_second.png)",
-    "![padding and compiles](padding_and_compiles.png)",
-    "",
-    "![length histogram](length_histogram.png)",
+    *(
+      [
+        "![eval loss vs wall time](eval_loss_vs_time.png)",
+        "![eval loss vs real tokens](eval_loss_vs_tokens.png)",
+        "",
+        "![tokens per second](tokens_per_second.png)",
+        "![padding and compiles](padding_and_compiles.png)",
+        "",
+        "![length histogram](length_histogram.png)",
+      ]
+      if meta.get("plots", True)
+      else ["No plots: this run set `--config.plots=False`."]
+    ),
     "",
     "## Data",
     "",

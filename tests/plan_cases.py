@@ -61,11 +61,13 @@ def cases() -> dict:
 
 
 def plan_hash(plans) -> str:
+  """Each batch's (batch size, length, learning-rate scale, its segments sorted as (row,
+  sequence, start, position, length) tuples), hashed: the segment table is sorted as arrays
+  (np.lexsort, the row first) rather than read row by row through `BatchPlan.rows`."""
   h = hashlib.sha256()
   for p in plans:
-    segs = sorted(
-      (r, int(s[0]), int(s[1]), int(s[2]), int(s[3])) for r, row in enumerate(p.rows) for s in row
-    )
+    table = p.segments[np.lexsort(p.segments.T[::-1])]  # columns: ROW, SEQUENCE, START, ...
+    segs = list(map(tuple, table.tolist()))
     h.update(repr((p.batch_size, p.length, float(p.lr_scale), segs)).encode())
   return h.hexdigest()[:24]
 

@@ -110,6 +110,7 @@ def test_the_runner_trains_a_bidirectional_model_and_refuses_chunking_strategies
   from lstm_jax.checkpoint import Checkpointer
 
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.strategies = ("pad", "tbptt")
   cfg.model.bidirectional = True
   with pytest.raises(ConfigError, match=r"bidirectional needs whole sequences.*\['tbptt'\]"):

@@ -300,6 +300,7 @@ def test_runner_trains_a_gru_and_records_it(tmp_path, capsys):
   from lstm_jax import experiment
 
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.model.cell = "gru"
   cfg.strategies = ("tbptt",)
   cfg.data.max_sequences = 200

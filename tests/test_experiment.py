@@ -508,6 +508,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
     return str(tmp_path / name)
 
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.strategies = ("pad",)
   cfg.data.update(source="npz", path=write("train.npz", 60, 3), eval_path=write("test.npz", 17, 2))
   cfg.train.update(tokens_per_step=128, epochs=1, real_tokens=0)

@@ -139,6 +139,7 @@ def test_the_guards_compile_is_the_rows_and_no_shape_compiles_twice(tmp_path, mo
 
   monkeypatch.setattr(compiles.CountedJit, "_compile", counted)
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.strategies = ("bucket", "pad")
   cfg.data.update(source="parity", num_sequences=200)
   cfg.update(tune_malloc=False, predict_costs=False)

@@ -261,6 +261,7 @@ def test_the_runner_takes_a_store_as_it_takes_the_files(tmp_path):
   rows = {}
   for source, path in (("text_dir", corpus), ("store", tmp_path / "s")):
     cfg = compare.get_config("smoke")
+    cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
     cfg.data.update(source=source, path=str(path), min_length=16, max_length=160, max_sequences=0)
     cfg.update(strategies=("bucket",), predict_costs=False, background_compiles=0)
     cfg.train.tokens_per_step = 1024

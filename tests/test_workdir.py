@@ -23,6 +23,7 @@ from configs import compare  # noqa: E402
 def _tiny_config(**changes):
   """One strategy, one epoch of a small synthetic task: a few seconds in process."""
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.strategies = ("tbptt",)
   cfg.data.update(source="parity", num_sequences=200)
   cfg.data.lengths.update(min_length=2, max_length=40, median=12.0)
@@ -67,6 +68,12 @@ def test_results_and_checkpoints_are_read_back_only_under_the_same_settings(tmp_
   its own; a killed run rerun with another learning rate resumed its checkpoint. Both are now
   refused before anything trains, naming the keys that differ."""
   first = experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
+  # config.plots=False (the tiny config's): report.md and the data files, no PNG, no image link
+  assert (
+    not list(tmp_path.glob("*.png"))
+    and "--config.plots=False" in (tmp_path / "report.md").read_text()
+  )
+  assert "](" not in (tmp_path / "report.md").read_text()
   with pytest.raises(
     ConfigError,
     match=r"results/tbptt-seed0.json was made with different "

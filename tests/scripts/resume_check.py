@@ -25,6 +25,7 @@ from lstm_jax import errors, experiment, report  # noqa: E402
 def resume_config(strategies: tuple, fresh: bool = False):
   """The smoke preset on the running-parity task: two epochs, a checkpoint every 3 steps."""
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.strategies = strategies
   cfg.train.epochs = 2
   cfg.data.update(source="parity", num_sequences=300)  # synthetic: no time spent parsing files

@@ -83,6 +83,7 @@ def runner() -> dict:
   from lstm_jax import experiment
 
   cfg = compare.get_config("smoke")
+  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
   cfg.strategies = RUNNER_STRATEGIES
   cfg.predict_costs = False
   with tempfile.TemporaryDirectory() as workdir:
