@@ -13,7 +13,9 @@ sequences the strategies are evaluated on:
 
 For classification, `classification` gives what a model that ignores its inputs reaches on
 the held-out targets: the majority class of the training split (its accuracy) and the training
-split's class frequencies, add-one smoothed (their cross-entropy, in nats: the loss to beat).
+split's class frequencies, add-one smoothed (their cross-entropy, in nats: the loss to beat);
+and `class_scores` says how a trained classifier did class by class (balanced accuracy, each
+class's recall, the confusion matrix), which the runner reports for sequence-level labels.
 
 All from the Python standard library, deterministic, and independent of any model. Their time
 must not grow with the corpus, so each side is a fixed-size sample: the held-out split's first
@@ -98,4 +100,27 @@ def classification(train: RaggedDataset, held_out: RaggedDataset) -> dict:
     majority_accuracy=float(np.mean(held == majority)),
     prior_loss=float(-np.mean(np.log(prior[np.clip(held, 0, n - 1)]))),
     held_out_targets=int(held.size),
+  )
+
+
+def class_scores(targets, predicted, num_classes: int) -> dict:
+  """How a classifier did class by class on held-out targets (one per sequence): accuracy,
+  balanced accuracy (the mean of the recalls of the classes present, so always answering the
+  majority class scores 1 / classes present, not its share), each class's recall (None for a
+  class absent from the targets) and the confusion matrix, counts[true][predicted]."""
+  targets, predicted = np.asarray(targets).reshape(-1), np.asarray(predicted).reshape(-1)
+  if targets.shape != predicted.shape:
+    raise ValueError(f"{targets.size} targets against {predicted.size} predictions")
+  n = int(num_classes)
+  confusion = np.zeros((n, n), np.int64)
+  np.add.at(confusion, (targets, predicted), 1)
+  support = confusion.sum(axis=1)
+  recall = [float(confusion[c, c] / support[c]) if support[c] else None for c in range(n)]
+  present = [r for r in recall if r is not None]
+  return dict(
+    accuracy=float(np.trace(confusion) / max(targets.size, 1)),
+    balanced_accuracy=float(np.mean(present)) if present else None,
+    recall=recall,
+    support=support.tolist(),
+    confusion=confusion.tolist(),
   )

@@ -699,6 +699,7 @@ def run_strategy(
   )
   steady_seconds = sum(h["step_seconds"] for h in steady)
   computed = sum(h["computed_tokens"] for h in hist)
+  classes = scores_by_class(result.state, eval_ds, cfg)  # off the row's clock
   train_rec = list(steps.train.records.values())
   row = report.Row(
     strategy=name,
@@ -728,6 +729,8 @@ def run_strategy(
     resumed_from_step=result.resumed_from,
     background_compiles=cfg.background_compiles,
     **compile_timing,
+    balanced_accuracy=classes["balanced_accuracy"] if classes else None,
+    classes=classes,
   )
   row = row.to_dict(finished=False)  # the rest is set once every row of the seed has run
   if result_path and jax.process_index() == 0:
@@ -735,6 +738,29 @@ def run_strategy(
       result_path, dict(row=row, history=hist, curve=curve.points, settings=settings)
     )
   return row, hist, curve.points
+
+
+MAX_SCORED_CLASSES = 100  # more classes than this: no confusion matrix (it would not be read)
+
+
+def scores_by_class(
+  state: train.TrainState, eval_ds: RaggedDataset, cfg: ml_collections.ConfigDict
+) -> dict | None:
+  """For sequence-level classification with at most MAX_SCORED_CLASSES classes (in memory, one
+  process): the final model's `baselines.class_scores` on the held-out split, each sequence
+  computed whole (`train.predict`), with that predict step's compiles and seconds; else None."""
+  if (
+    metric_of(eval_ds) != "accuracy"
+    or isinstance(eval_ds, StoredDataset)
+    or eval_ds.target_level != "sequence"
+    or eval_ds.num_classes > MAX_SCORED_CLASSES
+    or jax.process_count() > 1
+  ):
+    return None
+  t0 = time.perf_counter()
+  pred = train.predict(state, eval_ds, batch_size=32, num_buckets=cfg.eval.num_buckets)
+  out = baselines.class_scores(eval_ds.targets, pred.classes, eval_ds.num_classes)
+  return dict(out, predict_compiles=pred.compiles, seconds=time.perf_counter() - t0)
 
 
 def _read_row(path: str, row: dict) -> report.Row:

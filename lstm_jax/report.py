@@ -70,6 +70,10 @@ class Row:
   first_step_seconds: float | None = dataclasses.field(**_mean(2))
   compiles_done_seconds: float = dataclasses.field(**_mean(3))
   compile_wait_seconds: float = dataclasses.field(**_mean(4))
+  # Sequence-level classification: the final model's scores class by class on the held-out
+  # split (`baselines.class_scores`, from `train.predict`; its compiles in `classes`), or None.
+  balanced_accuracy: float | None = dataclasses.field(default=None, **_mean(18))
+  classes: dict | None = None
   comparable: bool | None = dataclasses.field(**_after)
   not_comparable: str | None = dataclasses.field(**_after)
   target_eval_loss: float | None = dataclasses.field(**_after, **_mean(17))
@@ -235,8 +239,63 @@ def aggregate(runs: list[dict]) -> list[dict]:
     row["batch_settings"] = group[0].get("batch_settings")
     loads = [r.get("cache_loads") or {} for r in group]  # absent in results from before it existed
     row["cache_loads"] = {k: sum(d.get(k, 0) for d in loads) for k in ("train", "eval")}
+    row["classes"] = _classes_over_seeds([r.get("classes") for r in group])
     rows.append(row)
   return rows
+
+
+def _classes_over_seeds(scores: list[dict | None]) -> dict | None:
+  """The seeds' class scores together: confusion matrices summed, each class's recall the mean
+  over the seeds whose held-out split has that class."""
+  scores = [c for c in scores if c]
+  if not scores:
+    return None
+  recall = []
+  for per_class in zip(*(c["recall"] for c in scores)):
+    present = [r for r in per_class if r is not None]
+    recall.append(float(np.mean(present)) if present else None)
+  return dict(
+    seeds=len(scores),
+    recall=recall,
+    confusion=np.sum([c["confusion"] for c in scores], axis=0).tolist(),
+    support=np.sum([c["support"] for c in scores], axis=0).tolist(),
+  )
+
+
+def class_lines(summary: list[dict], plots: bool) -> list[str]:
+  """The report's section on sequence-level classification, row by row: accuracy, balanced
+  accuracy and each class's recall on the held-out split, and the confusion matrices' plot."""
+  rows = [r for r in summary if r.get("classes")]
+  if not rows:
+    return []
+  n = len(rows[0]["classes"]["recall"])
+  shown = min(n, 12)
+  out = [
+    "## Classes (held-out split, the final model)",
+    "",
+    "Balanced accuracy is the mean of the recalls of the classes present (always answering one "
+    "class scores 1 / their number); recall per class is the share of its held-out sequences "
+    "classified as it"
+    + (" (the first 12 classes)" if n > shown else "")
+    + ". From `train.predict` on each held-out sequence whole; over seeds, the mean.",
+    "",
+    "| strategy | accuracy | balanced accuracy | "
+    + " | ".join(f"recall {c}" for c in range(shown))
+    + " |",
+    "|---|---|---|" + "---|" * shown,
+  ]
+  for r in rows:
+    recall = r["classes"]["recall"][:shown]
+    out.append(
+      f"| {r['strategy']} | {_fmt(r['eval_metric'])} | {_fmt(r['balanced_accuracy'])} | "
+      + " | ".join(_fmt(x) for x in recall)
+      + " |"
+    )
+  support = rows[0]["classes"]["support"]
+  out += ["", f"Held-out sequences per class: {support[:shown]}.", ""]
+  if plots:
+    out += ["![confusion matrices](confusion.png)", ""]
+  return out
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -447,6 +506,7 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
       cache_loads=r["cache_loads"]["train"],
       eval_cache_loads=r["cache_loads"]["eval"],
       batch_settings=json.dumps(r.get("batch_settings")),
+      classes=json.dumps(r.get("classes")),
     )
     for r in summary
   ]
@@ -517,6 +577,7 @@ def markdown_report(
     "",
     *baseline_lines(meta.get("baselines")),
     *class_baseline_lines(summary, meta.get("class_baselines")),
+    *class_lines(summary, meta.get("plots", True)),
     *quality_table(summary, curves or {}, meta.get("baselines")),
     *predictions_table(summary, meta.get("predictions")),
     "## Reading",
@@ -798,4 +859,15 @@ def plots(
   ax.set_xlabel("sequence length (steps); red: bucket boundaries")
   ax.set_ylabel("sequences")
   save(fig, PLOTS[4])
+  scored = [r for r in summary if r.get("classes")]
+  if scored:  # sequence-level classification: each row's confusion matrix, rows = true class
+    fig, axes = plt.subplots(1, len(scored), figsize=(3.2 * len(scored) + 0.6, 3.4), squeeze=False)
+    for ax, r in zip(axes[0], scored):
+      counts = np.asarray(r["classes"]["confusion"], np.float64)
+      share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+      ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+      ax.set_title(f"{r['strategy']}: bal. acc {r['balanced_accuracy']:.3f}", fontsize=9)
+      ax.set_xlabel("predicted class")
+      ax.set_ylabel("true class")
+    save(fig, "confusion.png")
   return out

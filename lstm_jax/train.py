@@ -690,8 +690,10 @@ def predict(state: TrainState, dataset: RaggedDataset, batch_size: int = 32, num
   are what it gives alone). For research code: per-sequence classes and probabilities, or
   per-step outputs."""
   check_model_fits_data(state.model, dataset, state.params)
-  strategy = batching.Bucket(
-    dataset, batch_size=batch_size, num_buckets=min(num_buckets, len(np.unique(dataset.lengths)))
+  strategy = batching.Bucket(  # no wider than the data: fewer sequences than batch_size is fine
+    dataset,
+    batch_size=min(batch_size, len(dataset)),
+    num_buckets=min(num_buckets, len(np.unique(dataset.lengths))),
   )
   fn = CountedJit(predict_step, name="predict_step")
   outputs: list = [None] * len(dataset)

@@ -124,3 +124,19 @@ def test_classification_baselines_and_the_majority_class_warning():
   assert "majority class (0) has accuracy 0.250" in lines[0]
   assert lines[2].startswith("**Warning**: pad ended at the majority-class baseline")
   assert len(report.class_baseline_lines(rows[1:], got)) == 2  # no warning for bucket alone
+
+
+def test_class_scores_by_hand():
+  """Issue 24: balanced accuracy, recall per class and the confusion matrix, counted by hand:
+  true 0,0,0,1,1,2 against predicted 0,0,1,1,1,0, four classes (class 3 never occurs)."""
+  got = baselines.class_scores([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 1, 0], 4)
+  assert got["confusion"] == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+  assert got["support"] == [3, 2, 1, 0]
+  assert got["recall"] == [2 / 3, 1.0, 0.0, None]
+  assert got["accuracy"] == 4 / 6
+  assert got["balanced_accuracy"] == (2 / 3 + 1.0 + 0.0) / 3
+  # always the majority class: accuracy its share, balanced accuracy 1 / classes present
+  majority = baselines.class_scores([0, 0, 0, 1, 1, 2], [0] * 6, 4)
+  assert majority["accuracy"] == 0.5 and majority["balanced_accuracy"] == 1 / 3
+  with pytest.raises(ValueError, match="6 targets against 5 predictions"):
+    baselines.class_scores([0] * 6, [0] * 5, 2)

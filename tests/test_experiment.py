@@ -507,8 +507,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
     )
     return str(tmp_path / name)
 
-  cfg = compare.get_config("smoke")
-  cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)
+  cfg = compare.get_config("smoke")  # with plots: the confusion matrices' (issue 24)
   cfg.strategies = ("pad",)
   cfg.data.update(source="npz", path=write("train.npz", 60, 3), eval_path=write("test.npz", 17, 2))
   cfg.train.update(tokens_per_step=128, epochs=1, real_tokens=0)
@@ -517,7 +516,21 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   data = json.loads((tmp_path / "w" / "meta.json").read_text())["data"]
   assert data["train_sequences"] == 60 and data["eval_sequences"] == 17
   assert data["split"] == f"given: {tmp_path / 'test.npz'}" and data["num_classes"] == 3
-  assert f"(split: given: {tmp_path / 'test.npz'})" in (tmp_path / "w" / "report.md").read_text()
+  text = (tmp_path / "w" / "report.md").read_text()
+  assert f"(split: given: {tmp_path / 'test.npz'})" in text
+  # Issue 24: class by class on the held-out split, from train.predict on each sequence whole;
+  # its accuracy is the runner's own eval accuracy, and class 2 (absent there) has no recall
+  (row,) = json.loads((tmp_path / "w" / "summary.json").read_text())
+  (run,) = json.loads((tmp_path / "w" / "runs.json").read_text())
+  scores = run["classes"]
+  assert scores["accuracy"] == pytest.approx(row["eval_metric"], abs=1e-12)
+  assert np.sum(scores["confusion"]) == 17 and scores["support"][2] == 0
+  assert scores["recall"][2] is None and scores["predict_compiles"] >= 1
+  assert row["balanced_accuracy"] == pytest.approx(np.mean(scores["recall"][:2]))
+  assert row["classes"]["confusion"] == scores["confusion"]
+  assert "## Classes (held-out split, the final model)" in text
+  assert "![confusion matrices](confusion.png)" in text
+  assert (tmp_path / "w" / "confusion.png").read_bytes().startswith(b"\x89PNG")
   cfg.data.eval_path = write("other.npz", 10, 2, features=5)
   with pytest.raises(DataError, match=r"eval_path .*other.npz holds other data .*features"):
     experiment.split_data(cfg)
