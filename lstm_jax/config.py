@@ -130,8 +130,17 @@ def base_config() -> ml_collections.ConfigDict:
   # tokens_per_step: real (non-padding) tokens per optimizer step, the work every strategy's
   # step does: each strategy's rows per batch (left None under config.strategy) are derived from
   # it and the data's own lengths, so an equal real-token budget means equal optimizer steps.
+  # class_weights (classification): "" (none), "balanced" (n / (classes * n_c) from the
+  # training split) or one weight per class, "1,3.5,1": each class's weight in the training
+  # loss (train.create_train_state); evaluation and the reported losses stay unweighted.
   c.train = ml_collections.ConfigDict(
-    dict(real_tokens=600_000, epochs=0, eval_every_tokens=50_000, tokens_per_step=8192)
+    dict(
+      real_tokens=600_000,
+      epochs=0,
+      eval_every_tokens=50_000,
+      tokens_per_step=8192,
+      class_weights="",
+    )
   )
   c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4, max_sequences=400))
   # Each strategy's own settings. Rows per batch left None (pad/pad_batch_max/pack batch_size,

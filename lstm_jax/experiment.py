@@ -502,7 +502,11 @@ def new_train_state(
   """The row's initial state: the model's init for `seed` and the optimizer, whose schedule
   (if any) spans the row's `total_steps` planned optimizer steps."""
   return train.create_train_state(
-    make_model(cfg, dataset), make_optimizer(cfg, total_steps), dataset, seed=seed
+    make_model(cfg, dataset),
+    make_optimizer(cfg, total_steps),
+    dataset,
+    seed=seed,
+    class_weights=cfg.train.class_weights or None,
   )
 
 

@@ -51,6 +51,9 @@ class TrainState(train_state.TrainState):
   model: nn.Module = struct.field(pytree_node=False, default=None)
   loss_kind: str = struct.field(pytree_node=False, default="classification")
   rng: Any = None  # <uint32>[2] the training key; a step's randomness is fold_in(rng, step)
+  # <float32>[num_classes] each class's weight in the training loss (`class_weights`), or None:
+  # the plain weighted mean. Made from the data and config, so checkpoints do not hold it.
+  class_weights: Any = None
 
 
 def loss_kind_of(dataset: RaggedDataset) -> str:
@@ -62,9 +65,15 @@ def create_train_state(
   optimizer: optax.GradientTransformation,
   dataset: RaggedDataset,
   seed: int = 0,
+  class_weights: str | Sequence[float] | None = None,
 ) -> TrainState:
-  """Initialises `model` for `dataset`'s inputs and pairs it with `optimizer`."""
+  """Initialises `model` for `dataset`'s inputs and pairs it with `optimizer`.
+
+  class_weights (classification): each class's weight in the training loss, "balanced" (n / (C
+  * n_c) from `dataset`'s targets, scikit-learn's rule: every class weighs as much in all) or one
+  weight per class; the loss is then sum(w_i c_i l_i) / sum(w_i c_i). Evaluation is unweighted."""
   check_model_fits_data(model, dataset)
+  weights = resolve_class_weights(class_weights, dataset)
   if dataset.is_tokens:
     example = jnp.zeros((1, 1), jnp.int32)
   else:
@@ -77,8 +86,40 @@ def create_train_state(
     model=model,
     loss_kind=loss_kind_of(dataset),
     rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+    class_weights=weights,
   )
   return state.replace(step=jnp.asarray(0, jnp.int32))  # an array: one signature from step 0 on
+
+
+def resolve_class_weights(class_weights, dataset: RaggedDataset):
+  """`create_train_state`'s class_weights as <float32>[num_classes], or None."""
+  if class_weights is None or (isinstance(class_weights, str) and not class_weights):
+    return None
+  if not dataset.is_classification:
+    raise ConfigError(
+      f"class weights apply to classification; {dataset.name} has regression targets. Leave "
+      f"class_weights unset (--config.train.class_weights='' in the runner)."
+    )
+  n = int(dataset.num_classes)
+  if isinstance(class_weights, str) and class_weights == "balanced":
+    counts = np.bincount(np.asarray(dataset.targets).reshape(-1), minlength=n)[:n]
+    w = np.where(counts > 0, counts.sum() / (n * np.maximum(counts, 1)), 0.0)
+  else:
+    if isinstance(class_weights, str):
+      try:
+        class_weights = [float(x) for x in class_weights.split(",")]
+      except ValueError:
+        raise ConfigError(
+          f"class weights {class_weights!r}: give 'balanced' or {n} numbers separated by commas "
+          f"(--config.train.class_weights in the runner)."
+        ) from None
+    w = np.asarray(class_weights, np.float64).reshape(-1)
+    if w.size != n or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+      raise ConfigError(
+        f"class weights {[float(x) for x in w]}: need {n} finite weights >= 0 (one per class, "
+        f"not all 0), or 'balanced' (--config.train.class_weights in the runner)."
+      )
+  return jnp.asarray(w, jnp.float32)
 
 
 def check_model_fits_data(
@@ -161,6 +202,9 @@ def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bo
     real_tokens=jnp.sum(batch.mask, dtype=jnp.int32),
   )
   mean_loss = metrics["loss_sum"] / jnp.maximum(metrics["weight_sum"], 1e-12)
+  if training and state.class_weights is not None:  # the gradient's loss only; metrics plain
+    w = batch.weights * jnp.take(state.class_weights, batch.targets, mode="clip")
+    mean_loss = jnp.sum(w * loss) / jnp.maximum(jnp.sum(w), 1e-12)
   return mean_loss, (metrics, new_carry)
 
 

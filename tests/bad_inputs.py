@@ -223,6 +223,21 @@ def _bad_record():
   return store.write_store(TMP / "bad_record", records, vocab_size=256)
 
 
+def _class_weights(weights: str, classification: bool):
+  from lstm_jax import train
+
+  targets = np.array([0, 1, 2], np.int32) if classification else np.zeros((3, 1), np.float32)
+  ds = RaggedDataset(
+    _floats(6),
+    np.array([2, 2, 2]),
+    targets,
+    target_level="sequence",
+    num_classes=3 if classification else None,
+    name="three",
+  )
+  return train.resolve_class_weights(weights, ds)
+
+
 CASES = [
   # data
   Case(
@@ -429,6 +444,18 @@ CASES = [
     r"out of range for a head with 1 outputs",
   ),
   # config
+  Case(
+    "config",
+    "class weights that are not one per class (`train.class_weights`)",
+    lambda: _class_weights("1,2", classification=True),
+    r"class weights \[1.0, 2.0\]: need 3 finite weights >= 0",
+  ),
+  Case(
+    "config",
+    "class weights for regression targets",
+    lambda: _class_weights("balanced", classification=False),
+    r"class weights apply to classification",
+  ),
   Case(
     "config",
     "an unknown (misspelt) key",

@@ -497,3 +497,69 @@ def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same(
   accuracy = float(np.mean(got.classes == labels))
   want = train.evaluate(state, batching.Pad(ds, batch_size=6))["accuracy"]
   assert abs(accuracy - want) < 1e-12
+
+
+def _labelled(n=12, classes=3, seed=0):
+  """Sequence-level classification: n sequences of 3 to 8 steps, labels 0 (most), 1, 2."""
+  from lstm_jax.data import RaggedDataset
+
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, 9, size=n)
+  values = rng.normal(size=(int(lengths.sum()), 2)).astype(np.float32)
+  labels = np.array(([0] * (n // 2) + [1] * (n // 3) + [2] * n)[:n], np.int32)
+  return RaggedDataset(
+    values, lengths, labels, target_level="sequence", num_classes=classes, name="labelled"
+  )
+
+
+def test_class_weights_weigh_the_training_loss_only():
+  """Issue 24: class_weights. "balanced" is n / (C * n_c) of the training targets; a batch's
+  training loss is sum(w_i c_i l_i) / sum(w_i c_i) (computed here by hand from the per-step
+  losses); weights all 1 change nothing, bit for bit; the metrics and the eval step ignore
+  them; bad weights and regression data are one ConfigError each."""
+  ds = _labelled()
+  model = SequenceModel(hidden_size=5, num_outputs=3)
+  plain = train.create_train_state(model, optax.sgd(0.1), ds, seed=0)
+  balanced = train.create_train_state(model, optax.sgd(0.1), ds, seed=0, class_weights="balanced")
+  counts = np.bincount(ds.targets, minlength=3)
+  assert np.allclose(balanced.class_weights, 12 / (3 * counts)) and counts.tolist() == [6, 4, 2]
+  batch = next(batching.Pad(ds, batch_size=12).batches(0))
+  carry = model.zero_carry(12)
+  mean, (metrics, _) = train._forward(plain.params, balanced, batch, carry, training=True)
+  preds, _ = plain.apply_fn({"params": plain.params}, batch.inputs, mask=batch.mask)
+  loss, _ = train.per_step_loss(preds, batch.targets, "classification")
+  w = batch.weights * np.asarray(balanced.class_weights)[batch.targets]
+  assert float(mean) == pytest.approx(float(np.sum(w * loss) / np.sum(w)), rel=1e-6)
+  unweighted, (plain_metrics, _) = train._forward(plain.params, plain, batch, carry, True)
+  assert float(mean) != pytest.approx(float(unweighted), rel=1e-4)  # the weights do something
+  assert jax.tree.map(float, metrics) == jax.tree.map(float, plain_metrics)  # metrics: plain
+  ones = train.create_train_state(model, optax.sgd(0.1), ds, seed=0, class_weights="1,1,1")
+  g1 = jax.grad(lambda p: train._forward(p, ones, batch, carry, True)[0])(plain.params)
+  g0 = jax.grad(lambda p: train._forward(p, plain, batch, carry, True)[0])(plain.params)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)))
+  evaluated = train.eval_step(balanced, batch, carry)[0]
+  assert jax.tree.map(float, evaluated) == jax.tree.map(float, plain_metrics)
+  for bad in ("1,2", "1,x,1", "-1,1,1", "0,0,0"):
+    with pytest.raises(ConfigError, match="class weights"):
+      train.create_train_state(model, optax.sgd(0.1), ds, class_weights=bad)
+  with pytest.raises(ConfigError, match="class weights apply to classification"):
+    reg = ragged_features([3, 4], num_features=2, target_level="sequence")
+    train.create_train_state(
+      SequenceModel(4, num_outputs=2), optax.sgd(0.1), reg, class_weights="balanced"
+    )
+
+
+def test_the_runner_passes_config_class_weights_to_the_state():
+  import sys
+  from pathlib import Path
+
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  from configs import compare
+  from lstm_jax import experiment
+
+  cfg = compare.get_config("smoke")
+  cfg.train.class_weights = "balanced"
+  state = experiment.new_train_state(cfg, _labelled(), seed=0, total_steps=10)
+  assert np.allclose(state.class_weights, [12 / 18, 12 / 12, 12 / 6])
+  cfg.train.class_weights = ""
+  assert experiment.new_train_state(cfg, _labelled(), seed=0, total_steps=10).class_weights is None
