@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
       # a given split: the held-out data, in the same form as `path` (then path is all training
       # data and eval_fraction is not used); "" (the default): a seeded random split
       eval_path="",
+      # a test split, in the same form as `path`, kept apart: each row's final model is scored
+      # on it once (test_loss, test_metric in the report); the eval split is what training
+      # watches. "" (the default): none
+      test_path="",
       # feature inputs: scale each feature to zero mean and unit variance with the training
       # split's statistics (the eval split gets the same affine map); token inputs: an error
       standardize=False,

@@ -239,8 +239,17 @@ def feature_statistics(dataset: RaggedDataset, block: int = 1 << 20) -> tuple:
   return mean, np.sqrt(var)
 
 
-def split_data(cfg: ml_collections.ConfigDict):
+def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
+  """(train, eval, identity): the data, subsampled, split (given or random) and normalised by
+  the training split's statistics. with_test: (train, eval, test, identity), test being
+  config.data.test_path's data (None if unset), checked and normalised as eval is, kept
+  apart: each row is scored on it once, at its end."""
   dataset, identity = sources.load_source(cfg.data)
+  test_raw = None
+  if with_test and cfg.data.test_path:
+    test_raw, identity["test_source"] = sources.load_source(
+      ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.test_path, max_sequences=0))
+    )
   if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:  # (byte sources did it)
     keep = sources.subsample_indices(len(dataset), cfg.data.max_sequences, cfg.data.split_seed)
     dataset = dataset.subset(keep, name=dataset.name)
@@ -256,8 +265,13 @@ def split_data(cfg: ml_collections.ConfigDict):
     identity["split"] = (
       f"random: {cfg.data.eval_fraction:g} held out (split_seed {cfg.data.split_seed})"
     )
+  test_ds = None
+  if test_raw is not None:
+    test_ds = test_split(train_ds, test_raw, cfg.data.test_path)
   kind = "global" if cfg.data.standardize else cfg.data.normalize
   if kind != "none":
+    if test_ds is not None:  # the training split's statistics (computed before it is changed)
+      test_ds = normalize(train_ds, test_ds, kind)[1]
     train_ds, eval_ds, identity["normalized"] = normalize(train_ds, eval_ds, kind)
     if kind == "global":
       identity["standardized"] = {k: v for k, v in identity["normalized"].items() if k != "kind"}
@@ -271,11 +285,37 @@ def split_data(cfg: ml_collections.ConfigDict):
     train_fingerprint=train_ds.fingerprint(),
     eval_fingerprint=eval_ds.fingerprint(),
   )
+  if test_ds is not None:
+    identity.update(
+      test_sequences=len(test_ds),
+      test_steps=test_ds.num_steps,
+      test_fingerprint=test_ds.fingerprint(),
+    )
+  if with_test:
+    return train_ds, eval_ds, test_ds, identity
   return train_ds, eval_ds, identity
 
 
+def test_split(train: RaggedDataset, test: RaggedDataset, test_path: str) -> RaggedDataset:
+  """The test split (`config.data.test_path`): the same kind of data as the training split, with
+  its class count and vocabulary (a class or token the training data lacks is an error: the
+  model could not predict it)."""
+  test = given_split(train, test, test_path, key="test_path")[1]
+  for key in ("num_classes", "vocab_size"):
+    mine, theirs = getattr(train, key), getattr(test, key)
+    if mine is not None and theirs is not None and theirs > mine:
+      raise DataError(
+        f"config.data.test_path {test_path} has {key} {theirs}, more than the training data's "
+        f"{mine}: the model cannot predict ids it never saw; store {key}={theirs} with the "
+        f"training data, or drop those sequences from the test split."
+      )
+    if mine is not None and theirs != mine and dataclasses.is_dataclass(test):
+      test = dataclasses.replace(test, **{key: mine})
+  return test
+
+
 def given_split(
-  train: RaggedDataset, held_out: RaggedDataset, eval_path: str
+  train: RaggedDataset, held_out: RaggedDataset, eval_path: str, key: str = "eval_path"
 ) -> tuple[RaggedDataset, RaggedDataset]:
   """(train, eval) for a given split: checked to be the same kind of data, with one class
   count and vocabulary (the larger of the two, as inferred from each)."""
@@ -288,7 +328,7 @@ def given_split(
   for what, (a, b) in kinds.items():
     if a != b:
       raise DataError(
-        f"config.data.eval_path {eval_path} holds other data than config.data.path ({what}: "
+        f"config.data.{key} {eval_path} holds other data than config.data.path ({what}: "
         f"{b!r} there, {a!r} in the training data); give both in the same form."
       )
   shared = {}
@@ -301,7 +341,7 @@ def given_split(
       dataclasses.is_dataclass(ds) and type(ds) is RaggedDataset for ds in (train, held_out)
     ):
       raise DataError(
-        f"config.data.eval_path {eval_path} and config.data.path give different "
+        f"config.data.{key} {eval_path} and config.data.path give different "
         f"{', '.join(shared)}; store the same num_classes and vocab_size with both."
       )
     train, held_out = (dataclasses.replace(ds, **shared) for ds in (train, held_out))
@@ -564,6 +604,7 @@ def run_strategy(
   prepared: tuple[train.TrainState, train.StepFunctions] | None = None,
   done: dict | None = None,
   preemption: Preemption | None = None,
+  test_ds: RaggedDataset | None = None,
 ) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
@@ -578,6 +619,8 @@ def run_strategy(
   done: the run's finished result, if the caller read it already (`check_workdir_settings`).
   preemption: an entered `Preemption`: at a SIGTERM or SIGINT the row stops after the step in
     flight with a checkpoint and `Preempted` is raised, naming the row; nothing else is written.
+  test_ds: the test split (`config.data.test_path`), if any: the final model is scored on it
+    once (the row's test_loss, test_metric and test_classes), never during training.
   Before the first step the largest train step is compiled and checked by the memory guard (by
   preflight, for the first seed), its compile seconds charged to the row's clock at its start.
   With `cfg.background_compiles` (the default) fit then compiles the row's other shapes in the
@@ -704,6 +747,14 @@ def run_strategy(
   steady_seconds = sum(h["step_seconds"] for h in steady)
   computed = sum(h["computed_tokens"] for h in hist)
   classes = scores_by_class(result.state, eval_ds, cfg)  # off the row's clock
+  tested = {}
+  if test_ds is not None:
+    scored = train.evaluate(result.state, eval_strategy(test_ds, cfg, devices), steps)
+    tested = dict(
+      test_loss=scored["loss"],
+      test_metric=metric_value(metric, scored),
+      test_classes=scores_by_class(result.state, test_ds, cfg),
+    )
   train_rec = list(steps.train.records.values())
   row = report.Row(
     strategy=name,
@@ -735,6 +786,7 @@ def run_strategy(
     **compile_timing,
     balanced_accuracy=classes["balanced_accuracy"] if classes else None,
     classes=classes,
+    **tested,
   )
   row = row.to_dict(finished=False)  # the rest is set once every row of the seed has run
   if result_path and jax.process_index() == 0:
@@ -933,7 +985,7 @@ def _run_all(
   preemption: Preemption | None,
   invocations: Invocations | None,
 ) -> list[dict]:
-  train_ds, eval_ds, identity = split_data(cfg)
+  train_ds, eval_ds, test_ds, identity = split_data(cfg, with_test=True)
   devices = 1 if mesh is None else int(mesh.devices.size)
   # Every strategy built (so the data's own checks run) and through the plans' guards before
   # anything compiles (the calibration too), except a bucket whose count waits for the
@@ -984,6 +1036,7 @@ def _run_all(
         prepared=prepared.get(name) if first else None,
         done=finished.get((name, seed)),
         preemption=preemption,
+        test_ds=test_ds,
       )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist

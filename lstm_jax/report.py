@@ -74,6 +74,10 @@ class Row:
   # split (`baselines.class_scores`, from `train.predict`; its compiles in `classes`), or None.
   balanced_accuracy: float | None = dataclasses.field(default=None, **_mean(18))
   classes: dict | None = None
+  # config.data.test_path: the final model on the test split, scored once at the row's end
+  test_loss: float | None = dataclasses.field(default=None, **_mean(19))
+  test_metric: float | None = dataclasses.field(default=None, **_mean(20))
+  test_classes: dict | None = None
   comparable: bool | None = dataclasses.field(**_after)
   not_comparable: str | None = dataclasses.field(**_after)
   target_eval_loss: float | None = dataclasses.field(**_after, **_mean(17))
@@ -240,6 +244,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
     loads = [r.get("cache_loads") or {} for r in group]  # absent in results from before it existed
     row["cache_loads"] = {k: sum(d.get(k, 0) for d in loads) for k in ("train", "eval")}
     row["classes"] = _classes_over_seeds([r.get("classes") for r in group])
+    tested = [r["test_classes"]["balanced_accuracy"] for r in group if r.get("test_classes")]
+    row["test_balanced_accuracy"] = float(np.mean(tested)) if tested else None
+    row["test_classes"] = _classes_over_seeds([r.get("test_classes") for r in group])
     rows.append(row)
   return rows
 
@@ -296,6 +303,34 @@ def class_lines(summary: list[dict], plots: bool) -> list[str]:
   if plots:
     out += ["![confusion matrices](confusion.png)", ""]
   return out
+
+
+def test_lines(summary: list[dict], meta: dict) -> list[str]:
+  """The test split's section (config.data.test_path): each row's final model scored once on
+  the sequences kept apart from training and from the eval split it watched."""
+  rows = [r for r in summary if r.get("test_loss") is not None]
+  if not rows:
+    return []
+  metric = rows[0]["metric"]
+  bal = any(r.get("test_balanced_accuracy") is not None for r in rows)
+  out = [
+    "## Test split (kept apart)",
+    "",
+    f"{(meta.get('data') or {}).get('test_sequences', '?')} sequences from "
+    f"`{((meta.get('config') or {}).get('data') or {}).get('test_path', '')}` "
+    "(config.data.test_path), scored once with each row's final model; training and the "
+    "eval curve never saw them. Over seeds, the mean ± the spread.",
+    "",
+    f"| strategy | test loss | test {metric} |" + (" test balanced accuracy |" if bal else ""),
+    "|---|---|---|" + ("---|" if bal else ""),
+  ]
+  for r in rows:
+    spread = f" ± {r['test_loss_std']:.3f}" if r.get("test_loss_std") else ""
+    out.append(
+      f"| {r['strategy']} | {r['test_loss']:.4f}{spread} | {_fmt(r['test_metric'])} |"
+      + (f" {_fmt(r.get('test_balanced_accuracy'))} |" if bal else "")
+    )
+  return out + [""]
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -507,6 +542,7 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
       eval_cache_loads=r["cache_loads"]["eval"],
       batch_settings=json.dumps(r.get("batch_settings")),
       classes=json.dumps(r.get("classes")),
+      test_classes=json.dumps(r.get("test_classes")),
     )
     for r in summary
   ]
@@ -578,6 +614,7 @@ def markdown_report(
     *baseline_lines(meta.get("baselines")),
     *class_baseline_lines(summary, meta.get("class_baselines")),
     *class_lines(summary, meta.get("plots", True)),
+    *test_lines(summary, meta),
     *quality_table(summary, curves or {}, meta.get("baselines")),
     *predictions_table(summary, meta.get("predictions")),
     "## Reading",

@@ -510,6 +510,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   cfg = compare.get_config("smoke")  # with plots: the confusion matrices' (issue 24)
   cfg.strategies = ("pad",)
   cfg.data.update(source="npz", path=write("train.npz", 60, 3), eval_path=write("test.npz", 17, 2))
+  cfg.data.test_path = write("kept.npz", 9, 3)  # a third split, scored once at the end
   cfg.train.update(tokens_per_step=128, epochs=1, real_tokens=0)
   cfg.tune_malloc, cfg.predict_costs = False, False
   experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
@@ -531,6 +532,22 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   assert "## Classes (held-out split, the final model)" in text
   assert "![confusion matrices](confusion.png)" in text
   assert (tmp_path / "w" / "confusion.png").read_bytes().startswith(b"\x89PNG")
+  # data.test_path: the final model scored once on 9 sequences that neither training nor the
+  # eval curve saw (the train and eval splits are those of a run without it)
+  test = run["test_classes"]
+  assert np.sum(test["confusion"]) == 9 and data["test_sequences"] == 9
+  assert run["test_metric"] == pytest.approx(test["accuracy"], abs=1e-12)
+  assert row["test_loss"] > 0 and "## Test split (kept apart)" in text
+  with_test = experiment.split_data(cfg, with_test=True)
+  cfg.data.test_path = ""
+  without = experiment.split_data(cfg)
+  assert with_test[-1]["train_fingerprint"] == without[-1]["train_fingerprint"]
+  assert with_test[-1]["eval_fingerprint"] == without[-1]["eval_fingerprint"]
+  assert len(with_test[2]) == 9 and with_test[2].num_classes == 3
+  cfg.data.test_path = write("more.npz", 9, 5)  # class ids the training data lacks
+  with pytest.raises(DataError, match=r"test_path .*more.npz has num_classes 5, more than"):
+    experiment.split_data(cfg, with_test=True)
+  cfg.data.test_path = ""
   cfg.data.eval_path = write("other.npz", 10, 2, features=5)
   with pytest.raises(DataError, match=r"eval_path .*other.npz holds other data .*features"):
     experiment.split_data(cfg)
