@@ -16,7 +16,7 @@ from ml_collections.config_dict import placeholder
 from lstm_jax import batching, tasks
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import BACKWARDS, CELLS, INPUT_PROJECTIONS, MATMUL_DTYPES
+from lstm_jax.model import BACKWARDS, CELLS, INITIALIZERS, INPUT_PROJECTIONS, MATMUL_DTYPES
 
 STRATEGIES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
 SCHEDULES = ("constant", "cosine")  # config.optimizer.schedule
@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
       backward="manual",
       matmul_dtype="float32",
       bidirectional=False,
+      # the built-in LSTM's initialisation: "keras" (default), "flax", "pytorch"
+      # (model.INITIALIZERS); other cells initialise as their Flax class does
+      initializer="keras",
     )
   )
   # Adam. schedule "constant", or "cosine": the learning rate decays from learning_rate to
@@ -314,9 +317,16 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     ("input_projection", INPUT_PROJECTIONS),
     ("backward", BACKWARDS),
     ("matmul_dtype", MATMUL_DTYPES),
+    ("initializer", INITIALIZERS),
   ):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
+  if cfg.model.cell != "lstm" and cfg.model.initializer != "keras":
+    raise ConfigError(
+      f"config.model.initializer={cfg.model.initializer!r} chooses the built-in LSTM's "
+      f"initialisation; cell {cfg.model.cell!r} initialises as its Flax class does. Use "
+      f"config.model.cell=lstm, or leave the initializer at 'keras'."
+    )
   if cfg.model.cell != "lstm" and cfg.model.matmul_dtype != "float32":
     raise ConfigError(
       f"config.model.matmul_dtype={cfg.model.matmul_dtype!r} is implemented for "

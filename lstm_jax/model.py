@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lstm_jax import recurrence
 from lstm_jax.errors import ConfigError, DataError
@@ -75,6 +76,51 @@ def resolve_input_projection(input_projection: str, backend: str | None = None) 
   if input_projection != "auto":
     return input_projection
   return "in_step" if (backend or jax.default_backend()) == "cpu" else "hoisted"
+
+
+# The built-in LSTM's initialisations (`SequenceModel(initializer=...)`, config.model.initializer):
+#   keras    the default: glorot-uniform input kernel over [F, 4H], one orthogonal init over the
+#            whole [H, 4H] recurrent matrix, zero bias with 1 on the forget gate (Keras' LSTM)
+#   flax     Flax's LSTMCell: each gate's [F, H] input kernel lecun-normal and its [H, H]
+#            recurrent block orthogonal on its own, zero bias
+#   pytorch  torch.nn.LSTM: every weight uniform in +-1/sqrt(H), the bias the sum of two such
+#            draws (torch's bias_ih + bias_hh)
+INITIALIZERS = ("keras", "flax", "pytorch")
+
+
+def _per_gate(init):
+  """`init` applied to each gate's [rows, H] block of a [rows, 4H] matrix, with its own key."""
+
+  def f(key, shape, dtype=jnp.float32):
+    rows, cols = shape
+    keys = jax.random.split(key, 4)
+    return jnp.concatenate([init(k, (rows, cols // 4), dtype) for k in keys], axis=1)
+
+  return f
+
+
+def _uniform(scale: float, draws: int = 1):
+  def f(key, shape, dtype=jnp.float32):
+    keys = jax.random.split(key, draws) if draws > 1 else [key]
+    return sum(jax.random.uniform(k, shape, dtype, -scale, scale) for k in keys)
+
+  return f
+
+
+def lstm_initializers(name: str, hidden_size: int) -> tuple[Any, Any, Any]:
+  """(kernel_init, recurrent_init, bias_init) of initialisation `name` (INITIALIZERS)."""
+  if name == "keras":
+    return nn.initializers.glorot_uniform(), nn.initializers.orthogonal(), forget_bias_init(1.0)
+  if name == "flax":
+    return (
+      _per_gate(nn.initializers.lecun_normal()),
+      _per_gate(nn.initializers.orthogonal()),
+      nn.initializers.zeros_init(),
+    )
+  if name == "pytorch":
+    k = 1.0 / float(np.sqrt(hidden_size))
+    return _uniform(k), _uniform(k), _uniform(k, draws=2)
+  raise ConfigError(f"initializer must be one of {INITIALIZERS}, got {name!r}.")
 
 
 def forget_bias_init(value: float = 1.0):
@@ -256,6 +302,7 @@ def recurrent_layer(
   backward: str,
   matmul_dtype: str,
   name: str,
+  initializer: str = "keras",
 ) -> nn.Module:
   """Layer `name` of a stack: the hand-written LSTMLayer for cell "lstm", else a CellLayer
   (input_projection and matmul_dtype are the LSTM's settings; backward chooses between the
@@ -263,10 +310,14 @@ def recurrent_layer(
   always JAX's)."""
   cls = resolve_cell(cell)
   if cls is None:
+    kernel_init, recurrent_init, bias_init = lstm_initializers(initializer, hidden_size)
     return LSTMLayer(
       hidden_size,
       input_projection,
       unroll,
+      kernel_init=kernel_init,
+      recurrent_init=recurrent_init,
+      bias_init=bias_init,
       backward=backward,
       matmul_dtype=matmul_dtype,
       name=name,
@@ -460,6 +511,7 @@ class LSTM(nn.Module):
   backward: str = "manual"  # see LSTMLayer
   matmul_dtype: str = "float32"  # see LSTMLayer
   cell: Any = "lstm"  # see CELLS and CellLayer
+  initializer: str = "keras"  # the built-in LSTM's: see INITIALIZERS
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
@@ -499,6 +551,7 @@ class LSTM(nn.Module):
         self.backward,
         self.matmul_dtype,
         name=f"layer_{k}",
+        initializer=self.initializer,
       )(x, mask, resets, carry[k])
       new_carry.append(layer_carry)
     if self.output_dropout > 0:
@@ -532,6 +585,9 @@ class SequenceModel(nn.Module):
   # "optimized_lstm") or one's own cell class: see CELLS and CellLayer. The recurrent stack's
   # parameters are params["lstm"] for "lstm" and params["rnn"] for any other cell.
   cell: Any = "lstm"
+  # The built-in LSTM's initialisation: "keras" (the default), "flax" or "pytorch" (INITIALIZERS).
+  # Other cells initialise as their Flax class does.
+  initializer: str = "keras"
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
@@ -577,6 +633,7 @@ class SequenceModel(nn.Module):
         backward=self.backward,
         matmul_dtype=self.matmul_dtype,
         cell=self.cell,
+        initializer=self.initializer,
         name=stack_name(self.cell),
       )(x, mask, resets, initial_carry)
     else:
@@ -591,6 +648,7 @@ class SequenceModel(nn.Module):
         backward=self.backward,
         matmul_dtype=self.matmul_dtype,
         cell=self.cell,
+        initializer=self.initializer,
         name=stack_name(self.cell),
       )(x, mask, resets, initial_carry, deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
@@ -630,6 +688,14 @@ def check_model_settings(s: Any) -> None:
       "0 or bidirectional=False."
     )
   check_cell_matmul(s.cell, s.matmul_dtype)
+  if s.initializer not in INITIALIZERS:
+    raise ConfigError(f"initializer must be one of {INITIALIZERS}, got {s.initializer!r}.")
+  if s.initializer != "keras" and resolve_cell(s.cell) is not None:
+    raise ConfigError(
+      f"initializer={s.initializer!r} chooses the built-in LSTM's initialisation; cell "
+      f"{cell_name(s.cell)!r} initialises as its Flax class does. Use cell='lstm', or leave "
+      f"initializer at 'keras'."
+    )
 
 
 class SequenceClassifier(nn.Module):
@@ -740,6 +806,7 @@ class BidirectionalLSTM(nn.Module):
   backward: str = "manual"
   matmul_dtype: str = "float32"
   cell: Any = "lstm"  # see CELLS and CellLayer
+  initializer: str = "keras"  # the built-in LSTM's: see INITIALIZERS
 
   def zero_carry(self, batch_size: int):
     return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
@@ -766,6 +833,7 @@ class BidirectionalLSTM(nn.Module):
         self.backward,
         self.matmul_dtype,
         name=name,
+        initializer=self.initializer,
       )
 
     return bidirectional_stack(layer, self.num_layers, inputs, mask, resets, carry)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -58,12 +57,14 @@ class LSTMLayer(nnx.Module):
     unroll: int = 1,
     backward: str = "manual",
     matmul_dtype: str = "float32",
+    initializer: str = "keras",
     rngs: nnx.Rngs,
   ):
     h = hidden_size
-    self.kernel = nnx.Param(nn.initializers.glorot_uniform()(rngs.params(), (in_features, 4 * h)))
-    self.recurrent_kernel = nnx.Param(nn.initializers.orthogonal()(rngs.params(), (h, 4 * h)))
-    self.bias = nnx.Param(linen_model.forget_bias_init(1.0)(None, (4 * h,)))
+    kernel_init, recurrent_init, bias_init = linen_model.lstm_initializers(initializer, h)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, 4 * h)))
+    self.recurrent_kernel = nnx.Param(recurrent_init(rngs.params(), (h, 4 * h)))
+    self.bias = nnx.Param(bias_init(rngs.params() if initializer == "pytorch" else None, (4 * h,)))
     self.hidden_size, self.input_projection, self.unroll = hidden_size, input_projection, unroll
     self.backward, self.matmul_dtype = backward, matmul_dtype
 
@@ -229,6 +230,7 @@ class SequenceModel(nnx.Module):
     backward: str = "manual",
     matmul_dtype: str = "float32",
     cell: Any = "lstm",
+    initializer: str = "keras",
     rngs: nnx.Rngs,
   ):
     if (num_features is None) == (vocab_size is None):
@@ -253,6 +255,7 @@ class SequenceModel(nnx.Module):
       backward=backward,
       matmul_dtype=matmul_dtype,
       cell=cell,
+      initializer=initializer,
     )
     linen_model.check_model_settings(self.settings)
     st = self.settings
@@ -262,6 +265,8 @@ class SequenceModel(nnx.Module):
       backward=st.backward,
       matmul_dtype=st.matmul_dtype,
     )
+    if st.initializer != "keras":  # the built-in LSTM's only (check_model_settings)
+      layer["initializer"] = st.initializer
     self.vocab_size = vocab_size
     if vocab_size is not None:
       self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)

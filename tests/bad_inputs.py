@@ -470,6 +470,12 @@ CASES = [
   ),
   Case(
     "config",
+    "an LSTM initialisation asked of another cell",
+    lambda: config.validate_config(_cfg(**{"model.cell": "gru", "model.initializer": "flax"})),
+    r"config.model.initializer='flax' chooses the built-in LSTM's initialisation",
+  ),
+  Case(
+    "config",
     "a matmul precision that does not exist",
     lambda: config.validate_config(_cfg(**{"model.matmul_dtype": "float16"})),
     r"config.model.matmul_dtype must be one of \('float32', 'bfloat16'\), got 'float16'",

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, train
-from lstm_jax.errors import DataError
+from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import (
   LSTM,
   SequenceClassifier,
@@ -320,3 +320,51 @@ def test_wrong_input_dtype_and_mask_shape_are_clear_errors():
     lstm.init(jax.random.key(0), jnp.zeros((2, 5, 3), jnp.int32))
   with pytest.raises(DataError, match="mask must be <bool>"):
     lstm.init(jax.random.key(0), jnp.zeros((2, 5, 3)), mask=jnp.ones((2, 4), bool))
+
+
+def test_initializers_keras_flax_pytorch():
+  """Issue 24: SequenceModel(initializer=...) for the built-in LSTM. keras (the default): one
+  orthogonal init over the whole [H, 4H] recurrent matrix (its rows orthonormal), bias 1 on the
+  forget gate only; flax: each gate's [H, H] recurrent block orthogonal on its own, zero bias;
+  pytorch: weights within +-1/sqrt(H), the bias a sum of two such draws. NNX builds the same
+  kinds. Another cell with a non-default initializer, or an unknown name, is a ConfigError."""
+  from flax import nnx
+
+  from lstm_jax import nnx_model
+
+  h, x = 8, jnp.zeros((1, 1, 3))
+
+  def layer(initializer=None):  # None: the default
+    kw = {} if initializer is None else dict(initializer=initializer)
+    m = SequenceModel(hidden_size=h, num_outputs=2, **kw)
+    p = m.init(jax.random.key(0), x)["params"]["lstm"]["layer_0"]
+    return {k: np.asarray(v) for k, v in p.items()}
+
+  def nnx_layer(initializer):
+    m = nnx_model.SequenceModel(
+      num_features=3, hidden_size=h, num_outputs=2, initializer=initializer, rngs=nnx.Rngs(0)
+    )
+    lay = m.lstm.layer_0
+    return {k: np.asarray(getattr(lay, k)[...]) for k in ("kernel", "recurrent_kernel", "bias")}
+
+  eye = np.eye(h)
+  for get in (layer, nnx_layer):
+    keras, flax_, torch = get("keras"), get("flax"), get("pytorch")
+    r = keras["recurrent_kernel"]
+    assert np.allclose(r @ r.T, eye, atol=1e-5) and not np.allclose(r[:, :h].T @ r[:, :h], eye)
+    assert keras["bias"].tolist() == [0.0] * h + [1.0] * h + [0.0] * (2 * h)
+    blocks = [flax_["recurrent_kernel"][:, g * h : (g + 1) * h] for g in range(4)]
+    assert all(np.allclose(b.T @ b, eye, atol=1e-5) for b in blocks)
+    assert not np.allclose(blocks[0], blocks[1]) and not flax_["bias"].any()
+    k = 1 / np.sqrt(h)
+    for name in ("kernel", "recurrent_kernel"):
+      assert np.abs(torch[name]).max() <= k and np.abs(torch[name]).max() > 0.8 * k
+    assert np.abs(torch["bias"]).max() <= 2 * k and np.abs(torch["bias"]).max() > k
+  default, keras = layer(), layer("keras")  # the default is keras, bit for bit
+  assert all(np.array_equal(default[k], keras[k]) for k in keras)
+  with pytest.raises(ConfigError, match="initialises as its Flax class does"):
+    SequenceModel(hidden_size=h, num_outputs=2, cell="gru", initializer="flax").init(
+      jax.random.key(0), x
+    )
+  with pytest.raises(ConfigError, match="initializer must be one of"):
+    SequenceModel(hidden_size=h, num_outputs=2, initializer="he").init(jax.random.key(0), x)
