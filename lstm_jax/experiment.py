@@ -267,7 +267,7 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
     )
   test_ds = None
   if test_raw is not None:
-    test_ds = test_split(train_ds, test_raw, cfg.data.test_path)
+    test_ds = held_apart_split(train_ds, test_raw, cfg.data.test_path)
   kind = "global" if cfg.data.standardize else cfg.data.normalize
   if kind != "none":
     if test_ds is not None:  # the training split's statistics (computed before it is changed)
@@ -296,7 +296,7 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   return train_ds, eval_ds, identity
 
 
-def test_split(train: RaggedDataset, test: RaggedDataset, test_path: str) -> RaggedDataset:
+def held_apart_split(train: RaggedDataset, test: RaggedDataset, test_path: str) -> RaggedDataset:
   """The test split (`config.data.test_path`): the same kind of data as the training split, with
   its class count and vocabulary (a class or token the training data lacks is an error: the
   model could not predict it)."""

@@ -305,7 +305,7 @@ def class_lines(summary: list[dict], plots: bool) -> list[str]:
   return out
 
 
-def test_lines(summary: list[dict], meta: dict) -> list[str]:
+def held_apart_lines(summary: list[dict], meta: dict) -> list[str]:
   """The test split's section (config.data.test_path): each row's final model scored once on
   the sequences kept apart from training and from the eval split it watched."""
   rows = [r for r in summary if r.get("test_loss") is not None]
@@ -614,7 +614,7 @@ def markdown_report(
     *baseline_lines(meta.get("baselines")),
     *class_baseline_lines(summary, meta.get("class_baselines")),
     *class_lines(summary, meta.get("plots", True)),
-    *test_lines(summary, meta),
+    *held_apart_lines(summary, meta),
     *quality_table(summary, curves or {}, meta.get("baselines")),
     *predictions_table(summary, meta.get("predictions")),
     "## Reading",
