@@ -814,6 +814,7 @@ def scores_by_class(
   ):
     return None
   t0 = time.perf_counter()
+  state = state.replace(params=jax.device_get(state.params))  # one device, whatever the mesh
   pred = train.predict(state, eval_ds, batch_size=32, num_buckets=cfg.eval.num_buckets)
   out = baselines.class_scores(eval_ds.targets, pred.classes, eval_ds.num_classes)
   return dict(out, predict_compiles=pred.compiles, seconds=time.perf_counter() - t0)
