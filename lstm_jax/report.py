@@ -903,7 +903,7 @@ def plots(
       counts = np.asarray(r["classes"]["confusion"], np.float64)
       share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
       ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
-      ax.set_title(f"{r['strategy']}: bal. acc {r['balanced_accuracy']:.3f}", fontsize=9)
+      ax.set_title(f"{r['strategy']}: bal. acc {_fmt(r['balanced_accuracy'])}", fontsize=9)
       ax.set_xlabel("predicted class")
       ax.set_ylabel("true class")
     save(fig, "confusion.png")
