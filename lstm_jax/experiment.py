@@ -138,6 +138,12 @@ def eval_strategy(
 def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
   """Both splits' features scaled by the training split's per-feature mean and standard
   deviation (a constant feature is only centred). Returns (train, eval, the statistics)."""
+  scaled, stats = _standardizer(train_ds)
+  return scaled(train_ds), scaled(eval_ds), stats
+
+
+def _standardizer(train_ds: RaggedDataset):
+  """(the map that standardises a split by the training split's statistics, the statistics)."""
   if train_ds.is_tokens:
     raise ConfigError(
       "config.data.standardize applies to feature inputs; this data is token ids. Set "
@@ -147,7 +153,7 @@ def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
     mean, std = feature_statistics(train_ds)
     std = np.where(std > 0, std, 1.0)
     stats = dict(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
-    return train_ds.standardized(mean, std), eval_ds.standardized(mean, std), stats
+    return (lambda ds: ds.standardized(mean, std)), stats
   mean = train_ds.values.astype(np.float64).mean(0)
   std = train_ds.values.astype(np.float64).std(0)
   std = np.where(std > 0, std, 1.0)
@@ -157,7 +163,7 @@ def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
     return dataclasses.replace(ds, values=values)
 
   stats = dict(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
-  return scaled(train_ds), scaled(eval_ds), stats
+  return scaled, stats
 
 
 NORMALIZATIONS = config.NORMALIZATIONS
@@ -174,9 +180,16 @@ def normalize(train_ds: RaggedDataset, eval_ds: RaggedDataset, kind: str):
                         extra features (the scale z-normalisation throws away)
   Statistics come from the training split only; the per-sequence kinds use each sequence's own,
   so nothing crosses the split. A constant feature is only centred."""
+  apply, record = normalizer(train_ds, kind)
+  return apply(train_ds), apply(eval_ds), record
+
+
+def normalizer(train_ds: RaggedDataset, kind: str):
+  """(the map `normalize` applies to each split, computed once from the training split, the
+  record for the data's identity): for any number of held-out splits (eval, test)."""
   if kind == "global":
-    train_ds, eval_ds, stats = standardize(train_ds, eval_ds)
-    return train_ds, eval_ds, dict(kind=kind, **stats)
+    scaled, stats = _standardizer(train_ds)
+    return scaled, dict(kind=kind, **stats)
   if train_ds.is_tokens:
     raise ConfigError(
       f"config.data.normalize={kind!r} applies to feature inputs; this data is token ids. Set "
@@ -196,11 +209,10 @@ def normalize(train_ds: RaggedDataset, eval_ds: RaggedDataset, kind: str):
       return dataclasses.replace(ds, values=((ds.values - lo) / span).astype(np.float32))
 
     stats = dict(min=[round(float(v), 6) for v in lo], span=[round(float(v), 6) for v in span])
-    return scaled(train_ds), scaled(eval_ds), dict(kind=kind, **stats)
+    return scaled, dict(kind=kind, **stats)
   with_scale = kind == "per_sequence_scale"
   return (
-    _per_sequence(train_ds, with_scale),
-    _per_sequence(eval_ds, with_scale),
+    lambda ds: _per_sequence(ds, with_scale),
     dict(kind=kind, extra_features=train_ds.num_features if with_scale else 0),
   )
 
@@ -269,10 +281,10 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   if test_raw is not None:
     test_ds = held_apart_split(train_ds, test_raw, cfg.data.test_path)
   kind = "global" if cfg.data.standardize else cfg.data.normalize
-  if kind != "none":
-    if test_ds is not None:  # the training split's statistics (computed before it is changed)
-      test_ds = normalize(train_ds, test_ds, kind)[1]
-    train_ds, eval_ds, identity["normalized"] = normalize(train_ds, eval_ds, kind)
+  if kind != "none":  # the training split's statistics, computed once, applied to every split
+    apply, identity["normalized"] = normalizer(train_ds, kind)
+    train_ds, eval_ds = apply(train_ds), apply(eval_ds)
+    test_ds = apply(test_ds) if test_ds is not None else None
     if kind == "global":
       identity["standardized"] = {k: v for k, v in identity["normalized"].items() if k != "kind"}
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
