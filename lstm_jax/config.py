@@ -225,7 +225,10 @@ def run_settings(
   flat.update(
     seed=int(seed),
     devices=int(devices),
-    **{f"data.{k}": data_identity.get(k) for k in ("train_fingerprint", "eval_fingerprint")},
+    **{
+      f"data.{k}": data_identity.get(k)
+      for k in ("train_fingerprint", "eval_fingerprint", "test_fingerprint")
+    },
     **{f"versions.{k}": versions.get(k) for k in SETTINGS_VERSIONS},
   )
   return json.loads(json.dumps(flat))  # what reading the JSON back gives: lists, not tuples

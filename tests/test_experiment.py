@@ -538,6 +538,11 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   assert np.sum(test["confusion"]) == 9 and data["test_sequences"] == 9
   assert run["test_metric"] == pytest.approx(test["accuracy"], abs=1e-12)
   assert row["test_loss"] > 0 and "## Test split (kept apart)" in text
+  kept = cfg.data.test_path  # other sequences under the same name: the result is not reused
+  write("kept.npz", 9, 3)
+  with pytest.raises(ConfigError, match=r"different settings \(data.test_fingerprint"):
+    experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  assert cfg.data.test_path == kept
   with_test = experiment.split_data(cfg, with_test=True)
   cfg.data.test_path = ""
   without = experiment.split_data(cfg)
