@@ -123,9 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
       backward="manual",
       matmul_dtype="float32",
       bidirectional=False,
-      # the built-in LSTM's initialisation: "keras" (default), "flax", "pytorch"
-      # (model.INITIALIZERS); other cells initialise as their Flax class does
-      initializer="keras",
+      # the LSTM's and the GRU's initialisation: "auto" (the default: "keras" for the LSTM,
+      # "flax" for the GRU), "keras", "flax", "pytorch" (model.INITIALIZERS); other cells
+      # initialise as their own class does
+      initializer="auto",
     )
   )
   # Adam. schedule "constant", or "cosine": the learning rate decays from learning_rate to
@@ -324,11 +325,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   ):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
-  if cfg.model.cell != "lstm" and cfg.model.initializer != "keras":
+  if cfg.model.cell not in ("lstm", "gru") and cfg.model.initializer != "auto":
     raise ConfigError(
-      f"config.model.initializer={cfg.model.initializer!r} chooses the built-in LSTM's "
-      f"initialisation; cell {cfg.model.cell!r} initialises as its Flax class does. Use "
-      f"config.model.cell=lstm, or leave the initializer at 'keras'."
+      f"config.model.initializer={cfg.model.initializer!r} is a choice for the LSTM and the "
+      f"GRU; cell {cfg.model.cell!r} initialises as its own class does. Use "
+      f"config.model.cell=lstm or gru, or leave the initializer at 'auto'."
     )
   if cfg.model.cell != "lstm" and cfg.model.matmul_dtype != "float32":
     raise ConfigError(

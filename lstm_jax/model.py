@@ -78,14 +78,37 @@ def resolve_input_projection(input_projection: str, backend: str | None = None) 
   return "in_step" if (backend or jax.default_backend()) == "cpu" else "hoisted"
 
 
-# The built-in LSTM's initialisations (`SequenceModel(initializer=...)`, config.model.initializer):
-#   keras    the default: glorot-uniform input kernel over [F, 4H], one orthogonal init over the
-#            whole [H, 4H] recurrent matrix, zero bias with 1 on the forget gate (Keras' LSTM)
-#   flax     Flax's LSTMCell: each gate's [F, H] input kernel lecun-normal and its [H, H]
-#            recurrent block orthogonal on its own, zero bias
-#   pytorch  torch.nn.LSTM: every weight uniform in +-1/sqrt(H), the bias the sum of two such
-#            draws (torch's bias_ih + bias_hh)
-INITIALIZERS = ("keras", "flax", "pytorch")
+# The initialisations of the built-in LSTM and of the GRU (`SequenceModel(initializer=...)`,
+# config.model.initializer):
+#   auto     the default: each cell's own, "keras" for the built-in LSTM, "flax" for the GRU
+#            (Flax's GRUCell as it comes); every other cell initialises as its class does
+#   keras    Keras' LSTM / GRU: a glorot-uniform input kernel over [F, 4H] (GRU [F, 3H]), one
+#            orthogonal init over the whole [H, 4H] ([H, 3H]) recurrent matrix, zero bias with 1
+#            on the LSTM's forget gate
+#   flax     Flax's LSTMCell / GRUCell: each gate's [F, H] input kernel lecun-normal and its
+#            [H, H] recurrent block orthogonal on its own, zero bias
+#   pytorch  torch.nn.LSTM / GRU: every weight uniform in +-1/sqrt(H), each bias torch's
+#            (bias_ih + bias_hh: the sum of two such draws where torch adds two)
+INITIALIZERS = ("auto", "keras", "flax", "pytorch")
+
+
+def resolve_initializer(cell: Any, initializer: str) -> str:
+  """The initialisation a layer of `cell` gets ("keras", "flax" or "pytorch"; "auto" for a
+  cell that has only its own): "auto" resolves to "keras" for the built-in LSTM and "flax" for
+  the GRU; any other cell takes "auto" only (ConfigError otherwise)."""
+  if initializer not in INITIALIZERS:
+    raise ConfigError(f"initializer must be one of {INITIALIZERS}, got {initializer!r}.")
+  cls = resolve_cell(cell)
+  if cls is None:
+    return "keras" if initializer == "auto" else initializer
+  if cls is nn.GRUCell:
+    return "flax" if initializer == "auto" else initializer
+  if initializer != "auto":
+    raise ConfigError(
+      f"initializer={initializer!r} is a choice for cell='lstm' and cell='gru'; cell "
+      f"{cell_name(cell)!r} initialises as its own class does. Leave initializer at 'auto'."
+    )
+  return initializer
 
 
 def _per_gate(init):
@@ -108,7 +131,9 @@ def _uniform(scale: float, draws: int = 1):
 
 
 def lstm_initializers(name: str, hidden_size: int) -> tuple[Any, Any, Any]:
-  """(kernel_init, recurrent_init, bias_init) of initialisation `name` (INITIALIZERS)."""
+  """(kernel_init, recurrent_init, bias_init) of the built-in LSTM's initialisation `name`
+  (INITIALIZERS)."""
+  name = resolve_initializer("lstm", name)
   if name == "keras":
     return nn.initializers.glorot_uniform(), nn.initializers.orthogonal(), forget_bias_init(1.0)
   if name == "flax":
@@ -212,13 +237,17 @@ class CellLayer(nn.Module):
   hidden_size: int
   unroll: int = 1
   backward: str = "manual"  # Flax's GRUCell: "manual" (fused, hand-written) or "autodiff"
+  initializer: str = "auto"  # the GRU's: see INITIALIZERS; other cells their class's own
 
   @nn.compact
   def __call__(
     self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry: Any
   ) -> tuple[Array, Any]:
     features = x_BxTxF.shape[-1]
-    params = self.param("cell", lambda key: cell_params(self.cell, features, self.hidden_size, key))
+    params = self.param(
+      "cell",
+      lambda key: cell_params(self.cell, features, self.hidden_size, key, self.initializer),
+    )
     return cell_layer(
       self.cell,
       self.hidden_size,
@@ -232,12 +261,52 @@ class CellLayer(nn.Module):
     )
 
 
-def cell_params(cls: type, in_features: int, hidden_size: int, key: Array) -> dict:
+def cell_params(
+  cls: type, in_features: int, hidden_size: int, key: Array, initializer: str = "auto"
+) -> dict:
   """Fresh parameters of one `cls(features=hidden_size)` cell reading `in_features` features:
-  the tree linen's CellLayer keeps under `params["cell"]` (the NNX front end's layout too)."""
+  the tree linen's CellLayer keeps under `params["cell"]` (the NNX front end's layout too).
+  `initializer` (INITIALIZERS) chooses the GRU's; "auto" and "flax" are the class's own."""
+  initializer = resolve_initializer(cls, initializer)
+  if cls is nn.GRUCell and initializer in ("keras", "pytorch"):
+    return gru_params(initializer, in_features, hidden_size, key)
   cell = cls(features=hidden_size, parent=None)
   carry = cell.initialize_carry(jax.random.key(0), (1, in_features))
   return cell.init(key, carry, jnp.zeros((1, in_features), jnp.float32))["params"]
+
+
+def gru_params(initializer: str, in_features: int, hidden_size: int, key: Array) -> dict:
+  """Flax GRUCell's parameter tree (Dense layers ir, iz, in with bias; hr, hz; hn with bias)
+  drawn as Keras' GRU ("keras": glorot-uniform over the whole [F, 3H] input kernel, one
+  orthogonal init over the whole [H, 3H] recurrent kernel, Keras' gate order z, r, n; zero
+  biases) or torch.nn.GRU ("pytorch": everything uniform in +-1/sqrt(H); r's and z's biases
+  bias_ih + bias_hh, n's input bias and its recurrent bias (inside the reset product) apart)."""
+  f, h = in_features, hidden_size
+  k_i, k_h, k_bi, k_bh = jax.random.split(key, 4)
+  if initializer == "keras":
+    w_i = nn.initializers.glorot_uniform()(k_i, (f, 3 * h))
+    w_h = nn.initializers.orthogonal()(k_h, (h, 3 * h))
+    z, r, n = (slice(g * h, (g + 1) * h) for g in range(3))
+    b_i = b_h = jnp.zeros((3 * h,), jnp.float32)
+  elif initializer == "pytorch":
+    u = _uniform(1.0 / float(np.sqrt(h)))
+    w_i, w_h, b_i, b_h = (
+      u(k_i, (f, 3 * h)),
+      u(k_h, (h, 3 * h)),
+      u(k_bi, (3 * h,)),
+      u(k_bh, (3 * h,)),
+    )
+    r, z, n = (slice(g * h, (g + 1) * h) for g in range(3))
+  else:
+    raise ConfigError(f"gru_params draws 'keras' or 'pytorch', got {initializer!r}.")
+  return {
+    "ir": {"kernel": w_i[:, r], "bias": b_i[r] + b_h[r]},
+    "iz": {"kernel": w_i[:, z], "bias": b_i[z] + b_h[z]},
+    "in": {"kernel": w_i[:, n], "bias": b_i[n]},
+    "hr": {"kernel": w_h[:, r]},
+    "hz": {"kernel": w_h[:, z]},
+    "hn": {"kernel": w_h[:, n], "bias": b_h[n]},
+  }
 
 
 def cell_layer(
@@ -302,7 +371,7 @@ def recurrent_layer(
   backward: str,
   matmul_dtype: str,
   name: str,
-  initializer: str = "keras",
+  initializer: str = "auto",
 ) -> nn.Module:
   """Layer `name` of a stack: the hand-written LSTMLayer for cell "lstm", else a CellLayer
   (input_projection and matmul_dtype are the LSTM's settings; backward chooses between the
@@ -323,7 +392,7 @@ def recurrent_layer(
       name=name,
     )
   check_cell_matmul(cell, matmul_dtype)
-  return CellLayer(cls, hidden_size, unroll, backward, name=name)
+  return CellLayer(cls, hidden_size, unroll, backward, initializer, name=name)
 
 
 def check_cell_matmul(cell: Any, matmul_dtype: str) -> None:
@@ -511,7 +580,7 @@ class LSTM(nn.Module):
   backward: str = "manual"  # see LSTMLayer
   matmul_dtype: str = "float32"  # see LSTMLayer
   cell: Any = "lstm"  # see CELLS and CellLayer
-  initializer: str = "keras"  # the built-in LSTM's: see INITIALIZERS
+  initializer: str = "auto"  # the LSTM's and the GRU's: see INITIALIZERS
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
@@ -585,9 +654,10 @@ class SequenceModel(nn.Module):
   # "optimized_lstm") or one's own cell class: see CELLS and CellLayer. The recurrent stack's
   # parameters are params["lstm"] for "lstm" and params["rnn"] for any other cell.
   cell: Any = "lstm"
-  # The built-in LSTM's initialisation: "keras" (the default), "flax" or "pytorch" (INITIALIZERS).
-  # Other cells initialise as their Flax class does.
-  initializer: str = "keras"
+  # The initialisation of the built-in LSTM and the GRU: "auto" (the default: "keras" for the
+  # LSTM, "flax" for the GRU), "keras", "flax" or "pytorch" (INITIALIZERS). Other cells
+  # initialise as their class does.
+  initializer: str = "auto"
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
@@ -688,14 +758,7 @@ def check_model_settings(s: Any) -> None:
       "0 or bidirectional=False."
     )
   check_cell_matmul(s.cell, s.matmul_dtype)
-  if s.initializer not in INITIALIZERS:
-    raise ConfigError(f"initializer must be one of {INITIALIZERS}, got {s.initializer!r}.")
-  if s.initializer != "keras" and resolve_cell(s.cell) is not None:
-    raise ConfigError(
-      f"initializer={s.initializer!r} chooses the built-in LSTM's initialisation; cell "
-      f"{cell_name(s.cell)!r} initialises as its Flax class does. Use cell='lstm', or leave "
-      f"initializer at 'keras'."
-    )
+  resolve_initializer(s.cell, s.initializer)
 
 
 class SequenceClassifier(nn.Module):
@@ -806,7 +869,7 @@ class BidirectionalLSTM(nn.Module):
   backward: str = "manual"
   matmul_dtype: str = "float32"
   cell: Any = "lstm"  # see CELLS and CellLayer
-  initializer: str = "keras"  # the built-in LSTM's: see INITIALIZERS
+  initializer: str = "auto"  # the LSTM's and the GRU's: see INITIALIZERS
 
   def zero_carry(self, batch_size: int):
     return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)

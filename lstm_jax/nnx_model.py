@@ -57,10 +57,10 @@ class LSTMLayer(nnx.Module):
     unroll: int = 1,
     backward: str = "manual",
     matmul_dtype: str = "float32",
-    initializer: str = "keras",
+    initializer: str = "auto",
     rngs: nnx.Rngs,
   ):
-    h = hidden_size
+    h, initializer = hidden_size, linen_model.resolve_initializer("lstm", initializer)
     kernel_init, recurrent_init, bias_init = linen_model.lstm_initializers(initializer, h)
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, 4 * h)))
     self.recurrent_kernel = nnx.Param(recurrent_init(rngs.params(), (h, 4 * h)))
@@ -96,11 +96,20 @@ class CellLayer(nnx.Module):
   linen's cell holds them, under `cell`; computed by `model.cell_layer`, the same masked step."""
 
   def __init__(
-    self, cell: Any, in_features: int, hidden_size: int, *, unroll=1, backward="manual", rngs
+    self,
+    cell: Any,
+    in_features: int,
+    hidden_size: int,
+    *,
+    unroll=1,
+    backward="manual",
+    initializer="auto",
+    rngs,
   ):
     self.cls, self.hidden_size, self.unroll = linen_model.resolve_cell(cell), hidden_size, unroll
     self.backward = backward
-    params = linen_model.cell_params(self.cls, in_features, hidden_size, rngs.params())
+    key = rngs.params()
+    params = linen_model.cell_params(self.cls, in_features, hidden_size, key, initializer)
     self.cell = nnx.data(jax.tree.map(nnx.Param, params))
 
   def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry):
@@ -134,6 +143,7 @@ def _layer(cell: Any, in_features: int, hidden_size: int, *, rngs, **layer) -> n
     rngs=rngs,
     unroll=layer.get("unroll", 1),
     backward=layer.get("backward", "manual"),
+    initializer=layer.get("initializer", "auto"),
   )
 
 
@@ -230,7 +240,7 @@ class SequenceModel(nnx.Module):
     backward: str = "manual",
     matmul_dtype: str = "float32",
     cell: Any = "lstm",
-    initializer: str = "keras",
+    initializer: str = "auto",
     rngs: nnx.Rngs,
   ):
     if (num_features is None) == (vocab_size is None):
@@ -265,7 +275,7 @@ class SequenceModel(nnx.Module):
       backward=st.backward,
       matmul_dtype=st.matmul_dtype,
     )
-    if st.initializer != "keras":  # the built-in LSTM's only (check_model_settings)
+    if st.initializer != "auto":  # the LSTM's and the GRU's only (check_model_settings)
       layer["initializer"] = st.initializer
     self.vocab_size = vocab_size
     if vocab_size is not None:

@@ -470,9 +470,9 @@ CASES = [
   ),
   Case(
     "config",
-    "an LSTM initialisation asked of another cell",
-    lambda: config.validate_config(_cfg(**{"model.cell": "gru", "model.initializer": "flax"})),
-    r"config.model.initializer='flax' chooses the built-in LSTM's initialisation",
+    "an initialisation asked of a cell that has only its own",
+    lambda: config.validate_config(_cfg(**{"model.cell": "mgu", "model.initializer": "flax"})),
+    r"config.model.initializer='flax' is a choice for the LSTM and the GRU; cell 'mgu'",
   ),
   Case(
     "config",

@@ -323,11 +323,12 @@ def test_wrong_input_dtype_and_mask_shape_are_clear_errors():
 
 
 def test_initializers_keras_flax_pytorch():
-  """Issue 24: SequenceModel(initializer=...) for the built-in LSTM. keras (the default): one
-  orthogonal init over the whole [H, 4H] recurrent matrix (its rows orthonormal), bias 1 on the
-  forget gate only; flax: each gate's [H, H] recurrent block orthogonal on its own, zero bias;
-  pytorch: weights within +-1/sqrt(H), the bias a sum of two such draws. NNX builds the same
-  kinds. Another cell with a non-default initializer, or an unknown name, is a ConfigError."""
+  """SequenceModel(initializer=...) for the built-in LSTM. keras (what "auto", the default,
+  gives it): one orthogonal init over the whole [H, 4H] recurrent matrix (its rows
+  orthonormal), bias 1 on the forget gate only; flax: each gate's [H, H] recurrent block
+  orthogonal on its own, zero bias; pytorch: weights within +-1/sqrt(H), the bias a sum of two
+  such draws. NNX builds the same kinds. A cell with only its own initialisation refuses
+  another (ConfigError), as does an unknown name."""
   from flax import nnx
 
   from lstm_jax import nnx_model
@@ -360,11 +361,80 @@ def test_initializers_keras_flax_pytorch():
     for name in ("kernel", "recurrent_kernel"):
       assert np.abs(torch[name]).max() <= k and np.abs(torch[name]).max() > 0.8 * k
     assert np.abs(torch["bias"]).max() <= 2 * k and np.abs(torch["bias"]).max() > k
-  default, keras = layer(), layer("keras")  # the default is keras, bit for bit
-  assert all(np.array_equal(default[k], keras[k]) for k in keras)
-  with pytest.raises(ConfigError, match="initialises as its Flax class does"):
-    SequenceModel(hidden_size=h, num_outputs=2, cell="gru", initializer="flax").init(
+    auto = get("auto")  # auto is keras for the LSTM, bit for bit
+    assert all(np.array_equal(auto[n], keras[n]) for n in keras)
+  default, keras = layer(), layer("keras")
+  assert all(np.array_equal(default[n], keras[n]) for n in keras)
+  with pytest.raises(ConfigError, match="initialises as its own class does"):
+    SequenceModel(hidden_size=h, num_outputs=2, cell="mgu", initializer="flax").init(
       jax.random.key(0), x
     )
   with pytest.raises(ConfigError, match="initializer must be one of"):
     SequenceModel(hidden_size=h, num_outputs=2, initializer="he").init(jax.random.key(0), x)
+
+
+def test_gru_initializers_keras_flax_pytorch():
+  """The GRU's initialisations, linen and NNX. auto (the default) and flax are Flax's GRUCell
+  as it comes, bit for bit: each gate's [H, H] recurrent block orthogonal. keras: the three
+  recurrent blocks side by side in Keras' order (z, r, n) are one orthogonal [H, 3H] matrix
+  (rows orthonormal, no block orthogonal), the input kernel within glorot's bound for [F, 3H],
+  zero biases. pytorch: weights within +-1/sqrt(H); r's and z's biases bias_ih + bias_hh
+  (beyond 1/sqrt(H)), n's two biases one draw each. Each trains through the fused GRU."""
+  from flax import linen as nn
+  from flax import nnx
+
+  from lstm_jax import nnx_model
+
+  f, h, x = 3, 8, jnp.zeros((1, 1, 3))
+
+  def linen_cell(initializer=None):
+    kw = {} if initializer is None else dict(initializer=initializer)
+    m = SequenceModel(hidden_size=h, num_outputs=2, cell="gru", **kw)
+    return jax.tree.map(np.asarray, m.init(jax.random.key(0), x)["params"]["rnn"]["layer_0"])
+
+  def nnx_cell(initializer):
+    m = nnx_model.SequenceModel(
+      num_features=f,
+      hidden_size=h,
+      num_outputs=2,
+      cell="gru",
+      initializer=initializer,
+      rngs=nnx.Rngs(0),
+    )
+    cell = m.rnn.layer_0.cell
+    return {
+      "cell": jax.tree.map(lambda v: np.asarray(v[...]), cell, is_leaf=nnx_model._is_variable)
+    }
+
+  own = nn.GRUCell(features=h).init(jax.random.key(1), jnp.zeros((1, h)), jnp.zeros((1, f)))
+  eye = np.eye(h)
+  for get in (linen_cell, nnx_cell):
+    auto, flax_, keras, torch = get("auto"), get("flax"), get("keras"), get("pytorch")
+    p = auto["cell"]
+    assert jax.tree.structure(p) == jax.tree.structure(own["params"])
+    assert jax.tree.all(jax.tree.map(np.array_equal, auto, flax_))
+    for g in ("hr", "hz", "hn"):
+      assert np.allclose(p[g]["kernel"].T @ p[g]["kernel"], eye, atol=1e-5)
+    k = keras["cell"]
+    assert jax.tree.structure(k) == jax.tree.structure(p)
+    w_h = np.concatenate([k["hz"]["kernel"], k["hr"]["kernel"], k["hn"]["kernel"]], axis=1)
+    assert np.allclose(w_h @ w_h.T, eye, atol=1e-5)
+    assert not np.allclose(k["hz"]["kernel"].T @ k["hz"]["kernel"], eye, atol=1e-3)
+    w_i = np.concatenate([k[g]["kernel"] for g in ("iz", "ir", "in")], axis=1)
+    assert np.abs(w_i).max() <= np.sqrt(6 / (f + 3 * h))
+    assert not any(k[g]["bias"].any() for g in ("ir", "iz", "in", "hn"))
+    t, bound = torch["cell"], 1 / np.sqrt(h)
+    for g in ("ir", "iz", "in", "hr", "hz", "hn"):
+      assert np.abs(t[g]["kernel"]).max() <= bound
+    gate_bias = max(np.abs(t[g]["bias"]).max() for g in ("ir", "iz"))
+    assert bound < gate_bias <= 2 * bound
+    assert max(np.abs(t[g]["bias"]).max() for g in ("in", "hn")) <= bound
+  default = linen_cell()
+  assert jax.tree.all(jax.tree.map(np.array_equal, default, linen_cell("flax")))
+  # each initialisation trains: a finite, nonzero gradient through the fused GRU
+  xs = jax.random.normal(jax.random.key(2), (2, 5, f))
+  for initializer in ("keras", "pytorch"):
+    m = SequenceModel(hidden_size=h, num_outputs=2, cell="gru", initializer=initializer)
+    params = m.init(jax.random.key(0), x)["params"]
+    grads = jax.tree.leaves(jax.grad(lambda p: m.apply({"params": p}, xs)[0].sum())(params))
+    assert all(np.isfinite(v).all() for v in grads) and all(np.abs(v).sum() > 0 for v in grads)
