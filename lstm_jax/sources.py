@@ -41,6 +41,7 @@ SOURCES = (
   "store",
   "stdlib_functions",
   "stdlib_files",
+  "stdlib_packages",
   "text_dir",
   "text_lines",
   "npz",
@@ -141,7 +142,7 @@ def load_stdlib(
   listing = hashlib.sha256(
     "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()
   ).hexdigest()[:16]
-  chunks = list(_parsed_stdlib(root, tuple(files), listing, unit))
+  chunks = list(_parsed_stdlib(root, tuple(files), listing, unit)[0])
   identity = dict(
     source=f"stdlib_{unit}",
     python=sys.version.split()[0],
@@ -156,27 +157,100 @@ def load_stdlib(
 @functools.lru_cache(maxsize=2)
 def _parsed_stdlib(
   root: Path, files: tuple[Path, ...], listing: str, unit: str
-) -> tuple[bytes, ...]:
-  """The stdlib's functions (or files) as bytes, parsed once per process for one listing (the
-  files' names and sizes: `listing` is part of the key), so that several runs in one process
-  (tests, a notebook) do not parse the standard library again; and once per machine for the
-  files' contents (`parse_cache_dir`), so that a new process does not either (parsing takes
-  2 to 3.5 s, reading the parse back 0.02 s)."""
+) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+  """The stdlib's functions (or files) as bytes, and how many come from each file (in order),
+  parsed once per process for one listing (the files' names and sizes: `listing` is part of
+  the key), so that several runs in one process (tests, a notebook) do not parse the standard
+  library again; and once per machine for the files' contents (`parse_cache_dir`), so that a
+  new process does not either (parsing takes 2 to 3.5 s, reading the parse back 0.02 s)."""
   del root, listing  # part of the cache key only
   sources = [p.read_bytes() for p in files]
   if unit != "functions":
-    return tuple(sources)
+    return tuple(sources), (1,) * len(sources)
   digest = hashlib.sha256(sys.version.encode())  # the parser is the running Python's
   for p, src in zip(files, sources):
     digest.update(f"{p}:{len(src)}:".encode())
     digest.update(src)
   path = Path(parse_cache_dir()) / f"stdlib-functions-{digest.hexdigest()[:24]}.npz"
   cached = _read_chunks(path)
-  if cached is not None:
+  if cached is not None and len(cached[1]) == len(files):
     return cached
-  chunks = tuple(c for src in sources for c in _functions(src))
-  _write_chunks(path, chunks)
-  return chunks
+  per_file = [_functions(src) for src in sources]
+  chunks, counts = tuple(c for fs in per_file for c in fs), tuple(len(fs) for fs in per_file)
+  _write_chunks(path, chunks, counts)
+  return chunks, counts
+
+
+def load_stdlib_packages(
+  num_classes: int = 8,
+  min_length: int = 128,
+  max_length: int = 4096,
+  include_tests: bool = False,
+  subsample: tuple[int, int] = (0, 0),
+) -> tuple[RaggedDataset, dict]:
+  """Sequence classification on the running Python's standard library: each function or method
+  (bytes, as `load_stdlib` cuts them) labelled with the top-level package it comes from, for
+  the `num_classes` packages with the most functions of min_length..max_length bytes (with
+  Python 3.11: idlelib, tkinter, asyncio, distutils, xml, email, multiprocessing, unittest;
+  about 4,300 functions, imbalanced 924 to 317). Modules outside a package take no part. A
+  function found in two packages is dropped everywhere (its label would be a coin toss); exact
+  copies within one package are dropped too. Labels are the packages in alphabetical order."""
+  root, files = stdlib_files(include_tests)
+  listing = hashlib.sha256(
+    "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in files).encode()
+  ).hexdigest()[:16]
+  chunks, counts = _parsed_stdlib(root, tuple(files), listing, "functions")
+  packages = [p.relative_to(root).parts for p in files]
+  owner = [
+    parts[0] if len(parts) > 1 else None for parts, n in zip(packages, counts) for _ in range(n)
+  ]
+  hi = max_length if max_length > 0 else sys.maxsize
+  found: dict[bytes, set] = {}
+  for chunk, package in zip(chunks, owner):
+    if package is not None:
+      found.setdefault(chunk, set()).add(package)
+  n_all = sum(o is not None for o in owner)
+  ambiguous = sum(len(v) > 1 for v in found.values())
+  kept = [(c, v.pop()) for c, v in found.items() if len(v) == 1 and min_length <= len(c) <= hi]
+  sizes: dict[str, int] = {}
+  for _, package in kept:
+    sizes[package] = sizes.get(package, 0) + 1
+  top = sorted(sorted(sizes, key=lambda k: (-sizes[k], k))[:num_classes])
+  if len(top) < 2:
+    raise DataError(
+      f"stdlib_packages: fewer than 2 packages have functions of {min_length} to {max_length} "
+      f"bytes; widen data.min_length / data.max_length."
+    )
+  label = {name: i for i, name in enumerate(top)}
+  kept = [(c, label[p]) for c, p in kept if p in label]
+  identity: dict[str, Any] = dict(
+    source="stdlib_packages",
+    python=sys.version.split()[0],
+    stdlib=str(root),
+    files=len(files),
+    file_list_sha256=listing,
+    include_tests=include_tests,
+    classes={name: sizes[name] for name in top},
+    sequences_found=n_all,
+    in_two_packages_dropped=ambiguous,
+    duplicates_dropped=n_all - len(found),
+    min_length=min_length,
+    max_length=max_length,
+  )
+  most, seed = subsample
+  if most and len(kept) > most:
+    kept = [kept[i] for i in subsample_indices(len(kept), most, seed)]
+    identity["subsampled_to"] = most
+  ds = from_sequences(
+    [np.frombuffer(c, np.uint8).astype(np.int32) for c, _ in kept],
+    np.array([y for _, y in kept], np.int32),
+    target_level="sequence",
+    num_classes=len(top),
+    vocab_size=256,
+    name="stdlib_packages",
+  )
+  identity.update(sequences=len(ds), fingerprint=ds.fingerprint())
+  return ds, identity
 
 
 def parse_cache_dir() -> str:
@@ -189,27 +263,30 @@ def parse_cache_dir() -> str:
   return os.path.join(base, "lstm_jax")
 
 
-def _read_chunks(path: Path) -> tuple[bytes, ...] | None:
-  """The chunks saved at `path`, or None if there are none or they are damaged (then the
-  caller parses again and overwrites them)."""
+def _read_chunks(path: Path) -> tuple[tuple[bytes, ...], tuple[int, ...]] | None:
+  """The chunks saved at `path` and their per-file counts, or None if there are none or they
+  are damaged (then the caller parses again and overwrites them)."""
   try:  # the zip's CRCs catch damage
     with np.load(path, allow_pickle=False) as z:
-      data, ends = z["data"], z["ends"]
+      data, ends, counts = z["data"], z["ends"], z["counts"]
   except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
     return None
   raw = data.tobytes()
   starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-  return tuple(raw[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
+  chunks = tuple(raw[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
+  if sum(counts.tolist()) != len(chunks):
+    return None
+  return chunks, tuple(counts.tolist())
 
 
-def _write_chunks(path: Path, chunks: tuple[bytes, ...]) -> None:
-  """Saves `chunks` for the next process; a cache that cannot be written (read-only home, full
-  disk) only means parsing again next time."""
+def _write_chunks(path: Path, chunks: tuple[bytes, ...], counts: tuple[int, ...]) -> None:
+  """Saves `chunks` (and how many came from each file) for the next process; a cache that
+  cannot be written (read-only home, full disk) only means parsing again next time."""
   data = np.frombuffer(b"".join(chunks), np.uint8)
   ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
   try:
     with atomic_write(str(path), "wb") as f:
-      np.savez(f, data=data, ends=ends)
+      np.savez(f, data=data, ends=ends, counts=np.asarray(counts, np.int64))
   except OSError:
     pass
 
@@ -562,6 +639,13 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
   if source in ("stdlib_functions", "stdlib_files"):
     unit = source.split("_")[1]
     return load_stdlib(unit, cfg.min_length, cfg.max_length, cfg.include_tests, subsample)
+  if source == "stdlib_packages":
+    return load_stdlib_packages(
+      min_length=cfg.min_length,
+      max_length=cfg.max_length,
+      include_tests=cfg.include_tests,
+      subsample=subsample,
+    )
   if source in ("text_dir", "text_lines"):
     one = source == "text_lines"
     return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample)

@@ -268,6 +268,53 @@ def test_stdlib_functions_source_identity_and_no_duplicates():
   assert len(seqs) == len(ds)
 
 
+def test_stdlib_packages_labels_each_function_with_its_package(tmp_path, monkeypatch):
+  """The stdlib_packages source on a made-up library: each function labelled with its
+  top-level package (labels alphabetical), the num_classes biggest packages kept, a function
+  found in two packages dropped everywhere, an exact copy within one package once, modules
+  outside a package and functions outside the length limits left out. Then the real library
+  through the preset: 8 classes, every sequence distinct, the counts add up."""
+  root = tmp_path / "lib"
+
+  def fn(name, pad=0):
+    return f"def {name}():\n  return {'1 + ' * pad}1\n"
+
+  shared = fn("shared", 10)
+  layout = {
+    "alpha/a.py": [fn("a1", 10), fn("a2", 10), shared, fn("a1", 10)],  # a1 twice
+    "alpha/sub/b.py": [fn("a3", 10)],
+    "beta/c.py": [fn("b1", 10), shared, fn("b2", 10), fn("tiny")],  # tiny: under min_length
+    "gamma/d.py": [fn("g1", 10)],  # the smallest package: not kept with num_classes=2
+    "top.py": [fn("t1", 10), fn("t2", 10)],  # outside any package
+  }
+  for rel, fns in layout.items():
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text("".join(fns))
+  files = sorted(root.rglob("*.py"))
+  monkeypatch.setattr(sources, "stdlib_files", lambda include_tests=False: (root, files))
+  monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(tmp_path / "cache"))
+  sources._parsed_stdlib.cache_clear()
+  ds, ident = sources.load_stdlib_packages(num_classes=2, min_length=30, max_length=100)
+  sources._parsed_stdlib.cache_clear()
+  got = sorted((bytes(ds.sequence(i)[0].astype(np.uint8)).decode(), int(ds.sequence(i)[1]))
+               for i in range(len(ds)))  # fmt: skip
+  want = sorted([(fn("a1", 10), 0), (fn("a2", 10), 0), (fn("a3", 10), 0)]
+                + [(fn("b1", 10), 1), (fn("b2", 10), 1)])  # fmt: skip
+  assert got == want and ds.num_classes == 2 and ds.vocab_size == 256
+  assert ident["classes"] == {"alpha": 3, "beta": 2} and ident["in_two_packages_dropped"] == 1
+  assert ident["sequences"] == 5 and ident["sequences_found"] == 10
+
+  monkeypatch.undo()  # the real library
+  ds, ident = sources.load_source(compare.get_config("stdlib_packages").data)
+  assert ds.num_classes == len(ident["classes"]) == 8 and ds.target_level == "sequence"
+  assert sum(ident["classes"].values()) == len(ds) == ident["sequences"]
+  assert list(ident["classes"]) == sorted(ident["classes"])
+  assert 128 <= ds.lengths.min() and ds.lengths.max() <= 4096
+  labels = np.array([ds.sequence(i)[1] for i in range(len(ds))])
+  assert np.bincount(labels).tolist() == list(ident["classes"].values())
+  assert len({ds.sequence(i)[0].tobytes() for i in range(len(ds))}) == len(ds)
+
+
 def test_the_stdlib_parse_is_kept_between_processes_and_parsed_again_when_damaged(
   tmp_path, monkeypatch
 ):
@@ -283,7 +330,9 @@ def test_the_stdlib_parse_is_kept_between_processes_and_parsed_again_when_damage
 
   def load():  # as a new process would: nothing in the in-process cache
     sources._parsed_stdlib.cache_clear()
-    return sources._parsed_stdlib(root, files, "listing", "functions")
+    chunks, counts = sources._parsed_stdlib(root, files, "listing", "functions")
+    assert counts == tuple(len(real(p.read_bytes())) for p in files)
+    return chunks
 
   want = tuple(c for p in files for c in real(p.read_bytes()))
   assert load() == want and len(parsed) == len(files) and len(want) > 10
@@ -437,6 +486,7 @@ def test_every_preset_validates():
     "files",
     "digits",
     "gene_families",
+    "stdlib_packages",
     "adding",
     "adding_published",
     "parity",
