@@ -35,7 +35,7 @@ deletes them and starts over.
 
 import ml_collections
 
-from lstm_jax.config import STRATEGIES, base_config  # noqa: F401 (STRATEGIES: for callers)
+from lstm_jax.config import STRATEGIES, base_config
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
@@ -53,8 +53,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.tbptt.chunk_length = 64
     c.strategy.vbptt.base_length = 64
     c.strategy.pack.row_length = 160
-    # Set, not derived: 6 wide steps (a few compiles) keep the smoke run short, and the runner
-    # marks the row not comparable (6 steps against ~20): what a flagged row looks like.
+    # Every strategy, pad_batch_max (opt-in elsewhere) too, with its batch size set, not
+    # derived: 6 wide steps (a few compiles) keep the smoke run short, and the runner marks
+    # the row not comparable (6 steps against ~20): what a flagged row looks like.
+    c.strategies = STRATEGIES
     c.strategy.pad_batch_max.batch_size = 64
   elif arg == "long":
     # The comparison at convergence (reports/*-long-*): 4 epochs of the default data (14.9M real

@@ -496,6 +496,18 @@ def test_every_preset_validates():
     compare.get_config("longer")
 
 
+def test_the_default_rows_leave_pad_batch_max_out_and_take_it_on_request():
+  """The quick start's comparison runs every strategy but pad_batch_max (the mistake costs a
+  compile per batch maximum: most of a run's time); asked for, it is a row like the others, and
+  the smoke preset keeps it to show a flagged row."""
+  default = compare.get_config("default")
+  assert default.strategies == config.DEFAULT_STRATEGIES
+  assert set(config.STRATEGIES) - set(default.strategies) == {"pad_batch_max"}
+  assert "pad_batch_max" in compare.get_config("smoke").strategies
+  default.strategies = config.STRATEGIES
+  config.validate_config(default)
+
+
 def test_adding_published_preset_is_the_published_task():
   ds, identity = sources.load_source(compare.get_config("adding_published").data)
   assert set(ds.lengths.tolist()) == {100} and identity["markers"] == "halves"
