@@ -261,30 +261,37 @@ def _classes_over_seeds(scores: list[dict | None]) -> dict | None:
   for per_class in zip(*(c["recall"] for c in scores)):
     present = [r for r in per_class if r is not None]
     recall.append(float(np.mean(present)) if present else None)
+  supports = [c["support"] for c in scores]
   return dict(
     seeds=len(scores),
+    level=scores[0].get("level", "sequence"),
     recall=recall,
     confusion=np.sum([c["confusion"] for c in scores], axis=0).tolist(),
-    support=np.sum([c["support"] for c in scores], axis=0).tolist(),
+    # every seed scores the same held-out split (data.split_seed): its counts once
+    support=supports[0] if all(s == supports[0] for s in supports) else None,
   )
 
 
 def class_lines(summary: list[dict], plots: bool) -> list[str]:
-  """The report's section on sequence-level classification, row by row: accuracy, balanced
-  accuracy and each class's recall on the held-out split, and the confusion matrices' plot."""
+  """The report's section on classification, row by row: accuracy, balanced accuracy and each
+  class's recall on the held-out split (per sequence, or per step for step-level labels), and
+  the confusion matrices' plot."""
   rows = [r for r in summary if r.get("classes")]
   if not rows:
     return []
   n = len(rows[0]["classes"]["recall"])
   shown = min(n, 12)
+  unit = "steps" if rows[0]["classes"].get("level") == "step" else "sequences"
   out = [
     "## Classes (held-out split, the final model)",
     "",
     "Balanced accuracy is the mean of the recalls of the classes present (always answering one "
-    "class scores 1 / their number); recall per class is the share of its held-out sequences "
+    f"class scores 1 / their number); recall per class is the share of its held-out {unit} "
     "classified as it"
     + (" (the first 12 classes)" if n > shown else "")
-    + ". From `train.predict` on each held-out sequence whole; over seeds, the mean.",
+    + ". From `train.predict` on each held-out sequence whole"
+    + (", every real step scored" if unit == "steps" else "")
+    + "; over seeds, the mean.",
     "",
     "| strategy | accuracy | balanced accuracy | "
     + " | ".join(f"recall {c}" for c in range(shown))
@@ -299,7 +306,9 @@ def class_lines(summary: list[dict], plots: bool) -> list[str]:
       + " |"
     )
   support = rows[0]["classes"]["support"]
-  out += ["", f"Held-out sequences per class: {support[:shown]}.", ""]
+  if support is not None:
+    out += ["", f"Held-out {unit} per class: {support[:shown]}."]
+  out += [""]
   if plots:
     out += ["![confusion matrices](confusion.png)", ""]
   return out
@@ -897,7 +906,7 @@ def plots(
   ax.set_ylabel("sequences")
   save(fig, PLOTS[4])
   scored = [r for r in summary if r.get("classes")]
-  if scored:  # sequence-level classification: each row's confusion matrix, rows = true class
+  if scored:  # classification: each row's confusion matrix, rows = true class
     fig, axes = plt.subplots(1, len(scored), figsize=(3.2 * len(scored) + 0.6, 3.4), squeeze=False)
     for ax, r in zip(axes[0], scored):
       counts = np.asarray(r["classes"]["confusion"], np.float64)

@@ -620,6 +620,35 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
     experiment.split_data(cfg)
 
 
+def test_step_level_labels_are_scored_class_by_class_at_every_real_step(tmp_path):
+  """Step-level classification (running parity) gets the Classes section too: every real
+  held-out step scored by train.predict on each sequence whole, whose accuracy is the runner's
+  own eval accuracy (the mask makes padding change nothing). Over two seeds the confusion
+  matrices add up and the held-out counts are the split's, once."""
+  from configs import compare
+
+  cfg = compare.get_config("parity")
+  cfg.strategies, cfg.seeds, cfg.plots = ("pad",), 2, False
+  cfg.data.update(num_sequences=120, eval_fraction=0.25)
+  cfg.model.hidden_size = 8
+  cfg.train.update(real_tokens=0, epochs=1, tokens_per_step=512, eval_every_tokens=0)
+  cfg.guards.min_steps = 2
+  cfg.tune_malloc, cfg.predict_costs = False, False
+  experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  runs = json.loads((tmp_path / "w" / "runs.json").read_text())
+  (row,) = json.loads((tmp_path / "w" / "summary.json").read_text())
+  eval_steps = json.loads((tmp_path / "w" / "meta.json").read_text())["data"]["eval_steps"]
+  for run in runs:
+    scores = run["classes"]
+    assert scores["level"] == "step" and sum(scores["support"]) == eval_steps
+    assert scores["accuracy"] == pytest.approx(run["eval_metric"], abs=1e-6)
+  assert row["classes"]["support"] == runs[0]["classes"]["support"]
+  assert np.sum(row["classes"]["confusion"]) == 2 * eval_steps
+  text = (tmp_path / "w" / "report.md").read_text()
+  assert "recall per class is the share of its held-out steps classified as it" in text
+  assert f"Held-out steps per class: {runs[0]['classes']['support']}." in text
+
+
 def test_normalisations_per_sequence_minmax_and_global():
   """Issue 24: config.data.normalize. per_sequence: each sequence's features at mean 0 and
   standard deviation 1 by its own statistics (both splits alike, nothing crosses them);
