@@ -104,21 +104,30 @@ def classification(train: RaggedDataset, held_out: RaggedDataset) -> dict:
 
 
 def class_scores(targets, predicted, num_classes: int) -> dict:
-  """How a classifier did class by class on held-out targets (one per sequence): accuracy,
-  balanced accuracy (the mean of the recalls of the classes present, so always answering the
-  majority class scores 1 / classes present, not its share), each class's recall (None for a
-  class absent from the targets) and the confusion matrix, counts[true][predicted]."""
+  """How a classifier did class by class on held-out targets (one per sequence, or one per
+  step): accuracy, balanced accuracy (the mean of the recalls of the classes present, so
+  always answering the majority class scores 1 / classes present, not its share), each class's
+  recall (None for a class absent from the targets) and the confusion matrix,
+  counts[true][predicted]."""
   targets, predicted = np.asarray(targets).reshape(-1), np.asarray(predicted).reshape(-1)
   if targets.shape != predicted.shape:
     raise ValueError(f"{targets.size} targets against {predicted.size} predictions")
   n = int(num_classes)
   confusion = np.zeros((n, n), np.int64)
   np.add.at(confusion, (targets, predicted), 1)
+  return scores_from_confusion(confusion)
+
+
+def scores_from_confusion(confusion) -> dict:
+  """`class_scores` from a confusion matrix counts[true][predicted] (one accumulated batch by
+  batch, say)."""
+  confusion = np.asarray(confusion, np.int64)
+  n = confusion.shape[0]
   support = confusion.sum(axis=1)
   recall = [float(confusion[c, c] / support[c]) if support[c] else None for c in range(n)]
   present = [r for r in recall if r is not None]
   return dict(
-    accuracy=float(np.trace(confusion) / max(targets.size, 1)),
+    accuracy=float(np.trace(confusion) / max(int(support.sum()), 1)),
     balanced_accuracy=float(np.mean(present)) if present else None,
     recall=recall,
     support=support.tolist(),

@@ -809,34 +809,38 @@ def run_strategy(
 
 
 MAX_SCORED_CLASSES = 100  # more classes than this: no confusion matrix (it would not be read)
-MAX_SCORED_OUTPUTS = 1 << 25  # step-level: held-out steps x classes kept in memory, at most
 
 
 def scores_by_class(
   state: train.TrainState, eval_ds: RaggedDataset, cfg: ml_collections.ConfigDict
 ) -> dict | None:
-  """For classification with at most MAX_SCORED_CLASSES classes (in memory, one process): the
-  final model's `baselines.class_scores` on the held-out split, each sequence computed whole
-  (`train.predict`), with that predict step's compiles and seconds; else None. Sequence-level
-  labels are scored once per sequence, step-level ones at every real step (`level` says which;
-  skipped when the steps' outputs would pass MAX_SCORED_OUTPUTS floats)."""
+  """For classification with at most MAX_SCORED_CLASSES classes (one process): the final
+  model's `baselines.class_scores` on the held-out split, each sequence computed whole
+  (`train.predict_batches`: batch by batch, keeping only the confusion matrix, so a store's
+  split larger than memory is scored too), with that predict step's compiles and seconds;
+  else None. Sequence-level labels are scored once per sequence, step-level ones at every real
+  step (`level` says which)."""
   if (
     metric_of(eval_ds) != "accuracy"
-    or isinstance(eval_ds, StoredDataset)
     or eval_ds.num_classes > MAX_SCORED_CLASSES
     or jax.process_count() > 1
   ):
     return None
-  step_level = eval_ds.target_level == "step"
-  if step_level and int(eval_ds.lengths.sum()) * eval_ds.num_classes > MAX_SCORED_OUTPUTS:
-    return None
   t0 = time.perf_counter()
   state = state.replace(params=jax.device_get(state.params))  # one device, whatever the mesh
-  pred = train.predict(state, eval_ds, batch_size=32, num_buckets=cfg.eval.num_buckets)
-  classes = np.concatenate(pred.classes) if step_level else pred.classes
-  out = baselines.class_scores(eval_ds.targets, classes, eval_ds.num_classes)
+  step_level = eval_ds.target_level == "step"
+  n = eval_ds.num_classes
+  confusion = np.zeros((n, n), np.int64)
+  fn = compiles.CountedJit(train.predict_step, name="predict_step")
+  for items in train.predict_batches(state, eval_ds, 32, cfg.eval.num_buckets, step=fn):
+    for _, outputs, targets in items:
+      if step_level:
+        np.add.at(confusion, (targets, outputs.argmax(axis=-1)), 1)
+      else:  # the sequence's label sits on its last step
+        confusion[targets[-1], outputs[-1].argmax()] += 1
+  out = baselines.scores_from_confusion(confusion)
   level = "step" if step_level else "sequence"
-  return dict(out, level=level, predict_compiles=pred.compiles, seconds=time.perf_counter() - t0)
+  return dict(out, level=level, predict_compiles=fn.compiles, seconds=time.perf_counter() - t0)
 
 
 def _read_row(path: str, row: dict) -> report.Row:

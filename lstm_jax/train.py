@@ -728,24 +728,45 @@ class Predictions:
   compiles: int = 0  # of the predict step, one per batch shape
 
 
-def predict(state: TrainState, dataset: RaggedDataset, batch_size: int = 32, num_buckets: int = 4):
-  """The model's outputs for every sequence of `dataset`, each computed whole (bucketed by
-  length, so little is padding; the mask makes padding change nothing: each sequence's outputs
-  are what it gives alone). For research code: per-sequence classes and probabilities, or
-  per-step outputs."""
+def predict_batches(
+  state: TrainState,
+  dataset: RaggedDataset,
+  batch_size: int = 32,
+  num_buckets: int = 4,
+  step: CountedJit | None = None,
+):
+  """`predict`'s computation, one batch at a time, keeping nothing: yields for each batch the
+  list of (sequence index, its outputs <float32>[length, C or D], its targets <int32>[length]
+  or <float32>[length, D] with a sequence-level target on the last step). Every sequence
+  comes once, computed whole (bucketed by length; the mask makes padding change nothing), so
+  a store larger than memory can be scored in one pass. `step`: the CountedJit of
+  `predict_step` to run (its compiles are then the caller's to read)."""
   check_model_fits_data(state.model, dataset, state.params)
   strategy = batching.Bucket(  # no wider than the data: fewer sequences than batch_size is fine
     dataset,
     batch_size=min(batch_size, len(dataset)),
     num_buckets=min(num_buckets, len(np.unique(dataset.lengths))),
   )
-  fn = CountedJit(predict_step, name="predict_step")
-  outputs: list = [None] * len(dataset)
+  fn = step or CountedJit(predict_step, name="predict_step")
   for plan in strategy.plan(0):
     batch = assemble(dataset, plan)
     preds = np.asarray(fn(state, batch, state.model.zero_carry(plan.batch_size)))
-    for row, seq, _start, position, length in plan.segments:
-      outputs[seq] = preds[row, position : position + length]
+    yield [
+      (int(seq), preds[row, pos : pos + n], batch.targets[row, pos : pos + n])
+      for row, seq, _start, pos, n in plan.segments
+    ]
+
+
+def predict(state: TrainState, dataset: RaggedDataset, batch_size: int = 32, num_buckets: int = 4):
+  """The model's outputs for every sequence of `dataset`, each computed whole (bucketed by
+  length, so little is padding; the mask makes padding change nothing: each sequence's outputs
+  are what it gives alone). For research code: per-sequence classes and probabilities, or
+  per-step outputs. In memory; `predict_batches` streams the same computation."""
+  fn = CountedJit(predict_step, name="predict_step")
+  outputs: list = [None] * len(dataset)
+  for items in predict_batches(state, dataset, batch_size, num_buckets, step=fn):
+    for seq, out, _ in items:
+      outputs[seq] = out
   last = np.stack([o[-1] for o in outputs])
   out = Predictions(outputs=outputs, last=last, compiles=fn.compiles)
   if state.loss_kind == "classification":

@@ -344,3 +344,34 @@ def test_prepare_store_reads_json_lines_and_says_what_it_inferred(tmp_path):
   bad.write_text('[1, 2]\n{"tokns": [1]}\n')
   with pytest.raises(DataError, match=r"bad.jsonl:2: a line is a list of token ids"):
     sources.prepare_store("jsonl", str(bad), str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("level", ["sequence", "step"])
+def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path, level):
+  """Class scores stream batch by batch (train.predict_batches), so a store's split is scored
+  too: the same confusion matrix from an npz and from the store written from it."""
+  from configs import compare
+  from lstm_jax import experiment, sources
+
+  rng = np.random.default_rng(5)
+  lengths = rng.integers(3, 30, size=80)
+  total = int(lengths.sum())
+  labels = rng.integers(0, 3, size=total if level == "step" else len(lengths))
+  ds = data.RaggedDataset(
+    rng.normal(size=(total, 4)).astype(np.float32), lengths, labels, level, 3, name="c"
+  )
+  ds.save(tmp_path / "c.npz")
+  sources.prepare_store("npz", str(tmp_path / "c.npz"), str(tmp_path / "s"))
+  scores = {}
+  for source, path in (("npz", tmp_path / "c.npz"), ("store", tmp_path / "s")):
+    cfg = compare.get_config("smoke")
+    cfg.plots = False
+    cfg.data.update(source=source, path=str(path), eval_fraction=0.25, min_length=1, max_length=0)
+    cfg.update(strategies=("pad",), predict_costs=False, background_compiles=0)
+    cfg.train.tokens_per_step = 128
+    cfg.checkpoint.enabled = False
+    (row,) = experiment.train_and_evaluate(cfg, str(tmp_path / source), quiet=True)
+    scores[source] = row["classes"]
+  assert scores["store"] == scores["npz"] and scores["store"]["level"] == level
+  held_out = 20 if level == "sequence" else None
+  assert held_out is None or sum(scores["store"]["support"]) == held_out
