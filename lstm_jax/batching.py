@@ -679,6 +679,7 @@ class Pad(Strategy):
   def __init__(
     self,
     dataset: RaggedDataset,
+    *,
     batch_size: int | None = None,
     max_length: int | None = None,
     seed: int = 0,
@@ -715,6 +716,7 @@ class PadBatchMax(Strategy):
   def __init__(
     self,
     dataset: RaggedDataset,
+    *,
     batch_size: int | None = None,
     seed: int = 0,
     batch_multiple: int = 1,
@@ -807,6 +809,7 @@ class Bucket(Strategy):
   def __init__(
     self,
     dataset: RaggedDataset,
+    *,
     batch_size: int | None = None,
     boundaries: Sequence[int] | None = None,
     num_buckets: int | None = None,
@@ -1057,6 +1060,7 @@ class Pack(Strategy):
   def __init__(
     self,
     dataset: RaggedDataset,
+    *,
     batch_size: int | None = None,
     row_length: int | None = None,
     seed: int = 0,
@@ -1109,8 +1113,9 @@ class TBPTT(Strategy):
   def __init__(
     self,
     dataset: RaggedDataset,
+    *,
+    chunk_length: int,
     num_streams: int | None = None,
-    chunk_length: int | None = None,
     seed: int = 0,
     batch_multiple: int = 1,
     tokens_per_step: int | None = None,
@@ -1216,8 +1221,9 @@ class VariableTBPTT(Strategy):
   def __init__(
     self,
     dataset: RaggedDataset,
+    *,
+    base_length: int,
     num_streams: int | None = None,
-    base_length: int | None = None,
     chunk_shapes: Sequence[int] | None = None,
     p_base: float = 0.95,
     sigma: float = 5.0,

@@ -690,7 +690,7 @@ def run_strategy(
 
   def on_eval(st, real_tokens):
     t0 = time.perf_counter()
-    r = train.evaluate(st, evaluator, steps)
+    r = train.evaluate(st, evaluator, steps=steps)
     point = curve.add(
       real_tokens=real_tokens,
       train_seconds=clock.train_seconds,
@@ -761,7 +761,7 @@ def run_strategy(
   classes = scores_by_class(result.state, eval_ds, cfg)  # off the row's clock
   tested = {}
   if test_ds is not None:
-    scored = train.evaluate(result.state, eval_strategy(test_ds, cfg, devices), steps)
+    scored = train.evaluate(result.state, eval_strategy(test_ds, cfg, devices), steps=steps)
     tested = dict(
       test_loss=scored["loss"],
       test_metric=metric_value(metric, scored),
@@ -832,7 +832,8 @@ def scores_by_class(
   n = eval_ds.num_classes
   confusion = np.zeros((n, n), np.int64)
   fn = compiles.CountedJit(train.predict_step, name="predict_step")
-  for items in train.predict_batches(state, eval_ds, 32, cfg.eval.num_buckets, step=fn):
+  batches = train.predict_batches(state, eval_ds, num_buckets=cfg.eval.num_buckets, step=fn)
+  for items in batches:
     for _, outputs, targets in items:
       if step_level:
         np.add.at(confusion, (targets, outputs.argmax(axis=-1)), 1)

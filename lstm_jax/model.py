@@ -549,6 +549,8 @@ class LSTM(nn.Module):
   """A stack of `num_layers` masked LSTM layers.
 
   `outputs, carry = LSTM(H).apply(variables, inputs, mask=None, resets=None, initial_carry=None)`
+  (every argument after `inputs` by keyword). `RNN` is the same class: any cell runs in it
+  (`RNN(H, cell="gru")`).
 
   Args:
     inputs: <float32>[B, T, F].
@@ -559,6 +561,8 @@ class LSTM(nn.Module):
       previous chunk's state in truncated BPTT); None means zeros.
     deterministic: True turns dropout off (evaluation); training passes False and a "dropout"
       rng.
+    seq_lengths: <int>[B], Flax nn.RNN's argument: the right-padded mask it stands for (step t
+      of row b is real when t < seq_lengths[b]); give it or mask, not both.
   Returns:
     outputs: <float32>[B, T, H], the top layer's h, zero at masked steps.
     carry: per layer (c, h) after each row's last real step.
@@ -589,12 +593,15 @@ class LSTM(nn.Module):
   def __call__(
     self,
     inputs: Array,
+    *,
     mask: Array | None = None,
     resets: Array | None = None,
     initial_carry: Carry | None = None,
     deterministic: bool = True,
+    seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
-    mask, resets = _check_inputs(inputs, mask, resets)
+    mask = mask_from_lengths(inputs, mask, seq_lengths)
+    mask, resets = check_inputs(inputs, mask, resets)
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
     if len(carry) != self.num_layers:
@@ -679,11 +686,14 @@ class SequenceModel(nn.Module):
   def __call__(
     self,
     inputs: Array,
+    *,
     mask: Array | None = None,
     resets: Array | None = None,
     initial_carry: Carry | None = None,
     deterministic: bool = True,
+    seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
+    mask = mask_from_lengths(inputs, mask, seq_lengths)
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
         raise DataError(
@@ -705,7 +715,7 @@ class SequenceModel(nn.Module):
         cell=self.cell,
         initializer=self.initializer,
         name=stack_name(self.cell),
-      )(x, mask, resets, initial_carry)
+      )(x, mask=mask, resets=resets, initial_carry=initial_carry)
     else:
       outputs, carry = LSTM(
         self.hidden_size,
@@ -720,7 +730,7 @@ class SequenceModel(nn.Module):
         cell=self.cell,
         initializer=self.initializer,
         name=stack_name(self.cell),
-      )(x, mask, resets, initial_carry, deterministic)
+      )(x, mask=mask, resets=resets, initial_carry=initial_carry, deterministic=deterministic)
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if mask is not None:
       preds = jnp.where(mask[..., None], preds, 0.0)
@@ -772,7 +782,10 @@ class SequenceClassifier(nn.Module):
   matmul_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None = None) -> Array:
+  def __call__(
+    self, inputs: Array, *, mask: Array | None = None, seq_lengths: Array | None = None
+  ) -> Array:
+    mask = mask_from_lengths(inputs, mask, seq_lengths)
     outputs, _ = LSTM(
       self.hidden_size,
       self.num_layers,
@@ -780,7 +793,7 @@ class SequenceClassifier(nn.Module):
       backward=self.backward,
       matmul_dtype=self.matmul_dtype,
       name="lstm",
-    )(inputs, mask)
+    )(inputs, mask=mask)
     return nn.Dense(self.num_classes, name="head")(last_real_step(outputs, mask))
 
 
@@ -794,7 +807,24 @@ def last_real_step(x_BxTxD: Array, mask_BxT: Array | None) -> Array:
   return jnp.take_along_axis(x_BxTxD, last[:, None, None], axis=1)[:, 0]
 
 
-def _check_inputs(inputs: Array, mask: Array | None, resets: Array | None):
+def mask_from_lengths(inputs: Array, mask: Array | None, seq_lengths: Array | None):
+  """`mask`, or the right-padded mask that `seq_lengths` (<int>[B], Flax's nn.RNN argument)
+  stands for: step t of row b is real when t < seq_lengths[b]. Giving both is a DataError."""
+  if seq_lengths is None:
+    return mask
+  if mask is not None:
+    raise DataError("give mask or seq_lengths, not both (seq_lengths is a right-padded mask).")
+  seq_lengths = jnp.asarray(seq_lengths)
+  b, t = inputs.shape[:2]
+  if seq_lengths.shape != (b,) or not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+    raise DataError(
+      f"seq_lengths must be <int>[{b}] (one length per row of inputs {list(inputs.shape)}), "
+      f"got {seq_lengths.dtype}{list(seq_lengths.shape)}."
+    )
+  return jnp.arange(t)[None, :] < seq_lengths[:, None]
+
+
+def check_inputs(inputs: Array, mask: Array | None, resets: Array | None):
   if inputs.ndim != 3 or not jnp.issubdtype(inputs.dtype, jnp.floating):
     raise DataError(
       f"LSTM inputs must be <float>[B, T, F], got {inputs.dtype}{list(inputs.shape)}; "
@@ -846,7 +876,8 @@ class BidirectionalLSTM(nn.Module):
   """A stack of bidirectional layers (the LSTM, or any `cell`) over rows that hold whole
   sequences.
 
-  `outputs, carry = BidirectionalLSTM(H).apply(variables, inputs, mask, resets, initial_carry)`
+  `outputs, carry = BidirectionalLSTM(H).apply(variables, inputs, mask=..., resets=...,
+  initial_carry=...)` (or `seq_lengths=` for right-padded rows)
 
   Each layer runs one LSTM forward and one over every sequence reversed within its own length
   (padding stays where it is, after the sequence; in a packed row each sequence, delimited by
@@ -878,13 +909,16 @@ class BidirectionalLSTM(nn.Module):
   def __call__(
     self,
     inputs: Array,
+    *,
     mask: Array | None = None,
     resets: Array | None = None,
     initial_carry=None,
     deterministic: bool = True,
+    seq_lengths: Array | None = None,
   ):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
-    mask, resets = _check_inputs(inputs, mask, resets)
+    mask = mask_from_lengths(inputs, mask, seq_lengths)
+    mask, resets = check_inputs(inputs, mask, resets)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
 
     def layer(name):
@@ -919,3 +953,8 @@ def bidirectional_stack(layer, num_layers: int, inputs, mask, resets, carry):
     x = jnp.concatenate([fwd, flip(bwd)], axis=-1)
     new_carry.append((fwd_carry, bwd_carry))
   return x, tuple(new_carry)
+
+
+# Flax's names for the any-cell stacks (`LSTM(H, cell="gru")` runs a GRU): the same classes.
+RNN = LSTM
+BidirectionalRNN = BidirectionalLSTM

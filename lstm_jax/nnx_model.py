@@ -177,8 +177,18 @@ class LSTM(nnx.Module):
   def zero_carry(self, batch_size: int):
     return linen_model.zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
-  def __call__(self, inputs, mask=None, resets=None, initial_carry=None, deterministic=None):
-    mask, resets = linen_model._check_inputs(inputs, mask, resets)
+  def __call__(
+    self,
+    inputs,
+    *,
+    mask=None,
+    resets=None,
+    initial_carry=None,
+    deterministic=None,
+    seq_lengths=None,
+  ):
+    mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)
+    mask, resets = linen_model.check_inputs(inputs, mask, resets)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     x, new_carry = self.input_dropout(inputs, deterministic=deterministic), []
     for k in range(self.num_layers):
@@ -205,9 +215,19 @@ class BidirectionalLSTM(nnx.Module):
       batch_size, self.hidden_size, self.num_layers, self.cell
     )
 
-  def __call__(self, inputs, mask=None, resets=None, initial_carry=None, deterministic=None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    mask=None,
+    resets=None,
+    initial_carry=None,
+    deterministic=None,
+    seq_lengths=None,
+  ):
+    mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)
     del deterministic  # no dropout (as linen's)
-    mask, resets = linen_model._check_inputs(inputs, mask, resets)
+    mask, resets = linen_model.check_inputs(inputs, mask, resets)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     return linen_model.bidirectional_stack(
       lambda name: getattr(self, name), self.num_layers, inputs, mask, resets, carry
@@ -216,7 +236,7 @@ class BidirectionalLSTM(nnx.Module):
 
 class SequenceModel(nnx.Module):
   """Embedding (token inputs, `vocab_size`) or features (`num_features`) -> a recurrent stack
-  -> a Dense head at every step; `model(inputs, mask, resets, initial_carry)` returns
+  -> a Dense head at every step; `model(inputs, mask=, resets=, initial_carry=)` returns
   (predictions <float32>[B, T, num_outputs], zero at masked steps, carry), as linen's
   SequenceModel does. Every setting is linen's: `cell` ("lstm", "gru", "mgu", "simple",
   "flax_lstm", "optimized_lstm" or a linen cell class), `bidirectional`, the dropouts, ...; the
@@ -298,7 +318,17 @@ class SequenceModel(nnx.Module):
   def zero_carry(self, batch_size: int):
     return getattr(self, self.stack_name).zero_carry(batch_size)
 
-  def __call__(self, inputs, mask=None, resets=None, initial_carry=None, deterministic=None):
+  def __call__(
+    self,
+    inputs,
+    *,
+    mask=None,
+    resets=None,
+    initial_carry=None,
+    deterministic=None,
+    seq_lengths=None,
+  ):
+    mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
         raise DataError(
@@ -309,7 +339,9 @@ class SequenceModel(nnx.Module):
     else:
       x = inputs
     stack = getattr(self, self.stack_name)
-    outputs, carry = stack(x, mask, resets, initial_carry, deterministic=deterministic)
+    outputs, carry = stack(
+      x, mask=mask, resets=resets, initial_carry=initial_carry, deterministic=deterministic
+    )
     preds = self.head(outputs)
     if mask is not None:
       preds = jnp.where(mask[..., None], preds, 0.0)
@@ -366,3 +398,8 @@ def fit(
   result = train.fit(train_state(model, optimizer, strategy.dataset, seed), strategy, **fit_kwargs)
   from_linen_params(model, result.state.params)
   return result
+
+
+# Flax's names for the any-cell stacks, as linen's (model.RNN): the same classes.
+RNN = LSTM
+BidirectionalRNN = BidirectionalLSTM

@@ -731,6 +731,7 @@ class Predictions:
 def predict_batches(
   state: TrainState,
   dataset: RaggedDataset,
+  *,
   batch_size: int = 32,
   num_buckets: int = 4,
   step: CountedJit | None = None,
@@ -757,14 +758,18 @@ def predict_batches(
     ]
 
 
-def predict(state: TrainState, dataset: RaggedDataset, batch_size: int = 32, num_buckets: int = 4):
+def predict(
+  state: TrainState, dataset: RaggedDataset, *, batch_size: int = 32, num_buckets: int = 4
+) -> Predictions:
   """The model's outputs for every sequence of `dataset`, each computed whole (bucketed by
   length, so little is padding; the mask makes padding change nothing: each sequence's outputs
   are what it gives alone). For research code: per-sequence classes and probabilities, or
   per-step outputs. In memory; `predict_batches` streams the same computation."""
   fn = CountedJit(predict_step, name="predict_step")
   outputs: list = [None] * len(dataset)
-  for items in predict_batches(state, dataset, batch_size, num_buckets, step=fn):
+  for items in predict_batches(
+    state, dataset, batch_size=batch_size, num_buckets=num_buckets, step=fn
+  ):
     for seq, out, _ in items:
       outputs[seq] = out
   last = np.stack([o[-1] for o in outputs])
@@ -784,7 +789,7 @@ def predict(state: TrainState, dataset: RaggedDataset, batch_size: int = 32, num
 
 
 def evaluate(
-  state: TrainState, strategy: Strategy, steps: StepFunctions | None = None, epoch: int = 0
+  state: TrainState, strategy: Strategy, *, steps: StepFunctions | None = None, epoch: int = 0
 ) -> dict:
   """Weighted mean loss (and accuracy for classification) over one epoch of `strategy`."""
   check_model_fits_data(state.model, strategy.dataset, state.params)

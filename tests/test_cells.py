@@ -67,7 +67,13 @@ def _forward_and_grad(state, batch, carry):
 
 
 def _preds(state, batch, carry):
-  return state.model.apply({"params": state.params}, batch.inputs, batch.mask, batch.resets, carry)
+  return state.model.apply(
+    {"params": state.params},
+    batch.inputs,
+    mask=batch.mask,
+    resets=batch.resets,
+    initial_carry=carry,
+  )
 
 
 _preds_jit = jax.jit(_preds)
@@ -157,7 +163,10 @@ def test_any_cell_tbptt_chunks_give_the_full_forward_and_gradient(cell):
   for i in range(len(ds)):
     assert max_rel_err(outs[i], alone[i][0]) <= TOL, i
   # one chunk holding each whole stream: resets separate its sequences, nothing is truncated
-  loads = [sum(s[3] for s in row) for row in batching.TBPTT(ds, 3, 1000).plan(0)[0].rows]
+  loads = [
+    sum(s[3] for s in row)
+    for row in batching.TBPTT(ds, num_streams=3, chunk_length=1000).plan(0)[0].rows
+  ]
   _, g, strat = _tbptt(ds, state, num_streams=3, chunk=max(loads))
   assert len(strat.plan(0)) == 1
   assert max_rel_err(g, full_grad) <= TOL
@@ -195,7 +204,7 @@ def test_gru_fused_manual_backward_is_flaxs_gru_cell_under_autodiff():
   )
 
   def loss(model, p, x, c):
-    preds, carry = model.apply({"params": p}, x, mask, batch.resets, c)
+    preds, carry = model.apply({"params": p}, x, mask=mask, resets=batch.resets, initial_carry=c)
     return jnp.sum(jnp.sin(preds)) + jnp.sum(jnp.cos(carry[1])), (preds, carry)
 
   got = [

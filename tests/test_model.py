@@ -256,7 +256,10 @@ def test_tbptt_gradients_equal_full_bptt_when_chunks_cover_sequences(setup):
   assert len(strat.plan(0)) == 1
   assert max_rel_err(g, full) <= TOL
   # Several sequences per stream, one chunk holding each whole stream: resets separate them.
-  loads = [sum(s[3] for s in row) for row in batching.TBPTT(ds, 3, 1000).plan(0)[0].rows]
+  loads = [
+    sum(s[3] for s in row)
+    for row in batching.TBPTT(ds, num_streams=3, chunk_length=1000).plan(0)[0].rows
+  ]
   g, _ = _tbptt_grad(ds, state, num_streams=3, chunk=max(loads))
   assert max_rel_err(g, full) <= TOL
   # Short chunks do truncate the gradient: the comparison above is able to fail.
@@ -289,13 +292,24 @@ def test_sequence_classifier_reads_last_real_step():
   x = jax.random.normal(jax.random.key(0), (4, 9, 3))
   mask = np.arange(9)[None, :] < np.array([[9], [1], [5], [7]])
   clf = SequenceClassifier(hidden_size=H, num_classes=5)
-  v = clf.init(jax.random.key(1), x, mask)
-  logits = clf.apply(v, x, mask)
+  v = clf.init(jax.random.key(1), x, mask=mask)
+  logits = clf.apply(v, x, mask=mask)
   for b, n in enumerate([9, 1, 5, 7]):
     alone = clf.apply(v, x[b : b + 1, :n])
     assert max_rel_err(logits[b], alone[0]) <= TOL
-  out, carry = LSTM(H).apply({"params": v["params"]["lstm"]}, x, mask)
+  out, carry = LSTM(H).apply({"params": v["params"]["lstm"]}, x, mask=mask)
   assert max_rel_err(last_real_step(out, mask), carry[0][1]) <= TOL
+  # seq_lengths (Flax nn.RNN's argument) is the same right-padded mask, bit for bit
+  lengths = jnp.array([9, 1, 5, 7])
+  assert np.array_equal(clf.apply(v, x, seq_lengths=lengths), logits)
+  by_lengths = LSTM(H).apply({"params": v["params"]["lstm"]}, x, seq_lengths=lengths)
+  assert all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(by_lengths), jax.tree.leaves((out, carry)))
+  )
+  with pytest.raises(DataError, match="give mask or seq_lengths, not both"):
+    clf.apply(v, x, mask=mask, seq_lengths=lengths)
+  with pytest.raises(DataError, match=r"seq_lengths must be <int>\[4\]"):
+    clf.apply(v, x, seq_lengths=jnp.array([9.0, 1, 5, 7]))
 
 
 def test_token_model_embeds_ids():

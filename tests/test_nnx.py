@@ -60,23 +60,23 @@ def _check_same_as_linen(m):
   ds = ragged_features(LENGTHS, num_features=3, seed=0)
   twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
   batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
-  args = (batch.inputs, batch.mask, batch.resets)
+  args, kw = (batch.inputs,), dict(mask=batch.mask, resets=batch.resets)
 
   def linen_loss(p):
-    preds, _ = twin.apply({"params": p}, *args)
+    preds, _ = twin.apply({"params": p}, *args, **kw)
     return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
 
   def nnx_loss(model):
-    preds, _ = model(*args)
+    preds, _ = model(*args, **kw)
     return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
 
-  a, carry_a = m(*args)
-  b, carry_b = twin.apply({"params": params}, *args)
+  a, carry_a = m(*args, **kw)
+  b, carry_b = twin.apply({"params": params}, *args, **kw)
   assert max_rel_err(a, b) <= TOL and max_rel_err(carry_a, carry_b) <= TOL
   g_nnx = nnx.to_pure_dict(nnx.grad(nnx_loss)(m))
   g_linen = jax.grad(linen_loss)(params)
   assert max_rel_err(g_nnx, g_linen) <= TOL
-  return args, a
+  return (args, kw), a
 
 
 @pytest.mark.parametrize("name", ["pad", "bucket", "tbptt", "pack"])
@@ -106,7 +106,7 @@ def test_hand_written_nnx_loop_follows_train_fit():
   @nnx.jit
   def step(model, optimizer, batch):
     def loss_fn(model):
-      preds, _ = model(batch.inputs, batch.mask, batch.resets)
+      preds, _ = model(batch.inputs, mask=batch.mask, resets=batch.resets)
       loss, _ = train.per_step_loss(preds, batch.targets, "regression")
       return jnp.sum(batch.weights * loss) / jnp.maximum(jnp.sum(batch.weights), 1e-12)
 
@@ -152,11 +152,11 @@ def test_any_cell_and_bidirectional_match_linen_exactly(kw):
   ref = train.create_train_state(twin, optax.sgd(0.1), ds, seed=3).params
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref)
   assert set(params) == {stack_name(m.settings.cell), "head"}
-  args, a = _check_same_as_linen(m)
+  (args, kw), a = _check_same_as_linen(m)
   nnx_model.from_linen_params(m, ref)  # linen -> NNX -> linen, exact
   assert jax.tree.all(jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), ref))
-  c, _ = m(*args)
-  d, _ = twin.apply({"params": ref}, *args)
+  c, _ = m(*args, **kw)
+  d, _ = twin.apply({"params": ref}, *args, **kw)
   assert max_rel_err(c, d) <= TOL and not np.allclose(a, c)
 
 
@@ -180,14 +180,14 @@ def test_nnx_dropout_is_linens_setting_and_off_in_eval_mode():
   twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
   assert {k: getattr(twin, k) for k in rates} == rates
   batch = next(batching.Pack(ds, batch_size=3, row_length=20).batches(0))
-  args = (batch.inputs, batch.mask, batch.resets)
-  trained, _ = m(*args)  # training mode: dropout on
+  args, kw = (batch.inputs,), dict(mask=batch.mask, resets=batch.resets)
+  trained, _ = m(*args, **kw)  # training mode: dropout on
   m.eval()
-  a, _ = m(*args)
-  b, _ = twin.apply({"params": params}, *args)  # linen's deterministic=True
+  a, _ = m(*args, **kw)
+  b, _ = twin.apply({"params": params}, *args, **kw)  # linen's deterministic=True
   assert max_rel_err(a, b) <= TOL and not np.allclose(trained, a)
   m.train()
-  again, _ = m(*args, deterministic=True)
+  again, _ = m(*args, **kw, deterministic=True)
   assert max_rel_err(again, a) <= TOL
   # variational input dropout: one mask per sequence row and feature, the same at every step
   x = jnp.ones((2, 9, 3))

@@ -48,16 +48,18 @@ def _random_carry(model, seed=1):
 def test_manual_backward_equals_autodiff(projection, num_layers, matmul_dtype):
   models = _models(num_layers=num_layers, input_projection=projection, matmul_dtype=matmul_dtype)
   x, mask, resets = _inputs()
-  params = models["manual"].init(jax.random.key(0), x, mask, resets)
+  params = models["manual"].init(jax.random.key(0), x, mask=mask, resets=resets)
   carry0 = _random_carry(models["manual"])
 
   def loss(p, x, c0, which):
-    preds, carry = models[which].apply(p, x, mask, resets, c0)
+    preds, carry = models[which].apply(p, x, mask=mask, resets=resets, initial_carry=c0)
     # nonlinear in the outputs and in the final (c, h) of every layer
     return jnp.sum(jnp.sin(preds)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(carry))
 
   out = {
-    b: jax.jit(lambda p, x, c0, b=b: models[b].apply(p, x, mask, resets, c0))(params, x, carry0)
+    b: jax.jit(
+      lambda p, x, c0, b=b: models[b].apply(p, x, mask=mask, resets=resets, initial_carry=c0)
+    )(params, x, carry0)
     for b in BACKWARDS
   }
   assert max_rel_err(out["manual"], out["autodiff"]) <= 1e-6  # same forward computation
@@ -77,9 +79,11 @@ def test_parameter_only_gradient(projection):
   """Inputs that need no gradient (data) skip the input-gradient GEMM: same parameter gradient."""
   models = _models(num_layers=2, input_projection=projection)
   x, mask, resets = _inputs(seed=2)
-  params = models["manual"].init(jax.random.key(3), x, mask, resets)
+  params = models["manual"].init(jax.random.key(3), x, mask=mask, resets=resets)
   grads = {
-    b: jax.grad(lambda p, b=b: jnp.sum(models[b].apply(p, x, mask, resets)[0] ** 2))(params)
+    b: jax.grad(lambda p, b=b: jnp.sum(models[b].apply(p, x, mask=mask, resets=resets)[0] ** 2))(
+      params
+    )
     for b in BACKWARDS
   }
   assert max_rel_err(grads["manual"], grads["autodiff"]) <= TOL
@@ -90,10 +94,10 @@ def test_unused_outputs_give_zero_cotangents(use):
   """A loss on the outputs alone (truncated BPTT drops the final carry) or on the carry alone."""
   models = _models()
   x, mask, resets = _inputs(seed=4)
-  params = models["manual"].init(jax.random.key(5), x, mask, resets)
+  params = models["manual"].init(jax.random.key(5), x, mask=mask, resets=resets)
 
   def loss(p, which):
-    preds, carry = models[which].apply(p, x, mask, resets)
+    preds, carry = models[which].apply(p, x, mask=mask, resets=resets)
     return jnp.sum(preds**2) if use == "outputs only" else jnp.sum(carry[0][1] ** 2)
 
   grads = {b: jax.grad(loss)(params, b) for b in BACKWARDS}
@@ -121,7 +125,9 @@ def test_train_steps_agree(strategy):
 def test_unknown_backward_is_a_config_error():
   x, mask, resets = _inputs()
   with pytest.raises(ConfigError, match="backward must be one of"):
-    SequenceModel(H, num_outputs=2, backward="fast").init(jax.random.key(0), x, mask, resets)
+    SequenceModel(H, num_outputs=2, backward="fast").init(
+      jax.random.key(0), x, mask=mask, resets=resets
+    )
 
 
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
@@ -132,11 +138,13 @@ def test_bfloat16_matmuls_are_close_to_float32_but_not_float32(projection):
     d: SequenceModel(H, num_outputs=2, num_layers=2, input_projection=projection, matmul_dtype=d)
     for d in MATMUL_DTYPES
   }
-  params = models["float32"].init(jax.random.key(7), x, mask, resets)
+  params = models["float32"].init(jax.random.key(7), x, mask=mask, resets=resets)
   outs, grads = {}, {}
   for d, m in models.items():
-    outs[d] = m.apply(params, x, mask, resets)
-    grads[d] = jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x, mask, resets)[0])))(params)
+    outs[d] = m.apply(params, x, mask=mask, resets=resets)
+    grads[d] = jax.grad(
+      lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x, mask=mask, resets=resets)[0]))
+    )(params)
   for a, b in ((outs["bfloat16"], outs["float32"]), (grads["bfloat16"], grads["float32"])):
     assert 1e-5 < max_rel_err(a, b) < 3e-2
 
@@ -177,6 +185,8 @@ def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
 def test_unknown_matmul_dtype_is_a_config_error():
   x, mask, resets = _inputs()
   with pytest.raises(ConfigError, match="matmul_dtype must be one of"):
-    SequenceModel(H, num_outputs=2, matmul_dtype="float16").init(jax.random.key(0), x, mask, resets)
+    SequenceModel(H, num_outputs=2, matmul_dtype="float16").init(
+      jax.random.key(0), x, mask=mask, resets=resets
+    )
   with pytest.raises(ConfigError, match="matmul_dtype must be one of"):  # the function alone too
     recurrence.matmul(x, jnp.ones((F, 4)), "fp8")

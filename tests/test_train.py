@@ -69,8 +69,8 @@ def test_compile_counts_per_strategy(data, name):
   assert steps.compile_seconds > 0
   assert all(r.temp_bytes is not None for r in steps.records.values())
   ev = train.StepFunctions.create()
-  train.evaluate(result.state, strategy, ev)
-  train.evaluate(result.state, strategy, ev)
+  train.evaluate(result.state, strategy, steps=ev)
+  train.evaluate(result.state, strategy, steps=ev)
   assert ev.eval.compiles == len(strategy.shapes())
 
 
@@ -147,7 +147,9 @@ def test_same_seed_same_numbers(data):
   assert all(
     np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1]))
   )
-  other = train.fit(_state(data, seed=6), batching.TBPTT(data, 4, 6, seed=5), epochs=1)
+  other = train.fit(
+    _state(data, seed=6), batching.TBPTT(data, num_streams=4, chunk_length=6, seed=5), epochs=1
+  )
   assert [h["loss"] for h in other.history] != runs[0][0][: len(other.history)]
 
 
@@ -173,10 +175,10 @@ def test_token_language_model_learns_a_rule_it_could_not_guess():
   seqs = [(rng.integers(0, 12) + np.arange(n)) % 12 for n in rng.integers(2, 30, 40)]
   ds = next_token_dataset(seqs, 12)
   state = _state(ds, num_layers=2, vocab_size=12, embed_dim=8)
-  before = train.evaluate(state, batching.Pad(ds, 40))
+  before = train.evaluate(state, batching.Pad(ds, batch_size=40))
   result = train.fit(state, batching.Pack(ds, batch_size=4), epochs=30)
   assert result.steps.train.compiles == 1
-  after = train.evaluate(result.state, batching.Pad(ds, 40))
+  after = train.evaluate(result.state, batching.Pad(ds, batch_size=40))
   assert before["accuracy"] < 0.25 and before["loss"] > 0.8 * np.log(12)
   assert after["accuracy"] > 0.95 and after["loss"] < 0.2, after
 

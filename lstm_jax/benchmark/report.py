@@ -44,22 +44,25 @@ def _peer_strategies(ds, cfg) -> dict[str, tuple[str, batching.Strategy]]:
   return {
     "flax_rnn_pad512": (
       "flax nn.RNN padded to max",
-      batching.Pad(ds, cfg.batch_size, cfg.max_length),
+      batching.Pad(ds, batch_size=cfg.batch_size, max_length=cfg.max_length),
     ),
     "flax_rnn_pow2": (
       "flax nn.RNN pow2 buckets",
-      batching.Bucket(ds, cfg.batch_size, boundaries=pow2),
+      batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
     ),
     "flax_rnn_pow2_bf16": (
       "flax nn.RNN pow2 buckets, bfloat16",
-      batching.Bucket(ds, cfg.batch_size, boundaries=pow2),
+      batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
     ),
     "flax_rnn_pow2_gru": (
       "flax nn.RNN(GRUCell) pow2 buckets",
-      batching.Bucket(ds, cfg.batch_size, boundaries=pow2),
+      batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
     ),
-    "torch_packed": ("torch nn.LSTM packed", batching.PadBatchMax(ds, cfg.batch_size)),
-    "torch_batch_max": ("torch nn.LSTM batch max", batching.PadBatchMax(ds, cfg.batch_size)),
+    "torch_packed": ("torch nn.LSTM packed", batching.PadBatchMax(ds, batch_size=cfg.batch_size)),
+    "torch_batch_max": (
+      "torch nn.LSTM batch max",
+      batching.PadBatchMax(ds, batch_size=cfg.batch_size),
+    ),
   }
 
 
