@@ -50,3 +50,44 @@ def test_modules_import_only_from_earlier_layers_and_never_the_benchmark():
     for dep in _imports(PACKAGE / f"{name}.py"):
       assert dep != "benchmark", f"lstm_jax.{name} imports the benchmark harness"
       assert ORDER.index(dep) < ORDER.index(name), f"lstm_jax.{name} imports lstm_jax.{dep}"
+
+
+def test_the_index_exports_the_research_names_lazily():
+  """`from lstm_jax import Bucket, SequenceModel, fit` (etc.): every name in __all__ resolves to
+  the object its module defines, no name of the runner is among them, and `import lstm_jax`
+  itself imports neither JAX nor numpy (PEP 562: a name loads on first use)."""
+  import importlib
+  import subprocess
+  import sys
+
+  import lstm_jax
+  from lstm_jax import batching, model, train
+
+  assert lstm_jax.Bucket is batching.Bucket and lstm_jax.fit is train.fit
+  assert lstm_jax.RNN is model.LSTM and lstm_jax.BidirectionalRNN is model.BidirectionalLSTM
+  for name in lstm_jax.__all__:
+    module, attr = lstm_jax._EXPORTS[name]
+    assert module in ORDER[: ORDER.index("nnx_model") + 1], f"{name} comes from the runner"
+    obj = getattr(lstm_jax, name)
+    want = getattr(importlib.import_module(f"lstm_jax.{module}"), attr) if attr else None
+    assert obj is (want or importlib.import_module(f"lstm_jax.{module}")), name
+  assert set(lstm_jax.__all__) <= set(dir(lstm_jax))
+  try:
+    lstm_jax.no_such_name
+  except AttributeError as e:
+    assert "no_such_name" in str(e)
+  else:
+    raise AssertionError("an unknown name must be an AttributeError")
+  code = "import sys, lstm_jax; print(sorted({'jax', 'numpy', 'flax'} & set(sys.modules)))"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
+  assert (PACKAGE / "py.typed").exists()
+
+
+def test_docs_api_md_is_current():
+  import api_reference
+
+  doc = PACKAGE.parent / "docs" / "api.md"
+  assert doc.read_text() == api_reference.render(), (
+    "docs/api.md is stale: run `python tests/api_reference.py > docs/api.md`"
+  )
