@@ -31,7 +31,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       tbptt_chunk=64,
       pack_row_length=512,
       rows=("pad", "bucket", "bucket_fixed_batch", "bucket_packed_rows", "tbptt", "pack"),
-      gru_rows=("tbptt", "bucket_packed_rows"),  # also timed with cell="gru" (issue 14)
+      gru_rows=("tbptt", "bucket_packed_rows"),  # also timed with cell="gru"
       input_projections=("in_step", "hoisted"),
       autodiff_rows=("tbptt", "bucket_packed_rows"),  # also timed with backward="autodiff"
       bfloat16_rows=("tbptt", "bucket_packed_rows"),  # also timed with matmul_dtype="bfloat16"
@@ -76,7 +76,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       paired_rounds=2,
       malloc_probe_rounds=1,
     )
-  elif arg == "gru":  # issue 14: the GRU's rows and Flax's GRU peer, side by side, alone
+  elif arg == "gru":  # the GRU's rows and Flax's GRU peer, side by side, alone
     c.update(
       rows=(),
       gru_rows=("tbptt", "bucket_packed_rows", "bucket", "pack"),
@@ -86,7 +86,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
       compile_cache_probe=False,
       malloc_probe_rounds=0,
     )
-  elif arg == "fit":  # issue 15: train.fit against the pre-assembled passes, alone
+  elif arg == "fit":  # train.fit against the pre-assembled passes, alone
     c.update(
       rows=(),
       gru_rows=(),

@@ -97,7 +97,7 @@ def baselines_text(b):
 
 
 def test_classification_baselines_and_the_majority_class_warning():
-  """Issue 24: a classification report has a majority-class and a class-prior baseline, and a
+  """A classification report has a majority-class and a class-prior baseline, and a
   row that ends at the majority class's accuracy is called out (it learnt only the counts)."""
   import math
 
@@ -127,7 +127,7 @@ def test_classification_baselines_and_the_majority_class_warning():
 
 
 def test_class_scores_by_hand():
-  """Issue 24: balanced accuracy, recall per class and the confusion matrix, counted by hand:
+  """Balanced accuracy, recall per class and the confusion matrix, counted by hand:
   true 0,0,0,1,1,2 against predicted 0,0,1,1,1,0, four classes (class 3 never occurs)."""
   got = baselines.class_scores([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 1, 0], 4)
   assert got["confusion"] == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]

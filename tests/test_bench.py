@@ -67,7 +67,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert result["roofline_tokens_per_second"] > 0
   assert [m["length"] for m in saved["memory"]] == [cfg.max_length]
   assert "| run | real tok/s" in (tmp_path / "BENCHMARKS.md").read_text()
-  assert "## Targets (issues 4, 14 and 15)" in (tmp_path / "BENCHMARKS.md").read_text()
+  assert "## Targets" in (tmp_path / "BENCHMARKS.md").read_text()
   # the rewrite keeps the data-scale benchmark's section, once, at the end
   assert (
     (tmp_path / "BENCHMARKS.md")
@@ -105,7 +105,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   assert (
     low["ours"] == fastest("ours", "bfloat16")["name"] and low["peer"] == fastest("peer")["name"]
   )
-  # the GRU (issue 14) against Flax's nn.RNN(GRUCell), its roofline from 3 gate blocks
+  # the GRU against Flax's nn.RNN(GRUCell), its roofline from 3 gate blocks
   gru = saved["paired_gru"]
   assert gru["ours"] == fastest("ours", cell="gru")["name"] == "lstm_jax tbptt (GRU)"
   assert gru["peer"] == fastest("peer", cell="gru")["name"] == "flax nn.RNN(GRUCell) pow2 buckets"
@@ -115,9 +115,9 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
     gru_row["tokens_per_second"] * 0.75 / result["roofline_tokens_per_second"]
   )
   text = (tmp_path / "BENCHMARKS.md").read_text()
-  assert "| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets (issue 14) |" in text
+  assert "| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets |" in text
   assert "one epoch of W from a cold start" in text
-  # lstm_jax.costs' predictions beside the measured rows (issue 15)
+  # lstm_jax.costs' predictions beside the measured rows
   cm = saved["cost_model"]
   assert {x["name"] for x in cm["rows"]} >= {"lstm_jax tbptt (in_step)", "lstm_jax pad (in_step)"}
   assert all(x["predicted_pass_seconds"] > 0 for x in cm["rows"])

@@ -99,7 +99,7 @@ def test_trains_with_pack_and_refuses_tbptt():
 
 
 def test_the_runner_trains_a_bidirectional_model_and_refuses_chunking_strategies(tmp_path):
-  """Issue 24: config.model.bidirectional in the runner (the library had it, the runner not);
+  """Config.model.bidirectional in the runner (the library had it, the runner not);
   with tbptt or vbptt in config.strategies it is one ConfigError before anything loads."""
   import sys
   from pathlib import Path

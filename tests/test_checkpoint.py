@@ -131,7 +131,7 @@ def _copy_of(interrupted, tmp_path, data):
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(
   tmp_path, data, interrupted, damage, capfd
 ):
-  """One warning, and no traceback on the terminal (issue 23; how many orbax and tensorstore
+  """One warning, and no traceback on the terminal (how many orbax and tensorstore
   print from the abandoned reads depends on thread timing, so each of their routes is also
   tested on its own below)."""
   strategy, directory = _copy_of(interrupted, tmp_path, data)
@@ -167,7 +167,7 @@ def _damage_that_reads(interrupted, tmp_path) -> Path:
 def test_damage_that_reads_is_caught_by_the_checksum_moved_aside_and_saved_over(
   tmp_path, data, interrupted
 ):
-  """Issue 23: array data that reads back with other values than were saved resumed silently
+  """Array data that reads back with other values than were saved resumed silently
   before. The checksum saved with each array catches it: one warning naming
   the step and the array, step 9 moved to damaged/9, the run resumes from 6, saves step 9 again
   over the freed number, and ends bit-identical to a run resumed from an intact step 6."""
@@ -211,7 +211,7 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_directory(tmp_path, dat
 
 
 def test_history_is_appended_once_not_saved_whole_at_every_checkpoint(tmp_path, data, interrupted):
-  """Issue 26: each save appends only its new steps to history.jsonl and records their count
+  """Each save appends only its new steps to history.jsonl and records their count
   and hash; a checkpoint's own JSON stays the same size however long the run (it held the whole
   history before: O(steps^2) bytes per run), and reading a checkpoint gives its history back."""
   _, directory = _copy_of(interrupted, tmp_path, data)
@@ -359,7 +359,7 @@ def test_runner_killed_or_preempted_resumes_bit_identical(
   uninterrupted run. This is also the determinism check: two processes, same config and seed,
   bit-identical numbers.
 
-  SIGKILL: the rerun resumes from the last periodic checkpoint. SIGTERM (issue 23): the step in
+  SIGKILL: the rerun resumes from the last periodic checkpoint. SIGTERM: the step in
   flight completes (step 6: the signal came as step 5 was logged, with 6 dispatched), its
   checkpoint is written, and the process prints one line naming the step and exits with 75; the
   rerun loses no step. A second SIGINT exits at once with the signal's status, no traceback and
@@ -408,7 +408,7 @@ def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path, mon
   """In process, the resume test's config: a rerun reads the finished row back (not retrained,
   the same summary); --config.resume=False trains it again to the same numbers.
 
-  Issue 23: a re-render that fails midway (here report.md's text raises; a kill or a full disk
+  A re-render that fails midway (here report.md's text raises; a kill or a full disk
   does the same) leaves every report file as it was, never half-written or empty; meta.json
   keeps the first invocation's start and counts every invocation's seconds."""
   from lstm_jax import experiment, report
@@ -534,7 +534,7 @@ def _can_make_unwritable(tmp_path) -> str | None:
 
 @pytest.mark.parametrize("modes", [["orbax-eio"], ["immutable", "read-only"]])
 def test_unwritable_checkpoint_directory_exits_at_once_with_one_line(tmp_path, modes):
-  """Issue 23: a checkpoint write into an immutable directory (chattr +i: EPERM), a read-only
+  """A checkpoint write into an immutable directory (chattr +i: EPERM), a read-only
   mount (EROFS), or one whose step directory orbax fails to create (a simulated EIO, which left
   orbax's threads waiting forever: the process never exited) ends the command with exit status
   2 and one line, naming the right step (6, not the 9 that met the failure), the directory and
@@ -561,7 +561,7 @@ def test_unwritable_checkpoint_directory_exits_at_once_with_one_line(tmp_path, m
 
 
 def test_orbax_fault_noise_is_kept_off_the_terminal_and_summarised(tmp_path, capfd, caplog):
-  """Issue 23: a damaged checkpoint printed 89-137 lines of orbax and tensorstore tracebacks
+  """A damaged checkpoint printed 89-137 lines of orbax and tensorstore tracebacks
   around its one warning, a failed write ~310. Each of their four routes is fed one here (how
   many arrive in a real fault depends on thread timing): an orbax error logged through absl, an
   abandoned read's unretrieved future reported by asyncio, tensorstore's callback into a closed

@@ -165,7 +165,7 @@ def test_recommender_against_a_real_run(tmp_path, smoke_run):
 
 
 def test_recommender_prefers_exact_gradients_for_sequence_labels_unless_told():
-  """Issue 24: tbptt was recommended for sequence-level labels on speed alone; with
+  """Tbptt was recommended for sequence-level labels on speed alone; with
   exact_gradients (the runner's choice for sequence-level labels unless
   config.truncation_ok) the fastest exact strategy is recommended, and the sentence says why
   and how to allow truncation."""

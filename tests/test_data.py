@@ -190,7 +190,7 @@ def test_length_distributions():
 
 
 def test_npz_exact_duplicates_can_be_dropped(tmp_path):
-  """Issue 24: --config.data.drop_duplicates drops exact copies (inputs and targets) of an
+  """--config.data.drop_duplicates drops exact copies (inputs and targets) of an
   earlier sequence, which a random split could put on both sides; a copy with another label
   stays. Off by default, and the count is in the data's identity."""
   from lstm_jax import sources
@@ -225,7 +225,7 @@ TS_TRAIN = """# a comment
 
 
 def test_ts_files_load_with_the_header_label_order(tmp_path):
-  """Issue 24: the sktime / aeon .ts format (the UCR/UEA archive's): multivariate, unequal
+  """The sktime / aeon .ts format (the UCR/UEA archive's): multivariate, unequal
   length, labels numbered in their @classLabel order (so a train and a test file agree); a
   missing value is one DataError naming the line."""
   from lstm_jax import sources

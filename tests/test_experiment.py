@@ -523,7 +523,7 @@ def test_synthetic_presets_load(preset):
 
 
 def test_progress_lines_show_accuracy_for_classification():
-  """Issue 24: the progress line of a classification row shows its last eval accuracy (the loss
+  """The progress line of a classification row shows its last eval accuracy (the loss
   alone says little about a classifier); other rows' lines do not."""
   import io
   import math
@@ -550,7 +550,7 @@ def test_progress_lines_show_accuracy_for_classification():
 
 
 def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
-  """Issue 24: --config.data.eval_path (a published train/test split): every sequence of
+  """--config.data.eval_path (a published train/test split): every sequence of
   data.path trains, every one of eval_path is held out, the class count is the larger of the
   two files' (the held-out file lacks class 2 here), and the report says which split it used.
   A held-out file of another kind of data is one DataError naming it."""
@@ -569,7 +569,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
     )
     return str(tmp_path / name)
 
-  cfg = compare.get_config("smoke")  # with plots: the confusion matrices' (issue 24)
+  cfg = compare.get_config("smoke")  # with plots: the confusion matrices'
   cfg.strategies = ("pad",)
   cfg.data.update(source="npz", path=write("train.npz", 60, 3), eval_path=write("test.npz", 17, 2))
   cfg.data.test_path = write("kept.npz", 9, 3)  # a third split, scored once at the end
@@ -581,7 +581,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   assert data["split"] == f"given: {tmp_path / 'test.npz'}" and data["num_classes"] == 3
   text = (tmp_path / "w" / "report.md").read_text()
   assert f"(split: given: {tmp_path / 'test.npz'})" in text
-  # Issue 24: class by class on the held-out split, from train.predict on each sequence whole;
+  # class by class on the held-out split, from train.predict on each sequence whole;
   # its accuracy is the runner's own eval accuracy, and class 2 (absent there) has no recall
   (row,) = json.loads((tmp_path / "w" / "summary.json").read_text())
   (run,) = json.loads((tmp_path / "w" / "runs.json").read_text())
@@ -650,7 +650,7 @@ def test_step_level_labels_are_scored_class_by_class_at_every_real_step(tmp_path
 
 
 def test_normalisations_per_sequence_minmax_and_global():
-  """Issue 24: config.data.normalize. per_sequence: each sequence's features at mean 0 and
+  """Config.data.normalize. per_sequence: each sequence's features at mean 0 and
   standard deviation 1 by its own statistics (both splits alike, nothing crosses them);
   per_sequence_scale: the same plus the log scale as extra features, constant along the
   sequence; minmax: the training split's range mapped to [0, 1], the same map for eval;

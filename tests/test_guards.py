@@ -126,7 +126,7 @@ def test_memory_guard_names_strategy_shape_bytes_and_fix(tmp_path):
 def test_the_guards_compile_is_the_rows_and_no_shape_compiles_twice(tmp_path, monkeypatch):
   """The memory guard compiles each strategy's largest train step before anything trains, and
   the row reuses that executable: with background compiles (the default) it compiles only its
-  other shapes, so no step function compiles one signature twice in the run (issue 26). The
+  other shapes, so no step function compiles one signature twice in the run. The
   row's train compiles are its shapes, counted once, and its clock starts with the guard's
   compile seconds."""
   made = []

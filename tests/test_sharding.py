@@ -157,7 +157,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   (p0, read0, held0), (p1, read1, held1) = sorted(reads)
   assert (p0, p1) == (0, 1) and held0 == held1 == read0 + read1  # every step read once
   assert 0.3 < read0 / held0 < 0.7 and 0.3 < read1 / held1 < 0.7  # each its own share
-  # Preemption (issue 23): a SIGTERM to process 1 alone stops both at the same step, each after
+  # Preemption: a SIGTERM to process 1 alone stops both at the same step, each after
   # the checkpoint there; resumed, the epoch's losses are the uninterrupted run's.
   stopped = sorted(
     line.split()[1:] for out, _ in outs for line in out.splitlines() if line.startswith("STOPPED ")

@@ -328,7 +328,7 @@ def test_relayout_keeps_the_training_trajectory(source, layout):
 
 
 def test_fit_assembles_the_next_batch_while_the_step_runs(data, monkeypatch):
-  """Input overlapped with compute (issue 15), even with no assembly thread (prefetch=0): fit
+  """Input overlapped with compute, even with no assembly thread (prefetch=0): fit
   dispatches a step (JAX returns at once) and assembles and dispatches the next batch before it
   waits for that step's metrics, so the host never holds the device up between steps. Seen in
   the order of fit's calls:
@@ -364,7 +364,7 @@ def _fit_threads() -> list:
 
 
 def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch):
-  """prefetch (issue 22): batches are assembled on the "fit-batches" thread, ahead of the
+  """prefetch: batches are assembled on the "fit-batches" thread, ahead of the
   steps: the step of batch k is dispatched only once batch k + 1 is assembled (the dispatch
   waits for it; with no thread ahead it would wait in vain). The run is bit for bit the one
   assembled in the loop (tbptt: the carry crosses batches), and no thread is left after."""
@@ -432,7 +432,7 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
 
 
 def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(data):
-  """precompile_shapes="background" (issue 15): the first batch's shape is compiled first, then
+  """precompile_shapes="background": the first batch's shape is compiled first, then
   the others in the order training meets them, while training goes on; the parameters are bit
   for bit those of a run that compiled everything ahead, and every shape compiles (and traces)
   exactly once. A step that waited for its shape is marked compiled, as a lazily compiling one."""
@@ -475,7 +475,7 @@ def test_a_background_compile_error_reaches_the_caller(data):
 
 
 def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same():
-  """Issue 24: `train.predict` for research code. Bucketed batches with a mask: each
+  """`train.predict` for research code. Bucketed batches with a mask: each
   sequence's per-step outputs equal the model applied to it alone (float32 rounding), the
   sequence-level classes score the accuracy `evaluate` reports, and it compiles once per
   bucket shape."""
@@ -515,7 +515,7 @@ def _labelled(n=12, classes=3, seed=0):
 
 
 def test_class_weights_weigh_the_training_loss_only():
-  """Issue 24: class_weights. "balanced" is n / (C * n_c) of the training targets; a batch's
+  """Class_weights. "balanced" is n / (C * n_c) of the training targets; a batch's
   training loss is sum(w_i c_i l_i) / sum(w_i c_i) (computed here by hand from the per-step
   losses); weights all 1 change nothing, bit for bit; the metrics and the eval step ignore
   them; bad weights and regression data are one ConfigError each."""

@@ -112,7 +112,7 @@ def test_settings_difference_names_each_key():
 
 
 def test_runner_prints_a_user_error_as_one_message_and_exits_2(tmp_path):
-  """A config error is one line and exit 2, and so (issue 24) is a bad flag: a misspelt key
+  """A config error is one line and exit 2, and so is a bad flag: a misspelt key
   (53 lines of traceback and exit 1 before). `--config.strategy.pack.row_length=None`, as the
   README writes it, is accepted: the run goes on to the hidden size's error."""
   proc = run_smoke(
@@ -161,7 +161,7 @@ def test_a_result_that_is_not_a_row_is_refused_in_one_line(tmp_path):
 
 
 def test_calibration_is_kept_only_once_the_settings_check_passed(tmp_path, monkeypatch):
-  """Issue 23: num_buckets="auto" measures this machine's costs before the workdir's settings
+  """Num_buckets="auto" measures this machine's costs before the workdir's settings
   check (the count enters the settings); a config the check then refuses used to leave its
   calibration.json behind, which the workdir's own runs then read. Now it is saved only after
   the check passes, atomically, under the workdir's lock."""
@@ -183,7 +183,7 @@ def test_calibration_is_kept_only_once_the_settings_check_passed(tmp_path, monke
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root")
 def test_an_unwritable_results_directory_is_one_line_before_anything_trains(tmp_path):
-  """Issue 23: results/ made immutable (EPERM even for root) used to surface as a traceback
+  """Results/ made immutable (EPERM even for root) used to surface as a traceback
   after the first row had trained; the workdir is now probed first."""
   (tmp_path / "results").mkdir()
   if subprocess.run(["chattr", "+i", str(tmp_path / "results")]).returncode != 0:
@@ -196,7 +196,7 @@ def test_an_unwritable_results_directory_is_one_line_before_anything_trains(tmp_
 
 
 def test_a_rerun_with_fewer_strategies_keeps_the_earlier_rows_in_the_table(tmp_path):
-  """Issue 24: the table grows, never shrinks. A rerun of one strategy (to give it another seed,
+  """The table grows, never shrinks. A rerun of one strategy (to give it another seed,
   say) rebuilds the report from every finished result of this configuration in the workdir;
   a result made with other settings stays out."""
   experiment.train_and_evaluate(_tiny_config(strategies=("tbptt", "pack")), str(tmp_path), True)

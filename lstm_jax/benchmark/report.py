@@ -217,7 +217,7 @@ def run(cfg, out_md: str) -> dict:
         "ours",
         name,
       )
-  for name in cfg.gru_rows:  # the GRU (model.CellLayer over Flax's GRUCell), issue 14
+  for name in cfg.gru_rows:  # the GRU (model.CellLayer over Flax's GRUCell)
     add(
       bench.time_ours(
         f"lstm_jax {name} (GRU)", strategies[name], cfg, cfg.input_projections[0], cell="gru"
@@ -266,7 +266,7 @@ def run(cfg, out_md: str) -> dict:
       flush=True,
     )
   overhead = []
-  for name in cfg.fit_overhead_rows:  # train.fit against the pre-assembled passes (issue 15)
+  for name in cfg.fit_overhead_rows:  # train.fit against the pre-assembled passes
     o = bench.fit_overhead(name, strategies[name], cfg, cfg.paired_rounds)
     overhead.append(o)
     print(
@@ -425,7 +425,7 @@ def markdown(r: dict) -> str:
       "bfloat16 matmuls against the best peer in any precision; "
       "the roofline stays the float32 GEMM rate",
     ),
-    ("paired_gru", "the GRU against Flax's nn.RNN(GRUCell) (issue 14)"),
+    ("paired_gru", "the GRU against Flax's nn.RNN(GRUCell)"),
   ):
     p = r.get(key)
     if p:
@@ -490,7 +490,7 @@ def markdown(r: dict) -> str:
         f"{x['predicted_compile_seconds']:.1f} | {x['measured_compile_seconds']:.1f} | "
         f"{x['predicted_compile_seconds'] / max(x['measured_compile_seconds'], 1e-9):.2f} |"
       )
-  lines += ["", "## Targets (issues 4, 14 and 15), checked against this run", ""] + targets(r)
+  lines += ["", "## Targets, checked against this run", ""] + targets(r)
   return "\n".join(lines) + "\n"
 
 
@@ -534,7 +534,7 @@ def targets(r: dict) -> list[str]:
   if gru and gru_peer:
     ratio, how = _judged_ratio(gru, gru_peer, r.get("paired_gru"))
     out.append(
-      f"| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets (issue 14) | {gru['name']} "
+      f"| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets | {gru['name']} "
       f"{ratio:.2f}x{how} | {mark(ratio >= 1.5)} |"
     )
     quickest = min(
@@ -551,12 +551,12 @@ def targets(r: dict) -> list[str]:
     )
     err = worst["predicted_pass_seconds"] / worst["measured_pass_seconds"] - 1
     out.append(
-      f"| cost model: predicted step time within 20% of measured (issue 15) | worst "
+      f"| cost model: predicted step time within 20% of measured | worst "
       f"{worst['name']}: {100 * err:+.0f}% | {mark(abs(err) <= 0.2)} |"
     )
   for o in r.get("fit_overhead") or []:
     out.append(
-      f"| train.fit loses <= 3% against the pre-assembled passes (issue 15) | {o['strategy']}: "
+      f"| train.fit loses <= 3% against the pre-assembled passes | {o['strategy']}: "
       f"{100 * (1 - o['ratio']):.1f}% | {mark(o['ratio'] >= 0.97)} |"
     )
   if best is None:
