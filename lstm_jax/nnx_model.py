@@ -375,11 +375,16 @@ def from_linen_params(model: nnx.Module, params: Any) -> None:
 
 
 def train_state(
-  model: SequenceModel, optimizer: optax.GradientTransformation, dataset: RaggedDataset, seed=0
+  model: SequenceModel,
+  optimizer: optax.GradientTransformation,
+  dataset: RaggedDataset,
+  seed=0,
+  **state_kwargs,
 ) -> train.TrainState:
   """A `train.TrainState` for the NNX model's weights (its linen twin's, the NNX parameters in
-  place of a fresh init), for `train.fit`, `train.evaluate` and checkpoints."""
-  state = train.create_train_state(linen_twin(model), optimizer, dataset, seed=seed)
+  place of a fresh init), for `train.fit`, `train.evaluate` and checkpoints. `state_kwargs`:
+  `train.create_train_state`'s (class_weights, loss)."""
+  state = train.create_train_state(linen_twin(model), optimizer, dataset, seed=seed, **state_kwargs)
   # copies: train.fit donates the state's buffers, which must not be the NNX model's own
   params = jax.tree.map(jnp.copy, to_linen_params(model))
   return state.replace(params=params, opt_state=optimizer.init(params))
@@ -390,12 +395,14 @@ def fit(
   strategy: Strategy,
   optimizer: optax.GradientTransformation,
   seed: int = 0,
+  loss: Any = None,
   **fit_kwargs,
 ) -> train.FitResult:
   """Trains the NNX model under `strategy` with `train.fit` (epochs, max_real_tokens,
   checkpointer, ... as there; compiles counted in `result.steps`) and writes the trained
-  parameters back into `model`."""
-  result = train.fit(train_state(model, optimizer, strategy.dataset, seed), strategy, **fit_kwargs)
+  parameters back into `model`. `loss`: a custom per-step loss (`train.create_train_state`)."""
+  state = train_state(model, optimizer, strategy.dataset, seed, loss=loss)
+  result = train.fit(state, strategy, **fit_kwargs)
   from_linen_params(model, result.state.params)
   return result
 

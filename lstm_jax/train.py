@@ -46,10 +46,15 @@ LOSS_KINDS = ("classification", "regression")
 
 
 class TrainState(train_state.TrainState):
-  """flax's TrainState plus the (static) model and loss kind, so steps need nothing else."""
+  """flax's TrainState plus the (static) model, loss kind and loss, so steps need nothing
+  else."""
 
   model: nn.Module = struct.field(pytree_node=False, default=None)
   loss_kind: str = struct.field(pytree_node=False, default="classification")
+  # a custom loss, `loss(preds, targets) -> <float32>[B, T]` per step, or None: the loss kind's
+  # (softmax cross-entropy, or the mean squared error over the target's dimensions). Static:
+  # a step compiles for its function.
+  loss: Callable | None = struct.field(pytree_node=False, default=None)
   rng: Any = None  # <uint32>[2] the training key; a step's randomness is fold_in(rng, step)
   # <float32>[num_classes] each class's weight in the training loss (`class_weights`), or None:
   # the plain weighted mean. Made from the data and config, so checkpoints do not hold it.
@@ -66,12 +71,18 @@ def create_train_state(
   dataset: RaggedDataset,
   seed: int = 0,
   class_weights: str | Sequence[float] | None = None,
+  loss: Callable | None = None,
 ) -> TrainState:
   """Initialises `model` for `dataset`'s inputs and pairs it with `optimizer`.
 
   class_weights (classification): each class's weight in the training loss, "balanced" (n / (C
   * n_c) from `dataset`'s targets, scikit-learn's rule: every class weighs as much in all) or one
-  weight per class; the loss is then sum(w_i c_i l_i) / sum(w_i c_i). Evaluation is unweighted."""
+  weight per class; the loss is then sum(w_i c_i l_i) / sum(w_i c_i). Evaluation is unweighted.
+  loss: a custom per-step loss, `loss(preds, targets) -> <float32>[B, T]` (preds [B, T, C or D],
+  targets the batch's: int classes [B, T] or floats [B, T, D]), e.g. label smoothing or a
+  weighted MSE. The steps weigh and average it as they do the built-in one (padding and steps
+  without a target weigh 0), for training and evaluation alike; accuracy is still the argmax's.
+  None: softmax cross-entropy for classification, the mean squared error for regression."""
   check_model_fits_data(model, dataset)
   weights = resolve_class_weights(class_weights, dataset)
   if dataset.is_tokens:
@@ -85,6 +96,7 @@ def create_train_state(
     tx=optimizer,
     model=model,
     loss_kind=loss_kind_of(dataset),
+    loss=loss,
     rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
     class_weights=weights,
   )
@@ -126,6 +138,16 @@ def check_model_fits_data(
   model: SequenceModel, dataset: RaggedDataset, params: Any | None = None
 ) -> None:
   """Raises DataError, before any compile, if the data cannot feed the model or its head."""
+  if not isinstance(model, nn.Module):
+    hint = (
+      " For an NNX model use nnx_model.train_state(model, optimizer, dataset) or nnx_model.fit."
+      if type(model).__module__.endswith("nnx_model")
+      else ""
+    )
+    raise ConfigError(
+      f"the train state takes a linen model (model.SequenceModel), got a "
+      f"{type(model).__module__}.{type(model).__name__}.{hint}"
+    )
   if dataset.is_tokens != (model.vocab_size is not None):
     raise DataError(
       f"the data holds {'token ids' if dataset.is_tokens else 'float features'} but the model "
@@ -170,15 +192,26 @@ def check_model_fits_data(
     )
 
 
-def per_step_loss(preds, targets, loss_kind: str):
-  """(loss, correct) per step, each <float32>[B, T]; correct is 0 for regression."""
+def per_step_loss(preds, targets, loss_kind: str, loss: Callable | None = None):
+  """(loss, correct) per step, each <float32>[B, T]; correct is 0 for regression. `loss`: a
+  custom per-step loss (`create_train_state`) in place of the kind's."""
+  if loss_kind not in LOSS_KINDS:
+    raise ConfigError(f"loss_kind must be one of {LOSS_KINDS}, got {loss_kind!r}.")
   if loss_kind == "classification":
-    loss = optax.softmax_cross_entropy_with_integer_labels(preds, targets)
     correct = (jnp.argmax(preds, axis=-1) == targets).astype(jnp.float32)
-    return loss, correct
-  if loss_kind == "regression":
-    return jnp.mean(jnp.square(preds - targets), axis=-1), jnp.zeros(preds.shape[:2], jnp.float32)
-  raise ConfigError(f"loss_kind must be one of {LOSS_KINDS}, got {loss_kind!r}.")
+  else:
+    correct = jnp.zeros(preds.shape[:2], jnp.float32)
+  if loss is not None:
+    out = jnp.asarray(loss(preds, targets))
+    if out.shape != preds.shape[:2]:
+      raise ConfigError(
+        f"the custom loss returned {out.dtype}{list(out.shape)}; it must give one value per "
+        f"step, <float32>{list(preds.shape[:2])} (reduce over the class or target axis only)."
+      )
+    return out.astype(jnp.float32), correct
+  if loss_kind == "classification":
+    return optax.softmax_cross_entropy_with_integer_labels(preds, targets), correct
+  return jnp.mean(jnp.square(preds - targets), axis=-1), correct
 
 
 def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bool = False):
@@ -194,7 +227,7 @@ def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bo
     initial_carry=carry,
     **kwargs,
   )
-  loss, correct = per_step_loss(preds, batch.targets, state.loss_kind)
+  loss, correct = per_step_loss(preds, batch.targets, state.loss_kind, state.loss)
   metrics = dict(
     loss_sum=jnp.sum(batch.weights * loss),
     weight_sum=jnp.sum(batch.weights),

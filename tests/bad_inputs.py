@@ -46,6 +46,14 @@ class Case:
   error: type = ValueError
 
 
+def _nnx_model():
+  from flax import nnx
+
+  from lstm_jax import nnx_model
+
+  return nnx_model.SequenceModel(4, 1, num_features=3, rngs=nnx.Rngs(0))
+
+
 def _floats(n, f=2):
   return np.zeros((n, f), np.float32)
 
@@ -434,6 +442,12 @@ CASES = [
       epochs=1,
     ),
     r"5 features per step but the model was initialised for 3",
+  ),
+  Case(
+    "model",
+    "an NNX model given to linen's train state",
+    lambda: train.create_train_state(_nnx_model(), optax.adam(1e-3), ragged_features([3, 4])),
+    r"the train state takes a linen model .* For an NNX model use nnx_model.train_state",
   ),
   Case(
     "model",
