@@ -44,7 +44,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
         "torch_batch_max",
       ),
       fit_overhead_rows=("tbptt", "bucket_packed_rows"),  # train.fit vs pre-assembled passes
-      cost_model_check=True,  # lstm_jax.costs' predictions against the measured rows
+      cost_model_check=True,  # lstm_jax.runner.costs' predictions against the measured rows
       paired_rounds=5,  # best row vs best peer vs GEMM rate, back to back
       compile_cache_probe=True,  # compile in three fresh processes sharing a persistent cache
       tune_malloc=True,  # lstm_jax.host.tune_malloc() for the whole run, peers too

@@ -35,12 +35,12 @@ deletes them and starts over.
 
 import ml_collections
 
-from lstm_jax.config import STRATEGIES, base_config
+from lstm_jax.runner.config import STRATEGY_NAMES, base_config
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   arg = arg or "default"
-  c = base_config()  # every key, type and default: lstm_jax/config.py
+  c = base_config()  # every key, type and default: lstm_jax/runner/config.py
   c.preset = arg
 
   if arg == "smoke":
@@ -56,7 +56,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     # Every strategy, pad_batch_max (opt-in elsewhere) too, with its batch size set, not
     # derived: 6 wide steps (a few compiles) keep the smoke run short, and the runner marks
     # the row not comparable (6 steps against ~20): what a flagged row looks like.
-    c.strategies = STRATEGIES
+    c.strategies = STRATEGY_NAMES
     c.strategy.pad_batch_max.batch_size = 64
   elif arg == "long":
     # The comparison at convergence (reports/*-long-*): 4 epochs of the default data (14.9M real

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from lstm_jax import errors  # noqa: E402
-from lstm_jax.benchmark import report as bench_report  # noqa: E402
+from lstm_jax.benchmark import suite as bench_report  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "benchmark.py")
 _CONFIG = config_flags.DEFINE_config_file(

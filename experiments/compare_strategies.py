@@ -15,7 +15,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lstm_jax import errors, experiment  # noqa: E402
+from lstm_jax import errors  # noqa: E402
+from lstm_jax.runner import experiment
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
 _CONFIG = config_flags.DEFINE_config_file(

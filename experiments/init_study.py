@@ -20,8 +20,9 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from configs import compare  # noqa: E402
-from lstm_jax import environment, errors, experiment  # noqa: E402
+from lstm_jax import environment, errors  # noqa: E402
 from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
+from lstm_jax.runner import experiment
 
 # name -> (preset, overrides of cfg.train): the study's tasks
 STUDY_TASKS = {

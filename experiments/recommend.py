@@ -6,7 +6,7 @@ truncated, for each strategy of the config; then a recommendation with its reaso
     python experiments/recommend.py --config configs/compare.py:digits --workdir runs/digits
 
 The same config as experiments/compare_strategies.py (data, model, budget, strategies). The
-costs come from a calibration on this machine (lstm_jax.costs: two shapes compiled and timed, a
+costs come from a calibration on this machine (runner.costs: two shapes compiled and timed, a
 few seconds), saved in --workdir/calibration.json when a workdir is given and read back there
 (the runner uses the same file for num_buckets="auto"). Writes recommend.json there too.
 """
@@ -19,7 +19,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lstm_jax import errors, experiment, workdir  # noqa: E402
+from lstm_jax import errors, workdir  # noqa: E402
+from lstm_jax.runner import experiment
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,7 +34,7 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  result = experiment.recommend(_CONFIG.value, _WORKDIR.value)
+  result = experiment.run_recommender(_CONFIG.value, _WORKDIR.value)
   print(experiment.recommendation_text(result))
   if _WORKDIR.value:
     workdir.write_json_atomically(os.path.join(_WORKDIR.value, "recommend.json"), result, indent=1)

@@ -4,7 +4,7 @@
     python experiments/sample.py --workdir runs/compare --strategy tbptt --temperature 0
 
 --strategy defaults to the comparable row with the lowest final eval loss, --seed to the run's
-first seed, --step to the newest checkpoint (the end of training); lstm_jax.generate does it.
+first seed, --step to the newest checkpoint (the end of training); lstm_jax.runner.generate does it.
 """
 
 import os
@@ -14,7 +14,8 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lstm_jax import errors, generate  # noqa: E402
+from lstm_jax import errors  # noqa: E402
+from lstm_jax.runner import generate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A compare_strategies.py workdir.", required=True)
 _STRATEGY = flags.DEFINE_string("strategy", None, "Which row (default: the best comparable one).")

@@ -98,7 +98,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     where = f" (in {bad[0]})" if bad else ""
     print(
       f"error (ConfigError): bad flag{where}: {said}{'' if said[-1:] in '.?' else '.'} The keys "
-      f"and their types are in configs/compare.py and lstm_jax/config.py; --helpfull lists "
+      f"and their types are in configs/compare.py and lstm_jax/runner/config.py; --helpfull lists "
       f"the flags.",
       file=sys.stderr,
       flush=True,

@@ -605,7 +605,7 @@ class LSTM(nn.Module):
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
     if len(carry) != self.num_layers:
-      raise ValueError(
+      raise DataError(
         f"initial_carry has {len(carry)} layers, the model {self.num_layers}; pass "
         f"one carry per layer, e.g. model.zero_carry(batch_size)."
       )

@@ -29,10 +29,11 @@ import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
 from helpers import identity_dataset, override, ragged_features  # noqa: E402
-from lstm_jax import batching, config, guards, sources, store, tasks, train, workdir  # noqa: E402
+from lstm_jax import batching, sources, store, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
+from lstm_jax.runner import config, guards
 
 TMP = Path(tempfile.gettempdir()) / f"lstm_jax_bad_inputs_{os.getpid()}"  # one per test worker
 
@@ -44,6 +45,16 @@ class Case:
   run: Callable[[], object]  # must raise
   pattern: str  # the message must match (re.search)
   error: type = ValueError
+
+
+def _carry_of_one_layer_for_two():
+  import jax
+  import jax.numpy as jnp
+
+  from lstm_jax.model import LSTM
+
+  x = jnp.zeros((2, 3, 4))
+  LSTM(4, num_layers=2).init(jax.random.key(0), x, initial_carry=LSTM(4).zero_carry(2))
 
 
 def _nnx_model():
@@ -98,7 +109,7 @@ def _truncated_npz():
 
 
 def _run_in(workdir_path: Path):
-  from lstm_jax import experiment  # noqa: PLC0415 (the runner: only these cases need it)
+  from lstm_jax.runner import experiment  # noqa: PLC0415 (the runner: only these cases need it)
 
   return experiment.train_and_evaluate(_cfg(), str(workdir_path), quiet=True)
 
@@ -115,7 +126,7 @@ def _results_is_a_file():
 
 def _calibration(value) -> Callable[[], object]:
   def run():
-    from lstm_jax import costs  # noqa: PLC0415
+    from lstm_jax.runner import costs  # noqa: PLC0415
 
     path = _empty_dir("calibration") / "calibration.json"
     fields = dict(compile_seconds=1.0, alpha=1e-4, beta=1e-6, memory_base=1e6)
@@ -448,6 +459,12 @@ CASES = [
     "an NNX model given to linen's train state",
     lambda: train.create_train_state(_nnx_model(), optax.adam(1e-3), ragged_features([3, 4])),
     r"the train state takes a linen model .* For an NNX model use nnx_model.train_state",
+  ),
+  Case(
+    "model",
+    "an initial carry for another number of layers",
+    lambda: _carry_of_one_layer_for_two(),
+    r"initial_carry has 1 layers, the model 2; pass one carry per layer",
   ),
   Case(
     "model",

@@ -11,8 +11,9 @@ import zlib
 import numpy as np
 import pytest
 
-from lstm_jax import baselines, report
+from lstm_jax import baselines
 from lstm_jax.data import next_token_dataset
+from lstm_jax.runner import report
 
 
 def _bytes_dataset(chunks):
@@ -101,8 +102,8 @@ def test_classification_baselines_and_the_majority_class_warning():
   row that ends at the majority class's accuracy is called out (it learnt only the counts)."""
   import math
 
-  from lstm_jax import report
   from lstm_jax.data import RaggedDataset
+  from lstm_jax.runner import report
 
   def sequences(labels):
     n = len(labels)

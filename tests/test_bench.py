@@ -117,11 +117,13 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   text = (tmp_path / "BENCHMARKS.md").read_text()
   assert "| GRU >= 1.5x Flax's nn.RNN(GRUCell) in pow2 buckets |" in text
   assert "one epoch of W from a cold start" in text
-  # lstm_jax.costs' predictions beside the measured rows
+  # lstm_jax.runner.costs' predictions beside the measured rows
   cm = saved["cost_model"]
   assert {x["name"] for x in cm["rows"]} >= {"lstm_jax tbptt (in_step)", "lstm_jax pad (in_step)"}
   assert all(x["predicted_pass_seconds"] > 0 for x in cm["rows"])
-  assert "Cost model (`lstm_jax.costs`" in text and "| cost model: predicted step time" in text
+  assert (
+    "Cost model (`lstm_jax.runner.costs`" in text and "| cost model: predicted step time" in text
+  )
   fit = saved["fit_overhead"][0]
   assert fit["strategy"] == "tbptt" and len(fit["ratios"]) == cfg.paired_rounds
   assert "| train.fit loses <= 3% against the pre-assembled passes" in text

@@ -106,8 +106,8 @@ def test_the_runner_trains_a_bidirectional_model_and_refuses_chunking_strategies
 
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   from configs import compare
-  from lstm_jax import config, experiment
   from lstm_jax.checkpoint import Checkpointer
+  from lstm_jax.runner import config, experiment
 
   cfg = compare.get_config("smoke")
   cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)

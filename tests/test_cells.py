@@ -306,7 +306,7 @@ def test_runner_trains_a_gru_and_records_it(tmp_path, capsys):
   trains, names the cell in the results and the report, and a rerun reads the finished rows
   back instead of training again."""
   from configs import compare
-  from lstm_jax import experiment
+  from lstm_jax.runner import experiment
 
   cfg = compare.get_config("smoke")
   cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)

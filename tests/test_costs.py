@@ -1,4 +1,4 @@
-"""The cost model (lstm_jax.costs), num_buckets="auto" and the recommender: predictions count
+"""The cost model (lstm_jax.runner.costs), num_buckets="auto" and the recommender: predictions count
 exactly what the strategies will do (steps, shapes, padding), the bucket count moves with the
 budget as the model says, a calibration is saved and read back only for its own settings, and the
 recommender's order of times agrees with a real run where the predicted gap is wide."""
@@ -14,9 +14,10 @@ import optax
 import pytest
 
 from helpers import ragged_features
-from lstm_jax import batching, config, costs, experiment, train
+from lstm_jax import batching, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
+from lstm_jax.runner import config, costs, experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,7 +144,7 @@ def test_recommender_against_a_real_run(tmp_path, smoke_run):
   saved = (tmp_path / "calibration.json").read_bytes()
   cfg = compare.get_config("smoke")
   cfg.strategies = ("pad", "bucket", "tbptt", "pad_batch_max")
-  result = experiment.recommend(cfg, str(tmp_path))
+  result = experiment.run_recommender(cfg, str(tmp_path))
   text = experiment.recommendation_text(result)
   assert "Recommended: " in text and "| " not in text.splitlines()[0]
   assert (tmp_path / "calibration.json").read_bytes() == saved

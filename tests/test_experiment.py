@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import config, experiment, generate, report, sources
+from lstm_jax import sources
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
-from lstm_jax.report import Row
+from lstm_jax.runner import config, experiment, generate, report
+from lstm_jax.runner.report import Row
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,7 +58,7 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   ):
     assert (workdir / name).stat().st_size > 0, name
   summary = json.loads((workdir / "summary.json").read_text())
-  assert [r["strategy"] for r in summary] == list(compare.STRATEGIES)
+  assert [r["strategy"] for r in summary] == list(compare.STRATEGY_NAMES)
   for row in summary:
     for key in SUMMARY_KEYS:
       assert key in row, key
@@ -67,10 +68,10 @@ def test_smoke_writes_every_file_and_key(smoke_run):
   # every strategy trained on the same real tokens (one epoch of the same split)
   assert len({r["real_tokens"] for r in summary}) == 1
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert {line["strategy"] for line in lines} == set(compare.STRATEGIES)
+  assert {line["strategy"] for line in lines} == set(compare.STRATEGY_NAMES)
   assert {"loss", "real_tokens", "computed_tokens", "step_seconds"} <= set(lines[1])
   rows = list(csv.DictReader(open(workdir / "summary.csv")))
-  assert [r["strategy"] for r in rows] == list(compare.STRATEGIES)
+  assert [r["strategy"] for r in rows] == list(compare.STRATEGY_NAMES)
   assert all(r["cache_loads"] == r["eval_cache_loads"] == "0" for r in rows)  # no cache dir set
   report = (workdir / "report.md").read_text()
   assert "| strategy |" in report and "![eval loss vs wall time](eval_loss_vs_time.png)" in report
@@ -126,11 +127,11 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
   train_ds, eval_ds, _ = experiment.split_data(cfg)
   for name in ("pad", "tbptt", "pack"):
     assert summary[name]["compiles"]["train"] == 1, name
-  bucket = experiment.make_strategy("bucket", train_ds, cfg, cfg.seed)
+  bucket = experiment.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
   assert summary["bucket"]["compiles"]["train"] == len(bucket.shapes()) == 3
-  pbm = experiment.make_strategy("pad_batch_max", train_ds, cfg, cfg.seed)
+  pbm = experiment.strategy_from_config("pad_batch_max", train_ds, cfg, cfg.seed)
   assert summary["pad_batch_max"]["compiles"]["train"] == len(pbm.shapes())
-  vbptt = experiment.make_strategy("vbptt", train_ds, cfg, cfg.seed)  # one epoch in smoke
+  vbptt = experiment.strategy_from_config("vbptt", train_ds, cfg, cfg.seed)  # one epoch in smoke
   assert 1 < summary["vbptt"]["compiles"]["train"] == len(vbptt.shapes()) <= 4
   evaluator = experiment.eval_strategy(eval_ds, cfg)
   assert all(r["compiles"]["eval"] == len(evaluator.shapes()) for r in summary.values())
@@ -245,8 +246,8 @@ def test_cosine_schedule_decays_over_the_rows_planned_steps(monkeypatch):
   )
   cfg.train.update(epochs=2, real_tokens=0)
   ds = ragged_features([5, 9, 3, 7] * 10, num_features=2, seed=0)
-  strategy = experiment.make_strategy("pad", ds, cfg, seed=0)
-  experiment.new_train_state(cfg, ds, 0, len(experiment.planned_steps(strategy, cfg)))
+  strategy = experiment.strategy_from_config("pad", ds, cfg, seed=0)
+  experiment.new_train_state(cfg, ds, 0, len(experiment.planned_steps_from_config(strategy, cfg)))
   assert asked == [len(strategy.plan(0)) + len(strategy.plan(1))]
 
 
@@ -502,9 +503,9 @@ def test_the_default_rows_leave_pad_batch_max_out_and_take_it_on_request():
   the smoke preset keeps it to show a flagged row."""
   default = compare.get_config("default")
   assert default.strategies == config.DEFAULT_STRATEGIES
-  assert set(config.STRATEGIES) - set(default.strategies) == {"pad_batch_max"}
+  assert set(config.STRATEGY_NAMES) - set(default.strategies) == {"pad_batch_max"}
   assert "pad_batch_max" in compare.get_config("smoke").strategies
-  default.strategies = config.STRATEGIES
+  default.strategies = config.STRATEGY_NAMES
   config.validate_config(default)
 
 
@@ -529,7 +530,7 @@ def test_progress_lines_show_accuracy_for_classification():
   import math
   import os
 
-  from lstm_jax import report
+  from lstm_jax.runner import report
 
   class Plan:
     real_tokens = np.array([100])

@@ -1,4 +1,4 @@
-"""The runner's row guards (lstm_jax.guards) and equal work per step (train.tokens_per_step):
+"""The runner's row guards (lstm_jax.runner.guards) and equal work per step (train.tokens_per_step):
 every row the runner prints is one a researcher can compare, or says why not.
 
 Cases from the runner-integrity issue: long documents made `pack` a one-step row that became the
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from helpers import identity_dataset, override
-from lstm_jax import batching, compiles, config, experiment, guards, report
+from lstm_jax import batching, compiles
 from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.runner import config, experiment, guards, report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -221,8 +222,8 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
   cfg.train.tokens_per_step = 1024  # an epoch holds about 16 such steps
   train_ds, _, _ = experiment.split_data(cfg)
   planned = {}
-  for name in compare.STRATEGIES:
-    strategy = experiment.make_strategy(name, train_ds, cfg, cfg.seed)
+  for name in compare.STRATEGY_NAMES:
+    strategy = experiment.strategy_from_config(name, train_ds, cfg, cfg.seed)
     planned[name] = len(guards.planned_steps(strategy, cfg.train.real_tokens, None))
     for plan in strategy.plan(0):
       if name == "bucket":
@@ -232,7 +233,7 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
   # With the default 8192 tokens per step an epoch is two steps, and each of bucket's 8 buckets
   # takes at least one: the runner says so before training, with the fix.
   cfg.train.tokens_per_step = 8192
-  bucket = experiment.make_strategy("bucket", train_ds, cfg, cfg.seed)
+  bucket = experiment.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
   assert len(guards.planned_steps(bucket, cfg.train.real_tokens, None)) > 2 * median / 8
   assert guards.equal_steps_hint("bucket", bucket, cfg).startswith(
     "An epoch holds 2.0 steps of train.tokens_per_step real tokens and each of its 8 buckets "

@@ -20,9 +20,10 @@ LAYERS = (
     "prefetch",
     "train",
   ),  # training
-  ("convert", "streaming", "generate", "nnx_model"),  # tools
-  ("config", "guards", "baselines", "report", "costs", "experiment"),  # runner
+  ("convert", "streaming", "nnx_model", "baselines"),  # tools
 )
+# the runner's package (lstm_jax/runner/): it may import the library, never the reverse
+RUNNER = ("config", "guards", "costs", "report", "experiment", "generate")
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order
 
 
@@ -43,13 +44,38 @@ def _imports(path: Path) -> set[str]:
 def test_every_library_module_has_a_layer():
   modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
   assert modules == set(ORDER), modules ^ set(ORDER)
+  runner = {p.stem for p in (PACKAGE / "runner").glob("*.py")} - {"__init__"}
+  assert runner == set(RUNNER), runner ^ set(RUNNER)
 
 
-def test_modules_import_only_from_earlier_layers_and_never_the_benchmark():
+def test_modules_import_only_from_earlier_layers_never_the_runner_or_the_benchmark():
   for name in ORDER:
     for dep in _imports(PACKAGE / f"{name}.py"):
-      assert dep != "benchmark", f"lstm_jax.{name} imports the benchmark harness"
+      assert dep not in ("benchmark", "runner"), f"lstm_jax.{name} imports lstm_jax.{dep}"
       assert ORDER.index(dep) < ORDER.index(name), f"lstm_jax.{name} imports lstm_jax.{dep}"
+
+
+def test_the_runner_imports_the_library_and_its_own_earlier_modules_only():
+  for k, name in enumerate(RUNNER):
+    for dep in _imports(PACKAGE / "runner" / f"{name}.py"):
+      assert dep != "benchmark", f"lstm_jax.runner.{name} imports the benchmark harness"
+      if dep == "runner":
+        continue  # `from lstm_jax.runner import x`: checked below
+      assert dep in ORDER, f"lstm_jax.runner.{name} imports lstm_jax.{dep}"
+    for dep in _runner_imports(PACKAGE / "runner" / f"{name}.py"):
+      assert RUNNER.index(dep) < k, f"lstm_jax.runner.{name} imports lstm_jax.runner.{dep}"
+
+
+def _runner_imports(path: Path) -> set[str]:
+  """The runner modules `path` imports (`from lstm_jax.runner import x` / `.x import y`)."""
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      if node.module == "lstm_jax.runner":
+        out |= {a.name for a in node.names}
+      elif node.module.startswith("lstm_jax.runner."):
+        out.add(node.module.split(".")[2])
+  return out
 
 
 def test_the_index_exports_the_research_names_lazily():

@@ -254,7 +254,8 @@ def test_the_runner_takes_a_store_as_it_takes_the_files(tmp_path):
   """The same comparison from a directory of text files and from the store written from it:
   the same rows, steps and eval losses to the last bit."""
   from configs import compare
-  from lstm_jax import experiment, sources
+  from lstm_jax import sources
+  from lstm_jax.runner import experiment
 
   corpus = _corpus(tmp_path / "corpus", n=400)
   sources.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160)
@@ -351,7 +352,8 @@ def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path,
   """Class scores stream batch by batch (train.predict_batches), so a store's split is scored
   too: the same confusion matrix from an npz and from the store written from it."""
   from configs import compare
-  from lstm_jax import experiment, sources
+  from lstm_jax import sources
+  from lstm_jax.runner import experiment
 
   rng = np.random.default_rng(5)
   lengths = rng.integers(3, 30, size=80)

@@ -557,7 +557,7 @@ def test_the_runner_passes_config_class_weights_to_the_state():
 
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   from configs import compare
-  from lstm_jax import experiment
+  from lstm_jax.runner import experiment
 
   cfg = compare.get_config("smoke")
   cfg.train.class_weights = "balanced"

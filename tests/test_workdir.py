@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from helpers import override, run_smoke, subprocess_env
-from lstm_jax import errors, experiment
+from lstm_jax import errors
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
+from lstm_jax.runner import experiment
 from lstm_jax.workdir import WorkdirLock, settings_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def test_calibration_is_kept_only_once_the_settings_check_passed(tmp_path, monke
   check (the count enters the settings); a config the check then refuses used to leave its
   calibration.json behind, which the workdir's own runs then read. Now it is saved only after
   the check passes, atomically, under the workdir's lock."""
-  from lstm_jax import costs
+  from lstm_jax.runner import costs
   from lstm_jax.workdir import write_json_atomically
 
   fake = costs.Calibration(1.0, 1e-5, 1e-7, 1e6, 4.0)

@@ -520,11 +520,13 @@ def fit_overhead(name: str, strategy: batching.Strategy, cfg, rounds: int = 5) -
 
 
 def cost_model_check(cfg, strategies: dict, rows: list[Timing]) -> dict:
-  """lstm_jax.costs against this run on W: a calibration of the benchmark's model (two shapes
+  """lstm_jax.runner.costs against this run on W: a calibration of the benchmark's model (two shapes
   compiled and timed), then, for each of our float32 LSTM rows with the manual backward and the
   in-step projection (the calibrated step), the predicted seconds of its timed pass (the sum of
   `step_seconds` over the pass's batches) and compile seconds against the measured ones."""
-  from lstm_jax import costs  # the runner's cost model (the library never imports the harness)
+  from lstm_jax.runner import (
+    costs,
+  )  # the runner's cost model (the library never imports the harness)
 
   ds = next(iter(strategies.values())).dataset
   model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1)

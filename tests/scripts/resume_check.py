@@ -19,7 +19,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
 from configs import compare  # noqa: E402
-from lstm_jax import errors, experiment, report  # noqa: E402
+from lstm_jax import errors  # noqa: E402
+from lstm_jax.runner import experiment, report  # noqa: E402
 
 
 def resume_config(strategies: tuple, fresh: bool = False):

@@ -58,7 +58,7 @@ def library() -> dict:
         shards=seen,
         spec=spec if mesh is not None else None,
         batch_in_sharding=str(exe.input_shardings[0][1]) if mesh is not None else None,
-        eval_loss=train.evaluate(r.state, strategy, steps)["loss"],
+        eval_loss=train.evaluate(r.state, strategy, steps=steps)["loss"],
       )
     out[name] = runs
   try:
@@ -80,7 +80,7 @@ def runner() -> dict:
   shared one-device smoke run)."""
   sys.path.insert(0, str(Path(sys.argv[1]).parent))
   from configs import compare
-  from lstm_jax import experiment
+  from lstm_jax.runner import experiment
 
   cfg = compare.get_config("smoke")
   cfg.plots = False  # the PNGs: the shared smoke run's (test_smoke_writes_every_file_and_key)

@@ -103,7 +103,7 @@ def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
     for arm, runs in arms.items():
       runs.append(
         bench.in_subprocess(
-          "lstm_jax.benchmark.report",
+          "lstm_jax.benchmark.suite",
           "malloc_probe_child",
           dict(cfg_dict=cfg.to_dict(), ours=ours, projection=projection, peer=peer),
           tune_malloc=arm == "tuned",
@@ -474,7 +474,7 @@ def markdown(r: dict) -> str:
     cal = cm["calibration"]
     lines += [
       "",
-      "Cost model (`lstm_jax.costs`, the recommender's and `num_buckets=\"auto\"`'s): "
+      "Cost model (`lstm_jax.runner.costs`, the recommender's and `num_buckets=\"auto\"`'s): "
       f"calibrated here on {cal['measured']['shapes']} (compile {cal['compile_seconds']:.2f} s "
       f"per shape; a step of [B, T] takes T x ({1e6 * cal['alpha']:.0f} + "
       f"{1e6 * cal['beta']:.1f} x B) us), then each float32 LSTM row's timed pass and compiles "

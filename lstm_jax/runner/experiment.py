@@ -5,7 +5,7 @@ batching strategy on the same number of real tokens, evaluated the same exact wa
 argument parsing around it). Per strategy and seed it records compiles and compile seconds,
 real and computed tokens, padding, steady-state real tokens/s, wall seconds, the eval curve
 against wall time and tokens, the final eval loss and metric, XLA's memory for the train step and
-the process's peak RSS; `lstm_jax.report` writes the files, table and plots.
+the process's peak RSS; `lstm_jax.runner.report` writes the files, table and plots.
 
 Every strategy is evaluated on the held-out split with one fixed evaluator: buckets chosen on the
 eval lengths, whole sequences, masked: exact, so what truncated BPTT's truncation costs in quality
@@ -29,25 +29,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from lstm_jax import (
-  baselines,
-  batching,
-  compiles,
-  config,
-  costs,
-  guards,
-  host,
-  report,
-  sharding,
-  sources,
-  train,
-)
+from lstm_jax import baselines, batching, compiles, host, sharding, sources, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import SequenceModel
 from lstm_jax.preemption import Preempted, Preemption
+from lstm_jax.runner import config, costs, guards, report
 from lstm_jax.store import StoredDataset
 from lstm_jax.workdir import (
   Invocations,
@@ -95,7 +84,10 @@ def make_optimizer(
   learning_rate = o.learning_rate
   if o.schedule == "cosine":
     if not total_steps:
-      raise ValueError("a cosine schedule needs the row's total_steps")
+      raise ConfigError(
+        "a cosine schedule needs the row's total_steps (its planned optimizer steps); pass "
+        "total_steps, or set config.optimizer.schedule=constant."
+      )
     learning_rate = optax.cosine_decay_schedule(
       o.learning_rate, decay_steps=total_steps, alpha=o.final_fraction
     )
@@ -105,7 +97,7 @@ def make_optimizer(
   return tx
 
 
-def make_strategy(
+def strategy_from_config(
   name: str,
   dataset: RaggedDataset,
   cfg: ml_collections.ConfigDict,
@@ -432,7 +424,7 @@ def resolve_auto_buckets(
   return cfg, dict(chosen=n, predictions=table, calibration=dataclasses.asdict(cal))
 
 
-def recommend(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
+def run_recommender(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   """The recommender (experiments/recommend.py): for each of cfg's strategies, `costs.predict`
   on this machine's calibration for cfg's data and budget, and the strategy `costs.recommend`
   picks, with its reason."""
@@ -450,7 +442,7 @@ def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
   )
   predictions = [
     costs.predict(
-      make_strategy(name, train_ds, cfg, cfg.seed),
+      strategy_from_config(name, train_ds, cfg, cfg.seed),
       cal,
       cfg.train.real_tokens or None,
       cfg.train.epochs or None,
@@ -543,7 +535,9 @@ def recommendation_text(result: dict) -> str:
   )
 
 
-def planned_steps(strategy: batching.Strategy, cfg: ml_collections.ConfigDict) -> list[int]:
+def planned_steps_from_config(
+  strategy: batching.Strategy, cfg: ml_collections.ConfigDict
+) -> list[int]:
   """The real tokens of each optimizer step the row will take within the config's budget."""
   return guards.planned_steps(strategy, cfg.train.real_tokens or None, cfg.train.epochs or None)
 
@@ -659,8 +653,10 @@ def run_strategy(
       done["history"],
       done["curve"],
     )
-  strategy = strategy or make_strategy(name, train_ds, cfg, seed, batch_multiple=devices)
-  planned = planned_steps(strategy, cfg)  # the row's steps: its schedule and its progress bar
+  strategy = strategy or strategy_from_config(name, train_ds, cfg, seed, batch_multiple=devices)
+  planned = planned_steps_from_config(
+    strategy, cfg
+  )  # the row's steps: its schedule and its progress bar
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   state, steps = prepared or (
     new_train_state(cfg, train_ds, seed, len(planned)),
@@ -1017,7 +1013,7 @@ def _run_all(
   # calibration (num_buckets="auto"), guarded once it is chosen; the first seed's runs use them.
   waits = cfg.strategy.bucket.num_buckets == "auto"
   built = {
-    name: make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
+    name: strategy_from_config(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
     for name in cfg.strategies
     if not (waits and name == "bucket")
   }
@@ -1027,7 +1023,8 @@ def _run_all(
   if auto_buckets and writer:  # measured before the settings check, kept only once it passed
     costs.Calibration(**auto_buckets["calibration"]).save(os.path.join(workdir, "calibration.json"))
   built = {
-    name: built.get(name) or make_strategy(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
+    name: built.get(name)
+    or strategy_from_config(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
     for name in cfg.strategies
   }
   log = report.ProgressLog(
@@ -1036,7 +1033,7 @@ def _run_all(
   for key, n in (identity.get("inferred") or {}).items():  # also in meta.json's data record
     log.note(f"data: {key} {n}, inferred from the data (its largest id + 1; store {key} to set it)")
   predictions = None
-  if cfg.predict_costs and writer:  # lstm_jax.costs, before anything trains (report.md)
+  if cfg.predict_costs and writer:  # lstm_jax.runner.costs, before anything trains (report.md)
     cal = calibration(cfg, train_ds, os.path.join(workdir, "calibration.json"), quiet)
     budget = (cfg.train.real_tokens or None, cfg.train.epochs or None)
     predictions = {name: costs.predict(s, cal, *budget) for name, s in built.items()}
@@ -1098,7 +1095,9 @@ def _run_all(
       )
     ),
     bucket_boundaries=(
-      built["bucket"] if "bucket" in built else make_strategy("bucket", train_ds, cfg, cfg.seed)
+      built["bucket"]
+      if "bucket" in built
+      else strategy_from_config("bucket", train_ds, cfg, cfg.seed)
     ).boundaries
     if "bucket" in cfg.strategy and cfg.strategy.bucket.num_buckets != "auto"
     else [],

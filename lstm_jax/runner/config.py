@@ -18,11 +18,11 @@ from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import BACKWARDS, CELLS, INITIALIZERS, INPUT_PROJECTIONS, MATMUL_DTYPES
 
-STRATEGIES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
+STRATEGY_NAMES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
 # The runner's default rows: every strategy but pad_batch_max, the common mistake (a compile per
 # distinct batch maximum), which is an opt-in row that shows what the mistake costs:
 # --config.strategies="('pad','bucket','tbptt','vbptt','pack','pad_batch_max')".
-DEFAULT_STRATEGIES = tuple(s for s in STRATEGIES if s != "pad_batch_max")
+DEFAULT_STRATEGIES = tuple(s for s in STRATEGY_NAMES if s != "pad_batch_max")
 SCHEDULES = ("constant", "cosine")  # config.optimizer.schedule
 
 
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   # the order training meets them (train.fit(precompile_shapes="background")): the first step
   # waits only for its own shape. 0: each shape compiles when training first meets it.
   c.background_compiles = 1
-  # Predict each row's steps, compiles, padding and seconds before training (lstm_jax.costs: a
+  # Predict each row's steps, compiles, padding and seconds before training (runner.costs: a
   # calibration of a few seconds, saved as workdir/calibration.json) and set them against the
   # run in report.md.
   c.predict_costs = True
@@ -166,7 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
       pad=dict(batch_size=placeholder(int), max_length=placeholder(int)),
       # pack_rows: several sequences per bucket row (resets between): less padding, same shapes.
       # num_buckets "auto": the count predicted to train the budget first on this machine,
-      # compiles included (lstm_jax.costs; calibrated once, saved in the workdir)
+      # compiles included (lstm_jax.runner.costs; calibrated once, saved in the workdir)
       bucket=dict(
         tokens_per_batch=placeholder(int),
         batch_size=placeholder(int),
@@ -185,7 +185,7 @@ def base_config() -> ml_collections.ConfigDict:
       pad_batch_max=dict(batch_size=placeholder(int)),
     )
   )
-  # Row guards (lstm_jax.guards), checked before anything trains: every strategy takes at least
+  # Row guards (runner.guards), checked before anything trains: every strategy takes at least
   # min_steps optimizer steps within the budget, and its largest train step needs at most
   # max_step_memory bytes by XLA's memory analysis (0: half of this machine's memory, or 90% of
   # an accelerator's). After training, a row whose optimizer steps differ from the median row's
@@ -373,7 +373,9 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
   that need the real data, such as a sequence longer than the largest bucket, run once it is
   loaded, still before any compile.)"""
   kwargs = strategy_kwargs(name, cfg)
-  if kwargs.get("num_buckets") == "auto":  # resolved once the data is loaded (lstm_jax.costs)
+  if (
+    kwargs.get("num_buckets") == "auto"
+  ):  # resolved once the data is loaded (lstm_jax.runner.costs)
     kwargs["num_buckets"] = 1
   for k, v in kwargs.items():
     if isinstance(v, int) and not isinstance(v, bool) and v < 1:

@@ -37,11 +37,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from lstm_jax import batching, config, guards, train
+from lstm_jax import batching, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import cpu_model, versions
 from lstm_jax.errors import ConfigError
 from lstm_jax.files import write_json_atomically
+from lstm_jax.runner import config, guards
 
 CANDIDATE_BUCKETS = tuple(range(1, 17))  # num_buckets="auto" chooses among these
 
@@ -167,7 +168,7 @@ def calibrate(
   wide, short one: their B must differ) with fresh step functions (nothing cached in memory)."""
   (b1, t1), (b2, t2) = shapes
   if b1 == b2:
-    raise ValueError(f"calibration shapes need different batch sizes, got {shapes}.")
+    raise ConfigError(f"calibration shapes need different batch sizes, got {shapes}.")
   steps = train.StepFunctions.create()
   compile_s, memory, per_step = [], [], []
   for shape in shapes:

@@ -232,7 +232,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
       row[k] = float(np.mean(vals)) if vals else None
       row[f"{k}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
     row["time_to_target_reached"] = sum(r.get("time_to_target_seconds") is not None for r in group)
-    # not comparable if any seed's row is not (lstm_jax.guards), with each distinct reason
+    # not comparable if any seed's row is not (lstm_jax.runner.guards), with each distinct reason
     reasons = dict.fromkeys(
       f"seed {r['seed']}: {r['not_comparable']}" if len(group) > 1 else r["not_comparable"]
       for r in group
@@ -497,17 +497,17 @@ def quality_table(summary: list[dict], curves: dict, baselines: dict | None = No
 
 
 def predictions_table(summary: list[dict], predictions: dict | None) -> list[str]:
-  """Markdown: what lstm_jax.costs predicted before anything trained (experiments/recommend.py's
-  figures) against each row's measured steps, compiles, padding and wall seconds (mean over
-  seeds)."""
+  """Markdown: what lstm_jax.runner.costs predicted before anything trained
+  (experiments/recommend.py's figures) against each row's measured steps, compiles, padding
+  and wall seconds (mean over seeds)."""
   if not predictions:
     return []
   lines = [
     "## Predicted before training, against the run",
     "",
-    "`lstm_jax.costs` (experiments/recommend.py) from this machine's calibration, made before "
-    "any row trained: steps, shapes and padding are counted from each strategy's plans; compile "
-    "and train seconds are modelled (compile seconds per shape; a step of [B, T] takes "
+    "`lstm_jax.runner.costs` (experiments/recommend.py) from this machine's calibration, made "
+    "before any row trained: steps, shapes and padding are counted from each strategy's plans; "
+    "compile and train seconds are modelled (compile seconds per shape; a step of [B, T] takes "
     "T x (alpha + beta x B)). *wall s* is the row's measured train clock, compiles included "
     "(mean over seeds).",
     "",
