@@ -94,7 +94,14 @@ def main(argv):
     "| task | cell | initializer | eval loss | metric | balanced accuracy | wall s |",
     "|---|---|---|---|---|---|---|",
   ]
-  for key, row in results.items():
+
+  def order(key):  # the tasks, cells and initialisations in the order they are defined
+    task, cell, init = key.split("/")
+    known = list(STUDY_TASKS)
+    return (known.index(task) if task in known else len(known), cell != "lstm", CHOICES.index(init))
+
+  for key in sorted(results, key=order):
+    row = results[key]
     task, cell, init = key.split("/")
     lines.append(
       f"| {task} | {cell} | {init} | {_cell(row, 'eval_loss')} | {row['metric']} "
