@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax.data import RaggedDataset, _gather_steps
+from lstm_jax.data import RaggedDataset, gather_steps
 from lstm_jax.errors import ConfigError, DataError
 
 
@@ -51,12 +51,13 @@ from lstm_jax.errors import ConfigError, DataError
 class Batch:
   """One fixed-shape batch; every strategy emits these and the train step knows nothing else.
 
-  inputs:  <float32>[B, T, F] features, or <int32>[B, T] token ids
-  targets: <int32>[B, T] classes / next tokens, or <float32>[B, T, D] regression targets
-  weights: <float32>[B, T] loss weight: 0 on padding; a sequence-level target puts its weight on
-           the sequence's last real step only
-  mask:    <bool>[B, T] True where the step is real: the carry advances only there
-  resets:  <bool>[B, T] True where a new sequence starts: the state is zeroed before that step
+  Args (fields):
+    inputs: <float32>[B, T, F] features, or <int32>[B, T] token ids.
+    targets: <int32>[B, T] classes / next tokens, or <float32>[B, T, D] regression targets.
+    weights: <float32>[B, T] loss weight: 0 on padding; a sequence-level target puts its weight
+      on the sequence's last real step only.
+    mask: <bool>[B, T] True where the step is real: the carry advances only there.
+    resets: <bool>[B, T] True where a new sequence starts: the state is zeroed before that step.
   """
 
   inputs: np.ndarray
@@ -260,7 +261,7 @@ class StreamPlan(EpochPlan):
     first = np.searchsorted(self._key, base + lo_t, side="right") - 1  # the one holding lo_t
     last = np.searchsorted(self._key, base + hi_t, side="left")
     n = last - first
-    idx = _gather_steps(first, n)
+    idx = gather_steps(first, n)
     seq = self._seq[idx].astype(np.int64)
     pos = self._key[idx] % self._span
     row = self._key[idx] // self._span
@@ -293,7 +294,7 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
   """Builds the numpy arrays of one batch from its plan (vectorised over segments)."""
   b, t = plan.shape
   row, seq, start, pos, n = plan.segments.T
-  dst = _gather_steps(row * t + pos, n)  # flat positions in the [B * T] batch
+  dst = gather_steps(row * t + pos, n)  # flat positions in the [B * T] batch
   inputs, step_targets = dataset.gather(seq, start, n)
   if dataset.is_tokens:
     flat_inputs = np.zeros((b * t,), np.int32)
@@ -531,7 +532,7 @@ class Rows(Sequence[np.ndarray]):
     """The rows `which` (a boolean mask or indices), in order."""
     which = np.flatnonzero(which) if np.asarray(which).dtype == bool else np.asarray(which)
     counts = np.diff(self.offsets)[which]
-    members = self.members[_gather_steps(self.offsets[:-1][which], counts)]
+    members = self.members[gather_steps(self.offsets[:-1][which], counts)]
     bucket = None if self.bucket is None else self.bucket[which]
     return Rows(members, np.concatenate([[0], np.cumsum(counts)]), bucket)
 
@@ -658,7 +659,7 @@ def _packed_batches(
   order = rng.permutation(len(rows))
   counts = np.diff(rows.offsets)[order]
   row_start = np.concatenate([[0], np.cumsum(counts)])
-  members = rows.members[_gather_steps(rows.offsets[:-1][order], counts)]
+  members = rows.members[gather_steps(rows.offsets[:-1][order], counts)]
   shuffle_rows(rng, members, row_start[:-1], counts)  # each row, in the epoch's row order
   seq_len = lengths[members]
   pos = _positions_in_rows(seq_len, row_start[:-1], counts)
@@ -672,7 +673,21 @@ def _packed_batches(
 
 
 class Pad(Strategy):
-  """Every batch padded to one length: the data's longest sequence, or `max_length`."""
+  """Every batch padded to one length: the data's longest sequence, or `max_length`.
+
+  Args:
+    dataset: the sequences (a `RaggedDataset` or a store's `StoredDataset`).
+    batch_size: sequences per batch; None: derived from `tokens_per_step`.
+    max_length: the padded length; None: the longest sequence (a longer one is an error).
+    seed: seeds the shuffles (an epoch's order is a function of seed and epoch).
+    batch_multiple: rows per batch rounded to a multiple of it (the data-parallel device count).
+    tokens_per_step: real tokens per optimizer step, from which the rows per batch are derived
+      (with the data's lengths) when they are not given: equal work per step across strategies.
+
+  `plan(epoch)` returns the epoch's `EpochPlan` (one `BatchPlan` per optimizer step, as arrays);
+  `batches(epoch)` yields its `Batch`es; `shapes()` lists every (B, T) it emits (one compile
+  each).
+  """
 
   name = "pad"
 
@@ -709,6 +724,18 @@ class PadBatchMax(Strategy):
   """Each batch padded to its own longest sequence: the common mistake (one compile per maximum).
 
   Kept so the runner can show what it costs; never a default.
+
+  Args:
+    dataset: the sequences.
+    batch_size: sequences per batch; None: derived from `tokens_per_step`.
+    seed: seeds the shuffles (an epoch's order is a function of seed and epoch).
+    batch_multiple: rows per batch rounded to a multiple of it (the data-parallel device count).
+    tokens_per_step: real tokens per optimizer step, from which the rows per batch are derived
+      (with the data's lengths) when they are not given: equal work per step across strategies.
+
+  `plan(epoch)` returns the epoch's `EpochPlan` (one `BatchPlan` per optimizer step, as arrays);
+  `batches(epoch)` yields its `Batch`es; `shapes()` lists every (B, T) it emits (one compile
+  each).
   """
 
   name = "pad_batch_max"
@@ -801,6 +828,22 @@ class Bucket(Strategy):
   filled by `best_fit_rows`: the padding left is only the rows' unfilled ends, instead of every
   sequence's distance to its boundary, for the same number of shapes (and compiles). Rows are
   built once (seeded); each epoch shuffles the rows, the order within each row, and the batches.
+
+  Args:
+    dataset: the sequences.
+    batch_size: rows per batch, the same in every bucket.
+    boundaries: the buckets' padded lengths, increasing (the last >= the longest sequence).
+    num_buckets: how many buckets `optimal_boundaries` chooses when `boundaries` is None.
+    tokens_per_batch: a budget of computed tokens per batch (B_k = budget // T_k).
+    pack_rows: several sequences per row, back to back (see above).
+    seed: seeds the shuffles (an epoch's order is a function of seed and epoch).
+    batch_multiple: rows per batch rounded to a multiple of it (the data-parallel device count).
+    tokens_per_step: real tokens per optimizer step, from which the rows per batch are derived
+      (with the data's lengths) when they are not given: equal work per step across strategies.
+
+  `plan(epoch)` returns the epoch's `EpochPlan` (one `BatchPlan` per optimizer step, as arrays);
+  `batches(epoch)` yields its `Batch`es; `shapes()` lists every (B, T) it emits (one compile
+  each).
   """
 
   name = "bucket"
@@ -1053,6 +1096,19 @@ class Pack(Strategy):
   a fixed one, so a long document is refused rather than widening every row). `batch_size`
   (rows per batch) is set, or derived from `tokens_per_step` and the rows' mean fill. The packing
   is fixed at construction (seeded); each epoch shuffles the rows and the order within each row.
+
+  Args:
+    dataset: the sequences.
+    batch_size: rows per batch; None: derived from `tokens_per_step`.
+    row_length: the rows' length; None: the longest sequence.
+    seed: seeds the shuffles (an epoch's order is a function of seed and epoch).
+    batch_multiple: rows per batch rounded to a multiple of it (the data-parallel device count).
+    tokens_per_step: real tokens per optimizer step, from which the rows per batch are derived
+      (with the data's lengths) when they are not given: equal work per step across strategies.
+
+  `plan(epoch)` returns the epoch's `EpochPlan` (one `BatchPlan` per optimizer step, as arrays);
+  `batches(epoch)` yields its `Batch`es; `shapes()` lists every (B, T) it emits (one compile
+  each).
   """
 
   name = "pack"
@@ -1104,6 +1160,19 @@ class TBPTT(Strategy):
   far (so streams end within one sequence of each other); a reset marks each sequence's start.
   The carry goes from chunk to chunk (the train step stops its gradient); the last partial chunk
   is masked. One shape, [num_streams, chunk_length], whatever the lengths.
+
+  Args:
+    dataset: the sequences.
+    chunk_length: steps per chunk (backpropagated through per train step). Required.
+    num_streams: rows; None: derived from `tokens_per_step`.
+    seed: seeds the shuffles (an epoch's order is a function of seed and epoch).
+    batch_multiple: rows per batch rounded to a multiple of it (the data-parallel device count).
+    tokens_per_step: real tokens per optimizer step, from which the rows per batch are derived
+      (with the data's lengths) when they are not given: equal work per step across strategies.
+
+  `plan(epoch)` returns the epoch's `EpochPlan` (one `BatchPlan` per optimizer step, as arrays);
+  `batches(epoch)` yields its `Batch`es; `shapes()` lists every (B, T) it emits (one compile
+  each).
   """
 
   name = "tbptt"
@@ -1212,6 +1281,23 @@ class VariableTBPTT(Strategy):
 
   Default shapes for base b: b/2 + 10, b, b + 10, b + 20 (draws above b + 20 are clipped to it;
   AWD-LSTM clips at b + 40).
+
+  Args:
+    dataset: the sequences.
+    base_length: the chunk length drawn around (AWD-LSTM's bptt). Required.
+    num_streams: rows; None: derived from `tokens_per_step`.
+    chunk_shapes: the padded chunk lengths (at most that many compiles); None: the defaults.
+    p_base: the probability of drawing around base_length rather than base_length / 2.
+    sigma: the normal's spread around it.
+    min_length: the shortest chunk drawn.
+    seed: seeds the shuffles (an epoch's order is a function of seed and epoch).
+    batch_multiple: rows per batch rounded to a multiple of it (the data-parallel device count).
+    tokens_per_step: real tokens per optimizer step, from which the rows per batch are derived
+      (with the data's lengths) when they are not given: equal work per step across strategies.
+
+  `plan(epoch)` returns the epoch's `EpochPlan` (one `BatchPlan` per optimizer step, as arrays);
+  `batches(epoch)` yields its `Batch`es; `shapes()` lists every (B, T) it emits (one compile
+  each).
   """
 
   name = "vbptt"

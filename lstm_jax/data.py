@@ -30,7 +30,21 @@ _NPZ_KEYS = ("values", "lengths", "targets")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RaggedDataset:
-  """Variable-length sequences, stored flat. See the module docstring for the arrays."""
+  """Variable-length sequences, stored flat (nothing padded until a strategy cuts batches).
+
+  Args:
+    values: <float32>[num_steps, F] features, or <int32>[num_steps] token ids, end to end.
+    lengths: <int64>[num_sequences], each >= 1.
+    targets: per step <int32>[num_steps] classes or <float32>[num_steps, D]; per sequence
+      <int32>[num_sequences] or <float32>[num_sequences, D].
+    target_level: "step" or "sequence".
+    num_classes: the class count (classification targets).
+    vocab_size: the vocabulary (token inputs).
+    name: for messages and results.
+
+  Invalid arrays raise `DataError` naming the sequence at fault (the module docstring has the
+  layout). `split`, `subset`, `save` / `load` and `fingerprint` select, store and identify.
+  """
 
   values: np.ndarray
   lengths: np.ndarray
@@ -95,7 +109,7 @@ class RaggedDataset:
   def gather(self, seq: np.ndarray, start: np.ndarray, n: np.ndarray):
     """The steps [start, start + n) of each sequence in `seq`, end to end: (inputs, per-step
     targets, or None for sequence-level targets). What a batch is assembled from."""
-    src = _gather_steps(self.offsets[seq] + start, n)
+    src = gather_steps(self.offsets[seq] + start, n)
     return self.values[src], self.targets[src] if self.target_level == "step" else None
 
   def sequence_targets(self, seq: np.ndarray) -> np.ndarray:
@@ -113,7 +127,7 @@ class RaggedDataset:
   def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> RaggedDataset:
     """The sequences at `indices`, in that order."""
     idx = np.asarray(indices, dtype=np.int64)
-    steps = _gather_steps(self.offsets[idx], self.lengths[idx])
+    steps = gather_steps(self.offsets[idx], self.lengths[idx])
     targets = self.targets[steps] if self.target_level == "step" else self.targets[idx]
     return dataclasses.replace(
       self,
@@ -206,7 +220,18 @@ def from_sequences(
   vocab_size: int | None = None,
   name: str = "",
 ) -> RaggedDataset:
-  """Builds a `RaggedDataset` from a list of per-sequence arrays (each [L_i, F] or [L_i])."""
+  """Builds a `RaggedDataset` from a list of per-sequence arrays.
+
+  Args:
+    inputs: per sequence, [L_i, F] features or [L_i] token ids.
+    targets: per sequence, its [L_i] / [L_i, D] step targets, or one target (target_level
+      "sequence").
+    target_level: "step" or "sequence".
+    num_classes, vocab_size, name: as `RaggedDataset`'s.
+
+  Returns:
+    The `RaggedDataset`, validated.
+  """
   if len(inputs) == 0:
     raise DataError("the dataset is empty: no sequences were given; pass at least one sequence.")
   lengths = np.array([len(x) for x in inputs], dtype=np.int64)
@@ -234,7 +259,16 @@ def from_sequences(
 def next_token_dataset(
   token_sequences: Sequence[np.ndarray], vocab_size: int, name: str = ""
 ) -> RaggedDataset:
-  """Language modelling: inputs tokens[:-1], targets tokens[1:] (sequences need >= 2 tokens)."""
+  """Language modelling: inputs tokens[:-1], targets tokens[1:].
+
+  Args:
+    token_sequences: per sequence, its [L_i] token ids (L_i >= 2).
+    vocab_size: ids are in [0, vocab_size).
+    name: for messages and results.
+
+  Returns:
+    A `RaggedDataset` of token inputs with step-level next-token targets.
+  """
   short = [i for i, s in enumerate(token_sequences) if len(s) < 2]
   if short:
     raise DataError(
@@ -252,7 +286,7 @@ def next_token_dataset(
   )
 
 
-def _gather_steps(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def gather_steps(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
   """Flat step indices of the sequences starting at `starts` with `lengths`, end to end."""
   dest_starts = np.cumsum(lengths) - lengths
   return np.repeat(starts - dest_starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)

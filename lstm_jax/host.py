@@ -4,7 +4,7 @@ XLA's CPU runtime allocates a train step's scratch memory afresh on every call: 
 mostly the scan's stacked residuals. With its defaults, glibc's malloc serves a request that
 large with a fresh `mmap` and unmaps it on `free`, so every call faults in each 4 KiB page again
 and the kernel zeroes it: thousands of minor page faults per call, a sizeable share of the
-step's time (how much: BENCHMARKS.md "Allocator", README "Speed").
+step's time (how much: BENCHMARKS.md "Allocator", docs/speed.md).
 
 `tune_malloc()` tells glibc (`mallopt`) to serve such requests from its heap and to keep freed
 memory there for the next call: mmap threshold 1 GiB, trim threshold 2 GiB - 1, top pad 256 MiB,

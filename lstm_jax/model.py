@@ -30,7 +30,7 @@ it measured faster, hoisted elsewhere. Both give the same numbers to rounding.
 
 `matmul_dtype="bfloat16"` runs the LSTM's matmuls on bfloat16 operands with float32 accumulation
 (state, gates and parameters stay float32; see `recurrence`): faster on some CPUs with bfloat16
-dot products, slower on others (README "Speed"), and no longer float32-exact, so float32 is the
+dot products, slower on others (docs/speed.md), and no longer float32-exact, so float32 is the
 default.
 """
 
@@ -600,8 +600,7 @@ class LSTM(nn.Module):
     deterministic: bool = True,
     seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
-    mask = mask_from_lengths(inputs, mask, seq_lengths)
-    mask, resets = check_inputs(inputs, mask, resets)
+    mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
     if len(carry) != self.num_layers:
@@ -636,12 +635,24 @@ class LSTM(nn.Module):
 
 
 class SequenceModel(nn.Module):
-  """Embedding (token inputs) or features -> LSTM -> a Dense head at every step.
+  """Embedding (token inputs) or features -> LSTM (or any cell) -> a Dense head at every step.
 
-  Returns (predictions <float32>[B, T, num_outputs], carry); predictions are zero at masked steps.
   The one head serves every task through the batch's loss weights: per-step regression or
   classification (next-token logits with `vocab_size` set), and sequence classification, whose
   weight sits on each sequence's last real step, so its logits are those of that step.
+
+  Args (fields):
+    hidden_size: the recurrent state's width H; num_outputs: the head's (classes or target dims).
+    num_layers, input_projection, unroll, backward, matmul_dtype: the stack's (see `LSTM`).
+    vocab_size: token inputs (embedded to `embed_dim` first); None: float features.
+    dropout_rate, input_dropout, output_dropout: see `LSTM` (0: off).
+    bidirectional: a `BidirectionalLSTM` stack (whole-sequence strategies only).
+    cell: "lstm" (the hand-written LSTM), a Flax cell's name ("gru", ...) or a cell class.
+    initializer: "auto", "keras", "flax" or "pytorch" (the LSTM's and the GRU's; INITIALIZERS).
+
+  `model.apply(variables, inputs, *, mask=, resets=, initial_carry=, deterministic=,
+  seq_lengths=)` returns (predictions <float32>[B, T, num_outputs], zero at masked steps, the
+  carry after each row's last real step).
   """
 
   hidden_size: int
@@ -772,7 +783,12 @@ def check_model_settings(s: Any) -> None:
 
 
 class SequenceClassifier(nn.Module):
-  """Logits <float32>[B, num_classes] from each sequence's last real step (one sequence per row)."""
+  """Logits <float32>[B, num_classes] from each sequence's last real step (one sequence per row).
+
+  Args (fields): hidden_size, num_classes, num_layers, input_projection, backward, matmul_dtype
+    (as `SequenceModel`'s). `apply(variables, inputs, *, mask=, seq_lengths=)` returns the
+    logits.
+  """
 
   hidden_size: int
   num_classes: int
@@ -824,7 +840,12 @@ def mask_from_lengths(inputs: Array, mask: Array | None, seq_lengths: Array | No
   return jnp.arange(t)[None, :] < seq_lengths[:, None]
 
 
-def check_inputs(inputs: Array, mask: Array | None, resets: Array | None):
+def check_inputs(
+  inputs: Array, mask: Array | None, resets: Array | None, seq_lengths: Array | None = None
+):
+  """(mask, resets) for a stack's inputs, checked (DataError), their defaults filled in: every
+  step real, no resets; `seq_lengths` stands for a right-padded mask (`mask_from_lengths`)."""
+  mask = mask_from_lengths(inputs, mask, seq_lengths)
   if inputs.ndim != 3 or not jnp.issubdtype(inputs.dtype, jnp.floating):
     raise DataError(
       f"LSTM inputs must be <float>[B, T, F], got {inputs.dtype}{list(inputs.shape)}; "
@@ -885,6 +906,9 @@ class BidirectionalLSTM(nn.Module):
   masked steps. Layer k's parameters are `forward_{k}` and `backward_{k}`, each an LSTM layer's
   (kernel, recurrent_kernel, bias); layers above the first take 2H features.
 
+  Args (fields): hidden_size, num_layers, input_projection, unroll, backward, matmul_dtype,
+    cell, initializer: as `LSTM`'s, for each direction.
+
   It needs whole sequences in a row: pad, bucket and pack batches. Truncated BPTT's chunks cut
   sequences, whose reversal would then be wrong, so `train.fit` refuses that pairing. carry: per
   layer (forward (c, h), backward (c, h)): the forward state after each row's last real step; the
@@ -917,8 +941,7 @@ class BidirectionalLSTM(nn.Module):
     seq_lengths: Array | None = None,
   ):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
-    mask = mask_from_lengths(inputs, mask, seq_lengths)
-    mask, resets = check_inputs(inputs, mask, resets)
+    mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
 
     def layer(name):

@@ -17,8 +17,8 @@ and gradients (tests/test_nnx.py).
 Training under every strategy: `fit(model, strategy, optimizer, ...)` runs `train.fit` (compile
 counts, checkpoints, every strategy) on the model's linen twin (`linen_twin`: the same
 parameters, the same computation) and writes the trained parameters back into the NNX model.
-Your own NNX loop (`nnx.Optimizer`, `nnx.jit`) takes lstm_jax batches as they are: README "Flax
-NNX".
+Your own NNX loop (`nnx.Optimizer`, `nnx.jit`) takes lstm_jax batches as they are:
+docs/research.md "Flax NNX".
 
 Every model setting is linen's: any cell (`cell="gru"`, ..., or one's own linen cell class:
 its parameters are held as nnx.Params in linen's tree and computed by `model.cell_layer`), the
@@ -187,8 +187,7 @@ class LSTM(nnx.Module):
     deterministic=None,
     seq_lengths=None,
   ):
-    mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)
-    mask, resets = linen_model.check_inputs(inputs, mask, resets)
+    mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     x, new_carry = self.input_dropout(inputs, deterministic=deterministic), []
     for k in range(self.num_layers):
@@ -225,9 +224,8 @@ class BidirectionalLSTM(nnx.Module):
     deterministic=None,
     seq_lengths=None,
   ):
-    mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)
     del deterministic  # no dropout (as linen's)
-    mask, resets = linen_model.check_inputs(inputs, mask, resets)
+    mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     return linen_model.bidirectional_stack(
       lambda name: getattr(self, name), self.num_layers, inputs, mask, resets, carry

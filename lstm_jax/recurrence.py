@@ -3,7 +3,7 @@
 `recurrence(weights, bias, xs, mask, resets, carry, in_step, unroll)` scans `step` over time,
 the same step `model._MaskedStep` runs under `nn.scan` (so the forward pass gives the same
 numbers); its gradient is a reverse `lax.scan` written out by hand instead of JAX's
-linearize-and-transpose of the forward scan. Why (how much: BENCHMARKS.md, README "Speed"):
+linearize-and-transpose of the forward scan. Why (how much: BENCHMARKS.md, docs/speed.md):
 
 * the compiled autodiff forward loop writes each of its six per-step residuals twice (12
   dynamic-update-slices per step, seen in `jit(...).lower(...).compile().as_text()`); this one
@@ -19,7 +19,7 @@ GEMMs per step (forward, recurrent-input gradient, weight gradient) to bfloat16 
 float32; the state, the gates, the residuals and the gradients' sums stay float32, the parameters
 too (their bfloat16 copy is made once per call). Whether that is faster depends on the CPU:
 faster where bfloat16 dot products are native and fast, slower on some CPUs that have them
-(README "Speed" lists both); measure on yours. Numbers then differ from float32 by bfloat16
+(docs/speed.md lists both); measure on yours. Numbers then differ from float32 by bfloat16
 rounding (~3 significant digits per operand), so the float32 default is the exact one; under
 bfloat16, padding, bucketing and unpadded runs still agree with each other (same operands per
 row). For XLA to keep each dot in bfloat16 (on the CPU
@@ -127,7 +127,7 @@ def step(weights, bias, in_step: bool, carry, xs, matmul_dtype: str = "float32")
   z, lhs = _gates(weights, bias, x_t, h, in_step, matmul_dtype)
   # All four activations in one [B, 4H] elementwise pass (tanh on the g quarter, sigmoid on the
   # rest): the same numbers as four separate ones, one fused loop over the gates instead of four
-  # [B, H] passes and a concatenation for the residuals (faster on the CPU: README "Speed").
+  # [B, H] passes and a concatenation for the residuals (faster on the CPU: docs/speed.md).
   quarter = jnp.arange(z.shape[-1]) // (z.shape[-1] // 4)
   acts = jnp.where(quarter == 2, jnp.tanh(z), jax.nn.sigmoid(z))
   i, f, g, o = jnp.split(acts, 4, axis=-1)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from lstm_jax.data import RaggedDataset, _gather_steps
+from lstm_jax.data import RaggedDataset, gather_steps
 from lstm_jax.errors import DataError
 from lstm_jax.files import write_json_atomically
 
@@ -328,8 +328,18 @@ def write_store(
   progress: Callable[[StoreWriter], None] | None = None,
   **settings,
 ) -> dict:
-  """Writes `records`, (values, target or None, where) triples, as a store at `path` with the
-  `StoreWriter` settings; `progress(writer)` is called after each record. Returns the meta."""
+  """Writes records as a store at `path`, in one streaming pass.
+
+  Args:
+    path: the store's directory (written as `path.partial`, renamed when complete).
+    records: (values, target or None, where) triples: a sequence's values, its target (None
+      for next-token targets), and where it came from (named in an error about it).
+    progress: called with the writer after each record.
+    **settings: the `StoreWriter`'s (vocab_size, num_classes, target_level, dtypes, ...).
+
+  Returns:
+    The store's metadata (meta.json): counts, dtypes, fingerprint, source.
+  """
   with StoreWriter(path, **settings) as writer:
     for values, target, where in records:
       writer.add(values, target, where)
@@ -427,7 +437,15 @@ def _map(path: str, name: str, dtype, shape: tuple) -> np.ndarray:
 
 
 def open_store(path: str | os.PathLike) -> StoredDataset:
-  """The store at `path` as a `StoredDataset` (memory-mapped; reads only the offsets now)."""
+  """The store at `path` as a `StoredDataset` (memory-mapped; reads only the offsets now).
+
+  Args:
+    path: a directory `write_store` or `prepare_store` wrote.
+
+  Returns:
+    A `StoredDataset`: a `RaggedDataset` over the memory map, which every strategy, `fit` and
+    the runner take as they take data in memory. A damaged or unfinished store is an error.
+  """
   path = os.fspath(path)
   meta = read_meta(path)
   try:
@@ -524,7 +542,7 @@ class StoredDataset(RaggedDataset):
 
   def gather(self, seq, start, n):
     rec = self._record_of(seq)
-    src = _gather_steps(self.record_offsets[rec] + np.asarray(start, np.int64), n)
+    src = gather_steps(self.record_offsets[rec] + np.asarray(start, np.int64), n)
     if self.is_tokens:
       inputs = np.asarray(self.values[src], np.int32)
     else:

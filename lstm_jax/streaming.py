@@ -28,7 +28,16 @@ def _next_pow2(n: int) -> int:
 
 
 class Streamer:
-  """Keeps the state of `batch_size` streams for `model` (an `LSTM` or `SequenceModel`)."""
+  """Keeps the state of `batch_size` streams for `model` (an `LSTM` or `SequenceModel`).
+
+  Args:
+    model: the model to run; params: its parameters.
+    batch_size: how many streams run side by side.
+    pad_to_pow2: pad each chunk's length to a power of two (few compiles for any chunk sizes).
+
+  Calling it with a chunk returns the outputs and carries each stream's state on, so the outputs
+  equal one forward pass over everything sent; `reset(rows)` starts streams afresh.
+  """
 
   def __init__(self, model, params: Any, batch_size: int, pad_to_pow2: bool = True):
     if batch_size < 1:

@@ -75,14 +75,25 @@ def create_train_state(
 ) -> TrainState:
   """Initialises `model` for `dataset`'s inputs and pairs it with `optimizer`.
 
-  class_weights (classification): each class's weight in the training loss, "balanced" (n / (C
-  * n_c) from `dataset`'s targets, scikit-learn's rule: every class weighs as much in all) or one
-  weight per class; the loss is then sum(w_i c_i l_i) / sum(w_i c_i). Evaluation is unweighted.
-  loss: a custom per-step loss, `loss(preds, targets) -> <float32>[B, T]` (preds [B, T, C or D],
-  targets the batch's: int classes [B, T] or floats [B, T, D]), e.g. label smoothing or a
-  weighted MSE. The steps weigh and average it as they do the built-in one (padding and steps
-  without a target weigh 0), for training and evaluation alike; accuracy is still the argmax's.
-  None: softmax cross-entropy for classification, the mean squared error for regression."""
+  Args:
+    model: a linen `SequenceModel` (for an NNX model: `nnx_model.train_state`).
+    optimizer: an optax transformation.
+    dataset: what the model will train on: its inputs' shape, its targets' kind.
+    seed: the parameters' initialisation and the dropout key.
+    class_weights: (classification) each class's weight in the training loss, "balanced" (n /
+      (C * n_c) from `dataset`'s targets, scikit-learn's rule: every class weighs as much in
+      all) or one weight per class; the loss is then sum(w_i c_i l_i) / sum(w_i c_i).
+      Evaluation is unweighted.
+    loss: a custom per-step loss, `loss(preds, targets) -> <float32>[B, T]` (preds [B, T, C or
+      D], targets the batch's: int classes [B, T] or floats [B, T, D]), e.g. label smoothing or
+      a weighted MSE. The steps weigh and average it as they do the built-in one (padding and
+      steps without a target weigh 0), for training and evaluation alike; accuracy is still
+      the argmax's. None: softmax cross-entropy for classification, the mean squared error for
+      regression.
+
+  Returns:
+    A `TrainState` at step 0 (the model, loss kind and loss static; parameters from `seed`).
+  """
   check_model_fits_data(model, dataset)
   weights = resolve_class_weights(class_weights, dataset)
   if dataset.is_tokens:
@@ -310,7 +321,8 @@ class StepFunctions:
     return carry if self.mesh is None else sharding.shard_carry(carry, self.mesh)
 
 
-def _abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
+def abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
+  """The ShapeDtypeStructs of a [B, T] batch of `dataset` (what a step compiles for)."""
   b, t = shape
   sds = jax.ShapeDtypeStruct
   inputs = (
@@ -338,7 +350,7 @@ def abstract_step_args(
   carry = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.model.zero_carry(shape[0])
   )
-  args = (state, _abstract_batch(dataset, shape), carry)
+  args = (state, abstract_batch(dataset, shape), carry)
   return args + ((jax.ShapeDtypeStruct((), jnp.float32),) if fn.fn is train_step else ())
 
 
@@ -600,31 +612,44 @@ def fit(
   """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
-  precompile_shapes: True: compile every shape of an epoch before its first step (ahead of
-    time); False: a step compiles when it meets a new shape; "background": `compile_workers`
-    threads compile the epoch's shapes in the order training meets them while it trains, and a
-    step whose shape is not ready waits for it. A step that compiled or waited for a compile
-    says `compiled: True` in its record (its seconds include that).
-  on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
-    been trained on; its time is not counted in any step's `step_seconds`.
-  checkpointer: if given, training resumes from its newest readable checkpoint (`resume`, which
-    must come from the same strategy, seed, data, plan and `settings`), saves every
-    `checkpointer.every_steps` steps (after that step's loss is checked to be finite, and after
-    any evaluation due at it) and once at the end. Each save holds the state, the carry, the data
-    stream's position, the step history and the caller's own state (`Checkpointer.extra_state`:
-    the runner's eval curve and clock), which `resume` hands back as `Resumed.extra`.
-  settings: what else a checkpoint must share with this run to be resumed (the runner passes
-    `config.run_settings`: model, optimizer, training and data settings, versions); saved with
-    each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
-  resumed: a `resume` result the caller already has (the runner reads it first, to report it
-    and take back its own state); otherwise fit calls `resume` itself.
-  prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
-    does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
-    each batch in the loop. The numbers are the same either way.
-  preemption: an entered `Preemption`, asked after each step whether a SIGTERM or SIGINT came;
-    if so, the step in flight completes, a checkpoint of it is written (and waited for), and
-    fit raises `Preempted` naming the step and the checkpoint's directory. Resuming from it
-    loses no step.
+
+  Args:
+    state: the train state (`create_train_state`); donated to the first step, so its arrays
+      are gone afterwards: use the result's.
+    strategy: where the batches come from (`Pad`, `Bucket`, `Pack`, `TBPTT`, ...).
+    epochs: epochs to train; max_real_tokens: real (non-padding) tokens to train on.
+    steps: the jitted step functions (`StepFunctions.create(mesh)`); None: fresh ones.
+    callback: called with each step's record (loss, real tokens, seconds, compiled).
+    precompile_shapes: True: compile every shape of an epoch before its first step (ahead of
+      time); False: a step compiles when it meets a new shape; "background": `compile_workers`
+      threads compile the epoch's shapes in the order training meets them while it trains, and a
+      step whose shape is not ready waits for it. A step that compiled or waited for a compile
+      says `compiled: True` in its record (its seconds include that).
+    on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
+      been trained on; its time is not counted in any step's `step_seconds`.
+    checkpointer: if given, training resumes from its newest readable checkpoint (`resume`, which
+      must come from the same strategy, seed, data, plan and `settings`), saves every
+      `checkpointer.every_steps` steps (after that step's loss is checked to be finite, and after
+      any evaluation due at it) and once at the end. Each save holds the state, the carry, the data
+      stream's position, the step history and the caller's own state (`Checkpointer.extra_state`:
+      the runner's eval curve and clock), which `resume` hands back as `Resumed.extra`.
+    settings: what else a checkpoint must share with this run to be resumed (the runner passes
+      `config.run_settings`: model, optimizer, training and data settings, versions); saved with
+      each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
+    resumed: a `resume` result the caller already has (the runner reads it first, to report it
+      and take back its own state); otherwise fit calls `resume` itself.
+    prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
+      does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
+      each batch in the loop. The numbers are the same either way.
+    preemption: an entered `Preemption`, asked after each step whether a SIGTERM or SIGINT came;
+      if so, the step in flight completes, a checkpoint of it is written (and waited for), and
+      fit raises `Preempted` naming the step and the checkpoint's directory. Resuming from it
+      loses no step.
+
+
+  Returns:
+    A `FitResult`: the trained `state`, the final `carry`, the per-step `history`, the step
+    functions (`steps`: their compile counts and seconds) and `resumed_from`.
   """
   _check_fit_arguments(state, strategy, epochs, max_real_tokens)
   steps = steps or StepFunctions.create()
@@ -773,8 +798,15 @@ def predict_batches(
   list of (sequence index, its outputs <float32>[length, C or D], its targets <int32>[length]
   or <float32>[length, D] with a sequence-level target on the last step). Every sequence
   comes once, computed whole (bucketed by length; the mask makes padding change nothing), so
-  a store larger than memory can be scored in one pass. `step`: the CountedJit of
-  `predict_step` to run (its compiles are then the caller's to read)."""
+  a store larger than memory can be scored in one pass.
+
+  Args:
+    state, dataset, batch_size, num_buckets: as `predict`'s.
+    step: the CountedJit of `predict_step` to run (its compiles are then the caller's to read).
+
+  Yields:
+    For each batch, a list of (sequence index, outputs, targets).
+  """
   check_model_fits_data(state.model, dataset, state.params)
   strategy = batching.Bucket(  # no wider than the data: fewer sequences than batch_size is fine
     dataset,
@@ -797,7 +829,18 @@ def predict(
   """The model's outputs for every sequence of `dataset`, each computed whole (bucketed by
   length, so little is padding; the mask makes padding change nothing: each sequence's outputs
   are what it gives alone). For research code: per-sequence classes and probabilities, or
-  per-step outputs. In memory; `predict_batches` streams the same computation."""
+  per-step outputs. In memory; `predict_batches` streams the same computation.
+
+  Args:
+    state: the trained state.
+    dataset: the sequences to predict (in memory or a store).
+    batch_size: sequences per batch (at most the dataset's size).
+    num_buckets: length buckets, so little is padding (one compile each).
+
+  Returns:
+    `Predictions`: `outputs` per sequence, `last` (each one's last step), for classification
+    `probabilities` and `classes`, and the predict step's `compiles`.
+  """
   fn = CountedJit(predict_step, name="predict_step")
   outputs: list = [None] * len(dataset)
   for items in predict_batches(
@@ -824,7 +867,19 @@ def predict(
 def evaluate(
   state: TrainState, strategy: Strategy, *, steps: StepFunctions | None = None, epoch: int = 0
 ) -> dict:
-  """Weighted mean loss (and accuracy for classification) over one epoch of `strategy`."""
+  """Weighted mean loss (and accuracy for classification) over one epoch of `strategy`.
+
+  Args:
+    state: the train state to evaluate (not changed).
+    strategy: the batches to evaluate on; any strategy gives the same numbers on the same
+      sequences (float32 rounding), padding weighing nothing.
+    steps: step functions to reuse (their eval step's compiles); None: fresh ones.
+    epoch: which epoch's plan of `strategy` to evaluate.
+
+  Returns:
+    {"loss", "weight_sum", "real_tokens"} and, for classification, "accuracy"; the loss is the
+    train state's (its custom `loss`, if any), unweighted by class weights.
+  """
   check_model_fits_data(state.model, strategy.dataset, state.params)
   steps = steps or StepFunctions.create()
   precompile(steps.eval, state, strategy, epoch)

@@ -694,8 +694,8 @@ def render() -> str:
     "second SIGTERM or SIGINT, which exits at once. A bad flag is one line and status 2 too "
     "(a misspelt key: `error (ConfigError): bad flag (in --config.model.hiden_size=3): "
     '\'hiden_size\' Did you mean "hidden_size" instead of "hiden_size"? ...`; a value of the '
-    "wrong type; an unknown preset). What the runner does on each fault "
-    "(signals, damaged checkpoints, failed writes) is the README's table under 'Faults'.",
+    "wrong type; an unknown preset). What the runner does on each fault (signals, damaged "
+    "checkpoints, failed writes) is the table under 'Faults' in docs/checkpoints.md.",
     "",
     "Not an error: a row whose optimizer step count differs from the median row's by "
     "more than `config.guards.step_tolerance` (e.g. a batch size set by hand instead of "

@@ -311,9 +311,10 @@ def test_stdlib_packages_labels_each_function_with_its_package(tmp_path, monkeyp
   assert sum(ident["classes"].values()) == len(ds) == ident["sequences"]
   assert list(ident["classes"]) == sorted(ident["classes"])
   assert 128 <= ds.lengths.min() and ds.lengths.max() <= 4096
-  labels = np.array([ds.sequence(i)[1] for i in range(len(ds))])
-  assert np.bincount(labels).tolist() == list(ident["classes"].values())
-  assert len({ds.sequence(i)[0].tobytes() for i in range(len(ds))}) == len(ds)
+  assert np.bincount(ds.targets).tolist() == list(ident["classes"].values())
+  raw = ds.values.astype(np.uint8).tobytes()
+  ends = np.cumsum(ds.lengths)
+  assert len({raw[e - n : e] for e, n in zip(ends.tolist(), ds.lengths.tolist())}) == len(ds)
 
 
 def test_the_stdlib_parse_is_kept_between_processes_and_parsed_again_when_damaged(

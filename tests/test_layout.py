@@ -1,4 +1,4 @@
-"""The package's layers (README "Layout"): a module imports only from its own layer or the layers
+"""The package's layers (docs/layout.md): a module imports only from its own layer or the layers
 above it, and the library never imports the benchmark harness."""
 
 import ast
@@ -117,3 +117,23 @@ def test_docs_api_md_is_current():
   assert doc.read_text() == api_reference.render(), (
     "docs/api.md is stale: run `python tests/api_reference.py > docs/api.md`"
   )
+
+
+def test_every_exported_name_documents_its_arguments():
+  """Google-style sections on the index's names: every class and function says `Args`, and
+  every function what it `Returns` (or `Yields`); the exceptions and modules are exempt."""
+  import inspect
+
+  import lstm_jax
+
+  missing = []
+  for name in lstm_jax.__all__:
+    obj = getattr(lstm_jax, name)
+    if inspect.ismodule(obj) or (inspect.isclass(obj) and issubclass(obj, BaseException)):
+      continue
+    doc = inspect.getdoc(obj) or ""
+    if "Args" not in doc:
+      missing.append(f"{name}: Args")
+    if inspect.isfunction(obj) and "Returns:" not in doc and "Yields:" not in doc:
+      missing.append(f"{name}: Returns")
+  assert not missing, missing

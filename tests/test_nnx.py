@@ -76,6 +76,11 @@ def _check_same_as_linen(m):
   g_nnx = nnx.to_pure_dict(nnx.grad(nnx_loss)(m))
   g_linen = jax.grad(linen_loss)(params)
   assert max_rel_err(g_nnx, g_linen) <= TOL
+  # seq_lengths= is the right-padded mask it stands for, in NNX as in linen
+  pad = next(batching.Pad(ds, batch_size=4).batches(0))
+  by_mask, _ = m(pad.inputs, mask=pad.mask)
+  by_lengths, _ = m(pad.inputs, seq_lengths=pad.mask.sum(axis=1))
+  assert np.array_equal(by_mask, by_lengths)
   return (args, kw), a
 
 

@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   # glibc malloc keeps freed scratch memory for the next step (lstm_jax.host): CPU train steps
   # take (almost) no page faults; the process keeps its peak heap. Off by default: it made steps
   # faster on the AMD EPYC (+16% on workload W) but not on the Intel Xeon with AMX, where its one
-  # malloc arena made XLA's compiles 1.45x slower (README "Speed"). True: tune it.
+  # malloc arena made XLA's compiles 1.45x slower (docs/speed.md). True: tune it.
   c.tune_malloc = False
   # Threads compiling a row's train-step shapes in the background, from its first step on, in
   # the order training meets them (train.fit(precompile_shapes="background")): the first step

@@ -153,7 +153,7 @@ def _full_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> batching.Batc
     mask=ones,
     resets=np.zeros((b, t), bool),
   )
-  want = train._abstract_batch(dataset, shape)  # the compiled step's dtypes exactly
+  want = train.abstract_batch(dataset, shape)  # the compiled step's dtypes exactly
   return jax.tree.map(lambda a, w: np.asarray(a, w.dtype).reshape(w.shape), batch, want)
 
 
