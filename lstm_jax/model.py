@@ -914,7 +914,9 @@ class BidirectionalLSTM(nn.Module):
   layer (forward (c, h), backward (c, h)): the forward state after each row's last real step; the
   backward state after the row's last sequence read backwards (ending at its first step, as
   PyTorch's h_n for the reverse direction). initial_carry (optional, same structure) is where
-  both directions start.
+  the forward direction starts; the backward direction starts each sequence from zeros (its
+  pass resets at each sequence's start, where PyTorch and cuDNN would start it from h_0), so
+  its initial carry only passes through a row with no real step.
   """
 
   hidden_size: int

@@ -1,0 +1,92 @@
+"""The cuDNN LSTM's wiring (lstm_jax.cudnn), held on the CPU to lstm_jax's own LSTM through
+jax.experimental.rnn's reference implementation: weights packed into cuDNN's flat layout and
+back exactly; outputs, final carry and gradients equal to float32 rounding (1e-5) on ragged,
+right-padded rows with a zero-length row, for a stack and for the bidirectional stack."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import max_rel_err
+from lstm_jax import cudnn
+from lstm_jax.errors import DataError
+from lstm_jax.model import LSTM, BidirectionalLSTM, layer_params
+
+TOL = 1e-5
+B, T, F, H = 5, 9, 3, 8
+LENGTHS = np.array([9, 1, 0, 5, 7], np.int32)  # a full row, a single step, an empty row
+
+
+def _inputs():
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  mask = jnp.arange(T)[None, :] < LENGTHS[:, None]
+  return jnp.where(mask[..., None], x, 0.0), mask
+
+
+def _stack(params, bidirectional, num_layers):
+  if bidirectional:
+    return [(params[f"forward_{k}"], params[f"backward_{k}"]) for k in range(num_layers)]
+  return layer_params(params)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["stack", "bidirectional"])
+def test_the_fused_lstm_equals_lstm_jax_s_on_ragged_rows(bidirectional):
+  num_layers = 2
+  x, mask = _inputs()
+  module = (BidirectionalLSTM if bidirectional else LSTM)(H, num_layers=num_layers)
+  params = module.init(jax.random.key(1), x, mask=mask)["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+  carry0 = jax.tree.map(
+    lambda z: jax.random.normal(jax.random.key(3), z.shape), module.zero_carry(B)
+  )  # a nonzero start: where an empty row's carry must stay
+  want_y, want_carry = module.apply({"params": params}, x, mask=mask, initial_carry=carry0)
+  layers = _stack(params, bidirectional, num_layers)
+  got_y, got_carry = cudnn.lstm(
+    layers, x, LENGTHS, bidirectional=bidirectional, initial_carry=carry0, impl="reference"
+  )
+  assert got_y.shape == want_y.shape and max_rel_err(got_y, want_y) <= TOL
+  assert jax.tree.structure(got_carry) == jax.tree.structure(want_carry)
+  assert max_rel_err(got_carry, want_carry) <= TOL
+  assert not np.asarray(got_y[2]).any()  # the empty row: zero outputs, its carry untouched
+  assert all(np.array_equal(g[2], w[2]) for g, w in zip(jax.tree.leaves(got_carry),
+                                                       jax.tree.leaves(carry0)))  # fmt: skip
+
+  def loss(p, fused):
+    stack = _stack(p, bidirectional, num_layers)
+    if fused:
+      y, c = cudnn.lstm(stack, x, LENGTHS, bidirectional=bidirectional, impl="reference")
+    else:
+      y, c = module.apply({"params": p}, x, mask=mask)
+    return jnp.sum(jnp.sin(y)) + sum(jnp.sum(v**2) for v in jax.tree.leaves(c))
+
+  assert max_rel_err(jax.grad(loss)(params, True), jax.grad(loss)(params, False)) <= TOL
+
+
+def test_weights_pack_into_cudnn_s_layout_and_back_exactly():
+  """pack_weights gives get_num_params_in_lstm numbers, in the order unpack_lstm_weights reads
+  (W_ih = kernel.T: rows i, f, g, o), and unpack_weights gives back every array bit for bit."""
+  from jax.experimental import rnn
+
+  for bidirectional in (False, True):
+    x, mask = _inputs()
+    module = (BidirectionalLSTM if bidirectional else LSTM)(H, num_layers=2)
+    params = module.init(jax.random.key(4), x, mask=mask)["params"]
+    layers = _stack(params, bidirectional, 2)
+    flat = cudnn.pack_weights(layers, bidirectional)
+    assert flat.shape == (rnn.get_num_params_in_lstm(F, H, 2, bidirectional),)
+    w_ih, _, b_ih, b_hh = rnn.unpack_lstm_weights(flat, F, H, 2, bidirectional)
+    first = layers[0][0] if bidirectional else layers[0]
+    assert np.array_equal(w_ih[0][:H], np.asarray(first["kernel"])[:, :H].T)  # the input gate
+    assert np.array_equal(b_ih[0], first["bias"]) and not np.asarray(b_hh[0]).any()
+    back = cudnn.unpack_weights(flat, F, H, 2, bidirectional)
+    assert jax.tree.all(jax.tree.map(np.array_equal, back, layers))
+
+
+def test_the_fused_lstm_refuses_what_cudnn_cannot_do():
+  x, mask = _inputs()
+  params = LSTM(H).init(jax.random.key(1), x, mask=mask)["params"]
+  with pytest.raises(DataError, match="computes in float32"):
+    cudnn.lstm(layer_params(params), x.astype(jnp.bfloat16), LENGTHS, impl="reference")
+  with pytest.raises(DataError, match=r"seq_lengths must be <int>\[5\]"):
+    cudnn.lstm(layer_params(params), x, LENGTHS[:3], impl="reference")
