@@ -90,3 +90,22 @@ def test_the_fused_lstm_refuses_what_cudnn_cannot_do():
     cudnn.lstm(layer_params(params), x.astype(jnp.bfloat16), LENGTHS, impl="reference")
   with pytest.raises(DataError, match=r"seq_lengths must be <int>\[5\]"):
     cudnn.lstm(layer_params(params), x, LENGTHS[:3], impl="reference")
+
+
+def test_the_gpu_script_checks_its_wiring_and_refuses_the_cpu(tmp_path, capsys):
+  """lstm_jax.benchmark.gpu (benchmarks/gpu/run.sh): its fused train step runs through the
+  reference on the CPU and compiles once per shape (its exactness check is the wiring the tests
+  above hold), and asked for cuDNN on a machine without a GPU it says so and exits 2."""
+  from configs import benchmark as bench_config
+  from lstm_jax import batching
+  from lstm_jax.benchmark import gpu, measure
+
+  cfg = bench_config.get_config("default")
+  cfg.update(num_sequences=24, max_length=20, median_length=8.0, hidden_size=8, features=4)
+  cfg.update(batch_size=8, repeats=1, tokens_per_pass=100)
+  row = gpu.time_fused(
+    "fused pad", batching.Pad(measure.workload(cfg), batch_size=8), cfg, "reference"
+  )
+  assert row.compiles == 1 and row.tokens_per_second > 0
+  assert gpu.main(["--out", str(tmp_path / "g.md"), "--impl", "cudnn"]) == 2
+  assert "needs a CUDA GPU" in capsys.readouterr().err
