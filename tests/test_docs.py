@@ -22,15 +22,15 @@ PAGES = ["README.md"] + sorted(
 SHRINK = {
   "README.md": [
     ("adding_problem(4000,", "adding_problem(400,"),
+    ("running_parity(2000,", "running_parity(300,"),
     ("epochs=20", "epochs=1"),
+    ("epochs=10", "epochs=1"),
     ("Pad(eval_ds, batch_size=128)", "Pad(eval_ds, batch_size=16)"),
+    ("Pad(parity_eval, batch_size=100)", "Pad(parity_eval, batch_size=16)"),
   ],
   "docs/research.md": [
     ("adding_problem(4000,", "adding_problem(400,"),
-    ("running_parity(2000,", "running_parity(300,"),
-    ("epochs=10", "epochs=1"),
     ("for epoch in range(20):", "for epoch in range(1):"),
-    ("Pad(parity_eval, batch_size=100)", "Pad(parity_eval, batch_size=16)"),
   ],
   "docs/checkpoints.md": [
     ("adding_problem(4000,", "adding_problem(400,"),
