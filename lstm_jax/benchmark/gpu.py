@@ -25,7 +25,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lstm_jax import batching, cudnn
 from lstm_jax.benchmark import measure
@@ -81,53 +80,16 @@ def measure_err(a, b) -> float:
 
 def time_fused(name: str, strategy: batching.Strategy, cfg, impl: str) -> measure.Timing:
   """The fused LSTM's train step on `strategy`'s right-padded batches (seq_lengths from the
-  mask), the same head, loss and optimizer as the scan's rows."""
-  ds = strategy.dataset
+  mask), the same head, loss and optimizer as the peers' rows (`measure.time_right_padded`)."""
   model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1)
-  init = model.init(jax.random.key(0), jnp.zeros((1, 1, ds.num_features)))["params"]
-  params = {"lstm": init["lstm"], "head": init["head"]}
-  tx = optax.adam(cfg.learning_rate)
+  init = model.init(jax.random.key(0), jnp.zeros((1, 1, strategy.dataset.num_features)))
+  params = {"lstm": init["params"]["lstm"], "head": init["params"]["head"]}
 
-  def step(params, opt_state, inputs, targets, weights, mask):
-    def loss_fn(p):
-      y, _ = cudnn.lstm(layer_params(p["lstm"]), inputs, mask.sum(axis=1), impl=impl)
-      preds = y @ p["head"]["kernel"] + p["head"]["bias"][None, None, :]
-      err = jnp.mean(jnp.square(preds - targets), axis=-1)
-      return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
+  def predict(p, inputs, mask):
+    y, _ = cudnn.lstm(layer_params(p["lstm"]), inputs, mask.sum(axis=1), impl=impl)
+    return y @ p["head"]["kernel"] + p["head"]["bias"][None, None, :]
 
-    grads = jax.grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  jitted = jax.jit(step, donate_argnums=(0, 1))
-  batches = measure._pass_batches(strategy, cfg.tokens_per_pass)
-  opt_state = tx.init(params)
-  compiled, t0 = {}, time.perf_counter()
-  for b, t in strategy.shapes():
-
-    def sds(*s, d=jnp.float32):
-      return jax.ShapeDtypeStruct(s, d)
-
-    compiled[(b, t)] = jitted.lower(
-      params, opt_state, sds(b, t, ds.num_features), sds(b, t, 1), sds(b, t), sds(b, t, d=jnp.bool_)
-    ).compile()
-  compile_seconds = time.perf_counter() - t0
-  box = [params, opt_state]
-
-  def run_pass():
-    p, o = box
-    for plan, bt in batches:
-      p, o = compiled[plan.shape](p, o, bt.inputs, bt.targets, bt.weights, bt.mask)
-    jax.block_until_ready(p)
-    box[:] = [p, o]
-
-  real = sum(p.real_tokens for p, _ in batches)
-  tps, secs, faults = measure._time_passes(run_pass, real, cfg.repeats, len(batches))
-  computed = sum(p.computed_tokens for p, _ in batches)
-  extra = dict(shapes=len(compiled), impl=impl)
-  return measure.Timing(
-    name, tps, secs, real, computed, compile_seconds, len(compiled), extra, faults, run_pass
-  )
+  return measure.time_right_padded(name, strategy, cfg, predict, params, dict(impl=impl))
 
 
 def run(cfg, out: str, impl: str = "cudnn") -> dict:

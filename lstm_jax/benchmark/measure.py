@@ -312,12 +312,26 @@ def time_flax_rnn(
   ds = strategy.dataset
   model = _FlaxRNNModel(cfg.hidden_size, dtype, cell)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1, ds.num_features)), jnp.ones(1, jnp.int32))
+
+  def predict(p, inputs, mask):
+    return model.apply(p, inputs, mask.sum(axis=1))
+
+  extra = dict(matmul_dtype=dtype, cell=cell)
+  return time_right_padded(name, strategy, cfg, predict, params, extra)
+
+
+def time_right_padded(
+  name: str, strategy: batching.Strategy, cfg, predict: Callable, params, extra: dict
+) -> Timing:
+  """A train step (Adam, the per-step MSE) of `predict(params, inputs, mask) -> [B, T, 1]` on
+  `strategy`'s right-padded batches: every shape compiled ahead of time, then timed passes
+  (the peers' harness: Flax's nn.RNN, the fused cuDNN LSTM)."""
+  ds = strategy.dataset
   tx = optax.adam(cfg.learning_rate)
 
   def step(params, opt_state, inputs, targets, weights, mask):
     def loss_fn(p):
-      preds = model.apply(p, inputs, mask.sum(axis=1))
-      err = jnp.mean(jnp.square(preds - targets), axis=-1)
+      err = jnp.mean(jnp.square(predict(p, inputs, mask) - targets), axis=-1)
       return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1.0)
 
     grads = jax.grad(loss_fn)(params)
@@ -356,7 +370,7 @@ def time_flax_rnn(
     sum(p.computed_tokens for p, _ in batches),
     compile_seconds,
     len(compiled),
-    dict(shapes=len(compiled), matmul_dtype=dtype, cell=cell),
+    dict(shapes=len(compiled), **extra),
     faults,
     run_pass,
   )
