@@ -27,17 +27,18 @@ RUNNER = ("config", "guards", "costs", "report", "experiment", "generate")
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order
 
 
-def _imports(path: Path) -> set[str]:
-  """The lstm_jax modules `path` imports (`from lstm_jax import x`, `from lstm_jax.x import y`)."""
-  out = set()
+def _imports(path: Path, package: str = "lstm_jax") -> set[str]:
+  """The modules of `package` that `path` imports (`from package import x`, `from package.x
+  import y`, `import package.x`)."""
+  out, depth = set(), package.count(".") + 1
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.ImportFrom) and node.module:
-      if node.module == "lstm_jax":
+      if node.module == package:
         out |= {a.name for a in node.names}
-      elif node.module.startswith("lstm_jax."):
-        out.add(node.module.split(".")[1])
+      elif node.module.startswith(package + "."):
+        out.add(node.module.split(".")[depth])
     elif isinstance(node, ast.Import):
-      out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("lstm_jax.")}
+      out |= {a.name.split(".")[depth] for a in node.names if a.name.startswith(package + ".")}
   return out
 
 
@@ -62,20 +63,8 @@ def test_the_runner_imports_the_library_and_its_own_earlier_modules_only():
       if dep == "runner":
         continue  # `from lstm_jax.runner import x`: checked below
       assert dep in ORDER, f"lstm_jax.runner.{name} imports lstm_jax.{dep}"
-    for dep in _runner_imports(PACKAGE / "runner" / f"{name}.py"):
+    for dep in _imports(PACKAGE / "runner" / f"{name}.py", "lstm_jax.runner"):
       assert RUNNER.index(dep) < k, f"lstm_jax.runner.{name} imports lstm_jax.runner.{dep}"
-
-
-def _runner_imports(path: Path) -> set[str]:
-  """The runner modules `path` imports (`from lstm_jax.runner import x` / `.x import y`)."""
-  out = set()
-  for node in ast.walk(ast.parse(path.read_text())):
-    if isinstance(node, ast.ImportFrom) and node.module:
-      if node.module == "lstm_jax.runner":
-        out |= {a.name for a in node.names}
-      elif node.module.startswith("lstm_jax.runner."):
-        out.add(node.module.split(".")[2])
-  return out
 
 
 def test_the_index_exports_the_research_names_lazily():
