@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import recurrence
+from lstm_jax import cudnn, recurrence
 from lstm_jax.errors import ConfigError, DataError
 
 Array = jax.Array
@@ -90,6 +90,32 @@ def resolve_input_projection(input_projection: str, backend: str | None = None) 
 #   pytorch  torch.nn.LSTM / GRU: every weight uniform in +-1/sqrt(H), each bias torch's
 #            (bias_ih + bias_hh: the sum of two such draws where torch adds two)
 INITIALIZERS = ("auto", "keras", "flax", "pytorch")
+
+
+# How the built-in LSTM stack computes (`LSTM(backend=...)`, `SequenceModel(backend=...)`):
+#   auto       the fused cuDNN LSTM on a CUDA device where the call allows it (the built-in
+#              LSTM in float32, no dropout in use, right-padded rows given as seq_lengths=,
+#              no resets), else the scan: on the CPU always the scan, the same numbers as ever
+#   scan       the masked scan (any layout: padded, packed, chunked with resets)
+#   cudnn      the fused cuDNN LSTM (lstm_jax.cudnn); a call it cannot serve is a ConfigError
+#   reference  the same wiring through jax.experimental.rnn's reference (any device: tests)
+BACKENDS = ("auto", "scan", "cudnn", "reference")
+
+
+def resolve_backend(backend: str, cell: Any = "lstm", matmul_dtype: str = "float32") -> str:
+  """ "scan", "cudnn" or "reference" for a stack's settings (not yet its call: see LSTM)."""
+  if backend not in BACKENDS:
+    raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+  fusable = resolve_cell(cell) is None and matmul_dtype == "float32"
+  if backend == "auto":
+    return "cudnn" if fusable and jax.default_backend() == "gpu" else "scan"
+  if backend != "scan" and not fusable:
+    raise ConfigError(
+      f"backend={backend!r} is the fused LSTM's: it needs cell='lstm' and "
+      f"matmul_dtype='float32' (got cell={cell_name(cell)!r}, matmul_dtype={matmul_dtype!r}); "
+      f"use backend='scan' or 'auto'."
+    )
+  return backend
 
 
 def resolve_initializer(cell: Any, initializer: str) -> str:
@@ -444,8 +470,15 @@ class LSTMLayer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry: tuple[Array, Array]
+    self,
+    x_BxTxF: Array,
+    mask_BxT: Array,
+    resets_BxT: Array,
+    carry: tuple[Array, Array],
+    params_only: bool = False,
   ) -> tuple[Array, tuple[Array, Array]]:
+    """The layer over the batch: (outputs, carry). params_only: only make (or read) the
+    parameters, for the fused path (`lstm_jax.cudnn`): {kernel, recurrent_kernel, bias}."""
     features, hidden = x_BxTxF.shape[-1], self.hidden_size
     if self.has_variable("params", "kernel"):
       expected = self.get_variable("params", "kernel").shape[0]
@@ -460,6 +493,8 @@ class LSTMLayer(nn.Module):
       "recurrent_kernel", self.recurrent_init, (hidden, 4 * hidden), jnp.float32
     )
     bias = self.param("bias", self.bias_init, (4 * hidden,), jnp.float32)
+    if params_only:
+      return dict(kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias)
 
     def linen_scan(weights, bias, xs_TxBx, mask_TxB, resets_TxB, carry, in_step, unroll, dtype):
       scan = nn.scan(
@@ -585,9 +620,33 @@ class LSTM(nn.Module):
   matmul_dtype: str = "float32"  # see LSTMLayer
   cell: Any = "lstm"  # see CELLS and CellLayer
   initializer: str = "auto"  # the LSTM's and the GRU's: see INITIALIZERS
+  backend: str = "auto"  # the scan or the fused cuDNN LSTM: see BACKENDS
 
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
+
+  def fused_impl(self, seq_lengths, resets, deterministic: bool) -> str | None:
+    """The fused implementation this call runs ("cudnn" or "reference"), or None: the scan.
+    The fused LSTM serves right-padded rows (`seq_lengths=`, no resets) with no dropout in use;
+    backend "auto" falls back to the scan otherwise, an explicit one says why it cannot."""
+    impl = resolve_backend(self.backend, self.cell, self.matmul_dtype)
+    if impl == "scan":
+      return None
+    dropout = max(self.dropout_rate, self.input_dropout, self.output_dropout) > 0
+    why = (
+      "it needs right-padded rows given as seq_lengths= (a mask can hold any layout)"
+      if seq_lengths is None
+      else "it takes no resets (one sequence per row, from step 0)"
+      if resets is not None
+      else "dropout is in use (deterministic=False)"
+      if dropout and not deterministic
+      else None
+    )
+    if why is None:
+      return impl
+    if self.backend == "auto":
+      return None
+    raise ConfigError(f"backend={self.backend!r} cannot serve this call: {why}; or use 'auto'.")
 
   @nn.compact
   def __call__(
@@ -600,6 +659,7 @@ class LSTM(nn.Module):
     deterministic: bool = True,
     seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
+    fused = self.fused_impl(seq_lengths, resets, deterministic)
     mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
@@ -609,6 +669,22 @@ class LSTM(nn.Module):
         f"one carry per layer, e.g. model.zero_carry(batch_size)."
       )
     x, new_carry = inputs, []
+    if fused is not None:  # the same parameters, made by the same layers, computed in one call
+      layers = []
+      for k in range(self.num_layers):
+        width = inputs.shape[-1] if k == 0 else self.hidden_size
+        layer = recurrent_layer(
+          self.cell,
+          self.hidden_size,
+          self.input_projection,
+          self.unroll,
+          self.backward,
+          self.matmul_dtype,
+          name=f"layer_{k}",
+          initializer=self.initializer,
+        )
+        layers.append(layer(jnp.zeros((1, 1, width), inputs.dtype), None, None, None, True))
+      return cudnn.lstm(layers, inputs, seq_lengths, initial_carry=carry, impl=fused)
 
     def variational(rate, name):
       return nn.Dropout(rate, broadcast_dims=(1,), name=name)
@@ -676,6 +752,9 @@ class SequenceModel(nn.Module):
   # LSTM, "flax" for the GRU), "keras", "flax" or "pytorch" (INITIALIZERS). Other cells
   # initialise as their class does.
   initializer: str = "auto"
+  # The LSTM stack's computation: "auto" (the default: the scan, or the fused cuDNN LSTM on a
+  # CUDA device for a call with seq_lengths=), "scan", "cudnn", "reference" (BACKENDS).
+  backend: str = "auto"
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
@@ -704,7 +783,7 @@ class SequenceModel(nn.Module):
     deterministic: bool = True,
     seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
-    mask = mask_from_lengths(inputs, mask, seq_lengths)
+    head_mask = mask_from_lengths(inputs, mask, seq_lengths)  # the stack takes either
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
         raise DataError(
@@ -726,7 +805,7 @@ class SequenceModel(nn.Module):
         cell=self.cell,
         initializer=self.initializer,
         name=stack_name(self.cell),
-      )(x, mask=mask, resets=resets, initial_carry=initial_carry)
+      )(x, mask=head_mask, resets=resets, initial_carry=initial_carry)
     else:
       outputs, carry = LSTM(
         self.hidden_size,
@@ -740,11 +819,19 @@ class SequenceModel(nn.Module):
         matmul_dtype=self.matmul_dtype,
         cell=self.cell,
         initializer=self.initializer,
+        backend=self.backend,
         name=stack_name(self.cell),
-      )(x, mask=mask, resets=resets, initial_carry=initial_carry, deterministic=deterministic)
+      )(
+        x,
+        mask=mask,
+        resets=resets,
+        initial_carry=initial_carry,
+        deterministic=deterministic,
+        seq_lengths=seq_lengths,
+      )
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
-    if mask is not None:
-      preds = jnp.where(mask[..., None], preds, 0.0)
+    if head_mask is not None:
+      preds = jnp.where(head_mask[..., None], preds, 0.0)
     return preds, carry
 
 
@@ -780,6 +867,12 @@ def check_model_settings(s: Any) -> None:
     )
   check_cell_matmul(s.cell, s.matmul_dtype)
   resolve_initializer(s.cell, s.initializer)
+  if resolve_backend(s.backend, s.cell, s.matmul_dtype) != "scan" and s.bidirectional:
+    if s.backend != "auto":
+      raise ConfigError(
+        f"backend={s.backend!r} is not wired for the bidirectional stack yet "
+        f"(lstm_jax.cudnn.lstm is; the model's use of it is not); use backend='scan' or 'auto'."
+      )
 
 
 class SequenceClassifier(nn.Module):

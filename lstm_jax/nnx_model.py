@@ -40,7 +40,7 @@ from lstm_jax import model as linen_model
 from lstm_jax import train
 from lstm_jax.batching import Strategy
 from lstm_jax.data import RaggedDataset
-from lstm_jax.errors import DataError
+from lstm_jax.errors import ConfigError, DataError
 
 Array = jax.Array
 
@@ -259,6 +259,7 @@ class SequenceModel(nnx.Module):
     matmul_dtype: str = "float32",
     cell: Any = "lstm",
     initializer: str = "auto",
+    backend: str = "auto",
     rngs: nnx.Rngs,
   ):
     if (num_features is None) == (vocab_size is None):
@@ -284,8 +285,14 @@ class SequenceModel(nnx.Module):
       matmul_dtype=matmul_dtype,
       cell=cell,
       initializer=initializer,
+      backend=backend,
     )
     linen_model.check_model_settings(self.settings)
+    if backend not in ("auto", "scan"):
+      raise ConfigError(
+        f"backend={backend!r}: the NNX front end runs the scan (the fused cuDNN LSTM is "
+        f"linen's for now); use backend='auto' or 'scan', or linen's SequenceModel."
+      )
     st = self.settings
     layer = dict(
       input_projection=st.input_projection,

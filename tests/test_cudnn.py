@@ -109,3 +109,43 @@ def test_the_gpu_script_checks_its_wiring_and_refuses_the_cpu(tmp_path, capsys):
   assert row.compiles == 1 and row.tokens_per_second > 0
   assert gpu.main(["--out", str(tmp_path / "g.md"), "--impl", "cudnn"]) == 2
   assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_the_model_s_backend_setting_picks_the_scan_on_the_cpu_and_fuses_on_request():
+  """SequenceModel(backend=...): "auto" runs the scan on the CPU (the same numbers as before:
+  the scan's own path, bit for bit); "reference" (cudnn's wiring, anywhere) makes the same
+  parameters from the same init and gives the scan's outputs, carry and gradients to 1e-5 on
+  right-padded rows; a call the fused LSTM cannot serve falls back under "auto" and is one
+  ConfigError under an explicit backend."""
+  from lstm_jax.errors import ConfigError
+  from lstm_jax.model import SequenceModel
+
+  x, mask = _inputs()
+  lengths = jnp.asarray(LENGTHS)
+  auto, scan = SequenceModel(H, 2, num_layers=2), SequenceModel(H, 2, num_layers=2, backend="scan")
+  fused = SequenceModel(H, 2, num_layers=2, backend="reference")
+  params = scan.init(jax.random.key(1), x, seq_lengths=lengths)
+  assert jax.tree.all(
+    jax.tree.map(np.array_equal, params, fused.init(jax.random.key(1), x, seq_lengths=lengths))
+  )
+  want = scan.apply(params, x, seq_lengths=lengths)
+  by_auto = auto.apply(params, x, seq_lengths=lengths)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(by_auto), jax.tree.leaves(want)))
+  got = fused.apply(params, x, seq_lengths=lengths)
+  assert max_rel_err(got, want) <= TOL
+
+  def loss(p, model):
+    preds, carry = model.apply(p, x, seq_lengths=lengths)
+    return jnp.sum(jnp.sin(preds)) + sum(jnp.sum(v**2) for v in jax.tree.leaves(carry))
+
+  assert max_rel_err(jax.grad(loss)(params, fused), jax.grad(loss)(params, scan)) <= TOL
+  by_mask = auto.apply(params, x, mask=mask)  # a mask: the scan, whatever the backend
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(by_mask), jax.tree.leaves(want)))
+  with pytest.raises(ConfigError, match="needs right-padded rows given as seq_lengths="):
+    fused.apply(params, x, mask=mask)
+  with pytest.raises(
+    ConfigError, match="backend='cudnn' is the fused LSTM's: it needs cell='lstm'"
+  ):
+    SequenceModel(H, 2, cell="gru", backend="cudnn").init(jax.random.key(0), x)
+  with pytest.raises(ConfigError, match="backend must be one of"):
+    SequenceModel(H, 2, backend="fast").init(jax.random.key(0), x)

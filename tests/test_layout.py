@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
   ("preemption", "errors", "files"),  # shared by all
-  ("recurrence", "model"),  # model core
+  ("recurrence", "cudnn", "model"),  # model core
   ("data", "store", "tasks", "sources", "batching"),  # data and batching
   (
     "host",
@@ -20,7 +20,7 @@ LAYERS = (
     "prefetch",
     "train",
   ),  # training
-  ("convert", "streaming", "nnx_model", "baselines", "cudnn"),  # tools
+  ("convert", "streaming", "nnx_model", "baselines"),  # tools
 )
 # the runner's package (lstm_jax/runner/): it may import the library, never the reverse
 RUNNER = ("config", "guards", "costs", "report", "experiment", "generate")
