@@ -93,3 +93,16 @@ def test_the_page_s_python_blocks_run(page, tmp_path, monkeypatch):
       except Exception as e:
         raise AssertionError(f"{page}: python block {i + 1} failed: {e!r}\n{code}") from e
   assert os.getcwd() == str(tmp_path)
+
+
+def test_every_relative_link_in_the_docs_resolves():
+  """The README and every docs/ page link to files of the repository (reports, docs pages,
+  code); each relative link must name a file or folder that exists."""
+  broken = []
+  for page in PAGES + ["docs/api.md"]:
+    base = (ROOT / page).parent
+    for m in re.finditer(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / page).read_text()):
+      target = m.group(1)
+      if not target.startswith(("http://", "https://", "mailto:")) and not (base / target).exists():
+        broken.append(f"{page}: {target}")
+  assert not broken, broken
