@@ -669,21 +669,25 @@ class LSTM(nn.Module):
         f"one carry per layer, e.g. model.zero_carry(batch_size)."
       )
     x, new_carry = inputs, []
+
+    def layer(k):  # layer k of the stack: the scan's and the fused path's parameters alike
+      return recurrent_layer(
+        self.cell,
+        self.hidden_size,
+        self.input_projection,
+        self.unroll,
+        self.backward,
+        self.matmul_dtype,
+        name=f"layer_{k}",
+        initializer=self.initializer,
+      )
+
     if fused is not None:  # the same parameters, made by the same layers, computed in one call
-      layers = []
-      for k in range(self.num_layers):
-        width = inputs.shape[-1] if k == 0 else self.hidden_size
-        layer = recurrent_layer(
-          self.cell,
-          self.hidden_size,
-          self.input_projection,
-          self.unroll,
-          self.backward,
-          self.matmul_dtype,
-          name=f"layer_{k}",
-          initializer=self.initializer,
-        )
-        layers.append(layer(jnp.zeros((1, 1, width), inputs.dtype), None, None, None, True))
+      widths = [inputs.shape[-1]] + [self.hidden_size] * (self.num_layers - 1)
+      layers = [
+        layer(k)(jnp.zeros((1, 1, w), inputs.dtype), None, None, None, True)
+        for k, w in enumerate(widths)
+      ]
       return cudnn.lstm(layers, inputs, seq_lengths, initial_carry=carry, impl=fused)
 
     def variational(rate, name):
@@ -694,16 +698,7 @@ class LSTM(nn.Module):
     for k in range(self.num_layers):
       if k > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, name=f"dropout_{k}")(x, deterministic=deterministic)
-      x, layer_carry = recurrent_layer(
-        self.cell,
-        self.hidden_size,
-        self.input_projection,
-        self.unroll,
-        self.backward,
-        self.matmul_dtype,
-        name=f"layer_{k}",
-        initializer=self.initializer,
-      )(x, mask, resets, carry[k])
+      x, layer_carry = layer(k)(x, mask, resets, carry[k])
       new_carry.append(layer_carry)
     if self.output_dropout > 0:
       x = variational(self.output_dropout, "output_dropout")(x, deterministic=deterministic)
