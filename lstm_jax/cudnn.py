@@ -147,14 +147,13 @@ def lstm(
   if bidirectional:
     backward = (jnp.arange(len(pseudo)) % 2 == 1)[:, None, None]
     start_c, start_h = jnp.where(backward, 0.0, c0), jnp.where(backward, 0.0, h0)
+  flat = pack_weights(layers, bidirectional)  # the reference reads it back: packing is tested
   if impl == "cudnn":
-    flat = pack_weights(layers, bidirectional)
     y, h_n, c_n = rnn.lstm(
       inputs, start_h, start_c, flat, safe, f, h, num_layers, 0.0, bidirectional,
       precision=jax.lax.Precision.HIGHEST,
     )  # fmt: skip
   else:
-    flat = pack_weights(layers, bidirectional)
     w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(flat, f, h, num_layers, bidirectional)
     with jax.default_matmul_precision("highest"):
       y, h_n, c_n = rnn.lstm_ref(

@@ -421,6 +421,20 @@ def recurrent_layer(
   return CellLayer(cls, hidden_size, unroll, backward, initializer, name=name)
 
 
+def stack_layer(stack: Any, name: str) -> nn.Module:
+  """Layer `name` of a linen stack (`LSTM` or `BidirectionalLSTM`), from the stack's settings."""
+  return recurrent_layer(
+    stack.cell,
+    stack.hidden_size,
+    stack.input_projection,
+    stack.unroll,
+    stack.backward,
+    stack.matmul_dtype,
+    name=name,
+    initializer=stack.initializer,
+  )
+
+
 def check_cell_matmul(cell: Any, matmul_dtype: str) -> None:
   """bfloat16 matmuls are the hand-written LSTM's; every other cell computes in float32 (the
   linen and NNX layers both ask here)."""
@@ -671,16 +685,7 @@ class LSTM(nn.Module):
     x, new_carry = inputs, []
 
     def layer(k):  # layer k of the stack: the scan's and the fused path's parameters alike
-      return recurrent_layer(
-        self.cell,
-        self.hidden_size,
-        self.input_projection,
-        self.unroll,
-        self.backward,
-        self.matmul_dtype,
-        name=f"layer_{k}",
-        initializer=self.initializer,
-      )
+      return stack_layer(self, f"layer_{k}")
 
     if fused is not None:  # the same parameters, made by the same layers, computed in one call
       widths = [inputs.shape[-1]] + [self.hidden_size] * (self.num_layers - 1)
@@ -1034,19 +1039,9 @@ class BidirectionalLSTM(nn.Module):
     mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
 
-    def layer(name):
-      return recurrent_layer(
-        self.cell,
-        self.hidden_size,
-        self.input_projection,
-        self.unroll,
-        self.backward,
-        self.matmul_dtype,
-        name=name,
-        initializer=self.initializer,
-      )
-
-    return bidirectional_stack(layer, self.num_layers, inputs, mask, resets, carry)
+    return bidirectional_stack(
+      lambda name: stack_layer(self, name), self.num_layers, inputs, mask, resets, carry
+    )
 
 
 def bidirectional_stack(layer, num_layers: int, inputs, mask, resets, carry):
