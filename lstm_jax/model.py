@@ -115,7 +115,73 @@ def resolve_backend(backend: str, cell: Any = "lstm", matmul_dtype: str = "float
       f"matmul_dtype='float32' (got cell={cell_name(cell)!r}, matmul_dtype={matmul_dtype!r}); "
       f"use backend='scan' or 'auto'."
     )
+  if backend == "cudnn" and jax.default_backend() != "gpu":
+    raise ConfigError(
+      f"backend='cudnn' needs a CUDA GPU; this machine runs {jax.default_backend()}. Use "
+      f"backend='auto' (the scan here, cuDNN on a GPU), 'scan', or 'reference' (the same "
+      f"wiring through jax.experimental.rnn's reference, on any device)."
+    )
   return backend
+
+
+def fused_backend(
+  backend: str, cell: Any, matmul_dtype: str, *, seq_lengths: bool, resets: bool, dropout: bool
+) -> str | None:
+  """The fused implementation ("cudnn" or "reference") one call of a stack runs, or None: the
+  scan. The fused LSTM serves right-padded rows (`seq_lengths` given, no `resets`) with no
+  `dropout` in use; backend "auto" falls back to the scan otherwise, an explicit one is a
+  ConfigError that says why it cannot (the linen and NNX stacks both ask here)."""
+  impl = resolve_backend(backend, cell, matmul_dtype)
+  if impl == "scan":
+    return None
+  why = (
+    "it needs right-padded rows given as seq_lengths= (a mask can hold any layout)"
+    if not seq_lengths
+    else "it takes no resets (one sequence per row, from step 0)"
+    if resets
+    else "dropout is in use (deterministic=False)"
+    if dropout
+    else None
+  )
+  if why is None:
+    return impl
+  if backend == "auto":
+    return None
+  raise ConfigError(f"backend={backend!r} cannot serve this call: {why}; or use 'auto'.")
+
+
+def step_backend(model: Any, *, right_padded: bool, training: bool = False) -> str:
+  """What a train or eval step of `model` runs on a strategy's batches: "scan", "cudnn" or
+  "reference" (`train._forward` asks, and results record it). The fused LSTM takes a batch of
+  right-padded rows (`Strategy.right_padded`: pad, pad_batch_max, bucket without pack_rows),
+  with no dropout in use while training; "auto" falls back to the scan elsewhere, an explicit
+  backend is a ConfigError that names the strategies it can serve. A model without a `backend`
+  setting (one's own module) runs as it is: "scan"."""
+  backend = getattr(model, "backend", None)
+  if backend is None:
+    return "scan"
+  dropout = (
+    training
+    and max(getattr(model, k, 0.0) for k in ("dropout_rate", "input_dropout", "output_dropout")) > 0
+  )
+  try:
+    impl = fused_backend(
+      backend,
+      model.cell,
+      model.matmul_dtype,
+      seq_lengths=right_padded,
+      resets=False,
+      dropout=dropout,
+    )
+  except ConfigError as e:
+    if right_padded:
+      raise
+    raise ConfigError(
+      f"backend={backend!r} runs right-padded rows, one sequence each (strategies pad, "
+      f"pad_batch_max, bucket without pack_rows); this strategy packs or chunks its rows "
+      f"(resets inside rows). Use backend='auto' or 'scan' for it."
+    ) from e
+  return impl or "scan"
 
 
 def resolve_initializer(cell: Any, initializer: str) -> str:
@@ -435,6 +501,12 @@ def stack_layer(stack: Any, name: str) -> nn.Module:
   )
 
 
+def fused_layer_params(stack: Any, name: str, in_features: int) -> dict:
+  """Layer `name` of a linen stack's parameters ({kernel, recurrent_kernel, bias}), made or read
+  by the scan's own layer: what the fused path (`lstm_jax.cudnn`) computes from."""
+  return stack_layer(stack, name)(jnp.zeros((1, 1, in_features)), None, None, None, True)
+
+
 def check_cell_matmul(cell: Any, matmul_dtype: str) -> None:
   """bfloat16 matmuls are the hand-written LSTM's; every other cell computes in float32 (the
   linen and NNX layers both ask here)."""
@@ -639,29 +711,6 @@ class LSTM(nn.Module):
   def zero_carry(self, batch_size: int) -> Carry:
     return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
 
-  def fused_impl(self, seq_lengths, resets, deterministic: bool) -> str | None:
-    """The fused implementation this call runs ("cudnn" or "reference"), or None: the scan.
-    The fused LSTM serves right-padded rows (`seq_lengths=`, no resets) with no dropout in use;
-    backend "auto" falls back to the scan otherwise, an explicit one says why it cannot."""
-    impl = resolve_backend(self.backend, self.cell, self.matmul_dtype)
-    if impl == "scan":
-      return None
-    dropout = max(self.dropout_rate, self.input_dropout, self.output_dropout) > 0
-    why = (
-      "it needs right-padded rows given as seq_lengths= (a mask can hold any layout)"
-      if seq_lengths is None
-      else "it takes no resets (one sequence per row, from step 0)"
-      if resets is not None
-      else "dropout is in use (deterministic=False)"
-      if dropout and not deterministic
-      else None
-    )
-    if why is None:
-      return impl
-    if self.backend == "auto":
-      return None
-    raise ConfigError(f"backend={self.backend!r} cannot serve this call: {why}; or use 'auto'.")
-
   @nn.compact
   def __call__(
     self,
@@ -673,7 +722,15 @@ class LSTM(nn.Module):
     deterministic: bool = True,
     seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
-    fused = self.fused_impl(seq_lengths, resets, deterministic)
+    dropout = max(self.dropout_rate, self.input_dropout, self.output_dropout) > 0
+    fused = fused_backend(
+      self.backend,
+      self.cell,
+      self.matmul_dtype,
+      seq_lengths=seq_lengths is not None,
+      resets=resets is not None,
+      dropout=dropout and not deterministic,
+    )
     mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     batch = inputs.shape[0]
     carry = self.zero_carry(batch) if initial_carry is None else initial_carry
@@ -684,15 +741,12 @@ class LSTM(nn.Module):
       )
     x, new_carry = inputs, []
 
-    def layer(k):  # layer k of the stack: the scan's and the fused path's parameters alike
+    def layer(k):  # layer k of the stack, as the scan runs it
       return stack_layer(self, f"layer_{k}")
 
     if fused is not None:  # the same parameters, made by the same layers, computed in one call
       widths = [inputs.shape[-1]] + [self.hidden_size] * (self.num_layers - 1)
-      layers = [
-        layer(k)(jnp.zeros((1, 1, w), inputs.dtype), None, None, None, True)
-        for k, w in enumerate(widths)
-      ]
+      layers = [fused_layer_params(self, f"layer_{k}", w) for k, w in enumerate(widths)]
       return cudnn.lstm(layers, inputs, seq_lengths, initial_carry=carry, impl=fused)
 
     def variational(rate, name):
@@ -804,8 +858,9 @@ class SequenceModel(nn.Module):
         matmul_dtype=self.matmul_dtype,
         cell=self.cell,
         initializer=self.initializer,
+        backend=self.backend,
         name=stack_name(self.cell),
-      )(x, mask=head_mask, resets=resets, initial_carry=initial_carry)
+      )(x, mask=mask, resets=resets, initial_carry=initial_carry, seq_lengths=seq_lengths)
     else:
       outputs, carry = LSTM(
         self.hidden_size,
@@ -867,12 +922,7 @@ def check_model_settings(s: Any) -> None:
     )
   check_cell_matmul(s.cell, s.matmul_dtype)
   resolve_initializer(s.cell, s.initializer)
-  if resolve_backend(s.backend, s.cell, s.matmul_dtype) != "scan" and s.bidirectional:
-    if s.backend != "auto":
-      raise ConfigError(
-        f"backend={s.backend!r} is not wired for the bidirectional stack yet "
-        f"(lstm_jax.cudnn.lstm is; the model's use of it is not); use backend='scan' or 'auto'."
-      )
+  resolve_backend(s.backend, s.cell, s.matmul_dtype)
 
 
 class SequenceClassifier(nn.Module):
@@ -1000,7 +1050,8 @@ class BidirectionalLSTM(nn.Module):
   (kernel, recurrent_kernel, bias); layers above the first take 2H features.
 
   Args (fields): hidden_size, num_layers, input_projection, unroll, backward, matmul_dtype,
-    cell, initializer: as `LSTM`'s, for each direction.
+    cell, initializer, backend: as `LSTM`'s, for each direction (the fused cuDNN LSTM runs both
+    directions in one call, given `seq_lengths=`).
 
   It needs whole sequences in a row: pad, bucket and pack batches. Truncated BPTT's chunks cut
   sequences, whose reversal would then be wrong, so `train.fit` refuses that pairing. carry: per
@@ -1020,6 +1071,7 @@ class BidirectionalLSTM(nn.Module):
   matmul_dtype: str = "float32"
   cell: Any = "lstm"  # see CELLS and CellLayer
   initializer: str = "auto"  # the LSTM's and the GRU's: see INITIALIZERS
+  backend: str = "auto"  # the scan or the fused cuDNN LSTM: see BACKENDS and LSTM
 
   def zero_carry(self, batch_size: int):
     return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
@@ -1036,9 +1088,25 @@ class BidirectionalLSTM(nn.Module):
     seq_lengths: Array | None = None,
   ):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
+    fused = fused_backend(
+      self.backend,
+      self.cell,
+      self.matmul_dtype,
+      seq_lengths=seq_lengths is not None,
+      resets=resets is not None,
+      dropout=False,
+    )
     mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
-
+    if fused is not None:  # each layer's (forward, backward) parameters, in one fused call
+      widths = [inputs.shape[-1]] + [2 * self.hidden_size] * (self.num_layers - 1)
+      layers = [
+        tuple(fused_layer_params(self, f"{d}_{k}", w) for d in ("forward", "backward"))
+        for k, w in enumerate(widths)
+      ]
+      return cudnn.lstm(
+        layers, inputs, seq_lengths, bidirectional=True, initial_carry=carry, impl=fused
+      )
     return bidirectional_stack(
       lambda name: stack_layer(self, name), self.num_layers, inputs, mask, resets, carry
     )

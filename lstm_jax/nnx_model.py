@@ -36,11 +36,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lstm_jax import cudnn, train
 from lstm_jax import model as linen_model
-from lstm_jax import train
 from lstm_jax.batching import Strategy
 from lstm_jax.data import RaggedDataset
-from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.errors import DataError
 
 Array = jax.Array
 
@@ -127,6 +127,20 @@ class CellLayer(nnx.Module):
     )
 
 
+def _dropping(dropout: nnx.Dropout, deterministic: bool | None) -> bool:
+  """Whether `dropout` drops in this call (deterministic=None: the module's own mode, as
+  nnx.Dropout reads it)."""
+  off = dropout.deterministic if deterministic is None else deterministic
+  return dropout.rate > 0 and not off
+
+
+def _fused_params(layer: nnx.Module) -> dict:
+  """An NNX LSTM layer's parameters as the fused path (`lstm_jax.cudnn`) takes linen's."""
+  return dict(
+    kernel=layer.kernel[...], recurrent_kernel=layer.recurrent_kernel[...], bias=layer.bias[...]
+  )
+
+
 def _is_variable(x) -> bool:
   return isinstance(x, nnx.Variable)
 
@@ -163,10 +177,13 @@ class LSTM(nnx.Module):
     dropout_rate: float = 0.0,
     input_dropout: float = 0.0,
     output_dropout: float = 0.0,
+    backend: str = "auto",
     rngs,
     **layer,
   ):
     self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
+    self.backend, self.matmul_dtype = backend, layer.get("matmul_dtype", "float32")
+    linen_model.resolve_backend(backend, cell, self.matmul_dtype)
     for k in range(num_layers):
       f = in_features if k == 0 else hidden_size
       setattr(self, f"layer_{k}", _layer(cell, f, hidden_size, rngs=rngs, **layer))
@@ -187,8 +204,20 @@ class LSTM(nnx.Module):
     deterministic=None,
     seq_lengths=None,
   ):
+    drops = (self.input_dropout, self.dropout, self.output_dropout)
+    fused = linen_model.fused_backend(
+      self.backend,
+      self.cell,
+      self.matmul_dtype,
+      seq_lengths=seq_lengths is not None,
+      resets=resets is not None,
+      dropout=any(_dropping(d, deterministic) for d in drops),
+    )
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
+    if fused is not None:  # linen's fused path: the same parameters in one call
+      layers = [_fused_params(getattr(self, f"layer_{k}")) for k in range(self.num_layers)]
+      return cudnn.lstm(layers, inputs, seq_lengths, initial_carry=carry, impl=fused)
     x, new_carry = self.input_dropout(inputs, deterministic=deterministic), []
     for k in range(self.num_layers):
       if k > 0:
@@ -202,8 +231,12 @@ class BidirectionalLSTM(nnx.Module):
   """linen's `model.BidirectionalLSTM` (whole sequences per row: pad, bucket, pack): layers
   forward_k and backward_k of `cell`, computed by `model.bidirectional_stack`."""
 
-  def __init__(self, in_features, hidden_size, num_layers=1, *, cell="lstm", rngs, **layer):
+  def __init__(
+    self, in_features, hidden_size, num_layers=1, *, cell="lstm", backend="auto", rngs, **layer
+  ):
     self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
+    self.backend, self.matmul_dtype = backend, layer.get("matmul_dtype", "float32")
+    linen_model.resolve_backend(backend, cell, self.matmul_dtype)
     for k in range(num_layers):
       f = in_features if k == 0 else 2 * hidden_size
       for direction in ("forward", "backward"):
@@ -225,8 +258,24 @@ class BidirectionalLSTM(nnx.Module):
     seq_lengths=None,
   ):
     del deterministic  # no dropout (as linen's)
+    fused = linen_model.fused_backend(
+      self.backend,
+      self.cell,
+      self.matmul_dtype,
+      seq_lengths=seq_lengths is not None,
+      resets=resets is not None,
+      dropout=False,
+    )
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
+    if fused is not None:
+      layers = [
+        tuple(_fused_params(getattr(self, f"{d}_{k}")) for d in ("forward", "backward"))
+        for k in range(self.num_layers)
+      ]
+      return cudnn.lstm(
+        layers, inputs, seq_lengths, bidirectional=True, initial_carry=carry, impl=fused
+      )
     return linen_model.bidirectional_stack(
       lambda name: getattr(self, name), self.num_layers, inputs, mask, resets, carry
     )
@@ -288,11 +337,6 @@ class SequenceModel(nnx.Module):
       backend=backend,
     )
     linen_model.check_model_settings(self.settings)
-    if backend not in ("auto", "scan"):
-      raise ConfigError(
-        f"backend={backend!r}: the NNX front end runs the scan (the fused cuDNN LSTM is "
-        f"linen's for now); use backend='auto' or 'scan', or linen's SequenceModel."
-      )
     st = self.settings
     layer = dict(
       input_projection=st.input_projection,
@@ -306,15 +350,16 @@ class SequenceModel(nnx.Module):
     if vocab_size is not None:
       self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
     in_features = embed_dim if vocab_size is not None else num_features
+    stacked = dict(cell=cell, backend=backend, rngs=rngs)
     if bidirectional:
-      stack = BidirectionalLSTM(in_features, hidden_size, num_layers, cell=cell, rngs=rngs, **layer)
+      stack = BidirectionalLSTM(in_features, hidden_size, num_layers, **stacked, **layer)
     else:
       dropouts = dict(
         dropout_rate=st.dropout_rate,
         input_dropout=st.input_dropout,
         output_dropout=st.output_dropout,
       )
-      stack = LSTM(in_features, hidden_size, num_layers, cell=cell, rngs=rngs, **dropouts, **layer)
+      stack = LSTM(in_features, hidden_size, num_layers, **stacked, **dropouts, **layer)
     self.stack_name = linen_model.stack_name(cell)
     setattr(self, self.stack_name, stack)
     width = 2 * hidden_size if bidirectional else hidden_size
@@ -333,7 +378,7 @@ class SequenceModel(nnx.Module):
     deterministic=None,
     seq_lengths=None,
   ):
-    mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)
+    head_mask = linen_model.mask_from_lengths(inputs, mask, seq_lengths)  # the stack takes either
     if self.vocab_size is not None:
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
         raise DataError(
@@ -345,11 +390,16 @@ class SequenceModel(nnx.Module):
       x = inputs
     stack = getattr(self, self.stack_name)
     outputs, carry = stack(
-      x, mask=mask, resets=resets, initial_carry=initial_carry, deterministic=deterministic
+      x,
+      mask=mask,
+      resets=resets,
+      initial_carry=initial_carry,
+      deterministic=deterministic,
+      seq_lengths=seq_lengths,
     )
     preds = self.head(outputs)
-    if mask is not None:
-      preds = jnp.where(mask[..., None], preds, 0.0)
+    if head_mask is not None:
+      preds = jnp.where(head_mask[..., None], preds, 0.0)
     return preds, carry
 
 

@@ -149,3 +149,59 @@ def test_the_model_s_backend_setting_picks_the_scan_on_the_cpu_and_fuses_on_requ
     SequenceModel(H, 2, cell="gru", backend="cudnn").init(jax.random.key(0), x)
   with pytest.raises(ConfigError, match="backend must be one of"):
     SequenceModel(H, 2, backend="fast").init(jax.random.key(0), x)
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ConfigError, match="backend='cudnn' needs a CUDA GPU; this machine runs"):
+      SequenceModel(H, 2, backend="cudnn").init(jax.random.key(0), x, seq_lengths=lengths)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["stack", "bidirectional"])
+def test_linen_and_nnx_models_fuse_both_stacks_to_the_scan_s_numbers(bidirectional, monkeypatch):
+  """The fused path in each front end and stack: linen's and NNX's SequenceModel with
+  backend="reference" (the cuDNN wiring, any device) give the scan's predictions, carry and
+  gradients to 1e-5 on right-padded rows with an empty row, from the same parameters; with
+  dropout configured but off (deterministic) the call still fuses."""
+  from flax import nnx
+
+  from lstm_jax import nnx_model
+  from lstm_jax.model import SequenceModel
+
+  fused_calls, real = [], cudnn.lstm
+  monkeypatch.setattr(
+    cudnn,
+    "lstm",
+    lambda *a, **k: fused_calls.append(k.get("bidirectional", False)) or real(*a, **k),
+  )
+  x, _ = _inputs()
+  lengths = jnp.asarray(LENGTHS)
+  kw = dict(num_layers=2, bidirectional=bidirectional)
+  if not bidirectional:
+    kw.update(dropout_rate=0.3, input_dropout=0.2)  # deterministic calls: dropout off
+  scan = SequenceModel(H, 3, backend="scan", **kw)
+  params = scan.init(jax.random.key(1), x, seq_lengths=lengths)["params"]
+
+  def loss(fn, p):
+    preds, carry = fn(p)
+    return jnp.sum(jnp.sin(preds)) + sum(jnp.sum(v**2) for v in jax.tree.leaves(carry))
+
+  def linen(model):
+    return lambda p: model.apply({"params": p}, x, seq_lengths=lengths)
+
+  want, want_grad = linen(scan)(params), jax.grad(lambda p: loss(linen(scan), p))(params)
+  assert not fused_calls
+  fused = SequenceModel(H, 3, backend="reference", **kw)
+  assert max_rel_err(linen(fused)(params), want) <= TOL
+  assert max_rel_err(jax.grad(lambda p: loss(linen(fused), p))(params), want_grad) <= TOL
+
+  m = nnx_model.SequenceModel(H, 3, num_features=F, backend="reference", rngs=nnx.Rngs(0), **kw)
+  nnx_model.from_linen_params(m, params)
+  m.eval()
+  assert max_rel_err(m(x, seq_lengths=lengths), want) <= TOL
+  graphdef, state, rest = nnx.split(m, nnx.Param, ...)
+
+  def nnx_call(s):
+    return nnx.merge(graphdef, s, rest)(x, seq_lengths=lengths)
+
+  got_grad = jax.grad(lambda s: loss(nnx_call, s))(state)
+  nnx_model.from_linen_params(m, want_grad)  # the scan's gradient in NNX's tree, to compare
+  assert max_rel_err(jax.tree.leaves(got_grad), jax.tree.leaves(nnx.state(m, nnx.Param))) <= TOL
+  assert len(fused_calls) == 4 and set(fused_calls) == {bidirectional}  # each call fused
