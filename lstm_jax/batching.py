@@ -58,6 +58,9 @@ class Batch:
       on the sequence's last real step only.
     mask: <bool>[B, T] True where the step is real: the carry advances only there.
     resets: <bool>[B, T] True where a new sequence starts: the state is zeroed before that step.
+    seq_lengths: <int32>[B] each row's real steps, for right-padded rows only (one sequence per
+      row from step 0: `Strategy.right_padded`), where the fused cuDNN LSTM can take them in
+      place of the mask (`model.step_backend`); None for any other layout.
   """
 
   inputs: np.ndarray
@@ -65,6 +68,7 @@ class Batch:
   weights: np.ndarray
   mask: np.ndarray
   resets: np.ndarray
+  seq_lengths: np.ndarray | None = None
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -290,8 +294,10 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   return c[offsets[1:]] - c[offsets[:-1]]
 
 
-def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
-  """Builds the numpy arrays of one batch from its plan (vectorised over segments)."""
+def assemble(dataset: RaggedDataset, plan: BatchPlan, right_padded: bool = False) -> Batch:
+  """Builds the numpy arrays of one batch from its plan (vectorised over segments).
+  right_padded: the plan's strategy lays one sequence per row from step 0
+  (`Strategy.right_padded`): the batch also holds each row's length (`Batch.seq_lengths`)."""
   b, t = plan.shape
   row, seq, start, pos, n = plan.segments.T
   dst = gather_steps(row * t + pos, n)  # flat positions in the [B * T] batch
@@ -322,12 +328,22 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan) -> Batch:
   def shape(a):
     return a.reshape((b, t) + a.shape[1:])
 
+  lengths = None
+  if right_padded:
+    if (start != 0).any() or (pos != 0).any() or len(np.unique(row)) != len(row):
+      raise DataError(
+        "assemble(right_padded=True) takes one whole sequence per row from step 0; this "
+        "plan packs or chunks its rows. Pass right_padded=strategy.right_padded."
+      )
+    lengths = np.zeros(b, np.int32)
+    lengths[row] = n
   return Batch(
     inputs=shape(flat_inputs),
     targets=shape(targets),
     weights=shape(weights),
     mask=shape(mask),
     resets=shape(resets),
+    seq_lengths=lengths,
   )
 
 
@@ -348,6 +364,14 @@ class Strategy(abc.ABC):
   name: ClassVar[str]
   carries_state: ClassVar[bool] = False  # True: hand the LSTM carry from batch to batch
   row_setting: ClassVar[str] = "batch_size"  # the setting for rows per batch (errors name it)
+
+  @property
+  def right_padded(self) -> bool:
+    """True when every row holds at most one sequence, whole, from step 0 (padding after it):
+    the layout the fused cuDNN LSTM takes as `seq_lengths` (`assemble(right_padded=True)`,
+    `model.step_backend`). pad, pad_batch_max and bucket without pack_rows; a packed or
+    chunked layout (resets inside rows) is not."""
+    return False
 
   def __init__(self, dataset: RaggedDataset, seed: int = 0, batch_multiple: int = 1):
     if not isinstance(dataset, RaggedDataset):
@@ -386,7 +410,7 @@ class Strategy(abc.ABC):
 
   def batches(self, epoch: int = 0) -> Iterator[Batch]:
     for p in self.plan(epoch):
-      yield assemble(self.dataset, p)
+      yield assemble(self.dataset, p, self.right_padded)
 
   def shapes(self, num_epochs: int = 1) -> list[tuple[int, int]]:
     """The distinct (B, T) this strategy emits over `num_epochs` epochs: one compile each."""
@@ -690,6 +714,7 @@ class Pad(Strategy):
   """
 
   name = "pad"
+  right_padded = True
 
   def __init__(
     self,
@@ -739,6 +764,7 @@ class PadBatchMax(Strategy):
   """
 
   name = "pad_batch_max"
+  right_padded = True
 
   def __init__(
     self,
@@ -928,6 +954,10 @@ class Bucket(Strategy):
 
   def batch_settings(self) -> dict:
     return dict(boundaries=self.boundaries, batch_sizes=self.batch_sizes, pack_rows=self.pack_rows)
+
+  @property
+  def right_padded(self) -> bool:
+    return not self.pack_rows
 
   def _plan(self, epoch, rng):
     plans = []
@@ -1396,6 +1426,10 @@ class Relayout(Strategy):
 
   def batch_settings(self) -> dict:
     return dict(source=self.source.name, layout=self.layout, length=self.length)
+
+  @property
+  def right_padded(self) -> bool:
+    return self.layout == "pad"
 
   def _plan(self, epoch, rng):
     lengths = self.dataset.lengths

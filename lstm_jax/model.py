@@ -124,18 +124,31 @@ def resolve_backend(backend: str, cell: Any = "lstm", matmul_dtype: str = "float
   return backend
 
 
+def right_padded_lengths(inputs: Array, mask: Array | None, seq_lengths: Array | None):
+  """The rows' lengths where a call's layout is right-padded, one sequence per row from step
+  0 (seq_lengths given, or neither a mask nor seq_lengths: every step real), else None (a mask
+  can hold any layout): what the fused LSTM takes."""
+  if seq_lengths is not None:
+    return seq_lengths
+  if mask is None:
+    return jnp.full((inputs.shape[0],), inputs.shape[1], jnp.int32)
+  return None
+
+
 def fused_backend(
   backend: str, cell: Any, matmul_dtype: str, *, seq_lengths: bool, resets: bool, dropout: bool
 ) -> str | None:
   """The fused implementation ("cudnn" or "reference") one call of a stack runs, or None: the
-  scan. The fused LSTM serves right-padded rows (`seq_lengths` given, no `resets`) with no
-  `dropout` in use; backend "auto" falls back to the scan otherwise, an explicit one is a
-  ConfigError that says why it cannot (the linen and NNX stacks both ask here)."""
+  scan. The fused LSTM serves right-padded rows (`seq_lengths`: `right_padded_lengths` has
+  them; no `resets`) with no `dropout` in use; backend "auto" falls back to the scan
+  otherwise, an explicit one is a ConfigError that says why it cannot (the linen and NNX
+  stacks both ask here)."""
   impl = resolve_backend(backend, cell, matmul_dtype)
   if impl == "scan":
     return None
   why = (
-    "it needs right-padded rows given as seq_lengths= (a mask can hold any layout)"
+    "it needs right-padded rows given as seq_lengths= (a mask can hold any layout), or all "
+    "steps real (neither)"
     if not seq_lengths
     else "it takes no resets (one sequence per row, from step 0)"
     if resets
@@ -723,11 +736,12 @@ class LSTM(nn.Module):
     seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
     dropout = max(self.dropout_rate, self.input_dropout, self.output_dropout) > 0
+    lengths = right_padded_lengths(inputs, mask, seq_lengths)
     fused = fused_backend(
       self.backend,
       self.cell,
       self.matmul_dtype,
-      seq_lengths=seq_lengths is not None,
+      seq_lengths=lengths is not None,
       resets=resets is not None,
       dropout=dropout and not deterministic,
     )
@@ -747,7 +761,7 @@ class LSTM(nn.Module):
     if fused is not None:  # the same parameters, made by the same layers, computed in one call
       widths = [inputs.shape[-1]] + [self.hidden_size] * (self.num_layers - 1)
       layers = [fused_layer_params(self, f"layer_{k}", w) for k, w in enumerate(widths)]
-      return cudnn.lstm(layers, inputs, seq_lengths, initial_carry=carry, impl=fused)
+      return cudnn.lstm(layers, inputs, lengths, initial_carry=carry, impl=fused)
 
     def variational(rate, name):
       return nn.Dropout(rate, broadcast_dims=(1,), name=name)
@@ -1088,11 +1102,12 @@ class BidirectionalLSTM(nn.Module):
     seq_lengths: Array | None = None,
   ):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
+    lengths = right_padded_lengths(inputs, mask, seq_lengths)
     fused = fused_backend(
       self.backend,
       self.cell,
       self.matmul_dtype,
-      seq_lengths=seq_lengths is not None,
+      seq_lengths=lengths is not None,
       resets=resets is not None,
       dropout=False,
     )
@@ -1105,7 +1120,7 @@ class BidirectionalLSTM(nn.Module):
         for k, w in enumerate(widths)
       ]
       return cudnn.lstm(
-        layers, inputs, seq_lengths, bidirectional=True, initial_carry=carry, impl=fused
+        layers, inputs, lengths, bidirectional=True, initial_carry=carry, impl=fused
       )
     return bidirectional_stack(
       lambda name: stack_layer(self, name), self.num_layers, inputs, mask, resets, carry

@@ -205,11 +205,12 @@ class LSTM(nnx.Module):
     seq_lengths=None,
   ):
     drops = (self.input_dropout, self.dropout, self.output_dropout)
+    lengths = linen_model.right_padded_lengths(inputs, mask, seq_lengths)
     fused = linen_model.fused_backend(
       self.backend,
       self.cell,
       self.matmul_dtype,
-      seq_lengths=seq_lengths is not None,
+      seq_lengths=lengths is not None,
       resets=resets is not None,
       dropout=any(_dropping(d, deterministic) for d in drops),
     )
@@ -217,7 +218,7 @@ class LSTM(nnx.Module):
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:  # linen's fused path: the same parameters in one call
       layers = [_fused_params(getattr(self, f"layer_{k}")) for k in range(self.num_layers)]
-      return cudnn.lstm(layers, inputs, seq_lengths, initial_carry=carry, impl=fused)
+      return cudnn.lstm(layers, inputs, lengths, initial_carry=carry, impl=fused)
     x, new_carry = self.input_dropout(inputs, deterministic=deterministic), []
     for k in range(self.num_layers):
       if k > 0:
@@ -258,11 +259,12 @@ class BidirectionalLSTM(nnx.Module):
     seq_lengths=None,
   ):
     del deterministic  # no dropout (as linen's)
+    lengths = linen_model.right_padded_lengths(inputs, mask, seq_lengths)
     fused = linen_model.fused_backend(
       self.backend,
       self.cell,
       self.matmul_dtype,
-      seq_lengths=seq_lengths is not None,
+      seq_lengths=lengths is not None,
       resets=resets is not None,
       dropout=False,
     )
@@ -274,7 +276,7 @@ class BidirectionalLSTM(nnx.Module):
         for k in range(self.num_layers)
       ]
       return cudnn.lstm(
-        layers, inputs, seq_lengths, bidirectional=True, initial_carry=carry, impl=fused
+        layers, inputs, lengths, bidirectional=True, initial_carry=carry, impl=fused
       )
     return linen_model.bidirectional_stack(
       lambda name: getattr(self, name), self.num_layers, inputs, mask, resets, carry

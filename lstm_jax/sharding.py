@@ -84,17 +84,22 @@ def process_rows(batch_size: int, mesh: Mesh) -> slice:
 
 
 def shard_batch(
-  dataset: RaggedDataset, plan: BatchPlan, mesh: Mesh, local: Batch | None = None
+  dataset: RaggedDataset,
+  plan: BatchPlan,
+  mesh: Mesh,
+  local: Batch | None = None,
+  right_padded: bool = False,
 ) -> Batch:
   """A global `Batch` of jax.Arrays split over the mesh's data axis.
 
-  Only this process's rows are assembled from the data (or taken from `local`, a full batch).
+  Only this process's rows are assembled from the data (or taken from `local`, a full batch);
+  right_padded: as `assemble`'s (the rows' lengths come along, split as the rows are).
   """
   check_divisible(plan.batch_size, mesh)
   rows = process_rows(plan.batch_size, mesh)
   if local is None:
     mine = plan.take_rows(rows.start, rows.stop)
-    local = assemble(dataset, mine)
+    local = assemble(dataset, mine, right_padded)
   else:
     local = jax.tree.map(lambda a: a[rows], local)
   sharding = batch_sharding(mesh)

@@ -38,7 +38,7 @@ from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell
+from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell, step_backend
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.prefetch import Prefetch
 
@@ -225,19 +225,23 @@ def per_step_loss(preds, targets, loss_kind: str, loss: Callable | None = None):
   return jnp.mean(jnp.square(preds - targets), axis=-1), correct
 
 
-def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bool = False):
-  carry = jax.lax.stop_gradient(carry)
+def _apply(params, state: TrainState, batch: Batch, carry: Carry, training: bool = False):
+  """The model on the batch: (predictions, carry). The batch's layout goes in as its mask and
+  resets, or, where the model's backend fuses right-padded rows (`model.step_backend`), as
+  its rows' lengths."""
   kwargs = {}
   if training:  # dropout on, its masks seeded by the step: fold_in(rng, step)
     kwargs = dict(deterministic=False, rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
-  preds, new_carry = state.apply_fn(
-    {"params": params},
-    batch.inputs,
-    mask=batch.mask,
-    resets=batch.resets,
-    initial_carry=carry,
-    **kwargs,
-  )
+  layout = dict(mask=batch.mask, resets=batch.resets)
+  right_padded = batch.seq_lengths is not None
+  if step_backend(state.model, right_padded=right_padded, training=training) != "scan":
+    layout = dict(seq_lengths=batch.seq_lengths)  # one sequence per row from step 0
+  return state.apply_fn({"params": params}, batch.inputs, initial_carry=carry, **layout, **kwargs)
+
+
+def _forward(params, state: TrainState, batch: Batch, carry: Carry, training: bool = False):
+  carry = jax.lax.stop_gradient(carry)
+  preds, new_carry = _apply(params, state, batch, carry, training)
   loss, correct = per_step_loss(preds, batch.targets, state.loss_kind, state.loss)
   metrics = dict(
     loss_sum=jnp.sum(batch.weights * loss),
@@ -309,20 +313,24 @@ class StepFunctions:
       mesh=mesh,
     )
 
-  def batch(self, dataset: RaggedDataset, plan) -> Batch:
+  def batch(self, dataset: RaggedDataset, plan, right_padded: bool = False) -> Batch:
     """The batch as the steps take it: numpy arrays, or (with a mesh) a global array split over
-    the data axis, of which this process assembles only its own rows."""
+    the data axis, of which this process assembles only its own rows. right_padded: the
+    strategy's (`Strategy.right_padded`): the batch holds each row's length."""
     if self.mesh is None:
-      return assemble(dataset, plan)
-    return sharding.shard_batch(dataset, plan, self.mesh)
+      return assemble(dataset, plan, right_padded)
+    return sharding.shard_batch(dataset, plan, self.mesh, right_padded=right_padded)
 
   def zero_carry(self, model, batch_size: int):
     carry = model.zero_carry(batch_size)
     return carry if self.mesh is None else sharding.shard_carry(carry, self.mesh)
 
 
-def abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
-  """The ShapeDtypeStructs of a [B, T] batch of `dataset` (what a step compiles for)."""
+def abstract_batch(
+  dataset: RaggedDataset, shape: tuple[int, int], right_padded: bool = False
+) -> Batch:
+  """The ShapeDtypeStructs of a [B, T] batch of `dataset` (what a step compiles for);
+  right_padded: with the rows' lengths (`assemble`'s)."""
   b, t = shape
   sds = jax.ShapeDtypeStruct
   inputs = (
@@ -339,25 +347,30 @@ def abstract_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> Batch:
     weights=sds((b, t), jnp.float32),
     mask=sds((b, t), jnp.bool_),
     resets=sds((b, t), jnp.bool_),
+    seq_lengths=sds((b,), jnp.int32) if right_padded else None,
   )
 
 
 def abstract_step_args(
-  fn: CountedJit, state: TrainState, dataset: RaggedDataset, shape: tuple[int, int]
+  fn: CountedJit,
+  state: TrainState,
+  dataset: RaggedDataset,
+  shape: tuple[int, int],
+  right_padded: bool = False,
 ) -> tuple:
-  """The arguments `fn` (a train or eval step) takes for batches of `shape`, as
-  ShapeDtypeStructs: (state, batch, carry), and the train step's lr_scale."""
+  """The arguments `fn` (a train or eval step) takes for batches of `shape` (right_padded: the
+  strategy's), as ShapeDtypeStructs: (state, batch, carry), and the train step's lr_scale."""
   carry = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.model.zero_carry(shape[0])
   )
-  args = (state, abstract_batch(dataset, shape), carry)
+  args = (state, abstract_batch(dataset, shape, right_padded), carry)
   return args + ((jax.ShapeDtypeStruct((), jnp.float32),) if fn.fn is train_step else ())
 
 
 def precompile(fn: CountedJit, state: TrainState, strategy: Strategy, epoch: int = 0) -> None:
   """Compiles `fn` (train or eval step) for every shape `strategy` emits in `epoch`."""
   for shape in sorted(strategy.plan(epoch).shapes()):
-    fn.compile(*abstract_step_args(fn, state, strategy.dataset, shape))
+    fn.compile(*abstract_step_args(fn, state, strategy.dataset, shape, strategy.right_padded))
 
 
 def shapes_in_order(strategy: Strategy, epoch: int = 0, first: Sequence = ()) -> list[tuple]:
@@ -381,7 +394,7 @@ def compile_in_background(
   in the order training meets them (`shapes_in_order`), and returns at once."""
   fn.compile_in_background(
     [
-      abstract_step_args(fn, state, strategy.dataset, s)
+      abstract_step_args(fn, state, strategy.dataset, s, strategy.right_padded)
       for s in shapes_in_order(strategy, epoch, first)
     ],
     workers,
@@ -589,6 +602,7 @@ def _check_fit_arguments(state, strategy, epochs, max_real_tokens) -> None:
       f"a bidirectional model needs whole sequences in each row, and "
       f"{strategy.name} cuts them into chunks; use pad, bucket or pack."
     )
+  step_backend(state.model, right_padded=strategy.right_padded, training=True)  # servable?
 
 
 def fit(
@@ -678,7 +692,7 @@ def fit(
   # each batch assembled ahead, while the steps before it run (depth 0: when it is taken)
   batches = Prefetch(
     stop.planned(strategy, run.position),
-    lambda p: steps.batch(strategy.dataset, p[0]),
+    lambda p: steps.batch(strategy.dataset, p[0], strategy.right_padded),
     prefetch,
     "fit-batches",
   )
@@ -758,13 +772,7 @@ def fit(
 
 def predict_step(state: TrainState, batch: Batch, carry: Carry):
   """The model's outputs <float32>[B, T, ...] on the batch (logits for classification)."""
-  preds, _ = state.apply_fn(
-    {"params": state.params},
-    batch.inputs,
-    mask=batch.mask,
-    resets=batch.resets,
-    initial_carry=carry,
-  )
+  preds, _ = _apply(state.params, state, batch, carry)
   return preds
 
 
@@ -815,7 +823,7 @@ def predict_batches(
   )
   fn = step or CountedJit(predict_step, name="predict_step")
   for plan in strategy.plan(0):
-    batch = assemble(dataset, plan)
+    batch = assemble(dataset, plan, strategy.right_padded)
     preds = np.asarray(fn(state, batch, state.model.zero_carry(plan.batch_size)))
     yield [
       (int(seq), preds[row, pos : pos + n], batch.targets[row, pos : pos + n])
@@ -889,7 +897,8 @@ def evaluate(
   for plan in strategy.plan(epoch):
     if carry is None or not strategy.carries_state:
       carry = steps.zero_carry(state.model, plan.batch_size)
-    metrics, carry = steps.eval(state, steps.batch(strategy.dataset, plan), carry)
+    batch = steps.batch(strategy.dataset, plan, strategy.right_padded)
+    metrics, carry = steps.eval(state, batch, carry)
     per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
   per_batch = jax.device_get(per_batch)
   totals = {k: float(np.sum([m[k] for m in per_batch], dtype=np.float64)) for k in per_batch[0]}

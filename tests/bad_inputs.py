@@ -74,6 +74,18 @@ def _cfg(**changes):
   return ml_collections.ConfigDict(override(compare.get_config("smoke").to_dict(), **changes))
 
 
+def _make_model(**changes):
+  from lstm_jax.runner import experiment
+
+  return experiment.make_model(_cfg(**changes), ragged_features([3, 5], num_features=2))
+
+
+def _fit_packed(model):
+  ds = ragged_features([3, 5, 2], num_features=2)
+  state = train.create_train_state(model, optax.adam(1e-3), ds)
+  return train.fit(state, batching.Pack(ds, batch_size=2, row_length=8), epochs=1)
+
+
 def _npz_without_lengths():
   TMP.mkdir(parents=True, exist_ok=True)
   np.savez(TMP / "no_lengths.npz", values=_floats(4), targets=np.zeros(2, np.int64))
@@ -510,6 +522,26 @@ CASES = [
     "a matmul precision that does not exist",
     lambda: config.validate_config(_cfg(**{"model.matmul_dtype": "float16"})),
     r"config.model.matmul_dtype must be one of \('float32', 'bfloat16'\), got 'float16'",
+  ),
+  Case(
+    "config",
+    "the fused LSTM asked to train with dropout",
+    lambda: config.validate_config(
+      _cfg(**{"model.backend": "reference", "model.dropout_rate": 0.2})
+    ),
+    r"config.model.backend='reference' is the fused LSTM's: it needs config.model.cell=lstm",
+  ),
+  Case(
+    "config",
+    "the cuDNN backend on a machine without a GPU",
+    lambda: _make_model(**{"model.backend": "cudnn"}),
+    r"config.model.backend: backend='cudnn' needs a CUDA GPU; this machine runs cpu",
+  ),
+  Case(
+    "model",
+    "an explicit fused backend asked to train packed rows",
+    lambda: _fit_packed(SequenceModel(4, 2, backend="reference")),
+    r"backend='reference' runs right-padded rows, one sequence each \(strategies pad",
   ),
   Case(
     "config",

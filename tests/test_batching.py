@@ -53,8 +53,28 @@ def _visited_steps(strategy, epoch=0):
       last = step == ds.lengths[seq] - 1
       assert np.array_equal(batch.weights[batch.mask], last.astype(np.float32))
       assert np.array_equal(batch.targets[batch.mask][last], seq[last])
+    # right-padded strategies: each row's length, the mask it stands for, step 0 at column 0
+    assert (batch.seq_lengths is not None) == strategy.right_padded
+    if strategy.right_padded:
+      assert batch.seq_lengths.dtype == np.int32 and batch.seq_lengths.shape == (b,)
+      assert np.array_equal(batch.mask, np.arange(t)[None, :] < batch.seq_lengths[:, None])
+      assert np.all(batch.inputs[..., 1][batch.seq_lengths > 0, 0] == 0)
     visited += zip(seq.tolist(), step.tolist())
   return visited, shapes
+
+
+def test_right_padded_strategies_are_those_with_one_sequence_per_row_from_step_0():
+  """`Strategy.right_padded` (what the fused cuDNN LSTM can take): pad, pad_batch_max and bucket
+  without packed rows; a plan that packs or chunks rows is refused by
+  assemble(right_padded=True), in one line that names the fix."""
+  ds = identity_dataset(LENGTHS)
+  padded = {n for n, make in STRATEGIES.items() if make(ds).right_padded}
+  assert padded == {"pad", "bucket", "bucket_tokens", "pad_batch_max"}
+  assert batching.Relayout(STRATEGIES["pack"](ds), layout="pad").right_padded
+  assert not batching.Relayout(STRATEGIES["pad"](ds), layout="pack", row_length=50).right_padded
+  packed = STRATEGIES["pack"](ds).plan(0)[0]
+  with pytest.raises(DataError, match="one whole sequence per row from step 0"):
+    batching.assemble(ds, packed, right_padded=True)
 
 
 @pytest.mark.parametrize("target_level", ["step", "sequence"])

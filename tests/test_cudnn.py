@@ -205,3 +205,69 @@ def test_linen_and_nnx_models_fuse_both_stacks_to_the_scan_s_numbers(bidirection
   nnx_model.from_linen_params(m, want_grad)  # the scan's gradient in NNX's tree, to compare
   assert max_rel_err(jax.tree.leaves(got_grad), jax.tree.leaves(nnx.state(m, nnx.Param))) <= TOL
   assert len(fused_calls) == 4 and set(fused_calls) == {bidirectional}  # each call fused
+
+
+def test_the_runner_fuses_the_rows_whose_layout_allows_and_records_it(tmp_path):
+  """config.model.backend in the runner: under "reference" (cuDNN's wiring, any device) the
+  right-padded row (pad; bucket's rows are the same layout) trains and evaluates fused, the
+  packed row keeps the scan, and each row records what its steps ran; each row compiles what
+  it does under the scan, the fused row ends where the scan's does to float32 rounding over its
+  steps, and the packed row, on the scan either way, bit for bit. The report names a backend
+  other than the scan."""
+  import json
+
+  from configs import compare
+  from lstm_jax.runner import experiment
+
+  cfg = compare.get_config("smoke")
+  cfg.strategies = ("pad", "pack")
+  cfg.data.max_sequences = 96
+  cfg.plots, cfg.tune_malloc, cfg.predict_costs = False, False, False
+  runs = {}
+  for backend in ("scan", "reference"):
+    cfg.model.backend = backend
+    experiment.train_and_evaluate(cfg, str(tmp_path / backend), quiet=True)
+    rows = json.loads((tmp_path / backend / "runs.json").read_text())
+    runs[backend] = {r["strategy"]: r for r in rows}
+  fused = dict(train="reference", eval="reference")
+  scan = dict(train="scan", eval="scan")
+  assert {s: r["backend"] for s, r in runs["reference"].items()} == dict(pad=fused, pack=scan)
+  assert all(r["backend"] == scan for r in runs["scan"].values())
+  for name, row in runs["reference"].items():
+    want = runs["scan"][name]
+    assert row["compiles"] == want["compiles"] and row["steps"] == want["steps"]
+    assert row["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-4)
+  assert runs["reference"]["pack"]["eval_loss"] == runs["scan"]["pack"]["eval_loss"]
+  text = (tmp_path / "reference" / "report.md").read_text()
+  assert "- pad: batch_size" in text and "; train step reference, eval step reference" in text
+  assert "; train step" not in (tmp_path / "scan" / "report.md").read_text()
+
+
+def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_cannot():
+  """train.fit with backend="reference": a pad strategy's steps take the rows' lengths and train
+  to the scan's parameters (1e-5 over a few Adam steps) with one compile; an explicit fused
+  backend asked to train packed rows, or with dropout on, is one ConfigError before any step."""
+  import optax
+
+  from helpers import ragged_features
+  from lstm_jax import batching, train
+  from lstm_jax.errors import ConfigError
+  from lstm_jax.model import SequenceModel, step_backend
+
+  ds = ragged_features([7, 3, 9, 1, 5, 8, 2, 6], num_features=F, seed=0)
+  results = {}
+  for backend in ("scan", "reference"):
+    model = SequenceModel(H, 2, backend=backend)
+    state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
+    results[backend] = train.fit(state, batching.Pad(ds, batch_size=4), epochs=2)
+  fused = results["reference"]
+  assert step_backend(fused.state.model, right_padded=True, training=True) == "reference"
+  assert fused.steps.train.compiles == 1 and len(fused.history) == 4
+  assert max_rel_err(fused.state.params, results["scan"].state.params) <= TOL
+  pack = batching.Pack(ds, batch_size=2, row_length=12)
+  with pytest.raises(ConfigError, match="backend='reference' runs right-padded rows, one sequence"):
+    train.fit(fused.state, pack, epochs=1)
+  dropped = SequenceModel(H, 2, backend="reference", dropout_rate=0.5, num_layers=2)
+  state = train.create_train_state(dropped, optax.adam(1e-2), ds, seed=0)
+  with pytest.raises(ConfigError, match="dropout is in use"):
+    train.fit(state, batching.Pad(ds, batch_size=4), epochs=1)

@@ -257,9 +257,7 @@ def test_model_settings_are_the_model_fields():
   fields = {f.name for f in dataclasses.fields(SequenceModel)} - {"parent", "name"}
   keys = set(config.base_config().model.keys())
   assert keys <= fields, keys - fields
-  # backend: the runner's steps pass masks, which the fused LSTM does not take (yet), so the
-  # runner always runs the scan and has no such key
-  assert fields - keys == {"num_outputs", "vocab_size", "unroll", "backend"}
+  assert fields - keys == {"num_outputs", "vocab_size", "unroll"}
 
 
 def test_stdlib_functions_source_identity_and_no_duplicates():

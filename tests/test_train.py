@@ -375,8 +375,8 @@ def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch
   assembled, where, dispatched = [], set(), []
   ready = [threading.Event() for _ in range(len(want.history) + 2)]
 
-  def assemble(self, dataset, plan):
-    out = batch(self, dataset, plan)
+  def assemble(self, dataset, plan, right_padded=False):
+    out = batch(self, dataset, plan, right_padded)
     where.add(threading.current_thread().name)
     assembled.append(plan)
     ready[len(assembled)].set()
@@ -415,7 +415,7 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
 
   batch, calls = train.StepFunctions.batch, []
 
-  def damaged(self, dataset, p):
+  def damaged(self, dataset, p, right_padded=False):
     calls.append(p)
     if len(calls) == 3:
       raise DataError("store file values.bin is truncated")
@@ -465,12 +465,12 @@ def test_a_background_compile_error_reaches_the_caller(data):
       raise DataError(f"shape {record.label} refused")
 
   train.compile_in_background(steps.train, state, strategy, on_compiled=refuse)
-  args = train.abstract_step_args(steps.train, state, data, (4, 24))
+  args = train.abstract_step_args(steps.train, state, data, (4, 24), strategy.right_padded)
   with pytest.raises(DataError, match="refused"):
     steps.train.compile(*args)
   with pytest.raises(DataError, match="refused"):
     steps.train.raise_background_errors()
-  ok = train.abstract_step_args(steps.train, state, data, (4, 12))
+  ok = train.abstract_step_args(steps.train, state, data, (4, 12), strategy.right_padded)
   assert steps.train.compile(*ok) is not None  # the other shape compiled fine
 
 

@@ -16,7 +16,14 @@ from ml_collections.config_dict import placeholder
 from lstm_jax import batching, tasks
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import BACKWARDS, CELLS, INITIALIZERS, INPUT_PROJECTIONS, MATMUL_DTYPES
+from lstm_jax.model import (
+  BACKENDS,
+  BACKWARDS,
+  CELLS,
+  INITIALIZERS,
+  INPUT_PROJECTIONS,
+  MATMUL_DTYPES,
+)
 
 STRATEGY_NAMES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
 # The runner's default rows: every strategy but pad_batch_max, the common mistake (a compile per
@@ -131,6 +138,12 @@ def base_config() -> ml_collections.ConfigDict:
       # "flax" for the GRU), "keras", "flax", "pytorch" (model.INITIALIZERS); other cells
       # initialise as their own class does
       initializer="auto",
+      # the LSTM's computation: "auto" (the default: the scan on the CPU; on a CUDA GPU the
+      # fused cuDNN LSTM for the rows it can take: pad, pad_batch_max, bucket without
+      # pack_rows, and every evaluation), "scan", "cudnn" (those rows fused, the others on the
+      # scan), "reference" (cuDNN's wiring through jax.experimental.rnn's reference: any
+      # device, for checks). Each row's results record what ran (model.BACKENDS)
+      backend="auto",
     )
   )
   # Adam. schedule "constant", or "cosine": the learning rate decays from learning_rate to
@@ -326,6 +339,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     ("backward", BACKWARDS),
     ("matmul_dtype", MATMUL_DTYPES),
     ("initializer", INITIALIZERS),
+    ("backend", BACKENDS),
   ):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
@@ -335,6 +349,15 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       f"GRU; cell {cfg.model.cell!r} initialises as its own class does. Use "
       f"config.model.cell=lstm or gru, or leave the initializer at 'auto'."
     )
+  if cfg.model.backend in ("cudnn", "reference"):
+    dropout = max(cfg.model[k] for k in ("dropout_rate", "input_dropout", "output_dropout"))
+    if cfg.model.cell != "lstm" or cfg.model.matmul_dtype != "float32" or dropout > 0:
+      raise ConfigError(
+        f"config.model.backend={cfg.model.backend!r} is the fused LSTM's: it needs "
+        f"config.model.cell=lstm, matmul_dtype=float32 and no dropout (got cell "
+        f"{cfg.model.cell!r}, matmul_dtype {cfg.model.matmul_dtype!r}, dropout {dropout:g}); "
+        f"use config.model.backend=auto or scan."
+      )
   if cfg.model.cell != "lstm" and cfg.model.matmul_dtype != "float32":
     raise ConfigError(
       f"config.model.matmul_dtype={cfg.model.matmul_dtype!r} is implemented for "

@@ -34,7 +34,7 @@ from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import SequenceModel
+from lstm_jax.model import SequenceModel, resolve_backend, step_backend
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.runner import config, costs, guards, report
 from lstm_jax.store import StoredDataset
@@ -65,13 +65,33 @@ def metric_value(name: str, result: dict) -> float:
   }[name](result)
 
 
-def make_model(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> SequenceModel:
+def make_model(
+  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, right_padded: bool = True
+) -> SequenceModel:
   """The model from the config's model section, whose keys are SequenceModel's own fields (one
   settings path: a new model setting is a field and a config default, nothing in between), and
-  the data's vocabulary and output size."""
+  the data's vocabulary and output size.
+
+  right_padded: the row's strategy's (`Strategy.right_padded`). A row that packs or chunks its
+  rows keeps the scan under config.model.backend=cudnn or reference (the fused LSTM takes one
+  sequence per row); "auto" stays "auto" (each step picks, `model.step_backend`)."""
   num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
-  return SequenceModel(
-    **cfg.model.to_dict(), num_outputs=num_outputs, vocab_size=dataset.vocab_size
+  settings = cfg.model.to_dict()
+  if settings["backend"] in ("cudnn", "reference") and not right_padded:
+    settings["backend"] = "scan"
+  try:
+    resolve_backend(settings["backend"], settings["cell"], settings["matmul_dtype"])
+  except ConfigError as e:
+    raise ConfigError(f"config.model.backend: {e}") from None
+  return SequenceModel(**settings, num_outputs=num_outputs, vocab_size=dataset.vocab_size)
+
+
+def row_backends(state: train.TrainState, strategy: batching.Strategy, evaluator) -> dict:
+  """What the row's train and eval steps run ("scan", "cudnn" or "reference"), as results
+  record it."""
+  return dict(
+    train=step_backend(state.model, right_padded=strategy.right_padded, training=True),
+    eval=step_backend(state.model, right_padded=evaluator.right_padded),
   )
 
 
@@ -362,7 +382,9 @@ def compile_largest_step(
   """Compiles the strategy's largest train step (a compile its run makes anyway, so counted in
   its row) and applies the memory guard to XLA's memory analysis of it."""
   shape = guards.largest_shape(strategy)
-  args = train.abstract_step_args(steps.train, state, strategy.dataset, shape)
+  args = train.abstract_step_args(
+    steps.train, state, strategy.dataset, shape, strategy.right_padded
+  )
   steps.train.compile(*args)
   guards.check_memory(
     name,
@@ -386,7 +408,7 @@ def calibration(
   key = costs.calibration_key(cfg, train_ds)
   cal = costs.Calibration.load(path, key) if path else None
   if cal is None:
-    state = new_train_state(cfg, train_ds, cfg.seed, 1)
+    state = new_train_state(cfg, train_ds, cfg.seed, 1, right_padded=False)  # the scan's costs
     shapes = costs.calibration_shapes(train_ds, cfg.train.tokens_per_step)
     if not quiet:
       print(f"calibrating compile and step costs on {shapes} ...", flush=True)
@@ -543,12 +565,17 @@ def planned_steps_from_config(
 
 
 def new_train_state(
-  cfg: ml_collections.ConfigDict, dataset: RaggedDataset, seed: int, total_steps: int
+  cfg: ml_collections.ConfigDict,
+  dataset: RaggedDataset,
+  seed: int,
+  total_steps: int,
+  right_padded: bool = True,
 ) -> train.TrainState:
-  """The row's initial state: the model's init for `seed` and the optimizer, whose schedule
-  (if any) spans the row's `total_steps` planned optimizer steps."""
+  """The row's initial state: the model's init for `seed` (right_padded: the row's strategy's,
+  see `make_model`) and the optimizer, whose schedule (if any) spans the row's `total_steps`
+  planned optimizer steps."""
   return train.create_train_state(
-    make_model(cfg, dataset),
+    make_model(cfg, dataset, right_padded),
     make_optimizer(cfg, total_steps),
     dataset,
     seed=seed,
@@ -659,7 +686,7 @@ def run_strategy(
   )  # the row's steps: its schedule and its progress bar
   evaluator = eval_strategy(eval_ds, cfg, batch_multiple=devices)
   state, steps = prepared or (
-    new_train_state(cfg, train_ds, seed, len(planned)),
+    new_train_state(cfg, train_ds, seed, len(planned), strategy.right_padded),
     train.StepFunctions.create(mesh),
   )
   background = cfg.background_compiles > 0
@@ -774,6 +801,7 @@ def run_strategy(
     shapes=len(strategy.shapes()),
     steps=len(hist),
     batch_settings=strategy.batch_settings(),
+    backend=row_backends(result.state, strategy, evaluator),
     real_tokens=result.real_tokens,
     computed_tokens=computed,
     padding_fraction=1.0 - result.real_tokens / computed,
@@ -896,7 +924,7 @@ def preflight(
   for name, strategy in built.items():
     if name in finished:
       continue
-    state = new_train_state(cfg, train_ds, cfg.seed, planned[name])
+    state = new_train_state(cfg, train_ds, cfg.seed, planned[name], strategy.right_padded)
     steps = train.StepFunctions.create(mesh)
     compile_largest_step(name, steps, state, strategy, cfg)
     # The row reuses this compile (its clock starts with its seconds); with background compiles

@@ -78,6 +78,9 @@ class Row:
   test_loss: float | None = dataclasses.field(default=None, **_mean(19))
   test_metric: float | None = dataclasses.field(default=None, **_mean(20))
   test_classes: dict | None = None
+  # what the train and eval steps ran: {"train": "scan" | "cudnn" | "reference", "eval": ...}
+  # (config.model.backend, model.step_backend); None in results written before it was recorded
+  backend: dict | None = None
   comparable: bool | None = dataclasses.field(**_after)
   not_comparable: str | None = dataclasses.field(**_after)
   target_eval_loss: float | None = dataclasses.field(**_after, **_mean(17))
@@ -241,6 +244,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     row["comparable"] = not reasons
     row["not_comparable"] = "; ".join(reasons) or None
     row["batch_settings"] = group[0].get("batch_settings")
+    row["backend"] = group[0].get("backend")  # a config's: the same for every seed
     loads = [r.get("cache_loads") or {} for r in group]  # absent in results from before it existed
     row["cache_loads"] = {k: sum(d.get(k, 0) for d in loads) for k in ("train", "eval")}
     row["classes"] = _classes_over_seeds([r.get("classes") for r in group])
@@ -249,6 +253,14 @@ def aggregate(runs: list[dict]) -> list[dict]:
     row["test_classes"] = _classes_over_seeds([r.get("test_classes") for r in group])
     rows.append(row)
   return rows
+
+
+def backend_words(backend: dict | None) -> str:
+  """A row's backends for its batch-settings line: nothing when both steps ran the scan (every
+  CPU row), else "; train step cudnn, eval step cudnn"."""
+  if not backend or set(backend.values()) == {"scan"}:
+    return ""
+  return f"; train step {backend['train']}, eval step {backend['eval']}"
 
 
 def _classes_over_seeds(scores: list[dict | None]) -> dict | None:
@@ -636,6 +648,7 @@ def markdown_report(
     *(
       f"- {r['strategy']}: "
       + ", ".join(f"{k} {v}" for k, v in (r.get("batch_settings") or {}).items())
+      + backend_words(r.get("backend"))
       for r in summary
     ),
     "",
