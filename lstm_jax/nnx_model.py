@@ -165,7 +165,8 @@ class LSTM(nnx.Module):
   """A stack of `num_layers` masked layers of `cell` (default the LSTM); attributes layer_0,
   layer_1, ... as linen's. Dropout as linen's `model.LSTM`: `dropout_rate` between layers,
   `input_dropout` / `output_dropout` variational (one mask per sequence and feature); off in
-  `model.eval()` mode or with deterministic=True."""
+  `model.eval()` mode or with deterministic=True. `backend` as linen's (`model.BACKENDS`): the
+  fused cuDNN LSTM for right-padded rows (`seq_lengths=`) where it can serve the call."""
 
   def __init__(
     self,
@@ -230,7 +231,8 @@ class LSTM(nnx.Module):
 
 class BidirectionalLSTM(nnx.Module):
   """linen's `model.BidirectionalLSTM` (whole sequences per row: pad, bucket, pack): layers
-  forward_k and backward_k of `cell`, computed by `model.bidirectional_stack`."""
+  forward_k and backward_k of `cell`, computed by `model.bidirectional_stack`, or by the fused
+  LSTM in one call under `backend` (as linen's)."""
 
   def __init__(
     self, in_features, hidden_size, num_layers=1, *, cell="lstm", backend="auto", rngs, **layer

@@ -7,9 +7,11 @@ exactness checks repeated on the device, written as BENCHMARKS-style markdown.
 benchmarks/gpu/run.sh installs the CUDA jaxlib and runs the first line. Rows (W as
 configs/benchmark.py defines it; each a train step, Adam, timed passes after a warm-up, the
 median pass reported): the scan under pad, bucket, tbptt and pack (`time_ours`); the fused
-LSTM (`lstm_jax.cudnn`) under pad and bucket (right-padded rows, one sequence each); Flax's
-nn.RNN in power-of-two buckets. Exactness: the fused LSTM against the scan on ragged rows with
-an empty one (outputs, carry, gradients), stack and bidirectional, at precision HIGHEST.
+LSTM (`lstm_jax.cudnn`) under pad and bucket (right-padded rows, one sequence each), bare and
+as lstm_jax's own train step with `SequenceModel(backend=...)` (what the runner runs under
+config.model.backend); Flax's nn.RNN in power-of-two buckets. Exactness: the fused LSTM
+against the scan on ragged rows with an empty one (outputs, carry, gradients), stack and
+bidirectional, and SequenceModel(backend=...) against backend="scan", at precision HIGHEST.
 `--impl reference` runs the fused rows through jax.experimental.rnn's reference (any backend):
 the script's own check on a machine without a GPU, not a speed figure.
 """
@@ -64,6 +66,25 @@ def exactness(impl: str) -> dict:
     out[name] = dict(
       outputs=measure_err(y_f, y_s), carry=measure_err(c_f, c_s), gradients=measure_err(g_f, g_s)
     )
+  for bidirectional in (False, True):  # the model's backend setting: the train step's path
+    got = {}
+    for backend in ("scan", impl):
+      model = SequenceModel(h, 3, num_layers=2, bidirectional=bidirectional, backend=backend)
+      params = model.init(jax.random.key(1), x, seq_lengths=lengths)["params"]
+
+      def model_loss(p, model=model):
+        preds, carry = model.apply({"params": p}, x, seq_lengths=lengths)
+        value = jnp.sum(jnp.sin(preds)) + sum(jnp.sum(v**2) for v in jax.tree.leaves(carry))
+        return value, (preds, carry)
+
+      with jax.default_matmul_precision("highest"):
+        got[backend] = jax.value_and_grad(model_loss, has_aux=True)(params)
+    (_, (y_s, c_s)), g_s = got["scan"]
+    (_, (y_f, c_f)), g_f = got[impl]
+    name = f"SequenceModel{' bidirectional' if bidirectional else ''} (backend={impl})"
+    out[name] = dict(
+      outputs=measure_err(y_f, y_s), carry=measure_err(c_f, c_s), gradients=measure_err(g_f, g_s)
+    )
   return out
 
 
@@ -113,6 +134,9 @@ def run(cfg, out: str, impl: str = "cudnn") -> dict:
     ),
     time_fused(f"fused ({impl}) pad", pad, cfg, impl),
     time_fused(f"fused ({impl}) bucket (pow2)", bucket, cfg, impl),
+    # the library's own train step with the model's backend set: what the runner runs
+    measure.time_ours(f"train_step backend={impl} pad", pad, cfg, backend=impl),
+    measure.time_ours(f"train_step backend={impl} bucket (pow2)", bucket, cfg, backend=impl),
     measure.time_flax_rnn("flax nn.RNN pow2 buckets", bucket, cfg),
   ]
   checks = exactness(impl)
@@ -136,11 +160,15 @@ def run(cfg, out: str, impl: str = "cudnn") -> dict:
       f"{r.compile_seconds:.2f} | {passes} |"
     )
   by = {r.name: r for r in rows}
+  lines.append("")
   for layout in ("pad", "bucket (pow2)"):
-    fused, scan = by[f"fused ({impl}) {layout}"], by[f"scan {layout}"]
-    lines.append("")
-    ratio = fused.tokens_per_second / scan.tokens_per_second
-    lines.append(f"Fused against the scan, {layout}: **{ratio:.2f}x**.")
+    scan = by[f"scan {layout}"].tokens_per_second
+    bare = by[f"fused ({impl}) {layout}"].tokens_per_second / scan
+    step = by[f"train_step backend={impl} {layout}"].tokens_per_second / scan
+    lines.append(
+      f"- {layout}: the fused LSTM **{bare:.2f}x** the scan bare, **{step:.2f}x** as "
+      f"lstm_jax's train step (backend={impl})."
+    )
   lines += ["", "## Exactness on this device (max relative error, fused against the scan)", ""]
   lines += ["| stack | outputs | carry | gradients | within 1e-5 |", "|---|---|---|---|---|"]
   for name, e in checks.items():

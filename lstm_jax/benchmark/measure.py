@@ -182,7 +182,7 @@ def compile_cache_probe(cfg) -> dict:
 def _pass_batches(strategy: batching.Strategy, tokens_per_pass: int):
   plans, out, real = strategy.plan(0), [], 0
   for p in plans:
-    out.append((p, batching.assemble(strategy.dataset, p)))
+    out.append((p, batching.assemble(strategy.dataset, p, strategy.right_padded)))
     real += p.real_tokens
     if real >= tokens_per_pass:
       break
@@ -235,9 +235,11 @@ def time_ours(
   backward: str = "manual",
   matmul_dtype: str = "float32",
   cell: str = "lstm",
+  backend: str = "auto",
 ) -> Timing:
   """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes. A `cell`
-  other than "lstm" runs model.CellLayer (autodiff; input_projection and backward unused)."""
+  other than "lstm" runs model.CellLayer (autodiff; input_projection and backward unused);
+  `backend` is the model's (the fused cuDNN LSTM takes the right-padded strategies' rows)."""
   ds = strategy.dataset
   model = SequenceModel(
     hidden_size=cfg.hidden_size,
@@ -247,6 +249,7 @@ def time_ours(
     backward=backward,
     matmul_dtype=matmul_dtype,
     cell=cell,
+    backend=backend,
   )
   state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
   steps = train.StepFunctions.create()
