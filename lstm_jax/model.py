@@ -163,6 +163,22 @@ def fused_backend(
   raise ConfigError(f"backend={backend!r} cannot serve this call: {why}; or use 'auto'.")
 
 
+def fused_call(stack: Any, inputs: Array, mask, resets, seq_lengths, dropout: bool = False):
+  """(the fused implementation one call of `stack` runs or None, the rows' lengths it takes):
+  `fused_backend` for a stack (linen's or NNX's LSTM or BidirectionalLSTM: its backend, cell
+  and matmul_dtype) on this call's layout; `dropout`: whether dropout drops in this call."""
+  lengths = right_padded_lengths(inputs, mask, seq_lengths)
+  impl = fused_backend(
+    stack.backend,
+    stack.cell,
+    stack.matmul_dtype,
+    seq_lengths=lengths is not None,
+    resets=resets is not None,
+    dropout=dropout,
+  )
+  return impl, lengths
+
+
 def step_backend(model: Any, *, right_padded: bool, training: bool = False) -> str:
   """What a train or eval step of `model` runs on a strategy's batches: "scan", "cudnn" or
   "reference" (`train._forward` asks, and results record it). The fused LSTM takes a batch of
@@ -736,14 +752,8 @@ class LSTM(nn.Module):
     seq_lengths: Array | None = None,
   ) -> tuple[Array, Carry]:
     dropout = max(self.dropout_rate, self.input_dropout, self.output_dropout) > 0
-    lengths = right_padded_lengths(inputs, mask, seq_lengths)
-    fused = fused_backend(
-      self.backend,
-      self.cell,
-      self.matmul_dtype,
-      seq_lengths=lengths is not None,
-      resets=resets is not None,
-      dropout=dropout and not deterministic,
+    fused, lengths = fused_call(
+      self, inputs, mask, resets, seq_lengths, dropout and not deterministic
     )
     mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     batch = inputs.shape[0]
@@ -1102,15 +1112,7 @@ class BidirectionalLSTM(nn.Module):
     seq_lengths: Array | None = None,
   ):
     del deterministic  # no dropout here (use SequenceModel's dropout around it)
-    lengths = right_padded_lengths(inputs, mask, seq_lengths)
-    fused = fused_backend(
-      self.backend,
-      self.cell,
-      self.matmul_dtype,
-      seq_lengths=lengths is not None,
-      resets=resets is not None,
-      dropout=False,
-    )
+    fused, lengths = fused_call(self, inputs, mask, resets, seq_lengths)
     mask, resets = check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:  # each layer's (forward, backward) parameters, in one fused call

@@ -206,15 +206,8 @@ class LSTM(nnx.Module):
     seq_lengths=None,
   ):
     drops = (self.input_dropout, self.dropout, self.output_dropout)
-    lengths = linen_model.right_padded_lengths(inputs, mask, seq_lengths)
-    fused = linen_model.fused_backend(
-      self.backend,
-      self.cell,
-      self.matmul_dtype,
-      seq_lengths=lengths is not None,
-      resets=resets is not None,
-      dropout=any(_dropping(d, deterministic) for d in drops),
-    )
+    dropping = any(_dropping(d, deterministic) for d in drops)
+    fused, lengths = linen_model.fused_call(self, inputs, mask, resets, seq_lengths, dropping)
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:  # linen's fused path: the same parameters in one call
@@ -261,15 +254,7 @@ class BidirectionalLSTM(nnx.Module):
     seq_lengths=None,
   ):
     del deterministic  # no dropout (as linen's)
-    lengths = linen_model.right_padded_lengths(inputs, mask, seq_lengths)
-    fused = linen_model.fused_backend(
-      self.backend,
-      self.cell,
-      self.matmul_dtype,
-      seq_lengths=lengths is not None,
-      resets=resets is not None,
-      dropout=False,
-    )
+    fused, lengths = linen_model.fused_call(self, inputs, mask, resets, seq_lengths)
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:
