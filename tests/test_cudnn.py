@@ -214,13 +214,13 @@ def test_linen_and_nnx_models_fuse_both_stacks_to_the_scan_s_numbers(bidirection
   assert len(fused_calls) == 4 and set(fused_calls) == {bidirectional}  # each call fused
 
 
-def test_the_runner_fuses_the_rows_whose_layout_allows_and_records_it(tmp_path):
+def test_the_runner_fuses_the_rows_whose_layout_allows_and_records_it(tmp_path, capsys):
   """config.model.backend in the runner: under "reference" (cuDNN's wiring, any device) the
   right-padded row (pad; bucket's rows are the same layout) trains and evaluates fused, the
   packed row keeps the scan, and each row records what its steps ran; each row compiles what
   it does under the scan, the fused row ends where the scan's does to float32 rounding over its
-  steps, and the packed row, on the scan either way, bit for bit. The report names a backend
-  other than the scan."""
+  steps, and the packed row, on the scan either way, bit for bit. The report, and the plan's
+  note before any row trains, name a backend other than the scan."""
   import json
 
   from configs import compare
@@ -231,10 +231,11 @@ def test_the_runner_fuses_the_rows_whose_layout_allows_and_records_it(tmp_path):
   cfg.data.max_sequences = 96
   cfg.plots, cfg.tune_malloc, cfg.predict_costs = False, False, False
   cfg.eval.num_buckets, cfg.checkpoint.enabled = 1, False  # fewer compiles, no writes
-  runs = {}
+  runs, logs = {}, {}
   for backend in ("scan", "reference"):
     cfg.model.backend = backend
-    experiment.train_and_evaluate(cfg, str(tmp_path / backend), quiet=True)
+    experiment.train_and_evaluate(cfg, str(tmp_path / backend), quiet=False)
+    logs[backend] = capsys.readouterr().err
     rows = json.loads((tmp_path / backend / "runs.json").read_text())
     runs[backend] = {r["strategy"]: r for r in rows}
   fused = dict(train="reference", eval="reference")
@@ -249,6 +250,14 @@ def test_the_runner_fuses_the_rows_whose_layout_allows_and_records_it(tmp_path):
   text = (tmp_path / "reference" / "report.md").read_text()
   assert "- pad: batch_size" in text and "; train step reference, eval step reference" in text
   assert "; train step" not in (tmp_path / "scan" / "report.md").read_text()
+  # the plan's note, before any row trains, says which rows fuse
+  assert "; train step reference" in next(
+    x for x in logs["reference"].splitlines() if x.startswith("pad:")
+  )
+  assert "; train step" not in next(
+    x for x in logs["reference"].splitlines() if x.startswith("pack:")
+  )
+  assert "; train step" not in logs["scan"]
 
 
 def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_cannot():

@@ -911,9 +911,12 @@ def preflight(
   planned.update(check_plans({n: s for n, s in built.items() if n not in planned}, cfg))
   median = float(np.median(list(planned.values())))
   for name, strategy in built.items():
+    model = make_model(cfg, train_ds, strategy.right_padded)
+    fused = step_backend(model, right_padded=strategy.right_padded, training=True)
     log.note(
       f"{name}: {planned[name]} optimizer steps planned, "
       + ", ".join(f"{k} {v}" for k, v in strategy.batch_settings().items())
+      + (f"; train step {fused}" if fused != "scan" else "")
     )
     if abs(planned[name] / median - 1) > cfg.guards.step_tolerance:
       log.note(
