@@ -181,14 +181,14 @@ def fused_call(stack: Any, inputs: Array, mask, resets, seq_lengths, dropout: bo
 
 def step_backend(model: Any, *, right_padded: bool, training: bool = False) -> str:
   """What a train or eval step of `model` runs on a strategy's batches: "scan", "cudnn" or
-  "reference" (`train._forward` asks, and results record it). The fused LSTM takes a batch of
+  "reference" (`train._apply` asks, and results record it). The fused LSTM takes a batch of
   right-padded rows (`Strategy.right_padded`: pad, pad_batch_max, bucket without pack_rows),
   with no dropout in use while training; "auto" falls back to the scan elsewhere, an explicit
   backend is a ConfigError that names the strategies it can serve. A model without a `backend`
-  setting (one's own module) runs as it is: "scan"."""
+  setting of BACKENDS (one's own module) runs as it is: "scan"."""
   backend = getattr(model, "backend", None)
-  if backend is None:
-    return "scan"
+  if not isinstance(backend, str) or backend not in BACKENDS:
+    return "scan"  # a SequenceModel's own check refuses a misspelt backend at init
   dropout = (
     training
     and max(getattr(model, k, 0.0) for k in ("dropout_rate", "input_dropout", "output_dropout")) > 0
@@ -196,8 +196,8 @@ def step_backend(model: Any, *, right_padded: bool, training: bool = False) -> s
   try:
     impl = fused_backend(
       backend,
-      model.cell,
-      model.matmul_dtype,
+      getattr(model, "cell", "lstm"),
+      getattr(model, "matmul_dtype", "float32"),
       seq_lengths=right_padded,
       resets=False,
       dropout=dropout,

@@ -264,6 +264,7 @@ def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_
   """train.fit with backend="reference": a pad strategy's steps take the rows' lengths and train
   to the scan's parameters (1e-5 over a few Adam steps) with one compile; an explicit fused
   backend asked to train packed rows, or with dropout on, is one ConfigError before any step."""
+  import flax.linen as nn
   import optax
 
   from helpers import ragged_features
@@ -279,6 +280,7 @@ def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_
     results[backend] = train.fit(state, batching.Pad(ds, batch_size=4), epochs=2)
   fused = results["reference"]
   assert step_backend(fused.state.model, right_padded=True, training=True) == "reference"
+  assert step_backend(nn.Dense(2), right_padded=True) == "scan"  # one's own module: as it is
   assert fused.steps.train.compiles == 1 and len(fused.history) == 4
   assert max_rel_err(fused.state.params, results["scan"].state.params) <= TOL
   pack = batching.Pack(ds, batch_size=2, row_length=12)
