@@ -167,16 +167,24 @@ def fused_call(stack: Any, inputs: Array, mask, resets, seq_lengths, dropout: bo
   """(the fused implementation one call of `stack` runs or None, the rows' lengths it takes):
   `fused_backend` for a stack (linen's or NNX's LSTM or BidirectionalLSTM: its backend, cell
   and matmul_dtype) on this call's layout; `dropout`: whether dropout drops in this call."""
-  lengths = right_padded_lengths(inputs, mask, seq_lengths)
   impl = fused_backend(
     stack.backend,
     stack.cell,
     stack.matmul_dtype,
-    seq_lengths=lengths is not None,
+    seq_lengths=seq_lengths is not None or mask is None,  # right_padded_lengths' layouts
     resets=resets is not None,
     dropout=dropout,
   )
-  return impl, lengths
+  if impl is None:  # the scan: no lengths to make
+    return None, None
+  return impl, right_padded_lengths(inputs, mask, seq_lengths)
+
+
+def stack_backend(stack: Any, backend: str, cell: Any, matmul_dtype: str) -> None:
+  """Sets an NNX stack's `backend` and `matmul_dtype` (what `fused_call` reads), checked as
+  linen's stack is (`resolve_backend`)."""
+  resolve_backend(backend, cell, matmul_dtype)
+  stack.backend, stack.matmul_dtype = backend, matmul_dtype
 
 
 def step_backend(model: Any, *, right_padded: bool, training: bool = False) -> str:

@@ -183,8 +183,7 @@ class LSTM(nnx.Module):
     **layer,
   ):
     self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
-    self.backend, self.matmul_dtype = backend, layer.get("matmul_dtype", "float32")
-    linen_model.resolve_backend(backend, cell, self.matmul_dtype)
+    linen_model.stack_backend(self, backend, cell, layer.get("matmul_dtype", "float32"))
     for k in range(num_layers):
       f = in_features if k == 0 else hidden_size
       setattr(self, f"layer_{k}", _layer(cell, f, hidden_size, rngs=rngs, **layer))
@@ -231,8 +230,7 @@ class BidirectionalLSTM(nnx.Module):
     self, in_features, hidden_size, num_layers=1, *, cell="lstm", backend="auto", rngs, **layer
   ):
     self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
-    self.backend, self.matmul_dtype = backend, layer.get("matmul_dtype", "float32")
-    linen_model.resolve_backend(backend, cell, self.matmul_dtype)
+    linen_model.stack_backend(self, backend, cell, layer.get("matmul_dtype", "float32"))
     for k in range(num_layers):
       f = in_features if k == 0 else 2 * hidden_size
       for direction in ("forward", "backward"):
