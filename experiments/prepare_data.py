@@ -12,13 +12,15 @@ keep exactly the sequences the runner's in-memory loader keeps (duplicates dropp
 length filters), so a run on the store trains on the same batches.
 """
 
+import signal
 import sys
 import time
 
 from absl import app, flags
 
 from lstm_jax import sources
-from lstm_jax.errors import exit_on_user_error
+from lstm_jax.errors import exit_on_user_error, os_error_text
+from lstm_jax.files import normalized_path
 
 flags.DEFINE_enum("source", None, list(sources.PREPARE_SOURCES), "What to read.")
 flags.DEFINE_string(
@@ -41,13 +43,20 @@ class Progress:
   """One line on stderr, rewritten at most twice a second: records, MB read, MB/s."""
 
   def __init__(self, quiet: bool):
-    self.quiet, self.start, self.last = quiet, time.perf_counter(), 0.0
+    self.quiet, self.start, self.last, self.writer = quiet, time.perf_counter(), 0.0, None
 
   def __call__(self, writer) -> None:
+    self.writer = writer
     now = time.perf_counter()
     if not self.quiet and now - self.last >= 0.5:
       self.last = now
       self.line(writer, now)
+
+  def end_line(self) -> None:
+    """Ends the progress line (if one was written), so what follows starts a line of its own."""
+    if self.last:
+      self.line(self.writer, time.perf_counter(), end="\n")
+      self.last = 0.0
 
   def line(self, writer, now: float, end: str = "") -> None:
     mb, s = writer.bytes_in / 1e6, now - self.start
@@ -58,11 +67,65 @@ class Progress:
     sys.stderr.flush()
 
 
+class Stopped(BaseException):
+  """A SIGTERM or SIGINT: raised where the main thread is, so the writer removes its partial
+  store on the way out (a BaseException, like KeyboardInterrupt, so no `except Exception`
+  swallows it)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def _stop(signum, frame):
+  for s in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the clean-up short
+    signal.signal(s, signal.SIG_IGN)
+  raise Stopped(signum)
+
+
 @exit_on_user_error
 def main(argv):
   del argv
+  for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, _stop)
   progress = Progress(F.quiet)
-  meta = sources.prepare_store(
+  try:
+    meta = prepare(progress)
+  except Stopped as e:
+    progress.end_line()
+    print(
+      f"prepare_data: stopped by {e}; {F.out} is as it was (the unfinished store was removed): "
+      f"run the same command again.",
+      file=sys.stderr,
+      flush=True,
+    )
+    sys.exit(128 + e.signum)
+  except OSError as e:
+    progress.end_line()
+    print(
+      f"error (OSError): could not prepare the store {F.out}: {os_error_text(e)}. {F.out} is as "
+      f"it was and no partial store is left; free space, make the directory writable or fix "
+      f"the input, then run again.",
+      file=sys.stderr,
+      flush=True,
+    )
+    sys.exit(2)
+  progress.end_line()
+  seconds = time.perf_counter() - progress.start
+  src = meta["source"]
+  dropped = {k: src[k] for k in ("duplicates_dropped", "dropped_by_length") if k in src}
+  print(
+    f"wrote {normalized_path(F.out)}: {meta['num_records']:,} records, "
+    f"{meta['num_values']:,} values ({meta['values_dtype']}), targets {meta['targets']}, "
+    f"fingerprint {meta['fingerprint']}, "
+    f"{seconds:.1f} s" + (f"; dropped {dropped}" if any(dropped.values()) else "")
+  )
+  if "inferred" in src:
+    print(f"inferred from the data: {src['inferred']}")
+
+
+def prepare(progress) -> dict:
+  return sources.prepare_store(
     F.source,
     F.path,
     F.out,
@@ -75,18 +138,6 @@ def main(argv):
     overwrite=F.overwrite,
     progress=progress,
   )
-  seconds = time.perf_counter() - progress.start
-  if not F.quiet:
-    sys.stderr.write("\n")
-  src = meta["source"]
-  dropped = {k: src[k] for k in ("duplicates_dropped", "dropped_by_length") if k in src}
-  print(
-    f"wrote {F.out}: {meta['num_records']:,} records, {meta['num_values']:,} values "
-    f"({meta['values_dtype']}), targets {meta['targets']}, fingerprint {meta['fingerprint']}, "
-    f"{seconds:.1f} s" + (f"; dropped {dropped}" if any(dropped.values()) else "")
-  )
-  if "inferred" in src:
-    print(f"inferred from the data: {src['inferred']}")
 
 
 if __name__ == "__main__":

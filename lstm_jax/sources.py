@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_jax import store, tasks
+from lstm_jax import files, store, tasks
 from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.files import atomic_write
@@ -845,6 +845,19 @@ def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
   return settings, records()
 
 
+def _check_out_apart_from_input(path: Path, out: str) -> None:
+  """The store must not be, contain or lie inside its input: writing it would replace or mix
+  with the files it is read from."""
+  src = os.path.realpath(path)
+  dst = os.path.realpath(files.normalized_path(out, "--out"))
+  for d in (dst, dst + ".partial", dst + ".replaced"):
+    if d == src or d.startswith(src + os.sep) or src.startswith(d + os.sep):
+      raise ConfigError(
+        f"--out {out} is, contains or lies inside the input --path {path}; write the store "
+        f"somewhere else (for example beside the input)."
+      )
+
+
 def prepare_store(
   source: str,
   path: str,
@@ -870,6 +883,8 @@ def prepare_store(
     p is None or not p.exists()
   ):
     raise DataError(f"no such file or directory: {path}; set --path to the {source} input.")
+  if p is not None:
+    _check_out_apart_from_input(p, out)
   identity: dict[str, Any] = dict(source=source, path=str(p.resolve()) if p else None)
   common = dict(overwrite=overwrite, progress=progress, name=Path(out).name)
   if source in ("npz", "digits", "gene_families"):  # arrays that fit memory already

@@ -30,11 +30,11 @@ over the same store (`StoredDataset.subset`, `split`), never a copy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable, Iterable
 
@@ -42,7 +42,7 @@ import numpy as np
 
 from lstm_jax.data import RaggedDataset, gather_steps
 from lstm_jax.errors import DataError
-from lstm_jax.files import write_json_atomically
+from lstm_jax.files import DirectoryWriter, write_json_atomically
 
 FORMAT, VERSION = "lstm_jax.store", 1
 TARGET_KINDS = ("next_token", "step", "sequence")
@@ -72,9 +72,12 @@ class StoreWriter:
   given with each record), or "sequence" (one per record). Classes need `num_classes`;
   regression targets are floats of `target_dim` each.
 
-  The store is written into `path + ".partial"` and renamed to `path` by `close()`, so a
-  killed writer never leaves something that looks like a store. Each bad record raises a
-  `DataError` naming it (`add(..., where=...)` says where it came from).
+  The store is written into `path + ".partial"`, under a lock (a second writer of the same
+  path is refused, naming the first), and swapped in whole by `close()` (`files.DirectoryWriter`):
+  a killed writer never leaves something that looks like a store, and `overwrite=True` replaces
+  only a store (never a file or another directory), keeping the old one until the new one is
+  complete. Each bad record raises a `DataError` naming it (`add(..., where=...)` says where it
+  came from); an exception (a full disk, Ctrl-C) removes the partial store.
   """
 
   def __init__(
@@ -99,12 +102,6 @@ class StoreWriter:
       raise DataError("next-token targets need token inputs (vocab_size=...).")
     if targets != "next_token" and (num_classes is None) == (target_dim is None):
       raise DataError(f"{targets}-level targets need num_classes=... or target_dim=....")
-    self.path = os.fspath(path)
-    if os.path.exists(self.path) and not overwrite:
-      raise StoreError(
-        f"{self.path} already exists; choose another output directory or pass overwrite=True "
-        f"(prepare_data.py --overwrite)."
-      )
     self.vocab_size, self.num_features = vocab_size, num_features
     self.targets, self.num_classes, self.target_dim = targets, num_classes, target_dim
     if vocab_size is not None:
@@ -114,11 +111,22 @@ class StoreWriter:
       if self.values_dtype not in (np.float16, np.float32):
         raise DataError(f"feature values are float16 or float32, got {values_dtype!r}.")
     self.targets_dtype = np.dtype(np.int32 if num_classes is not None else np.float32)
-    self.name, self.source = name or os.path.basename(self.path.rstrip("/")), source or {}
-    self.partial = self.path + ".partial"
-    shutil.rmtree(self.partial, ignore_errors=True)
-    os.makedirs(self.partial)
-    self._files = {f: open(os.path.join(self.partial, f), "wb") for f in _FILES}
+    self._directory = DirectoryWriter(
+      path,
+      replaceable=is_store,
+      names=(*_FILES, "meta.json"),
+      overwrite=overwrite,
+      error=StoreError,
+      flag="overwrite=True (prepare_data.py --overwrite)",
+    )
+    self.path, self.partial = self._directory.path, self._directory.partial
+    self.name, self.source = name or os.path.basename(self.path), source or {}
+    self._files: dict = {}
+    try:
+      self._files = {f: open(os.path.join(self.partial, f), "wb") for f in _FILES}
+    except BaseException:
+      self.abort()
+      raise
     self._hash = {f: hashlib.sha256() for f in _FILES}
     self._buffers: dict[str, list[bytes]] = {f: [] for f in _FILES}
     self._buffered = 0
@@ -281,17 +289,16 @@ class StoreWriter:
     meta["fingerprint"] = h.hexdigest()[:16]
     meta["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomically(os.path.join(self.partial, "meta.json"), meta, indent=1)
-    if os.path.exists(self.path):
-      shutil.rmtree(self.path)
-    os.replace(self.partial, self.path)
+    self._directory.commit()
     self._closed = True
     return meta
 
   def abort(self) -> None:
-    """Removes what was written (the store was not finished)."""
+    """Removes what was written (the store was not finished); an old store at `path` stays."""
     for f in self._files.values():
-      f.close()
-    shutil.rmtree(self.partial, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        f.close()
+    self._directory.abort()
     self._closed = True
 
   def __enter__(self) -> StoreWriter:
@@ -302,6 +309,17 @@ class StoreWriter:
       self.close()
     elif not self._closed:
       self.abort()
+
+
+def is_store(path: str) -> bool:
+  """Whether `path` is a directory whose meta.json carries the store's format marker (a store
+  of any version, complete or damaged in its data): what `--overwrite` may replace."""
+  try:
+    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _identity_fields(meta: dict) -> dict:
@@ -389,7 +407,19 @@ def _is_next_token(ds: RaggedDataset) -> bool:
 def read_meta(path: str | os.PathLike) -> dict:
   path = os.fspath(path)
   meta_path = os.path.join(path, "meta.json")
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise StoreError(
+      f"{path} is a file, not a store; a store is the directory prepare_data.py writes: set the "
+      f"path to that directory."
+    )
   if not os.path.isdir(path):
+    left = [p for p in (path + ".replaced", path + ".partial") if is_store(p)]
+    if left:
+      raise StoreError(
+        f"no store at {path}, but an interrupted prepare_data.py --overwrite left a complete one "
+        f"at {left[0]}: rename it to {path}, or run prepare_data.py again (which puts the "
+        f"previous store back first)."
+      )
     raise StoreError(
       f"no store at {path}; write one with: python experiments/prepare_data.py --out {path} ..."
     )
