@@ -11,11 +11,24 @@ A store is one directory (format version 1):
                  <int32>[num_values] classes or <float32>[num_values, D], aligned with
                  values.bin; or per record <int32>[num_records] or <float32>[num_records, D]
 
-`meta.json` holds `format` ("lstm_jax.store"), `version` (1), `values_dtype`, `num_features`
-(null for tokens), `targets` ("next_token", "step" or "sequence"), `targets_dtype`,
-`target_dim` (null for classes), `num_classes`, `vocab_size`, `num_records`, `num_values`,
-`name`, `fingerprint` (sha256 of the three files and this metadata, computed once as the store
-is written) and `source` (what the store was made from).
+    checksums.bin  <uint64>[chunks]: a blake2b-64 of each 64 KiB chunk of values.bin, then of
+                 offsets.bin, then of targets.bin (version 2)
+
+`meta.json` holds `format` ("lstm_jax.store"), `version` (2; version 1 stores, without
+checksums, are still read), `values_dtype`, `num_features` (null for tokens), `targets`
+("next_token", "step" or "sequence"), `targets_dtype`, `target_dim` (null for classes),
+`num_classes`, `vocab_size`, `num_records`, `num_values`, `max_value` and `max_target` (the
+largest token id and class id written), `name`, `digests` (each file's sha256), `fingerprint`
+(sha256 of the identity fields and the digests, computed once as the store is written) and
+`source` (what the store was made from).
+
+Checked, without reading the store (so opening costs the same at any size): the metadata
+against itself (dtypes that the vocabulary or targets imply, ids in range, the fingerprint
+recomputed from the fields and digests, so an edited meta.json is refused), each file's size,
+the offsets whole (they are read anyway), and a fixed sample of values and targets chunks
+against their checksums. Every other chunk is checked the first time a batch reads it, once per
+process: a store changed in place after it was written (between a preemption and the resume,
+say) is refused, naming the file, before a batch of the changed data reaches a step.
 
 Next-token targets are never stored: a record of n tokens is a training sequence of n - 1 steps
 whose inputs are tokens[:-1] and whose targets are tokens[1:], read at batch assembly. So a
@@ -44,10 +57,15 @@ from lstm_jax.data import RaggedDataset, gather_steps
 from lstm_jax.errors import DataError
 from lstm_jax.files import DirectoryWriter, write_json_atomically
 
-FORMAT, VERSION = "lstm_jax.store", 1
+FORMAT, VERSION = "lstm_jax.store", 2
+READABLE_VERSIONS = (1, 2)
 TARGET_KINDS = ("next_token", "step", "sequence")
 _FILES = ("values.bin", "offsets.bin", "targets.bin")
 _FLUSH_BYTES = 8 << 20  # the writer's buffer: bounded memory whatever the corpus
+# Checksummed chunks: small enough that a batch's first read of a record hashes little more than
+# the record (about 60 us a chunk), large enough that the checksums are 1/8192 of the store.
+CHUNK_BYTES = 64 << 10
+_SAMPLED_CHUNKS = 8  # checked at open, spread over each file: catches a rewrite at once
 
 
 class StoreError(DataError):
@@ -114,7 +132,7 @@ class StoreWriter:
     self._directory = DirectoryWriter(
       path,
       replaceable=is_store,
-      names=(*_FILES, "meta.json"),
+      names=(*_FILES, "checksums.bin", "meta.json"),
       overwrite=overwrite,
       error=StoreError,
       flag="overwrite=True (prepare_data.py --overwrite)",
@@ -128,6 +146,8 @@ class StoreWriter:
       self.abort()
       raise
     self._hash = {f: hashlib.sha256() for f in _FILES}
+    self._chunks = {f: _ChunkHasher() for f in _FILES}
+    self.max_value, self.max_target = -1, -1
     self._buffers: dict[str, list[bytes]] = {f: [] for f in _FILES}
     self._buffered = 0
     self.num_records, self.num_values, self.bytes_in = 0, 0, 0
@@ -148,6 +168,7 @@ class StoreWriter:
         data = b"".join(parts)
         self._files[name].write(data)
         self._hash[name].update(data)
+        self._chunks[name].update(data)
         parts.clear()
     self._buffered = 0
 
@@ -173,6 +194,7 @@ class StoreWriter:
           f"{at}: token {bad} is out of range [0, {self.vocab_size}); raise vocab_size or fix "
           f"the tokenizer."
         )
+      self.max_value = max(self.max_value, hi)
     else:
       if v.ndim != 2 or v.shape[1] != self.num_features:
         raise DataError(
@@ -217,6 +239,7 @@ class StoreWriter:
           f"record {i}: token {int(v[bad])} is out of range [0, {self.vocab_size}); raise "
           f"vocab_size or fix the tokenizer."
         )
+      self.max_value = max(self.max_value, hi)
     self._write("values.bin", v.astype(self.values_dtype, copy=False))
     self._write("offsets.bin", self.num_values + np.cumsum(lengths))
     self.num_records += len(lengths)
@@ -240,6 +263,7 @@ class StoreWriter:
           f"{at}: label {bad} is out of range [0, {self.num_classes}); raise num_classes or "
           f"fix the labels."
         )
+      self.max_target = max(self.max_target, int(t.max()))
     else:
       t = t.reshape(rows, self.target_dim) if t.size == rows * self.target_dim else t
       if t.shape != (rows, self.target_dim) or not np.issubdtype(t.dtype, np.floating):
@@ -265,6 +289,8 @@ class StoreWriter:
       num_records=self.num_records,
       num_values=self.num_values,
       max_length=self.max_length,
+      max_value=self.max_value if self.vocab_size is not None else None,
+      max_target=self.max_target if self.num_classes is not None else None,
       name=self.name,
       source=self.source,
     )
@@ -282,11 +308,16 @@ class StoreWriter:
       f.flush()
       os.fsync(f.fileno())
       f.close()
+    chunks = [self._chunks[name].finish() for name in _FILES]
+    with open(os.path.join(self.partial, "checksums.bin"), "wb") as f:
+      f.write(np.concatenate(chunks).tobytes())
+      f.flush()
+      os.fsync(f.fileno())
     meta = self.meta()
-    h = hashlib.sha256(json.dumps(_identity_fields(meta), sort_keys=True).encode())
-    for name in _FILES:
-      h.update(self._hash[name].digest())
-    meta["fingerprint"] = h.hexdigest()[:16]
+    counts = {name: len(c) for name, c in zip(_FILES, chunks)}
+    meta["checksums"] = dict(chunk_bytes=CHUNK_BYTES, chunks=counts)
+    meta["digests"] = {name: self._hash[name].hexdigest() for name in _FILES}
+    meta["fingerprint"] = _fingerprint(meta)
     meta["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomically(os.path.join(self.partial, "meta.json"), meta, indent=1)
     self._directory.commit()
@@ -320,6 +351,42 @@ def is_store(path: str) -> bool:
   except (OSError, ValueError):
     return False
   return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+class _ChunkHasher:
+  """blake2b-64 of each CHUNK_BYTES chunk of a stream of bytes."""
+
+  def __init__(self):
+    self.done: list[int] = []
+    self.h, self.filled = hashlib.blake2b(digest_size=8), 0
+
+  def update(self, data: bytes) -> None:
+    view, at = memoryview(data), 0
+    while at < len(view):
+      take = min(CHUNK_BYTES - self.filled, len(view) - at)
+      self.h.update(view[at : at + take])
+      at, self.filled = at + take, self.filled + take
+      if self.filled == CHUNK_BYTES:
+        self.done.append(int.from_bytes(self.h.digest(), "little"))
+        self.h, self.filled = hashlib.blake2b(digest_size=8), 0
+
+  def finish(self) -> np.ndarray:
+    if self.filled:
+      self.done.append(int.from_bytes(self.h.digest(), "little"))
+      self.h, self.filled = hashlib.blake2b(digest_size=8), 0
+    return np.array(self.done, np.uint64)
+
+
+def _chunk_hash(data) -> int:
+  return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def _fingerprint(meta: dict) -> str:
+  """The store's identity: its defining metadata and its files' sha256 digests."""
+  h = hashlib.sha256(json.dumps(_identity_fields(meta), sort_keys=True).encode())
+  for name in _FILES:
+    h.update(bytes.fromhex(meta["digests"][name]))
+  return h.hexdigest()[:16]
 
 
 def _identity_fields(meta: dict) -> dict:
@@ -439,12 +506,56 @@ def read_meta(path: str | os.PathLike) -> dict:
     ) from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise StoreError(f"{meta_path} is not an lstm_jax store's metadata (format {FORMAT!r}).")
-  if meta.get("version") != VERSION:
+  if meta.get("version") not in READABLE_VERSIONS:
     raise StoreError(
-      f"{path} is store format version {meta.get('version')}; this lstm_jax reads version "
-      f"{VERSION}. Write it again with this version's experiments/prepare_data.py."
+      f"{path} is store format version {meta.get('version')}; this lstm_jax reads versions "
+      f"{list(READABLE_VERSIONS)}. Write it again with this version's experiments/prepare_data.py."
     )
   return meta
+
+
+def _check_meta(path: str, meta: dict) -> None:
+  """meta.json against itself: the dtypes its vocabulary and targets imply, the ids written
+  within range, and (version 2) the fingerprint recomputed from the fields and digests. An
+  edited meta.json would otherwise read the same bytes as other numbers."""
+  where = os.path.join(path, "meta.json")
+  fix = "write the store again with experiments/prepare_data.py"
+  kind, vocab, classes = meta["targets"], meta["vocab_size"], meta["num_classes"]
+  if kind not in TARGET_KINDS:
+    raise StoreError(f"{where}: targets {kind!r} is not one of {TARGET_KINDS}; {fix}.")
+  if vocab is not None:
+    want = token_dtype(int(vocab)).name
+    if meta["values_dtype"] != want or meta["num_features"] is not None:
+      raise StoreError(
+        f"{where}: values_dtype {meta['values_dtype']!r} does not go with vocab_size {vocab} "
+        f"(token ids are {want}); the metadata was edited or damaged: {fix}."
+      )
+  elif meta["values_dtype"] not in ("float16", "float32") or not int(meta["num_features"]) > 0:
+    raise StoreError(
+      f"{where}: features are float16 or float32 with num_features >= 1, not "
+      f"{meta['values_dtype']!r} with {meta['num_features']!r}; {fix}."
+    )
+  if kind == "next_token" and (vocab is None or classes != vocab):
+    raise StoreError(f"{where}: next-token targets need num_classes == vocab_size; {fix}.")
+  if kind != "next_token":
+    want = "int32" if meta["target_dim"] is None else "float32"
+    if meta["targets_dtype"] != want or (classes is None) == (meta["target_dim"] is None):
+      raise StoreError(
+        f"{where}: targets_dtype {meta['targets_dtype']!r} with num_classes {classes} and "
+        f"target_dim {meta['target_dim']} do not go together; {fix}."
+      )
+  for key, limit, what in (("max_value", vocab, "token id"), ("max_target", classes, "class")):
+    top = meta.get(key)
+    if top is not None and limit is not None and not -1 <= int(top) < int(limit):
+      raise StoreError(
+        f"{where}: the largest {what} written is {top}, outside [0, {limit}); the metadata "
+        f"was edited: {fix}."
+      )
+  if meta["version"] >= 2 and _fingerprint(meta) != meta.get("fingerprint"):
+    raise StoreError(
+      f"{where} was changed after the store was written (its fields no longer match its "
+      f"fingerprint {meta.get('fingerprint')}); {fix}."
+    )
 
 
 def _map(path: str, name: str, dtype, shape: tuple) -> np.ndarray:
@@ -479,6 +590,7 @@ def open_store(path: str | os.PathLike) -> StoredDataset:
   path = os.fspath(path)
   meta = read_meta(path)
   try:
+    _check_meta(path, meta)
     n, total = int(meta["num_records"]), int(meta["num_values"])
     f = meta["num_features"]
     value_shape = (total,) if f is None else (total, int(f))
@@ -492,7 +604,9 @@ def open_store(path: str | os.PathLike) -> StoredDataset:
       targets = _map(
         path, "targets.bin", np.dtype(meta["targets_dtype"]), (rows,) if d is None else (rows, d)
       )
-  except (KeyError, TypeError) as e:
+  except (KeyError, TypeError, ValueError) as e:
+    if isinstance(e, StoreError):
+      raise
     raise StoreError(f"{path}/meta.json lacks or garbles {e}; write the store again.") from None
   lengths = np.diff(offsets)  # the only thing read now: 8 bytes a record
   shortest = 2 if kind == "next_token" else 1
@@ -501,6 +615,7 @@ def open_store(path: str | os.PathLike) -> StoredDataset:
       f"{path}/offsets.bin does not describe {n:,} records of {total:,} values (damaged); "
       f"write the store again."
     )
+  checks = _Checksums.open(path, meta, dict(values=values, offsets=offsets, targets=targets))
   return StoredDataset(
     values=values,
     lengths=lengths - 1 if kind == "next_token" else lengths,
@@ -513,7 +628,79 @@ def open_store(path: str | os.PathLike) -> StoredDataset:
     store_meta=meta,
     record_offsets=offsets,
     records=None,
+    checksums=checks,
   )
+
+
+class _Checksums:
+  """A version 2 store's chunk checksums, checked against the files' bytes: the offsets whole
+  and a fixed sample of the rest at open, every other chunk the first time it is read (so each
+  chunk is hashed once per process, and opening costs the same at any store size)."""
+
+  @dataclasses.dataclass
+  class _File:
+    raw: np.ndarray  # the file's bytes (the memory map, viewed as uint8)
+    row_bytes: int  # bytes per element along the first axis (a value, a target)
+    hashes: np.ndarray  # <uint64>[chunks]
+    checked: np.ndarray  # <bool>[chunks]
+    left: int  # chunks not checked yet
+
+  def __init__(self, path: str, chunk: int, files: dict):
+    self.path, self.chunk, self.files = path, chunk, files
+
+  @classmethod
+  def open(cls, path: str, meta: dict, arrays: dict) -> _Checksums | None:
+    if meta["version"] < 2:
+      return None
+    info = meta["checksums"]
+    chunk, counts = int(info["chunk_bytes"]), [int(info["chunks"][n]) for n in _FILES]
+    hashes = _map(path, "checksums.bin", np.uint64, (sum(counts),))
+    files, at = {}, 0
+    for name, count in zip(_FILES, counts):
+      a = arrays[name.split(".")[0]]
+      a = np.zeros(0, np.uint8) if a is None else np.asarray(a)
+      raw = a.reshape(-1).view(np.uint8)
+      if count != -(-len(raw) // chunk):
+        raise StoreError(
+          f"{path}/checksums.bin has {count} checksums for {name}'s {len(raw):,} bytes; the "
+          f"store is damaged: write it again."
+        )
+      row_bytes = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
+      files[name] = cls._File(raw, row_bytes, hashes[at : at + count], np.zeros(count, bool), count)
+      at += count
+    checks = cls(path, chunk, files)
+    checks.verify("offsets.bin", np.arange(counts[1]))  # read whole at open anyway
+    for name, count in (("values.bin", counts[0]), ("targets.bin", counts[2])):
+      sample = np.linspace(0, count - 1, min(count, _SAMPLED_CHUNKS))
+      checks.verify(name, np.unique(sample.astype(np.int64)))
+    return checks
+
+  def check(self, name: str, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Checks the chunks that hold elements [lo, hi) of each row, those not checked yet."""
+    f = self.files[name]
+    if not f.left or not len(lo):
+      return
+    first = np.asarray(lo, np.int64) * f.row_bytes // self.chunk
+    last = (np.asarray(hi, np.int64) * f.row_bytes - 1) // self.chunk
+    ids = [first, last]
+    wide = last - first > 1  # rows spanning more than two chunks: the ones between too
+    ids += [np.arange(a + 1, b) for a, b in zip(first[wide], last[wide])]
+    ids = np.unique(np.concatenate(ids))
+    self.verify(name, ids[~f.checked[ids]])
+
+  def verify(self, name: str, ids: np.ndarray) -> None:
+    f = self.files[name]
+    for i in map(int, ids):
+      lo, hi = i * self.chunk, min((i + 1) * self.chunk, len(f.raw))
+      if _chunk_hash(f.raw[lo:hi]) != int(f.hashes[i]):
+        raise StoreError(
+          f"{self.path}/{name} changed after the store was written: its bytes {lo:,} to "
+          f"{hi:,} differ from the checksum written with them. Restore the original files, or "
+          f"write the store again (experiments/prepare_data.py) and start the run afresh."
+        )
+      if not f.checked[i]:
+        f.checked[i] = True
+        f.left -= 1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -534,6 +721,7 @@ class StoredDataset(RaggedDataset):
   records: np.ndarray | None = None
   feature_shift: np.ndarray | None = None
   feature_scale: np.ndarray | None = None
+  checksums: _Checksums | None = None  # shared by every subset: a chunk is checked once
 
   def __post_init__(self):
     object.__setattr__(self, "lengths", np.asarray(self.lengths, np.int64))
@@ -572,9 +760,16 @@ class StoredDataset(RaggedDataset):
 
   def gather(self, seq, start, n):
     rec = self._record_of(seq)
-    src = gather_steps(self.record_offsets[rec] + np.asarray(start, np.int64), n)
+    first = self.record_offsets[rec] + np.asarray(start, np.int64)
+    n = np.asarray(n, np.int64)
+    if self.checksums is not None:  # each chunk the rows read, once: before its data is used
+      self.checksums.check("values.bin", first, first + n + self.next_token)
+      if self.target_level == "step" and not self.next_token:
+        self.checksums.check("targets.bin", first, first + n)
+    src = gather_steps(first, n)
     if self.is_tokens:
       inputs = np.asarray(self.values[src], np.int32)
+      self._check_range(inputs, self.vocab_size, "token id", rec, n)
     else:
       inputs = np.asarray(self.values[src], np.float32)
       if self.feature_scale is not None:
@@ -583,10 +778,32 @@ class StoredDataset(RaggedDataset):
       return inputs, None
     if self.next_token:
       return inputs, np.asarray(self.values[src + 1], np.int32)
-    return inputs, np.asarray(self.targets[src])
+    targets = np.asarray(self.targets[src])
+    self._check_range(targets, self.num_classes, "class", rec, n)
+    return inputs, targets
 
   def sequence_targets(self, seq) -> np.ndarray:
-    return np.asarray(self.targets[self._record_of(seq)])
+    rec = self._record_of(seq)
+    if self.checksums is not None:
+      self.checksums.check("targets.bin", rec, rec + 1)
+    targets = np.asarray(self.targets[rec])
+    self._check_range(targets, self.num_classes, "class", rec, np.ones(len(rec), np.int64))
+    return targets
+
+  def _check_range(self, ids: np.ndarray, limit, what: str, rec, n) -> None:
+    """Ids outside [0, limit) (a version 1 store changed after writing: version 2 stores are
+    checked by their checksums first) are one error naming the record, not a NaN loss."""
+    if limit is None or not len(ids) or ids.ndim != 1:
+      return
+    if int(ids.min()) >= 0 and int(ids.max()) < int(limit):
+      return
+    at = int(np.flatnonzero((ids < 0) | (ids >= int(limit)))[0])
+    row = int(np.searchsorted(np.cumsum(n), at, side="right"))
+    raise StoreError(
+      f"{self.store_path}: record {int(rec[row])} holds {what} {int(ids[at])}, outside [0, "
+      f"{limit}) as meta.json gives it; the store was changed or damaged: write it again "
+      f"(experiments/prepare_data.py)."
+    )
 
   def sequence(self, i: int):
     x, y = self.gather(np.array([i]), np.zeros(1, np.int64), self.lengths[i : i + 1])

@@ -377,3 +377,102 @@ def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path,
   assert scores["store"] == scores["npz"] and scores["store"]["level"] == level
   held_out = 20 if level == "sequence" else None
   assert held_out is None or sum(scores["store"]["support"]) == held_out
+
+
+# --- a store changed after it was written -----------------------------------------------------
+def _edit_meta(path, **changes):
+  meta = json.loads((path / "meta.json").read_text())
+  meta.update(changes)
+  (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+  "kind, changes, said",
+  [
+    ("next_token_bytes", dict(values_dtype="bool"), "does not go with vocab_size 256"),
+    ("tokens_sequence_classes", dict(values_dtype="float16"), "does not go with vocab_size"),
+    ("tokens_sequence_classes", dict(num_classes=9), "changed after the store was written"),
+    ("features_step_regression", dict(values_dtype="uint8"), "features are float16 or float32"),
+    ("tokens_step_classes", dict(targets_dtype="float32"), "do not go together"),
+    ("tokens_sequence_classes", dict(max_target=7), "largest class written is 7"),
+  ],
+)
+def test_an_edited_meta_json_is_refused_not_read_as_other_numbers(
+  stores, tmp_path, kind, changes, said
+):
+  """meta.json edited to another dtype (bool over bytes, float16 over uint16 ids) or another
+  class count used to open and train on garbage with an unchanged fingerprint."""
+  path = _copy(stores, tmp_path, kind)
+  _edit_meta(path, **changes)
+  with pytest.raises(store.StoreError, match=said):
+    store.open_store(path)
+
+
+def _big_store(path, n=300) -> list:
+  """A byte store of ~1.2 MB: 19 checksummed chunks, 8 of them checked at open."""
+  rng = np.random.default_rng(0)
+  docs = [rng.integers(0, 256, size=int(k)) for k in rng.integers(2000, 6000, size=n)]
+  store.write_store(path, [(d, None, f"doc {i}") for i, d in enumerate(docs)], vocab_size=256)
+  return docs
+
+
+def _flip(path, name, at):
+  with open(path / name, "r+b") as f:
+    f.seek(at)
+    b = f.read(1)
+    f.seek(at)
+    f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_values_changed_in_place_are_refused_when_read_naming_the_file(tmp_path):
+  """Values changed between a preemption and the resume used to train on a mix of old and new
+  data. A chunk in the open-time sample is caught at open; any other the first time a batch
+  reads it, before the data reaches a step; unchanged chunks read as before."""
+  path = tmp_path / "s"
+  docs = _big_store(path)
+  ds = store.open_store(path)
+  meta = store.read_meta(path)
+  chunks = meta["checksums"]["chunks"]["values.bin"]
+  assert chunks == -(-meta["num_values"] // store.CHUNK_BYTES) and chunks > 8
+  last_doc_byte = meta["num_values"] - 10  # in the last chunk: sampled at open
+  _flip(path, "values.bin", last_doc_byte)
+  with pytest.raises(store.StoreError, match=r"values.bin changed after the store was written"):
+    store.open_store(path)
+  _flip(path, "values.bin", last_doc_byte)  # restored: opens again
+  offsets = np.fromfile(path / "offsets.bin", np.int64)
+  k = 3  # a chunk between the sampled ones
+  byte = k * store.CHUNK_BYTES + 100
+  rec = int(np.searchsorted(offsets, byte, side="right")) - 1
+  ds = store.open_store(path)
+  x, _ = ds.sequence(0)  # a record in an unchanged chunk reads as ever
+  assert np.array_equal(x, docs[0][:-1])
+  _flip(path, "values.bin", byte)
+  fresh = store.open_store(path)  # a rerun's process: the sample does not see chunk 3
+  with pytest.raises(store.StoreError, match=r"s/values.bin changed .* bytes 196,608 to 262,144"):
+    fresh.sequence(rec)
+  ok = np.flatnonzero(offsets[1:] < 2 * store.CHUNK_BYTES)[:5]
+  for i in ok:  # other records still read
+    assert np.array_equal(fresh.sequence(int(i))[0], docs[i][:-1])
+
+
+def test_out_of_range_ids_in_an_old_store_name_the_record_not_a_nan(tmp_path):
+  """A version 1 store (no checksums) whose values were changed: token 65535 with vocab 1000
+  used to train to a NaN loss; now the batch that reads it is refused, naming the record."""
+  path = tmp_path / "v1"
+  docs = [np.arange(5) + i for i in range(6)]
+  store.write_store(path, [(d, None, None) for d in docs], vocab_size=1000)
+  meta = json.loads((path / "meta.json").read_text())
+  for key in ("checksums", "digests", "max_value", "max_target"):
+    meta.pop(key)
+  meta["version"] = 1
+  (path / "meta.json").write_text(json.dumps(meta))
+  os.remove(path / "checksums.bin")
+  values = np.fromfile(path / "values.bin", np.uint16)
+  values[4 * 5 + 2] = 65535  # record 4
+  values.tofile(path / "values.bin")
+  ds = store.open_store(path)
+  assert np.array_equal(ds.sequence(3)[0], docs[3][:-1])
+  with pytest.raises(
+    store.StoreError, match=r"v1: record 4 holds token id 65535, outside \[0, 1000\)"
+  ):
+    next(batching.Pad(ds, batch_size=6).batches())
