@@ -1,5 +1,5 @@
-"""Data at scale: the store's writer, planning at 100k / 1M / 10M sequences, a corpus larger
-than the process's memory cgroup, and fit from a store against memory.
+"""Data at scale: the store's writer, planning at 100k / 1M / 10M sequences, opening a store at
+two sizes, a corpus larger than the process's memory cgroup, and fit from a store against memory.
 
     python experiments/benchmark_data.py --out benchmarks/DATE-data-scale/BENCHMARKS.md
 
@@ -20,7 +20,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("workdir", "", "Where the stores are written (kept for a rerun).")
 flags.DEFINE_bool("quick", False, "Small sizes (a check that every part runs).")
-PARTS = ["writer", "plan", "larger_than_memory", "fit"]
+PARTS = ["writer", "plan", "open", "larger_than_memory", "fit"]
 flags.DEFINE_multi_enum(
   "parts", [], PARTS, "Rerun only these parts; the others are kept from results.json beside --out."
 )
@@ -42,6 +42,7 @@ FULL = dict(
     steps=20,
   ),
   fit=dict(records=3_000, rounds=5),
+  open_reads=2_000,  # random records read after opening (the store and a tenth of it)
 )
 QUICK = dict(  # the same parts at small sizes
   FULL,

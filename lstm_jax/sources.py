@@ -412,7 +412,9 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
   """A ragged `.npz`: flat values (`values` or `X`), `lengths`, and labels (`targets`, `labels` or
   `y`): one per sequence (sequence-level) or one per step (step-level). Integer labels mean
   classification (num_classes = max + 1 unless the file says), float labels regression; integer
-  1-D values are token ids (vocab_size = max + 1 unless the file says)."""
+  1-D values are token ids (vocab_size = max + 1 unless the file says). An optional
+  `class_names` array names class i; the runner then matches a held-out file's labels to the
+  training file's by name."""
   p = Path(path)
   if not p.exists():
     raise DataError(f"no such file: {path}; set data.path to a ragged .npz.")
@@ -433,16 +435,26 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
           )
         arrays[key] = _npz_array(path, f, found[0])
       given = {
-        k: _npz_array(path, f, k) for k in ("num_classes", "vocab_size", "target_level") if k in f
+        k: _npz_array(path, f, k)
+        for k in ("num_classes", "vocab_size", "target_level", "class_names")
+        if k in f
       }
   except DataError:
     raise
-  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:  # numpy's "pickled data" too
-    said = " ".join(str(e).split())[:160]
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    # numpy falls back to unpickling what is not a zip archive and says to "allow_pickle":
+    # advice a data file must not take, so it is not quoted
+    said = "not a zip archive" if "pickle" in str(e) else " ".join(str(e).split())[:160]
     raise DataError(
       f"{path} is not a readable .npz (truncated, or another format: {said}); {fix}."
     ) from e
   meta = {k: int(given[k]) for k in ("num_classes", "vocab_size") if k in given and given[k] >= 0}
+  names = None
+  if "class_names" in given:  # labels by name: a held-out file's ids are matched through them
+    names = [str(c) for c in np.asarray(given["class_names"]).reshape(-1)]
+    if len(set(names)) != len(names):
+      raise DataError(f"{path}: its class_names repeat a name ({names[:10]}); name each once.")
+    meta.setdefault("num_classes", len(names))
   level = str(given["target_level"]) if "target_level" in given else None
   values, lengths, targets = arrays["values"], arrays["lengths"], arrays["targets"]
   if lengths.size == 0:
@@ -467,7 +479,10 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
     meta["num_classes"] = inferred["num_classes"] = _inferred_count(path, targets, "label")
   if is_int(values) and values.ndim == 1 and "vocab_size" not in meta:
     meta["vocab_size"] = inferred["vocab_size"] = _inferred_count(path, values, "token id")
-  ds = RaggedDataset(values, lengths, targets, target_level=level, name=p.stem, **meta)
+  try:
+    ds = RaggedDataset(values, lengths, targets, target_level=level, name=p.stem, **meta)
+  except DataError as e:  # "sequence 150 ...": say which file
+    raise DataError(f"{path}: {e}") from None
   dropped = 0
   if drop_duplicates:  # an exact copy could fall on both sides of the split
     keep = first_occurrences(ds)
@@ -478,6 +493,7 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
     path=str(p.resolve()),
     target_level=level,
     **meta,
+    **({"classes": names} if names is not None else {}),
     inferred=inferred,
     **({"duplicates_dropped": dropped} if drop_duplicates else {}),
     file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
@@ -488,14 +504,15 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
 def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, dict]:
   """A sktime / aeon `.ts` file (the UCR/UEA archive's format): univariate or multivariate,
   equal or unequal length, with class labels. Header lines start with `@` (`@classLabel true
-  a b c` lists the labels, whose order gives their ids, so a train and a test file of one
-  problem share them); after `@data`, one case a line: each dimension's values separated by
-  commas, dimensions by colons, the label last. Missing values (`?`, NaN) are an error."""
+  a b c` lists the labels, whose order gives their ids; the runner matches a held-out file's
+  labels to the training file's by name, `identity["classes"]`); after `@data`, one case a
+  line: each dimension's values separated by commas, dimensions by colons, the label last.
+  Missing values (`?`, NaN) and inf are an error naming the line."""
   p = Path(path)
   if not p.is_file():
     raise DataError(f"{path} is not a file; set data.path to a .ts file (sktime / aeon format).")
   labels: list[str] | None = None
-  cases, case_labels, in_data = [], [], False
+  cases, case_labels, in_data, first_line = [], [], False, 0
   with open(p, encoding="utf-8", errors="replace") as f:
     for n, raw in enumerate(f, 1):
       line = raw.strip()
@@ -512,31 +529,49 @@ def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, di
           raise DataError(f"{path}: regression .ts files are not supported yet; use npz.")
         in_data = key == "@data"
         continue
+      if labels is None:
+        raise DataError(
+          f"{path} has no @classLabel line before @data; lstm_jax reads classification .ts files."
+        )
       *dims, label = line.split(":")
+      label = label.strip()
+      if not dims:
+        raise DataError(
+          f"{path}:{n}: the case has no label (a case is dimension:dimension:...:label, the "
+          f"label after the last ':'); the line may be cut short."
+        )
+      if label not in labels:
+        raise DataError(
+          f"{path}:{n}: label {label[:40]!r} is not one of the @classLabel line's {labels[:10]}; "
+          f"the line may be cut short, or its label misspelt."
+        )
       if "?" in line:
         raise DataError(f"{path}:{n}: missing values ('?') are not supported; fill them first.")
       try:
         series = [np.array([float(v) for v in d.split(",")], np.float64) for d in dims]
       except ValueError as e:
         raise DataError(f"{path}:{n}: a value that is not a number ({e}).") from e
-      if not dims or len({len(d) for d in series}) != 1:
+      if len({len(d) for d in series}) != 1:
         raise DataError(
           f"{path}:{n}: the case's {len(dims)} dimensions have lengths "
           f"{[len(d) for d in series]}; each dimension of a case needs the same length."
         )
+      if cases and len(series) != cases[0].shape[1]:
+        raise DataError(
+          f"{path}:{n}: this case has {len(series)} dimension(s), the first case (line "
+          f"{first_line}) {cases[0].shape[1]}; every case needs the same dimensions."
+        )
       if any(np.isnan(d).any() for d in series):
         raise DataError(f"{path}:{n}: missing values ('?' or NaN) are not supported; fill them.")
+      if not all(np.isfinite(d).all() for d in series):
+        raise DataError(f"{path}:{n}: a value is inf; clean or drop this case.")
+      first_line = first_line or n
       cases.append(np.stack(series, axis=1))
-      case_labels.append(label.strip())
+      case_labels.append(label)
   if labels is None:
     raise DataError(f"{path} has no @classLabel line; lstm_jax reads classification .ts files.")
   if not cases:
     raise DataError(f"{path} holds no cases after @data.")
-  if len({c.shape[1] for c in cases}) != 1:
-    raise DataError(f"{path}: the cases have different numbers of dimensions.")
-  unknown = sorted(set(case_labels) - set(labels))
-  if unknown:
-    raise DataError(f"{path}: labels {unknown[:5]} are not listed in its @classLabel line.")
   ids = {name: i for i, name in enumerate(labels)}
   ds = RaggedDataset(
     np.concatenate(cases).astype(np.float32),
@@ -778,6 +813,25 @@ def _stdlib_chunks(unit: str, include_tests: bool):
       yield chunk, str(p)
 
 
+_MAX_TOKEN_ID = (1 << 32) - 1  # a store's widest token dtype is uint32
+
+
+def _token_ids(tokens, where: str) -> np.ndarray:
+  """A JSON list of token ids as int64, strictly: non-negative integers only (not floats,
+  strings or booleans, which numpy would coerce: [1.5, 2] to [1, 2], [true] to [1])."""
+  fix = '"tokens" must be a list of non-negative integer ids'
+  if not isinstance(tokens, list):
+    raise DataError(f"{where}: {fix}, got {type(tokens).__name__} {tokens!r:.40}.")
+  for k, t in enumerate(tokens):
+    if type(t) is not int:  # bool is a subclass of int: refused too
+      raise DataError(f"{where}: {fix}; item {k} is {type(t).__name__} {t!r:.40}.")
+    if not 0 <= t <= _MAX_TOKEN_ID:
+      raise DataError(
+        f"{where}: token id {t} (item {k}) is outside [0, {_MAX_TOKEN_ID:,}]; {fix} below 2**32."
+      )
+  return np.asarray(tokens, np.int64) if tokens else np.zeros(0, np.int64)
+
+
 def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
   """JSON lines: each a list of token ids, or an object with "tokens" (ids) or "text" (UTF-8
   bytes) and optionally "label" (an int class or a float / list of floats: one target for the
@@ -804,12 +858,11 @@ def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
             f'(and optionally "label"), got {line.strip()[:60]!r}.'
           )
         if "text" in rec:
-          values = np.frombuffer(str(rec["text"]).encode("utf-8"), np.uint8)
+          if not isinstance(rec["text"], str):
+            raise DataError(f'{where}: "text" must be a string, got {rec["text"]!r:.40}.')
+          values = np.frombuffer(rec["text"].encode("utf-8"), np.uint8)
         else:
-          try:
-            values = np.asarray(rec["tokens"], np.int64)
-          except (TypeError, ValueError, OverflowError):
-            raise DataError(f'{where}: "tokens" must be a list of integers.') from None
+          values = _token_ids(rec["tokens"], where)
         yield values, rec.get("label"), where
 
   texts, top, labels, label_top, dims = False, -1, 0, -1, set()

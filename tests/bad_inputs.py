@@ -254,6 +254,34 @@ def _bad_record():
   return store.write_store(TMP / "bad_record", records, vocab_size=256)
 
 
+def _store_meta(name: str, **changes) -> Path:
+  """A small store whose meta.json is edited afterwards (`changes` at its keys)."""
+
+  def edit(path: Path) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    meta.update(changes)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+  return _store(name, edit)
+
+
+def _overwrite_a_users_directory():
+  mine = _empty_dir("mine")
+  (mine / "thesis.tex").write_text("mine")
+  return store.StoreWriter(mine, vocab_size=256, overwrite=True)
+
+
+def _ts(name: str, *data_lines: str) -> str:
+  head = "@problemName x\n@univariate false\n@equalLength false\n@classLabel true a b c\n@data\n"
+  return _file(name, (head + "\n".join(data_lines) + "\n").encode())
+
+
+def _jsonl(name: str, *lines: str):
+  path = _file(name, ("\n".join(lines) + "\n").encode())
+  shutil.rmtree(TMP / f"{name}.store", ignore_errors=True)
+  return sources.prepare_store("jsonl", path, str(TMP / f"{name}.store"))
+
+
 def _class_weights(weights: str, classification: bool):
   from lstm_jax import train
 
@@ -301,6 +329,68 @@ CASES = [
     "a record the writer cannot store (a token outside the vocabulary)",
     _bad_record,
     r"tokens.txt: token 300 is out of range",
+  ),
+  Case(
+    "store",
+    "a store path that is a file (not its directory)",
+    lambda: store.open_store(_file("values.npz", b"PK")),
+    r"is a file, not a store; a store is the directory prepare_data.py writes",
+  ),
+  Case(
+    "store",
+    "meta.json edited to another values dtype (bool over bytes)",
+    lambda: store.open_store(_store_meta("bool_meta", values_dtype="bool")),
+    r"values_dtype 'bool' does not go with vocab_size 256 \(token ids are uint8\)",
+  ),
+  Case(
+    "store",
+    "meta.json edited in a field its fingerprint covers",
+    lambda: store.open_store(_store_meta("renumbered", num_values=29)),
+    r"meta.json was changed after the store was written",
+  ),
+  Case(
+    "store",
+    "values.bin changed after the store was written",
+    lambda: store.open_store(
+      _store("rewritten", lambda p: (p / "values.bin").write_bytes(bytes(30)))
+    ),
+    r"values.bin changed after the store was written: its bytes 0 to 30 differ",
+  ),
+  Case(
+    "store",
+    "prepare_data --out inside its input --path",
+    lambda: sources.prepare_store("text_dir", str(_empty_dir("corpus")), str(TMP / "corpus" / "s")),
+    r"--out .* is, contains or lies inside the input --path",
+  ),
+  Case(
+    "store",
+    "prepare_data --overwrite onto a directory that is not a store",
+    _overwrite_a_users_directory,
+    r"is a directory that this program did not write .* never replaced, even with",
+  ),
+  Case(
+    "store",
+    "a JSONL token id that is a float (1.5)",
+    lambda: _jsonl("floats.jsonl", "[1, 2, 3]", "[1.5, 2, 3]"),
+    r"floats.jsonl:2: \"tokens\" must be a list of non-negative integer ids; item 0 is float 1.5",
+  ),
+  Case(
+    "store",
+    "JSONL token ids that are booleans",
+    lambda: _jsonl("bools.jsonl", "[true, false, true]"),
+    r"bools.jsonl:1: .* item 0 is bool True",
+  ),
+  Case(
+    "store",
+    "JSONL token ids that are strings",
+    lambda: _jsonl("strings.jsonl", '{"tokens": ["1", "2", "3"]}'),
+    r"strings.jsonl:1: .* item 0 is str '1'",
+  ),
+  Case(
+    "store",
+    "a JSONL token id beyond 32 bits",
+    lambda: _jsonl("huge.jsonl", "[1, 2]", "[3, 99999999999999999999]"),
+    r"huge.jsonl:2: token id 99999999999999999999 \(item 1\) is outside \[0, 4,294,967,295\]",
   ),
   Case(
     "store",
@@ -366,6 +456,43 @@ CASES = [
     "an .npz of Python objects (a list of arrays)",
     _object_npz,
     r"its 'values' array holds Python objects .*np.concatenate",
+  ),
+  Case(
+    "data",
+    "a .ts case without a label",
+    lambda: sources.load_ts(_ts("nolabel.ts", "1,2,3:a", "1,2,3")),
+    r"nolabel.ts:7: the case has no label",
+  ),
+  Case(
+    "data",
+    "a .ts line cut short (its label lost)",
+    lambda: sources.load_ts(_ts("cut.ts", "1,2,3:4,5,6:a", "1,2,3:4,5")),
+    r"cut.ts:7: label '4,5' is not one of the @classLabel line's",
+  ),
+  Case(
+    "data",
+    "a .ts file whose cases have different dimensions",
+    lambda: sources.load_ts(_ts("dims.ts", "1,2:3,4:a", "1,2:b")),
+    r"dims.ts:7: this case has 1 dimension\(s\), the first case \(line 6\) 2",
+  ),
+  Case(
+    "data",
+    "inf in a .ts file",
+    lambda: sources.load_ts(_ts("inf.ts", "1,2:a", "1,inf:b")),
+    r"inf.ts:7: a value is inf",
+  ),
+  Case(
+    "data",
+    "inf in an .npz (the file named)",
+    lambda: sources.load_npz(
+      _npz(
+        "inf.npz",
+        values=np.array([[0.0], [np.inf]]),
+        lengths=np.array([1, 1]),
+        targets=np.array([0, 1]),
+      )
+    ),
+    r"inf.npz: inf in the inputs at step 0 of sequence 1",
   ),
   Case("data", "an .npz cut short", _truncated_npz, r"is not a readable .npz \(truncated"),
   Case(

@@ -695,3 +695,52 @@ def test_normalisations_per_sequence_minmax_and_global():
   cfg.data.update(normalize="minmax", standardize=True)
   with pytest.raises(ConfigError, match=r"standardize=True is normalize='global'"):
     config.validate_config(cfg)
+
+
+def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp_path):
+  """A test file whose @classLabel line lists the training file's classes in another order, or
+  a subset of them (`b c` for `a b c`), used to be scored with its own ids: every b read as a.
+  Labels are matched by name; a class unknown to training is one error naming it; the report
+  says how the names were matched."""
+  from configs import compare
+  from lstm_jax.errors import DataError
+  from lstm_jax.runner import report
+
+  head = "@problemName x\n@univariate true\n@equalLength false\n@classLabel true {}\n@data\n"
+  rows = {"a": "1,2,3", "b": "5,5", "c": "9,8,7,6", "d": "0,0"}
+
+  def write(name, header, labels):
+    lines = [f"{rows[c]}:{c}" for c in labels]
+    (tmp_path / name).write_text(head.format(header) + "\n".join(lines) + "\n")
+    return str(tmp_path / name)
+
+  cfg = compare.get_config("smoke")
+  cfg.data.update(source="ts", path=write("train.ts", "a b c", "abcabc"), normalize="none")
+  cfg.data.standardize = False
+  cfg.data.eval_path = write("eval.ts", "b c", "bcbc")  # a subset, in its own order
+  cfg.data.test_path = write("test.ts", "c a b", "abc")  # reordered
+  train_ds, eval_ds, test_ds, ident = experiment.split_data(cfg, with_test=True)
+  assert list(train_ds.targets) == [0, 1, 2, 0, 1, 2]
+  assert list(eval_ds.targets) == [1, 2, 1, 2] and eval_ds.num_classes == 3
+  assert list(test_ds.targets) == [0, 1, 2]
+  for ds in (eval_ds, test_ds):  # each sequence carries the id its values have in training
+    for i in range(len(ds)):
+      x, y = ds.sequence(i)
+      want = [k for k in range(len(train_ds)) if np.array_equal(train_ds.sequence(k)[0], x)]
+      assert train_ds.sequence(want[0])[1] == y
+  assert ident["eval_source"]["class_ids"] == {"b": 1, "c": 2}
+  assert ident["test_source"]["class_ids"] == {"c": 2, "a": 0, "b": 1}
+  summary = [
+    dict(
+      strategy="pad",
+      eval_metric=1.0,
+      balanced_accuracy=1.0,
+      classes=dict(recall=[1.0, 1.0, 1.0], support=[2, 2, 0], level="sequence"),
+    )
+  ]
+  text = "\n".join(report.class_lines(summary, plots=False, data=ident))
+  assert "recall a | recall b | recall c" in text
+  assert "eval.ts lists its classes in another order or a subset" in text and "b -> 1" in text
+  cfg.data.test_path = write("other.ts", "a d", "ad")
+  with pytest.raises(DataError, match=r"other.ts has class\(es\) \['d'\] that the training"):
+    experiment.split_data(cfg, with_test=True)

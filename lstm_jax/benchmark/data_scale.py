@@ -101,6 +101,38 @@ def part_writer(out: str, num: int, median: float, sigma: float, max_len: int) -
   )
 
 
+def part_open(store_dir: str, reads: int) -> dict:
+  """Opens the store (its page cache dropped first) and reads `reads` random records twice:
+  opening checks the metadata, the offsets and a fixed sample of chunks; the first read checks
+  each chunk it touches against its checksum, the second finds them checked."""
+  from lstm_jax import store
+
+  drop_page_cache(store_dir)
+  with PeakAnon() as mem:
+    t0 = time.perf_counter()
+    ds = store.open_store(store_dir)
+    seconds = time.perf_counter() - t0
+  pick = np.random.default_rng(0).choice(len(ds), size=min(reads, len(ds)), replace=False)
+  timed = []
+  for _ in range(2):
+    t0 = time.perf_counter()
+    for i in pick:
+      ds.sequence(int(i))
+    timed.append(time.perf_counter() - t0)
+  meta = store.read_meta(store_dir)
+  return dict(
+    records=len(ds),
+    bytes_on_disk=sum(os.path.getsize(os.path.join(store_dir, f)) for f in os.listdir(store_dir)),
+    open_seconds=seconds,
+    open_anon_growth_bytes=mem.end - mem.start,
+    open_anon_peak_growth_bytes=mem.peak - mem.start,
+    checksummed_chunks=sum(meta["checksums"]["chunks"].values()),
+    reads=len(pick),
+    first_read_seconds=timed[0],
+    second_read_seconds=timed[1],
+  )
+
+
 def plan_cases() -> dict:
   """The strategies planned, at 8,192 real tokens a step (the runner's default)."""
   from lstm_jax import batching as b
@@ -298,7 +330,7 @@ def run(cfg: dict, out_md: str) -> dict:
   work = cfg.get("workdir") or tempfile.mkdtemp(prefix="lstm_jax_data_scale_")
   os.makedirs(work, exist_ok=True)
   results: dict = dict(versions=versions(), cpu=cpu_model(), config=cfg)
-  parts = cfg.get("parts") or ["writer", "plan", "larger_than_memory", "fit"]
+  parts = cfg.get("parts") or ["writer", "plan", "open", "larger_than_memory", "fit"]
   if cfg.get("parts"):  # the other parts as the last run left them
     with open(os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json")) as f:
       kept = json.load(f)
@@ -317,6 +349,14 @@ def run(cfg: dict, out_md: str) -> dict:
     for n in cfg["plan_sizes"]:
       results["plan"][n] = _run_part(["plan", corpus, str(n), ",".join(cfg["plan_strategies"])])
       print("plan", n, results["plan"][n], flush=True)
+  if "open" in parts:
+    small = os.path.join(work, "tokens_tenth")
+    if not os.path.exists(os.path.join(small, "meta.json")):
+      w = cfg["writer"]
+      tenth = str(w["records"] // 10)
+      _run_part(["writer", small, tenth, str(w["median"]), str(w["sigma"]), str(w["max_len"])])
+    results["open"] = [_run_part(["open", d, str(cfg["open_reads"])]) for d in (small, corpus)]
+    print("open", results["open"], flush=True)
   big = cfg.get("larger_than_memory")
   if big and "larger_than_memory" in parts:
     results["larger_than_memory"] = larger_than_memory(work, big)
@@ -440,6 +480,26 @@ def markdown(r: dict) -> str:
         f"{x['plan_bytes_per_sequence']:.1f} | {x['anon_peak_growth_bytes'] / mib:.0f} | "
         f"{x['anon_retained_bytes'] / mib:.0f} |"
       )
+  if r.get("open"):
+    lines += [
+      "",
+      "## Opening a store, and its checks",
+      "",
+      "A fresh process, the store's page cache dropped: opening reads and checks the metadata,"
+      " the offsets (8 bytes a record, read whole: the lengths) and a fixed sample of 64 KiB"
+      " chunks against their checksums; then random records read twice, the first time checking"
+      " each chunk they touch (once per process), the second finding them checked.",
+      "",
+      "| records | GiB on disk | checksummed chunks | open s | open RssAnon growth MiB |"
+      " reads | first read s | second read s |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for x in r["open"]:
+      lines.append(
+        f"| {x['records']:,} | {x['bytes_on_disk'] / GiB:.2f} | {x['checksummed_chunks']:,} | "
+        f"{x['open_seconds']:.3f} | {x['open_anon_growth_bytes'] / mib:.1f} | {x['reads']:,} | "
+        f"{x['first_read_seconds']:.2f} | {x['second_read_seconds']:.2f} |"
+      )
   big = r.get("larger_than_memory")
   if big and "skipped" not in big:
     lines += [
@@ -497,6 +557,8 @@ def _main(argv: list[str]) -> None:
     out = part_plan(argv[1], int(argv[2]), argv[3].split(","))
   elif part == "train":
     out = part_train_in_cgroup(argv[1], argv[2].split(","), int(argv[3]))
+  elif part == "open":
+    out = part_open(argv[1], int(argv[2]))
   elif part == "fit":
     out = part_fit(argv[1], int(argv[2]), argv[3] == "cold")
   else:

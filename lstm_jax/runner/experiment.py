@@ -278,10 +278,13 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
     keep = sources.subsample_indices(len(dataset), cfg.data.max_sequences, cfg.data.split_seed)
     dataset = dataset.subset(keep, name=dataset.name)
     identity["subsampled_to"] = int(cfg.data.max_sequences)
+  if test_raw is not None:
+    test_raw = by_class_name(test_raw, identity, identity["test_source"], cfg.data.test_path)
   if cfg.data.eval_path:  # a given split: the held-out data from its own file or directory
     held_out, identity["eval_source"] = sources.load_source(
       ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.eval_path, max_sequences=0))
     )
+    held_out = by_class_name(held_out, identity, identity["eval_source"], cfg.data.eval_path)
     train_ds, eval_ds = given_split(dataset, held_out, cfg.data.eval_path)
     identity["split"] = f"given: {cfg.data.eval_path}"
   else:
@@ -318,6 +321,40 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   if with_test:
     return train_ds, eval_ds, test_ds, identity
   return train_ds, eval_ds, identity
+
+
+def by_class_name(
+  held_out: RaggedDataset, train_identity: dict, held_identity: dict, path: str
+) -> RaggedDataset:
+  """A held-out file's labels in the training file's ids, matched by class name where the files
+  name their classes (a `.ts` file's @classLabel line, an .npz's `class_names`): each file
+  numbers its classes in its own order, and a subset or reordering of the names would
+  otherwise score every sequence against another class. A class the training data lacks is
+  an error naming it; the mapping is recorded in `held_identity["class_ids"]`."""
+  mine, theirs = train_identity.get("classes"), held_identity.get("classes")
+  if mine is None and theirs is None:
+    return held_out
+  if mine is None or theirs is None:
+    named, unnamed = ("config.data.path", path) if theirs is None else (path, "config.data.path")
+    raise DataError(
+      f"{named} names its classes but {unnamed} does not, so labels cannot be matched by name; "
+      f"give both as .ts files, or both as .npz with a class_names array (or neither)."
+    )
+  unknown = [c for c in theirs if c not in mine]
+  if unknown:
+    raise DataError(
+      f"{path} has class(es) {unknown[:5]} that the training data ({mine[:10]}) lacks: the "
+      f"model cannot predict them; drop those cases or add them to the training data."
+    )
+  ids = np.array([mine.index(c) for c in theirs], np.int64)
+  held_identity["class_ids"] = {c: int(i) for c, i in zip(theirs, ids)}
+  if np.array_equal(ids, np.arange(len(ids))) and len(theirs) == len(mine):
+    return held_out
+  if not dataclasses.is_dataclass(held_out) or type(held_out) is not RaggedDataset:
+    raise DataError(f"{path}: classes matched by name need data in memory (a .ts or .npz file).")
+  return dataclasses.replace(
+    held_out, targets=ids[np.asarray(held_out.targets)], num_classes=len(mine)
+  )
 
 
 def held_apart_split(train: RaggedDataset, test: RaggedDataset, test_path: str) -> RaggedDataset:

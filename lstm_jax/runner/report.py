@@ -284,13 +284,16 @@ def _classes_over_seeds(scores: list[dict | None]) -> dict | None:
   )
 
 
-def class_lines(summary: list[dict], plots: bool) -> list[str]:
+def class_lines(summary: list[dict], plots: bool, data: dict | None = None) -> list[str]:
   """The report's section on classification, row by row: accuracy, balanced accuracy and each
-  class's recall on the held-out split (per sequence, or per step for step-level labels), and
-  the confusion matrices' plot."""
+  class's recall on the held-out split (per sequence, or per step for step-level labels), the
+  classes by the data's names (and how a held-out file's names were matched), and the
+  confusion matrices' plot."""
   rows = [r for r in summary if r.get("classes")]
   if not rows:
     return []
+  data = data or {}
+  names = data.get("classes")
   n = len(rows[0]["classes"]["recall"])
   shown = min(n, 12)
   unit = "steps" if rows[0]["classes"].get("level") == "step" else "sequences"
@@ -306,7 +309,7 @@ def class_lines(summary: list[dict], plots: bool) -> list[str]:
     + "; over seeds, the mean.",
     "",
     "| strategy | accuracy | balanced accuracy | "
-    + " | ".join(f"recall {c}" for c in range(shown))
+    + " | ".join(f"recall {names[c] if names else c}" for c in range(shown))
     + " |",
     "|---|---|---|" + "---|" * shown,
   ]
@@ -320,6 +323,22 @@ def class_lines(summary: list[dict], plots: bool) -> list[str]:
   support = rows[0]["classes"]["support"]
   if support is not None:
     out += ["", f"Held-out {unit} per class: {support[:shown]}."]
+  if names:
+    out += [
+      "",
+      "Classes by the training data's names: "
+      + ", ".join(f"{i} = {c}" for i, c in enumerate(names))
+      + ".",
+    ]
+  for key in ("eval_source", "test_source"):
+    given = (data.get(key) or {}).get("class_ids")
+    if given and list(given.values()) != list(range(len(given))):
+      out.append(
+        f"{os.path.basename(data[key].get('path', key))} lists its classes in another order"
+        f" or a subset; its labels were matched by name: "
+        + ", ".join(f"{c} -> {i}" for c, i in given.items())
+        + "."
+      )
   out += [""]
   if plots:
     out += ["![confusion matrices](confusion.png)", ""]
@@ -634,7 +653,7 @@ def markdown_report(
     "",
     *baseline_lines(meta.get("baselines")),
     *class_baseline_lines(summary, meta.get("class_baselines")),
-    *class_lines(summary, meta.get("plots", True)),
+    *class_lines(summary, meta.get("plots", True), d),
     *held_apart_lines(summary, meta),
     *quality_table(summary, curves or {}, meta.get("baselines")),
     *predictions_table(summary, meta.get("predictions")),
