@@ -84,16 +84,35 @@ def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, float]:
   return out
 
 
+def class_targets(dataset: RaggedDataset, limit: int) -> tuple[np.ndarray, int]:
+  """The class targets of the dataset's first sequences, whole, up to `limit` targets (at least
+  one sequence): one per sequence, or one per step for step-level labels (next-token targets
+  too, derived as a store derives them). Read through `gather`, so an on-disk store is read
+  only that far. Returns (the targets, how many the whole dataset holds)."""
+  seq_level = dataset.target_level == "sequence"
+  sizes = np.ones(len(dataset), np.int64) if seq_level else np.asarray(dataset.lengths, np.int64)
+  total = int(sizes.sum())
+  n = max(1, int(np.searchsorted(np.cumsum(sizes), limit, side="right")))
+  seq = np.arange(min(n, len(dataset)), dtype=np.int64)
+  if seq_level:
+    return np.asarray(dataset.sequence_targets(seq)).reshape(-1), total
+  _, targets = dataset.gather(seq, np.zeros(len(seq), np.int64), dataset.lengths[seq])
+  return np.asarray(targets).reshape(-1), total
+
+
 def classification(train: RaggedDataset, held_out: RaggedDataset) -> dict:
   """The majority-class accuracy and the class priors' cross-entropy (nats) on the held-out
   targets, both from the training split's class counts (one target per sequence, or per step
-  for step-level labels, as the loss weighs them)."""
+  for step-level labels, as the loss weighs them; any number of classes, next-token targets
+  included). Fixed-size samples as for `byte_lm`: `TRAIN_SAMPLE` training targets,
+  `HELD_OUT_SAMPLE` held-out ones, so the time does not grow with the corpus."""
   n = int(train.num_classes)
-  counts = np.bincount(np.asarray(train.targets).reshape(-1), minlength=n)[:n].astype(np.float64)
-  held = np.asarray(held_out.targets).reshape(-1)
+  train_targets, train_total = class_targets(train, TRAIN_SAMPLE)
+  held, held_total = class_targets(held_out, HELD_OUT_SAMPLE)
+  counts = np.bincount(train_targets.astype(np.int64), minlength=n)[:n].astype(np.float64)
   majority = int(np.argmax(counts))
   prior = (counts + 1.0) / (counts.sum() + n)
-  return dict(
+  out = dict(
     kind="classification",
     classes=n,
     majority_class=majority,
@@ -101,6 +120,11 @@ def classification(train: RaggedDataset, held_out: RaggedDataset) -> dict:
     prior_loss=float(-np.mean(np.log(prior[np.clip(held, 0, n - 1)]))),
     held_out_targets=int(held.size),
   )
+  if held.size < held_total or train_targets.size < train_total:
+    out["sampled"] = dict(
+      held_out_of=held_total, train_targets=int(train_targets.size), train_of=train_total
+    )
+  return out
 
 
 def class_scores(targets, predicted, num_classes: int) -> dict:

@@ -271,6 +271,20 @@ def _overwrite_a_users_directory():
   return store.StoreWriter(mine, vocab_size=256, overwrite=True)
 
 
+def _sample_from(name: str, meta: str | None, summary: str | None):
+  """experiments/sample.py's loader on a workdir holding these meta.json and summary.json."""
+  from lstm_jax.runner import generate
+
+  d = _empty_dir(name)
+  for file, text in (("meta.json", meta), ("summary.json", summary)):
+    if text is not None:
+      (d / file).write_text(text)
+  return generate.load_row(str(d))
+
+
+_META = json.dumps({"config": {"model": {"hidden_size": 8}, "seed": 0}})
+
+
 def _ts(name: str, *data_lines: str) -> str:
   head = "@problemName x\n@univariate false\n@equalLength false\n@classLabel true a b c\n@data\n"
   return _file(name, (head + "\n".join(data_lines) + "\n").encode())
@@ -391,6 +405,34 @@ CASES = [
     "a JSONL token id beyond 32 bits",
     lambda: _jsonl("huge.jsonl", "[1, 2]", "[3, 99999999999999999999]"),
     r"huge.jsonl:2: token id 99999999999999999999 \(item 1\) is outside \[0, 4,294,967,295\]",
+  ),
+  Case(
+    "sample",
+    "sample.py on a workdir whose meta.json is cut short",
+    lambda: _sample_from("cut_meta", '{"config": {"mod', None),
+    r"meta.json cannot be read \(JSONDecodeError: .*compare_strategies.py with --workdir",
+  ),
+  Case(
+    "sample",
+    "sample.py on a workdir whose meta.json is not an object",
+    lambda: _sample_from("list_meta", "[1, 2]", None),
+    r"meta.json holds a list, not the runner's dict",
+  ),
+  Case(
+    "sample",
+    "sample.py on a workdir without summary.json",
+    lambda: _sample_from("no_summary", _META, None),
+    r"has no summary.json: run experiments/compare_strategies.py",
+  ),
+  Case(
+    "sample",
+    "sample.py when every row is marked not comparable",
+    lambda: _sample_from(
+      "none_comparable",
+      _META,
+      json.dumps([{"strategy": "pad", "eval_loss": 2.0, "comparable": False}]),
+    ),
+    r"has no comparable row to pick as the best; name one with --strategy \(rows: \['pad'\]\)",
   ),
   Case(
     "store",

@@ -476,3 +476,35 @@ def test_out_of_range_ids_in_an_old_store_name_the_record_not_a_nan(tmp_path):
     store.StoreError, match=r"v1: record 4 holds token id 65535, outside \[0, 1000\)"
   ):
     next(batching.Pad(ds, batch_size=6).batches())
+
+
+def test_a_token_store_of_any_vocabulary_gets_its_baselines_and_report(tmp_path):
+  """A JSONL token-id store (vocabulary 1,000) used to train its row and then crash in the
+  classification baselines (targets derived, not stored); and a target met at the first
+  evaluation (every row's loss ending above where it began) divided by its 0 s. Both give a
+  summary and a report now."""
+  from configs import compare
+  from lstm_jax import sources
+  from lstm_jax.runner import experiment
+
+  rng = np.random.default_rng(1)
+  lines = [
+    json.dumps(rng.integers(0, 1000, size=int(n)).tolist()) for n in rng.integers(8, 60, 300)
+  ]
+  (tmp_path / "ids.jsonl").write_text("\n".join(lines) + "\n")
+  sources.prepare_store("jsonl", str(tmp_path / "ids.jsonl"), str(tmp_path / "s"), vocab_size=1000)
+  cfg = compare.get_config("smoke")
+  cfg.plots = False
+  cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)
+  cfg.update(strategies=("pad", "tbptt"), predict_costs=False, background_compiles=0)
+  cfg.train.update(tokens_per_step=512, real_tokens=4096)
+  cfg.target_eval_loss = 100.0  # met before training: the untrained loss is ln(1000) = 6.9
+  cfg.checkpoint.enabled = False
+  summary = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  assert [r["strategy"] for r in summary] == ["pad", "tbptt"]
+  meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+  base = meta["class_baselines"]
+  assert base["classes"] == 1000 and base["held_out_targets"] > 0
+  text = (tmp_path / "w" / "report.md").read_text()
+  assert "was met at the first evaluation, before training" in text
+  assert all(r["time_to_target_seconds"] == 0 for r in summary)

@@ -24,25 +24,50 @@ from lstm_jax.streaming import Streamer
 from lstm_jax.workdir import run_dir
 
 
+def _read_json(workdir: str, name: str, kind: type):
+  """A runner workdir's JSON file, as `kind`: missing, cut short or of another shape is one
+  ConfigError naming it and the fix."""
+  path = os.path.join(workdir, name)
+  again = f"run experiments/compare_strategies.py with --workdir {workdir} to the end first"
+  if not os.path.isfile(path):
+    raise ConfigError(f"{workdir} has no {name}: {again}.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e}); {again}.") from None
+  if not isinstance(obj, kind):
+    raise ConfigError(
+      f"{path} holds a {type(obj).__name__}, not the runner's {kind.__name__}; {again}."
+    )
+  return obj
+
+
 def load_row(
   workdir: str, strategy: str | None = None, seed: int | None = None, step: int | None = None
 ) -> tuple[SequenceModel, Any, dict]:
   """(model, params, info) of one row's checkpoint in a runner workdir: `strategy` (default the
   comparable row with the lowest final eval loss in summary.json), `seed` (default the config's
   first) and `step` (default the newest checkpoint, the end of training)."""
-  meta_path = os.path.join(workdir, "meta.json")
-  if not os.path.exists(meta_path):
+  meta = _read_json(workdir, "meta.json", dict)
+  cfg = meta.get("config")
+  if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "seed" not in cfg:
     raise ConfigError(
-      f"{workdir} has no meta.json: run experiments/compare_strategies.py with --workdir "
-      f"{workdir} to the end first."
+      f"{os.path.join(workdir, 'meta.json')} has no config with a model section and a seed (it "
+      f"was damaged or written by something else); run experiments/compare_strategies.py with "
+      f"--workdir {workdir} again to rewrite it."
     )
-  with open(meta_path) as f:
-    meta = json.load(f)
-  cfg = meta["config"]
   if strategy is None:
-    with open(os.path.join(workdir, "summary.json")) as f:
-      rows = [r for r in json.load(f) if r.get("comparable", True)]
-    strategy = min(rows, key=lambda r: r["eval_loss"])["strategy"]
+    rows = _read_json(workdir, "summary.json", list)
+    scored = [r for r in rows if isinstance(r, dict) and "eval_loss" in r and "strategy" in r]
+    comparable = [r for r in scored if r.get("comparable", True)]
+    if not comparable:
+      names = sorted({r["strategy"] for r in scored})
+      raise ConfigError(
+        f"{os.path.join(workdir, 'summary.json')} has no comparable row to pick as the best; "
+        f"name one with --strategy (rows: {names})."
+      )
+    strategy = min(comparable, key=lambda r: r["eval_loss"])["strategy"]
   seed = cfg["seed"] if seed is None else int(seed)
   directory = run_dir(workdir, "checkpoints", strategy, seed)
   if not os.path.isdir(directory):

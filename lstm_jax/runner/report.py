@@ -743,8 +743,15 @@ def class_baseline_lines(summary: list[dict], base: dict | None) -> list[str]:
   is no better than always answering the majority class (it learnt only the class counts)."""
   if not base:
     return []
+  sampled = base.get("sampled")
+  said = (
+    f"the first {base['held_out_targets']:,} of {sampled['held_out_of']:,} held-out targets, "
+    f"priors from {sampled['train_targets']:,} of {sampled['train_of']:,} training targets"
+    if sampled
+    else f"the same {base['held_out_targets']:,} held-out targets"
+  )
   out = [
-    f"*Baselines* on the same {base['held_out_targets']:,} held-out targets "
+    f"*Baselines* on {said} "
     f"(`lstm_jax/baselines.py`, from the training split's class counts): always the majority "
     f"class ({base['majority_class']}) has accuracy {base['majority_accuracy']:.3f}; the class "
     f"priors have cross-entropy {base['prior_loss']:.4f} (the eval loss to beat).",
@@ -801,7 +808,13 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
     (r for r in summary if r.get("time_to_target_seconds") is not None),
     key=lambda r: r["time_to_target_seconds"],
   )
-  if reached:
+  if reached and reached[0]["time_to_target_seconds"] <= 0:
+    out.append(
+      f"- Time to quality: the target eval loss {reached[0]['target_eval_loss']:.4f} was met "
+      f"at the first evaluation, before training (the rows' eval losses ended no lower than "
+      f"they began), so there is no time to quality to compare."
+    )
+  elif reached:
     best = reached[0]
     others = ", ".join(
       f"{r['strategy']} {r['time_to_target_seconds']:.1f} s "
