@@ -74,7 +74,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   from absl import flags  # noqa: PLC0415 (only the mains use absl)
 
   nones, rest = [], []
-  for arg in argv:
+  for arg in _last_of_each_config_key(argv):
     name, _, value = arg.partition("=")
     if arg.startswith("--") and "." in name and value in ("None", "none"):
       nones.append(name[2:])
@@ -82,6 +82,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       rest.append(arg)
   try:
     left = flags.FLAGS(rest)
+    _split_comma_lists(flags.FLAGS, rest)
     for path in nones:
       root, *keys = path.split(".")
       node = getattr(flags.FLAGS, root)
@@ -104,6 +105,40 @@ def parse_flags(argv: list[str]) -> list[str]:
       flush=True,
     )
     sys.exit(2)
+
+
+def _split_comma_lists(flag_values, argv: list[str]) -> None:
+  """`--config.strategies=pad,bucket` as ('pad', 'bucket'): ml_collections reads a tuple of
+  strings given without parentheses as one string ('pad,bucket',)."""
+  for arg in argv:
+    name, _, value = arg.partition("=")
+    if not (arg.startswith("--") and "." in name and "," in value):
+      continue
+    if value.strip().startswith(("(", "[")):
+      continue
+    root, *keys = name[2:].split(".")
+    node = getattr(flag_values, root)
+    for key in keys[:-1]:
+      node = node[key]
+    now = node[keys[-1]]
+    if isinstance(now, tuple) and now == (value,):
+      node[keys[-1]] = tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _last_of_each_config_key(argv: list[str]) -> list[str]:
+  """argv with only the last `--name.key=value` of each dotted key: a key given twice takes its
+  last value, as any other flag does (ml_collections would join a tuple key's values:
+  `--config.strategies=pad --config.strategies=bucket` ran both)."""
+  last = {}
+  for i, arg in enumerate(argv):
+    name = arg.partition("=")[0]
+    if arg.startswith("--") and "." in name and "=" in arg:
+      last[name] = i
+  return [
+    a
+    for i, a in enumerate(argv)
+    if not (a.startswith("--") and "=" in a and last.get(a.partition("=")[0], i) != i)
+  ]
 
 
 def _flag_error_text(e: Exception) -> str:

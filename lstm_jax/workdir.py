@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 
 from lstm_jax.errors import ConfigError, os_error_text
@@ -165,14 +166,35 @@ class Invocations:
   its seconds so far and how it ended ("finished", "preempted", "failed"; null: running, or
   killed). meta.json's `started` is the first one's start and `total_seconds` their sum, so a
   run preempted and resumed, or a finished one rendered again, reports its whole time.
-  `fresh` (resume=False) starts the list over."""
+  `fresh` (resume=False) starts the list over.
 
-  def __init__(self, workdir: str, fresh: bool = False):
+  A heartbeat (a thread, every `heartbeat_seconds`) rewrites the running entry's seconds, so an
+  invocation killed without a word (SIGKILL, the OOM killer, a node lost) still counts up to its
+  last heartbeat, not the 0 s it started with. `close()` stops it."""
+
+  def __init__(self, workdir: str, fresh: bool = False, heartbeat_seconds: float = 10.0):
     self.path = os.path.join(workdir, "invocations.json")
     self.entries = [] if fresh else self._read()
     self.t0 = time.time()
     self.entries.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=0.0, ended=None))
+    self._lock = threading.Lock()
+    self._stop = threading.Event()
     self.update()
+    self._beat = threading.Thread(
+      target=self._heartbeat, args=(heartbeat_seconds,), name="invocations-heartbeat", daemon=True
+    )
+    self._beat.start()
+
+  def _heartbeat(self, every: float) -> None:
+    while not self._stop.wait(every):
+      try:
+        self.update()
+      except OSError:  # a full or read-only disk: the next row's update says so, not this thread
+        pass
+
+  def close(self) -> None:
+    self._stop.set()
+    self._beat.join()
 
   def _read(self) -> list[dict]:
     if not os.path.exists(self.path):
@@ -192,8 +214,13 @@ class Invocations:
     return entries
 
   def update(self, ended: str | None = None) -> None:
-    self.entries[-1].update(seconds=time.time() - self.t0, ended=ended)
-    write_json_atomically(self.path, self.entries, indent=1)
+    with self._lock:
+      if self.entries[-1]["ended"] is not None and ended is None:
+        return  # ended already: a late heartbeat changes nothing
+      self.entries[-1].update(seconds=time.time() - self.t0, ended=ended)
+      write_json_atomically(self.path, self.entries, indent=1)
+    if ended is not None:
+      self._stop.set()
 
   @property
   def started(self) -> str:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,53 @@ def test_a_rerun_with_fewer_strategies_keeps_the_earlier_rows_in_the_table(tmp_p
   (tmp_path / "results" / "tbptt-seed0.json").write_text(json.dumps(saved))
   rows = experiment.train_and_evaluate(_tiny_config(strategies=("pack",)), str(tmp_path), True)
   assert [r["strategy"] for r in rows] == ["pack"]
+
+
+def test_a_config_key_given_twice_takes_its_last_value_and_comma_lists_split():
+  """`--config.strategies` given twice ran both lists (ml_collections joins a tuple key's
+  values); `--config.strategies=pad,bucket,pack`, as docs/data.md writes it, was one unknown
+  strategy 'pad,bucket,pack'."""
+  code = (
+    "import sys\n"
+    "from absl import app, flags\n"
+    "from ml_collections import config_flags\n"
+    "from lstm_jax import errors\n"
+    f"config_flags.DEFINE_config_file('config', {str(ROOT / 'configs' / 'compare.py:smoke')!r})\n"
+    "app.run(lambda argv: print(flags.FLAGS.config.strategies, flags.FLAGS.config.seed),"
+    " flags_parser=errors.parse_flags)\n"
+  )
+
+  def parsed(*args):
+    got = subprocess.run(
+      [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    return got.stdout.strip()
+
+  assert parsed("--config.strategies=('pad',)", "--config.strategies=('bucket','tbptt')",
+                "--config.seed=1", "--config.seed=2") == "('bucket', 'tbptt') 2"  # fmt: skip
+  assert parsed("--config.strategies=pad,bucket,pack") == "('pad', 'bucket', 'pack') 0"
+  assert parsed("--config.strategies=pad") == "('pad',) 0"
+
+
+def test_a_killed_invocation_counts_up_to_its_last_heartbeat(tmp_path):
+  """After a kill -9 mid-row, invocations.json recorded the killed attempt at 1e-05 s (its
+  first write), so total_seconds undercounted; a heartbeat now rewrites the running entry."""
+  from lstm_jax.workdir import Invocations
+
+  inv = Invocations(str(tmp_path), heartbeat_seconds=0.01)
+  path = tmp_path / "invocations.json"
+  deadline = time.monotonic() + 30
+  while json.loads(path.read_text())[-1]["seconds"] < 0.05 and time.monotonic() < deadline:
+    time.sleep(0.01)
+  (entry,) = json.loads(path.read_text())  # what a kill -9 now would leave
+  assert entry["seconds"] >= 0.05 and entry["ended"] is None
+  inv.update("finished")
+  inv.close()
+  final = json.loads(path.read_text())
+  time.sleep(0.05)
+  assert json.loads(path.read_text()) == final and final[-1]["ended"] == "finished"
+  again = Invocations(str(tmp_path), heartbeat_seconds=0.01)  # a rerun counts both
+  again.update("finished")
+  again.close()
+  assert again.total_seconds >= entry["seconds"]

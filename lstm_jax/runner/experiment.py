@@ -1063,6 +1063,9 @@ def _train_and_evaluate(
     if writer:
       invocations.update("preempted" if isinstance(e, Preempted) else "failed")
     raise
+  finally:
+    if writer:
+      invocations.close()
 
 
 def _run_all(
