@@ -17,6 +17,7 @@ tokens and the seconds between consecutive step completions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -697,6 +698,7 @@ def fit(
     "fit-batches",
   )
   clock_start = None
+  deferring, deferring_on = contextlib.ExitStack(), False
   try:
     for (plan, after), batch in batches:
       if run.position.index == 0 or pending.t_last is None:  # an epoch starts, or a resume
@@ -726,6 +728,10 @@ def fit(
       if strategy.carries_state:
         run.carry = new_carry
       run.step += 1
+      if preemption is not None and not deferring_on:
+        # a step of this call is done: from here a signal waits for its checkpoint
+        deferring.enter_context(preemption.deferred())
+        deferring_on = True
       pending.hold(
         dict(
           step=run.step,
@@ -748,6 +754,7 @@ def fit(
         if checkpointer is not None:
           save(force=True)
           checkpointer.wait()
+        preemption.saved = True
         raise Preempted(preemption.signal_name, run.step, checkpointer and checkpointer.directory)
       if stop.reached(run.position):
         break
@@ -759,6 +766,7 @@ def fit(
     steps.train.stop_background()  # shapes the run never reached are not compiled
     if checkpointer is not None:
       checkpointer.wait()
+    deferring.close()
   return FitResult(
     state=run.state,
     history=history,

@@ -615,3 +615,65 @@ def ocp_path() -> str:
   import orbax.checkpoint
 
   return str(Path(orbax.checkpoint.__file__).parent)
+
+
+# --- signals where nothing is unsaved ---------------------------------------------------------
+def _signal_run(workdir, when) -> subprocess.CompletedProcess:
+  args = [sys.executable, str(SCRIPTS / "signal_check.py"), str(workdir), when]
+  return subprocess.run(args, capture_output=True, text=True, timeout=300, env=subprocess_env())
+
+
+AT_ONCE = (
+  "preempted: stopped by SIGTERM where nothing was unsaved (loading, planning, compiling or "
+  "reporting; what earlier steps and rows wrote is kept): run the same command again to go on."
+)
+
+
+@pytest.mark.parametrize("when", ["calibration", "native"])
+def test_a_signal_before_anything_trains_ends_the_run_at_once(tmp_path, when):
+  """A SIGTERM during the cost model's calibration used to wait for the calibration, the first
+  row's compile and one training step (~29 s), just to save step 1. Now nothing more runs: no
+  step, no checkpoint; status 75 and one line. With the main thread held where no Python runs
+  (a long XLA compile; here it blocks the signal and sleeps 120 s), the watchdog ends the
+  process after its grace period."""
+  got = _signal_run(tmp_path, when)
+  assert got.returncode == 75, got.stderr[-3000:]
+  said = got.stderr.strip().splitlines()
+  if when == "native":
+    assert said[-1].startswith("preempted: stopped by SIGTERM where nothing was unsaved (the main")
+  else:
+    assert said[-1] == AT_ONCE, got.stderr[-3000:]
+  assert "Traceback" not in got.stderr
+  steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert not [r for r in steps if "step" in r and "loss" in r]  # not one training step
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").rglob("*"))
+  (inv,) = json.loads((tmp_path / "invocations.json").read_text())
+  assert inv["ended"] in ("preempted", None)  # the watchdog's exit leaves the heartbeat's
+
+
+def test_a_signal_after_the_last_row_stops_at_once_and_the_rerun_writes_the_report(tmp_path):
+  """A SIGTERM as the report is written said "stopping after the current step, with a
+  checkpoint", rendered the report anyway and exited 0. Now it stops at once (75) and says so;
+  the rerun trains nothing and writes the report."""
+  got = _signal_run(tmp_path, "report")
+  assert got.returncode == 75 and got.stderr.strip().splitlines()[-1] == AT_ONCE, got.stderr
+  assert (tmp_path / "results" / "tbptt-seed0.json").exists()
+  assert not (tmp_path / "report.md").exists()
+  again = _signal_run(tmp_path, "none")
+  assert again.returncode == 0 and "FINISHED" in again.stdout, again.stderr[-3000:]
+  assert (tmp_path / "report.md").exists()
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  assert "finished by an earlier run of this workdir" in metrics or '"step"' in metrics
+  invocations = json.loads((tmp_path / "invocations.json").read_text())
+  assert [i["ended"] for i in invocations] == ["preempted", "finished"]
+
+
+def test_a_second_signal_once_the_checkpoint_is_written_keeps_status_75(tmp_path):
+  """A second SIGTERM after the stop's checkpoint was complete exited 143, which a requeue-on-75
+  script misses. Now it is noted and the status stays 75."""
+  got = _signal_run(tmp_path, "after_save")
+  assert got.returncode == 75, got.stderr[-3000:]
+  assert "SIGTERM again: already stopping, nothing left to save." in got.stderr
+  assert (
+    got.stderr.strip().splitlines()[-1].startswith("preempted: stopped by SIGTERM after step 5")
+  )

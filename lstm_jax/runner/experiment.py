@@ -1034,7 +1034,10 @@ def train_and_evaluate(
     sharding.initialize(d.coordinator, d.num_processes, d.process_id)
   mesh = sharding.make_mesh(cfg.mesh.num_devices)
   writer = jax.process_index() == 0  # one process writes the files, and holds the workdir
-  with WorkdirLock(workdir) if writer else contextlib.nullcontext(), Preemption() as preemption:
+  # at_once: a signal where nothing is unsaved (loading, calibration, compiles, between rows,
+  # the report) ends the run at once; inside a row's steps it waits for the step's checkpoint
+  stop = Preemption(at_once=True)
+  with WorkdirLock(workdir) if writer else contextlib.nullcontext(), stop as preemption:
     if writer:  # before anything loads or compiles
       check_writable(
         workdir, ("results", "checkpoints") if cfg.checkpoint.enabled else ("results",)
