@@ -20,7 +20,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("workdir", "", "Where the stores are written (kept for a rerun).")
 flags.DEFINE_bool("quick", False, "Small sizes (a check that every part runs).")
-PARTS = ["writer", "plan", "open", "larger_than_memory", "fit"]
+PARTS = ["writer", "plan", "open", "long_documents", "larger_than_memory", "fit"]
 flags.DEFINE_multi_enum(
   "parts", [], PARTS, "Rerun only these parts; the others are kept from results.json beside --out."
 )
@@ -42,6 +42,8 @@ FULL = dict(
     steps=20,
   ),
   fit=dict(records=3_000, rounds=5),
+  # ~1.7 GiB of whole documents (median 150,000 bytes) evaluated in a 1.25 GiB cgroup
+  long_documents=dict(records=10_000, median=150_000, sigma=0.7, memory_limit=5 << 28),
   open_reads=2_000,  # random records read after opening (the store and a tenth of it)
 )
 QUICK = dict(  # the same parts at small sizes
@@ -50,6 +52,7 @@ QUICK = dict(  # the same parts at small sizes
   plan_sizes=[10_000, 100_000],
   larger_than_memory=dict(FULL["larger_than_memory"], records=20_000, steps=3),
   fit=dict(records=2_000, rounds=1),
+  long_documents=dict(FULL["long_documents"], records=200),
 )
 
 

@@ -1470,3 +1470,51 @@ def make_strategy(name: str, dataset: RaggedDataset, **kwargs) -> Strategy:
   if name not in STRATEGIES:
     raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}.")
   return STRATEGIES[name](dataset, **kwargs)
+
+
+def held_out_strategies(
+  dataset: RaggedDataset,
+  *,
+  tokens_per_batch: int,
+  num_buckets: int,
+  chunk_length: int = 0,
+  batch_multiple: int = 1,
+  seed: int = 0,
+) -> list[Strategy]:
+  """The batches of an exact forward pass over `dataset` (evaluation, predictions) in memory
+  bounded by `chunk_length`, whatever the documents: sequences of up to `chunk_length` steps
+  whole, in length buckets (`Bucket`, `tokens_per_batch` a batch); longer ones cut into chunks
+  of `chunk_length` steps with the state carried from chunk to chunk (`TBPTT`'s layout, with
+  `tokens_per_batch // chunk_length` streams): for a forward pass, the same computation as the
+  whole sequence. chunk_length 0: every sequence whole (a bidirectional model needs that: its
+  backward direction starts from the end).
+
+  Returns:
+    One strategy, or two (the short sequences' buckets, then the long ones' chunks), each over
+    a subset of `dataset`; their metrics add up to the whole set's.
+  """
+  lengths = np.asarray(dataset.lengths)
+  long = np.flatnonzero(lengths > chunk_length) if chunk_length else np.zeros(0, np.int64)
+
+  def buckets(ds):
+    return Bucket(
+      ds,
+      tokens_per_batch=tokens_per_batch,
+      num_buckets=num_buckets,
+      batch_multiple=batch_multiple,
+      seed=seed,
+    )
+
+  if not len(long):
+    return [buckets(dataset)]
+  short = np.flatnonzero(lengths <= chunk_length)
+  parts = [buckets(dataset.subset(short))] if len(short) else []
+  streams = max(1, min(len(long), tokens_per_batch // chunk_length))
+  chunks = TBPTT(
+    dataset.subset(long),
+    chunk_length=chunk_length,
+    num_streams=streams,
+    seed=seed,
+    batch_multiple=batch_multiple,
+  )
+  return parts + [chunks]

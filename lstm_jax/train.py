@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -779,9 +779,18 @@ def fit(
 
 
 def predict_step(state: TrainState, batch: Batch, carry: Carry):
-  """The model's outputs <float32>[B, T, ...] on the batch (logits for classification)."""
-  preds, _ = _apply(state.params, state, batch, carry)
-  return preds
+  """(the model's outputs <float32>[B, T, ...] on the batch (logits for classification), the
+  carry after it: what the next chunk of the same rows starts from)."""
+  return _apply(state.params, state, batch, carry)
+
+
+class Piece(NamedTuple):
+  """Part of one sequence's predictions (`predict_batches`): its steps [start, start + len)."""
+
+  seq: int  # the sequence's index in the dataset
+  start: int  # its first step here
+  outputs: np.ndarray  # <float32>[n, C or D]: the model's outputs at those steps
+  targets: np.ndarray  # <int32>[n] or <float32>[n, D]; a sequence-level target on its last step
 
 
 @dataclasses.dataclass
@@ -809,34 +818,56 @@ def predict_batches(
   batch_size: int = 32,
   num_buckets: int = 4,
   step: CountedJit | None = None,
-):
+  chunk_length: int = 0,
+) -> Iterator[list[Piece]]:
   """`predict`'s computation, one batch at a time, keeping nothing: yields for each batch the
-  list of (sequence index, its outputs <float32>[length, C or D], its targets <int32>[length]
-  or <float32>[length, D] with a sequence-level target on the last step). Every sequence
-  comes once, computed whole (bucketed by length; the mask makes padding change nothing), so
-  a store larger than memory can be scored in one pass.
+  list of its `Piece`s (sequence index, first step, outputs <float32>[n, C or D], targets
+  <int32>[n] or <float32>[n, D], a sequence-level target on the last step). Every step of
+  every sequence comes once, computed as the whole sequence would be (bucketed by length, the
+  mask making padding change nothing), so a store larger than memory is scored in one pass.
 
   Args:
     state, dataset, batch_size, num_buckets: as `predict`'s.
     step: the CountedJit of `predict_step` to run (its compiles are then the caller's to read).
+    chunk_length: sequences longer than this come in pieces of this many steps, the state
+      carried from piece to piece (exact; memory bounded by the chunk, not the document); 0:
+      each sequence in one piece. Not for a bidirectional model.
 
   Yields:
-    For each batch, a list of (sequence index, outputs, targets).
+    For each batch, a list of `Piece`s; a sequence whole is one piece from step 0.
   """
   check_model_fits_data(state.model, dataset, state.params)
-  strategy = batching.Bucket(  # no wider than the data: fewer sequences than batch_size is fine
-    dataset,
-    batch_size=min(batch_size, len(dataset)),
-    num_buckets=min(num_buckets, len(np.unique(dataset.lengths))),
-  )
   fn = step or CountedJit(predict_step, name="predict_step")
-  for plan in strategy.plan(0):
-    batch = assemble(dataset, plan, strategy.right_padded)
-    preds = np.asarray(fn(state, batch, state.model.zero_carry(plan.batch_size)))
-    yield [
-      (int(seq), preds[row, pos : pos + n], batch.targets[row, pos : pos + n])
-      for row, seq, _start, pos, n in plan.segments
-    ]
+  lengths = np.asarray(dataset.lengths)
+  long = np.flatnonzero(lengths > chunk_length) if chunk_length else np.zeros(0, np.int64)
+  short = np.flatnonzero(lengths <= chunk_length) if len(long) else np.arange(len(dataset))
+  parts = []
+  if len(short):
+    ds = dataset if len(short) == len(dataset) else dataset.subset(short)
+    parts.append((short, batching.Bucket(  # no wider than the data: fewer is fine
+      ds,
+      batch_size=min(batch_size, len(ds)),
+      num_buckets=min(num_buckets, len(np.unique(ds.lengths))),
+    )))  # fmt: skip
+  if len(long):
+    ds = dataset.subset(long)
+    parts.append(
+      (long, batching.TBPTT(ds, chunk_length=chunk_length, num_streams=min(batch_size, len(ds))))
+    )
+  for index, strategy in parts:
+    carry = None
+    for plan in strategy.plan(0):
+      if carry is None or not strategy.carries_state:
+        carry = state.model.zero_carry(plan.batch_size)
+      batch = assemble(strategy.dataset, plan, strategy.right_padded)
+      preds, carry = fn(state, batch, carry)
+      preds = np.asarray(preds)
+      yield [
+        Piece(
+          int(index[seq]), int(start), preds[row, pos : pos + n], batch.targets[row, pos : pos + n]
+        )
+        for row, seq, start, pos, n in plan.segments
+      ]
 
 
 def predict(
@@ -862,8 +893,8 @@ def predict(
   for items in predict_batches(
     state, dataset, batch_size=batch_size, num_buckets=num_buckets, step=fn
   ):
-    for seq, out, _ in items:
-      outputs[seq] = out
+    for piece in items:
+      outputs[piece.seq] = piece.outputs
   last = np.stack([o[-1] for o in outputs])
   out = Predictions(outputs=outputs, last=last, compiles=fn.compiles)
   if state.loss_kind == "classification":
@@ -881,14 +912,19 @@ def predict(
 
 
 def evaluate(
-  state: TrainState, strategy: Strategy, *, steps: StepFunctions | None = None, epoch: int = 0
+  state: TrainState,
+  strategy: Strategy | Sequence[Strategy],
+  *,
+  steps: StepFunctions | None = None,
+  epoch: int = 0,
 ) -> dict:
   """Weighted mean loss (and accuracy for classification) over one epoch of `strategy`.
 
   Args:
     state: the train state to evaluate (not changed).
     strategy: the batches to evaluate on; any strategy gives the same numbers on the same
-      sequences (float32 rounding), padding weighing nothing.
+      sequences (float32 rounding), padding weighing nothing. Several (each over its own
+      sequences, as `batching.held_out_strategies` gives them): their sums add up.
     steps: step functions to reuse (their eval step's compiles); None: fresh ones.
     epoch: which epoch's plan of `strategy` to evaluate.
 
@@ -896,18 +932,22 @@ def evaluate(
     {"loss", "weight_sum", "real_tokens"} and, for classification, "accuracy"; the loss is the
     train state's (its custom `loss`, if any), unweighted by class weights.
   """
-  check_model_fits_data(state.model, strategy.dataset, state.params)
+  parts = [strategy] if isinstance(strategy, Strategy) else list(strategy)
   steps = steps or StepFunctions.create()
-  precompile(steps.eval, state, strategy, epoch)
+  for part in parts:
+    check_model_fits_data(state.model, part.dataset, state.params)
+    precompile(steps.eval, state, part, epoch)
   if steps.mesh is not None:
     state = sharding.replicate(state, steps.mesh)
-  carry, per_batch = None, []
-  for plan in strategy.plan(epoch):
-    if carry is None or not strategy.carries_state:
-      carry = steps.zero_carry(state.model, plan.batch_size)
-    batch = steps.batch(strategy.dataset, plan, strategy.right_padded)
-    metrics, carry = steps.eval(state, batch, carry)
-    per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
+  per_batch = []
+  for part in parts:
+    carry = None
+    for plan in part.plan(epoch):
+      if carry is None or not part.carries_state:
+        carry = steps.zero_carry(state.model, plan.batch_size)
+      batch = steps.batch(part.dataset, plan, part.right_padded)
+      metrics, carry = steps.eval(state, batch, carry)
+      per_batch.append(metrics)  # fetched once at the end: no per-batch host sync
   per_batch = jax.device_get(per_batch)
   totals = {k: float(np.sum([m[k] for m in per_batch], dtype=np.float64)) for k in per_batch[0]}
   out = dict(

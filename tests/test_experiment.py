@@ -133,7 +133,7 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
   assert summary["pad_batch_max"]["compiles"]["train"] == len(pbm.shapes())
   vbptt = experiment.strategy_from_config("vbptt", train_ds, cfg, cfg.seed)  # one epoch in smoke
   assert 1 < summary["vbptt"]["compiles"]["train"] == len(vbptt.shapes()) <= 4
-  evaluator = experiment.eval_strategy(eval_ds, cfg)
+  (evaluator,) = experiment.eval_strategy(eval_ds, cfg)  # no sequence past eval.chunk_length
   assert all(r["compiles"]["eval"] == len(evaluator.shapes()) for r in summary.values())
   # padding: bucket below pad, tbptt and pack far below
   assert summary["bucket"]["padding_fraction"] < summary["pad"]["padding_fraction"]
@@ -744,3 +744,39 @@ def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp
   cfg.data.test_path = write("other.ts", "a d", "ad")
   with pytest.raises(DataError, match=r"other.ts has class\(es\) \['d'\] that the training"):
     experiment.split_data(cfg, with_test=True)
+
+
+def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget(tmp_path):
+  """A corpus of whole documents with max_length=0 used to be evaluated document by document
+  whole (a row up to the longest file, per-step logits for all of it): hours and gigabytes on
+  a real corpus. The held-out split is now capped by eval.max_tokens (its first sequences) and
+  evaluated in eval.chunk_length chunks with the state carried: no eval batch is longer than
+  the chunk, and the row finishes."""
+  from configs import compare
+  from lstm_jax import sources
+
+  rng = np.random.default_rng(4)
+  corpus = tmp_path / "docs"
+  corpus.mkdir()
+  for i, n in enumerate(rng.integers(200, 9000, size=40)):
+    (corpus / f"{i:02d}.txt").write_bytes(bytes(rng.integers(32, 127, size=int(n)).tolist()))
+  sources.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), max_length=0)
+  cfg = compare.get_config("smoke")
+  cfg.plots = False
+  cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)
+  cfg.data.eval_fraction = 0.3
+  cfg.eval.update(chunk_length=256, max_tokens=30_000)
+  cfg.update(strategies=("tbptt",), predict_costs=False, background_compiles=0)
+  cfg.train.update(tokens_per_step=1024, real_tokens=8192)
+  cfg.checkpoint.enabled = False
+  train_ds, eval_ds, identity = experiment.split_data(cfg)
+  capped = identity["eval_capped"]
+  assert eval_ds.num_steps <= 30_000 and capped["sequences"] == len(eval_ds) < capped["of"]
+  assert int(eval_ds.lengths.max()) > 1000  # documents far past the chunk
+  parts = experiment.eval_strategy(eval_ds, cfg)
+  shapes = [s for p in parts for s in p.shapes()]
+  assert max(t for _, t in shapes) <= 256
+  (row,) = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  assert row["compiles"]["eval"] == len(set(shapes))
+  meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+  assert meta["data"]["eval_capped"]["max_tokens"] == 30_000

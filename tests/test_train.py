@@ -13,7 +13,7 @@ import pytest
 from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, compiles, tasks, train
 from lstm_jax.compiles import CountedJit
-from lstm_jax.data import next_token_dataset
+from lstm_jax.data import RaggedDataset, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import SequenceModel
 
@@ -623,3 +623,54 @@ def test_a_custom_loss_trains_under_any_strategy_and_stays_exact():
   assert evals[0]["loss"] != plain_eval["loss"] and evals[0]["accuracy"] == plain_eval["accuracy"]
   with pytest.raises(ConfigError, match=r"the custom loss returned float32\[16, 29, 4\]"):
     train.evaluate(state(lambda p, t: p * 0.0), batching.Pad(ds, batch_size=16))
+
+
+# --- evaluation in bounded memory: long sequences in chunks, the state carried ------------------
+def _long_and_short(kind: str):
+  """Sequences of 3 to 40 steps and three of 150 to 400 (past a chunk of 32)."""
+  rng = np.random.default_rng(7)
+  lengths = np.concatenate([rng.integers(3, 40, size=20), [150, 400, 233]])
+  if kind == "next_token":
+    docs = [rng.integers(0, 50, size=int(n) + 1) for n in lengths]
+    return next_token_dataset(docs, vocab_size=50), SequenceModel(
+      16, 50, vocab_size=50, embed_dim=8
+    )
+  if kind == "sequence_classes":
+    features = ragged_features(lengths, num_features=3, seed=2)
+    labels = rng.integers(0, 4, size=len(lengths))
+    ds = RaggedDataset(features.values, lengths, labels, "sequence", 4, name="classes")
+    return ds, SequenceModel(16, 4)
+  ds = ragged_features(lengths, num_features=3, seed=3)
+  return ds, SequenceModel(16, ds.target_dim)
+
+
+@pytest.mark.parametrize("kind", ["next_token", "sequence_classes", "step_regression"])
+def test_chunked_evaluation_equals_the_whole_forward_pass(kind):
+  """Sequences longer than the chunk are evaluated in chunks with the state carried across them
+  (batching.held_out_strategies): the loss and accuracy equal evaluating every sequence whole,
+  to float32 rounding, and no batch is longer than the chunk (memory set by the chunk, not by
+  the longest document). predict_batches' pieces join into the whole sequences' outputs."""
+  ds, model = _long_and_short(kind)
+  state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
+  whole = train.evaluate(state, batching.Bucket(ds, tokens_per_batch=2048, num_buckets=3))
+  parts = batching.held_out_strategies(ds, tokens_per_batch=256, num_buckets=3, chunk_length=32)
+  assert [type(p).__name__ for p in parts] == ["Bucket", "TBPTT"]
+  assert max(t for p in parts for _, t in p.shapes()) == 32 < int(ds.lengths.max())
+  chunked = train.evaluate(state, parts)
+  assert chunked["real_tokens"] == whole["real_tokens"] == ds.num_steps
+  assert chunked["weight_sum"] == whole["weight_sum"]
+  assert abs(chunked["loss"] - whole["loss"]) <= 2e-6 * abs(whole["loss"])
+  if "accuracy" in whole:
+    assert abs(chunked["accuracy"] - whole["accuracy"]) <= 1e-6
+  assert train.evaluate(state, batching.held_out_strategies(
+    ds, tokens_per_batch=2048, num_buckets=3, chunk_length=0
+  )) == whole  # fmt: skip
+  want = train.predict(state, ds)
+  got: dict = {}
+  for items in train.predict_batches(state, ds, batch_size=4, chunk_length=32):
+    for piece in items:
+      assert len(piece.outputs) <= 32 or ds.lengths[piece.seq] <= 32
+      got.setdefault(piece.seq, []).append((piece.start, piece.outputs))
+  for i in range(len(ds)):
+    joined = np.concatenate([o for _, o in sorted(got[i], key=lambda x: x[0])])
+    assert max_rel_err(joined, want.outputs[i]) < 1e-5, i

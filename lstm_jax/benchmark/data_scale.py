@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -239,6 +240,96 @@ def part_train_in_cgroup(store_dir: str, strategies: list[str], steps: int) -> d
   return out
 
 
+def part_long_documents_writer(out: str, num: int, median: float, sigma: float) -> dict:
+  """A next-token byte store of `num` whole documents, log-normal lengths (median bytes)."""
+  from lstm_jax import store
+
+  rng = np.random.default_rng(1)
+  t0 = time.perf_counter()
+  with store.StoreWriter(out, vocab_size=256) as writer:
+    for s in range(0, num, 256):
+      n = min(256, num - s)
+      lengths = np.maximum(2, np.round(rng.lognormal(np.log(median), sigma, n))).astype(np.int64)
+      writer.add_many(rng.integers(32, 127, size=int(lengths.sum()), dtype=np.uint8), lengths)
+  meta = store.read_meta(out)
+  return dict(
+    records=meta["num_records"], values=meta["num_values"], seconds=time.perf_counter() - t0
+  )
+
+
+def part_runner_row(store_dir: str, workdir: str, bounded: bool) -> dict:
+  """One runner row (tbptt, the default model) on a store of whole long documents, as
+  `compare_strategies.py --config.data.source=store --config.data.max_length=0` runs it; with
+  `bounded` False, evaluation as it was before it was bounded (every held-out sequence whole,
+  no token cap). Run inside the memory cgroup."""
+  sys.path.insert(0, os.getcwd())
+  from configs import compare
+  from lstm_jax.runner import experiment
+
+  cfg = compare.get_config("default")
+  cfg.data.update(source="store", path=store_dir, min_length=0, max_length=0)
+  cfg.update(strategies=("tbptt",), predict_costs=False, plots=False, background_compiles=0)
+  cfg.train.update(real_tokens=200_000, eval_every_tokens=200_000)
+  cfg.checkpoint.enabled = False
+  if not bounded:
+    cfg.eval.update(chunk_length=0, max_tokens=0)
+  t0 = time.perf_counter()
+  with PeakAnon() as mem:
+    (row,) = experiment.train_and_evaluate(cfg, workdir, quiet=True)
+  meta = json.load(open(os.path.join(workdir, "meta.json")))
+  return dict(
+    bounded=bounded,
+    seconds=time.perf_counter() - t0,
+    steps=row["steps"],
+    eval_loss=row["eval_loss"],
+    eval_sequences=meta["data"]["eval_sequences"],
+    eval_steps=meta["data"]["eval_steps"],
+    eval_compiles=row["compiles"]["eval"],
+    anon_peak_bytes=mem.peak,
+  )
+
+
+def long_documents(work: str, cfg: dict) -> dict:
+  """A corpus of whole long documents larger than the memory cap: one runner row with the
+  bounded evaluation, then one with evaluation as it was (whole held-out documents)."""
+  docs = os.path.join(work, "long_documents")
+  if not os.path.exists(os.path.join(docs, "meta.json")):
+    _run_part(["long_writer", docs, str(cfg["records"]), str(cfg["median"]), str(cfg["sigma"])])
+  size = sum(os.path.getsize(os.path.join(docs, f)) for f in os.listdir(docs))
+  from lstm_jax import store
+
+  lengths = store.open_store(docs).lengths
+  out = dict(
+    corpus_bytes=size,
+    records=len(lengths),
+    longest=int(lengths.max()),
+    median=float(np.median(lengths)),
+    memory_limit_bytes=int(cfg["memory_limit"]),
+    rows={},
+  )
+  for bounded in (True, False):
+    group = memory_cgroup(int(cfg["memory_limit"]))
+    if group is None:
+      return dict(out, skipped="needs root and cgroup v1 memory (/sys/fs/cgroup/memory)")
+    drop_page_cache(docs)
+    run = os.path.join(work, f"long_documents_run_{int(bounded)}")
+    shutil.rmtree(run, ignore_errors=True)
+    try:
+      try:
+        got = _run_part(["runner_row", docs, run, str(int(bounded))], cgroup=group)
+      except RuntimeError as e:  # killed by the cgroup's OOM killer, say
+        got = dict(bounded=bounded, failed=str(e).splitlines()[0])
+      with open(os.path.join(group, "memory.max_usage_in_bytes")) as f:
+        got["cgroup_peak_bytes"] = int(f.read())
+      with open(os.path.join(group, "memory.failcnt")) as f:
+        got["cgroup_limit_hits"] = int(f.read())
+    finally:
+      os.rmdir(group)
+    out["rows"]["bounded" if bounded else "whole"] = got
+    print("long_documents", got, flush=True)
+  return out
+
+
 def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
   """fit on the store and on the same data in memory, alternating, tbptt; medians of rounds."""
   import optax
@@ -333,7 +424,14 @@ def run(cfg: dict, out_md: str) -> dict:
   work = cfg.get("workdir") or tempfile.mkdtemp(prefix="lstm_jax_data_scale_")
   os.makedirs(work, exist_ok=True)
   results: dict = dict(versions=versions(), cpu=cpu_model(), config=cfg)
-  parts = cfg.get("parts") or ["writer", "plan", "open", "larger_than_memory", "fit"]
+  parts = cfg.get("parts") or [
+    "writer",
+    "plan",
+    "open",
+    "long_documents",
+    "larger_than_memory",
+    "fit",
+  ]
   if cfg.get("parts"):  # the other parts as the last run left them
     with open(os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json")) as f:
       kept = json.load(f)
@@ -364,6 +462,9 @@ def run(cfg: dict, out_md: str) -> dict:
       for verify in (True, False)
     ]
     print("open", results["open"], flush=True)
+  long_docs = cfg.get("long_documents")
+  if long_docs and "long_documents" in parts:
+    results["long_documents"] = long_documents(work, long_docs)
   big = cfg.get("larger_than_memory")
   if big and "larger_than_memory" in parts:
     results["larger_than_memory"] = larger_than_memory(work, big)
@@ -511,6 +612,36 @@ def markdown(r: dict) -> str:
         f"{x['lengths_bytes'] / mib:.1f} | {x['reads']:,} | {x['first_read_seconds']:.2f} | "
         f"{x['second_read_seconds']:.2f} |"
       )
+  ld = r.get("long_documents")
+  if ld and "skipped" not in ld:
+    lines += [
+      "",
+      "## Whole long documents: evaluation bounded",
+      "",
+      f"A store of {ld['records']:,} whole documents ({ld['corpus_bytes'] / GiB:.2f} GiB; median"
+      f" {ld['median']:,.0f} bytes, longest {ld['longest']:,}), one runner row (tbptt, the"
+      " default model, 200,000 real tokens, `--config.data.max_length=0`) inside a memory cgroup"
+      f" capped at {ld['memory_limit_bytes'] / GiB:.2f} GiB, below the store's size, its page"
+      " cache dropped first. *bounded*: the held-out split capped at `eval.max_tokens` and"
+      " sequences past `eval.chunk_length` evaluated in chunks with the state carried (the"
+      " default); *whole*: evaluation as it was, every held-out document whole.",
+      "",
+      "| evaluation | outcome | eval sequences | eval steps | eval compiles | seconds |"
+      " RssAnon peak MiB | cgroup peak MiB | limit hits |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, x in ld["rows"].items():
+      cg = f"{x['cgroup_peak_bytes'] / mib:.0f} | {x['cgroup_limit_hits']} |"
+      if "failed" in x:
+        lines.append(f"| {name} | {x['failed']} | - | - | - | - | - | {cg}")
+        continue
+      lines.append(
+        f"| {name} | finished, eval loss {x['eval_loss']:.3f} | {x['eval_sequences']:,} | "
+        f"{x['eval_steps']:,} | {x['eval_compiles']} | {x['seconds']:.0f} | "
+        f"{x['anon_peak_bytes'] / mib:.0f} | {cg}"
+      )
+  elif ld:
+    lines += ["", f"Whole long documents: skipped ({ld['skipped']})."]
   big = r.get("larger_than_memory")
   if big and "skipped" not in big:
     lines += [
@@ -568,6 +699,10 @@ def _main(argv: list[str]) -> None:
     out = part_plan(argv[1], int(argv[2]), argv[3].split(","))
   elif part == "train":
     out = part_train_in_cgroup(argv[1], argv[2].split(","), int(argv[3]))
+  elif part == "long_writer":
+    out = part_long_documents_writer(argv[1], int(argv[2]), float(argv[3]), float(argv[4]))
+  elif part == "runner_row":
+    out = part_runner_row(argv[1], argv[2], argv[3] == "1")
   elif part == "open":
     out = part_open(argv[1], int(argv[2]), argv[3] == "1")
   elif part == "fit":

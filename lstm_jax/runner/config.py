@@ -167,7 +167,21 @@ def base_config() -> ml_collections.ConfigDict:
       class_weights="",
     )
   )
-  c.eval = ml_collections.ConfigDict(dict(tokens_per_batch=32768, num_buckets=4, max_sequences=400))
+  # Evaluation (the held-out and test splits, and their class scores): exact and bounded.
+  # max_sequences and max_tokens cap the held-out split (its first sequences, in the split's
+  # seeded order; 0: no cap), so an evaluation's work does not grow with the corpus; sequences
+  # longer than chunk_length are evaluated in chunks of that many steps with the state carried
+  # across them (exactly the whole forward pass), so its memory does not grow with the longest
+  # document (0: every sequence whole; a bidirectional model always evaluates whole).
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      tokens_per_batch=32768,
+      num_buckets=4,
+      max_sequences=400,
+      max_tokens=2_000_000,
+      chunk_length=4096,
+    )
+  )
   # Each strategy's own settings. Rows per batch left None (pad/pad_batch_max/pack batch_size,
   # bucket's batch_size and tokens_per_batch, tbptt/vbptt num_streams) are derived from
   # train.tokens_per_step; set one to override it (the row is flagged if its step count then
@@ -279,6 +293,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "guards.min_steps",
     "data.max_sequences",
     "eval.max_sequences",
+    "eval.max_tokens",
+    "eval.chunk_length",
     "checkpoint.every_steps",
     "checkpoint.keep_period",
     "mesh.num_devices",

@@ -91,7 +91,7 @@ def row_backends(state: train.TrainState, strategy: batching.Strategy, evaluator
   record it."""
   return dict(
     train=step_backend(state.model, right_padded=strategy.right_padded, training=True),
-    eval=step_backend(state.model, right_padded=evaluator.right_padded),
+    eval=step_backend(state.model, right_padded=all(e.right_padded for e in evaluator)),
   )
 
 
@@ -134,14 +134,23 @@ def strategy_from_config(
   )
 
 
+def eval_chunk_length(cfg: ml_collections.ConfigDict) -> int:
+  """config.eval.chunk_length, or 0 (whole sequences) for a bidirectional model, whose backward
+  direction needs each sequence's end first."""
+  return 0 if cfg.model.bidirectional else int(cfg.eval.chunk_length)
+
+
 def eval_strategy(
   dataset: RaggedDataset, cfg: ml_collections.ConfigDict, batch_multiple: int = 1
-) -> batching.Strategy:
-  """The one evaluator for every row: whole sequences in buckets, masked (exact)."""
-  return batching.Bucket(
+) -> list[batching.Strategy]:
+  """The one evaluator for every row, exact and bounded: whole sequences in buckets, masked;
+  sequences longer than config.eval.chunk_length in chunks with the state carried across them
+  (`batching.held_out_strategies`)."""
+  return batching.held_out_strategies(
     dataset,
     tokens_per_batch=cfg.eval.tokens_per_batch,
     num_buckets=cfg.eval.num_buckets,
+    chunk_length=eval_chunk_length(cfg),
     batch_multiple=batch_multiple,
     seed=0,
   )
@@ -304,6 +313,10 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
       identity["standardized"] = {k: v for k, v in identity["normalized"].items() if k != "kind"}
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
     eval_ds = eval_ds.subset(np.arange(cfg.eval.max_sequences), name=eval_ds.name)
+  if cfg.eval.max_tokens and eval_ds.num_steps > cfg.eval.max_tokens:  # whole sequences, >= 1
+    keep = max(1, int(np.searchsorted(np.cumsum(eval_ds.lengths), cfg.eval.max_tokens, "right")))
+    identity["eval_capped"] = dict(sequences=keep, of=len(eval_ds), max_tokens=cfg.eval.max_tokens)
+    eval_ds = eval_ds.subset(np.arange(keep), name=eval_ds.name)
   identity.update(
     train_sequences=len(train_ds),
     train_steps=train_ds.num_steps,
@@ -893,13 +906,16 @@ def scores_by_class(
   n = eval_ds.num_classes
   confusion = np.zeros((n, n), np.int64)
   fn = compiles.CountedJit(train.predict_step, name="predict_step")
-  batches = train.predict_batches(state, eval_ds, num_buckets=cfg.eval.num_buckets, step=fn)
+  batches = train.predict_batches(
+    state, eval_ds, num_buckets=cfg.eval.num_buckets, step=fn, chunk_length=eval_chunk_length(cfg)
+  )
+  lengths = eval_ds.lengths
   for items in batches:
-    for _, outputs, targets in items:
+    for piece in items:
       if step_level:
-        np.add.at(confusion, (targets, outputs.argmax(axis=-1)), 1)
-      else:  # the sequence's label sits on its last step
-        confusion[targets[-1], outputs[-1].argmax()] += 1
+        np.add.at(confusion, (piece.targets, piece.outputs.argmax(axis=-1)), 1)
+      elif piece.start + len(piece.outputs) == lengths[piece.seq]:  # the label: its last step
+        confusion[piece.targets[-1], piece.outputs[-1].argmax()] += 1
   out = baselines.scores_from_confusion(confusion)
   level = "step" if step_level else "sequence"
   return dict(out, level=level, predict_compiles=fn.compiles, seconds=time.perf_counter() - t0)
