@@ -20,7 +20,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("workdir", "", "Where the stores are written (kept for a rerun).")
 flags.DEFINE_bool("quick", False, "Small sizes (a check that every part runs).")
-PARTS = ["writer", "plan", "open", "long_documents", "larger_than_memory", "fit"]
+PARTS = list(data_scale.ALL_PARTS)
 flags.DEFINE_multi_enum(
   "parts", [], PARTS, "Rerun only these parts; the others are kept from results.json beside --out."
 )

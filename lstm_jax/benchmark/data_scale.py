@@ -37,6 +37,7 @@ from lstm_jax.environment import versions
 from lstm_jax.files import write_json_atomically, write_text_atomically
 
 GiB = 1 << 30
+ALL_PARTS = ("writer", "plan", "open", "long_documents", "larger_than_memory", "fit")
 
 
 def rss_anon() -> int:
@@ -424,20 +425,16 @@ def run(cfg: dict, out_md: str) -> dict:
   work = cfg.get("workdir") or tempfile.mkdtemp(prefix="lstm_jax_data_scale_")
   os.makedirs(work, exist_ok=True)
   results: dict = dict(versions=versions(), cpu=cpu_model(), config=cfg)
-  parts = cfg.get("parts") or [
-    "writer",
-    "plan",
-    "open",
-    "long_documents",
-    "larger_than_memory",
-    "fit",
-  ]
+  parts = cfg.get("parts") or list(ALL_PARTS)
+  part_cpus = {}  # which CPU each part's figures come from
   if cfg.get("parts"):  # the other parts as the last run left them
     with open(os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json")) as f:
       kept = json.load(f)
     results.update({k: v for k, v in kept.items() if k not in parts and k not in results})
     results["parts_rerun"] = parts
     results["earlier_parts"] = dict(cpu=kept.get("cpu"), versions=kept.get("versions"))
+    part_cpus = dict(kept.get("part_cpus") or {p: kept.get("cpu") for p in ALL_PARTS if p in kept})
+  results["part_cpus"] = dict(part_cpus, **{p: results["cpu"] for p in parts})
   corpus = os.path.join(work, "tokens")
   if not os.path.exists(os.path.join(corpus, "meta.json")):
     w = cfg["writer"]
@@ -551,10 +548,14 @@ def markdown(r: dict) -> str:
     "",
   ]
   if r.get("parts_rerun"):
-    e = r["earlier_parts"]
+    by_cpu: dict = {}
+    for part, cpu in (r.get("part_cpus") or {}).items():
+      by_cpu.setdefault(cpu, []).append(part)
     lines[-1:] = [
-      f"Rerun here: {', '.join(r['parts_rerun'])} (`--parts`); the other parts are an earlier"
-      f" run's, on {e['cpu']} with {_versions_line(e['versions'])}.",
+      f"Rerun here: {', '.join(r['parts_rerun'])} (`--parts`); the others are earlier runs'. "
+      "Each part's CPU: "
+      + "; ".join(f"{', '.join(ps)}: {cpu}" for cpu, ps in by_cpu.items())
+      + ".",
       "",
     ]
   w = r.get("writer")
@@ -633,7 +634,8 @@ def markdown(r: dict) -> str:
     for name, x in ld["rows"].items():
       cg = f"{x['cgroup_peak_bytes'] / mib:.0f} | {x['cgroup_limit_hits']} |"
       if "failed" in x:
-        lines.append(f"| {name} | {x['failed']} | - | - | - | - | - | {cg}")
+        said = "killed by the cgroup's OOM killer" if "(-9)" in x["failed"] else x["failed"]
+        lines.append(f"| {name} | {said} | - | - | - | - | - | {cg}")
         continue
       lines.append(
         f"| {name} | finished, eval loss {x['eval_loss']:.3f} | {x['eval_sequences']:,} | "
