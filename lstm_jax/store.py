@@ -693,6 +693,12 @@ class _Checksums:
     ids = np.unique(np.concatenate(ids))
     self.verify(name, ids[~f.checked[ids]])
 
+  def verify_all(self) -> None:
+    """Checks every chunk not checked yet (reads the whole store once)."""
+    for name, f in self.files.items():
+      if f.left:
+        self.verify(name, np.flatnonzero(~f.checked))
+
   def verify(self, name: str, ids: np.ndarray) -> None:
     f = self.files[name]
     for i in map(int, ids):
@@ -758,6 +764,20 @@ class StoredDataset(RaggedDataset):
   def max_target(self) -> int:
     """The largest class id (classification): from the metadata, without reading targets."""
     return int(self.num_classes) - 1
+
+  def check_unchanged_since(self, when: float) -> bool:
+    """If any of the store's files was modified after `when` (seconds since the epoch: a run's
+    start, before a resume), checks every chunk against its checksum (reads the store once),
+    so a store changed in place since then is refused now, naming the file (`StoreError`),
+    not met midway. Returns whether it checked (False: nothing modified, or a version 1 store
+    without checksums)."""
+    names = [*_FILES, "meta.json", "checksums.bin"]
+    paths = [os.path.join(self.store_path, n) for n in names]
+    newest = max(os.path.getmtime(p) for p in paths if os.path.exists(p))
+    if newest <= when or self.checksums is None:
+      return False
+    self.checksums.verify_all()
+    return True
 
   def _record_of(self, seq: np.ndarray) -> np.ndarray:
     seq = np.asarray(seq, np.int64)

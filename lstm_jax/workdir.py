@@ -176,7 +176,9 @@ class Invocations:
     self.path = os.path.join(workdir, "invocations.json")
     self.entries = [] if fresh else self._read()
     self.t0 = time.time()
-    self.entries.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=0.0, ended=None))
+    self.entries.append(
+      dict(started=time.strftime("%Y-%m-%d %H:%M:%S"), t=self.t0, seconds=0.0, ended=None)
+    )
     self._lock = threading.Lock()
     self._stop = threading.Event()
     self.update()
@@ -225,6 +227,15 @@ class Invocations:
   @property
   def started(self) -> str:
     return self.entries[0]["started"]
+
+  @property
+  def first_started_at(self) -> float:
+    """The first invocation's start, in seconds since the epoch (its local-time stamp, to the
+    second, for entries written before `t` was recorded)."""
+    first = self.entries[0]
+    if isinstance(first.get("t"), (int, float)):
+      return float(first["t"])
+    return time.mktime(time.strptime(first["started"], "%Y-%m-%d %H:%M:%S"))
 
   @property
   def total_seconds(self) -> float:

@@ -4,6 +4,8 @@ index lists over one memory map; bad or damaged stores give one clear error."""
 
 import json
 import os
+import time
+import traceback
 
 import jax
 import numpy as np
@@ -508,3 +510,35 @@ def test_a_token_store_of_any_vocabulary_gets_its_baselines_and_report(tmp_path)
   text = (tmp_path / "w" / "report.md").read_text()
   assert "was met at the first evaluation, before training" in text
   assert all(r["time_to_target_seconds"] == 0 for r in summary)
+
+
+def test_a_rerun_on_a_store_changed_since_the_run_started_is_refused_naming_the_file(tmp_path):
+  """Store values changed in place between a SIGTERM and the rerun: the rerun resumed and
+  finished on a mix of old and new data. A rerun now checks, before any step, every chunk of a
+  store whose files were modified after the run first started, and refuses naming the file;
+  an untouched store is not read again."""
+  from configs import compare
+  from lstm_jax.runner import experiment
+
+  _big_store(tmp_path / "s")  # 19 chunks, 8 of them checked at open
+  cfg = compare.get_config("smoke")
+  cfg.plots = False
+  cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)
+  cfg.update(strategies=("tbptt",), predict_costs=False, background_compiles=0)
+  cfg.train.update(tokens_per_step=1024, real_tokens=8192)
+  workdir = str(tmp_path / "w")
+  experiment.train_and_evaluate(cfg, workdir, quiet=True)
+  st = store.open_store(tmp_path / "s")
+  assert not st.check_unchanged_since(time.time())  # untouched: nothing read
+  experiment.train_and_evaluate(cfg, workdir, quiet=True)  # a rerun on the same data: fine
+  count = store.read_meta(tmp_path / "s")["checksums"]["chunks"]["values.bin"]
+  sampled = set(np.linspace(0, count - 1, 8).astype(int))
+  k = min(set(range(count)) - sampled)  # a chunk that opening does not check
+  _flip(tmp_path / "s", "values.bin", k * store.CHUNK_BYTES + 100)
+  store.open_store(tmp_path / "s")  # opening alone does not see it
+  with pytest.raises(
+    store.StoreError, match=rf"s/values.bin changed .* bytes {k * 65536:,} to"
+  ) as e:
+    experiment.train_and_evaluate(cfg, workdir, quiet=True)
+  where = [f.name for f in traceback.extract_tb(e.value.__traceback__)]
+  assert "check_stores_unchanged" in where  # before anything ran, not when a batch met it

@@ -1016,6 +1016,18 @@ def earlier_rows(
   return found
 
 
+def check_stores_unchanged(datasets, since: float) -> None:
+  """Before a rerun resumes: each on-disk store among `datasets` whose files were modified
+  after the run first started is checked whole against its checksums (`StoredDataset.
+  check_unchanged_since`), so data changed in place between a preemption and the resume is
+  refused, naming the file, before any step: never a run trained on a mix of old and new."""
+  seen = set()
+  for ds in datasets:
+    if isinstance(ds, StoredDataset) and ds.store_path not in seen:
+      seen.add(ds.store_path)
+      ds.check_unchanged_since(since)
+
+
 def check_workdir_settings(
   cfg: ml_collections.ConfigDict, workdir: str, data_identity: dict, devices: int
 ) -> dict[tuple[str, int], dict]:
@@ -1110,6 +1122,8 @@ def _run_all(
   planned = check_plans(built, cfg)
   cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet, save=False)
   finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
+  if invocations is not None and len(invocations.entries) > 1:  # a rerun: its data unchanged?
+    check_stores_unchanged((train_ds, eval_ds, test_ds), invocations.first_started_at)
   if auto_buckets and writer:  # measured before the settings check, kept only once it passed
     costs.Calibration(**auto_buckets["calibration"]).save(os.path.join(workdir, "calibration.json"))
   built = {
