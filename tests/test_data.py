@@ -238,5 +238,14 @@ def test_ts_files_load_with_the_header_label_order(tmp_path):
   assert np.array_equal(x, [[3, 1], [2, 1]]) and y == 1
   assert sources.load_ts(str(tmp_path / "train.ts"), drop_duplicates=True)[0].num_sequences == 3
   (tmp_path / "test.ts").write_text(TS_TRAIN.replace("0,0,0,0:2,2,2,2:flat", "5,?:1,1:flat"))
-  with pytest.raises(DataError, match=r"test.ts:10: missing values \('\?'\)"):
+  with pytest.raises(DataError, match=r"test.ts:10: a missing value \(NaN or '\?'\) at step 1"):
     sources.load_ts(str(tmp_path / "test.ts"))
+  # the archive's own padded files: unequal lengths padded with NaN (or ?) at the end
+  padded = TS_TRAIN.replace("3,2:1,1:down", "3,2,NaN,NaN:1,1,?,NaN:down")
+  (tmp_path / "padded.ts").write_text(padded)
+  ds, ident = sources.load_ts(str(tmp_path / "padded.ts"))
+  assert list(ds.lengths) == [3, 2, 4, 3] and ident["nan_padding_stripped"] == 1
+  assert np.array_equal(ds.sequence(1)[0], [[3, 1], [2, 1]])
+  (tmp_path / "inner.ts").write_text(TS_TRAIN.replace("3,2:1,1:down", "NaN,2:NaN,1:down"))
+  with pytest.raises(DataError, match=r"inner.ts:9: a missing value .* at step 0, inside"):
+    sources.load_ts(str(tmp_path / "inner.ts"))

@@ -281,7 +281,8 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   test_raw = None
   if with_test and cfg.data.test_path:
     test_raw, identity["test_source"] = sources.load_source(
-      ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.test_path, max_sequences=0))
+      ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.test_path, max_sequences=0)),
+      key="data.test_path",
     )
   if cfg.data.max_sequences and len(dataset) > cfg.data.max_sequences:  # (byte sources did it)
     keep = sources.subsample_indices(len(dataset), cfg.data.max_sequences, cfg.data.split_seed)
@@ -291,7 +292,8 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
     test_raw = by_class_name(test_raw, identity, identity["test_source"], cfg.data.test_path)
   if cfg.data.eval_path:  # a given split: the held-out data from its own file or directory
     held_out, identity["eval_source"] = sources.load_source(
-      ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.eval_path, max_sequences=0))
+      ml_collections.ConfigDict(dict(cfg.data.to_dict(), path=cfg.data.eval_path, max_sequences=0)),
+      key="data.eval_path",
     )
     held_out = by_class_name(held_out, identity, identity["eval_source"], cfg.data.eval_path)
     train_ds, eval_ds = given_split(dataset, held_out, cfg.data.eval_path)
@@ -1136,6 +1138,12 @@ def _run_all(
   )
   for key, n in (identity.get("inferred") or {}).items():  # also in meta.json's data record
     log.note(f"data: {key} {n}, inferred from the data (its largest id + 1; store {key} to set it)")
+  for source in (identity, identity.get("eval_source"), identity.get("test_source")):
+    if (source or {}).get("nan_padding_stripped"):
+      log.note(
+        f"data: trailing NaN padding stripped from {source['nan_padding_stripped']} case(s) of "
+        f"{source['path']}"
+      )
   predictions = None
   if cfg.predict_costs and writer:  # lstm_jax.runner.costs, before anything trains (report.md)
     cal = calibration(cfg, train_ds, os.path.join(workdir, "calibration.json"), quiet)
