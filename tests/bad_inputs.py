@@ -34,6 +34,7 @@ from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 from lstm_jax.runner import config, guards
+from lstm_jax.runner import data as runner_data
 
 TMP = Path(tempfile.gettempdir()) / f"lstm_jax_bad_inputs_{os.getpid()}"  # one per test worker
 
@@ -286,11 +287,10 @@ _META = json.dumps({"config": {"model": {"hidden_size": 8}, "seed": 0}})
 
 
 def _missing_eval_path():
-  from lstm_jax.runner import experiment
 
   train_ts = _ts("given.ts", "1,2,3:a", "4,5:b")
   cfg = _cfg(**{"data.source": "ts", "data.path": train_ts, "data.eval_path": str(TMP / "no.ts")})
-  return experiment.split_data(cfg)
+  return runner_data.split_data(cfg)
 
 
 def _ts(name: str, *data_lines: str) -> str:

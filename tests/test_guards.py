@@ -17,6 +17,7 @@ from helpers import identity_dataset, override
 from lstm_jax import batching, compiles
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.runner import config, experiment, guards, report
+from lstm_jax.runner import data as runner_data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -220,7 +221,7 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
     source="text_lines", path=str(_short_lines(tmp_path / "fortunes.txt")), min_length=2
   )
   cfg.train.tokens_per_step = 1024  # an epoch holds about 16 such steps
-  train_ds, _, _ = experiment.split_data(cfg)
+  train_ds, _, _ = runner_data.split_data(cfg)
   planned = {}
   for name in compare.STRATEGY_NAMES:
     strategy = experiment.strategy_from_config(name, train_ds, cfg, cfg.seed)

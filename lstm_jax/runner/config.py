@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
       standardize=False,
       # normalize: "none", "global" (what standardize=True does), "minmax", "per_sequence"
       # (each sequence z-normalised by its own statistics), "per_sequence_scale" (the same, its
-      # log scale kept as extra features); see experiment.normalize
+      # log scale kept as extra features); see runner/data.py, normalize
       normalize="none",
       drop_duplicates=False,  # npz: drop exact copies of an earlier sequence (inputs and targets)
       split_seed=0,
