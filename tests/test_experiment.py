@@ -397,7 +397,7 @@ def test_standardize_uses_the_training_split_statistics_only():
   assert scaled_eval.values.std(0).round(3).tolist() != [1.0, 1.0, 1.0]  # not its own statistics
   assert scaled_train.fingerprint() != train_ds.fingerprint()
   tokens = next_token_dataset([np.arange(5, dtype=np.int32)], vocab_size=8)
-  with pytest.raises(ConfigError, match="standardize applies to feature inputs"):
+  with pytest.raises(ConfigError, match="normalize='global' applies to feature inputs"):
     runner_data.standardize(tokens, tokens)
 
 
@@ -657,7 +657,8 @@ def test_normalisations_per_sequence_minmax_and_global():
   standard deviation 1 by its own statistics (both splits alike, nothing crosses them);
   per_sequence_scale: the same plus the log scale as extra features, constant along the
   sequence; minmax: the training split's range mapped to [0, 1], the same map for eval;
-  global: what standardize=True did."""
+  global: the training split's mean and standard deviation (what standardize=True was; that
+  key is now an error pointing to normalize, the one normalisation key)."""
   from configs import compare
   from lstm_jax.data import RaggedDataset
 
@@ -694,8 +695,13 @@ def test_normalisations_per_sequence_minmax_and_global():
   with pytest.raises(ConfigError, match=r"config.data.normalize must be one of"):
     config.validate_config(cfg)
   cfg.data.update(normalize="minmax", standardize=True)
-  with pytest.raises(ConfigError, match=r"standardize=True is normalize='global'"):
+  with pytest.raises(
+    ConfigError, match=r"standardize is folded into .*--config.data.normalize=global instead"
+  ):
     config.validate_config(cfg)
+  cfg.data.update(normalize="per_sequence", standardize=None)  # what the issue's user had to do
+  config.validate_config(cfg)
+  assert compare.get_config("digits").data.normalize == "global"
 
 
 def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp_path):
@@ -717,7 +723,6 @@ def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp
 
   cfg = compare.get_config("smoke")
   cfg.data.update(source="ts", path=write("train.ts", "a b c", "abcabc"), normalize="none")
-  cfg.data.standardize = False
   cfg.data.eval_path = write("eval.ts", "b c", "bcbc")  # a subset, in its own order
   cfg.data.test_path = write("test.ts", "c a b", "abc")  # reordered
   train_ds, eval_ds, test_ds, ident = runner_data.split_data(cfg, with_test=True)

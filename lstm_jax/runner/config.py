@@ -87,13 +87,15 @@ def base_config() -> ml_collections.ConfigDict:
       # on it once (test_loss, test_metric in the report); the eval split is what training
       # watches. "" (the default): none
       test_path="",
-      # feature inputs: scale each feature to zero mean and unit variance with the training
-      # split's statistics (the eval split gets the same affine map); token inputs: an error
-      standardize=False,
-      # normalize: "none", "global" (what standardize=True does), "minmax", "per_sequence"
-      # (each sequence z-normalised by its own statistics), "per_sequence_scale" (the same, its
-      # log scale kept as extra features); see runner/data.py, normalize
+      # normalize (feature inputs; token inputs: "none" only): "none", "global" (each feature
+      # to zero mean and unit variance with the training split's statistics; every split gets
+      # the same affine map), "minmax", "per_sequence" (each sequence z-normalised by its own
+      # statistics), "per_sequence_scale" (the same, its log scale kept as extra features); see
+      # runner/data.py, normalize
       normalize="none",
+      # the one normalisation key is `normalize`: standardize=True was normalize="global", and
+      # setting it now is an error that says so (None: unset)
+      standardize=placeholder(bool),
       drop_duplicates=False,  # npz: drop exact copies of an earlier sequence (inputs and targets)
       split_seed=0,
       num_sequences=4000,
@@ -329,10 +331,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"config.data.normalize must be one of {NORMALIZATIONS}, got {cfg.data.normalize!r}."
     )
-  if cfg.data.standardize and cfg.data.normalize not in ("none", "global"):
+  if cfg.data.standardize is not None:
     raise ConfigError(
-      f"config.data.standardize=True is normalize='global', and config.data.normalize is "
-      f"{cfg.data.normalize!r}; set one of them."
+      f"config.data.standardize is folded into config.data.normalize, the one normalisation "
+      f"key: set --config.data.normalize="
+      f"{'global' if cfg.data.standardize else 'none'} instead."
     )
   if cfg.data.markers not in tasks.ADDING_MARKERS:
     raise ConfigError(

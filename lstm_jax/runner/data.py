@@ -33,8 +33,8 @@ def _standardizer(train_ds: RaggedDataset):
   """(the map that standardises a split by the training split's statistics, the statistics)."""
   if train_ds.is_tokens:
     raise ConfigError(
-      "config.data.standardize applies to feature inputs; this data is token ids. Set "
-      "config.data.standardize=False."
+      "config.data.normalize='global' applies to feature inputs; this data is token ids. Set "
+      "config.data.normalize='none'."
     )
   if isinstance(train_ds, StoredDataset):  # on disk: streamed, applied when batches gather
     mean, std = feature_statistics(train_ds)
@@ -172,7 +172,7 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   test_ds = None
   if test_raw is not None:
     test_ds = held_apart_split(train_ds, test_raw, cfg.data.test_path)
-  kind = "global" if cfg.data.standardize else cfg.data.normalize
+  kind = cfg.data.normalize
   if kind != "none":  # the training split's statistics, computed once, applied to every split
     apply, identity["normalized"] = normalizer(train_ds, kind)
     train_ds, eval_ds = apply(train_ds), apply(eval_ds)
