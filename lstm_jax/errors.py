@@ -70,27 +70,29 @@ def parse_flags(argv: list[str]) -> list[str]:
   with a bad flag as one line and exit status 2: an unknown flag, a value of the wrong type, a
   misspelt `--config.` key (ml_collections' own "Did you mean" kept), a bad preset. A config
   value given as `None` (`--config.strategy.pack.row_length=None`) is set to None, which
-  ml_collections' typed parsing refuses."""
+  ml_collections' typed parsing refuses, except where the setting is a string (`--config.data.
+  normalize=none` is the word "none")."""
   from absl import flags  # noqa: PLC0415 (only the mains use absl)
 
   nones, rest = [], []
   for arg in _last_of_each_config_key(argv):
     name, _, value = arg.partition("=")
     if arg.startswith("--") and "." in name and value in ("None", "none"):
-      nones.append(name[2:])
+      nones.append((name[2:], value))
     else:
       rest.append(arg)
   try:
     left = flags.FLAGS(rest)
     _split_comma_lists(flags.FLAGS, rest)
-    for path in nones:
+    for path, value in nones:
       root, *keys = path.split(".")
       node = getattr(flags.FLAGS, root)
       for key in keys[:-1]:
         node = node[key]
       if keys[-1] not in node:
         raise KeyError(f"{keys[-1]!r}")
-      node[keys[-1]] = None
+      # a string setting takes the word itself (--config.data.normalize=none is "none")
+      node[keys[-1]] = value if isinstance(node[keys[-1]], str) else None
     return left
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     said = _flag_error_text(e)

@@ -786,3 +786,85 @@ def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget
   assert row["compiles"]["eval"] == len(set(shapes))
   meta = json.loads((tmp_path / "w" / "meta.json").read_text())
   assert meta["data"]["eval_capped"]["max_tokens"] == 30_000
+
+
+def _benchmark_files(tmp_path, n_train=50, n_test=20, seed=0):
+  """A given-split .ts benchmark like the small one of the archive: 10 classes, lengths 29 to
+  361, one feature (a class's level and slope, plus noise)."""
+  rng = np.random.default_rng(seed)
+  head = "@problemName small\n@univariate true\n@equalLength false\n@classLabel true {}\n@data\n"
+  names = [f"c{k}" for k in range(10)]
+
+  def write(name, n):
+    lines = []
+    for i in range(n):
+      k, t = i % 10, int(rng.integers(29, 362))
+      x = k * 0.3 + np.linspace(0, k / 5, t) + rng.normal(scale=0.3, size=t)
+      lines.append(",".join(f"{v:.4f}" for v in x) + f":{names[k]}")
+    (tmp_path / name).write_text(head.format(" ".join(names)) + "\n".join(lines) + "\n")
+    return str(tmp_path / name)
+
+  return write("TRAIN.ts", n_train), write("TEST.ts", n_test)
+
+
+def test_the_classify_preset_keeps_every_row_comparable_on_a_50_sequence_training_set(tmp_path):
+  """The README's own-data command with the byte-LM defaults left 3 of 5 rows not comparable on
+  a 50-sequence benchmark (a step larger than the training set, chunked sequence labels, batch
+  sizes of 4 and 1 rounding coarsely). The classify preset runs the exact whole-sequence rows
+  with the step size chosen from the training split (train.tokens_per_step=0): every row
+  plans the same steps and is comparable; the choice is in meta.json and the log."""
+  from configs import compare
+
+  train_ts, test_ts = _benchmark_files(tmp_path)
+  cfg = compare.get_config("classify")
+  cfg.data.update(path=train_ts, test_path=test_ts)
+  cfg.model.hidden_size = 8
+  cfg.train.epochs = 4
+  cfg.update(plots=False, predict_costs=False)
+  cfg.checkpoint.enabled = False
+  summary = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  assert [r["strategy"] for r in summary] == ["pad", "bucket", "pack"]
+  assert all(r["comparable"] for r in summary), [r["not_comparable"] for r in summary]
+  assert len({r["steps"] for r in summary}) == 1
+  meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+  auto = meta["auto_batches"]
+  assert auto["steps_per_epoch"] >= 4 and set(auto["planned_per_epoch"].values()) == {
+    summary[0]["steps"] / 4
+  }
+  assert meta["data"]["train_sequences"] == 40 and meta["data"]["test_sequences"] == 20
+  note = experiment.auto_batches_note(auto, cfg)
+  assert note.startswith(f"train.tokens_per_step=0 (auto): {auto['tokens_per_step']:,} real")
+
+
+def test_settings_that_do_not_fit_the_data_are_said_before_training(tmp_path):
+  """Before training, one line for each setting that does not fit the data and what to set: a
+  step larger than the training split, truncated BPTT on sequence labels, rows whose planned
+  steps differ by more than the tolerance."""
+  from configs import compare
+
+  train_ts, _ = _benchmark_files(tmp_path)
+  cfg = compare.get_config("digits")
+  cfg.data.update(source="ts", path=train_ts, normalize="global")
+  cfg.train.update(tokens_per_step=16384, epochs=100)
+  cfg.strategies = ("pad", "bucket", "tbptt", "pack")
+  train_ds, _, _ = runner_data.split_data(cfg)
+  built = {n: experiment.strategy_from_config(n, train_ds, cfg, 0) for n in cfg.strategies}
+  planned = {"pad": 300, "bucket": 310, "tbptt": 2000, "pack": 300}
+  notes = experiment.fit_notes(cfg, train_ds, built, planned)
+  assert len(notes) == 3, notes
+  assert notes[0].startswith("train.tokens_per_step=16,384 is more than the training split's")
+  assert notes[1].startswith("tbptt (16-step chunks) truncate the gradient on sequence-level")
+  assert notes[2].startswith("not comparable as set: tbptt plans 2,000 steps against the median")
+  cfg.train.tokens_per_step = 0  # with tbptt in: no step size makes the four agree
+  _, record = experiment.resolve_auto_batches(cfg, train_ds)
+  assert not record["agreed"] and "no step size makes them agree" in (
+    experiment.auto_batches_note(record, cfg)
+  )
+  cfg = compare.get_config("classify")  # its exact whole-sequence rows: they do
+  cfg.data.update(path=train_ts)
+  resolved, record = experiment.resolve_auto_batches(cfg, train_ds)
+  assert record["agreed"] and resolved.train.tokens_per_step == record["tokens_per_step"]
+  assert record["tokens_per_step"] <= train_ds.num_steps
+  built = {n: experiment.strategy_from_config(n, train_ds, resolved, 0) for n in cfg.strategies}
+  fitting = experiment.check_plans(built, resolved)
+  assert experiment.fit_notes(resolved, train_ds, built, fitting) == []

@@ -226,7 +226,8 @@ def test_a_config_key_given_twice_takes_its_last_value_and_comma_lists_split():
     "from ml_collections import config_flags\n"
     "from lstm_jax import errors\n"
     f"config_flags.DEFINE_config_file('config', {str(ROOT / 'configs' / 'compare.py:smoke')!r})\n"
-    "app.run(lambda argv: print(flags.FLAGS.config.strategies, flags.FLAGS.config.seed),"
+    "app.run(lambda argv: print(flags.FLAGS.config.strategies, flags.FLAGS.config.seed,"
+    " flags.FLAGS.config.data.normalize, flags.FLAGS.config.strategy.pack.row_length),"
     " flags_parser=errors.parse_flags)\n"
   )
 
@@ -237,10 +238,13 @@ def test_a_config_key_given_twice_takes_its_last_value_and_comma_lists_split():
     assert got.returncode == 0, got.stderr[-2000:]
     return got.stdout.strip()
 
-  assert parsed("--config.strategies=('pad',)", "--config.strategies=('bucket','tbptt')",
-                "--config.seed=1", "--config.seed=2") == "('bucket', 'tbptt') 2"  # fmt: skip
-  assert parsed("--config.strategies=pad,bucket,pack") == "('pad', 'bucket', 'pack') 0"
-  assert parsed("--config.strategies=pad") == "('pad',) 0"
+  twice = ("--config.strategies=('pad',)", "--config.strategies=('bucket','tbptt')")
+  assert parsed(*twice, "--config.seed=1", "--config.seed=2") == "('bucket', 'tbptt') 2 none 160"
+  assert parsed("--config.strategies=pad,bucket,pack") == "('pad', 'bucket', 'pack') 0 none 160"
+  # "none" is a word for a string setting, None for any other
+  assert parsed("--config.strategies=pad", "--config.data.normalize=global",
+                "--config.data.normalize=none", "--config.strategy.pack.row_length=None"
+                ) == "('pad',) 0 none None"  # fmt: skip
 
 
 def test_a_killed_invocation_counts_up_to_its_last_heartbeat(tmp_path):

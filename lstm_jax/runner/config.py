@@ -165,7 +165,11 @@ def base_config() -> ml_collections.ConfigDict:
       real_tokens=600_000,
       epochs=0,
       eval_every_tokens=50_000,
+      # 0 ("auto"): chosen from the training split so the rows stay comparable however small
+      # it is (experiment.resolve_auto_batches); the classify preset uses it
       tokens_per_step=8192,
+      # > 0: about this many evaluations over the run (eval_every_tokens set from the budget)
+      evals=0,
       class_weights="",
     )
   )
@@ -297,6 +301,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "eval.max_sequences",
     "eval.max_tokens",
     "eval.chunk_length",
+    "train.tokens_per_step",
+    "train.evals",
     "checkpoint.every_steps",
     "checkpoint.keep_period",
     "mesh.num_devices",
@@ -308,7 +314,6 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "model.num_layers",
     "model.embed_dim",
     "eval.tokens_per_batch",
-    "train.tokens_per_step",
     "eval.num_buckets",
     "checkpoint.keep",
   ):
@@ -419,6 +424,8 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
     kwargs.get("num_buckets") == "auto"
   ):  # resolved once the data is loaded (lstm_jax.runner.costs)
     kwargs["num_buckets"] = 1
+  if kwargs.get("tokens_per_step") == 0:  # train.tokens_per_step=0: chosen once data is loaded
+    kwargs["tokens_per_step"] = 1
   for k, v in kwargs.items():
     if isinstance(v, int) and not isinstance(v, bool) and v < 1:
       raise ConfigError(

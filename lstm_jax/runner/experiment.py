@@ -231,6 +231,132 @@ def resolve_auto_buckets(
   return cfg, dict(chosen=n, predictions=table, calibration=dataclasses.asdict(cal))
 
 
+MOST_STEPS_PER_EPOCH = 32  # train.tokens_per_step=0 tries 32, 31, ... steps an epoch
+
+
+def resolve_auto_batches(
+  cfg: ml_collections.ConfigDict, train_ds: RaggedDataset, devices: int = 1
+) -> tuple[ml_collections.ConfigDict, dict | None]:
+  """cfg with its batch-size settings that follow the data resolved (and their record for
+  meta.json and the log), or cfg as it is:
+
+  - train.tokens_per_step=0: the real tokens a step for the most steps an epoch (at most
+    MOST_STEPS_PER_EPOCH, at least 2) at which every row's planned steps an epoch agree within
+    half of guards.step_tolerance, so the rows stay comparable however small the training
+    split (a 50-sequence benchmark gets about 4 large steps an epoch; a larger one, 32);
+  - train.evals > 0: train.eval_every_tokens set so the run evaluates about that many times.
+  """
+  if cfg.train.tokens_per_step and not cfg.train.evals:
+    return cfg, None
+  cfg, record = copy.deepcopy(cfg), {}
+  total = int(train_ds.num_steps)
+  if not cfg.train.tokens_per_step:
+    tolerance, closest = cfg.guards.step_tolerance / 2, None
+    for k in range(MOST_STEPS_PER_EPOCH, 1, -1):
+      with cfg.unlocked():
+        cfg.train.tokens_per_step = -(-total // k)
+      per_epoch = {
+        name: len(
+          guards.planned_steps(
+            strategy_from_config(name, train_ds, cfg, cfg.seed, batch_multiple=devices), None, 1
+          )
+        )
+        for name in cfg.strategies
+      }
+      median = float(np.median(list(per_epoch.values())))
+      spread = max(abs(n / median - 1) for n in per_epoch.values())
+      if closest is None or spread < closest[0]:
+        closest = (spread, k, cfg.train.tokens_per_step, per_epoch)
+      if spread <= tolerance:
+        break
+    _, k, tokens, per_epoch = closest  # the first that agrees, else the closest to agreeing
+    with cfg.unlocked():
+      cfg.train.tokens_per_step = tokens
+    record.update(
+      tokens_per_step=tokens,
+      steps_per_epoch=k,
+      planned_per_epoch=per_epoch,
+      agreed=bool(closest[0] <= tolerance),
+    )
+  if cfg.train.evals:
+    budget = cfg.train.real_tokens or cfg.train.epochs * total
+    with cfg.unlocked():
+      cfg.train.eval_every_tokens = max(1, -(-budget // cfg.train.evals))
+    record["eval_every_tokens"] = cfg.train.eval_every_tokens
+  return cfg, record
+
+
+def auto_batches_note(record: dict | None, cfg: ml_collections.ConfigDict) -> str | None:
+  """The log's line for what `resolve_auto_batches` chose."""
+  if not record:
+    return None
+  said = []
+  if "tokens_per_step" in record:
+    per = record["planned_per_epoch"]
+    said.append(
+      f"train.tokens_per_step=0 (auto): {record['tokens_per_step']:,} real tokens a step, "
+      f"about {record['steps_per_epoch']} steps an epoch (planned: "
+      + ", ".join(f"{k} {v}" for k, v in per.items())
+      + (
+        f"; the most steps an epoch at which the rows agree within "
+        f"{50 * cfg.guards.step_tolerance:g}%)"
+        if record["agreed"]
+        else f"; no step size makes them agree within {50 * cfg.guards.step_tolerance:g}%: "
+        f"the closest)"
+      )
+    )
+  if "eval_every_tokens" in record:
+    said.append(
+      f"train.evals={cfg.train.evals}: an evaluation every {record['eval_every_tokens']:,} "
+      f"real tokens"
+    )
+  return "; ".join(said)
+
+
+def fit_notes(
+  cfg: ml_collections.ConfigDict,
+  train_ds: RaggedDataset,
+  built: dict[str, batching.Strategy],
+  planned: dict[str, int],
+) -> list[str]:
+  """Before training, one line for each setting that does not fit the data, with what to set:
+  a step larger than the training split, truncated gradients on sequence-level labels, and
+  rows whose planned steps differ by more than guards.step_tolerance (not comparable)."""
+  notes, total = [], int(train_ds.num_steps)
+  if cfg.train.tokens_per_step > total:
+    notes.append(
+      f"train.tokens_per_step={cfg.train.tokens_per_step:,} is more than the training split's "
+      f"{total:,} real tokens: every step holds the whole split. Set train.tokens_per_step=0 "
+      f"to choose it from the data (configs/compare.py:classify does)."
+    )
+  longest = int(np.max(train_ds.lengths))
+  chunks = {  # tbptt's chunk length, vbptt's base length
+    name: getattr(s, "chunk_length", None) or getattr(s, "base_length", 0)
+    for name, s in built.items()
+    if s is not None and s.carries_state
+  }
+  cut = [f"{name} ({k}-step chunks)" for name, k in chunks.items() if longest > k]
+  if train_ds.target_level == "sequence" and cut and not cfg.truncation_ok:
+    notes.append(
+      f"{', '.join(cut)} truncate the gradient on sequence-level labels (sequences up to "
+      f"{longest:,} steps): a label's gradient reaches only its last chunk. For exact gradients "
+      f"use pad, bucket or pack (configs/compare.py:classify); config.truncation_ok=True "
+      f"keeps them without this note."
+    )
+  if len(planned) > 1:
+    median = float(np.median(list(planned.values())))
+    off = {n: k for n, k in planned.items() if abs(k / median - 1) > cfg.guards.step_tolerance}
+    if off:
+      notes.append(
+        "not comparable as set: "
+        + ", ".join(f"{n} plans {k:,} steps" for n, k in off.items())
+        + f" against the median {median:,.0f} (±{100 * cfg.guards.step_tolerance:.0f}% allowed). "
+        f"Set train.tokens_per_step=0 to choose the steps so the rows agree, or see each row's "
+        f"hint below."
+      )
+  return notes
+
+
 def run_recommender(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   """The recommender (experiments/recommend.py): for each of cfg's strategies, `costs.predict`
   on this machine's calibration for cfg's data and budget, and the strategy `costs.recommend`
@@ -243,6 +369,7 @@ def run_recommender(cfg: ml_collections.ConfigDict, workdir: str | None = None) 
 
 def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
   train_ds, _, identity = split_data(cfg)
+  cfg, _ = resolve_auto_batches(cfg, train_ds)
   cfg, auto = resolve_auto_buckets(cfg, train_ds, workdir, quiet=False)
   cal = calibration(
     cfg, train_ds, os.path.join(workdir, "calibration.json") if workdir else None, quiet=False
@@ -845,6 +972,7 @@ def _run_all(
 ) -> list[dict]:
   train_ds, eval_ds, test_ds, identity = split_data(cfg, with_test=True)
   devices = 1 if mesh is None else int(mesh.devices.size)
+  cfg, auto_batches = resolve_auto_batches(cfg, train_ds, devices)
   # Every strategy built (so the data's own checks run) and through the plans' guards before
   # anything compiles (the calibration too), except a bucket whose count waits for the
   # calibration (num_buckets="auto"), guarded once it is chosen; the first seed's runs use them.
@@ -871,6 +999,10 @@ def _run_all(
   )
   for key, n in (identity.get("inferred") or {}).items():  # also in meta.json's data record
     log.note(f"data: {key} {n}, inferred from the data (its largest id + 1; store {key} to set it)")
+  for line in filter(None, [auto_batches_note(auto_batches, cfg)]):
+    log.note(line)
+  for line in fit_notes(cfg, train_ds, built, planned):
+    log.note(line)
   for source in (identity, identity.get("eval_source"), identity.get("test_source")):
     if (source or {}).get("nan_padding_stripped"):
       log.note(
@@ -950,6 +1082,8 @@ def _run_all(
   )
   if auto_buckets:
     meta["auto_buckets"] = auto_buckets
+  if auto_batches:
+    meta["auto_batches"] = auto_batches
   if predictions:
     meta["predictions"] = predictions
   if metric_of(train_ds) == "bits_per_byte":
