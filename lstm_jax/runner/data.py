@@ -164,6 +164,14 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
     held_out = by_class_name(held_out, identity, identity["eval_source"], cfg.data.eval_path)
     train_ds, eval_ds = given_split(dataset, held_out, cfg.data.eval_path)
     identity["split"] = f"given: {cfg.data.eval_path}"
+  elif cfg.data.test_path and dataset.target_level == "sequence" and dataset.is_classification:
+    # a validation split carved from the training file, class by class: what selects the model
+    # that the test file scores (its classes in the same shares as the training file's)
+    train_ds, eval_ds = stratified_split(dataset, cfg.data.eval_fraction, cfg.data.split_seed)
+    identity["split"] = (
+      f"validation: {cfg.data.eval_fraction:g} of each class held out (split_seed "
+      f"{cfg.data.split_seed})"
+    )
   else:
     train_ds, eval_ds = dataset.split(cfg.data.eval_fraction, seed=cfg.data.split_seed)
     identity["split"] = (
@@ -202,6 +210,31 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   if with_test:
     return train_ds, eval_ds, test_ds, identity
   return train_ds, eval_ds, identity
+
+
+def stratified_split(
+  dataset: RaggedDataset, fraction: float, seed: int
+) -> tuple[RaggedDataset, RaggedDataset]:
+  """(train, validation) with round(fraction * n_c) of each class c's sequences held out, chosen
+  by a generator seeded with `seed` (a class of one sequence stays in training)."""
+  if not 0.0 < fraction < 1.0:
+    raise ConfigError(f"config.data.eval_fraction must be in (0, 1), got {fraction}.")
+  labels = np.asarray(dataset.sequence_targets(np.arange(len(dataset)))).reshape(-1)
+  rng = np.random.default_rng(seed)
+  held = []
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    held.append(members[: min(len(members) - 1, int(round(fraction * len(members))))])
+  held = np.sort(np.concatenate(held))
+  if not len(held):
+    raise DataError(
+      f"config.data.eval_fraction={fraction} holds out no sequence of {len(dataset)}; raise it."
+    )
+  train = np.setdiff1d(np.arange(len(dataset)), held)
+  return (
+    dataset.subset(train, name=f"{dataset.name}:train"),
+    dataset.subset(held, name=f"{dataset.name}:validation"),
+  )
 
 
 def by_class_name(

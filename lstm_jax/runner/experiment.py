@@ -28,12 +28,14 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from flax import serialization
 
 from lstm_jax import baselines, batching, compiles, host, sharding, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
-from lstm_jax.errors import ConfigError
+from lstm_jax.errors import CheckpointError, ConfigError
+from lstm_jax.files import atomic_write
 from lstm_jax.model import SequenceModel, resolve_backend, step_backend
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.runner import config, costs, guards, report
@@ -99,8 +101,8 @@ def row_backends(state: train.TrainState, strategy: batching.Strategy, evaluator
 def make_optimizer(
   cfg: ml_collections.ConfigDict, total_steps: int | None = None
 ) -> optax.GradientTransformation:
-  """Adam with the config's schedule (a cosine decay runs over `total_steps`, the row's planned
-  optimizer steps) and gradient clipping."""
+  """Adam (AdamW with config.optimizer.weight_decay > 0) with the config's schedule (a cosine
+  decay runs over `total_steps`, the row's planned optimizer steps) and gradient clipping."""
   o = cfg.optimizer
   learning_rate = o.learning_rate
   if o.schedule == "cosine":
@@ -112,7 +114,10 @@ def make_optimizer(
     learning_rate = optax.cosine_decay_schedule(
       o.learning_rate, decay_steps=total_steps, alpha=o.final_fraction
     )
-  tx = optax.adam(learning_rate)
+  if o.weight_decay > 0:
+    tx = optax.adamw(learning_rate, weight_decay=o.weight_decay)
+  else:
+    tx = optax.adam(learning_rate)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
   return tx
@@ -529,6 +534,56 @@ class EvalCurve:
     return self.points[-1]
 
 
+class BestOnValidation:
+  """The model selected on the eval (validation) split, for a row with a test split: the
+  parameters at the evaluation with the best eval metric (accuracy for classification, ties
+  broken by the lower eval loss; else the lowest eval loss), kept on the host and, with a
+  workdir, written whole
+  to `path` (flax's msgpack) so a resumed row still holds them. A resume replays its steps
+  bit-identically, so an evaluation seen again rewrites the same parameters."""
+
+  def __init__(self, metric: str, path: str | None):
+    self.metric, self.path = metric, path
+    self.score, self.step, self.eval_metric, self.params = None, None, None, None
+
+  def _score(self, point: dict) -> list[float]:
+    """Higher is better: accuracy, then (among equal accuracies: a small validation split
+    saturates early) the lower loss; or the lower loss alone."""
+    if self.metric == "accuracy":
+      return [point["eval_metric"], -point["eval_loss"]]
+    return [-point["eval_loss"]]
+
+  def consider(self, state: train.TrainState, point: dict) -> None:
+    score = self._score(point)
+    if self.score is not None and not score > self.score:
+      return
+    self.score, self.step, self.eval_metric = score, int(state.step), point["eval_metric"]
+    self.params = jax.device_get(state.params)
+    if self.path and jax.process_index() == 0:
+      record = dict(step=self.step, score=score, eval_metric=self.eval_metric)
+      with atomic_write(self.path, "wb") as f:
+        params = serialization.to_state_dict(self.params)
+        f.write(serialization.msgpack_serialize(dict(record=record, params=params)))
+
+  def restore(self, like_params, resumed_step: int) -> None:
+    """After a resume from `resumed_step`: the selection written before it, if any."""
+    if not self.path or not os.path.exists(self.path):
+      return
+    try:
+      with open(self.path, "rb") as f:
+        saved = serialization.msgpack_restore(f.read())
+      record = saved["record"]
+      params = serialization.from_state_dict(jax.device_get(like_params), saved["params"])
+    except Exception as e:  # a damaged file: refuse, naming it (the selection would be wrong)
+      raise CheckpointError(
+        f"{self.path} (the row's model selected on validation) cannot be read ({e}); delete "
+        f"it and the row's checkpoints to run the row again."
+      ) from None
+    if record["step"] <= resumed_step:
+      self.score, self.step = record["score"], record["step"]
+      self.eval_metric, self.params = record["eval_metric"], params
+
+
 def _progress_state(clock: RowClock, curve: EvalCurve) -> dict:
   """The row's own state in its checkpoints (`Checkpointer.extra_state`)."""
   return dict(curve=curve.points, train_seconds=clock.train_seconds)
@@ -623,6 +678,15 @@ def run_strategy(
     rec["train_seconds"] = clock.tick(rec["step_seconds"])
     log.step(rec)
 
+  # with a test split, the model it scores is the one selected on the eval (validation) split
+  best = (
+    BestOnValidation(
+      metric, run_dir(workdir, "selected", name, seed) + ".msgpack" if workdir else None
+    )
+    if test_ds is not None
+    else None
+  )
+
   def on_eval(st, real_tokens):
     t0 = time.perf_counter()
     r = train.evaluate(st, evaluator, steps=steps)
@@ -634,6 +698,8 @@ def run_strategy(
       eval_seconds=time.perf_counter() - t0,
     )
     log.eval(point)
+    if best is not None:
+      best.consider(st, point)
 
   # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
   log.start(name, seed, cfg.train.real_tokens or int(planned.sum()), strategy, metric)
@@ -647,6 +713,8 @@ def run_strategy(
   else:
     clock.train_seconds = resumed.extra["train_seconds"]
     curve.points = list(resumed.extra["curve"])
+    if best is not None:
+      best.restore(state.params, resumed.step)
     log.resumed(
       resumed.position.real_tokens,
       clock.train_seconds + compiled_ahead,
@@ -695,12 +763,15 @@ def run_strategy(
   computed = sum(h["computed_tokens"] for h in hist)
   classes = scores_by_class(result.state, eval_ds, cfg)  # off the row's clock
   tested = {}
-  if test_ds is not None:
-    scored = train.evaluate(result.state, eval_strategy(test_ds, cfg, devices), steps=steps)
+  if test_ds is not None:  # read now, once: the model selected on validation
+    chosen = result.state.replace(params=best.params) if best.params is not None else result.state
+    scored = train.evaluate(chosen, eval_strategy(test_ds, cfg, devices), steps=steps)
     tested = dict(
       test_loss=scored["loss"],
       test_metric=metric_value(metric, scored),
-      test_classes=scores_by_class(result.state, test_ds, cfg),
+      test_classes=scores_by_class(chosen, test_ds, cfg),
+      selected_step=best.step,
+      selected_eval_metric=best.eval_metric,
     )
   train_rec = list(steps.train.records.values())
   row = report.Row(
@@ -945,7 +1016,7 @@ def _train_and_evaluate(
 ) -> list[dict]:
   if writer:
     if not cfg.resume:  # start over: what an earlier run left would be mixed in otherwise
-      for kind in ("checkpoints", "results"):
+      for kind in ("checkpoints", "results", "selected"):
         shutil.rmtree(os.path.join(workdir, kind), ignore_errors=True)
       if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.remove(os.path.join(workdir, "metrics.jsonl"))

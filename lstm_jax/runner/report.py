@@ -74,10 +74,14 @@ class Row:
   # split (`baselines.class_scores`, from `train.predict`; its compiles in `classes`), or None.
   balanced_accuracy: float | None = dataclasses.field(default=None, **_mean(18))
   classes: dict | None = None
-  # config.data.test_path: the final model on the test split, scored once at the row's end
+  # config.data.test_path: the row's model selected on the eval (validation) split, scored once
+  # on the test split at the row's end: the checkpoint of the best eval metric (accuracy for
+  # classification, else the lowest eval loss), at step `selected_step`
   test_loss: float | None = dataclasses.field(default=None, **_mean(19))
   test_metric: float | None = dataclasses.field(default=None, **_mean(20))
   test_classes: dict | None = None
+  selected_step: int | None = None
+  selected_eval_metric: float | None = None
   # what the train and eval steps ran: {"train": "scan" | "cudnn" | "reference", "eval": ...}
   # (config.model.backend, model.step_backend); None in results written before it was recorded
   backend: dict | None = None
@@ -251,6 +255,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     tested = [r["test_classes"]["balanced_accuracy"] for r in group if r.get("test_classes")]
     row["test_balanced_accuracy"] = float(np.mean(tested)) if tested else None
     row["test_classes"] = _classes_over_seeds([r.get("test_classes") for r in group])
+    row["selected_steps"] = [r.get("selected_step") for r in group]  # per seed
     rows.append(row)
   return rows
 
@@ -353,22 +358,33 @@ def held_apart_lines(summary: list[dict], meta: dict) -> list[str]:
     return []
   metric = rows[0]["metric"]
   bal = any(r.get("test_balanced_accuracy") is not None for r in rows)
+  selected = any(s is not None for r in rows for s in r.get("selected_steps") or [])
+  how = (
+    "with each row's model selected on the eval (validation) split: the checkpoint of its best "
+    f"eval {'accuracy' if metric == 'accuracy' else 'loss'}, at the step named (per seed)"
+    if selected
+    else "with each row's final model"
+  )
   out = [
     "## Test split (kept apart)",
     "",
     f"{(meta.get('data') or {}).get('test_sequences', '?')} sequences from "
     f"`{((meta.get('config') or {}).get('data') or {}).get('test_path', '')}` "
-    "(config.data.test_path), scored once with each row's final model; training and the "
-    "eval curve never saw them. Over seeds, the mean ± the spread.",
+    f"(config.data.test_path), scored once, {how}; training and the eval curve never saw "
+    "them. Over seeds, the mean ± the spread.",
     "",
-    f"| strategy | test loss | test {metric} |" + (" test balanced accuracy |" if bal else ""),
-    "|---|---|---|" + ("---|" if bal else ""),
+    f"| strategy | test loss | test {metric} |"
+    + (" test balanced accuracy |" if bal else "")
+    + (" selected at step |" if selected else ""),
+    "|---|---|---|" + ("---|" if bal else "") + ("---|" if selected else ""),
   ]
   for r in rows:
     spread = f" ± {r['test_loss_std']:.3f}" if r.get("test_loss_std") else ""
+    steps = r.get("selected_steps") or []
     out.append(
       f"| {r['strategy']} | {r['test_loss']:.4f}{spread} | {_fmt(r['test_metric'])} |"
       + (f" {_fmt(r.get('test_balanced_accuracy'))} |" if bal else "")
+      + (f" {', '.join(str(s) for s in steps if s is not None) or '-'} |" if selected else "")
     )
   return out + [""]
 
@@ -583,6 +599,7 @@ def write_all(workdir: str, runs: list[dict], curves: dict, meta: dict) -> list[
       batch_settings=json.dumps(r.get("batch_settings")),
       classes=json.dumps(r.get("classes")),
       test_classes=json.dumps(r.get("test_classes")),
+      selected_steps=json.dumps(r.get("selected_steps")),
     )
     for r in summary
   ]
