@@ -112,6 +112,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     c.eval.update(tokens_per_batch=8192, max_sequences=0)
     c.strategy.bucket.num_buckets = 3
     c.strategy.pack.row_length = None  # the longest training sequence
+    c.classic_baselines.enabled = True  # 1-NN DTW and ROCKET beside the rows (with aeon)
   elif arg == "gene_families":
     # lengths 5 to 18,921: padding everything to the longest is hopeless here, so no pad rows.
     c.data.update(source=arg, max_length=0, eval_fraction=0.2)

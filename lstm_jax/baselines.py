@@ -16,11 +16,14 @@ the held-out targets: the majority class of the training split (its accuracy) an
 split's class frequencies, add-one smoothed (their cross-entropy, in nats: the loss to beat);
 and `class_scores` says how a trained classifier did class by class (balanced accuracy, each
 class's recall, the confusion matrix), which the runner reports for sequence-level labels.
+`classic` runs 1-NN DTW and ROCKET (aeon, an optional extra) on the same split, for time-series
+classification: what a recurrent model must beat to earn its cost.
 
-All from the Python standard library, deterministic, and independent of any model. Their time
-must not grow with the corpus, so each side is a fixed-size sample: the held-out split's first
-sequences up to `HELD_OUT_SAMPLE` bytes, the training split's up to `TRAIN_SAMPLE` (whole
-sequences, in the split's order, itself a seeded random order of the corpus). Smaller splits are
+All but `classic` from the Python standard library, deterministic, and independent of any
+model. Their time must not grow with the corpus, so each side is a fixed-size sample: the
+held-out split's first sequences up to `HELD_OUT_SAMPLE` bytes, the training split's up to
+`TRAIN_SAMPLE` (whole sequences, in the split's order, itself a seeded random order of the
+corpus). Smaller splits are
 taken whole; when a sample is taken, the result says so (`sampled`) and the report names both
 sizes.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import time
 import zlib
 
 import numpy as np
@@ -157,3 +161,68 @@ def scores_from_confusion(confusion) -> dict:
     support=support.tolist(),
     confusion=confusion.tolist(),
   )
+
+
+CLASSIC_INSTALL = "pip install 'lstm_jax[baselines]' (aeon)"
+
+
+def classic(
+  train: RaggedDataset,
+  test: RaggedDataset,
+  *,
+  dtw_window: float | None = None,
+  rocket_kernels: int = 10_000,
+  seed: int = 0,
+) -> dict:
+  """The time-series classification baselines a recurrent model must beat, on the same split:
+  1-nearest-neighbour DTW (unequal lengths as they are; `dtw_window`: the Sakoe-Chiba band as
+  a fraction of the length, None for the full window) and ROCKET (`rocket_kernels` random
+  convolution kernels and a ridge classifier; it takes equal lengths, so every series is
+  zero-padded at its end to the longest), both from aeon (an optional extra). Each series'
+  features are as the rows see them (normalised alike). Sequence-level class labels and
+  feature inputs only.
+
+  Returns:
+    {"dtw": {accuracy, seconds, window}, "rocket": {accuracy, seconds, kernels, input},
+    "train_sequences", "test_sequences"}, or {"skipped": why} without aeon.
+  """
+  try:
+    from aeon.classification.convolution_based import RocketClassifier  # noqa: PLC0415
+    from aeon.classification.distance_based import (  # noqa: PLC0415
+      KNeighborsTimeSeriesClassifier,
+    )
+  except ImportError:
+    return dict(skipped=f"aeon is not installed: {CLASSIC_INSTALL}")
+  if train.is_tokens or train.target_level != "sequence" or not train.is_classification:
+    return dict(skipped="classic baselines take feature inputs with sequence-level classes")
+
+  def series(ds):  # (channels, time) each, as aeon takes unequal lengths
+    xs = [np.asarray(ds.sequence(i)[0], np.float64).T for i in range(len(ds))]
+    return xs, np.asarray(ds.sequence_targets(np.arange(len(ds)))).reshape(-1)
+
+  (x_train, y_train), (x_test, y_test) = series(train), series(test)
+  out = dict(train_sequences=len(x_train), test_sequences=len(x_test))
+  t0 = time.perf_counter()
+  params = {"window": dtw_window} if dtw_window is not None else None
+  knn = KNeighborsTimeSeriesClassifier(distance="dtw", distance_params=params, n_neighbors=1)
+  knn.fit(x_train, y_train)
+  out["dtw"] = dict(
+    accuracy=float(np.mean(knn.predict(x_test) == y_test)),
+    seconds=time.perf_counter() - t0,
+    window=dtw_window,
+  )
+  longest = max(x.shape[1] for x in x_train + x_test)
+
+  def padded(xs):
+    return np.stack([np.pad(x, ((0, 0), (0, longest - x.shape[1]))) for x in xs])
+
+  t0 = time.perf_counter()
+  rocket = RocketClassifier(n_kernels=rocket_kernels, random_state=seed)
+  rocket.fit(padded(x_train), y_train)
+  out["rocket"] = dict(
+    accuracy=float(np.mean(rocket.predict(padded(x_test)) == y_test)),
+    seconds=time.perf_counter() - t0,
+    kernels=rocket_kernels,
+    input=f"zero-padded at the end to {longest} steps",
+  )
+  return out

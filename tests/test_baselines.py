@@ -141,3 +141,57 @@ def test_class_scores_by_hand():
   assert majority["accuracy"] == 0.5 and majority["balanced_accuracy"] == 1 / 3
   with pytest.raises(ValueError, match="6 targets against 5 predictions"):
     baselines.class_scores([0] * 6, [0] * 5, 2)
+
+
+def _two_shapes(n=24, seed=0):
+  """Rising against falling series of 8 to 30 steps, two features: any classifier of shapes
+  tells them apart."""
+  from lstm_jax.data import RaggedDataset
+
+  rng = np.random.default_rng(seed)
+  xs, ys = [], []
+  for i in range(n):
+    t = int(rng.integers(8, 31))
+    ramp = np.linspace(0, 1, t) * (1 if i % 2 else -1)
+    xs.append(np.stack([ramp, ramp**2], axis=1) + rng.normal(scale=0.05, size=(t, 2)))
+    ys.append(i % 2)
+  lengths = np.array([len(x) for x in xs])
+  return RaggedDataset(
+    np.concatenate(xs).astype(np.float32), lengths, np.array(ys), "sequence", 2, name="shapes"
+  )
+
+
+def test_classic_baselines_run_dtw_and_rocket_on_the_same_split():
+  """1-NN DTW on unequal lengths and ROCKET on zero-padded series (aeon), with their accuracy,
+  seconds and settings; skipped with a reason (not an error) without aeon."""
+  pytest.importorskip("aeon", reason="optional: pip install 'lstm_jax[baselines]'")
+  train, test = _two_shapes(24, seed=0), _two_shapes(12, seed=1)
+  out = baselines.classic(train, test, dtw_window=0.2, rocket_kernels=200, seed=0)
+  assert out["train_sequences"] == 24 and out["test_sequences"] == 12
+  assert out["dtw"]["accuracy"] == 1.0 and out["dtw"]["window"] == 0.2
+  assert out["rocket"]["accuracy"] >= 0.9 and out["rocket"]["kernels"] == 200
+  assert out["rocket"]["input"] == "zero-padded at the end to 30 steps"
+  assert out["dtw"]["seconds"] > 0 and out["rocket"]["seconds"] > 0
+
+
+def test_classic_baselines_say_why_they_are_skipped(monkeypatch):
+  import sys
+
+  from lstm_jax.runner import report
+
+  monkeypatch.setitem(sys.modules, "aeon.classification.convolution_based", None)
+  out = baselines.classic(_two_shapes(), _two_shapes(seed=1))
+  assert out == {"skipped": f"aeon is not installed: {baselines.CLASSIC_INSTALL}"}
+  (line, _) = report.classic_baseline_lines([], out)
+  assert line.startswith("*Classic baselines* (1-NN DTW, ROCKET): skipped (aeon is not installed")
+  classic = dict(
+    dtw=dict(accuracy=0.95, seconds=5.0, window=None),
+    rocket=dict(accuracy=0.97, seconds=16.0, kernels=10_000, input="zero-padded"),
+    train_sequences=216,
+    test_sequences=370,
+    split="test",
+  )
+  rows = [dict(strategy="pad", test_metric=0.962), dict(strategy="bucket", test_metric=0.973)]
+  text = " ".join(report.classic_baseline_lines(rows, classic))
+  assert "1-NN DTW (full window) accuracy **0.950**" in text
+  assert "Rows above DTW: pad, bucket; above ROCKET: bucket (test accuracy" in text

@@ -59,6 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
   # The recommender (experiments/recommend.py) recommends only strategies with exact gradients
   # for sequence-level labels, unless truncated BPTT is known to be fine for the task.
   c.truncation_ok = False
+  # Sequence classification of feature series: 1-NN DTW and ROCKET (lstm_jax.baselines.classic,
+  # aeon: pip install 'lstm_jax[baselines]') trained on the rows' training split and scored on
+  # the test split (else the eval split), once per run, in the report beside the rows. Skipped,
+  # with a line saying why, without aeon. dtw_window: the Sakoe-Chiba band as a fraction of the
+  # length (None: the full window).
+  c.classic_baselines = ml_collections.ConfigDict(
+    dict(enabled=False, dtw_window=placeholder(float), rocket_kernels=10_000)
+  )
   # The report's five PNG plots (matplotlib: about 1.5 s a render on 2 cores, 3 s with its
   # import). False: report.md and the data files only (many small runs, a sweep, the tests).
   c.plots = True
@@ -325,6 +333,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "model.embed_dim",
     "eval.tokens_per_batch",
     "eval.num_buckets",
+    "classic_baselines.rocket_kernels",
     "checkpoint.keep",
   ):
     _at_least(cfg, key, 1)

@@ -1161,6 +1161,18 @@ def _run_all(
     meta["baselines"] = baselines.byte_lm(train_ds, eval_ds)
   elif metric_of(train_ds) == "accuracy":
     meta["class_baselines"] = baselines.classification(train_ds, eval_ds)
+    if cfg.classic_baselines.enabled and writer:  # once a run, on the split the rows are scored on
+      scored_on = "test" if test_ds is not None else "eval"
+      meta["classic_baselines"] = dict(
+        baselines.classic(
+          train_ds,
+          test_ds if test_ds is not None else eval_ds,
+          dtw_window=cfg.classic_baselines.dtw_window,
+          rocket_kernels=cfg.classic_baselines.rocket_kernels,
+          seed=cfg.seed,
+        ),
+        split=scored_on,
+      )
   if not writer:
     return report.aggregate(runs)
   log.file.close()

@@ -670,6 +670,7 @@ def markdown_report(
     "",
     *baseline_lines(meta.get("baselines")),
     *class_baseline_lines(summary, meta.get("class_baselines")),
+    *classic_baseline_lines(summary, meta.get("classic_baselines")),
     *class_lines(summary, meta.get("plots", True), d),
     *held_apart_lines(summary, meta),
     *quality_table(summary, curves or {}, meta.get("baselines")),
@@ -753,6 +754,36 @@ def baseline_lines(baselines: dict | None) -> list[str]:
     f"the data alone): {said}.",
     "",
   ]
+
+
+def classic_baseline_lines(summary: list[dict], classic: dict | None) -> list[str]:
+  """1-NN DTW and ROCKET beside the rows (config.classic_baselines), on the split the rows are
+  scored on, and which rows beat them; or why they were skipped."""
+  if not classic:
+    return []
+  if "skipped" in classic:
+    return [f"*Classic baselines* (1-NN DTW, ROCKET): skipped ({classic['skipped']}).", ""]
+  split = classic.get("split", "eval")
+  key = "test_metric" if split == "test" else "eval_metric"
+  dtw, rocket = classic["dtw"], classic["rocket"]
+  window = "full window" if dtw["window"] is None else f"window {dtw['window']:g}"
+  out = [
+    f"*Classic baselines* on the same split (trained on the rows' {classic['train_sequences']:,}"
+    f" training sequences, scored on the {classic['test_sequences']:,} {split} sequences; "
+    f"`baselines.classic`, aeon): 1-NN DTW ({window}) accuracy **{dtw['accuracy']:.3f}** in "
+    f"{dtw['seconds']:.1f} s; ROCKET ({rocket['kernels']:,} kernels, {rocket['input']}) "
+    f"**{rocket['accuracy']:.3f}** in {rocket['seconds']:.1f} s.",
+  ]
+  scored = [r for r in summary if r.get(key) is not None]
+  if scored:
+    out.append(
+      "Rows above DTW: "
+      + (", ".join(r["strategy"] for r in scored if r[key] > dtw["accuracy"]) or "none")
+      + "; above ROCKET: "
+      + (", ".join(r["strategy"] for r in scored if r[key] > rocket["accuracy"]) or "none")
+      + f" ({split} accuracy, mean over seeds)."
+    )
+  return out + [""]
 
 
 def class_baseline_lines(summary: list[dict], base: dict | None) -> list[str]:
