@@ -164,7 +164,7 @@ def _two_shapes(n=24, seed=0):
 def test_classic_baselines_run_dtw_and_rocket_on_the_same_split():
   """1-NN DTW on unequal lengths and ROCKET on zero-padded series (aeon), with their accuracy,
   seconds and settings; skipped with a reason (not an error) without aeon."""
-  pytest.importorskip("aeon", reason="optional: pip install 'lstm_jax[baselines]'")
+  pytest.importorskip("aeon.classification", reason="optional: pip install 'lstm_jax[baselines]'")
   train, test = _two_shapes(24, seed=0), _two_shapes(12, seed=1)
   out = baselines.classic(train, test, dtw_window=0.2, rocket_kernels=200, seed=0)
   assert out["train_sequences"] == 24 and out["test_sequences"] == 12
