@@ -20,7 +20,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from lstm_jax import errors, workdir  # noqa: E402
-from lstm_jax.runner import experiment
+from lstm_jax.runner import recommend
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "compare.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,8 +34,8 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  result = experiment.run_recommender(_CONFIG.value, _WORKDIR.value)
-  print(experiment.recommendation_text(result))
+  result = recommend.run_recommender(_CONFIG.value, _WORKDIR.value)
+  print(recommend.recommendation_text(result))
   if _WORKDIR.value:
     workdir.write_json_atomically(os.path.join(_WORKDIR.value, "recommend.json"), result, indent=1)
 

@@ -76,9 +76,9 @@ def _cfg(**changes):
 
 
 def _make_model(**changes):
-  from lstm_jax.runner import experiment
+  from lstm_jax.runner import build
 
-  return experiment.make_model(_cfg(**changes), ragged_features([3, 5], num_features=2))
+  return build.make_model(_cfg(**changes), ragged_features([3, 5], num_features=2))
 
 
 def _fit_packed(model):

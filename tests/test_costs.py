@@ -17,7 +17,7 @@ from helpers import ragged_features
 from lstm_jax import batching, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import SequenceModel
-from lstm_jax.runner import config, costs, experiment
+from lstm_jax.runner import config, costs, recommend
 from lstm_jax.runner import data as runner_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_resolve_auto_buckets_uses_the_saved_calibration(tmp_path):
   train_ds, _, _ = runner_data.split_data(cfg)
   key = costs.calibration_key(cfg, train_ds)
   _cal().__class__(**dict(vars(_cal()), key=key)).save(str(tmp_path / "calibration.json"))
-  resolved, record = experiment.resolve_auto_buckets(cfg, train_ds, str(tmp_path))
+  resolved, record = recommend.resolve_auto_buckets(cfg, train_ds, str(tmp_path))
   n = resolved.strategy.bucket.num_buckets
   assert isinstance(n, int) and record["chosen"] == n and record["calibration"]["key"] == key
   assert record["calibration"]["compile_seconds"] == 1.0  # the saved one, not a new one
@@ -145,8 +145,8 @@ def test_recommender_against_a_real_run(tmp_path, smoke_run):
   saved = (tmp_path / "calibration.json").read_bytes()
   cfg = compare.get_config("smoke")
   cfg.strategies = ("pad", "bucket", "tbptt", "pad_batch_max")
-  result = experiment.run_recommender(cfg, str(tmp_path))
-  text = experiment.recommendation_text(result)
+  result = recommend.run_recommender(cfg, str(tmp_path))
+  text = recommend.recommendation_text(result)
   assert "Recommended: " in text and "| " not in text.splitlines()[0]
   assert (tmp_path / "calibration.json").read_bytes() == saved
   pred_names = ("pad", "bucket", "tbptt", "pad_batch_max")

@@ -19,7 +19,7 @@ from lstm_jax import batching, sources
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
-from lstm_jax.runner import config, experiment, generate, report
+from lstm_jax.runner import build, config, experiment, generate, recommend, report
 from lstm_jax.runner import data as runner_data
 from lstm_jax.runner.report import Row
 
@@ -129,13 +129,13 @@ def test_smoke_compile_counts_match_the_strategies(smoke_run):
   train_ds, eval_ds, _ = runner_data.split_data(cfg)
   for name in ("pad", "tbptt", "pack"):
     assert summary[name]["compiles"]["train"] == 1, name
-  bucket = experiment.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
+  bucket = build.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
   assert summary["bucket"]["compiles"]["train"] == len(bucket.shapes()) == 3
-  pbm = experiment.strategy_from_config("pad_batch_max", train_ds, cfg, cfg.seed)
+  pbm = build.strategy_from_config("pad_batch_max", train_ds, cfg, cfg.seed)
   assert summary["pad_batch_max"]["compiles"]["train"] == len(pbm.shapes())
-  vbptt = experiment.strategy_from_config("vbptt", train_ds, cfg, cfg.seed)  # one epoch in smoke
+  vbptt = build.strategy_from_config("vbptt", train_ds, cfg, cfg.seed)  # one epoch in smoke
   assert 1 < summary["vbptt"]["compiles"]["train"] == len(vbptt.shapes()) <= 4
-  (evaluator,) = experiment.eval_strategy(eval_ds, cfg)  # no sequence past eval.chunk_length
+  (evaluator,) = build.eval_strategy(eval_ds, cfg)  # no sequence past eval.chunk_length
   assert all(r["compiles"]["eval"] == len(evaluator.shapes()) for r in summary.values())
   # padding: bucket below pad, tbptt and pack far below
   assert summary["bucket"]["padding_fraction"] < summary["pad"]["padding_fraction"]
@@ -211,7 +211,7 @@ def test_summary_sums_executable_cache_loads_over_seeds():
 def test_matmul_dtype_setting_reaches_the_model():
   cfg = compare.get_config("smoke")  # a bad value: tests/bad_inputs.py
   cfg.model.matmul_dtype = "bfloat16"
-  model = experiment.make_model(cfg, ragged_features([3, 5, 2], num_features=2, seed=0))
+  model = build.make_model(cfg, ragged_features([3, 5, 2], num_features=2, seed=0))
   assert model.matmul_dtype == "bfloat16"
 
 
@@ -231,25 +231,25 @@ def test_cosine_schedule_decays_over_the_rows_planned_steps(monkeypatch):
   cfg = compare.get_config("smoke")
   assert cfg.optimizer.schedule == "constant"
   lr = cfg.optimizer.learning_rate
-  np.testing.assert_allclose(_adam_steps(experiment.make_optimizer(cfg), 12), lr, rtol=1e-4)
+  np.testing.assert_allclose(_adam_steps(build.make_optimizer(cfg), 12), lr, rtol=1e-4)
   cfg = compare.get_config("long")
   assert cfg.optimizer.schedule == "cosine"
-  got = _adam_steps(experiment.make_optimizer(cfg, total_steps=10), 12)
+  got = _adam_steps(build.make_optimizer(cfg, total_steps=10), 12)
   end = cfg.optimizer.final_fraction * lr
   expected = [end + (lr - end) * 0.5 * (1 + np.cos(np.pi * min(k, 10) / 10)) for k in range(12)]
   np.testing.assert_allclose(got, expected, rtol=1e-4)
   # each row decays over its own planned steps: new_train_state asks for them
   asked = []
-  real = experiment.make_optimizer
+  real = build.make_optimizer
   monkeypatch.setattr(
-    experiment,
+    build,
     "make_optimizer",
     lambda c, total_steps=None: asked.append(total_steps) or real(c, total_steps),
   )
   cfg.train.update(epochs=2, real_tokens=0)
   ds = ragged_features([5, 9, 3, 7] * 10, num_features=2, seed=0)
-  strategy = experiment.strategy_from_config("pad", ds, cfg, seed=0)
-  experiment.new_train_state(cfg, ds, 0, len(experiment.planned_steps_from_config(strategy, cfg)))
+  strategy = build.strategy_from_config("pad", ds, cfg, seed=0)
+  build.new_train_state(cfg, ds, 0, len(build.planned_steps_from_config(strategy, cfg)))
   assert asked == [len(strategy.plan(0)) + len(strategy.plan(1))]
 
 
@@ -780,7 +780,7 @@ def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget
   capped = identity["eval_capped"]
   assert eval_ds.num_steps <= 30_000 and capped["sequences"] == len(eval_ds) < capped["of"]
   assert int(eval_ds.lengths.max()) > 1000  # documents far past the chunk
-  parts = experiment.eval_strategy(eval_ds, cfg)
+  parts = build.eval_strategy(eval_ds, cfg)
   shapes = [s for p in parts for s in p.shapes()]
   assert max(t for _, t in shapes) <= 256
   (row,) = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
@@ -833,7 +833,7 @@ def test_the_classify_preset_keeps_every_row_comparable_on_a_50_sequence_trainin
     summary[0]["steps"] / 4
   }
   assert meta["data"]["train_sequences"] == 40 and meta["data"]["test_sequences"] == 20
-  note = experiment.auto_batches_note(auto, cfg)
+  note = recommend.auto_batches_note(auto, cfg)
   assert note.startswith(f"train.tokens_per_step=0 (auto): {auto['tokens_per_step']:,} real")
 
 
@@ -849,26 +849,26 @@ def test_settings_that_do_not_fit_the_data_are_said_before_training(tmp_path):
   cfg.train.update(tokens_per_step=16384, epochs=100)
   cfg.strategies = ("pad", "bucket", "tbptt", "pack")
   train_ds, _, _ = runner_data.split_data(cfg)
-  built = {n: experiment.strategy_from_config(n, train_ds, cfg, 0) for n in cfg.strategies}
+  built = {n: build.strategy_from_config(n, train_ds, cfg, 0) for n in cfg.strategies}
   planned = {"pad": 300, "bucket": 310, "tbptt": 2000, "pack": 300}
-  notes = experiment.fit_notes(cfg, train_ds, built, planned)
+  notes = recommend.fit_notes(cfg, train_ds, built, planned)
   assert len(notes) == 3, notes
   assert notes[0].startswith("train.tokens_per_step=16,384 is more than the training split's")
   assert notes[1].startswith("tbptt (16-step chunks) truncate the gradient on sequence-level")
   assert notes[2].startswith("not comparable as set: tbptt plans 2,000 steps against the median")
   cfg.train.tokens_per_step = 0  # with tbptt in: no step size makes the four agree
-  _, record = experiment.resolve_auto_batches(cfg, train_ds)
+  _, record = recommend.resolve_auto_batches(cfg, train_ds)
   assert not record["agreed"] and "no step size makes them agree" in (
-    experiment.auto_batches_note(record, cfg)
+    recommend.auto_batches_note(record, cfg)
   )
   cfg = compare.get_config("classify")  # its exact whole-sequence rows: they do
   cfg.data.update(path=train_ts)
-  resolved, record = experiment.resolve_auto_batches(cfg, train_ds)
+  resolved, record = recommend.resolve_auto_batches(cfg, train_ds)
   assert record["agreed"] and resolved.train.tokens_per_step == record["tokens_per_step"]
   assert record["tokens_per_step"] <= train_ds.num_steps
-  built = {n: experiment.strategy_from_config(n, train_ds, resolved, 0) for n in cfg.strategies}
+  built = {n: build.strategy_from_config(n, train_ds, resolved, 0) for n in cfg.strategies}
   fitting = experiment.check_plans(built, resolved)
-  assert experiment.fit_notes(resolved, train_ds, built, fitting) == []
+  assert recommend.fit_notes(resolved, train_ds, built, fitting) == []
 
 
 def test_the_test_split_scores_the_model_selected_on_validation_and_is_read_once(
@@ -953,7 +953,7 @@ def test_weight_decay_makes_the_optimizer_adamw():
   zero = {"w": np.zeros(3, np.float32)}
   for decay, want in ((0.0, 0.0), (0.1, -cfg.optimizer.learning_rate * 0.1 * 2.0)):
     cfg.optimizer.weight_decay = decay
-    tx = experiment.make_optimizer(cfg)
+    tx = build.make_optimizer(cfg)
     update, _ = tx.update(zero, tx.init(params), params)
     np.testing.assert_allclose(update["w"], want, rtol=1e-6)
   cfg.optimizer.weight_decay = -1.0

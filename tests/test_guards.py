@@ -16,7 +16,7 @@ import pytest
 from helpers import identity_dataset, override
 from lstm_jax import batching, compiles
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.runner import config, experiment, guards, report
+from lstm_jax.runner import build, config, experiment, guards, report
 from lstm_jax.runner import data as runner_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
   train_ds, _, _ = runner_data.split_data(cfg)
   planned = {}
   for name in compare.STRATEGY_NAMES:
-    strategy = experiment.strategy_from_config(name, train_ds, cfg, cfg.seed)
+    strategy = build.strategy_from_config(name, train_ds, cfg, cfg.seed)
     planned[name] = len(guards.planned_steps(strategy, cfg.train.real_tokens, None))
     for plan in strategy.plan(0):
       if name == "bucket":
@@ -234,7 +234,7 @@ def test_equal_steps_per_strategy_on_short_lines(tmp_path):
   # With the default 8192 tokens per step an epoch is two steps, and each of bucket's 8 buckets
   # takes at least one: the runner says so before training, with the fix.
   cfg.train.tokens_per_step = 8192
-  bucket = experiment.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
+  bucket = build.strategy_from_config("bucket", train_ds, cfg, cfg.seed)
   assert len(guards.planned_steps(bucket, cfg.train.real_tokens, None)) > 2 * median / 8
   assert guards.equal_steps_hint("bucket", bucket, cfg).startswith(
     "An epoch holds 2.0 steps of train.tokens_per_step real tokens and each of its 8 buckets "

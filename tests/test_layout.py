@@ -23,7 +23,17 @@ LAYERS = (
   ("convert", "streaming", "nnx_model", "baselines"),  # tools
 )
 # the runner's package (lstm_jax/runner/): it may import the library, never the reverse
-RUNNER = ("config", "guards", "costs", "report", "data", "experiment", "generate")
+RUNNER = (
+  "config",
+  "guards",
+  "costs",
+  "report",
+  "data",
+  "build",
+  "recommend",
+  "experiment",
+  "generate",
+)
 ORDER = [m for layer in LAYERS for m in layer]  # within a layer, listed in dependency order
 
 

@@ -557,14 +557,14 @@ def test_the_runner_passes_config_class_weights_to_the_state():
 
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   from configs import compare
-  from lstm_jax.runner import experiment
+  from lstm_jax.runner import build
 
   cfg = compare.get_config("smoke")
   cfg.train.class_weights = "balanced"
-  state = experiment.new_train_state(cfg, _labelled(), seed=0, total_steps=10)
+  state = build.new_train_state(cfg, _labelled(), seed=0, total_steps=10)
   assert np.allclose(state.class_weights, [12 / 18, 12 / 12, 12 / 6])
   cfg.train.class_weights = ""
-  assert experiment.new_train_state(cfg, _labelled(), seed=0, total_steps=10).class_weights is None
+  assert build.new_train_state(cfg, _labelled(), seed=0, total_steps=10).class_weights is None
 
 
 def test_a_custom_loss_trains_under_any_strategy_and_stays_exact():

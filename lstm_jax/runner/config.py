@@ -184,7 +184,7 @@ def base_config() -> ml_collections.ConfigDict:
       epochs=0,
       eval_every_tokens=50_000,
       # 0 ("auto"): chosen from the training split so the rows stay comparable however small
-      # it is (experiment.resolve_auto_batches); the classify preset uses it
+      # it is (runner/recommend.py, resolve_auto_batches); the classify preset uses it
       tokens_per_step=8192,
       # > 0: about this many evaluations over the run (eval_every_tokens set from the budget)
       evals=0,
