@@ -959,3 +959,29 @@ def test_weight_decay_makes_the_optimizer_adamw():
   cfg.optimizer.weight_decay = -1.0
   with pytest.raises(ConfigError, match=r"optimizer.weight_decay must be >= 0"):
     config.validate_config(cfg)
+
+
+def test_the_report_says_when_a_row_overfits_and_counts_its_confusions():
+  """A held-out loss that ends more than 10% above its own minimum is a line in the reading
+  (the row overfits); a curve that keeps falling, or wobbles less, is not. The confusion plot
+  carries each cell's count."""
+  summary = [dict(strategy="pad"), dict(strategy="pack")]
+
+  def curve(losses):
+    return [dict(eval_loss=v, real_tokens=1000 * k) for k, v in enumerate(losses)]
+
+  curves = {("pad", 0): curve([2.3, 0.4, 0.9, 1.2]), ("pack", 0): curve([2.3, 0.5, 0.52, 0.53])}
+  (line,) = report.overfit_lines(summary, curves)
+  assert line.startswith("- **pad overfits** (1 seed(s)): its held-out loss fell to 0.4000 at")
+  assert "1,000 real tokens, then rose to 1.2000 by the end" in line
+  assert report.overfit_lines(summary[1:], curves) == []
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots()
+  report.draw_confusion(ax, [[3, 1], [0, 4]])
+  texts = sorted((t.get_position(), t.get_text()) for t in ax.texts)
+  plt.close(fig)
+  assert texts == [((0, 0), "3"), ((1, 0), "1"), ((1, 1), "4")]  # at (predicted, true)

@@ -678,6 +678,7 @@ def markdown_report(
     "## Reading",
     "",
     *reading(summary, meta.get("baselines")),
+    *overfit_lines(summary, curves or {}),
     "",
     *([notes.strip(), ""] if notes else []),
     "## Batch settings",
@@ -835,6 +836,34 @@ def _against_baselines(best: dict, baselines: dict) -> str:
   )
 
 
+OVERFIT_RISE = 0.10  # a held-out loss this far above its minimum by the end: the row overfits
+
+
+def overfit_lines(summary: list[dict], curves: dict) -> list[str]:
+  """A line for each row whose held-out loss ended more than OVERFIT_RISE above its own
+  minimum (every seed's curve; the first seed's numbers named): it fit its training data past
+  what generalises, so a later checkpoint is not a better one."""
+  out = []
+  for r in summary:
+    rose = []
+    for (name, seed), points in sorted(curves.items()):
+      losses = [p["eval_loss"] for p in points]
+      if name != r["strategy"] or len(losses) < 3:
+        continue
+      low = int(np.argmin(losses))
+      if low < len(losses) - 1 and losses[-1] > (1 + OVERFIT_RISE) * losses[low] > 0:
+        rose.append((seed, losses[low], points[low]["real_tokens"], losses[-1]))
+    if rose:
+      seed, low, tokens, last = rose[0]
+      out.append(
+        f"- **{r['strategy']} overfits** ({len(rose)} seed(s)): its held-out loss fell to "
+        f"{low:.4f} at {tokens:,} real tokens, then rose to {last:.4f} by the end (seed "
+        f"{seed}). Select on validation (a test split keeps each row's best checkpoint), or "
+        f"set optimizer.weight_decay, a smaller model or fewer epochs."
+      )
+  return out
+
+
 def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
   """What the numbers say, as bullet points generated from the comparable summary rows (the
   rows the guards flagged are named, with their reasons, and left out)."""
@@ -913,6 +942,25 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
     )
   )
   return out
+
+
+CONFUSION_COUNTS_UP_TO = 12  # classes: more, and the confusion plot's cells hold no counts
+
+
+def draw_confusion(ax, confusion) -> None:
+  """A confusion matrix (rows: the true class) on matplotlib axes `ax`: each cell shaded by its
+  share of the true class and, up to CONFUSION_COUNTS_UP_TO classes, labelled with its count
+  (the mean over seeds)."""
+  counts = np.asarray(confusion, np.float64)
+  share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+  if len(counts) <= CONFUSION_COUNTS_UP_TO:
+    size = 8 if len(counts) <= 6 else 6
+    for (t, q), n in np.ndenumerate(counts):
+      if n:
+        text = f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
+        color = "white" if share[t, q] > 0.5 else "black"
+        ax.text(q, t, text, ha="center", va="center", fontsize=size, color=color)
 
 
 def plots(
@@ -1002,9 +1050,7 @@ def plots(
   if scored:  # classification: each row's confusion matrix, rows = true class
     fig, axes = plt.subplots(1, len(scored), figsize=(3.2 * len(scored) + 0.6, 3.4), squeeze=False)
     for ax, r in zip(axes[0], scored):
-      counts = np.asarray(r["classes"]["confusion"], np.float64)
-      share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-      ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+      draw_confusion(ax, r["classes"]["confusion"])
       ax.set_title(f"{r['strategy']}: bal. acc {_fmt(r['balanced_accuracy'])}", fontsize=9)
       ax.set_xlabel("predicted class")
       ax.set_ylabel("true class")
