@@ -21,10 +21,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "RaggedDataset": ("data", "RaggedDataset"),
   "from_sequences": ("data", "from_sequences"),
   "next_token_dataset": ("data", "next_token_dataset"),
+  "tasks": ("tasks", ""),  # synthetic tasks with a known answer (the README's first example)
   "open_store": ("store", "open_store"),
   "write_store": ("store", "write_store"),
   # strategies: every one emits the same Batch
   "Batch": ("batching", "Batch"),
+  "Strategy": ("batching", "Strategy"),  # the base class of a strategy of one's own
   "Pad": ("batching", "Pad"),
   "Bucket": ("batching", "Bucket"),
   "Pack": ("batching", "Pack"),
@@ -75,8 +77,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exports)
-  from lstm_jax import convert, nnx_model
-  from lstm_jax.batching import TBPTT, Batch, Bucket, Pack, Pad, PadBatchMax, VariableTBPTT
+  from lstm_jax import convert, nnx_model, tasks
+  from lstm_jax.batching import (
+    TBPTT,
+    Batch,
+    Bucket,
+    Pack,
+    Pad,
+    PadBatchMax,
+    Strategy,
+    VariableTBPTT,
+  )
   from lstm_jax.checkpoint import Checkpointer
   from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
   from lstm_jax.errors import CheckpointError, ConfigError, DataError, LstmJaxError

@@ -359,7 +359,16 @@ class StreamPosition:
 
 
 class Strategy(abc.ABC):
-  """Turns a ragged dataset into a stream of fixed-shape batches. Subclasses implement `plan`."""
+  """Turns a ragged dataset into a stream of fixed-shape batches. Subclasses implement `_plan`
+  (one epoch's batches, from a generator seeded by the strategy's seed and the epoch); `plan`
+  caches it and widens it to `batch_multiple`.
+
+  Args:
+    dataset: the sequences (a `RaggedDataset` or a store's `StoredDataset`).
+    seed: seeds each epoch's plan (an epoch's batches are a function of seed and epoch).
+    batch_multiple: rows per batch rounded up to a multiple of it (the data-parallel device
+      count), so every device gets the same rows.
+  """
 
   name: ClassVar[str]
   carries_state: ClassVar[bool] = False  # True: hand the LSTM carry from batch to batch

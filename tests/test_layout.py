@@ -90,6 +90,9 @@ def test_the_index_exports_the_research_names_lazily():
 
   assert lstm_jax.Bucket is batching.Bucket and lstm_jax.fit is train.fit
   assert lstm_jax.RNN is model.LSTM and lstm_jax.BidirectionalRNN is model.BidirectionalLSTM
+  # what the README's first example imports, and the base class a strategy of one's own needs
+  assert {"tasks", "Strategy"} <= set(lstm_jax.__all__)
+  assert issubclass(lstm_jax.Bucket, lstm_jax.Strategy) and lstm_jax.tasks.adding_problem
   for name in lstm_jax.__all__:
     module, attr = lstm_jax._EXPORTS[name]
     assert module in ORDER[: ORDER.index("nnx_model") + 1], f"{name} comes from the runner"
