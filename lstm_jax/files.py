@@ -112,6 +112,7 @@ class DirectoryWriter:
     self.path = normalized_path(path)
     self.partial, self.aside = self.path + ".partial", self.path + ".replaced"
     self.replaceable, self.names, self.flag = replaceable, frozenset(names), flag
+    self._stems = {n.split(".")[0] for n in self.names}  # an atomic write's temporary files
     self.committed = False
     self._check_target(overwrite)
     self._lock = self._claim()
@@ -149,11 +150,7 @@ class DirectoryWriter:
     for name in os.listdir(directory):
       if name in self.names or name == LOCK_NAME:
         continue
-      if (
-        name.startswith(".")
-        and name.endswith(".tmp")
-        and name[1:].split(".")[0] in {n.split(".")[0] for n in self.names}
-      ):
+      if name.startswith(".") and name.endswith(".tmp") and name[1:].split(".")[0] in self._stems:
         continue
       return False
     return True
