@@ -24,6 +24,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "tasks": ("tasks", ""),  # synthetic tasks with a known answer (the README's first example)
   "open_store": ("store", "open_store"),
   "write_store": ("store", "write_store"),
+  # one's own files: the UCR/UEA .ts format and ragged .npz, each (dataset, identity)
+  "load_ts": ("sources", "load_ts"),
+  "load_npz": ("sources", "load_npz"),
+  # normalisations fitted on the training split (global, minmax, per_sequence, ...)
+  "fit_normalizer": ("normalization", "fit_normalizer"),
+  "normalize": ("normalization", "normalize"),
   # strategies: every one emits the same Batch
   "Batch": ("batching", "Batch"),
   "Strategy": ("batching", "Strategy"),  # the base class of a strategy of one's own
@@ -33,7 +39,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "TBPTT": ("batching", "TBPTT"),
   "VariableTBPTT": ("batching", "VariableTBPTT"),
   "PadBatchMax": ("batching", "PadBatchMax"),
-  # models (linen); the NNX front end is the `nnx_model` module
+  # models (linen); the NNX front end is the `nnx_model` module; `readout`: mean, max and
+  # attention pooling for sequence labels (SequenceModel(readout=...))
   "SequenceModel": ("model", "SequenceModel"),
   "SequenceClassifier": ("model", "SequenceClassifier"),
   "RNN": ("model", "RNN"),

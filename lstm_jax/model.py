@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import cudnn, recurrence
+from lstm_jax import readout as readout_lib
 from lstm_jax.errors import ConfigError, DataError
 
 Array = jax.Array
@@ -811,10 +812,15 @@ class SequenceModel(nn.Module):
     bidirectional: a `BidirectionalLSTM` stack (whole-sequence strategies only).
     cell: "lstm" (the hand-written LSTM), a Flax cell's name ("gru", ...) or a cell class.
     initializer: "auto", "keras", "flax" or "pytorch" (the LSTM's and the GRU's; INITIALIZERS).
+    readout: what the head sees at each step (`readout.READOUTS`): "last", the stack's output;
+      "mean", "max" or "attention", a running pool of the outputs over the sequence's real
+      steps so far (at a sequence label's step: over the whole sequence; lstm_jax.readout).
 
   `model.apply(variables, inputs, *, mask=, resets=, initial_carry=, deterministic=,
   seq_lengths=)` returns (predictions <float32>[B, T, num_outputs], zero at masked steps, the
-  carry after each row's last real step).
+  carry after each row's last real step). With a pooled readout the carry is
+  `{"stack": the stack's carry, "pool": the running pool}` (`zero_carry` builds it), so
+  truncated BPTT and chunked evaluation carry the pool across chunks.
   """
 
   hidden_size: int
@@ -841,11 +847,15 @@ class SequenceModel(nn.Module):
   # The LSTM stack's computation: "auto" (the default: the scan, or the fused cuDNN LSTM on a
   # CUDA device for a call with seq_lengths=), "scan", "cudnn", "reference" (BACKENDS).
   backend: str = "auto"
+  # "last", "mean", "max" or "attention" (readout.READOUTS): see the docstring.
+  readout: str = "last"
 
   def zero_carry(self, batch_size: int) -> Carry:
     if self.bidirectional:
-      return bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
-    return zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
+      stack = bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
+    else:
+      stack = zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
+    return with_pool(self, stack, batch_size)
 
   @property
   def settings(self) -> ModelSettings:
@@ -880,6 +890,7 @@ class SequenceModel(nn.Module):
     else:
       x = inputs
     self.check_settings()
+    initial_carry, pool = split_pool(self, initial_carry)
     if self.bidirectional:
       outputs, carry = BidirectionalLSTM(
         self.hidden_size,
@@ -916,10 +927,39 @@ class SequenceModel(nn.Module):
         deterministic=deterministic,
         seq_lengths=seq_lengths,
       )
+    if self.readout != "last":
+      scores = None
+      if self.readout == "attention":
+        scores = nn.Dense(1, use_bias=False, name="readout_score")(outputs)[..., 0]
+      outputs, pool = readout_lib.running_readout(
+        self.readout, outputs, head_mask, resets, pool, scores
+      )
+      carry = {"stack": carry, "pool": pool}
     preds = nn.Dense(self.num_outputs, name="head")(outputs)
     if head_mask is not None:
       preds = jnp.where(head_mask[..., None], preds, 0.0)
     return preds, carry
+
+
+def with_pool(model: Any, stack_carry: Carry, batch_size: int) -> Carry:
+  """The model's zero carry: the stack's, with the readout's empty pool beside it when the
+  readout pools (`{"stack": ..., "pool": ...}`); the stack's alone for "last"."""
+  if model.readout == "last":
+    return stack_carry
+  width = model.hidden_size * (2 if model.bidirectional else 1)
+  return {"stack": stack_carry, "pool": readout_lib.zero_pool(model.readout, batch_size, width)}
+
+
+def split_pool(model: Any, carry: Carry | None) -> tuple[Carry | None, Any]:
+  """(the stack's carry, the pool) from a model's carry (None: both start empty)."""
+  if model.readout == "last" or carry is None:
+    return carry, None
+  if not isinstance(carry, dict) or set(carry) != {"stack", "pool"}:
+    raise DataError(
+      f"a model with readout={model.readout!r} carries {{'stack': ..., 'pool': ...}}; build "
+      f"initial_carry with the model's zero_carry(batch_size)."
+    )
+  return carry["stack"], carry["pool"]
 
 
 def _settings_class() -> type:
@@ -953,6 +993,7 @@ def check_model_settings(s: Any) -> None:
       "0 or bidirectional=False."
     )
   check_cell_matmul(s.cell, s.matmul_dtype)
+  readout_lib.check_readout(s.readout)
   resolve_initializer(s.cell, s.initializer)
   resolve_backend(s.backend, s.cell, s.matmul_dtype)
 

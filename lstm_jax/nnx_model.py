@@ -38,6 +38,7 @@ from flax import nnx
 
 from lstm_jax import cudnn, train
 from lstm_jax import model as linen_model
+from lstm_jax import readout as readout_lib
 from lstm_jax.batching import Strategy
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import DataError
@@ -273,8 +274,9 @@ class SequenceModel(nnx.Module):
   -> a Dense head at every step; `model(inputs, mask=, resets=, initial_carry=)` returns
   (predictions <float32>[B, T, num_outputs], zero at masked steps, carry), as linen's
   SequenceModel does. Every setting is linen's: `cell` ("lstm", "gru", "mgu", "simple",
-  "flax_lstm", "optimized_lstm" or a linen cell class), `bidirectional`, the dropouts, ...; the
-  stack sits under `lstm` for the LSTM and `rnn` for any other cell, as in linen."""
+  "flax_lstm", "optimized_lstm" or a linen cell class), `bidirectional`, the dropouts,
+  `readout` ("last", "mean", "max", "attention"), ...; the stack sits under `lstm` for the LSTM
+  and `rnn` for any other cell, as in linen."""
 
   def __init__(
     self,
@@ -296,6 +298,7 @@ class SequenceModel(nnx.Module):
     cell: Any = "lstm",
     initializer: str = "auto",
     backend: str = "auto",
+    readout: str = "last",
     rngs: nnx.Rngs,
   ):
     if (num_features is None) == (vocab_size is None):
@@ -322,6 +325,7 @@ class SequenceModel(nnx.Module):
       cell=cell,
       initializer=initializer,
       backend=backend,
+      readout=readout,
     )
     linen_model.check_model_settings(self.settings)
     st = self.settings
@@ -350,10 +354,13 @@ class SequenceModel(nnx.Module):
     self.stack_name = linen_model.stack_name(cell)
     setattr(self, self.stack_name, stack)
     width = 2 * hidden_size if bidirectional else hidden_size
+    if readout == "attention":  # linen's readout_score: one score per step
+      self.readout_score = nnx.Linear(width, 1, use_bias=False, rngs=rngs)
     self.head = nnx.Linear(width, num_outputs, rngs=rngs)
 
   def zero_carry(self, batch_size: int):
-    return getattr(self, self.stack_name).zero_carry(batch_size)
+    stack = getattr(self, self.stack_name).zero_carry(batch_size)
+    return linen_model.with_pool(self.settings, stack, batch_size)
 
   def __call__(
     self,
@@ -376,6 +383,7 @@ class SequenceModel(nnx.Module):
     else:
       x = inputs
     stack = getattr(self, self.stack_name)
+    initial_carry, pool = linen_model.split_pool(self.settings, initial_carry)
     outputs, carry = stack(
       x,
       mask=mask,
@@ -384,6 +392,12 @@ class SequenceModel(nnx.Module):
       deterministic=deterministic,
       seq_lengths=seq_lengths,
     )
+    if self.settings.readout != "last":
+      scores = self.readout_score(outputs)[..., 0] if self.settings.readout == "attention" else None
+      outputs, pool = readout_lib.running_readout(
+        self.settings.readout, outputs, head_mask, resets, pool, scores
+      )
+      carry = {"stack": carry, "pool": pool}
     preds = self.head(outputs)
     if head_mask is not None:
       preds = jnp.where(head_mask[..., None], preds, 0.0)

@@ -19,6 +19,7 @@ the same length filters), so a run on the store trains on exactly the same batch
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -27,6 +28,7 @@ import os
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,14 +412,29 @@ _NPZ_ALIASES = dict(
 
 
 def load_npz(
-  path: str, drop_duplicates: bool = False, key: str = "data.path"
+  path: str,
+  drop_duplicates: bool = False,
+  key: str = "data.path",
+  *,
+  classes: Sequence[str] | None = None,
 ) -> tuple[RaggedDataset, dict]:
   """A ragged `.npz`: flat values (`values` or `X`), `lengths`, and labels (`targets`, `labels` or
   `y`): one per sequence (sequence-level) or one per step (step-level). Integer labels mean
   classification (num_classes = max + 1 unless the file says), float labels regression; integer
   1-D values are token ids (vocab_size = max + 1 unless the file says). An optional
-  `class_names` array names class i; the runner then matches a held-out file's labels to the
-  training file's by name."""
+  `class_names` array names class i.
+
+  Args:
+    path: the .npz file (np.savez(path, values=..., lengths=..., targets=...)).
+    drop_duplicates: drop exact copies (inputs and targets), keeping the first.
+    key: the setting named in a message about the path (the runner's config key).
+    classes: the training file's class names (its `identity["classes"]`): this file's labels
+      are numbered by them (`relabel_by_name`), as the runner does for a held-out file.
+
+  Returns:
+    (dataset, identity): the RaggedDataset and the file's record (path, sha256, fingerprint,
+    class names, what was inferred or dropped).
+  """
   p = Path(path)
   if not p.exists():
     raise DataError(f"no such file: {path}; set {key} to a ragged .npz.")
@@ -491,7 +508,7 @@ def load_npz(
     keep = first_occurrences(ds)
     dropped = len(ds) - len(keep)
     ds = ds.subset(keep, name=ds.name) if dropped else ds
-  return ds, dict(
+  identity = dict(
     source="npz",
     path=str(p.resolve()),
     target_level=level,
@@ -500,21 +517,40 @@ def load_npz(
     inferred=inferred,
     **({"duplicates_dropped": dropped} if drop_duplicates else {}),
     file_sha256=hashlib.sha256(p.read_bytes()).hexdigest()[:16],
-    fingerprint=ds.fingerprint(),
   )
+  if classes is not None:
+    ds = _numbered_by(ds, identity, classes, path)
+  identity["fingerprint"] = ds.fingerprint()
+  return ds, identity
 
 
 def load_ts(
-  path: str, drop_duplicates: bool = False, key: str = "data.path"
+  path: str,
+  drop_duplicates: bool = False,
+  key: str = "data.path",
+  *,
+  classes: Sequence[str] | None = None,
 ) -> tuple[RaggedDataset, dict]:
   """A sktime / aeon `.ts` file (the UCR/UEA archive's format): univariate or multivariate,
   equal or unequal length, with class labels. Header lines start with `@` (`@classLabel true
-  a b c` lists the labels, whose order gives their ids; the runner matches a held-out file's
-  labels to the training file's by name, `identity["classes"]`); after `@data`, one case a
-  line: each dimension's values separated by commas, dimensions by colons, the label last.
-  Trailing missing values (`?`, NaN: how the archive pads unequal lengths) are stripped, and
-  the cases stripped counted in `identity["nan_padding_stripped"]`; a missing value inside a
-  series, and inf, are an error naming the line."""
+  a b c` lists the labels, whose order gives their ids); after `@data`, one case a line: each
+  dimension's values separated by commas, dimensions by colons, the label last. Trailing
+  missing values (`?`, NaN: how the archive pads unequal lengths) are stripped and the cases
+  stripped counted in `identity["nan_padding_stripped"]`; a missing value inside a series,
+  and inf, are an error naming the line.
+
+  Args:
+    path: the .ts file.
+    drop_duplicates: drop exact copies (inputs and label), keeping the first.
+    key: the setting named in a message about the path (the runner's config key).
+    classes: the training file's class names (its `identity["classes"]`): this file's labels
+      numbered by those names (`relabel_by_name`), so a test file that lists a subset or
+      another order scores against the right classes.
+
+  Returns:
+    (dataset, identity): the RaggedDataset (sequence labels) and the file's record (path,
+    sha256, class names, dimensions, stripped padding, fingerprint).
+  """
   p = Path(path)
   if not p.is_file():
     raise DataError(f"{path} is not a file; set {key} to a .ts file (sktime / aeon format).")
@@ -612,8 +648,46 @@ def load_ts(
     keep = first_occurrences(ds)
     identity["duplicates_dropped"] = len(ds) - len(keep)
     ds = ds.subset(keep, name=ds.name) if len(keep) < len(ds) else ds
+  if classes is not None:
+    ds = _numbered_by(ds, identity, classes, path)
   identity.update(sequences=len(ds), fingerprint=ds.fingerprint())
   return ds, identity
+
+
+def _numbered_by(ds: RaggedDataset, identity: dict, classes: Sequence[str], path: str):
+  if identity.get("classes") is None:
+    raise DataError(
+      f"{path} does not name its classes (an .npz needs a class_names array), so its labels "
+      f"cannot be numbered by the names given; leave classes= unset."
+    )
+  ds, identity["class_ids"] = relabel_by_name(ds, list(classes), identity["classes"], path)
+  return ds
+
+
+def relabel_by_name(
+  held_out: RaggedDataset, train_classes: Sequence[str], held_classes: Sequence[str], path: str
+) -> tuple[RaggedDataset, dict[str, int]]:
+  """A held-out file's labels in the training file's ids, matched by class name: each file
+  numbers its classes in its own order, and a subset or reordering of the names would otherwise
+  score every sequence against another class. Returns (the dataset, {name: training id}); a
+  class the training data lacks is a DataError naming it."""
+  mine, theirs = list(train_classes), list(held_classes)
+  unknown = [c for c in theirs if c not in mine]
+  if unknown:
+    raise DataError(
+      f"{path} has class(es) {unknown[:5]} that the training data ({mine[:10]}) lacks: the "
+      f"model cannot predict them; drop those cases or add them to the training data."
+    )
+  ids = np.array([mine.index(c) for c in theirs], np.int64)
+  mapping = {c: int(i) for c, i in zip(theirs, ids)}
+  if np.array_equal(ids, np.arange(len(ids))) and len(theirs) == len(mine):
+    return held_out, mapping
+  if not dataclasses.is_dataclass(held_out) or type(held_out) is not RaggedDataset:
+    raise DataError(f"{path}: classes matched by name need data in memory (a .ts or .npz file).")
+  relabelled = dataclasses.replace(
+    held_out, targets=ids[np.asarray(held_out.targets)], num_classes=len(mine)
+  )
+  return relabelled, mapping
 
 
 def first_occurrences(ds: RaggedDataset) -> np.ndarray:

@@ -19,7 +19,7 @@ import lstm_jax  # noqa: E402
 
 # the index's groups, in its order: (heading, the module names its entries come from)
 GROUPS = (
-  ("Data", ("data", "store", "tasks")),
+  ("Data", ("data", "store", "tasks", "sources", "normalization")),
   ("Strategies", ("batching",)),
   ("Models", ("model", "nnx_model")),
   ("Training", ("train", "checkpoint", "streaming")),

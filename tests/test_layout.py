@@ -8,8 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
   ("preemption", "errors", "files"),  # shared by all
-  ("recurrence", "cudnn", "model"),  # model core
-  ("data", "store", "tasks", "sources", "batching"),  # data and batching
+  ("recurrence", "cudnn", "readout", "model"),  # model core
+  ("data", "store", "normalization", "tasks", "sources", "batching"),  # data and batching
   (
     "host",
     "environment",

@@ -143,20 +143,33 @@ CELL_CASES = [
   dict(cell=HalfCell),
   dict(bidirectional=True),
   dict(cell="gru", bidirectional=True),
+  dict(readout="attention"),
+  dict(readout="max", bidirectional=True),
+  dict(readout="mean", cell="gru"),
 ]
-CELL_IDS = ["gru", "mgu", "user_cell", "bidirectional_lstm", "bidirectional_gru"]
+CELL_IDS = [
+  "gru",
+  "mgu",
+  "user_cell",
+  "bidirectional_lstm",
+  "bidirectional_gru",
+  "attention_readout",
+  "bidirectional_max_readout",
+  "gru_mean_readout",
+]
 
 
 @pytest.mark.parametrize("kw", CELL_CASES, ids=CELL_IDS)
 def test_any_cell_and_bidirectional_match_linen_exactly(kw):
   """Layout, both conversions, outputs, final carry and gradients on packed rows with resets
-  (bidirectional needs whole sequences per row: packing keeps them)."""
+  (bidirectional needs whole sequences per row: packing keeps them); the pooled readouts too."""
   ds = ragged_features(LENGTHS, num_features=3, seed=0)
   m = _model(**kw)
   twin, params = nnx_model.linen_twin(m), nnx_model.to_linen_params(m)
   ref = train.create_train_state(twin, optax.sgd(0.1), ds, seed=3).params
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref)
-  assert set(params) == {stack_name(m.settings.cell), "head"}
+  scored = {"readout_score"} if m.settings.readout == "attention" else set()
+  assert set(params) == {stack_name(m.settings.cell), "head"} | scored
   (args, kw), a = _check_same_as_linen(m)
   nnx_model.from_linen_params(m, ref)  # linen -> NNX -> linen, exact
   assert jax.tree.all(jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), ref))

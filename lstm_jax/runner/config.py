@@ -24,6 +24,8 @@ from lstm_jax.model import (
   INPUT_PROJECTIONS,
   MATMUL_DTYPES,
 )
+from lstm_jax.normalization import NORMALIZATIONS
+from lstm_jax.readout import READOUTS
 
 STRATEGY_NAMES = tuple(batching.STRATEGIES)  # every strategy's name, in the table's order
 # The runner's default rows: every strategy but pad_batch_max, the common mistake (a compile per
@@ -156,6 +158,10 @@ def base_config() -> ml_collections.ConfigDict:
       # scan), "reference" (cuDNN's wiring through jax.experimental.rnn's reference: any
       # device, for checks). Each row's results record what ran (model.BACKENDS)
       backend="auto",
+      # what the head sees for a sequence label (model.SequenceModel.readout): "last" (the
+      # stack's output at the sequence's last step), "mean", "max" or "attention" (a pool of
+      # the outputs over the sequence's steps, exact under every strategy; readout.READOUTS)
+      readout="last",
     )
   )
   # Adam. schedule "constant", or "cosine": the learning rate decays from learning_rate to
@@ -249,7 +255,6 @@ def base_config() -> ml_collections.ConfigDict:
 # The sections whose values change a (strategy, seed) run's numbers. The rest (which strategies
 # and how many seeds, where files and caches go, checkpoint cadence, the allocator, the target
 # loss, which is recomputed from the rows) do not, so changing them keeps finished results valid.
-NORMALIZATIONS = ("none", "global", "per_sequence", "per_sequence_scale", "minmax")
 SETTINGS_SECTIONS = ("data", "model", "optimizer", "train", "eval")
 SETTINGS_VERSIONS = ("python", "jax", "jaxlib", "flax", "optax", "numpy", "backend")
 
@@ -384,6 +389,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     ("matmul_dtype", MATMUL_DTYPES),
     ("initializer", INITIALIZERS),
     ("backend", BACKENDS),
+    ("readout", READOUTS),
   ):
     if cfg.model[key] not in allowed:
       raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")

@@ -18,124 +18,19 @@ import numpy as np
 from lstm_jax import sources
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.runner import config
-from lstm_jax.store import StoredDataset
-
-
-def standardize(train_ds: RaggedDataset, eval_ds: RaggedDataset):
-  """Both splits' features scaled by the training split's per-feature mean and standard
-  deviation (a constant feature is only centred). Returns (train, eval, the statistics)."""
-  scaled, stats = _standardizer(train_ds)
-  return scaled(train_ds), scaled(eval_ds), stats
-
-
-def _standardizer(train_ds: RaggedDataset):
-  """(the map that standardises a split by the training split's statistics, the statistics)."""
-  if train_ds.is_tokens:
-    raise ConfigError(
-      "config.data.normalize='global' applies to feature inputs; this data is token ids. Set "
-      "config.data.normalize='none'."
-    )
-  if isinstance(train_ds, StoredDataset):  # on disk: streamed, applied when batches gather
-    mean, std = feature_statistics(train_ds)
-    std = np.where(std > 0, std, 1.0)
-    stats = dict(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
-    return (lambda ds: ds.standardized(mean, std)), stats
-  mean = train_ds.values.astype(np.float64).mean(0)
-  std = train_ds.values.astype(np.float64).std(0)
-  std = np.where(std > 0, std, 1.0)
-
-  def scaled(ds):
-    values = ((ds.values - mean) / std).astype(np.float32)
-    return dataclasses.replace(ds, values=values)
-
-  stats = dict(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
-  return scaled, stats
-
-
-NORMALIZATIONS = config.NORMALIZATIONS
-
-
-def normalize(train_ds: RaggedDataset, eval_ds: RaggedDataset, kind: str):
-  """(train, eval, the record for the data's identity) with the features normalised by `kind`:
-    global              each feature by the training split's mean and standard deviation
-                        (`standardize`)
-    minmax              each feature to [0, 1] by the training split's minimum and maximum
-    per_sequence        each sequence's features by its own mean and standard deviation
-                        (z-normalisation, the usual time-series benchmark preprocessing)
-    per_sequence_scale  the same, plus each feature's log standard deviation in the sequence as
-                        extra features (the scale z-normalisation throws away)
-  Statistics come from the training split only; the per-sequence kinds use each sequence's own,
-  so nothing crosses the split. A constant feature is only centred."""
-  apply, record = normalizer(train_ds, kind)
-  return apply(train_ds), apply(eval_ds), record
+from lstm_jax.normalization import fit_normalizer
 
 
 def normalizer(train_ds: RaggedDataset, kind: str):
-  """(the map `normalize` applies to each split, computed once from the training split, the
-  record for the data's identity): for any number of held-out splits (eval, test)."""
-  if kind == "global":
-    scaled, stats = _standardizer(train_ds)
-    return scaled, dict(kind=kind, **stats)
-  if train_ds.is_tokens:
-    raise ConfigError(
-      f"config.data.normalize={kind!r} applies to feature inputs; this data is token ids. Set "
-      f"config.data.normalize='none'."
-    )
-  if isinstance(train_ds, StoredDataset):
-    raise ConfigError(
-      f"config.data.normalize={kind!r} is not implemented for a store yet; use 'global' (applied "
-      f"as batches are gathered) or normalise the data before writing the store."
-    )
-  if kind == "minmax":
-    lo = train_ds.values.astype(np.float64).min(0)
-    span = train_ds.values.astype(np.float64).max(0) - lo
-    span = np.where(span > 0, span, 1.0)
-
-    def scaled(ds):
-      return dataclasses.replace(ds, values=((ds.values - lo) / span).astype(np.float32))
-
-    stats = dict(min=[round(float(v), 6) for v in lo], span=[round(float(v), 6) for v in span])
-    return scaled, dict(kind=kind, **stats)
-  with_scale = kind == "per_sequence_scale"
-  return (
-    lambda ds: _per_sequence(ds, with_scale),
-    dict(kind=kind, extra_features=train_ds.num_features if with_scale else 0),
-  )
-
-
-def _per_sequence(ds: RaggedDataset, with_scale: bool) -> RaggedDataset:
-  x = ds.values.astype(np.float64)
-  starts = np.concatenate([[0], np.cumsum(ds.lengths)[:-1]]).astype(np.int64)
-  n = ds.lengths.astype(np.float64)[:, None]
-  mean = np.add.reduceat(x, starts, axis=0) / n
-  var = np.add.reduceat(np.square(x), starts, axis=0) / n - np.square(mean)
-  std = np.sqrt(np.maximum(var, 0.0))
-  which = np.repeat(np.arange(len(ds)), ds.lengths)
-  scale = np.where(std > 1e-12, std, 1.0)
-  values = (x - mean[which]) / scale[which]
-  if with_scale:
-    values = np.concatenate([values, np.log(scale)[which]], axis=1)
-  return dataclasses.replace(ds, values=values.astype(np.float32))
-
-
-def feature_statistics(dataset: RaggedDataset, block: int = 1 << 20) -> tuple:
-  """Per-feature mean and standard deviation over every step, read `block` steps at a time in
-  two passes (the mean, then the squared deviations from it), in float64."""
-  ends = np.cumsum(dataset.lengths)
-  cuts = np.searchsorted(ends, np.arange(block, int(ends[-1]), block))
-  groups = np.split(np.arange(len(dataset)), np.unique(cuts) + 1)
-
-  def blocks():
-    for g in groups:
-      if len(g):
-        x, _ = dataset.gather(g, np.zeros(len(g), np.int64), dataset.lengths[g])
-        yield np.asarray(x, np.float64)
-
-  n = dataset.num_steps
-  mean = sum(x.sum(0) for x in blocks()) / n
-  var = sum(np.square(x - mean).sum(0) for x in blocks()) / n
-  return mean, np.sqrt(var)
+  """(the map config.data.normalize applies to each split, fitted once on the training split,
+  the record for the data's identity): `lstm_jax.normalization.fit_normalizer`, its errors naming
+  the config key."""
+  try:
+    norm = fit_normalizer(train_ds, kind)
+  except ConfigError as e:
+    said = str(e).replace("Use normalize=", "Set config.data.normalize=")
+    raise ConfigError(f"config.data.{said}") from None
+  return norm.apply, norm.record
 
 
 def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
@@ -254,21 +149,8 @@ def by_class_name(
       f"{named} names its classes but {unnamed} does not, so labels cannot be matched by name; "
       f"give both as .ts files, or both as .npz with a class_names array (or neither)."
     )
-  unknown = [c for c in theirs if c not in mine]
-  if unknown:
-    raise DataError(
-      f"{path} has class(es) {unknown[:5]} that the training data ({mine[:10]}) lacks: the "
-      f"model cannot predict them; drop those cases or add them to the training data."
-    )
-  ids = np.array([mine.index(c) for c in theirs], np.int64)
-  held_identity["class_ids"] = {c: int(i) for c, i in zip(theirs, ids)}
-  if np.array_equal(ids, np.arange(len(ids))) and len(theirs) == len(mine):
-    return held_out
-  if not dataclasses.is_dataclass(held_out) or type(held_out) is not RaggedDataset:
-    raise DataError(f"{path}: classes matched by name need data in memory (a .ts or .npz file).")
-  return dataclasses.replace(
-    held_out, targets=ids[np.asarray(held_out.targets)], num_classes=len(mine)
-  )
+  held_out, held_identity["class_ids"] = sources.relabel_by_name(held_out, mine, theirs, path)
+  return held_out
 
 
 def held_apart_split(train: RaggedDataset, test: RaggedDataset, test_path: str) -> RaggedDataset:
