@@ -148,6 +148,9 @@ def test_recommender_against_a_real_run(tmp_path, smoke_run):
   result = recommend.run_recommender(cfg, str(tmp_path))
   text = recommend.recommendation_text(result)
   assert "Recommended: " in text and "| " not in text.splitlines()[0]
+  # the runner's before-training lines: pad_batch_max's steps make it not comparable
+  assert "Note: not comparable as set: pad_batch_max plans" in text
+  assert all(not n.startswith("not comparable") or "pad_batch_max" in n for n in result["notes"])
   assert (tmp_path / "calibration.json").read_bytes() == saved
   pred_names = ("pad", "bucket", "tbptt", "pad_batch_max")
   assert result["recommended"] in pred_names and result["reason"]
@@ -189,3 +192,12 @@ def test_recommender_prefers_exact_gradients_for_sequence_labels_unless_told():
   assert best == "bucket"
   assert "fastest strategy with exact gradients" in why and "--config.truncation_ok=True" in why
   assert costs.recommend(preds[1:], exact_gradients=True)[0] == "bucket"
+
+
+def test_predicted_step_memory_is_never_below_its_per_token_part():
+  """A memory line fitted on large steps can cross zero before the smallest: the recommender
+  printed `step MiB -9` for a 50-sequence benchmark's bucket row."""
+  cal = costs.Calibration(1.0, 1e-4, 1e-5, -10e6, 100.0, key="test")
+  assert cal.step_memory(4, 100) == 100.0 * 4 * 100  # the line would give -9.96e6
+  assert cal.step_memory(1000, 1000) == 100.0 * 1e6
+  assert _cal().step_memory(4, 100) == 1e6 + 100.0 * 4 * 100  # a positive intercept: the line

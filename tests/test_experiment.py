@@ -403,6 +403,33 @@ def test_time_to_target_interpolates_between_evaluations():
   assert report.time_to_target(curve, 1.0) is None
 
 
+def test_classification_is_timed_by_accuracy_and_spreads_are_sample_sds():
+  """For classification the quality target is an eval accuracy (the worst final one of the
+  comparable rows), reached when the accuracy first rises to it, even while the eval loss
+  climbs; the levels run evenly from the first evaluation up to it. "±" is the sample standard
+  deviation (ddof 1), and the report says so."""
+  curve = [
+    dict(train_seconds=0.0, eval_loss=2.3, eval_metric=0.1),
+    dict(train_seconds=10.0, eval_loss=1.0, eval_metric=0.6),
+    dict(train_seconds=20.0, eval_loss=2.9, eval_metric=0.8),  # loss up, accuracy up
+  ]
+  assert report.time_to_target(curve, 0.7, "eval_metric") == pytest.approx(15.0)
+  assert report.time_to_target(curve, 0.9, "eval_metric") is None
+  assert report.time_to_target(curve, 0.1, "eval_metric") == 0.0
+  curves = {("a", 0): curve}
+  summary = [dict(strategy="a", comparable=True, target_eval_metric=0.8, metric="accuracy")]
+  levels = report.quality_levels(summary, curves)
+  assert [round(v, 4) for _, v in levels] == [0.65, 0.7, 0.75, 0.8]
+  table = "\n".join(report.quality_table(summary, curves))
+  assert "eval accuracy level" in table and "| 0.7000: 2/4 of the way | 15 s |" in table
+  runs = [
+    dict(strategy="a", seed=s, metric="accuracy", compiles={}, shapes=[], devices=1,
+         eval_loss=v) for s, v in enumerate((1.0, 2.0, 3.0))
+  ]  # fmt: skip
+  (row,) = report.aggregate(runs)
+  assert row["eval_loss_std"] == pytest.approx(1.0)  # sample sd of 1, 2, 3 (population: 0.816)
+
+
 def test_quality_table_times_each_level_per_seed():
   curves = {
     ("a", 0): [
@@ -787,6 +814,11 @@ def test_the_classify_preset_keeps_every_row_comparable_on_a_50_sequence_trainin
   assert meta["data"]["train_sequences"] == 40 and meta["data"]["test_sequences"] == 20
   note = recommend.auto_batches_note(auto, cfg)
   assert note.startswith(f"train.tokens_per_step=0 (auto): {auto['tokens_per_step']:,} real")
+  # time to quality by accuracy, what improves: the worst final eval accuracy is the target
+  assert {r["target_eval_metric"] for r in summary} == {min(r["eval_metric"] for r in summary)}
+  assert all(r["time_to_target_seconds"] is not None for r in summary)
+  text = (tmp_path / "w" / "report.md").read_text()
+  assert "*s to target*: wall seconds until the eval accuracy first reached the target" in text
 
 
 def test_settings_that_do_not_fit_the_data_are_said_before_training(tmp_path):

@@ -63,7 +63,11 @@ class Calibration:
     return length * (self.alpha + self.beta * batch)
 
   def step_memory(self, batch: int, length: int) -> float:
-    return self.memory_base + self.memory_per_token * batch * length
+    """Predicted bytes of a [batch, length] step: the fitted line, never below its per-token
+    part (a negative intercept is the fit's noise: a line fitted on large steps would cross
+    zero before the smallest)."""
+    per_token = self.memory_per_token * batch * length
+    return max(self.memory_base + per_token, per_token, 0.0)
 
   def save(self, path: str) -> None:
     write_json_atomically(path, dataclasses.asdict(self), indent=1)

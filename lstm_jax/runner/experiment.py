@@ -713,10 +713,20 @@ def _run_all(
     guards.mark_comparable(seed_rows, cfg.guards.step_tolerance, cfg.guards.min_steps)
     ranked = [r for r in seed_rows if r["comparable"]] or seed_rows
     target = cfg.target_eval_loss or max(r["eval_loss"] for r in ranked)
+    # classification is timed by accuracy, what improves (its loss may rise while it does):
+    # the worst final eval accuracy of the comparable rows
+    accuracy = ranked[0]["metric"] == "accuracy" and not cfg.target_eval_loss
+    key = "eval_metric" if accuracy else "eval_loss"
+    target_metric = min(r["eval_metric"] for r in ranked) if accuracy else None
     for r in seed_rows:
       r["target_eval_loss"] = target
+      r["target_eval_metric"] = target_metric
       r["time_to_target_seconds"] = (
-        report.time_to_target(curves[(r["strategy"], seed)], target) if r["comparable"] else None
+        report.time_to_target(
+          curves[(r["strategy"], seed)], target_metric if accuracy else target, key
+        )
+        if r["comparable"]
+        else None
       )
   meta = dict(
     versions=versions(),

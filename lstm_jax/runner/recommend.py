@@ -217,15 +217,13 @@ def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
   cal = calibration(
     cfg, train_ds, os.path.join(workdir, "calibration.json") if workdir else None, quiet=False
   )
+  built = {name: strategy_from_config(name, train_ds, cfg, cfg.seed) for name in cfg.strategies}
   predictions = [
-    costs.predict(
-      strategy_from_config(name, train_ds, cfg, cfg.seed),
-      cal,
-      cfg.train.real_tokens or None,
-      cfg.train.epochs or None,
-    )
+    costs.predict(built[name], cal, cfg.train.real_tokens or None, cfg.train.epochs or None)
     for name in cfg.strategies
   ]
+  # what the runner would say before training: rows whose steps differ are not comparable, ...
+  notes = fit_notes(cfg, train_ds, built, {p["strategy"]: p["steps"] for p in predictions})
   exact = train_ds.target_level == "sequence" and not cfg.truncation_ok
   best, why = costs.recommend(predictions, exact_gradients=exact)
   by_budget = []  # how num_buckets="auto" moves with the budget: 0.1x, 1x and 10x cfg's
@@ -246,6 +244,7 @@ def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
   return dict(
     recommended=best,
     reason=why,
+    notes=notes,
     predictions=predictions,
     auto_buckets_by_budget=by_budget,
     calibration=dataclasses.asdict(cal),
@@ -308,5 +307,6 @@ def recommendation_text(result: dict) -> str:
         else []
       ),
       f"Recommended: {result['recommended']}. {result['reason']}",
+      *(f"Note: {n}" for n in result.get("notes", [])),
     ]
   )

@@ -3,7 +3,8 @@
 Files written into the workdir:
   metrics.jsonl   one line per logged step (and per evaluation), with its strategy and seed
   runs.json       one row per (strategy, seed)
-  summary.json    one row per strategy (mean over seeds, plus `<key>_std` for the spread)
+  summary.json    one row per strategy (mean over seeds, plus `<key>_std`: the sample standard
+                  deviation over seeds, ddof 1)
   summary.csv     the same rows, flat
   meta.json       versions, data identity, config, bucket boundaries
   report.md       the table and the plots, readable on its own
@@ -88,9 +89,18 @@ class Row:
   comparable: bool | None = dataclasses.field(**_after)
   not_comparable: str | None = dataclasses.field(**_after)
   target_eval_loss: float | None = dataclasses.field(**_after, **_mean(17))
+  # classification: the target is an eval accuracy (what improves), the worst final one of
+  # the seed's comparable rows, and time_to_target_seconds is the time to reach it
+  target_eval_metric: float | None = dataclasses.field(**_after, **_mean(21))
   time_to_target_seconds: float | None = dataclasses.field(**_after, **_mean(10))
 
-  AFTER = ("comparable", "not_comparable", "target_eval_loss", "time_to_target_seconds")
+  AFTER = (
+    "comparable",
+    "not_comparable",
+    "target_eval_loss",
+    "target_eval_metric",
+    "time_to_target_seconds",
+  )
 
   def to_dict(self, finished: bool = True) -> dict:
     """The row as JSON holds it; `finished=False` leaves out the fields set after the seed's
@@ -221,8 +231,9 @@ def write_metrics(path: str, histories: dict, curves: dict) -> None:
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-  """One row per strategy: means over seeds, `<key>_std` spreads, compiles from the first seed,
-  cache_loads (executables loaded from lstm_jax's executable cache) summed over the seeds."""
+  """One row per strategy: means over seeds, `<key>_std` sample standard deviations (ddof 1),
+  compiles from the first seed, cache_loads (executables loaded from lstm_jax's executable
+  cache) summed over the seeds."""
   rows = []
   for name in dict.fromkeys(r["strategy"] for r in runs):
     group = [r for r in runs if r["strategy"] == name]
@@ -237,7 +248,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for k in NUMERIC_KEYS:
       vals = [r[k] for r in group if r.get(k) is not None]
       row[k] = float(np.mean(vals)) if vals else None
-      row[f"{k}_std"] = float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
+      # the sample standard deviation (ddof 1): what "±" means in the report
+      row[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0 if vals else None
     row["time_to_target_reached"] = sum(r.get("time_to_target_seconds") is not None for r in group)
     # not comparable if any seed's row is not (lstm_jax.runner.guards), with each distinct reason
     reasons = dict.fromkeys(
@@ -371,7 +383,7 @@ def held_apart_lines(summary: list[dict], meta: dict) -> list[str]:
     f"{(meta.get('data') or {}).get('test_sequences', '?')} sequences from "
     f"`{((meta.get('config') or {}).get('data') or {}).get('test_path', '')}` "
     f"(config.data.test_path), scored once, {how}; training and the eval curve never saw "
-    "them. Over seeds, the mean ± the spread.",
+    "them. Over seeds, the mean ± the sample standard deviation (ddof 1).",
     "",
     f"| strategy | test loss | test {metric} |"
     + (" test balanced accuracy |" if bal else "")
@@ -471,17 +483,25 @@ def table(rows: list[dict], markdown: bool = False) -> str:
   return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells] + notes)
 
 
-def time_to_target(curve: list[dict], target: float) -> float | None:
-  """Train seconds (compiles included) when the eval loss first reaches `target`, interpolated
-  linearly between the two evaluations around the crossing; None if it never does."""
+def time_to_target(curve: list[dict], target: float, key: str = "eval_loss") -> float | None:
+  """Train seconds (compiles included) when the eval loss first falls to `target` (key
+  "eval_loss"), or the eval accuracy first rises to it (key "eval_metric" of a classification
+  row), interpolated linearly between the two evaluations around the crossing; None if it never
+  does."""
+  sign = -1.0 if key == "eval_metric" else 1.0  # accuracy: higher is better
   for i, point in enumerate(curve):
-    if point["eval_loss"] <= target:
+    if sign * point[key] <= sign * target:
       if i == 0:
         return point["train_seconds"]
       prev = curve[i - 1]
-      frac = (prev["eval_loss"] - target) / (prev["eval_loss"] - point["eval_loss"])
+      frac = (prev[key] - target) / (prev[key] - point[key])
       return prev["train_seconds"] + frac * (point["train_seconds"] - prev["train_seconds"])
   return None
+
+
+def by_accuracy(summary: list[dict]) -> bool:
+  """Whether the rows' quality is timed by eval accuracy (classification) rather than loss."""
+  return bool(summary) and summary[0].get("target_eval_metric") is not None
 
 
 def quality_levels(
@@ -489,7 +509,19 @@ def quality_levels(
 ) -> list[tuple[str, float]]:
   """The eval losses the report times every row to: four levels spaced geometrically from the
   rows' median first evaluation after the start down to the target (the worst comparable final
-  loss), and, for a byte-level LM, each compressor baseline's bits per byte in nats."""
+  loss), and, for a byte-level LM, each compressor baseline's bits per byte in nats. For
+  classification, eval accuracies: four levels spaced evenly from the median first evaluation
+  after the start up to the target (the worst comparable final accuracy)."""
+  if by_accuracy(summary):
+    target = summary[0]["target_eval_metric"]
+    firsts = [pts[1]["eval_metric"] for pts in curves.values() if len(pts) > 1]
+    if not firsts:
+      return []
+    start = float(np.median(firsts))
+    if start >= target:
+      return [("target", target)]
+    levels = [(f"{k}/4 of the way", start + (target - start) * k / 4) for k in (1, 2, 3)]
+    return levels + [("target", target)]
   target = summary[0].get("target_eval_loss") if summary else None
   firsts = [pts[1]["eval_loss"] for pts in curves.values() if len(pts) > 1]
   if not target or not firsts or target <= 0:
@@ -513,15 +545,16 @@ def quality_table(summary: list[dict], curves: dict, baselines: dict | None = No
   levels = quality_levels(rows, curves, baselines)
   if not levels or not rows:
     return []
+  key, what = ("eval_metric", "eval accuracy") if by_accuracy(rows) else ("eval_loss", "eval loss")
   lines = [
-    "| eval loss level | " + " | ".join(r["strategy"] for r in rows) + " |",
+    f"| {what} level | " + " | ".join(r["strategy"] for r in rows) + " |",
     "|---|" + "---|" * len(rows),
   ]
   for label, level in levels:
     cells = []
     for r in rows:
       runs = [pts for (name, _), pts in curves.items() if name == r["strategy"]]
-      times = [t for t in (time_to_target(pts, level) for pts in runs) if t is not None]
+      times = [t for t in (time_to_target(pts, level, key) for pts in runs) if t is not None]
       if not times:
         cells.append("-")
         continue
@@ -533,7 +566,7 @@ def quality_table(summary: list[dict], curves: dict, baselines: dict | None = No
   return [
     "## Time to quality",
     "",
-    "Train seconds (compiles included, evaluation excluded) until the eval loss first reached "
+    f"Train seconds (compiles included, evaluation excluded) until the {what} first reached "
     "each level, interpolated between evaluations; median over seeds (range, seeds that reached "
     "it). Every seed is timed to the same levels; the target here is the mean of the per-seed "
     "targets, so a row whose final loss set one seed's target may reach it in fewer seeds.",
@@ -626,6 +659,9 @@ def markdown_report(
 ) -> str:
   v, d, cfg = meta["versions"], meta["data"], meta["config"]
   target = summary[0].get("target_eval_loss")
+  quality = "eval loss"
+  if by_accuracy(summary):
+    target, quality = summary[0]["target_eval_metric"], "eval accuracy"
   lines = [
     f"# Strategy comparison: {d.get('source')} ({meta['started']})",
     "",
@@ -660,12 +696,14 @@ def markdown_report(
       else "each shape compiles when training first meets it"
     )
     + "). *wall s*: train steps including compiles (evaluation excluded). "
-    "*s to target*: wall seconds until the eval loss first reached the target, interpolated "
-    "between evaluations: per seed, the worst final eval loss of that seed's comparable rows "
-    "unless configured"
+    f"*s to target*: wall seconds until the {quality} first reached the target, interpolated "
+    f"between evaluations: per seed, the worst final {quality} of that seed's comparable rows"
+    + (" unless configured" if quality == "eval loss" else "")
     + (f" (mean over seeds {target:.4f})" if cfg["seeds"] > 1 else f" ({target:.4f})")
-    + f". *step MiB*: XLA's memory for the largest train step (scratch, arguments "
-    f"and outputs: what the memory guard checks). Peak RSS of the process: "
+    + ". *step MiB*: XLA's memory for the largest train step (scratch, arguments "
+    "and outputs: what the memory guard checks)."
+    + (" *±*: the sample standard deviation over the seeds (ddof 1)." if cfg["seeds"] > 1 else "")
+    + f" Peak RSS of the process: "
     f"{max(r['peak_rss_bytes'] for r in summary) / 2**20:,.0f} MiB.",
     "",
     *baseline_lines(meta.get("baselines")),
@@ -885,11 +923,15 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
     (r for r in summary if r.get("time_to_target_seconds") is not None),
     key=lambda r: r["time_to_target_seconds"],
   )
+  quality, target = "eval loss", reached[0]["target_eval_loss"] if reached else None
+  if reached and by_accuracy(summary):
+    quality, target = "eval accuracy", reached[0]["target_eval_metric"]
   if reached and reached[0]["time_to_target_seconds"] <= 0:
+    worse = "no lower" if quality == "eval loss" else "no higher"
     out.append(
-      f"- Time to quality: the target eval loss {reached[0]['target_eval_loss']:.4f} was met "
-      f"at the first evaluation, before training (the rows' eval losses ended no lower than "
-      f"they began), so there is no time to quality to compare."
+      f"- Time to quality: the target {quality} {target:.4f} was met "
+      f"at the first evaluation, before training (the rows' {quality}es ended {worse} than "
+      f"they began), so there is no time to quality to compare.".replace("accuracyes", "accuracies")
     )
   elif reached:
     best = reached[0]
@@ -899,8 +941,8 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
       for r in reached[1:]
     )
     out.append(
-      f"- Time to quality: **{best['strategy']}** reached the target eval loss "
-      f"{best['target_eval_loss']:.4f} first, in {best['time_to_target_seconds']:.1f} s "
+      f"- Time to quality: **{best['strategy']}** reached the target {quality} "
+      f"{target:.4f} first, in {best['time_to_target_seconds']:.1f} s "
       f"of training (compiles included); then {others or 'no other'}."
     )
   fast = max(summary, key=lambda r: r["tokens_per_second"] or 0)
@@ -935,8 +977,8 @@ def reading(summary: list[dict], baselines: dict | None = None) -> list[str]:
     f"- Quality at equal real tokens: eval losses range from {lo['eval_loss']:.4f} "
     f"({lo['strategy']}) to {hi['eval_loss']:.4f} ({hi['strategy']})"
     + (
-      f"; the largest spread across seeds is ±{spread:.4f}, so differences smaller "
-      f"than that are noise."
+      f"; the largest sample standard deviation across seeds is ±{spread:.4f}, so "
+      f"differences smaller than that are noise."
       if spread
       else "; with one seed, small differences may be noise (run with --config.seeds=3)."
     )
