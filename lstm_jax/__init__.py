@@ -55,6 +55,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "predict": ("train", "predict"),
   "predict_batches": ("train", "predict_batches"),
   "Checkpointer": ("checkpoint", "Checkpointer"),
+  "quiet_orbax": ("checkpoint", "quiet_orbax"),  # orbax's fault tracebacks as one message
   "Streamer": ("streaming", "Streamer"),
   # weights to and from PyTorch and Keras
   "convert": ("convert", ""),

@@ -60,7 +60,7 @@ class Batch:
     resets: <bool>[B, T] True where a new sequence starts: the state is zeroed before that step.
     seq_lengths: <int32>[B] each row's real steps, for right-padded rows only (one sequence per
       row from step 0: `Strategy.right_padded`), where the fused cuDNN LSTM can take them in
-      place of the mask (`model.step_backend`); None for any other layout.
+      place of the mask (`backend.step_backend`); None for any other layout.
   """
 
   inputs: np.ndarray
@@ -378,11 +378,11 @@ class Strategy(abc.ABC):
   def right_padded(self) -> bool:
     """True when every row holds at most one sequence, whole, from step 0 (padding after it):
     the layout the fused cuDNN LSTM takes as `seq_lengths` (`assemble(right_padded=True)`,
-    `model.step_backend`). pad, pad_batch_max and bucket without pack_rows; a packed or
+    `backend.step_backend`). pad, pad_batch_max and bucket without pack_rows; a packed or
     chunked layout (resets inside rows) is not."""
     return False
 
-  def __init__(self, dataset: RaggedDataset, seed: int = 0, batch_multiple: int = 1):
+  def __init__(self, dataset: RaggedDataset, *, seed: int = 0, batch_multiple: int = 1):
     if not isinstance(dataset, RaggedDataset):
       raise DataError(f"{self.name} needs a RaggedDataset, got {type(dataset).__name__}.")
     self.dataset = dataset
@@ -735,7 +735,7 @@ class Pad(Strategy):
     batch_multiple: int = 1,
     tokens_per_step: int | None = None,
   ):
-    super().__init__(dataset, seed, batch_multiple)
+    super().__init__(dataset, seed=seed, batch_multiple=batch_multiple)
     self.batch_size = _sequences_per_batch(dataset, batch_size, tokens_per_step, self.name)
     self.length = dataset.max_length if max_length is None else int(max_length)
     _check_fits(
@@ -784,7 +784,7 @@ class PadBatchMax(Strategy):
     batch_multiple: int = 1,
     tokens_per_step: int | None = None,
   ):
-    super().__init__(dataset, seed, batch_multiple)
+    super().__init__(dataset, seed=seed, batch_multiple=batch_multiple)
     self.batch_size = _sequences_per_batch(dataset, batch_size, tokens_per_step, self.name)
 
   def batch_settings(self) -> dict:
@@ -897,7 +897,7 @@ class Bucket(Strategy):
     pack_rows: bool = False,
     tokens_per_step: int | None = None,
   ):
-    super().__init__(dataset, seed, batch_multiple)
+    super().__init__(dataset, seed=seed, batch_multiple=batch_multiple)
     if batch_size is not None and tokens_per_batch is not None:
       raise ConfigError(
         "bucket takes at most one of batch_size or tokens_per_batch (neither: "
@@ -1162,7 +1162,7 @@ class Pack(Strategy):
     batch_multiple: int = 1,
     tokens_per_step: int | None = None,
   ):
-    super().__init__(dataset, seed, batch_multiple)
+    super().__init__(dataset, seed=seed, batch_multiple=batch_multiple)
     self.length = dataset.max_length if row_length is None else int(row_length)
     _check_fits(
       dataset,
@@ -1228,7 +1228,7 @@ class TBPTT(Strategy):
     batch_multiple: int = 1,
     tokens_per_step: int | None = None,
   ):
-    super().__init__(dataset, seed, batch_multiple)
+    super().__init__(dataset, seed=seed, batch_multiple=batch_multiple)
     if not isinstance(chunk_length, (int, np.integer)) or chunk_length < 1:
       raise ConfigError(
         f"chunk_length must be an integer >= 1, got {chunk_length!r}; it is the "
@@ -1357,7 +1357,7 @@ class VariableTBPTT(Strategy):
     batch_multiple: int = 1,
     tokens_per_step: int | None = None,
   ):
-    super().__init__(dataset, seed, batch_multiple)
+    super().__init__(dataset, seed=seed, batch_multiple=batch_multiple)
     self.base_length = _positive_int(base_length, "base_length")
     if self.base_length < 2 * min_length:
       raise ConfigError(
@@ -1419,7 +1419,7 @@ class Relayout(Strategy):
   name = "relayout"
 
   def __init__(self, source: Strategy, layout: str = "pad", row_length: int | None = None):
-    super().__init__(source.dataset, source.seed, source.batch_multiple)
+    super().__init__(source.dataset, seed=source.seed, batch_multiple=source.batch_multiple)
     if source.carries_state:
       raise ConfigError(
         f"relayout needs whole sequences in each batch, and {source.name} cuts "

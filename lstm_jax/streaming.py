@@ -39,7 +39,7 @@ class Streamer:
   equal one forward pass over everything sent; `reset(rows)` starts streams afresh.
   """
 
-  def __init__(self, model, params: Any, batch_size: int, pad_to_pow2: bool = True):
+  def __init__(self, model, params: Any, *, batch_size: int, pad_to_pow2: bool = True):
     if batch_size < 1:
       raise DataError(f"batch_size must be >= 1, got {batch_size}.")
     self.model, self.params, self.batch_size = model, params, int(batch_size)

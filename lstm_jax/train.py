@@ -34,12 +34,13 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from lstm_jax import batching, sharding
+from lstm_jax.backend import step_backend
 from lstm_jax.batching import Batch, Strategy, StreamPosition, assemble
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell, step_backend
+from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.prefetch import Prefetch
 
@@ -70,6 +71,7 @@ def create_train_state(
   model: SequenceModel,
   optimizer: optax.GradientTransformation,
   dataset: RaggedDataset,
+  *,
   seed: int = 0,
   class_weights: str | Sequence[float] | None = None,
   loss: Callable | None = None,
@@ -228,7 +230,7 @@ def per_step_loss(preds, targets, loss_kind: str, loss: Callable | None = None):
 
 def _apply(params, state: TrainState, batch: Batch, carry: Carry, training: bool = False):
   """The model on the batch: (predictions, carry). The batch's layout goes in as its mask and
-  resets, or, where the model's backend fuses right-padded rows (`model.step_backend`), as
+  resets, or, where the model's backend fuses right-padded rows (`backend.step_backend`), as
   its rows' lengths."""
   kwargs = {}
   if training:  # dropout on, its masks seeded by the step: fold_in(rng, step)
@@ -538,15 +540,15 @@ class _PendingStep:
 
 @dataclasses.dataclass(frozen=True)
 class _Stop:
-  """Where training stops: after `epochs` epochs or `max_real_tokens` real tokens, whichever
+  """Where training stops: after `epochs` epochs or `real_tokens` real tokens, whichever
   comes first (None: that rule is off)."""
 
   epochs: int | None
-  max_real_tokens: int | None
+  real_tokens: int | None
 
   def reached(self, at: StreamPosition) -> bool:
     return (self.epochs is not None and at.epoch >= self.epochs) or (
-      self.max_real_tokens is not None and at.real_tokens >= self.max_real_tokens
+      self.real_tokens is not None and at.real_tokens >= self.real_tokens
     )
 
   def planned(self, strategy: Strategy, start: StreamPosition):
@@ -590,13 +592,13 @@ class _EvalSchedule:
       self.next += self.every
 
 
-def _check_fit_arguments(state, strategy, epochs, max_real_tokens) -> None:
-  if epochs is None and max_real_tokens is None:
-    raise ConfigError("fit needs epochs or max_real_tokens (or both) to know when to stop.")
+def _check_fit_arguments(state, strategy, epochs, real_tokens) -> None:
+  if epochs is None and real_tokens is None:
+    raise ConfigError("fit needs epochs or real_tokens (or both) to know when to stop.")
   if epochs is not None and epochs < 1:
     raise ConfigError(f"epochs must be >= 1, got {epochs}.")
-  if max_real_tokens is not None and max_real_tokens < 1:
-    raise ConfigError(f"max_real_tokens must be >= 1, got {max_real_tokens}.")
+  if real_tokens is not None and real_tokens < 1:
+    raise ConfigError(f"real_tokens must be >= 1, got {real_tokens}.")
   check_model_fits_data(state.model, strategy.dataset, state.params)
   if getattr(state.model, "bidirectional", False) and strategy.carries_state:
     raise ConfigError(
@@ -611,7 +613,7 @@ def fit(
   strategy: Strategy,
   *,
   epochs: int | None = None,
-  max_real_tokens: int | None = None,
+  real_tokens: int | None = None,
   steps: StepFunctions | None = None,
   callback: Callable[[dict], None] | None = None,
   precompile_shapes: bool | str = True,
@@ -624,7 +626,7 @@ def fit(
   prefetch: int = 2,
   preemption: Preemption | None = None,
 ) -> FitResult:
-  """Trains on `strategy`'s batches for `epochs` epochs, or until `max_real_tokens` real tokens.
+  """Trains on `strategy`'s batches for `epochs` epochs, or until `real_tokens` real tokens.
 
   With both given, stops at whichever comes first. `callback(record)` is called per step.
 
@@ -632,7 +634,7 @@ def fit(
     state: the train state (`create_train_state`); donated to the first step, so its arrays
       are gone afterwards: use the result's.
     strategy: where the batches come from (`Pad`, `Bucket`, `Pack`, `TBPTT`, ...).
-    epochs: epochs to train; max_real_tokens: real (non-padding) tokens to train on.
+    epochs: epochs to train; real_tokens: real (non-padding) tokens to train on.
     steps: the jitted step functions (`StepFunctions.create(mesh)`); None: fresh ones.
     callback: called with each step's record (loss, real tokens, seconds, compiled).
     precompile_shapes: True: compile every shape of an epoch before its first step (ahead of
@@ -666,7 +668,7 @@ def fit(
     A `FitResult`: the trained `state`, the final `carry`, the per-step `history`, the step
     functions (`steps`: their compile counts and seconds) and `resumed_from`.
   """
-  _check_fit_arguments(state, strategy, epochs, max_real_tokens)
+  _check_fit_arguments(state, strategy, epochs, real_tokens)
   steps = steps or StepFunctions.create()
   zero_carry = functools.lru_cache(maxsize=None)(lambda b: steps.zero_carry(state.model, b))
   if steps.mesh is not None:
@@ -681,7 +683,7 @@ def fit(
     history = list(resumed.history)
   identity = _identity(strategy, settings) if checkpointer is not None else {}
   pending = _PendingStep(history, callback, checkpointer and checkpointer.directory)
-  stop = _Stop(epochs, max_real_tokens)
+  stop = _Stop(epochs, real_tokens)
   evals = _EvalSchedule(eval_every_tokens, on_eval, run.position.real_tokens)
 
   def save(force: bool = False) -> None:
@@ -817,7 +819,7 @@ def predict_batches(
   *,
   batch_size: int = 32,
   num_buckets: int = 4,
-  step: CountedJit | None = None,
+  predict_jit: CountedJit | None = None,
   chunk_length: int = 0,
 ) -> Iterator[list[Piece]]:
   """`predict`'s computation, one batch at a time, keeping nothing: yields for each batch the
@@ -828,7 +830,8 @@ def predict_batches(
 
   Args:
     state, dataset, batch_size, num_buckets: as `predict`'s.
-    step: the CountedJit of `predict_step` to run (its compiles are then the caller's to read).
+    predict_jit: the CountedJit of `predict_step` to run (its compiles are then the caller's
+      to read); `fit` and `evaluate` take the train and eval steps as `steps` (StepFunctions).
     chunk_length: sequences longer than this come in pieces of this many steps, the state
       carried from piece to piece (exact; memory bounded by the chunk, not the document); 0:
       each sequence in one piece. Not for a bidirectional model.
@@ -837,7 +840,7 @@ def predict_batches(
     For each batch, a list of `Piece`s; a sequence whole is one piece from step 0.
   """
   check_model_fits_data(state.model, dataset, state.params)
-  fn = step or CountedJit(predict_step, name="predict_step")
+  fn = predict_jit or CountedJit(predict_step, name="predict_step")
   lengths = np.asarray(dataset.lengths)
   long = np.flatnonzero(lengths > chunk_length) if chunk_length else np.zeros(0, np.int64)
   short = np.flatnonzero(lengths <= chunk_length) if len(long) else np.arange(len(dataset))
@@ -891,7 +894,7 @@ def predict(
   fn = CountedJit(predict_step, name="predict_step")
   outputs: list = [None] * len(dataset)
   for items in predict_batches(
-    state, dataset, batch_size=batch_size, num_buckets=num_buckets, step=fn
+    state, dataset, batch_size=batch_size, num_buckets=num_buckets, predict_jit=fn
   ):
     for piece in items:
       outputs[piece.seq] = piece.outputs

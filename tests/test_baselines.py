@@ -157,7 +157,12 @@ def _two_shapes(n=24, seed=0):
     ys.append(i % 2)
   lengths = np.array([len(x) for x in xs])
   return RaggedDataset(
-    np.concatenate(xs).astype(np.float32), lengths, np.array(ys), "sequence", 2, name="shapes"
+    np.concatenate(xs).astype(np.float32),
+    lengths,
+    np.array(ys),
+    target_level="sequence",
+    num_classes=2,
+    name="shapes",
   )
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from helpers import SCRIPTS, ragged_features, subprocess_env
 from lstm_jax import batching, train
-from lstm_jax.checkpoint import Checkpointer
+from lstm_jax.checkpoint import Checkpointer, quiet_orbax
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import CheckpointError
 from lstm_jax.model import SequenceModel
@@ -142,12 +142,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
     shutil.rmtree(latest / "arrays")
   else:
     (latest / "arrays" / "_METADATA").write_text("{not json")
-  with pytest.warns(RuntimeWarning, match=rf"checkpoint {latest} is damaged or incomplete"):
-    got = train.fit(
-      _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
-    )
-  assert got.resumed_from == 6
-  gc.collect()  # abandoned futures report when collected
+  with quiet_orbax():  # what the runner and the mains enter
+    with pytest.warns(RuntimeWarning, match=rf"checkpoint {latest} is damaged or incomplete"):
+      got = train.fit(
+        _state(data),
+        strategy,
+        epochs=1,
+        checkpointer=Checkpointer(directory, every_steps=3, keep=3),
+      )
+    assert got.resumed_from == 6
+    gc.collect()  # abandoned futures report when collected
   err = capfd.readouterr().err
   assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
 
@@ -178,7 +182,10 @@ def test_damage_that_reads_is_caught_by_the_checksum_moved_aside_and_saved_over(
   want = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path / "intact"))
   with pytest.warns(RuntimeWarning) as caught:
     got = train.fit(
-      _state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, 3, keep=100)
+      _state(data),
+      strategy,
+      epochs=2,
+      checkpointer=Checkpointer(directory, every_steps=3, keep=100),
     )
   said = [str(w.message) for w in caught if "checkpoint" in str(w.message)]
   assert len(said) == 1, said
@@ -241,7 +248,9 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
   with open(directory / "history.jsonl", "a") as f:
     f.write('{"step": 10, "lo')
   want = train.fit(_state(data), strategy, epochs=2)
-  got = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, 3, 3))
+  got = train.fit(
+    _state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+  )
   assert got.resumed_from == 9
   logged = [json.loads(x) for x in (directory / "history.jsonl").read_text().splitlines()]
   assert [h["loss"] for h in logged] == [h["loss"] for h in want.history]
@@ -252,12 +261,16 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
   lines[7] = lines[7].replace('"step": 8', '"step": 80')
   (directory / "history.jsonl").write_text("".join(lines))
   with pytest.warns(RuntimeWarning, match=r"checkpoint .*/9 is damaged.*first 9 steps are not"):
-    got = train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, 3, 3))
+    got = train.fit(
+      _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+    )
   assert got.resumed_from == 6
   lines[0] = lines[0].replace('"step": 1', '"step": 10')
   (directory / "history.jsonl").write_text("".join(lines))
   with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="history.jsonl"):
-    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, 3, 3))
+    train.fit(
+      _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+    )
 
 
 def test_checkpoints_with_the_history_inside_still_resume(tmp_path, data, monkeypatch):
@@ -273,7 +286,9 @@ def test_checkpoints_with_the_history_inside_still_resume(tmp_path, data, monkey
       )  # fmt: skip
   assert not (tmp_path / "history.jsonl").exists()
   want = train.fit(_state(data), strategy, epochs=2)
-  got = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, 3))
+  got = train.fit(
+    _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3)
+  )
   assert got.resumed_from == 6
   assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
   logged = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
@@ -578,7 +593,8 @@ def test_orbax_fault_noise_is_kept_off_the_terminal_and_summarised(tmp_path, cap
 
   from lstm_jax.checkpoint import _NOISE
 
-  Checkpointer(tmp_path)  # installs the filter
+  quiet = quiet_orbax()
+  quiet.__enter__()  # installs the filter
   mark = _NOISE.mark()
   record = logging.LogRecord(
     "absl", logging.ERROR, "/site-packages/orbax/checkpoint/x.py", 1, "write failed", (), None
@@ -609,6 +625,38 @@ def test_orbax_fault_noise_is_kept_off_the_terminal_and_summarised(tmp_path, cap
   assert _NOISE.summary(mark).startswith("; orbax reported 4 errors (the first: write failed;")
   logging.getLogger("asyncio").error("an unrelated asyncio error")  # others still get through
   assert [r.getMessage() for r in caplog.records] == ["an unrelated asyncio error"]
+  quiet.__exit__(None, None, None)
+
+
+def test_a_checkpointer_changes_nothing_process_wide_and_quiet_orbax_undoes_itself(tmp_path):
+  """Constructing a Checkpointer used to replace sys.excepthook, threading.excepthook and
+  sys.unraisablehook, filter two loggers and add a warnings filter, for good. Now it touches
+  none of them; quiet_orbax (the runner's and the mains' opt-in) installs them once however
+  deeply it is entered, and leaving the outermost puts every one back."""
+  import logging
+  import threading
+  import warnings
+
+  def process():
+    return (
+      sys.excepthook,
+      threading.excepthook,
+      sys.unraisablehook,
+      list(logging.getLogger("absl").filters),
+      list(logging.getLogger("asyncio").filters),
+      list(warnings.filters),
+    )
+
+  before = process()
+  Checkpointer(tmp_path / "a").close()
+  assert process() == before
+  with quiet_orbax():
+    inside = process()
+    assert inside[0] is not before[0] and inside[3] != before[3]
+    with quiet_orbax():  # nested: installed once
+      assert process() == inside
+    assert process() == inside
+  assert process() == before
 
 
 def ocp_path() -> str:

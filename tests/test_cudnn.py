@@ -269,8 +269,9 @@ def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_
 
   from helpers import ragged_features
   from lstm_jax import batching, train
+  from lstm_jax.backend import step_backend
   from lstm_jax.errors import ConfigError
-  from lstm_jax.model import SequenceModel, step_backend
+  from lstm_jax.model import SequenceModel
 
   ds = ragged_features([7, 3, 9, 1, 5, 8, 2, 6], num_features=F, seed=0)
   results = {}

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
   ("preemption", "errors", "files"),  # shared by all
-  ("recurrence", "cudnn", "readout", "model"),  # model core
+  ("recurrence", "cudnn", "readout", "backend", "model"),  # model core
   ("data", "store", "normalization", "tasks", "sources", "batching"),  # data and batching
   (
     "host",
@@ -139,3 +139,35 @@ def test_every_exported_name_documents_its_arguments():
     if inspect.isfunction(obj) and "Returns:" not in doc and "Yields:" not in doc:
       missing.append(f"{name}: Returns")
   assert not missing, missing
+
+
+# What may take more than two arguments by position, and why.
+POSITIONAL_EXCEPTIONS = {
+  "RaggedDataset": 3,  # a dataset's three arrays: values, lengths, targets
+  "Batch": 6,  # the batch contract's record, built by the strategies, read by users
+  "create_train_state": 3,  # model, optimizer, data: what every train state needs
+}
+
+
+def test_exported_callables_take_settings_by_keyword():
+  """Every name the index exports takes at most its first argument or two by position (the
+  exceptions above say why); the settings after them are keyword-only, so a call reads what it
+  sets and a new setting cannot shift another's position."""
+  import inspect
+
+  import lstm_jax
+
+  over = []
+  for name in lstm_jax.__all__:
+    obj = getattr(lstm_jax, name)
+    if inspect.ismodule(obj) or (inspect.isclass(obj) and issubclass(obj, BaseException)):
+      continue
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [
+      p.name
+      for p in inspect.signature(obj).parameters.values()
+      if p.kind in kinds and p.name not in ("self", "parent", "name")
+    ]
+    if len(positional) > POSITIONAL_EXCEPTIONS.get(name, 2):
+      over.append(f"{name}{tuple(positional)}")
+  assert not over, over

@@ -62,7 +62,7 @@ def _lstm(model, projection=None):
   return LSTM(
     model.hidden_size,
     model.num_layers,
-    projection or model.input_projection,
+    input_projection=projection or model.input_projection,
     matmul_dtype=model.matmul_dtype,
   )
 
@@ -123,6 +123,22 @@ def test_forward_matches_numpy_reference_gate_order_ifgo(setup):
     for (c, h), (rc, rh) in zip(carry, ref_carry):
       assert np.allclose(c[0], rc, rtol=1e-5, atol=1e-6)
       assert np.allclose(h[0], rh, rtol=1e-5, atol=1e-6)
+
+
+def test_model_settings_are_declared_with_the_linen_models_fields():
+  """ModelSettings is written out (a type checker sees its fields); its fields are
+  SequenceModel's, in order, with the same types and defaults, so neither can gain a setting
+  the other lacks."""
+  import dataclasses
+
+  from lstm_jax.model import ModelSettings
+
+  def fields(cls, skip=("parent", "name")):
+    return [(f.name, str(f.type), f.default) for f in dataclasses.fields(cls) if f.name not in skip]
+
+  assert fields(ModelSettings) == fields(SequenceModel)
+  model = SequenceModel(4, 2, readout="max", cell="gru")
+  assert SequenceModel(**dataclasses.asdict(model.settings)) == model
 
 
 def test_parameter_layout(setup):

@@ -27,7 +27,9 @@ POOLED = ("mean", "max", "attention")
 def _labelled() -> RaggedDataset:
   ds = ragged_features(LENGTHS, num_features=3, seed=5)
   labels = np.random.default_rng(5).integers(0, CLASSES, size=len(LENGTHS)).astype(np.int32)
-  return RaggedDataset(ds.values, ds.lengths, labels, "sequence", CLASSES, name="labelled")
+  return RaggedDataset(
+    ds.values, ds.lengths, labels, target_level="sequence", num_classes=CLASSES, name="labelled"
+  )
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,10 +33,22 @@ def kinds() -> dict:
   return {
     "next_token_bytes": byte_lm(),
     "tokens_sequence_classes": data.RaggedDataset(
-      tokens, LENGTHS, RNG.integers(0, 7, size=len(LENGTHS)), "sequence", 7, 300, "tok"
+      tokens,
+      LENGTHS,
+      RNG.integers(0, 7, size=len(LENGTHS)),
+      target_level="sequence",
+      num_classes=7,
+      vocab_size=300,
+      name="tok",
     ),
     "tokens_step_classes": data.RaggedDataset(
-      tokens, LENGTHS, RNG.integers(0, 4, size=total), "step", 4, 300, "tokstep"
+      tokens,
+      LENGTHS,
+      RNG.integers(0, 4, size=total),
+      target_level="step",
+      num_classes=4,
+      vocab_size=300,
+      name="tokstep",
     ),
     "features_step_regression": ragged_features(LENGTHS, num_features=3, seed=1),
     "features_sequence_regression": ragged_features(LENGTHS, seed=2, target_level="sequence"),
@@ -44,8 +56,8 @@ def kinds() -> dict:
       RNG.normal(size=(total, 5)).astype(np.float32),
       LENGTHS,
       RNG.integers(0, 3, size=len(LENGTHS)),
-      "sequence",
-      3,
+      target_level="sequence",
+      num_classes=3,
       name="feat",
     ),
   }
@@ -362,7 +374,12 @@ def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path,
   total = int(lengths.sum())
   labels = rng.integers(0, 3, size=total if level == "step" else len(lengths))
   ds = data.RaggedDataset(
-    rng.normal(size=(total, 4)).astype(np.float32), lengths, labels, level, 3, name="c"
+    rng.normal(size=(total, 4)).astype(np.float32),
+    lengths,
+    labels,
+    target_level=level,
+    num_classes=3,
+    name="c",
   )
   ds.save(tmp_path / "c.npz")
   sources.prepare_store("npz", str(tmp_path / "c.npz"), str(tmp_path / "s"))

@@ -26,7 +26,7 @@ def setup():
 @pytest.mark.parametrize("cuts", [[1] * T, [5, 5, 5, 8], [23], [2, 9, 1, 11]])
 def test_chunks_equal_the_full_forward(setup, cuts):
   model, params, x, full, carry = setup
-  s = Streamer(model, params, B)
+  s = Streamer(model, params, batch_size=B)
   outs, t = [], 0
   for n in cuts:
     outs.append(np.asarray(s(x[:, t : t + n])))
@@ -38,7 +38,7 @@ def test_chunks_equal_the_full_forward(setup, cuts):
 
 def test_reset_one_stream_starts_it_afresh(setup):
   model, params, x, full, _ = setup
-  s = Streamer(model, params, B)
+  s = Streamer(model, params, batch_size=B)
   s(x[:, :10])
   s.reset([1])
   out = np.asarray(s(x[:, 10:]))
@@ -49,7 +49,7 @@ def test_reset_one_stream_starts_it_afresh(setup):
 
 def test_a_masked_stream_keeps_its_state(setup):
   model, params, x, full, _ = setup
-  s = Streamer(model, params, B)
+  s = Streamer(model, params, batch_size=B)
   s(x[:, :7])
   idle = np.ones((B, 5), bool)
   idle[2] = False  # stream 2 has nothing new in this chunk
@@ -63,7 +63,7 @@ def test_token_model_and_bad_chunks():
   params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
   tokens = np.random.default_rng(1).integers(0, 5, size=(2, 9)).astype(np.int32)
   whole, _ = model.apply({"params": params}, jnp.asarray(tokens))
-  s = Streamer(model, params, 2)
+  s = Streamer(model, params, batch_size=2)
   got = np.concatenate([np.asarray(s(tokens[:, :4])), np.asarray(s(tokens[:, 4:]))], 1)
   assert max_rel_err(got, np.asarray(whole)) <= 1e-5
   with pytest.raises(DataError, match=r"must be \[batch_size=2"):

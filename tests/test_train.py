@@ -154,7 +154,7 @@ def test_same_seed_same_numbers(data):
 
 
 def test_fit_records_each_step_and_stops_at_a_token_budget(data):
-  result = train.fit(_state(data), batching.Pad(data, batch_size=8), max_real_tokens=100)
+  result = train.fit(_state(data), batching.Pad(data, batch_size=8), real_tokens=100)
   assert result.real_tokens >= 100 and result.real_tokens - result.history[-1]["real_tokens"] < 100
   for key in ("step", "epoch", "loss", "real_tokens", "computed_tokens", "step_seconds", "shape"):
     assert key in result.history[0]
@@ -209,7 +209,7 @@ def test_token_data_into_a_feature_model(data):
 
 
 def test_fit_needs_a_stopping_rule(data):
-  with pytest.raises(ConfigError, match="epochs or max_real_tokens"):
+  with pytest.raises(ConfigError, match="epochs or real_tokens"):
     train.fit(_state(data), batching.Pad(data, batch_size=8))
 
 
@@ -409,7 +409,7 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
   monkeypatch.setattr(strategy, "_plan", lambda e, rng: planned.append(e) or plan(e, rng))
   train.fit(_state(data), strategy, epochs=1, prefetch=3)
   assert planned == [0]  # the epoch's last batch ends the stream: epoch 1 is never planned
-  result = train.fit(_state(data), strategy, max_real_tokens=20, prefetch=3)
+  result = train.fit(_state(data), strategy, real_tokens=20, prefetch=3)
   assert len(result.history) < len(strategy.plan(0))  # stopped with the thread ahead of it
   assert _fit_threads() == []
 
@@ -638,7 +638,9 @@ def _long_and_short(kind: str):
   if kind == "sequence_classes":
     features = ragged_features(lengths, num_features=3, seed=2)
     labels = rng.integers(0, 4, size=len(lengths))
-    ds = RaggedDataset(features.values, lengths, labels, "sequence", 4, name="classes")
+    ds = RaggedDataset(
+      features.values, lengths, labels, target_level="sequence", num_classes=4, name="classes"
+    )
     return ds, SequenceModel(16, 4)
   ds = ragged_features(lengths, num_features=3, seed=3)
   return ds, SequenceModel(16, ds.target_dim)

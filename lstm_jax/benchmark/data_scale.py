@@ -229,7 +229,7 @@ def part_train_in_cgroup(store_dir: str, strategies: list[str], steps: int) -> d
     with PeakAnon() as mem:
       strategy = makers[name]()
       budget = sum(int(strategy.plan(0).real_tokens[i]) for i in range(steps))
-      result = train.fit(state, strategy, max_real_tokens=budget)
+      result = train.fit(state, strategy, real_tokens=budget)
     out[name] = dict(
       steps=len(result.history),
       real_tokens=result.real_tokens,

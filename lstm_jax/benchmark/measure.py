@@ -515,7 +515,7 @@ def fit_overhead(name: str, strategy: batching.Strategy, cfg, rounds: int = 5) -
   def fit_pass() -> float:
     st = jax.tree.map(jnp.copy, state)
     t0 = time.perf_counter()
-    result = train.fit(st, strategy, max_real_tokens=real, steps=steps)
+    result = train.fit(st, strategy, real_tokens=real, steps=steps)
     jax.block_until_ready(result.state)
     assert len(result.history) == len(batches), (len(result.history), len(batches))
     return time.perf_counter() - t0

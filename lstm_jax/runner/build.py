@@ -10,9 +10,10 @@ import ml_collections
 import optax
 
 from lstm_jax import batching, train
+from lstm_jax.backend import resolve_backend, row_backend, step_backend
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError
-from lstm_jax.model import SequenceModel, resolve_backend, step_backend
+from lstm_jax.model import SequenceModel
 from lstm_jax.runner import config, guards
 
 LN2 = math.log(2.0)
@@ -42,11 +43,10 @@ def make_model(
 
   right_padded: the row's strategy's (`Strategy.right_padded`). A row that packs or chunks its
   rows keeps the scan under config.model.backend=cudnn or reference (the fused LSTM takes one
-  sequence per row); "auto" stays "auto" (each step picks, `model.step_backend`)."""
+  sequence per row); "auto" stays "auto" (each step picks, `backend.step_backend`)."""
   num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
   settings = cfg.model.to_dict()
-  if settings["backend"] in ("cudnn", "reference") and not right_padded:
-    settings["backend"] = "scan"
+  settings["backend"] = row_backend(settings["backend"], right_padded=right_padded)
   try:
     resolve_backend(settings["backend"], settings["cell"], settings["matmul_dtype"])
   except ConfigError as e:

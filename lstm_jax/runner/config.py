@@ -14,10 +14,10 @@ import numpy as np
 from ml_collections.config_dict import placeholder
 
 from lstm_jax import batching, tasks
+from lstm_jax.backend import BACKENDS
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import (
-  BACKENDS,
   BACKWARDS,
   CELLS,
   INITIALIZERS,
@@ -156,7 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
       # fused cuDNN LSTM for the rows it can take: pad, pad_batch_max, bucket without
       # pack_rows, and every evaluation), "scan", "cudnn" (those rows fused, the others on the
       # scan), "reference" (cuDNN's wiring through jax.experimental.rnn's reference: any
-      # device, for checks). Each row's results record what ran (model.BACKENDS)
+      # device, for checks). Each row's results record what ran (backend.BACKENDS)
       backend="auto",
       # what the head sees for a sequence label (model.SequenceModel.readout): "last" (the
       # stack's output at the sequence's last step), "mean", "max" or "attention" (a pool of

@@ -28,12 +28,12 @@ import numpy as np
 from flax import serialization
 
 from lstm_jax import baselines, batching, compiles, host, sharding, train
-from lstm_jax.checkpoint import Checkpointer
+from lstm_jax.backend import step_backend
+from lstm_jax.checkpoint import Checkpointer, quiet_orbax
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
 from lstm_jax.errors import CheckpointError, ConfigError
 from lstm_jax.files import atomic_write
-from lstm_jax.model import step_backend
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.runner import config, costs, guards, report
 from lstm_jax.runner.build import (
@@ -314,7 +314,7 @@ def run_strategy(
       state,
       strategy,
       epochs=cfg.train.epochs or None,
-      max_real_tokens=cfg.train.real_tokens or None,
+      real_tokens=cfg.train.real_tokens or None,
       steps=steps,
       callback=on_step,
       precompile_shapes="background" if background else False,
@@ -586,7 +586,9 @@ def train_and_evaluate(
   # at_once: a signal where nothing is unsaved (loading, calibration, compiles, between rows,
   # the report) ends the run at once; inside a row's steps it waits for the step's checkpoint
   stop = Preemption(at_once=True)
-  with WorkdirLock(workdir) if writer else contextlib.nullcontext(), stop as preemption:
+  # quiet_orbax: a damaged or unwritable checkpoint is one message, not orbax's tracebacks
+  lock = WorkdirLock(workdir) if writer else contextlib.nullcontext()
+  with quiet_orbax(), lock, stop as preemption:
     if writer:  # before anything loads or compiles
       check_writable(
         workdir, ("results", "checkpoints") if cfg.checkpoint.enabled else ("results",)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_jax.checkpoint import Checkpointer
+from lstm_jax.checkpoint import Checkpointer, quiet_orbax
 from lstm_jax.errors import CheckpointError, ConfigError
 from lstm_jax.model import SequenceModel
 from lstm_jax.streaming import Streamer
@@ -77,14 +77,17 @@ def load_row(
       f"no checkpoints for {strategy} seed {seed} in {directory}; the runner keeps them when "
       f"config.checkpoint.enabled is True (the default). Rows with checkpoints there: {rows}."
     )
-  checkpointer = Checkpointer(directory)
-  try:
-    step = checkpointer.latest_step() if step is None else int(step)
-    if step not in checkpointer.steps():
-      raise CheckpointError(f"no checkpoint of step {step} in {directory}: {checkpointer.steps()}.")
-    arrays, stream = checkpointer.read(step)
-  finally:
-    checkpointer.close()
+  with quiet_orbax():  # a damaged checkpoint: one message, not orbax's tracebacks
+    checkpointer = Checkpointer(directory)
+    try:
+      step = checkpointer.latest_step() if step is None else int(step)
+      if step not in checkpointer.steps():
+        raise CheckpointError(
+          f"no checkpoint of step {step} in {directory}: {checkpointer.steps()}."
+        )
+      arrays, stream = checkpointer.read(step)
+    finally:
+      checkpointer.close()
   params = arrays["params"]
   if "embed" not in params:
     raise ConfigError(

@@ -84,7 +84,7 @@ class Row:
   selected_step: int | None = None
   selected_eval_metric: float | None = None
   # what the train and eval steps ran: {"train": "scan" | "cudnn" | "reference", "eval": ...}
-  # (config.model.backend, model.step_backend); None in results written before it was recorded
+  # (config.model.backend, backend.step_backend); None in results written before it was recorded
   backend: dict | None = None
   comparable: bool | None = dataclasses.field(**_after)
   not_comparable: str | None = dataclasses.field(**_after)
