@@ -1082,6 +1082,7 @@ def bidirectional_stack(layer, num_layers: int, inputs, mask, resets, carry):
   return x, tuple(new_carry)
 
 
-# Flax's names for the any-cell stacks (`LSTM(H, cell="gru")` runs a GRU): the same classes.
+# The any-cell stacks by what they run (`RNN(H, cell="gru")` runs a GRU): the same classes. Not
+# Flax's nn.RNN: the cell by name or class, and (outputs, carry) returned (docs/research.md).
 RNN = LSTM
 BidirectionalRNN = BidirectionalLSTM

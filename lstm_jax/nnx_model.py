@@ -464,6 +464,6 @@ def fit(
   return result
 
 
-# Flax's names for the any-cell stacks, as linen's (model.RNN): the same classes.
+# The any-cell stacks by what they run, as linen's (model.RNN): the same classes.
 RNN = LSTM
 BidirectionalRNN = BidirectionalLSTM

@@ -428,7 +428,11 @@ def scores_by_class(
   confusion = np.zeros((n, n), np.int64)
   fn = compiles.CountedJit(train.predict_step, name="predict_step")
   batches = train.predict_batches(
-    state, eval_ds, num_buckets=cfg.eval.num_buckets, step=fn, chunk_length=eval_chunk_length(cfg)
+    state,
+    eval_ds,
+    num_buckets=cfg.eval.num_buckets,
+    predict_jit=fn,
+    chunk_length=eval_chunk_length(cfg),
   )
   lengths = eval_ds.lengths
   for items in batches:

@@ -28,7 +28,7 @@ from orbax.checkpoint._src.path import async_path  # noqa: E402
 
 from helpers import ragged_features  # noqa: E402
 from lstm_jax import batching, errors, train  # noqa: E402
-from lstm_jax.checkpoint import Checkpointer  # noqa: E402
+from lstm_jax.checkpoint import Checkpointer, quiet_orbax  # noqa: E402
 from lstm_jax.errors import CheckpointError  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
@@ -83,9 +83,10 @@ def fault(mode: str, directory: str) -> CheckpointError:
 def main(workdir: str, modes: list[str]) -> None:
   last = None
   try:
-    for mode in modes:
-      last = fault(mode, os.path.join(workdir, mode))
-      print(f"FAULT {mode}: {last}", flush=True)
+    with quiet_orbax():  # a main opts in: orbax's tracebacks summarised in the one line
+      for mode in modes:
+        last = fault(mode, os.path.join(workdir, mode))
+        print(f"FAULT {mode}: {last}", flush=True)
   finally:
     for undo in reversed(UNDO):
       subprocess.run(undo, check=False)
