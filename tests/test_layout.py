@@ -27,6 +27,8 @@ RUNNER = (
   "config",
   "guards",
   "costs",
+  "reading",
+  "plots",
   "report",
   "data",
   "build",
