@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 from lstm_jax import backend as backend_lib
-from lstm_jax import cudnn, train
+from lstm_jax import cudnn, layers, train
 from lstm_jax import model as linen_model
 from lstm_jax import readout as readout_lib
 from lstm_jax.batching import Strategy
@@ -63,7 +63,7 @@ class LSTMLayer(nnx.Module):
     rngs: nnx.Rngs,
   ):
     h, initializer = hidden_size, linen_model.resolve_initializer("lstm", initializer)
-    kernel_init, recurrent_init, bias_init = linen_model.lstm_initializers(initializer, h)
+    kernel_init, recurrent_init, bias_init = layers.lstm_initializers(initializer, h)
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, 4 * h)))
     self.recurrent_kernel = nnx.Param(recurrent_init(rngs.params(), (h, 4 * h)))
     self.bias = nnx.Param(bias_init(rngs.params() if initializer == "pytorch" else None, (4 * h,)))
@@ -78,7 +78,7 @@ class LSTMLayer(nnx.Module):
         f"{features}; build it with in_features={x_BxTxF.shape[-1]} or feed it "
         f"{features}-feature inputs."
       )
-    return linen_model.lstm_layer(
+    return layers.lstm_layer(
       self.kernel[...],
       self.recurrent_kernel[...],
       self.bias[...],
@@ -108,15 +108,15 @@ class CellLayer(nnx.Module):
     initializer="auto",
     rngs,
   ):
-    self.cls, self.hidden_size, self.unroll = linen_model.resolve_cell(cell), hidden_size, unroll
+    self.cls, self.hidden_size, self.unroll = layers.resolve_cell(cell), hidden_size, unroll
     self.backward = backward
     key = rngs.params()
-    params = linen_model.cell_params(self.cls, in_features, hidden_size, key, initializer)
+    params = layers.cell_params(self.cls, in_features, hidden_size, key, initializer)
     self.cell = nnx.data(jax.tree.map(nnx.Param, params))
 
   def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry):
     params = jax.tree.map(lambda v: v[...], self.cell, is_leaf=_is_variable)
-    return linen_model.cell_layer(
+    return layers.cell_layer(
       self.cls,
       self.hidden_size,
       params,
@@ -149,7 +149,7 @@ def _is_variable(x) -> bool:
 
 def _layer(cell: Any, in_features: int, hidden_size: int, *, rngs, **layer) -> nnx.Module:
   """An LSTMLayer for cell "lstm", else a CellLayer (as linen's `model.recurrent_layer`)."""
-  if linen_model.resolve_cell(cell) is None:
+  if layers.resolve_cell(cell) is None:
     return LSTMLayer(in_features, hidden_size, rngs=rngs, **layer)
   linen_model.check_cell_matmul(cell, layer.get("matmul_dtype", "float32"))
   return CellLayer(
@@ -212,8 +212,8 @@ class LSTM(nnx.Module):
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:  # linen's fused path: the same parameters in one call
-      layers = [_fused_params(getattr(self, f"layer_{k}")) for k in range(self.num_layers)]
-      return cudnn.lstm(layers, inputs, lengths, initial_carry=carry, impl=fused)
+      fused_layers = [_fused_params(getattr(self, f"layer_{k}")) for k in range(self.num_layers)]
+      return cudnn.lstm(fused_layers, inputs, lengths, initial_carry=carry, impl=fused)
     x, new_carry = self.input_dropout(inputs, deterministic=deterministic), []
     for k in range(self.num_layers):
       if k > 0:
@@ -258,12 +258,12 @@ class BidirectionalLSTM(nnx.Module):
     mask, resets = linen_model.check_inputs(inputs, mask, resets, seq_lengths)
     carry = self.zero_carry(inputs.shape[0]) if initial_carry is None else initial_carry
     if fused is not None:
-      layers = [
+      fused_layers = [
         tuple(_fused_params(getattr(self, f"{d}_{k}")) for d in ("forward", "backward"))
         for k in range(self.num_layers)
       ]
       return cudnn.lstm(
-        layers, inputs, lengths, bidirectional=True, initial_carry=carry, impl=fused
+        fused_layers, inputs, lengths, bidirectional=True, initial_carry=carry, impl=fused
       )
     return linen_model.bidirectional_stack(
       lambda name: getattr(self, name), self.num_layers, inputs, mask, resets, carry

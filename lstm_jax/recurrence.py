@@ -1,7 +1,7 @@
 """The LSTM recurrence over time with a hand-written backward pass (`jax.custom_vjp`).
 
 `recurrence(weights, bias, xs, mask, resets, carry, in_step, unroll)` scans `step` over time,
-the same step `model._MaskedStep` runs under `nn.scan` (so the forward pass gives the same
+the same step `layers._MaskedStep` runs under `nn.scan` (so the forward pass gives the same
 numbers); its gradient is a reverse `lax.scan` written out by hand instead of JAX's
 linearize-and-transpose of the forward scan. Why (how much: BENCHMARKS.md, docs/speed.md):
 

@@ -40,7 +40,8 @@ from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import Carry, SequenceModel, layer_params, resolve_cell
+from lstm_jax.layers import resolve_cell
+from lstm_jax.model import Carry, SequenceModel, layer_params
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.prefetch import Prefetch
 

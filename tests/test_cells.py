@@ -15,8 +15,7 @@ import optax
 import pytest
 
 from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
-from lstm_jax import batching, train
-from lstm_jax import model as model_lib
+from lstm_jax import batching, layers, train
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import CELLS, SequenceModel, stack_name
 from lstm_jax.streaming import Streamer
@@ -222,7 +221,7 @@ def test_gru_fused_manual_backward_is_flaxs_gru_cell_under_autodiff():
   flax_rnn = nn.RNN(nn.GRUCell(H), return_carry=True)
 
   def ours(p):
-    return model_lib.cell_layer(nn.GRUCell, H, p, x, mask, ~mask, jnp.zeros((1, H)))
+    return layers.cell_layer(nn.GRUCell, H, p, x, mask, ~mask, jnp.zeros((1, H)))
 
   def theirs(p):
     carry, ys = flax_rnn.apply({"params": {"cell": p}}, x)

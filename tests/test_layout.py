@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
   ("preemption", "errors", "files"),  # shared by all
-  ("recurrence", "cudnn", "readout", "backend", "model"),  # model core
+  ("recurrence", "cudnn", "readout", "backend", "layers", "model"),  # model core
   ("data", "store", "normalization", "tasks", "sources", "batching"),  # data and batching
   (
     "host",

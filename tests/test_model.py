@@ -13,13 +13,13 @@ import pytest
 from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, train
 from lstm_jax.errors import ConfigError, DataError
+from lstm_jax.layers import resolve_input_projection
 from lstm_jax.model import (
   LSTM,
   SequenceClassifier,
   SequenceModel,
   last_real_step,
   layer_params,
-  resolve_input_projection,
 )
 
 TOL = 1e-5

@@ -17,7 +17,8 @@ import pytest
 from helpers import max_rel_err, ragged_features
 from lstm_jax import batching, recurrence, train
 from lstm_jax.errors import ConfigError
-from lstm_jax.model import BACKWARDS, MATMUL_DTYPES, SequenceModel
+from lstm_jax.layers import BACKWARDS, MATMUL_DTYPES
+from lstm_jax.model import SequenceModel
 
 TOL = 1e-5
 B, T, F, H = 5, 11, 3, 7

@@ -17,7 +17,7 @@ from lstm_jax import batching, tasks
 from lstm_jax.backend import BACKENDS
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.model import (
+from lstm_jax.layers import (
   BACKWARDS,
   CELLS,
   INITIALIZERS,
