@@ -50,6 +50,9 @@ VARIANTS = {
   "bidirectional": (dict(bidirectional=True), {}),
   "init_flax": (dict(initializer="flax"), {}),
   "weight_decay": ({}, dict(weight_decay=0.01)),
+  # the factor that won alone (the GRU), with each of the others that did not lose
+  "gru_attention": (dict(cell="gru", readout="attention"), {}),
+  "gru_weight_decay": (dict(cell="gru"), dict(weight_decay=0.01)),
 }
 _ROOT = flags.DEFINE_string("root", None, "Where the runs' workdirs go.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Where report.md and study.json go.", required=True)

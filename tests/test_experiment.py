@@ -727,6 +727,9 @@ def test_held_out_ts_files_are_labelled_by_class_name_not_by_their_own_order(tmp
   text = "\n".join(report.class_lines(summary, plots=False, data=ident))
   assert "recall a | recall b | recall c" in text
   assert "eval.ts lists its classes in another order or a subset" in text and "b -> 1" in text
+  # a built-in source names its classes as {name: count} (stdlib_packages): keys in id order
+  counted = report.class_lines(summary, plots=False, data=dict(classes=dict(x=5, y=3, z=1)))
+  assert "recall x | recall y | recall z" in "\n".join(counted)
   cfg.data.test_path = write("other.ts", "a d", "ad")
   with pytest.raises(DataError, match=r"other.ts has class\(es\) \['d'\] that the training"):
     runner_data.split_data(cfg, with_test=True)

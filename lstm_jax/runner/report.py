@@ -315,7 +315,8 @@ def class_lines(summary: list[dict], plots: bool, data: dict | None = None) -> l
   if not rows:
     return []
   data = data or {}
-  names = data.get("classes")
+  # the data's class names in id order: a list (.ts, npz), or {name: count} (stdlib_packages)
+  names = list(data.get("classes") or []) or None
   n = len(rows[0]["classes"]["recall"])
   shown = min(n, 12)
   unit = "steps" if rows[0]["classes"].get("level") == "step" else "sequences"
