@@ -40,7 +40,7 @@ PROBLEMS = {
   "digits": ("digits", {}),
   "stdlib_packages": ("stdlib_packages", {}),
 }
-# name -> overrides of cfg.model and cfg.optimizer: one factor at a time from the preset's model
+# name -> overrides of cfg.model and cfg.optimizer: one factor at a time from the base model
 VARIANTS = {
   "last": ({}, {}),
   "mean": (dict(readout="mean"), {}),
@@ -52,6 +52,7 @@ VARIANTS = {
   "weight_decay": ({}, dict(weight_decay=0.01)),
   # the factor that won alone (the GRU), with each of the others that did not lose
   "gru_attention": (dict(cell="gru", readout="attention"), {}),
+  "gru_max": (dict(cell="gru", readout="max"), {}),
   "gru_weight_decay": (dict(cell="gru"), dict(weight_decay=0.01)),
 }
 _ROOT = flags.DEFINE_string("root", None, "Where the runs' workdirs go.", required=True)
@@ -84,6 +85,10 @@ def config(problem: str, variant: str, seeds: int):
   cfg.data.update(**data)
   cfg.strategies = ("bucket",)
   cfg.seeds = seeds
+  # the study's base model, whatever the presets' defaults become (the classify preset's took
+  # the study's choice): the built-in LSTM, the last step's readout, no weight decay
+  cfg.model.update(cell="lstm", readout="last", bidirectional=False, initializer="auto")
+  cfg.optimizer.weight_decay = 0.0
   model, optimizer = VARIANTS[variant]
   cfg.model.update(**model)
   cfg.optimizer.update(**optimizer)

@@ -108,7 +108,8 @@ def quality_table(summary: list[dict], curves: dict, baselines: dict | None = No
     f"Train seconds (compiles included, evaluation excluded) until the {what} first reached "
     "each level, interpolated between evaluations; median over seeds (range, seeds that reached "
     "it). Every seed is timed to the same levels; the target here is the mean of the per-seed "
-    "targets, so a row whose final loss set one seed's target may reach it in fewer seeds.",
+    f"targets, so a row whose final {what.split()[-1]} set one seed's target may reach it in fewer "
+    "seeds.",
     "",
     *lines,
     "",
