@@ -126,6 +126,8 @@ def main(argv):
   for name in _VARIANTS.value:
     if name not in VARIANTS:
       raise errors.ConfigError(f"--variants: unknown {name!r}; use some of {list(VARIANTS)}.")
+  if "japanese_vowels" in _PROBLEMS.value:
+    config("japanese_vowels", "last", 1)  # its files' flag, checked before anything is written
   path = os.path.join(_OUT.value, "study.json")
   results = json.load(open(path)) if os.path.exists(path) else {}
   os.makedirs(_OUT.value, exist_ok=True)
@@ -156,7 +158,8 @@ def report(results: dict) -> str:
     f"({time.strftime('%Y-%m-%d')})",
     "",
     f"bucket, {_SEEDS.value} seeds each (mean ±sample sd over seeds, ddof 1); one factor at a "
-    "time from each problem's preset (configs/compare.py), the variants in "
+    "time from a base model (the built-in LSTM, the last step's readout, no weight decay) on "
+    "each problem's preset (configs/compare.py), the variants in "
     "`experiments/classify_study.py` (VARIANTS). *score*: test accuracy with the checkpoint "
     "selected on validation where the problem has a test file (JapaneseVowels), else the "
     "final held-out accuracy. Command: `python experiments/classify_study.py --root DIR --out "

@@ -181,6 +181,27 @@ def test_bad_override_key_is_rejected():
   assert proc.returncode != 0 and "modle" in proc.stderr
 
 
+@pytest.mark.parametrize(
+  "flags, said",
+  [
+    (["--problems=digit"], "--problems: unknown 'digit'; use some of"),
+    (["--variants=lstm"], "--variants: unknown 'lstm'; use some of"),
+    (["--problems=japanese_vowels"], "--japanese_vowels: the directory holding"),
+  ],
+)
+def test_the_classification_study_refuses_bad_flags_in_one_line(tmp_path, flags, said):
+  """experiments/classify_study.py: an unknown problem or variant, or JapaneseVowels without its
+  files, is one line naming the flag, exit status 2, before anything trains."""
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / "experiments" / "classify_study.py"), "--root",
+     str(tmp_path / "r"), "--out", str(tmp_path / "o"), *flags],
+    capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert said in proc.stderr
+  assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
+
+
 def test_unknown_strategy_in_config():
   cfg = compare.get_config("smoke")
   cfg.strategies = ("pad", "bucketing")
