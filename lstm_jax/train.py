@@ -593,7 +593,12 @@ class _EvalSchedule:
       self.next += self.every
 
 
-def _check_fit_arguments(state, strategy, epochs, real_tokens) -> None:
+COMPILE_SHAPES = ("ahead", "lazily", "background")  # fit(compile_shapes=...)
+
+
+def _check_fit_arguments(state, strategy, epochs, real_tokens, compile_shapes) -> None:
+  if compile_shapes not in COMPILE_SHAPES:
+    raise ConfigError(f"compile_shapes must be one of {COMPILE_SHAPES}, got {compile_shapes!r}.")
   if epochs is None and real_tokens is None:
     raise ConfigError("fit needs epochs or real_tokens (or both) to know when to stop.")
   if epochs is not None and epochs < 1:
@@ -617,7 +622,7 @@ def fit(
   real_tokens: int | None = None,
   steps: StepFunctions | None = None,
   callback: Callable[[dict], None] | None = None,
-  precompile_shapes: bool | str = True,
+  compile_shapes: str = "ahead",
   compile_workers: int = 1,
   eval_every_tokens: int | None = None,
   on_eval: Callable[[TrainState, int], None] | None = None,
@@ -638,11 +643,12 @@ def fit(
     epochs: epochs to train; real_tokens: real (non-padding) tokens to train on.
     steps: the jitted step functions (`StepFunctions.create(mesh)`); None: fresh ones.
     callback: called with each step's record (loss, real tokens, seconds, compiled).
-    precompile_shapes: True: compile every shape of an epoch before its first step (ahead of
-      time); False: a step compiles when it meets a new shape; "background": `compile_workers`
-      threads compile the epoch's shapes in the order training meets them while it trains, and a
-      step whose shape is not ready waits for it. A step that compiled or waited for a compile
-      says `compiled: True` in its record (its seconds include that).
+    compile_shapes: when each train shape compiles (COMPILE_SHAPES): "ahead", every shape of an
+      epoch before its first step; "lazily", a step compiles when it meets a new shape;
+      "background", `compile_workers` threads compile the epoch's shapes in the order training
+      meets them while it trains, and a step whose shape is not ready waits for it. A step that
+      compiled or waited for a compile says `compiled: True` in its record (its seconds include
+      that).
     on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
       been trained on; its time is not counted in any step's `step_seconds`.
     checkpointer: if given, training resumes from its newest readable checkpoint (`resume`, which
@@ -669,7 +675,7 @@ def fit(
     A `FitResult`: the trained `state`, the final `carry`, the per-step `history`, the step
     functions (`steps`: their compile counts and seconds) and `resumed_from`.
   """
-  _check_fit_arguments(state, strategy, epochs, real_tokens)
+  _check_fit_arguments(state, strategy, epochs, real_tokens, compile_shapes)
   steps = steps or StepFunctions.create()
   zero_carry = functools.lru_cache(maxsize=None)(lambda b: steps.zero_carry(state.model, b))
   if steps.mesh is not None:
@@ -705,7 +711,7 @@ def fit(
   try:
     for (plan, after), batch in batches:
       if run.position.index == 0 or pending.t_last is None:  # an epoch starts, or a resume
-        if precompile_shapes == "background":
+        if compile_shapes == "background":
           compile_in_background(
             steps.train,
             run.state,
@@ -714,7 +720,7 @@ def fit(
             compile_workers,
             first=[plan.shape],
           )
-        elif precompile_shapes:
+        elif compile_shapes == "ahead":
           precompile(steps.train, run.state, strategy, run.position.epoch)
         if strategy.carries_state and run.position.index == 0:
           run.carry = zero_carry(plan.batch_size)

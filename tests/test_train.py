@@ -432,7 +432,7 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
 
 
 def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(data):
-  """precompile_shapes="background": the first batch's shape is compiled first, then
+  """compile_shapes="background": the first batch's shape is compiled first, then
   the others in the order training meets them, while training goes on; the parameters are bit
   for bit those of a run that compiled everything ahead, and every shape compiles (and traces)
   exactly once. A step that waited for its shape is marked compiled, as a lazily compiling one."""
@@ -442,16 +442,18 @@ def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(dat
   assert train.shapes_in_order(strategy, 0, first=[order[-1]])[0] == order[-1]
   ahead = train.fit(_state(data), strategy, epochs=2)
   results = {}
-  for mode in ("background", False):
-    results[mode] = train.fit(_state(data), strategy, epochs=2, precompile_shapes=mode)
+  for mode in ("background", "lazily"):
+    results[mode] = train.fit(_state(data), strategy, epochs=2, compile_shapes=mode)
   for mode, result in results.items():
     fn = result.steps.train
     assert fn.compiles == fn.traces == len(strategy.shapes()) == 4, mode
     assert jax.tree.all(jax.tree.map(np.array_equal, result.state.params, ahead.state.params))
     waited = [h for h in result.history if h["compiled"]]
     assert fn.blocked_calls == len(waited) <= 4 and fn.last_compile_finished is not None
-  assert sum(h["compiled"] for h in results[False].history) == 4  # lazily: each shape, once
+  assert sum(h["compiled"] for h in results["lazily"].history) == 4  # each shape, once
   assert not any(h["compiled"] for h in ahead.history)
+  with pytest.raises(ConfigError, match=r"compile_shapes must be one of \('ahead', 'lazily'"):
+    train.fit(_state(data), strategy, epochs=1, compile_shapes=True)  # the old tri-state's True
 
 
 def test_a_background_compile_error_reaches_the_caller(data):

@@ -317,7 +317,7 @@ def run_strategy(
       real_tokens=cfg.train.real_tokens or None,
       steps=steps,
       callback=on_step,
-      precompile_shapes="background" if background else False,
+      compile_shapes="background" if background else "lazily",
       compile_workers=cfg.background_compiles,
       eval_every_tokens=cfg.train.eval_every_tokens,
       on_eval=on_eval,
