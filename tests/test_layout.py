@@ -20,7 +20,7 @@ LAYERS = (
     "prefetch",
     "train",
   ),  # training
-  ("convert", "streaming", "nnx_model", "baselines"),  # tools
+  ("convert", "streaming", "nnx_model", "baselines", "interop"),  # tools
 )
 # the runner's package (lstm_jax/runner/): it may import the library, never the reverse
 RUNNER = (
