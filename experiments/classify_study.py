@@ -33,6 +33,7 @@ from lstm_jax import baselines, environment, errors  # noqa: E402
 from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
 from lstm_jax.runner import data as runner_data  # noqa: E402
 from lstm_jax.runner import experiment  # noqa: E402
+from lstm_jax.workdir import WorkdirLock  # noqa: E402
 
 # name -> (preset, overrides of cfg.data): the study's problems
 PROBLEMS = {
@@ -128,9 +129,14 @@ def main(argv):
       raise errors.ConfigError(f"--variants: unknown {name!r}; use some of {list(VARIANTS)}.")
   if "japanese_vowels" in _PROBLEMS.value:
     config("japanese_vowels", "last", 1)  # its files' flag, checked before anything is written
-  path = os.path.join(_OUT.value, "study.json")
-  results = json.load(open(path)) if os.path.exists(path) else {}
   os.makedirs(_OUT.value, exist_ok=True)
+  # one study at a time per --out: each rewrites study.json whole, so two would lose rows
+  with WorkdirLock(_OUT.value):
+    _run(os.path.join(_OUT.value, "study.json"))
+
+
+def _run(path: str) -> None:
+  results = json.load(open(path)) if os.path.exists(path) else {}
   if _BASELINES_ONLY.value:
     for problem in _PROBLEMS.value:
       results[f"{problem}/classic"] = classic_baselines(problem)

@@ -529,7 +529,7 @@ class _OrbaxNoise(logging.Filter):
     for name in ("absl", "asyncio"):
       logging.getLogger(name).addFilter(self)
     thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
-    replaced = (thread_hook, unraisable_hook, sys.excepthook, list(warnings.filters))
+    replaced = (thread_hook, unraisable_hook, sys.excepthook)
 
     def excepthook(args):
       if not self._take(args.exc_value, args.exc_traceback):
@@ -546,10 +546,15 @@ class _OrbaxNoise(logging.Filter):
     threading.excepthook = excepthook
     sys.unraisablehook = unraisablehook
     sys.excepthook = printed_hook  # tensorstore's callbacks print through it
-    warnings.filterwarnings(  # an abandoned read's coroutine, collected
-      "ignore", message=r"coroutine 'Store\._\w+' was never awaited", category=RuntimeWarning
-    )
-    self.replaced = replaced + ((excepthook, unraisablehook, printed_hook),)
+    # an abandoned read's coroutine, collected: ignored by a filter of its own, added only if
+    # none like it is there (pytest's config has one) and removed alone on leaving
+    message = r"coroutine 'Store\._\w+' was never awaited"
+    own_filter = ("ignore", re.compile(message, re.I), RuntimeWarning, None, 0)
+    if own_filter in warnings.filters:
+      own_filter = None
+    else:
+      warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
+    self.replaced = replaced + (own_filter, (excepthook, unraisablehook, printed_hook))
 
   def uninstall(self) -> None:
     """Undoes `install` once its last user leaves: the filters removed, and each hook put back
@@ -559,7 +564,7 @@ class _OrbaxNoise(logging.Filter):
       if self.depth > 0 or self.replaced is None:
         return
       replaced, self.replaced = self.replaced, None
-    thread_hook, unraisable_hook, printed, filters, ours = replaced
+    thread_hook, unraisable_hook, printed, own_filter, ours = replaced
     for name in ("absl", "asyncio"):
       logging.getLogger(name).removeFilter(self)
     if threading.excepthook is ours[0]:
@@ -568,7 +573,9 @@ class _OrbaxNoise(logging.Filter):
       sys.unraisablehook = unraisable_hook
     if sys.excepthook is ours[2]:
       sys.excepthook = printed
-    warnings.filters[:] = filters
+    if own_filter is not None and own_filter in warnings.filters:  # others' filters stay
+      warnings.filters.remove(own_filter)
+      warnings._filters_mutated()
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:  # what orbax says of every read-only look is noise

@@ -202,6 +202,25 @@ def test_the_classification_study_refuses_bad_flags_in_one_line(tmp_path, flags,
   assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
 
 
+def test_a_second_classification_study_on_the_same_out_is_refused(tmp_path):
+  """Two studies writing one --out would each rewrite study.json whole and lose the other's
+  rows: the second stops at once, in one line, and study.json is left as it was."""
+  from lstm_jax.workdir import WorkdirLock
+
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "study.json").write_text('{"kept": 1}')
+  with WorkdirLock(str(out)):
+    proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "classify_study.py"), "--root",
+       str(tmp_path / "r"), "--out", str(out), "--problems=digits"],
+      capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert "is in use by another runner" in proc.stderr
+  assert (out / "study.json").read_text() == '{"kept": 1}' and not (tmp_path / "r").exists()
+
+
 def test_unknown_strategy_in_config():
   cfg = compare.get_config("smoke")
   cfg.strategies = ("pad", "bucketing")
