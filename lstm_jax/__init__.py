@@ -57,6 +57,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "Checkpointer": ("checkpoint", "Checkpointer"),
   "quiet_orbax": ("checkpoint", "quiet_orbax"),  # orbax's fault tracebacks as one message
   "Streamer": ("streaming", "Streamer"),
+  # fit(writer=...): TensorBoard event files in step with the checkpoints (tensorboardX,
+  # optional); fit(progress=...): a progress bar (rich in a terminal, plain lines elsewhere)
+  "metric_writers": ("metric_writers", ""),
+  "Progress": ("progress", "Progress"),
   # weights to and from PyTorch and Keras
   "convert": ("convert", ""),
   # errors: one base class, one line each

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,6 +44,10 @@ from lstm_jax.layers import resolve_cell
 from lstm_jax.model import Carry, SequenceModel, layer_params
 from lstm_jax.preemption import Preempted, Preemption
 from lstm_jax.prefetch import Prefetch
+from lstm_jax.progress import Progress
+
+if TYPE_CHECKING:
+  from lstm_jax.metric_writers import MetricWriter
 
 LOSS_KINDS = ("classification", "regression")
 
@@ -492,6 +496,57 @@ def resume(
   )
 
 
+WRITER_FLUSH_SECONDS = 30.0  # fit(writer=) without a checkpointer: flushed this often
+
+
+class _Watch:
+  """What `fit` shows of each step beyond its record: the caller's callback, the metric
+  writer's train scalars (their wall time the training clock: the steps' seconds summed) and
+  the progress bar (real tokens of the planned total, loss, tokens/s)."""
+
+  def __init__(self, strategy, epochs, real_tokens, position, history, callback, writer, bar):
+    self.callback, self.writer = callback, writer
+    self.seconds = sum(h["step_seconds"] for h in history)
+    self.tokens = position.real_tokens
+    self.flush_by_time, self.last_flush = False, time.perf_counter()
+    self.bar = None
+    if bar:
+      self.bar = bar if isinstance(bar, Progress) else Progress()
+      per_epoch = int(strategy.plan(0).real_tokens.sum())
+      totals = [t for t in (real_tokens, epochs and epochs * per_epoch) if t]
+      self.bar.start("fit", min(totals), done=self.tokens)
+
+  def record(self, rec: dict) -> None:
+    if self.callback is not None:
+      self.callback(rec)
+    self.seconds += rec["step_seconds"]
+    self.tokens += rec["real_tokens"]
+    rate = rec["real_tokens"] / max(rec["step_seconds"], 1e-9)
+    if self.writer is not None:
+      scalars = {
+        "train/loss": rec["loss"],
+        "train/real_tokens_per_second": rate,
+        "train/padding": 1.0 - rec["real_tokens"] / max(rec["computed_tokens"], 1),
+      }
+      self.writer.write_scalars(rec["step"], scalars, walltime=self.seconds)
+      now = time.perf_counter()
+      if self.flush_by_time and now - self.last_flush >= WRITER_FLUSH_SECONDS:
+        self.writer.flush()
+        self.last_flush = now
+    if self.bar is not None:
+      self.bar.update(
+        self.tokens,
+        f"step {rec['step']} loss {rec['loss']:.4f} "
+        f"{self.tokens / max(self.seconds, 1e-9):,.0f} tok/s",
+      )
+
+  def close(self, flush_writer: bool) -> None:
+    if self.writer is not None and flush_writer:
+      self.writer.flush()
+    if self.bar is not None:
+      self.bar.end()
+
+
 class _PendingStep:
   """The step dispatched last, whose metrics are fetched only after the next step is dispatched
   (so the host never idles the device). It owns the step clock: a step's seconds run from the
@@ -631,6 +686,8 @@ def fit(
   resumed: Resumed | None = None,
   prefetch: int = 2,
   preemption: Preemption | None = None,
+  writer: MetricWriter | None = None,
+  progress: bool | Progress = False,
 ) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `real_tokens` real tokens.
 
@@ -669,6 +726,15 @@ def fit(
       if so, the step in flight completes, a checkpoint of it is written (and waited for), and
       fit raises `Preempted` naming the step and the checkpoint's directory. Resuming from it
       loses no step.
+    writer: a metric writer (`lstm_jax.metric_writers`, CLU's method names): each step's
+      `train/loss`, `train/real_tokens_per_second` and `train/padding` at its step number, its
+      wall time the training clock (the steps' seconds summed, resumed steps included). Flushed
+      right after each checkpoint save (and at the end), so its files end where the newest
+      checkpoint does; without a checkpointer, every `WRITER_FLUSH_SECONDS` and at the end.
+      fit does not close it (the caller may write evaluations into it too).
+    progress: True (or a `lstm_jax.progress.Progress`): a progress bar of the steps (real
+      tokens/s, loss, the time left) on stderr, drawn by `rich` in a terminal and a plain line
+      every few seconds elsewhere. Off by default.
 
 
   Returns:
@@ -689,7 +755,9 @@ def fit(
     run = _Run(resumed.state, int(resumed.state.step), resumed.position, resumed.carry)
     history = list(resumed.history)
   identity = _identity(strategy, settings) if checkpointer is not None else {}
-  pending = _PendingStep(history, callback, checkpointer and checkpointer.directory)
+  watch = _Watch(strategy, epochs, real_tokens, run.position, history, callback, writer, progress)
+  watch.flush_by_time = checkpointer is None  # with one, the writer is flushed at its saves
+  pending = _PendingStep(history, watch.record, checkpointer and checkpointer.directory)
   stop = _Stop(epochs, real_tokens)
   evals = _EvalSchedule(eval_every_tokens, on_eval, run.position.real_tokens)
 
@@ -697,6 +765,8 @@ def fit(
     pending.flush()  # never save a state whose loss was not checked
     carry = _saved_carry(strategy, run.carry)
     checkpointer.save(run.step, run.state, carry, run.stream(identity, history), force=force)
+    if writer is not None:  # its events end where this checkpoint does
+      writer.flush()
     pending.restart_clock()  # the save's blocking part belongs to no step
 
   # each batch assembled ahead, while the steps before it run (depth 0: when it is taken)
@@ -771,6 +841,7 @@ def fit(
     if checkpointer is not None:
       save(force=True)
   finally:
+    watch.close(flush_writer=checkpointer is None)  # with one: flushed at the saves only
     batches.close()
     steps.train.stop_background()  # shapes the run never reached are not compiled
     if checkpointer is not None:

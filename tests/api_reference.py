@@ -23,6 +23,7 @@ GROUPS = (
   ("Strategies", ("batching",)),
   ("Models", ("model", "nnx_model")),
   ("Training", ("train", "checkpoint", "streaming")),
+  ("Metrics and progress", ("metric_writers", "progress")),
   ("Weights from and to PyTorch and Keras", ("convert",)),
   ("Errors", ("errors",)),
 )

@@ -20,6 +20,7 @@ from lstm_jax import batching, train
 from lstm_jax.checkpoint import Checkpointer, quiet_orbax
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import CheckpointError
+from lstm_jax.metric_writers import tensorboard_available
 from lstm_jax.model import SequenceModel
 
 # Restoring a damaged checkpoint, orbax reads the arrays concurrently; when one read fails, the
@@ -423,6 +424,41 @@ def test_runner_killed_or_preempted_resumes_bit_identical(
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   steps = [line["step"] for line in lines if line["kind"] == "train"]
   assert steps == list(range(1, want["steps"] + 1))  # each step once, although some ran twice
+  if tensorboard_available():  # the event files too (CI installs the tensorboard extra)
+    check_tensorboard(tmp_path, name)
+
+
+def check_tensorboard(workdir, name: str) -> None:
+  """A row's TensorBoard runs as TensorBoard reads them: every step's train loss once, at its
+  step and, in the tokens run, at the real tokens trained on by then, and every evaluation at
+  the step and the real tokens it was made after, the values the row's own result holds."""
+  from lstm_jax.metric_writers import read_scalars
+
+  result = json.loads((workdir / "results" / f"{name}-seed0.json").read_text())
+  hist, curve = result["history"], result["curve"]
+  board = workdir / "tensorboard"
+  by_step = read_scalars(str(board / "steps" / f"{name}-seed0"))
+  by_tokens = read_scalars(str(board / "tokens" / f"{name}-seed0"))
+  f32 = lambda values: [float(np.float32(v)) for v in values]  # noqa: E731
+  assert [(s, v) for s, v, _ in by_step["train/loss"]] == list(
+    zip(range(1, len(hist) + 1), f32(h["loss"] for h in hist))
+  )
+  tokens = [int(t) for t in np.cumsum([h["real_tokens"] for h in hist])]
+  assert [s for s, _, _ in by_tokens["by_real_tokens/train_loss"]] == tokens
+  step_at = {0: 0, **{t: i + 1 for i, t in enumerate(tokens)}}
+  evals = [(step_at[c["real_tokens"]], float(np.float32(c["eval_loss"]))) for c in curve]
+  assert [(s, v) for s, v, _ in by_step["eval/loss"]] == evals
+  assert [s for s, _, _ in by_tokens["by_real_tokens/eval_loss"]] == [
+    c["real_tokens"] for c in curve
+  ]
+  assert len(curve) >= 2
+
+
+@pytest.mark.xdist_group("resume")  # the uninterrupted run's worker
+@pytest.mark.skipif(not tensorboard_available(), reason="the optional extra lstm_jax[tensorboard]")
+def test_a_two_strategy_run_shows_every_row_in_tensorboard(uninterrupted):
+  for name in ("tbptt", "bucket"):
+    check_tensorboard(uninterrupted, name)
 
 
 def test_rerun_reads_finished_results_and_resume_false_starts_over(tmp_path, monkeypatch):

@@ -599,6 +599,7 @@ def test_progress_lines_show_accuracy_for_classification():
     log.start("pad", 0, 100, AnyStrategy(), metric)
     log.eval(dict(eval_loss=0.9, eval_metric=0.612))
     log.step(dict(real_tokens=100, step_seconds=0.1, loss=1.0))
+    log.end()
     line = out.getvalue().strip().splitlines()[-1]
     assert line.endswith(shown) if shown else "acc" not in line, line
     assert not math.isnan(log.eval_loss)

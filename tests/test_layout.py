@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 
 LAYERS = (
-  ("preemption", "errors", "files"),  # shared by all
+  ("preemption", "errors", "files", "progress", "metric_writers"),  # shared by all
   ("recurrence", "cudnn", "readout", "backend", "layers", "model"),  # model core
   ("data", "store", "normalization", "tasks", "sources", "batching"),  # data and batching
   (
@@ -30,6 +30,7 @@ RUNNER = (
   "reading",
   "plots",
   "report",
+  "writers",
   "data",
   "build",
   "recommend",

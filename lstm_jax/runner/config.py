@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
-from lstm_jax import batching, tasks
+from lstm_jax import batching, metric_writers, tasks
 from lstm_jax.backend import BACKENDS
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
@@ -33,6 +33,7 @@ STRATEGY_NAMES = tuple(batching.STRATEGIES)  # every strategy's name, in the tab
 # --config.strategies="('pad','bucket','tbptt','vbptt','pack','pad_batch_max')".
 DEFAULT_STRATEGIES = tuple(s for s in STRATEGY_NAMES if s != "pad_batch_max")
 SCHEDULES = ("constant", "cosine")  # config.optimizer.schedule
+TENSORBOARD = ("auto", "on", "off")  # config.tensorboard
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -72,6 +73,14 @@ def base_config() -> ml_collections.ConfigDict:
   # The report's five PNG plots (matplotlib: about 1.5 s a render on 2 cores, 3 s with its
   # import). False: report.md and the data files only (many small runs, a sweep, the tests).
   c.plots = True
+  # TensorBoard event files (lstm_jax.metric_writers; tensorboardX: pip install
+  # 'lstm_jax[tensorboard]'): one run directory per row under workdir/tensorboard/steps/ (the
+  # optimizer step on the horizontal axis; "Relative" time is the row's training clock) and
+  # workdir/tensorboard/tokens/ (real tokens trained on), flushed at each checkpoint, so
+  # `tensorboard --logdir WORKDIR/tensorboard` shows the rows side by side. "auto": written
+  # where tensorboardX is installed; "on": required (an error without it); "off". metrics.jsonl
+  # is written either way and stays the source of truth.
+  c.tensorboard = "auto"
   # Resume from the workdir's checkpoints and finished results (False: delete them, start over).
   c.resume = True
   # keep: the newest checkpoints kept; keep_period > 0 also keeps every checkpoint whose step
@@ -348,6 +357,13 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   ):
     raise ConfigError(
       f"config.strategy.bucket.num_buckets must be an integer >= 1 or 'auto', got {nb!r}."
+    )
+  if cfg.tensorboard not in TENSORBOARD:
+    raise ConfigError(f"config.tensorboard must be one of {TENSORBOARD}, got {cfg.tensorboard!r}.")
+  if cfg.tensorboard == "on" and not metric_writers.tensorboard_available():
+    raise ConfigError(
+      f"config.tensorboard='on' needs tensorboardX: {metric_writers.INSTALL_HINT}, or set "
+      f"config.tensorboard=off."
     )
   if not 0 < cfg.data.eval_fraction < 1:
     raise ConfigError(f"config.data.eval_fraction must be in (0, 1), got {cfg.data.eval_fraction}.")

@@ -55,6 +55,7 @@ from lstm_jax.runner.recommend import (
   resolve_auto_batches,
   resolve_auto_buckets,
 )
+from lstm_jax.runner.writers import row_writers
 from lstm_jax.store import StoredDataset
 from lstm_jax.workdir import (
   Invocations,
@@ -262,9 +263,15 @@ def run_strategy(
     else None
   )
 
+  tb = None  # the row's TensorBoard runs (config.tensorboard), opened once resume is known
+  steps_clock = [0.0]  # the steps' seconds summed: TensorBoard's time axis, as fit's
+
   def on_step(rec):
     rec["train_seconds"] = clock.tick(rec["step_seconds"])
     log.step(rec)
+    steps_clock[0] += rec["step_seconds"]
+    if tb is not None:
+      tb.tokens(log.tokens, {"train/loss": rec["loss"]}, walltime=steps_clock[0])
 
   # with a test split, the model it scores is the one selected on the eval (validation) split
   best = (
@@ -286,6 +293,10 @@ def run_strategy(
       eval_seconds=time.perf_counter() - t0,
     )
     log.eval(point)
+    if tb is not None:
+      scalars = {"eval/loss": r["loss"], f"eval/{metric}": point["eval_metric"]}
+      tb.write_scalars(int(st.step), scalars, walltime=steps_clock[0])
+      tb.tokens(real_tokens, scalars, walltime=steps_clock[0])
     if best is not None:
       best.consider(st, point)
 
@@ -296,9 +307,18 @@ def run_strategy(
     if checkpointer is not None
     else None
   )
+  tb = row_writers(
+    cfg.tensorboard,
+    workdir,
+    f"{name}-seed{seed}",
+    (resumed.step, resumed.position.real_tokens) if resumed is not None else None,
+  )
   if resumed is None:
+    if tb is not None:
+      tb.write_hparams(dict(settings, strategy=name))
     on_eval(state, 0)
   else:
+    steps_clock[0] = sum(h["step_seconds"] for h in resumed.history)
     clock.train_seconds = resumed.extra["train_seconds"]
     curve.points = list(resumed.extra["curve"])
     if best is not None:
@@ -325,12 +345,15 @@ def run_strategy(
       settings=settings,
       resumed=resumed,
       preemption=preemption,
+      writer=tb,
     )
   except Preempted as e:
     log.end()
     raise e.for_row(f"{name} seed {seed}") from None
   if not curve.covers(result.real_tokens):
     on_eval(result.state, result.real_tokens)
+  if tb is not None:
+    tb.close()  # the final evaluation, flushed
   log.end()
   hist = result.history
   steady = [h for h in hist[1:] if not h["compiled"]]  # warm-up step and compiling steps excluded

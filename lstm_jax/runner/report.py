@@ -20,12 +20,11 @@ import io
 import json
 import math
 import os
-import sys
-import time
 
 import numpy as np
 
 from lstm_jax.files import atomic_write
+from lstm_jax.progress import Progress
 from lstm_jax.runner.plots import PLOTS, draw_confusion, plots  # noqa: F401 (re-exported)
 from lstm_jax.runner.reading import (  # noqa: F401 (re-exported: the report's reading)
   _fmt,
@@ -141,23 +140,23 @@ NUMERIC_KEYS = tuple(
 
 
 class ProgressLog:
-  """A progress line per strategy (tokens, tokens/s, loss) and the metrics.jsonl file."""
+  """A progress bar per row (`lstm_jax.progress.Progress`: rich's in a terminal, a plain line
+  every `every_seconds` elsewhere) showing real tokens, tokens/s, loss and the last evaluation,
+  and the metrics.jsonl file."""
 
-  def __init__(self, path: str, quiet: bool = False, stream=None):
+  def __init__(self, path: str, quiet: bool = False, stream=None, every_seconds: float = 30.0):
     self.file = open(path, "a", encoding="utf-8")
-    self.quiet = quiet
-    self.stream = stream or sys.stderr
-    self.tty = getattr(self.stream, "isatty", lambda: False)()
-    self.name, self.seed, self.total, self.last_draw = "", 0, 1, 0.0
+    self.bar = Progress(stream=stream, quiet=quiet, every_seconds=every_seconds)
+    self.name, self.seed, self.total = "", 0, 1
     self.tokens, self.seconds, self.loss, self.eval_loss = 0, 0.0, math.nan, math.nan
     self.metric, self.eval_metric = "", math.nan
-    self.next_line = 0.0
 
   def start(self, name: str, seed: int, total_tokens: int, strategy, metric: str = "") -> None:
     self.name, self.seed, self.metric, self.eval_metric = name, seed, metric, math.nan
     self.total = total_tokens or int(strategy.plan(0).real_tokens.sum())
-    self.tokens, self.seconds, self.next_line = 0, 0.0, 0.0
+    self.tokens, self.seconds = 0, 0.0
     self.loss = self.eval_loss = math.nan  # not the previous row's
+    self.bar.start(f"{name:>13} s{seed}", self.total)
 
   def _write(self, rec: dict) -> None:
     self.file.write(metrics_line(self.name, self.seed, rec))
@@ -167,33 +166,21 @@ class ProgressLog:
     self.tokens += rec["real_tokens"]
     self.seconds += rec["step_seconds"]
     self.loss = rec["loss"]
-    self._draw()
+    self.bar.update(self.tokens, self.text())
 
   def eval(self, rec: dict) -> None:
     self._write(dict(kind="eval", **rec))
     self.eval_loss = rec["eval_loss"]
     self.eval_metric = rec.get("eval_metric", math.nan)
+    self.bar.update(self.tokens, self.text())
 
-  def _draw(self, final: bool = False) -> None:
-    if self.quiet:
-      return
-    frac = min(1.0, self.tokens / max(self.total, 1))
-    now = time.perf_counter()
-    if self.tty and not final and now - self.last_draw < 0.2:
-      return
-    if not self.tty and not final and frac < self.next_line:
-      return
-    self.next_line = frac + 0.25
-    self.last_draw = now
-    bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
-    line = (
-      f"{self.name:>13} s{self.seed} [{bar}] {100 * frac:5.1f}% "
+  def text(self) -> str:
+    """What the bar shows beside it: real tokens, tokens/s, loss, the last evaluation."""
+    return (
       f"{self.tokens / 1e3:8.1f}k tok {self.tokens / max(self.seconds, 1e-9):9.0f} tok/s "
       f"loss {self.loss:7.4f} eval {self.eval_loss:7.4f}"
       + (f" acc {100 * self.eval_metric:5.1f}%" if self.metric == "accuracy" else "")
     )
-    self.stream.write(("\r" + line) if self.tty else (line + "\n"))
-    self.stream.flush()
 
   def resumed(self, real_tokens: int, seconds: float, last_eval: dict | None = None) -> None:
     """Training picked up from a checkpoint: the bar continues from there (and shows the last
@@ -205,16 +192,14 @@ class ProgressLog:
     self.note(
       f"{self.name} seed {self.seed}: resumed from a checkpoint at {real_tokens:,} real tokens"
     )
+    self.bar.start(self.bar.description, self.total, done=real_tokens)
+    self.bar.update(self.tokens, self.text())
 
   def note(self, text: str) -> None:
-    if not self.quiet:
-      self.stream.write(text + "\n")
-      self.stream.flush()
+    self.bar.note(text)
 
   def end(self) -> None:
-    self._draw(final=True)
-    if self.tty and not self.quiet:
-      self.stream.write("\n")
+    self.bar.end()
     self.file.flush()
 
 
