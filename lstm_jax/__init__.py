@@ -63,6 +63,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "Progress": ("progress", "Progress"),
   # weights to and from PyTorch and Keras
   "convert": ("convert", ""),
+  # Grain's packed batches to and from the Batch; any strategy as a Grain IterDataset
+  "interop": ("interop", ""),
   # errors: one base class, one line each
   "LstmJaxError": ("errors", "LstmJaxError"),
   "ConfigError": ("errors", "ConfigError"),

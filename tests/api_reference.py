@@ -25,6 +25,7 @@ GROUPS = (
   ("Training", ("train", "checkpoint", "streaming")),
   ("Metrics and progress", ("metric_writers", "progress")),
   ("Weights from and to PyTorch and Keras", ("convert",)),
+  ("Grain", ("interop",)),
   ("Errors", ("errors",)),
 )
 _HIDDEN_FIELDS = {"parent", "name"}  # every linen module's, not the model's settings
