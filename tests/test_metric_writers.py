@@ -215,6 +215,17 @@ def test_metrics_jsonl_and_results_are_unchanged_by_tensorboard(tmp_path):
     workdir = tmp_path / setting
     experiment.train_and_evaluate(cfg, str(workdir), quiet=True)
     rows[setting] = json.loads((workdir / "results" / "pad-seed0.json").read_text())
-  assert (tmp_path / "on" / "tensorboard" / "steps" / "pad-seed0").is_dir()
+  run = tmp_path / "on" / "tensorboard" / "steps" / "pad-seed0"
+  from tensorboardX.proto import event_pb2
+
+  texts, hparams = [], 0
+  for f in run.iterdir():
+    for data in metric_writers._records(str(f)):
+      for v in event_pb2.Event.FromString(data).summary.value:
+        if v.tag.startswith("row"):
+          texts.append(v.tensor.string_val[0].decode())
+        hparams += v.metadata.plugin_data.plugin_name == "hparams"
+  assert len(texts) == 1 and "| eval_loss |" in texts[0] and "| steps |" in texts[0]
+  assert hparams == 3  # the experiment, the session's start and its end
   assert not (tmp_path / "off" / "tensorboard").exists()
   assert [h["loss"] for h in rows["on"]["history"]] == [h["loss"] for h in rows["off"]["history"]]

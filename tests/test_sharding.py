@@ -165,3 +165,9 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   assert [p for p, _ in stopped] == ["0", "1"] and stopped[0][1] == stopped[1][1] != "None"
   assert 3 <= got["resumed_from"] == int(stopped[0][1]) < len(got["uninterrupted"])
   assert got["resumed"] == got["uninterrupted"]
+  from lstm_jax import metric_writers
+
+  if metric_writers.tensorboard_available():  # one event file, process 0's, every step once
+    assert len(list((tmp_path / "ckpt-tb").iterdir())) == 1
+    steps = [s for s, _, _ in metric_writers.read_scalars(str(tmp_path / "ckpt-tb"))["train/loss"]]
+    assert steps == list(range(1, len(got["uninterrupted"]) + 1))

@@ -352,8 +352,6 @@ def run_strategy(
     raise e.for_row(f"{name} seed {seed}") from None
   if not curve.covers(result.real_tokens):
     on_eval(result.state, result.real_tokens)
-  if tb is not None:
-    tb.close()  # the final evaluation, flushed
   log.end()
   hist = result.history
   steady = [h for h in hist[1:] if not h["compiled"]]  # warm-up step and compiling steps excluded
@@ -419,11 +417,35 @@ def run_strategy(
     **tested,
   )
   row = row.to_dict(finished=False)  # the rest is set once every row of the seed has run
+  if tb is not None:  # the row's figures as text, and its final evaluation, flushed
+    tb.write_texts(int(result.state.step), {"row": _row_text(row)})
+    tb.close()
   if result_path and jax.process_index() == 0:
     write_json_atomically(
       result_path, dict(row=row, history=hist, curve=curve.points, settings=settings)
     )
   return row, hist, curve.points
+
+
+def _row_text(row: dict) -> str:
+  """The row's figures for TensorBoard's Text tab (a markdown table of two columns)."""
+  keys = (
+    "steps",
+    "real_tokens",
+    "padding_fraction",
+    "tokens_per_second",
+    "wall_seconds",
+    "compile_seconds",
+    "eval_loss",
+    "eval_metric",
+    "test_metric",
+    "selected_step",
+  )
+  shown = [(k, row[k]) for k in keys if row.get(k) is not None]
+  lines = ["| | |", "|---|---|"] + [
+    f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in shown
+  ]
+  return "\n".join(lines + [f"| compiles | {row['compiles']} |"])
 
 
 MAX_SCORED_CLASSES = 100  # more classes than this: no confusion matrix (it would not be read)

@@ -24,7 +24,7 @@ import optax  # noqa: E402
 from test_sharding import MULTIHOST_LENGTHS  # noqa: E402
 
 from helpers import ragged_features  # noqa: E402
-from lstm_jax import batching, store, train  # noqa: E402
+from lstm_jax import batching, metric_writers, store, train  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 from lstm_jax.preemption import Preempted, Preemption  # noqa: E402
@@ -77,7 +77,15 @@ def tbptt_fit(**kwargs):
   return train.fit(state, strategy, epochs=EPOCHS, steps=steps, **kwargs)
 
 
-out["uninterrupted"] = [h["loss"] for h in tbptt_fit().history]
+# TensorBoard from process 0 only (CLU's just_logging), when the extra is installed
+writer = (
+  metric_writers.create_default_writer(sys.argv[5] + "-tb", just_logging=jax.process_index() > 0)
+  if metric_writers.tensorboard_available()
+  else None
+)
+out["uninterrupted"] = [h["loss"] for h in tbptt_fit(writer=writer).history]
+if writer is not None:
+  writer.close()
 stopped = None
 with Preemption() as preemption:
   try:
