@@ -45,6 +45,10 @@ FULL = dict(
   # ~1.7 GiB of whole documents (median 150,000 bytes) evaluated in a 1.25 GiB cgroup
   long_documents=dict(records=10_000, median=150_000, sigma=0.7, memory_limit=5 << 28),
   open_reads=2_000,  # random records read after opening (the store and a tenth of it)
+  # ~0.7 GiB of uncompressed Parquet (median 100 uint16 ids a row) into a store in a 0.5 GiB
+  # cgroup (pip install 'lstm_jax[parquet]'; about 4 minutes: the labelled records are written
+  # one at a time)
+  parquet=dict(records=3_000_000, median=100, sigma=0.65, max_len=1024, memory_limit=1 << 29),
 )
 QUICK = dict(  # the same parts at small sizes
   FULL,
@@ -53,6 +57,7 @@ QUICK = dict(  # the same parts at small sizes
   larger_than_memory=dict(FULL["larger_than_memory"], records=20_000, steps=3),
   fit=dict(records=2_000, rounds=1),
   long_documents=dict(FULL["long_documents"], records=200),
+  parquet=dict(FULL["parquet"], records=200_000),
 )
 
 

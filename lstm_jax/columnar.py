@@ -58,7 +58,10 @@ def _batches(kind: str, path: Path, columns: list[str] | None):
   pa = _pyarrow()
   try:
     if kind == "parquet":
-      f = pa.parquet.ParquetFile(path)
+      # pre_buffer=False: with pyarrow's default (True) iter_batches keeps every row group's
+      # buffers it has read until the file is done, so memory grows to the file's size
+      # (measured: 1.6 GB of anonymous memory for a 1.5 GB file; tests/test_columnar.py)
+      f = pa.parquet.ParquetFile(path, pre_buffer=False)
       schema = f.schema_arrow
       return schema, f.iter_batches(batch_size=BATCH_ROWS, columns=columns)
     source = pa.memory_map(str(path))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import identity_dataset
-from lstm_jax import batching
+from lstm_jax import batching, planning
 from lstm_jax.errors import ConfigError, DataError
 
 LENGTHS = np.random.default_rng(7).integers(1, 40, size=57)
@@ -178,21 +178,21 @@ def test_optimal_boundaries_match_brute_force():
   for _ in range(60):
     lengths = rng.integers(1, 30, size=rng.integers(1, 20))
     k = int(rng.integers(1, 5))
-    got = batching.optimal_boundaries(lengths, k)
+    got = planning.optimal_boundaries(lengths, k)
     u = np.unique(lengths)
     best = min(
-      batching.padded_steps(lengths, list(c) + [u[-1]])
+      planning.padded_steps(lengths, list(c) + [u[-1]])
       for r in range(k)
       for c in itertools.combinations(u[:-1], r)
     )
-    assert batching.padded_steps(lengths, got) == best
+    assert planning.padded_steps(lengths, got) == best
     assert len(got) <= k and got[-1] == lengths.max() and got == sorted(set(got))
 
 
 def test_first_fit_decreasing_packs_within_capacity():
   rng = np.random.default_rng(0)
   lengths = rng.integers(1, 60, size=500)
-  bins = batching.first_fit_decreasing(lengths, 64, rng)
+  bins = planning.first_fit_decreasing(lengths, 64, rng)
   assert sorted(i for b in bins for i in b) == list(range(500))
   assert all(lengths[b].sum() <= 64 for b in bins)
   # FFD uses at most 11/9 OPT + 1 bins; OPT >= total / capacity
@@ -219,8 +219,8 @@ def test_variable_bptt_draws_follow_awd_lstm():
 def test_best_fit_rows_fill_bucket_rows_within_their_boundary():
   rng = np.random.default_rng(0)
   lengths = np.clip(rng.lognormal(np.log(64), 1.0, size=2000).astype(int), 8, 512)
-  boundaries = batching.optimal_boundaries(lengths, 8)
-  packed = batching.best_fit_rows(lengths, boundaries, rng)
+  boundaries = planning.optimal_boundaries(lengths, 8)
+  packed = planning.best_fit_rows(lengths, boundaries, rng)
   rows = list(zip(packed.bucket, packed))
   assert sorted(i for _, r in rows for i in r) == list(range(2000))
   assert all(lengths[r].sum() <= boundaries[k] for k, r in rows)
@@ -312,13 +312,13 @@ def test_plans_match_the_recorded_planner():
 
 @pytest.mark.parametrize("words_per_call", [None, 999])
 def test_rows_shuffle_exactly_as_generator_shuffle_row_by_row(monkeypatch, words_per_call):
-  """batching.shuffle_rows (the bulk path for PCG64) against rng.shuffle called on each row:
+  """planning.shuffle_rows (the bulk path for PCG64) against rng.shuffle called on each row:
   the same permutations and the same generator state after, from a fresh state and from one
   holding a buffered 32-bit word; rows of 1 to 300, and a bit generator without the bulk path.
   With 999 words a call, the picks span many calls, a row's draws cross calls, and an odd
   word is carried from one call's words to the next."""
   if words_per_call:
-    monkeypatch.setattr(batching, "_PICK_WORDS", words_per_call)
+    monkeypatch.setattr(planning, "_PICK_WORDS", words_per_call)
   counts = np.random.default_rng(0).integers(1, 12, size=5000)
   counts[::97] = 300  # long rows: bounds past 8 bits, more rejections
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -328,7 +328,7 @@ def test_rows_shuffle_exactly_as_generator_shuffle_row_by_row(monkeypatch, words
       a.integers(0, 7, dtype=np.uint32), b.integers(0, 7, dtype=np.uint32)
     x = np.arange(int(counts.sum()))
     y = x.copy()
-    batching.shuffle_rows(a, x, starts, counts)
+    planning.shuffle_rows(a, x, starts, counts)
     for s, n in zip(starts, counts):
       b.shuffle(y[s : s + n])
     assert np.array_equal(x, y)

@@ -210,3 +210,31 @@ def test_rows_of_a_sliced_record_batch_keep_their_own_ids(tmp_path, pa, monkeypa
   monkeypatch.setattr(columnar, "_batches", sliced)
   got = [v.tolist() for v, _, _ in columnar.rows("parquet", tmp_path / "t.parquet")]
   assert got == seqs[3:7]
+
+
+def test_reading_a_parquet_file_holds_one_batch_not_the_file(tmp_path, pa, monkeypatch):
+  """pyarrow's own allocations while every row is read stay a small fraction of the file
+  (counted by pyarrow's memory pool, not timed): with ParquetFile's default pre_buffer=True,
+  iter_batches kept every row group it had read, and memory grew to the file's size."""
+  import pyarrow.parquet as pq
+
+  rng = np.random.default_rng(0)
+  n, width = 40_000, 100
+  tokens = pa.ListArray.from_arrays(
+    pa.array(np.arange(0, n * width + 1, width, dtype=np.int32)),
+    pa.array(rng.integers(0, 1000, size=n * width, dtype=np.int32)),
+  )
+  pq.write_table(
+    pa.table({"tokens": tokens}),
+    tmp_path / "big.parquet",
+    row_group_size=1000,
+    compression="none",
+    use_dictionary=False,
+  )
+  size = (tmp_path / "big.parquet").stat().st_size
+  peak = 0
+  for i, _ in enumerate(columnar.rows("parquet", tmp_path / "big.parquet")):
+    if i % 1000 == 0:
+      peak = max(peak, pa.total_allocated_bytes())
+  assert i == n - 1
+  assert peak < size / 10, (peak, size)

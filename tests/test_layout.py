@@ -16,6 +16,7 @@ LAYERS = (
     "tasks",
     "columnar",
     "sources",
+    "planning",
     "batching",
   ),  # data and batching
   (

@@ -15,6 +15,8 @@ Parts (each its own fresh process, so one part's memory never shows in another's
   cgroup's peak usage. Needs root and cgroup v1 memory (skipped with the reason otherwise).
 - fit: `train.fit` on the same data from a store and from memory, side by side in alternating
   rounds (medians), with the store's page cache warm and dropped (cold).
+- parquet: an uncompressed Parquet file of token ids and labels, larger than a memory cgroup's
+  limit, written into a store by `prepare_store("parquet")` inside that cgroup (pyarrow needed).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ import time
 import numpy as np
 
 from lstm_jax.benchmark import sections
+from lstm_jax.columnar import BATCH_ROWS as COLUMNAR_BATCH_ROWS
 from lstm_jax.environment import versions
 from lstm_jax.files import write_json_atomically, write_text_atomically
 
 GiB = 1 << 30
-ALL_PARTS = ("writer", "plan", "open", "long_documents", "larger_than_memory", "fit")
+ALL_PARTS = ("writer", "plan", "open", "long_documents", "larger_than_memory", "fit", "parquet")
 
 
 def rss_anon() -> int:
@@ -100,6 +103,84 @@ def part_writer(out: str, num: int, median: float, sigma: float, max_len: int) -
     mb_per_second=size / 1e6 / seconds,
     peak_anon_growth_bytes=mem.peak - mem.start,
     note="the generator's own blocks (65,536 records at a time) are part of the peak",
+  )
+
+
+def part_parquet_writer(out: str, num: int, median: float, sigma: float, max_len: int) -> dict:
+  """A Parquet file of `num` rows of token ids (list<uint16>) and an int label, written a block
+  at a time (pyarrow's ParquetWriter), uncompressed and without dictionaries, so its size on
+  disk is its data's."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  schema = pa.schema([("tokens", pa.list_(pa.uint16())), ("label", pa.int32())])
+  rng = np.random.default_rng(1)
+  with pq.ParquetWriter(out, schema, compression="none", use_dictionary=False) as w:
+    for flat, lengths in synthetic_blocks(num, median, sigma, max_len, 1000, 0):
+      offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+      tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+      labels = pa.array(rng.integers(0, 10, size=len(lengths)), pa.int32())
+      w.write_table(pa.table([tokens, labels], schema=schema), row_group_size=8192)
+  return dict(bytes=os.path.getsize(out))
+
+
+def part_parquet_prepare(path: str, out: str) -> dict:
+  """prepare_store("parquet") on the file (run inside the memory cgroup), timed."""
+  from lstm_jax import sources
+
+  with PeakAnon() as mem:
+    t0 = time.perf_counter()
+    meta = sources.prepare_store("parquet", path, out, overwrite=True)
+    seconds = time.perf_counter() - t0
+  return dict(
+    records=meta["num_records"],
+    values=meta["num_values"],
+    seconds=seconds,
+    mb_per_second=os.path.getsize(path) / 1e6 / seconds,
+    anon_peak_growth_bytes=mem.peak - mem.start,
+    anon_start_bytes=mem.start,
+  )
+
+
+def parquet(work: str, cfg: dict) -> dict:
+  """A Parquet file larger than a memory cgroup's limit written into a store inside it."""
+  try:
+    import pyarrow  # noqa: F401
+  except ImportError:
+    return dict(skipped="needs pyarrow (pip install 'lstm_jax[parquet]')")
+  path = os.path.join(work, "tokens.parquet")
+  if not os.path.exists(path):
+    _run_part(
+      [
+        "parquet_writer",
+        path,
+        str(cfg["records"]),
+        str(cfg["median"]),
+        str(cfg["sigma"]),
+        str(cfg["max_len"]),
+      ]
+    )
+  limit = int(cfg["memory_limit"])
+  group = memory_cgroup(limit)
+  if group is None:
+    return dict(skipped="needs root and cgroup v1 memory (/sys/fs/cgroup/memory)")
+  drop_page_cache(work)
+  try:
+    got = _run_part(["parquet_prepare", path, os.path.join(work, "from_parquet")], cgroup=group)
+    with open(os.path.join(group, "memory.max_usage_in_bytes")) as f:
+      peak = int(f.read())
+    with open(os.path.join(group, "memory.failcnt")) as f:
+      failcnt = int(f.read())
+  finally:
+    os.rmdir(group)
+  size = os.path.getsize(path)
+  return dict(
+    got,
+    file_bytes=size,
+    memory_limit_bytes=limit,
+    file_over_limit=size / limit,
+    cgroup_peak_bytes=peak,
+    cgroup_limit_hits=failcnt,
   )
 
 
@@ -436,7 +517,8 @@ def run(cfg: dict, out_md: str) -> dict:
     part_cpus = dict(kept.get("part_cpus") or {p: kept.get("cpu") for p in ALL_PARTS if p in kept})
   results["part_cpus"] = dict(part_cpus, **{p: results["cpu"] for p in parts})
   corpus = os.path.join(work, "tokens")
-  if not os.path.exists(os.path.join(corpus, "meta.json")):
+  needs_corpus = {"writer", "plan", "open"} & set(parts)  # the other parts write their own
+  if needs_corpus and not os.path.exists(os.path.join(corpus, "meta.json")):
     w = cfg["writer"]
     results["writer"] = _run_part(
       ["writer", corpus, str(w["records"]), str(w["median"]), str(w["sigma"]), str(w["max_len"])]
@@ -475,6 +557,10 @@ def run(cfg: dict, out_md: str) -> dict:
       kind: _run_part(["fit", small, str(fit["rounds"]), kind]) for kind in ("warm", "cold")
     }
     print("fit", results["fit"], flush=True)
+  pq_cfg = cfg.get("parquet")
+  if pq_cfg and "parquet" in parts:
+    results["parquet"] = parquet(work, pq_cfg)
+    print("parquet", results["parquet"], flush=True)
   write_json_atomically(
     os.path.join(os.path.dirname(os.path.abspath(out_md)), "results.json"), results, indent=1
   )
@@ -690,6 +776,25 @@ def markdown(r: dict) -> str:
         f"{x['paired_ratio_median']:.3f} | "
         + (f"{loop:,.0f} | {x['store_in_loop_over_memory']:.3f} |" if loop else "- | - |")
       )
+  pq = r.get("parquet")
+  if pq and "skipped" not in pq:
+    lines += [
+      "",
+      "## A Parquet file larger than memory into a store",
+      "",
+      f"`prepare_data --source parquet` (lstm_jax.columnar: pyarrow record batches of"
+      f" {COLUMNAR_BATCH_ROWS:,} rows) on an uncompressed Parquet file of {pq['records']:,} rows"
+      f" of token ids and a label ({pq['file_bytes'] / GiB:.2f} GiB), inside a memory cgroup"
+      f" capped at {pq['memory_limit_bytes'] / GiB:.2f} GiB (the file is"
+      f" {pq['file_over_limit']:.1f}x that), its page cache dropped first: {pq['seconds']:.1f} s,"
+      f" **{pq['mb_per_second']:.0f} MB/s** of Parquet read; RssAnon grew"
+      f" **{pq['anon_peak_growth_bytes'] / mib:.0f} MiB** at its peak; the cgroup's peak (page"
+      f" cache included) {pq['cgroup_peak_bytes'] / mib:.0f} MiB, limit hits"
+      f" {pq['cgroup_limit_hits']}. The file is read twice (labels and vocabulary first, then"
+      f" the records), as the JSON-lines source is.",
+    ]
+  elif pq:
+    lines += ["", f"Parquet: skipped ({pq['skipped']})."]
   return "\n".join(lines) + "\n"
 
 
@@ -707,6 +812,10 @@ def _main(argv: list[str]) -> None:
     out = part_runner_row(argv[1], argv[2], argv[3] == "1")
   elif part == "open":
     out = part_open(argv[1], int(argv[2]), argv[3] == "1")
+  elif part == "parquet_writer":
+    out = part_parquet_writer(argv[1], int(argv[2]), float(argv[3]), float(argv[4]), int(argv[5]))
+  elif part == "parquet_prepare":
+    out = part_parquet_prepare(argv[1], argv[2])
   elif part == "fit":
     out = part_fit(argv[1], int(argv[2]), argv[3] == "cold")
   else:
