@@ -20,6 +20,7 @@ from lstm_jax.errors import CheckpointError, ConfigError, DataError
 from lstm_jax.model import SequenceModel
 from lstm_jax.runner import build, config, experiment, generate, recommend, report
 from lstm_jax.runner import data as runner_data
+from lstm_jax.runner import row as runner_row
 from lstm_jax.runner.report import Row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -952,23 +953,23 @@ def test_a_selection_survives_a_resume_and_a_damaged_one_is_refused(tmp_path):
   ds = ragged_features([4, 6, 5], num_features=3, seed=0, target_level="sequence")
   state = train.create_train_state(SequenceModel(4, 2), optax.adam(1e-2), ds, seed=0)
   path = str(tmp_path / "selected" / "bucket-seed0.msgpack")
-  chosen = experiment.BestOnValidation("mse", path)
+  chosen = runner_row.BestOnValidation("mse", path)
   chosen.consider(state, dict(eval_loss=0.5, eval_metric=0.5))
   chosen.consider(state.replace(step=7), dict(eval_loss=0.9, eval_metric=0.9))  # worse
   assert chosen.step == 0 and chosen.eval_metric == 0.5
-  again = experiment.BestOnValidation("mse", path)
+  again = runner_row.BestOnValidation("mse", path)
   again.restore(state.params, resumed_step=5)
   assert again.step == 0 and all(
     np.array_equal(a, b)
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(state.params))
   )
-  later = experiment.BestOnValidation("mse", path)
+  later = runner_row.BestOnValidation("mse", path)
   later.restore(state.params, resumed_step=-1)  # written after the checkpoint resumed from
   assert later.step is None
   with open(path, "r+b") as f:
     f.truncate(20)
   with pytest.raises(CheckpointError, match=r"bucket-seed0.msgpack \(the row's model selected"):
-    experiment.BestOnValidation("mse", path).restore(state.params, resumed_step=5)
+    runner_row.BestOnValidation("mse", path).restore(state.params, resumed_step=5)
 
 
 def test_weight_decay_makes_the_optimizer_adamw():

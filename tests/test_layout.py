@@ -43,6 +43,7 @@ RUNNER = (
   "data",
   "build",
   "recommend",
+  "row",
   "experiment",
   "generate",
 )

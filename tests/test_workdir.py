@@ -14,7 +14,7 @@ import pytest
 from helpers import override, run_smoke, subprocess_env
 from lstm_jax import errors
 from lstm_jax.errors import CheckpointError, ConfigError, DataError
-from lstm_jax.runner import experiment
+from lstm_jax.runner import experiment, row
 from lstm_jax.workdir import WorkdirLock, settings_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_a_result_that_is_not_a_row_is_refused_in_one_line(tmp_path):
   first = experiment.train_and_evaluate(_tiny_config(), str(tmp_path), quiet=True)
   path = tmp_path / "results" / "tbptt-seed0.json"
   done = json.loads(path.read_text())
-  assert experiment._read_row(str(path), done["row"]).eval_loss == first[0]["eval_loss"]
+  assert row._read_row(str(path), done["row"]).eval_loss == first[0]["eval_loss"]
   for broken in (
     dict(done["row"], speed=1.0),
     {k: v for k, v in done["row"].items() if k != "steps"},

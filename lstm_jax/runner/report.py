@@ -51,7 +51,7 @@ _after = dict(default=None)  # set once every row of the seed has run (guards, t
 @dataclasses.dataclass
 class Row:
   """One strategy and seed's result: the record results/<row>.json, runs.json and (averaged over
-  seeds, `aggregate`) summary.json hold, in this order. Built by `experiment.run_strategy`; the
+  seeds, `aggregate`) summary.json hold, in this order. Built by `row.run_strategy`; the
   last four fields are set when every row of its seed has run (`guards.mark_comparable`, the
   target). `NUMERIC_KEYS`, the keys averaged over seeds, are the fields marked so here."""
 
@@ -68,7 +68,7 @@ class Row:
   computed_tokens: int = dataclasses.field(**_mean(6))
   padding_fraction: float = dataclasses.field(**_mean(7))
   tokens_per_second: float = dataclasses.field(**_mean(8))
-  wall_seconds: float = dataclasses.field(**_mean(9))  # the row's clock (experiment.RowClock)
+  wall_seconds: float = dataclasses.field(**_mean(9))  # the row's clock (row.RowClock)
   eval_loss: float = dataclasses.field(**_mean(11))
   eval_metric: float = dataclasses.field(**_mean(12))
   metric: str  # what eval_metric is (accuracy, bits_per_byte, ...)
