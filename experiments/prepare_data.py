@@ -20,12 +20,12 @@ import time
 
 from absl import app, flags
 
-from lstm_jax import sources
+from lstm_jax import prepare
 from lstm_jax.errors import exit_on_user_error, os_error_text
 from lstm_jax.files import normalized_path
 from lstm_jax.progress import Progress
 
-flags.DEFINE_enum("source", None, list(sources.PREPARE_SOURCES), "What to read.")
+flags.DEFINE_enum("source", None, list(prepare.PREPARE_SOURCES), "What to read.")
 flags.DEFINE_string(
   "path",
   "",
@@ -98,7 +98,7 @@ def main(argv):
     signal.signal(s, _stop)
   progress = StoreProgress(F.quiet)
   try:
-    meta = prepare(progress)
+    meta = prepare_from_flags(progress)
   except Stopped as e:
     progress.end_line()
     print(
@@ -135,8 +135,8 @@ def main(argv):
     print(f"classes by name, numbered in sorted order: {shown}")
 
 
-def prepare(progress) -> dict:
-  return sources.prepare_store(
+def prepare_from_flags(progress) -> dict:
+  return prepare.prepare_store(
     F.source,
     F.path,
     F.out,

@@ -29,7 +29,7 @@ import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
 from helpers import identity_dataset, override, ragged_features  # noqa: E402
-from lstm_jax import batching, sources, store, tasks, train, workdir  # noqa: E402
+from lstm_jax import batching, prepare, sources, store, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
@@ -301,7 +301,7 @@ def _ts(name: str, *data_lines: str) -> str:
 def _jsonl(name: str, *lines: str):
   path = _file(name, ("\n".join(lines) + "\n").encode())
   shutil.rmtree(TMP / f"{name}.store", ignore_errors=True)
-  return sources.prepare_store("jsonl", path, str(TMP / f"{name}.store"))
+  return prepare.prepare_store("jsonl", path, str(TMP / f"{name}.store"))
 
 
 def _class_weights(weights: str, classification: bool):
@@ -381,7 +381,7 @@ CASES = [
   Case(
     "store",
     "prepare_data --out inside its input --path",
-    lambda: sources.prepare_store("text_dir", str(_empty_dir("corpus")), str(TMP / "corpus" / "s")),
+    lambda: prepare.prepare_store("text_dir", str(_empty_dir("corpus")), str(TMP / "corpus" / "s")),
     r"--out .* is, contains or lies inside the input --path",
   ),
   Case(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import subprocess_env
-from lstm_jax import columnar, sources, store
+from lstm_jax import columnar, prepare, sources, store
 from lstm_jax.errors import DataError
 
 
@@ -44,7 +44,7 @@ def test_parquet_token_ids_and_classes_round_trip_across_record_batches(tmp_path
   table, seqs = _token_table(pa, n=50)
   pq.write_table(table, tmp_path / "train.parquet", row_group_size=7)
   monkeypatch.setattr(columnar, "BATCH_ROWS", 5)  # batches cut across row groups and rows
-  meta = sources.prepare_store("parquet", str(tmp_path / "train.parquet"), str(tmp_path / "s"))
+  meta = prepare.prepare_store("parquet", str(tmp_path / "train.parquet"), str(tmp_path / "s"))
   assert meta["num_records"] == 50 and meta["targets"] == "sequence"
   assert meta["vocab_size"] == max(max(s) for s in seqs) + 1 and meta["num_classes"] == 4
   assert _store_sequences(tmp_path / "s") == seqs
@@ -63,7 +63,7 @@ def test_text_and_class_names_from_arrow_shards_in_both_ipc_formats(tmp_path, pa
     opener = pa.ipc.new_file if k == 0 else pa.ipc.new_stream  # file format, stream format
     with pa.OSFile(str(shards / f"part-{k}.arrow"), "wb") as sink, opener(sink, t.schema) as w:
       w.write_table(t)
-  meta = sources.prepare_store("arrow", str(shards), str(tmp_path / "s"))
+  meta = prepare.prepare_store("arrow", str(shards), str(tmp_path / "s"))
   assert meta["vocab_size"] == 256 and meta["source"]["classes"] == ["eggs", "ham", "spam"]
   assert _store_sequences(tmp_path / "s") == [list(t.encode("utf-8")) for t in texts]
   st = store.open_store(tmp_path / "s")
@@ -78,7 +78,7 @@ def test_regression_targets_and_a_named_column(tmp_path, pa):
   table, seqs = _token_table(pa, n=12, labels="floats")
   table = table.rename_columns(["ids", "y"])
   pq.write_table(table, tmp_path / "r.parquet")
-  meta = sources.prepare_store(
+  meta = prepare.prepare_store(
     "parquet", str(tmp_path / "r.parquet"), str(tmp_path / "s"), column="ids", label_column="y"
   )
   assert meta["target_dim"] == 2
@@ -119,7 +119,7 @@ def _bad(tmp_path, pa, table, name="bad.parquet", **kwargs):
   import pyarrow.parquet as pq
 
   pq.write_table(table, tmp_path / name)
-  return lambda: sources.prepare_store(
+  return lambda: prepare.prepare_store(
     "parquet", str(tmp_path / name), str(tmp_path / "out"), **kwargs
   )
 
@@ -156,10 +156,10 @@ def test_bad_files_and_rows_are_one_error_naming_them(tmp_path, pa, case, patter
     d.mkdir()
     pq.write_table(pa.table({"tokens": pa.array([[1]], ints), "label": [0]}), d / "a.parquet")
     pq.write_table(pa.table({"tokens": pa.array([[2]], ints), "label": ["x"]}), d / "b.parquet")
-    call = lambda: sources.prepare_store("parquet", str(d), str(tmp_path / "out"))  # noqa: E731
+    call = lambda: prepare.prepare_store("parquet", str(d), str(tmp_path / "out"))  # noqa: E731
   elif case == "not_parquet":
     (tmp_path / "not_parquet.parquet").write_bytes(b"PAR1 but not really")
-    call = lambda: sources.prepare_store(  # noqa: E731
+    call = lambda: prepare.prepare_store(  # noqa: E731
       "parquet", str(tmp_path / "not_parquet.parquet"), str(tmp_path / "out")
     )
   else:
@@ -180,7 +180,7 @@ def test_without_pyarrow_the_source_says_how_to_install_it(tmp_path, monkeypatch
   (tmp_path / "x.parquet").write_bytes(b"")
   monkeypatch.setattr(builtins, "__import__", no_pyarrow)
   with pytest.raises(DataError, match=r"pip install 'lstm_jax\[parquet\]' \(pyarrow\)"):
-    sources.prepare_store("parquet", str(tmp_path / "x.parquet"), str(tmp_path / "s"))
+    prepare.prepare_store("parquet", str(tmp_path / "x.parquet"), str(tmp_path / "s"))
 
 
 def test_class_names_are_numbered_in_sorted_order(tmp_path, pa):
@@ -188,7 +188,7 @@ def test_class_names_are_numbered_in_sorted_order(tmp_path, pa):
 
   names = [chr(ord("z") - i) for i in range(26)]  # z, y, ..., a: sorted is the reverse
   pq.write_table(pa.table({"text": names, "label": names}), tmp_path / "n.parquet")
-  meta = sources.prepare_store("parquet", str(tmp_path / "n.parquet"), str(tmp_path / "s"))
+  meta = prepare.prepare_store("parquet", str(tmp_path / "n.parquet"), str(tmp_path / "s"))
   assert meta["source"]["classes"] == sorted(names)
   st = store.open_store(tmp_path / "s")
   assert st.sequence_targets(np.arange(26)).tolist() == list(range(25, -1, -1))

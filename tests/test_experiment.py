@@ -784,14 +784,14 @@ def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget
   evaluated in eval.chunk_length chunks with the state carried: no eval batch is longer than
   the chunk, and the row finishes."""
   from configs import compare
-  from lstm_jax import sources
+  from lstm_jax import prepare
 
   rng = np.random.default_rng(4)
   corpus = tmp_path / "docs"
   corpus.mkdir()
   for i, n in enumerate(rng.integers(200, 9000, size=40)):
     (corpus / f"{i:02d}.txt").write_bytes(bytes(rng.integers(32, 127, size=int(n)).tolist()))
-  sources.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), max_length=0)
+  prepare.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), max_length=0)
   cfg = compare.get_config("smoke")
   cfg.plots = False
   cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)

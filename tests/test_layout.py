@@ -16,6 +16,7 @@ LAYERS = (
     "tasks",
     "columnar",
     "sources",
+    "prepare",
     "planning",
     "batching",
   ),  # data and batching

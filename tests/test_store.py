@@ -239,11 +239,11 @@ def _corpus(root, n=260):
 
 
 def test_prepare_store_keeps_the_in_memory_loaders_sequences(tmp_path):
-  from lstm_jax import sources
+  from lstm_jax import prepare, sources
 
   corpus = _corpus(tmp_path / "corpus")
   ds, _ = sources.load_text(str(corpus), False, 16, 160)
-  meta = sources.prepare_store(
+  meta = prepare.prepare_store(
     "text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160
   )
   st = store.open_store(tmp_path / "s")
@@ -257,7 +257,7 @@ def test_prepare_store_keeps_the_in_memory_loaders_sequences(tmp_path):
   lines = tmp_path / "lines.txt"
   lines.write_bytes(b"first line\r\nsecond\rthird\n\nfirst line\nlast")
   ds, _ = sources.load_text(str(lines), True, 2, 0)
-  sources.prepare_store("text_lines", str(lines), str(tmp_path / "l"))
+  prepare.prepare_store("text_lines", str(lines), str(tmp_path / "l"))
   st = store.open_store(tmp_path / "l")
   assert [bytes(st.sequence(i)[0].astype(np.uint8)) for i in range(len(st))] == [
     bytes(ds.sequence(i)[0].astype(np.uint8)) for i in range(len(ds))
@@ -268,11 +268,11 @@ def test_the_runner_takes_a_store_as_it_takes_the_files(tmp_path):
   """The same comparison from a directory of text files and from the store written from it:
   the same rows, steps and eval losses to the last bit."""
   from configs import compare
-  from lstm_jax import sources
+  from lstm_jax import prepare
   from lstm_jax.runner import experiment
 
   corpus = _corpus(tmp_path / "corpus", n=400)
-  sources.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160)
+  prepare.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160)
   rows = {}
   for source, path in (("text_dir", corpus), ("store", tmp_path / "s")):
     cfg = compare.get_config("smoke")
@@ -320,14 +320,14 @@ def test_prepare_store_reads_text_records_from_an_array_record_file(tmp_path):
   pytest.importorskip("grain", reason="grain (optional: pip install lstm_jax[grain])")
   from array_record.python import array_record_module
 
-  from lstm_jax import sources
+  from lstm_jax import prepare
 
   texts = [b"def f(x):\n  return x\n", b"class A:\n  pass\n", b"def f(x):\n  return x\n", b"x"]
   writer = array_record_module.ArrayRecordWriter(str(tmp_path / "t.array_record"), "group_size:1")
   for t in texts:
     writer.write(t)
   writer.close()
-  meta = sources.prepare_store(
+  meta = prepare.prepare_store(
     "array_record", str(tmp_path / "t.array_record"), str(tmp_path / "s")
   )
   st = store.open_store(tmp_path / "s")
@@ -340,25 +340,25 @@ def test_prepare_store_reads_text_records_from_an_array_record_file(tmp_path):
 
 
 def test_prepare_store_reads_json_lines_and_says_what_it_inferred(tmp_path):
-  from lstm_jax import sources
+  from lstm_jax import prepare
 
   lines = tmp_path / "tokens.jsonl"
   lines.write_text('[3, 1, 4, 1, 5]\n{"tokens": [9, 2, 6]}\n\n[5, 3]\n')
-  meta = sources.prepare_store("jsonl", str(lines), str(tmp_path / "lm"))
+  meta = prepare.prepare_store("jsonl", str(lines), str(tmp_path / "lm"))
   assert meta["vocab_size"] == 10 and meta["source"]["inferred"] == {"vocab_size": 10}
   st = store.open_store(tmp_path / "lm")
   assert st.values.dtype == np.uint8 and np.array_equal(st.lengths, [4, 2, 1])
   assert np.array_equal(st.sequence(1)[1], [2, 6])  # next-token targets
   labelled = tmp_path / "labelled.jsonl"
   labelled.write_text('{"text": "ab", "label": 2}\n{"text": "xyz", "label": 0}\n')
-  meta = sources.prepare_store("jsonl", str(labelled), str(tmp_path / "cls"))
+  meta = prepare.prepare_store("jsonl", str(labelled), str(tmp_path / "cls"))
   assert meta["targets"] == "sequence" and meta["num_classes"] == 3
   st = store.open_store(tmp_path / "cls")
   assert st.vocab_size == 256 and list(st.sequence_targets(np.arange(2))) == [2, 0]
   bad = tmp_path / "bad.jsonl"
   bad.write_text('[1, 2]\n{"tokns": [1]}\n')
   with pytest.raises(DataError, match=r"bad.jsonl:2: a line is a list of token ids"):
-    sources.prepare_store("jsonl", str(bad), str(tmp_path / "bad"))
+    prepare.prepare_store("jsonl", str(bad), str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("level", ["sequence", "step"])
@@ -366,7 +366,7 @@ def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path,
   """Class scores stream batch by batch (train.predict_batches), so a store's split is scored
   too: the same confusion matrix from an npz and from the store written from it."""
   from configs import compare
-  from lstm_jax import sources
+  from lstm_jax import prepare
   from lstm_jax.runner import experiment
 
   rng = np.random.default_rng(5)
@@ -382,7 +382,7 @@ def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path,
     name="c",
   )
   ds.save(tmp_path / "c.npz")
-  sources.prepare_store("npz", str(tmp_path / "c.npz"), str(tmp_path / "s"))
+  prepare.prepare_store("npz", str(tmp_path / "c.npz"), str(tmp_path / "s"))
   scores = {}
   for source, path in (("npz", tmp_path / "c.npz"), ("store", tmp_path / "s")):
     cfg = compare.get_config("smoke")
@@ -503,7 +503,7 @@ def test_a_token_store_of_any_vocabulary_gets_its_baselines_and_report(tmp_path)
   evaluation (every row's loss ending above where it began) divided by its 0 s. Both give a
   summary and a report now."""
   from configs import compare
-  from lstm_jax import sources
+  from lstm_jax import prepare
   from lstm_jax.runner import experiment
 
   rng = np.random.default_rng(1)
@@ -511,7 +511,7 @@ def test_a_token_store_of_any_vocabulary_gets_its_baselines_and_report(tmp_path)
     json.dumps(rng.integers(0, 1000, size=int(n)).tolist()) for n in rng.integers(8, 60, 300)
   ]
   (tmp_path / "ids.jsonl").write_text("\n".join(lines) + "\n")
-  sources.prepare_store("jsonl", str(tmp_path / "ids.jsonl"), str(tmp_path / "s"), vocab_size=1000)
+  prepare.prepare_store("jsonl", str(tmp_path / "ids.jsonl"), str(tmp_path / "s"), vocab_size=1000)
   cfg = compare.get_config("smoke")
   cfg.plots = False
   cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)

@@ -126,11 +126,11 @@ def part_parquet_writer(out: str, num: int, median: float, sigma: float, max_len
 
 def part_parquet_prepare(path: str, out: str) -> dict:
   """prepare_store("parquet") on the file (run inside the memory cgroup), timed."""
-  from lstm_jax import sources
+  from lstm_jax import prepare
 
   with PeakAnon() as mem:
     t0 = time.perf_counter()
-    meta = sources.prepare_store("parquet", path, out, overwrite=True)
+    meta = prepare.prepare_store("parquet", path, out, overwrite=True)
     seconds = time.perf_counter() - t0
   return dict(
     records=meta["num_records"],
