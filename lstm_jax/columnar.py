@@ -18,6 +18,7 @@ row, so a bad row is named in one line, as the other sources do.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,7 @@ def rows(kind: str, path: Path, column: str | None = None, label_column: str | N
       if seqs.null_count:
         bad = row + int(np.flatnonzero(np.asarray(seqs.is_null()))[0])
         raise DataError(f"{f}: row {bad} has no {seq_col!r} (null); every row needs a sequence.")
+      items: Iterator[np.ndarray]
       if text:
         items = (np.frombuffer(s.encode("utf-8"), np.uint8) for s in seqs.to_pylist())
       else:

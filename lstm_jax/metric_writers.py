@@ -114,7 +114,7 @@ class TensorBoardWriter:
     self._summary, self._record_writer, self._event_pb2 = _tensorboardx()
     self.logdir, self.purge_step = logdir, purge_step
     self._pending: list = []
-    self._writer = None
+    self._writer: Any = None  # the event file's RecordWriter, opened at the first flush
     self.failed: str | None = None  # why the writer stopped, if it did (a full disk, say)
 
   def _event(self, step: int, walltime: float | None = None, **fields):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO
+from typing import IO, Any
 
 
 def _clock(seconds: float) -> str:
@@ -48,16 +48,21 @@ class Progress:
     self.terminal = (
       getattr(self.stream, "isatty", lambda: False)() if terminal is None else terminal
     )
-    self.description, self.total, self.done, self.text = "", None, 0.0, ""
-    self._rich = self._task = None
-    self._started = self._first_done = self._last_line = None
+    self.description, self.text = "", ""
+    self.total: float | None = None
+    self.done: float = 0.0
+    self._rich: Any = None  # rich.progress.Progress while a bar is drawn in a terminal
+    self._task: Any = None
+    self._started: float | None = None  # when the bar started (None: no bar)
+    self._first_done: float = 0.0
+    self._last_line: float = 0.0
 
   # --- the bar's life ---
   def start(self, description: str, total: float | None, *, done: float = 0) -> None:
     """A new bar (ending the one before, if any); `done`: where it starts (a resumed run)."""
     self.end()
     self.description, self.total, self.done, self.text = description, total, done, ""
-    self._started, self._first_done, self._last_line = time.perf_counter(), done, None
+    self._started, self._first_done, self._last_line = time.perf_counter(), done, 0.0
     if self.quiet:
       return
     if self.terminal:
@@ -115,6 +120,8 @@ class Progress:
   # --- the plain line ---
   def eta_seconds(self) -> float | None:
     """The time left at the rate since the bar started, or None (no total or no rate yet)."""
+    if self._started is None:
+      return None
     gained = self.done - self._first_done
     elapsed = time.perf_counter() - self._started
     if self.total is None or gained <= 0 or elapsed <= 0:
