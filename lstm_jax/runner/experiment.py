@@ -49,7 +49,7 @@ from lstm_jax.runner.recommend import (
   resolve_auto_batches,
   resolve_auto_buckets,
 )
-from lstm_jax.runner.row import _read_row, compile_largest_step, run_strategy
+from lstm_jax.runner.row import RowInputs, _read_row, compile_largest_step, run_strategy
 from lstm_jax.store import StoredDataset
 from lstm_jax.workdir import (
   Invocations,
@@ -284,6 +284,16 @@ def _run_all(
     predictions = {name: costs.predict(s, cal, *budget) for name, s in built.items()}
   first_done = {name for name, seed in finished if seed == cfg.seed}
   prepared = preflight(built, train_ds, cfg, mesh, first_done, log, planned)
+  shared = RowInputs(
+    cfg,
+    train_ds,
+    eval_ds,
+    test_ds,
+    data_identity=identity,
+    workdir=workdir,
+    mesh=mesh,
+    preemption=preemption,
+  )
   runs, curves, histories = [], {}, {}
   for s in range(cfg.seeds):
     seed = cfg.seed + s
@@ -291,19 +301,12 @@ def _run_all(
       first = seed == cfg.seed
       row, hist, curve = run_strategy(
         name,
-        train_ds,
-        eval_ds,
-        cfg,
         seed,
+        shared,
         log,
-        mesh=mesh,
-        workdir=workdir,
         strategy=built[name] if first else None,
-        data_identity=identity,
         prepared=prepared.get(name) if first else None,
         done=finished.get((name, seed)),
-        preemption=preemption,
-        test_ds=test_ds,
       )
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist

@@ -157,22 +157,37 @@ def _progress_state(clock: RowClock, curve: EvalCurve) -> dict:
   return dict(curve=curve.points, train_seconds=clock.train_seconds)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowInputs:
+  """What every row of a run shares: the config, the splits and the data's identity (whose
+  fingerprints enter each row's settings), where files go, the devices and the stop signal.
+
+  test_ds: the test split (`config.data.test_path`), if any: each row's final model (the one
+    selected on validation) is scored on it once, never during training.
+  workdir: None: nothing is written (no checkpoints, results or TensorBoard runs).
+  preemption: an entered `Preemption`: at a SIGTERM or SIGINT a row stops after the step in
+    flight with a checkpoint and `Preempted` is raised, naming the row.
+  """
+
+  cfg: ml_collections.ConfigDict
+  train_ds: RaggedDataset
+  eval_ds: RaggedDataset
+  test_ds: RaggedDataset | None = None
+  data_identity: dict | None = None
+  workdir: str | None = None
+  mesh: jax.sharding.Mesh | None = None
+  preemption: Preemption | None = None
+
+
 def run_strategy(
   name: str,
-  train_ds: RaggedDataset,
-  eval_ds: RaggedDataset,
-  cfg: ml_collections.ConfigDict,
   seed: int,
+  shared: RowInputs,
   log,
   *,
-  mesh: jax.sharding.Mesh | None = None,
-  workdir: str | None = None,
   strategy: batching.Strategy | None = None,
-  data_identity: dict | None = None,
   prepared: tuple[train.TrainState, train.StepFunctions] | None = None,
   done: dict | None = None,
-  preemption: Preemption | None = None,
-  test_ds: RaggedDataset | None = None,
 ) -> tuple[dict, list, list]:
   """Trains and evaluates one strategy. Returns (row, step records, eval curve).
 
@@ -180,21 +195,21 @@ def run_strategy(
   from there (config.resume); a finished run's result goes to workdir/results/<name>-seed<seed>
   .json, and a rerun with resume on reads it back instead of training again. Both carry the
   run's settings (`config.run_settings`) and are read back only under the same settings.
+  shared: what the run's rows share (`RowInputs`).
+  log: the run's `report.ProgressLog` (the progress bar and metrics.jsonl).
   strategy: the strategy if already built (for this name and seed), else built here.
-  data_identity: the data's identity (`split_data`), whose fingerprints enter the settings.
   prepared: the row's initial train state and step functions, if made already (`preflight`;
     the steps are compiled for that state's optimizer and model objects), else made here.
   done: the run's finished result, if the caller read it already (`check_workdir_settings`).
-  preemption: an entered `Preemption`: at a SIGTERM or SIGINT the row stops after the step in
-    flight with a checkpoint and `Preempted` is raised, naming the row; nothing else is written.
-  test_ds: the test split (`config.data.test_path`), if any: the final model is scored on it
-    once (the row's test_loss, test_metric and test_classes), never during training.
   Before the first step the largest train step is compiled and checked by the memory guard (by
   preflight, for the first seed), its compile seconds charged to the row's clock at its start.
   With `cfg.background_compiles` (the default) fit then compiles the row's other shapes in the
   background from its first step on, in the order training meets them, on the row's clock;
   otherwise they compile when training first meets them.
   """
+  cfg, train_ds, eval_ds, test_ds = shared.cfg, shared.train_ds, shared.eval_ds, shared.test_ds
+  mesh, workdir, data_identity = shared.mesh, shared.workdir, shared.data_identity
+  preemption = shared.preemption
   devices = 1 if mesh is None else int(mesh.devices.size)
   settings = config.run_settings(
     cfg,
