@@ -88,9 +88,12 @@ def config(problem: str, variant: str, seeds: int):
   cfg.seeds = seeds
   # the study's base model, whatever the presets' defaults become (the classify preset's took
   # the study's choice, then dropout and 256 units: reports/2026-12-07-classify-dropout): the
-  # built-in LSTM of 128 units, the last step's readout, no dropout, no weight decay
+  # built-in LSTM (128 units on the classify preset, as it had then), the last step's readout,
+  # no dropout, no weight decay
   cfg.model.update(cell="lstm", readout="last", bidirectional=False, initializer="auto")
-  cfg.model.update(hidden_size=128, input_dropout=0.0, output_dropout=0.0, dropout_rate=0.0)
+  cfg.model.update(input_dropout=0.0, output_dropout=0.0, dropout_rate=0.0)
+  if preset == "classify":
+    cfg.model.hidden_size = 128
   cfg.optimizer.weight_decay = 0.0
   model, optimizer = VARIANTS[variant]
   cfg.model.update(**model)
