@@ -4,8 +4,11 @@ formats; every bad file or row is one DataError naming it. pyarrow is the option
 `lstm_jax[parquet]`: these tests skip without it, except the one that says how to install it."""
 
 import builtins
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -238,3 +241,55 @@ def test_reading_a_parquet_file_holds_one_batch_not_the_file(tmp_path, pa, monke
       peak = max(peak, pa.total_allocated_bytes())
   assert i == n - 1
   assert peak < size / 10, (peak, size)
+
+
+def _big_parquet(pa, path, rows: int) -> None:
+  import pyarrow.parquet as pq
+
+  rng = np.random.default_rng(0)
+  width = 100
+  tokens = pa.ListArray.from_arrays(
+    pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)),
+    pa.array(rng.integers(0, 1000, size=rows * width, dtype=np.int32)),
+  )
+  pq.write_table(pa.table({"tokens": tokens}), path, row_group_size=2000, use_dictionary=False)
+
+
+def test_a_full_disk_mid_parquet_is_one_line_and_leaves_nothing(tmp_path, pa):
+  from test_prepare_data import _mount, _one_error_line, _run
+
+  _big_parquet(pa, tmp_path / "d.parquet", 20_000)  # ~8 MB of ids: more than the 1 MiB disk
+  small = tmp_path / "small"
+  small.mkdir()
+  if why := _mount("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)):
+    pytest.skip(f"needs root to mount a small tmpfs: {why}")
+  try:
+    got = _run("--source", "parquet", "--path", tmp_path / "d.parquet", "--out", small / "s")
+    assert "(ENOSPC)" in _one_error_line(got, "could not prepare the store")
+    assert os.listdir(small) == []
+  finally:
+    _mount("umount", str(small))
+
+
+def test_a_signal_mid_parquet_removes_the_partial_and_says_so(tmp_path, pa):
+  from test_prepare_data import MAIN, _tree, _two_stores
+
+  _big_parquet(pa, tmp_path / "d.parquet", 300_000)  # a few seconds of writing
+  out, _, old_files = _two_stores(tmp_path)
+  proc = subprocess.Popen(
+    [sys.executable, str(MAIN), "--source=parquet", f"--path={tmp_path / 'd.parquet'}"]
+    + [f"--out={out}", "--overwrite"],
+    stderr=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    env=subprocess_env(),
+  )
+  deadline = time.monotonic() + 60
+  while not os.path.exists(f"{out}.partial/values.bin") and time.monotonic() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  said = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+  assert said[-1].startswith("prepare_data: stopped by SIGTERM; "), err[-2000:]
+  assert _tree(out) == old_files and sorted(os.listdir(tmp_path)) == ["d.parquet", "s"]
