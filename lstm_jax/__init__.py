@@ -51,9 +51,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   # training
   "create_train_state": ("train", "create_train_state"),
   "fit": ("train", "fit"),
-  "evaluate": ("train", "evaluate"),
-  "predict": ("train", "predict"),
-  "predict_batches": ("train", "predict_batches"),
+  "evaluate": ("evaluation", "evaluate"),
+  "predict": ("evaluation", "predict"),
+  "predict_batches": ("evaluation", "predict_batches"),
   "Checkpointer": ("checkpoint", "Checkpointer"),
   "quiet_orbax": ("checkpoint", "quiet_orbax"),  # orbax's fault tracebacks as one message
   "Streamer": ("streaming", "Streamer"),
@@ -91,7 +91,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exports)
-  from lstm_jax import convert, nnx_model, tasks
+  from lstm_jax import convert, interop, metric_writers, nnx_model, tasks
   from lstm_jax.batching import (
     TBPTT,
     Batch,
@@ -102,9 +102,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
     Strategy,
     VariableTBPTT,
   )
-  from lstm_jax.checkpoint import Checkpointer
+  from lstm_jax.checkpoint import Checkpointer, quiet_orbax
   from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
   from lstm_jax.errors import CheckpointError, ConfigError, DataError, LstmJaxError
+  from lstm_jax.evaluation import evaluate, predict, predict_batches
   from lstm_jax.model import (
     LSTM,
     RNN,
@@ -113,6 +114,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
     SequenceClassifier,
     SequenceModel,
   )
+  from lstm_jax.normalization import fit_normalizer, normalize
+  from lstm_jax.progress import Progress
+  from lstm_jax.sources import load_npz, load_ts
   from lstm_jax.store import open_store, write_store
   from lstm_jax.streaming import Streamer
-  from lstm_jax.train import create_train_state, evaluate, fit, predict, predict_batches
+  from lstm_jax.train import create_train_state, fit

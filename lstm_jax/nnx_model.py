@@ -439,7 +439,7 @@ def train_state(
   **state_kwargs,
 ) -> train.TrainState:
   """A `train.TrainState` for the NNX model's weights (its linen twin's, the NNX parameters in
-  place of a fresh init), for `train.fit`, `train.evaluate` and checkpoints. `state_kwargs`:
+  place of a fresh init), for `train.fit`, `evaluation.evaluate` and checkpoints. `state_kwargs`:
   `train.create_train_state`'s (class_weights, loss)."""
   state = train.create_train_state(linen_twin(model), optimizer, dataset, seed=seed, **state_kwargs)
   # copies: train.fit donates the state's buffers, which must not be the NNX model's own

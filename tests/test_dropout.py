@@ -7,7 +7,7 @@ import numpy as np
 import optax
 
 from helpers import ragged_features
-from lstm_jax import batching, train
+from lstm_jax import batching, evaluation, train
 from lstm_jax.model import LSTM, SequenceModel
 
 
@@ -46,7 +46,7 @@ def test_training_steps_draw_new_masks_and_repeat_with_the_seed():
   losses = [h["loss"] for h in first.history]
   assert losses == [h["loss"] for h in second.history]  # same seed, same masks
   assert len(set(losses)) == 3  # lr 0: the same batch and params, only the masks change
-  ev = train.evaluate(first.state, strategy)
+  ev = evaluation.evaluate(first.state, strategy)
   plain = SequenceModel(8, num_outputs=2, num_layers=2)
   st = first.state.replace(apply_fn=plain.apply, model=plain)
-  assert ev["loss"] == train.evaluate(st, strategy)["loss"]  # evaluation: no dropout
+  assert ev["loss"] == evaluation.evaluate(st, strategy)["loss"]  # evaluation: no dropout

@@ -638,7 +638,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
   assert data["split"] == f"given: {tmp_path / 'test.npz'}" and data["num_classes"] == 3
   text = (tmp_path / "w" / "report.md").read_text()
   assert f"(split: given: {tmp_path / 'test.npz'})" in text
-  # class by class on the held-out split, from train.predict on each sequence whole;
+  # class by class on the held-out split, from evaluation.predict on each sequence whole;
   # its accuracy is the runner's own eval accuracy, and class 2 (absent there) has no recall
   (row,) = json.loads((tmp_path / "w" / "summary.json").read_text())
   (run,) = json.loads((tmp_path / "w" / "runs.json").read_text())
@@ -679,7 +679,7 @@ def test_a_given_split_trains_on_path_and_evaluates_on_eval_path(tmp_path):
 
 def test_step_level_labels_are_scored_class_by_class_at_every_real_step(tmp_path):
   """Step-level classification (running parity) gets the Classes section too: every real
-  held-out step scored by train.predict on each sequence whole, whose accuracy is the runner's
+  held-out step scored by evaluation.predict on each sequence whole, whose accuracy is the runner's
   own eval accuracy (the mask makes padding change nothing). Over two seeds the confusion
   matrices add up and the held-out counts are the split's, once."""
   from configs import compare
@@ -909,7 +909,7 @@ def test_the_test_split_scores_the_model_selected_on_validation_and_is_read_once
   import hashlib
 
   from configs import compare
-  from lstm_jax import train
+  from lstm_jax import evaluation
 
   train_ts, test_ts = _benchmark_files(tmp_path)
   cfg = compare.get_config("classify")
@@ -917,7 +917,7 @@ def test_the_test_split_scores_the_model_selected_on_validation_and_is_read_once
   cfg.model.hidden_size = 8
   cfg.train.update(epochs=6, evals=6)
   cfg.update(plots=False, predict_costs=False, strategies=("bucket",))
-  calls, real = [], train.evaluate
+  calls, real = [], evaluation.evaluate
 
   def evaluate(state, strategy, **kwargs):
     parts = [strategy] if isinstance(strategy, batching.Strategy) else list(strategy)
@@ -927,7 +927,7 @@ def test_the_test_split_scores_the_model_selected_on_validation_and_is_read_once
     calls.append((parts[0].dataset.num_sequences, int(state.step), digest.hexdigest(), out))
     return out
 
-  monkeypatch.setattr(train, "evaluate", evaluate)
+  monkeypatch.setattr(evaluation, "evaluate", evaluate)
   (row,) = experiment.train_and_evaluate(cfg, str(tmp_path / "w"), quiet=True)
   meta = json.loads((tmp_path / "w" / "meta.json").read_text())
   assert meta["data"]["split"].startswith("validation: 0.2 of each class held out")

@@ -29,6 +29,7 @@ LAYERS = (
     "sharding",
     "prefetch",
     "train",
+    "evaluation",
   ),  # training
   ("convert", "streaming", "nnx_model", "baselines", "interop"),  # tools
 )

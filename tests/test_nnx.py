@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
-from lstm_jax import batching, nnx_model, train
+from lstm_jax import batching, evaluation, nnx_model, train
 from lstm_jax import model as linen_model
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
@@ -89,13 +89,13 @@ def test_nnx_model_trains_under_every_strategy_with_compiles_counted(name):
   ds, strategy = four_strategies(name)
   m = _model()
   before = nnx_model.to_linen_params(m)
-  first = train.evaluate(nnx_model.train_state(m, optax.adam(1e-2), ds), strategy)["loss"]
+  first = evaluation.evaluate(nnx_model.train_state(m, optax.adam(1e-2), ds), strategy)["loss"]
   result = nnx_model.fit(m, strategy, optax.adam(1e-2), epochs=3)
   assert result.steps.train.compiles == len(strategy.shapes(num_epochs=3))
   after = nnx_model.to_linen_params(m)  # written back into the NNX model
   assert jax.tree.all(jax.tree.map(np.array_equal, after, result.state.params))
   assert not jax.tree.all(jax.tree.map(np.array_equal, after, before))
-  assert train.evaluate(result.state, strategy)["loss"] < first
+  assert evaluation.evaluate(result.state, strategy)["loss"] < first
 
 
 def test_hand_written_nnx_loop_follows_train_fit():
@@ -182,13 +182,13 @@ def test_any_cell_and_bidirectional_match_linen_exactly(kw):
 def test_nnx_gru_trains_with_compiles_counted(name):
   ds, strategy = four_strategies(name)
   m = _model(cell="gru")
-  first = train.evaluate(nnx_model.train_state(m, optax.adam(1e-2), ds), strategy)["loss"]
+  first = evaluation.evaluate(nnx_model.train_state(m, optax.adam(1e-2), ds), strategy)["loss"]
   result = nnx_model.fit(m, strategy, optax.adam(1e-2), epochs=3)
   assert result.steps.train.compiles == len(strategy.shapes(num_epochs=3))
   assert jax.tree.all(
     jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), result.state.params)
   )
-  assert train.evaluate(result.state, strategy)["loss"] < first
+  assert evaluation.evaluate(result.state, strategy)["loss"] < first
 
 
 def test_nnx_dropout_is_linens_setting_and_off_in_eval_mode():

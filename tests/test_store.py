@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from helpers import ragged_features
-from lstm_jax import batching, data, store, train
+from lstm_jax import batching, data, evaluation, store, train
 from lstm_jax.errors import DataError
 from lstm_jax.model import SequenceModel
 
@@ -133,7 +133,7 @@ def test_training_on_a_store_gives_the_same_parameters(stores, name):
   a, b = results
   assert jax.tree.all(jax.tree.map(np.array_equal, a.state.params, b.state.params))
   evals = [
-    train.evaluate(r.state, batching.Bucket(d, batch_size=8, num_buckets=2))
+    evaluation.evaluate(r.state, batching.Bucket(d, batch_size=8, num_buckets=2))
     for r, d in zip(results, (ds, st))
   ]
   assert evals[0] == evals[1]
@@ -363,7 +363,7 @@ def test_prepare_store_reads_json_lines_and_says_what_it_inferred(tmp_path):
 
 @pytest.mark.parametrize("level", ["sequence", "step"])
 def test_a_stores_held_out_split_is_scored_class_by_class_as_in_memory(tmp_path, level):
-  """Class scores stream batch by batch (train.predict_batches), so a store's split is scored
+  """Class scores stream batch by batch (evaluation.predict_batches), so a store's split is scored
   too: the same confusion matrix from an npz and from the store written from it."""
   from configs import compare
   from lstm_jax import prepare

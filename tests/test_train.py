@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import batching, compiles, tasks, train
+from lstm_jax import batching, compiles, evaluation, tasks, train
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
@@ -69,8 +69,8 @@ def test_compile_counts_per_strategy(data, name):
   assert steps.compile_seconds > 0
   assert all(r.temp_bytes is not None for r in steps.records.values())
   ev = train.StepFunctions.create()
-  train.evaluate(result.state, strategy, steps=ev)
-  train.evaluate(result.state, strategy, steps=ev)
+  evaluation.evaluate(result.state, strategy, steps=ev)
+  evaluation.evaluate(result.state, strategy, steps=ev)
   assert ev.eval.compiles == len(strategy.shapes())
 
 
@@ -116,15 +116,15 @@ def test_learns_the_adding_problem_well_below_the_trivial_baseline():
   tr, ev = ds.split(0.1, seed=0)
   state = _state(tr, hidden=32, lr=1e-2)
   result = train.fit(state, batching.Bucket(tr, batch_size=32, num_buckets=3), epochs=8)
-  loss = train.evaluate(result.state, batching.Pad(ev, batch_size=100))["loss"]
+  loss = evaluation.evaluate(result.state, batching.Pad(ev, batch_size=100))["loss"]
   assert loss < 0.1 * tasks.ADDING_BASELINE_MSE, loss
 
 
 def test_losses_accumulate_as_sums_not_means_of_batches(data):
   state = _state(data)
-  a = train.evaluate(state, batching.Pad(data, batch_size=7))
-  b = train.evaluate(state, batching.Bucket(data, batch_size=3, num_buckets=5))
-  c = train.evaluate(state, batching.TBPTT(data, num_streams=3, chunk_length=5))
+  a = evaluation.evaluate(state, batching.Pad(data, batch_size=7))
+  b = evaluation.evaluate(state, batching.Bucket(data, batch_size=3, num_buckets=5))
+  c = evaluation.evaluate(state, batching.TBPTT(data, num_streams=3, chunk_length=5))
   # reference: every real step's squared error averaged over all real steps, from one batch
   # holding the whole data set (padding invariance itself is tested in test_model.py)
   whole = next(batching.Pad(data, batch_size=len(data)).batches(0))
@@ -175,10 +175,10 @@ def test_token_language_model_learns_a_rule_it_could_not_guess():
   seqs = [(rng.integers(0, 12) + np.arange(n)) % 12 for n in rng.integers(2, 30, 40)]
   ds = next_token_dataset(seqs, 12)
   state = _state(ds, num_layers=2, vocab_size=12, embed_dim=8)
-  before = train.evaluate(state, batching.Pad(ds, batch_size=40))
+  before = evaluation.evaluate(state, batching.Pad(ds, batch_size=40))
   result = train.fit(state, batching.Pack(ds, batch_size=4), epochs=30)
   assert result.steps.train.compiles == 1
-  after = train.evaluate(result.state, batching.Pad(ds, batch_size=40))
+  after = evaluation.evaluate(result.state, batching.Pad(ds, batch_size=40))
   assert before["accuracy"] < 0.25 and before["loss"] > 0.8 * np.log(12)
   assert after["accuracy"] > 0.95 and after["loss"] < 0.2, after
 
@@ -477,7 +477,7 @@ def test_a_background_compile_error_reaches_the_caller(data):
 
 
 def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same():
-  """`train.predict` for research code. Bucketed batches with a mask: each
+  """`evaluation.predict` for research code. Bucketed batches with a mask: each
   sequence's per-step outputs equal the model applied to it alone (float32 rounding), the
   sequence-level classes score the accuracy `evaluate` reports, and it compiles once per
   bucket shape."""
@@ -490,7 +490,7 @@ def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same(
   model = SequenceModel(8, num_outputs=3)
   state = train.create_train_state(model, optax.adam(1e-2), ds, seed=1)
   state = train.fit(state, batching.Pad(ds, batch_size=6), epochs=2).state
-  got = train.predict(state, ds, batch_size=8, num_buckets=3)
+  got = evaluation.predict(state, ds, batch_size=8, num_buckets=3)
   assert got.compiles == 3 and len(got.outputs) == len(ds)
   for i in np.argsort(lengths)[::6]:  # five sequences, short to long
     x, _ = ds.sequence(i)
@@ -499,7 +499,7 @@ def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same(
     assert max_rel_err(got.outputs[i], np.asarray(alone[0])) < 1e-5, i
   assert np.allclose(got.probabilities.sum(axis=1), 1.0)
   accuracy = float(np.mean(got.classes == labels))
-  want = train.evaluate(state, batching.Pad(ds, batch_size=6))["accuracy"]
+  want = evaluation.evaluate(state, batching.Pad(ds, batch_size=6))["accuracy"]
   assert abs(accuracy - want) < 1e-12
 
 
@@ -612,7 +612,7 @@ def test_a_custom_loss_trains_under_any_strategy_and_stays_exact():
   )
   trained = runs["bucket"].state
   evals = [
-    train.evaluate(trained, s)
+    evaluation.evaluate(trained, s)
     for s in (
       batching.Pad(ds, batch_size=16),
       batching.Bucket(ds, batch_size=5, num_buckets=4),
@@ -621,10 +621,10 @@ def test_a_custom_loss_trains_under_any_strategy_and_stays_exact():
   ]
   assert max_rel_err(evals[0]["loss"], evals[1]["loss"]) <= 1e-5
   assert max_rel_err(evals[0]["loss"], evals[2]["loss"]) <= 1e-5
-  plain_eval = train.evaluate(trained.replace(loss=None), batching.Pad(ds, batch_size=16))
+  plain_eval = evaluation.evaluate(trained.replace(loss=None), batching.Pad(ds, batch_size=16))
   assert evals[0]["loss"] != plain_eval["loss"] and evals[0]["accuracy"] == plain_eval["accuracy"]
   with pytest.raises(ConfigError, match=r"the custom loss returned float32\[16, 29, 4\]"):
-    train.evaluate(state(lambda p, t: p * 0.0), batching.Pad(ds, batch_size=16))
+    evaluation.evaluate(state(lambda p, t: p * 0.0), batching.Pad(ds, batch_size=16))
 
 
 # --- evaluation in bounded memory: long sequences in chunks, the state carried ------------------
@@ -656,22 +656,22 @@ def test_chunked_evaluation_equals_the_whole_forward_pass(kind):
   the longest document). predict_batches' pieces join into the whole sequences' outputs."""
   ds, model = _long_and_short(kind)
   state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
-  whole = train.evaluate(state, batching.Bucket(ds, tokens_per_batch=2048, num_buckets=3))
+  whole = evaluation.evaluate(state, batching.Bucket(ds, tokens_per_batch=2048, num_buckets=3))
   parts = batching.held_out_strategies(ds, tokens_per_batch=256, num_buckets=3, chunk_length=32)
   assert [type(p).__name__ for p in parts] == ["Bucket", "TBPTT"]
   assert max(t for p in parts for _, t in p.shapes()) == 32 < int(ds.lengths.max())
-  chunked = train.evaluate(state, parts)
+  chunked = evaluation.evaluate(state, parts)
   assert chunked["real_tokens"] == whole["real_tokens"] == ds.num_steps
   assert chunked["weight_sum"] == whole["weight_sum"]
   assert abs(chunked["loss"] - whole["loss"]) <= 2e-6 * abs(whole["loss"])
   if "accuracy" in whole:
     assert abs(chunked["accuracy"] - whole["accuracy"]) <= 1e-6
-  assert train.evaluate(state, batching.held_out_strategies(
+  assert evaluation.evaluate(state, batching.held_out_strategies(
     ds, tokens_per_batch=2048, num_buckets=3, chunk_length=0
   )) == whole  # fmt: skip
-  want = train.predict(state, ds)
+  want = evaluation.predict(state, ds)
   got: dict = {}
-  for items in train.predict_batches(state, ds, batch_size=4, chunk_length=32):
+  for items in evaluation.predict_batches(state, ds, batch_size=4, chunk_length=32):
     for piece in items:
       assert len(piece.outputs) <= 32 or ds.lengths[piece.seq] <= 32
       got.setdefault(piece.seq, []).append((piece.start, piece.outputs))

@@ -83,7 +83,7 @@ class Row:
   compiles_done_seconds: float = dataclasses.field(**_mean(3))
   compile_wait_seconds: float = dataclasses.field(**_mean(4))
   # Sequence-level classification: the final model's scores class by class on the held-out
-  # split (`baselines.class_scores`, from `train.predict`; its compiles in `classes`), or None.
+  # split (`baselines.class_scores`, from `evaluation.predict`; its compiles in `classes`), or None.
   balanced_accuracy: float | None = dataclasses.field(default=None, **_mean(18))
   classes: dict | None = None
   # config.data.test_path: the row's model selected on the eval (validation) split, scored once
@@ -312,7 +312,7 @@ def class_lines(summary: list[dict], plots: bool, data: dict | None = None) -> l
     f"class scores 1 / their number); recall per class is the share of its held-out {unit} "
     "classified as it"
     + (" (the first 12 classes)" if n > shown else "")
-    + ". From `train.predict` on each held-out sequence whole"
+    + ". From `evaluation.predict` on each held-out sequence whole"
     + (", every real step scored" if unit == "steps" else "")
     + "; over seeds, the mean.",
     "",

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import serialization
 
-from lstm_jax import baselines, batching, compiles, train
+from lstm_jax import baselines, batching, compiles, evaluation, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
@@ -278,7 +278,7 @@ def run_strategy(
 
   def on_eval(st, real_tokens):
     t0 = time.perf_counter()
-    r = train.evaluate(st, evaluator, steps=steps)
+    r = evaluation.evaluate(st, evaluator, steps=steps)
     point = curve.add(
       real_tokens=real_tokens,
       train_seconds=clock.train_seconds,
@@ -368,7 +368,7 @@ def run_strategy(
   tested = {}
   if test_ds is not None:  # read now, once: the model selected on validation
     chosen = result.state.replace(params=best.params) if best.params is not None else result.state
-    scored = train.evaluate(chosen, eval_strategy(test_ds, cfg, devices), steps=steps)
+    scored = evaluation.evaluate(chosen, eval_strategy(test_ds, cfg, devices), steps=steps)
     tested = dict(
       test_loss=scored["loss"],
       test_metric=metric_value(metric, scored),
@@ -450,7 +450,7 @@ def scores_by_class(
 ) -> dict | None:
   """For classification with at most MAX_SCORED_CLASSES classes (one process): the final
   model's `baselines.class_scores` on the held-out split, each sequence computed whole
-  (`train.predict_batches`: batch by batch, keeping only the confusion matrix, so a store's
+  (`evaluation.predict_batches`: batch by batch, keeping only the confusion matrix, so a store's
   split larger than memory is scored too), with that predict step's compiles and seconds;
   else None. Sequence-level labels are scored once per sequence, step-level ones at every real
   step (`level` says which)."""
@@ -465,8 +465,8 @@ def scores_by_class(
   step_level = eval_ds.target_level == "step"
   n = eval_ds.num_classes
   confusion = np.zeros((n, n), np.int64)
-  fn = compiles.CountedJit(train.predict_step, name="predict_step")
-  batches = train.predict_batches(
+  fn = compiles.CountedJit(evaluation.predict_step, name="predict_step")
+  batches = evaluation.predict_batches(
     state,
     eval_ds,
     num_buckets=cfg.eval.num_buckets,

@@ -17,7 +17,7 @@ import optax
 
 sys.path.insert(0, sys.argv[1])
 from helpers import ragged_features  # noqa: E402
-from lstm_jax import batching, sharding, train  # noqa: E402
+from lstm_jax import batching, evaluation, sharding, train  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
 LENGTHS = np.random.default_rng(5).integers(1, 20, size=48)
@@ -58,7 +58,7 @@ def library() -> dict:
         shards=seen,
         spec=spec if mesh is not None else None,
         batch_in_sharding=str(exe.input_shardings[0][1]) if mesh is not None else None,
-        eval_loss=train.evaluate(r.state, strategy, steps=steps)["loss"],
+        eval_loss=evaluation.evaluate(r.state, strategy, steps=steps)["loss"],
       )
     out[name] = runs
   try:
