@@ -42,6 +42,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
         "flax_rnn_pow2_gru",
         "torch_packed",
         "torch_batch_max",
+        "torch_bucket",
+        "torch_bucket_bf16",
+        "torch_pow2",
+        "torch_pow2_bf16",
       ),
       fit_overhead_rows=("tbptt", "bucket_packed_rows"),  # train.fit vs pre-assembled passes
       cost_model_check=True,  # lstm_jax.runner.costs' predictions against the measured rows

@@ -78,6 +78,25 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   )
   assert result["scan_gemm_floor_tokens_per_second"] > 0
   assert any(n.startswith("lstm_jax bucket_packed_rows") for n in names)
+  # processed tokens/s beside real ones; a peer that cannot run here and torch's oneDNN said
+  from lstm_jax.benchmark import suite
+
+  onednn = dict(
+    torch="2.13.0",
+    onednn_version="3.12.0",
+    mkldnn_available=True,
+    lstm_float32=["rnn ref"],
+    lstm_bfloat16="failed (no primitive)",
+  )
+  shown = suite.markdown(
+    dict(saved, skipped_peers={"torch_bucket_bf16": "no primitive"}, torch_onednn=onednn)
+  )
+  assert "| real tok/s (median) | processed tok/s |" in shown
+  assert "Skipped peer `torch_bucket_bf16`: no primitive." in shown
+  assert "oneDNN 3.12.0" in shown and "`rnn ref` in float32 and failed (no primitive)" in shown
+  pad = rows["lstm_jax pad (in_step)"]
+  processed = pad["tokens_per_second"] / (1 - pad["padding_fraction"])
+  assert f"| lstm_jax pad (in_step) | {pad['tokens_per_second']:,.0f} | {processed:,.0f} |" in shown
 
   def fastest(kind, dtype=None, cell="lstm"):
     return max(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -379,8 +380,69 @@ def time_right_padded(
   )
 
 
-def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Timing | None:
-  """PyTorch nn.LSTM on the same batches: pack_padded_sequence, or padded to the batch max."""
+class PeerSkipped(Exception):
+  """A peer that is installed but cannot run here (the reason is its message)."""
+
+
+def onednn_info() -> dict | None:
+  """PyTorch's oneDNN: whether it is available, its version, and which oneDNN RNN primitive a
+  padded nn.LSTM training step runs in float32 and under bfloat16 autocast (from ONEDNN_VERBOSE,
+  in a fresh process: `ref` is oneDNN's reference implementation, `jit`/`brgemm` its optimised
+  ones), or why it could not run. None without torch."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  version = re.search(r"(?:oneDNN|MKL-DNN) v([\d.]+)", torch.__config__.show())
+  out = dict(
+    torch=torch.__version__,
+    mkldnn_available=bool(torch.backends.mkldnn.is_available()),
+    onednn_version=version.group(1) if version else None,
+  )
+  for dtype in ("float32", "bfloat16"):
+    code = (
+      "import torch\n"
+      "lstm = torch.nn.LSTM(8, 16, batch_first=True)\n"
+      "x = torch.randn(4, 10, 8)\n"
+      + (
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n  y, _ = lstm(x)\n"
+        if dtype == "bfloat16"
+        else "y, _ = lstm(x)\n"
+      )
+      + "y.float().sum().backward()\n"
+    )
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    done = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    impls = sorted(
+      {
+        line.split(",")[5] + " " + line.split(",")[6]
+        for line in done.stdout.splitlines()
+        if line.startswith("onednn_verbose") and ",exec,cpu,rnn," in line
+      }
+    )
+    if done.returncode == 0:
+      out[f"lstm_{dtype}"] = impls or ["no oneDNN RNN primitive ran"]
+    else:
+      said = (done.stderr.strip().splitlines() or ["?"])[-1].split(". Run workload")[0]
+      out[f"lstm_{dtype}"] = f"failed ({said[:200]})"
+  return out
+
+
+def time_torch(
+  name: str,
+  strategy: batching.Strategy,
+  cfg,
+  packed: bool,
+  dtype: str = "float32",
+  pad_to_batch: bool = False,
+) -> Timing | None:
+  """PyTorch nn.LSTM on the same batches: pack_padded_sequence, or padded (to the batch's own
+  width with `pad_to_batch`: a bucket's boundary, as lstm_jax's bucket rows compute; else to the
+  longest sequence in the batch). dtype "bfloat16": under torch.autocast (bfloat16 matmuls
+  through oneDNN); raises PeerSkipped where the CPU's oneDNN has no such LSTM primitive. Empty
+  rows (a bucket's last batch) are left out, so the peer does no more work than its real rows."""
   try:
     import torch
   except ImportError:
@@ -394,7 +456,7 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
   batches = []
   for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
     rows = b.mask.any(axis=1)
-    t_max = int(b.mask.sum(axis=1).max())
+    t_max = b.mask.shape[1] if pad_to_batch else int(b.mask.sum(axis=1).max())
     batches.append(
       (
         plan,
@@ -416,11 +478,21 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
         out, _ = torch.nn.utils.rnn.pad_packed_sequence(
           out, batch_first=True, total_length=x.shape[1]
         )
+      elif dtype == "bfloat16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+          out, _ = lstm(x)
+        out = out.float()
       else:
         out, _ = lstm(x)
       err = ((head(out) - y) ** 2).mean(-1)
       ((w * err).sum() / w.sum()).backward()
       opt.step()
+
+  if dtype == "bfloat16":
+    try:
+      run_pass()
+    except RuntimeError as e:  # oneDNN has no bfloat16 LSTM primitive on this CPU
+      raise PeerSkipped(str(e).splitlines()[0].split(". Run workload")[0][:200]) from None
 
   real = sum(p.real_tokens for p, *_ in batches)
   # packed: the LSTM runs real steps only; padded: every step of the batch-max rectangle
@@ -434,7 +506,7 @@ def time_torch(name: str, strategy: batching.Strategy, cfg, packed: bool) -> Tim
     computed,
     0.0,
     0,
-    dict(torch=torch.__version__, matmul_dtype="float32", cell="lstm"),
+    dict(torch=torch.__version__, matmul_dtype=dtype, cell="lstm"),
     faults,
     run_pass,
   )

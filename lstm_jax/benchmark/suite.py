@@ -63,6 +63,22 @@ def _peer_strategies(ds, cfg) -> dict[str, tuple[str, batching.Strategy]]:
       "torch nn.LSTM batch max",
       batching.PadBatchMax(ds, batch_size=cfg.batch_size),
     ),
+    # PyTorch's padded nn.LSTM (oneDNN's LSTM primitive where it has one) in the same buckets
+    # as lstm_jax's bucket row (the exact DP boundaries, the same batches) and in pow-2 buckets,
+    # each batch padded to its bucket's boundary
+    "torch_bucket": ("torch nn.LSTM padded, lstm_jax's buckets", _strategies(ds, cfg)["bucket"]),
+    "torch_bucket_bf16": (
+      "torch nn.LSTM padded, lstm_jax's buckets, bfloat16",
+      _strategies(ds, cfg)["bucket"],
+    ),
+    "torch_pow2": (
+      "torch nn.LSTM padded, pow2 buckets",
+      batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
+    ),
+    "torch_pow2_bf16": (
+      "torch nn.LSTM padded, pow2 buckets, bfloat16",
+      batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
+    ),
   }
 
 
@@ -76,7 +92,14 @@ def _time_peer(key: str, ds, cfg) -> bench.Timing | None:
       "bfloat16" if key.endswith("_bf16") else "float32",
       "gru" if key.endswith("_gru") else "lstm",
     )
-  return bench.time_torch(label, strategy, cfg, packed=key == "torch_packed")
+  return bench.time_torch(
+    label,
+    strategy,
+    cfg,
+    packed=key == "torch_packed",
+    dtype="bfloat16" if key.endswith("_bf16") else "float32",
+    pad_to_batch=key.startswith(("torch_bucket", "torch_pow2")),
+  )
 
 
 def malloc_probe_child(cfg_dict: dict, ours: str, projection: str, peer: str) -> dict:
@@ -225,8 +248,16 @@ def run(cfg, out_md: str) -> dict:
       "ours",
       name,
     )
+  skipped_peers = {}
   for peer in cfg.peers:
-    add(_time_peer(peer, ds, cfg), "peer", peer)
+    try:
+      add(_time_peer(peer, ds, cfg), "peer", peer)
+    except bench.PeerSkipped as e:
+      skipped_peers[peer] = str(e)
+      print(f"  {peer}: skipped ({e})", flush=True)
+  onednn = bench.onednn_info() if any(p.startswith("torch") for p in cfg.peers) else None
+  if onednn:
+    print(f"  torch's oneDNN: {onednn}", flush=True)
   ours = [t for t in rows if t.extra["kind"] == "ours"]
   peers = [t for t in rows if t.extra["kind"] == "peer"]
   paired = paired_bf16 = paired_gru = None
@@ -322,6 +353,8 @@ def run(cfg, out_md: str) -> dict:
     rows=[dict(t.record(), roofline_fraction=roofline_fraction(t)) for t in rows],
     memory=memory,
     bucket_boundaries=strategies["bucket"].boundaries,
+    skipped_peers=skipped_peers,
+    torch_onednn=onednn,
   )
   json_path = os.path.join(os.path.dirname(os.path.abspath(out_md)), "benchmark.json")
   write_json_atomically(json_path, result, indent=1)
@@ -329,6 +362,13 @@ def run(cfg, out_md: str) -> dict:
   write_text_atomically(out_md, markdown(result) + ("\n" + others if others else ""))
   print(markdown(result))
   return result
+
+
+def _onednn_words(impls) -> str:
+  """oneDNN's primitive implementations as ONEDNN_VERBOSE named them, or why none ran."""
+  if isinstance(impls, str):
+    return impls
+  return ", ".join(f"`{i}`" for i in impls)
 
 
 def _malloc_words(v: dict) -> str:
@@ -375,17 +415,33 @@ def markdown(r: dict) -> str:
     f"tokens/s ({floor_share:.0f}% of the roofline): the ceiling for a scanned LSTM at this "
     f"batch size here.",
     "",
-    "| run | real tok/s (median) | % roofline | padding | compiles | compile s | passes (s) "
-    "| page faults / step |",
-    "|---|---|---|---|---|---|---|---|",
+    "| run | real tok/s (median) | processed tok/s | % roofline | padding | compiles | compile s "
+    "| passes (s) | page faults / step |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for row in sorted(r["rows"], key=lambda x: -x["tokens_per_second"]):
+    processed = row["tokens_per_second"] * row["computed_tokens"] / max(row["real_tokens"], 1)
     lines.append(
-      f"| {row['name']} | {row['tokens_per_second']:,.0f} | "
+      f"| {row['name']} | {row['tokens_per_second']:,.0f} | {processed:,.0f} | "
       f"{100 * row['roofline_fraction']:.1f}% | {100 * row['padding_fraction']:.1f}% | "
       f"{row['compiles'] or '-'} | {row['compile_seconds']:.1f} | "
       f"{', '.join(f'{s:.2f}' for s in row['pass_seconds'])} | "
       f"{row.get('page_faults_per_step', 0):,.0f} |"
+    )
+  lines += [
+    "",
+    "*processed tok/s*: every step a row computes, padding included (real tok/s / (1 -"
+    " padding)): the rate per token of the computation itself.",
+  ]
+  for key, why in (r.get("skipped_peers") or {}).items():
+    lines.append(f"Skipped peer `{key}`: {why}.")
+  o = r.get("torch_onednn")
+  if o:
+    lines.append(
+      f"PyTorch {o['torch']}: oneDNN {o['onednn_version']} (available: "
+      f"{o['mkldnn_available']}); the padded nn.LSTM's training step ran oneDNN's RNN "
+      f"primitive as {_onednn_words(o['lstm_float32'])} in float32 and "
+      f"{_onednn_words(o['lstm_bfloat16'])} under bfloat16 autocast (ONEDNN_VERBOSE)."
     )
   lines += [
     "",
