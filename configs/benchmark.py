@@ -46,6 +46,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
         "torch_bucket_bf16",
         "torch_pow2",
         "torch_pow2_bf16",
+        "keras_pow2",
       ),
       fit_overhead_rows=("tbptt", "bucket_packed_rows"),  # train.fit vs pre-assembled passes
       cost_model_check=True,  # lstm_jax.runner.costs' predictions against the measured rows

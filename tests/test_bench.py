@@ -215,3 +215,29 @@ def test_a_benchmarks_section_is_replaced_in_place_and_kept_by_a_rewrite(tmp_pat
   kept = sections.kept(path)
   assert kept.endswith("<!-- /section:data-scale -->\n") and "new figures" in kept
   assert "table" not in kept and sections.kept(str(tmp_path / "absent.md")) == ""
+
+
+def test_the_keras_peer_trains_in_the_buckets_it_is_given():
+  """Keras 3's LSTM (JAX backend) as a peer: every batch of the pass trained, its padding
+  counted, one compile per batch shape (a bucket's last batch has fewer rows: empty rows are
+  left out); an optional peer, skipped without keras."""
+  import os
+
+  os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is first imported
+  pytest.importorskip("keras", reason="optional peer: pip install keras")
+  from lstm_jax import batching
+  from lstm_jax.benchmark import measure
+
+  cfg = benchmark_config.get_config("quick")
+  ds = measure.workload(cfg)
+  strategy = batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=[8, 16, 32])
+  import jax
+
+  with jax.numpy_rank_promotion("allow"):  # keras broadcasts implicitly; the suite forbids it
+    t = measure.time_keras("keras", strategy, cfg)
+  batches = list(measure._pass_batches(strategy, cfg.tokens_per_pass))
+  assert t.real_tokens == sum(p.real_tokens for p, _ in batches)
+  rows = [int(b.mask.any(axis=1).sum()) for _, b in batches]
+  assert t.computed_tokens == sum(r * b.mask.shape[1] for r, (_, b) in zip(rows, batches))
+  shapes = {(r, b.mask.shape[1]) for r, (_, b) in zip(rows, batches)}  # jit retraces per shape
+  assert t.compiles == len(shapes) and t.tokens_per_second > 0

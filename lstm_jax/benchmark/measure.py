@@ -512,6 +512,55 @@ def time_torch(
   )
 
 
+def time_keras(name: str, strategy: batching.Strategy, cfg) -> Timing | None:
+  """Keras 3's LSTM on its JAX backend (what a Keras user who buckets by length gets): each
+  batch padded to its bucket's boundary, the padding masked (`mask=`), per-step MSE weighted
+  as the other rows, Adam, `train_on_batch` (jitted once per shape). None without keras."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  try:
+    import keras
+  except ImportError:
+    return None
+  if keras.backend.backend() != "jax":
+    raise PeerSkipped(f"keras runs on its {keras.backend.backend()} backend here, not jax")
+  keras.utils.set_random_seed(0)
+  ds = strategy.dataset
+  x_in = keras.Input(shape=(None, ds.num_features))
+  m_in = keras.Input(shape=(None,), dtype="bool")
+  h = keras.layers.LSTM(cfg.hidden_size, return_sequences=True)(x_in, mask=m_in)
+  model = keras.Model([x_in, m_in], keras.layers.Dense(1)(h))
+  model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
+  batches = []
+  for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
+    rows = b.mask.any(axis=1)
+    batches.append(
+      (plan, b.inputs[rows], b.mask[rows], b.targets[rows][..., None], b.weights[rows])
+    )
+
+  def run_pass():
+    for _, x, m, y, w in batches:
+      model.train_on_batch([x, m], y, sample_weight=w)
+
+  real = sum(p.real_tokens for p, *_ in batches)
+  computed = sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
+  t0 = time.perf_counter()
+  run_pass()  # every shape compiles here (keras' jitted train step, once per shape)
+  first = time.perf_counter() - t0
+  tps, secs, faults = _time_passes(run_pass, real, cfg.repeats, len(batches))
+  return Timing(
+    name,
+    tps,
+    secs,
+    real,
+    computed,
+    max(0.0, first - statistics.median(secs)),  # the first pass's extra: its compiles
+    len({x.shape for _, x, *_ in batches}),
+    dict(keras=keras.__version__, matmul_dtype="float32", cell="lstm"),
+    faults,
+    run_pass,
+  )
+
+
 def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:
   """`ours` against `peer` and against the GEMM roofline, measured side by side.
 

@@ -75,6 +75,10 @@ def _peer_strategies(ds, cfg) -> dict[str, tuple[str, batching.Strategy]]:
       "torch nn.LSTM padded, pow2 buckets",
       batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
     ),
+    "keras_pow2": (
+      "keras LSTM (jax backend) pow2 buckets",
+      batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
+    ),
     "torch_pow2_bf16": (
       "torch nn.LSTM padded, pow2 buckets, bfloat16",
       batching.Bucket(ds, batch_size=cfg.batch_size, boundaries=pow2),
@@ -84,6 +88,8 @@ def _peer_strategies(ds, cfg) -> dict[str, tuple[str, batching.Strategy]]:
 
 def _time_peer(key: str, ds, cfg) -> bench.Timing | None:
   label, strategy = _peer_strategies(ds, cfg)[key]
+  if key.startswith("keras"):
+    return bench.time_keras(label, strategy, cfg)
   if key.startswith("flax"):
     return bench.time_flax_rnn(
       label,
