@@ -60,18 +60,29 @@ class StoreProgress:
 
   def __init__(self, quiet: bool):
     self.bar = Progress(quiet=quiet, every_seconds=10.0)
-    self.start = time.perf_counter()
+    self.start = self.next = time.perf_counter()
+    self.writer = None
     self.bar.start("prepare_data", None)
 
   def __call__(self, writer) -> None:
-    mb, s = writer.bytes_in / 1e6, time.perf_counter() - self.start
+    self.writer = writer
+    now = time.perf_counter()  # called per record: the text is made at most 5 times a second
+    if now < self.next:
+      return
+    self.next = now + 0.2
+    self.update(writer, now)
+
+  def update(self, writer, now: float) -> None:
+    mb, s = writer.bytes_in / 1e6, now - self.start
     self.bar.update(
       writer.num_records,
       f"{writer.num_records:,} records, {mb:,.1f} MB in {s:.1f} s ({mb / max(s, 1e-9):,.1f} MB/s)",
     )
 
   def end_line(self) -> None:
-    """Ends the bar, so what follows starts a line of its own."""
+    """Ends the bar at the last count, so what follows starts a line of its own."""
+    if self.writer is not None:
+      self.update(self.writer, time.perf_counter())
     self.bar.end()
 
 
