@@ -176,52 +176,67 @@ def _jsonl_records(path: Path, vocab_size: int | None, num_classes: int | None):
   return _labelled_records(parse, path, vocab_size, num_classes)
 
 
-def _labelled_records(parse, path: Path, vocab_size: int | None, num_classes: int | None):
-  """(the StoreWriter settings, the records) from `parse()`, which yields (values, label, where)
-  and is called twice: once for the vocabulary, labels and classes (what is inferred is
-  recorded), once to write. A label is an int class, a class name (str: classes numbered by
-  sorted name, the names kept as the store's `classes`), or a float or list of floats (one
-  regression target for the sequence)."""
-  texts, top, labels, label_top, dims, names = False, -1, 0, -1, set(), set()
-  for values, label, where in parse():  # pass 1: what the data holds
-    texts |= values.dtype == np.uint8
-    top = max(top, int(values.max()) if len(values) else -1)
-    if label is not None:
-      labels += 1
-      if isinstance(label, bool) or not isinstance(label, (int, float, list, str)):
+class _Labels:
+  """What the labels of a source hold, seen one at a time: integer classes (the largest), class
+  names (the distinct ones) or regression targets (their widths), and how many were labelled."""
+
+  def __init__(self):
+    self.count, self.top, self.names, self.dims = 0, -1, set(), set()
+
+  def add(self, label, where: str) -> None:
+    if label is None:
+      return
+    self.count += 1
+    if isinstance(label, bool) or not isinstance(label, (int, float, list, str)):
+      raise DataError(
+        f"{where}: a label must be an int class, a class name or float(s), got {label!r:.40}."
+      )
+    if isinstance(label, int):
+      self.top = max(self.top, label)
+    elif isinstance(label, str):
+      self.names.add(label)
+      if len(self.names) > MAX_CLASS_NAMES:
         raise DataError(
-          f"{where}: a label must be an int class, a class name or float(s), got {label!r:.40}."
+          f"{where}: more than {MAX_CLASS_NAMES:,} distinct class names; a label column of "
+          f"free text is not a class (give integer classes or fewer names)."
         )
-      if isinstance(label, int):
-        label_top = max(label_top, label)
-      elif isinstance(label, str):
-        names.add(label)
-        if len(names) > MAX_CLASS_NAMES:
-          raise DataError(
-            f"{where}: more than {MAX_CLASS_NAMES:,} distinct class names; a label column of "
-            f"free text is not a class (give integer classes or fewer names)."
-          )
-      else:
-        dims.add(len(label) if isinstance(label, list) else 1)
-  vocab = 256 if texts else (vocab_size or top + 1)
-  settings: dict[str, Any] = dict(vocab_size=vocab)
-  classes = sorted(names) if names else None
-  if labels:
-    if sum(map(bool, (dims, label_top >= 0, names))) > 1:
+    else:
+      self.dims.add(len(label) if isinstance(label, list) else 1)
+
+  def settings(self, path: Path, num_classes: int | None) -> dict[str, Any]:
+    """The StoreWriter's target settings (none when nothing is labelled)."""
+    if not self.count:
+      return {}
+    if sum(map(bool, (self.dims, self.top >= 0, self.names))) > 1:
       raise DataError(
         f"{path}: labels mix kinds (integer classes, class names, regression targets); use one."
       )
-    if dims:
-      settings.update(targets="sequence", target_dim=dims.pop())
-    elif classes:
-      settings.update(targets="sequence", num_classes=max(num_classes or 0, len(classes)))
-    else:
-      settings.update(targets="sequence", num_classes=num_classes or label_top + 1)
+    if self.dims:
+      return dict(targets="sequence", target_dim=next(iter(self.dims)))
+    if self.names:
+      return dict(targets="sequence", num_classes=max(num_classes or 0, len(self.names)))
+    return dict(targets="sequence", num_classes=num_classes or self.top + 1)
+
+
+def _labelled_records(parse, path: Path, vocab_size: int | None, num_classes: int | None):
+  """(the StoreWriter settings, the class names or None, the records) from `parse()`, which
+  yields (values, label, where) and is called twice: once for the vocabulary, labels and
+  classes (what is inferred is recorded), once to write. A label is an int class, a class name
+  (str: classes numbered by sorted name, the names kept as the store's `classes`), or a float or
+  list of floats (one regression target for the sequence)."""
+  texts, top, labels = False, -1, _Labels()
+  for values, label, where in parse():  # pass 1: what the data holds
+    texts |= values.dtype == np.uint8
+    top = max(top, int(values.max()) if len(values) else -1)
+    labels.add(label, where)
+  settings: dict[str, Any] = dict(vocab_size=256 if texts else (vocab_size or top + 1))
+  settings.update(labels.settings(path, num_classes))
+  classes = sorted(labels.names) if labels.names else None
   ids = {name: i for i, name in enumerate(classes or [])}
 
   def records():
     for values, label, where in parse():
-      if labels and label is None:
+      if labels.count and label is None:
         raise DataError(f"{where} has no label while other rows do; label every row.")
       if label is not None and "target_dim" in settings:
         label = np.asarray(label, np.float32)

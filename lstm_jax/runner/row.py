@@ -365,17 +365,9 @@ def run_strategy(
   steady_seconds = sum(h["step_seconds"] for h in steady)
   computed = sum(h["computed_tokens"] for h in hist)
   classes = scores_by_class(result.state, eval_ds, cfg)  # off the row's clock
-  tested = {}
-  if test_ds is not None:  # read now, once: the model selected on validation
-    chosen = result.state.replace(params=best.params) if best.params is not None else result.state
-    scored = evaluation.evaluate(chosen, eval_strategy(test_ds, cfg, devices), steps=steps)
-    tested = dict(
-      test_loss=scored["loss"],
-      test_metric=metric_value(metric, scored),
-      test_classes=scores_by_class(chosen, test_ds, cfg),
-      selected_step=best.step,
-      selected_eval_metric=best.eval_metric,
-    )
+  tested = (  # read now, once: the model selected on validation
+    _score_on_test(result.state, best, test_ds, shared, steps) if test_ds is not None else {}
+  )
   train_rec = list(steps.train.records.values())
   row = report.Row(
     strategy=name,
@@ -419,6 +411,28 @@ def run_strategy(
       result_path, dict(row=row, history=hist, curve=curve.points, settings=settings)
     )
   return row, hist, curve.points
+
+
+def _score_on_test(
+  final: train.TrainState,
+  best: BestOnValidation,
+  test_ds: RaggedDataset,
+  shared: RowInputs,
+  steps: train.StepFunctions,
+) -> dict:
+  """The row's test fields: the model selected on validation (else the final one) scored on
+  the test split, once, and which step was chosen."""
+  cfg = shared.cfg
+  devices = 1 if shared.mesh is None else int(shared.mesh.devices.size)
+  chosen = final.replace(params=best.params) if best.params is not None else final
+  scored = evaluation.evaluate(chosen, eval_strategy(test_ds, cfg, devices), steps=steps)
+  return dict(
+    test_loss=scored["loss"],
+    test_metric=metric_value(best.metric, scored),
+    test_classes=scores_by_class(chosen, test_ds, cfg),
+    selected_step=best.step,
+    selected_eval_metric=best.eval_metric,
+  )
 
 
 def _row_text(row: dict) -> str:
