@@ -6,8 +6,10 @@ to disk, renamed over it.
 
 A kill, a full disk or an exception mid-write leaves the old file or the new one, never half of
 one. Every file lstm_jax writes goes through here, except the checkpoints' append-only
-history.jsonl (whose readers check the length and hash a checkpoint recorded) and orbax's own
-files (which orbax writes into a temporary directory and renames). A directory written whole
+history.jsonl (whose readers check the length and hash a checkpoint recorded), TensorBoard's
+append-only event files (lstm_jax.metric_writers: each record framed and checksummed, a record
+cut short ends the file for its readers, and each writer opens a file of its own) and orbax's
+own files (which orbax writes into a temporary directory and renames). A directory written whole
 (an on-disk store) goes through `DirectoryWriter`: written beside its place under a lock,
 swapped in so that a complete one is always there.
 """

@@ -161,18 +161,10 @@ def parquet(work: str, cfg: dict) -> dict:
       ]
     )
   limit = int(cfg["memory_limit"])
-  group = memory_cgroup(limit)
-  if group is None:
-    return dict(skipped="needs root and cgroup v1 memory (/sys/fs/cgroup/memory)")
-  drop_page_cache(work)
-  try:
-    got = _run_part(["parquet_prepare", path, os.path.join(work, "from_parquet")], cgroup=group)
-    with open(os.path.join(group, "memory.max_usage_in_bytes")) as f:
-      peak = int(f.read())
-    with open(os.path.join(group, "memory.failcnt")) as f:
-      failcnt = int(f.read())
-  finally:
-    os.rmdir(group)
+  ran = _part_in_cgroup(["parquet_prepare", path, os.path.join(work, "from_parquet")], limit, work)
+  if ran is None:
+    return dict(skipped=NO_CGROUP)
+  got, peak, failcnt = ran
   size = os.path.getsize(path)
   return dict(
     got,
@@ -392,7 +384,7 @@ def long_documents(work: str, cfg: dict) -> dict:
   for bounded in (True, False):
     group = memory_cgroup(int(cfg["memory_limit"]))
     if group is None:
-      return dict(out, skipped="needs root and cgroup v1 memory (/sys/fs/cgroup/memory)")
+      return dict(out, skipped=NO_CGROUP)
     drop_page_cache(docs)
     run = os.path.join(work, f"long_documents_run_{int(bounded)}")
     shutil.rmtree(run, ignore_errors=True)
@@ -501,6 +493,28 @@ def memory_cgroup(limit: int) -> str | None:
   return path
 
 
+NO_CGROUP = "needs root and cgroup v1 memory (/sys/fs/cgroup/memory)"
+
+
+def _part_in_cgroup(args: list[str], limit: int, cache_dir: str) -> tuple[dict, int, int] | None:
+  """One part run inside a fresh memory cgroup capped at `limit` bytes, `cache_dir`'s page
+  cache dropped first: (its result, the cgroup's peak usage, its limit hits), or None where
+  no cgroup can be made."""
+  group = memory_cgroup(limit)
+  if group is None:
+    return None
+  drop_page_cache(cache_dir)
+  try:
+    got = _run_part(args, cgroup=group)
+    with open(os.path.join(group, "memory.max_usage_in_bytes")) as f:
+      peak = int(f.read())
+    with open(os.path.join(group, "memory.failcnt")) as f:
+      failcnt = int(f.read())
+  finally:
+    os.rmdir(group)
+  return got, peak, failcnt
+
+
 def run(cfg: dict, out_md: str) -> dict:
   """All parts; writes results.json beside `out_md` and the markdown to `out_md`."""
   work = cfg.get("workdir") or tempfile.mkdtemp(prefix="lstm_jax_data_scale_")
@@ -597,18 +611,11 @@ def larger_than_memory(work: str, cfg: dict) -> dict:
     )
   size = sum(os.path.getsize(os.path.join(docs, f)) for f in os.listdir(docs))
   limit = int(cfg["memory_limit"])
-  group = memory_cgroup(limit)
-  if group is None:
-    return dict(skipped="needs root and cgroup v1 memory (/sys/fs/cgroup/memory)")
-  drop_page_cache(docs)
-  try:
-    got = _run_part(["train", docs, ",".join(cfg["strategies"]), str(cfg["steps"])], cgroup=group)
-    with open(os.path.join(group, "memory.max_usage_in_bytes")) as f:
-      peak = int(f.read())
-    with open(os.path.join(group, "memory.failcnt")) as f:
-      failcnt = int(f.read())
-  finally:
-    os.rmdir(group)
+  args = ["train", docs, ",".join(cfg["strategies"]), str(cfg["steps"])]
+  ran = _part_in_cgroup(args, limit, docs)
+  if ran is None:
+    return dict(skipped=NO_CGROUP)
+  got, peak, failcnt = ran
   return dict(
     corpus_bytes=size,
     memory_limit_bytes=limit,

@@ -380,6 +380,16 @@ def time_right_padded(
   )
 
 
+def _peer_batches(strategy: batching.Strategy, cfg, to_batch_max: bool = False):
+  """A timed pass's batches for a peer: (plan, inputs, mask, targets, weights) with the empty
+  rows left out (a bucket's last batch), so the peer does no more work than its real rows;
+  `to_batch_max`: cut to the longest sequence in the batch, else the batch's own width."""
+  for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
+    rows = b.mask.any(axis=1)
+    t = int(b.mask.sum(axis=1).max()) if to_batch_max else b.mask.shape[1]
+    yield plan, b.inputs[rows, :t], b.mask[rows, :t], b.targets[rows, :t], b.weights[rows, :t]
+
+
 class PeerSkipped(Exception):
   """A peer that is installed but cannot run here (the reason is its message)."""
 
@@ -453,19 +463,10 @@ def time_torch(
   lstm = torch.nn.LSTM(ds.num_features, cfg.hidden_size, batch_first=True)
   head = torch.nn.Linear(cfg.hidden_size, 1)
   opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=cfg.learning_rate)
-  batches = []
-  for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
-    rows = b.mask.any(axis=1)
-    t_max = b.mask.shape[1] if pad_to_batch else int(b.mask.sum(axis=1).max())
-    batches.append(
-      (
-        plan,
-        torch.from_numpy(b.inputs[rows, :t_max]),
-        torch.from_numpy(b.targets[rows, :t_max]),
-        torch.from_numpy(b.weights[rows, :t_max]),
-        torch.from_numpy(b.mask[rows].sum(axis=1)),
-      )
-    )
+  batches = [
+    (plan, *map(torch.from_numpy, (x, y, w, m.sum(axis=1))))
+    for plan, x, m, y, w in _peer_batches(strategy, cfg, to_batch_max=not pad_to_batch)
+  ]
 
   def run_pass():
     for _, x, y, w, lengths in batches:
@@ -530,16 +531,11 @@ def time_keras(name: str, strategy: batching.Strategy, cfg) -> Timing | None:
   h = keras.layers.LSTM(cfg.hidden_size, return_sequences=True)(x_in, mask=m_in)
   model = keras.Model([x_in, m_in], keras.layers.Dense(1)(h))
   model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
-  batches = []
-  for plan, b in _pass_batches(strategy, cfg.tokens_per_pass):
-    rows = b.mask.any(axis=1)
-    batches.append(
-      (plan, b.inputs[rows], b.mask[rows], b.targets[rows][..., None], b.weights[rows])
-    )
+  batches = list(_peer_batches(strategy, cfg))
 
   def run_pass():
     for _, x, m, y, w in batches:
-      model.train_on_batch([x, m], y, sample_weight=w)
+      model.train_on_batch([x, m], y[..., None], sample_weight=w)
 
   real = sum(p.real_tokens for p, *_ in batches)
   computed = sum(int(x.shape[0] * x.shape[1]) for _, x, *_ in batches)
