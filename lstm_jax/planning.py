@@ -5,8 +5,7 @@ epoch of millions of sequences plans in seconds.
 - `optimal_boundaries`, `padded_steps`: bucket boundaries of least padding (Bucket).
 - `best_fit_rows`, `first_fit_decreasing`, `Rows`: sequences packed into rows (Bucket's packed
   rows, Pack).
-- `shuffle_rows`: `rng.shuffle` on each row, exactly (the same permutations and generator
-  state), for millions of rows at once (the PCG64 stream read in blocks).
+- `shuffle_rows`: each row's members in a random order (a keyed sort), millions of rows at once.
 - `_lay_streams`: sequences laid end to end in the least-loaded of several streams (TBPTT).
 
 Each takes a seeded numpy Generator and returns arrays; none knows the batch contract.
@@ -68,102 +67,32 @@ def _rows_from_assignment(items: np.ndarray, row_of: np.ndarray, num_rows: int) 
 
 
 def shuffle_rows(rng: np.random.Generator, x: np.ndarray, starts, counts) -> None:
-  """Shuffles each row x[starts[r]:starts[r] + counts[r]] in place, in order, exactly as
-  `rng.shuffle` called on each row would: the same permutations, and `rng` left in the same
-  state (so every later draw is the same too).
-
-  Generator.shuffle is Fisher-Yates: for i = n - 1 down to 1 it swaps x[i] with x[j], j drawn
-  in [0, i] by masked rejection from the bit generator's 32-bit stream (each 64-bit output
-  serves its low half, then its high half). For PCG64, numpy's default, that stream is read
-  here in blocks, a compiled scan on the host makes the picks (`_pick_block`), and the swaps
-  are applied a step at a time across all rows: millions of rows in about a second, instead of
-  a Python call (~2 us) each. Other bit generators take the call per row.
-  tests/test_batching.py holds this to rng.shuffle, row for row and state for state.
+  """Shuffles each row x[starts[r]:starts[r] + counts[r]] in place (rows disjoint), each by its
+  own uniform random permutation: a keyed sort. Every element draws one 64-bit key from `rng`
+  (one `integers` call for all rows: `rng` advances by sum(counts) draws), and each row's
+  elements are put in the order of their keys. The row's number goes in the high bits of one
+  uint64 per element and the key's top bits in the rest, so one stable argsort orders every
+  row at once: 10M sequences in about a second, for any bit generator, and nothing here
+  depends on how numpy's own `shuffle` draws. Two equal keys in a row (odds ~ n**2 / 2**(65 -
+  bits for the row number)) keep their places' order, the same on every machine.
+  tests/test_batching.py holds it to: permutations within rows, the same for the same seed,
+  and uniform over the n! orders of small rows.
   """
   starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
-  several = np.flatnonzero(counts > 1)  # a row of one draws nothing
-  if not isinstance(rng.bit_generator, np.random.PCG64) or not len(several):
-    for a, n in zip(starts[several].tolist(), counts[several].tolist()):
-      rng.shuffle(x[a : a + n])
+  rows = np.flatnonzero(counts > 1)  # a row of one stays, and draws nothing
+  if not len(rows):
     return
-  n = counts[several]
-  draws = n - 1  # bounded draws per row: bounds n - 1, n - 2, ..., 1
-  first = np.cumsum(draws) - draws
-  picks = _pcg64_picks(rng.bit_generator, n, draws, first)
-  # the swaps, step k of every row at once; rows by decreasing draws, so the active lead
-  by_draws = np.argsort(-draws, kind="stable")
-  active = len(draws) - np.cumsum(np.bincount(draws))  # rows with more than k draws
-  picks += np.repeat(starts[several], draws)  # each pick as a place in x
-  row_last, row_pick = (starts[several] + draws)[by_draws], first[by_draws]
-  for k in range(int(draws.max())):
-    m = int(active[k])
-    i, j = row_last[:m] - k, picks[row_pick[:m] + k]
-    x[i], x[j] = x[j], x[i].copy()
-
-
-_PICK_WORDS = 1 << 18  # 32-bit words per call of the compiled scan: one size, one compile
-
-
-def _pcg64_picks(bits: np.random.PCG64, n, draws, first) -> np.ndarray:
-  """The draws of Fisher-Yates over rows of n (>= 2) from PCG64 `bits`, row after row: for
-  each row, one in [0, b] for b = n - 1 down to 1. `bits` is left as rng.shuffle leaves it."""
-  total = int(draws.sum())
-  bound = np.repeat((n - 1 + first).astype(np.int32), draws) - np.arange(total, dtype=np.int32)
-  state = bits.state
-  stream = np.random.PCG64()
-  stream.state = state
-  pending = np.array([state["uinteger"]] if state["has_uint32"] else [], np.uint32)
-  size = _PICK_WORDS
-  picks = np.empty(total, np.int64)
-  made = read = 0
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    while made < total:
-      raw = stream.random_raw(-(-(size - len(pending)) // 2))
-      halves = np.empty(2 * len(raw), np.uint32)
-      halves[0::2], halves[1::2] = raw & 0xFFFFFFFF, raw >> 32
-      words = np.concatenate([pending, halves])
-      words, pending = words[:size], words[size:]
-      want = min(size, total - made)  # a block's words make at most `size` picks
-      bounds = np.zeros(size, np.uint32)
-      bounds[:want] = bound[made : made + want]
-      got, used, block = jax.device_get(_pick_block(words, bounds, np.int32(want)))
-      picks[made : made + got] = block[:got]
-      made, read = made + int(got), read + int(used)
-  # the state after exactly `read` words: any buffered one, then raws' low and high halves
-  halves = read - int(state["has_uint32"])
-  touched = -(-halves // 2)
-  new = state
-  if touched:
-    after = np.random.PCG64()
-    after.state = state
-    after.advance(touched - 1)
-    last = after.random_raw(1)[0]
-    new = after.state
-    new["uinteger"] = int(last >> np.uint64(32))
-  new["has_uint32"] = halves % 2
-  bits.state = new
-  return picks
-
-
-@jax.jit
-def _pick_block(words, bounds, want):
-  """Masked rejection over one block of words: each word, masked to the bits of the bound of
-  the next pick still wanted, is kept if <= that bound. Returns (picks made, words read to
-  make them, the picks)."""
-
-  def step(t, c):
-    picks, p, used = c
-    bound = bounds[jnp.minimum(p, len(bounds) - 1)]
-    v = words[t] & (jnp.uint32(0xFFFFFFFF) >> jax.lax.clz(jnp.maximum(bound, 1)))
-    live = p < want
-    # written at the next pick's place whether kept or not: a kept one moves past it
-    picks = jax.lax.dynamic_update_slice(picks, v[None], (p,))
-    p = p + (live & (v <= bound)).astype(jnp.int32)
-    return picks, p, jnp.where(live, t + 1, used)
-
-  picks = jnp.zeros(len(bounds) + 1, jnp.uint32)
-  picks, p, used = jax.lax.fori_loop(0, len(words), step, (picks, jnp.int32(0), jnp.int32(0)))
-  return p, used, picks
+  starts, counts = starts[rows], counts[rows]
+  places = gather_steps(starts, counts)  # each row's places, row after row
+  keys = rng.integers(np.iinfo(np.uint64).max, size=len(places), dtype=np.uint64, endpoint=True)
+  shift = max(int(len(rows) - 1).bit_length(), 1)
+  row_of = np.repeat(np.arange(len(rows), dtype=np.uint64), counts)
+  if shift <= 32:  # the row's number above, the key's top 64 - shift bits below
+    composite = (row_of << np.uint64(64 - shift)) | (keys >> np.uint64(shift))
+    order = np.argsort(composite, kind="stable")
+  else:  # over 2**32 rows: two keys
+    order = np.lexsort((keys, row_of))
+  x[places] = x[places[order]]
 
 
 def _positions_in_rows(seq_len: np.ndarray, row_start: np.ndarray, counts: np.ndarray):

@@ -297,9 +297,10 @@ def test_unknown_strategy_name():
 
 def test_plans_match_the_recorded_planner():
   """Every case of tests/plan_cases.py (each strategy, ties in the lengths, batch multiples,
-  two seeds, two epochs) plans exactly the batches the planner before the array planner did,
-  recorded as hashes in tests/data/plan_hashes.json: same seed, same batches, so committed
-  reports rerun bit-identically."""
+  two seeds, two epochs) plans exactly the batches recorded as hashes in
+  tests/data/plan_hashes.json (recorded by the array planner; packed rows re-recorded once when
+  their shuffle became a keyed sort): same seed, same batches, so committed reports rerun
+  bit-identically."""
   import json
 
   import plan_cases
@@ -310,27 +311,47 @@ def test_plans_match_the_recorded_planner():
   assert [k for k in got if got[k] != recorded[k]] == []
 
 
-@pytest.mark.parametrize("words_per_call", [None, 999])
-def test_rows_shuffle_exactly_as_generator_shuffle_row_by_row(monkeypatch, words_per_call):
-  """planning.shuffle_rows (the bulk path for PCG64) against rng.shuffle called on each row:
-  the same permutations and the same generator state after, from a fresh state and from one
-  holding a buffered 32-bit word; rows of 1 to 300, and a bit generator without the bulk path.
-  With 999 words a call, the picks span many calls, a row's draws cross calls, and an odd
-  word is carried from one call's words to the next."""
-  if words_per_call:
-    monkeypatch.setattr(planning, "_PICK_WORDS", words_per_call)
+def test_rows_shuffle_is_a_permutation_within_each_row_the_same_for_the_same_seed():
+  """planning.shuffle_rows moves each row's members only within the row, leaves rows of one,
+  the places between rows and other rows alone, gives the same order for the same seed on any
+  bit generator, and advances the generator by one draw per member."""
   counts = np.random.default_rng(0).integers(1, 12, size=5000)
-  counts[::97] = 300  # long rows: bounds past 8 bits, more rejections
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  for bits, odd in ((np.random.PCG64, False), (np.random.PCG64, True), (np.random.MT19937, False)):
+  counts[::97] = 300
+  gaps = np.random.default_rng(1).integers(0, 3, size=5000)  # places no row owns
+  starts = np.cumsum(gaps) + np.concatenate([[0], np.cumsum(counts)[:-1]])
+  size = int(starts[-1] + counts[-1] + 2)
+  owned = np.zeros(size, bool)
+  owned[np.concatenate([np.arange(s, s + n) for s, n in zip(starts, counts)])] = True
+  for bits in (np.random.PCG64, np.random.Philox, np.random.MT19937):
     a, b = np.random.Generator(bits(5)), np.random.Generator(bits(5))
-    if odd:  # leave half a 64-bit word buffered
-      a.integers(0, 7, dtype=np.uint32), b.integers(0, 7, dtype=np.uint32)
-    x = np.arange(int(counts.sum()))
-    y = x.copy()
+    x, y = np.arange(size), np.arange(size)
     planning.shuffle_rows(a, x, starts, counts)
+    planning.shuffle_rows(b, y, starts, counts)
+    assert np.array_equal(x, y)  # the same seed, the same order
+    assert np.array_equal(x[~owned], np.flatnonzero(~owned))
+    moved = 0
     for s, n in zip(starts, counts):
-      b.shuffle(y[s : s + n])
-    assert np.array_equal(x, y)
-    assert repr(a.bit_generator.state) == repr(b.bit_generator.state)
-    assert a.random() == b.random()
+      assert sorted(x[s : s + n]) == list(range(s, s + n))
+      moved += n > 1 and not np.array_equal(x[s : s + n], np.arange(s, s + n))
+    assert moved > 0.8 * (counts > 1).sum()
+    c = np.random.Generator(bits(5))
+    members = int(counts[counts > 1].sum())
+    c.integers(np.iinfo(np.uint64).max, size=members, dtype=np.uint64, endpoint=True)
+    assert a.random() == c.random()  # one draw per member of a row of two or more
+
+
+def test_rows_shuffle_is_uniform_over_orders():
+  """Rows of 3 and of 4, 20,000 each, seed fixed (so deterministic): every one of the n!
+  orders appears, and the counts pass a chi-square test at p = 0.001 (a biased keyed sort,
+  e.g. the row number written over the key's top bits, fails it)."""
+  for n in (3, 4):
+    rows = 20000
+    x = np.tile(np.arange(n), rows)
+    planning.shuffle_rows(np.random.default_rng(3), x, np.arange(rows) * n, np.full(rows, n))
+    codes = (x.reshape(rows, n) * n ** np.arange(n)).sum(1)
+    _, seen = np.unique(codes, return_counts=True)
+    orders = int(np.prod(np.arange(1, n + 1)))
+    assert len(seen) == orders
+    expected = rows / orders
+    chi2 = float(((seen - expected) ** 2 / expected).sum())
+    assert chi2 < {6: 20.52, 24: 49.73}[orders]  # chi-square 0.999 quantiles, orders - 1 dof
