@@ -304,25 +304,9 @@ def run_settings(
   return json.loads(json.dumps(flat))  # what reading the JSON back gives: lists, not tuples
 
 
-def validate_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for the first bad setting: before any data is loaded or compiled."""
-  _check_schema(cfg, base_config(), "config")
-  unknown = [s for s in cfg.strategies if s not in batching.STRATEGIES]
-  if unknown:
-    raise ConfigError(
-      f"unknown strategy name(s) {unknown} in config.strategies; choose from "
-      f"{sorted(batching.STRATEGIES)}."
-    )
-  if not cfg.strategies:
-    raise ConfigError(
-      f"config.strategies is empty; name at least one of {sorted(batching.STRATEGIES)}."
-    )
-  _at_least(cfg, "seeds", 1)
-  if not (cfg.train.real_tokens or cfg.train.epochs):
-    raise ConfigError(
-      "set config.train.real_tokens or config.train.epochs (> 0) to say when training stops."
-    )
-  for key in (
+# Settings checked by value alone: counts that may be 0, counts of at least 1, and choices.
+_COUNTS = {
+  0: (
     "train.real_tokens",
     "train.epochs",
     "train.eval_every_tokens",
@@ -339,9 +323,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "checkpoint.keep_period",
     "mesh.num_devices",
     "background_compiles",
-  ):
-    _at_least(cfg, key, 0)
-  for key in (
+    "optimizer.grad_clip",
+    "optimizer.weight_decay",
+  ),
+  1: (
+    "seeds",
     "model.hidden_size",
     "model.num_layers",
     "model.embed_dim",
@@ -349,8 +335,58 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     "eval.num_buckets",
     "classic_baselines.rocket_kernels",
     "checkpoint.keep",
-  ):
-    _at_least(cfg, key, 1)
+  ),
+}
+
+
+def _choices() -> tuple[tuple[str, tuple], ...]:
+  return (
+    ("tensorboard", TENSORBOARD),
+    ("data.normalize", NORMALIZATIONS),
+    ("data.markers", tasks.ADDING_MARKERS),
+    ("optimizer.schedule", SCHEDULES),
+    ("model.cell", tuple(CELLS)),
+    ("model.input_projection", INPUT_PROJECTIONS),
+    ("model.backward", BACKWARDS),
+    ("model.matmul_dtype", MATMUL_DTYPES),
+    ("model.initializer", INITIALIZERS),
+    ("model.backend", BACKENDS),
+    ("model.readout", READOUTS),
+  )
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first bad setting: before any data is loaded or compiled."""
+  _check_schema(cfg, base_config(), "config")
+  _check_strategy_names(cfg)
+  _check_values(cfg)
+  _check_model(cfg)
+  for name in cfg.strategies:
+    check_strategy_settings(name, cfg)
+
+
+def _check_strategy_names(cfg: ml_collections.ConfigDict) -> None:
+  unknown = [s for s in cfg.strategies if s not in batching.STRATEGIES]
+  if unknown:
+    raise ConfigError(
+      f"unknown strategy name(s) {unknown} in config.strategies; choose from "
+      f"{sorted(batching.STRATEGIES)}."
+    )
+  if not cfg.strategies:
+    raise ConfigError(
+      f"config.strategies is empty; name at least one of {sorted(batching.STRATEGIES)}."
+    )
+
+
+def _check_values(cfg: ml_collections.ConfigDict) -> None:
+  """Counts, ranges and choices: each setting on its own."""
+  if not (cfg.train.real_tokens or cfg.train.epochs):
+    raise ConfigError(
+      "set config.train.real_tokens or config.train.epochs (> 0) to say when training stops."
+    )
+  for low, keys in _COUNTS.items():
+    for key in keys:
+      _at_least(cfg, key, low)
   nb = cfg.strategy.bucket.num_buckets
   if not (
     nb is None or nb == "auto" or (isinstance(nb, int) and not isinstance(nb, bool) and nb >= 1)
@@ -358,8 +394,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"config.strategy.bucket.num_buckets must be an integer >= 1 or 'auto', got {nb!r}."
     )
-  if cfg.tensorboard not in TENSORBOARD:
-    raise ConfigError(f"config.tensorboard must be one of {TENSORBOARD}, got {cfg.tensorboard!r}.")
+  for key, allowed in _choices():
+    if _get(cfg, key) not in allowed:
+      raise ConfigError(f"config.{key} must be one of {allowed}, got {_get(cfg, key)!r}.")
   if cfg.tensorboard == "on" and not metric_writers.tensorboard_available():
     raise ConfigError(
       f"config.tensorboard='on' needs tensorboardX: {metric_writers.INSTALL_HINT}, or set "
@@ -371,25 +408,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"config.optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}."
     )
-  _at_least(cfg, "optimizer.grad_clip", 0)
-  _at_least(cfg, "optimizer.weight_decay", 0)
-  if cfg.data.normalize not in NORMALIZATIONS:
-    raise ConfigError(
-      f"config.data.normalize must be one of {NORMALIZATIONS}, got {cfg.data.normalize!r}."
-    )
   if cfg.data.standardize is not None:
     raise ConfigError(
       f"config.data.standardize is folded into config.data.normalize, the one normalisation "
       f"key: set --config.data.normalize="
       f"{'global' if cfg.data.standardize else 'none'} instead."
-    )
-  if cfg.data.markers not in tasks.ADDING_MARKERS:
-    raise ConfigError(
-      f"config.data.markers must be one of {tasks.ADDING_MARKERS}, got {cfg.data.markers!r}."
-    )
-  if cfg.optimizer.schedule not in SCHEDULES:
-    raise ConfigError(
-      f"config.optimizer.schedule must be one of {SCHEDULES}, got {cfg.optimizer.schedule!r}."
     )
   if not 0.0 <= cfg.optimizer.final_fraction <= 1.0:
     raise ConfigError(
@@ -398,17 +421,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   for key in ("dropout_rate", "input_dropout", "output_dropout"):
     if not 0.0 <= cfg.model[key] < 1.0:
       raise ConfigError(f"config.model.{key} must be in [0, 1), got {cfg.model[key]}.")
-  for key, allowed in (
-    ("cell", tuple(CELLS)),
-    ("input_projection", INPUT_PROJECTIONS),
-    ("backward", BACKWARDS),
-    ("matmul_dtype", MATMUL_DTYPES),
-    ("initializer", INITIALIZERS),
-    ("backend", BACKENDS),
-    ("readout", READOUTS),
-  ):
-    if cfg.model[key] not in allowed:
-      raise ConfigError(f"config.model.{key} must be one of {allowed}, got {cfg.model[key]!r}.")
+
+
+def _check_model(cfg: ml_collections.ConfigDict) -> None:
+  """Model settings that must agree with each other or with the strategies."""
   if cfg.model.cell not in ("lstm", "gru") and cfg.model.initializer != "auto":
     raise ConfigError(
       f"config.model.initializer={cfg.model.initializer!r} is a choice for the LSTM and the "
@@ -437,8 +453,6 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         f"into chunks; leave {' and '.join(cut)} out of config.strategies (pad, bucket and pack "
         f"keep sequences whole)."
       )
-  for name in cfg.strategies:
-    check_strategy_settings(name, cfg)
 
 
 def strategy_kwargs(name: str, cfg: ml_collections.ConfigDict) -> dict:
@@ -488,10 +502,16 @@ def check_strategy_settings(name: str, cfg: ml_collections.ConfigDict) -> None:
     pass  # about the stand-in data, not the settings
 
 
-def _at_least(cfg: ml_collections.ConfigDict, key: str, low: int) -> None:
+def _get(cfg: ml_collections.ConfigDict, key: str):
+  """cfg's value at a dotted key ("model.cell")."""
   value = cfg
   for part in key.split("."):
     value = value[part]
+  return value
+
+
+def _at_least(cfg: ml_collections.ConfigDict, key: str, low: int) -> None:
+  value = _get(cfg, key)
   if value < low:
     raise ConfigError(f"config.{key} must be >= {low}, got {value!r}.")
 

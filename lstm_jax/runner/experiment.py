@@ -265,18 +265,9 @@ def _run_all(
   log = report.ProgressLog(
     os.path.join(workdir, "metrics.jsonl") if writer else os.devnull, quiet=quiet
   )
-  for key, n in (identity.get("inferred") or {}).items():  # also in meta.json's data record
-    log.note(f"data: {key} {n}, inferred from the data (its largest id + 1; store {key} to set it)")
-  for line in filter(None, [auto_batches_note(auto_batches, cfg)]):
-    log.note(line)
+  _log_notes(log, cfg, identity, notes=[auto_batches_note(auto_batches, cfg)])
   for line in fit_notes(cfg, train_ds, built, planned):
     log.note(line)
-  for source in (identity, identity.get("eval_source"), identity.get("test_source")):
-    if (source or {}).get("nan_padding_stripped"):
-      log.note(
-        f"data: trailing NaN padding stripped from {source['nan_padding_stripped']} case(s) of "
-        f"{source['path']}"
-      )
   predictions = None
   if cfg.predict_costs and writer:  # lstm_jax.runner.costs, before anything trains (report.md)
     cal = calibration(cfg, train_ds, os.path.join(workdir, "calibration.json"), quiet)
@@ -317,16 +308,55 @@ def _run_all(
       log.note(f"{name} seed {seed}: finished by an earlier run of this workdir, in the table")
       runs.append(row)
       curves[(name, seed)], histories[(name, seed)] = curve, hist
-  # Per seed: rows flagged by the guards are left out of the target, which unless set is the
-  # worst final eval loss among the comparable rows, and are not timed to it (never ranked).
+  _time_to_targets(runs, curves, cfg)
+  meta = _meta(cfg, identity, train_ds, built, invocations)
+  meta.update(
+    (k, v)
+    for k, v in (
+      ("auto_buckets", auto_buckets),
+      ("auto_batches", auto_batches),
+      ("predictions", predictions),
+    )
+    if v
+  )
+  meta.update(_baselines(cfg, train_ds, eval_ds, test_ds, classic=writer))
+  if not writer:
+    return report.aggregate(runs)
+  log.file.close()
+  report.write_metrics(os.path.join(workdir, "metrics.jsonl"), histories, curves)
+  invocations.update("finished")
+  meta["total_seconds"] = invocations.total_seconds
+  summary = report.write_all(workdir, runs, curves, meta)
+  if not quiet:
+    print(report.table(summary))
+  return summary
+
+
+def _log_notes(log: report.ProgressLog, cfg, identity: dict, notes: list) -> None:
+  """The run's notes about its data, before anything trains (metrics.jsonl and the screen)."""
+  for key, n in (identity.get("inferred") or {}).items():  # also in meta.json's data record
+    log.note(f"data: {key} {n}, inferred from the data (its largest id + 1; store {key} to set it)")
+  for line in filter(None, notes):
+    log.note(line)
+  for source in (identity, identity.get("eval_source"), identity.get("test_source")):
+    if (source or {}).get("nan_padding_stripped"):
+      log.note(
+        f"data: trailing NaN padding stripped from {source['nan_padding_stripped']} case(s) of "
+        f"{source['path']}"
+      )
+
+
+def _time_to_targets(runs: list[dict], curves: dict, cfg) -> None:
+  """Per seed: rows flagged by the guards are left out of the target, which unless set is the
+  worst final eval loss among the comparable rows, and are not timed to it (never ranked).
+  Classification is timed by accuracy, what improves (its loss may rise while it does): the
+  worst final eval accuracy of the comparable rows."""
   for s in range(cfg.seeds):
     seed = cfg.seed + s
     seed_rows = [r for r in runs if r["seed"] == seed]
     guards.mark_comparable(seed_rows, cfg.guards.step_tolerance, cfg.guards.min_steps)
     ranked = [r for r in seed_rows if r["comparable"]] or seed_rows
     target = cfg.target_eval_loss or max(r["eval_loss"] for r in ranked)
-    # classification is timed by accuracy, what improves (its loss may rise while it does):
-    # the worst final eval accuracy of the comparable rows
     accuracy = ranked[0]["metric"] == "accuracy" and not cfg.target_eval_loss
     key = "eval_metric" if accuracy else "eval_loss"
     target_metric = min(r["eval_metric"] for r in ranked) if accuracy else None
@@ -340,56 +370,49 @@ def _run_all(
         if r["comparable"]
         else None
       )
-  meta = dict(
+
+
+def _meta(cfg, identity: dict, train_ds, built: dict, invocations: Invocations | None) -> dict:
+  """meta.json's record of the run: versions, data, config, the length histogram."""
+  if "bucket" in cfg.strategy and cfg.strategy.bucket.num_buckets != "auto":
+    if "bucket" in built:
+      boundaries = built["bucket"].boundaries
+    else:
+      boundaries = strategy_from_config("bucket", train_ds, cfg, cfg.seed).boundaries
+  else:
+    boundaries = []
+  lengths, counts = np.unique(train_ds.lengths, return_counts=True)
+  return dict(
     versions=versions(),
     data=identity,
     config=json.loads(cfg.to_json_best_effort()),
     started=invocations.started if invocations else time.strftime("%Y-%m-%d %H:%M:%S"),
     total_seconds=invocations.total_seconds if invocations else None,
     invocations=len(invocations.entries) if invocations else None,
-    length_histogram=dict(
-      zip(
-        ("lengths", "counts"), (a.tolist() for a in np.unique(train_ds.lengths, return_counts=True))
-      )
-    ),
-    bucket_boundaries=(
-      built["bucket"]
-      if "bucket" in built
-      else strategy_from_config("bucket", train_ds, cfg, cfg.seed)
-    ).boundaries
-    if "bucket" in cfg.strategy and cfg.strategy.bucket.num_buckets != "auto"
-    else [],
+    length_histogram=dict(lengths=lengths.tolist(), counts=counts.tolist()),
+    bucket_boundaries=boundaries,
     plots=bool(cfg.plots),
   )
-  if auto_buckets:
-    meta["auto_buckets"] = auto_buckets
-  if auto_batches:
-    meta["auto_batches"] = auto_batches
-  if predictions:
-    meta["predictions"] = predictions
+
+
+def _baselines(cfg, train_ds, eval_ds, test_ds, *, classic: bool) -> dict:
+  """The task's reference figures: a byte model's, or the class baselines (and, once a run,
+  the classic ones on the split the rows are scored on)."""
   if metric_of(train_ds) == "bits_per_byte":
-    meta["baselines"] = baselines.byte_lm(train_ds, eval_ds)
-  elif metric_of(train_ds) == "accuracy":
-    meta["class_baselines"] = baselines.classification(train_ds, eval_ds)
-    if cfg.classic_baselines.enabled and writer:  # once a run, on the split the rows are scored on
-      scored_on = "test" if test_ds is not None else "eval"
-      meta["classic_baselines"] = dict(
-        baselines.classic(
-          train_ds,
-          test_ds if test_ds is not None else eval_ds,
-          dtw_window=cfg.classic_baselines.dtw_window,
-          rocket_kernels=cfg.classic_baselines.rocket_kernels,
-          seed=cfg.seed,
-        ),
-        split=scored_on,
-      )
-  if not writer:
-    return report.aggregate(runs)
-  log.file.close()
-  report.write_metrics(os.path.join(workdir, "metrics.jsonl"), histories, curves)
-  invocations.update("finished")
-  meta["total_seconds"] = invocations.total_seconds
-  summary = report.write_all(workdir, runs, curves, meta)
-  if not quiet:
-    print(report.table(summary))
-  return summary
+    return dict(baselines=baselines.byte_lm(train_ds, eval_ds))
+  if metric_of(train_ds) != "accuracy":
+    return {}
+  out = dict(class_baselines=baselines.classification(train_ds, eval_ds))
+  if cfg.classic_baselines.enabled and classic:
+    scored_on = "test" if test_ds is not None else "eval"
+    out["classic_baselines"] = dict(
+      baselines.classic(
+        train_ds,
+        test_ds if test_ds is not None else eval_ds,
+        dtw_window=cfg.classic_baselines.dtw_window,
+        rocket_kernels=cfg.classic_baselines.rocket_kernels,
+        seed=cfg.seed,
+      ),
+      split=scored_on,
+    )
+  return out
