@@ -25,8 +25,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "open_store": ("store", "open_store"),
   "write_store": ("store", "write_store"),
   # one's own files: the UCR/UEA .ts format and ragged .npz, each (dataset, identity)
-  "load_ts": ("sources", "load_ts"),
-  "load_npz": ("sources", "load_npz"),
+  "load_ts": ("labelled_files", "load_ts"),
+  "load_npz": ("labelled_files", "load_npz"),
   # normalisations fitted on the training split (global, minmax, per_sequence, ...)
   "fit_normalizer": ("normalization", "fit_normalizer"),
   "normalize": ("normalization", "normalize"),
@@ -106,6 +106,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
   from lstm_jax.data import RaggedDataset, from_sequences, next_token_dataset
   from lstm_jax.errors import CheckpointError, ConfigError, DataError, LstmJaxError
   from lstm_jax.evaluation import evaluate, predict, predict_batches
+  from lstm_jax.labelled_files import load_npz, load_ts
   from lstm_jax.model import (
     LSTM,
     RNN,
@@ -116,7 +117,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
   )
   from lstm_jax.normalization import fit_normalizer, normalize
   from lstm_jax.progress import Progress
-  from lstm_jax.sources import load_npz, load_ts
   from lstm_jax.store import open_store, write_store
   from lstm_jax.streaming import Streamer
   from lstm_jax.train import create_train_state, fit

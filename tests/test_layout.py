@@ -15,6 +15,7 @@ LAYERS = (
     "normalization",
     "tasks",
     "columnar",
+    "labelled_files",
     "sources",
     "prepare",
     "planning",
