@@ -669,6 +669,79 @@ def _check_fit_arguments(state, strategy, epochs, real_tokens, compile_shapes) -
   step_backend(state.model, right_padded=strategy.right_padded, training=True)  # servable?
 
 
+def _starting_point(
+  state: TrainState,
+  strategy: Strategy,
+  steps: StepFunctions,
+  checkpointer: Checkpointer | None,
+  settings: dict | None,
+  resumed: Resumed | None,
+) -> tuple[_Run, list[dict], Resumed | None]:
+  """Where training starts: the state (replicated over the mesh), or the newest checkpoint's
+  state, position, carry and history; and the resume it came from."""
+  if steps.mesh is not None:
+    for b, _ in strategy.shapes():
+      sharding.check_divisible(b, steps.mesh)
+    state = sharding.replicate(state, steps.mesh)
+  if checkpointer is not None and resumed is None:
+    resumed = resume(checkpointer, state, strategy, steps, settings)
+  if resumed is None:
+    return _Run(state, int(state.step), StreamPosition(), None), [], None
+  run = _Run(resumed.state, int(resumed.state.step), resumed.position, resumed.carry)
+  return run, list(resumed.history), resumed
+
+
+def _save(
+  checkpointer: Checkpointer,
+  pending: _PendingStep,
+  writer: MetricWriter | None,
+  strategy: Strategy,
+  run: _Run,
+  identity: dict,
+  history: list[dict],
+  force: bool = False,
+) -> None:
+  """A checkpoint of `run` (its last step's loss checked first); the writer flushed after it,
+  so its events end where this checkpoint does."""
+  pending.flush()  # never save a state whose loss was not checked
+  carry = _saved_carry(strategy, run.carry)
+  checkpointer.save(run.step, run.state, carry, run.stream(identity, history), force=force)
+  if writer is not None:
+    writer.flush()
+  pending.restart_clock()  # the save's blocking part belongs to no step
+
+
+def _defer_signals(stack: contextlib.ExitStack, preemption: Preemption | None) -> bool:
+  """From here a SIGTERM or SIGINT waits for the step in flight and its checkpoint."""
+  if preemption is not None:
+    stack.enter_context(preemption.deferred())
+  return True
+
+
+def _compile_epoch(
+  train: CountedJit, run: _Run, strategy: Strategy, plan, compile_shapes: str, workers: int
+) -> None:
+  """An epoch starts (or a run resumes): its shapes compiled as `compile_shapes` says."""
+  if compile_shapes == "background":
+    compile_in_background(
+      train, run.state, strategy, run.position.epoch, workers, first=[plan.shape]
+    )
+  elif compile_shapes == "ahead":
+    precompile(train, run.state, strategy, run.position.epoch)
+
+
+def _stop_for_signal(
+  preemption: Preemption, checkpointer: Checkpointer | None, save: Callable, step: int
+) -> None:
+  """A SIGTERM or SIGINT came: the step in flight is done; it is saved (and waited for), then
+  Preempted names the step and the checkpoint's directory."""
+  if checkpointer is not None:
+    save(force=True)
+    checkpointer.wait()
+  preemption.saved = True
+  raise Preempted(preemption.signal_name, step, checkpointer and checkpointer.directory)
+
+
 def fit(
   state: TrainState,
   strategy: Strategy,
@@ -744,16 +817,7 @@ def fit(
   _check_fit_arguments(state, strategy, epochs, real_tokens, compile_shapes)
   steps = steps or StepFunctions.create()
   zero_carry = functools.lru_cache(maxsize=None)(lambda b: steps.zero_carry(state.model, b))
-  if steps.mesh is not None:
-    for b, _ in strategy.shapes():
-      sharding.check_divisible(b, steps.mesh)
-    state = sharding.replicate(state, steps.mesh)
-  if checkpointer is not None and resumed is None:
-    resumed = resume(checkpointer, state, strategy, steps, settings)
-  run, history = _Run(state, int(state.step), StreamPosition(), None), []
-  if resumed is not None:
-    run = _Run(resumed.state, int(resumed.state.step), resumed.position, resumed.carry)
-    history = list(resumed.history)
+  run, history, resumed = _starting_point(state, strategy, steps, checkpointer, settings, resumed)
   identity = _identity(strategy, settings) if checkpointer is not None else {}
   watch = _Watch(strategy, epochs, real_tokens, run.position, history, callback, writer, progress)
   watch.flush_by_time = checkpointer is None  # with one, the writer is flushed at its saves
@@ -761,13 +825,7 @@ def fit(
   stop = _Stop(epochs, real_tokens)
   evals = _EvalSchedule(eval_every_tokens, on_eval, run.position.real_tokens)
 
-  def save(force: bool = False) -> None:
-    pending.flush()  # never save a state whose loss was not checked
-    carry = _saved_carry(strategy, run.carry)
-    checkpointer.save(run.step, run.state, carry, run.stream(identity, history), force=force)
-    if writer is not None:  # its events end where this checkpoint does
-      writer.flush()
-    pending.restart_clock()  # the save's blocking part belongs to no step
+  save = functools.partial(_save, checkpointer, pending, writer, strategy, run, identity, history)
 
   # each batch assembled ahead, while the steps before it run (depth 0: when it is taken)
   batches = Prefetch(
@@ -781,17 +839,7 @@ def fit(
   try:
     for (plan, after), batch in batches:
       if run.position.index == 0 or pending.t_last is None:  # an epoch starts, or a resume
-        if compile_shapes == "background":
-          compile_in_background(
-            steps.train,
-            run.state,
-            strategy,
-            run.position.epoch,
-            compile_workers,
-            first=[plan.shape],
-          )
-        elif compile_shapes == "ahead":
-          precompile(steps.train, run.state, strategy, run.position.epoch)
+        _compile_epoch(steps.train, run, strategy, plan, compile_shapes, compile_workers)
         if strategy.carries_state and run.position.index == 0:
           run.carry = zero_carry(plan.batch_size)
       if pending.t_last is None:  # the first step's clock starts after the first precompile
@@ -807,10 +855,8 @@ def fit(
       if strategy.carries_state:
         run.carry = new_carry
       run.step += 1
-      if preemption is not None and not deferring_on:
-        # a step of this call is done: from here a signal waits for its checkpoint
-        deferring.enter_context(preemption.deferred())
-        deferring_on = True
+      if not deferring_on:  # a step of this call is done: from here a signal waits for its save
+        deferring_on = _defer_signals(deferring, preemption)
       pending.hold(
         dict(
           step=run.step,
@@ -830,11 +876,7 @@ def fit(
       if checkpointer is not None and checkpointer.due(run.step):
         save()
       if preemption is not None and preemption.requested():
-        if checkpointer is not None:
-          save(force=True)
-          checkpointer.wait()
-        preemption.saved = True
-        raise Preempted(preemption.signal_name, run.step, checkpointer and checkpointer.directory)
+        _stop_for_signal(preemption, checkpointer, save, run.step)
       if stop.reached(run.position):
         break
     pending.flush()
@@ -853,6 +895,6 @@ def fit(
     steps=steps,
     carry=run.carry,
     position=run.position,
-    resumed_from=resumed.step if resumed is not None else None,
+    resumed_from=None if resumed is None else resumed.step,
     clock_start=clock_start,
   )
