@@ -19,6 +19,7 @@ LAYERS = (
     "sources",
     "prepare",
     "planning",
+    "plans",
     "batching",
   ),  # data and batching
   (
