@@ -241,3 +241,15 @@ def test_the_keras_peer_trains_in_the_buckets_it_is_given():
   assert t.computed_tokens == sum(r * b.mask.shape[1] for r, (_, b) in zip(rows, batches))
   shapes = {(r, b.mask.shape[1]) for r, (_, b) in zip(rows, batches)}  # jit retraces per shape
   assert t.compiles == len(shapes) and t.tokens_per_second > 0
+
+
+def test_no_paired_rounds_skips_the_paired_figures_and_fit_overhead():
+  """--config.paired_rounds=0 (no medians to take): the paired rows and fit's overhead are
+  left out instead of failing on a median of nothing (it did, before 2026-12-07)."""
+  from lstm_jax.benchmark import suite
+
+  cfg = benchmark_config.get_config()
+  cfg.paired_rounds = 0
+  cfg.fit_overhead_rows = ("tbptt",)
+  assert suite._paired_rows(cfg, [], []) == (None, None, None)
+  assert suite._fit_overheads(cfg, {}) == []  # no strategy needed: nothing is timed

@@ -632,7 +632,6 @@ def _versions_line(v: dict) -> str:
 
 
 def markdown(r: dict) -> str:
-  mib = 1 << 20
   lines = [
     "# Data at scale",
     "",
@@ -651,6 +650,14 @@ def markdown(r: dict) -> str:
       + ".",
       "",
     ]
+  for section in _SECTIONS:
+    lines += section(r)
+  return "\n".join(lines) + "\n"
+
+
+def _md_writer(r: dict) -> list[str]:
+  mib = 1 << 20
+  lines: list[str] = []
   w = r.get("writer")
   if w:
     lines += [
@@ -661,6 +668,12 @@ def markdown(r: dict) -> str:
       f"memory growth **{w['peak_anon_growth_bytes'] / mib:.0f} MiB** ({w['note']}).",
       "",
     ]
+  return lines
+
+
+def _md_plan(r: dict) -> list[str]:
+  mib = 1 << 20
+  lines: list[str] = []
   lines += [
     "## Planning one epoch from the lengths alone",
     "",
@@ -682,6 +695,12 @@ def markdown(r: dict) -> str:
         f"{x['plan_bytes_per_sequence']:.1f} | {x['anon_peak_growth_bytes'] / mib:.0f} | "
         f"{x['anon_retained_bytes'] / mib:.0f} |"
       )
+  return lines
+
+
+def _md_open(r: dict) -> list[str]:
+  mib = 1 << 20
+  lines: list[str] = []
   if r.get("open"):
     lines += [
       "",
@@ -706,6 +725,12 @@ def markdown(r: dict) -> str:
         f"{x['lengths_bytes'] / mib:.1f} | {x['reads']:,} | {x['first_read_seconds']:.2f} | "
         f"{x['second_read_seconds']:.2f} |"
       )
+  return lines
+
+
+def _md_long_documents(r: dict) -> list[str]:
+  mib = 1 << 20
+  lines: list[str] = []
   ld = r.get("long_documents")
   if ld and "skipped" not in ld:
     lines += [
@@ -737,6 +762,12 @@ def markdown(r: dict) -> str:
       )
   elif ld:
     lines += ["", f"Whole long documents: skipped ({ld['skipped']})."]
+  return lines
+
+
+def _md_larger_than_memory(r: dict) -> list[str]:
+  mib = 1 << 20
+  lines: list[str] = []
   big = r.get("larger_than_memory")
   if big and "skipped" not in big:
     lines += [
@@ -759,6 +790,11 @@ def markdown(r: dict) -> str:
       )
   elif big:
     lines += ["", f"Larger than memory: skipped ({big['skipped']})."]
+  return lines
+
+
+def _md_fit(r: dict) -> list[str]:
+  lines: list[str] = []
   fit = r.get("fit")
   if fit:
     lines += [
@@ -783,6 +819,12 @@ def markdown(r: dict) -> str:
         f"{x['paired_ratio_median']:.3f} | "
         + (f"{loop:,.0f} | {x['store_in_loop_over_memory']:.3f} |" if loop else "- | - |")
       )
+  return lines
+
+
+def _md_parquet(r: dict) -> list[str]:
+  mib = 1 << 20
+  lines: list[str] = []
   pq = r.get("parquet")
   if pq and "skipped" not in pq:
     lines += [
@@ -802,7 +844,18 @@ def markdown(r: dict) -> str:
     ]
   elif pq:
     lines += ["", f"Parquet: skipped ({pq['skipped']})."]
-  return "\n".join(lines) + "\n"
+  return lines
+
+
+_SECTIONS = (
+  _md_writer,
+  _md_plan,
+  _md_open,
+  _md_long_documents,
+  _md_larger_than_memory,
+  _md_fit,
+  _md_parquet,
+)
 
 
 def _main(argv: list[str]) -> None:

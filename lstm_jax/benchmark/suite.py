@@ -7,6 +7,7 @@ import os
 import statistics
 import time
 import types
+from typing import Callable
 
 import numpy as np
 
@@ -194,6 +195,95 @@ def _paired(ours: bench.Timing, peer: bench.Timing, cfg) -> dict:
   return p
 
 
+def _time_our_rows(cfg, strategies: dict, add: Callable) -> None:
+  """lstm_jax's rows: each strategy per input projection (bucket) or the first, then the
+  autodiff-backward, bfloat16 and GRU variants the config names."""
+  first = cfg.input_projections[0]
+  for name, strategy in strategies.items():
+    if name not in cfg.rows:
+      continue
+    for proj in cfg.input_projections if name == "bucket" else cfg.input_projections[:1]:
+      add(bench.time_ours(f"lstm_jax {name} ({proj})", strategy, cfg, proj), "ours", name)
+    if name in cfg.autodiff_rows:  # the same step with JAX's autodiff instead of the manual VJP
+      label = f"lstm_jax {name} ({first}, autodiff backward)"
+      add(bench.time_ours(label, strategy, cfg, first, backward="autodiff"), "ours", name)
+    if name in cfg.bfloat16_rows:  # bfloat16 matmul operands, float32 accumulation
+      label = f"lstm_jax {name} ({first}, bfloat16 matmuls)"
+      add(bench.time_ours(label, strategy, cfg, first, matmul_dtype="bfloat16"), "ours", name)
+  for name in cfg.gru_rows:  # the GRU (model.CellLayer over Flax's GRUCell)
+    label = f"lstm_jax {name} (GRU)"
+    add(bench.time_ours(label, strategies[name], cfg, first, cell="gru"), "ours", name)
+
+
+def _time_peers(cfg, ds, add: Callable) -> dict:
+  """The peers' rows; returns {peer: why} for those skipped (not installed, no bf16 kernel)."""
+  skipped = {}
+  for peer in cfg.peers:
+    try:
+      add(_time_peer(peer, ds, cfg), "peer", peer)
+    except bench.PeerSkipped as e:
+      skipped[peer] = str(e)
+      print(f"  {peer}: skipped ({e})", flush=True)
+  return skipped
+
+
+def _paired_rows(cfg, ours: list, peers: list) -> tuple:
+  """float32 against float32 (the targets), then our best bfloat16 row against the best peer
+  in any precision; the GRU against Flax's GRU. None where a side is missing or no rounds."""
+  if not cfg.paired_rounds:
+    return None, None, None
+  pairs = (
+    (_best(ours, "float32"), _best(peers, "float32")),
+    (_best(ours, "bfloat16"), _best(peers)),
+    (_best(ours, cell="gru"), _best(peers, cell="gru")),
+  )
+  return tuple(_paired(a, b, cfg) if a and b else None for a, b in pairs)
+
+
+def _allocator_probe(cfg, ours: list, peers: list) -> dict | None:
+  """Our best float32 manual-backward LSTM row against the best peer, with glibc's allocator
+  at its defaults and tuned."""
+  lstm_ours, best_peer = [t for t in ours if _cell(t) == "lstm"], _best(peers)
+  if not (lstm_ours and best_peer and cfg.malloc_probe_rounds):
+    return None
+  best_ours = max(
+    (
+      t
+      for t in lstm_ours
+      if t.extra["backward"] == "manual" and t.extra["matmul_dtype"] == "float32"
+    ),
+    key=lambda t: t.tokens_per_second,
+  )
+  allocator = malloc_probe(
+    cfg, best_ours.extra["key"], best_ours.extra["input_projection"], best_peer.extra["key"]
+  )
+  print(
+    "  allocator: "
+    + "; ".join(
+      f"{arm} {allocator[arm]['ours']:,.0f} vs {allocator[arm]['peer']:,.0f} tok/s "
+      f"({allocator[arm]['speedup']:.2f}x)"
+      for arm in ("default", "tuned")
+    ),
+    flush=True,
+  )
+  return allocator
+
+
+def _fit_overheads(cfg, strategies: dict) -> list[dict]:
+  """train.fit against the pre-assembled passes, per row named; none without paired rounds
+  (the figure is a median over them)."""
+  overhead = []
+  for name in cfg.fit_overhead_rows if cfg.paired_rounds else ():
+    o = bench.fit_overhead(name, strategies[name], cfg, cfg.paired_rounds)
+    overhead.append(o)
+    print(
+      f"  fit overhead, {name}: fit runs at {100 * o['ratio']:.1f}% of the pre-assembled "
+      f"passes' speed (median of {o['rounds']} rounds)",
+      flush=True,
+    )
+  return overhead
+
+
 def run(cfg, out_md: str) -> dict:
   malloc = host.tune_malloc(cfg.tune_malloc)  # before anything is allocated; peers share it
   print(f"malloc: {'tuned (lstm_jax.host)' if malloc['tuned'] else malloc['reason']}", flush=True)
@@ -217,100 +307,16 @@ def run(cfg, out_md: str) -> dict:
       flush=True,
     )
 
-  for name, strategy in strategies.items():
-    if name not in cfg.rows:
-      continue
-    for proj in cfg.input_projections if name == "bucket" else cfg.input_projections[:1]:
-      add(bench.time_ours(f"lstm_jax {name} ({proj})", strategy, cfg, proj), "ours", name)
-    if name in cfg.autodiff_rows:  # the same step with JAX's autodiff instead of the manual VJP
-      add(
-        bench.time_ours(
-          f"lstm_jax {name} ({cfg.input_projections[0]}, autodiff backward)",
-          strategy,
-          cfg,
-          cfg.input_projections[0],
-          backward="autodiff",
-        ),
-        "ours",
-        name,
-      )
-    if name in cfg.bfloat16_rows:  # bfloat16 matmul operands, float32 accumulation
-      add(
-        bench.time_ours(
-          f"lstm_jax {name} ({cfg.input_projections[0]}, bfloat16 matmuls)",
-          strategy,
-          cfg,
-          cfg.input_projections[0],
-          matmul_dtype="bfloat16",
-        ),
-        "ours",
-        name,
-      )
-  for name in cfg.gru_rows:  # the GRU (model.CellLayer over Flax's GRUCell)
-    add(
-      bench.time_ours(
-        f"lstm_jax {name} (GRU)", strategies[name], cfg, cfg.input_projections[0], cell="gru"
-      ),
-      "ours",
-      name,
-    )
-  skipped_peers = {}
-  for peer in cfg.peers:
-    try:
-      add(_time_peer(peer, ds, cfg), "peer", peer)
-    except bench.PeerSkipped as e:
-      skipped_peers[peer] = str(e)
-      print(f"  {peer}: skipped ({e})", flush=True)
+  _time_our_rows(cfg, strategies, add)
+  skipped_peers = _time_peers(cfg, ds, add)
   onednn = bench.onednn_info() if any(p.startswith("torch") for p in cfg.peers) else None
   if onednn:
     print(f"  torch's oneDNN: {onednn}", flush=True)
   ours = [t for t in rows if t.extra["kind"] == "ours"]
   peers = [t for t in rows if t.extra["kind"] == "peer"]
-  paired = paired_bf16 = paired_gru = None
-  if cfg.paired_rounds:
-    # float32 against float32 (the targets), then our best bfloat16 row against the best peer
-    # in any precision; the GRU against Flax's GRU
-    if _best(ours, "float32") and _best(peers, "float32"):
-      paired = _paired(_best(ours, "float32"), _best(peers, "float32"), cfg)
-    if _best(ours, "bfloat16") and _best(peers):
-      paired_bf16 = _paired(_best(ours, "bfloat16"), _best(peers), cfg)
-    if _best(ours, cell="gru") and _best(peers, cell="gru"):
-      paired_gru = _paired(_best(ours, cell="gru"), _best(peers, cell="gru"), cfg)
-  allocator = None
-  lstm_ours, lstm_peers = [t for t in ours if _cell(t) == "lstm"], _best(peers)
-  if lstm_ours and lstm_peers and cfg.malloc_probe_rounds:
-    best_ours = max(
-      (
-        t
-        for t in lstm_ours
-        if t.extra["backward"] == "manual" and t.extra["matmul_dtype"] == "float32"
-      ),
-      key=lambda t: t.tokens_per_second,
-    )
-    allocator = malloc_probe(
-      cfg,
-      best_ours.extra["key"],
-      best_ours.extra["input_projection"],
-      lstm_peers.extra["key"],
-    )
-    print(
-      "  allocator: "
-      + "; ".join(
-        f"{arm} {allocator[arm]['ours']:,.0f} vs {allocator[arm]['peer']:,.0f} tok/s "
-        f"({allocator[arm]['speedup']:.2f}x)"
-        for arm in ("default", "tuned")
-      ),
-      flush=True,
-    )
-  overhead = []
-  for name in cfg.fit_overhead_rows:  # train.fit against the pre-assembled passes
-    o = bench.fit_overhead(name, strategies[name], cfg, cfg.paired_rounds)
-    overhead.append(o)
-    print(
-      f"  fit overhead, {name}: fit runs at {100 * o['ratio']:.1f}% of the pre-assembled "
-      f"passes' speed (median of {o['rounds']} rounds)",
-      flush=True,
-    )
+  paired, paired_bf16, paired_gru = _paired_rows(cfg, ours, peers)
+  allocator = _allocator_probe(cfg, ours, peers)
+  overhead = _fit_overheads(cfg, strategies)
   cost_check = bench.cost_model_check(cfg, strategies, rows) if cfg.cost_model_check else None
   cache = bench.compile_cache_probe(cfg) if cfg.compile_cache_probe else None
   if cache:
