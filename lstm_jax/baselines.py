@@ -34,12 +34,13 @@ import bz2
 import lzma
 import time
 import zlib
+from typing import Any
 
 import numpy as np
 
 from lstm_jax.data import RaggedDataset
 
-_LZMA = dict(format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+_LZMA: dict[str, Any] = dict(format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
 HELD_OUT_SAMPLE = 1 << 20  # bytes of held-out text the baselines score (1 MiB)
 TRAIN_SAMPLE = 8 << 20  # bytes of training text (unigram counts, lzma's priming): 8 MiB
 
@@ -64,7 +65,7 @@ def sequence_bytes(dataset: RaggedDataset, limit: int | None = None) -> bytes:
   return b"".join(parts)
 
 
-def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, float]:
+def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, Any]:
   """The baselines above, in bits per byte of the held-out sample."""
   train_text = sequence_bytes(train, TRAIN_SAMPLE)
   text = sequence_bytes(held_out, HELD_OUT_SAMPLE)
@@ -73,7 +74,7 @@ def byte_lm(train: RaggedDataset, held_out: RaggedDataset) -> dict[str, float]:
   held = np.frombuffer(text, np.uint8)
   per_byte = 8.0 / len(text)
   primed = len(lzma.compress(train_text + text, **_LZMA)) - len(lzma.compress(train_text, **_LZMA))
-  out = dict(
+  out: dict[str, Any] = dict(
     unigram=float(-log_p[held].mean()),
     zlib=per_byte * len(zlib.compress(text, 9)),
     bz2=per_byte * len(bz2.compress(text, 9)),
@@ -110,7 +111,7 @@ def classification(train: RaggedDataset, held_out: RaggedDataset) -> dict:
   for step-level labels, as the loss weighs them; any number of classes, next-token targets
   included). Fixed-size samples as for `byte_lm`: `TRAIN_SAMPLE` training targets,
   `HELD_OUT_SAMPLE` held-out ones, so the time does not grow with the corpus."""
-  n = int(train.num_classes)
+  n = int(train.num_classes or 0)
   train_targets, train_total = class_targets(train, TRAIN_SAMPLE)
   held, held_total = class_targets(held_out, HELD_OUT_SAMPLE)
   counts = np.bincount(train_targets.astype(np.int64), minlength=n)[:n].astype(np.float64)
@@ -201,7 +202,7 @@ def classic(
     return xs, np.asarray(ds.sequence_targets(np.arange(len(ds)))).reshape(-1)
 
   (x_train, y_train), (x_test, y_test) = series(train), series(test)
-  out = dict(train_sequences=len(x_train), test_sequences=len(x_test))
+  out: dict[str, Any] = dict(train_sequences=len(x_train), test_sequences=len(x_test))
   t0 = time.perf_counter()
   params = {"window": dtw_window} if dtw_window is not None else None
   knn = KNeighborsTimeSeriesClassifier(distance="dtw", distance_params=params, n_neighbors=1)

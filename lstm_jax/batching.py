@@ -418,7 +418,7 @@ class Bucket(Strategy):
     if (boundaries is None) == (num_buckets is None):
       raise ConfigError("bucket needs exactly one of boundaries or num_buckets.")
     if boundaries is None:
-      boundaries = optimal_boundaries(dataset.lengths, num_buckets)
+      boundaries = optimal_boundaries(dataset.lengths, int(num_buckets or 0))
     self.boundaries = [int(b) for b in boundaries]
     if (
       not self.boundaries
@@ -444,7 +444,7 @@ class Bucket(Strategy):
       self.rows = best_fit_rows(
         dataset.lengths, self.boundaries, np.random.default_rng([self.seed, 1])
       )
-      row_bucket = self.rows.bucket
+      row_bucket = np.asarray(self.rows.bucket)  # best_fit_rows sets each row's bucket
       row_real = _segment_sums(dataset.lengths[self.rows.members], self.rows.offsets)
     per_bucket = np.bincount(row_bucket, minlength=len(self.boundaries))
     real = np.bincount(row_bucket, weights=row_real, minlength=len(self.boundaries))
@@ -736,7 +736,7 @@ class Relayout(Strategy):
     if layout not in ("pad", "pack"):
       raise ConfigError(f"relayout's layout must be 'pad' or 'pack', got {layout!r}.")
     self.source, self.layout = source, layout
-    self.name = f"{source.name}_as_{layout}"
+    self.name = f"{source.name}_as_{layout}"  # type: ignore[misc]  # named by its source
     longest = int(source.dataset.lengths.max())
     self.length = longest if row_length is None or layout == "pad" else int(row_length)
     _check_fits(source.dataset, self.length, "row length", "Raise row_length.")

@@ -196,7 +196,7 @@ class Checkpointer:
           ),
         )
         arrays, stream = got["arrays"], dict(got["stream"])
-        if jax.tree.structure(arrays) != jax.tree.structure(template):
+        if jax.tree.structure(arrays) != jax.tree.structure(template):  # type: ignore[operator]
           raise ValueError("its arrays do not have the structure of this run's state")
         verify_checksums(arrays, stream)
         history_bytes = self._read_history(stream)
@@ -456,7 +456,7 @@ def _digest(x) -> str | None:
     x = x.addressable_data(0)
   a = np.ascontiguousarray(np.asarray(x))
   h = hashlib.sha256(f"{a.dtype.name}{a.shape}".encode())
-  h.update(a.reshape(-1).view(np.uint8))
+  h.update(a.reshape(-1).view(np.uint8).data)
   return h.hexdigest()
 
 
@@ -549,7 +549,7 @@ class _OrbaxNoise(logging.Filter):
     # an abandoned read's coroutine, collected: ignored by a filter of its own, added only if
     # none like it is there (pytest's config has one) and removed alone on leaving
     message = r"coroutine 'Store\._\w+' was never awaited"
-    own_filter = ("ignore", re.compile(message, re.I), RuntimeWarning, None, 0)
+    own_filter: tuple | None = ("ignore", re.compile(message, re.I), RuntimeWarning, None, 0)
     if own_filter in warnings.filters:
       own_filter = None
     else:
@@ -574,8 +574,8 @@ class _OrbaxNoise(logging.Filter):
     if sys.excepthook is ours[2]:
       sys.excepthook = printed
     if own_filter is not None and own_filter in warnings.filters:  # others' filters stay
-      warnings.filters.remove(own_filter)
-      warnings._filters_mutated()
+      warnings.filters.remove(own_filter)  # type: ignore[attr-defined]  # a list at run time
+      warnings._filters_mutated()  # type: ignore[attr-defined]  # as filterwarnings does
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR:  # what orbax says of every read-only look is noise

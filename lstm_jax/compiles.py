@@ -272,7 +272,7 @@ class CountedJit:
         t1 = time.perf_counter()
         hits = getattr(_JAX_CACHE_HITS, "count", 0)
         exe = lowered.compile()
-        if cache is not None and getattr(_JAX_CACHE_HITS, "count", 0) == hits:
+        if cache is not None and cache_key and getattr(_JAX_CACHE_HITS, "count", 0) == hits:
           cache.store(cache_key, exe)  # compiled here, not loaded from JAX's cache
       else:
         rec.cache_loads += 1
@@ -331,8 +331,9 @@ class CountedJit:
     with self._lock:
       done = [f for f in self._pending.values() if f.done()]
     for f in done:
-      if f.exception() is not None:
-        raise f.exception()
+      error = f.exception()
+      if error is not None:
+        raise error
 
   def stop_background(self) -> None:
     """Cancels the background compiles not yet started (those running finish)."""

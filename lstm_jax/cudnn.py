@@ -178,5 +178,5 @@ def lstm(
   if bidirectional:
     carry = tuple((per[2 * k], per[2 * k + 1]) for k in range(num_layers))
   else:
-    carry = tuple(per)
+    carry = tuple(per)  # type: ignore[arg-type]  # one (c, h) a layer, either way
   return y, carry

@@ -181,7 +181,7 @@ class RaggedDataset:
       values=self.values,
       lengths=self.lengths,
       targets=self.targets,
-      **{k: np.asarray(v) for k, v in meta.items()},
+      **{k: np.asarray(v) for k, v in meta.items()},  # type: ignore[arg-type]  # numpy stub
     )
 
   @classmethod

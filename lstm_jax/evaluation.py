@@ -89,7 +89,7 @@ def predict_batches(
   lengths = np.asarray(dataset.lengths)
   long = np.flatnonzero(lengths > chunk_length) if chunk_length else np.zeros(0, np.int64)
   short = np.flatnonzero(lengths <= chunk_length) if len(long) else np.arange(len(dataset))
-  parts = []
+  parts: list[tuple[np.ndarray, batching.Strategy]] = []
   if len(short):
     ds = dataset if len(short) == len(dataset) else dataset.subset(short)
     parts.append((short, batching.Bucket(  # no wider than the data: fewer is fine

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import time
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 from lstm_jax.errors import ConfigError, LstmJaxError
 
@@ -48,9 +48,8 @@ def atomic_write(path: str, mode: str = "w", newline: str | None = None):
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
-    with os.fdopen(
-      fd, mode, **({} if "b" in mode else dict(encoding="utf-8", newline=newline))
-    ) as f:
+    text: dict[str, Any] = {} if "b" in mode else dict(encoding="utf-8", newline=newline)
+    with os.fdopen(fd, mode, **text) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())

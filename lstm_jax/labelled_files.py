@@ -182,7 +182,9 @@ def load_ts(
   if not p.is_file():
     raise DataError(f"{path} is not a file; set {key} to a .ts file (sktime / aeon format).")
   labels: list[str] | None = None
-  cases, case_labels, in_data, first_line, stripped = [], [], False, 0, 0
+  cases: list[np.ndarray] = []
+  case_labels: list[str] = []
+  in_data, first_line, stripped = False, 0, 0
   with open(p, encoding="utf-8", errors="replace") as f:
     for n, raw in enumerate(f, 1):
       line = raw.strip()

@@ -470,12 +470,12 @@ class LSTMLayer(nn.Module):
     resets_BxT: Array,
     carry: tuple[Array, Array],
     params_only: bool = False,
-  ) -> tuple[Array, tuple[Array, Array]]:
+  ) -> Any:
     """The layer over the batch: (outputs, carry). params_only: only make (or read) the
     parameters, for the fused path (`lstm_jax.cudnn`): {kernel, recurrent_kernel, bias}."""
     features, hidden = x_BxTxF.shape[-1], self.hidden_size
     if self.has_variable("params", "kernel"):
-      expected = self.get_variable("params", "kernel").shape[0]
+      expected: int = self.get_variable("params", "kernel").shape[0]
       if expected != features:
         raise DataError(
           f"{self.name}: the inputs have {features} features per step but the model "
@@ -511,7 +511,7 @@ class LSTMLayer(nn.Module):
       x_BxTxF,
       mask_BxT,
       resets_BxT,
-      tuple(carry),
+      (carry[0], carry[1]),
       self.input_projection,
       self.unroll,
       self.backward,

@@ -184,7 +184,7 @@ class SequenceModel(nn.Module):
   # "last", "mean", "max" or "attention" (readout.READOUTS): see the docstring.
   readout: str = "last"
 
-  def zero_carry(self, batch_size: int) -> Carry:
+  def zero_carry(self, batch_size: int) -> Carry | dict:
     if self.bidirectional:
       stack = bidirectional_zero_carry(batch_size, self.hidden_size, self.num_layers, self.cell)
     else:
@@ -275,7 +275,7 @@ class SequenceModel(nn.Module):
     return preds, carry
 
 
-def with_pool(model: Any, stack_carry: Carry, batch_size: int) -> Carry:
+def with_pool(model: Any, stack_carry: Carry, batch_size: int) -> Carry | dict:
   """The model's zero carry: the stack's, with the readout's empty pool beside it when the
   readout pools (`{"stack": ..., "pool": ...}`); the stack's alone for "last"."""
   if model.readout == "last":

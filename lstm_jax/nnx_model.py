@@ -108,10 +108,11 @@ class CellLayer(nnx.Module):
     initializer="auto",
     rngs,
   ):
-    self.cls, self.hidden_size, self.unroll = layers.resolve_cell(cell), hidden_size, unroll
+    cls: Any = layers.resolve_cell(cell)  # a cell class here (None names the built-in)
+    self.cls, self.hidden_size, self.unroll = cls, hidden_size, unroll
     self.backward = backward
     key = rngs.params()
-    params = layers.cell_params(self.cls, in_features, hidden_size, key, initializer)
+    params = layers.cell_params(cls, in_features, hidden_size, key, initializer)
     self.cell = nnx.data(jax.tree.map(nnx.Param, params))
 
   def __call__(self, x_BxTxF: Array, mask_BxT: Array, resets_BxT: Array, carry):
@@ -136,7 +137,7 @@ def _dropping(dropout: nnx.Dropout, deterministic: bool | None) -> bool:
   return dropout.rate > 0 and not off
 
 
-def _fused_params(layer: nnx.Module) -> dict:
+def _fused_params(layer: Any) -> dict:
   """An NNX LSTM layer's parameters as the fused path (`lstm_jax.cudnn`) takes linen's."""
   return dict(
     kernel=layer.kernel[...], recurrent_kernel=layer.recurrent_kernel[...], bias=layer.bias[...]
@@ -330,7 +331,7 @@ class SequenceModel(nnx.Module):
     )
     linen_model.check_model_settings(self.settings)
     st = self.settings
-    layer = dict(
+    layer: dict[str, Any] = dict(
       input_projection=st.input_projection,
       unroll=st.unroll,
       backward=st.backward,
@@ -341,12 +342,13 @@ class SequenceModel(nnx.Module):
     self.vocab_size = vocab_size
     if vocab_size is not None:
       self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
-    in_features = embed_dim if vocab_size is not None else num_features
-    stacked = dict(cell=cell, backend=backend, rngs=rngs)
+    in_features: Any = embed_dim if vocab_size is not None else num_features
+    stacked: dict[str, Any] = dict(cell=cell, backend=backend, rngs=rngs)
+    stack: nnx.Module
     if bidirectional:
       stack = BidirectionalLSTM(in_features, hidden_size, num_layers, **stacked, **layer)
     else:
-      dropouts = dict(
+      dropouts: dict[str, Any] = dict(
         dropout_rate=st.dropout_rate,
         input_dropout=st.input_dropout,
         output_dropout=st.output_dropout,
@@ -422,7 +424,7 @@ def from_linen_params(model: nnx.Module, params: Any) -> None:
   NNX model in place; the trees must match exactly (same settings)."""
   state = nnx.state(model, nnx.Param)
   want = jax.tree.structure(nnx.to_pure_dict(state))
-  if jax.tree.structure(dict(params)) != want:
+  if jax.tree.structure(dict(params)) != want:  # type: ignore[operator]  # PyTreeDefs compare
     raise DataError(
       "these params do not have the NNX model's layout (different layers, sizes or a "
       "different model); build the NNX model with the settings the params were trained with."

@@ -116,7 +116,7 @@ def _global(train: RaggedDataset) -> Normalizer:
     mean, std = feature_statistics(train)
     std = np.where(std > 0, std, 1.0)
     record = dict(kind="global", mean=_rounded(mean), std=_rounded(std))
-    return Normalizer("global", record, lambda ds: ds.standardized(mean, std))
+    return Normalizer("global", record, lambda ds: ds.standardized(mean, std))  # type: ignore[attr-defined]
   mean = train.values.astype(np.float64).mean(0)
   std = train.values.astype(np.float64).std(0)
   std = np.where(std > 0, std, 1.0)

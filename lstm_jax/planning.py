@@ -318,13 +318,14 @@ def _lay_streams(lengths: np.ndarray, num_streams: int, rng: np.random.Generator
         s[a : a + n], p[a : a + n] = bs[:n], bp[:n]
       loads = np.asarray(keys) // num_streams
   else:  # keys past int32: the same rule, one sequence at a time
-    heap, s, p = list(range(num_streams)), [], []
+    heap, s_list, p_list = list(range(num_streams)), [], []
     for n in laid.tolist():  # heap entries load * num_streams + stream: ties go to the lowest
-      load, stream = divmod(heap[0], num_streams)
-      s.append(stream)
-      p.append(load)
+      load, stream_k = divmod(heap[0], num_streams)
+      s_list.append(stream_k)
+      p_list.append(load)
       heapq.heapreplace(heap, heap[0] + n * num_streams)
-    loads = [v // num_streams for v in heap]
+    s, p = np.asarray(s_list, np.int64), np.asarray(p_list, np.int64)
+    loads = np.asarray([v // num_streams for v in heap])
   stream, position = np.empty(len(laid), np.int64), np.empty(len(laid), np.int64)
   stream[order], position[order] = s, p
   # positions grow in laying order within a stream, so a stable sort by stream orders both

@@ -91,7 +91,7 @@ class BatchPlan:
     segs = self.segments
     if not len(segs):
       return ()
-    out = [[] for _ in range(int(segs[:, ROW].max()) + 1)]
+    out: list[list[Segment]] = [[] for _ in range(int(segs[:, ROW].max()) + 1)]
     for r, *seg in segs.tolist():
       out[r].append(Segment(*seg))
     return tuple(tuple(r) for r in out)
@@ -279,7 +279,7 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan, right_padded: bool = False
   if dataset.is_tokens:
     flat_inputs = np.zeros((b * t,), np.int32)
   else:
-    flat_inputs = np.zeros((b * t, dataset.num_features), np.float32)
+    flat_inputs = np.zeros((b * t, int(dataset.num_features or 0)), np.float32)
   flat_inputs[dst] = inputs
   mask = np.zeros(b * t, bool)
   mask[dst] = True
@@ -289,7 +289,7 @@ def assemble(dataset: RaggedDataset, plan: BatchPlan, right_padded: bool = False
   if dataset.is_classification:
     targets = np.zeros((b * t,), np.int32)
   else:
-    targets = np.zeros((b * t, dataset.target_dim), np.float32)
+    targets = np.zeros((b * t, int(dataset.target_dim or 0)), np.float32)
   if dataset.target_level == "step":
     targets[dst] = step_targets
     weights[dst] = 1.0

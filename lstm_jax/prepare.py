@@ -86,8 +86,8 @@ def _text_chunks(path: Path, one_per_line: bool, suffix: str):
   files = sorted(f for f in path.rglob(f"*{suffix}") if f.is_file())
   if not files:
     raise DataError(f"{path} holds no *{suffix} files; set --suffix to match your files.")
-  for f in files:
-    yield f.read_bytes(), str(f)
+  for file in files:
+    yield file.read_bytes(), str(file)
 
 
 def _array_record_chunks(path: Path):
@@ -303,6 +303,7 @@ def prepare_store(
     identity.update(loaded)
     return store.from_dataset(ds, out, source=identity, **common)
   if source in ("jsonl", "parquet", "arrow"):
+    assert p is not None  # checked above: these sources read a path
     if source == "jsonl":
       settings, classes, records = _jsonl_records(p, vocab_size, num_classes)
     else:
@@ -317,9 +318,10 @@ def prepare_store(
     unit = source.split("_")[1]
     chunks = _stdlib_chunks(unit, include_tests)
     identity.update(python=sys.version.split()[0], include_tests=include_tests)
-  elif source == "array_record":
+  elif source == "array_record" and p is not None:  # checked above: it reads a path
     chunks = _array_record_chunks(p)
   else:
+    assert p is not None  # checked above: text_dir and text_lines read a path
     chunks = _text_chunks(p, source == "text_lines", suffix)
   # the writer records `identity` when it closes, so the counts filled in on the way are in it
   identity.update(min_length=min_length, max_length=max_length)

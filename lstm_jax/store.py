@@ -233,7 +233,7 @@ class StoreWriter:
       )
     if len(v):
       lo, hi = int(v.min()), int(v.max())
-      if lo < 0 or hi >= self.vocab_size:
+      if lo < 0 or hi >= self.vocab_size:  # type: ignore[operator]  # set for token stores
         bad = np.flatnonzero((v < 0) | (v >= self.vocab_size))[0]
         i = self.num_records + int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
         raise DataError(
@@ -266,7 +266,8 @@ class StoreWriter:
         )
       self.max_target = max(self.max_target, int(t.max()))
     else:
-      t = t.reshape(rows, self.target_dim) if t.size == rows * self.target_dim else t
+      dim = int(self.target_dim or 0)  # set for float targets
+      t = t.reshape(rows, dim) if t.size == rows * dim else t
       if t.shape != (rows, self.target_dim) or not np.issubdtype(t.dtype, np.floating):
         raise DataError(
           f"{at}: regression targets must be floats of shape ({rows}, {self.target_dim}), got "
@@ -438,7 +439,7 @@ def from_dataset(dataset: RaggedDataset, path: str | os.PathLike, **kwargs) -> d
   """Writes an in-memory `RaggedDataset` as a store (next-token byte or token LMs are
   recognised when targets are inputs shifted by one and kept as `next_token`)."""
   next_token = _is_next_token(dataset)
-  settings = dict(
+  settings: dict[str, Any] = dict(
     vocab_size=dataset.vocab_size,
     num_features=dataset.num_features,
     targets="next_token" if next_token else dataset.target_level,
@@ -625,7 +626,7 @@ def open_store(path: str | os.PathLike, *, verify: bool = True) -> StoredDataset
   return StoredDataset(
     values=values,
     lengths=lengths - 1 if kind == "next_token" else lengths,
-    targets=targets,
+    targets=targets,  # type: ignore[arg-type]  # None for next-token: the values, shifted
     target_level="sequence" if kind == "sequence" else "step",
     num_classes=meta["num_classes"],
     vocab_size=meta["vocab_size"],
@@ -688,10 +689,10 @@ class _Checksums:
       return
     first = np.asarray(lo, np.int64) * f.row_bytes // self.chunk
     last = (np.asarray(hi, np.int64) * f.row_bytes - 1) // self.chunk
-    ids = [first, last]
+    spans = [first, last]
     wide = last - first > 1  # rows spanning more than two chunks: the ones between too
-    ids += [np.arange(a + 1, b) for a, b in zip(first[wide], last[wide])]
-    ids = np.unique(np.concatenate(ids))
+    spans += [np.arange(a + 1, b) for a, b in zip(first[wide], last[wide])]
+    ids = np.unique(np.concatenate(spans))
     self.verify(name, ids[~f.checked[ids]])
 
   def verify_all(self) -> None:
@@ -765,7 +766,7 @@ class StoredDataset(RaggedDataset):
   @property
   def max_target(self) -> int:
     """The largest class id (classification): from the metadata, without reading targets."""
-    return int(self.num_classes) - 1
+    return int(self.num_classes or 0) - 1
 
   def check_unchanged_since(self, when: float) -> bool:
     """If any of the store's files was modified after `when` (seconds since the epoch: a run's

@@ -131,7 +131,7 @@ def resolve_class_weights(class_weights, dataset: RaggedDataset):
       f"class weights apply to classification; {dataset.name} has regression targets. Leave "
       f"class_weights unset (--config.train.class_weights='' in the runner)."
     )
-  n = int(dataset.num_classes)
+  n = int(dataset.num_classes or 0)
   if isinstance(class_weights, str) and class_weights == "balanced":
     counts = np.bincount(np.asarray(dataset.targets).reshape(-1), minlength=n)[:n]
     w = np.where(counts > 0, counts.sum() / (n * np.maximum(counts, 1)), 0.0)
@@ -154,7 +154,7 @@ def resolve_class_weights(class_weights, dataset: RaggedDataset):
 
 
 def check_model_fits_data(
-  model: SequenceModel, dataset: RaggedDataset, params: Any | None = None
+  model: nn.Module, dataset: RaggedDataset, params: Any | None = None
 ) -> None:
   """Raises DataError, before any compile, if the data cannot feed the model or its head."""
   if not isinstance(model, nn.Module):
@@ -240,7 +240,7 @@ def _apply(params, state: TrainState, batch: Batch, carry: Carry, training: bool
   kwargs = {}
   if training:  # dropout on, its masks seeded by the step: fold_in(rng, step)
     kwargs = dict(deterministic=False, rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
-  layout = dict(mask=batch.mask, resets=batch.resets)
+  layout: dict[str, Any] = dict(mask=batch.mask, resets=batch.resets)
   right_padded = batch.seq_lengths is not None
   if step_backend(state.model, right_padded=right_padded, training=training) != "scan":
     layout = dict(seq_lengths=batch.seq_lengths)  # one sequence per row from step 0
@@ -349,7 +349,7 @@ def abstract_batch(
     if dataset.is_classification
     else sds((b, t, dataset.target_dim), jnp.float32)
   )
-  return Batch(
+  shapes: dict[str, Any] = dict(  # the contract's shapes, in place of its arrays
     inputs=inputs,
     targets=targets,
     weights=sds((b, t), jnp.float32),
@@ -357,6 +357,7 @@ def abstract_batch(
     resets=sds((b, t), jnp.bool_),
     seq_lengths=sds((b,), jnp.int32) if right_padded else None,
   )
+  return Batch(**shapes)
 
 
 def abstract_step_args(
@@ -579,7 +580,7 @@ class _PendingStep:
       loss=_batch_loss(m),
       weight_sum=float(m["weight_sum"]),
       correct_sum=float(m["correct_sum"]),
-      step_seconds=now - self.t_last,
+      step_seconds=now - (self.t_last or now),
     )
     if not math.isfinite(float(m["loss_sum"])):
       raise FloatingPointError(
@@ -643,6 +644,7 @@ class _EvalSchedule:
     return self.next is not None and real_tokens >= self.next
 
   def run(self, state: TrainState, real_tokens: int) -> None:
+    assert self.on_eval and self.every and self.next is not None  # `due` said so
     self.on_eval(state, real_tokens)
     while self.next <= real_tokens:
       self.next += self.every
@@ -692,7 +694,7 @@ def _starting_point(
 
 
 def _save(
-  checkpointer: Checkpointer,
+  checkpointer: Checkpointer | None,
   pending: _PendingStep,
   writer: MetricWriter | None,
   strategy: Strategy,
@@ -703,6 +705,7 @@ def _save(
 ) -> None:
   """A checkpoint of `run` (its last step's loss checked first); the writer flushed after it,
   so its events end where this checkpoint does."""
+  assert checkpointer is not None  # fit saves only with one
   pending.flush()  # never save a state whose loss was not checked
   carry = _saved_carry(strategy, run.carry)
   checkpointer.save(run.step, run.state, carry, run.stream(identity, history), force=force)
@@ -739,7 +742,7 @@ def _stop_for_signal(
     save(force=True)
     checkpointer.wait()
   preemption.saved = True
-  raise Preempted(preemption.signal_name, step, checkpointer and checkpointer.directory)
+  raise Preempted(preemption.signal_name, step, checkpointer.directory if checkpointer else None)
 
 
 def fit(
@@ -821,7 +824,7 @@ def fit(
   identity = _identity(strategy, settings) if checkpointer is not None else {}
   watch = _Watch(strategy, epochs, real_tokens, run.position, history, callback, writer, progress)
   watch.flush_by_time = checkpointer is None  # with one, the writer is flushed at its saves
-  pending = _PendingStep(history, watch.record, checkpointer and checkpointer.directory)
+  pending = _PendingStep(history, watch.record, checkpointer.directory if checkpointer else None)
   stop = _Stop(epochs, real_tokens)
   evals = _EvalSchedule(eval_every_tokens, on_eval, run.position.real_tokens)
 

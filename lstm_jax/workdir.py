@@ -56,7 +56,7 @@ def check_writable(workdir: str, kinds: tuple[str, ...] = ("results", "checkpoin
       if made:
         os.rmdir(d)
     except OSError as e:
-      hint = _WORKDIR_HINTS.get(e.errno, "")
+      hint = _WORKDIR_HINTS.get(e.errno or 0, "")
       raise ConfigError(
         f"cannot write the workdir {workdir}: {os_error_text(e)}{f': {hint}' if hint else ''}. "
         f"Give --workdir a directory you can write (or fix this one), then run again."

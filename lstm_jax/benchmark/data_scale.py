@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -295,7 +296,9 @@ def part_train_in_cgroup(store_dir: str, strategies: list[str], steps: int) -> d
     "bucket": lambda: batching.Bucket(ds, tokens_per_step=8192, num_buckets=4),
   }
   out = {}
-  model = SequenceModel(64, num_outputs=ds.num_classes, vocab_size=ds.vocab_size, embed_dim=16)
+  model = SequenceModel(
+    64, num_outputs=int(ds.num_classes or 0), vocab_size=ds.vocab_size, embed_dim=16
+  )
   for name in strategies:
     state = train.create_train_state(model, optax.adam(1e-3), ds)
     t0 = time.perf_counter()
@@ -373,7 +376,7 @@ def long_documents(work: str, cfg: dict) -> dict:
   from lstm_jax import store
 
   lengths = store.open_store(docs).lengths
-  out = dict(
+  out: dict[str, Any] = dict(
     corpus_bytes=size,
     records=len(lengths),
     longest=int(lengths.max()),
@@ -415,11 +418,13 @@ def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
   o = np.asarray(st.record_offsets)
   tokens = np.asarray(st.values)
   mem = data.next_token_dataset(
-    [tokens[o[i] : o[i + 1]] for i in range(len(st))], vocab_size=st.vocab_size
+    [tokens[o[i] : o[i + 1]] for i in range(len(st))], vocab_size=int(st.vocab_size or 0)
   )
-  model = SequenceModel(128, num_outputs=st.num_classes, vocab_size=st.vocab_size, embed_dim=32)
+  model = SequenceModel(
+    128, num_outputs=int(st.num_classes or 0), vocab_size=st.vocab_size, embed_dim=32
+  )
   steps = train.StepFunctions.create()
-  times = {"memory": [], "store": [], "store_in_loop": []}
+  times: dict[str, list[float]] = {"memory": [], "store": [], "store_in_loop": []}
   runs = (("memory", mem, 2), ("store", st, 2), ("store_in_loop", st, 0))  # (kind, data, prefetch)
   for r in range(rounds + 1):
     for kind, ds, prefetch in runs:

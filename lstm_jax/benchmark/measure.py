@@ -567,11 +567,14 @@ def paired_comparison(ours: Timing, peer: Timing, cfg, rounds: int = 5) -> dict:
   """
   flops = flops_per_token(cfg.features, cfg.hidden_size, ours.extra.get("cell", "lstm"))
   speedups, fractions = [], []
+  run_ours, run_peer = ours.run_pass, peer.run_pass
+  if run_ours is None or run_peer is None:
+    raise ValueError("paired rounds need both timings' passes (Timing.run_pass)")
   for _ in range(rounds):
     t0 = time.perf_counter()
-    ours.run_pass()
+    run_ours()
     t1 = time.perf_counter()
-    peer.run_pass()
+    run_peer()
     t2 = time.perf_counter()
     rate = gemm_rate(cfg.features, cfg.hidden_size, repeats=10)
     ours_tps, peer_tps = ours.real_tokens / (t1 - t0), peer.real_tokens / (t2 - t1)

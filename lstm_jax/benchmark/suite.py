@@ -116,6 +116,8 @@ def malloc_probe_child(cfg_dict: dict, ours: str, projection: str, peer: str) ->
   ds = bench.workload(cfg)
   a = bench.time_ours(ours, _strategies(ds, cfg)[ours], cfg, projection)
   b = _time_peer(peer, ds, cfg)
+  if b is None:
+    raise bench.PeerSkipped(f"{peer} is not installed")
   return dict(
     malloc=host.malloc_state(),
     ours=a.tokens_per_second,
@@ -128,7 +130,7 @@ def malloc_probe_child(cfg_dict: dict, ours: str, projection: str, peer: str) ->
 def malloc_probe(cfg, ours: str, projection: str, peer: str) -> dict:
   """`ours` and `peer` in fresh processes with glibc's default allocator and with
   `host.tune_malloc()`, alternating, `cfg.malloc_probe_rounds` of each; medians per arm."""
-  arms = {"default": [], "tuned": []}
+  arms: dict[str, list[dict]] = {"default": [], "tuned": []}
   for _ in range(cfg.malloc_probe_rounds):
     for arm, runs in arms.items():
       runs.append(
@@ -338,8 +340,8 @@ def run(cfg, out_md: str) -> dict:
     f"GEMM {rates[1] / 1e9:.1f} GFLOP/s at the end; roofline {roofline:,.0f} real tokens/s",
     flush=True,
   )
-  lengths = sorted({t for t in (64, 128, 256, 512) if t <= cfg.max_length} | {cfg.max_length})
-  memory = bench.memory_table(cfg, ds, lengths)
+  widths = sorted({t for t in (64, 128, 256, 512) if t <= cfg.max_length} | {cfg.max_length})
+  memory = bench.memory_table(cfg, ds, widths)
   lengths = ds.lengths
   result = dict(
     date=time.strftime("%Y-%m-%d %H:%M"),
@@ -364,7 +366,7 @@ def run(cfg, out_md: str) -> dict:
     cost_model=cost_check,
     rows=[dict(t.record(), roofline_fraction=roofline_fraction(t)) for t in rows],
     memory=memory,
-    bucket_boundaries=strategies["bucket"].boundaries,
+    bucket_boundaries=getattr(strategies["bucket"], "boundaries"),  # a Bucket
     skipped_peers=skipped_peers,
     torch_onednn=onednn,
   )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import ml_collections
+import numpy as np
 import optax
 
 from lstm_jax import batching, train
@@ -44,7 +45,7 @@ def make_model(
   right_padded: the row's strategy's (`Strategy.right_padded`). A row that packs or chunks its
   rows keeps the scan under config.model.backend=cudnn or reference (the fused LSTM takes one
   sequence per row); "auto" stays "auto" (each step picks, `backend.step_backend`)."""
-  num_outputs = dataset.num_classes if dataset.is_classification else dataset.target_dim
+  num_outputs = int((dataset.num_classes if dataset.is_classification else dataset.target_dim) or 0)
   settings = cfg.model.to_dict()
   settings["backend"] = row_backend(settings["backend"], right_padded=right_padded)
   try:
@@ -129,7 +130,7 @@ def eval_strategy(
 
 def planned_steps_from_config(
   strategy: batching.Strategy, cfg: ml_collections.ConfigDict
-) -> list[int]:
+) -> np.ndarray:
   """The real tokens of each optimizer step the row will take within the config's budget."""
   return guards.planned_steps(strategy, cfg.train.real_tokens or None, cfg.train.epochs or None)
 

@@ -59,7 +59,7 @@ class Calibration:
   key: str = ""  # what it was measured for (model settings, CPU, versions)
   measured: dict = dataclasses.field(default_factory=dict)  # the raw timings behind the fit
 
-  def step_seconds(self, batch: int, length: int) -> float:
+  def step_seconds(self, batch, length):  # numbers or arrays of them
     return length * (self.alpha + self.beta * batch)
 
   def step_memory(self, batch: int, length: int) -> float:
@@ -270,7 +270,7 @@ def choose_num_buckets(
       dict(
         predict(strategy, cal, cfg.train.real_tokens or None, cfg.train.epochs or None),
         num_buckets=n,
-        boundaries=list(strategy.boundaries),
+        boundaries=list(getattr(strategy, "boundaries")),  # a Bucket
       )
     )
   best = min(rows, key=lambda r: r["total_seconds"])

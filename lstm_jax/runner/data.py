@@ -85,9 +85,10 @@ def split_data(cfg: ml_collections.ConfigDict, with_test: bool = False):
   if cfg.eval.max_sequences and len(eval_ds) > cfg.eval.max_sequences:
     eval_ds = eval_ds.subset(np.arange(cfg.eval.max_sequences), name=eval_ds.name)
   if cfg.eval.max_tokens and eval_ds.num_steps > cfg.eval.max_tokens:  # whole sequences, >= 1
-    keep = max(1, int(np.searchsorted(np.cumsum(eval_ds.lengths), cfg.eval.max_tokens, "right")))
-    identity["eval_capped"] = dict(sequences=keep, of=len(eval_ds), max_tokens=cfg.eval.max_tokens)
-    eval_ds = eval_ds.subset(np.arange(keep), name=eval_ds.name)
+    budget = int(cfg.eval.max_tokens)
+    kept = max(1, int(np.searchsorted(np.cumsum(eval_ds.lengths), budget, "right")))
+    identity["eval_capped"] = dict(sequences=kept, of=len(eval_ds), max_tokens=cfg.eval.max_tokens)
+    eval_ds = eval_ds.subset(np.arange(kept), name=eval_ds.name)
   identity.update(
     train_sequences=len(train_ds),
     train_steps=train_ds.num_steps,
@@ -116,11 +117,11 @@ def stratified_split(
     raise ConfigError(f"config.data.eval_fraction must be in (0, 1), got {fraction}.")
   labels = np.asarray(dataset.sequence_targets(np.arange(len(dataset)))).reshape(-1)
   rng = np.random.default_rng(seed)
-  held = []
+  per_class = []
   for c in np.unique(labels):
     members = rng.permutation(np.flatnonzero(labels == c))
-    held.append(members[: min(len(members) - 1, int(round(fraction * len(members))))])
-  held = np.sort(np.concatenate(held))
+    per_class.append(members[: min(len(members) - 1, int(round(fraction * len(members))))])
+  held = np.sort(np.concatenate(per_class))
   if not len(held):
     raise DataError(
       f"config.data.eval_fraction={fraction} holds out no sequence of {len(dataset)}; raise it."

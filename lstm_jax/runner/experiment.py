@@ -139,6 +139,8 @@ def earlier_rows(
       done = read_result(os.path.join(directory, file), settings)
     except ConfigError:  # another configuration's row: not this comparison's
       continue
+    if done is None:  # gone since the listing
+      continue
     row = _read_row(os.path.join(directory, file), done["row"]).to_dict(finished=False)
     found[(name, int(seed))] = (row, done["history"], done["curve"])
   return found
@@ -324,6 +326,7 @@ def _run_all(
     return report.aggregate(runs)
   log.file.close()
   report.write_metrics(os.path.join(workdir, "metrics.jsonl"), histories, curves)
+  assert invocations is not None  # the writer keeps the invocation log
   invocations.update("finished")
   meta["total_seconds"] = invocations.total_seconds
   summary = report.write_all(workdir, runs, curves, meta)
@@ -339,7 +342,7 @@ def _log_notes(log: report.ProgressLog, cfg, identity: dict, notes: list) -> Non
   for line in filter(None, notes):
     log.note(line)
   for source in (identity, identity.get("eval_source"), identity.get("test_source")):
-    if (source or {}).get("nan_padding_stripped"):
+    if source and source.get("nan_padding_stripped"):
       log.note(
         f"data: trailing NaN padding stripped from {source['nan_padding_stripped']} case(s) of "
         f"{source['path']}"
@@ -365,7 +368,7 @@ def _time_to_targets(runs: list[dict], curves: dict, cfg) -> None:
       r["target_eval_metric"] = target_metric
       r["time_to_target_seconds"] = (
         report.time_to_target(
-          curves[(r["strategy"], seed)], target_metric if accuracy else target, key
+          curves[(r["strategy"], seed)], target if target_metric is None else target_metric, key
         )
         if r["comparable"]
         else None
@@ -378,7 +381,8 @@ def _meta(cfg, identity: dict, train_ds, built: dict, invocations: Invocations |
     if "bucket" in built:
       boundaries = built["bucket"].boundaries
     else:
-      boundaries = strategy_from_config("bucket", train_ds, cfg, cfg.seed).boundaries
+      bucket = strategy_from_config("bucket", train_ds, cfg, cfg.seed)
+      boundaries = getattr(bucket, "boundaries")  # a Bucket
   else:
     boundaries = []
   lengths, counts = np.unique(train_ds.lengths, return_counts=True)

@@ -21,7 +21,7 @@ import os
 import jax
 import numpy as np
 
-from lstm_jax.batching import STRATEGIES, Strategy
+from lstm_jax.batching import STRATEGIES, Bucket, Pack, Strategy
 from lstm_jax.errors import ConfigError
 
 
@@ -98,14 +98,14 @@ def equal_steps_hint(name: str, strategy: Strategy, cfg) -> str:
         f"Leave config.strategy.{name}.{setting} unset (None) to derive it from "
         f"config.train.tokens_per_step."
       )
-  if name == "bucket":
+  if isinstance(strategy, Bucket):
     return (
       f"An epoch holds {per_epoch:.1f} steps of train.tokens_per_step real tokens and each "
       f"of its {len(strategy.boundaries)} buckets takes at least one: use at most "
       f"{max(1, int(per_epoch / 5))} buckets (config.strategy.bucket.num_buckets) or a "
       f"lower config.train.tokens_per_step."
     )
-  if name == "pack" and strategy.length > cfg.train.tokens_per_step:
+  if isinstance(strategy, Pack) and strategy.length > cfg.train.tokens_per_step:
     return (
       f"Its rows hold up to {strategy.length} tokens, more than train.tokens_per_step: "
       f"set config.strategy.pack.row_length <= {cfg.train.tokens_per_step}."

@@ -113,7 +113,7 @@ def plots(
   ax.hist(
     lengths,
     weights=counts,
-    bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60),
+    bins=np.geomspace(max(1, min(lengths)), max(lengths) + 1, 60).tolist(),
     color="0.6",
   )
   ax.set_xscale("log")

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -91,7 +92,7 @@ def resolve_auto_batches(
   """
   if cfg.train.tokens_per_step and not cfg.train.evals:
     return cfg, None
-  cfg, record = copy.deepcopy(cfg), {}
+  cfg, record = copy.deepcopy(cfg), dict[str, Any]()
   total = int(train_ds.num_steps)
   if not cfg.train.tokens_per_step:
     tolerance, closest = cfg.guards.step_tolerance / 2, None
@@ -112,6 +113,7 @@ def resolve_auto_batches(
         closest = (spread, k, cfg.train.tokens_per_step, per_epoch)
       if spread <= tolerance:
         break
+    assert closest is not None  # the loop ran at least once
     _, k, tokens, per_epoch = closest  # the first that agrees, else the closest to agreeing
     with cfg.unlocked():
       cfg.train.tokens_per_step = tokens
@@ -178,7 +180,7 @@ def fit_notes(
     for name, s in built.items()
     if s is not None and s.carries_state
   }
-  cut = [f"{name} ({k}-step chunks)" for name, k in chunks.items() if longest > k]
+  cut = [f"{name} ({k}-step chunks)" for name, k in chunks.items() if longest > (k or 0)]
   if train_ds.target_level == "sequence" and cut and not cfg.truncation_ok:
     notes.append(
       f"{', '.join(cut)} truncate the gradient on sequence-level labels (sequences up to "

@@ -41,11 +41,12 @@ from lstm_jax.runner.reading import (  # noqa: F401 (re-exported: the report's r
 
 
 def _mean(order: int) -> dict:
-  """A Row field averaged over seeds in summary.json (with a `<key>_std`), in column `order`."""
-  return dict(metadata=dict(summary_order=order))
+  """A Row field's metadata: averaged over seeds in summary.json (with a `<key>_std`), in
+  column `order`."""
+  return dict(summary_order=order)
 
 
-_after = dict(default=None)  # set once every row of the seed has run (guards, the target)
+# Fields that default to None are set once every row of the seed has run (guards, the target).
 
 
 @dataclasses.dataclass
@@ -58,52 +59,52 @@ class Row:
   strategy: str
   seed: int
   compiles: dict  # {"train": shapes compiled, "eval": ...}
-  compile_seconds: float = dataclasses.field(**_mean(0))
-  eval_compile_seconds: float = dataclasses.field(**_mean(1))
+  compile_seconds: float = dataclasses.field(metadata=_mean(0))
+  eval_compile_seconds: float = dataclasses.field(metadata=_mean(1))
   cache_loads: dict  # executables loaded from lstm_jax's executable cache, train and eval
   shapes: int  # the strategy's train shapes
-  steps: int = dataclasses.field(**_mean(16))
+  steps: int = dataclasses.field(metadata=_mean(16))
   batch_settings: dict  # what the strategy resolved (batch sizes, boundaries, ...)
-  real_tokens: int = dataclasses.field(**_mean(5))
-  computed_tokens: int = dataclasses.field(**_mean(6))
-  padding_fraction: float = dataclasses.field(**_mean(7))
-  tokens_per_second: float = dataclasses.field(**_mean(8))
-  wall_seconds: float = dataclasses.field(**_mean(9))  # the row's clock (row.RowClock)
-  eval_loss: float = dataclasses.field(**_mean(11))
-  eval_metric: float = dataclasses.field(**_mean(12))
+  real_tokens: int = dataclasses.field(metadata=_mean(5))
+  computed_tokens: int = dataclasses.field(metadata=_mean(6))
+  padding_fraction: float = dataclasses.field(metadata=_mean(7))
+  tokens_per_second: float = dataclasses.field(metadata=_mean(8))
+  wall_seconds: float = dataclasses.field(metadata=_mean(9))  # the row's clock (row.RowClock)
+  eval_loss: float = dataclasses.field(metadata=_mean(11))
+  eval_metric: float = dataclasses.field(metadata=_mean(12))
   metric: str  # what eval_metric is (accuracy, bits_per_byte, ...)
-  step_memory_bytes: int = dataclasses.field(**_mean(13))
-  step_peak_bytes: int = dataclasses.field(**_mean(14))
-  peak_rss_bytes: int = dataclasses.field(**_mean(15))
+  step_memory_bytes: int = dataclasses.field(metadata=_mean(13))
+  step_peak_bytes: int = dataclasses.field(metadata=_mean(14))
+  peak_rss_bytes: int = dataclasses.field(metadata=_mean(15))
   devices: int
   processes: int
   resumed_from_step: int | None
   background_compiles: int
-  first_step_seconds: float | None = dataclasses.field(**_mean(2))
-  compiles_done_seconds: float = dataclasses.field(**_mean(3))
-  compile_wait_seconds: float = dataclasses.field(**_mean(4))
+  first_step_seconds: float | None = dataclasses.field(metadata=_mean(2))
+  compiles_done_seconds: float = dataclasses.field(metadata=_mean(3))
+  compile_wait_seconds: float = dataclasses.field(metadata=_mean(4))
   # Sequence-level classification: the final model's scores class by class on the held-out
   # split (`baselines.class_scores`, from `evaluation.predict`; its compiles in `classes`), or None.
-  balanced_accuracy: float | None = dataclasses.field(default=None, **_mean(18))
+  balanced_accuracy: float | None = dataclasses.field(default=None, metadata=_mean(18))
   classes: dict | None = None
   # config.data.test_path: the row's model selected on the eval (validation) split, scored once
   # on the test split at the row's end: the checkpoint of the best eval metric (accuracy for
   # classification, else the lowest eval loss), at step `selected_step`
-  test_loss: float | None = dataclasses.field(default=None, **_mean(19))
-  test_metric: float | None = dataclasses.field(default=None, **_mean(20))
+  test_loss: float | None = dataclasses.field(default=None, metadata=_mean(19))
+  test_metric: float | None = dataclasses.field(default=None, metadata=_mean(20))
   test_classes: dict | None = None
   selected_step: int | None = None
   selected_eval_metric: float | None = None
   # what the train and eval steps ran: {"train": "scan" | "cudnn" | "reference", "eval": ...}
   # (config.model.backend, backend.step_backend); None in results written before it was recorded
   backend: dict | None = None
-  comparable: bool | None = dataclasses.field(**_after)
-  not_comparable: str | None = dataclasses.field(**_after)
-  target_eval_loss: float | None = dataclasses.field(**_after, **_mean(17))
+  comparable: bool | None = None
+  not_comparable: str | None = None
+  target_eval_loss: float | None = dataclasses.field(default=None, metadata=_mean(17))
   # classification: the target is an eval accuracy (what improves), the worst final one of
   # the seed's comparable rows, and time_to_target_seconds is the time to reach it
-  target_eval_metric: float | None = dataclasses.field(**_after, **_mean(21))
-  time_to_target_seconds: float | None = dataclasses.field(**_after, **_mean(10))
+  target_eval_metric: float | None = dataclasses.field(default=None, metadata=_mean(21))
+  time_to_target_seconds: float | None = dataclasses.field(default=None, metadata=_mean(10))
 
   AFTER = (
     "comparable",
@@ -273,19 +274,19 @@ def backend_words(backend: dict | None) -> str:
 def _classes_over_seeds(scores: list[dict | None]) -> dict | None:
   """The seeds' class scores together: confusion matrices summed, each class's recall the mean
   over the seeds whose held-out split has that class."""
-  scores = [c for c in scores if c]
-  if not scores:
+  given = [c for c in scores if c]
+  if not given:
     return None
   recall = []
-  for per_class in zip(*(c["recall"] for c in scores)):
+  for per_class in zip(*(c["recall"] for c in given)):
     present = [r for r in per_class if r is not None]
     recall.append(float(np.mean(present)) if present else None)
-  supports = [c["support"] for c in scores]
+  supports = [c["support"] for c in given]
   return dict(
-    seeds=len(scores),
-    level=scores[0].get("level", "sequence"),
+    seeds=len(given),
+    level=given[0].get("level", "sequence"),
     recall=recall,
-    confusion=np.sum([c["confusion"] for c in scores], axis=0).tolist(),
+    confusion=np.sum([c["confusion"] for c in given], axis=0).tolist(),
     # every seed scores the same held-out split (data.split_seed): its counts once
     support=supports[0] if all(s == supports[0] for s in supports) else None,
   )
@@ -414,7 +415,7 @@ def _cells(row: dict) -> list[str]:
   for key, _ in COLUMNS:
     v = row.get(key)
     if key == "strategy":
-      out.append(v + ("" if row.get("comparable", True) else " *"))
+      out.append(str(v) + ("" if row.get("comparable", True) else " *"))
     elif key == "steps":
       out.append(f"{v:.0f}" if v is not None else "-")
     elif key == "compiles":
@@ -423,7 +424,7 @@ def _cells(row: dict) -> list[str]:
       v = row.get("step_peak_bytes") or v  # the guard's figure; results from before it: scratch
       out.append(_fmt(v / 2**20, 1) if v else "-")
     elif key == "padding_fraction":
-      out.append(f"{100 * v:.1f}%")
+      out.append(f"{100 * (v or 0):.1f}%")
     elif key == "eval_metric":
       std = row.get("eval_metric_std")
       out.append(f"{v:.3f} {row['metric']}" + (f" ±{std:.3f}" if std else ""))

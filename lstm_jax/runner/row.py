@@ -14,6 +14,7 @@ import dataclasses
 import os
 import resource
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -112,7 +113,10 @@ class BestOnValidation:
 
   def __init__(self, metric: str, path: str | None):
     self.metric, self.path = metric, path
-    self.score, self.step, self.eval_metric, self.params = None, None, None, None
+    self.score: list[float] | None = None
+    self.step: int | None = None
+    self.eval_metric: float | None = None
+    self.params: Any = None
 
   def _score(self, point: dict) -> list[float]:
     """Higher is better: accuracy, then (among equal accuracies: a small validation split
@@ -223,7 +227,7 @@ def run_strategy(
   result_path = run_dir(workdir, "results", name, seed) + ".json" if workdir else None
   if done is None and result_path and cfg.resume:
     done = read_result(result_path, settings)
-  if done is not None:
+  if done is not None and result_path:
     log.note(f"{name} seed {seed}: finished earlier, read from {result_path}")
     return (
       _read_row(result_path, done["row"]).to_dict(finished=False),
@@ -353,7 +357,7 @@ def run_strategy(
   # when the first step ended, when the last train shape finished compiling, and how long steps
   # stood waiting for compiles (all of it when shapes compile as training meets them).
   ended = steps.train.last_compile_finished
-  compile_timing = dict(
+  compile_timing: dict[str, Any] = dict(
     first_step_seconds=compiled_ahead + hist[0]["step_seconds"] if hist else None,
     compiles_done_seconds=(
       compiled_ahead + max(0.0, ended - result.clock_start)
@@ -366,7 +370,9 @@ def run_strategy(
   computed = sum(h["computed_tokens"] for h in hist)
   classes = scores_by_class(result.state, eval_ds, cfg)  # off the row's clock
   tested = (  # read now, once: the model selected on validation
-    _score_on_test(result.state, best, test_ds, shared, steps) if test_ds is not None else {}
+    _score_on_test(result.state, best, test_ds, shared, steps)
+    if test_ds is not None and best is not None
+    else {}
   )
   train_rec = list(steps.train.records.values())
   row = report.Row(
@@ -402,15 +408,15 @@ def run_strategy(
     classes=classes,
     **tested,
   )
-  row = row.to_dict(finished=False)  # the rest is set once every row of the seed has run
+  record = row.to_dict(finished=False)  # the rest is set once every row of the seed has run
   if tb is not None:  # the row's figures as text, and its final evaluation, flushed
-    tb.write_texts(int(result.state.step), {"row": _row_text(row)})
+    tb.write_texts(int(result.state.step), {"row": _row_text(record)})
     tb.close()
   if result_path and jax.process_index() == 0:
     write_json_atomically(
-      result_path, dict(row=row, history=hist, curve=curve.points, settings=settings)
+      result_path, dict(row=record, history=hist, curve=curve.points, settings=settings)
     )
-  return row, hist, curve.points
+  return record, hist, curve.points
 
 
 def _score_on_test(
@@ -470,14 +476,14 @@ def scores_by_class(
   step (`level` says which)."""
   if (
     metric_of(eval_ds) != "accuracy"
-    or eval_ds.num_classes > MAX_SCORED_CLASSES
+    or (eval_ds.num_classes or 0) > MAX_SCORED_CLASSES
     or jax.process_count() > 1
   ):
     return None
   t0 = time.perf_counter()
   state = state.replace(params=jax.device_get(state.params))  # one device, whatever the mesh
   step_level = eval_ds.target_level == "step"
-  n = eval_ds.num_classes
+  n = int(eval_ds.num_classes or 0)
   confusion = np.zeros((n, n), np.int64)
   fn = compiles.CountedJit(evaluation.predict_step, name="predict_step")
   batches = evaluation.predict_batches(
