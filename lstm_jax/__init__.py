@@ -50,7 +50,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "nnx_model": ("nnx_model", ""),
   # training
   "create_train_state": ("train", "create_train_state"),
-  "fit": ("train", "fit"),
+  "fit": ("loop", "fit"),
   "evaluate": ("evaluation", "evaluate"),
   "predict": ("evaluation", "predict"),
   "predict_batches": ("evaluation", "predict_batches"),
@@ -107,6 +107,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
   from lstm_jax.errors import CheckpointError, ConfigError, DataError, LstmJaxError
   from lstm_jax.evaluation import evaluate, predict, predict_batches
   from lstm_jax.labelled_files import load_npz, load_ts
+  from lstm_jax.loop import fit
   from lstm_jax.model import (
     LSTM,
     RNN,
@@ -119,4 +120,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
   from lstm_jax.progress import Progress
   from lstm_jax.store import open_store, write_store
   from lstm_jax.streaming import Streamer
-  from lstm_jax.train import create_train_state, fit
+  from lstm_jax.train import create_train_state

@@ -82,7 +82,7 @@ class Checkpointer:
     keep_period: also keep every checkpoint whose step is a multiple of this (None: none).
     async_save: write in the background (the default); False blocks until written.
     extra_state: the caller's own JSON state, asked for at each save and saved with it (the
-      runner's eval curve and clock); `train.resume` hands it back as `Resumed.extra`. The
+      runner's eval curve and clock); `loop.resume` hands it back as `Resumed.extra`. The
       checkpointer is its one owner: nothing else writes it into a checkpoint.
   """
 

@@ -11,7 +11,7 @@ Compiles off the critical path: `compile_in_background(arg_sets, workers)` compi
 worker threads, in the order given (XLA releases the GIL while it compiles), while the caller
 goes on; a call that needs a signature still compiling waits for it, and the time callers spend
 blocked on compiles (waiting, or compiling in place) is counted (`blocked_seconds`,
-`blocked_calls`). `train.fit(compile_shapes="background")` and the runner
+`blocked_calls`). `loop.fit(compile_shapes="background")` and the runner
 (`config.train.background_compiles`) use it: training starts on the first batch's shape while
 the others compile.
 

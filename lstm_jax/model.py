@@ -471,7 +471,7 @@ class BidirectionalLSTM(nn.Module):
     directions in one call, given `seq_lengths=`).
 
   It needs whole sequences in a row: pad, bucket and pack batches. Truncated BPTT's chunks cut
-  sequences, whose reversal would then be wrong, so `train.fit` refuses that pairing. carry: per
+  sequences, whose reversal would then be wrong, so `loop.fit` refuses that pairing. carry: per
   layer (forward (c, h), backward (c, h)): the forward state after each row's last real step; the
   backward state after the row's last sequence read backwards (ending at its first step, as
   PyTorch's h_n for the reverse direction). initial_carry (optional, same structure) is where

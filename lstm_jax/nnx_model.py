@@ -14,7 +14,7 @@ matmuls; `model.cell_layer` for other cells), so `to_linen_params` and
 `from_linen_params` convert weights both ways exactly and both front ends give the same outputs
 and gradients (tests/test_nnx.py).
 
-Training under every strategy: `fit(model, strategy, optimizer, ...)` runs `train.fit` (compile
+Training under every strategy: `fit(model, strategy, optimizer, ...)` runs `loop.fit` (compile
 counts, checkpoints, every strategy) on the model's linen twin (`linen_twin`: the same
 parameters, the same computation) and writes the trained parameters back into the NNX model.
 Your own NNX loop (`nnx.Optimizer`, `nnx.jit`) takes lstm_jax batches as they are:
@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 from lstm_jax import backend as backend_lib
-from lstm_jax import cudnn, layers, train
+from lstm_jax import cudnn, layers, loop, train
 from lstm_jax import model as linen_model
 from lstm_jax import readout as readout_lib
 from lstm_jax.batching import Strategy
@@ -420,7 +420,7 @@ def to_linen_params(model: nnx.Module) -> dict:
 
 
 def from_linen_params(model: nnx.Module, params: Any) -> None:
-  """Writes linen params (e.g. `train.fit`'s `result.state.params`, or a checkpoint's) into the
+  """Writes linen params (e.g. `loop.fit`'s `result.state.params`, or a checkpoint's) into the
   NNX model in place; the trees must match exactly (same settings)."""
   state = nnx.state(model, nnx.Param)
   want = jax.tree.structure(nnx.to_pure_dict(state))
@@ -441,10 +441,10 @@ def train_state(
   **state_kwargs,
 ) -> train.TrainState:
   """A `train.TrainState` for the NNX model's weights (its linen twin's, the NNX parameters in
-  place of a fresh init), for `train.fit`, `evaluation.evaluate` and checkpoints. `state_kwargs`:
+  place of a fresh init), for `loop.fit`, `evaluation.evaluate` and checkpoints. `state_kwargs`:
   `train.create_train_state`'s (class_weights, loss)."""
   state = train.create_train_state(linen_twin(model), optimizer, dataset, seed=seed, **state_kwargs)
-  # copies: train.fit donates the state's buffers, which must not be the NNX model's own
+  # copies: loop.fit donates the state's buffers, which must not be the NNX model's own
   params = jax.tree.map(jnp.copy, to_linen_params(model))
   return state.replace(params=params, opt_state=optimizer.init(params))
 
@@ -456,12 +456,12 @@ def fit(
   seed: int = 0,
   loss: Any = None,
   **fit_kwargs,
-) -> train.FitResult:
-  """Trains the NNX model under `strategy` with `train.fit` (epochs, real_tokens,
+) -> loop.FitResult:
+  """Trains the NNX model under `strategy` with `loop.fit` (epochs, real_tokens,
   checkpointer, ... as there; compiles counted in `result.steps`) and writes the trained
   parameters back into `model`. `loss`: a custom per-step loss (`train.create_train_state`)."""
   state = train_state(model, optimizer, strategy.dataset, seed, loss=loss)
-  result = train.fit(state, strategy, **fit_kwargs)
+  result = loop.fit(state, strategy, **fit_kwargs)
   from_linen_params(model, result.state.params)
   return result
 

@@ -36,7 +36,7 @@ byte-level corpus costs one byte per byte on disk, and `open_store` reads nothin
 offsets (8 bytes a record) until a batch needs its rows.
 
 `StoreWriter` writes a store in one pass in bounded memory; `open_store` returns a
-`StoredDataset`, a `RaggedDataset` over the memory map that every strategy, `train.fit`, the
+`StoredDataset`, a `RaggedDataset` over the memory map that every strategy, `loop.fit`, the
 evaluator and the runner take as they take data in memory. A held-out split is an index list
 over the same store (`StoredDataset.subset`, `split`), never a copy.
 """

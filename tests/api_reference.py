@@ -22,7 +22,7 @@ GROUPS = (
   ("Data", ("data", "store", "tasks", "sources", "labelled_files", "normalization")),
   ("Strategies", ("batching",)),
   ("Models", ("model", "nnx_model")),
-  ("Training", ("train", "evaluation", "checkpoint", "streaming")),
+  ("Training", ("train", "loop", "evaluation", "checkpoint", "streaming")),
   ("Metrics and progress", ("metric_writers", "progress")),
   ("Weights from and to PyTorch and Keras", ("convert",)),
   ("Grain", ("interop",)),

@@ -29,7 +29,7 @@ import optax  # noqa: E402
 
 from configs import compare  # noqa: E402
 from helpers import identity_dataset, override, ragged_features  # noqa: E402
-from lstm_jax import batching, prepare, sources, store, tasks, train, workdir  # noqa: E402
+from lstm_jax import batching, loop, prepare, sources, store, tasks, train, workdir  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.data import RaggedDataset, from_sequences  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
@@ -84,7 +84,7 @@ def _make_model(**changes):
 def _fit_packed(model):
   ds = ragged_features([3, 5, 2], num_features=2)
   state = train.create_train_state(model, optax.adam(1e-3), ds)
-  return train.fit(state, batching.Pack(ds, batch_size=2, row_length=8), epochs=1)
+  return loop.fit(state, batching.Pack(ds, batch_size=2, row_length=8), epochs=1)
 
 
 def _npz_without_lengths():
@@ -154,7 +154,7 @@ def _nan_at_step():
   targets[12:] = 1e30  # squares to inf in the loss
   ds = RaggedDataset(_floats(16), np.full(4, 4), targets, name="blows-up")
   state = train.create_train_state(SequenceModel(4, num_outputs=1), optax.adam(1e-2), ds)
-  train.fit(state, batching.Pad(ds, batch_size=1, seed=0), epochs=1)
+  loop.fit(state, batching.Pad(ds, batch_size=1, seed=0), epochs=1)
 
 
 def _damaged_checkpoints():
@@ -166,7 +166,7 @@ def _damaged_checkpoints():
 
   directory = TMP / "checkpoints"
   shutil.rmtree(directory, ignore_errors=True)
-  train.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=1))
+  loop.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=1))
   fresh = TMP / "checkpoints-copy"  # a copy: this process's read cache has not seen its files
   shutil.rmtree(fresh, ignore_errors=True)
   shutil.copytree(directory, fresh)
@@ -175,7 +175,7 @@ def _damaged_checkpoints():
       f.write_bytes(b"")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    train.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(fresh))
+    loop.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(fresh))
 
 
 def _pad_run(directory, settings=None, fail_from=None):
@@ -195,7 +195,7 @@ def _pad_run(directory, settings=None, fail_from=None):
       return real_save(step, *args, **kwargs)
 
     ckpt.manager.save = save
-  train.fit(state, batching.Pad(ds, batch_size=2), epochs=1, checkpointer=ckpt, settings=settings)
+  loop.fit(state, batching.Pad(ds, batch_size=2), epochs=1, checkpointer=ckpt, settings=settings)
 
 
 def _fresh(name):
@@ -640,7 +640,7 @@ CASES = [
   Case(
     "model",
     "a feature size that differs from the model's",
-    lambda: train.fit(
+    lambda: loop.fit(
       train.create_train_state(
         SequenceModel(4, num_outputs=2), optax.adam(1e-2), ragged_features([3, 4])
       ),

@@ -145,7 +145,7 @@ def test_quick_benchmark_writes_rows_and_files(tmp_path):
   )
   fit = saved["fit_overhead"][0]
   assert fit["strategy"] == "tbptt" and len(fit["ratios"]) == cfg.paired_rounds
-  assert "| train.fit loses <= 3% against the pre-assembled passes" in text
+  assert "| loop.fit loses <= 3% against the pre-assembled passes" in text
   assert "Side by side, float32 against float32" in text and "Side by side, bfloat16" in text
   assert "| best strategy >= 2x the best peer (bfloat16 matmuls" in text
   assert saved["versions"]["malloc"]["tuned"] == (host.libc().startswith("glibc"))

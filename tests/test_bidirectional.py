@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import batching, evaluation, train
+from lstm_jax import batching, evaluation, loop, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.model import LSTM, BidirectionalLSTM, SequenceModel, segment_reverse_index
 
@@ -92,10 +92,10 @@ def test_trains_with_pack_and_refuses_tbptt():
   state = train.create_train_state(model, optax.adam(1e-2), ds)
   pack = batching.Pack(ds, batch_size=2, row_length=12)
   before = evaluation.evaluate(state, pack)["loss"]
-  result = train.fit(state, pack, epochs=10)
+  result = loop.fit(state, pack, epochs=10)
   assert evaluation.evaluate(result.state, pack)["loss"] < 0.9 * before
   with pytest.raises(ConfigError, match="bidirectional model needs whole sequences"):
-    train.fit(state, batching.TBPTT(ds, num_streams=2, chunk_length=4), epochs=1)
+    loop.fit(state, batching.TBPTT(ds, num_streams=2, chunk_length=4), epochs=1)
 
 
 def test_the_runner_trains_a_bidirectional_model_and_refuses_chunking_strategies(tmp_path):

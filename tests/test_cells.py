@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
-from lstm_jax import batching, layers, train
+from lstm_jax import batching, layers, loop, train
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import CELLS, SequenceModel, stack_name
 from lstm_jax.streaming import Streamer
@@ -136,7 +136,7 @@ def test_any_cell_is_exact_padded_bucketed_and_packed(cell, request):
 
 def _tbptt(ds, state, num_streams, chunk):
   """Per-sequence outputs gathered from the chunks, and the summed gradient, carrying the state
-  from chunk to chunk as train.fit does."""
+  from chunk to chunk as loop.fit does."""
   strat = batching.TBPTT(ds, num_streams=num_streams, chunk_length=chunk)
   carry, total = state.model.zero_carry(num_streams), None
   pieces = {i: [] for i in range(len(ds))}
@@ -253,7 +253,7 @@ def test_any_cell_compiles_once_per_shape(name):
   ds, strategy = four_strategies(name)
   model = SequenceModel(hidden_size=H, num_outputs=2, cell="gru")
   state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
-  result = train.fit(state, strategy, epochs=2)
+  result = loop.fit(state, strategy, epochs=2)
   assert result.steps.train.compiles == len(strategy.shapes()) == result.steps.train.traces
   assert np.isfinite(result.history[-1]["loss"])
 
@@ -274,7 +274,7 @@ def test_cell_names_and_bad_cells():
   )
   wide = ragged_features([3, 4], num_features=5, seed=0)
   with pytest.raises(DataError, match="the data has 5 features per step but the model's"):
-    train.fit(state, batching.Pad(wide, batch_size=2), epochs=1)
+    loop.fit(state, batching.Pad(wide, batch_size=2), epochs=1)
   with pytest.raises(ConfigError, match="implemented for cell='lstm' only"):
     train.create_train_state(
       SequenceModel(hidden_size=4, num_outputs=2, cell="gru", matmul_dtype="bfloat16"),

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from helpers import SCRIPTS, ragged_features, subprocess_env
-from lstm_jax import batching, train
+from lstm_jax import batching, loop, train
 from lstm_jax.checkpoint import Checkpointer, quiet_orbax
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import CheckpointError
@@ -68,12 +68,12 @@ def test_interrupted_then_resumed_fit_is_bit_identical(tmp_path, data, name):
   """Stopped mid-epoch (tbptt: with a live carry), resumed from the step-6 checkpoint: the same
   params, optimizer state and per-step losses as two uninterrupted epochs."""
   strategy = _strategies(data)[name]
-  want = train.fit(_state(data), strategy, epochs=2)
+  want = loop.fit(_state(data), strategy, epochs=2)
   ckpt = Checkpointer(tmp_path / name, every_steps=3, keep=2)
   with pytest.raises(Interrupt):
-    train.fit(_state(data), strategy, epochs=2, checkpointer=ckpt, callback=_interrupt_at(8))
+    loop.fit(_state(data), strategy, epochs=2, checkpointer=ckpt, callback=_interrupt_at(8))
   assert ckpt.latest_step() == 6
-  got = train.fit(
+  got = loop.fit(
     _state(data),
     strategy,
     epochs=2,
@@ -90,8 +90,8 @@ def test_interrupted_then_resumed_fit_is_bit_identical(tmp_path, data, name):
 
 def test_resuming_a_finished_run_trains_nothing_more(tmp_path, data):
   strategy = _strategies(data)["tbptt"]
-  first = train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path))
-  again = train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path))
+  first = loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path))
+  again = loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path))
   assert again.resumed_from == len(first.history)
   assert len(again.history) == len(first.history)
   assert _bit_identical(again.state.params, first.state.params)
@@ -111,7 +111,7 @@ def interrupted(tmp_path_factory, data):
   """Checkpoints at steps 3, 6 and 9 of a tbptt run stopped at step 10."""
   directory = tmp_path_factory.mktemp("interrupted")
   with pytest.raises(Interrupt):
-    train.fit(
+    loop.fit(
       _state(data),
       _strategies(data)["tbptt"],
       epochs=2,
@@ -145,7 +145,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
     (latest / "arrays" / "_METADATA").write_text("{not json")
   with quiet_orbax():  # what the runner and the mains enter
     with pytest.warns(RuntimeWarning, match=rf"checkpoint {latest} is damaged or incomplete"):
-      got = train.fit(
+      got = loop.fit(
         _state(data),
         strategy,
         epochs=1,
@@ -180,9 +180,9 @@ def test_damage_that_reads_is_caught_by_the_checksum_moved_aside_and_saved_over(
   directory = _damage_that_reads(interrupted, tmp_path)
   shutil.copytree(interrupted, tmp_path / "intact")
   shutil.rmtree(tmp_path / "intact" / "9")
-  want = train.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path / "intact"))
+  want = loop.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path / "intact"))
   with pytest.warns(RuntimeWarning) as caught:
-    got = train.fit(
+    got = loop.fit(
       _state(data),
       strategy,
       epochs=2,
@@ -215,7 +215,7 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_directory(tmp_path, dat
       CheckpointError, match=rf"(?s)every checkpoint in {directory} is damaged.*resume=False"
     ),
   ):
-    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory))
+    loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory))
 
 
 def test_history_is_appended_once_not_saved_whole_at_every_checkpoint(tmp_path, data, interrupted):
@@ -248,8 +248,8 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
   strategy, directory = _copy_of(interrupted, tmp_path, data)
   with open(directory / "history.jsonl", "a") as f:
     f.write('{"step": 10, "lo')
-  want = train.fit(_state(data), strategy, epochs=2)
-  got = train.fit(
+  want = loop.fit(_state(data), strategy, epochs=2)
+  got = loop.fit(
     _state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
   )
   assert got.resumed_from == 9
@@ -262,14 +262,14 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
   lines[7] = lines[7].replace('"step": 8', '"step": 80')
   (directory / "history.jsonl").write_text("".join(lines))
   with pytest.warns(RuntimeWarning, match=r"checkpoint .*/9 is damaged.*first 9 steps are not"):
-    got = train.fit(
+    got = loop.fit(
       _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
     )
   assert got.resumed_from == 6
   lines[0] = lines[0].replace('"step": 1', '"step": 10')
   (directory / "history.jsonl").write_text("".join(lines))
   with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="history.jsonl"):
-    train.fit(
+    loop.fit(
       _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
     )
 
@@ -281,13 +281,13 @@ def test_checkpoints_with_the_history_inside_still_resume(tmp_path, data, monkey
   with monkeypatch.context() as m:  # saves as before: the history inline
     m.setattr(Checkpointer, "_log_history", lambda self, history: dict(history=history))
     with pytest.raises(Interrupt):
-      train.fit(
+      loop.fit(
         _state(data), strategy, epochs=2, callback=_interrupt_at(8),
         checkpointer=Checkpointer(tmp_path, every_steps=3),
       )  # fmt: skip
   assert not (tmp_path / "history.jsonl").exists()
-  want = train.fit(_state(data), strategy, epochs=2)
-  got = train.fit(
+  want = loop.fit(_state(data), strategy, epochs=2)
+  got = loop.fit(
     _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3)
   )
   assert got.resumed_from == 6
@@ -304,7 +304,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, data, interrupted):
     match=r"written by a different run \(seed: checkpoint 2, "
     r"this run 3[,)].*new workdir",
   ):
-    train.fit(_state(data), other, epochs=1, checkpointer=Checkpointer(directory))
+    loop.fit(_state(data), other, epochs=1, checkpointer=Checkpointer(directory))
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -326,7 +326,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     match=rf"the loss became inf at step {bad_step} .*"
     rf"last good checkpoint is in {tmp_path}",
   ):
-    train.fit(state, strategy, epochs=1, checkpointer=ckpt)
+    loop.fit(state, strategy, epochs=1, checkpointer=ckpt)
   assert ckpt.steps() == list(range(1, bad_step))
   arrays, _ = ckpt.read()
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(arrays["params"]))
@@ -526,7 +526,7 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   disk has room again, the same call resumes from the last good checkpoint and ends where an
   uninterrupted run does."""
   strategy = _strategies(data)["tbptt"]
-  want = train.fit(_state(data), strategy, epochs=2)
+  want = loop.fit(_state(data), strategy, epochs=2)
   ckpt = Checkpointer(tmp_path, every_steps=3, keep=5)
   enospc = ValueError(
     'RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: Failed to '
@@ -534,14 +534,14 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   )
   _fail_writes_from(ckpt, 9, enospc)
   with pytest.raises(CheckpointError) as e:
-    train.fit(_state(data), strategy, epochs=2, checkpointer=ckpt)
+    loop.fit(_state(data), strategy, epochs=2, checkpointer=ckpt)
   msg = str(e.value)
   assert f"could not write the checkpoint of step 9 in {tmp_path}" in msg
   assert "No space left on device" in msg and "MiB free there" in msg
   assert "partial write was removed (9.orbax-checkpoint-tmp)" in msg
   assert "steps [3, 6]) are intact" in msg and "resume from step 6" in msg
   assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "6", "history.jsonl"]  # complete ones
-  got = train.fit(
+  got = loop.fit(
     _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3, keep=5)
   )
   assert got.resumed_from == 6
@@ -552,20 +552,18 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
 def test_checkpoint_with_other_settings_is_refused_naming_the_keys(tmp_path, data):
   strategy = _strategies(data)["tbptt"]
   settings = {"optimizer.learning_rate": 0.003, "model.hidden_size": 8}
-  train.fit(
-    _state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings
-  )
+  loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings)
   other = dict(settings, **{"optimizer.learning_rate": 0.03})
   with pytest.raises(
     CheckpointError,
     match=r"optimizer.learning_rate: 0.003 there, 0.03 here.*"
     r"--config.resume=False",
   ):
-    train.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=other)
+    loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=other)
   with pytest.raises(CheckpointError, match="optimizer.learning_rate: 0.003 there, 0.03 here"):
     Checkpointer.check_settings(str(tmp_path), other)  # what the runner checks up front
   Checkpointer.check_settings(str(tmp_path), settings)
-  again = train.fit(
+  again = loop.fit(
     _state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings
   )
   assert again.resumed_from is not None

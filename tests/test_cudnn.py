@@ -261,14 +261,14 @@ def test_the_runner_fuses_the_rows_whose_layout_allows_and_records_it(tmp_path, 
 
 
 def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_cannot():
-  """train.fit with backend="reference": a pad strategy's steps take the rows' lengths and train
+  """loop.fit with backend="reference": a pad strategy's steps take the rows' lengths and train
   to the scan's parameters (1e-5 over a few Adam steps) with one compile; an explicit fused
   backend asked to train packed rows, or with dropout on, is one ConfigError before any step."""
   import flax.linen as nn
   import optax
 
   from helpers import ragged_features
-  from lstm_jax import batching, train
+  from lstm_jax import batching, loop, train
   from lstm_jax.backend import step_backend
   from lstm_jax.errors import ConfigError
   from lstm_jax.model import SequenceModel
@@ -278,7 +278,7 @@ def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_
   for backend in ("scan", "reference"):
     model = SequenceModel(H, 2, backend=backend)
     state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
-    results[backend] = train.fit(state, batching.Pad(ds, batch_size=4), epochs=2)
+    results[backend] = loop.fit(state, batching.Pad(ds, batch_size=4), epochs=2)
   fused = results["reference"]
   assert step_backend(fused.state.model, right_padded=True, training=True) == "reference"
   assert step_backend(nn.Dense(2), right_padded=True) == "scan"  # one's own module: as it is
@@ -286,8 +286,8 @@ def test_train_fit_fuses_right_padded_rows_and_refuses_what_an_explicit_backend_
   assert max_rel_err(fused.state.params, results["scan"].state.params) <= TOL
   pack = batching.Pack(ds, batch_size=2, row_length=12)
   with pytest.raises(ConfigError, match="backend='reference' runs right-padded rows, one sequence"):
-    train.fit(fused.state, pack, epochs=1)
+    loop.fit(fused.state, pack, epochs=1)
   dropped = SequenceModel(H, 2, backend="reference", dropout_rate=0.5, num_layers=2)
   state = train.create_train_state(dropped, optax.adam(1e-2), ds, seed=0)
   with pytest.raises(ConfigError, match="dropout is in use"):
-    train.fit(state, batching.Pad(ds, batch_size=4), epochs=1)
+    loop.fit(state, batching.Pad(ds, batch_size=4), epochs=1)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 
 from helpers import ragged_features
-from lstm_jax import batching, evaluation, train
+from lstm_jax import batching, evaluation, loop, train
 from lstm_jax.model import LSTM, SequenceModel
 
 
@@ -38,9 +38,7 @@ def test_training_steps_draw_new_masks_and_repeat_with_the_seed():
   strategy = batching.Pad(ds, batch_size=4)
 
   def run():
-    return train.fit(
-      train.create_train_state(model, optax.sgd(0.0), ds, seed=0), strategy, epochs=3
-    )
+    return loop.fit(train.create_train_state(model, optax.sgd(0.0), ds, seed=0), strategy, epochs=3)
 
   first, second = run(), run()
   losses = [h["loss"] for h in first.history]

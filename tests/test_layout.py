@@ -31,6 +31,7 @@ LAYERS = (
     "sharding",
     "prefetch",
     "train",
+    "loop",
     "evaluation",
   ),  # training
   ("convert", "streaming", "nnx_model", "baselines", "interop"),  # tools
@@ -103,9 +104,9 @@ def test_the_index_exports_the_research_names_lazily():
   import sys
 
   import lstm_jax
-  from lstm_jax import batching, model, train
+  from lstm_jax import batching, loop, model
 
-  assert lstm_jax.Bucket is batching.Bucket and lstm_jax.fit is train.fit
+  assert lstm_jax.Bucket is batching.Bucket and lstm_jax.fit is loop.fit
   assert lstm_jax.RNN is model.LSTM and lstm_jax.BidirectionalRNN is model.BidirectionalLSTM
   # what the README's first example imports, and the base class a strategy of one's own needs
   assert {"tasks", "Strategy"} <= set(lstm_jax.__all__)

@@ -1,6 +1,6 @@
 """The Flax NNX front end: linen's parameter layout (weights convert both ways exactly), the
 same outputs and gradients for the same weights, training under every strategy with compiles
-counted, and a hand-written NNX loop over lstm_jax batches that follows train.fit."""
+counted, and a hand-written NNX loop over lstm_jax batches that follows loop.fit."""
 
 import dataclasses
 import inspect
@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from helpers import HalfCell, four_strategies, max_rel_err, ragged_features
-from lstm_jax import batching, evaluation, nnx_model, train
+from lstm_jax import batching, evaluation, loop, nnx_model, train
 from lstm_jax import model as linen_model
 from lstm_jax.data import next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
@@ -99,12 +99,12 @@ def test_nnx_model_trains_under_every_strategy_with_compiles_counted(name):
 
 
 def test_hand_written_nnx_loop_follows_train_fit():
-  """nnx.Optimizer and nnx.jit over a strategy's batches give train.fit's parameters."""
+  """nnx.Optimizer and nnx.jit over a strategy's batches give loop.fit's parameters."""
   ds = ragged_features(LENGTHS, num_features=3, seed=0)
   strategy = batching.Bucket(ds, batch_size=3, boundaries=[4, 8, 12])
   tx = optax.adam(1e-2)
   m = _model(seed=1)
-  reference = train.fit(nnx_model.train_state(m, tx, ds), strategy, epochs=2)
+  reference = loop.fit(nnx_model.train_state(m, tx, ds), strategy, epochs=2)
 
   optimizer = nnx.Optimizer(m, tx, wrt=nnx.Param)
 

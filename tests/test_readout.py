@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import batching, evaluation, readout, train
+from lstm_jax import batching, evaluation, loop, readout, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.errors import ConfigError, DataError
 from lstm_jax.model import LSTM, SequenceModel
@@ -183,7 +183,7 @@ def test_last_is_the_default_and_a_pooled_model_trains():
   state = train.create_train_state(SequenceModel(H, CLASSES, readout="mean"), optax.adam(3e-2), ds)
   pad = batching.Pad(ds, batch_size=4)
   before = evaluation.evaluate(state, pad)["loss"]
-  result = train.fit(state, pad, epochs=30)
+  result = loop.fit(state, pad, epochs=30)
   assert evaluation.evaluate(result.state, pad)["loss"] < 0.7 * before
 
 

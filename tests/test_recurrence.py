@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import batching, recurrence, train
+from lstm_jax import batching, loop, recurrence, train
 from lstm_jax.errors import ConfigError
 from lstm_jax.layers import BACKWARDS, MATMUL_DTYPES
 from lstm_jax.model import SequenceModel
@@ -118,7 +118,7 @@ def test_train_steps_agree(strategy):
   for b in BACKWARDS:
     model = SequenceModel(H, num_outputs=2, backward=b)
     state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
-    result = train.fit(state, strat, epochs=1)
+    result = loop.fit(state, strat, epochs=1)
     params[b] = result.state.params
   assert max_rel_err(params["manual"], params["autodiff"]) <= TOL
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from helpers import max_rel_err, ragged_features
-from lstm_jax import batching, compiles, evaluation, tasks, train
+from lstm_jax import batching, compiles, evaluation, loop, tasks, train
 from lstm_jax.compiles import CountedJit
 from lstm_jax.data import RaggedDataset, next_token_dataset
 from lstm_jax.errors import ConfigError, DataError
@@ -61,7 +61,7 @@ def test_compile_counts_per_strategy(data, name):
   """pad, tbptt, pack: one train compile for two epochs of mixed lengths; bucket: one per
   bucket; pad_batch_max: one per distinct batch maximum. Traces equal compiles (no retrace)."""
   strategy, expected = _compile_case(name, data)
-  result = train.fit(_state(data), strategy, epochs=2)
+  result = loop.fit(_state(data), strategy, epochs=2)
   steps = result.steps.train
   assert steps.compiles == expected
   assert steps.traces == expected
@@ -99,7 +99,7 @@ def test_counted_jit_counts_a_new_shape_and_never_repeats():
 def test_every_parameter_changes_after_one_step(data):
   state = _state(data, num_layers=2)
   before = jax.tree.map(np.asarray, state.params)
-  result = train.fit(state, batching.Pad(data, batch_size=40), epochs=1)
+  result = loop.fit(state, batching.Pad(data, batch_size=40), epochs=1)
   after = result.state.params
   flat_before = jax.tree_util.tree_flatten_with_path(before)[0]
   unchanged = [
@@ -115,7 +115,7 @@ def test_learns_the_adding_problem_well_below_the_trivial_baseline():
   ds = tasks.adding_problem(3000, tasks.LengthDistribution("uniform", 4, 16), seed=0)
   tr, ev = ds.split(0.1, seed=0)
   state = _state(tr, hidden=32, lr=1e-2)
-  result = train.fit(state, batching.Bucket(tr, batch_size=32, num_buckets=3), epochs=8)
+  result = loop.fit(state, batching.Bucket(tr, batch_size=32, num_buckets=3), epochs=8)
   loss = evaluation.evaluate(result.state, batching.Pad(ev, batch_size=100))["loss"]
   assert loss < 0.1 * tasks.ADDING_BASELINE_MSE, loss
 
@@ -139,7 +139,7 @@ def test_losses_accumulate_as_sums_not_means_of_batches(data):
 def test_same_seed_same_numbers(data):
   runs = []
   for _ in range(2):
-    r = train.fit(
+    r = loop.fit(
       _state(data, seed=5), batching.TBPTT(data, num_streams=4, chunk_length=6, seed=5), epochs=2
     )
     runs.append(([h["loss"] for h in r.history], jax.tree.map(np.asarray, r.state.params)))
@@ -147,14 +147,14 @@ def test_same_seed_same_numbers(data):
   assert all(
     np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1]))
   )
-  other = train.fit(
+  other = loop.fit(
     _state(data, seed=6), batching.TBPTT(data, num_streams=4, chunk_length=6, seed=5), epochs=1
   )
   assert [h["loss"] for h in other.history] != runs[0][0][: len(other.history)]
 
 
 def test_fit_records_each_step_and_stops_at_a_token_budget(data):
-  result = train.fit(_state(data), batching.Pad(data, batch_size=8), real_tokens=100)
+  result = loop.fit(_state(data), batching.Pad(data, batch_size=8), real_tokens=100)
   assert result.real_tokens >= 100 and result.real_tokens - result.history[-1]["real_tokens"] < 100
   for key in ("step", "epoch", "loss", "real_tokens", "computed_tokens", "step_seconds", "shape"):
     assert key in result.history[0]
@@ -163,7 +163,7 @@ def test_fit_records_each_step_and_stops_at_a_token_budget(data):
 
 def test_tbptt_carry_is_handed_on_within_an_epoch(data):
   strategy = batching.TBPTT(data, num_streams=4, chunk_length=6)
-  result = train.fit(_state(data), strategy, epochs=1)
+  result = loop.fit(_state(data), strategy, epochs=1)
   assert result.carry is not None and float(jnp.abs(result.carry[0][1]).max()) > 0
 
 
@@ -176,7 +176,7 @@ def test_token_language_model_learns_a_rule_it_could_not_guess():
   ds = next_token_dataset(seqs, 12)
   state = _state(ds, num_layers=2, vocab_size=12, embed_dim=8)
   before = evaluation.evaluate(state, batching.Pad(ds, batch_size=40))
-  result = train.fit(state, batching.Pack(ds, batch_size=4), epochs=30)
+  result = loop.fit(state, batching.Pack(ds, batch_size=4), epochs=30)
   assert result.steps.train.compiles == 1
   after = evaluation.evaluate(result.state, batching.Pad(ds, batch_size=40))
   assert before["accuracy"] < 0.25 and before["loss"] > 0.8 * np.log(12)
@@ -196,7 +196,7 @@ def test_feature_size_differs_from_the_model(data):
   other = ragged_features(LENGTHS, num_features=5)
   steps = train.StepFunctions.create()
   with pytest.raises(DataError, match="5 features per step but the model was initialised for 3"):
-    train.fit(state, batching.Pad(other, batch_size=8), epochs=1, steps=steps)
+    loop.fit(state, batching.Pad(other, batch_size=8), epochs=1, steps=steps)
   assert steps.train.compiles == 0
 
 
@@ -210,7 +210,7 @@ def test_token_data_into_a_feature_model(data):
 
 def test_fit_needs_a_stopping_rule(data):
   with pytest.raises(ConfigError, match="epochs or real_tokens"):
-    train.fit(_state(data), batching.Pad(data, batch_size=8))
+    loop.fit(_state(data), batching.Pad(data, batch_size=8))
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def _cached_steps(ds, cache_dir, learning_rate=1e-2, hidden=8):
     state = train.create_train_state(model, optax.adam(learning_rate), ds, seed=0)
     steps = train.StepFunctions.create()
     strategy = batching.Bucket(ds, batch_size=4, boundaries=[16])
-    result = train.fit(state, strategy, epochs=1, steps=steps)
+    result = loop.fit(state, strategy, epochs=1, steps=steps)
   finally:
     compiles.disable_executable_cache()
   return steps.train, result.state.params
@@ -316,8 +316,8 @@ def test_relayout_keeps_the_training_trajectory(source, layout):
       s.sequence for r in b.rows for s in r
     )
     assert a.real_tokens == b.real_tokens
-  want = train.fit(_state(data), src, epochs=2)
-  got = train.fit(_state(data), relaid, epochs=2)
+  want = loop.fit(_state(data), src, epochs=2)
+  got = loop.fit(_state(data), relaid, epochs=2)
   assert len(want.history) == len(got.history) == 2 * len(src.plan(0))
   np.testing.assert_allclose(
     [h["loss"] for h in got.history], [h["loss"] for h in want.history], rtol=1e-5
@@ -350,7 +350,7 @@ def test_fit_assembles_the_next_batch_while_the_step_runs(data, monkeypatch):
   monkeypatch.setattr(train.StepFunctions, "batch", logged("assemble", batch))
   monkeypatch.setattr(CountedJit, "__call__", logged("dispatch", call))
   monkeypatch.setattr(jax, "device_get", logged("fetch", get))
-  result = train.fit(state, strategy, epochs=1, steps=steps, prefetch=0)  # in the loop
+  result = loop.fit(state, strategy, epochs=1, steps=steps, prefetch=0)  # in the loop
   n = len(result.history)
   assert n == len(strategy.plan(0)) >= 3
   expected = ["assemble", "dispatch"]
@@ -370,7 +370,7 @@ def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch
   assembled in the loop (tbptt: the carry crosses batches), and no thread is left after."""
   strategy = batching.TBPTT(data, num_streams=4, chunk_length=6)
   steps = train.StepFunctions.create()
-  want = train.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=0)
+  want = loop.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=0)
   batch, call = train.StepFunctions.batch, CountedJit.__call__
   assembled, where, dispatched = [], set(), []
   ready = [threading.Event() for _ in range(len(want.history) + 2)]
@@ -391,7 +391,7 @@ def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch
 
   monkeypatch.setattr(train.StepFunctions, "batch", assemble)
   monkeypatch.setattr(CountedJit, "__call__", dispatch)
-  got = train.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=2)
+  got = loop.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=2)
   assert where == {"fit-batches"}
   assert len(assembled) == len(want.history)  # nothing assembled past the last step
   assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
@@ -407,9 +407,9 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
   planned = []
   plan = strategy._plan
   monkeypatch.setattr(strategy, "_plan", lambda e, rng: planned.append(e) or plan(e, rng))
-  train.fit(_state(data), strategy, epochs=1, prefetch=3)
+  loop.fit(_state(data), strategy, epochs=1, prefetch=3)
   assert planned == [0]  # the epoch's last batch ends the stream: epoch 1 is never planned
-  result = train.fit(_state(data), strategy, real_tokens=20, prefetch=3)
+  result = loop.fit(_state(data), strategy, real_tokens=20, prefetch=3)
   assert len(result.history) < len(strategy.plan(0))  # stopped with the thread ahead of it
   assert _fit_threads() == []
 
@@ -424,7 +424,7 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
   monkeypatch.setattr(train.StepFunctions, "batch", damaged)
   seen = []
   with pytest.raises(DataError, match="truncated"):
-    train.fit(_state(data), strategy, epochs=1, prefetch=2, callback=seen.append)
+    loop.fit(_state(data), strategy, epochs=1, prefetch=2, callback=seen.append)
   # no batch after it; of the two steps before it, the first is recorded (the second's metrics
   # are fetched once a third is dispatched, as without the thread)
   assert len(calls) == 3 and len(seen) == 1
@@ -440,10 +440,10 @@ def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(dat
   order = train.shapes_in_order(strategy, 0)
   assert order[0] == strategy.plan(0)[0].shape and sorted(order) == strategy.shapes()
   assert train.shapes_in_order(strategy, 0, first=[order[-1]])[0] == order[-1]
-  ahead = train.fit(_state(data), strategy, epochs=2)
+  ahead = loop.fit(_state(data), strategy, epochs=2)
   results = {}
   for mode in ("background", "lazily"):
-    results[mode] = train.fit(_state(data), strategy, epochs=2, compile_shapes=mode)
+    results[mode] = loop.fit(_state(data), strategy, epochs=2, compile_shapes=mode)
   for mode, result in results.items():
     fn = result.steps.train
     assert fn.compiles == fn.traces == len(strategy.shapes()) == 4, mode
@@ -453,7 +453,7 @@ def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(dat
   assert sum(h["compiled"] for h in results["lazily"].history) == 4  # each shape, once
   assert not any(h["compiled"] for h in ahead.history)
   with pytest.raises(ConfigError, match=r"compile_shapes must be one of \('ahead', 'lazily'"):
-    train.fit(_state(data), strategy, epochs=1, compile_shapes=True)  # the old tri-state's True
+    loop.fit(_state(data), strategy, epochs=1, compile_shapes=True)  # the old tri-state's True
 
 
 def test_a_background_compile_error_reaches_the_caller(data):
@@ -489,7 +489,7 @@ def test_predict_gives_each_sequence_what_it_gives_alone_and_evaluates_the_same(
   ds = RaggedDataset(feats.values, lengths, labels, target_level="sequence", num_classes=3)
   model = SequenceModel(8, num_outputs=3)
   state = train.create_train_state(model, optax.adam(1e-2), ds, seed=1)
-  state = train.fit(state, batching.Pad(ds, batch_size=6), epochs=2).state
+  state = loop.fit(state, batching.Pad(ds, batch_size=6), epochs=2).state
   got = evaluation.predict(state, ds, batch_size=8, num_buckets=3)
   assert got.compiles == 3 and len(got.outputs) == len(ds)
   for i in np.argsort(lengths)[::6]:  # five sequences, short to long
@@ -596,12 +596,12 @@ def test_a_custom_loss_trains_under_any_strategy_and_stays_exact():
     return optax.softmax_cross_entropy(preds, optax.smooth_labels(jax.nn.one_hot(targets, 4), 0.2))
 
   pad = batching.Pad(ds, batch_size=8, seed=1)
-  plain = train.fit(state(), pad, epochs=2)
-  same = train.fit(state(cross_entropy), pad, epochs=2)
+  plain = loop.fit(state(), pad, epochs=2)
+  same = loop.fit(state(cross_entropy), pad, epochs=2)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain.state.params),
                                                   jax.tree.leaves(same.state.params)))  # fmt: skip
   runs = {
-    name: train.fit(state(smoothed), strategy, epochs=2)
+    name: loop.fit(state(smoothed), strategy, epochs=2)
     for name, strategy in (
       ("pad", pad),
       ("bucket", batching.Bucket(ds, batch_size=8, num_buckets=3)),

@@ -13,7 +13,7 @@ Parts (each its own fresh process, so one part's memory never shows in another's
 - larger_than_memory: a second store of documents at least 4x a memory cgroup's limit trains
   under tbptt, pack and bucket for a few steps inside that cgroup; RssAnon at the end and the
   cgroup's peak usage. Needs root and cgroup v1 memory (skipped with the reason otherwise).
-- fit: `train.fit` on the same data from a store and from memory, side by side in alternating
+- fit: `loop.fit` on the same data from a store and from memory, side by side in alternating
   rounds (medians), with the store's page cache warm and dropped (cold).
 - parquet: an uncompressed Parquet file of token ids and labels, larger than a memory cgroup's
   limit, written into a store by `prepare_store("parquet")` inside that cgroup (pyarrow needed).
@@ -285,7 +285,7 @@ def part_train_in_cgroup(store_dir: str, strategies: list[str], steps: int) -> d
   """Trains each strategy for `steps` steps on the store (run inside the memory cgroup)."""
   import optax
 
-  from lstm_jax import batching, store, train
+  from lstm_jax import batching, loop, store, train
   from lstm_jax.model import SequenceModel
 
   ds = store.open_store(store_dir)
@@ -305,7 +305,7 @@ def part_train_in_cgroup(store_dir: str, strategies: list[str], steps: int) -> d
     with PeakAnon() as mem:
       strategy = makers[name]()
       budget = sum(int(strategy.plan(0).real_tokens[i]) for i in range(steps))
-      result = train.fit(state, strategy, real_tokens=budget)
+      result = loop.fit(state, strategy, real_tokens=budget)
     out[name] = dict(
       steps=len(result.history),
       real_tokens=result.real_tokens,
@@ -411,7 +411,7 @@ def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
   """fit on the store and on the same data in memory, alternating, tbptt; medians of rounds."""
   import optax
 
-  from lstm_jax import batching, data, store, train
+  from lstm_jax import batching, data, loop, store, train
   from lstm_jax.model import SequenceModel
 
   st = store.open_store(store_dir)
@@ -432,7 +432,7 @@ def part_fit(store_dir: str, rounds: int, cold: bool) -> dict:
         drop_page_cache(store_dir)
       strategy = batching.TBPTT(ds, tokens_per_step=8192, chunk_length=64, seed=r)
       state = train.create_train_state(model, optax.adam(1e-3), ds)
-      result = train.fit(state, strategy, epochs=1, steps=steps, prefetch=prefetch)
+      result = loop.fit(state, strategy, epochs=1, steps=steps, prefetch=prefetch)
       if r:  # round 0 compiles: not timed
         steady = result.history[1:]
         times[kind].append(

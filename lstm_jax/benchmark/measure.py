@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_jax import batching, host, tasks, train
+from lstm_jax import batching, host, loop, tasks, train
 from lstm_jax.data import RaggedDataset
 from lstm_jax.model import SequenceModel
 
@@ -605,11 +605,11 @@ def memory_table(cfg, dataset: RaggedDataset, lengths=(64, 128, 256, 512)) -> li
 
 
 def fit_overhead(name: str, strategy: batching.Strategy, cfg, rounds: int = 5) -> dict:
-  """`train.fit` (batch assembly, host-to-device transfer, per-step bookkeeping: research code's
+  """`loop.fit` (batch assembly, host-to-device transfer, per-step bookkeeping: research code's
   loop) against the benchmark's pre-assembled passes over the same batches, side by side.
 
   Each round times one pre-assembled pass (`time_ours`'s loop over batches assembled before the
-  timer) and one `train.fit` call over the same first batches of epoch 0 (the call's whole wall
+  timer) and one `loop.fit` call over the same first batches of epoch 0 (the call's whole wall
   time: its checks, the stream of plans, assembly, the steps and the last step's metrics), from
   copies of the same state, all shapes compiled before. Returns the per-round ratios of fit's
   real tokens/s to the pre-assembled pass's, and their median: 1 - median is what fit loses.
@@ -635,7 +635,7 @@ def fit_overhead(name: str, strategy: batching.Strategy, cfg, rounds: int = 5) -
   def fit_pass() -> float:
     st = jax.tree.map(jnp.copy, state)
     t0 = time.perf_counter()
-    result = train.fit(st, strategy, real_tokens=real, steps=steps)
+    result = loop.fit(st, strategy, real_tokens=real, steps=steps)
     jax.block_until_ready(result.state)
     assert len(result.history) == len(batches), (len(result.history), len(batches))
     return time.perf_counter() - t0

@@ -272,7 +272,7 @@ def _allocator_probe(cfg, ours: list, peers: list) -> dict | None:
 
 
 def _fit_overheads(cfg, strategies: dict) -> list[dict]:
-  """train.fit against the pre-assembled passes, per row named; none without paired rounds
+  """loop.fit against the pre-assembled passes, per row named; none without paired rounds
   (the figure is a median over them)."""
   overhead = []
   for name in cfg.fit_overhead_rows if cfg.paired_rounds else ():
@@ -530,7 +530,7 @@ def markdown(r: dict) -> str:
   for o in r.get("fit_overhead") or []:
     lines += [
       "",
-      f"`train.fit` against the pre-assembled passes ({o['strategy']}, the same "
+      f"`loop.fit` against the pre-assembled passes ({o['strategy']}, the same "
       f"{o['steps']} batches and {o['real_tokens']:,} real tokens, all shapes compiled before; "
       f"each of {o['rounds']} rounds one pre-assembled pass then one `fit` call, timed whole: "
       "its checks, the plans, batch assembly and transfer, the steps, the last metrics): fit "
@@ -626,7 +626,7 @@ def targets(r: dict) -> list[str]:
     )
   for o in r.get("fit_overhead") or []:
     out.append(
-      f"| train.fit loses <= 3% against the pre-assembled passes | {o['strategy']}: "
+      f"| loop.fit loses <= 3% against the pre-assembled passes | {o['strategy']}: "
       f"{100 * (1 - o['ratio']):.1f}% | {mark(o['ratio'] >= 0.97)} |"
     )
   if best is None:

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   # malloc arena made XLA's compiles 1.45x slower (docs/speed.md). True: tune it.
   c.tune_malloc = False
   # Threads compiling a row's train-step shapes in the background, from its first step on, in
-  # the order training meets them (train.fit(compile_shapes="background")): the first step
+  # the order training meets them (loop.fit(compile_shapes="background")): the first step
   # waits only for its own shape. 0: each shape compiles when training first meets it.
   c.background_compiles = 1
   # Predict each row's steps, compiles, padding and seconds before training (runner.costs: a

@@ -32,7 +32,7 @@ def _row_setting(name: str) -> str:
 
 def planned_plans(strategy: Strategy, real_tokens: int | None, epochs: int | None) -> dict:
   """The optimizer steps a run of `strategy` will take, epoch by epoch until `real_tokens` are
-  reached or `epochs` are done, as `train.fit` stops: per step, its batch_size, length and
+  reached or `epochs` are done, as `loop.fit` stops: per step, its batch_size, length and
   real_tokens (<int64>[steps] arrays, from the plans' arrays: no batch is built)."""
   parts, total, epoch = [], 0, 0
   while True:

@@ -1,7 +1,7 @@
 """One row of the comparison: a strategy and a seed trained, evaluated and recorded.
 
 `run_strategy` builds what the row needs (or takes it ready), resumes it from its checkpoints,
-trains it through `train.fit` on the row's clock (`RowClock`), evaluates it on the held-out
+trains it through `loop.fit` on the row's clock (`RowClock`), evaluates it on the held-out
 split along the way (`EvalCurve`), keeps the model of best validation for a test split
 (`BestOnValidation`), scores it class by class, writes its TensorBoard runs and returns the
 row (`report.Row`), its step records and its curve. `lstm_jax.runner.experiment` runs the rows
@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import serialization
 
-from lstm_jax import baselines, batching, compiles, evaluation, train
+from lstm_jax import baselines, batching, compiles, evaluation, loop, train
 from lstm_jax.checkpoint import Checkpointer
 from lstm_jax.data import RaggedDataset
 from lstm_jax.environment import versions
@@ -301,7 +301,7 @@ def run_strategy(
   # the bar's 100%: the budget's real tokens, or all the planned epochs' (not the first one's)
   log.start(name, seed, cfg.train.real_tokens or int(planned.sum()), strategy, metric)
   resumed = (
-    train.resume(checkpointer, state, strategy, steps, settings)
+    loop.resume(checkpointer, state, strategy, steps, settings)
     if checkpointer is not None
     else None
   )
@@ -328,7 +328,7 @@ def run_strategy(
     )
   clock.tick(compiled_ahead)  # the compile made before the first step
   try:
-    result = train.fit(
+    result = loop.fit(
       state,
       strategy,
       epochs=cfg.train.epochs or None,

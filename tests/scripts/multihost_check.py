@@ -24,7 +24,7 @@ import optax  # noqa: E402
 from test_sharding import MULTIHOST_LENGTHS  # noqa: E402
 
 from helpers import ragged_features  # noqa: E402
-from lstm_jax import batching, metric_writers, store, train  # noqa: E402
+from lstm_jax import batching, loop, metric_writers, store, train  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 from lstm_jax.preemption import Preempted, Preemption  # noqa: E402
@@ -51,7 +51,7 @@ for source, ds in (
     ("tbptt", batching.TBPTT(ds, num_streams=8, chunk_length=5)),
   ):
     state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
-    r = train.fit(state, strategy, epochs=1, steps=train.StepFunctions.create(mesh))
+    r = loop.fit(state, strategy, epochs=1, steps=train.StepFunctions.create(mesh))
     out[source + name] = [h["loss"] for h in r.history]
     held += sum(h["real_tokens"] for h in r.history) if source else 0
 print(f"READ {jax.process_index()} {read['steps']} {held}")
@@ -74,7 +74,7 @@ EPOCHS = 12  # steps enough for the agreement
 
 def tbptt_fit(**kwargs):
   state = train.create_train_state(SequenceModel(8, num_outputs=2), optax.adam(1e-2), ds)
-  return train.fit(state, strategy, epochs=EPOCHS, steps=steps, **kwargs)
+  return loop.fit(state, strategy, epochs=EPOCHS, steps=steps, **kwargs)
 
 
 # TensorBoard from process 0 only (CLU's just_logging), when the extra is installed

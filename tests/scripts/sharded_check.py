@@ -17,7 +17,7 @@ import optax
 
 sys.path.insert(0, sys.argv[1])
 from helpers import ragged_features  # noqa: E402
-from lstm_jax import batching, evaluation, sharding, train  # noqa: E402
+from lstm_jax import batching, evaluation, loop, sharding, train  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
 LENGTHS = np.random.default_rng(5).integers(1, 20, size=48)
@@ -49,7 +49,7 @@ def library() -> dict:
         spec = str(b.inputs.sharding.spec)
       else:
         seen = [list(b.inputs.shape)]
-      r = train.fit(state, strategy, epochs=1, steps=steps)
+      r = loop.fit(state, strategy, epochs=1, steps=steps)
       exe = next(iter(steps.train._executables.values()))
       runs[label] = dict(
         losses=[h["loss"] for h in r.history],
@@ -63,7 +63,7 @@ def library() -> dict:
     out[name] = runs
   try:
     batching_err = None
-    train.fit(
+    loop.fit(
       train.create_train_state(SequenceModel(8, 2), optax.adam(1e-2), ds),
       batching.Pad(ds, batch_size=6),
       epochs=1,

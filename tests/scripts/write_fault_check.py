@@ -27,7 +27,7 @@ import optax  # noqa: E402
 from orbax.checkpoint._src.path import async_path  # noqa: E402
 
 from helpers import ragged_features  # noqa: E402
-from lstm_jax import batching, errors, train  # noqa: E402
+from lstm_jax import batching, errors, loop, train  # noqa: E402
 from lstm_jax.checkpoint import Checkpointer, quiet_orbax  # noqa: E402
 from lstm_jax.errors import CheckpointError  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
@@ -67,7 +67,7 @@ def fault(mode: str, directory: str) -> CheckpointError:
       break_directory(mode, directory)
 
   try:
-    train.fit(
+    loop.fit(
       state,
       batching.TBPTT(ds, num_streams=4, chunk_length=7, seed=2),
       epochs=2,
