@@ -11,6 +11,7 @@ LAYERS = (
   ("recurrence", "cudnn", "readout", "backend", "layers", "model"),  # model core
   (
     "data",
+    "store_writer",
     "store",
     "normalization",
     "tasks",
