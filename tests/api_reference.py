@@ -19,7 +19,10 @@ import lstm_jax  # noqa: E402
 
 # the index's groups, in its order: (heading, the module names its entries come from)
 GROUPS = (
-  ("Data", ("data", "store", "store_writer", "tasks", "sources", "labelled_files", "normalization")),
+  (
+    "Data",
+    ("data", "store", "store_writer", "tasks", "sources", "labelled_files", "normalization"),
+  ),
   ("Strategies", ("batching",)),
   ("Models", ("model", "nnx_model")),
   ("Training", ("train", "loop", "evaluation", "checkpoint", "streaming")),
