@@ -253,3 +253,42 @@ def test_no_paired_rounds_skips_the_paired_figures_and_fit_overhead():
   cfg.fit_overhead_rows = ("tbptt",)
   assert suite._paired_rows(cfg, [], []) == (None, None, None)
   assert suite._fit_overheads(cfg, {}) == []  # no strategy needed: nothing is timed
+
+
+def test_step_profile_sorts_ops_by_where_they_run(tmp_path):
+  """lstm_jax.benchmark.profile on a scan with a GEMM inside the loop and one after it: the
+  compiled HLO's ops are sorted into GEMMs in the loop, GEMMs outside, elementwise and data
+  movement (a zero-filled buffer is movement), and the trace's events are found per op; the
+  categories' sum is the traced op time (the figures themselves are the benchmark's)."""
+  import jax
+  import jax.numpy as jnp
+
+  from lstm_jax.benchmark import profile
+
+  def f(w, v, xs):
+    def body(h, x):
+      h = jnp.tanh(h @ w + x)
+      return h, h
+
+    hs = jax.lax.scan(body, jnp.zeros((8, 16)), xs)[1]
+    return (hs.reshape(-1, 16) @ v).sum()
+
+  g = jax.jit(jax.grad(f, argnums=(0, 1)))
+  args = (jnp.ones((16, 16)) * 0.1, jnp.ones((16, 4)), jnp.ones((12, 8, 16)))
+  compiled = g.lower(*args).compile()
+  ops = profile.hlo_ops(compiled.as_text())
+  cats = {op["category"] for op in ops.values()}
+  assert {"gemm_loop", "gemm_outside", "movement", "container"} <= cats
+  assert any(op["category"].startswith("elementwise") for op in ops.values())
+  fused_moves = [
+    op for op in ops.values() if op["opcode"] == "fusion" and op["category"] == "movement"
+  ]
+  assert fused_moves  # e.g. the zero-filled buffer the scan's outputs are written into
+  loop_gemms = [n for n, op in ops.items() if op["category"] == "gemm_loop"]
+  assert loop_gemms and all(ops[n]["computation"] != "main" for n in loop_gemms)
+  module = __import__("re").search(r"HloModule ([\w.\-]+)", compiled.as_text()).group(1)
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    jax.block_until_ready(compiled(*args))
+  seconds = profile.trace_op_seconds(str(tmp_path), module)
+  assert seconds and set(seconds) <= set(ops)  # every traced op is one of the module's
+  assert any(ops[n]["category"] == "gemm_loop" for n in seconds)

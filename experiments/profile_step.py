@@ -1,0 +1,44 @@
+"""Where the float32 train step's time goes (lstm_jax.benchmark.profile): XLA's trace of the
+tbptt step on the benchmark's workload W, op time per category beside the GEMM-only references.
+
+    python experiments/profile_step.py --out benchmarks/DATE-CPU-profile/PROFILE.md
+
+Writes profile.json beside --out (the figures, the CPU model and flags, the versions). About a
+minute on 2 cores. --quick: W's shapes cut down, for a check that it runs.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from configs import benchmark as benchmark_config  # noqa: E402
+from lstm_jax.benchmark import profile  # noqa: E402
+from lstm_jax.environment import versions  # noqa: E402
+from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
+
+flags.DEFINE_string("out", "PROFILE.md", "Markdown report; profile.json beside it.")
+flags.DEFINE_integer("rounds", 5, "Untimed-then-timed rounds of the traced steps (wall: median).")
+flags.DEFINE_integer("steps", 20, "Train steps per round (and traced).")
+flags.DEFINE_bool("quick", False, "Tiny shapes: a check that every part runs.")
+F = flags.FLAGS
+
+
+def main(_):
+  cfg = benchmark_config.get_config("quick" if F.quick else "default")
+  result = profile.profile_step(cfg, rounds=F.rounds, traced_steps=F.steps)
+  v = versions()
+  result["versions"] = v
+  cpu = f"{v.get('cpu_model', 'CPU model not recorded')}, {v.get('cpu_count')} cores"
+  out_json = os.path.join(os.path.dirname(os.path.abspath(F.out)), "profile.json")
+  write_json_atomically(out_json, result, indent=1)
+  text = "# Where the train step's time goes\n\n" + profile.markdown(result, cpu)
+  write_text_atomically(F.out, text)
+  print(text)
+  print(json.dumps({k: result[k] for k in ("wall_seconds_per_step", "op_seconds_per_step")}))
+
+
+if __name__ == "__main__":
+  app.run(main)
