@@ -292,3 +292,18 @@ def test_step_profile_sorts_ops_by_where_they_run(tmp_path):
   seconds = profile.trace_op_seconds(str(tmp_path), module)
   assert seconds and set(seconds) <= set(ops)  # every traced op is one of the module's
   assert any(ops[n]["category"] == "gemm_loop" for n in seconds)
+
+
+def test_speed_candidates_are_timed_side_by_side_against_the_default():
+  """lstm_jax.benchmark.candidates on the quick workload: the default first (ratio 1 in every
+  round, by construction), each candidate's ratios per round, and the markdown's rows."""
+  from lstm_jax.benchmark import candidates
+
+  cfg = benchmark_config.get_config("quick")
+  r = candidates.run(cfg, rounds=2, candidates=candidates.CANDIDATES[:1])
+  assert [row["name"] for row in r["rows"]][1] == candidates.CANDIDATES[0][0]
+  assert r["rows"][0]["ratios"] == [1.0, 1.0]
+  assert r["rows"][1]["settings"]["input_projection"] == "hoisted"
+  assert all(len(row["samples"]) == 2 and row["tokens_per_second"] > 0 for row in r["rows"])
+  text = candidates.markdown(r, "a CPU")
+  assert "| input projection hoisted over the chunk |" in text and "a CPU" in text

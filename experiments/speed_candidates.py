@@ -1,0 +1,41 @@
+"""The candidates for a faster train step against the default step, side by side
+(lstm_jax.benchmark.candidates): hoisted input projection, unrolled scans, autodiff backward.
+
+    python experiments/speed_candidates.py --out benchmarks/DATE-CPU-candidates/CANDIDATES.md
+
+Writes candidates.json beside --out (figures per round, CPU model and flags, versions). A few
+minutes on 2 cores. --quick: W's shapes cut down, a check that it runs.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from configs import benchmark as benchmark_config  # noqa: E402
+from lstm_jax.benchmark import candidates  # noqa: E402
+from lstm_jax.environment import versions  # noqa: E402
+from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
+
+flags.DEFINE_string("out", "CANDIDATES.md", "Markdown report; candidates.json beside it.")
+flags.DEFINE_integer("rounds", 5, "Rounds, each timing every variant once.")
+flags.DEFINE_bool("quick", False, "Tiny shapes: a check that every part runs.")
+F = flags.FLAGS
+
+
+def main(_):
+  cfg = benchmark_config.get_config("quick" if F.quick else "default")
+  result = candidates.run(cfg, rounds=F.rounds)
+  v = versions()
+  result["versions"] = v
+  cpu = f"{v.get('cpu_model', 'CPU model not recorded')}, {v.get('cpu_count')} cores"
+  out_json = os.path.join(os.path.dirname(os.path.abspath(F.out)), "candidates.json")
+  write_json_atomically(out_json, result, indent=1)
+  text = "# Candidates for a faster step\n\n" + candidates.markdown(result, cpu)
+  write_text_atomically(F.out, text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
