@@ -37,7 +37,7 @@ default.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -349,17 +349,12 @@ def _gru_layer(p: dict, x_BxTxF, mask_BxT, resets_BxT, h_BxH, unroll: int = 1):
   b_i = jnp.concatenate([p[g]["bias"] for g in ("ir", "iz", "in")])
   w_h = jnp.concatenate([p[g]["kernel"] for g in ("hr", "hz", "hn")], axis=1)  # [H, 3H]
   dtype = jnp.float32
-  ys_TxBxH, h_BxH = recurrence.gru_recurrence(
-    w_i,
-    b_i,
-    w_h,
-    p["hn"]["bias"],
+  seq = (
     jnp.swapaxes(x_BxTxF, 0, 1).astype(dtype),
     mask_BxT.T.astype(dtype),
     resets_BxT.T.astype(dtype),
-    h_BxH,
-    unroll,
   )
+  ys_TxBxH, h_BxH = recurrence.gru_recurrence((w_i, b_i, w_h, p["hn"]["bias"]), seq, h_BxH, unroll)
   return jnp.swapaxes(ys_TxBxH, 0, 1), h_BxH
 
 
@@ -490,7 +485,7 @@ class LSTMLayer(nn.Module):
     if params_only:
       return dict(kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias)
 
-    def linen_scan(weights, bias, xs_TxBx, mask_TxB, resets_TxB, carry, in_step, unroll, dtype):
+    def linen_scan(weights, bias, seq, carry, in_step, unroll, dtype):
       scan = nn.scan(
         _MaskedStep,
         variable_broadcast="params",
@@ -500,27 +495,18 @@ class LSTMLayer(nn.Module):
         unroll=unroll,
       )
       carry, ys_TxBxH = scan(in_step_projection=in_step, matmul_dtype=dtype, name="scan")(
-        carry, (xs_TxBx, mask_TxB, resets_TxB), weights, bias
+        carry, tuple(seq), weights, bias
       )
       return ys_TxBxH, carry
 
+    params = dict(kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias)
+    settings = LayerSettings(self.input_projection, self.unroll, self.backward, self.matmul_dtype)
     return lstm_layer(
-      kernel,
-      recurrent_kernel,
-      bias,
-      x_BxTxF,
-      mask_BxT,
-      resets_BxT,
-      (carry[0], carry[1]),
-      self.input_projection,
-      self.unroll,
-      self.backward,
-      self.matmul_dtype,
-      autodiff_scan=linen_scan,
+      params, x_BxTxF, mask_BxT, resets_BxT, (carry[0], carry[1]), settings, linen_scan
     )
 
 
-def _autodiff_scan(weights, bias, xs_TxBx, mask_TxB, resets_TxB, carry, in_step, unroll, dtype):
+def _autodiff_scan(weights, bias, seq, carry, in_step, unroll, dtype):
   """The LSTM step scanned by `jax.lax.scan`, differentiated by JAX: the reference for the
   hand-written backward pass (`recurrence.recurrence`), the same forward computation."""
 
@@ -528,29 +514,38 @@ def _autodiff_scan(weights, bias, xs_TxBx, mask_TxB, resets_TxB, carry, in_step,
     c, y, _ = recurrence.step(weights, bias, in_step, c, step_xs, dtype)
     return c, y
 
-  carry, ys = jax.lax.scan(body, carry, (xs_TxBx, mask_TxB, resets_TxB), unroll=unroll)
+  carry, ys = jax.lax.scan(body, carry, tuple(seq), unroll=unroll)
   return ys, carry
 
 
+class LayerSettings(NamedTuple):
+  """How an LSTM layer computes (`LSTMLayer`'s fields of the same names): the input projection
+  (in the step or hoisted), the scan's unroll, the backward pass (manual or autodiff) and the
+  matmuls' operand dtype."""
+
+  input_projection: str = "auto"
+  unroll: int = 1
+  backward: str = "manual"
+  matmul_dtype: str = "float32"
+
+
 def lstm_layer(
-  kernel: Array,
-  recurrent_kernel: Array,
-  bias: Array,
+  params: dict,
   x_BxTxF: Array,
   mask_BxT: Array,
   resets_BxT: Array,
   carry: tuple[Array, Array],
-  input_projection: str = "auto",
-  unroll: int = 1,
-  backward: str = "manual",
-  matmul_dtype: str = "float32",
+  settings: LayerSettings = LayerSettings(),
   autodiff_scan=None,
 ) -> tuple[Array, tuple[Array, Array]]:
-  """One masked, resettable LSTM layer as a function of its parameters (the module docstring's
-  step over a batch): outputs <float32>[B, T, H] and the carry (c, h). Linen's `LSTMLayer` and
-  the NNX front end (`lstm_jax.nnx_model`) both compute through it. autodiff_scan: how
-  backward="autodiff" scans the step (linen passes `nn.scan`; default `jax.lax.scan`), both
-  `(weights, bias, xs, mask, resets, carry, in_step, unroll, matmul_dtype) -> (ys, carry)`."""
+  """One masked, resettable LSTM layer as a function of its parameters (`params`: kernel
+  [F, 4H], recurrent_kernel [H, 4H], bias [4H]; the module docstring's step over a batch):
+  outputs <float32>[B, T, H] and the carry (c, h). Linen's `LSTMLayer` and the NNX front end
+  (`lstm_jax.nnx_model`) both compute through it. autodiff_scan: how backward="autodiff" scans
+  the step (linen passes `nn.scan`; default `jax.lax.scan`), both `(weights, bias, (xs, mask,
+  resets), carry, in_step, unroll, matmul_dtype) -> (ys, carry)`."""
+  kernel, recurrent_kernel, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
+  input_projection, unroll, backward, matmul_dtype = settings
   recurrence.cast_weights(bias, matmul_dtype)  # checks the setting: a clear error
   in_step = resolve_input_projection(input_projection) == "in_step"
   xs_TxBx = jnp.swapaxes(x_BxTxF, 0, 1)
@@ -569,6 +564,6 @@ def lstm_layer(
     raise ConfigError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
   scan = recurrence.recurrence if backward == "manual" else (autodiff_scan or _autodiff_scan)
   ys_TxBxH, carry = scan(
-    weights, bias, xs_TxBx, mask_TxB, resets_TxB, tuple(carry), in_step, unroll, matmul_dtype
+    weights, bias, (xs_TxBx, mask_TxB, resets_TxB), tuple(carry), in_step, unroll, matmul_dtype
   )
   return jnp.swapaxes(ys_TxBxH, 0, 1), carry

@@ -78,19 +78,13 @@ class LSTMLayer(nnx.Module):
         f"{features}; build it with in_features={x_BxTxF.shape[-1]} or feed it "
         f"{features}-feature inputs."
       )
-    return layers.lstm_layer(
-      self.kernel[...],
-      self.recurrent_kernel[...],
-      self.bias[...],
-      x_BxTxF,
-      mask_BxT,
-      resets_BxT,
-      tuple(carry),
-      self.input_projection,
-      self.unroll,
-      self.backward,
-      self.matmul_dtype,
+    params = dict(
+      kernel=self.kernel[...], recurrent_kernel=self.recurrent_kernel[...], bias=self.bias[...]
     )
+    settings = layers.LayerSettings(
+      self.input_projection, self.unroll, self.backward, self.matmul_dtype
+    )
+    return layers.lstm_layer(params, x_BxTxF, mask_BxT, resets_BxT, tuple(carry), settings)
 
 
 class CellLayer(nnx.Module):

@@ -140,33 +140,34 @@ def step(weights, bias, in_step: bool, carry, xs, matmul_dtype: str = "float32")
   return (out_c, out_h), new_h * m, (lhs, acts, c, tc)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def recurrence(
   weights,
   bias,
-  xs,
-  mask,
-  resets,
+  seq,
   carry,
   in_step: bool,
   unroll: int = 1,
   matmul_dtype: str = "float32",
 ):
+  """The masked, resettable LSTM over time with its hand-written backward pass: seq = (xs
+  [T, B, F] (or [T, B, 4H] projected), mask [T, B], resets [T, B]), carry (c, h) [B, H] ->
+  (ys [T, B, H], the carry after each row's last real step)."""
   w = cast_weights(weights, matmul_dtype)
 
   def body(carry, step_xs):
     carry, y, _ = step(w, bias, in_step, carry, step_xs, matmul_dtype)
     return carry, y
 
-  carry, ys = jax.lax.scan(body, carry, (xs, mask, resets), unroll=unroll)
+  carry, ys = jax.lax.scan(body, carry, tuple(seq), unroll=unroll)
   return ys, carry
 
 
-def _fwd(weights, bias, xs, mask, resets, carry, in_step, unroll, matmul_dtype):
+def _fwd(weights, bias, seq, carry, in_step, unroll, matmul_dtype):
   # symbolic_zeros: each argument leaf comes as CustomVJPPrimal(value, perturbed).
-  need_d_xs = xs.perturbed  # False for data inputs (layer 0): no input-gradient GEMM then
-  weights, bias, xs, mask, resets, carry = custom_vjp_primal_tree_values(
-    (weights, bias, xs, mask, resets, carry)
+  need_d_xs = seq[0].perturbed  # False for data inputs (layer 0): no input-gradient GEMM then
+  weights, bias, (xs, mask, resets), carry = custom_vjp_primal_tree_values(
+    (weights, bias, tuple(seq), carry)
   )
   w = cast_weights(weights, matmul_dtype)
   low = matmul_dtype != "float32"
@@ -242,7 +243,7 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
     body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll
   )
   # None: no cotangent (the bias when hoisted; mask, resets; xs when they need none)
-  return d_w, d_b if in_step else None, d_xs, None, None, (d_c0, d_h0)
+  return d_w, d_b if in_step else None, (d_xs, None, None), (d_c0, d_h0)
 
 
 recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
@@ -256,7 +257,8 @@ recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
 # is the reference (tests/test_cells.py).
 
 
-def _gru_forward(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll):
+def _gru_forward(params, seq, h0, unroll):
+  w_i, b_i, w_h, b_hn = params
   h = w_h.shape[0]
 
   def body(h_prev, step_xs):
@@ -271,19 +273,22 @@ def _gru_forward(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll):
     keep = mask_t[:, None] > 0
     return jnp.where(keep, new, h_prev), (jnp.where(keep, new, 0.0), (h_prev, r, z, n, hn))
 
-  return jax.lax.scan(body, h0, (xs, mask, resets), unroll=unroll)
+  return jax.lax.scan(body, h0, tuple(seq), unroll=unroll)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def gru_recurrence(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll=1):
-  """The masked, resettable GRU over time: xs [T, B, F], mask/resets [T, B] float 0/1, h0
-  [B, H] -> (ys [T, B, H], zero at masked steps; h [B, H] after each row's last real step)."""
-  h_last, (ys, _) = _gru_forward(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def gru_recurrence(params, seq, h0, unroll=1):
+  """The masked, resettable GRU over time: params = (w_i, b_i, w_h, b_hn) (above), seq = (xs
+  [T, B, F], mask [T, B], resets [T, B], float 0/1), h0 [B, H] -> (ys [T, B, H], zero at masked
+  steps; h [B, H] after each row's last real step)."""
+  h_last, (ys, _) = _gru_forward(params, seq, h0, unroll)
   return ys, h_last
 
 
-def _gru_fwd(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll):
-  h_last, (ys, saved) = _gru_forward(w_i, b_i, w_h, b_hn, xs, mask, resets, h0, unroll)
+def _gru_fwd(params, seq, h0, unroll):
+  h_last, (ys, saved) = _gru_forward(params, seq, h0, unroll)
+  w_i, _, w_h, _ = params
+  xs, mask, resets = seq
   return (ys, h_last), (w_i, w_h, xs, mask, resets, saved)
 
 
@@ -310,16 +315,14 @@ def _gru_bwd(unroll, saved, cotangents):
   t, b, f = xs.shape
   hidden = w_h.shape[0]
   d_gx, d_gh = d_gx.reshape(t * b, 3 * hidden), d_gh.reshape(t * b, 3 * hidden)
-  return (
+  d_params = (
     xs.reshape(t * b, f).T @ d_gx,
     d_gx.sum(axis=0),
     h_prev.reshape(t * b, hidden).T @ d_gh,
     d_gh[:, 2 * hidden :].sum(axis=0),
-    (d_gx @ w_i.T).reshape(t, b, f),
-    jnp.zeros_like(mask),
-    jnp.zeros_like(resets),
-    d_h0,
   )
+  d_seq = ((d_gx @ w_i.T).reshape(t, b, f), jnp.zeros_like(mask), jnp.zeros_like(resets))
+  return d_params, d_seq, d_h0
 
 
 gru_recurrence.defvjp(_gru_fwd, _gru_bwd)

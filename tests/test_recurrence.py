@@ -172,7 +172,7 @@ def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
   for dtype in MATMUL_DTYPES:
 
     def loss(w, b, xs):
-      return jnp.sum(recurrence.recurrence(w, b, xs, ones, zeros, carry, in_step, 1, dtype)[0])
+      return jnp.sum(recurrence.recurrence(w, b, (xs, ones, zeros), carry, in_step, 1, dtype)[0])
 
     hlo = (
       jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(w, jnp.zeros(4 * H_), xs).compile().as_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from lstm_jax import batching
 from lstm_jax.benchmark import measure as bench
@@ -29,7 +30,9 @@ def run(cfg, rounds: int = 5, candidates=CANDIDATES) -> dict:
   """Real tokens/s per variant and round, and each candidate's median ratio to the default."""
   ds = bench.workload(cfg)
   strategy = batching.TBPTT(ds, num_streams=cfg.batch_size, chunk_length=cfg.tbptt_chunk)
-  variants = [("default (in-step projection, no unroll, manual backward)", BASELINE)]
+  variants: list[tuple[str, dict[str, Any]]] = [
+    ("default (in-step projection, no unroll, manual backward)", BASELINE)
+  ]
   variants += [(name, dict(BASELINE, **change)) for name, change in candidates]
   timings = [bench.time_ours(name, strategy, cfg, **kw) for name, kw in variants]
   real = timings[0].real_tokens

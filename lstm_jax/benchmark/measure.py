@@ -227,30 +227,20 @@ def _time_passes(
   return real / statistics.median(secs), secs, faults / (repeats * steps)
 
 
+_MODEL_DEFAULTS = dict(unroll=1, backward="manual", matmul_dtype="float32", cell="lstm")
+
+
 def time_ours(
-  name: str,
-  strategy: batching.Strategy,
-  cfg,
-  input_projection: str = "auto",
-  unroll: int = 1,
-  backward: str = "manual",
-  matmul_dtype: str = "float32",
-  cell: str = "lstm",
-  backend: str = "auto",
+  name: str, strategy: batching.Strategy, cfg, input_projection: str = "auto", **model_settings
 ) -> Timing:
-  """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes. A `cell`
+  """Our train step on `strategy`'s batches: AOT-compiled shapes, then timed passes.
+  `model_settings`: SequenceModel's (unroll, backward, matmul_dtype, cell, backend). A `cell`
   other than "lstm" runs model.CellLayer (autodiff; input_projection and backward unused);
   `backend` is the model's (the fused cuDNN LSTM takes the right-padded strategies' rows)."""
   ds = strategy.dataset
+  settings = dict(_MODEL_DEFAULTS, **model_settings)
   model = SequenceModel(
-    hidden_size=cfg.hidden_size,
-    num_outputs=1,
-    input_projection=input_projection,
-    unroll=unroll,
-    backward=backward,
-    matmul_dtype=matmul_dtype,
-    cell=cell,
-    backend=backend,
+    hidden_size=cfg.hidden_size, num_outputs=1, input_projection=input_projection, **settings
   )
   state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
   steps = train.StepFunctions.create()
@@ -280,10 +270,7 @@ def time_ours(
     dict(
       shapes=len(strategy.shapes()),
       input_projection=input_projection,
-      unroll=unroll,
-      backward=backward,
-      matmul_dtype=matmul_dtype,
-      cell=cell,
+      **{k: settings[k] for k in _MODEL_DEFAULTS},
     ),
     faults,
     run_pass,

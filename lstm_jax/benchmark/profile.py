@@ -167,8 +167,9 @@ def profile_step(cfg, rounds: int = 5, traced_steps: int = 20) -> dict:
   step = jax.jit(train.train_step)
   carry = model.zero_carry(cfg.batch_size)
   compiled = step.lower(state, batches[0], carry, np.float32(1.0)).compile()
-  ops = hlo_ops(compiled.as_text())
-  module = re.search(r"HloModule ([\w.\-]+)", compiled.as_text())
+  text = compiled.as_text() or ""
+  ops = hlo_ops(text)
+  module = re.search(r"HloModule ([\w.\-]+)", text)
   module_name = module.group(1) if module else "jit_train_step"
 
   def run(n: int) -> None:

@@ -34,7 +34,7 @@ carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
 
 
 def loss(w, b):
-  ys, _ = recurrence.recurrence(w, b, xs, mask, resets, carry, True, 1)
+  ys, _ = recurrence.recurrence(w, b, (xs, mask, resets), carry, True, 1)
   return jnp.mean(ys**2)
 
 
