@@ -15,13 +15,21 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import benchmark as benchmark_config  # noqa: E402
-from lstm_jax.benchmark import profile  # noqa: E402
+from lstm_jax.benchmark import (
+  profile,  # noqa: E402
+  sections,  # noqa: E402
+)
 from lstm_jax.environment import versions  # noqa: E402
 from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
 
 flags.DEFINE_string("out", "PROFILE.md", "Markdown report; profile.json beside it.")
 flags.DEFINE_integer("rounds", 5, "Untimed-then-timed rounds of the traced steps (wall: median).")
 flags.DEFINE_integer("steps", 20, "Train steps per round (and traced).")
+flags.DEFINE_string(
+  "summary",
+  "BENCHMARKS.md",
+  "Also put the report in this file, as its step-profile section ('': not).",
+)
 flags.DEFINE_bool("quick", False, "Tiny shapes: a check that every part runs.")
 F = flags.FLAGS
 
@@ -36,6 +44,10 @@ def main(_):
   write_json_atomically(out_json, result, indent=1)
   text = "# Where the train step's time goes\n\n" + profile.markdown(result, cpu)
   write_text_atomically(F.out, text)
+  if F.summary and not F.quick:  # a section of the top-level BENCHMARKS.md, kept by its rewrites
+    link = os.path.relpath(os.path.abspath(F.out), os.path.dirname(os.path.abspath(F.summary)))
+    section = text.replace("# ", "## ", 1) + f"\nFiles: [{link}]({link}).\n"
+    sections.put(F.summary, "step-profile", section)
   print(text)
   print(json.dumps({k: result[k] for k in ("wall_seconds_per_step", "op_seconds_per_step")}))
 

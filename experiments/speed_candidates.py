@@ -14,12 +14,20 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import benchmark as benchmark_config  # noqa: E402
-from lstm_jax.benchmark import candidates  # noqa: E402
+from lstm_jax.benchmark import (
+  candidates,  # noqa: E402
+  sections,  # noqa: E402
+)
 from lstm_jax.environment import versions  # noqa: E402
 from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
 
 flags.DEFINE_string("out", "CANDIDATES.md", "Markdown report; candidates.json beside it.")
 flags.DEFINE_integer("rounds", 5, "Rounds, each timing every variant once.")
+flags.DEFINE_string(
+  "summary",
+  "BENCHMARKS.md",
+  "Also put the report in this file, as its speed-candidates section ('': not).",
+)
 flags.DEFINE_bool("quick", False, "Tiny shapes: a check that every part runs.")
 F = flags.FLAGS
 
@@ -34,6 +42,10 @@ def main(_):
   write_json_atomically(out_json, result, indent=1)
   text = "# Candidates for a faster step\n\n" + candidates.markdown(result, cpu)
   write_text_atomically(F.out, text)
+  if F.summary and not F.quick:  # a section of the top-level BENCHMARKS.md, kept by its rewrites
+    link = os.path.relpath(os.path.abspath(F.out), os.path.dirname(os.path.abspath(F.summary)))
+    section = text.replace("# ", "## ", 1) + f"\nFiles: [{link}]({link}).\n"
+    sections.put(F.summary, "speed-candidates", section)
   print(text)
 
 
