@@ -87,9 +87,12 @@ def shuffle_rows(rng: np.random.Generator, x: np.ndarray, starts, counts) -> Non
   keys = rng.integers(np.iinfo(np.uint64).max, size=len(places), dtype=np.uint64, endpoint=True)
   shift = max(int(len(rows) - 1).bit_length(), 1)
   row_of = np.repeat(np.arange(len(rows), dtype=np.uint64), counts)
-  if shift <= 32:  # the row's number above, the key's top 64 - shift bits below
-    composite = (row_of << np.uint64(64 - shift)) | (keys >> np.uint64(shift))
-    order = np.argsort(composite, kind="stable")
+  if shift <= 32:  # the row's number above, the key's top 64 - shift bits below (in place)
+    keys >>= np.uint64(shift)
+    row_of <<= np.uint64(64 - shift)
+    keys |= row_of
+    del row_of
+    order = np.argsort(keys, kind="stable")
   else:  # over 2**32 rows: two keys
     order = np.lexsort((keys, row_of))
   x[places] = x[places[order]]
