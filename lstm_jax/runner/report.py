@@ -424,7 +424,7 @@ def _cells(row: dict) -> list[str]:
       v = row.get("step_peak_bytes") or v  # the guard's figure; results from before it: scratch
       out.append(_fmt(v / 2**20, 1) if v else "-")
     elif key == "padding_fraction":
-      out.append(f"{100 * (v or 0):.1f}%")
+      out.append(f"{100 * v:.1f}%" if v is not None else "-")
     elif key == "eval_metric":
       std = row.get("eval_metric_std")
       out.append(f"{v:.3f} {row['metric']}" + (f" ±{std:.3f}" if std else ""))
