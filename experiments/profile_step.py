@@ -20,7 +20,6 @@ from lstm_jax.benchmark import (
   sections,  # noqa: E402
 )
 from lstm_jax.environment import versions  # noqa: E402
-from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
 
 flags.DEFINE_string("out", "PROFILE.md", "Markdown report; profile.json beside it.")
 flags.DEFINE_integer("rounds", 5, "Untimed-then-timed rounds of the traced steps (wall: median).")
@@ -37,17 +36,16 @@ F = flags.FLAGS
 def main(_):
   cfg = benchmark_config.get_config("quick" if F.quick else "default")
   result = profile.profile_step(cfg, rounds=F.rounds, traced_steps=F.steps)
-  v = versions()
-  result["versions"] = v
-  cpu = f"{v.get('cpu_model', 'CPU model not recorded')}, {v.get('cpu_count')} cores"
-  out_json = os.path.join(os.path.dirname(os.path.abspath(F.out)), "profile.json")
-  write_json_atomically(out_json, result, indent=1)
-  text = "# Where the train step's time goes\n\n" + profile.markdown(result, cpu)
-  write_text_atomically(F.out, text)
-  if F.summary and not F.quick:  # a section of the top-level BENCHMARKS.md, kept by its rewrites
-    link = os.path.relpath(os.path.abspath(F.out), os.path.dirname(os.path.abspath(F.summary)))
-    section = text.replace("# ", "## ", 1) + f"\nFiles: [{link}]({link}).\n"
-    sections.put(F.summary, "step-profile", section)
+  result["versions"] = versions()
+  text = sections.write_report(
+    F.out,
+    result,
+    "Where the train step's time goes",
+    profile.markdown(result, sections.cpu_words(result["versions"])),
+    json_name="profile.json",
+    summary="" if F.quick else F.summary,  # the top-level BENCHMARKS.md's section, kept
+    section="step-profile",
+  )
   print(text)
   print(json.dumps({k: result[k] for k in ("wall_seconds_per_step", "op_seconds_per_step")}))
 

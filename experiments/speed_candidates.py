@@ -19,7 +19,6 @@ from lstm_jax.benchmark import (
   sections,  # noqa: E402
 )
 from lstm_jax.environment import versions  # noqa: E402
-from lstm_jax.files import write_json_atomically, write_text_atomically  # noqa: E402
 
 flags.DEFINE_string("out", "CANDIDATES.md", "Markdown report; candidates.json beside it.")
 flags.DEFINE_integer("rounds", 5, "Rounds, each timing every variant once.")
@@ -35,17 +34,16 @@ F = flags.FLAGS
 def main(_):
   cfg = benchmark_config.get_config("quick" if F.quick else "default")
   result = candidates.run(cfg, rounds=F.rounds)
-  v = versions()
-  result["versions"] = v
-  cpu = f"{v.get('cpu_model', 'CPU model not recorded')}, {v.get('cpu_count')} cores"
-  out_json = os.path.join(os.path.dirname(os.path.abspath(F.out)), "candidates.json")
-  write_json_atomically(out_json, result, indent=1)
-  text = "# Candidates for a faster step\n\n" + candidates.markdown(result, cpu)
-  write_text_atomically(F.out, text)
-  if F.summary and not F.quick:  # a section of the top-level BENCHMARKS.md, kept by its rewrites
-    link = os.path.relpath(os.path.abspath(F.out), os.path.dirname(os.path.abspath(F.summary)))
-    section = text.replace("# ", "## ", 1) + f"\nFiles: [{link}]({link}).\n"
-    sections.put(F.summary, "speed-candidates", section)
+  result["versions"] = versions()
+  text = sections.write_report(
+    F.out,
+    result,
+    "Candidates for a faster step",
+    candidates.markdown(result, sections.cpu_words(result["versions"])),
+    json_name="candidates.json",
+    summary="" if F.quick else F.summary,  # the top-level BENCHMARKS.md's section, kept
+    section="speed-candidates",
+  )
   print(text)
 
 

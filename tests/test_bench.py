@@ -307,3 +307,29 @@ def test_speed_candidates_are_timed_side_by_side_against_the_default():
   assert all(len(row["samples"]) == 2 and row["tokens_per_second"] > 0 for row in r["rows"])
   text = candidates.markdown(r, "a CPU")
   assert "| input projection hoisted over the chunk |" in text and "a CPU" in text
+
+
+def test_a_benchmark_report_is_written_with_its_json_and_as_a_section(tmp_path):
+  """sections.write_report: the json beside the markdown, and the same report one heading down
+  as a named section of the summary, replaced (not repeated) by a rerun, the summary's other
+  text kept."""
+  from lstm_jax.benchmark import sections
+
+  out, summary = tmp_path / "run" / "P.md", tmp_path / "B.md"
+  out.parent.mkdir()
+  summary.write_text("# Benchmarks\n\nthe main run\n")
+  for figure in (1, 2):
+    text = sections.write_report(
+      str(out),
+      dict(x=figure),
+      "Title",
+      f"figure {figure}\n",
+      json_name="p.json",
+      summary=str(summary),
+      section="prof",
+    )
+  assert text == out.read_text() == "# Title\n\nfigure 2\n"
+  assert json.loads((out.parent / "p.json").read_text()) == dict(x=2)
+  got = summary.read_text()
+  assert got.startswith("# Benchmarks\n\nthe main run\n") and got.count("section:prof -->") == 2
+  assert "## Title\n\nfigure 2\n\nFiles: [run/P.md](run/P.md).\n" in got and "figure 1" not in got

@@ -392,15 +392,6 @@ def _malloc_words(v: dict) -> str:
   return f"allocator at its defaults ({m.get('reason', 'not recorded')})"
 
 
-def _cpu_words(v: dict) -> str:
-  """The CPU as a report names it: model, cores, and the bfloat16 / AMX flags that decide
-  whether bfloat16 matmuls pay off on it (results from before the model was recorded say so)."""
-  low_precision = [f for f in v.get("cpu_flags", []) if "bf16" in f or "amx" in f]
-  return f"{v.get('cpu_model', 'CPU model not recorded')}, {v['cpu_count']} cores" + (
-    f" ({', '.join(low_precision)})" if low_precision else ""
-  )
-
-
 def markdown(r: dict) -> str:
   v, w = r["versions"], r["workload"]
   floor_share = 100 * r["scan_gemm_floor_tokens_per_second"] / r["roofline_tokens_per_second"]
@@ -410,7 +401,7 @@ def markdown(r: dict) -> str:
     f"Workload W: {w['sequences']} sequences, lengths {w['lengths_min_median_max']} "
     f"(min / median / max), {w['real_tokens']:,} real tokens, F={r['config']['features']}, "
     f"H={r['config']['hidden_size']}, batch {r['config']['batch_size']}, Adam, per-step MSE. "
-    f"Machine: {_cpu_words(v)}, backend {v['backend']}; Python {v['python']}, "
+    f"Machine: {sections.cpu_words(v)}, backend {v['backend']}; Python {v['python']}, "
     f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {_malloc_words(v)}.",
     "",
     f"GEMM rate {r['gemm_flops_per_second'] / 1e9:.1f} GFLOP/s (float32 "
