@@ -151,16 +151,18 @@ def prepare_from_flags(progress) -> dict:
     F.source,
     F.path,
     F.out,
-    suffix=F.suffix,
-    min_length=F.min_length,
-    max_length=F.max_length,
-    include_tests=F.include_tests,
-    vocab_size=F.vocab_size,
-    num_classes=F.num_classes,
+    reading=prepare.Reading(
+      suffix=F.suffix,
+      min_length=F.min_length,
+      max_length=F.max_length,
+      include_tests=F.include_tests,
+      vocab_size=F.vocab_size,
+      num_classes=F.num_classes,
+      column=F.column,
+      label_column=F.label_column,
+    ),
     overwrite=F.overwrite,
     progress=progress,
-    column=F.column,
-    label_column=F.label_column,
   )
 
 

@@ -51,14 +51,19 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   # training
   "create_train_state": ("train", "create_train_state"),
   "fit": ("loop", "fit"),
+  # fit's three records: what the host does ahead (compiles, prefetch), saving and resuming
+  # (and signals), what is called and written as it trains (callbacks, evaluation, writer, bar)
+  "Pipeline": ("loop", "Pipeline"),
+  "Checkpointing": ("loop", "Checkpointing"),
+  "Hooks": ("loop", "Hooks"),
   "evaluate": ("evaluation", "evaluate"),
   "predict": ("evaluation", "predict"),
   "predict_batches": ("evaluation", "predict_batches"),
   "Checkpointer": ("checkpoint", "Checkpointer"),
   "quiet_orbax": ("checkpoint", "quiet_orbax"),  # orbax's fault tracebacks as one message
   "Streamer": ("streaming", "Streamer"),
-  # fit(writer=...): TensorBoard event files in step with the checkpoints (tensorboardX,
-  # optional); fit(progress=...): a progress bar (rich in a terminal, plain lines elsewhere)
+  # Hooks(writer=...): TensorBoard event files in step with the checkpoints (tensorboardX,
+  # optional); Hooks(progress=...): a progress bar (rich in a terminal, plain lines elsewhere)
   "metric_writers": ("metric_writers", ""),
   "Progress": ("progress", "Progress"),
   # weights to and from PyTorch and Keras
@@ -107,7 +112,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
   from lstm_jax.errors import CheckpointError, ConfigError, DataError, LstmJaxError
   from lstm_jax.evaluation import evaluate, predict, predict_batches
   from lstm_jax.labelled_files import load_npz, load_ts
-  from lstm_jax.loop import fit
+  from lstm_jax.loop import Checkpointing, Hooks, Pipeline, fit
   from lstm_jax.model import (
     LSTM,
     RNN,

@@ -219,6 +219,17 @@ def _masked_cell_step(cell, carry, xs, init):
   return carry, jnp.where(mask_t[:, None] > 0, y, 0.0)
 
 
+class LayerSettings(NamedTuple):
+  """How an LSTM layer computes (`LSTMLayer`'s fields of the same names): the input projection
+  (in the step or hoisted), the scan's unroll, the backward pass (manual or autodiff) and the
+  matmuls' operand dtype."""
+
+  input_projection: str = "auto"
+  unroll: int = 1
+  backward: str = "manual"
+  matmul_dtype: str = "float32"
+
+
 class CellLayer(nn.Module):
   """One layer of any recurrent cell over a batch, with the LSTM's semantics (module
   docstring): the carry advances only at real steps, a reset restores the cell's initial carry
@@ -256,8 +267,7 @@ class CellLayer(nn.Module):
       mask_BxT,
       resets_BxT,
       carry,
-      self.unroll,
-      self.backward,
+      LayerSettings(unroll=self.unroll, backward=self.backward),
     )
 
 
@@ -317,13 +327,20 @@ def cell_layer(
   mask_BxT: Array,
   resets_BxT: Array,
   carry: Any,
-  unroll: int = 1,
-  backward: str = "manual",
+  settings: LayerSettings = LayerSettings(),
 ) -> tuple[Array, Any]:
   """CellLayer as a function of the cell's parameters: `jax.lax.scan` over `_masked_cell_step`,
   differentiated by JAX (linen's CellLayer and the NNX front end both compute through it).
   Flax's own GRUCell with backward="manual" runs `_gru_layer` instead: the same numbers, fused
-  GEMMs and a hand-written backward pass; backward="autodiff" keeps the cell, the reference."""
+  GEMMs and a hand-written backward pass; backward="autodiff" keeps the cell, the reference.
+  Of `settings`, a cell layer takes `unroll` and `backward` (the cell computes its own
+  projections, in float32)."""
+  unroll, backward = settings.unroll, settings.backward
+  if settings.matmul_dtype != "float32":
+    raise ConfigError(
+      f"matmul_dtype={settings.matmul_dtype!r} is the LSTM layer's; a cell layer computes in "
+      f"float32 (leave matmul_dtype unset for cell={cls.__name__})."
+    )
   if backward not in BACKWARDS:
     raise ConfigError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
   if cls is nn.GRUCell and backward == "manual":
@@ -516,17 +533,6 @@ def _autodiff_scan(weights, bias, seq, carry, in_step, unroll, dtype):
 
   carry, ys = jax.lax.scan(body, carry, tuple(seq), unroll=unroll)
   return ys, carry
-
-
-class LayerSettings(NamedTuple):
-  """How an LSTM layer computes (`LSTMLayer`'s fields of the same names): the input projection
-  (in the step or hoisted), the scan's unroll, the backward pass (manual or autodiff) and the
-  matmuls' operand dtype."""
-
-  input_projection: str = "auto"
-  unroll: int = 1
-  backward: str = "manual"
-  matmul_dtype: str = "float32"
 
 
 def lstm_layer(

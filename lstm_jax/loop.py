@@ -9,6 +9,11 @@ With a `Checkpointer` it resumes exactly (`resume`: the state, the carry, the st
 and the history), saves every so many steps and once at the end; with a `Preemption`, a SIGTERM
 or SIGINT ends it after the step in flight, saved. (Before 2026-12-07 these lived in
 `lstm_jax.train`; `lstm_jax.fit` is the same function as ever.)
+
+fit's settings beyond the budget come in three records, each checked when built: `Pipeline`
+(compile_shapes, compile_workers, prefetch), `Checkpointing` (checkpointer, settings, resumed,
+preemption) and `Hooks` (on_step, formerly `callback`; on_eval with eval_every_tokens; writer;
+progress). Until 2026-12-07 these were fit's own keywords, 17 in all.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def resume(
   )
 
 
-WRITER_FLUSH_SECONDS = 30.0  # fit(writer=) without a checkpointer: flushed this often
+WRITER_FLUSH_SECONDS = 30.0  # Hooks(writer=) without a checkpointer: flushed this often
 
 
 class _Watch:
@@ -140,8 +145,8 @@ class _Watch:
   writer's train scalars (their wall time the training clock: the steps' seconds summed) and
   the progress bar (real tokens of the planned total, loss, tokens/s)."""
 
-  def __init__(self, strategy, epochs, real_tokens, position, history, callback, writer, bar):
-    self.callback, self.writer = callback, writer
+  def __init__(self, strategy, epochs, real_tokens, position, history, hooks: Hooks):
+    self.callback, self.writer, bar = hooks.on_step, hooks.writer, hooks.progress
     self.seconds = sum(h["step_seconds"] for h in history)
     self.tokens = position.real_tokens
     self.flush_by_time, self.last_flush = False, time.perf_counter()
@@ -285,12 +290,145 @@ class _EvalSchedule:
       self.next += self.every
 
 
-COMPILE_SHAPES = ("ahead", "lazily", "background")  # fit(compile_shapes=...)
+COMPILE_SHAPES = ("ahead", "lazily", "background")  # Pipeline(compile_shapes=...)
 
 
-def _check_fit_arguments(state, strategy, epochs, real_tokens, compile_shapes) -> None:
-  if compile_shapes not in COMPILE_SHAPES:
-    raise ConfigError(f"compile_shapes must be one of {COMPILE_SHAPES}, got {compile_shapes!r}.")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Pipeline:
+  """What the host does ahead of the steps, so that a step does not wait for it.
+
+  Args:
+    compile_shapes: when each train shape compiles (COMPILE_SHAPES): "ahead", every shape of an
+      epoch before its first step; "lazily", a step compiles when it meets a new shape;
+      "background", `compile_workers` threads compile the epoch's shapes in the order training
+      meets them while it trains, and a step whose shape is not ready waits for it. A step that
+      compiled or waited for a compile says `compiled: True` in its record (its seconds include
+      that).
+    compile_workers: the background compile threads (compile_shapes="background" only).
+    prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
+      does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
+      each batch in the loop. The numbers are the same either way.
+  """
+
+  compile_shapes: str = "ahead"
+  compile_workers: int = 1
+  prefetch: int = 2
+
+  def __post_init__(self) -> None:
+    if self.compile_shapes not in COMPILE_SHAPES:
+      raise ConfigError(
+        f"compile_shapes must be one of {COMPILE_SHAPES}, got {self.compile_shapes!r}."
+      )
+    if self.compile_workers < 1:
+      raise ConfigError(f"compile_workers must be >= 1, got {self.compile_workers}.")
+    if self.compile_workers > 1 and self.compile_shapes != "background":
+      raise ConfigError(
+        f"compile_workers={self.compile_workers} compiles in the background; set "
+        f'compile_shapes="background" (it is {self.compile_shapes!r}) or leave compile_workers 1.'
+      )
+    if self.prefetch < 0:
+      raise ConfigError(f"prefetch must be >= 0 (0: no prefetching), got {self.prefetch}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+  """How a run saves and resumes, and what a signal does to it.
+
+  Args:
+    checkpointer: training resumes from its newest readable checkpoint (`resume`, which must come
+      from the same strategy, seed, data, plan and `settings`), saves every
+      `checkpointer.every_steps` steps (after that step's loss is checked to be finite, and after
+      any evaluation due at it) and once at the end. Each save holds the state, the carry, the
+      data stream's position, the step history and the caller's own state
+      (`Checkpointer.extra_state`: the runner's eval curve and clock), which `resume` hands back
+      as `Resumed.extra`.
+    settings: what else a checkpoint must share with this run to be resumed (the runner passes
+      `config.run_settings`: model, optimizer, training and data settings, versions); saved with
+      each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
+    resumed: a `resume` result the caller already has (the runner reads it first, to report it
+      and take back its own state); otherwise fit calls `resume` itself.
+    preemption: an entered `Preemption`, asked after each step whether a SIGTERM or SIGINT came;
+      if so, the step in flight completes, a checkpoint of it is written (and waited for), and
+      fit raises `Preempted` naming the step and the checkpoint's directory. Resuming from it
+      loses no step. (With `checkpointer` None the run stops after the step, unsaved.)
+  """
+
+  checkpointer: Checkpointer | None
+  _: dataclasses.KW_ONLY
+  settings: dict | None = None
+  resumed: Resumed | None = None
+  preemption: Preemption | None = None
+
+  def __post_init__(self) -> None:
+    if self.checkpointer is None:
+      if self.settings is not None or self.resumed is not None:
+        raise ConfigError(
+          "Checkpointing got settings or resumed without a checkpointer: they are a "
+          "checkpoint's; pass the Checkpointer they belong to."
+        )
+    elif not isinstance(self.checkpointer, Checkpointer):
+      raise ConfigError(
+        f"Checkpointing needs a lstm_jax.Checkpointer, got {type(self.checkpointer).__name__}; "
+        f"build one with Checkpointer(directory, every_steps=...)."
+      )
+    if self.resumed is not None and not isinstance(self.resumed, Resumed):
+      raise ConfigError(
+        f"Checkpointing(resumed=...) takes what loop.resume returned, got "
+        f"{type(self.resumed).__name__}."
+      )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Hooks:
+  """What `fit` calls and writes as it trains (none of it changes the numbers).
+
+  Args:
+    on_step(record): called with each step's record (loss, real tokens, seconds, compiled).
+    on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
+      been trained on; its time is not counted in any step's `step_seconds`. The two come
+      together: one without the other is refused.
+    writer: a metric writer (`lstm_jax.metric_writers`, CLU's method names): each step's
+      `train/loss`, `train/real_tokens_per_second` and `train/padding` at its step number, its
+      wall time the training clock (the steps' seconds summed, resumed steps included). Flushed
+      right after each checkpoint save (and at the end), so its files end where the newest
+      checkpoint does; without a checkpointer, every `WRITER_FLUSH_SECONDS` and at the end.
+      fit does not close it (the caller may write evaluations into it too).
+    progress: True (or a `lstm_jax.progress.Progress`): a progress bar of the steps (real
+      tokens/s, loss, the time left) on stderr, drawn by `rich` in a terminal and a plain line
+      every few seconds elsewhere. Off by default.
+  """
+
+  on_step: Callable[[dict], None] | None = None
+  on_eval: Callable[[TrainState, int], None] | None = None
+  eval_every_tokens: int | None = None
+  writer: MetricWriter | None = None
+  progress: bool | Progress = False
+
+  def __post_init__(self) -> None:
+    every = self.eval_every_tokens
+    if every is not None and every < 1:
+      raise ConfigError(f"eval_every_tokens must be >= 1 (None: no evaluation), got {every}.")
+    if (every is None) != (self.on_eval is None):
+      given, missing = (
+        ("on_eval", "eval_every_tokens") if every is None else ("eval_every_tokens", "on_eval")
+      )
+      raise ConfigError(
+        f"Hooks got {given} without {missing}: an evaluation needs both, what to call and how "
+        f"often (in real tokens)."
+      )
+
+
+def _check_fit_arguments(state, strategy, epochs, real_tokens, records) -> None:
+  kinds: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("pipeline", Pipeline),
+    ("checkpointing", (Checkpointing, type(None))),
+    ("hooks", Hooks),
+  )
+  for (name, kind), value in zip(kinds, records):
+    if not isinstance(value, kind):
+      raise ConfigError(
+        f"fit's {name}= takes a lstm_jax.loop.{name.capitalize()}, got {type(value).__name__}."
+      )
   if epochs is None and real_tokens is None:
     raise ConfigError("fit needs epochs or real_tokens (or both) to know when to stop.")
   if epochs is not None and epochs < 1:
@@ -357,14 +495,14 @@ def _defer_signals(stack: contextlib.ExitStack, preemption: Preemption | None) -
 
 
 def _compile_epoch(
-  train: CountedJit, run: _Run, strategy: Strategy, plan, compile_shapes: str, workers: int
+  train: CountedJit, run: _Run, strategy: Strategy, plan, pipeline: Pipeline
 ) -> None:
-  """An epoch starts (or a run resumes): its shapes compiled as `compile_shapes` says."""
-  if compile_shapes == "background":
+  """An epoch starts (or a run resumes): its shapes compiled as `pipeline.compile_shapes` says."""
+  if pipeline.compile_shapes == "background":
     compile_in_background(
-      train, run.state, strategy, run.position.epoch, workers, first=[plan.shape]
+      train, run.state, strategy, run.position.epoch, pipeline.compile_workers, first=[plan.shape]
     )
-  elif compile_shapes == "ahead":
+  elif pipeline.compile_shapes == "ahead":
     precompile(train, run.state, strategy, run.position.epoch)
 
 
@@ -387,22 +525,13 @@ def fit(
   epochs: int | None = None,
   real_tokens: int | None = None,
   steps: StepFunctions | None = None,
-  callback: Callable[[dict], None] | None = None,
-  compile_shapes: str = "ahead",
-  compile_workers: int = 1,
-  eval_every_tokens: int | None = None,
-  on_eval: Callable[[TrainState, int], None] | None = None,
-  checkpointer: Checkpointer | None = None,
-  settings: dict | None = None,
-  resumed: Resumed | None = None,
-  prefetch: int = 2,
-  preemption: Preemption | None = None,
-  writer: MetricWriter | None = None,
-  progress: bool | Progress = False,
+  pipeline: Pipeline = Pipeline(),
+  checkpointing: Checkpointing | None = None,
+  hooks: Hooks = Hooks(),
 ) -> FitResult:
   """Trains on `strategy`'s batches for `epochs` epochs, or until `real_tokens` real tokens.
 
-  With both given, stops at whichever comes first. `callback(record)` is called per step.
+  With both given, stops at whichever comes first.
 
   Args:
     state: the train state (`create_train_state`); donated to the first step, so its arrays
@@ -410,66 +539,42 @@ def fit(
     strategy: where the batches come from (`Pad`, `Bucket`, `Pack`, `TBPTT`, ...).
     epochs: epochs to train; real_tokens: real (non-padding) tokens to train on.
     steps: the jitted step functions (`StepFunctions.create(mesh)`); None: fresh ones.
-    callback: called with each step's record (loss, real tokens, seconds, compiled).
-    compile_shapes: when each train shape compiles (COMPILE_SHAPES): "ahead", every shape of an
-      epoch before its first step; "lazily", a step compiles when it meets a new shape;
-      "background", `compile_workers` threads compile the epoch's shapes in the order training
-      meets them while it trains, and a step whose shape is not ready waits for it. A step that
-      compiled or waited for a compile says `compiled: True` in its record (its seconds include
-      that).
-    on_eval(state, real_tokens): called each time another `eval_every_tokens` real tokens have
-      been trained on; its time is not counted in any step's `step_seconds`.
-    checkpointer: if given, training resumes from its newest readable checkpoint (`resume`, which
-      must come from the same strategy, seed, data, plan and `settings`), saves every
-      `checkpointer.every_steps` steps (after that step's loss is checked to be finite, and after
-      any evaluation due at it) and once at the end. Each save holds the state, the carry, the data
-      stream's position, the step history and the caller's own state (`Checkpointer.extra_state`:
-      the runner's eval curve and clock), which `resume` hands back as `Resumed.extra`.
-    settings: what else a checkpoint must share with this run to be resumed (the runner passes
-      `config.run_settings`: model, optimizer, training and data settings, versions); saved with
-      each checkpoint, and a checkpoint whose settings differ raises CheckpointError naming them.
-    resumed: a `resume` result the caller already has (the runner reads it first, to report it
-      and take back its own state); otherwise fit calls `resume` itself.
-    prefetch: batches assembled ahead on a background thread (`lstm_jax.prefetch`), so a step
-      does not wait for its rows to be gathered (from a memory-mapped store, say); 0 assembles
-      each batch in the loop. The numbers are the same either way.
-    preemption: an entered `Preemption`, asked after each step whether a SIGTERM or SIGINT came;
-      if so, the step in flight completes, a checkpoint of it is written (and waited for), and
-      fit raises `Preempted` naming the step and the checkpoint's directory. Resuming from it
-      loses no step.
-    writer: a metric writer (`lstm_jax.metric_writers`, CLU's method names): each step's
-      `train/loss`, `train/real_tokens_per_second` and `train/padding` at its step number, its
-      wall time the training clock (the steps' seconds summed, resumed steps included). Flushed
-      right after each checkpoint save (and at the end), so its files end where the newest
-      checkpoint does; without a checkpointer, every `WRITER_FLUSH_SECONDS` and at the end.
-      fit does not close it (the caller may write evaluations into it too).
-    progress: True (or a `lstm_jax.progress.Progress`): a progress bar of the steps (real
-      tokens/s, loss, the time left) on stderr, drawn by `rich` in a terminal and a plain line
-      every few seconds elsewhere. Off by default.
-
+    pipeline: what the host does ahead of the steps (`Pipeline`: when shapes compile, batches
+      assembled ahead); the default compiles an epoch's shapes before its first step and
+      prefetches 2 batches.
+    checkpointing: saving, resuming and signals (`Checkpointing`: the checkpointer, the settings
+      a checkpoint must share, a resume already read, a `Preemption`); None: none of them.
+    hooks: what is called and written as training goes (`Hooks`: per-step callback, evaluation
+      every so many real tokens, a metric writer, a progress bar).
 
   Returns:
     A `FitResult`: the trained `state`, the final `carry`, the per-step `history`, the step
     functions (`steps`: their compile counts and seconds) and `resumed_from`.
   """
-  _check_fit_arguments(state, strategy, epochs, real_tokens, compile_shapes)
+  _check_fit_arguments(state, strategy, epochs, real_tokens, (pipeline, checkpointing, hooks))
+  checkpointer = checkpointing.checkpointer if checkpointing else None
+  settings = checkpointing.settings if checkpointing else None
+  resumed = checkpointing.resumed if checkpointing else None
+  preemption = checkpointing.preemption if checkpointing else None
   steps = steps or StepFunctions.create()
   zero_carry = functools.lru_cache(maxsize=None)(lambda b: steps.zero_carry(state.model, b))
   run, history, resumed = _starting_point(state, strategy, steps, checkpointer, settings, resumed)
   identity = _identity(strategy, settings) if checkpointer is not None else {}
-  watch = _Watch(strategy, epochs, real_tokens, run.position, history, callback, writer, progress)
+  watch = _Watch(strategy, epochs, real_tokens, run.position, history, hooks)
   watch.flush_by_time = checkpointer is None  # with one, the writer is flushed at its saves
   pending = _PendingStep(history, watch.record, checkpointer.directory if checkpointer else None)
   stop = _Stop(epochs, real_tokens)
-  evals = _EvalSchedule(eval_every_tokens, on_eval, run.position.real_tokens)
+  evals = _EvalSchedule(hooks.eval_every_tokens, hooks.on_eval, run.position.real_tokens)
 
-  save = functools.partial(_save, checkpointer, pending, writer, strategy, run, identity, history)
+  save = functools.partial(
+    _save, checkpointer, pending, hooks.writer, strategy, run, identity, history
+  )
 
   # each batch assembled ahead, while the steps before it run (depth 0: when it is taken)
   batches = Prefetch(
     stop.planned(strategy, run.position),
     lambda p: steps.batch(strategy.dataset, p[0], strategy.right_padded),
-    prefetch,
+    pipeline.prefetch,
     "fit-batches",
   )
   clock_start = None
@@ -477,7 +582,7 @@ def fit(
   try:
     for (plan, after), batch in batches:
       if run.position.index == 0 or pending.t_last is None:  # an epoch starts, or a resume
-        _compile_epoch(steps.train, run, strategy, plan, compile_shapes, compile_workers)
+        _compile_epoch(steps.train, run, strategy, plan, pipeline)
         if strategy.carries_state and run.position.index == 0:
           run.carry = zero_carry(plan.batch_size)
       if pending.t_last is None:  # the first step's clock starts after the first precompile

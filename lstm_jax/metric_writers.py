@@ -2,7 +2,7 @@
 names), with a TensorBoard backend that keeps its event files in step with the checkpoints.
 
     writer = create_default_writer(logdir, just_logging=jax.process_index() > 0)
-    fit(state, strategy, epochs=3, writer=writer, checkpointer=ckpt)  # train/* at each step
+    fit(state, strategy, epochs=3, checkpointing=Checkpointing(ckpt), hooks=Hooks(writer=writer))
     writer.write_scalars(step, {"eval/loss": 1.23})
     writer.flush()
 

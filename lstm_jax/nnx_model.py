@@ -119,8 +119,7 @@ class CellLayer(nnx.Module):
       mask_BxT,
       resets_BxT,
       carry,
-      self.unroll,
-      self.backward,
+      layers.LayerSettings(unroll=self.unroll, backward=self.backward),
     )
 
 
@@ -165,7 +164,7 @@ class LSTM(nnx.Module):
   `model.eval()` mode or with deterministic=True. `backend` as linen's (`backend.BACKENDS`): the
   fused cuDNN LSTM for right-padded rows (`seq_lengths=`) where it can serve the call."""
 
-  def __init__(
+  def __init__(  # noqa: PLR0913 (the stack's settings, as linen's fields)
     self,
     in_features: int,
     hidden_size: int,
@@ -274,7 +273,7 @@ class SequenceModel(nnx.Module):
   `readout` ("last", "mean", "max", "attention"), ...; the stack sits under `lstm` for the LSTM
   and `rnn` for any other cell, as in linen."""
 
-  def __init__(
+  def __init__(  # noqa: PLR0913 (the model's settings, as linen's fields)
     self,
     hidden_size: int,
     num_outputs: int,
@@ -451,9 +450,10 @@ def fit(
   loss: Any = None,
   **fit_kwargs,
 ) -> loop.FitResult:
-  """Trains the NNX model under `strategy` with `loop.fit` (epochs, real_tokens,
-  checkpointer, ... as there; compiles counted in `result.steps`) and writes the trained
-  parameters back into `model`. `loss`: a custom per-step loss (`train.create_train_state`)."""
+  """Trains the NNX model under `strategy` with `loop.fit` (epochs, real_tokens, steps,
+  pipeline, checkpointing, hooks as there; compiles counted in `result.steps`) and writes the
+  trained parameters back into `model`. `loss`: a custom per-step loss
+  (`train.create_train_state`)."""
   state = train_state(model, optimizer, strategy.dataset, seed, loss=loss)
   result = loop.fit(state, strategy, **fit_kwargs)
   from_linen_params(model, result.state.params)

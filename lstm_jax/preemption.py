@@ -1,7 +1,7 @@
 """Preemption: SIGTERM and SIGINT end training at a step boundary, with a checkpoint.
 
     with Preemption() as preemption:
-      loop.fit(state, strategy, epochs=3, checkpointer=ckpt, preemption=preemption)
+      loop.fit(state, strategy, epochs=3, checkpointing=Checkpointing(ckpt, preemption=preemption))
       # on a signal: the step in flight completes, a checkpoint of it is written (the caller's
       # extra state included), and fit raises Preempted; the same call resumes from it
 

@@ -8,6 +8,7 @@ batches.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -264,29 +265,67 @@ def _check_out_apart_from_input(path: Path, out: str) -> None:
       )
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """How `prepare_store` reads its source: which files, which sequences it keeps, which columns,
+  and what the data is expected to hold. Each field applies to some sources only (said below);
+  the others ignore it.
+
+  suffix: text_dir: the files read (`*{suffix}`, recursively).
+  min_length, max_length: byte sources (text_dir, text_lines, stdlib_*, array_record): the
+    fewest and most bytes a sequence keeps (max_length 0: any); others are dropped, and counted.
+  include_tests: stdlib_*: also the standard library's test packages.
+  vocab_size, num_classes: jsonl, parquet, arrow token ids and integer classes: the vocabulary
+    and the classes (default: the largest seen + 1); an id or class beyond them is refused.
+  column, label_column: parquet, arrow: the tokens' column (default "tokens", else "text") and
+    the labels' (default "label" when present).
+  """
+
+  suffix: str = ".txt"
+  min_length: int = 2
+  max_length: int = 0
+  include_tests: bool = False
+  vocab_size: int | None = None
+  num_classes: int | None = None
+  column: str | None = None
+  label_column: str | None = None
+
+  def __post_init__(self) -> None:
+    if self.min_length < 0 or self.max_length < 0:
+      raise ConfigError(
+        f"--min_length and --max_length must be >= 0 (--max_length 0: no maximum), got "
+        f"{self.min_length} and {self.max_length}."
+      )
+    if 0 < self.max_length < max(self.min_length, 2):
+      raise ConfigError(
+        f"--max_length {self.max_length} is below --min_length {max(self.min_length, 2)} (a "
+        f"sequence needs 2 bytes at least): no sequence could be kept; raise --max_length."
+      )
+    for name in ("vocab_size", "num_classes"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ConfigError(f"--{name} must be >= 1 (or unset: inferred), got {value}.")
+
+
 def prepare_store(
   source: str,
   path: str,
   out: str,
   *,
-  suffix: str = ".txt",
-  min_length: int = 2,
-  max_length: int = 0,
-  include_tests: bool = False,
-  vocab_size: int | None = None,
-  num_classes: int | None = None,
+  reading: Reading = Reading(),
   overwrite: bool = False,
   progress=None,
-  column: str | None = None,
-  label_column: str | None = None,
 ) -> dict:
   """Writes `source` (at `path`) as a store at `out`, streaming: memory stays bounded by the
   largest record plus the writer's buffer and 8 bytes a record for duplicate detection. Byte
   sources keep the in-memory loader's sequences exactly (duplicates dropped, min_length <=
   bytes <= max_length). Returns the store's metadata (`source` says what was dropped).
-  jsonl, parquet and arrow rows may carry labels; parquet and arrow (`lstm_jax.columnar`,
-  pyarrow) read `column` (default "tokens", else "text") and `label_column` (default "label"
-  when present), a record batch at a time."""
+  jsonl, parquet and arrow rows may carry labels. `reading` (`Reading`) says which files,
+  lengths, columns and expected vocabulary and classes; `overwrite` replaces a store this
+  program wrote; `progress` is called with the writer as records go in."""
+  r = reading
+  if not isinstance(r, Reading):
+    raise ConfigError(f"prepare_store's reading= takes a prepare.Reading, got {type(r).__name__}.")
   if source not in PREPARE_SOURCES:
     raise ConfigError(f"unknown source {source!r}; choose one of {list(PREPARE_SOURCES)}.")
   p = Path(path) if path else None
@@ -305,26 +344,26 @@ def prepare_store(
   if source in ("jsonl", "parquet", "arrow"):
     assert p is not None  # checked above: these sources read a path
     if source == "jsonl":
-      settings, classes, records = _jsonl_records(p, vocab_size, num_classes)
+      settings, classes, records = _jsonl_records(p, r.vocab_size, r.num_classes)
     else:
 
       def parse():
-        return columnar.rows(source, p, column, label_column)
+        return columnar.rows(source, p, r.column, r.label_column)
 
-      settings, classes, records = _labelled_records(parse, p, vocab_size, num_classes)
+      settings, classes, records = _labelled_records(parse, p, r.vocab_size, r.num_classes)
     identity.update(inferred=settings, **({"classes": classes} if classes else {}))
     return store.write_store(out, records, source=identity, **settings, **common)
   if source.startswith("stdlib"):
     unit = source.split("_")[1]
-    chunks = _stdlib_chunks(unit, include_tests)
-    identity.update(python=sys.version.split()[0], include_tests=include_tests)
+    chunks = _stdlib_chunks(unit, r.include_tests)
+    identity.update(python=sys.version.split()[0], include_tests=r.include_tests)
   elif source == "array_record" and p is not None:  # checked above: it reads a path
     chunks = _array_record_chunks(p)
   else:
     assert p is not None  # checked above: text_dir and text_lines read a path
-    chunks = _text_chunks(p, source == "text_lines", suffix)
+    chunks = _text_chunks(p, source == "text_lines", r.suffix)
   # the writer records `identity` when it closes, so the counts filled in on the way are in it
-  identity.update(min_length=min_length, max_length=max_length)
+  identity.update(min_length=r.min_length, max_length=r.max_length)
   identity.update(sequences_found=0, duplicates_dropped=0, dropped_by_length=0)
-  records = _byte_records(chunks, min_length, max_length, identity)
+  records = _byte_records(chunks, r.min_length, r.max_length, identity)
   return store.write_store(out, records, source=identity, vocab_size=256, **common)

@@ -6,11 +6,11 @@
     bar.note("a line above the bar")
     bar.end()
 
-One class for the runner's rows, `fit(progress=True)` and `prepare_data`. In a terminal the bar
-is rich's (a live line, redrawn by its own thread, with the percentage and the time left); when
-the stream is not a terminal (a log file, CI, a pipe) it writes a plain line at the start, every
-`every_seconds` and at the end, so logs stay short. `rich` is a dependency of flax already, so
-this adds no package.
+One class for the runner's rows, `fit(hooks=Hooks(progress=True))` and `prepare_data`. In a
+terminal the bar is rich's (a live line, redrawn by its own thread, with the percentage and the
+time left); when the stream is not a terminal (a log file, CI, a pipe) it writes a plain line at
+the start, every `every_seconds` and at the end, so logs stay short. `rich` is a dependency of
+flax already, so this adds no package.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class StoreWriter:
   came from); an exception (a full disk, Ctrl-C) removes the partial store.
   """
 
-  def __init__(
+  def __init__(  # noqa: PLR0913 (the store's schema, as meta.json records it)
     self,
     path: str | os.PathLike,
     *,

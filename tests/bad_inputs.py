@@ -166,7 +166,12 @@ def _damaged_checkpoints():
 
   directory = TMP / "checkpoints"
   shutil.rmtree(directory, ignore_errors=True)
-  loop.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=1))
+  loop.fit(
+    state(),
+    strategy,
+    epochs=1,
+    checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=1)),
+  )
   fresh = TMP / "checkpoints-copy"  # a copy: this process's read cache has not seen its files
   shutil.rmtree(fresh, ignore_errors=True)
   shutil.copytree(directory, fresh)
@@ -175,7 +180,7 @@ def _damaged_checkpoints():
       f.write_bytes(b"")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    loop.fit(state(), strategy, epochs=1, checkpointer=Checkpointer(fresh))
+    loop.fit(state(), strategy, epochs=1, checkpointing=loop.Checkpointing(Checkpointer(fresh)))
 
 
 def _pad_run(directory, settings=None, fail_from=None):
@@ -195,7 +200,12 @@ def _pad_run(directory, settings=None, fail_from=None):
       return real_save(step, *args, **kwargs)
 
     ckpt.manager.save = save
-  loop.fit(state, batching.Pad(ds, batch_size=2), epochs=1, checkpointer=ckpt, settings=settings)
+  loop.fit(
+    state,
+    batching.Pad(ds, batch_size=2),
+    epochs=1,
+    checkpointing=loop.Checkpointing(ckpt, settings=settings),
+  )
 
 
 def _fresh(name):
@@ -383,6 +393,24 @@ CASES = [
     "prepare_data --out inside its input --path",
     lambda: prepare.prepare_store("text_dir", str(_empty_dir("corpus")), str(TMP / "corpus" / "s")),
     r"--out .* is, contains or lies inside the input --path",
+  ),
+  Case(
+    "store",
+    "prepare_data --max_length below --min_length",
+    lambda: prepare.Reading(min_length=16, max_length=8),
+    r"--max_length 8 is below --min_length 16 .* no sequence could be kept; raise --max_length",
+  ),
+  Case(
+    "store",
+    "prepare_data --max_length negative",
+    lambda: prepare.Reading(max_length=-1),
+    r"--min_length and --max_length must be >= 0 \(--max_length 0: no maximum\), got 2 and -1",
+  ),
+  Case(
+    "store",
+    "prepare_data --vocab_size 0",
+    lambda: prepare.Reading(vocab_size=0),
+    r"--vocab_size must be >= 1 \(or unset: inferred\), got 0",
   ),
   Case(
     "store",
@@ -785,6 +813,18 @@ CASES = [
     r"max_step_memory \(12,288 MiB\).*use tbptt or vbptt",
   ),
   # training and checkpoints
+  Case(
+    "training",
+    "fit's Hooks: an on_eval with no eval_every_tokens",
+    lambda: loop.Hooks(on_eval=lambda state, tokens: None),
+    r"Hooks got on_eval without eval_every_tokens: an evaluation needs both",
+  ),
+  Case(
+    "training",
+    "fit's Pipeline: compile_workers=2 without background compiles",
+    lambda: loop.Pipeline(compile_workers=2),
+    r'compile_workers=2 compiles in the background; set compile_shapes="background"',
+  ),
   Case(
     "training",
     "a loss that becomes NaN or inf",

@@ -71,13 +71,19 @@ def test_interrupted_then_resumed_fit_is_bit_identical(tmp_path, data, name):
   want = loop.fit(_state(data), strategy, epochs=2)
   ckpt = Checkpointer(tmp_path / name, every_steps=3, keep=2)
   with pytest.raises(Interrupt):
-    loop.fit(_state(data), strategy, epochs=2, checkpointer=ckpt, callback=_interrupt_at(8))
+    loop.fit(
+      _state(data),
+      strategy,
+      epochs=2,
+      checkpointing=loop.Checkpointing(ckpt),
+      hooks=loop.Hooks(on_step=_interrupt_at(8)),
+    )
   assert ckpt.latest_step() == 6
   got = loop.fit(
     _state(data),
     strategy,
     epochs=2,
-    checkpointer=Checkpointer(tmp_path / name, every_steps=3, keep=2),
+    checkpointing=loop.Checkpointing(Checkpointer(tmp_path / name, every_steps=3, keep=2)),
   )
   assert got.resumed_from == 6
   assert _bit_identical(got.state.params, want.state.params)
@@ -90,8 +96,12 @@ def test_interrupted_then_resumed_fit_is_bit_identical(tmp_path, data, name):
 
 def test_resuming_a_finished_run_trains_nothing_more(tmp_path, data):
   strategy = _strategies(data)["tbptt"]
-  first = loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path))
-  again = loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path))
+  first = loop.fit(
+    _state(data), strategy, epochs=1, checkpointing=loop.Checkpointing(Checkpointer(tmp_path))
+  )
+  again = loop.fit(
+    _state(data), strategy, epochs=1, checkpointing=loop.Checkpointing(Checkpointer(tmp_path))
+  )
   assert again.resumed_from == len(first.history)
   assert len(again.history) == len(first.history)
   assert _bit_identical(again.state.params, first.state.params)
@@ -115,8 +125,8 @@ def interrupted(tmp_path_factory, data):
       _state(data),
       _strategies(data)["tbptt"],
       epochs=2,
-      callback=_interrupt_at(10),
-      checkpointer=Checkpointer(directory, every_steps=3, keep=3),
+      checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=3, keep=3)),
+      hooks=loop.Hooks(on_step=_interrupt_at(10)),
     )
   return directory
 
@@ -149,7 +159,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
         _state(data),
         strategy,
         epochs=1,
-        checkpointer=Checkpointer(directory, every_steps=3, keep=3),
+        checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=3, keep=3)),
       )
     assert got.resumed_from == 6
     gc.collect()  # abandoned futures report when collected
@@ -180,13 +190,18 @@ def test_damage_that_reads_is_caught_by_the_checksum_moved_aside_and_saved_over(
   directory = _damage_that_reads(interrupted, tmp_path)
   shutil.copytree(interrupted, tmp_path / "intact")
   shutil.rmtree(tmp_path / "intact" / "9")
-  want = loop.fit(_state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path / "intact"))
+  want = loop.fit(
+    _state(data),
+    strategy,
+    epochs=2,
+    checkpointing=loop.Checkpointing(Checkpointer(tmp_path / "intact")),
+  )
   with pytest.warns(RuntimeWarning) as caught:
     got = loop.fit(
       _state(data),
       strategy,
       epochs=2,
-      checkpointer=Checkpointer(directory, every_steps=3, keep=100),
+      checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=3, keep=100)),
     )
   said = [str(w.message) for w in caught if "checkpoint" in str(w.message)]
   assert len(said) == 1, said
@@ -215,7 +230,9 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_directory(tmp_path, dat
       CheckpointError, match=rf"(?s)every checkpoint in {directory} is damaged.*resume=False"
     ),
   ):
-    loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(directory))
+    loop.fit(
+      _state(data), strategy, epochs=1, checkpointing=loop.Checkpointing(Checkpointer(directory))
+    )
 
 
 def test_history_is_appended_once_not_saved_whole_at_every_checkpoint(tmp_path, data, interrupted):
@@ -250,7 +267,10 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
     f.write('{"step": 10, "lo')
   want = loop.fit(_state(data), strategy, epochs=2)
   got = loop.fit(
-    _state(data), strategy, epochs=2, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+    _state(data),
+    strategy,
+    epochs=2,
+    checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=3, keep=3)),
   )
   assert got.resumed_from == 9
   logged = [json.loads(x) for x in (directory / "history.jsonl").read_text().splitlines()]
@@ -263,14 +283,20 @@ def test_history_lines_past_the_checkpoint_are_cut_and_damaged_ones_fall_back(
   (directory / "history.jsonl").write_text("".join(lines))
   with pytest.warns(RuntimeWarning, match=r"checkpoint .*/9 is damaged.*first 9 steps are not"):
     got = loop.fit(
-      _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+      _state(data),
+      strategy,
+      epochs=1,
+      checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=3, keep=3)),
     )
   assert got.resumed_from == 6
   lines[0] = lines[0].replace('"step": 1', '"step": 10')
   (directory / "history.jsonl").write_text("".join(lines))
   with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="history.jsonl"):
     loop.fit(
-      _state(data), strategy, epochs=1, checkpointer=Checkpointer(directory, every_steps=3, keep=3)
+      _state(data),
+      strategy,
+      epochs=1,
+      checkpointing=loop.Checkpointing(Checkpointer(directory, every_steps=3, keep=3)),
     )
 
 
@@ -282,13 +308,19 @@ def test_checkpoints_with_the_history_inside_still_resume(tmp_path, data, monkey
     m.setattr(Checkpointer, "_log_history", lambda self, history: dict(history=history))
     with pytest.raises(Interrupt):
       loop.fit(
-        _state(data), strategy, epochs=2, callback=_interrupt_at(8),
-        checkpointer=Checkpointer(tmp_path, every_steps=3),
-      )  # fmt: skip
+        _state(data),
+        strategy,
+        epochs=2,
+        checkpointing=loop.Checkpointing(Checkpointer(tmp_path, every_steps=3)),
+        hooks=loop.Hooks(on_step=_interrupt_at(8)),
+      )
   assert not (tmp_path / "history.jsonl").exists()
   want = loop.fit(_state(data), strategy, epochs=2)
   got = loop.fit(
-    _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3)
+    _state(data),
+    strategy,
+    epochs=2,
+    checkpointing=loop.Checkpointing(Checkpointer(tmp_path, every_steps=3)),
   )
   assert got.resumed_from == 6
   assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
@@ -304,7 +336,9 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, data, interrupted):
     match=r"written by a different run \(seed: checkpoint 2, "
     r"this run 3[,)].*new workdir",
   ):
-    loop.fit(_state(data), other, epochs=1, checkpointer=Checkpointer(directory))
+    loop.fit(
+      _state(data), other, epochs=1, checkpointing=loop.Checkpointing(Checkpointer(directory))
+    )
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -326,7 +360,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     match=rf"the loss became inf at step {bad_step} .*"
     rf"last good checkpoint is in {tmp_path}",
   ):
-    loop.fit(state, strategy, epochs=1, checkpointer=ckpt)
+    loop.fit(state, strategy, epochs=1, checkpointing=loop.Checkpointing(ckpt))
   assert ckpt.steps() == list(range(1, bad_step))
   arrays, _ = ckpt.read()
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(arrays["params"]))
@@ -534,7 +568,7 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   )
   _fail_writes_from(ckpt, 9, enospc)
   with pytest.raises(CheckpointError) as e:
-    loop.fit(_state(data), strategy, epochs=2, checkpointer=ckpt)
+    loop.fit(_state(data), strategy, epochs=2, checkpointing=loop.Checkpointing(ckpt))
   msg = str(e.value)
   assert f"could not write the checkpoint of step 9 in {tmp_path}" in msg
   assert "No space left on device" in msg and "MiB free there" in msg
@@ -542,7 +576,10 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
   assert "steps [3, 6]) are intact" in msg and "resume from step 6" in msg
   assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "6", "history.jsonl"]  # complete ones
   got = loop.fit(
-    _state(data), strategy, epochs=2, checkpointer=Checkpointer(tmp_path, every_steps=3, keep=5)
+    _state(data),
+    strategy,
+    epochs=2,
+    checkpointing=loop.Checkpointing(Checkpointer(tmp_path, every_steps=3, keep=5)),
   )
   assert got.resumed_from == 6
   assert _bit_identical(got.state.params, want.state.params)
@@ -552,19 +589,32 @@ def test_full_disk_stops_with_one_error_and_the_same_call_resumes_after(tmp_path
 def test_checkpoint_with_other_settings_is_refused_naming_the_keys(tmp_path, data):
   strategy = _strategies(data)["tbptt"]
   settings = {"optimizer.learning_rate": 0.003, "model.hidden_size": 8}
-  loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings)
+  loop.fit(
+    _state(data),
+    strategy,
+    epochs=1,
+    checkpointing=loop.Checkpointing(Checkpointer(tmp_path), settings=settings),
+  )
   other = dict(settings, **{"optimizer.learning_rate": 0.03})
   with pytest.raises(
     CheckpointError,
     match=r"optimizer.learning_rate: 0.003 there, 0.03 here.*"
     r"--config.resume=False",
   ):
-    loop.fit(_state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=other)
+    loop.fit(
+      _state(data),
+      strategy,
+      epochs=1,
+      checkpointing=loop.Checkpointing(Checkpointer(tmp_path), settings=other),
+    )
   with pytest.raises(CheckpointError, match="optimizer.learning_rate: 0.003 there, 0.03 here"):
     Checkpointer.check_settings(str(tmp_path), other)  # what the runner checks up front
   Checkpointer.check_settings(str(tmp_path), settings)
   again = loop.fit(
-    _state(data), strategy, epochs=1, checkpointer=Checkpointer(tmp_path), settings=settings
+    _state(data),
+    strategy,
+    epochs=1,
+    checkpointing=loop.Checkpointing(Checkpointer(tmp_path), settings=settings),
   )
   assert again.resumed_from is not None
 

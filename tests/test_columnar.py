@@ -82,7 +82,10 @@ def test_regression_targets_and_a_named_column(tmp_path, pa):
   table = table.rename_columns(["ids", "y"])
   pq.write_table(table, tmp_path / "r.parquet")
   meta = prepare.prepare_store(
-    "parquet", str(tmp_path / "r.parquet"), str(tmp_path / "s"), column="ids", label_column="y"
+    "parquet",
+    str(tmp_path / "r.parquet"),
+    str(tmp_path / "s"),
+    reading=prepare.Reading(column="ids", label_column="y"),
   )
   assert meta["target_dim"] == 2
   st = store.open_store(tmp_path / "s")

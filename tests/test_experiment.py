@@ -791,7 +791,9 @@ def test_whole_long_documents_are_evaluated_in_bounded_chunks_and_a_token_budget
   corpus.mkdir()
   for i, n in enumerate(rng.integers(200, 9000, size=40)):
     (corpus / f"{i:02d}.txt").write_bytes(bytes(rng.integers(32, 127, size=int(n)).tolist()))
-  prepare.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), max_length=0)
+  prepare.prepare_store(
+    "text_dir", str(corpus), str(tmp_path / "s"), reading=prepare.Reading(max_length=0)
+  )
   cfg = compare.get_config("smoke")
   cfg.plots = False
   cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)

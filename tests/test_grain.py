@@ -82,7 +82,7 @@ def test_tbptt_lanes_carry_state_across_grain_batches_as_fit_does():
   model = SequenceModel(hidden_size=8, num_outputs=2)
   strategy = batching.TBPTT(ds, num_streams=4, chunk_length=7)
   state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
-  want = loop.fit(state, strategy, epochs=1, compile_shapes="lazily")
+  want = loop.fit(state, strategy, epochs=1, pipeline=loop.Pipeline(compile_shapes="lazily"))
   steps = train.StepFunctions.create()
   state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
   carry, losses = steps.zero_carry(model, 4), []

@@ -115,7 +115,7 @@ def test_fit_flushes_the_writer_at_each_checkpoint_and_no_sooner(tmp_path):
   """While fit runs, the event file never holds a step past the newest checkpoint save; at
   the end it holds every step once, its loss as fit's history has it (float32)."""
   _needs_tensorboardx()
-  from lstm_jax import Checkpointer, fit
+  from lstm_jax import Checkpointer, Checkpointing, Hooks, fit
 
   state, strategy = _fit_setup(tmp_path)
   logdir = str(tmp_path / "tb")
@@ -135,7 +135,13 @@ def test_fit_flushes_the_writer_at_each_checkpoint_and_no_sooner(tmp_path):
     on_disk = metric_writers.read_scalars(logdir).get("train/loss", []) if saved else []
     seen.append((rec["step"], max([s for s, _, _ in on_disk], default=0), max(saved, default=0)))
 
-  result = fit(state, strategy, epochs=2, checkpointer=ckpt, writer=writer, callback=on_step)
+  result = fit(
+    state,
+    strategy,
+    epochs=2,
+    checkpointing=Checkpointing(ckpt),
+    hooks=Hooks(on_step=on_step, writer=writer),
+  )
   assert all(on_disk == last_save for _, on_disk, last_save in seen), seen
   assert any(on_disk > 0 for _, on_disk, _ in seen)  # it did flush mid-run
   got = metric_writers.read_scalars(logdir)
@@ -189,11 +195,13 @@ def test_progress_in_a_terminal_is_richs_bar():
 
 
 def test_fit_draws_a_progress_bar_when_asked(tmp_path):
-  from lstm_jax import fit
+  from lstm_jax import Hooks, fit
 
   state, strategy = _fit_setup(tmp_path)
   out = io.StringIO()
-  result = fit(state, strategy, epochs=2, progress=Progress(stream=out, every_seconds=1e9))
+  result = fit(
+    state, strategy, epochs=2, hooks=Hooks(progress=Progress(stream=out, every_seconds=1e9))
+  )
   lines = out.getvalue().splitlines()
   tokens = sum(h["real_tokens"] for h in result.history)
   assert lines[0].startswith("fit [....") and lines[-1].startswith("fit [####") and len(lines) == 2

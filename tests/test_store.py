@@ -244,7 +244,10 @@ def test_prepare_store_keeps_the_in_memory_loaders_sequences(tmp_path):
   corpus = _corpus(tmp_path / "corpus")
   ds, _ = sources.load_text(str(corpus), False, 16, 160)
   meta = prepare.prepare_store(
-    "text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160
+    "text_dir",
+    str(corpus),
+    str(tmp_path / "s"),
+    reading=prepare.Reading(min_length=16, max_length=160),
   )
   st = store.open_store(tmp_path / "s")
   assert np.array_equal(st.lengths, ds.lengths)
@@ -272,7 +275,12 @@ def test_the_runner_takes_a_store_as_it_takes_the_files(tmp_path):
   from lstm_jax.runner import experiment
 
   corpus = _corpus(tmp_path / "corpus", n=400)
-  prepare.prepare_store("text_dir", str(corpus), str(tmp_path / "s"), min_length=16, max_length=160)
+  prepare.prepare_store(
+    "text_dir",
+    str(corpus),
+    str(tmp_path / "s"),
+    reading=prepare.Reading(min_length=16, max_length=160),
+  )
   rows = {}
   for source, path in (("text_dir", corpus), ("store", tmp_path / "s")):
     cfg = compare.get_config("smoke")
@@ -511,7 +519,12 @@ def test_a_token_store_of_any_vocabulary_gets_its_baselines_and_report(tmp_path)
     json.dumps(rng.integers(0, 1000, size=int(n)).tolist()) for n in rng.integers(8, 60, 300)
   ]
   (tmp_path / "ids.jsonl").write_text("\n".join(lines) + "\n")
-  prepare.prepare_store("jsonl", str(tmp_path / "ids.jsonl"), str(tmp_path / "s"), vocab_size=1000)
+  prepare.prepare_store(
+    "jsonl",
+    str(tmp_path / "ids.jsonl"),
+    str(tmp_path / "s"),
+    reading=prepare.Reading(vocab_size=1000),
+  )
   cfg = compare.get_config("smoke")
   cfg.plots = False
   cfg.data.update(source="store", path=str(tmp_path / "s"), min_length=0, max_length=0)

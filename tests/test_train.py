@@ -350,7 +350,9 @@ def test_fit_assembles_the_next_batch_while_the_step_runs(data, monkeypatch):
   monkeypatch.setattr(train.StepFunctions, "batch", logged("assemble", batch))
   monkeypatch.setattr(CountedJit, "__call__", logged("dispatch", call))
   monkeypatch.setattr(jax, "device_get", logged("fetch", get))
-  result = loop.fit(state, strategy, epochs=1, steps=steps, prefetch=0)  # in the loop
+  result = loop.fit(
+    state, strategy, epochs=1, steps=steps, pipeline=loop.Pipeline(prefetch=0)
+  )  # in the loop
   n = len(result.history)
   assert n == len(strategy.plan(0)) >= 3
   expected = ["assemble", "dispatch"]
@@ -370,7 +372,7 @@ def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch
   assembled in the loop (tbptt: the carry crosses batches), and no thread is left after."""
   strategy = batching.TBPTT(data, num_streams=4, chunk_length=6)
   steps = train.StepFunctions.create()
-  want = loop.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=0)
+  want = loop.fit(_state(data), strategy, epochs=2, steps=steps, pipeline=loop.Pipeline(prefetch=0))
   batch, call = train.StepFunctions.batch, CountedJit.__call__
   assembled, where, dispatched = [], set(), []
   ready = [threading.Event() for _ in range(len(want.history) + 2)]
@@ -391,7 +393,7 @@ def test_batches_assembled_ahead_on_a_thread_give_the_same_run(data, monkeypatch
 
   monkeypatch.setattr(train.StepFunctions, "batch", assemble)
   monkeypatch.setattr(CountedJit, "__call__", dispatch)
-  got = loop.fit(_state(data), strategy, epochs=2, steps=steps, prefetch=2)
+  got = loop.fit(_state(data), strategy, epochs=2, steps=steps, pipeline=loop.Pipeline(prefetch=2))
   assert where == {"fit-batches"}
   assert len(assembled) == len(want.history)  # nothing assembled past the last step
   assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
@@ -407,9 +409,9 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
   planned = []
   plan = strategy._plan
   monkeypatch.setattr(strategy, "_plan", lambda e, rng: planned.append(e) or plan(e, rng))
-  loop.fit(_state(data), strategy, epochs=1, prefetch=3)
+  loop.fit(_state(data), strategy, epochs=1, pipeline=loop.Pipeline(prefetch=3))
   assert planned == [0]  # the epoch's last batch ends the stream: epoch 1 is never planned
-  result = loop.fit(_state(data), strategy, real_tokens=20, prefetch=3)
+  result = loop.fit(_state(data), strategy, real_tokens=20, pipeline=loop.Pipeline(prefetch=3))
   assert len(result.history) < len(strategy.plan(0))  # stopped with the thread ahead of it
   assert _fit_threads() == []
 
@@ -424,7 +426,13 @@ def test_prefetch_stops_where_training_stops_and_passes_errors_on(data, monkeypa
   monkeypatch.setattr(train.StepFunctions, "batch", damaged)
   seen = []
   with pytest.raises(DataError, match="truncated"):
-    loop.fit(_state(data), strategy, epochs=1, prefetch=2, callback=seen.append)
+    loop.fit(
+      _state(data),
+      strategy,
+      epochs=1,
+      pipeline=loop.Pipeline(prefetch=2),
+      hooks=loop.Hooks(on_step=seen.append),
+    )
   # no batch after it; of the two steps before it, the first is recorded (the second's metrics
   # are fetched once a third is dispatched, as without the thread)
   assert len(calls) == 3 and len(seen) == 1
@@ -443,7 +451,9 @@ def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(dat
   ahead = loop.fit(_state(data), strategy, epochs=2)
   results = {}
   for mode in ("background", "lazily"):
-    results[mode] = loop.fit(_state(data), strategy, epochs=2, compile_shapes=mode)
+    results[mode] = loop.fit(
+      _state(data), strategy, epochs=2, pipeline=loop.Pipeline(compile_shapes=mode)
+    )
   for mode, result in results.items():
     fn = result.steps.train
     assert fn.compiles == fn.traces == len(strategy.shapes()) == 4, mode
@@ -453,7 +463,39 @@ def test_background_compiles_give_the_same_run_with_each_shape_compiled_once(dat
   assert sum(h["compiled"] for h in results["lazily"].history) == 4  # each shape, once
   assert not any(h["compiled"] for h in ahead.history)
   with pytest.raises(ConfigError, match=r"compile_shapes must be one of \('ahead', 'lazily'"):
-    loop.fit(_state(data), strategy, epochs=1, compile_shapes=True)  # the old tri-state's True
+    loop.fit(
+      _state(data), strategy, epochs=1, pipeline=loop.Pipeline(compile_shapes=True)
+    )  # the old tri-state's True
+
+
+@pytest.mark.parametrize(
+  "make, match",
+  [
+    (lambda: loop.Pipeline(compile_workers=0), r"compile_workers must be >= 1, got 0"),
+    (lambda: loop.Pipeline(compile_workers=2), r'set compile_shapes="background"'),
+    (lambda: loop.Pipeline(prefetch=-1), r"prefetch must be >= 0"),
+    (lambda: loop.Hooks(on_eval=lambda s, t: None), r"on_eval without eval_every_tokens"),
+    (lambda: loop.Hooks(eval_every_tokens=100), r"eval_every_tokens without on_eval"),
+    (lambda: loop.Hooks(eval_every_tokens=0, on_eval=print), r"eval_every_tokens must be >= 1"),
+    (lambda: loop.Checkpointing("runs/ckpt"), r"needs a lstm_jax.Checkpointer, got str"),
+    (lambda: loop.Checkpointing(None, settings={}), r"settings or resumed without a checkpointer"),
+  ],
+)
+def test_fits_records_refuse_what_would_be_ignored_or_wrong(make, match):
+  """fit's three records check themselves when built, so a setting that would be silently
+  ignored (an evaluation never scheduled, workers that never compile, settings with nothing to
+  check them against) is one ConfigError naming the fix."""
+  with pytest.raises(ConfigError, match=match):
+    make()
+
+
+def test_fit_refuses_a_record_of_the_wrong_kind(data):
+  """A dict (or the old keyword's value) where a record belongs is named, not half-used."""
+  strategy = batching.Pad(data, batch_size=4)
+  with pytest.raises(ConfigError, match=r"fit's hooks= takes a lstm_jax.loop.Hooks, got dict"):
+    loop.fit(_state(data), strategy, epochs=1, hooks=dict(progress=True))
+  with pytest.raises(ConfigError, match=r"fit's checkpointing= takes .*Checkpointing, got Pipe"):
+    loop.fit(_state(data), strategy, epochs=1, checkpointing=loop.Pipeline())
 
 
 def test_a_background_compile_error_reaches_the_caller(data):

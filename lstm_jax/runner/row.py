@@ -327,6 +327,7 @@ def run_strategy(
       curve.last if curve.points else None,
     )
   clock.tick(compiled_ahead)  # the compile made before the first step
+  every = cfg.train.eval_every_tokens  # 0: evaluated only at the start and the end
   try:
     result = loop.fit(
       state,
@@ -334,16 +335,22 @@ def run_strategy(
       epochs=cfg.train.epochs or None,
       real_tokens=cfg.train.real_tokens or None,
       steps=steps,
-      callback=on_step,
-      compile_shapes="background" if background else "lazily",
-      compile_workers=cfg.background_compiles,
-      eval_every_tokens=cfg.train.eval_every_tokens,
-      on_eval=on_eval,
-      checkpointer=checkpointer,
-      settings=settings,
-      resumed=resumed,
-      preemption=preemption,
-      writer=tb,
+      pipeline=loop.Pipeline(
+        compile_shapes="background" if background else "lazily",
+        compile_workers=cfg.background_compiles if background else 1,
+      ),
+      checkpointing=loop.Checkpointing(
+        checkpointer,
+        settings=settings if checkpointer is not None else None,  # nothing to check them against
+        resumed=resumed,
+        preemption=preemption,
+      ),
+      hooks=loop.Hooks(
+        on_step=on_step,
+        on_eval=on_eval if every else None,
+        eval_every_tokens=every or None,
+        writer=tb,
+      ),
     )
   except Preempted as e:
     log.end()

@@ -8,8 +8,8 @@ every row side by side on each horizontal axis:
                                                        the "Relative" axis is training seconds
     WORKDIR/tensorboard/tokens/<strategy>-seed<seed>/  by_real_tokens/* by real tokens trained on
 
-Both are flushed together at each of the row's checkpoints (`fit(writer=...)`), so after a
-SIGTERM, or a kill, and a resume, each step's and each evaluation's scalars are there once.
+Both are flushed together at each of the row's checkpoints (`fit(hooks=Hooks(writer=...))`), so
+after a SIGTERM, or a kill, and a resume, each step's and each evaluation's scalars are there once.
 """
 
 from __future__ import annotations

@@ -83,21 +83,22 @@ writer = (
   if metric_writers.tensorboard_available()
   else None
 )
-out["uninterrupted"] = [h["loss"] for h in tbptt_fit(writer=writer).history]
+out["uninterrupted"] = [h["loss"] for h in tbptt_fit(hooks=loop.Hooks(writer=writer)).history]
 if writer is not None:
   writer.close()
 stopped = None
 with Preemption() as preemption:
   try:
     tbptt_fit(
-      callback=sigterm_at_step_3,
-      checkpointer=Checkpointer(sys.argv[5], every_steps=0),
-      preemption=preemption,
+      checkpointing=loop.Checkpointing(
+        Checkpointer(sys.argv[5], every_steps=0), preemption=preemption
+      ),
+      hooks=loop.Hooks(on_step=sigterm_at_step_3),
     )
   except Preempted as e:
     stopped = e.step
 print(f"STOPPED {jax.process_index()} {stopped}", flush=True)
-r = tbptt_fit(checkpointer=Checkpointer(sys.argv[5], every_steps=0))
+r = tbptt_fit(checkpointing=loop.Checkpointing(Checkpointer(sys.argv[5], every_steps=0)))
 out["resumed_from"], out["resumed"] = r.resumed_from, [h["loss"] for h in r.history]
 if jax.process_index() == 0:
   print("RESULT " + json.dumps(out))

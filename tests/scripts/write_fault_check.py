@@ -71,8 +71,8 @@ def fault(mode: str, directory: str) -> CheckpointError:
       state,
       batching.TBPTT(ds, num_streams=4, chunk_length=7, seed=2),
       epochs=2,
-      checkpointer=ckpt,
-      callback=after_step,
+      checkpointing=loop.Checkpointing(ckpt),
+      hooks=loop.Hooks(on_step=after_step),
     )
   except CheckpointError as e:
     return e
