@@ -24,6 +24,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
   "tasks": ("tasks", ""),  # synthetic tasks with a known answer (the README's first example)
   "open_store": ("store", "open_store"),
   "write_store": ("store", "write_store"),
+  "StoreSchema": ("store", "StoreSchema"),  # what a written store holds (write_store's schema)
   # one's own files: the UCR/UEA .ts format and ragged .npz, each (dataset, identity)
   "load_ts": ("labelled_files", "load_ts"),
   "load_npz": ("labelled_files", "load_npz"),
@@ -123,6 +124,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly (re-exp
   )
   from lstm_jax.normalization import fit_normalizer, normalize
   from lstm_jax.progress import Progress
-  from lstm_jax.store import open_store, write_store
+  from lstm_jax.store import StoreSchema, open_store, write_store
   from lstm_jax.streaming import Streamer
   from lstm_jax.train import create_train_state

@@ -352,7 +352,7 @@ def prepare_store(
 
       settings, classes, records = _labelled_records(parse, p, r.vocab_size, r.num_classes)
     identity.update(inferred=settings, **({"classes": classes} if classes else {}))
-    return store.write_store(out, records, source=identity, **settings, **common)
+    return store.write_store(out, records, store.StoreSchema(**settings), source=identity, **common)
   if source.startswith("stdlib"):
     unit = source.split("_")[1]
     chunks = _stdlib_chunks(unit, r.include_tests)
@@ -366,4 +366,5 @@ def prepare_store(
   identity.update(min_length=r.min_length, max_length=r.max_length)
   identity.update(sequences_found=0, duplicates_dropped=0, dropped_by_length=0)
   records = _byte_records(chunks, r.min_length, r.max_length, identity)
-  return store.write_store(out, records, source=identity, vocab_size=256, **common)
+  schema = store.StoreSchema(vocab_size=256)  # bytes, next-token targets
+  return store.write_store(out, records, schema, source=identity, **common)

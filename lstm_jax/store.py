@@ -61,6 +61,7 @@ from lstm_jax.store_writer import (  # noqa: F401 (the format and writer: named 
   TARGET_KINDS,
   VERSION,
   StoreError,
+  StoreSchema,
   StoreWriter,
   _check_meta,
   _ChunkHasher,

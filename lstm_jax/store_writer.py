@@ -8,6 +8,7 @@ described in lstm_jax.store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,14 +46,62 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 # --- writing -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoreSchema:
+  """What a store holds, as its meta.json records it; checked when built.
+
+  Args:
+    vocab_size: token inputs: the vocabulary (the values' dtype follows from it). Exactly one of
+      vocab_size and num_features.
+    num_features: feature inputs: floats per step.
+    targets: "next_token" (tokens only: derived, nothing stored), "step" (one target per step,
+      given with each record) or "sequence" (one per record).
+    num_classes: classification targets: the classes. Step or sequence targets need
+      num_classes or target_dim.
+    target_dim: regression targets: floats per target.
+    values_dtype: feature values' dtype, "float32" (default) or "float16" (half the disk).
+  """
+
+  vocab_size: int | None = None
+  num_features: int | None = None
+  targets: str = "next_token"
+  num_classes: int | None = None
+  target_dim: int | None = None
+  values_dtype: str | None = None
+
+  def __post_init__(self) -> None:
+    if (self.vocab_size is None) == (self.num_features is None):
+      raise DataError("a store holds token ids (vocab_size=...) or features (num_features=...).")
+    if self.targets not in TARGET_KINDS:
+      raise DataError(f"targets must be one of {TARGET_KINDS}, got {self.targets!r}.")
+    if self.targets == "next_token" and self.vocab_size is None:
+      raise DataError("next-token targets need token inputs (vocab_size=...).")
+    if self.targets != "next_token" and (self.num_classes is None) == (self.target_dim is None):
+      raise DataError(f"{self.targets}-level targets need num_classes=... or target_dim=....")
+    if self.vocab_size is None:
+      dtype = np.dtype(self.values_dtype or "float32")
+      if dtype not in (np.float16, np.float32):
+        raise DataError(f"feature values are float16 or float32, got {self.values_dtype!r}.")
+
+  @classmethod
+  def of(cls, dataset: RaggedDataset) -> StoreSchema:
+    """The schema that holds `dataset` (next-token byte or token LMs are recognised when
+    targets are inputs shifted by one, and kept as `next_token`)."""
+    next_token = _is_next_token(dataset)
+    return cls(
+      vocab_size=dataset.vocab_size,
+      num_features=dataset.num_features,
+      targets="next_token" if next_token else dataset.target_level,
+      num_classes=None if next_token else dataset.num_classes,
+      target_dim=None if next_token or dataset.is_classification else dataset.target_dim,
+    )
+
+
 class StoreWriter:
   """Writes a store record by record, in one pass and bounded memory (an 8 MB buffer).
 
-  tokens: `vocab_size` ids per step (the values' dtype follows from it); or features:
-  `num_features` floats per step (`values_dtype` float32, or float16 to halve the disk).
-  targets: "next_token" (tokens only: derived, nothing stored), "step" (one target per step,
-  given with each record), or "sequence" (one per record). Classes need `num_classes`;
-  regression targets are floats of `target_dim` each.
+  What it holds is its `StoreSchema` (token ids or features, the targets' kind), checked when
+  the schema is built: `StoreWriter(path, StoreSchema(vocab_size=256))`.
 
   The store is written into `path + ".partial"`, under a lock (a second writer of the same
   path is refused, naming the first), and swapped in whole by `close()` (`files.DirectoryWriter`):
@@ -62,36 +111,29 @@ class StoreWriter:
   came from); an exception (a full disk, Ctrl-C) removes the partial store.
   """
 
-  def __init__(  # noqa: PLR0913 (the store's schema, as meta.json records it)
+  def __init__(
     self,
     path: str | os.PathLike,
+    schema: StoreSchema,
     *,
-    vocab_size: int | None = None,
-    num_features: int | None = None,
-    targets: str = "next_token",
-    num_classes: int | None = None,
-    target_dim: int | None = None,
-    values_dtype: str | None = None,
     name: str = "",
     source: dict | None = None,
     overwrite: bool = False,
   ):
-    if (vocab_size is None) == (num_features is None):
-      raise DataError("a store holds token ids (vocab_size=...) or features (num_features=...).")
-    if targets not in TARGET_KINDS:
-      raise DataError(f"targets must be one of {TARGET_KINDS}, got {targets!r}.")
-    if targets == "next_token" and vocab_size is None:
-      raise DataError("next-token targets need token inputs (vocab_size=...).")
-    if targets != "next_token" and (num_classes is None) == (target_dim is None):
-      raise DataError(f"{targets}-level targets need num_classes=... or target_dim=....")
-    self.vocab_size, self.num_features = vocab_size, num_features
-    self.targets, self.num_classes, self.target_dim = targets, num_classes, target_dim
-    if vocab_size is not None:
-      self.values_dtype = token_dtype(int(vocab_size))
+    if not isinstance(schema, StoreSchema):
+      raise DataError(
+        f"StoreWriter takes a StoreSchema (what the store holds), got {type(schema).__name__}; "
+        f"for example StoreWriter(path, StoreSchema(vocab_size=256))."
+      )
+    self.schema = schema
+    self.vocab_size, self.num_features = schema.vocab_size, schema.num_features
+    self.targets, self.num_classes = schema.targets, schema.num_classes
+    self.target_dim = schema.target_dim
+    if schema.vocab_size is not None:
+      self.values_dtype = token_dtype(int(schema.vocab_size))
     else:
-      self.values_dtype = np.dtype(values_dtype or "float32")
-      if self.values_dtype not in (np.float16, np.float32):
-        raise DataError(f"feature values are float16 or float32, got {values_dtype!r}.")
+      self.values_dtype = np.dtype(schema.values_dtype or "float32")
+    num_classes = schema.num_classes
     self.targets_dtype = np.dtype(np.int32 if num_classes is not None else np.float32)
     self._directory = DirectoryWriter(
       path,
@@ -373,9 +415,12 @@ def _identity_fields(meta: dict) -> dict:
 def write_store(
   path: str | os.PathLike,
   records: Iterable[tuple[Any, Any, str | None]],
+  schema: StoreSchema,
   *,
   progress: Callable[[StoreWriter], None] | None = None,
-  **settings,
+  name: str = "",
+  source: dict | None = None,
+  overwrite: bool = False,
 ) -> dict:
   """Writes records as a store at `path`, in one streaming pass.
 
@@ -383,13 +428,15 @@ def write_store(
     path: the store's directory (written as `path.partial`, renamed when complete).
     records: (values, target or None, where) triples: a sequence's values, its target (None
       for next-token targets), and where it came from (named in an error about it).
+    schema: what the store holds (`StoreSchema`: tokens or features, the targets' kind).
     progress: called with the writer after each record.
-    **settings: the `StoreWriter`'s (vocab_size, num_classes, target_level, dtypes, ...).
+    name, source, overwrite: the `StoreWriter`'s: the store's name (default: its directory's),
+      where its data came from (recorded in meta.json), whether to replace a store there.
 
   Returns:
     The store's metadata (meta.json): counts, dtypes, fingerprint, source.
   """
-  with StoreWriter(path, **settings) as writer:
+  with StoreWriter(path, schema, name=name, source=source, overwrite=overwrite) as writer:
     for values, target, where in records:
       writer.add(values, target, where)
       if progress is not None:
@@ -398,19 +445,20 @@ def write_store(
   return read_meta(path)
 
 
-def from_dataset(dataset: RaggedDataset, path: str | os.PathLike, **kwargs) -> dict:
-  """Writes an in-memory `RaggedDataset` as a store (next-token byte or token LMs are
-  recognised when targets are inputs shifted by one and kept as `next_token`)."""
-  next_token = _is_next_token(dataset)
-  settings: dict[str, Any] = dict(
-    vocab_size=dataset.vocab_size,
-    num_features=dataset.num_features,
-    targets="next_token" if next_token else dataset.target_level,
-    num_classes=None if next_token else dataset.num_classes,
-    target_dim=None if next_token or dataset.is_classification else dataset.target_dim,
-    name=dataset.name,
-  )
-  settings.update(kwargs)
+def from_dataset(
+  dataset: RaggedDataset,
+  path: str | os.PathLike,
+  *,
+  progress: Callable[[StoreWriter], None] | None = None,
+  source: dict | None = None,
+  overwrite: bool = False,
+  name: str | None = None,
+) -> dict:
+  """Writes an in-memory `RaggedDataset` as a store (`StoreSchema.of`: next-token byte or token
+  LMs are recognised when targets are inputs shifted by one and kept as `next_token`); `name`
+  defaults to the dataset's, the rest as `write_store`."""
+  schema = StoreSchema.of(dataset)
+  next_token = schema.targets == "next_token"
   o = dataset.offsets
 
   def records():
@@ -422,7 +470,15 @@ def from_dataset(dataset: RaggedDataset, path: str | os.PathLike, **kwargs) -> d
         step = dataset.target_level == "step"
         yield x, dataset.targets[o[i] : o[i + 1]] if step else dataset.targets[i], f"sequence {i}"
 
-  return write_store(path, records(), **settings)
+  return write_store(
+    path,
+    records(),
+    schema,
+    progress=progress,
+    name=dataset.name if name is None else name,
+    source=source,
+    overwrite=overwrite,
+  )
 
 
 def _is_next_token(ds: RaggedDataset) -> bool:

@@ -248,7 +248,9 @@ def _store(name: str, damage: Callable[[Path], None] | None = None) -> Path:
   path = TMP / name
   shutil.rmtree(path, ignore_errors=True)
   TMP.mkdir(parents=True, exist_ok=True)
-  store.write_store(path, [(np.arange(10) % 256, None, None)] * 3, vocab_size=256)
+  store.write_store(
+    path, [(np.arange(10) % 256, None, None)] * 3, store.StoreSchema(vocab_size=256)
+  )
   if damage is not None:
     damage(path)
   return path
@@ -262,7 +264,7 @@ def _truncate(path: Path) -> None:
 def _bad_record():
   records = [(np.array([1, 2, 3]), None, "notes.txt"), (np.array([4, 300]), None, "tokens.txt")]
   shutil.rmtree(TMP / "bad_record", ignore_errors=True)
-  return store.write_store(TMP / "bad_record", records, vocab_size=256)
+  return store.write_store(TMP / "bad_record", records, store.StoreSchema(vocab_size=256))
 
 
 def _store_meta(name: str, **changes) -> Path:
@@ -279,7 +281,7 @@ def _store_meta(name: str, **changes) -> Path:
 def _overwrite_a_users_directory():
   mine = _empty_dir("mine")
   (mine / "thesis.tex").write_text("mine")
-  return store.StoreWriter(mine, vocab_size=256, overwrite=True)
+  return store.StoreWriter(mine, store.StoreSchema(vocab_size=256), overwrite=True)
 
 
 def _sample_from(name: str, meta: str | None, summary: str | None):

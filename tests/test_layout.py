@@ -165,6 +165,7 @@ POSITIONAL_EXCEPTIONS = {
   "RaggedDataset": 3,  # a dataset's three arrays: values, lengths, targets
   "Batch": 6,  # the batch contract's record, built by the strategies, read by users
   "create_train_state": 3,  # model, optimizer, data: what every train state needs
+  "write_store": 3,  # where, the records and what they are (StoreSchema): what every store needs
 }
 
 

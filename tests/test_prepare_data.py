@@ -91,7 +91,7 @@ def test_a_trailing_slash_writes_and_overwrites_the_same_store(tmp_path):
 def test_a_second_writer_is_refused_naming_the_first(tmp_path):
   corpus = _corpus(tmp_path / "corpus")
   out = tmp_path / "s"
-  holder = store.StoreWriter(out, vocab_size=256)  # this process holds the lock
+  holder = store.StoreWriter(out, store.StoreSchema(vocab_size=256))  # this process holds the lock
   got = _run("--source", "text_dir", "--path", corpus, "--out", out, "--overwrite")
   _one_error_line(got, f"is being written by pid {os.getpid()} on ")
   holder.add(np.arange(5))
@@ -121,7 +121,7 @@ def test_a_dead_writers_partial_is_cleared_and_said(tmp_path):
 
 def _two_stores(tmp_path) -> tuple[Path, dict, dict]:
   out = tmp_path / "s"
-  old = store.write_store(out, [(np.arange(6), None, "a")], vocab_size=256)
+  old = store.write_store(out, [(np.arange(6), None, "a")], store.StoreSchema(vocab_size=256))
   return out, old, _tree(out)
 
 
@@ -134,7 +134,7 @@ def test_an_interrupted_swap_leaves_a_complete_store_that_is_named_and_put_back(
   with pytest.raises(store.StoreError, match=r"left a complete one at .*s.replaced: rename it"):
     store.open_store(out)
   with pytest.warns(LeftoverWarning, match="put back the previous one"):
-    writer = store.StoreWriter(out, vocab_size=256, overwrite=True)
+    writer = store.StoreWriter(out, store.StoreSchema(vocab_size=256), overwrite=True)
   assert _tree(out) == old_files  # back in place while the new one is written
   writer.add(np.arange(9))
   writer.close()
@@ -149,7 +149,7 @@ def test_an_exception_mid_swap_keeps_the_old_store_or_the_new_one_whole(
   """A signal or fault at either rename of the swap: the old store is put back (first rename
   done, second not) or the new one stands (both done); never neither."""
   out, _, old_files = _two_stores(tmp_path)
-  writer = store.StoreWriter(out, vocab_size=256, overwrite=True)
+  writer = store.StoreWriter(out, store.StoreSchema(vocab_size=256), overwrite=True)
   writer.add(np.arange(9))
   real, calls = os.rename, []
 

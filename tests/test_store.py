@@ -217,13 +217,15 @@ def test_damaged_offsets_are_refused(stores, tmp_path):
 def test_a_bad_record_names_itself_and_leaves_no_store(tmp_path):
   records = [(np.array([1, 2, 3]), None, "a.txt"), (np.array([4, 300]), None, "b.txt")]
   with pytest.raises(DataError, match=r"b.txt: token 300 is out of range \[0, 256\)"):
-    store.write_store(tmp_path / "s", records, vocab_size=256)
+    store.write_store(tmp_path / "s", records, store.StoreSchema(vocab_size=256))
   assert not os.path.exists(tmp_path / "s") and not os.path.exists(tmp_path / "s.partial")
   with pytest.raises(DataError, match="c.txt has 1 token"):
-    store.write_store(tmp_path / "s", [(np.array([7]), None, "c.txt")], vocab_size=256)
-  store.write_store(tmp_path / "s", records[:1], vocab_size=256)
+    store.write_store(
+      tmp_path / "s", [(np.array([7]), None, "c.txt")], store.StoreSchema(vocab_size=256)
+    )
+  store.write_store(tmp_path / "s", records[:1], store.StoreSchema(vocab_size=256))
   with pytest.raises(store.StoreError, match="already exists"):
-    store.write_store(tmp_path / "s", records[:1], vocab_size=256)
+    store.write_store(tmp_path / "s", records[:1], store.StoreSchema(vocab_size=256))
 
 
 def _corpus(root, n=260):
@@ -313,13 +315,15 @@ def test_byte_sources_subsample_before_converting_to_the_same_sequences(tmp_path
 
 def test_records_added_many_at_a_time_make_the_same_store(tmp_path):
   docs = [RNG.integers(0, 1000, size=n) for n in (5, 2, 9, 3)]
-  one = store.write_store(tmp_path / "one", [(d, None, None) for d in docs], vocab_size=1000)
-  with store.StoreWriter(tmp_path / "many", vocab_size=1000) as w:
+  one = store.write_store(
+    tmp_path / "one", [(d, None, None) for d in docs], store.StoreSchema(vocab_size=1000)
+  )
+  with store.StoreWriter(tmp_path / "many", store.StoreSchema(vocab_size=1000)) as w:
     w.add_many(np.concatenate(docs[:3]), [5, 2, 9])
     w.add_many(docs[3], [3])
   assert store.read_meta(tmp_path / "many")["fingerprint"] == one["fingerprint"]
   with pytest.raises(DataError, match=r"record 2: token 1000 is out of range"):
-    with store.StoreWriter(tmp_path / "bad", vocab_size=1000) as w:
+    with store.StoreWriter(tmp_path / "bad", store.StoreSchema(vocab_size=1000)) as w:
       w.add_many(np.array([1, 2, 3, 4, 5, 1000]), [2, 2, 2])
   assert not os.path.exists(tmp_path / "bad.partial")
 
@@ -439,7 +443,9 @@ def _big_store(path, n=300) -> list:
   """A byte store of ~1.2 MB: 19 checksummed chunks, 8 of them checked at open."""
   rng = np.random.default_rng(0)
   docs = [rng.integers(0, 256, size=int(k)) for k in rng.integers(2000, 6000, size=n)]
-  store.write_store(path, [(d, None, f"doc {i}") for i, d in enumerate(docs)], vocab_size=256)
+  store.write_store(
+    path, [(d, None, f"doc {i}") for i, d in enumerate(docs)], store.StoreSchema(vocab_size=256)
+  )
   return docs
 
 
@@ -487,7 +493,7 @@ def test_out_of_range_ids_in_an_old_store_name_the_record_not_a_nan(tmp_path):
   used to train to a NaN loss; now the batch that reads it is refused, naming the record."""
   path = tmp_path / "v1"
   docs = [np.arange(5) + i for i in range(6)]
-  store.write_store(path, [(d, None, None) for d in docs], vocab_size=1000)
+  store.write_store(path, [(d, None, None) for d in docs], store.StoreSchema(vocab_size=1000))
   meta = json.loads((path / "meta.json").read_text())
   for key in ("checksums", "digests", "max_value", "max_target"):
     meta.pop(key)
@@ -572,3 +578,28 @@ def test_a_rerun_on_a_store_changed_since_the_run_started_is_refused_naming_the_
     experiment.train_and_evaluate(cfg, workdir, quiet=True)
   where = [f.name for f in traceback.extract_tb(e.value.__traceback__)]
   assert "check_stores_unchanged" in where  # before anything ran, not when a batch met it
+
+
+@pytest.mark.parametrize(
+  "fields, said",
+  [
+    (dict(), "a store holds token ids .* or features"),
+    (dict(vocab_size=256, num_features=3), "a store holds token ids .* or features"),
+    (dict(vocab_size=256, targets="words"), "targets must be one of"),
+    (dict(num_features=3), "next-token targets need token inputs"),
+    (dict(num_features=3, targets="step"), "step-level targets need num_classes=... or target_dim"),
+    (dict(vocab_size=9, targets="sequence", num_classes=2, target_dim=1), "sequence-level"),
+    (dict(num_features=3, targets="step", target_dim=1, values_dtype="int8"), "float16 or float32"),
+  ],
+)
+def test_a_schema_that_cannot_be_a_store_is_refused_when_built(fields, said):
+  """StoreSchema checks itself when built, before a directory is made; a writer given anything
+  else (the old keywords' dict, say) names what it takes."""
+  with pytest.raises(DataError, match=said):
+    store.StoreSchema(**fields)
+
+
+def test_the_writer_takes_a_schema_and_nothing_else(tmp_path):
+  with pytest.raises(DataError, match=r"StoreWriter takes a StoreSchema .* got dict"):
+    store.StoreWriter(tmp_path / "s", dict(vocab_size=256))
+  assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()

@@ -89,7 +89,7 @@ def part_writer(out: str, num: int, median: float, sigma: float, max_len: int) -
 
   with PeakAnon() as mem:
     t0 = time.perf_counter()
-    with store.StoreWriter(out, vocab_size=1000) as writer:
+    with store.StoreWriter(out, store.StoreSchema(vocab_size=1000)) as writer:
       for flat, lengths in synthetic_blocks(num, median, sigma, max_len, 1000, 0):
         writer.add_many(flat, lengths)
     meta = store.read_meta(out)
@@ -319,7 +319,7 @@ def part_long_documents_writer(out: str, num: int, median: float, sigma: float) 
 
   rng = np.random.default_rng(1)
   t0 = time.perf_counter()
-  with store.StoreWriter(out, vocab_size=256) as writer:
+  with store.StoreWriter(out, store.StoreSchema(vocab_size=256)) as writer:
     for s in range(0, num, 256):
       n = min(256, num - s)
       lengths = np.maximum(2, np.round(rng.lognormal(np.log(median), sigma, n))).astype(np.int64)
