@@ -1,5 +1,6 @@
 """The candidates for a faster train step against the default step, side by side
-(lstm_jax.benchmark.candidates): hoisted input projection, unrolled scans, autodiff backward.
+(lstm_jax.benchmark.candidates): hoisted input projection, unrolled scans, autodiff backward,
+and XLA CPU options (each in a fresh process).
 
     python experiments/speed_candidates.py --out benchmarks/DATE-CPU-candidates/CANDIDATES.md
 
@@ -28,12 +29,17 @@ flags.DEFINE_string(
   "Also put the report in this file, as its speed-candidates section ('': not).",
 )
 flags.DEFINE_bool("quick", False, "Tiny shapes: a check that every part runs.")
+flags.DEFINE_integer(
+  "xla_rounds", 2, "Rounds of the XLA options (a fresh process per variant and round; 0: none)."
+)
 F = flags.FLAGS
 
 
 def main(_):
   cfg = benchmark_config.get_config("quick" if F.quick else "default")
   result = candidates.run(cfg, rounds=F.rounds)
+  if F.xla_rounds:
+    result["xla_options"] = candidates.run_xla_options(cfg, rounds=F.xla_rounds)
   result["versions"] = versions()
   text = sections.write_report(
     F.out,

@@ -309,6 +309,29 @@ def test_speed_candidates_are_timed_side_by_side_against_the_default():
   assert "| input projection hoisted over the chunk |" in text and "a CPU" in text
 
 
+def test_an_xla_option_reaches_its_process_and_its_row(monkeypatch):
+  """The XLA-option candidate: its child adds the flag to XLA_FLAGS (here in process, where the
+  backend already started, so only the plumbing is checked; the benchmark runs each in a fresh
+  process) and times passes; the report has a row per option with its flag."""
+  from lstm_jax.benchmark import candidates
+
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+  cfg = benchmark_config.get_config("quick")
+  got = candidates.xla_option_child(cfg.to_dict(), "--xla_cpu_use_xnnpack=false", passes=2)
+  assert got["flags"] == "--xla_cpu_use_fusion_emitters=false --xla_cpu_use_xnnpack=false"
+  assert len(got["rates"]) == 2 and all(x > 0 for x in got["rates"])
+  rows = [
+    dict(name=n, settings=dict(xla_flags=f), tokens_per_second=1000.0, ratio_to_default=r)
+    for (n, f), r in zip([("default", ""), candidates.XLA_OPTIONS[2]], (1.0, 1.033))
+  ]
+  r = dict(workload=dict(batch=1, chunk=2, features=3, hidden=4), rounds=1, rows=[])
+  r["real_tokens_per_pass"] = 10
+  r["xla_options"] = dict(rounds=2, passes=3, rows=rows)
+  text = candidates.markdown(r, "a CPU")
+  assert "| XNNPACK off (Eigen's dots) | `--xla_cpu_use_xnnpack=false` | 1,000 | 1.033 |" in text
+  assert "| default | - | 1,000 | 1.000 |" in text
+
+
 def test_a_benchmark_report_is_written_with_its_json_and_as_a_section(tmp_path):
   """sections.write_report: the json beside the markdown, and the same report one heading down
   as a named section of the summary, replaced (not repeated) by a rerun, the summary's other
