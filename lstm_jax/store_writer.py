@@ -133,8 +133,7 @@ class StoreWriter:
       self.values_dtype = token_dtype(int(schema.vocab_size))
     else:
       self.values_dtype = np.dtype(schema.values_dtype or "float32")
-    num_classes = schema.num_classes
-    self.targets_dtype = np.dtype(np.int32 if num_classes is not None else np.float32)
+    self.targets_dtype = np.dtype(np.int32 if schema.num_classes is not None else np.float32)
     self._directory = DirectoryWriter(
       path,
       replaceable=is_store,
