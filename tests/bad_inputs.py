@@ -149,6 +149,17 @@ def _calibration(value) -> Callable[[], object]:
   return run
 
 
+def _precision(text: str) -> Callable[[], object]:
+  def run():
+    from lstm_jax.runner import precision  # noqa: PLC0415
+
+    path = _empty_dir("precision") / "precision.json"
+    path.write_text(text)
+    return precision.PrecisionChoice.load(str(path), "k")
+
+  return run
+
+
 def _nan_at_step():
   targets = np.zeros((16, 1), np.float32)
   targets[12:] = 1e30  # squares to inf in the loss
@@ -734,7 +745,7 @@ CASES = [
     "config",
     "a matmul precision that does not exist",
     lambda: config.validate_config(_cfg(**{"model.matmul_dtype": "float16"})),
-    r"config.model.matmul_dtype must be one of \('float32', 'bfloat16'\), got 'float16'",
+    r"config.model.matmul_dtype must be one of \('float32', 'bfloat16', 'auto'\), got 'float16'",
   ),
   Case(
     "config",
@@ -901,6 +912,19 @@ CASES = [
     "NaN inside calibration.json",
     _calibration(float("nan")),
     r"calibration.json: memory_per_token is nan, not a finite number",
+  ),
+  Case(
+    "workdir",
+    "precision.json (what matmul_dtype=auto chose) cut short",
+    _precision('{"chosen": "bfloat16", "rea'),
+    r"precision.json is damaged \(JSONDecodeError.*delete it to measure again",
+  ),
+  Case(
+    "workdir",
+    "a precision that does not exist inside precision.json",
+    _precision('{"chosen": "float16", "reason": "x", "key": "k"}'),
+    r"precision.json is damaged \(ValueError: chosen is 'float16'\).*or set "
+    r"config.model.matmul_dtype",
   ),
 ]
 

@@ -48,6 +48,7 @@ RUNNER = (
   "writers",
   "data",
   "build",
+  "precision",
   "recommend",
   "row",
   "experiment",

@@ -44,9 +44,13 @@ def make_model(
 
   right_padded: the row's strategy's (`Strategy.right_padded`). A row that packs or chunks its
   rows keeps the scan under config.model.backend=cudnn or reference (the fused LSTM takes one
-  sequence per row); "auto" stays "auto" (each step picks, `backend.step_backend`)."""
+  sequence per row); "auto" stays "auto" (each step picks, `backend.step_backend`).
+  matmul_dtype="auto", which the runner replaces by this machine's choice before building
+  anything (`precision.resolve_auto_precision`), builds a float32 model when called directly."""
   num_outputs = int((dataset.num_classes if dataset.is_classification else dataset.target_dim) or 0)
   settings = cfg.model.to_dict()
+  if settings["matmul_dtype"] == "auto":  # not resolved (the runner resolves it before any
+    settings["matmul_dtype"] = "float32"  # model, runner/precision.py): float32, exact
   settings["backend"] = row_backend(settings["backend"], right_padded=right_padded)
   try:
     resolve_backend(settings["backend"], settings["cell"], settings["matmul_dtype"])

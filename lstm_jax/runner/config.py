@@ -134,9 +134,11 @@ def base_config() -> ml_collections.ConfigDict:
     dict(enabled=False, coordinator="localhost:12355", num_processes=1, process_id=0)
   )
   # Dropout: between layers, and variational (one mask per sequence) on the LSTM's inputs and
-  # outputs; off in evaluation, seeded from the step. matmul_dtype: "float32" (exact) or
-  # "bfloat16" (bfloat16 matmul operands, float32 accumulation: faster on some CPUs with
-  # bfloat16 dot products, slower on others; numbers differ by bfloat16 rounding). backward:
+  # outputs; off in evaluation, seeded from the step. matmul_dtype: "auto" (the default:
+  # bfloat16 where it measures at least 1.1x faster on this machine, else float32; the choice is
+  # kept per machine and workdir, runner/precision.py), "float32" (exact) or "bfloat16"
+  # (bfloat16 matmul operands, float32 accumulation: faster on some CPUs with bfloat16 dot
+  # products, slower on others; numbers differ by bfloat16 rounding). backward:
   # "manual" (hand-written reverse scan, faster) or "autodiff" (JAX differentiates the
   # nn.scan), see model.LSTMLayer.
   # cell: "lstm" (the hand-written LSTM: fastest, bfloat16 and manual backward available) or a
@@ -155,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
       input_dropout=0.0,
       output_dropout=0.0,
       backward="manual",
-      matmul_dtype="float32",
+      matmul_dtype="auto",
       bidirectional=False,
       # the LSTM's and the GRU's initialisation: "auto" (the default: "keras" for the LSTM,
       # "flax" for the GRU), "keras", "flax", "pytorch" (model.INITIALIZERS); other cells
@@ -348,7 +350,7 @@ def _choices() -> tuple[tuple[str, tuple], ...]:
     ("model.cell", tuple(CELLS)),
     ("model.input_projection", INPUT_PROJECTIONS),
     ("model.backward", BACKWARDS),
-    ("model.matmul_dtype", MATMUL_DTYPES),
+    ("model.matmul_dtype", MATMUL_DTYPES + ("auto",)),
     ("model.initializer", INITIALIZERS),
     ("model.backend", BACKENDS),
     ("model.readout", READOUTS),
@@ -433,14 +435,14 @@ def _check_model(cfg: ml_collections.ConfigDict) -> None:
     )
   if cfg.model.backend in ("cudnn", "reference"):
     dropout = max(cfg.model[k] for k in ("dropout_rate", "input_dropout", "output_dropout"))
-    if cfg.model.cell != "lstm" or cfg.model.matmul_dtype != "float32" or dropout > 0:
+    if cfg.model.cell != "lstm" or cfg.model.matmul_dtype == "bfloat16" or dropout > 0:
       raise ConfigError(
         f"config.model.backend={cfg.model.backend!r} is the fused LSTM's: it needs "
         f"config.model.cell=lstm, matmul_dtype=float32 and no dropout (got cell "
         f"{cfg.model.cell!r}, matmul_dtype {cfg.model.matmul_dtype!r}, dropout {dropout:g}); "
         f"use config.model.backend=auto or scan."
       )
-  if cfg.model.cell != "lstm" and cfg.model.matmul_dtype != "float32":
+  if cfg.model.cell != "lstm" and cfg.model.matmul_dtype == "bfloat16":
     raise ConfigError(
       f"config.model.matmul_dtype={cfg.model.matmul_dtype!r} is implemented for "
       f"config.model.cell='lstm' only; use float32 with cell {cfg.model.cell!r}."

@@ -120,7 +120,7 @@ def calibration_key(cfg: ml_collections.ConfigDict, dataset: RaggedDataset) -> s
 def _time_steps(steps, state, dataset, shape, repeats: int) -> float:
   """Median seconds of `repeats` train steps of `shape` (after one warm-up), on synthetic
   batches of real tokens: what matters to the time is the shape."""
-  batch = _full_batch(dataset, shape)
+  batch = full_batch(dataset, shape)
   carry = state.model.zero_carry(shape[0])
   lr = np.float32(1.0)
   state = jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, state)
@@ -135,7 +135,7 @@ def _time_steps(steps, state, dataset, shape, repeats: int) -> float:
   return statistics.median(times)
 
 
-def _full_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> batching.Batch:
+def full_batch(dataset: RaggedDataset, shape: tuple[int, int]) -> batching.Batch:
   """A [B, T] batch of the dataset's first tokens, every step real."""
   b, t = shape
   n = b * t

@@ -42,6 +42,7 @@ from lstm_jax.runner.build import (
   strategy_from_config,
 )
 from lstm_jax.runner.data import split_data
+from lstm_jax.runner.precision import precision_note, resolve_auto_precision, save_choice
 from lstm_jax.runner.recommend import (
   auto_batches_note,
   calibration,
@@ -243,6 +244,7 @@ def _run_all(
   train_ds, eval_ds, test_ds, identity = split_data(cfg, with_test=True)
   devices = 1 if mesh is None else int(mesh.devices.size)
   cfg, auto_batches = resolve_auto_batches(cfg, train_ds, devices)
+  cfg, auto_precision = resolve_auto_precision(cfg, train_ds, workdir, quiet)
   # Every strategy built (so the data's own checks run) and through the plans' guards before
   # anything compiles (the calibration too), except a bucket whose count waits for the
   # calibration (num_buckets="auto"), guarded once it is chosen; the first seed's runs use them.
@@ -259,6 +261,8 @@ def _run_all(
     check_stores_unchanged((train_ds, eval_ds, test_ds), invocations.first_started_at)
   if auto_buckets and writer:  # measured before the settings check, kept only once it passed
     costs.Calibration(**auto_buckets["calibration"]).save(os.path.join(workdir, "calibration.json"))
+  if writer:
+    save_choice(auto_precision, workdir)
   built = {
     name: built.get(name)
     or strategy_from_config(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
@@ -267,7 +271,9 @@ def _run_all(
   log = report.ProgressLog(
     os.path.join(workdir, "metrics.jsonl") if writer else os.devnull, quiet=quiet
   )
-  _log_notes(log, cfg, identity, notes=[auto_batches_note(auto_batches, cfg)])
+  _log_notes(
+    log, cfg, identity, notes=[auto_batches_note(auto_batches, cfg), precision_note(auto_precision)]
+  )
   for line in fit_notes(cfg, train_ds, built, planned):
     log.note(line)
   predictions = None
@@ -317,6 +323,7 @@ def _run_all(
     for k, v in (
       ("auto_buckets", auto_buckets),
       ("auto_batches", auto_batches),
+      ("auto_precision", auto_precision),
       ("predictions", predictions),
     )
     if v

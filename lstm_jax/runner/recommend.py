@@ -20,6 +20,7 @@ from lstm_jax.environment import versions
 from lstm_jax.runner import config, costs, guards
 from lstm_jax.runner.build import new_train_state, strategy_from_config
 from lstm_jax.runner.data import split_data
+from lstm_jax.runner.precision import precision_note, resolve_auto_precision
 from lstm_jax.workdir import WorkdirLock
 
 
@@ -215,6 +216,9 @@ def run_recommender(cfg: ml_collections.ConfigDict, workdir: str | None = None) 
 def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
   train_ds, _, identity = split_data(cfg)
   cfg, _ = resolve_auto_batches(cfg, train_ds)
+  cfg, precision = resolve_auto_precision(cfg, train_ds, workdir, quiet=False)
+  if precision:
+    print(precision_note(precision), flush=True)
   cfg, auto = resolve_auto_buckets(cfg, train_ds, workdir, quiet=False)
   cal = calibration(
     cfg, train_ds, os.path.join(workdir, "calibration.json") if workdir else None, quiet=False
@@ -251,6 +255,7 @@ def _recommend(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
     auto_buckets_by_budget=by_budget,
     calibration=dataclasses.asdict(cal),
     auto_buckets=auto,
+    auto_precision=precision,
     data=identity,
     budget=dict(real_tokens=cfg.train.real_tokens, epochs=cfg.train.epochs),
     versions=versions(),
