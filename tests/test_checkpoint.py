@@ -761,24 +761,29 @@ AT_ONCE = (
 )
 
 
-@pytest.mark.parametrize("when", ["calibration", "native"])
+@pytest.mark.parametrize("when", ["calibration", "native", "precision"])
 def test_a_signal_before_anything_trains_ends_the_run_at_once(tmp_path, when):
   """A SIGTERM during the cost model's calibration used to wait for the calibration, the first
   row's compile and one training step (~29 s), just to save step 1. Now nothing more runs: no
   step, no checkpoint; status 75 and one line. With the main thread held where no Python runs
   (a long XLA compile; here it blocks the signal and sleeps 120 s), the watchdog ends the
-  process after its grace period."""
+  process after its grace period. The same while matmul_dtype="auto" times its two precisions,
+  and no precision.json is left."""
   got = _signal_run(tmp_path, when)
   assert got.returncode == 75, got.stderr[-3000:]
+  assert when != "precision" or "SIGNAL at measure" in got.stdout  # it did time the two
   said = got.stderr.strip().splitlines()
   if when == "native":
     assert said[-1].startswith("preempted: stopped by SIGTERM where nothing was unsaved (the main")
   else:
     assert said[-1] == AT_ONCE, got.stderr[-3000:]
   assert "Traceback" not in got.stderr
-  steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  metrics = tmp_path / "metrics.jsonl"  # none yet where the precision is being chosen
+  lines = metrics.read_text().splitlines() if metrics.exists() else []
+  steps = [json.loads(line) for line in lines]
   assert not [r for r in steps if "step" in r and "loss" in r]  # not one training step
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").rglob("*"))
+  assert not (tmp_path / "precision.json").exists()  # nothing half-decided is kept
   (inv,) = json.loads((tmp_path / "invocations.json").read_text())
   assert inv["ended"] in ("preempted", None)  # the watchdog's exit leaves the heartbeat's
 

@@ -5,6 +5,8 @@ is complete; through the command line's own wrapper, as compare_strategies.py ru
     python tests/scripts/signal_check.py WORKDIR WHEN
 
 WHEN: calibration (SIGTERM as the cost model's calibration starts: before anything trains),
+precision (SIGTERM as matmul_dtype="auto" starts timing float32 against bfloat16, the CPU's
+flags taken to have bfloat16 dot instructions so that it times),
 report (SIGTERM as the report is written, after the last row), after_save (SIGTERM at step 4,
 then another once its checkpoint is complete), native (SIGTERM while the main thread is held
 where no Python runs: the watchdog ends the process), fresh (no signal).
@@ -23,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resume_check import die_at, resume_config  # noqa: E402
 
 from lstm_jax import errors, preemption  # noqa: E402
-from lstm_jax.runner import costs, experiment, report  # noqa: E402
+from lstm_jax.runner import costs, experiment, precision, report  # noqa: E402
 
 
 def term_at_call(module, name: str) -> None:
@@ -73,6 +75,10 @@ def main(argv: list[str]) -> None:
     term_at_call(costs, "calibrate")
   elif when == "native":
     held_in_native_code()
+  elif when == "precision":
+    cfg.model.matmul_dtype = "auto"
+    precision.bfloat16_dot_instructions = lambda: True
+    term_at_call(precision, "measure")
   elif when == "report":
     term_at_call(report, "write_all")
   elif when == "after_save":
