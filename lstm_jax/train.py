@@ -143,6 +143,36 @@ def resolve_class_weights(class_weights, dataset: RaggedDataset):
   return jnp.asarray(w, jnp.float32)
 
 
+_TAKES_FEATURES: set = set()  # (model, features, parameter shapes) a trace has accepted
+_MOST_REMEMBERED = 256
+
+
+def _check_cell_takes_features(model: nn.Module, num_features: int | None, params: Any) -> None:
+  """Another cell's parameter names are its own: whether the model takes these inputs is asked
+  of a trace of the model (jax.eval_shape, ~50 ms), once for each model, feature count and
+  parameter shapes (evaluate checks before every evaluation)."""
+  leaves = tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(params))
+  key: tuple | None = (model, num_features, jax.tree.structure(params), leaves)
+  try:
+    if key in _TAKES_FEATURES:
+      return
+  except TypeError:  # a model with an unhashable field (a user's cell): asked every time
+    key = None
+  x = jax.ShapeDtypeStruct((1, 1, num_features), jnp.float32)
+  try:
+    jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
+  except Exception as e:  # a shape mismatch, in whatever form the cell raises it
+    raise DataError(
+      f"the data has {num_features} features per step but the model's "
+      f"parameters do not take them ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+      f"re-initialise the model for this data."
+    ) from e
+  if key is not None:
+    if len(_TAKES_FEATURES) >= _MOST_REMEMBERED:
+      _TAKES_FEATURES.clear()
+    _TAKES_FEATURES.add(key)
+
+
 def check_model_fits_data(
   model: nn.Module, dataset: RaggedDataset, params: Any | None = None
 ) -> None:
@@ -169,16 +199,7 @@ def check_model_fits_data(
       f"{model.vocab_size}; raise the model's vocab_size."
     )
   if params is not None and not dataset.is_tokens and resolve_cell(model.cell) is not None:
-    # another cell's parameter names are its own: ask whether the model takes these inputs
-    x = jax.ShapeDtypeStruct((1, 1, dataset.num_features), jnp.float32)
-    try:
-      jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
-    except Exception as e:  # a shape mismatch, in whatever form the cell raises it
-      raise DataError(
-        f"the data has {dataset.num_features} features per step but the model's "
-        f"parameters do not take them ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-        f"re-initialise the model for this data."
-      ) from e
+    _check_cell_takes_features(model, dataset.num_features, params)
   elif params is not None and not dataset.is_tokens:
     expected = layer_params(params)[0]["kernel"].shape[0]
     if expected != dataset.num_features:

@@ -258,7 +258,7 @@ def test_any_cell_compiles_once_per_shape(name):
   assert np.isfinite(result.history[-1]["loss"])
 
 
-def test_cell_names_and_bad_cells():
+def test_cell_names_and_bad_cells(monkeypatch):
   assert set(CELLS) == {"lstm", "flax_lstm", "optimized_lstm", "gru", "mgu", "simple"}
   ds = ragged_features([3, 4], num_features=3, seed=0)
   with pytest.raises(ConfigError, match=r"unknown cell 'lstn'"):
@@ -272,9 +272,20 @@ def test_cell_names_and_bad_cells():
   state = train.create_train_state(
     SequenceModel(hidden_size=4, num_outputs=2, cell="gru"), optax.sgd(1), ds
   )
+  # the check traces the model once for each model, feature count and parameter shapes (every
+  # evaluation checks), and a count it accepted for these parameters does not pass another
+  traced, eval_shape = [], jax.eval_shape
+  monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: traced.append(1) or eval_shape(*a, **k))
+  train.check_model_fits_data(state.model, ds, state.params)
+  once = len(traced)  # (flax's apply calls eval_shape inside too)
+  assert once > 0
+  for _ in range(3):
+    train.check_model_fits_data(state.model, ds, state.params)
+  assert len(traced) == once
   wide = ragged_features([3, 4], num_features=5, seed=0)
   with pytest.raises(DataError, match="the data has 5 features per step but the model's"):
     loop.fit(state, batching.Pad(wide, batch_size=2), epochs=1)
+  assert len(traced) > once
   with pytest.raises(ConfigError, match="implemented for cell='lstm' only"):
     train.create_train_state(
       SequenceModel(hidden_size=4, num_outputs=2, cell="gru", matmul_dtype="bfloat16"),
