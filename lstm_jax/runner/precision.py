@@ -185,23 +185,26 @@ def resolve_auto_precision(
   if cfg.model.matmul_dtype != "auto":
     return cfg, None
   reason = _needs_no_measurement(cfg)
+  choice: PrecisionChoice | None
   if reason is not None:
     choice = PrecisionChoice(chosen="float32", reason=reason)
   else:
     shape = costs.calibration_shapes(train_ds, cfg.train.tokens_per_step)[1]  # the wide one
     key = json.dumps([costs.calibration_key(cfg, train_ds), list(shape)])
-    found = PrecisionChoice.load(os.path.join(workdir, FILE), key) if workdir else None
-    found = found or PrecisionChoice.load(_cache_path(key), key, strict=False)
-    if found is None:
+    cached = _cache_path(key)
+    choice = (PrecisionChoice.load(os.path.join(workdir, FILE), key) if workdir else None) or (
+      PrecisionChoice.load(cached, key, strict=False)
+    )
+    if choice is None:
       if not quiet:
         print(f"matmul_dtype=auto: timing float32 and bfloat16 steps at {shape} ...", flush=True)
-      found = measure(cfg, train_ds, shape, key)
+      choice = measure(cfg, train_ds, shape, key)
       try:  # the machine's cache: another workdir reuses the choice (best effort)
-        os.makedirs(os.path.dirname(_cache_path(key)), exist_ok=True)
-        found.save(_cache_path(key))
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        choice.save(cached)
       except OSError:
         pass  # not kept for other workdirs; this run records it in its own workdir
-    choice = found
+  assert choice is not None  # found or measured
   cfg = copy.deepcopy(cfg)
   with cfg.unlocked():
     cfg.model.matmul_dtype = choice.chosen
