@@ -141,8 +141,16 @@ def test_a_measured_choice_is_kept_and_reused_and_damage_is_named(cache, monkeyp
   (work / "precision.json").write_text('{"chosen": "float16"}')
   with pytest.raises(ConfigError, match=r"precision.json is damaged .*delete it to measure again"):
     precision.resolve_auto_precision(cfg, train_ds, str(work))
-  # a cache that cannot be written: the run goes on (its workdir keeps the choice)
+  (work / "precision.json").write_bytes(b'{"chosen": "\xff"}')  # not UTF-8
+  with pytest.raises(ConfigError, match=r"precision.json is damaged \(UnicodeDecodeError"):
+    precision.resolve_auto_precision(cfg, train_ds, str(work))
+  # there but unreadable (a directory in its place: unreadable even to root) is said as such
   (work / "precision.json").unlink()
+  (work / "precision.json").mkdir()
+  with pytest.raises(ConfigError, match=r"precision.json cannot be read .*make it readable"):
+    precision.resolve_auto_precision(cfg, train_ds, str(work))
+  (work / "precision.json").rmdir()
+  # a cache that cannot be written: the run goes on (its workdir keeps the choice)
   blocked = tmp_path / "blocked"
   blocked.write_text("a file where the cache directory would be")
   monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(blocked))

@@ -82,12 +82,20 @@ class PrecisionChoice:
       "bfloat16"
     )
     try:
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+      with open(path, "rb") as f:
+        raw = f.read()
+    except OSError as e:  # there, but not readable: not a damaged file, and not to be re-timed
+      if not strict:
+        return None
+      raise ConfigError(
+        f"{path} cannot be read ({type(e).__name__}: {str(e)[:200]}); make it readable, or {fix}."
+      ) from e
+    try:
+      saved = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
       choice = cls(**saved)
       if choice.chosen not in ("float32", "bfloat16") or not isinstance(choice.key, str):
         raise ValueError(f"chosen is {choice.chosen!r}")
-    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError) as e:
       if not strict:
         return None
       raise ConfigError(f"{path} is damaged ({type(e).__name__}: {str(e)[:200]}); {fix}.") from e
