@@ -15,6 +15,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from configs import benchmark as benchmark_config  # noqa: E402
+from lstm_jax import host  # noqa: E402
 from lstm_jax.benchmark import (
   candidates,  # noqa: E402
   sections,  # noqa: E402
@@ -37,6 +38,9 @@ F = flags.FLAGS
 
 def main(_):
   cfg = benchmark_config.get_config("quick" if F.quick else "default")
+  # The allocator as the benchmark's rows run (configs/benchmark.py: tune_malloc), before
+  # anything is allocated: without it every step faults in its scratch afresh (docs/speed.md).
+  host.tune_malloc(cfg.tune_malloc)
   result = candidates.run(cfg, rounds=F.rounds)
   if F.xla_rounds:
     result["xla_options"] = candidates.run_xla_options(cfg, rounds=F.xla_rounds)

@@ -307,6 +307,31 @@ def test_speed_candidates_are_timed_side_by_side_against_the_default():
   assert all(len(row["samples"]) == 2 and row["tokens_per_second"] > 0 for row in r["rows"])
   text = candidates.markdown(r, "a CPU")
   assert "| input projection hoisted over the chunk |" in text and "a CPU" in text
+  # the test process's allocator is untouched (tuning is the mains' call), and the report says so
+  assert r["malloc"]["tuned"] is False
+  assert "allocator at its defaults" in text and "unlike the benchmark's rows" in text
+
+
+def test_xla_option_children_take_the_parent_s_allocator(monkeypatch):
+  """Each XLA-option child tunes its allocator exactly when the parent did (the mains tune it as
+  the benchmark's rows run), so the option and the default are timed under the same allocator."""
+  from lstm_jax import host
+  from lstm_jax.benchmark import candidates
+  from lstm_jax.benchmark import measure as bench
+
+  seen = []
+
+  def child(module, function, kwargs, tune_malloc=False):
+    seen.append(tune_malloc)
+    return dict(rates=[1.0], malloc=dict(tuned=tune_malloc))
+
+  monkeypatch.setattr(bench, "in_subprocess", child)
+  cfg = benchmark_config.get_config("quick")
+  for tuned in (True, False):
+    monkeypatch.setattr(host, "malloc_state", lambda t=tuned: dict(tuned=t, libc="glibc"))
+    seen.clear()
+    r = candidates.run_xla_options(cfg, rounds=1, options=candidates.XLA_OPTIONS[:2], passes=1)
+    assert seen == [tuned] * 3 and len(r["rows"]) == 3
 
 
 def test_an_xla_option_reaches_its_process_and_its_row(monkeypatch):

@@ -15,8 +15,9 @@ import statistics
 import time
 from typing import Any
 
-from lstm_jax import batching
+from lstm_jax import batching, host
 from lstm_jax.benchmark import measure as bench
+from lstm_jax.benchmark.profile import malloc_words
 
 # (name, time_ours settings) against the default: in-step projection, no unroll, manual VJP
 CANDIDATES = (
@@ -74,6 +75,7 @@ def run(cfg, rounds: int = 5, candidates=CANDIDATES) -> dict:
     rounds=rounds,
     real_tokens_per_pass=real,
     rows=rows,
+    malloc=host.malloc_state(),
   )
 
 
@@ -94,12 +96,14 @@ def xla_option_child(cfg_dict: dict, flags: str, passes: int) -> dict:
     t0 = time.perf_counter()
     t.run_pass()
     rates.append(t.real_tokens / (time.perf_counter() - t0))
-  return dict(flags=os.environ["XLA_FLAGS"], rates=rates)
+  return dict(flags=os.environ["XLA_FLAGS"], rates=rates, malloc=host.malloc_state())
 
 
 def run_xla_options(cfg, rounds: int = 2, options=XLA_OPTIONS, passes: int = 3) -> dict:
   """The default step under each XLA option, each in a fresh process, the options alternating
-  round by round with the default's own process; ratios per round (medians of the passes)."""
+  round by round with the default's own process; ratios per round (medians of the passes).
+  Each child's allocator is this process's: tuned if `host.tune_malloc` ran here."""
+  tuned = host.malloc_state()["tuned"]
   variants = [("default (no extra XLA flags)", "")] + list(options)
   rates: list[list[float]] = [[] for _ in variants]
   for _ in range(rounds):
@@ -108,6 +112,7 @@ def run_xla_options(cfg, rounds: int = 2, options=XLA_OPTIONS, passes: int = 3) 
         "lstm_jax.benchmark.candidates",
         "xla_option_child",
         dict(cfg_dict=cfg.to_dict(), flags=flags, passes=passes),
+        tune_malloc=tuned,
       )
       rates[i].append(statistics.median(child["rates"]))
   rows = []
@@ -131,7 +136,8 @@ def markdown(r: dict, cpu: str) -> str:
   lines = [
     f"Float32 tbptt step on W (B={w['batch']} streams x K={w['chunk']}, F={w['features']},"
     f" H={w['hidden']}), {r['rounds']} rounds alternating every variant, "
-    f"{r['real_tokens_per_pass']:,} real tokens a pass; {cpu}. Ratio: the median of the"
+    f"{r['real_tokens_per_pass']:,} real tokens a pass; {cpu};"
+    f" {malloc_words(r.get('malloc'))}. Ratio: the median of the"
     " per-round ratios to the default's pass in the same round.",
     "",
     "| variant | real tok/s (median) | ratio to the default |",

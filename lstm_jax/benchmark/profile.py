@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import optax
 
-from lstm_jax import batching, train
+from lstm_jax import batching, host, train
 from lstm_jax.benchmark import measure as bench
 from lstm_jax.model import SequenceModel
 
@@ -217,7 +217,16 @@ def profile_step(cfg, rounds: int = 5, traced_steps: int = 20) -> dict:
     roofline_seconds_per_step=flops / rate,
     gemm_flops_per_second=rate,
     module_ops=len(ops),
+    malloc=host.malloc_state(),
   )
+
+
+def malloc_words(m: dict | None) -> str:
+  """The allocator a timing ran under, in words (`host.malloc_state()`)."""
+  if m and m.get("tuned"):
+    return f"{m['libc']} malloc tuned (`lstm_jax.host.tune_malloc`), as in the benchmark's rows"
+  reason = (m or {}).get("reason", "not recorded")
+  return f"allocator at its defaults ({reason}), unlike the benchmark's rows"
 
 
 def markdown(r: dict, cpu: str) -> str:
@@ -228,7 +237,7 @@ def markdown(r: dict, cpu: str) -> str:
     f"Float32 tbptt train step, B={sh['batch']} streams x K={sh['chunk']} steps,"
     f" F={sh['features']}, H={sh['hidden']}, input projection `{r['input_projection']}`; {cpu}."
     f" Op times from XLA's trace of {r['traced_steps']} steps; wall time untraced, median of"
-    f" {len(r['wall_samples'])} rounds.",
+    f" {len(r['wall_samples'])} rounds; {malloc_words(r.get('malloc'))}.",
     "",
     "| where | ms per step | share of op time | share of wall |",
     "| --- | --- | --- | --- |",
