@@ -1,0 +1,205 @@
+"""Probes behind docs/speed.md's "why the candidates lose" (AMD EPYC, 2026-12-07): code variants of
+the float32 tbptt train step on W that are not lstm_jax options, timed against the default.
+
+    python benchmarks/2026-12-07-amd-epyc-profile/probes.py [--rounds 8]
+
+- "dW after the scan": the weight and bias gradients as one GEMM and one sum over all T x B rows
+  after the reverse scan, instead of accumulated per step (different summation order);
+- "hoisted": input_projection="hoisted" (an lstm_jax option); "hoisted, slices prefetched": the
+  same, with each step's projected-input slice read into the scan's carry one step ahead, so no
+  fused loop reads a dynamic slice;
+- the compiled step's slowest ops (XLA's trace) for the default and the hoisted step.
+
+The allocator is tuned as in the benchmark's rows. Writes probes.json beside this file.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+from configs import benchmark as benchmark_config  # noqa: E402
+from lstm_jax import batching, host, train  # noqa: E402
+from lstm_jax import recurrence as R  # noqa: E402
+from lstm_jax.benchmark import measure as bench  # noqa: E402
+from lstm_jax.benchmark.profile import hlo_ops, trace_op_seconds  # noqa: E402
+from lstm_jax.environment import versions  # noqa: E402
+from lstm_jax.model import SequenceModel  # noqa: E402
+
+VARIANT = {"name": "default"}  # read when a step is traced
+
+
+def _bwd_dw_after(in_step, unroll, matmul_dtype, saved, cotangents):
+  """R._bwd (float32) with d_w and d_b taken after the reverse scan from the stacked d_z."""
+  weights, bias, mask, resets, (lhs, acts, c_in, tc), need_d_xs = saved
+  d_ys, (d_c_final, d_h_final) = jax.tree.map(
+    R._instantiate, cotangents, is_leaf=lambda x: isinstance(x, R.SymbolicZero)
+  )
+  need_d_xs, hidden = need_d_xs is not None, c_in.shape[-1]
+  w_back = weights if need_d_xs or not in_step else weights[-hidden:]
+
+  def body(carry, step):
+    dc, dh = carry
+    d_y, m, r, a, c, t = step
+    m, keep = m[:, None], 1.0 - r[:, None]
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    d_new_h = (d_y + dh) * m
+    d_new_c = dc * m + d_new_h * o * (1.0 - t * t)
+    d_z = jnp.concatenate(
+      [
+        d_new_c * g * i * (1.0 - i),
+        d_new_c * c * f * (1.0 - f),
+        d_new_c * i * (1.0 - g * g),
+        d_new_h * t * o * (1.0 - o),
+      ],
+      axis=-1,
+    )
+    d_c = dc * (1.0 - m) + d_new_c * f
+    if in_step and need_d_xs:
+      d_xh = d_z @ w_back.T
+      d_x, d_h = d_xh[:, :-hidden], d_xh[:, -hidden:]
+    else:
+      d_x, d_h = (d_z if need_d_xs and not in_step else None), d_z @ w_back.T
+    return (d_c * keep, (d_h + dh * (1.0 - m)) * keep), (d_x, d_z)
+
+  (d_c0, d_h0), (d_xs, d_zs) = jax.lax.scan(
+    body, (d_c_final, d_h_final), (d_ys, mask, resets, acts, c_in, tc), reverse=True
+  )
+  d_w = lhs.reshape(-1, lhs.shape[-1]).T @ d_zs.reshape(-1, d_zs.shape[-1])
+  return d_w, jnp.sum(d_zs, axis=(0, 1)) if in_step else None, (d_xs, None, None), (d_c0, d_h0)
+
+
+def _fwd_prefetched(weights, bias, seq, carry, in_step, unroll, matmul_dtype):
+  """R._fwd for the hoisted projection with each step's slice carried in one step ahead."""
+  need_d_xs = seq[0].perturbed
+  weights, bias, (xs, mask, resets), carry = R.custom_vjp_primal_tree_values(
+    (weights, bias, tuple(seq), carry)
+  )
+  last = xs.shape[0] - 1
+
+  def body(state, step_xs):
+    carry, x_t = state
+    t, m, r = step_xs
+    nxt = jax.lax.dynamic_index_in_dim(xs, jnp.minimum(t + 1, last), keepdims=False)
+    carry, y, res = R.step(weights, bias, in_step, carry, (x_t, m, r), matmul_dtype)
+    return (carry, nxt), (y, res)
+
+  (final, _), (ys, res) = jax.lax.scan(body, (carry, xs[0]), (jnp.arange(last + 1), mask, resets))
+  return (ys, final), (weights, bias, mask, resets, res, jnp.zeros(0) if need_d_xs else None)
+
+
+_orig_fwd, _orig_bwd = R._fwd, R._bwd
+
+
+def _fwd(*args):
+  return (_fwd_prefetched if VARIANT["name"] == "hoisted, slices prefetched" else _orig_fwd)(*args)
+
+
+def _bwd(*args):
+  return (_bwd_dw_after if VARIANT["name"] == "dW after the scan" else _orig_bwd)(*args)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--rounds", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=20)
+  args = parser.parse_args()
+  cfg = benchmark_config.get_config("default")
+  malloc = host.tune_malloc(cfg.tune_malloc)
+  R.recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
+  ds = bench.workload(cfg)
+  strategy = batching.TBPTT(ds, num_streams=cfg.batch_size, chunk_length=cfg.tbptt_chunk)
+  batches = [
+    batching.assemble(ds, p, strategy.right_padded) for p in strategy.plan(0)[: args.steps + 1]
+  ]
+  carry = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1).zero_carry(cfg.batch_size)
+  one = np.float32(1.0)
+  variants = {}
+  for name, projection in (
+    ("default", "in_step"),
+    ("dW after the scan", "in_step"),
+    ("hoisted", "hoisted"),
+    ("hoisted, slices prefetched", "hoisted"),
+  ):
+    model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1, input_projection=projection)
+    state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
+    VARIANT["name"] = name
+    step = jax.jit(lambda s, b, c, w: train.train_step(s, b, c, w))  # a fresh trace per variant
+    variants[name] = (state, step.lower(state, batches[0], carry, one).compile())
+
+  def run(name, n=args.steps):
+    st, c = variants[name][0], carry
+    for b in batches[1 : n + 1]:
+      st, _, c = variants[name][1](st, b, c, one)
+    jax.block_until_ready(st)
+
+  after = {k: variants[k][1](variants[k][0], batches[1], carry, one)[0].params for k in variants}
+
+  def max_diff(a, b):
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
+
+  differences = {
+    "dW after the scan vs default": max_diff(after["default"], after["dW after the scan"]),
+    "prefetched vs hoisted": max_diff(after["hoisted"], after["hoisted, slices prefetched"]),
+  }
+  for name in variants:
+    run(name, 3)
+  ms = {k: [] for k in variants}
+  for r in range(args.rounds):
+    for name in list(variants)[:: 1 if r % 2 == 0 else -1]:
+      t0 = time.perf_counter()
+      run(name)
+      ms[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+  ratios = {k: statistics.median(a / b for a, b in zip(ms["default"], v)) for k, v in ms.items()}
+  top = {}
+  for name in ("default", "hoisted"):
+    compiled = variants[name][1]
+    text = compiled.as_text()
+    ops = hlo_ops(text)
+    module = re.search(r"HloModule ([\w.\-]+)", text).group(1)
+    with tempfile.TemporaryDirectory() as d:
+      with jax.profiler.trace(d, create_perfetto_trace=True):
+        run(name)
+      seconds = trace_op_seconds(d, module)
+    top[name] = [
+      dict(
+        op=op,
+        ms_per_step=s / args.steps * 1e3,
+        category=ops.get(op, {}).get("category"),
+        shape=(re.search(rf"%{re.escape(op)} = (\S+)", text) or [None, None])[1],
+      )
+      for op, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:8]
+    ]
+  result = dict(
+    ms_per_step={k: statistics.median(v) for k, v in ms.items()},
+    samples=ms,
+    speed_ratio_to_default=ratios,
+    max_param_difference_after_one_step=differences,
+    top_ops=top,
+    rounds=args.rounds,
+    steps=args.steps,
+    malloc=malloc,
+    versions=versions(),
+  )
+  for k in variants:
+    print(f"{k:28s} {result['ms_per_step'][k]:7.2f} ms/step  {ratios[k]:.3f}x the default")
+  print(json.dumps(differences))
+  for name, rows in top.items():
+    print(name, [(r["op"], round(r["ms_per_step"], 2), r["shape"]) for r in rows])
+  with open(os.path.join(HERE, "probes.json"), "w") as f:
+    json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
