@@ -2,6 +2,8 @@
 the float32 tbptt train step on W that are not lstm_jax options, timed against the default.
 
     python benchmarks/2026-12-07-amd-epyc-profile/probes.py [--rounds 8]
+    python benchmarks/2026-12-07-amd-epyc-profile/probes.py --rows 8 --chunk 128 \
+      --variants "dW after the scan" --steps 6 --rounds 6     # probes-B8-T128.json
 
 - "dW after the scan": the weight and bias gradients as one GEMM and one sum over all T x B rows
   after the reverse scan, instead of accumulated per step (different summation order);
@@ -12,7 +14,8 @@ the float32 tbptt train step on W that are not lstm_jax options, timed against t
   tanh on one) instead of one pass over all 4H columns with a select (the same numbers);
 - the compiled step's slowest ops (XLA's trace) for the default and the hoisted step.
 
-The allocator is tuned as in the benchmark's rows. Writes probes.json beside this file.
+The allocator is tuned as in the benchmark's rows. Writes probes.json beside this file (W's
+B=64 streams x K=64 steps), or probes-B{rows}-T{chunk}.json for other shapes.
 """
 
 import argparse
@@ -139,8 +142,15 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--rounds", type=int, default=8)
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--rows", type=int, default=0, help="streams B (0: W's)")
+  parser.add_argument("--chunk", type=int, default=0, help="steps K (0: W's)")
+  parser.add_argument("--variants", default="", help="comma-separated (''): all")
+  parser.add_argument("--profile", type=int, default=1, help="0: no op tables")
   args = parser.parse_args()
   cfg = benchmark_config.get_config("default")
+  cfg.batch_size = args.rows or cfg.batch_size
+  cfg.tbptt_chunk = args.chunk or cfg.tbptt_chunk
+  chosen = [v for v in args.variants.split(",") if v]
   malloc = host.tune_malloc(cfg.tune_malloc)
   R.recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
   R.step = _step
@@ -159,6 +169,8 @@ def main():
     ("hoisted", "hoisted"),
     ("hoisted, slices prefetched", "hoisted"),
   ):
+    if chosen and name != "default" and name not in chosen:
+      continue
     model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1, input_projection=projection)
     state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
     VARIANT["name"] = name
@@ -176,10 +188,13 @@ def main():
   def max_diff(a, b):
     return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
 
+  pairs = {
+    "dW after the scan vs default": ("default", "dW after the scan"),
+    "per gate vs default": ("default", "gate activations per gate"),
+    "prefetched vs hoisted": ("hoisted", "hoisted, slices prefetched"),
+  }
   differences = {
-    "dW after the scan vs default": max_diff(after["default"], after["dW after the scan"]),
-    "per gate vs default": max_diff(after["default"], after["gate activations per gate"]),
-    "prefetched vs hoisted": max_diff(after["hoisted"], after["hoisted, slices prefetched"]),
+    k: max_diff(after[a], after[b]) for k, (a, b) in pairs.items() if a in after and b in after
   }
   for name in variants:
     run(name, 3)
@@ -191,7 +206,9 @@ def main():
       ms[name].append((time.perf_counter() - t0) / args.steps * 1e3)
   ratios = {k: statistics.median(a / b for a, b in zip(ms["default"], v)) for k, v in ms.items()}
   top = {}
-  for name in ("default", "hoisted"):
+  for name in ("default", "hoisted") if args.profile else ():
+    if name not in variants:
+      continue
     compiled = variants[name][1]
     text = compiled.as_text()
     ops = hlo_ops(text)
@@ -217,6 +234,7 @@ def main():
     top_ops=top,
     rounds=args.rounds,
     steps=args.steps,
+    shape=dict(streams=cfg.batch_size, chunk=cfg.tbptt_chunk),
     malloc=malloc,
     versions=versions(),
   )
@@ -225,7 +243,9 @@ def main():
   print(json.dumps(differences))
   for name, rows in top.items():
     print(name, [(r["op"], round(r["ms_per_step"], 2), r["shape"]) for r in rows])
-  with open(os.path.join(HERE, "probes.json"), "w") as f:
+  default_shape = (args.rows, args.chunk) == (0, 0)
+  name = "probes.json" if default_shape else f"probes-B{cfg.batch_size}-T{cfg.tbptt_chunk}.json"
+  with open(os.path.join(HERE, name), "w") as f:
     json.dump(result, f, indent=1)
 
 
