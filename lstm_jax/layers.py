@@ -4,7 +4,9 @@ their initialisers and the cell settings (the stacks and heads on top are lstm_j
 The step (`recurrence.step`) is scanned with a hand-written backward pass by default
 (`backward="manual"`, `recurrence.recurrence`), or with `flax.linen.scan` and JAX's autodiff
 (`backward="autodiff"`); same forward computation, gradients equal to float32 rounding (tested),
-the manual one faster to run and to trace (BENCHMARKS.md).
+the manual one faster to run and to trace (BENCHMARKS.md). `backward="deferred"` is the manual
+one with the weight and bias gradients taken after the reverse scan, as one GEMM over all steps'
+rows (`recurrence.recurrence_deferred`): faster with few rows per step (docs/speed.md).
 
 Parameters of layer k (`params["layer_{k}"]`, or `params["lstm"]["layer_{k}"]` in the heads):
 
@@ -63,7 +65,7 @@ CELLS = {
   "mgu": nn.MGUCell,
   "simple": nn.SimpleCell,
 }
-BACKWARDS = ("manual", "autodiff")
+BACKWARDS = ("manual", "deferred", "autodiff")
 MATMUL_DTYPES = recurrence.MATMUL_DTYPES
 
 
@@ -247,7 +249,9 @@ class CellLayer(nn.Module):
   cell: Any
   hidden_size: int
   unroll: int = 1
-  backward: str = "manual"  # Flax's GRUCell: "manual" (fused, hand-written) or "autodiff"
+  backward: str = (
+    "manual"  # Flax's GRUCell: "manual"/"deferred" (fused, hand-written) or "autodiff"
+  )
   initializer: str = "auto"  # the GRU's: see INITIALIZERS; other cells their class's own
 
   @nn.compact
@@ -332,7 +336,8 @@ def cell_layer(
   """CellLayer as a function of the cell's parameters: `jax.lax.scan` over `_masked_cell_step`,
   differentiated by JAX (linen's CellLayer and the NNX front end both compute through it).
   Flax's own GRUCell with backward="manual" runs `_gru_layer` instead: the same numbers, fused
-  GEMMs and a hand-written backward pass; backward="autodiff" keeps the cell, the reference.
+  GEMMs and a hand-written backward pass (whose weight gradients already come after its reverse
+  scan, so "deferred" is the same); backward="autodiff" keeps the cell, the reference.
   Of `settings`, a cell layer takes `unroll` and `backward` (the cell computes its own
   projections, in float32)."""
   unroll, backward = settings.unroll, settings.backward
@@ -343,7 +348,7 @@ def cell_layer(
     )
   if backward not in BACKWARDS:
     raise ConfigError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
-  if cls is nn.GRUCell and backward == "manual":
+  if cls is nn.GRUCell and backward in ("manual", "deferred"):
     return _gru_layer(params, x_BxTxF, mask_BxT, resets_BxT, carry, unroll)
   cell = cls(features=hidden_size, parent=None)
   init = zero_carry(x_BxTxF.shape[0], hidden_size, 1, cls)[0]
@@ -459,7 +464,11 @@ class LSTMLayer(nn.Module):
   backward: how the gradient is computed. "manual" (default): `recurrence.recurrence`, a
   hand-written reverse scan (`jax.custom_vjp`), faster to run and to trace; "autodiff": the step
   scanned with `nn.scan` and differentiated by JAX, the reference the manual one is tested
-  against. The forward pass is the same computation in both (`lstm_layer`).
+  against; "deferred": the manual reverse scan with the weight and bias gradients taken after it,
+  one [F + H, T*B] x [T*B, 4H] GEMM and one sum (`recurrence.recurrence_deferred`; 1.22x at 8
+  rows per step, 1.11x at 16-32, 1.02-1.04x at 64-128 on an AMD EPYC, docs/speed.md), which
+  sums in another order (the same gradients up to float32 rounding) and keeps one more
+  [T, B, 4H] buffer. The forward pass is the same computation in all three (`lstm_layer`).
 
   matmul_dtype: "float32" (default, exact) or "bfloat16" (bfloat16 operands, float32
   accumulation, for speed; see the module docstring).
@@ -568,7 +577,9 @@ def lstm_layer(
   mask_TxB, resets_TxB = as_float(mask_BxT), as_float(resets_BxT)
   if backward not in BACKWARDS:
     raise ConfigError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
-  scan = recurrence.recurrence if backward == "manual" else (autodiff_scan or _autodiff_scan)
+  scan = {"manual": recurrence.recurrence, "deferred": recurrence.recurrence_deferred}.get(
+    backward, autodiff_scan or _autodiff_scan
+  )
   ys_TxBxH, carry = scan(
     weights, bias, (xs_TxBx, mask_TxB, resets_TxB), tuple(carry), in_step, unroll, matmul_dtype
   )

@@ -140,8 +140,7 @@ def step(weights, bias, in_step: bool, carry, xs, matmul_dtype: str = "float32")
   return (out_c, out_h), new_h * m, (lhs, acts, c, tc)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def recurrence(
+def _recurrence(
   weights,
   bias,
   seq,
@@ -186,7 +185,11 @@ def _instantiate(ct):
   return jnp.zeros(ct.aval.shape, ct.aval.dtype) if isinstance(ct, SymbolicZero) else ct
 
 
-def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
+def _bwd(in_step, unroll, matmul_dtype, saved, cotangents, deferred: bool = False):
+  """The reverse scan. `deferred`: the weight and bias gradients are not summed step by step but
+  taken after the scan, one GEMM over all T x B rows ([K, T*B] x [T*B, 4H]) and one sum, from
+  the stacked d_z (backward="deferred": faster with few rows per step, the same gradients up to
+  float32 rounding of another summation order, one more [T, B, 4H] buffer)."""
   weights, bias, mask, resets, (lhs, acts, c_in, tc), need_d_xs = saved
   low = matmul_dtype != "float32"
   d_ys, (d_c_final, d_h_final) = jax.tree.map(
@@ -206,6 +209,8 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
 
     def d_weights(lhs_t, d_z):
       return _dot32(lhs_t.astype(w_back_t.dtype), d_z.astype(w_back_t.dtype))
+
+    d_weights_all = d_weights  # [K, T*B] x [T*B, 4H]: a plain GEMM, kept in bfloat16
   else:
 
     def d_lhs(d_z):
@@ -213,6 +218,9 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
 
     def d_weights(lhs_t, d_z):
       return lhs_t.T @ d_z
+
+    def d_weights_all(lhs_k, d_z):
+      return lhs_k @ d_z
 
   def body(carry, step):
     dc, dh, d_w, d_b = carry
@@ -233,20 +241,33 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents):
     else:  # in_step: only the recurrent rows, [B, 4H] x [4H, H]; hoisted: xs' gradient is d_z
       d_x, d_h = (d_z if need_d_xs and not in_step else None), d_lhs(d_z)
     d_h = d_h + dh * (1.0 - m)
+    if deferred:  # d_z leaves the loop; the sums over it come after
+      return (d_c * keep, d_h * keep, d_w, d_b), (d_x, d_z)
     d_w = d_w + d_weights(lhs_t, d_z)
     if in_step:  # hoisted: the projection outside added the bias, so it has no gradient here
       d_b = d_b + jnp.sum(d_z, axis=0)
-    return (d_c * keep, d_h * keep, d_w, d_b), d_x
+    return (d_c * keep, d_h * keep, d_w, d_b), (d_x, None)
 
   init = (d_c_final, d_h_final, jnp.zeros_like(weights), jnp.zeros_like(bias))
-  (d_c0, d_h0, d_w, d_b), d_xs = jax.lax.scan(
+  (d_c0, d_h0, d_w, d_b), (d_xs, d_zs) = jax.lax.scan(
     body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll
   )
+  if deferred:
+    # lhs: [T, B, K], or [T, K, B] in bfloat16 (the forward keeps each step's transposed copy)
+    k = weights.shape[0]
+    lhs_k = jnp.transpose(lhs, (1, 0, 2)).reshape(k, -1) if low else lhs.reshape(-1, k).T
+    d_w = d_weights_all(lhs_k, d_zs.reshape(-1, d_zs.shape[-1]))
+    d_b = jnp.sum(d_zs, axis=(0, 1)) if in_step else d_b
   # None: no cotangent (the bias when hoisted; mask, resets; xs when they need none)
   return d_w, d_b if in_step else None, (d_xs, None, None), (d_c0, d_h0)
 
 
+recurrence = jax.custom_vjp(_recurrence, nondiff_argnums=(4, 5, 6))
 recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
+
+# backward="deferred": the same forward pass; the weight and bias gradients after the reverse scan
+recurrence_deferred = jax.custom_vjp(_recurrence, nondiff_argnums=(4, 5, 6))
+recurrence_deferred.defvjp(_fwd, functools.partial(_bwd, deferred=True), symbolic_zeros=True)
 
 
 # The GRU (Flax's nn.GRUCell: gates r, z, n; the recurrent bias of n inside the reset product)

@@ -1,5 +1,6 @@
-"""The hand-written backward pass (`recurrence.recurrence`, LSTMLayer(backward="manual"), the
-default) against JAX's autodiff of the same recurrence scanned with nn.scan
+"""The hand-written backward passes (`recurrence.recurrence`, LSTMLayer(backward="manual"), the
+default, and `recurrence.recurrence_deferred`, backward="deferred", whose weight gradient is one
+GEMM after the reverse scan) against JAX's autodiff of the same recurrence scanned with nn.scan
 (backward="autodiff"): the forward passes are the same operations, the gradients agree to float32
 rounding (<= 1e-5 relative, max |a - b| / max |b|) with respect to parameters, inputs and the
 initial carry, through masks, resets and several layers, for both input projections, in float32
@@ -22,6 +23,8 @@ from lstm_jax.model import SequenceModel
 
 TOL = 1e-5
 B, T, F, H = 5, 11, 3, 7
+HAND_WRITTEN = ("manual", "deferred")
+assert set(BACKWARDS) == {*HAND_WRITTEN, "autodiff"}
 
 
 def _inputs(seed=0):
@@ -63,16 +66,19 @@ def test_manual_backward_equals_autodiff(projection, num_layers, matmul_dtype):
     )(params, x, carry0)
     for b in BACKWARDS
   }
-  assert max_rel_err(out["manual"], out["autodiff"]) <= 1e-6  # same forward computation
+  for hand in HAND_WRITTEN:
+    assert max_rel_err(out[hand], out["autodiff"]) <= 1e-6  # same forward computation
   grads = {
     b: jax.jit(jax.grad(lambda p, x, c0, b=b: loss(p, x, c0, b), argnums=(0, 1, 2)))(
       params, x, carry0
     )
     for b in BACKWARDS
   }
-  for name, a, b in zip(("params", "inputs", "initial carry"), grads["manual"], grads["autodiff"]):
-    assert max_rel_err(a, b) <= TOL, name
-  assert float(jnp.max(jnp.abs(grads["manual"][1]))) > 0  # the input gradient is really there
+  for hand in HAND_WRITTEN:
+    names = ("params", "inputs", "initial carry")
+    for name, a, b in zip(names, grads[hand], grads["autodiff"]):
+      assert max_rel_err(a, b) <= TOL, (hand, name)
+    assert float(jnp.max(jnp.abs(grads[hand][1]))) > 0  # the input gradient is really there
 
 
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
@@ -87,7 +93,8 @@ def test_parameter_only_gradient(projection):
     )
     for b in BACKWARDS
   }
-  assert max_rel_err(grads["manual"], grads["autodiff"]) <= TOL
+  for hand in HAND_WRITTEN:
+    assert max_rel_err(grads[hand], grads["autodiff"]) <= TOL, hand
 
 
 @pytest.mark.parametrize("use", ["outputs only", "final carry only"])
@@ -102,7 +109,8 @@ def test_unused_outputs_give_zero_cotangents(use):
     return jnp.sum(preds**2) if use == "outputs only" else jnp.sum(carry[0][1] ** 2)
 
   grads = {b: jax.grad(loss)(params, b) for b in BACKWARDS}
-  assert max_rel_err(grads["manual"], grads["autodiff"]) <= TOL
+  for hand in HAND_WRITTEN:
+    assert max_rel_err(grads[hand], grads["autodiff"]) <= TOL, hand
 
 
 @pytest.mark.parametrize("strategy", ["bucket", "tbptt"])
@@ -120,7 +128,8 @@ def test_train_steps_agree(strategy):
     state = train.create_train_state(model, optax.adam(1e-2), ds, seed=0)
     result = loop.fit(state, strat, epochs=1)
     params[b] = result.state.params
-  assert max_rel_err(params["manual"], params["autodiff"]) <= TOL
+  for hand in HAND_WRITTEN:
+    assert max_rel_err(params[hand], params["autodiff"]) <= TOL, hand
 
 
 def test_unknown_backward_is_a_config_error():
@@ -157,8 +166,11 @@ def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.xla_optimized  # reads the program XLA compiles by default
+@pytest.mark.parametrize(
+  "scan", [recurrence.recurrence, recurrence.recurrence_deferred], ids=["manual", "deferred"]
+)
 @pytest.mark.parametrize("projection", ["in_step", "hoisted"])
-def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
+def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection, scan):
   """XLA on the CPU widens a bfloat16 dot with a transposed operand back to float32; the manual
   backward's layouts keep all three GEMMs of a step (forward, input gradient, weight gradient) in
   bfloat16, and the float32 setting has no bfloat16 dot."""
@@ -172,7 +184,7 @@ def test_bfloat16_dots_stay_bfloat16_in_the_compiled_gradient(projection):
   for dtype in MATMUL_DTYPES:
 
     def loss(w, b, xs):
-      return jnp.sum(recurrence.recurrence(w, b, (xs, ones, zeros), carry, in_step, 1, dtype)[0])
+      return jnp.sum(scan(w, b, (xs, ones, zeros), carry, in_step, 1, dtype)[0])
 
     hlo = (
       jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(w, jnp.zeros(4 * H_), xs).compile().as_text()

@@ -139,8 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   # kept per machine and workdir, runner/precision.py), "float32" (exact) or "bfloat16"
   # (bfloat16 matmul operands, float32 accumulation: faster on some CPUs with bfloat16 dot
   # products, slower on others; numbers differ by bfloat16 rounding). backward:
-  # "manual" (hand-written reverse scan, faster) or "autodiff" (JAX differentiates the
-  # nn.scan), see model.LSTMLayer.
+  # "manual" (hand-written reverse scan, faster), "deferred" (the same, the weight gradient one
+  # GEMM after it: faster with few rows per step, other rounding) or "autodiff" (JAX
+  # differentiates the nn.scan), see model.LSTMLayer.
   # cell: "lstm" (the hand-written LSTM: fastest, bfloat16 and manual backward available) or a
   # Flax cell run by the generic masked scan: "gru", "mgu", "simple", "flax_lstm",
   # "optimized_lstm" (lstm_jax.model.CELLS).
