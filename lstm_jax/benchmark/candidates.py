@@ -1,12 +1,12 @@
 """The candidates for a faster train step, each against the default step side by side.
 
-Each candidate is the float32 tbptt step on the benchmark's workload W with one setting changed
-(the input projection hoisted over the chunk, the scan unrolled, JAX's autodiff instead of the
-hand-written backward pass), or one XLA CPU option added (`run_xla_options`: a fresh process per
-variant, since XLA reads its flags when the backend starts). Every variant is compiled once,
-then the variants' timed passes alternate round by round (`measure.time_ours`'s passes), so
-each round's ratio to the default is taken under the same machine load. The medians of the
-per-round ratios are the figures.
+Each candidate is the float32 tbptt step on the benchmark's workload W with one setting changed (the
+input projection hoisted over the chunk, the scan unrolled, JAX's autodiff instead of the hand-
+written backward pass, the weight gradient after the reverse scan), or one XLA CPU option added
+(`run_xla_options`: a fresh process per variant, since XLA reads its flags when the backend starts).
+Every variant is compiled once, then the variants' timed passes alternate round by round
+(`measure.time_ours`'s passes), so each round's ratio to the default is taken under the same machine
+load. The medians of the per-round ratios are the figures.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ CANDIDATES = (
   ("scan unrolled x2", dict(unroll=2)),
   ("scan unrolled x4", dict(unroll=4)),
   ("JAX's autodiff backward", dict(backward="autodiff")),
+  ('weight gradient after the reverse scan (backward="deferred")', dict(backward="deferred")),
 )
 BASELINE = dict(input_projection="in_step")
 # XLA CPU options (XLA_FLAGS, read when the backend starts: each variant in a fresh process)
