@@ -49,7 +49,7 @@ def test_layout_is_linens_and_weights_convert_both_ways_exactly():
   )
 
 
-@pytest.mark.parametrize("backward", ["manual", "autodiff"])
+@pytest.mark.parametrize("backward", ["manual", "deferred", "autodiff"])
 def test_same_outputs_and_gradients_as_linen_for_the_same_weights(backward):
   _check_same_as_linen(_model(backward=backward))
 
