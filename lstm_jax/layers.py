@@ -249,9 +249,7 @@ class CellLayer(nn.Module):
   cell: Any
   hidden_size: int
   unroll: int = 1
-  backward: str = (
-    "manual"  # Flax's GRUCell: "manual"/"deferred" (fused, hand-written) or "autodiff"
-  )
+  backward: str = "manual"  # GRUCell: "manual"/"deferred" (fused, hand-written) or "autodiff"
   initializer: str = "auto"  # the GRU's: see INITIALIZERS; other cells their class's own
 
   @nn.compact

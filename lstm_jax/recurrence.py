@@ -248,7 +248,8 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents, deferred: bool = Fals
       d_b = d_b + jnp.sum(d_z, axis=0)
     return (d_c * keep, d_h * keep, d_w, d_b), (d_x, None)
 
-  init = (d_c_final, d_h_final, jnp.zeros_like(weights), jnp.zeros_like(bias))
+  sums = (None, None) if deferred else (jnp.zeros_like(weights), jnp.zeros_like(bias))
+  init = (d_c_final, d_h_final, *sums)
   (d_c0, d_h0, d_w, d_b), (d_xs, d_zs) = jax.lax.scan(
     body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll
   )
@@ -257,7 +258,7 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents, deferred: bool = Fals
     k = weights.shape[0]
     lhs_k = jnp.transpose(lhs, (1, 0, 2)).reshape(k, -1) if low else lhs.reshape(-1, k).T
     d_w = d_weights_all(lhs_k, d_zs.reshape(-1, d_zs.shape[-1]))
-    d_b = jnp.sum(d_zs, axis=(0, 1)) if in_step else d_b
+    d_b = jnp.sum(d_zs, axis=(0, 1)) if in_step else None
   # None: no cotangent (the bias when hoisted; mask, resets; xs when they need none)
   return d_w, d_b if in_step else None, (d_xs, None, None), (d_c0, d_h0)
 

@@ -1,8 +1,8 @@
 """The candidates for a faster train step, each against the default step side by side.
 
 Each candidate is the float32 tbptt step on the benchmark's workload W with one setting changed (the
-input projection hoisted over the chunk, the scan unrolled, JAX's autodiff instead of the hand-
-written backward pass, the weight gradient after the reverse scan), or one XLA CPU option added
+input projection hoisted over the chunk, the scan unrolled, JAX's autodiff instead of the
+hand-written backward pass, the weight gradient after the reverse scan), or one XLA CPU option added
 (`run_xla_options`: a fresh process per variant, since XLA reads its flags when the backend starts).
 Every variant is compiled once, then the variants' timed passes alternate round by round
 (`measure.time_ours`'s passes), so each round's ratio to the default is taken under the same machine
