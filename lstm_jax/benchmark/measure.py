@@ -227,6 +227,13 @@ def _time_passes(
   return real / statistics.median(secs), secs, faults / (repeats * steps)
 
 
+def malloc_words(m: dict | None) -> str:
+  """The allocator a timing ran under (`host.malloc_state()`), in words."""
+  if m and m.get("tuned"):
+    return f"{m['libc']} malloc tuned (`lstm_jax.host.tune_malloc`)"
+  return f"allocator at its defaults ({(m or {}).get('reason', 'not recorded')})"
+
+
 _MODEL_DEFAULTS = dict(unroll=1, backward="manual", matmul_dtype="float32", cell="lstm")
 
 

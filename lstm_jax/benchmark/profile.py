@@ -222,11 +222,11 @@ def profile_step(cfg, rounds: int = 5, traced_steps: int = 20) -> dict:
 
 
 def malloc_words(m: dict | None) -> str:
-  """The allocator a timing ran under, in words (`host.malloc_state()`)."""
-  if m and m.get("tuned"):
-    return f"{m['libc']} malloc tuned (`lstm_jax.host.tune_malloc`), as in the benchmark's rows"
-  reason = (m or {}).get("reason", "not recorded")
-  return f"allocator at its defaults ({reason}), unlike the benchmark's rows"
+  """The allocator a timing ran under, in words, beside the benchmark rows' (tuned)."""
+  tuned = bool(m and m.get("tuned"))
+  return bench.malloc_words(m) + (
+    ", as in the benchmark's rows" if tuned else ", unlike the benchmark's rows"
+  )
 
 
 def markdown(r: dict, cpu: str) -> str:

@@ -386,10 +386,9 @@ def _onednn_words(impls) -> str:
 
 
 def _malloc_words(v: dict) -> str:
-  m = v.get("malloc") or {}
-  if m.get("tuned"):
-    return f"{m['libc']} malloc tuned (`lstm_jax.host.tune_malloc`) for every row, peers included"
-  return f"allocator at its defaults ({m.get('reason', 'not recorded')})"
+  m = v.get("malloc")
+  tuned = bool(m and m.get("tuned"))
+  return bench.malloc_words(m) + (" for every row, peers included" if tuned else "")
 
 
 def markdown(r: dict) -> str:
