@@ -463,8 +463,8 @@ class LSTMLayer(nn.Module):
   hand-written reverse scan (`jax.custom_vjp`), faster to run and to trace; "autodiff": the step
   scanned with `nn.scan` and differentiated by JAX, the reference the manual one is tested
   against; "deferred": the manual reverse scan with the weight and bias gradients taken after it,
-  one [F + H, T*B] x [T*B, 4H] GEMM and one sum (`recurrence.recurrence_deferred`; 1.22x at 8
-  rows per step, 1.11x at 16-32, 1.02-1.04x at 64-128 on an AMD EPYC, docs/speed.md), which
+  one [F + H, T*B] x [T*B, 4H] GEMM and one sum (`recurrence.recurrence_deferred`; 1.18-1.22x at
+  8 rows per step, 1.02-1.12x at 16-128 on an AMD EPYC, docs/speed.md), which
   sums in another order (the same gradients up to float32 rounding) and keeps one more
   [T, B, 4H] buffer. The forward pass is the same computation in all three (`lstm_layer`).
 

@@ -11,7 +11,6 @@ benchmark's rows. Writes batch_rows.json beside this file. Needs torch.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ from configs import benchmark as benchmark_config  # noqa: E402
 from lstm_jax import batching, host, train  # noqa: E402
 from lstm_jax.benchmark import measure as bench  # noqa: E402
 from lstm_jax.environment import versions  # noqa: E402
+from lstm_jax.files import write_json_atomically  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
 T, ROWS = 128, (8, 16, 32, 64, 128)
@@ -86,8 +86,7 @@ def main():
     )
   result = dict(rows=rows, rounds=args.rounds, malloc=malloc, versions=versions())
   result["torch"] = torch.__version__
-  with open(os.path.join(HERE, "batch_rows.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  write_json_atomically(os.path.join(HERE, "batch_rows.json"), result, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ beside this file.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 from lstm_jax.environment import versions  # noqa: E402
+from lstm_jax.files import write_json_atomically  # noqa: E402
 
 STEPS, N = 64, 1024
 SHAPES = [(b, 288) for b in (8, 16, 32, 64, 128)] + [(64, 256)]
@@ -87,8 +87,7 @@ def main():
   result = dict(rows=rows, rounds=args.rounds, versions=versions())
   if torch is not None:
     result["torch"] = torch.__version__
-  with open(os.path.join(HERE, "gemm_chain.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  write_json_atomically(os.path.join(HERE, "gemm_chain.json"), result, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ the float32 tbptt train step on W that are not lstm_jax options, timed against t
       --variants "dW after the scan" --steps 6 --rounds 6     # probes-B8-T128.json
 
 - "dW after the scan": the weight and bias gradients as one GEMM and one sum over all T x B rows
-  after the reverse scan, instead of accumulated per step (different summation order);
+  after the reverse scan, instead of accumulated per step (different summation order): since
+  2026-12-07 an option, `backward="deferred"`, which this probe runs;
 - "hoisted": input_projection="hoisted" (an lstm_jax option); "hoisted, slices prefetched": the
   same, with each step's projected-input slice read into the scan's carry one step ahead, so no
   fused loop reads a dynamic slice;
@@ -40,49 +41,10 @@ from lstm_jax import recurrence as R  # noqa: E402
 from lstm_jax.benchmark import measure as bench  # noqa: E402
 from lstm_jax.benchmark.profile import hlo_ops, trace_op_seconds  # noqa: E402
 from lstm_jax.environment import versions  # noqa: E402
+from lstm_jax.files import write_json_atomically  # noqa: E402
 from lstm_jax.model import SequenceModel  # noqa: E402
 
 VARIANT = {"name": "default"}  # read when a step is traced
-
-
-def _bwd_dw_after(in_step, unroll, matmul_dtype, saved, cotangents):
-  """R._bwd (float32) with d_w and d_b taken after the reverse scan from the stacked d_z."""
-  weights, bias, mask, resets, (lhs, acts, c_in, tc), need_d_xs = saved
-  d_ys, (d_c_final, d_h_final) = jax.tree.map(
-    R._instantiate, cotangents, is_leaf=lambda x: isinstance(x, R.SymbolicZero)
-  )
-  need_d_xs, hidden = need_d_xs is not None, c_in.shape[-1]
-  w_back = weights if need_d_xs or not in_step else weights[-hidden:]
-
-  def body(carry, step):
-    dc, dh = carry
-    d_y, m, r, a, c, t = step
-    m, keep = m[:, None], 1.0 - r[:, None]
-    i, f, g, o = jnp.split(a, 4, axis=-1)
-    d_new_h = (d_y + dh) * m
-    d_new_c = dc * m + d_new_h * o * (1.0 - t * t)
-    d_z = jnp.concatenate(
-      [
-        d_new_c * g * i * (1.0 - i),
-        d_new_c * c * f * (1.0 - f),
-        d_new_c * i * (1.0 - g * g),
-        d_new_h * t * o * (1.0 - o),
-      ],
-      axis=-1,
-    )
-    d_c = dc * (1.0 - m) + d_new_c * f
-    if in_step and need_d_xs:
-      d_xh = d_z @ w_back.T
-      d_x, d_h = d_xh[:, :-hidden], d_xh[:, -hidden:]
-    else:
-      d_x, d_h = (d_z if need_d_xs and not in_step else None), d_z @ w_back.T
-    return (d_c * keep, (d_h + dh * (1.0 - m)) * keep), (d_x, d_z)
-
-  (d_c0, d_h0), (d_xs, d_zs) = jax.lax.scan(
-    body, (d_c_final, d_h_final), (d_ys, mask, resets, acts, c_in, tc), reverse=True
-  )
-  d_w = lhs.reshape(-1, lhs.shape[-1]).T @ d_zs.reshape(-1, d_zs.shape[-1])
-  return d_w, jnp.sum(d_zs, axis=(0, 1)) if in_step else None, (d_xs, None, None), (d_c0, d_h0)
 
 
 def _fwd_prefetched(weights, bias, seq, carry, in_step, unroll, matmul_dtype):
@@ -122,7 +84,7 @@ def _step_per_gate(weights, bias, in_step, carry, xs, matmul_dtype="float32"):
   return out, new_h * m, (lhs, acts, c, tc)
 
 
-_orig_fwd, _orig_bwd, _orig_step = R._fwd, R._bwd, R.step
+_orig_fwd, _orig_bwd, _orig_step = R._fwd, R._bwd, R.step  # only recurrence is re-pointed
 
 
 def _step(*args, **kwargs):
@@ -132,10 +94,6 @@ def _step(*args, **kwargs):
 
 def _fwd(*args):
   return (_fwd_prefetched if VARIANT["name"] == "hoisted, slices prefetched" else _orig_fwd)(*args)
-
-
-def _bwd(*args):
-  return (_bwd_dw_after if VARIANT["name"] == "dW after the scan" else _orig_bwd)(*args)
 
 
 def main():
@@ -152,7 +110,7 @@ def main():
   cfg.tbptt_chunk = args.chunk or cfg.tbptt_chunk
   chosen = [v for v in args.variants.split(",") if v]
   malloc = host.tune_malloc(cfg.tune_malloc)
-  R.recurrence.defvjp(_fwd, _bwd, symbolic_zeros=True)
+  R.recurrence.defvjp(_fwd, _orig_bwd, symbolic_zeros=True)
   R.step = _step
   ds = bench.workload(cfg)
   strategy = batching.TBPTT(ds, num_streams=cfg.batch_size, chunk_length=cfg.tbptt_chunk)
@@ -171,7 +129,13 @@ def main():
   ):
     if chosen and name != "default" and name not in chosen:
       continue
-    model = SequenceModel(hidden_size=cfg.hidden_size, num_outputs=1, input_projection=projection)
+    backward = "deferred" if name == "dW after the scan" else "manual"
+    model = SequenceModel(
+      hidden_size=cfg.hidden_size,
+      num_outputs=1,
+      input_projection=projection,
+      backward=backward,
+    )
     state = train.create_train_state(model, optax.adam(cfg.learning_rate), ds, seed=0)
     VARIANT["name"] = name
     step = jax.jit(lambda s, b, c, w: train.train_step(s, b, c, w))  # a fresh trace per variant
@@ -245,8 +209,7 @@ def main():
     print(name, [(r["op"], round(r["ms_per_step"], 2), r["shape"]) for r in rows])
   default_shape = (args.rows, args.chunk) == (0, 0)
   name = "probes.json" if default_shape else f"probes-B{cfg.batch_size}-T{cfg.tbptt_chunk}.json"
-  with open(os.path.join(HERE, name), "w") as f:
-    json.dump(result, f, indent=1)
+  write_json_atomically(os.path.join(HERE, name), result, indent=1)
 
 
 if __name__ == "__main__":
