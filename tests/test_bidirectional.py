@@ -33,21 +33,20 @@ def setup():
   ds = ragged_features(LENGTHS, num_features=3, seed=4)
   model = BidirectionalLSTM(H, num_layers=2)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1, 3)))["params"]
-  alone = []
-  for i in range(len(ds)):
-    x = jnp.asarray(ds.sequence(i)[0])[None]
-    alone.append(model.apply({"params": params}, x))
-  return ds, model, params, alone
+  apply = jax.jit(model.apply)  # one program per length, not one per operation (eager)
+  alone = [apply({"params": params}, jnp.asarray(ds.sequence(i)[0])[None]) for i in range(len(ds))]
+  return ds, apply, params, alone
 
 
 def test_alone_backward_is_an_lstm_over_the_reversed_sequence(setup):
-  ds, model, params, _ = setup
+  ds, _, params, _ = setup
   one = BidirectionalLSTM(H, num_layers=1)
   p1 = {"forward_0": params["forward_0"], "backward_0": params["backward_0"]}
   x = jnp.asarray(ds.sequence(2)[0])[None]
-  out, _ = one.apply({"params": p1}, x)
-  ref_f, _ = LSTM(H).apply({"params": {"layer_0": params["forward_0"]}}, x)
-  ref_b, _ = LSTM(H).apply({"params": {"layer_0": params["backward_0"]}}, x[:, ::-1])
+  out, _ = jax.jit(one.apply)({"params": p1}, x)
+  lstm = jax.jit(LSTM(H).apply)
+  ref_f, _ = lstm({"params": {"layer_0": params["forward_0"]}}, x)
+  ref_b, _ = lstm({"params": {"layer_0": params["backward_0"]}}, x[:, ::-1])
   assert max_rel_err(out[..., :H], ref_f) <= TOL
   assert max_rel_err(out[..., H:], ref_b[:, ::-1]) <= TOL
 
@@ -62,11 +61,11 @@ def test_alone_backward_is_an_lstm_over_the_reversed_sequence(setup):
   ids=["pad", "bucket", "pack"],
 )
 def test_batches_equal_each_sequence_alone(setup, make):
-  ds, model, params, alone = setup
+  ds, apply, params, alone = setup
   strategy = make(ds)
   packed_rows = 0
   for plan, batch in zip(strategy.plan(0), strategy.batches(0)):
-    out, carry = model.apply(
+    out, carry = apply(
       {"params": params},
       jnp.asarray(batch.inputs),
       mask=jnp.asarray(batch.mask),

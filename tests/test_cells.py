@@ -207,7 +207,7 @@ def test_gru_fused_manual_backward_is_flaxs_gru_cell_under_autodiff():
     return jnp.sum(jnp.sin(preds)) + jnp.sum(jnp.cos(carry[1])), (preds, carry)
 
   got = [
-    jax.grad(lambda *a, m=m: loss(m, *a), argnums=(0, 1, 2), has_aux=True)(
+    jax.jit(jax.grad(lambda *a, m=m: loss(m, *a), argnums=(0, 1, 2), has_aux=True))(
       params, jnp.asarray(batch.inputs), carry0
     )
     for m in models
@@ -227,9 +227,11 @@ def test_gru_fused_manual_backward_is_flaxs_gru_cell_under_autodiff():
     carry, ys = flax_rnn.apply({"params": {"cell": p}}, x)
     return ys, carry
 
-  (ys_a, h_a), (ys_b, h_b) = ours(cell), theirs(cell)
+  (ys_a, h_a), (ys_b, h_b) = jax.jit(ours)(cell), jax.jit(theirs)(cell)
   assert max_rel_err(ys_a, ys_b) <= TOL and max_rel_err(h_a, h_b) <= TOL
-  grads = [jax.grad(lambda p, f=f: jnp.sum(jnp.sin(f(p)[0])))(cell) for f in (ours, theirs)]
+  grads = [
+    jax.jit(jax.grad(lambda p, f=f: jnp.sum(jnp.sin(f(p)[0]))))(cell) for f in (ours, theirs)
+  ]
   assert max_rel_err(*grads) <= TOL
 
 

@@ -70,18 +70,25 @@ def _check_same_as_linen(m):
     preds, _ = model(*args, **kw)
     return jnp.sum(batch.weights[..., None] * jnp.square(preds - batch.targets))
 
-  a, carry_a = m(*args, **kw)
-  b, carry_b = twin.apply({"params": params}, *args, **kw)
+  # each side compiled as one program (nnx.jit, jax.jit): eager calls compile every operation
+  a, carry_a = _call(m, *args, **kw)
+  b, carry_b = jax.jit(twin.apply)({"params": params}, *args, **kw)
   assert max_rel_err(a, b) <= TOL and max_rel_err(carry_a, carry_b) <= TOL
-  g_nnx = nnx.to_pure_dict(nnx.grad(nnx_loss)(m))
-  g_linen = jax.grad(linen_loss)(params)
+  g_nnx = nnx.to_pure_dict(nnx.jit(nnx.grad(nnx_loss))(m))
+  g_linen = jax.jit(jax.grad(linen_loss))(params)
   assert max_rel_err(g_nnx, g_linen) <= TOL
   # seq_lengths= is the right-padded mask it stands for, in NNX as in linen
   pad = next(batching.Pad(ds, batch_size=4).batches(0))
-  by_mask, _ = m(pad.inputs, mask=pad.mask)
-  by_lengths, _ = m(pad.inputs, seq_lengths=pad.mask.sum(axis=1))
+  by_mask, _ = _call(m, pad.inputs, mask=pad.mask)
+  by_lengths, _ = _call(m, pad.inputs, seq_lengths=pad.mask.sum(axis=1))
   assert np.array_equal(by_mask, by_lengths)
   return (args, kw), a
+
+
+@nnx.jit
+def _call(m, *args, **kw):
+  """m(*args, **kw) as one compiled program."""
+  return m(*args, **kw)
 
 
 @pytest.mark.parametrize("name", ["pad", "bucket", "tbptt", "pack"])
@@ -173,8 +180,8 @@ def test_any_cell_and_bidirectional_match_linen_exactly(kw):
   (args, kw), a = _check_same_as_linen(m)
   nnx_model.from_linen_params(m, ref)  # linen -> NNX -> linen, exact
   assert jax.tree.all(jax.tree.map(np.array_equal, nnx_model.to_linen_params(m), ref))
-  c, _ = m(*args, **kw)
-  d, _ = twin.apply({"params": ref}, *args, **kw)
+  c, _ = _call(m, *args, **kw)
+  d, _ = jax.jit(twin.apply)({"params": ref}, *args, **kw)
   assert max_rel_err(c, d) <= TOL and not np.allclose(a, c)
 
 

@@ -88,9 +88,9 @@ def test_parameter_only_gradient(projection):
   x, mask, resets = _inputs(seed=2)
   params = models["manual"].init(jax.random.key(3), x, mask=mask, resets=resets)
   grads = {
-    b: jax.grad(lambda p, b=b: jnp.sum(models[b].apply(p, x, mask=mask, resets=resets)[0] ** 2))(
-      params
-    )
+    b: jax.jit(
+      jax.grad(lambda p, b=b: jnp.sum(models[b].apply(p, x, mask=mask, resets=resets)[0] ** 2))
+    )(params)
     for b in BACKWARDS
   }
   for hand in HAND_WRITTEN:
@@ -108,7 +108,7 @@ def test_unused_outputs_give_zero_cotangents(use):
     preds, carry = models[which].apply(p, x, mask=mask, resets=resets)
     return jnp.sum(preds**2) if use == "outputs only" else jnp.sum(carry[0][1] ** 2)
 
-  grads = {b: jax.grad(loss)(params, b) for b in BACKWARDS}
+  grads = {b: jax.jit(jax.grad(loss), static_argnums=1)(params, b) for b in BACKWARDS}
   for hand in HAND_WRITTEN:
     assert max_rel_err(grads[hand], grads["autodiff"]) <= TOL, hand
 
@@ -151,9 +151,9 @@ def test_bfloat16_matmuls_are_close_to_float32_but_not_float32(projection):
   params = models["float32"].init(jax.random.key(7), x, mask=mask, resets=resets)
   outs, grads = {}, {}
   for d, m in models.items():
-    outs[d] = m.apply(params, x, mask=mask, resets=resets)
-    grads[d] = jax.grad(
-      lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x, mask=mask, resets=resets)[0]))
+    outs[d] = jax.jit(lambda p, m=m: m.apply(p, x, mask=mask, resets=resets))(params)
+    grads[d] = jax.jit(
+      jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x, mask=mask, resets=resets)[0])))
     )(params)
   for a, b in ((outs["bfloat16"], outs["float32"]), (grads["bfloat16"], grads["float32"])):
     assert 1e-5 < max_rel_err(a, b) < 3e-2
