@@ -193,22 +193,25 @@ def test_linen_and_nnx_models_fuse_both_stacks_to_the_scan_s_numbers(bidirection
   def linen(model):
     return lambda p: model.apply({"params": p}, x, seq_lengths=lengths)
 
-  want, want_grad = linen(scan)(params), jax.grad(lambda p: loss(linen(scan), p))(params)
+  def grad(fn):  # compiled as one program (eager JAX compiles every operation alone)
+    return jax.jit(jax.grad(lambda p: loss(fn, p)))
+
+  want, want_grad = jax.jit(linen(scan))(params), grad(linen(scan))(params)
   assert not fused_calls
   fused = SequenceModel(H, 3, backend="reference", **kw)
-  assert max_rel_err(linen(fused)(params), want) <= TOL
-  assert max_rel_err(jax.grad(lambda p: loss(linen(fused), p))(params), want_grad) <= TOL
+  assert max_rel_err(jax.jit(linen(fused))(params), want) <= TOL
+  assert max_rel_err(grad(linen(fused))(params), want_grad) <= TOL
 
   m = nnx_model.SequenceModel(H, 3, num_features=F, backend="reference", rngs=nnx.Rngs(0), **kw)
   nnx_model.from_linen_params(m, params)
   m.eval()
-  assert max_rel_err(m(x, seq_lengths=lengths), want) <= TOL
+  assert max_rel_err(nnx.jit(lambda m: m(x, seq_lengths=lengths))(m), want) <= TOL
   graphdef, state, rest = nnx.split(m, nnx.Param, ...)
 
   def nnx_call(s):
     return nnx.merge(graphdef, s, rest)(x, seq_lengths=lengths)
 
-  got_grad = jax.grad(lambda s: loss(nnx_call, s))(state)
+  got_grad = grad(nnx_call)(state)
   nnx_model.from_linen_params(m, want_grad)  # the scan's gradient in NNX's tree, to compare
   assert max_rel_err(jax.tree.leaves(got_grad), jax.tree.leaves(nnx.state(m, nnx.Param))) <= TOL
   assert len(fused_calls) == 4 and set(fused_calls) == {bidirectional}  # each call fused
