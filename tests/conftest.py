@@ -46,7 +46,8 @@ def pytest_sessionfinish(session):
   """Collect the session's garbage until none is left, then freeze what survives
   (`gc.freeze`). pytest's unraisable-exception check, which runs after this, then collects five
   more times to find late finalizer errors: over a worker's ~1M live objects (compiled programs,
-  traced functions) that took 0.6-2 s per collection, and past 5 s pytest-xdist's controller
+  traced functions) that kept it 9-10 s from its last test to its exit (0.5-0.9 s per collection
+  after a quarter of the suite, 2026-12-07), and past 5 s pytest-xdist's controller
   interrupts the worker (a SIGINT, reported as a KeyboardInterrupt "ignored in" JAX's gc
   callback) while the suite's reported time waits. Nothing the check would find is skipped: a
   collection that finds nothing unreachable leaves nothing for the next ones to find."""
