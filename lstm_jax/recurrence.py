@@ -207,20 +207,16 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents, deferred: bool = Fals
     def d_lhs(d_z):
       return _dot32(d_z.astype(w_back_t.dtype), w_back_t)
 
-    def d_weights(lhs_t, d_z):
+    def d_weights(lhs_t, d_z):  # lhs_t: [K, rows], transposed in the forward pass
       return _dot32(lhs_t.astype(w_back_t.dtype), d_z.astype(w_back_t.dtype))
 
-    d_weights_all = d_weights  # [K, T*B] x [T*B, 4H]: a plain GEMM, kept in bfloat16
   else:
 
     def d_lhs(d_z):
       return d_z @ w_back.T
 
-    def d_weights(lhs_t, d_z):
+    def d_weights(lhs_t, d_z):  # lhs_t: [rows, K]
       return lhs_t.T @ d_z
-
-    def d_weights_all(lhs_k, d_z):
-      return lhs_k @ d_z
 
   def body(carry, step):
     dc, dh, d_w, d_b = carry
@@ -253,11 +249,11 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents, deferred: bool = Fals
   (d_c0, d_h0, d_w, d_b), (d_xs, d_zs) = jax.lax.scan(
     body, init, (d_ys, mask, resets, lhs, acts, c_in, tc), reverse=True, unroll=unroll
   )
-  if deferred:
+  if deferred:  # one step's d_weights over all T x B rows: [K, T*B] x [T*B, 4H]
     # lhs: [T, B, K], or [T, K, B] in bfloat16 (the forward keeps each step's transposed copy)
     k = weights.shape[0]
-    lhs_k = jnp.transpose(lhs, (1, 0, 2)).reshape(k, -1) if low else lhs.reshape(-1, k).T
-    d_w = d_weights_all(lhs_k, d_zs.reshape(-1, d_zs.shape[-1]))
+    lhs_all = jnp.transpose(lhs, (1, 0, 2)).reshape(k, -1) if low else lhs.reshape(-1, k)
+    d_w = d_weights(lhs_all, d_zs.reshape(-1, d_zs.shape[-1]))
     d_b = jnp.sum(d_zs, axis=(0, 1)) if in_step else None
   # None: no cotangent (the bias when hoisted; mask, resets; xs when they need none)
   return d_w, d_b if in_step else None, (d_xs, None, None), (d_c0, d_h0)
