@@ -16,7 +16,7 @@ import pytest
 from helpers import identity_dataset, override
 from lstm_jax import batching, compiles
 from lstm_jax.errors import ConfigError, DataError
-from lstm_jax.runner import build, config, experiment, guards, report
+from lstm_jax.runner import build, config, experiment, guards, precision, report
 from lstm_jax.runner import data as runner_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,10 @@ def _files_config(directory: Path, **overrides):
 
 def _no_compile(monkeypatch):
   """Fails the test if any counted step compiles (CountedJit's one compile path: the memory
-  guard's, the cost model's calibration, a training step's): the plan guards run first."""
+  guard's, the cost model's calibration, matmul_dtype="auto"'s timing, a training step's): the
+  plan guards run first. The CPU is taken to have bfloat16 dot instructions, so the precision
+  would be timed on any machine (on one without them it is float32 untimed)."""
+  monkeypatch.setattr(precision, "bfloat16_dot_instructions", lambda: True)
 
   def refuse(self, *args, **kwargs):
     raise AssertionError(f"{self.name} was compiled before the guard refused the run")

@@ -244,10 +244,10 @@ def _run_all(
   train_ds, eval_ds, test_ds, identity = split_data(cfg, with_test=True)
   devices = 1 if mesh is None else int(mesh.devices.size)
   cfg, auto_batches = resolve_auto_batches(cfg, train_ds, devices)
-  cfg, auto_precision = resolve_auto_precision(cfg, train_ds, workdir, quiet)
   # Every strategy built (so the data's own checks run) and through the plans' guards before
-  # anything compiles (the calibration too), except a bucket whose count waits for the
-  # calibration (num_buckets="auto"), guarded once it is chosen; the first seed's runs use them.
+  # anything compiles (matmul_dtype="auto"'s timing and the calibration too), except a bucket
+  # whose count waits for the calibration (num_buckets="auto"), guarded once it is chosen; the
+  # first seed's runs use them.
   waits = cfg.strategy.bucket.num_buckets == "auto"
   built = {
     name: strategy_from_config(name, train_ds, cfg, cfg.seed, batch_multiple=devices)
@@ -255,6 +255,7 @@ def _run_all(
     if not (waits and name == "bucket")
   }
   planned = check_plans(built, cfg)
+  cfg, auto_precision = resolve_auto_precision(cfg, train_ds, workdir, quiet)
   cfg, auto_buckets = resolve_auto_buckets(cfg, train_ds, workdir, devices, quiet, save=False)
   finished = check_workdir_settings(cfg, workdir, identity, devices) if cfg.resume else {}
   if invocations is not None and len(invocations.entries) > 1:  # a rerun: its data unchanged?
