@@ -3,8 +3,9 @@ this machine, float32 everywhere else.
 
 Whether bfloat16 operands speed the LSTM's GEMMs up depends on the CPU: 1.29x on an AMD EPYC
 with AVX512-BF16, 1.32x on an Intel Xeon with AMX, 0.72x on another Xeon with AVX512-BF16 and
-0.73-0.79x on a Zen 3 EPYC without bfloat16 instructions (docs/speed.md). So "auto" decides per
-machine, before anything trains:
+0.73-0.79x on a Zen 3 EPYC without bfloat16 instructions; on a Zen 5 EPYC (AVX512-BF16) 1.31x
+at the benchmark's H=256 but 0.97x at the main job's H=128 shape, which keeps float32
+(docs/speed.md). So "auto" decides per machine, before anything trains:
 
 * float32 without measuring where bfloat16 cannot run or cannot be faster: a cell other than the
   hand-written LSTM (bfloat16 is the LSTM's), a fused backend (cudnn, reference: float32), or a
