@@ -215,8 +215,8 @@ def _bwd(in_step, unroll, matmul_dtype, saved, cotangents, deferred: bool = Fals
     def d_lhs(d_z):
       return d_z @ w_back.T
 
-    def d_weights(lhs_t, d_z):  # lhs_t: [rows, K]
-      return lhs_t.T @ d_z
+    def d_weights(lhs, d_z):  # lhs: [rows, K], as the forward pass kept it
+      return lhs.T @ d_z
 
   def body(carry, step):
     dc, dh, d_w, d_b = carry
